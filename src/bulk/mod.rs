@@ -1,0 +1,1 @@
+//! Bulk Data client: kick-off, status polling, manifest, downloads, job lifecycle.

@@ -1,0 +1,1 @@
+//! DataFusion integration: FhirCatalog, FhirSchema, FhirTable, the table factory.

@@ -1,0 +1,1 @@
+//! FHIRPath, the subset SQL on FHIR needs, over `serde_json::Value`.

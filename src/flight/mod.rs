@@ -1,0 +1,1 @@
+//! Arrow Flight SQL service over the FHIR catalog.

@@ -1,0 +1,2 @@
+//! The `fhirflight` command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! SMART Backend Services: keys (PEM, JWK/JWKS), client assertion, token cache, discovery.

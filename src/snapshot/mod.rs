@@ -1,0 +1,1 @@
+//! Local snapshot store: Parquet + manifest, atomic commit, incremental merge.
