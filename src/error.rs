@@ -24,6 +24,27 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+
+    /// A FHIRPath expression that does not compile or cannot be evaluated.
+    #[error("FHIRPath `{expr}`{}: {msg}", pos.map(|p| format!(" at position {p}")).unwrap_or_default())]
+    FhirPath {
+        /// The expression text.
+        expr: String,
+        /// Byte offset in `expr` of a syntax error; `None` for errors met while evaluating.
+        pos: Option<usize>,
+        /// What is wrong.
+        msg: String,
+    },
+
+    /// A ViewDefinition that is malformed, or whose data breaks its rules (a non-boolean `where`, several
+    /// values in a column that is not a collection).
+    #[error("view {view}: {msg}")]
+    View {
+        /// The view's name or resource type.
+        view: String,
+        /// What is wrong, with the JSON path of the element when known.
+        msg: String,
+    },
 }
 
 impl Error {
