@@ -138,9 +138,10 @@ fn evaluate(view: &Value, resources: &[Value]) -> fhirflight::Result<(Vec<String
 }
 
 fn to_json(batch: &RecordBatch) -> Vec<Value> {
+    let schema = batch.schema();
     (0..batch.num_rows())
         .map(|row| {
-            let fields = batch.schema().fields().iter().zip(batch.columns());
+            let fields = schema.fields().iter().zip(batch.columns());
             Value::Object(fields.map(|(f, col)| (f.name().clone(), cell(col.as_ref(), row))).collect())
         })
         .collect()

@@ -112,7 +112,7 @@ impl Select {
             Iterate::ForEachOrNull(path) => {
                 let foci = path.evaluate_on(single, &ctx)?;
                 if foci.is_empty() {
-                    return Ok(vec![vec![Vec::new(); self.width]]);
+                    return self.null_row(view, ctx.with_row_index(0)).map(|row| vec![row]);
                 }
                 foci
             }
@@ -130,21 +130,7 @@ impl Select {
     }
 
     fn rows_for<'a>(&self, view: &ViewDefinition, focus: &Item<'a>, ctx: EvalContext<'a>) -> Result<Vec<Row<'a>>> {
-        let single = std::slice::from_ref(focus);
-        let mut own = Vec::with_capacity(self.width);
-        for col in &self.columns {
-            let mut values = col.path.evaluate_on(single, &ctx)?;
-            match view.columns[col.index].cardinality {
-                Cardinality::Single if values.len() > 1 => {
-                    let name = view.schema.field(col.index).name();
-                    return Err(view.error(format!("column {name}: `{}` returned {} values but the column is not a collection", col.path.source(), values.len())));
-                }
-                Cardinality::First => values.truncate(1),
-                _ => {}
-            }
-            own.push(values);
-        }
-        let mut rows = vec![own];
+        let mut rows = vec![self.columns(view, std::slice::from_ref(focus), ctx)?];
         for sel in &self.selects {
             rows = product(rows, sel.rows(view, focus, ctx)?);
         }
@@ -156,6 +142,32 @@ impl Select {
             rows = product(rows, union);
         }
         Ok(rows)
+    }
+
+    /// The row of a `forEachOrNull` that found nothing: own columns evaluated on an empty focus (so
+    /// `%rowIndex` still reads 0), every nested column null.
+    fn null_row<'a>(&self, view: &ViewDefinition, ctx: EvalContext<'a>) -> Result<Row<'a>> {
+        let mut row = self.columns(view, &[], ctx)?;
+        row.resize(self.width, Vec::new());
+        Ok(row)
+    }
+
+    /// The values of this select's own columns.
+    fn columns<'a>(&self, view: &ViewDefinition, focus: &[Item<'a>], ctx: EvalContext<'a>) -> Result<Row<'a>> {
+        let mut own = Vec::with_capacity(self.width);
+        for col in &self.columns {
+            let mut values = col.path.evaluate_on(focus, &ctx)?;
+            match view.columns[col.index].cardinality {
+                Cardinality::Single if values.len() > 1 => {
+                    let name = view.schema.field(col.index).name();
+                    return Err(view.error(format!("column {name}: `{}` returned {} values but the column is not a collection", col.path.source(), values.len())));
+                }
+                Cardinality::First => values.truncate(1),
+                _ => {}
+            }
+            own.push(values);
+        }
+        Ok(own)
     }
 }
 
