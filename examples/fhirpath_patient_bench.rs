@@ -25,13 +25,22 @@ const PATHS: [(&str, &str); 4] = [
 
 fn main() -> fhirflight::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let file = args.first().expect("usage: fhirpath_patient_bench <Patient.ndjson> [--reps N]");
-    let reps: usize = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
+    let file = args
+        .first()
+        .expect("usage: fhirpath_patient_bench <Patient.ndjson> [--reps N]");
+    let reps: usize = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(3);
     let text = std::fs::read_to_string(file).map_err(|e| fhirflight::Error::io(file, e))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let parse = |line: &str| serde_json::from_str::<Value>(line).expect("valid JSON line");
 
-    let paths: Vec<FhirPath> = PATHS.iter().map(|(_, p)| FhirPath::compile(p)).collect::<fhirflight::Result<_>>()?;
+    let paths: Vec<FhirPath> = PATHS
+        .iter()
+        .map(|(_, p)| FhirPath::compile(p))
+        .collect::<fhirflight::Result<_>>()?;
     let ctx = EvalContext::new();
     let row = |r: &Value, out: &mut Vec<Option<String>>| -> fhirflight::Result<()> {
         for path in &paths {
@@ -70,17 +79,27 @@ fn main() -> fhirflight::Result<()> {
         for line in &lines {
             runner.push(&parse(line))?;
             if runner.is_full() {
-                married += runner.flush()?.map_or(0, |b| b.num_rows() - b.column(3).null_count());
+                married += runner
+                    .flush()?
+                    .map_or(0, |b| b.num_rows() - b.column(3).null_count());
             }
         }
-        Ok(married + runner.flush()?.map_or(0, |b| b.num_rows() - b.column(3).null_count()))
+        Ok(married
+            + runner
+                .flush()?
+                .map_or(0, |b| b.num_rows() - b.column(3).null_count()))
     })?;
     Ok(())
 }
 
 /// Runs `work` `reps` times and prints the median; `work` returns the non-null marital statuses,
 /// printed so that every variant is seen to compute the same thing.
-fn report(name: &str, n: usize, reps: usize, mut work: impl FnMut() -> fhirflight::Result<usize>) -> fhirflight::Result<()> {
+fn report(
+    name: &str,
+    n: usize,
+    reps: usize,
+    mut work: impl FnMut() -> fhirflight::Result<usize>,
+) -> fhirflight::Result<()> {
     let mut times = Vec::with_capacity(reps);
     let mut married = 0;
     for _ in 0..reps.max(1) {
@@ -90,6 +109,9 @@ fn report(name: &str, n: usize, reps: usize, mut work: impl FnMut() -> fhirfligh
     }
     times.sort_by(f64::total_cmp);
     let t = times[times.len() / 2];
-    println!("fhirflight_{name} Patient {n} {t:.4} {:.0} marital_nonnull={married}", n as f64 / t);
+    println!(
+        "fhirflight_{name} Patient {n} {t:.4} {:.0} marital_nonnull={married}",
+        n as f64 / t
+    );
     Ok(())
 }

@@ -28,7 +28,9 @@ fn main() -> ExitCode {
             _ => return usage(&format!("unexpected argument {arg}")),
         }
     }
-    let Some(suite) = suite else { return usage("missing the suite folder") };
+    let Some(suite) = suite else {
+        return usage("missing the suite folder");
+    };
     match run(&suite, report.as_deref()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -56,7 +58,8 @@ fn run(suite: &Path, report: Option<&Path>) -> Result<bool, String> {
     println!("{:<28} {:>6} {:>6}", "file", "passed", "failed");
     for path in &files {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let resources = file["resources"].as_array().cloned().unwrap_or_default();
         let mut tests = Vec::new();
         let mut file_failed = 0;
@@ -72,7 +75,12 @@ fn run(suite: &Path, report: Option<&Path>) -> Result<bool, String> {
             };
             tests.push(json!({"name": name, "result": result}));
         }
-        println!("{:<28} {:>6} {:>6}", file_name(path), tests.len() - file_failed, file_failed);
+        println!(
+            "{:<28} {:>6} {:>6}",
+            file_name(path),
+            tests.len() - file_failed,
+            file_failed
+        );
         total += tests.len();
         failed += file_failed;
         out.insert(file_name(path), json!({"tests": tests}));
@@ -86,7 +94,9 @@ fn run(suite: &Path, report: Option<&Path>) -> Result<bool, String> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// One test case: `Ok` when the view behaves as the case expects, else the reason.
@@ -100,23 +110,34 @@ fn check(case: &Value, resources: &[Value]) -> Result<(), String> {
     }
     let (columns, rows) = outcome.map_err(|e| format!("error: {e}"))?;
     if let Some(expected) = case.get("expectColumns") {
-        let expected: Vec<&str> = expected.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let expected: Vec<&str> = expected
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         if expected != columns {
             return Err(format!("columns {columns:?}, expected {expected:?}"));
         }
     }
-    if let Some(count) = case.get("expectCount").and_then(Value::as_u64) {
-        if rows.len() as u64 != count {
-            return Err(format!("{} rows, expected {count}", rows.len()));
-        }
+    if let Some(count) = case.get("expectCount").and_then(Value::as_u64)
+        && rows.len() as u64 != count
+    {
+        return Err(format!("{} rows, expected {count}", rows.len()));
     }
     if let Some(expected) = case.get("expect").and_then(Value::as_array) {
-        let (mut got, mut want): (Vec<String>, Vec<String>) =
-            (rows.iter().map(canonical).collect(), expected.iter().map(canonical).collect());
+        let (mut got, mut want): (Vec<String>, Vec<String>) = (
+            rows.iter().map(canonical).collect(),
+            expected.iter().map(canonical).collect(),
+        );
         got.sort();
         want.sort();
         if got != want {
-            return Err(format!("rows {}, expected {}", got.join(" "), want.join(" ")));
+            return Err(format!(
+                "rows {}, expected {}",
+                got.join(" "),
+                want.join(" ")
+            ));
         }
     }
     Ok(())
@@ -125,7 +146,12 @@ fn check(case: &Value, resources: &[Value]) -> Result<(), String> {
 /// Runs a view over the resources: column names and rows as JSON objects.
 fn evaluate(view: &Value, resources: &[Value]) -> fhirflight::Result<(Vec<String>, Vec<Value>)> {
     let view = Arc::new(ViewDefinition::from_json(view)?);
-    let columns = view.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let columns = view
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let mut runner = ViewRunner::new(view, 1024);
     let mut rows = Vec::new();
     for resource in resources {
@@ -142,7 +168,11 @@ fn to_json(batch: &RecordBatch) -> Vec<Value> {
     (0..batch.num_rows())
         .map(|row| {
             let fields = schema.fields().iter().zip(batch.columns());
-            Value::Object(fields.map(|(f, col)| (f.name().clone(), cell(col.as_ref(), row))).collect())
+            Value::Object(
+                fields
+                    .map(|(f, col)| (f.name().clone(), cell(col.as_ref(), row)))
+                    .collect(),
+            )
         })
         .collect()
 }
@@ -158,7 +188,11 @@ fn cell(array: &dyn Array, row: usize) -> Value {
         DataType::Utf8 => json!(array.as_string::<i32>().value(row)),
         DataType::List(_) => {
             let values = array.as_list::<i32>().value(row);
-            Value::Array((0..values.len()).map(|i| cell(values.as_ref(), i)).collect())
+            Value::Array(
+                (0..values.len())
+                    .map(|i| cell(values.as_ref(), i))
+                    .collect(),
+            )
         }
         other => json!(format!("<{other}>")),
     }
@@ -172,7 +206,8 @@ fn canonical(row: &Value) -> String {
             Value::Number(n) => json!(n.as_f64()),
             Value::Array(items) => Value::Array(items.iter().map(normalize).collect()),
             Value::Object(map) => {
-                let sorted: BTreeMap<&String, Value> = map.iter().map(|(k, v)| (k, normalize(v))).collect();
+                let sorted: BTreeMap<&String, Value> =
+                    map.iter().map(|(k, v)| (k, normalize(v))).collect();
                 json!(sorted)
             }
             other => other.clone(),

@@ -33,7 +33,11 @@ pub(super) struct Eval<'c, 'a> {
 
 impl<'a> Eval<'_, 'a> {
     fn error(&self, msg: impl Into<String>) -> Error {
-        Error::FhirPath { expr: self.source.to_owned(), pos: None, msg: msg.into() }
+        Error::FhirPath {
+            expr: self.source.to_owned(),
+            pos: None,
+            msg: msg.into(),
+        }
     }
 
     /// The input of a member or function: the focus itself for `$this`, without copying it.
@@ -55,7 +59,9 @@ impl<'a> Eval<'_, 'a> {
             Expr::RowIndex => vec![Item::Int(self.ctx.row_index)],
             Expr::Constant(name) => {
                 let value = self.ctx.constants.and_then(|c| c.get(&**name));
-                vec![Item::Json(value.ok_or_else(|| self.error(format!("unknown constant %{name}")))?)]
+                vec![Item::Json(value.ok_or_else(|| {
+                    self.error(format!("unknown constant %{name}"))
+                })?)]
             }
             Expr::Member(base, name) => {
                 let input = self.base(base, focus)?;
@@ -71,10 +77,17 @@ impl<'a> Eval<'_, 'a> {
                 let index = self.eval(index, focus)?;
                 let i = match index.as_slice() {
                     [] => return Ok(Vec::new()),
-                    [item] => item.as_i64().ok_or_else(|| self.error("an index must be an integer"))?,
+                    [item] => item
+                        .as_i64()
+                        .ok_or_else(|| self.error("an index must be an integer"))?,
                     _ => return Err(self.error("an index must be a single integer")),
                 };
-                usize::try_from(i).ok().and_then(|i| input.get(i)).cloned().into_iter().collect()
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| input.get(i))
+                    .cloned()
+                    .into_iter()
+                    .collect()
             }
             Expr::Call(base, func, args) => {
                 let input = self.base(base, focus)?;
@@ -96,8 +109,15 @@ impl<'a> Eval<'_, 'a> {
         })
     }
 
-    fn call(&self, func: &Func, args: &[Expr], input: &[Item<'a>], focus: &[Item<'a>]) -> Result<Collection<'a>> {
-        let keep = |pred: &dyn Fn(&Item<'a>) -> bool| input.iter().filter(|i| pred(i)).cloned().collect();
+    fn call(
+        &self,
+        func: &Func,
+        args: &[Expr],
+        input: &[Item<'a>],
+        focus: &[Item<'a>],
+    ) -> Result<Collection<'a>> {
+        let keep =
+            |pred: &dyn Fn(&Item<'a>) -> bool| input.iter().filter(|i| pred(i)).cloned().collect();
         Ok(match func {
             Func::Where => self.filter(&args[0], input)?,
             Func::Exists => {
@@ -111,7 +131,11 @@ impl<'a> Eval<'_, 'a> {
             Func::First => input.first().cloned().into_iter().collect(),
             Func::Last => input.last().cloned().into_iter().collect(),
             Func::Count => vec![Item::Int(input.len() as i64)],
-            Func::Not => self.boolean(input)?.map(|b| Item::Bool(!b)).into_iter().collect(),
+            Func::Not => self
+                .boolean(input)?
+                .map(|b| Item::Bool(!b))
+                .into_iter()
+                .collect(),
             Func::Join => {
                 let sep = match args.first() {
                     Some(arg) => self.string_arg(arg, focus)?,
@@ -128,7 +152,10 @@ impl<'a> Eval<'_, 'a> {
                     let mut exts = Vec::new();
                     member(item, "extension", false, &mut exts);
                     out.extend(exts.into_iter().filter(|e| {
-                        e.as_json().and_then(|e| e.get("url")).and_then(Value::as_str) == Some(url.as_str())
+                        e.as_json()
+                            .and_then(|e| e.get("url"))
+                            .and_then(Value::as_str)
+                            == Some(url.as_str())
                     }));
                 }
                 out
@@ -140,7 +167,9 @@ impl<'a> Eval<'_, 'a> {
                 .collect(),
             Func::ReferenceKey(ty) => input
                 .iter()
-                .filter_map(|i| reference_key(i.as_json()?.get("reference")?.as_str()?, ty.as_deref()))
+                .filter_map(|i| {
+                    reference_key(i.as_json()?.get("reference")?.as_str()?, ty.as_deref())
+                })
                 .map(|id| Item::Str(Cow::Borrowed(id)))
                 .collect(),
             Func::LowBoundary => input.iter().filter_map(|i| boundary(i, false)).collect(),
@@ -162,7 +191,10 @@ impl<'a> Eval<'_, 'a> {
 
     fn string_arg(&self, arg: &Expr, focus: &[Item<'a>]) -> Result<String> {
         match self.eval(arg, focus)?.as_slice() {
-            [item] => item.as_str().map(str::to_owned).ok_or_else(|| self.error("expected a string argument")),
+            [item] => item
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| self.error("expected a string argument")),
             _ => Err(self.error("expected a single string argument")),
         }
     }
@@ -187,7 +219,9 @@ impl<'a> Eval<'_, 'a> {
     fn number(&self, c: &[Item<'a>]) -> Result<Option<Num>> {
         match self.single(c)? {
             None => Ok(None),
-            Some(item) => Num::of(item).map(Some).ok_or_else(|| self.error("expected a number")),
+            Some(item) => Num::of(item)
+                .map(Some)
+                .ok_or_else(|| self.error("expected a number")),
         }
     }
 
@@ -224,7 +258,9 @@ impl<'a> Eval<'_, 'a> {
                 vec![Item::Bool(same == (op == Eq))]
             }
             Lt | Le | Gt | Ge => {
-                let (Some(a), Some(b)) = (self.single(&l)?, self.single(&r)?) else { return Ok(Vec::new()) };
+                let (Some(a), Some(b)) = (self.single(&l)?, self.single(&r)?) else {
+                    return Ok(Vec::new());
+                };
                 let ord = compare(a, b).ok_or_else(|| self.error("cannot compare these values"))?;
                 let result = match op {
                     Lt => ord.is_lt(),
@@ -244,11 +280,16 @@ impl<'a> Eval<'_, 'a> {
                 out
             }
             Concat => {
-                let text = |c: &[Item<'a>]| self.single(c).map(|i| i.map(display).unwrap_or_default().into_owned());
+                let text = |c: &[Item<'a>]| {
+                    self.single(c)
+                        .map(|i| i.map(display).unwrap_or_default().into_owned())
+                };
                 vec![Item::Str(Cow::Owned(text(&l)? + &text(&r)?))]
             }
             Add | Sub | Mul | Div => {
-                let (Some(a), Some(b)) = (self.single(&l)?, self.single(&r)?) else { return Ok(Vec::new()) };
+                let (Some(a), Some(b)) = (self.single(&l)?, self.single(&r)?) else {
+                    return Ok(Vec::new());
+                };
                 if let (Add, Some(a), Some(b)) = (op, a.as_str(), b.as_str()) {
                     return Ok(vec![Item::Str(Cow::Owned([a, b].concat()))]);
                 }
@@ -258,9 +299,15 @@ impl<'a> Eval<'_, 'a> {
                 vec![match (op, x, y) {
                     (Div, _, _) if y.to_f64() == 0.0 => return Ok(Vec::new()),
                     (Div, _, _) => Item::Dec(x.to_f64() / y.to_f64()),
-                    (Add, Num::Int(x), Num::Int(y)) => x.checked_add(y).map_or(Item::Dec(x as f64 + y as f64), Item::Int),
-                    (Sub, Num::Int(x), Num::Int(y)) => x.checked_sub(y).map_or(Item::Dec(x as f64 - y as f64), Item::Int),
-                    (Mul, Num::Int(x), Num::Int(y)) => x.checked_mul(y).map_or(Item::Dec(x as f64 * y as f64), Item::Int),
+                    (Add, Num::Int(x), Num::Int(y)) => x
+                        .checked_add(y)
+                        .map_or(Item::Dec(x as f64 + y as f64), Item::Int),
+                    (Sub, Num::Int(x), Num::Int(y)) => x
+                        .checked_sub(y)
+                        .map_or(Item::Dec(x as f64 - y as f64), Item::Int),
+                    (Mul, Num::Int(x), Num::Int(y)) => x
+                        .checked_mul(y)
+                        .map_or(Item::Dec(x as f64 * y as f64), Item::Int),
                     (Add, x, y) => Item::Dec(x.to_f64() + y.to_f64()),
                     (Sub, x, y) => Item::Dec(x.to_f64() - y.to_f64()),
                     (_, x, y) => Item::Dec(x.to_f64() * y.to_f64()),
@@ -273,18 +320,25 @@ impl<'a> Eval<'_, 'a> {
 /// Appends the children named `name` of `item` to `out`: array elements one by one, a choice element
 /// (`valueQuantity` for `value`) tagged with its type, the item itself when `name` is its resource type.
 fn member<'a>(item: &Item<'a>, name: &str, type_name: bool, out: &mut Collection<'a>) {
-    let Some(Value::Object(map)) = item.as_json() else { return };
+    let Some(Value::Object(map)) = item.as_json() else {
+        return;
+    };
     if type_name && map.get("resourceType").and_then(Value::as_str) == Some(name) {
         out.push(item.clone());
         return;
     }
     match map.get(name) {
-        Some(Value::Array(items)) => out.extend(items.iter().filter(|v| !v.is_null()).map(Item::Json)),
+        Some(Value::Array(items)) => {
+            out.extend(items.iter().filter(|v| !v.is_null()).map(Item::Json))
+        }
         Some(Value::Null) => {}
         Some(v) => out.push(Item::Json(v)),
         None => {
             for (key, v) in map {
-                if let Some(suffix) = key.strip_prefix(name).filter(|s| s.starts_with(|c: char| c.is_ascii_uppercase())) {
+                if let Some(suffix) = key
+                    .strip_prefix(name)
+                    .filter(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
+                {
                     out.push(Item::Choice(suffix, v));
                 }
             }
@@ -303,9 +357,10 @@ impl Num {
         match *item {
             Item::Int(i) => Some(Num::Int(i)),
             Item::Dec(d) => Some(Num::Dec(d)),
-            Item::Json(Value::Number(n)) | Item::Choice(_, Value::Number(n)) => {
-                n.as_i64().map(Num::Int).or_else(|| n.as_f64().map(Num::Dec))
-            }
+            Item::Json(Value::Number(n)) | Item::Choice(_, Value::Number(n)) => n
+                .as_i64()
+                .map(Num::Int)
+                .or_else(|| n.as_f64().map(Num::Dec)),
             _ => None,
         }
     }
@@ -356,7 +411,10 @@ fn is_type(item: &Item<'_>, ty: &str) -> bool {
     match item {
         Item::Choice(suffix, _) => {
             let mut s = suffix.chars();
-            s.next().zip(ty.chars().next()).is_some_and(|(a, b)| a.eq_ignore_ascii_case(&b)) && s.as_str() == chars.as_str()
+            s.next()
+                .zip(ty.chars().next())
+                .is_some_and(|(a, b)| a.eq_ignore_ascii_case(&b))
+                && s.as_str() == chars.as_str()
         }
         Item::Bool(_) | Item::Json(Value::Bool(_)) => ty == "boolean",
         Item::Int(_) => matches!(ty, "integer" | "decimal"),
@@ -365,7 +423,9 @@ fn is_type(item: &Item<'_>, ty: &str) -> bool {
             "integer" | "positiveInt" | "unsignedInt" | "integer64" => n.is_i64() || n.is_u64(),
             _ => ty == "decimal",
         },
-        Item::Str(_) | Item::Json(Value::String(_)) => primitive && !matches!(ty, "boolean" | "integer" | "decimal"),
+        Item::Str(_) | Item::Json(Value::String(_)) => {
+            primitive && !matches!(ty, "boolean" | "integer" | "decimal")
+        }
         Item::Json(Value::Object(map)) => match map.get("resourceType").and_then(Value::as_str) {
             Some(rt) => rt == ty,
             None => !primitive,
@@ -376,7 +436,9 @@ fn is_type(item: &Item<'_>, ty: &str) -> bool {
 
 /// The id a `reference` (`Type/id`, `Type/id/_history/v`, absolute URLs) points to, when its type is `ty`.
 fn reference_key<'a>(reference: &'a str, ty: Option<&str>) -> Option<&'a str> {
-    let path = reference.split_once("/_history/").map_or(reference, |(p, _)| p);
+    let path = reference
+        .split_once("/_history/")
+        .map_or(reference, |(p, _)| p);
     let (rtype, id) = path.rsplit_once('/')?;
     let rtype = rtype.rsplit('/').next().unwrap_or(rtype);
     (!id.is_empty() && ty.is_none_or(|t| t == rtype)).then_some(id)
@@ -392,7 +454,11 @@ fn boundary<'a>(item: &Item<'a>, high: bool) -> Option<Item<'a>> {
         let digits = text.split_once('.').map_or(0, |(_, f)| f.len()) as i32;
         let half = 0.5 * 10f64.powi(-digits);
         let scale = 10f64.powi(digits + 1);
-        let v = if high { num.to_f64() + half } else { num.to_f64() - half };
+        let v = if high {
+            num.to_f64() + half
+        } else {
+            num.to_f64() - half
+        };
         return Some(Item::Dec((v * scale).round() / scale));
     }
     let s = item.as_str()?;
@@ -414,7 +480,15 @@ fn boundary<'a>(item: &Item<'a>, high: bool) -> Option<Item<'a>> {
                 ("", true) => "-12:00",
                 (tz, _) => tz,
             };
-            let time = if time.is_empty() { if high { "23:59:59.999".into() } else { "00:00:00.000".into() } } else { time_boundary(time, high)? };
+            let time = if time.is_empty() {
+                if high {
+                    "23:59:59.999".into()
+                } else {
+                    "00:00:00.000".into()
+                }
+            } else {
+                time_boundary(time, high)?
+            };
             format!("{}T{time}{tz}", date_boundary(date, high)?)
         }
         _ => return None,

@@ -120,7 +120,10 @@ impl<'a> EvalContext<'a> {
 
     /// Values for `%name` (JSON: strings, numbers, booleans).
     pub fn with_constants(self, constants: &'a Map<String, Value>) -> Self {
-        Self { constants: Some(constants), ..self }
+        Self {
+            constants: Some(constants),
+            ..self
+        }
     }
 
     /// The value of `%rowIndex`.
@@ -140,7 +143,10 @@ impl FhirPath {
     /// Parses `expr`. Syntax errors and unknown functions are [`crate::Error::FhirPath`] with the byte
     /// position in the expression.
     pub fn compile(expr: &str) -> Result<Self> {
-        Ok(Self { source: expr.to_owned(), expr: parser::parse(expr)? })
+        Ok(Self {
+            source: expr.to_owned(),
+            expr: parser::parse(expr)?,
+        })
     }
 
     /// The expression text.
@@ -164,24 +170,41 @@ impl FhirPath {
     pub fn result_type(&self) -> Option<&'static str> {
         use BinOp::*;
         match &self.expr {
-            Expr::Bool(_) | Expr::Binary(And | Or | Xor | Implies | Eq | Ne | Lt | Le | Gt | Ge, ..) => Some("boolean"),
+            Expr::Bool(_)
+            | Expr::Binary(And | Or | Xor | Implies | Eq | Ne | Lt | Le | Gt | Ge, ..) => {
+                Some("boolean")
+            }
             Expr::Call(_, Func::Exists | Func::Empty | Func::Not, _) => Some("boolean"),
             Expr::Int(_) | Expr::RowIndex | Expr::Call(_, Func::Count, _) => Some("integer"),
             Expr::Dec(_) => Some("decimal"),
             Expr::Str(_) | Expr::Binary(Concat, ..) => Some("string"),
-            Expr::Call(_, Func::Join | Func::ResourceKey | Func::ReferenceKey(_), _) => Some("string"),
+            Expr::Call(_, Func::Join | Func::ResourceKey | Func::ReferenceKey(_), _) => {
+                Some("string")
+            }
             _ => None,
         }
     }
 
     /// Evaluates the expression with `resource` as the focus (and `%resource`).
-    pub fn evaluate<'a>(&self, resource: &'a Value, ctx: &EvalContext<'a>) -> Result<Collection<'a>> {
+    pub fn evaluate<'a>(
+        &self,
+        resource: &'a Value,
+        ctx: &EvalContext<'a>,
+    ) -> Result<Collection<'a>> {
         self.evaluate_on(&[Item::Json(resource)], ctx)
     }
 
     /// Evaluates the expression with `focus` as the input collection (a `forEach` element, say).
-    pub fn evaluate_on<'a>(&self, focus: &[Item<'a>], ctx: &EvalContext<'a>) -> Result<Collection<'a>> {
-        eval::Eval { ctx, source: &self.source }.eval(&self.expr, focus)
+    pub fn evaluate_on<'a>(
+        &self,
+        focus: &[Item<'a>],
+        ctx: &EvalContext<'a>,
+    ) -> Result<Collection<'a>> {
+        eval::Eval {
+            ctx,
+            source: &self.source,
+        }
+        .eval(&self.expr, focus)
     }
 }
 
@@ -192,9 +215,20 @@ mod tests {
     use super::*;
 
     fn eval(expr: &str, resource: &Value) -> Vec<Value> {
-        let constants = json!({"use": "official", "two": 2}).as_object().unwrap().clone();
-        let ctx = EvalContext::new().with_constants(&constants).with_row_index(7);
-        FhirPath::compile(expr).unwrap().evaluate(resource, &ctx).unwrap().iter().map(Item::to_json).collect()
+        let constants = json!({"use": "official", "two": 2})
+            .as_object()
+            .unwrap()
+            .clone();
+        let ctx = EvalContext::new()
+            .with_constants(&constants)
+            .with_row_index(7);
+        FhirPath::compile(expr)
+            .unwrap()
+            .evaluate(resource, &ctx)
+            .unwrap()
+            .iter()
+            .map(Item::to_json)
+            .collect()
     }
 
     fn patient() -> Value {
@@ -210,7 +244,10 @@ mod tests {
     #[test]
     fn navigation_and_indexers() {
         let p = patient();
-        assert_eq!(eval("name.given", &p), vec![json!("Ann"), json!("Bea"), json!("Cy")]);
+        assert_eq!(
+            eval("name.given", &p),
+            vec![json!("Ann"), json!("Bea"), json!("Cy")]
+        );
         assert_eq!(eval("Patient.name[1].family", &p), vec![json!("Jones")]);
         assert_eq!(eval("name[%two].family", &p), Vec::<Value>::new());
         assert_eq!(eval("name.first().given.last()", &p), vec![json!("Bea")]);
@@ -221,8 +258,14 @@ mod tests {
     #[test]
     fn filters_and_logic() {
         let p = patient();
-        assert_eq!(eval("name.where(use = %use).family", &p), vec![json!("Smith")]);
-        assert_eq!(eval("name.where(use = 'x').exists()", &p), vec![json!(false)]);
+        assert_eq!(
+            eval("name.where(use = %use).family", &p),
+            vec![json!("Smith")]
+        );
+        assert_eq!(
+            eval("name.where(use = 'x').exists()", &p),
+            vec![json!(false)]
+        );
         assert_eq!(eval("name.exists(family = 'Jones')", &p), vec![json!(true)]);
         assert_eq!(eval("active and gender = 'male'", &p), vec![json!(false)]);
         assert_eq!(eval("missing or true", &p), vec![json!(true)]);
@@ -248,7 +291,10 @@ mod tests {
     #[test]
     fn strings_arithmetic_and_comparison() {
         let p = patient();
-        assert_eq!(eval("name.given.join(', ')", &p), vec![json!("Ann, Bea, Cy")]);
+        assert_eq!(
+            eval("name.given.join(', ')", &p),
+            vec![json!("Ann, Bea, Cy")]
+        );
         assert_eq!(eval("name.given.join()", &p), vec![json!("AnnBeaCy")]);
         assert_eq!(eval("3 / 2", &p), vec![json!(1.5)]);
         assert_eq!(eval("2 * 3 - 1", &p), vec![json!(5)]);
@@ -263,22 +309,52 @@ mod tests {
     fn resource_and_reference_keys() {
         let p = patient();
         assert_eq!(eval("getResourceKey()", &p), vec![json!("p1")]);
-        assert_eq!(eval("link.other.getReferenceKey()", &p), vec![json!("p1"), json!("g1")]);
-        assert_eq!(eval("link.other.getReferenceKey(Group)", &p), vec![json!("g1")]);
-        assert_eq!(eval("getResourceKey() = link.other.getReferenceKey(Patient)", &p), vec![json!(true)]);
+        assert_eq!(
+            eval("link.other.getReferenceKey()", &p),
+            vec![json!("p1"), json!("g1")]
+        );
+        assert_eq!(
+            eval("link.other.getReferenceKey(Group)", &p),
+            vec![json!("g1")]
+        );
+        assert_eq!(
+            eval("getResourceKey() = link.other.getReferenceKey(Patient)", &p),
+            vec![json!(true)]
+        );
     }
 
     #[test]
     fn boundaries() {
         let p = patient();
-        assert_eq!(eval("birthDate.lowBoundary()", &p), vec![json!("1970-06-01")]);
-        assert_eq!(eval("birthDate.highBoundary()", &p), vec![json!("1970-06-30")]);
-        assert_eq!(eval("'2024-02'.highBoundary()", &p), vec![json!("2024-02-29")]);
+        assert_eq!(
+            eval("birthDate.lowBoundary()", &p),
+            vec![json!("1970-06-01")]
+        );
+        assert_eq!(
+            eval("birthDate.highBoundary()", &p),
+            vec![json!("1970-06-30")]
+        );
+        assert_eq!(
+            eval("'2024-02'.highBoundary()", &p),
+            vec![json!("2024-02-29")]
+        );
         let obs = json!({"valueDateTime": "2010-10-10", "valueTime": "12:34", "n": 1.0, "i": 3});
-        assert_eq!(eval("value.ofType(dateTime).lowBoundary()", &obs), vec![json!("2010-10-10T00:00:00.000+14:00")]);
-        assert_eq!(eval("value.ofType(dateTime).highBoundary()", &obs), vec![json!("2010-10-10T23:59:59.999-12:00")]);
-        assert_eq!(eval("'2010-10-10T10:20Z'.lowBoundary()", &obs), vec![json!("2010-10-10T10:20:00.000Z")]);
-        assert_eq!(eval("value.ofType(time).highBoundary()", &obs), vec![json!("12:34:59.999")]);
+        assert_eq!(
+            eval("value.ofType(dateTime).lowBoundary()", &obs),
+            vec![json!("2010-10-10T00:00:00.000+14:00")]
+        );
+        assert_eq!(
+            eval("value.ofType(dateTime).highBoundary()", &obs),
+            vec![json!("2010-10-10T23:59:59.999-12:00")]
+        );
+        assert_eq!(
+            eval("'2010-10-10T10:20Z'.lowBoundary()", &obs),
+            vec![json!("2010-10-10T10:20:00.000Z")]
+        );
+        assert_eq!(
+            eval("value.ofType(time).highBoundary()", &obs),
+            vec![json!("12:34:59.999")]
+        );
         assert_eq!(eval("n.lowBoundary()", &obs), vec![json!(0.95)]);
         assert_eq!(eval("n.highBoundary()", &obs), vec![json!(1.05)]);
         assert_eq!(eval("i.highBoundary()", &obs), vec![json!(3.5)]);
@@ -287,9 +363,23 @@ mod tests {
     #[test]
     fn evaluation_errors() {
         let p = patient();
-        let err = |expr: &str| FhirPath::compile(expr).unwrap().evaluate(&p, &EvalContext::new()).unwrap_err().to_string();
-        assert!(err("%nope").contains("unknown constant %nope"), "{}", err("%nope"));
-        assert!(err("name.given + 1").contains("expects a single item"), "{}", err("name.given + 1"));
+        let err = |expr: &str| {
+            FhirPath::compile(expr)
+                .unwrap()
+                .evaluate(&p, &EvalContext::new())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("%nope").contains("unknown constant %nope"),
+            "{}",
+            err("%nope")
+        );
+        assert!(
+            err("name.given + 1").contains("expects a single item"),
+            "{}",
+            err("name.given + 1")
+        );
         assert!(err("name['a']").contains("index"), "{}", err("name['a']"));
         let path = FhirPath::compile("name.where(use = %a).family | %b").unwrap();
         assert_eq!(path.constants(), vec!["a", "b"]);

@@ -89,7 +89,14 @@ impl Func {
             if (min..=max).contains(&args.len()) {
                 Ok(())
             } else {
-                Err(syntax(src, pos, &format!("{name}() takes {min} to {max} arguments, got {}", args.len())))
+                Err(syntax(
+                    src,
+                    pos,
+                    &format!(
+                        "{name}() takes {min} to {max} arguments, got {}",
+                        args.len()
+                    ),
+                ))
             }
         };
         let func = match name {
@@ -125,13 +132,19 @@ impl Func {
 /// The name of a type specifier argument (`Quantity`, `FHIR.Quantity`).
 fn type_name(arg: Option<Expr>, func: &str, pos: usize, src: &str) -> Result<Box<str>> {
     match arg {
-        Some(Expr::Member(base, name)) if matches!(*base, Expr::This | Expr::Member(..)) => Ok(name),
+        Some(Expr::Member(base, name)) if matches!(*base, Expr::This | Expr::Member(..)) => {
+            Ok(name)
+        }
         _ => Err(syntax(src, pos, &format!("{func}() expects a type name"))),
     }
 }
 
 fn syntax(src: &str, pos: usize, msg: &str) -> Error {
-    Error::FhirPath { expr: src.to_owned(), pos: Some(pos), msg: msg.to_owned() }
+    Error::FhirPath {
+        expr: src.to_owned(),
+        pos: Some(pos),
+        msg: msg.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,8 +164,10 @@ struct Lexer<'s> {
     pos: usize,
 }
 
-const OPS: [&str; 20] =
-    ["<=", ">=", "!=", "(", ")", "[", "]", "{", "}", ".", ",", "=", "<", ">", "+", "-", "*", "/", "|", "&"];
+const OPS: [&str; 20] = [
+    "<=", ">=", "!=", "(", ")", "[", "]", "{", "}", ".", ",", "=", "<", ">", "+", "-", "*", "/",
+    "|", "&",
+];
 
 impl Lexer<'_> {
     /// The next token and its start offset.
@@ -162,22 +177,36 @@ impl Lexer<'_> {
             self.pos += 1;
         }
         let start = self.pos;
-        let Some(&c) = bytes.get(start) else { return Ok((Tok::Eof, start)) };
+        let Some(&c) = bytes.get(start) else {
+            return Ok((Tok::Eof, start));
+        };
         let rest = &self.src[start..];
         let tok = if c == b'\'' || c == b'`' {
             Tok::Str(self.quoted(c)?).with_quote(c)
         } else if c.is_ascii_digit() {
-            let len = rest.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(rest.len());
-            let frac = rest[len..].strip_prefix('.').filter(|f| f.starts_with(|ch: char| ch.is_ascii_digit()));
+            let len = rest
+                .find(|ch: char| !ch.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let frac = rest[len..]
+                .strip_prefix('.')
+                .filter(|f| f.starts_with(|ch: char| ch.is_ascii_digit()));
             match frac {
                 Some(f) => {
                     let flen = f.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(f.len());
                     self.pos += len + 1 + flen;
-                    Tok::Dec(rest[..len + 1 + flen].parse().map_err(|_| syntax(self.src, start, "bad number"))?)
+                    Tok::Dec(
+                        rest[..len + 1 + flen]
+                            .parse()
+                            .map_err(|_| syntax(self.src, start, "bad number"))?,
+                    )
                 }
                 None => {
                     self.pos += len;
-                    Tok::Int(rest[..len].parse().map_err(|_| syntax(self.src, start, "integer too large"))?)
+                    Tok::Int(
+                        rest[..len]
+                            .parse()
+                            .map_err(|_| syntax(self.src, start, "integer too large"))?,
+                    )
                 }
             }
         } else if c.is_ascii_alphabetic() || c == b'_' {
@@ -195,16 +224,31 @@ impl Lexer<'_> {
                 }
             };
             match (c, name.as_str()) {
-                (b'%', "") => return Err(syntax(self.src, start, "expected a constant name after %")),
+                (b'%', "") => {
+                    return Err(syntax(self.src, start, "expected a constant name after %"));
+                }
                 (b'%', _) => Tok::Ext(name),
                 (_, "this") => Tok::This,
-                _ => return Err(syntax(self.src, start, &format!("unsupported variable ${name}"))),
+                _ => {
+                    return Err(syntax(
+                        self.src,
+                        start,
+                        &format!("unsupported variable ${name}"),
+                    ));
+                }
             }
         } else if let Some(op) = OPS.iter().find(|op| rest.starts_with(**op)) {
             self.pos += op.len();
             Tok::Op(op)
         } else {
-            return Err(syntax(self.src, start, &format!("unexpected character {:?}", rest.chars().next().unwrap_or(' '))));
+            return Err(syntax(
+                self.src,
+                start,
+                &format!(
+                    "unexpected character {:?}",
+                    rest.chars().next().unwrap_or(' ')
+                ),
+            ));
         };
         Ok((tok, start))
     }
@@ -217,7 +261,9 @@ impl Lexer<'_> {
         while let Some((i, ch)) = chars.next() {
             match ch {
                 '\\' => {
-                    let (_, esc) = chars.next().ok_or_else(|| syntax(self.src, start, "unterminated string"))?;
+                    let (_, esc) = chars
+                        .next()
+                        .ok_or_else(|| syntax(self.src, start, "unterminated string"))?;
                     match esc {
                         'n' => out.push('\n'),
                         'r' => out.push('\r'),
@@ -226,7 +272,9 @@ impl Lexer<'_> {
                         'u' => {
                             let hex: String = chars.by_ref().take(4).map(|(_, h)| h).collect();
                             let code = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
-                            out.push(code.ok_or_else(|| syntax(self.src, start, "bad \\u escape"))?);
+                            out.push(
+                                code.ok_or_else(|| syntax(self.src, start, "bad \\u escape"))?,
+                            );
                         }
                         other => out.push(other),
                     }
@@ -253,12 +301,17 @@ impl Tok {
 }
 
 fn ident_len(s: &str) -> usize {
-    s.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).unwrap_or(s.len())
+    s.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .unwrap_or(s.len())
 }
 
 /// Parses a whole expression.
 pub(crate) fn parse(src: &str) -> Result<Expr> {
-    let mut p = Parser { lex: Lexer { src, pos: 0 }, tok: Tok::Eof, at: 0 };
+    let mut p = Parser {
+        lex: Lexer { src, pos: 0 },
+        tok: Tok::Eof,
+        at: 0,
+    };
     p.bump()?;
     let expr = p.expr(0)?;
     match p.tok {
@@ -429,20 +482,40 @@ mod tests {
     #[test]
     fn parses_paths_indexers_and_precedence() {
         let e = parse("name[0].family = 'x' and active").unwrap();
-        let family = member(Expr::Index(Box::new(member(Expr::This, "name")), Box::new(Expr::Int(0))), "family");
+        let family = member(
+            Expr::Index(Box::new(member(Expr::This, "name")), Box::new(Expr::Int(0))),
+            "family",
+        );
         let eq = Expr::Binary(BinOp::Eq, Box::new(family), Box::new(Expr::Str("x".into())));
-        assert_eq!(e, Expr::Binary(BinOp::And, Box::new(eq), Box::new(member(Expr::This, "active"))));
+        assert_eq!(
+            e,
+            Expr::Binary(
+                BinOp::And,
+                Box::new(eq),
+                Box::new(member(Expr::This, "active"))
+            )
+        );
         let e = parse("1 + 2 * 3").unwrap();
         let mul = Expr::Binary(BinOp::Mul, Box::new(Expr::Int(2)), Box::new(Expr::Int(3)));
-        assert_eq!(e, Expr::Binary(BinOp::Add, Box::new(Expr::Int(1)), Box::new(mul)));
+        assert_eq!(
+            e,
+            Expr::Binary(BinOp::Add, Box::new(Expr::Int(1)), Box::new(mul))
+        );
     }
 
     #[test]
     fn resolves_type_arguments() {
         let e = parse("value.ofType(Quantity).value").unwrap();
-        let call = Expr::Call(Box::new(member(Expr::This, "value")), Func::OfType("Quantity".into()), vec![]);
+        let call = Expr::Call(
+            Box::new(member(Expr::This, "value")),
+            Func::OfType("Quantity".into()),
+            vec![],
+        );
         assert_eq!(e, member(call, "value"));
-        assert!(matches!(parse("getReferenceKey()").unwrap(), Expr::Call(_, Func::ReferenceKey(None), _)));
+        assert!(matches!(
+            parse("getReferenceKey()").unwrap(),
+            Expr::Call(_, Func::ReferenceKey(None), _)
+        ));
     }
 
     #[test]
@@ -458,8 +531,16 @@ mod tests {
     fn errors_carry_the_position() {
         let msg = |src: &str| parse(src).unwrap_err().to_string();
         assert!(msg("@@").contains("position 0"), "{}", msg("@@"));
-        assert!(msg("name.foo()").contains("position 5: unknown function foo()"), "{}", msg("name.foo()"));
-        assert!(msg("name.where(").contains("position 11"), "{}", msg("name.where("));
+        assert!(
+            msg("name.foo()").contains("position 5: unknown function foo()"),
+            "{}",
+            msg("name.foo()")
+        );
+        assert!(
+            msg("name.where(").contains("position 11"),
+            "{}",
+            msg("name.where(")
+        );
         assert!(msg("'abc").contains("unterminated string"));
         assert!(msg("a b").contains("position 2: unexpected token"));
     }

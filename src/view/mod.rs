@@ -126,30 +126,60 @@ struct Builder {
 
 impl Builder {
     fn error(&self, at: &str, msg: impl std::fmt::Display) -> Error {
-        Error::View { view: self.view.clone(), msg: format!("{at}: {msg}") }
+        Error::View {
+            view: self.view.clone(),
+            msg: format!("{at}: {msg}"),
+        }
     }
 
     fn path(&self, at: &str, value: Option<&Value>) -> Result<FhirPath> {
-        let text = value.and_then(Value::as_str).ok_or_else(|| self.error(at, "expected a FHIRPath string"))?;
+        let text = value
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.error(at, "expected a FHIRPath string"))?;
         let path = FhirPath::compile(text)?;
-        if let Some(missing) = path.constants().into_iter().find(|c| !self.constants.contains_key(*c)) {
+        if let Some(missing) = path
+            .constants()
+            .into_iter()
+            .find(|c| !self.constants.contains_key(*c))
+        {
             return Err(self.error(at, format!("undefined constant %{missing}")));
         }
         Ok(path)
     }
 
     fn select(&mut self, at: &str, value: &Value) -> Result<Select> {
-        let obj = value.as_object().ok_or_else(|| self.error(at, "a select must be an object"))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| self.error(at, "a select must be an object"))?;
         let start = self.fields.len();
-        let iterate = match (obj.get("forEach"), obj.get("forEachOrNull"), obj.get("repeat")) {
+        let iterate = match (
+            obj.get("forEach"),
+            obj.get("forEachOrNull"),
+            obj.get("repeat"),
+        ) {
             (None, None, None) => Iterate::Once,
-            (Some(p), None, None) => Iterate::ForEach(self.path(&format!("{at}.forEach"), Some(p))?),
-            (None, Some(p), None) => Iterate::ForEachOrNull(self.path(&format!("{at}.forEachOrNull"), Some(p))?),
+            (Some(p), None, None) => {
+                Iterate::ForEach(self.path(&format!("{at}.forEach"), Some(p))?)
+            }
+            (None, Some(p), None) => {
+                Iterate::ForEachOrNull(self.path(&format!("{at}.forEachOrNull"), Some(p))?)
+            }
             (None, None, Some(Value::Array(paths))) if !paths.is_empty() => Iterate::Repeat(
-                paths.iter().enumerate().map(|(i, p)| self.path(&format!("{at}.repeat[{i}]"), Some(p))).collect::<Result<_>>()?,
+                paths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| self.path(&format!("{at}.repeat[{i}]"), Some(p)))
+                    .collect::<Result<_>>()?,
             ),
-            (None, None, Some(_)) => return Err(self.error(at, "repeat must be a non-empty array of FHIRPath strings")),
-            _ => return Err(self.error(at, "only one of forEach, forEachOrNull and repeat may be given")),
+            (None, None, Some(_)) => {
+                return Err(self.error(at, "repeat must be a non-empty array of FHIRPath strings"));
+            }
+            _ => {
+                return Err(self.error(
+                    at,
+                    "only one of forEach, forEachOrNull and repeat may be given",
+                ));
+            }
         };
         let mut columns = Vec::new();
         for (i, col) in array(obj.get("column")).enumerate() {
@@ -169,21 +199,47 @@ impl Builder {
                 let branch: Vec<Field> = self.fields.drain(before..).collect();
                 self.columns.truncate(before);
                 if branch != self.fields[union_start..] {
-                    let names = |f: &[Field]| f.iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
-                    let msg = format!("columns [{}] differ from the first branch's [{}]", names(&branch), names(&self.fields[union_start..]));
+                    let names = |f: &[Field]| {
+                        f.iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let msg = format!(
+                        "columns [{}] differ from the first branch's [{}]",
+                        names(&branch),
+                        names(&self.fields[union_start..])
+                    );
                     return Err(self.error(&format!("{at}.unionAll[{i}]"), msg));
                 }
-                renumber(union_all.last_mut().expect("just pushed"), before, union_start);
+                renumber(
+                    union_all.last_mut().expect("just pushed"),
+                    before,
+                    union_start,
+                );
             }
         }
-        Ok(Select { iterate, columns, selects, union_all, width: self.fields.len() - start })
+        Ok(Select {
+            iterate,
+            columns,
+            selects,
+            union_all,
+            width: self.fields.len() - start,
+        })
     }
 
     fn column(&mut self, at: &str, value: &Value) -> Result<Column> {
-        let name = value.get("name").and_then(Value::as_str).ok_or_else(|| self.error(at, "a column needs a name"))?;
-        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let name = value
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.error(at, "a column needs a name"))?;
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(self.error(at, format!("column name {name:?} must match [A-Za-z][A-Za-z0-9_]*")));
+            return Err(self.error(
+                at,
+                format!("column name {name:?} must match [A-Za-z][A-Za-z0-9_]*"),
+            ));
         }
         let path = self.path(&format!("{at}.path"), value.get("path"))?;
         let collection = match value.get("collection") {
@@ -196,8 +252,19 @@ impl Builder {
             Some(Value::String(ty)) => ty,
             Some(_) => return Err(self.error(at, "type must be a string")),
         };
-        let cardinality = if collection { Cardinality::Collection } else { Cardinality::Single };
-        Ok(self.add(name, path, ColumnType { kind: Kind::of_fhir_type(ty), cardinality }))
+        let cardinality = if collection {
+            Cardinality::Collection
+        } else {
+            Cardinality::Single
+        };
+        Ok(self.add(
+            name,
+            path,
+            ColumnType {
+                kind: Kind::of_fhir_type(ty),
+                cardinality,
+            },
+        ))
     }
 
     fn add(&mut self, name: &str, path: FhirPath, ty: ColumnType) -> Column {
@@ -207,20 +274,40 @@ impl Builder {
         };
         self.fields.push(Field::new(name, data_type, true));
         self.columns.push(ty);
-        Column { path, index: self.columns.len() - 1 }
+        Column {
+            path,
+            index: self.columns.len() - 1,
+        }
     }
 
-    fn finish(self, name: Option<String>, resource: String, filters: Vec<FhirPath>, root: Select) -> Result<ViewDefinition> {
+    fn finish(
+        self,
+        name: Option<String>,
+        resource: String,
+        filters: Vec<FhirPath>,
+        root: Select,
+    ) -> Result<ViewDefinition> {
         if self.fields.is_empty() {
             return Err(self.error("select", "a view needs at least one column"));
         }
         for (i, field) in self.fields.iter().enumerate() {
             if self.fields[..i].iter().any(|f| f.name() == field.name()) {
-                return Err(self.error("select", format!("duplicate column name {:?}", field.name())));
+                return Err(self.error(
+                    "select",
+                    format!("duplicate column name {:?}", field.name()),
+                ));
             }
         }
         let schema = Arc::new(Schema::new(self.fields));
-        Ok(ViewDefinition { name, resource, constants: self.constants, filters, root, columns: self.columns, schema })
+        Ok(ViewDefinition {
+            name,
+            resource,
+            constants: self.constants,
+            filters,
+            root,
+            columns: self.columns,
+            schema,
+        })
     }
 }
 
@@ -244,23 +331,45 @@ impl ViewDefinition {
     /// syntax errors, undefined constants, mismatched `unionAll` branches and duplicate column names
     /// are errors.
     pub fn from_json(value: &Value) -> Result<Self> {
-        let obj = value.as_object().ok_or_else(|| Error::View { view: "?".into(), msg: "a ViewDefinition must be a JSON object".into() })?;
+        let obj = value.as_object().ok_or_else(|| Error::View {
+            view: "?".into(),
+            msg: "a ViewDefinition must be a JSON object".into(),
+        })?;
         let name = obj.get("name").and_then(Value::as_str).map(str::to_owned);
         let label = name.clone().unwrap_or_else(|| "?".into());
         let resource = match obj.get("resource").and_then(Value::as_str) {
             Some(r) if !r.is_empty() => r.to_owned(),
-            _ => return Err(Error::View { view: label, msg: "resource: expected a resource type".into() }),
+            _ => {
+                return Err(Error::View {
+                    view: label,
+                    msg: "resource: expected a resource type".into(),
+                });
+            }
         };
         let label = name.clone().unwrap_or_else(|| resource.clone());
-        let view_error = |msg: String| Error::View { view: label.clone(), msg };
+        let view_error = |msg: String| Error::View {
+            view: label.clone(),
+            msg,
+        };
 
         let mut constants = Map::new();
         for (i, c) in array(obj.get("constant")).enumerate() {
-            let cname = c.get("name").and_then(Value::as_str).ok_or_else(|| view_error(format!("constant[{i}]: missing name")))?;
-            let mut values = c.as_object().into_iter().flatten().filter(|(k, _)| k.starts_with("value"));
+            let cname = c
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| view_error(format!("constant[{i}]: missing name")))?;
+            let mut values = c
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("value"));
             match (values.next(), values.next()) {
                 (Some((_, v)), None) => constants.insert(cname.to_owned(), v.clone()),
-                _ => return Err(view_error(format!("constant[{i}] {cname}: expected exactly one value[x]"))),
+                _ => {
+                    return Err(view_error(format!(
+                        "constant[{i}] {cname}: expected exactly one value[x]"
+                    )));
+                }
             };
         }
 
@@ -268,7 +377,12 @@ impl ViewDefinition {
             Some(Value::Array(s)) if !s.is_empty() => s,
             _ => return Err(view_error("select: expected a non-empty array".into())),
         };
-        let mut builder = Builder { view: label.clone(), constants, fields: Vec::new(), columns: Vec::new() };
+        let mut builder = Builder {
+            view: label.clone(),
+            constants,
+            fields: Vec::new(),
+            columns: Vec::new(),
+        };
         let filters = array(obj.get("where"))
             .enumerate()
             .map(|(i, w)| builder.path(&format!("where[{i}].path"), w.get("path")))
@@ -280,14 +394,32 @@ impl ViewDefinition {
     /// The notebook's shorthand: one column per `(name, FHIRPath)` pair, each holding the first value
     /// of its expression (Utf8 unless the expression evidently returns a boolean or number).
     pub fn from_paths(resource: &str, columns: &[(&str, &str)]) -> Result<Self> {
-        let mut builder = Builder { view: resource.to_owned(), constants: Map::new(), fields: Vec::new(), columns: Vec::new() };
+        let mut builder = Builder {
+            view: resource.to_owned(),
+            constants: Map::new(),
+            fields: Vec::new(),
+            columns: Vec::new(),
+        };
         let mut cols = Vec::new();
         for (name, expr) in columns {
             let path = FhirPath::compile(expr)?;
             let kind = Kind::of_fhir_type(path.result_type().unwrap_or("string"));
-            cols.push(builder.add(name, path, ColumnType { kind, cardinality: Cardinality::First }));
+            cols.push(builder.add(
+                name,
+                path,
+                ColumnType {
+                    kind,
+                    cardinality: Cardinality::First,
+                },
+            ));
         }
-        let root = Select { iterate: Iterate::Once, width: cols.len(), columns: cols, selects: Vec::new(), union_all: Vec::new() };
+        let root = Select {
+            iterate: Iterate::Once,
+            width: cols.len(),
+            columns: cols,
+            selects: Vec::new(),
+            union_all: Vec::new(),
+        };
         builder.finish(None, resource.to_owned(), Vec::new(), root)
     }
 
@@ -334,7 +466,11 @@ mod tests {
         .unwrap();
         assert_eq!((view.name(), view.resource()), (Some("pt"), "Patient"));
         let schema = view.schema();
-        let fields: Vec<_> = schema.fields().iter().map(|f| (f.name().as_str(), f.data_type().clone())).collect();
+        let fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type().clone()))
+            .collect();
         assert_eq!(
             fields,
             vec![
@@ -359,7 +495,8 @@ mod tests {
         assert!(error(for_each).contains("view.select[0].forEach"));
         let dup = json!({"resource": "Patient", "select": [{"column": [{"name": "a", "path": "id"}, {"name": "a", "path": "id"}]}]});
         assert!(error(dup).contains("duplicate column name"));
-        let bad_name = json!({"resource": "Patient", "select": [{"column": [{"name": "1a", "path": "id"}]}]});
+        let bad_name =
+            json!({"resource": "Patient", "select": [{"column": [{"name": "1a", "path": "id"}]}]});
         assert!(error(bad_name).contains("must match"));
         let constant = json!({"resource": "Patient", "constant": [{"name": "c"}], "select": [{"column": [{"name": "a", "path": "id"}]}]});
         assert!(error(constant).contains("exactly one value[x]"));
@@ -371,9 +508,30 @@ mod tests {
 
     #[test]
     fn shorthand_infers_obvious_types() {
-        let view = ViewDefinition::from_paths("Patient", &[("id", "id"), ("has_name", "name.exists()"), ("n", "name.count()")]).unwrap();
-        let types: Vec<_> = view.schema().fields().iter().map(|f| f.data_type().clone()).collect();
-        assert_eq!(types, vec![DataType::Utf8, DataType::Boolean, DataType::Int64]);
-        assert!(ViewDefinition::from_paths("Patient", &[("x", "name.nope()")]).unwrap_err().to_string().contains("unknown function"));
+        let view = ViewDefinition::from_paths(
+            "Patient",
+            &[
+                ("id", "id"),
+                ("has_name", "name.exists()"),
+                ("n", "name.count()"),
+            ],
+        )
+        .unwrap();
+        let types: Vec<_> = view
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        assert_eq!(
+            types,
+            vec![DataType::Utf8, DataType::Boolean, DataType::Int64]
+        );
+        assert!(
+            ViewDefinition::from_paths("Patient", &[("x", "name.nope()")])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown function")
+        );
     }
 }

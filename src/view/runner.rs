@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder, make_builder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder,
+    StringBuilder, make_builder,
 };
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
@@ -28,7 +29,10 @@ pub struct ViewRunner {
 
 impl std::fmt::Debug for ViewRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ViewRunner").field("view", &self.view.resource).field("rows", &self.rows).finish_non_exhaustive()
+        f.debug_struct("ViewRunner")
+            .field("view", &self.view.resource)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
     }
 }
 
@@ -36,11 +40,20 @@ impl ViewRunner {
     /// A runner for `view` whose buffers are sized for `batch_size` rows.
     pub fn new(view: Arc<ViewDefinition>, batch_size: usize) -> Self {
         let builders = Self::builders(&view, batch_size);
-        Self { view, batch_size, builders, rows: 0 }
+        Self {
+            view,
+            batch_size,
+            builders,
+            rows: 0,
+        }
     }
 
     fn builders(view: &ViewDefinition, capacity: usize) -> Vec<Box<dyn ArrayBuilder>> {
-        view.schema.fields().iter().map(|f| make_builder(f.data_type(), capacity)).collect()
+        view.schema
+            .fields()
+            .iter()
+            .map(|f| make_builder(f.data_type(), capacity))
+            .collect()
     }
 
     /// Evaluates the view on one resource and buffers its rows. A `where` that yields something other
@@ -57,16 +70,27 @@ impl ViewRunner {
                 [item] => match item.as_bool() {
                     Some(true) => {}
                     Some(false) => return Ok(()),
-                    None => return Err(view.error(format!("where `{}` returned a non-boolean value", filter.source()))),
+                    None => {
+                        return Err(view.error(format!(
+                            "where `{}` returned a non-boolean value",
+                            filter.source()
+                        )));
+                    }
                 },
-                _ => return Err(view.error(format!("where `{}` returned several values", filter.source()))),
+                _ => {
+                    return Err(view.error(format!(
+                        "where `{}` returned several values",
+                        filter.source()
+                    )));
+                }
             }
         }
         let rows = view.root.rows(view, &Item::Json(resource), ctx)?;
         for row in rows {
             for (index, (builder, values)) in self.builders.iter_mut().zip(row).enumerate() {
-                append(builder.as_mut(), view.columns[index], &values)
-                    .map_err(|msg| view.error(format!("column {}: {msg}", view.schema.field(index).name())))?;
+                append(builder.as_mut(), view.columns[index], &values).map_err(|msg| {
+                    view.error(format!("column {}: {msg}", view.schema.field(index).name()))
+                })?;
             }
             self.rows += 1;
         }
@@ -90,21 +114,30 @@ impl ViewRunner {
         }
         self.rows = 0;
         let columns: Vec<ArrayRef> = self.builders.iter_mut().map(|b| b.finish()).collect();
-        let batch = RecordBatch::try_new(self.view.schema(), columns).map_err(|e| self.view.error(e.to_string()))?;
+        let batch = RecordBatch::try_new(self.view.schema(), columns)
+            .map_err(|e| self.view.error(e.to_string()))?;
         Ok(Some(batch))
     }
 }
 
 impl ViewDefinition {
     fn error(&self, msg: String) -> Error {
-        Error::View { view: self.name.clone().unwrap_or_else(|| self.resource.clone()), msg }
+        Error::View {
+            view: self.name.clone().unwrap_or_else(|| self.resource.clone()),
+            msg,
+        }
     }
 }
 
 impl Select {
     /// The rows of this select for one focus item, per the specification's processing algorithm:
     /// iterate, then combine own columns, nested selects and the `unionAll` branches as a product.
-    fn rows<'a>(&self, view: &ViewDefinition, focus: &Item<'a>, ctx: EvalContext<'a>) -> Result<Vec<Row<'a>>> {
+    fn rows<'a>(
+        &self,
+        view: &ViewDefinition,
+        focus: &Item<'a>,
+        ctx: EvalContext<'a>,
+    ) -> Result<Vec<Row<'a>>> {
         let single = std::slice::from_ref(focus);
         let foci: Collection<'a> = match &self.iterate {
             Iterate::Once => return self.rows_for(view, focus, ctx),
@@ -112,7 +145,9 @@ impl Select {
             Iterate::ForEachOrNull(path) => {
                 let foci = path.evaluate_on(single, &ctx)?;
                 if foci.is_empty() {
-                    return self.null_row(view, ctx.with_row_index(0)).map(|row| vec![row]);
+                    return self
+                        .null_row(view, ctx.with_row_index(0))
+                        .map(|row| vec![row]);
                 }
                 foci
             }
@@ -129,7 +164,12 @@ impl Select {
         Ok(rows)
     }
 
-    fn rows_for<'a>(&self, view: &ViewDefinition, focus: &Item<'a>, ctx: EvalContext<'a>) -> Result<Vec<Row<'a>>> {
+    fn rows_for<'a>(
+        &self,
+        view: &ViewDefinition,
+        focus: &Item<'a>,
+        ctx: EvalContext<'a>,
+    ) -> Result<Vec<Row<'a>>> {
         let mut rows = vec![self.columns(view, std::slice::from_ref(focus), ctx)?];
         for sel in &self.selects {
             rows = product(rows, sel.rows(view, focus, ctx)?);
@@ -153,14 +193,23 @@ impl Select {
     }
 
     /// The values of this select's own columns.
-    fn columns<'a>(&self, view: &ViewDefinition, focus: &[Item<'a>], ctx: EvalContext<'a>) -> Result<Row<'a>> {
+    fn columns<'a>(
+        &self,
+        view: &ViewDefinition,
+        focus: &[Item<'a>],
+        ctx: EvalContext<'a>,
+    ) -> Result<Row<'a>> {
         let mut own = Vec::with_capacity(self.width);
         for col in &self.columns {
             let mut values = col.path.evaluate_on(focus, &ctx)?;
             match view.columns[col.index].cardinality {
                 Cardinality::Single if values.len() > 1 => {
                     let name = view.schema.field(col.index).name();
-                    return Err(view.error(format!("column {name}: `{}` returned {} values but the column is not a collection", col.path.source(), values.len())));
+                    return Err(view.error(format!(
+                        "column {name}: `{}` returned {} values but the column is not a collection",
+                        col.path.source(),
+                        values.len()
+                    )));
                 }
                 Cardinality::First => values.truncate(1),
                 _ => {}
@@ -175,16 +224,30 @@ impl Select {
 fn product<'a>(left: Vec<Row<'a>>, right: Vec<Row<'a>>) -> Vec<Row<'a>> {
     if let [_] = right.as_slice() {
         let extra = right.into_iter().next().expect("one row");
-        return left.into_iter().map(|mut l| {
-            l.extend(extra.iter().cloned());
-            l
-        }).collect();
+        return left
+            .into_iter()
+            .map(|mut l| {
+                l.extend(extra.iter().cloned());
+                l
+            })
+            .collect();
     }
-    left.iter().flat_map(|l| right.iter().map(move |r| l.iter().chain(r).cloned().collect())).collect()
+    left.iter()
+        .flat_map(|l| {
+            right
+                .iter()
+                .map(move |r| l.iter().chain(r).cloned().collect())
+        })
+        .collect()
 }
 
 /// `repeat`: the items reached by applying `paths` recursively, depth first, parents before children.
-fn repeat<'a>(paths: &[crate::fhirpath::FhirPath], focus: &Item<'a>, ctx: &EvalContext<'a>, out: &mut Collection<'a>) -> Result<()> {
+fn repeat<'a>(
+    paths: &[crate::fhirpath::FhirPath],
+    focus: &Item<'a>,
+    ctx: &EvalContext<'a>,
+    out: &mut Collection<'a>,
+) -> Result<()> {
     for path in paths {
         for item in path.evaluate_on(std::slice::from_ref(focus), ctx)? {
             out.push(item.clone());
@@ -195,9 +258,16 @@ fn repeat<'a>(paths: &[crate::fhirpath::FhirPath], focus: &Item<'a>, ctx: &EvalC
 }
 
 /// Appends one cell; the message says what did not fit.
-fn append(builder: &mut dyn ArrayBuilder, ty: ColumnType, values: &[Item<'_>]) -> Result<(), String> {
+fn append(
+    builder: &mut dyn ArrayBuilder,
+    ty: ColumnType,
+    values: &[Item<'_>],
+) -> Result<(), String> {
     if ty.cardinality == Cardinality::Collection {
-        let list = builder.as_any_mut().downcast_mut::<ListBuilder<Box<dyn ArrayBuilder>>>().expect("list column");
+        let list = builder
+            .as_any_mut()
+            .downcast_mut::<ListBuilder<Box<dyn ArrayBuilder>>>()
+            .expect("list column");
         for value in values {
             append_scalar(list.values().as_mut(), ty.kind, Some(value))?;
         }
@@ -207,22 +277,41 @@ fn append(builder: &mut dyn ArrayBuilder, ty: ColumnType, values: &[Item<'_>]) -
     append_scalar(builder, ty.kind, values.first())
 }
 
-fn append_scalar(builder: &mut dyn ArrayBuilder, kind: Kind, value: Option<&Item<'_>>) -> Result<(), String> {
+fn append_scalar(
+    builder: &mut dyn ArrayBuilder,
+    kind: Kind,
+    value: Option<&Item<'_>>,
+) -> Result<(), String> {
     let any = builder.as_any_mut();
     let mismatch = |v: &Item<'_>, ty: &str| format!("expected {ty}, got {}", v.to_json());
     match kind {
         Kind::Bool => {
-            let v = value.map(|v| v.as_bool().ok_or_else(|| mismatch(v, "a boolean"))).transpose()?;
-            any.downcast_mut::<BooleanBuilder>().expect("boolean column").append_option(v);
+            let v = value
+                .map(|v| v.as_bool().ok_or_else(|| mismatch(v, "a boolean")))
+                .transpose()?;
+            any.downcast_mut::<BooleanBuilder>()
+                .expect("boolean column")
+                .append_option(v);
         }
         Kind::Int => {
-            let int = |v: &Item<'_>| v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
-            let v = value.map(|v| int(v).ok_or_else(|| mismatch(v, "an integer"))).transpose()?;
-            any.downcast_mut::<Int64Builder>().expect("integer column").append_option(v);
+            let int = |v: &Item<'_>| {
+                v.as_i64()
+                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            };
+            let v = value
+                .map(|v| int(v).ok_or_else(|| mismatch(v, "an integer")))
+                .transpose()?;
+            any.downcast_mut::<Int64Builder>()
+                .expect("integer column")
+                .append_option(v);
         }
         Kind::Dec => {
-            let v = value.map(|v| v.as_f64().ok_or_else(|| mismatch(v, "a decimal"))).transpose()?;
-            any.downcast_mut::<Float64Builder>().expect("decimal column").append_option(v);
+            let v = value
+                .map(|v| v.as_f64().ok_or_else(|| mismatch(v, "a decimal")))
+                .transpose()?;
+            any.downcast_mut::<Float64Builder>()
+                .expect("decimal column")
+                .append_option(v);
         }
         Kind::Str => {
             let b = any.downcast_mut::<StringBuilder>().expect("string column");

@@ -58,13 +58,31 @@ fn for_each_or_null_where_and_constants() {
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
     assert_eq!(strings(b, 0), vec![Some("p1"), Some("p1"), Some("p2")]);
-    assert_eq!(b.column(1).as_boolean().iter().collect::<Vec<_>>(), vec![Some(true), Some(true), Some(false)]);
-    assert_eq!(b.column(2).as_primitive::<Int64Type>().iter().collect::<Vec<_>>(), vec![Some(2), Some(2), None]);
-    assert_eq!(b.column(3).as_primitive::<Int64Type>().iter().collect::<Vec<_>>(), vec![Some(0), Some(1), Some(0)]);
+    assert_eq!(
+        b.column(1).as_boolean().iter().collect::<Vec<_>>(),
+        vec![Some(true), Some(true), Some(false)]
+    );
+    assert_eq!(
+        b.column(2)
+            .as_primitive::<Int64Type>()
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![Some(2), Some(2), None]
+    );
+    assert_eq!(
+        b.column(3)
+            .as_primitive::<Int64Type>()
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![Some(0), Some(1), Some(0)]
+    );
     assert_eq!(strings(b, 4), vec![Some("Smith"), Some("Jones"), None]);
     let given = b.column(5).as_list::<i32>();
     let first = given.value(0);
-    assert_eq!(first.as_string::<i32>().iter().collect::<Vec<_>>(), vec![Some("Ann"), Some("Bea")]);
+    assert_eq!(
+        first.as_string::<i32>().iter().collect::<Vec<_>>(),
+        vec![Some("Ann"), Some("Bea")]
+    );
     assert_eq!(given.value(1).len(), 0);
 }
 
@@ -81,12 +99,26 @@ fn union_all_of_for_each_branches() {
         ]
     }))
     .unwrap();
-    let names: Vec<_> = view.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<_> = view
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     assert_eq!(names, ["id", "kind", "value"]);
     let b = &run(view, 1024).unwrap()[0];
-    assert_eq!(strings(b, 0), vec![Some("p1"), Some("p1"), Some("p1"), Some("p3")]);
-    assert_eq!(strings(b, 1), vec![Some("name"), Some("name"), Some("telecom"), Some("name")]);
-    assert_eq!(strings(b, 2), vec![Some("Smith"), Some("Jones"), Some("555"), Some("Lee")]);
+    assert_eq!(
+        strings(b, 0),
+        vec![Some("p1"), Some("p1"), Some("p1"), Some("p3")]
+    );
+    assert_eq!(
+        strings(b, 1),
+        vec![Some("name"), Some("name"), Some("telecom"), Some("name")]
+    );
+    assert_eq!(
+        strings(b, 2),
+        vec![Some("Smith"), Some("Jones"), Some("555"), Some("Lee")]
+    );
 }
 
 #[test]
@@ -105,14 +137,31 @@ fn choice_types_and_decimals_of_other_resource_types() {
 
 #[test]
 fn notebook_shorthand_in_batches() {
-    let view = ViewDefinition::from_paths("Patient", &[("id", "id"), ("family", "name.family"), ("has_name", "name.exists()")]).unwrap();
+    let view = ViewDefinition::from_paths(
+        "Patient",
+        &[
+            ("id", "id"),
+            ("family", "name.family"),
+            ("has_name", "name.exists()"),
+        ],
+    )
+    .unwrap();
     let schema = view.schema();
     assert_eq!(schema.field(2).data_type(), &DataType::Boolean);
     let batches = run(view, 2).unwrap();
-    assert_eq!(batches.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(
+        batches
+            .iter()
+            .map(RecordBatch::num_rows)
+            .collect::<Vec<_>>(),
+        vec![2, 1]
+    );
     assert_eq!(strings(&batches[0], 1), vec![Some("Smith"), None]);
     assert_eq!(strings(&batches[1], 1), vec![Some("Lee")]);
-    assert_eq!(batches[0].column(2).as_boolean().iter().collect::<Vec<_>>(), vec![Some(true), Some(false)]);
+    assert_eq!(
+        batches[0].column(2).as_boolean().iter().collect::<Vec<_>>(),
+        vec![Some(true), Some(false)]
+    );
 }
 
 #[test]
@@ -122,19 +171,28 @@ fn data_that_breaks_the_view_is_an_error() {
     }))
     .unwrap();
     let err = run(several, 10).unwrap_err().to_string();
-    assert!(err.contains("column family: `name.family` returned 2 values"), "{err}");
+    assert!(
+        err.contains("column family: `name.family` returned 2 values"),
+        "{err}"
+    );
 
     let not_boolean = ViewDefinition::from_json(&json!({
         "resource": "Patient", "where": [{"path": "gender"}], "select": [{"column": [{"name": "id", "path": "id"}]}]
     }))
     .unwrap();
     let err = run(not_boolean, 10).unwrap_err().to_string();
-    assert!(err.contains("where `gender` returned a non-boolean value"), "{err}");
+    assert!(
+        err.contains("where `gender` returned a non-boolean value"),
+        "{err}"
+    );
 
     let wrong_type = ViewDefinition::from_json(&json!({
         "resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender", "type": "boolean"}]}]
     }))
     .unwrap();
     let err = run(wrong_type, 10).unwrap_err().to_string();
-    assert!(err.contains("column g: expected a boolean, got \"female\""), "{err}");
+    assert!(
+        err.contains("column g: expected a boolean, got \"female\""),
+        "{err}"
+    );
 }
