@@ -24,6 +24,10 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+
+    /// A bad NDJSON line (or a schema the decoder cannot fill), with file and line number.
+    #[error(transparent)]
+    Ndjson(#[from] crate::ndjson::DecodeError),
 }
 
 impl Error {
