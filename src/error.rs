@@ -45,6 +45,9 @@ pub enum Error {
         /// What is wrong, with the JSON path of the element when known.
         msg: String,
     },
+    /// A bad NDJSON line (or a schema the decoder cannot fill), with file and line number.
+    #[error(transparent)]
+    Ndjson(#[from] crate::ndjson::DecodeError),
 }
 
 impl Error {

@@ -1,2 +1,3 @@
 //! Integration tests: one binary, a module per area.
 mod view;
+mod ndjson;
