@@ -1,3 +1,5 @@
 //! Integration tests: one binary, a module per area.
+
 mod view;
 mod ndjson;
+mod demo;
