@@ -294,6 +294,7 @@ type Shared = Arc<ServerState>;
 #[derive(Debug)]
 pub struct DemoServer {
     state: Shared,
+    addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -346,7 +347,7 @@ impl DemoServer {
             }
         });
         tracing::info!(base = %state.origin.join("fhir").expect("static"), "demo Bulk Data server listening");
-        Ok(Self { state, stop: Some(stop), task: Some(task) })
+        Ok(Self { state, addr: local, stop: Some(stop), task: Some(task) })
     }
 
     /// The FHIR base URL, e.g. `http://127.0.0.1:PORT/fhir`.
@@ -356,8 +357,7 @@ impl DemoServer {
 
     /// The socket address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        let host = self.state.origin.host_str().and_then(|h| h.parse().ok()).expect("IP origin");
-        SocketAddr::new(host, self.state.origin.port().expect("explicit port"))
+        self.addr
     }
 
     /// The registered demo client: id, RS384 and ES384 private keys, token endpoint.
@@ -585,22 +585,24 @@ async fn kickoff(
     body: Bytes,
 ) -> Response {
     let post = method == Method::POST;
-    let params: export::Params = match (post, &query) {
-        (false, q) => url::form_urlencoded::parse(q.as_deref().unwrap_or_default().as_bytes()).into_owned().collect(),
-        (true, _) => export::params_from_body(&body).unwrap_or_default(),
+    let params = if post {
+        export::params_from_body(&body)
+    } else {
+        Ok(url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()).into_owned().collect())
     };
+    let recorded = params.as_ref().cloned().unwrap_or_default();
     let mut record = KickoffRecord {
         level: level.clone(),
         method: method.to_string(),
-        types: params
+        types: recorded
             .iter()
             .filter(|(n, _)| n == "_type")
             .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_owned()))
             .collect(),
-        params: params.clone(),
+        params: recorded,
         status: 0,
     };
-    let response = match accept_kickoff(&state, level, post, &headers, query.as_deref(), &body, params) {
+    let response = match accept_kickoff(&state, level, post, &headers, query.as_deref(), params) {
         Ok(response) => response,
         Err(outcome) => outcome.into_response(),
     };
@@ -615,8 +617,7 @@ fn accept_kickoff(
     post: bool,
     headers: &HeaderMap,
     query: Option<&str>,
-    body: &[u8],
-    params: export::Params,
+    params: Result<export::Params, Outcome>,
 ) -> Result<Response, Outcome> {
     let grant = state.authorize(headers)?;
     {
@@ -654,19 +655,17 @@ fn accept_kickoff(
                 "a POST kick-off needs `Content-Type: application/fhir+json`, got `{content_type}`"
             )));
         }
-        export::params_from_body(body)?;
     }
-    let request = export::parse_request(level, &params, post, lenient)?;
+    let request = export::parse_request(level, &params?, post, lenient)?;
     let readable = |ty: &str| grant.as_ref().is_none_or(|g| g.can_read(ty));
     if let Some(ty) = request.types.iter().flatten().find(|ty| !readable(ty)) {
         return Err(Outcome::new(StatusCode::FORBIDDEN, "forbidden", format!("the access token's scopes do not allow reading {ty}")));
     }
-    let snapshot = snapshot(state, &request)?;
+    let (snapshot, transaction_time) = snapshot(state, &request)?;
 
     let id = format!("{:016x}", state.next_job.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>() << 16);
     let job = Arc::new(Job { output: OnceLock::new(), polls: AtomicU32::new(0) });
     state.jobs.lock().expect("jobs").insert(id.clone(), Arc::clone(&job));
-    let transaction_time = now_ms();
     let path = match &request.level {
         KickoffLevel::System => "fhir/$export".to_owned(),
         KickoffLevel::Patient => "fhir/Patient/$export".to_owned(),
@@ -696,8 +695,9 @@ fn accept_kickoff(
 }
 
 /// The store's data as the job will see it, plus the group's members for a group export.
-fn snapshot(state: &ServerState, request: &ExportRequest) -> Result<Snapshot, Outcome> {
-    let store = state.store.read().expect("store");
+/// The transaction time comes from the store's clock: later changes are strictly later.
+fn snapshot(state: &ServerState, request: &ExportRequest) -> Result<(Snapshot, i64), Outcome> {
+    let mut store = state.store.write().expect("store");
     let group_members = match &request.level {
         KickoffLevel::Group(id) => {
             let groups = store.types.iter().find(|(t, _)| &**t == "Group").map(|(_, r)| r.as_slice()).unwrap_or_default();
@@ -712,7 +712,8 @@ fn snapshot(state: &ServerState, request: &ExportRequest) -> Result<Snapshot, Ou
         }
         _ => None,
     };
-    Ok(Snapshot { types: store.types.clone(), deleted: store.deleted.clone(), group_members })
+    let transaction_time = store.tick();
+    Ok((Snapshot { types: store.types.clone(), deleted: store.deleted.clone(), group_members }, transaction_time))
 }
 
 async fn status(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
@@ -815,8 +816,21 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
     if gzip {
         chunks = Box::new(gzip_chunks(chunks));
     }
-    let cut = faults.break_download_after.filter(|_| file.take_break());
-    let body = Body::from_stream(futures::stream::iter(break_after(chunks, cut)));
+    // The break needs bytes left to break off; a body that fits whole is served whole.
+    let cut = faults.break_download_after.filter(|n| gzip || (*n as u64) < end - start).filter(|_| file.take_break());
+    let body = match cut {
+        None => Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>))),
+        Some(limit) => {
+            use futures::StreamExt;
+            let head = futures::stream::iter(truncate(chunks, limit).map(Ok));
+            let reset = futures::stream::once(async {
+                // Pending once first, so the connection flushes the bytes sent so far before it breaks.
+                tokio::task::yield_now().await;
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "demo fault: download broken"))
+            });
+            Body::from_stream(head.chain(reset))
+        }
+    };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let out = response.headers_mut();
@@ -887,35 +901,13 @@ fn gzip_chunks(chunks: impl Iterator<Item = Bytes>) -> impl Iterator<Item = Byte
     })
 }
 
-/// Passes `limit` bytes through, then fails the stream (the connection breaks mid-body).
-fn break_after(
-    chunks: impl Iterator<Item = Bytes>,
-    limit: Option<usize>,
-) -> impl Iterator<Item = std::io::Result<Bytes>> {
+/// The first `limit` bytes of a stream of chunks.
+fn truncate(chunks: impl Iterator<Item = Bytes>, limit: usize) -> impl Iterator<Item = Bytes> {
     let mut left = limit;
-    let mut chunks = chunks.fuse();
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if failed {
-            return None;
-        }
-        match (chunks.next(), left.as_mut()) {
-            (None, _) => None,
-            (Some(chunk), None) => Some(Ok(chunk)),
-            (Some(chunk), Some(left)) if chunk.len() < *left => {
-                *left -= chunk.len();
-                Some(Ok(chunk))
-            }
-            (Some(chunk), Some(left)) if *left > 0 => {
-                let head = chunk.slice(..*left);
-                *left = 0;
-                Some(Ok(head))
-            }
-            (Some(_), Some(_)) => {
-                failed = true;
-                Some(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "demo fault: download broken")))
-            }
-        }
+    chunks.map_while(move |chunk| {
+        let take = chunk.len().min(left);
+        left -= take;
+        (take > 0).then(|| chunk.slice(..take))
     })
 }
 
@@ -935,13 +927,11 @@ mod tests {
     }
 
     #[test]
-    fn break_after_cuts_exactly() {
-        let chunks = vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
-        let out: Vec<_> = break_after(chunks.into_iter(), Some(6)).collect();
-        assert_eq!(out.len(), 3);
-        assert_eq!(out[0].as_ref().unwrap(), "abcd");
-        assert_eq!(out[1].as_ref().unwrap(), "ef");
-        assert!(out[2].is_err());
+    fn truncate_cuts_exactly() {
+        let chunks = || vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")].into_iter();
+        assert_eq!(truncate(chunks(), 6).collect::<Vec<_>>(), ["abcd", "ef"]);
+        assert_eq!(truncate(chunks(), 4).collect::<Vec<_>>(), ["abcd"]);
+        assert_eq!(truncate(chunks(), 100).collect::<Vec<_>>(), ["abcd", "efgh"]);
     }
 
     #[test]
