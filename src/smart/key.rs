@@ -148,7 +148,9 @@ impl SigningKey {
                 Self::from_rsa(&key)?
             }
             Some("EC") => {
-                let text = jwk.to_string();
+                // The curve crates' JWK parser refuses members it does not know (kid, alg, use).
+                let text = serde_json::json!({"kty": "EC", "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"], "d": jwk["d"]})
+                    .to_string();
                 match jwk["crv"].as_str() {
                     Some("P-384") => {
                         let key = p384::SecretKey::from_jwk_str(&text).map_err(|e| err(e.to_string()))?;
