@@ -15,8 +15,8 @@ use url::Url;
 
 use super::download::{self, Fetcher, count_file, remove_quietly};
 use super::{
-    ClientOptions, DownloadedFile, ExportOutcome, ExportPhase, ExportProgress, ExportRequest, Manifest, OutputFile,
-    deleted_resources,
+    ClientOptions, DownloadedFile, ExportOutcome, ExportPhase, ExportProgress, ExportRequest,
+    Manifest, OutputFile, deleted_resources,
 };
 use crate::smart::http::{self, outcome_text, redact_url};
 use crate::smart::{SmartAuth, SmartConfig, join};
@@ -80,13 +80,26 @@ enum FileKind {
 impl BulkClient {
     /// A client for the FHIR server at `base_url`. With `auth`, SMART Backend Services is set up
     /// (the token endpoint discovered unless given); without, the server is taken to be open.
-    pub async fn try_new(base_url: Url, auth: Option<SmartConfig>, options: ClientOptions) -> Result<Self> {
+    pub async fn try_new(
+        base_url: Url,
+        auth: Option<SmartConfig>,
+        options: ClientOptions,
+    ) -> Result<Self> {
         let http = options.http_client()?;
         let auth = match auth {
-            Some(config) => Some(SmartAuth::try_new_with(&base_url, config, http.clone(), options.retry).await?),
+            Some(config) => {
+                Some(SmartAuth::try_new_with(&base_url, config, http.clone(), options.retry).await?)
+            }
             None => None,
         };
-        Ok(Self { inner: Arc::new(Inner { base: base_url, http, auth, options }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                base: base_url,
+                http,
+                auth,
+                options,
+            }),
+        })
     }
 
     /// The FHIR base URL.
@@ -102,7 +115,11 @@ impl BulkClient {
     /// The resource types the server's CapabilityStatement lists (`rest.resource[].type`).
     pub async fn resource_types(&self) -> Result<Vec<String>> {
         let url = join(&self.inner.base, "metadata")?;
-        let response = self.send(Method::GET, &url, |r| r.header(ACCEPT, "application/fhir+json")).await?;
+        let response = self
+            .send(Method::GET, &url, |r| {
+                r.header(ACCEPT, "application/fhir+json")
+            })
+            .await?;
         let statement: Value = self.read_json(&url, response).await?;
         let mut seen = HashSet::new();
         Ok(statement["rest"]
@@ -124,14 +141,21 @@ impl BulkClient {
         let method = if post { Method::POST } else { Method::GET };
         let response = self
             .send(method.clone(), &url, |r| {
-                let r = r.header(ACCEPT, "application/fhir+json").header("Prefer", "respond-async");
+                let r = r
+                    .header(ACCEPT, "application/fhir+json")
+                    .header("Prefer", "respond-async");
                 match &body {
-                    Some(body) => r.header(CONTENT_TYPE, "application/fhir+json").body(body.clone()),
+                    Some(body) => r
+                        .header(CONTENT_TYPE, "application/fhir+json")
+                        .body(body.clone()),
                     None => r,
                 }
             })
             .await?;
-        let protocol = |message: String| Error::Protocol { url: redact_url(&url), message };
+        let protocol = |message: String| Error::Protocol {
+            url: redact_url(&url),
+            message,
+        };
         if response.status() != StatusCode::ACCEPTED {
             return Err(protocol(format!(
                 "kick-off answered {} instead of 202 Accepted (is this a Bulk Data server?)",
@@ -143,7 +167,9 @@ impl BulkClient {
             .get(CONTENT_LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| protocol("202 Accepted without a Content-Location header".into()))?;
-        let status_url = url.join(location).map_err(|e| protocol(format!("bad Content-Location {location:?}: {e}")))?;
+        let status_url = url
+            .join(location)
+            .map_err(|e| protocol(format!("bad Content-Location {location:?}: {e}")))?;
         tracing::info!(status = %redact_url(&status_url), "export kicked off with {method} {}", redact_url(&url));
         Ok(status_url)
     }
@@ -157,7 +183,11 @@ impl BulkClient {
     ) -> Result<Manifest> {
         let mut polls = 0;
         let response = loop {
-            let response = self.send(Method::GET, status_url, |r| r.header(ACCEPT, "application/json")).await?;
+            let response = self
+                .send(Method::GET, status_url, |r| {
+                    r.header(ACCEPT, "application/json")
+                })
+                .await?;
             polls += 1;
             if response.status() != StatusCode::ACCEPTED {
                 break response;
@@ -176,13 +206,19 @@ impl BulkClient {
                 message: format!("status answered {}; expected 202 or 200", response.status()),
             });
         }
-        let mut manifest = Manifest::parse(&self.read_bytes(status_url, response).await?, status_url)?;
+        let mut manifest =
+            Manifest::parse(&self.read_bytes(status_url, response).await?, status_url)?;
         let mut seen = HashSet::from([status_url.clone()]);
         while let Some(next) = manifest.next_page().cloned() {
             if !seen.insert(next.clone()) {
-                return Err(Error::Protocol { url: redact_url(&next), message: "manifest pages loop".into() });
+                return Err(Error::Protocol {
+                    url: redact_url(&next),
+                    message: "manifest pages loop".into(),
+                });
             }
-            let response = self.send(Method::GET, &next, |r| r.header(ACCEPT, "application/json")).await?;
+            let response = self
+                .send(Method::GET, &next, |r| r.header(ACCEPT, "application/json"))
+                .await?;
             let page = Manifest::parse(&self.read_bytes(&next, response).await?, &next)?;
             manifest.link = page.link.clone();
             manifest.append_page(page);
@@ -192,7 +228,10 @@ impl BulkClient {
 
     /// Deletes the job at `status_url` (cancels it, or tells the server its files may go).
     pub async fn delete_job(&self, status_url: &Url) -> Result<()> {
-        self.send(Method::DELETE, status_url, |r| r.header(ACCEPT, "application/fhir+json")).await?;
+        self.send(Method::DELETE, status_url, |r| {
+            r.header(ACCEPT, "application/fhir+json")
+        })
+        .await?;
         tracing::debug!(status = %redact_url(status_url), "export job deleted");
         Ok(())
     }
@@ -215,23 +254,37 @@ impl BulkClient {
         dir: &Path,
         progress: &watch::Sender<ExportProgress>,
     ) -> Result<ExportOutcome> {
-        tokio::fs::create_dir_all(dir).await.map_err(|e| Error::io(dir, e))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| Error::io(dir, e))?;
         let state_path = dir.join(JOB_FILE);
         let mut pending = self.read_job(&state_path, request).await?;
         let (mut guard, manifest, resumed) = loop {
             let (status_url, resumed) = match pending.take() {
                 Some(status_url) => (status_url, true),
-                None => (self.start_job(request, dir, &state_path, progress).await?, false),
+                None => (
+                    self.start_job(request, dir, &state_path, progress).await?,
+                    false,
+                ),
             };
             progress.send_modify(|p| {
                 p.phase = ExportPhase::Waiting;
                 p.resumed = resumed;
             });
-            let guard = JobGuard { client: self.clone(), status_url, state_path: state_path.clone(), armed: true };
+            let guard = JobGuard {
+                client: self.clone(),
+                status_url,
+                state_path: state_path.clone(),
+                armed: true,
+            };
             match self.wait_for_manifest(&guard.status_url, progress).await {
                 Ok(manifest) => break (guard, manifest, resumed),
-                Err(Error::Http { status: 404 | 410, .. }) if resumed => {
-                    tracing::warn!("the saved export job is gone from the server; starting a new export");
+                Err(Error::Http {
+                    status: 404 | 410, ..
+                }) if resumed => {
+                    tracing::warn!(
+                        "the saved export job is gone from the server; starting a new export"
+                    );
                 }
                 // The job failed on the server: the guard deletes it and forgets the state.
                 Err(error) => return Err(error),
@@ -252,7 +305,9 @@ impl BulkClient {
             }
             Err(error) => {
                 guard.armed = false;
-                tracing::warn!("export job kept on the server; run again with the same folder to resume");
+                tracing::warn!(
+                    "export job kept on the server; run again with the same folder to resume"
+                );
                 Err(error)
             }
         }
@@ -268,12 +323,17 @@ impl BulkClient {
         let state = serde_json::from_slice::<JobState>(&text).ok();
         let status_url = state.as_ref().and_then(|s| Url::parse(&s.status_url).ok());
         match (state, status_url) {
-            (Some(state), Some(url)) if state.base_url == self.inner.base.as_str() && state.request == *request => {
+            (Some(state), Some(url))
+                if state.base_url == self.inner.base.as_str() && state.request == *request =>
+            {
                 tracing::info!(status = %redact_url(&url), "resuming the export job saved in {}", state_path.display());
                 Ok(Some(url))
             }
             (_, url) => {
-                tracing::warn!("{} belongs to another export; that job is cancelled", state_path.display());
+                tracing::warn!(
+                    "{} belongs to another export; that job is cancelled",
+                    state_path.display()
+                );
                 if let Some(url) = url
                     && let Err(e) = self.delete_job(&url).await
                 {
@@ -301,7 +361,11 @@ impl BulkClient {
             request: request.clone(),
             status_url: status_url.to_string(),
         };
-        let written = write_atomically(state_path, &serde_json::to_vec_pretty(&state).expect("state serializes")).await;
+        let written = write_atomically(
+            state_path,
+            &serde_json::to_vec_pretty(&state).expect("state serializes"),
+        )
+        .await;
         if let Err(error) = written {
             // Without the state file a restart could not find the job: do not leave it behind.
             let _ = self.delete_job(&status_url).await;
@@ -327,7 +391,11 @@ impl BulkClient {
         let fetcher = Fetcher {
             http: &self.inner.http,
             retry: &self.inner.options.retry,
-            auth: if manifest.requires_access_token { self.inner.auth.as_ref() } else { None },
+            auth: if manifest.requires_access_token {
+                self.inner.auth.as_ref()
+            } else {
+                None
+            },
             on_bytes: &on_bytes,
         };
         let fetcher = &fetcher;
@@ -349,8 +417,12 @@ impl BulkClient {
             .buffered(self.inner.options.parallel_downloads)
             .try_collect()
             .await?;
-        let mut outcome =
-            ExportOutcome { manifest: manifest.clone(), files: Vec::new(), deleted: Vec::new(), warnings: Vec::new() };
+        let mut outcome = ExportOutcome {
+            manifest: manifest.clone(),
+            files: Vec::new(),
+            deleted: Vec::new(),
+            warnings: Vec::new(),
+        };
         for (kind, resource_type, done) in results {
             match kind {
                 FileKind::Output => outcome.files.push(DownloadedFile {
@@ -360,10 +432,16 @@ impl BulkClient {
                     bytes: done.bytes,
                 }),
                 FileKind::Deleted => {
-                    for_each_line(&done.path, |line| outcome.deleted.extend(deleted_resources(line))).await?
+                    for_each_line(&done.path, |line| {
+                        outcome.deleted.extend(deleted_resources(line))
+                    })
+                    .await?
                 }
                 FileKind::Error => {
-                    for_each_line(&done.path, |line| outcome.warnings.extend(outcome_text(line))).await?;
+                    for_each_line(&done.path, |line| {
+                        outcome.warnings.extend(outcome_text(line))
+                    })
+                    .await?;
                 }
             }
         }
@@ -380,19 +458,31 @@ impl BulkClient {
         url: &Url,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        let Inner { http, auth, options, .. } = &*self.inner;
-        http::send(http, &options.retry, auth.as_ref(), method, url, |r| Ok(build(r.timeout(options.request_timeout))))
-            .await
+        let Inner {
+            http,
+            auth,
+            options,
+            ..
+        } = &*self.inner;
+        http::send(http, &options.retry, auth.as_ref(), method, url, |r| {
+            Ok(build(r.timeout(options.request_timeout)))
+        })
+        .await
     }
 
     async fn read_bytes(&self, url: &Url, response: reqwest::Response) -> Result<bytes::Bytes> {
-        response.bytes().await.map_err(|e| http::transport_error(&Method::GET, url, e))
+        response
+            .bytes()
+            .await
+            .map_err(|e| http::transport_error(&Method::GET, url, e))
     }
 
     async fn read_json(&self, url: &Url, response: reqwest::Response) -> Result<Value> {
         let bytes = self.read_bytes(url, response).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Protocol { url: redact_url(url), message: format!("not JSON: {e}") })
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+            url: redact_url(url),
+            message: format!("not JSON: {e}"),
+        })
     }
 }
 
@@ -429,10 +519,17 @@ impl Drop for JobGuard {
 }
 
 /// Each file of the manifest with its kind and its path in `dir`.
-fn plan_files<'m>(manifest: &'m Manifest, dir: &Path) -> Result<Vec<(FileKind, &'m OutputFile, PathBuf)>> {
+fn plan_files<'m>(
+    manifest: &'m Manifest,
+    dir: &Path,
+) -> Result<Vec<(FileKind, &'m OutputFile, PathBuf)>> {
     let mut counters: HashMap<String, usize> = HashMap::new();
     let mut plan = Vec::new();
-    let lists = [(FileKind::Output, &manifest.output), (FileKind::Deleted, &manifest.deleted), (FileKind::Error, &manifest.error)];
+    let lists = [
+        (FileKind::Output, &manifest.output),
+        (FileKind::Deleted, &manifest.deleted),
+        (FileKind::Error, &manifest.error),
+    ];
     for (kind, files) in lists {
         for file in files {
             let stem = match kind {
@@ -444,7 +541,10 @@ fn plan_files<'m>(manifest: &'m Manifest, dir: &Path) -> Result<Vec<(FileKind, &
             if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(Error::Protocol {
                     url: manifest.request.clone(),
-                    message: format!("manifest file type {:?} is not a resource type", file.resource_type),
+                    message: format!(
+                        "manifest file type {:?} is not a resource type",
+                        file.resource_type
+                    ),
                 });
             }
             let counter = counters.entry(stem.to_string()).or_default();
@@ -457,7 +557,9 @@ fn plan_files<'m>(manifest: &'m Manifest, dir: &Path) -> Result<Vec<(FileKind, &
 
 /// Removes what an earlier export left in `dir` (NDJSON files, parts, manifest).
 async fn clear_earlier_export(dir: &Path) -> Result<()> {
-    let mut entries = tokio::fs::read_dir(dir).await.map_err(|e| Error::io(dir, e))?;
+    let mut entries = tokio::fs::read_dir(dir)
+        .await
+        .map_err(|e| Error::io(dir, e))?;
     while let Some(entry) = entries.next_entry().await.map_err(|e| Error::io(dir, e))? {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -470,14 +572,18 @@ async fn clear_earlier_export(dir: &Path) -> Result<()> {
 
 /// Calls `f` with each line of an NDJSON file parsed as JSON, skipping lines that are not.
 async fn for_each_line(path: &Path, mut f: impl FnMut(&Value)) -> Result<()> {
-    let file = tokio::fs::File::open(path).await.map_err(|e| Error::io(path, e))?;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io(path, e))?;
     let mut lines = tokio::io::BufReader::new(file).lines();
     let mut number = 0;
     while let Some(line) = lines.next_line().await.map_err(|e| Error::io(path, e))? {
         number += 1;
         match serde_json::from_str::<Value>(&line) {
             Ok(value) => f(&value),
-            Err(e) if !line.trim().is_empty() => tracing::warn!("{}:{number}: not JSON: {e}", path.display()),
+            Err(e) if !line.trim().is_empty() => {
+                tracing::warn!("{}:{number}: not JSON: {e}", path.display())
+            }
             Err(_) => {}
         }
     }
@@ -487,10 +593,17 @@ async fn for_each_line(path: &Path, mut f: impl FnMut(&Value)) -> Result<()> {
 async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    tokio::fs::write(&tmp, bytes).await.map_err(|e| Error::io(&tmp, e))?;
-    tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(path, e))
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .map_err(|e| Error::io(&tmp, e))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| Error::io(path, e))
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }

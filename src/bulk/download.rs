@@ -54,7 +54,9 @@ pub(crate) struct Fetcher<'a> {
 
 /// Counts the lines and bytes of a finished file (a resumed export reports what it already has).
 pub(crate) async fn count_file(path: &Path) -> Result<(u64, u64)> {
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| Error::io(path, e))?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io(path, e))?;
     let mut buf = vec![0u8; 256 * 1024];
     let (mut counter, mut bytes) = (LineCounter::default(), 0u64);
     loop {
@@ -70,7 +72,11 @@ pub(crate) async fn count_file(path: &Path) -> Result<(u64, u64)> {
 /// Downloads `file` to `path` (via `.{name}.part` beside it), resuming a part left by an earlier
 /// attempt or run with `Range` when the server allows, and checking the line count against the
 /// manifest's `count`.
-pub(crate) async fn download(fetcher: &Fetcher<'_>, file: &OutputFile, path: &Path) -> Result<Downloaded> {
+pub(crate) async fn download(
+    fetcher: &Fetcher<'_>,
+    file: &OutputFile,
+    path: &Path,
+) -> Result<Downloaded> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let part = path.with_file_name(format!(".{name}.part"));
     let url = &file.url;
@@ -87,22 +93,35 @@ pub(crate) async fn download(fetcher: &Fetcher<'_>, file: &OutputFile, path: &Pa
                 Some(count) if count != lines => {
                     remove_quietly(&part).await;
                     if resume_from > 0 && may_restart {
-                        tracing::warn!("{}: resumed file has {lines} lines, manifest says {count}; restarting it", redact_url(url));
+                        tracing::warn!(
+                            "{}: resumed file has {lines} lines, manifest says {count}; restarting it",
+                            redact_url(url)
+                        );
                         may_restart = false;
                         continue;
                     }
                     return Err(Error::Protocol {
                         url: redact_url(url),
-                        message: format!("downloaded {lines} lines, the manifest says count = {count}"),
+                        message: format!(
+                            "downloaded {lines} lines, the manifest says count = {count}"
+                        ),
                     });
                 }
                 _ => {
-                    tokio::fs::rename(&part, path).await.map_err(|e| Error::io(path, e))?;
-                    return Ok(Downloaded { path: path.to_path_buf(), lines, bytes });
+                    tokio::fs::rename(&part, path)
+                        .await
+                        .map_err(|e| Error::io(path, e))?;
+                    return Ok(Downloaded {
+                        path: path.to_path_buf(),
+                        lines,
+                        bytes,
+                    });
                 }
             },
             // The part was already whole (a run stopped before renaming it): fetch it afresh.
-            Err(Fetch::Fatal(Error::Http { status: 416, .. })) if resume_from > 0 => remove_quietly(&part).await,
+            Err(Fetch::Fatal(Error::Http { status: 416, .. })) if resume_from > 0 => {
+                remove_quietly(&part).await
+            }
             Err(Fetch::Fatal(error)) => return Err(error),
             Err(Fetch::Broken(error)) if failures < fetcher.retry.budget => {
                 let wait = fetcher.retry.backoff(failures);
@@ -122,16 +141,29 @@ enum Fetch {
 }
 
 /// One GET of `url` appended to `part` from byte `resume_from`; returns the part's lines and bytes.
-async fn fetch_into(fetcher: &Fetcher<'_>, url: &Url, part: &Path, resume_from: u64) -> Result<(u64, u64), Fetch> {
-    let response = http::send(fetcher.http, fetcher.retry, fetcher.auth, Method::GET, url, |r| {
-        let r = r.header(ACCEPT, "application/fhir+ndjson");
-        Ok(if resume_from > 0 {
-            // Byte offsets must count the stored (identity) bytes, not a compressed encoding.
-            r.header(RANGE, format!("bytes={resume_from}-")).header(ACCEPT_ENCODING, "identity")
-        } else {
-            r
-        })
-    })
+async fn fetch_into(
+    fetcher: &Fetcher<'_>,
+    url: &Url,
+    part: &Path,
+    resume_from: u64,
+) -> Result<(u64, u64), Fetch> {
+    let response = http::send(
+        fetcher.http,
+        fetcher.retry,
+        fetcher.auth,
+        Method::GET,
+        url,
+        |r| {
+            let r = r.header(ACCEPT, "application/fhir+ndjson");
+            Ok(if resume_from > 0 {
+                // Byte offsets must count the stored (identity) bytes, not a compressed encoding.
+                r.header(RANGE, format!("bytes={resume_from}-"))
+                    .header(ACCEPT_ENCODING, "identity")
+            } else {
+                r
+            })
+        },
+    )
     .await
     .map_err(Fetch::Fatal)?;
     let io = |e| Fetch::Fatal(Error::io(part, e));
@@ -142,11 +174,22 @@ async fn fetch_into(fetcher: &Fetcher<'_>, url: &Url, part: &Path, resume_from: 
         tracing::debug!("{}: resuming at byte {resume_from}", redact_url(url));
         let (lines, bytes) = count_file(part).await.map_err(Fetch::Fatal)?;
         let open_line = lines > 0 && last_byte(part).await.map_err(io)? != Some(b'\n');
-        let counter = LineCounter { newlines: lines - u64::from(open_line), open_line };
-        let file = tokio::fs::OpenOptions::new().append(true).open(part).await.map_err(io)?;
+        let counter = LineCounter {
+            newlines: lines - u64::from(open_line),
+            open_line,
+        };
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(part)
+            .await
+            .map_err(io)?;
         (counter, bytes, file)
     } else {
-        (LineCounter::default(), 0, tokio::fs::File::create(part).await.map_err(io)?)
+        (
+            LineCounter::default(),
+            0,
+            tokio::fs::File::create(part).await.map_err(io)?,
+        )
     };
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut stream = response.bytes_stream();
@@ -157,7 +200,11 @@ async fn fetch_into(fetcher: &Fetcher<'_>, url: &Url, part: &Path, resume_from: 
                 out.flush().await.map_err(io)?;
                 let retry = transport_retryable(&error);
                 let error = transport_error(&Method::GET, url, error);
-                return Err(if retry { Fetch::Broken(error) } else { Fetch::Fatal(error) });
+                return Err(if retry {
+                    Fetch::Broken(error)
+                } else {
+                    Fetch::Fatal(error)
+                });
             }
         };
         out.write_all(&chunk).await.map_err(io)?;
@@ -173,7 +220,13 @@ async fn fetch_into(fetcher: &Fetcher<'_>, url: &Url, part: &Path, resume_from: 
 /// The first byte position of a `Content-Range: bytes FIRST-LAST/LENGTH` header.
 fn content_range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
     let value = headers.get(CONTENT_RANGE)?.to_str().ok()?;
-    value.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 async fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {

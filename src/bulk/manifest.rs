@@ -72,13 +72,18 @@ pub struct DeletedResource {
 impl Manifest {
     /// Parses a manifest served at `url`.
     pub fn parse(json: &[u8], url: &Url) -> Result<Self> {
-        serde_json::from_slice(json)
-            .map_err(|e| Error::Protocol { url: redact_url(url), message: format!("bad manifest: {e}") })
+        serde_json::from_slice(json).map_err(|e| Error::Protocol {
+            url: redact_url(url),
+            message: format!("bad manifest: {e}"),
+        })
     }
 
     /// The next page of a paged manifest.
     pub fn next_page(&self) -> Option<&Url> {
-        self.link.iter().find(|l| l.relation == "next").map(|l| &l.url)
+        self.link
+            .iter()
+            .find(|l| l.relation == "next")
+            .map(|l| &l.url)
     }
 
     /// Appends the files of a following page.
@@ -92,10 +97,17 @@ impl Manifest {
 /// The resources a `deleted` Bundle lists: its entries' `request.url` (`Type/id`, possibly
 /// absolute or with `_history/vid`).
 pub fn deleted_resources(bundle: &Value) -> Vec<DeletedResource> {
-    let entries = bundle["entry"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let entries = bundle["entry"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     entries
         .iter()
-        .filter(|entry| entry["request"]["method"].as_str().is_none_or(|m| m.eq_ignore_ascii_case("DELETE")))
+        .filter(|entry| {
+            entry["request"]["method"]
+                .as_str()
+                .is_none_or(|m| m.eq_ignore_ascii_case("DELETE"))
+        })
         .filter_map(|entry| {
             let url = entry["request"]["url"].as_str()?;
             let path = url.split(['?', '#']).next()?;
@@ -103,8 +115,13 @@ pub fn deleted_resources(bundle: &Value) -> Vec<DeletedResource> {
             if let Some(history) = segments.iter().position(|s| *s == "_history") {
                 segments.truncate(history);
             }
-            let [.., resource_type, id] = segments.as_slice() else { return None };
-            Some(DeletedResource { resource_type: resource_type.to_string(), id: id.to_string() })
+            let [.., resource_type, id] = segments.as_slice() else {
+                return None;
+            };
+            Some(DeletedResource {
+                resource_type: resource_type.to_string(),
+                id: id.to_string(),
+            })
         })
         .collect()
 }
@@ -150,10 +167,16 @@ mod tests {
         assert_eq!(manifest.output[0].resource_type, "Patient");
         assert_eq!(manifest.output[0].count, Some(10));
         assert_eq!(manifest.output[1].count, None);
-        assert_eq!(manifest.deleted[0].url.as_str(), "https://files.example/del.ndjson");
+        assert_eq!(
+            manifest.deleted[0].url.as_str(),
+            "https://files.example/del.ndjson"
+        );
         assert_eq!(manifest.error[0].resource_type, "OperationOutcome");
         assert_eq!(manifest.extension, Some(json!({"https://example/ext": 1})));
-        assert_eq!(manifest.next_page().unwrap().as_str(), "https://fhir.example/manifest?page=2");
+        assert_eq!(
+            manifest.next_page().unwrap().as_str(),
+            "https://fhir.example/manifest?page=2"
+        );
         // Round trip keeps the spec's field names.
         let back: Value = serde_json::to_value(&manifest).unwrap();
         assert_eq!(back, text);
@@ -162,12 +185,26 @@ mod tests {
     #[test]
     fn minimal_manifest_and_bad_one() {
         let url = Url::parse("https://fhir.example/status/1").unwrap();
-        let manifest = Manifest::parse(br#"{"transactionTime":"t","request":"r","output":[],"error":[]}"#, &url).unwrap();
-        assert!(!manifest.requires_access_token && manifest.output.is_empty() && manifest.next_page().is_none());
-        let err = Manifest::parse(br#"{"transactionTime":"t","request":"r","output":[{"type":"P","url":"x"}]}"#, &url)
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("https://fhir.example/status/1: bad manifest: bad URL \"x\""), "{err}");
+        let manifest = Manifest::parse(
+            br#"{"transactionTime":"t","request":"r","output":[],"error":[]}"#,
+            &url,
+        )
+        .unwrap();
+        assert!(
+            !manifest.requires_access_token
+                && manifest.output.is_empty()
+                && manifest.next_page().is_none()
+        );
+        let err = Manifest::parse(
+            br#"{"transactionTime":"t","request":"r","output":[{"type":"P","url":"x"}]}"#,
+            &url,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("https://fhir.example/status/1: bad manifest: bad URL \"x\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -196,8 +233,14 @@ mod tests {
         assert_eq!(
             deleted_resources(&bundle),
             [
-                DeletedResource { resource_type: "Patient".into(), id: "123".into() },
-                DeletedResource { resource_type: "Observation".into(), id: "o-9".into() },
+                DeletedResource {
+                    resource_type: "Patient".into(),
+                    id: "123".into()
+                },
+                DeletedResource {
+                    resource_type: "Observation".into(),
+                    id: "o-9".into()
+                },
             ]
         );
     }

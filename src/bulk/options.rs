@@ -49,51 +49,85 @@ impl Default for ClientOptions {
 impl ClientOptions {
     /// How many files download at once (default 4, at least 1).
     pub fn with_parallel_downloads(self, parallel_downloads: usize) -> Self {
-        Self { parallel_downloads: parallel_downloads.max(1), ..self }
+        Self {
+            parallel_downloads: parallel_downloads.max(1),
+            ..self
+        }
     }
 
     /// Time allowed to open a connection (default 30 s).
     pub fn with_connect_timeout(self, timeout: Duration) -> Self {
-        Self { connect_timeout: timeout, ..self }
+        Self {
+            connect_timeout: timeout,
+            ..self
+        }
     }
 
     /// Time allowed for a whole kick-off, status or token request (default 5 min). File downloads
     /// have no total limit, only [`ClientOptions::with_read_timeout`].
     pub fn with_request_timeout(self, timeout: Duration) -> Self {
-        Self { request_timeout: timeout, ..self }
+        Self {
+            request_timeout: timeout,
+            ..self
+        }
     }
 
     /// Time allowed between two reads of a response (default 2 min).
     pub fn with_read_timeout(self, timeout: Duration) -> Self {
-        Self { read_timeout: timeout, ..self }
+        Self {
+            read_timeout: timeout,
+            ..self
+        }
     }
 
     /// Bounds of every wait: a server's `Retry-After` is clamped to them, and exponential backoff
     /// (when the server gives none) starts at `min` and stops growing at `max`. Default 1 s..2 min.
     pub fn with_retry_after_bounds(self, min: Duration, max: Duration) -> Self {
-        Self { retry: RetryPolicy { min, max: max.max(min), ..self.retry }, ..self }
+        Self {
+            retry: RetryPolicy {
+                min,
+                max: max.max(min),
+                ..self.retry
+            },
+            ..self
+        }
     }
 
     /// Retries one request may use on 429, 5xx, transient errors and broken connections before
     /// the export fails (default 10).
     pub fn with_retry_budget(self, budget: u32) -> Self {
-        Self { retry: RetryPolicy { budget, ..self.retry }, ..self }
+        Self {
+            retry: RetryPolicy {
+                budget,
+                ..self.retry
+            },
+            ..self
+        }
     }
 
     /// Trusts the certificate authorities in this PEM bundle besides the built-in ones.
     pub fn with_ca_bundle(self, path: impl Into<PathBuf>) -> Self {
-        Self { ca_bundle: Some(path.into()), ..self }
+        Self {
+            ca_bundle: Some(path.into()),
+            ..self
+        }
     }
 
     /// Turns TLS certificate verification off. Dangerous: anyone on the path can read the data
     /// and the tokens. A warning is logged every time a client is built with it.
     pub fn with_danger_accept_invalid_certs(self, accept: bool) -> Self {
-        Self { danger_accept_invalid_certs: accept, ..self }
+        Self {
+            danger_accept_invalid_certs: accept,
+            ..self
+        }
     }
 
     /// The `User-Agent` header.
     pub fn with_user_agent(self, user_agent: impl Into<String>) -> Self {
-        Self { user_agent: user_agent.into(), ..self }
+        Self {
+            user_agent: user_agent.into(),
+            ..self
+        }
     }
 
     /// The HTTP client these options describe.
@@ -104,10 +138,17 @@ impl ClientOptions {
             .read_timeout(self.read_timeout);
         if let Some(path) = &self.ca_bundle {
             let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Config(format!("{}: not a PEM certificate bundle: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!(
+                    "{}: not a PEM certificate bundle: {e}",
+                    path.display()
+                ))
+            })?;
             if certs.is_empty() {
-                return Err(Error::Config(format!("{}: no certificates in the bundle", path.display())));
+                return Err(Error::Config(format!(
+                    "{}: no certificates in the bundle",
+                    path.display()
+                )));
             }
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
@@ -120,6 +161,8 @@ impl ClientOptions {
             );
             builder = builder.danger_accept_invalid_certs(true);
         }
-        builder.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))
+        builder
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))
     }
 }

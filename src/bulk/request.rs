@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::{Error, Result};
 use crate::smart::join;
+use crate::{Error, Result};
 
 /// Which resources an export covers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,42 +82,69 @@ impl ExportRequest {
 
     /// Sets `_type`.
     pub fn with_types<S: Into<String>>(self, types: impl IntoIterator<Item = S>) -> Self {
-        Self { types: types.into_iter().map(Into::into).collect(), ..self }
+        Self {
+            types: types.into_iter().map(Into::into).collect(),
+            ..self
+        }
     }
 
     /// Sets `_since`.
     pub fn with_since(self, since: impl Into<String>) -> Self {
-        Self { since: Some(since.into()), ..self }
+        Self {
+            since: Some(since.into()),
+            ..self
+        }
     }
 
     /// Sets `_until`.
     pub fn with_until(self, until: impl Into<String>) -> Self {
-        Self { until: Some(until.into()), ..self }
+        Self {
+            until: Some(until.into()),
+            ..self
+        }
     }
 
     /// Sets `_typeFilter`.
     pub fn with_type_filters<S: Into<String>>(self, filters: impl IntoIterator<Item = S>) -> Self {
-        Self { type_filters: filters.into_iter().map(Into::into).collect(), ..self }
+        Self {
+            type_filters: filters.into_iter().map(Into::into).collect(),
+            ..self
+        }
     }
 
     /// Sets `_elements`.
     pub fn with_elements<S: Into<String>>(self, elements: impl IntoIterator<Item = S>) -> Self {
-        Self { elements: elements.into_iter().map(Into::into).collect(), ..self }
+        Self {
+            elements: elements.into_iter().map(Into::into).collect(),
+            ..self
+        }
     }
 
     /// Sets `patient` (`Patient/123` or a bare id), which makes the kick-off a POST.
     pub fn with_patients<S: Into<String>>(self, patients: impl IntoIterator<Item = S>) -> Self {
-        Self { patients: patients.into_iter().map(Into::into).collect(), ..self }
+        Self {
+            patients: patients.into_iter().map(Into::into).collect(),
+            ..self
+        }
     }
 
     /// Sets `includeAssociatedData`.
-    pub fn with_include_associated_data<S: Into<String>>(self, values: impl IntoIterator<Item = S>) -> Self {
-        Self { include_associated_data: values.into_iter().map(Into::into).collect(), ..self }
+    pub fn with_include_associated_data<S: Into<String>>(
+        self,
+        values: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self {
+            include_associated_data: values.into_iter().map(Into::into).collect(),
+            ..self
+        }
     }
 
     /// Sets `_outputFormat`.
     pub fn with_output_format(self, format: impl Into<String>) -> Self {
-        Self { output_format: Some(format.into()), ..self }
+        Self {
+            output_format: Some(format.into()),
+            ..self
+        }
     }
 
     /// Sets the kick-off method.
@@ -144,11 +171,14 @@ impl ExportRequest {
         let mut url = join(base, &path)?;
         if !self.uses_post() {
             if !self.patients.is_empty() {
-                return Err(Error::Config("the `patient` parameter needs a POST kick-off".into()));
+                return Err(Error::Config(
+                    "the `patient` parameter needs a POST kick-off".into(),
+                ));
             }
             let params = self.parameters();
             if !params.is_empty() {
-                url.query_pairs_mut().extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+                url.query_pairs_mut()
+                    .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
             }
         }
         Ok(url)
@@ -165,7 +195,11 @@ impl ExportRequest {
             })
             .collect();
         for patient in &self.patients {
-            let reference = if patient.contains('/') { patient.clone() } else { format!("Patient/{patient}") };
+            let reference = if patient.contains('/') {
+                patient.clone()
+            } else {
+                format!("Patient/{patient}")
+            };
             parameter.push(json!({"name": "patient", "valueReference": {"reference": reference}}));
         }
         json!({"resourceType": "Parameters", "parameter": parameter})
@@ -191,7 +225,10 @@ impl ExportRequest {
         }
         params.extend(self.type_filters.iter().map(|f| ("_typeFilter", f.clone())));
         if !self.include_associated_data.is_empty() {
-            params.push(("includeAssociatedData", self.include_associated_data.join(",")));
+            params.push((
+                "includeAssociatedData",
+                self.include_associated_data.join(","),
+            ));
         }
         params
     }
@@ -199,7 +236,9 @@ impl ExportRequest {
 
 /// A path segment with `/`, `?`, `#` and `%` escaped (a Group id is data, not a path).
 fn encode_segment(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 #[cfg(test)]
@@ -216,21 +255,30 @@ mod tests {
             .with_types(["Patient", "Observation"])
             .with_since("2024-01-01T00:00:00Z")
             .with_until("2024-06-01T00:00:00+02:00")
-            .with_type_filters(["Observation?category=laboratory&status=final", "Patient?active=true"])
+            .with_type_filters([
+                "Observation?category=laboratory&status=final",
+                "Patient?active=true",
+            ])
             .with_elements(["id", "code"])
             .with_include_associated_data(["LatestProvenanceResources"])
             .with_output_format("application/fhir+ndjson");
         assert!(!request.uses_post());
         let url = request.kickoff_url(&base()).unwrap();
         assert_eq!(url.path(), "/r4/Group/g%201/$export");
-        let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         let expected = [
             ("_outputFormat", "application/fhir+ndjson"),
             ("_type", "Patient,Observation"),
             ("_since", "2024-01-01T00:00:00Z"),
             ("_until", "2024-06-01T00:00:00+02:00"),
             ("_elements", "id,code"),
-            ("_typeFilter", "Observation?category=laboratory&status=final"),
+            (
+                "_typeFilter",
+                "Observation?category=laboratory&status=final",
+            ),
             ("_typeFilter", "Patient?active=true"),
             ("includeAssociatedData", "LatestProvenanceResources"),
         ];
@@ -240,10 +288,21 @@ mod tests {
     #[test]
     fn levels_map_to_paths() {
         let base = Url::parse("https://fhir.example/r4/").unwrap();
-        let path = |level| ExportRequest::new(level).kickoff_url(&base).unwrap().to_string();
+        let path = |level| {
+            ExportRequest::new(level)
+                .kickoff_url(&base)
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(path(ExportLevel::System), "https://fhir.example/r4/$export");
-        assert_eq!(path(ExportLevel::Patient), "https://fhir.example/r4/Patient/$export");
-        assert_eq!(path(ExportLevel::Group("abc".into())), "https://fhir.example/r4/Group/abc/$export");
+        assert_eq!(
+            path(ExportLevel::Patient),
+            "https://fhir.example/r4/Patient/$export"
+        );
+        assert_eq!(
+            path(ExportLevel::Group("abc".into())),
+            "https://fhir.example/r4/Group/abc/$export"
+        );
     }
 
     #[test]
@@ -265,6 +324,10 @@ mod tests {
         );
         let get = request.clone().with_method(KickoffMethod::Get);
         assert!(matches!(get.kickoff_url(&base()), Err(Error::Config(_))));
-        assert!(ExportRequest::new(ExportLevel::System).with_method(KickoffMethod::Post).uses_post());
+        assert!(
+            ExportRequest::new(ExportLevel::System)
+                .with_method(KickoffMethod::Post)
+                .uses_post()
+        );
     }
 }

@@ -51,22 +51,37 @@ pub struct SmartConfig {
 impl SmartConfig {
     /// Settings for `client_id` signing with `key`, scope `system/*.read`, endpoint discovered.
     pub fn new(client_id: impl Into<String>, key: SigningKey) -> Self {
-        Self { client_id: client_id.into(), key, scope: "system/*.read".into(), token_endpoint: None, jku: None }
+        Self {
+            client_id: client_id.into(),
+            key,
+            scope: "system/*.read".into(),
+            token_endpoint: None,
+            jku: None,
+        }
     }
 
     /// Sets the requested scope.
     pub fn with_scope(self, scope: impl Into<String>) -> Self {
-        Self { scope: scope.into(), ..self }
+        Self {
+            scope: scope.into(),
+            ..self
+        }
     }
 
     /// Sets the token endpoint, skipping discovery.
     pub fn with_token_endpoint(self, token_endpoint: Url) -> Self {
-        Self { token_endpoint: Some(token_endpoint), ..self }
+        Self {
+            token_endpoint: Some(token_endpoint),
+            ..self
+        }
     }
 
     /// Sets the `jku` header of the assertion.
     pub fn with_jku(self, jku: Url) -> Self {
-        Self { jku: Some(jku), ..self }
+        Self {
+            jku: Some(jku),
+            ..self
+        }
     }
 }
 
@@ -83,7 +98,10 @@ impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccessToken")
             .field("token", &"***")
-            .field("expires_in", &self.expires_at.saturating_duration_since(Instant::now()))
+            .field(
+                "expires_in",
+                &self.expires_at.saturating_duration_since(Instant::now()),
+            )
             .field("scope", &self.scope)
             .finish()
     }
@@ -131,7 +149,10 @@ pub(crate) fn client_assertion(
     let mut header = jsonwebtoken::Header::new(key.algorithm());
     header.kid = Some(key.kid().to_string());
     header.jku = jku.map(Url::to_string);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let claims = AssertionClaims {
         iss: client_id.to_string(),
         sub: client_id.to_string(),
@@ -140,8 +161,12 @@ pub(crate) fn client_assertion(
         iat: now,
         jti: uuid::Uuid::new_v4().to_string(),
     };
-    jsonwebtoken::encode(&header, &claims, key.encoding_key())
-        .map_err(|e| Error::Auth(format!("cannot sign the client assertion with {}: {e}", key.alg())))
+    jsonwebtoken::encode(&header, &claims, key.encoding_key()).map_err(|e| {
+        Error::Auth(format!(
+            "cannot sign the client assertion with {}: {e}",
+            key.alg()
+        ))
+    })
 }
 
 /// SMART Backend Services authorization for one FHIR server: a cheap-to-clone handle whose token
@@ -174,7 +199,11 @@ impl SmartAuth {
     /// Authorization for the FHIR server at `fhir_base`, over `http`. Without an explicit token
     /// endpoint, it is discovered from `{fhir_base}/.well-known/smart-configuration`, falling back
     /// to the CapabilityStatement's oauth-uris extension.
-    pub async fn try_new(fhir_base: &Url, config: SmartConfig, http: reqwest::Client) -> Result<Self> {
+    pub async fn try_new(
+        fhir_base: &Url,
+        config: SmartConfig,
+        http: reqwest::Client,
+    ) -> Result<Self> {
         Self::try_new_with(fhir_base, config, http, RetryPolicy::default()).await
     }
 
@@ -189,8 +218,16 @@ impl SmartAuth {
             None => discover(&http, &retry, fhir_base, &config.key).await?,
         };
         tracing::debug!(token_endpoint = %redact_url(&token_endpoint), "SMART token endpoint");
-        let inner = Inner { http, retry, config, token_endpoint, token: Mutex::new(None) };
-        Ok(Self { inner: Arc::new(inner) })
+        let inner = Inner {
+            http,
+            retry,
+            config,
+            token_endpoint,
+            token: Mutex::new(None),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The token endpoint in use.
@@ -215,16 +252,30 @@ impl SmartAuth {
     /// a new one; a no-op when another task already replaced it.
     pub async fn invalidate(&self, rejected: &AccessToken) {
         let mut cached = self.inner.token.lock().await;
-        if cached.as_ref().is_some_and(|t| Arc::ptr_eq(&t.secret, &rejected.secret)) {
+        if cached
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(&t.secret, &rejected.secret))
+        {
             *cached = None;
         }
     }
 
     async fn request_token(&self) -> Result<AccessToken> {
-        let Inner { http, retry, config, token_endpoint, .. } = &*self.inner;
+        let Inner {
+            http,
+            retry,
+            config,
+            token_endpoint,
+            ..
+        } = &*self.inner;
         // A fresh assertion (new jti) for every attempt: servers reject a replayed one.
         let response = http::send(http, retry, None, Method::POST, token_endpoint, |r| {
-            let assertion = client_assertion(&config.key, &config.client_id, token_endpoint, config.jku.as_ref())?;
+            let assertion = client_assertion(
+                &config.key,
+                &config.client_id,
+                token_endpoint,
+                config.jku.as_ref(),
+            )?;
             let form = [
                 ("grant_type", "client_credentials"),
                 ("scope", config.scope.as_str()),
@@ -236,12 +287,17 @@ impl SmartAuth {
         .await;
         let response = response.map_err(|e| Error::Auth(format!("token request failed: {e}")))?;
         let url = redact_url(token_endpoint);
-        let body: TokenResponse = response
-            .json()
-            .await
-            .map_err(|e| Error::Auth(format!("{url}: unreadable token response: {}", e.without_url())))?;
+        let body: TokenResponse = response.json().await.map_err(|e| {
+            Error::Auth(format!(
+                "{url}: unreadable token response: {}",
+                e.without_url()
+            ))
+        })?;
         if !body.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(Error::Auth(format!("{url}: token_type {:?}, expected bearer", body.token_type)));
+            return Err(Error::Auth(format!(
+                "{url}: token_type {:?}, expected bearer",
+                body.token_type
+            )));
         }
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(300));
         let now = Instant::now();
@@ -263,11 +319,18 @@ struct TokenResponse {
 }
 
 /// Finds the token endpoint of the FHIR server at `base`.
-async fn discover(http: &reqwest::Client, retry: &RetryPolicy, base: &Url, key: &SigningKey) -> Result<Url> {
+async fn discover(
+    http: &reqwest::Client,
+    retry: &RetryPolicy,
+    base: &Url,
+    key: &SigningKey,
+) -> Result<Url> {
     let well_known = join(base, ".well-known/smart-configuration")?;
     let get_json = |url: Url| async move {
-        let response =
-            http::send(http, retry, None, Method::GET, &url, |r| Ok(r.header(ACCEPT, "application/json"))).await?;
+        let response = http::send(http, retry, None, Method::GET, &url, |r| {
+            Ok(r.header(ACCEPT, "application/json"))
+        })
+        .await?;
         response.json::<Value>().await.map_err(|e| Error::Protocol {
             url: redact_url(&url),
             message: format!("not JSON: {}", e.without_url()),
@@ -276,25 +339,38 @@ async fn discover(http: &reqwest::Client, retry: &RetryPolicy, base: &Url, key: 
     match get_json(well_known.clone()).await {
         Ok(config) => {
             if let Some(endpoint) = config["token_endpoint"].as_str() {
-                if let Some(algs) = config["token_endpoint_auth_signing_alg_values_supported"].as_array()
+                if let Some(algs) =
+                    config["token_endpoint_auth_signing_alg_values_supported"].as_array()
                     && !algs.iter().any(|a| a.as_str() == Some(&key.alg()))
                 {
-                    tracing::warn!("the server lists signing algorithms {algs:?}; the key signs with {}", key.alg());
+                    tracing::warn!(
+                        "the server lists signing algorithms {algs:?}; the key signs with {}",
+                        key.alg()
+                    );
                 }
                 return parse_endpoint(&well_known, endpoint);
             }
         }
-        Err(e) => tracing::debug!("SMART configuration unavailable ({e}); trying the CapabilityStatement"),
+        Err(e) => {
+            tracing::debug!("SMART configuration unavailable ({e}); trying the CapabilityStatement")
+        }
     }
     let metadata = join(base, "metadata")?;
     let statement = get_json(metadata.clone()).await?;
-    let endpoint = statement["rest"].as_array().into_iter().flatten().find_map(|rest| {
-        rest["security"]["extension"].as_array()?.iter().find(|e| e["url"] == OAUTH_URIS)?["extension"]
-            .as_array()?
-            .iter()
-            .find(|e| e["url"] == "token")?["valueUri"]
-            .as_str()
-    });
+    let endpoint = statement["rest"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|rest| {
+            rest["security"]["extension"]
+                .as_array()?
+                .iter()
+                .find(|e| e["url"] == OAUTH_URIS)?["extension"]
+                .as_array()?
+                .iter()
+                .find(|e| e["url"] == "token")?["valueUri"]
+                .as_str()
+        });
     match endpoint {
         Some(endpoint) => parse_endpoint(&metadata, endpoint),
         None => Err(Error::Config(format!(
@@ -318,5 +394,7 @@ pub(crate) fn join(base: &Url, path: &str) -> Result<Url> {
     if !folder.path().ends_with('/') {
         folder.set_path(&format!("{}/", folder.path()));
     }
-    folder.join(path).map_err(|e| Error::Config(format!("{base} + {path}: {e}")))
+    folder
+        .join(path)
+        .map_err(|e| Error::Config(format!("{base} + {path}: {e}")))
 }

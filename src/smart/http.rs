@@ -14,7 +14,12 @@ use super::SmartAuth;
 use crate::{Error, Result};
 
 /// Query parameters whose values are safe to show in errors and logs (the Bulk Data ones).
-const PUBLIC_PARAMS: &[&str] = &["patient", "includeAssociatedData", "organizeOutputBy", "allowPartialManifests"];
+const PUBLIC_PARAMS: &[&str] = &[
+    "patient",
+    "includeAssociatedData",
+    "organizeOutputBy",
+    "allowPartialManifests",
+];
 
 /// `url` for errors and logs: no user info, and the value of every query parameter that may be a
 /// secret (presigned-URL signatures, tokens) replaced by `***`.
@@ -27,7 +32,10 @@ pub(crate) fn redact_url(url: &Url) -> String {
             .query_pairs()
             .map(|(k, v)| {
                 let public = k.starts_with('_') || PUBLIC_PARAMS.contains(&k.as_ref());
-                (k.into_owned(), if public { v.into_owned() } else { "***".into() })
+                (
+                    k.into_owned(),
+                    if public { v.into_owned() } else { "***".into() },
+                )
             })
             .collect();
         url.query_pairs_mut().clear().extend_pairs(pairs);
@@ -62,9 +70,11 @@ pub(crate) fn outcome_text(outcome: &Value) -> Option<String> {
 /// Whether an OperationOutcome says to try again (`issue.code = transient`, or `throttled`).
 pub(crate) fn is_transient(outcome: &Value) -> bool {
     outcome["resourceType"] == "OperationOutcome"
-        && outcome["issue"]
-            .as_array()
-            .is_some_and(|issues| issues.iter().any(|i| matches!(i["code"].as_str(), Some("transient" | "throttled"))))
+        && outcome["issue"].as_array().is_some_and(|issues| {
+            issues
+                .iter()
+                .any(|i| matches!(i["code"].as_str(), Some("transient" | "throttled")))
+        })
 }
 
 /// How long to wait between attempts, and how many retries one request may use.
@@ -80,7 +90,11 @@ pub(crate) struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { min: Duration::from_secs(1), max: Duration::from_secs(120), budget: 10 }
+        Self {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(120),
+            budget: 10,
+        }
     }
 }
 
@@ -96,8 +110,12 @@ impl RetryPolicy {
     /// `min * 2^attempt` capped at `max`, then a random point in its upper half (jitter, so
     /// parallel downloads do not retry in lockstep).
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let step = self.min.saturating_mul(1u32 << attempt.min(20)).min(self.max);
-        step.mul_f64(rand::rng().random_range(0.5..=1.0)).max(self.min)
+        let step = self
+            .min
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        step.mul_f64(rand::rng().random_range(0.5..=1.0))
+            .max(self.min)
     }
 }
 
@@ -139,15 +157,24 @@ pub(crate) async fn http_failure(method: &Method, url: &Url, response: Response)
         .unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&body);
             let text: String = text.trim().chars().take(300).collect();
-            if text.is_empty() { status.canonical_reason().unwrap_or("").to_string() } else { text }
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("").to_string()
+            } else {
+                text
+            }
         });
-    let outcome = json.as_ref().filter(|v| v["resourceType"] == "OperationOutcome");
+    let outcome = json
+        .as_ref()
+        .filter(|v| v["resourceType"] == "OperationOutcome");
     let retry = status == StatusCode::TOO_MANY_REQUESTS
         || outcome.is_some_and(is_transient)
-        || (status.is_server_error()
-            && status != StatusCode::NOT_IMPLEMENTED
-            && outcome.is_none());
-    let error = Error::Http { method: method.to_string(), url: redact_url(url), status: status.as_u16(), message };
+        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED && outcome.is_none());
+    let error = Error::Http {
+        method: method.to_string(),
+        url: redact_url(url),
+        status: status.as_u16(),
+        message,
+    };
     Failure { error, retry }
 }
 
@@ -165,13 +192,21 @@ async fn read_capped(mut response: Response, cap: usize) -> Vec<u8> {
 
 /// An [`Error::Transport`] without the URL reqwest puts in its messages.
 pub(crate) fn transport_error(method: &Method, url: &Url, error: reqwest::Error) -> Error {
-    Error::Transport { method: method.to_string(), url: redact_url(url), source: error.without_url() }
+    Error::Transport {
+        method: method.to_string(),
+        url: redact_url(url),
+        source: error.without_url(),
+    }
 }
 
 /// Whether a transport error may go away on its own (not a bad URL or a TLS misconfiguration
 /// that `connect` also reports: those fail the same way every time, but cheaply).
 pub(crate) fn transport_retryable(error: &reqwest::Error) -> bool {
-    error.is_connect() || error.is_timeout() || error.is_request() || error.is_body() || error.is_decode()
+    error.is_connect()
+        || error.is_timeout()
+        || error.is_request()
+        || error.is_body()
+        || error.is_decode()
 }
 
 /// Sends a request until it succeeds (2xx) or fails for good.
@@ -216,7 +251,13 @@ pub(crate) async fn send(
             }
             Err(error) => {
                 let retry = transport_retryable(&error);
-                (Failure { error: transport_error(&method, url, error), retry }, policy.backoff(attempt))
+                (
+                    Failure {
+                        error: transport_error(&method, url, error),
+                        retry,
+                    },
+                    policy.backoff(attempt),
+                )
             }
         };
         if !failure.retry || attempt >= policy.budget {
@@ -260,7 +301,9 @@ mod tests {
             "error (processing): bad _since; warning (informational): slow; fatal (exception): Boom"
         );
         assert!(!is_transient(&outcome));
-        assert!(is_transient(&json!({"resourceType": "OperationOutcome", "issue": [{"code": "transient"}]})));
+        assert!(is_transient(
+            &json!({"resourceType": "OperationOutcome", "issue": [{"code": "transient"}]})
+        ));
         assert_eq!(outcome_text(&json!({"resourceType": "Patient"})), None);
     }
 
@@ -282,7 +325,11 @@ mod tests {
 
     #[test]
     fn waits_are_clamped_and_backoff_grows_with_jitter() {
-        let policy = RetryPolicy { min: Duration::from_millis(100), max: Duration::from_secs(2), budget: 3 };
+        let policy = RetryPolicy {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            budget: 3,
+        };
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("3600"));
         assert_eq!(policy.wait(&headers, 0), Duration::from_secs(2));
@@ -291,7 +338,10 @@ mod tests {
         for attempt in 0..8 {
             let step = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(2));
             let wait = policy.backoff(attempt);
-            assert!(wait <= step && wait >= (step / 2).max(policy.min), "{attempt}: {wait:?}");
+            assert!(
+                wait <= step && wait >= (step / 2).max(policy.min),
+                "{attempt}: {wait:?}"
+            );
         }
     }
 }

@@ -131,7 +131,9 @@ impl SigningKey {
                 None => err("no private key (a JWK with `d`) found".into()),
             })?;
         let field = |name: &str| -> Result<Vec<u8>> {
-            let text = jwk[name].as_str().ok_or_else(|| err(format!("missing `{name}`")))?;
+            let text = jwk[name]
+                .as_str()
+                .ok_or_else(|| err(format!("missing `{name}`")))?;
             URL_SAFE_NO_PAD
                 .decode(text.trim_end_matches('='))
                 .map_err(|e| err(format!("`{name}`: {e}")))
@@ -140,11 +142,15 @@ impl SigningKey {
             Some("RSA") => {
                 let int = |name| field(name).map(|b| rsa::BigUint::from_bytes_be(&b));
                 let primes = match (field("p"), field("q")) {
-                    (Ok(p), Ok(q)) => vec![rsa::BigUint::from_bytes_be(&p), rsa::BigUint::from_bytes_be(&q)],
+                    (Ok(p), Ok(q)) => vec![
+                        rsa::BigUint::from_bytes_be(&p),
+                        rsa::BigUint::from_bytes_be(&q),
+                    ],
                     _ => Vec::new(),
                 };
-                let key = rsa::RsaPrivateKey::from_components(int("n")?, int("e")?, int("d")?, primes)
-                    .map_err(|e| err(e.to_string()))?;
+                let key =
+                    rsa::RsaPrivateKey::from_components(int("n")?, int("e")?, int("d")?, primes)
+                        .map_err(|e| err(e.to_string()))?;
                 Self::from_rsa(&key)?
             }
             Some("EC") => {
@@ -153,17 +159,27 @@ impl SigningKey {
                     .to_string();
                 match jwk["crv"].as_str() {
                     Some("P-384") => {
-                        let key = p384::SecretKey::from_jwk_str(&text).map_err(|e| err(e.to_string()))?;
+                        let key =
+                            p384::SecretKey::from_jwk_str(&text).map_err(|e| err(e.to_string()))?;
                         Self::from_ec(key.to_pkcs8_der(), EcCurve::P384)?
                     }
                     Some("P-256") => {
-                        let key = p256::SecretKey::from_jwk_str(&text).map_err(|e| err(e.to_string()))?;
+                        let key =
+                            p256::SecretKey::from_jwk_str(&text).map_err(|e| err(e.to_string()))?;
                         Self::from_ec(key.to_pkcs8_der(), EcCurve::P256)?
                     }
-                    other => return Err(err(format!("unsupported curve {other:?} (P-256 and P-384 are)"))),
+                    other => {
+                        return Err(err(format!(
+                            "unsupported curve {other:?} (P-256 and P-384 are)"
+                        )));
+                    }
                 }
             }
-            other => return Err(err(format!("unsupported key type {other:?} (RSA and EC are)"))),
+            other => {
+                return Err(err(format!(
+                    "unsupported key type {other:?} (RSA and EC are)"
+                )));
+            }
         };
         if let Some(alg) = jwk["alg"].as_str() {
             key = key.with_alg(alg)?;
@@ -218,14 +234,22 @@ impl SigningKey {
                 Some(curve) => format!("an EC {curve:?} key"),
                 None => "an RSA key".into(),
             };
-            return Err(Error::Auth(format!("algorithm {alg} cannot sign with {kind}")));
+            return Err(Error::Auth(format!(
+                "algorithm {alg} cannot sign with {kind}"
+            )));
         }
-        Ok(Self { alg: parsed, ..self })
+        Ok(Self {
+            alg: parsed,
+            ..self
+        })
     }
 
     /// Sets the key id sent in the assertion header (`kid`), as registered with the server.
     pub fn with_kid(self, kid: impl Into<String>) -> Self {
-        Self { kid: kid.into(), ..self }
+        Self {
+            kid: kid.into(),
+            ..self
+        }
     }
 
     /// The signing algorithm, e.g. `RS384`.
@@ -255,20 +279,39 @@ impl SigningKey {
     }
 
     fn from_rsa(key: &rsa::RsaPrivateKey) -> Result<Self> {
-        let der = key.to_pkcs1_der().map_err(|e| Error::Auth(format!("RSA key: {e}")))?;
-        Self::finish(EncodingKey::from_rsa_der(der.as_bytes()), None, Algorithm::RS384)
+        let der = key
+            .to_pkcs1_der()
+            .map_err(|e| Error::Auth(format!("RSA key: {e}")))?;
+        Self::finish(
+            EncodingKey::from_rsa_der(der.as_bytes()),
+            None,
+            Algorithm::RS384,
+        )
     }
 
-    fn from_ec(der: p256::pkcs8::Result<p256::pkcs8::SecretDocument>, curve: EcCurve) -> Result<Self> {
+    fn from_ec(
+        der: p256::pkcs8::Result<p256::pkcs8::SecretDocument>,
+        curve: EcCurve,
+    ) -> Result<Self> {
         let der = der.map_err(|e| Error::Auth(format!("EC key: {e}")))?;
-        Self::finish(EncodingKey::from_ec_der(der.as_bytes()), Some(curve), curve.alg())
+        Self::finish(
+            EncodingKey::from_ec_der(der.as_bytes()),
+            Some(curve),
+            curve.alg(),
+        )
     }
 
     /// Completes a key with its default kid, the RFC 7638 thumbprint of the public key.
     fn finish(key: EncodingKey, curve: Option<EcCurve>, alg: Algorithm) -> Result<Self> {
-        let jwk = Jwk::from_encoding_key(&key, alg).map_err(|e| Error::Auth(format!("key: {e}")))?;
+        let jwk =
+            Jwk::from_encoding_key(&key, alg).map_err(|e| Error::Auth(format!("key: {e}")))?;
         let kid = jwk.thumbprint(ThumbprintHash::SHA256);
-        Ok(Self { key, curve, alg, kid })
+        Ok(Self {
+            key,
+            curve,
+            alg,
+            kid,
+        })
     }
 }
 
@@ -310,7 +353,9 @@ mod tests {
     /// The private JWK of the test RSA key, built from its components.
     fn rsa_private_jwk(kid: &str, alg: &str) -> Value {
         let key = rsa::RsaPrivateKey::from_pkcs1_pem(RSA_PKCS1).unwrap();
-        let [p, q] = key.primes() else { panic!("two primes") };
+        let [p, q] = key.primes() else {
+            panic!("two primes")
+        };
         json!({"kty": "RSA", "kid": kid, "alg": alg, "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be()),
                "d": b64(&key.d().to_bytes_be()), "p": b64(&p.to_bytes_be()), "q": b64(&q.to_bytes_be())})
     }
@@ -333,8 +378,12 @@ mod tests {
         validation.set_audience(&[endpoint.as_str()]);
         validation.set_issuer(&["client-1"]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<AssertionClaims>(&jwt, &DecodingKey::from_jwk(&public).unwrap(), &validation)
-            .unwrap();
+        let data = jsonwebtoken::decode::<AssertionClaims>(
+            &jwt,
+            &DecodingKey::from_jwk(&public).unwrap(),
+            &validation,
+        )
+        .unwrap();
         assert_eq!(data.header.typ.as_deref(), Some("JWT"));
         assert_eq!(data.header.jku.as_deref(), Some(jku.as_str()));
         (data.header, data.claims)
@@ -356,10 +405,16 @@ mod tests {
             // Default kid: the RFC 7638 thumbprint, 43 base64url characters of SHA-256.
             assert_eq!(header.kid.as_deref(), Some(key.kid()));
             assert_eq!(key.kid().len(), 43);
-            assert_eq!((claims.iss.as_str(), claims.sub.as_str()), ("client-1", "client-1"));
+            assert_eq!(
+                (claims.iss.as_str(), claims.sub.as_str()),
+                ("client-1", "client-1")
+            );
         }
         // Same key, two encodings, same thumbprint.
-        assert_eq!(SigningKey::from_pem(RSA_PKCS1).unwrap().kid(), SigningKey::from_pem(RSA_PKCS8).unwrap().kid());
+        assert_eq!(
+            SigningKey::from_pem(RSA_PKCS1).unwrap().kid(),
+            SigningKey::from_pem(RSA_PKCS8).unwrap().kid()
+        );
     }
 
     #[test]
@@ -368,8 +423,14 @@ mod tests {
         let (header, first) = verify(&key);
         let (_, second) = verify(&key);
         assert_eq!(header.kid.as_deref(), Some("k1"));
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        assert!(first.exp > now && first.exp <= now + 300, "exp at most 5 minutes ahead");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            first.exp > now && first.exp <= now + 300,
+            "exp at most 5 minutes ahead"
+        );
         assert_eq!(first.aud, "https://auth.example/token");
         assert_ne!(first.jti, second.jti, "a fresh jti every time");
     }
@@ -377,14 +438,39 @@ mod tests {
     #[test]
     fn other_rsa_algorithms_and_mismatches() {
         for alg in ["RS256", "RS512", "PS256", "PS384", "PS512"] {
-            let key = SigningKey::from_pem(RSA_PKCS1).unwrap().with_alg(alg).unwrap();
+            let key = SigningKey::from_pem(RSA_PKCS1)
+                .unwrap()
+                .with_alg(alg)
+                .unwrap();
             assert_eq!(verify(&key).0.alg, alg.parse().unwrap());
         }
-        let err = SigningKey::from_pem(RSA_PKCS1).unwrap().with_alg("ES384").unwrap_err().to_string();
-        assert_eq!(err, "SMART auth: algorithm ES384 cannot sign with an RSA key");
-        assert!(SigningKey::from_pem(EC256_SEC1).unwrap().with_alg("ES384").is_err());
-        assert!(SigningKey::from_pem(RSA_PKCS1).unwrap().with_alg("HS256").is_err());
-        assert!(SigningKey::from_pem(RSA_PKCS1).unwrap().with_alg("nope").is_err());
+        let err = SigningKey::from_pem(RSA_PKCS1)
+            .unwrap()
+            .with_alg("ES384")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "SMART auth: algorithm ES384 cannot sign with an RSA key"
+        );
+        assert!(
+            SigningKey::from_pem(EC256_SEC1)
+                .unwrap()
+                .with_alg("ES384")
+                .is_err()
+        );
+        assert!(
+            SigningKey::from_pem(RSA_PKCS1)
+                .unwrap()
+                .with_alg("HS256")
+                .is_err()
+        );
+        assert!(
+            SigningKey::from_pem(RSA_PKCS1)
+                .unwrap()
+                .with_alg("nope")
+                .is_err()
+        );
     }
 
     #[test]
@@ -395,19 +481,24 @@ mod tests {
         verify(&key);
 
         let ec = ec384_private_jwk("ec-1");
-        let public_only = json!({"kty": "EC", "crv": "P-384", "kid": "pub", "x": ec["x"], "y": ec["y"]});
+        let public_only =
+            json!({"kty": "EC", "crv": "P-384", "kid": "pub", "x": ec["x"], "y": ec["y"]});
         let jwks = json!({"keys": [public_only, rsa, ec]}).to_string();
         let first = SigningKey::from_jwk(&jwks, None).unwrap();
         assert_eq!(first.kid(), "rsa-1", "the first private key");
         let chosen = SigningKey::from_jwk(&jwks, Some("ec-1")).unwrap();
         assert_eq!((chosen.alg().as_str(), chosen.kid()), ("ES384", "ec-1"));
         verify(&chosen);
-        let err = SigningKey::from_jwk(&jwks, Some("pub")).unwrap_err().to_string();
+        let err = SigningKey::from_jwk(&jwks, Some("pub"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "SMART auth: JWK: no private key with kid \"pub\"");
 
         // Without p and q the primes are recovered from n, e, d.
         let mut bare = rsa_private_jwk("rsa-2", "PS384");
-        bare.as_object_mut().unwrap().retain(|k, _| !matches!(k.as_str(), "p" | "q"));
+        bare.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !matches!(k.as_str(), "p" | "q"));
         let key = SigningKey::from_jwk(&bare.to_string(), None).unwrap();
         assert_eq!(verify(&key).0.alg, Algorithm::PS384);
     }
@@ -416,7 +507,10 @@ mod tests {
     fn bad_keys_say_why_and_debug_hides_the_key() {
         let err = |text: &str| SigningKey::from_pem(text).unwrap_err().to_string();
         assert!(err("hello").contains("no `PRIVATE KEY`"));
-        assert!(err("-----BEGIN ENCRYPTED PRIVATE KEY-----\nAA==\n-----END ENCRYPTED PRIVATE KEY-----").contains("encrypted"));
+        assert!(
+            err("-----BEGIN ENCRYPTED PRIVATE KEY-----\nAA==\n-----END ENCRYPTED PRIVATE KEY-----")
+                .contains("encrypted")
+        );
         assert!(SigningKey::from_jwk(r#"{"kty":"oct","k":"AA","d":"x"}"#, None).is_err());
         let key = SigningKey::from_pem(RSA_PKCS1).unwrap().with_kid("k");
         let debug = format!("{key:?}");
@@ -430,9 +524,14 @@ mod tests {
         std::fs::write(&pem, format!("junk\n{EC384_SEC1}")).unwrap();
         let jwk = dir.path().join("k.json");
         std::fs::write(&jwk, json!({"keys": [ec384_private_jwk("e")]}).to_string()).unwrap();
-        assert_eq!(SigningKey::from_file(&pem, Some("mine")).unwrap().kid(), "mine");
+        assert_eq!(
+            SigningKey::from_file(&pem, Some("mine")).unwrap().kid(),
+            "mine"
+        );
         assert_eq!(SigningKey::from_file(&jwk, None).unwrap().kid(), "e");
-        let missing = SigningKey::from_pem_file(dir.path().join("none.pem")).unwrap_err().to_string();
+        let missing = SigningKey::from_pem_file(dir.path().join("none.pem"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("none.pem"), "{missing}");
     }
 }

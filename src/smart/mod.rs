@@ -9,6 +9,6 @@ mod auth;
 pub(crate) mod http;
 mod key;
 
+pub(crate) use auth::join;
 pub use auth::{AccessToken, SmartAuth, SmartConfig};
 pub use key::SigningKey;
-pub(crate) use auth::join;

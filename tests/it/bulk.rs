@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use fhirflight::Error;
 use fhirflight::bulk::{
-    BulkClient, ClientOptions, ExportLevel, ExportOutcome, ExportPhase, ExportProgress, ExportRequest, KickoffMethod,
+    BulkClient, ClientOptions, ExportLevel, ExportOutcome, ExportPhase, ExportProgress,
+    ExportRequest, KickoffMethod,
 };
 use fhirflight::demo::{DemoConfig, DemoServer, Faults, KickoffLevel, generate};
 use fhirflight::smart::{SigningKey, SmartConfig};
@@ -27,16 +28,21 @@ const PATIENTS: usize = 4;
 
 /// Fast waits: Retry-After and backoff clamped to a few milliseconds.
 fn options() -> ClientOptions {
-    ClientOptions::default().with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20))
+    ClientOptions::default()
+        .with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20))
 }
 
 async fn demo(config: DemoConfig) -> DemoServer {
-    DemoServer::start(config.with_seed(SEED).with_patients(PATIENTS)).await.unwrap()
+    DemoServer::start(config.with_seed(SEED).with_patients(PATIENTS))
+        .await
+        .unwrap()
 }
 
 fn rs384(server: &DemoServer) -> SmartConfig {
     let creds = server.credentials();
-    let key = SigningKey::from_pem(creds.rs384().private_pem()).unwrap().with_kid(creds.rs384().kid());
+    let key = SigningKey::from_pem(creds.rs384().private_pem())
+        .unwrap()
+        .with_kid(creds.rs384().kid());
     SmartConfig::new(creds.client_id(), key)
 }
 
@@ -48,10 +54,16 @@ fn es384_jwks(server: &DemoServer) -> SmartConfig {
 }
 
 async fn client(server: &DemoServer, auth: SmartConfig) -> BulkClient {
-    BulkClient::try_new(server.base_url(), Some(auth), options()).await.unwrap()
+    BulkClient::try_new(server.base_url(), Some(auth), options())
+        .await
+        .unwrap()
 }
 
-async fn export(client: &BulkClient, request: &ExportRequest, dir: &Path) -> (ExportOutcome, ExportProgress) {
+async fn export(
+    client: &BulkClient,
+    request: &ExportRequest,
+    dir: &Path,
+) -> (ExportOutcome, ExportProgress) {
     let (progress, watcher) = watch::channel(ExportProgress::default());
     let outcome = client.export_to_dir(request, dir, &progress).await.unwrap();
     let last = watcher.borrow().clone();
@@ -71,12 +83,22 @@ fn downloaded(outcome: &ExportOutcome, resource_type: &str) -> String {
 /// What the demo population holds for `resource_type`, as NDJSON.
 fn expected(resource_type: &str) -> String {
     let mut out = Vec::new();
-    generate(SEED, PATIENTS).write_ndjson(resource_type, &mut out).unwrap();
+    generate(SEED, PATIENTS)
+        .write_ndjson(resource_type, &mut out)
+        .unwrap();
     String::from_utf8(out).unwrap()
 }
 
 fn ids(ndjson: &str) -> Vec<String> {
-    ndjson.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect()
+    ndjson
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -84,17 +106,29 @@ async fn system_export_by_get_with_rs384_downloads_everything_and_cleans_up() {
     let server = demo(DemoConfig::default().with_page_size(7).with_status_polls(2)).await;
     let client = client(&server, rs384(&server)).await;
     let dir = tempfile::tempdir().unwrap();
-    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Observation", "Condition"]);
+    let request =
+        ExportRequest::new(ExportLevel::System).with_types(["Patient", "Observation", "Condition"]);
     let (outcome, progress) = export(&client, &request, dir.path()).await;
 
     for ty in ["Patient", "Observation", "Condition"] {
-        assert_eq!(downloaded(&outcome, ty), expected(ty), "{ty}: the NDJSON exactly as served");
+        assert_eq!(
+            downloaded(&outcome, ty),
+            expected(ty),
+            "{ty}: the NDJSON exactly as served"
+        );
     }
     // Files are named by type and index, match the manifest's counts, and are split at the page size.
-    let observations: Vec<_> = outcome.files.iter().filter(|f| f.resource_type == "Observation").collect();
+    let observations: Vec<_> = outcome
+        .files
+        .iter()
+        .filter(|f| f.resource_type == "Observation")
+        .collect();
     assert!(observations.len() > 1);
     for (n, file) in observations.iter().enumerate() {
-        assert_eq!(file.path, dir.path().join(format!("Observation.{n}.ndjson")));
+        assert_eq!(
+            file.path,
+            dir.path().join(format!("Observation.{n}.ndjson"))
+        );
         assert!(file.lines <= 7 && file.bytes == std::fs::metadata(&file.path).unwrap().len());
     }
     for (file, listed) in outcome.files.iter().zip(&outcome.manifest.output) {
@@ -103,9 +137,16 @@ async fn system_export_by_get_with_rs384_downloads_everything_and_cleans_up() {
     assert!(outcome.manifest.requires_access_token);
     assert!(outcome.deleted.is_empty() && outcome.warnings.is_empty());
 
-    let saved: Value = serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(saved["transactionTime"], outcome.manifest.transaction_time.as_str());
-    assert!(!dir.path().join(".fhirflight-job.json").exists(), "job state removed after the DELETE");
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["transactionTime"],
+        outcome.manifest.transaction_time.as_str()
+    );
+    assert!(
+        !dir.path().join(".fhirflight-job.json").exists(),
+        "job state removed after the DELETE"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -114,15 +155,33 @@ async fn system_export_by_get_with_rs384_downloads_everything_and_cleans_up() {
     assert!(leftovers.is_empty(), "no temporary files: {leftovers:?}");
 
     assert_eq!(progress.phase, ExportPhase::Done);
-    assert_eq!((progress.files_done, progress.files_total), (outcome.files.len(), outcome.files.len()));
-    assert_eq!(progress.bytes_downloaded, outcome.files.iter().map(|f| f.bytes).sum::<u64>());
-    assert_eq!(progress.status_polls, 2, "two 'in progress' answers before the manifest");
+    assert_eq!(
+        (progress.files_done, progress.files_total),
+        (outcome.files.len(), outcome.files.len())
+    );
+    assert_eq!(
+        progress.bytes_downloaded,
+        outcome.files.iter().map(|f| f.bytes).sum::<u64>()
+    );
+    assert_eq!(
+        progress.status_polls, 2,
+        "two 'in progress' answers before the manifest"
+    );
     assert!(progress.server_progress.is_some(), "X-Progress reported");
 
     let stats = server.stats();
     assert_eq!(stats.kickoffs.len(), 1);
-    assert_eq!((stats.kickoffs[0].method.as_str(), stats.kickoffs[0].level.clone()), ("GET", KickoffLevel::System));
-    assert_eq!(stats.kickoffs[0].types, ["Patient", "Observation", "Condition"]);
+    assert_eq!(
+        (
+            stats.kickoffs[0].method.as_str(),
+            stats.kickoffs[0].level.clone()
+        ),
+        ("GET", KickoffLevel::System)
+    );
+    assert_eq!(
+        stats.kickoffs[0].types,
+        ["Patient", "Observation", "Condition"]
+    );
     assert_eq!(stats.downloads, outcome.files.len());
     assert_eq!(stats.deletes, 1);
     assert_eq!(stats.tokens_issued, 1, "one token shared by every request");
@@ -135,25 +194,44 @@ async fn patient_and_group_exports_by_post_with_es384_from_a_jwks() {
     let client = client(&server, es384_jwks(&server)).await;
     let group = generate(SEED, PATIENTS).group_ids()[0].to_string();
 
-    let patient = ExportRequest::new(ExportLevel::Patient).with_types(["Patient"]).with_method(KickoffMethod::Post);
+    let patient = ExportRequest::new(ExportLevel::Patient)
+        .with_types(["Patient"])
+        .with_method(KickoffMethod::Post);
     let dir = tempfile::tempdir().unwrap();
     let (outcome, _) = export(&client, &patient, dir.path()).await;
     assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
 
     let by_group = ExportRequest::new(ExportLevel::Group(group.clone())).with_types(["Patient"]);
     let dir = tempfile::tempdir().unwrap();
-    let (outcome, _) = export(&client, &by_group.clone().with_method(KickoffMethod::Post), dir.path()).await;
+    let (outcome, _) = export(
+        &client,
+        &by_group.clone().with_method(KickoffMethod::Post),
+        dir.path(),
+    )
+    .await;
     let members = ids(&downloaded(&outcome, "Patient"));
     assert!(!members.is_empty() && members.len() <= PATIENTS);
     let dir = tempfile::tempdir().unwrap();
     let (by_get, _) = export(&client, &by_group, dir.path()).await;
-    assert_eq!(ids(&downloaded(&by_get, "Patient")), members, "GET and POST agree");
+    assert_eq!(
+        ids(&downloaded(&by_get, "Patient")),
+        members,
+        "GET and POST agree"
+    );
 
     let stats = server.stats();
-    let seen: Vec<(KickoffLevel, &str)> = stats.kickoffs.iter().map(|k| (k.level.clone(), k.method.as_str())).collect();
+    let seen: Vec<(KickoffLevel, &str)> = stats
+        .kickoffs
+        .iter()
+        .map(|k| (k.level.clone(), k.method.as_str()))
+        .collect();
     assert_eq!(
         seen,
-        [(KickoffLevel::Patient, "POST"), (KickoffLevel::Group(group.clone()), "POST"), (KickoffLevel::Group(group), "GET")]
+        [
+            (KickoffLevel::Patient, "POST"),
+            (KickoffLevel::Group(group.clone()), "POST"),
+            (KickoffLevel::Group(group), "GET")
+        ]
     );
     assert_eq!(stats.deletes, 3);
 }
@@ -203,13 +281,21 @@ async fn patient_parameter_is_sent_by_post() {
     let client = client(&server, rs384(&server)).await;
     let population = generate(SEED, PATIENTS);
     let first = population.resources("Patient")[0].id().to_string();
-    let request = ExportRequest::new(ExportLevel::Patient).with_types(["Patient"]).with_patients([first.clone()]);
+    let request = ExportRequest::new(ExportLevel::Patient)
+        .with_types(["Patient"])
+        .with_patients([first.clone()]);
     let dir = tempfile::tempdir().unwrap();
     let (outcome, _) = export(&client, &request, dir.path()).await;
-    assert_eq!(ids(&downloaded(&outcome, "Patient")), [first.clone()]);
+    assert_eq!(ids(&downloaded(&outcome, "Patient")), [first.as_str()]);
     let kickoff = &server.stats().kickoffs[0];
     assert_eq!(kickoff.method, "POST");
-    assert!(kickoff.params.contains(&("patient".to_string(), format!("Patient/{first}"))), "{:?}", kickoff.params);
+    assert!(
+        kickoff
+            .params
+            .contains(&("patient".to_string(), format!("Patient/{first}"))),
+        "{:?}",
+        kickoff.params
+    );
 }
 
 #[tokio::test]
@@ -223,10 +309,16 @@ async fn since_exports_report_changes_and_deletions() {
 
     server.delete("Patient", &patients[0]);
     server.upsert(json!({"resourceType": "Patient", "id": patients[1], "active": false}));
-    let since = request.clone().with_since(full.manifest.transaction_time.clone());
+    let since = request
+        .clone()
+        .with_since(full.manifest.transaction_time.clone());
     let (delta, _) = export(&client, &since, dir.path()).await;
     assert_eq!(ids(&downloaded(&delta, "Patient")), [patients[1].clone()]);
-    let deleted: Vec<(&str, &str)> = delta.deleted.iter().map(|d| (d.resource_type.as_str(), d.id.as_str())).collect();
+    let deleted: Vec<(&str, &str)> = delta
+        .deleted
+        .iter()
+        .map(|d| (d.resource_type.as_str(), d.id.as_str()))
+        .collect();
     assert_eq!(deleted, [("Patient", patients[0].as_str())]);
     assert_eq!(delta.manifest.deleted.len(), 1);
     assert!(dir.path().join("deleted.0.ndjson").exists());
@@ -237,10 +329,21 @@ async fn since_exports_report_changes_and_deletions() {
 #[tokio::test]
 async fn transient_errors_and_429_are_retried() {
     let server = demo(DemoConfig::default()).await;
-    server.set_faults(Faults { kickoff_transient: 2, kickoff_429: 1, status_transient: 2, status_429: 1, ..Faults::default() });
+    server.set_faults(Faults {
+        kickoff_transient: 2,
+        kickoff_429: 1,
+        status_transient: 2,
+        status_429: 1,
+        ..Faults::default()
+    });
     let client = client(&server, rs384(&server)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (outcome, _) = export(&client, &ExportRequest::new(ExportLevel::System).with_types(["Patient"]), dir.path()).await;
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Patient"]),
+        dir.path(),
+    )
+    .await;
     assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
     let statuses: Vec<u16> = server.stats().kickoffs.iter().map(|k| k.status).collect();
     assert_eq!(statuses, [429, 503, 503, 202]);
@@ -249,12 +352,24 @@ async fn transient_errors_and_429_are_retried() {
 #[tokio::test]
 async fn errors_name_method_url_status_and_the_outcome_text() {
     let server = demo(DemoConfig::default()).await;
-    server.set_faults(Faults { kickoff_transient: 5, ..Faults::default() });
-    let client = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options().with_retry_budget(1)).await.unwrap();
+    server.set_faults(Faults {
+        kickoff_transient: 5,
+        ..Faults::default()
+    });
+    let client = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_retry_budget(1),
+    )
+    .await
+    .unwrap();
     let (progress, _) = watch::channel(ExportProgress::default());
     let dir = tempfile::tempdir().unwrap();
     let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
-    let err = client.export_to_dir(&request, dir.path(), &progress).await.unwrap_err();
+    let err = client
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -267,8 +382,16 @@ async fn errors_name_method_url_status_and_the_outcome_text() {
     // A request the server refuses is not retried.
     server.set_faults(Faults::default());
     let bad = ExportRequest::new(ExportLevel::System).with_types(["NoSuchType"]);
-    let err = client.export_to_dir(&bad, dir.path(), &progress).await.unwrap_err();
-    let Error::Http { status, message, .. } = &err else { panic!("{err}") };
+    let err = client
+        .export_to_dir(&bad, dir.path(), &progress)
+        .await
+        .unwrap_err();
+    let Error::Http {
+        status, message, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
     assert_eq!(*status, 400);
     assert!(message.contains("NoSuchType"), "{message}");
     assert_eq!(server.stats().kickoffs.len(), 3);
@@ -278,21 +401,40 @@ async fn errors_name_method_url_status_and_the_outcome_text() {
 async fn broken_downloads_resume_with_range_or_restart_without() {
     for no_range in [false, true] {
         let server = demo(DemoConfig::default()).await;
-        server.set_faults(Faults { break_download_after: Some(1500), no_range, ..Faults::default() });
+        server.set_faults(Faults {
+            break_download_after: Some(1500),
+            no_range,
+            ..Faults::default()
+        });
         let client = client(&server, rs384(&server)).await;
         let dir = tempfile::tempdir().unwrap();
-        let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Observation"]);
+        let request =
+            ExportRequest::new(ExportLevel::System).with_types(["Patient", "Observation"]);
         let (outcome, progress) = export(&client, &request, dir.path()).await;
         for ty in ["Patient", "Observation"] {
-            assert_eq!(downloaded(&outcome, ty), expected(ty), "{ty}, no_range={no_range}");
+            assert_eq!(
+                downloaded(&outcome, ty),
+                expected(ty),
+                "{ty}, no_range={no_range}"
+            );
         }
         let stats = server.stats();
-        assert_eq!(stats.downloads, 2 * outcome.files.len(), "each file broke once, no_range={no_range}");
+        assert_eq!(
+            stats.downloads,
+            2 * outcome.files.len(),
+            "each file broke once, no_range={no_range}"
+        );
         let on_disk: u64 = outcome.files.iter().map(|f| f.bytes).sum();
         if no_range {
-            assert!(progress.bytes_downloaded > on_disk, "restarted files are downloaded twice");
+            assert!(
+                progress.bytes_downloaded > on_disk,
+                "restarted files are downloaded twice"
+            );
         } else {
-            assert_eq!(progress.bytes_downloaded, on_disk, "resumed files continue where they broke");
+            assert_eq!(
+                progress.bytes_downloaded, on_disk,
+                "resumed files continue where they broke"
+            );
         }
     }
 }
@@ -300,50 +442,94 @@ async fn broken_downloads_resume_with_range_or_restart_without() {
 #[tokio::test]
 async fn error_files_become_warnings_and_malformed_lines_are_kept_as_served() {
     let server = demo(DemoConfig::default()).await;
-    server.set_faults(Faults { error_file: true, malformed_line: true, ..Faults::default() });
+    server.set_faults(Faults {
+        error_file: true,
+        malformed_line: true,
+        ..Faults::default()
+    });
     let client = client(&server, rs384(&server)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (outcome, _) = export(&client, &ExportRequest::new(ExportLevel::System).with_types(["Patient"]), dir.path()).await;
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Patient"]),
+        dir.path(),
+    )
+    .await;
     assert_eq!(outcome.manifest.error.len(), 1);
     assert_eq!(outcome.warnings.len(), 1);
-    assert!(outcome.warnings[0].starts_with("error ("), "{}", outcome.warnings[0]);
+    assert!(
+        outcome.warnings[0].starts_with("error ("),
+        "{}",
+        outcome.warnings[0]
+    );
     assert!(dir.path().join("error.0.ndjson").exists());
     let text = downloaded(&outcome, "Patient");
     let first = text.lines().next().unwrap();
-    assert!(serde_json::from_str::<Value>(first).is_err(), "the broken line is stored as served");
+    assert!(
+        serde_json::from_str::<Value>(first).is_err(),
+        "the broken line is stored as served"
+    );
     assert_eq!(text.lines().count(), expected("Patient").lines().count());
 }
 
 #[tokio::test]
 async fn short_lived_tokens_are_renewed_ahead_of_expiry() {
-    let config = DemoConfig::default().with_token_lifetime(Duration::from_secs(1)).with_status_polls(3);
+    let config = DemoConfig::default()
+        .with_token_lifetime(Duration::from_secs(1))
+        .with_status_polls(3);
     let server = demo(config.with_retry_after(Duration::from_secs(1))).await;
     // Honour the server's one-second Retry-After, so the export outlives several tokens.
-    let options = ClientOptions::default().with_retry_after_bounds(Duration::from_millis(1), Duration::from_secs(1));
-    let client = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options).await.unwrap();
+    let options = ClientOptions::default()
+        .with_retry_after_bounds(Duration::from_millis(1), Duration::from_secs(1));
+    let client = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (outcome, _) = export(&client, &ExportRequest::new(ExportLevel::System).with_types(["Patient"]), dir.path()).await;
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Patient"]),
+        dir.path(),
+    )
+    .await;
     assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
     let stats = server.stats();
-    assert!(stats.tokens_issued >= 3, "renewed: {} tokens", stats.tokens_issued);
+    assert!(
+        stats.tokens_issued >= 3,
+        "renewed: {} tokens",
+        stats.tokens_issued
+    );
     assert_eq!(stats.unauthorized, 0, "never sent an expired token");
 }
 
 #[tokio::test]
 async fn open_servers_need_no_auth() {
     let server = demo(DemoConfig::default().with_require_auth(false)).await;
-    let client = BulkClient::try_new(server.base_url(), None, options()).await.unwrap();
+    let client = BulkClient::try_new(server.base_url(), None, options())
+        .await
+        .unwrap();
     let types = client.resource_types().await.unwrap();
-    assert!(types.iter().any(|t| t == "Patient") && types.iter().any(|t| t == "Observation"), "{types:?}");
+    assert!(
+        types.iter().any(|t| t == "Patient") && types.iter().any(|t| t == "Observation"),
+        "{types:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let (outcome, _) = export(&client, &ExportRequest::new(ExportLevel::System).with_types(["Condition"]), dir.path()).await;
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Condition"]),
+        dir.path(),
+    )
+    .await;
     assert!(!outcome.manifest.requires_access_token);
     assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
     assert_eq!(server.stats().token_requests, 0);
 }
 
 /// Polls `future` until the export reaches `phase`, then hands the future back unfinished.
-async fn run_until<F: std::future::Future + Unpin>(future: &mut F, watcher: &mut watch::Receiver<ExportProgress>, phase: ExportPhase) {
+async fn run_until<F: std::future::Future + Unpin>(
+    future: &mut F,
+    watcher: &mut watch::Receiver<ExportProgress>,
+    phase: ExportPhase,
+) {
     tokio::select! {
         _ = future => panic!("the export finished before {phase:?}"),
         reached = watcher.wait_for(|p| p.phase == phase) => { reached.unwrap(); }
@@ -370,7 +556,11 @@ async fn a_restarted_process_resumes_polling_the_saved_job() {
     let client = client(&server, rs384(&server)).await;
     let polls_before = server.stats().status_polls;
     let (progress, watcher) = watch::channel(ExportProgress::default());
-    let resumed = tokio::time::timeout(Duration::from_secs(60), client.export_to_dir(&request, dir.path(), &progress)).await;
+    let resumed = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.export_to_dir(&request, dir.path(), &progress),
+    )
+    .await;
     let outcome = resumed.expect("resumed job finished").unwrap();
     assert!(watcher.borrow().resumed);
     assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
@@ -384,14 +574,29 @@ async fn a_restarted_process_resumes_polling_the_saved_job() {
 #[tokio::test]
 async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
     let server = demo(DemoConfig::default()).await;
-    server.set_faults(Faults { break_download_after: Some(1500), ..Faults::default() });
+    server.set_faults(Faults {
+        break_download_after: Some(1500),
+        ..Faults::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let request = ExportRequest::new(ExportLevel::System).with_types(["Observation"]);
-    let strict = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options().with_retry_budget(0)).await.unwrap();
+    let strict = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_retry_budget(0),
+    )
+    .await
+    .unwrap();
     let (progress, _) = watch::channel(ExportProgress::default());
-    let err = strict.export_to_dir(&request, dir.path(), &progress).await.unwrap_err();
+    let err = strict
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Transport { .. }), "{err}");
-    assert!(dir.path().join(".fhirflight-job.json").exists(), "job kept for the next run");
+    assert!(
+        dir.path().join(".fhirflight-job.json").exists(),
+        "job kept for the next run"
+    );
     assert_eq!(server.stats().deletes, 0);
 
     server.set_faults(Faults::default());
@@ -425,17 +630,22 @@ async fn dropping_the_export_deletes_the_job() {
     .expect("DELETE sent");
 }
 
+/// Which file request carried which `Authorization` header.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// A mock server for what the demo does not do: a paged manifest, files behind redirects to
 /// another origin, and a recorder of the Authorization headers each file request carried.
 struct Mock {
     base: Url,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
 }
 
 async fn mock(requires_access_token: bool) -> Mock {
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let record = |seen: &Arc<Mutex<Vec<_>>>, name: &str, headers: &HeaderMap| {
-        let auth = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_string());
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_string());
         seen.lock().unwrap().push((name.to_string(), auth));
     };
     let log = Arc::clone(&seen);
@@ -499,10 +709,18 @@ async fn mock(requires_access_token: bool) -> Mock {
 }
 
 async fn mock_export(mock: &Mock) -> ExportOutcome {
-    let auth = SmartConfig::new("c", test_key()).with_token_endpoint(mock.base.join("token").unwrap());
-    let client = BulkClient::try_new(mock.base.join("fhir").unwrap(), Some(auth), options()).await.unwrap();
+    let auth =
+        SmartConfig::new("c", test_key()).with_token_endpoint(mock.base.join("token").unwrap());
+    let client = BulkClient::try_new(mock.base.join("fhir").unwrap(), Some(auth), options())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (outcome, _) = export(&client, &ExportRequest::new(ExportLevel::System), dir.path()).await;
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System),
+        dir.path(),
+    )
+    .await;
     assert_eq!(outcome.files.len(), 2, "both manifest pages followed");
     let text = downloaded(&outcome, "Patient");
     assert_eq!(ids(&text), ["a", "b"]);
