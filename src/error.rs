@@ -48,6 +48,42 @@ pub enum Error {
     /// A bad NDJSON line (or a schema the decoder cannot fill), with file and line number.
     #[error(transparent)]
     Ndjson(#[from] crate::ndjson::DecodeError),
+    /// A server answered with an error status (after any retries).
+    #[error("{method} {url}: HTTP {status}: {message}")]
+    Http {
+        /// The request method.
+        method: String,
+        /// The URL, query secrets redacted.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The server's OperationOutcome (or OAuth error) text, or the start of its body.
+        message: String,
+    },
+
+    /// A request could not be sent or its response not read (connection, TLS, timeout).
+    #[error("{method} {url}: {source}")]
+    Transport {
+        /// The request method.
+        method: String,
+        /// The URL, query secrets redacted.
+        url: String,
+        /// The underlying error (its URL removed).
+        source: reqwest::Error,
+    },
+
+    /// SMART Backend Services: a key that cannot be loaded or used, or a token that cannot be had.
+    #[error("SMART auth: {0}")]
+    Auth(String),
+
+    /// A server's response breaks the FHIR Bulk Data protocol (a missing header, a bad manifest).
+    #[error("{url}: {message}")]
+    Protocol {
+        /// The URL, query secrets redacted.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 impl Error {

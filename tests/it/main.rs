@@ -2,4 +2,6 @@
 
 mod view;
 mod ndjson;
+mod bulk;
 mod demo;
+mod smart;
