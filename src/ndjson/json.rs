@@ -495,13 +495,17 @@ impl<'a, 's> Walker<'a, 's> {
         let start = self.pos;
         let mut pos = start;
         let mut non_ascii = false;
-        // Fast scan over 8 bytes at a time for '"', '\\' or a control character.
+        // Fast scan over 8 bytes at a time for '"', '\\' or a control character; the lowest
+        // bit of the mask marks the first such byte.
         while pos + 8 <= b.len() {
             let w = u64::from_le_bytes(b[pos..pos + 8].try_into().expect("8 bytes"));
-            if special_mask(w) != 0 {
+            let special = special_mask(w);
+            let before = special.wrapping_sub(1) & !special;
+            non_ascii |= w & 0x8080_8080_8080_8080 & before != 0;
+            if special != 0 {
+                pos += special.trailing_zeros() as usize / 8;
                 break;
             }
-            non_ascii |= w & 0x8080_8080_8080_8080 != 0;
             pos += 8;
         }
         loop {
