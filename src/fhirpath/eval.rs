@@ -74,13 +74,16 @@ impl<'a> Eval<'_, 'a> {
             }
             Expr::Index(base, index) => {
                 let input = self.base(base, focus)?;
-                let index = self.eval(index, focus)?;
-                let i = match index.as_slice() {
-                    [] => return Ok(Vec::new()),
-                    [item] => item
-                        .as_i64()
-                        .ok_or_else(|| self.error("an index must be an integer"))?,
-                    _ => return Err(self.error("an index must be a single integer")),
+                let i = match **index {
+                    // The common `name[0]`: no collection for the literal.
+                    Expr::Int(i) => i,
+                    ref index => match self.eval(index, focus)?.as_slice() {
+                        [] => return Ok(Vec::new()),
+                        [item] => item
+                            .as_i64()
+                            .ok_or_else(|| self.error("an index must be an integer"))?,
+                        _ => return Err(self.error("an index must be a single integer")),
+                    },
                 };
                 usize::try_from(i)
                     .ok()
