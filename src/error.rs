@@ -25,6 +25,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The operation was cancelled (Ctrl-C, a cancelled export or query).
+    #[error("cancelled")]
+    Cancelled,
+
     /// A FHIRPath expression that does not compile or cannot be evaluated.
     #[error("FHIRPath `{expr}`{}: {msg}", pos.map(|p| format!(" at position {p}")).unwrap_or_default())]
     FhirPath {
