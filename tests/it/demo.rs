@@ -270,6 +270,19 @@ async fn tokens_for_rs384_and_es384_assertions() {
     }
     assert_eq!(server.stats().tokens_issued, 2);
     assert!(!format!("{:?}", server.credentials()).contains("PRIVATE"));
+    assert!(!format!("{server:?}").contains("PRIVATE"));
+
+    // Another registered client: its own id, keys given as a public JWKS.
+    let jwks = server.credentials().public_jwks();
+    let other = start(DemoConfig::default().with_client("second-client", jwks)).await;
+    let claims = json!({ "iss": "second-client", "sub": "second-client" });
+    let response = token_request(
+        &other,
+        &assertion(&other, other.credentials().es384(), claims),
+        "system/*.rs",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
