@@ -497,6 +497,9 @@ async fn kickoff_validation_errors() {
         let text = outcome_text(response).await;
         assert!(text.contains(needle), "{query}: {text}");
     }
+    let put = client.put(url(&server, "$export")).send().await.unwrap();
+    assert_eq!(put.status(), 405);
+    assert!(outcome_text(put).await.contains("PUT is not supported"));
     let missing_group = kickoff(&server, &token, "Group/nope/$export").await;
     assert_eq!(missing_group.status(), 404);
     let bad_post = client
