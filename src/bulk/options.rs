@@ -166,3 +166,55 @@ impl ClientOptions {
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_bundle_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = ClientOptions::default()
+            .with_ca_bundle(&empty)
+            .http_client()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "configuration: {}: no certificates in the bundle",
+                empty.display()
+            )
+        );
+        let missing = dir.path().join("missing.pem");
+        let err = ClientOptions::default()
+            .with_ca_bundle(&missing)
+            .http_client()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Io { ref path, .. } if *path == missing),
+            "{err}"
+        );
+        assert!(
+            ClientOptions::default()
+                .with_danger_accept_invalid_certs(true)
+                .http_client()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn bounds_and_parallelism_stay_sane() {
+        let options = ClientOptions::default()
+            .with_parallel_downloads(0)
+            .with_retry_after_bounds(Duration::from_secs(5), Duration::from_secs(1))
+            .with_retry_budget(3);
+        assert_eq!(options.parallel_downloads, 1);
+        assert_eq!(
+            (options.retry.min, options.retry.max, options.retry.budget),
+            (Duration::from_secs(5), Duration::from_secs(5), 3)
+        );
+    }
+}

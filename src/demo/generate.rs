@@ -174,21 +174,45 @@ impl Population {
 /// Same arguments, same bytes. Organizations, Practitioners and three Groups (`all-patients`,
 /// `diabetes`, `seniors`) come with them. About 0.4 MB of NDJSON per patient.
 pub fn generate(seed: u64, patients: usize) -> Population {
-    let mut out = Builder {
-        types: GENERATED_TYPES
-            .iter()
-            .map(|t| (Arc::from(*t), Vec::new()))
-            .collect(),
-    };
+    let mut out = Builder::new();
     let mut rng = Rng::new(seed);
     let providers: Vec<Provider> = (0..3 + patients / 8)
         .map(|i| Provider::new(&mut rng, i, &mut out))
         .collect();
+    // Patients are independent: contiguous ranges on all cores, joined in patient order, give the
+    // same bytes as one thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = patients.div_ceil(threads).max(1);
+    let parts: Vec<(Builder, Cohorts)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..patients)
+            .step_by(per_thread)
+            .map(|first| {
+                let providers = &providers;
+                scope.spawn(move || {
+                    let (mut out, mut cohorts) = (Builder::new(), Cohorts::default());
+                    for n in first..(first + per_thread).min(patients) {
+                        let mut rng =
+                            Rng::new(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let provider = &providers[rng.below(providers.len())];
+                        PatientLife::generate(&mut rng, provider, &mut out, &mut cohorts);
+                    }
+                    (out, cohorts)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("generator thread"))
+            .collect()
+    });
     let mut cohorts = Cohorts::default();
-    for n in 0..patients {
-        let mut rng = Rng::new(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let provider = &providers[rng.below(providers.len())];
-        PatientLife::generate(&mut rng, provider, &mut out, &mut cohorts);
+    for (part, part_cohorts) in parts {
+        for ((_, all), (_, more)) in out.types.iter_mut().zip(part.types) {
+            all.extend(more);
+        }
+        cohorts.all.extend(part_cohorts.all);
+        cohorts.diabetes.extend(part_cohorts.diabetes);
+        cohorts.seniors.extend(part_cohorts.seniors);
     }
     cohorts.write(&mut out);
     Population { types: out.types }
@@ -270,14 +294,30 @@ impl Rng {
 /// Collects resources per type.
 struct Builder {
     types: Vec<(Arc<str>, Vec<Arc<Resource>>)>,
+    /// Serialization buffer, reused: growing a fresh String per resource costs more than the JSON.
+    buffer: Vec<u8>,
 }
 
 impl Builder {
+    fn new() -> Self {
+        let types = GENERATED_TYPES
+            .iter()
+            .map(|t| (Arc::from(*t), Vec::new()))
+            .collect();
+        Self {
+            types,
+            buffer: Vec::new(),
+        }
+    }
+
     /// Stores `value`, whose `meta` (first after `id`) gets `lastUpdated`.
     fn push(&mut self, id: &Arc<str>, patient: Option<&Arc<str>>, last_updated: i64, value: Value) {
         let resource_type = value["resourceType"]
             .as_str()
             .expect("generated resourceType");
+        self.buffer.clear();
+        serde_json::to_writer(&mut self.buffer, &value).expect("serializing to memory");
+        let json = std::str::from_utf8(&self.buffer).expect("serde_json writes UTF-8");
         let (resource_type, resources) = self
             .types
             .iter_mut()
@@ -288,7 +328,7 @@ impl Builder {
             id: Arc::clone(id),
             patient: patient.cloned(),
             last_updated,
-            json: value.to_string().into(),
+            json: json.into(),
         }));
     }
 }

@@ -513,6 +513,10 @@ fn router(state: Shared) -> Router {
         )
         .route("/jobs/{id}", get(status).delete(cancel))
         .route("/files/{job}/{file}", get(download))
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            let message = format!("{method} is not supported on {}", uri.path());
+            Outcome::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message)
+        })
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             Outcome::not_found(format!("no route for {method} {}", uri.path()))
         })

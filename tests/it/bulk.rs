@@ -748,3 +748,47 @@ async fn the_token_goes_to_files_only_when_required_and_never_to_another_origin(
     let seen = not_required.seen.lock().unwrap().clone();
     assert!(seen.iter().all(|(_, auth)| auth.is_none()), "{seen:?}");
 }
+
+/// A file shorter than the manifest's `count` is an error naming both numbers, and neither a
+/// final nor a partial file is left behind.
+#[tokio::test]
+async fn a_line_count_short_of_the_manifest_count_fails_the_export() {
+    let origin = Arc::new(Mutex::new(None::<Url>));
+    let origin_for_status = Arc::clone(&origin);
+    let app = Router::new()
+        .route("/fhir/$export", get(|| async { (StatusCode::ACCEPTED, [(header::CONTENT_LOCATION, "/status")]) }))
+        .route(
+            "/status",
+            get(move || {
+                let origin = origin_for_status.lock().unwrap().clone().unwrap();
+                async move {
+                    axum::Json(json!({"transactionTime": "2024-01-01T00:00:00Z", "request": origin.join("fhir/$export").unwrap().to_string(),
+                        "requiresAccessToken": false, "error": [],
+                        "output": [{"type": "Patient", "url": origin.join("p.ndjson").unwrap().to_string(), "count": 2}]}))
+                }
+            })
+            .delete(|| async { StatusCode::ACCEPTED }),
+        )
+        .route("/p.ndjson", get(|| async { "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n" }));
+    let base = serve(app).await;
+    *origin.lock().unwrap() = Some(base.clone());
+    let client = BulkClient::try_new(base.join("fhir").unwrap(), None, options())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = client
+        .export_to_dir(
+            &ExportRequest::new(ExportLevel::System),
+            dir.path(),
+            &progress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{base}p.ndjson: downloaded 1 lines, the manifest says count = 2")
+    );
+    assert!(!dir.path().join("Patient.0.ndjson").exists());
+    assert!(!dir.path().join(".Patient.0.ndjson.part").exists());
+}

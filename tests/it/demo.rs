@@ -270,6 +270,19 @@ async fn tokens_for_rs384_and_es384_assertions() {
     }
     assert_eq!(server.stats().tokens_issued, 2);
     assert!(!format!("{:?}", server.credentials()).contains("PRIVATE"));
+    assert!(!format!("{server:?}").contains("PRIVATE"));
+
+    // Another registered client: its own id, keys given as a public JWKS.
+    let jwks = server.credentials().public_jwks();
+    let other = start(DemoConfig::default().with_client("second-client", jwks)).await;
+    let claims = json!({ "iss": "second-client", "sub": "second-client" });
+    let response = token_request(
+        &other,
+        &assertion(&other, other.credentials().es384(), claims),
+        "system/*.rs",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
@@ -484,6 +497,9 @@ async fn kickoff_validation_errors() {
         let text = outcome_text(response).await;
         assert!(text.contains(needle), "{query}: {text}");
     }
+    let put = client.put(url(&server, "$export")).send().await.unwrap();
+    assert_eq!(put.status(), 405);
+    assert!(outcome_text(put).await.contains("PUT is not supported"));
     let missing_group = kickoff(&server, &token, "Group/nope/$export").await;
     assert_eq!(missing_group.status(), 404);
     let bad_post = client
