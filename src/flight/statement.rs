@@ -177,7 +177,7 @@ mod tests {
     #[tokio::test]
     async fn bound_handles_round_trip() {
         let ctx = SessionContext::new();
-        let handle = StatementHandle::new("SELECT $1 AS n, ? AS s");
+        let handle = StatementHandle::new("SELECT ? AS n, ? AS s");
         let plan = handle.plan(&ctx).await.unwrap();
         let params = parameter_schema(&plan).unwrap();
         assert_eq!(params.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["$1", "$2"]);
