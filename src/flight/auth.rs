@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use base64::prelude::BASE64_STANDARD;
+use base64::alphabet::STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -80,6 +81,12 @@ impl fmt::Debug for Users {
     }
 }
 
+/// Base64 with or without padding: Go's Flight client (ADBC) sends Basic credentials unpadded.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
 fn digest(password: &str) -> [u8; 32] {
     Sha256::digest(password.as_bytes()).into()
 }
@@ -147,7 +154,7 @@ impl Authenticator {
             .map_err(|_| Error::Unauthenticated("authorization header is not ASCII".into()))?;
         let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
         if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = BASE64_STANDARD
+            let decoded = BASE64
                 .decode(value.trim())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
@@ -208,6 +215,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::prelude::{BASE64_STANDARD, BASE64_STANDARD_NO_PAD};
 
     fn metadata(value: &str) -> MetadataMap {
         let mut m = MetadataMap::new();
@@ -223,6 +231,8 @@ mod tests {
     fn basic_then_bearer() {
         let auth = Authenticator::new(Users::parse("alice:a:b").unwrap(), false, Duration::from_secs(60));
         assert_eq!(auth.authenticate(&basic("alice", "a:b")).unwrap(), Caller::User("alice".into()));
+        let unpadded = format!("Basic {}", BASE64_STANDARD_NO_PAD.encode("alice:a:b"));
+        assert_eq!(auth.authenticate(&metadata(&unpadded)).unwrap(), Caller::User("alice".into()));
         assert!(matches!(auth.authenticate(&basic("alice", "a")), Err(Error::Unauthenticated(_))));
         assert!(matches!(auth.authenticate(&MetadataMap::new()), Err(Error::Unauthenticated(_))));
 

@@ -12,6 +12,6 @@ def test_connect_query_read(server):
     cur = conn.cursor()
     cur.execute("SELECT id, gender FROM Patient WHERE gender = 'female' ORDER BY id")
     assert [d[0] for d in cur.description] == ["id", "gender"]
-    assert cur.fetchall() == [("pat-1", "female"), ("pat-3", "female")]
+    assert [tuple(row) for row in cur.fetchall()] == [("pat-1", "female"), ("pat-3", "female")]
     cur.close()
     conn.close()
