@@ -5,3 +5,4 @@ mod ndjson;
 mod bulk;
 mod demo;
 mod smart;
+mod flight;
