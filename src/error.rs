@@ -24,6 +24,18 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+
+    /// The local snapshot store failed: an unreadable manifest, Parquet or NDJSON file.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+
+    /// An export shared by several queries failed; each of them gets this error.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
+
+    /// An export was cancelled (by a user, or because the process is stopping).
+    #[error("export of {0} cancelled")]
+    Cancelled(String),
 }
 
 impl Error {
