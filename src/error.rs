@@ -25,6 +25,30 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A FHIRPath expression that does not compile or cannot be evaluated.
+    #[error("FHIRPath `{expr}`{}: {msg}", pos.map(|p| format!(" at position {p}")).unwrap_or_default())]
+    FhirPath {
+        /// The expression text.
+        expr: String,
+        /// Byte offset in `expr` of a syntax error; `None` for errors met while evaluating.
+        pos: Option<usize>,
+        /// What is wrong.
+        msg: String,
+    },
+
+    /// A ViewDefinition that is malformed, or whose data breaks its rules (a non-boolean `where`, several
+    /// values in a column that is not a collection).
+    #[error("view {view}: {msg}")]
+    View {
+        /// The view's name or resource type.
+        view: String,
+        /// What is wrong, with the JSON path of the element when known.
+        msg: String,
+    },
+    /// A bad NDJSON line (or a schema the decoder cannot fill), with file and line number.
+    #[error(transparent)]
+    Ndjson(#[from] crate::ndjson::DecodeError),
+
     /// The local snapshot store failed: an unreadable manifest, Parquet or NDJSON file.
     #[error("snapshot: {0}")]
     Snapshot(String),

@@ -322,7 +322,7 @@ fn commit_type(
             add_raw(&files, None)?;
         }
     }
-    writer.commit(manifest, &[options.mode_key()], options.batch_size)
+    writer.commit(manifest, std::slice::from_ref(options.mode()), options.batch_size)
 }
 
 /// The staging folder name of a request: readable and stable across runs.

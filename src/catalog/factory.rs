@@ -10,6 +10,7 @@ use datafusion::logical_expr::CreateExternalTable;
 
 use super::{CatalogOptions, FhirCatalog, Freshness, LocalFolder, to_datafusion};
 use crate::Error;
+use crate::ndjson::TableMode;
 
 /// Creates FHIR tables from SQL: `CREATE EXTERNAL TABLE obs STORED AS FHIR LOCATION
 /// '../data/synthea-100' OPTIONS ('type' 'Observation', 'mode' 'nested', 'freshness' '1h',
@@ -56,8 +57,8 @@ impl TableProviderFactory for FhirTableFactory {
             match key.rsplit('.').next().unwrap_or(key) {
                 "type" => resource_type = value.clone(),
                 "mode" => match value.as_str() {
-                    "flattened" => options = options.with_nested(false),
-                    "nested" => options = options.with_nested(true),
+                    "flattened" => options = options.with_mode(TableMode::default()),
+                    "nested" => options = options.with_mode(TableMode::Nested),
                     _ => return Err(to_datafusion(Error::Config(format!("mode {value:?}: expected flattened or nested")))),
                 },
                 "freshness" => options = options.with_freshness(value.parse::<Freshness>().map_err(to_datafusion)?),

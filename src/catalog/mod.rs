@@ -55,7 +55,8 @@ pub use refresh::RefreshFunction;
 pub use source::{FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder};
 pub use table::FhirTable;
 
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::ndjson::TableMode;
+use crate::snapshot::{Snapshot, SnapshotStore, mode_key};
 use crate::{Error, Result};
 use exports::Exporter;
 pub(crate) use table::to_datafusion;
@@ -117,7 +118,7 @@ impl std::str::FromStr for Freshness {
 pub struct CatalogOptions {
     cache_dir: PathBuf,
     freshness: Freshness,
-    nested: bool,
+    mode: TableMode,
     resource_types: Option<Vec<String>>,
     batch_size: usize,
     schema_name: String,
@@ -129,7 +130,7 @@ impl Default for CatalogOptions {
         Self {
             cache_dir: crate::snapshot::default_cache_dir(),
             freshness: Freshness::MaxAge(Duration::from_secs(3600)),
-            nested: false,
+            mode: TableMode::default(),
             resource_types: None,
             batch_size: 8192,
             schema_name: DEFAULT_SCHEMA.to_owned(),
@@ -149,10 +150,10 @@ impl CatalogOptions {
         Self { freshness, ..self }
     }
 
-    /// Nested tables (one column per top-level element, structs and lists) instead of the
-    /// flattened ones (default).
-    pub fn with_nested(self, nested: bool) -> Self {
-        Self { nested, ..self }
+    /// How resources become columns: flattened as the notebook did (default), or nested (one
+    /// column per top-level element, structs and lists).
+    pub fn with_mode(self, mode: TableMode) -> Self {
+        Self { mode, ..self }
     }
 
     /// The resource types shown as tables, instead of asking the source.
@@ -175,9 +176,9 @@ impl CatalogOptions {
         Self { incremental, ..self }
     }
 
-    /// The snapshot table of this mode: `flattened` or `nested`.
-    pub(crate) fn mode_key(&self) -> &'static str {
-        if self.nested { "nested" } else { "flattened" }
+    /// The mode of the tables.
+    pub fn mode(&self) -> &TableMode {
+        &self.mode
     }
 }
 
@@ -278,8 +279,8 @@ impl Exporter {
     /// The table of a snapshot in the catalog's mode, converting the raw NDJSON when the snapshot
     /// lacks that mode (made by a catalog in the other mode).
     fn table(&self, snapshot: Snapshot) -> Result<FhirTable> {
-        let mode = self.options.mode_key();
-        let snapshot = match snapshot.table(mode) {
+        let mode = &self.options.mode;
+        let snapshot = match snapshot.table(&mode_key(mode)) {
             Some(_) => snapshot,
             None => self.store.add_table(&snapshot, mode, self.options.batch_size)?,
         };

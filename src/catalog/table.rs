@@ -13,7 +13,8 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::snapshot::Snapshot;
+use crate::ndjson::TableMode;
+use crate::snapshot::{Snapshot, mode_key};
 
 /// A table over the Parquet files of one snapshot of one resource type.
 ///
@@ -30,12 +31,13 @@ pub struct FhirTable {
 }
 
 impl FhirTable {
-    /// The table of `mode` (`flattened` or `nested`) of `snapshot`.
-    pub fn try_new(snapshot: Snapshot, mode: &str) -> crate::Result<Self> {
-        let schema = snapshot.schema(mode)?;
-        let listing = listing_table(&snapshot, mode, Arc::clone(&schema))
+    /// The table of `mode` of `snapshot`, which must have it.
+    pub fn try_new(snapshot: Snapshot, mode: &TableMode) -> crate::Result<Self> {
+        let mode = mode_key(mode);
+        let schema = snapshot.schema(&mode)?;
+        let listing = listing_table(&snapshot, &mode, Arc::clone(&schema))
             .map_err(|e| crate::Error::Snapshot(format!("{}: {e}", snapshot.dir().display())))?;
-        Ok(Self { snapshot, mode: mode.to_owned(), schema, listing })
+        Ok(Self { snapshot, mode, schema, listing })
     }
 
     /// The snapshot this table reads.
@@ -43,7 +45,7 @@ impl FhirTable {
         &self.snapshot
     }
 
-    /// The mode of the table (`flattened` or `nested`).
+    /// The snapshot table read (`flattened`, `nested`, see [`mode_key`]).
     pub fn mode(&self) -> &str {
         &self.mode
     }

@@ -1,1 +1,387 @@
 //! FHIRPath, the subset SQL on FHIR needs, over `serde_json::Value`.
+//!
+//! An expression is parsed once into a small AST ([`FhirPath::compile`]) and evaluated against any
+//! number of resources. Results are [`Collection`]s of [`Item`]s that borrow the resource's JSON nodes,
+//! so navigation never copies the document; only computed values (booleans, arithmetic, `join`) own
+//! data.
+//!
+//! Supported: member navigation (choice types: `value` finds `valueQuantity`, a leading resource type
+//! name is accepted), indexers, `$this`, `%constants`, `%rowIndex`, literals (`'string'`, integer,
+//! decimal, `true`/`false`, `{}`), `where`, `exists`, `empty`, `first`, `last`, `count`, `not`, `join`,
+//! `ofType`, `extension`, `getResourceKey`, `getReferenceKey`, `lowBoundary`, `highBoundary`,
+//! `and`/`or`/`xor`/`implies`, `=`/`!=`/`<`/`<=`/`>`/`>=`, `|`, `+ - * /`, `&`.
+//!
+//! ```
+//! use fhirflight::fhirpath::{EvalContext, FhirPath};
+//! let patient = serde_json::json!({"resourceType": "Patient", "maritalStatus": {"coding": [{"code": "M"}]}});
+//! let path = FhirPath::compile("maritalStatus.coding[0].code")?;
+//! let result = path.evaluate(&patient, &EvalContext::default())?;
+//! assert_eq!(result[0].as_str(), Some("M"));
+//! # Ok::<(), fhirflight::Error>(())
+//! ```
+
+mod eval;
+mod parser;
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+
+use crate::Result;
+use parser::{BinOp, Expr, Func};
+
+/// The result of an evaluation: an ordered collection of items.
+pub type Collection<'a> = Vec<Item<'a>>;
+
+/// One item of a [`Collection`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item<'a> {
+    /// A node of the resource (or of a constant), borrowed.
+    Json(&'a Value),
+    /// A choice element reached through its base name (`value` for `valueQuantity`): the type suffix
+    /// (`Quantity`) and the node. `ofType` and the boundary functions read the suffix.
+    Choice(&'a str, &'a Value),
+    /// A computed boolean.
+    Bool(bool),
+    /// A computed integer.
+    Int(i64),
+    /// A computed decimal.
+    Dec(f64),
+    /// A computed string (borrowed when it is a slice of the resource, as `getReferenceKey` returns).
+    Str(Cow<'a, str>),
+}
+
+impl<'a> Item<'a> {
+    /// The JSON node, for items read from the resource.
+    pub fn as_json(&self) -> Option<&'a Value> {
+        match *self {
+            Item::Json(v) | Item::Choice(_, v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The item as a string slice, when it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Item::Str(s) => Some(s),
+            _ => self.as_json().and_then(Value::as_str),
+        }
+    }
+
+    /// The item as a boolean, when it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Item::Bool(b) => Some(b),
+            _ => self.as_json().and_then(Value::as_bool),
+        }
+    }
+
+    /// The item as an integer, when it is one (a JSON number without fraction).
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Item::Int(i) => Some(i),
+            _ => self.as_json().and_then(Value::as_i64),
+        }
+    }
+
+    /// The item as a decimal, when it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Item::Int(i) => Some(i as f64),
+            Item::Dec(d) => Some(d),
+            _ => self.as_json().and_then(Value::as_f64),
+        }
+    }
+
+    /// The item as owned JSON.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Item::Json(v) | Item::Choice(_, v) => (*v).clone(),
+            Item::Bool(b) => Value::Bool(*b),
+            Item::Int(i) => Value::from(*i),
+            Item::Dec(d) => Value::from(*d),
+            Item::Str(s) => Value::String(s.to_string()),
+        }
+    }
+}
+
+/// What an expression may refer to besides the resource: `%constants` and `%rowIndex`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalContext<'a> {
+    constants: Option<&'a Map<String, Value>>,
+    row_index: i64,
+}
+
+impl<'a> EvalContext<'a> {
+    /// A context without constants, `%rowIndex` 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Values for `%name` (JSON: strings, numbers, booleans).
+    pub fn with_constants(self, constants: &'a Map<String, Value>) -> Self {
+        Self {
+            constants: Some(constants),
+            ..self
+        }
+    }
+
+    /// The value of `%rowIndex`.
+    pub fn with_row_index(self, row_index: i64) -> Self {
+        Self { row_index, ..self }
+    }
+}
+
+/// A compiled FHIRPath expression.
+#[derive(Debug, Clone)]
+pub struct FhirPath {
+    source: String,
+    expr: Expr,
+}
+
+impl FhirPath {
+    /// Parses `expr`. Syntax errors and unknown functions are [`crate::Error::FhirPath`] with the byte
+    /// position in the expression.
+    pub fn compile(expr: &str) -> Result<Self> {
+        Ok(Self {
+            source: expr.to_owned(),
+            expr: parser::parse(expr)?,
+        })
+    }
+
+    /// The expression text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The names of the `%constants` the expression uses (not `%rowIndex`), to validate them early.
+    pub fn constants(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        eval::visit(&self.expr, &mut |e| {
+            if let Expr::Constant(name) = e {
+                names.push(&**name);
+            }
+        });
+        names
+    }
+
+    /// The FHIR type the expression evidently returns (`exists()` is `boolean`, `count()` is
+    /// `integer`), when its outermost form says so.
+    pub fn result_type(&self) -> Option<&'static str> {
+        use BinOp::*;
+        match &self.expr {
+            Expr::Bool(_)
+            | Expr::Binary(And | Or | Xor | Implies | Eq | Ne | Lt | Le | Gt | Ge, ..) => {
+                Some("boolean")
+            }
+            Expr::Call(_, Func::Exists | Func::Empty | Func::Not, _) => Some("boolean"),
+            Expr::Int(_) | Expr::RowIndex | Expr::Call(_, Func::Count, _) => Some("integer"),
+            Expr::Dec(_) => Some("decimal"),
+            Expr::Str(_) | Expr::Binary(Concat, ..) => Some("string"),
+            Expr::Call(_, Func::Join | Func::ResourceKey | Func::ReferenceKey(_), _) => {
+                Some("string")
+            }
+            _ => None,
+        }
+    }
+
+    /// Evaluates the expression with `resource` as the focus (and `%resource`).
+    pub fn evaluate<'a>(
+        &self,
+        resource: &'a Value,
+        ctx: &EvalContext<'a>,
+    ) -> Result<Collection<'a>> {
+        self.evaluate_on(&[Item::Json(resource)], ctx)
+    }
+
+    /// Evaluates the expression with `focus` as the input collection (a `forEach` element, say).
+    pub fn evaluate_on<'a>(
+        &self,
+        focus: &[Item<'a>],
+        ctx: &EvalContext<'a>,
+    ) -> Result<Collection<'a>> {
+        eval::Eval {
+            ctx,
+            source: &self.source,
+        }
+        .eval(&self.expr, focus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn eval(expr: &str, resource: &Value) -> Vec<Value> {
+        let constants = json!({"use": "official", "two": 2})
+            .as_object()
+            .unwrap()
+            .clone();
+        let ctx = EvalContext::new()
+            .with_constants(&constants)
+            .with_row_index(7);
+        FhirPath::compile(expr)
+            .unwrap()
+            .evaluate(resource, &ctx)
+            .unwrap()
+            .iter()
+            .map(Item::to_json)
+            .collect()
+    }
+
+    fn patient() -> Value {
+        json!({
+            "resourceType": "Patient", "id": "p1", "active": true, "gender": "female", "birthDate": "1970-06",
+            "name": [{"use": "official", "family": "Smith", "given": ["Ann", "Bea"]}, {"family": "Jones", "given": ["Cy"]}],
+            "deceasedBoolean": false,
+            "extension": [{"url": "http://x/race", "extension": [{"url": "ombCategory", "valueCoding": {"code": "2106-3"}}]}],
+            "link": [{"other": {"reference": "Patient/p1"}}, {"other": {"reference": "Group/g1/_history/2"}}]
+        })
+    }
+
+    #[test]
+    fn navigation_and_indexers() {
+        let p = patient();
+        assert_eq!(
+            eval("name.given", &p),
+            vec![json!("Ann"), json!("Bea"), json!("Cy")]
+        );
+        assert_eq!(eval("Patient.name[1].family", &p), vec![json!("Jones")]);
+        assert_eq!(eval("name[%two].family", &p), Vec::<Value>::new());
+        assert_eq!(eval("name.first().given.last()", &p), vec![json!("Bea")]);
+        assert_eq!(eval("name.given.count()", &p), vec![json!(3)]);
+        assert_eq!(eval("%rowIndex + 1", &p), vec![json!(8)]);
+    }
+
+    #[test]
+    fn filters_and_logic() {
+        let p = patient();
+        assert_eq!(
+            eval("name.where(use = %use).family", &p),
+            vec![json!("Smith")]
+        );
+        assert_eq!(
+            eval("name.where(use = 'x').exists()", &p),
+            vec![json!(false)]
+        );
+        assert_eq!(eval("name.exists(family = 'Jones')", &p), vec![json!(true)]);
+        assert_eq!(eval("active and gender = 'male'", &p), vec![json!(false)]);
+        assert_eq!(eval("missing or true", &p), vec![json!(true)]);
+        assert_eq!(eval("missing and true", &p), Vec::<Value>::new());
+        assert_eq!(eval("(gender = 'male').not()", &p), vec![json!(true)]);
+        assert_eq!(eval("missing.empty()", &p), vec![json!(true)]);
+        assert_eq!(eval("name.family = 'Smith'", &p), vec![json!(false)]);
+        assert_eq!(eval("missing = 'Smith'", &p), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn choice_types_and_extensions() {
+        let p = patient();
+        assert_eq!(eval("deceased.ofType(boolean)", &p), vec![json!(false)]);
+        assert_eq!(eval("deceased.ofType(dateTime)", &p), Vec::<Value>::new());
+        let url = "extension('http://x/race').extension('ombCategory').value.ofType(Coding).code";
+        assert_eq!(eval(url, &p), vec![json!("2106-3")]);
+        let obs = json!({"resourceType": "Observation", "valueQuantity": {"value": 1.0}});
+        assert_eq!(eval("value.ofType(Quantity).value", &obs), vec![json!(1.0)]);
+        assert_eq!(eval("value.ofType(string)", &obs), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn strings_arithmetic_and_comparison() {
+        let p = patient();
+        assert_eq!(
+            eval("name.given.join(', ')", &p),
+            vec![json!("Ann, Bea, Cy")]
+        );
+        assert_eq!(eval("name.given.join()", &p), vec![json!("AnnBeaCy")]);
+        assert_eq!(eval("3 / 2", &p), vec![json!(1.5)]);
+        assert_eq!(eval("2 * 3 - 1", &p), vec![json!(5)]);
+        assert_eq!(eval("1.5 + 1", &p), vec![json!(2.5)]);
+        assert_eq!(eval("'a' + 'b' & {}", &p), vec![json!("ab")]);
+        assert_eq!(eval("birthDate < '1980-01-01'", &p), vec![json!(true)]);
+        assert_eq!(eval("2 >= 2.0", &p), vec![json!(true)]);
+        assert_eq!(eval("(1 | 2 | 1).count()", &p), vec![json!(2)]);
+    }
+
+    #[test]
+    fn resource_and_reference_keys() {
+        let p = patient();
+        assert_eq!(eval("getResourceKey()", &p), vec![json!("p1")]);
+        assert_eq!(
+            eval("link.other.getReferenceKey()", &p),
+            vec![json!("p1"), json!("g1")]
+        );
+        assert_eq!(
+            eval("link.other.getReferenceKey(Group)", &p),
+            vec![json!("g1")]
+        );
+        assert_eq!(
+            eval("getResourceKey() = link.other.getReferenceKey(Patient)", &p),
+            vec![json!(true)]
+        );
+    }
+
+    #[test]
+    fn boundaries() {
+        let p = patient();
+        assert_eq!(
+            eval("birthDate.lowBoundary()", &p),
+            vec![json!("1970-06-01")]
+        );
+        assert_eq!(
+            eval("birthDate.highBoundary()", &p),
+            vec![json!("1970-06-30")]
+        );
+        assert_eq!(
+            eval("'2024-02'.highBoundary()", &p),
+            vec![json!("2024-02-29")]
+        );
+        let obs = json!({"valueDateTime": "2010-10-10", "valueTime": "12:34", "n": 1.0, "i": 3});
+        assert_eq!(
+            eval("value.ofType(dateTime).lowBoundary()", &obs),
+            vec![json!("2010-10-10T00:00:00.000+14:00")]
+        );
+        assert_eq!(
+            eval("value.ofType(dateTime).highBoundary()", &obs),
+            vec![json!("2010-10-10T23:59:59.999-12:00")]
+        );
+        assert_eq!(
+            eval("'2010-10-10T10:20Z'.lowBoundary()", &obs),
+            vec![json!("2010-10-10T10:20:00.000Z")]
+        );
+        assert_eq!(
+            eval("value.ofType(time).highBoundary()", &obs),
+            vec![json!("12:34:59.999")]
+        );
+        assert_eq!(eval("n.lowBoundary()", &obs), vec![json!(0.95)]);
+        assert_eq!(eval("n.highBoundary()", &obs), vec![json!(1.05)]);
+        assert_eq!(eval("i.highBoundary()", &obs), vec![json!(3.5)]);
+    }
+
+    #[test]
+    fn evaluation_errors() {
+        let p = patient();
+        let err = |expr: &str| {
+            FhirPath::compile(expr)
+                .unwrap()
+                .evaluate(&p, &EvalContext::new())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("%nope").contains("unknown constant %nope"),
+            "{}",
+            err("%nope")
+        );
+        assert!(
+            err("name.given + 1").contains("expects a single item"),
+            "{}",
+            err("name.given + 1")
+        );
+        assert!(err("name['a']").contains("index"), "{}", err("name['a']"));
+        let path = FhirPath::compile("name.where(use = %a).family | %b").unwrap();
+        assert_eq!(path.constants(), vec!["a", "b"]);
+    }
+}

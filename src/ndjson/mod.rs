@@ -1,1 +1,590 @@
 //! Push decoder: NDJSON bytes to Arrow record batches (flattened or nested), schema inference.
+//!
+//! FHIR Bulk Data files hold one resource per line. Turning them into a table takes two steps:
+//!
+//! 1. [`SchemaInference`] reads the bytes (as they arrive, in chunks of any size, over one or more
+//!    files) and yields the table's schema.
+//! 2. A [`Decoder`] with that schema turns the same bytes into [`RecordBatch`]es of at most
+//!    [`DecodeOptions::batch_size`] rows.
+//!
+//! Both are push-style and do no I/O: the caller owns the bytes (a file, an HTTP body, a gzip
+//! stream) and may split them anywhere, inside a line or inside a UTF-8 sequence. Memory is bounded
+//! by the batch size, the schema and the longest line, never by the size of the file.
+//! [`infer_reader`] and [`decode_reader`] run both steps over a whole [`Read`](std::io::Read) on
+//! all cores.
+//!
+//! # Table modes
+//!
+//! [`TableMode::Flattened`] (the default) gives the columns and values of the notebook this project
+//! replaces: Python's `flatten_json.flatten` followed by `pandas.json_normalize`.
+//! - Keys are joined with `_`, list positions are numbers: `name_0_given_0`,
+//!   `code_coding_0_code`, `_birthDate_extension_0_url` (primitive extensions keep their `_`).
+//! - Columns are the union over all resources in first-seen order; a resource without a column
+//!   has null there.
+//! - Types: a column of booleans is `Boolean`, of integers `Int64`, of numbers with at least one
+//!   decimal (or an integer beyond Int64) `Float64`, anything else `Utf8`. When kinds conflict
+//!   (a string and a number, a boolean and a number, `[]` and a string) the column is `Utf8` and
+//!   holds the JSON text of the non-strings as written (`1.50`, `true`, `[]`). A column that only
+//!   ever holds `null` is `Utf8`.
+//! - Differences from pandas, by design: an integer column with missing values stays `Int64`
+//!   with nulls (pandas turns it into float64 with NaN); a boolean column with missing values is
+//!   `Boolean` with nulls (pandas: object).
+//! - `[]` is kept as the value `[]` (flatten_json keeps empty lists); `{}` yields no column and no
+//!   value (flatten_json keeps it, json_normalize drops it).
+//! - [`FlattenOptions::with_max_list_items`] bounds the width: list positions from N on are not
+//!   flattened but kept, as JSON text of a list, in one column `<list>_more`.
+//!
+//! [`TableMode::Nested`] gives one field per top-level element, `Struct` and `List` as the JSON
+//! nests, merged over all resources (choice types such as `valueQuantity` and
+//! `valueCodeableConcept` are separate fields; integers and decimals merge to `Float64`; other
+//! conflicts and `{}` become `Utf8` JSON text).
+//!
+//! # Bad input
+//!
+//! | input | outcome |
+//! | --- | --- |
+//! | empty or blank line | skipped, not an error (the notebook skipped them too) |
+//! | UTF-8 byte order mark at the start of a stream | skipped |
+//! | CRLF line ends | accepted |
+//! | last line without a newline | decoded by [`Decoder::finish`] / [`SchemaInference::end_stream`] |
+//! | invalid UTF-8 | [`DecodeErrorKind::InvalidUtf8`] |
+//! | not JSON (also `NaN`, lone surrogates `\ud800`, control characters in strings) | [`DecodeErrorKind::InvalidJson`] |
+//! | JSON that is not an object | [`DecodeErrorKind::NotAnObject`] |
+//! | `resourceType` other than [`DecodeOptions::with_resource_type`], or missing | [`DecodeErrorKind::WrongResourceType`] |
+//! | the same key twice in one object (or two keys flattening to one name) | [`DecodeErrorKind::DuplicateKey`] (flattened mode) |
+//! | a value the schema has no place for (unknown column, number too large for an `Int64` column, a string in a `Float64` column) | [`DecodeErrorKind::DoesNotFitSchema`] |
+//!
+//! An integer too large for Int64 is a decimal to schema inference, so its column is `Float64`.
+//! With [`Strictness::Strict`] (the default) the first bad line fails the decode with a
+//! [`DecodeError`] naming the source and line; with [`Strictness::Lenient`] bad lines are skipped
+//! and counted ([`Decoder::skipped_count`], [`Decoder::skipped`]).
+//!
+//! # Example
+//!
+//! ```
+//! use fhirflight::ndjson::{Decoder, DecodeOptions, SchemaInference, TableMode};
+//!
+//! let ndjson = b"{\"resourceType\":\"Patient\",\"id\":\"a\",\"name\":[{\"given\":[\"Ann\"]}]}\n\
+//!                {\"resourceType\":\"Patient\",\"id\":\"b\",\"multipleBirthInteger\":2}\n";
+//! let mode = TableMode::default();
+//! let mut inference = SchemaInference::new(&mode);
+//! inference.push(&ndjson[..10])?; // any split will do
+//! inference.push(&ndjson[10..])?;
+//! inference.end_stream()?;
+//! let schema = inference.schema();
+//! assert_eq!(
+//!     schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+//!     ["resourceType", "id", "name_0_given_0", "multipleBirthInteger"]
+//! );
+//!
+//! let options = DecodeOptions::default().with_resource_type("Patient").with_source("Patient.ndjson");
+//! let mut decoder = Decoder::new(schema, &mode, options)?;
+//! assert_eq!(decoder.decode(ndjson)?, ndjson.len());
+//! let batch = decoder.finish()?.expect("two rows");
+//! assert_eq!(batch.num_rows(), 2);
+//! # Ok::<(), fhirflight::Error>(())
+//! ```
+
+mod flat;
+mod json;
+mod nested;
+mod parallel;
+
+use std::fmt;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+pub use parallel::{DecodeSummary, decode_reader, infer_reader};
+
+use flat::{FlatDecoder, FlatInference};
+use json::Leaf;
+use nested::{NestedDecoder, NestedInference};
+
+/// How resources become columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableMode {
+    /// One column per flattened path, as the notebook's `flatten_json` + `pandas.json_normalize`.
+    Flattened(FlattenOptions),
+    /// One field per top-level element, `Struct` and `List` as the JSON nests.
+    Nested,
+}
+
+impl Default for TableMode {
+    fn default() -> Self {
+        TableMode::Flattened(FlattenOptions::default())
+    }
+}
+
+/// Options of the flattened mode. The default is faithful to the notebook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlattenOptions {
+    max_list_items: Option<usize>,
+}
+
+impl FlattenOptions {
+    /// Bounds the width: list elements from position `max` on are not flattened but kept together
+    /// as JSON text (`[...]`) in one column named `<list>_more` (`item_more`). `None` (the
+    /// default) flattens every position, as the notebook did.
+    pub fn with_max_list_items(self, max: Option<usize>) -> Self {
+        FlattenOptions { max_list_items: max, ..self }
+    }
+
+    /// The bound set by [`FlattenOptions::with_max_list_items`].
+    pub fn max_list_items(&self) -> Option<usize> {
+        self.max_list_items
+    }
+}
+
+/// What a bad line does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strictness {
+    /// Fail on the first bad line.
+    #[default]
+    Strict,
+    /// Skip bad lines and count them.
+    Lenient,
+}
+
+/// Options of a [`Decoder`] (and of a [`SchemaInference`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeOptions {
+    batch_size: usize,
+    strictness: Strictness,
+    resource_type: Option<String>,
+    source: String,
+    /// Line number of the first line given (chunks of a file decoded in parallel).
+    first_line: u64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            batch_size: 8192,
+            strictness: Strictness::default(),
+            resource_type: None,
+            source: "<stream>".to_owned(),
+            first_line: 1,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// Rows per record batch at most (default 8192; 0 is taken as 1).
+    pub fn with_batch_size(self, batch_size: usize) -> Self {
+        DecodeOptions { batch_size: batch_size.max(1), ..self }
+    }
+
+    /// What a bad line does (default [`Strictness::Strict`]).
+    pub fn with_strictness(self, strictness: Strictness) -> Self {
+        DecodeOptions { strictness, ..self }
+    }
+
+    /// The `resourceType` every line must have (default: any).
+    pub fn with_resource_type(self, resource_type: impl Into<String>) -> Self {
+        DecodeOptions { resource_type: Some(resource_type.into()), ..self }
+    }
+
+    /// The file or stream name that errors show (default `<stream>`).
+    pub fn with_source(self, source: impl Into<String>) -> Self {
+        DecodeOptions { source: source.into(), ..self }
+    }
+
+    fn with_first_line(self, first_line: u64) -> Self {
+        DecodeOptions { first_line, ..self }
+    }
+
+    /// Rows per record batch at most.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// What a bad line does.
+    pub fn strictness(&self) -> Strictness {
+        self.strictness
+    }
+
+    /// The `resourceType` every line must have, if any.
+    pub fn resource_type(&self) -> Option<&str> {
+        self.resource_type.as_deref()
+    }
+
+    /// The file or stream name that errors show.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// A bad line: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// The file or stream ([`DecodeOptions::with_source`]).
+    pub source_name: String,
+    /// Line number, from 1.
+    pub line: u64,
+    /// What kind of problem.
+    pub kind: DecodeErrorKind,
+    /// What exactly, with the byte position in the line where it helps.
+    pub message: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} line {}: {}", self.source_name, self.line, self.message)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The kinds of bad lines (see the table in the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// The line is not UTF-8.
+    InvalidUtf8,
+    /// The line is not JSON.
+    InvalidJson,
+    /// The line is JSON but not an object.
+    NotAnObject,
+    /// The `resourceType` is missing or not the expected one.
+    WrongResourceType,
+    /// A key appears twice in one object.
+    DuplicateKey,
+    /// A value has no place in the decoder's schema.
+    DoesNotFitSchema,
+    /// The schema given to [`Decoder::new`] has a type the mode does not produce.
+    UnsupportedSchema,
+}
+
+/// What is wrong with one line, before the decoder adds where it is.
+#[derive(Debug)]
+pub(crate) struct LineError {
+    kind: DecodeErrorKind,
+    message: String,
+}
+
+impl LineError {
+    fn new(kind: DecodeErrorKind, message: impl Into<String>) -> Self {
+        LineError { kind, message: message.into() }
+    }
+}
+
+/// Checks the root `resourceType` of each line against the expected one.
+#[derive(Debug)]
+struct ResourceTypeCheck {
+    expected: Option<String>,
+    seen: bool,
+}
+
+impl ResourceTypeCheck {
+    fn new(expected: Option<String>) -> Self {
+        ResourceTypeCheck { expected, seen: false }
+    }
+
+    fn start_line(&mut self) {
+        self.seen = false;
+    }
+
+    fn check(&mut self, leaf: &Leaf<'_>) -> Result<(), LineError> {
+        self.seen = true;
+        match &self.expected {
+            Some(expected) if *leaf != Leaf::Str(expected) => Err(LineError::new(
+                DecodeErrorKind::WrongResourceType,
+                format!("resourceType {} where {expected} was expected", flat::describe(leaf)),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn end_line(&self) -> Result<(), LineError> {
+        match &self.expected {
+            Some(expected) if !self.seen => Err(LineError::new(
+                DecodeErrorKind::WrongResourceType,
+                format!("no resourceType where {expected} was expected"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Cuts pushed bytes into lines and counts them; handles BOM, CRLF, blank lines and bad lines.
+#[derive(Debug)]
+struct Lines {
+    options: DecodeOptions,
+    /// The start of a line whose end has not arrived yet.
+    pending: Vec<u8>,
+    /// Lines seen so far in this stream.
+    seen: u64,
+    scratch: Vec<u8>,
+    skipped_count: u64,
+    skipped: Vec<DecodeError>,
+}
+
+/// Bad lines whose errors [`Decoder::skipped`] keeps (all are counted).
+const KEEP_SKIPPED: usize = 100;
+
+impl Lines {
+    fn new(options: DecodeOptions) -> Self {
+        Lines { options, pending: Vec::new(), seen: 0, scratch: Vec::new(), skipped_count: 0, skipped: Vec::new() }
+    }
+
+    /// Hands complete lines of `bytes` to `line` while `more()` holds; returns the bytes consumed.
+    fn push(
+        &mut self,
+        bytes: &[u8],
+        mut more: impl FnMut() -> bool,
+        mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>,
+    ) -> crate::Result<usize> {
+        let mut consumed = 0;
+        while consumed < bytes.len() && more() {
+            let rest = &bytes[consumed..];
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                self.pending.extend_from_slice(rest);
+                return Ok(bytes.len());
+            };
+            consumed += end + 1;
+            if self.pending.is_empty() {
+                self.one(&rest[..end], &mut line)?;
+            } else {
+                let mut pending = std::mem::take(&mut self.pending);
+                pending.extend_from_slice(&rest[..end]);
+                let result = self.one(&pending, &mut line);
+                pending.clear();
+                self.pending = pending;
+                result?;
+            }
+        }
+        Ok(consumed)
+    }
+
+    /// The last line if it had no newline; then the next bytes start a new stream.
+    fn end(&mut self, mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>) -> crate::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let result = if pending.is_empty() { Ok(()) } else { self.one(&pending, &mut line) };
+        self.seen = 0;
+        result
+    }
+
+    fn one(
+        &mut self,
+        mut bytes: &[u8],
+        line: &mut impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>,
+    ) -> crate::Result<()> {
+        self.seen += 1;
+        let number = self.options.first_line + self.seen - 1;
+        if number == 1 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+            return Ok(());
+        }
+        let result = match std::str::from_utf8(bytes) {
+            Ok(_) => line(bytes, &mut self.scratch),
+            Err(e) => Err(LineError::new(
+                DecodeErrorKind::InvalidUtf8,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+            )),
+        };
+        let Err(LineError { kind, message }) = result else { return Ok(()) };
+        let error = DecodeError { source_name: self.options.source.clone(), line: number, kind, message };
+        match self.options.strictness {
+            Strictness::Strict => Err(error.into()),
+            Strictness::Lenient => {
+                self.skipped_count += 1;
+                if self.skipped.len() < KEEP_SKIPPED {
+                    self.skipped.push(error);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Infers the schema of NDJSON pushed in chunks of any size, over one or more files.
+///
+/// Bad lines follow the [`DecodeOptions`] (strict by default) and leave no trace in the schema.
+#[derive(Debug)]
+pub struct SchemaInference {
+    mode: TableMode,
+    inner: Inference,
+    lines: Lines,
+}
+
+#[derive(Debug)]
+enum Inference {
+    Flat(FlatInference),
+    Nested(NestedInference),
+}
+
+impl SchemaInference {
+    /// Inference for `mode`, with default options.
+    pub fn new(mode: &TableMode) -> Self {
+        Self::with_options(mode, DecodeOptions::default())
+    }
+
+    /// Inference for `mode`; strictness, expected `resourceType` and source name from `options`.
+    pub fn with_options(mode: &TableMode, options: DecodeOptions) -> Self {
+        let resource_type = options.resource_type.clone();
+        let inner = match mode {
+            TableMode::Flattened(f) => Inference::Flat(FlatInference::new(f.max_list_items, resource_type)),
+            TableMode::Nested => Inference::Nested(NestedInference::new(resource_type)),
+        };
+        SchemaInference { mode: mode.clone(), inner, lines: Lines::new(options) }
+    }
+
+    /// Reads `bytes`, the next piece of the current file.
+    pub fn push(&mut self, bytes: &[u8]) -> crate::Result<()> {
+        let inner = &mut self.inner;
+        self.lines.push(bytes, || true, |line, scratch| inner.line(line, scratch))?;
+        Ok(())
+    }
+
+    /// Ends the current file (reads a last line without newline); later bytes start a new file.
+    pub fn end_stream(&mut self) -> crate::Result<()> {
+        let inner = &mut self.inner;
+        self.lines.end(|line, scratch| inner.line(line, scratch))
+    }
+
+    /// The schema of everything read so far.
+    pub fn schema(&self) -> SchemaRef {
+        match &self.inner {
+            Inference::Flat(f) => f.schema(),
+            Inference::Nested(n) => n.schema(),
+        }
+    }
+
+    /// Bad lines skipped so far (lenient mode).
+    pub fn skipped_count(&self) -> u64 {
+        self.lines.skipped_count
+    }
+
+    /// The first bad lines skipped so far (at most 100; lenient mode).
+    pub fn skipped(&self) -> &[DecodeError] {
+        &self.lines.skipped
+    }
+
+    /// Adds what `other` (same mode) inferred from later bytes: new columns go after ours.
+    fn merge(&mut self, other: &SchemaInference) {
+        match (&mut self.inner, &other.inner) {
+            (Inference::Flat(a), Inference::Flat(b)) => a.merge(b),
+            (Inference::Nested(a), Inference::Nested(b)) => a.merge(b),
+            _ => unreachable!("merged inferences share the mode"),
+        }
+        self.lines.skipped_count += other.lines.skipped_count;
+        let room = KEEP_SKIPPED.saturating_sub(self.lines.skipped.len());
+        self.lines.skipped.extend(other.lines.skipped.iter().take(room).cloned());
+    }
+}
+
+impl Inference {
+    fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+        match self {
+            Inference::Flat(f) => f.line(line, scratch),
+            Inference::Nested(n) => n.line(line),
+        }
+    }
+}
+
+/// Decodes NDJSON pushed in chunks of any size into record batches of a known schema.
+///
+/// Like arrow-json's decoder: [`decode`](Decoder::decode) consumes bytes until a batch is full
+/// and returns how many it consumed; [`flush`](Decoder::flush) takes the rows buffered so far;
+/// [`finish`](Decoder::finish) ends the stream.
+#[derive(Debug)]
+pub struct Decoder {
+    inner: Decoding,
+    lines: Lines,
+}
+
+#[derive(Debug)]
+enum Decoding {
+    Flat(FlatDecoder),
+    Nested(NestedDecoder),
+}
+
+impl Decoding {
+    fn rows(&self) -> usize {
+        match self {
+            Decoding::Flat(f) => f.rows(),
+            Decoding::Nested(n) => n.rows(),
+        }
+    }
+
+    fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+        match self {
+            Decoding::Flat(f) => f.line(line, scratch),
+            Decoding::Nested(n) => n.line(line),
+        }
+    }
+}
+
+impl Decoder {
+    /// A decoder of `mode` into `schema` (normally from a [`SchemaInference`] of the same mode).
+    ///
+    /// Fails if the schema has a type that `mode` does not produce.
+    pub fn new(schema: SchemaRef, mode: &TableMode, options: DecodeOptions) -> crate::Result<Self> {
+        let resource_type = options.resource_type.clone();
+        let inner = match mode {
+            TableMode::Flattened(f) => FlatDecoder::new(schema, f.max_list_items, resource_type).map(Decoding::Flat),
+            TableMode::Nested => NestedDecoder::new(schema, resource_type).map(Decoding::Nested),
+        }
+        .map_err(|message| DecodeError {
+            source_name: options.source.clone(),
+            line: 0,
+            kind: DecodeErrorKind::UnsupportedSchema,
+            message,
+        })?;
+        Ok(Decoder { inner, lines: Lines::new(options) })
+    }
+
+    /// Decodes complete lines of `bytes` (keeping a trailing partial line for the next call) until
+    /// a batch is full. Returns the bytes consumed: fewer than given when a batch is full, then
+    /// [`flush`](Decoder::flush) and call again with the rest.
+    pub fn decode(&mut self, bytes: &[u8]) -> crate::Result<usize> {
+        let batch_size = self.lines.options.batch_size;
+        let inner = &mut self.inner;
+        let rows = std::cell::Cell::new(inner.rows());
+        self.lines.push(
+            bytes,
+            || rows.get() < batch_size,
+            |line, scratch| {
+                inner.line(line, scratch)?;
+                rows.set(rows.get() + 1);
+                Ok(())
+            },
+        )
+    }
+
+    /// The rows decoded so far as a batch, or `None` if there are none.
+    pub fn flush(&mut self) -> crate::Result<Option<RecordBatch>> {
+        if self.inner.rows() == 0 {
+            return Ok(None);
+        }
+        let batch = match &mut self.inner {
+            Decoding::Flat(f) => f.flush(),
+            Decoding::Nested(n) => n.flush(),
+        };
+        // The columns are built from the schema, so assembling them cannot fail.
+        Ok(Some(batch.expect("columns match the schema")))
+    }
+
+    /// Ends the stream: decodes a last line without newline and flushes.
+    pub fn finish(&mut self) -> crate::Result<Option<RecordBatch>> {
+        let inner = &mut self.inner;
+        self.lines.end(|line, scratch| inner.line(line, scratch))?;
+        self.flush()
+    }
+
+    /// Bad lines skipped so far (lenient mode).
+    pub fn skipped_count(&self) -> u64 {
+        self.lines.skipped_count
+    }
+
+    /// The first bad lines skipped so far (at most 100; lenient mode).
+    pub fn skipped(&self) -> &[DecodeError] {
+        &self.lines.skipped
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -47,7 +47,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-pub use convert::convert_raw;
+pub use convert::{convert_raw, mode_key};
+
+use crate::ndjson::TableMode;
 pub use raw::{resource_ids, write_raw};
 
 /// Version of the manifest format written by this crate.
@@ -128,18 +130,19 @@ impl SnapshotStore {
 
     /// Adds the Parquet table of `mode` to a committed snapshot that lacks it (switching mode
     /// reads the snapshot's raw NDJSON again; no export). Returns the updated snapshot.
-    pub fn add_table(&self, snapshot: &Snapshot, mode: &str, batch_size: usize) -> Result<Snapshot> {
-        let tmp = snapshot.dir.join(format!(".{mode}-{}", uuid::Uuid::new_v4().simple()));
-        let table = convert_raw(&snapshot.raw_paths(), &snapshot.manifest.resource_type, mode, batch_size, &tmp)?;
+    pub fn add_table(&self, snapshot: &Snapshot, mode: &TableMode, batch_size: usize) -> Result<Snapshot> {
+        let key = mode_key(mode);
+        let tmp = snapshot.dir.join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
+        let (table, _) = convert_raw(&snapshot.raw_paths(), &snapshot.manifest.resource_type, mode, batch_size, &tmp)?;
         let _lock = self.lock()?;
         // Someone else may have committed a newer snapshot meanwhile: only touch ours.
-        let target = snapshot.dir.join(mode);
+        let target = snapshot.dir.join(&key);
         if target.exists() {
             fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
         }
         fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
         let mut manifest = snapshot.manifest.clone();
-        manifest.tables.insert(mode.to_owned(), table.relative_to(mode));
+        manifest.tables.insert(key.clone(), table.relative_to(&key));
         let path = self.manifest_path(&manifest.resource_type);
         let current = self.current(&manifest.resource_type)?;
         if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
@@ -205,14 +208,18 @@ impl SnapshotWriter {
         (self.dir.join(&rel), rel)
     }
 
-    /// Converts the raw files to the Parquet table of `mode`, then commits: the new snapshot
+    /// Converts the raw files to the Parquet tables of `modes`, then commits: the new snapshot
     /// replaces the current one atomically. `manifest.snapshot`, `resource_type`, `tables` and
     /// `created_at` are filled in here.
-    pub fn commit(self, mut manifest: SnapshotManifest, modes: &[&str], batch_size: usize) -> Result<Snapshot> {
+    pub fn commit(self, mut manifest: SnapshotManifest, modes: &[TableMode], batch_size: usize) -> Result<Snapshot> {
         let raw: Vec<PathBuf> = manifest.raw.iter().map(|r| self.dir.join(&r.path)).collect();
         for mode in modes {
-            let table = convert_raw(&raw, &self.resource_type, mode, batch_size, &self.dir.join(mode))?;
-            manifest.tables.insert((*mode).to_owned(), table.relative_to(mode));
+            let key = mode_key(mode);
+            let (table, errors) = convert_raw(&raw, &self.resource_type, mode, batch_size, &self.dir.join(&key))?;
+            manifest.tables.insert(key.clone(), table.relative_to(&key));
+            if manifest.errors.is_empty() {
+                manifest.errors.extend(errors);
+            }
         }
         manifest.format = MANIFEST_FORMAT;
         manifest.resource_type = self.resource_type.clone();

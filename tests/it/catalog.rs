@@ -153,7 +153,7 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
 }
 
 const JOIN: &str = "SELECT p.gender, count(*) AS n FROM src.fhir.patient p \
-    JOIN src.fhir.condition c ON c.subject['reference'] = concat('Patient/', p.id) GROUP BY p.gender";
+    JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id) GROUP BY p.gender";
 
 #[tokio::test]
 async fn join_of_two_types_starts_one_export_and_the_next_query_reuses_it() {

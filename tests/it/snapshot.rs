@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use fhirflight::ndjson::TableMode;
 use fhirflight::snapshot::{RawFile, SnapshotManifest, SnapshotStore, write_raw};
 
 fn ndjson(dir: &std::path::Path, name: &str, ids: &[&str]) -> PathBuf {
@@ -22,7 +23,7 @@ fn commit(store: &SnapshotStore, input: PathBuf, transaction_time: &str) -> fhir
         raw: vec![RawFile { path: rel, resources, bytes }],
         ..SnapshotManifest::default()
     };
-    writer.commit(manifest, &["flattened"], 1024).unwrap()
+    writer.commit(manifest, &[TableMode::default()], 1024).unwrap()
 }
 
 #[test]

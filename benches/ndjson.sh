@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# NDJSON -> Arrow conversion beside the baselines, in one run on the same files:
+# the notebook pipeline (pandas + flatten_json), DuckDB read_json_auto count(*), and fhirflight's
+# flattened mode (examples/bench_ndjson.rs, release build). Prints each tool's harness lines, then
+# per type fhirflight's MB/s ratio to each baseline and its peak RSS ratio to DuckDB's.
+#
+# Usage: benches/ndjson.sh            (from the repository root)
+# Env:   PY (python with pandas flatten_json duckdb; default .venv/bin/python)
+#        TYPES (default ExplanationOfBenefit,Observation,Claim,Encounter), REPS (default 3),
+#        MULT (copies for the scale run, default 11: about 540 MB in all), WORK (default /tmp/fhirflight-bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-${FHIRFLIGHT_PYTHON:-.venv/bin/python}}
+TYPES=${TYPES:-ExplanationOfBenefit,Observation,Claim,Encounter}
+REPS=${REPS:-3}
+MULT=${MULT:-11}
+WORK=${WORK:-/tmp/fhirflight-bench}
+BENCH=../shared/bench
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
+
+cargo build --release --example bench_ndjson
+BIN=$CARGO_TARGET_DIR/release/examples/bench_ndjson
+
+mkdir -p "$WORK/s100"
+for f in ../shared/data/synthea-100/*.ndjson.gz; do
+  out="$WORK/s100/$(basename "$f" .gz)"
+  [ -s "$out" ] || gunzip -c "$f" > "$out"
+done
+[ -d "$WORK/x$MULT" ] || "$PY" "$BENCH/multiply.py" "$WORK/s100" "$WORK/x$MULT" "$MULT"
+echo "# data: $WORK/s100 $(du -sm "$WORK/s100" | cut -f1) MB, $WORK/x$MULT $(du -sm "$WORK/x$MULT" | cut -f1) MB; $(nproc) cores; $(date -u +%FT%TZ)"
+
+for data in "$WORK/s100" "$WORK/x$MULT"; do
+  log="$WORK/$(basename "$data").log"
+  {
+    "$PY" "$BENCH/b_pandas_flatten.py" "$data" --types "$TYPES" --reps "$REPS"
+    "$PY" "$BENCH/b_duckdb.py" "$data" --types "$TYPES" --reps "$REPS" --query count
+    "$BIN" "$data" --types "$TYPES" --reps "$REPS"
+  } | tee "$log"
+  echo "# ratios on $data (fhirflight_flat MB/s / baseline MB/s; peak RSS / DuckDB's)"
+  awk '!/^#/ && NF >= 9 && $5 != "-" { mbs[$1" "$2] = $6; rss[$1" "$2] = $9; types[$2] = 1 }
+       END { for (t in types) if (("fhirflight_flat " t) in mbs)
+               printf "%-22s vs notebook %6.1fx   vs duckdb count(*) %5.2fx   rss/duckdb %5.2f\n", t,
+                 mbs["fhirflight_flat " t] / mbs["pandas_flatten " t], mbs["fhirflight_flat " t] / mbs["duckdb_count " t],
+                 rss["fhirflight_flat " t] / rss["duckdb_count " t] }' "$log"
+done

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every test of fhirflight on a fresh machine that has only the Rust toolchain and python3:
+# the Rust unit and integration tests, the real-client tests (Python ADBC, flightsql-dbapi, Apache's
+# flight_sql_client), and, where ../shared is present, the checks against real Synthea data and the
+# official SQL on FHIR suite. Installs what it needs into caches under ~/.cache/fhirflight.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${FHIRFLIGHT_CACHE:-$HOME/.cache/fhirflight}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}"
+mkdir -p "$cache"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Python venv for the reference pipeline and the Python Flight SQL clients, rebuilt when the
+# requirements change.
+venv="$cache/venv"
+req=tests/python/requirements.txt
+if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
+  step "python venv ($venv)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$venv/requirements.txt"
+fi
+export FHIRFLIGHT_PYTHON="$venv/bin/python"
+
+shared=../shared
+if [ -d "$shared/data/synthea-100" ]; then
+  export FHIRFLIGHT_SHARED="$(cd "$shared" && pwd)"
+else
+  echo "note: ../shared not found: the checks on Synthea data and the SQL on FHIR suite are skipped"
+fi
+
+step "cargo test"
+cargo test --all-targets
+
+step "SQL on FHIR conformance"
+if [ -n "${FHIRFLIGHT_SHARED:-}" ]; then
+  cargo run --quiet --example sof_conformance -- "$FHIRFLIGHT_SHARED/sql-on-fhir-tests" \
+    --report "$CARGO_TARGET_DIR/sof-report.json"
+fi
+
+step "done"

@@ -1,0 +1,345 @@
+//! Flattened mode: one column per flattened path, as `flatten_json.flatten` + `pandas.json_normalize`.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
+use arrow::array::builder::NullBufferBuilder;
+use arrow::buffer::{BooleanBuffer, Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::json::{Leaf, NO_COLUMN, RESOURCE_TYPE, Sink, Trie, Walker};
+use super::{DecodeErrorKind, LineError, ResourceTypeCheck};
+
+const NULL: u8 = 1;
+const BOOL: u8 = 2;
+const INT: u8 = 4;
+const FLOAT: u8 = 8;
+/// Strings, empty lists and list tails: anything only Utf8 can hold.
+const TEXT: u8 = 16;
+
+/// Schema inference for the flattened mode: columns in first-seen order with the JSON kinds seen.
+#[derive(Debug)]
+pub(crate) struct FlatInference {
+    trie: Trie,
+    kinds: Kinds,
+    max_list_items: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Kinds {
+    columns: Vec<(String, u8)>,
+    /// The current line's (column, kind), committed once the whole line is good.
+    line: Vec<(u32, u8)>,
+    /// Nodes whose column the current line created, forgotten again if the line is bad.
+    new_nodes: Vec<u32>,
+    resource_type: ResourceTypeCheck,
+}
+
+impl Sink for Kinds {
+    #[inline]
+    fn leaf(&mut self, trie: &mut Trie, node: u32, leaf: Leaf<'_>) -> Result<(), LineError> {
+        if node == RESOURCE_TYPE {
+            self.resource_type.check(&leaf)?;
+        }
+        let (column, new) = trie.column_or_insert(node, self.columns.len() as u32);
+        if new {
+            self.columns.push((trie.name(node).to_owned(), 0));
+            self.new_nodes.push(node);
+        }
+        let kind = match leaf {
+            Leaf::Null => NULL,
+            Leaf::Bool(_) => BOOL,
+            Leaf::Int(text) if text.len() <= 18 || text.parse::<i64>().is_ok() => INT,
+            // An integer beyond Int64 is read as a decimal (Float64), as a JSON decimal would be.
+            Leaf::Int(_) | Leaf::Float(_) => FLOAT,
+            Leaf::Str(_) | Leaf::EmptyList | Leaf::ListTail(_) => TEXT,
+        };
+        self.line.push((column, kind));
+        Ok(())
+    }
+}
+
+impl FlatInference {
+    pub(crate) fn new(max_list_items: Option<usize>, resource_type: Option<String>) -> Self {
+        let kinds = Kinds {
+            columns: Vec::new(),
+            line: Vec::new(),
+            new_nodes: Vec::new(),
+            resource_type: ResourceTypeCheck::new(resource_type),
+        };
+        FlatInference { trie: Trie::with_columns([]), kinds, max_list_items }
+    }
+
+    /// Merges one line's columns and kinds; a bad line leaves no trace.
+    pub(crate) fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+        let k = &mut self.kinds;
+        k.resource_type.start_line();
+        let result = Walker::new(line, scratch, self.max_list_items)
+            .walk(&mut self.trie, k)
+            .and_then(|()| k.resource_type.end_line());
+        if result.is_ok() {
+            for &(column, kind) in &k.line {
+                k.columns[column as usize].1 |= kind;
+            }
+        } else {
+            k.columns.truncate(k.columns.len() - k.new_nodes.len());
+            for &node in &k.new_nodes {
+                self.trie.forget_column(node);
+            }
+        }
+        k.line.clear();
+        k.new_nodes.clear();
+        result
+    }
+
+    /// Adds `other`'s columns: known names merge their kinds, new names go last in `other`'s order.
+    pub(crate) fn merge(&mut self, other: &FlatInference) {
+        let columns = &mut self.kinds.columns;
+        for (name, kinds) in &other.kinds.columns {
+            let next = columns.len() as u32;
+            let column = self.trie.column_by_name(name, next);
+            if column == next {
+                columns.push((name.clone(), 0));
+            }
+            columns[column as usize].1 |= kinds;
+        }
+    }
+
+    pub(crate) fn schema(&self) -> SchemaRef {
+        let fields = self.kinds.columns.iter().map(|(name, kinds)| Field::new(name, data_type(*kinds), true));
+        Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+    }
+}
+
+/// The Arrow type of a column from the JSON kinds seen in it.
+fn data_type(kinds: u8) -> DataType {
+    let kinds = kinds & !NULL;
+    if kinds == BOOL {
+        DataType::Boolean
+    } else if kinds == INT {
+        DataType::Int64
+    } else if kinds != 0 && kinds & !(INT | FLOAT) == 0 {
+        DataType::Float64
+    } else {
+        // Text, only nulls, or conflicting kinds: Utf8 with the JSON text of non-strings.
+        DataType::Utf8
+    }
+}
+
+/// Decoding against a known flattened schema.
+#[derive(Debug)]
+pub(crate) struct FlatDecoder {
+    trie: Trie,
+    columns: Columns,
+    max_list_items: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Columns {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+    rows: usize,
+    /// Columns written by the current line, truncated again if the line turns out bad.
+    touched: Vec<u32>,
+    resource_type: ResourceTypeCheck,
+}
+
+#[derive(Debug)]
+struct Column {
+    values: Values,
+    nulls: NullBufferBuilder,
+}
+
+#[derive(Debug)]
+enum Values {
+    Bool(Vec<bool>),
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+    Utf8 { offsets: Vec<i32>, data: Vec<u8> },
+}
+
+impl FlatDecoder {
+    /// Fails with the name of a field whose type the flattened mode does not produce.
+    pub(crate) fn new(
+        schema: SchemaRef,
+        max_list_items: Option<usize>,
+        resource_type: Option<String>,
+    ) -> Result<Self, String> {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let values = match f.data_type() {
+                    DataType::Boolean => Values::Bool(Vec::new()),
+                    DataType::Int64 => Values::Int(Vec::new()),
+                    DataType::Float64 => Values::Float(Vec::new()),
+                    DataType::Utf8 => Values::Utf8 { offsets: vec![0], data: Vec::new() },
+                    other => return Err(format!("flattened column {} cannot be {other}", f.name())),
+                };
+                Ok(Column { values, nulls: NullBufferBuilder::new(0) })
+            })
+            .collect::<Result<_, _>>()?;
+        let trie = Trie::with_columns(schema.fields().iter().map(|f| f.name().as_str()));
+        let columns = Columns {
+            schema,
+            columns,
+            rows: 0,
+            touched: Vec::new(),
+            resource_type: ResourceTypeCheck::new(resource_type),
+        };
+        Ok(FlatDecoder { trie, columns, max_list_items })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.columns.rows
+    }
+
+    /// Appends one line as a row, or leaves the buffers as they were and says why not.
+    pub(crate) fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+        let c = &mut self.columns;
+        c.resource_type.start_line();
+        let result = Walker::new(line, scratch, self.max_list_items)
+            .walk(&mut self.trie, c)
+            .and_then(|()| c.resource_type.end_line());
+        let rows = c.rows;
+        match result {
+            Ok(()) => c.rows += 1,
+            Err(_) => {
+                for &column in &c.touched {
+                    c.columns[column as usize].truncate(rows);
+                }
+            }
+        }
+        c.touched.clear();
+        result
+    }
+
+    /// The buffered rows as a batch (possibly of zero rows); the buffers start over.
+    pub(crate) fn flush(&mut self) -> arrow::error::Result<arrow::record_batch::RecordBatch> {
+        let c = &mut self.columns;
+        let rows = std::mem::take(&mut c.rows);
+        let arrays = c.columns.iter_mut().map(|column| column.finish(rows)).collect();
+        let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
+        arrow::record_batch::RecordBatch::try_new_with_options(Arc::clone(&c.schema), arrays, &options)
+    }
+}
+
+impl Sink for Columns {
+    #[inline]
+    fn leaf(&mut self, trie: &mut Trie, node: u32, leaf: Leaf<'_>) -> Result<(), LineError> {
+        if node == RESOURCE_TYPE {
+            self.resource_type.check(&leaf)?;
+        }
+        let misfit = |message: String| LineError::new(DecodeErrorKind::DoesNotFitSchema, message);
+        let index = trie.column(node);
+        if index == NO_COLUMN {
+            return Err(misfit(format!("column {} is not in the schema", trie.name(node))));
+        }
+        let column = &mut self.columns[index as usize];
+        let len = column.nulls.len();
+        if len > self.rows {
+            // Python's json.loads would keep the last of duplicate keys: refuse to guess.
+            let message = format!("duplicate key: column {} given twice", trie.name(node));
+            return Err(LineError::new(DecodeErrorKind::DuplicateKey, message));
+        }
+        column.push_nulls(self.rows - len);
+        self.touched.push(index);
+        column.push(leaf).map_err(|found| misfit(format!("column {}: {found}", trie.name(node))))
+    }
+}
+
+impl Column {
+    fn push_nulls(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.nulls.append_n_nulls(n);
+        match &mut self.values {
+            Values::Bool(v) => v.resize(v.len() + n, false),
+            Values::Int(v) => v.resize(v.len() + n, 0),
+            Values::Float(v) => v.resize(v.len() + n, 0.0),
+            Values::Utf8 { offsets, data } => offsets.resize(offsets.len() + n, data.len() as i32),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, leaf: Leaf<'_>) -> Result<(), String> {
+        if leaf == Leaf::Null {
+            self.push_nulls(1);
+            return Ok(());
+        }
+        match (&mut self.values, leaf) {
+            (Values::Utf8 { offsets, data }, leaf) => {
+                match leaf {
+                    Leaf::Str(s) | Leaf::Int(s) | Leaf::Float(s) => data.extend_from_slice(s.as_bytes()),
+                    Leaf::Bool(b) => data.extend_from_slice(if b { b"true" } else { b"false" }),
+                    Leaf::EmptyList => data.extend_from_slice(b"[]"),
+                    Leaf::ListTail(s) => {
+                        data.push(b'[');
+                        data.extend_from_slice(s.as_bytes());
+                        data.push(b']');
+                    }
+                    Leaf::Null => unreachable!("handled above"),
+                }
+                let end = i32::try_from(data.len()).map_err(|_| "more than 2 GiB of text in one batch")?;
+                offsets.push(end);
+            }
+            (Values::Int(v), Leaf::Int(s)) => {
+                v.push(s.parse().map_err(|_| format!("{s} is too large for Int64"))?);
+            }
+            (Values::Float(v), Leaf::Int(s) | Leaf::Float(s)) => {
+                v.push(s.parse().map_err(|_| format!("{s} is not a Float64"))?);
+            }
+            (Values::Bool(v), Leaf::Bool(b)) => v.push(b),
+            (values, leaf) => {
+                let want = match values {
+                    Values::Bool(_) => "Boolean",
+                    Values::Int(_) => "Int64",
+                    _ => "Float64",
+                };
+                return Err(format!("expected {want}, found {}", describe(&leaf)));
+            }
+        }
+        self.nulls.append_non_null();
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.nulls.truncate(len);
+        match &mut self.values {
+            Values::Bool(v) => v.truncate(len),
+            Values::Int(v) => v.truncate(len),
+            Values::Float(v) => v.truncate(len),
+            Values::Utf8 { offsets, data } => {
+                offsets.truncate(len + 1);
+                data.truncate(offsets[len] as usize);
+            }
+        }
+    }
+
+    fn finish(&mut self, rows: usize) -> ArrayRef {
+        self.push_nulls(rows - self.nulls.len());
+        let nulls = self.nulls.finish();
+        match &mut self.values {
+            Values::Bool(v) => Arc::new(BooleanArray::new(BooleanBuffer::from(std::mem::take(v)), nulls)),
+            Values::Int(v) => Arc::new(Int64Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
+            Values::Float(v) => Arc::new(Float64Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
+            Values::Utf8 { offsets, data } => {
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                Arc::new(StringArray::new(offsets, Buffer::from_vec(std::mem::take(data)), nulls))
+            }
+        }
+    }
+}
+
+/// A leaf as an error message shows it.
+pub(crate) fn describe(leaf: &Leaf<'_>) -> String {
+    match leaf {
+        Leaf::Null => "null".into(),
+        Leaf::Bool(b) => b.to_string(),
+        Leaf::Int(s) | Leaf::Float(s) => format!("number {s}"),
+        Leaf::Str(s) => format!("string {s:?}"),
+        Leaf::EmptyList => "[]".into(),
+        Leaf::ListTail(_) => "a list".into(),
+    }
+}

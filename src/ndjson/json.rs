@@ -1,0 +1,595 @@
+//! A small JSON tokenizer that walks one NDJSON line and reports leaves by flattened path.
+//!
+//! No `serde_json::Value` is built: the walk resolves every object key and list position to a node
+//! of a [`Trie`] (one node per flattened column name) and hands scalar leaves to a [`Sink`], which
+//! writes them straight into column buffers (decoding) or merges their kinds (schema inference).
+//! The grammar is strict RFC 8259 JSON, as Python's `json.loads` (no `NaN`/`Infinity`, no control
+//! characters in strings); the line has already been checked to be UTF-8.
+
+use std::collections::HashMap;
+
+use super::{DecodeErrorKind, LineError};
+
+/// Deepest nesting accepted (FHIR resources nest about 10 levels).
+const MAX_DEPTH: u32 = 128;
+
+/// A scalar (or empty list) met at a flattened path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Leaf<'a> {
+    Null,
+    Bool(bool),
+    /// An integer literal (no fraction, no exponent), as written.
+    Int(&'a str),
+    /// Any other number literal, as written.
+    Float(&'a str),
+    /// A string, unescaped.
+    Str(&'a str),
+    /// `[]`: flatten_json keeps an empty list as a value, pandas shows it as `[]`.
+    EmptyList,
+    /// List elements beyond [`crate::ndjson::FlattenOptions::max_list_items`], as JSON text
+    /// without the enclosing brackets.
+    ListTail(&'a str),
+}
+
+/// Receives the leaves of one line.
+pub(crate) trait Sink {
+    fn leaf(&mut self, trie: &mut Trie, node: u32, leaf: Leaf<'_>) -> Result<(), LineError>;
+}
+
+/// Flattened paths: node 0 is the resource itself, every other node one flattened name.
+#[derive(Debug, Default)]
+pub(crate) struct Trie {
+    nodes: Vec<Node>,
+    /// The sink's column per flattened name, shared by nodes whose names collide
+    /// (`{"a_b": 1}` and `{"a": {"b": 1}}` are the same column, as in flatten_json).
+    columns: HashMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Node {
+    name: String,
+    /// Column index in the sink, [`NO_COLUMN`] if none yet (or not in the schema).
+    column: u32,
+    keys: Vec<(Box<[u8]>, u32)>,
+    /// Where the next key lookup starts: resources of one type list their keys in the same order.
+    next_key: usize,
+    items: Vec<u32>,
+}
+
+pub(crate) const NO_COLUMN: u32 = u32::MAX;
+pub(crate) const ROOT: u32 = 0;
+/// The root's `resourceType` child, created first so that its id is fixed.
+pub(crate) const RESOURCE_TYPE: u32 = 1;
+
+impl Trie {
+    /// A trie whose columns are `names`, in that order (decoding against a known schema).
+    pub(crate) fn with_columns<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut trie = Trie::default();
+        for (i, name) in names.into_iter().enumerate() {
+            trie.columns.insert(name.to_owned(), i as u32);
+        }
+        trie.nodes.push(Node::new(String::new(), NO_COLUMN));
+        let rt = trie.child_key(ROOT, b"resourceType");
+        debug_assert_eq!(rt, RESOURCE_TYPE);
+        trie
+    }
+
+    /// The column of `name`, `next` if it is new (merging inference states).
+    pub(crate) fn column_by_name(&mut self, name: &str, next: u32) -> u32 {
+        *self.columns.entry(name.to_owned()).or_insert(next)
+    }
+
+    /// Forgets the column of `node` (assigned by a line that turned out bad).
+    pub(crate) fn forget_column(&mut self, node: u32) {
+        let n = &mut self.nodes[node as usize];
+        self.columns.remove(&n.name);
+        n.column = NO_COLUMN;
+    }
+
+    /// The flattened name of `node`.
+    pub(crate) fn name(&self, node: u32) -> &str {
+        &self.nodes[node as usize].name
+    }
+
+    /// The column of `node`, [`NO_COLUMN`] if none.
+    #[inline]
+    pub(crate) fn column(&self, node: u32) -> u32 {
+        self.nodes[node as usize].column
+    }
+
+    /// The column of `node`, assigning `next` (the sink's next new column) if its name is new.
+    /// Returns the column and whether it is new.
+    pub(crate) fn column_or_insert(&mut self, node: u32, next: u32) -> (u32, bool) {
+        let n = &mut self.nodes[node as usize];
+        if n.column != NO_COLUMN {
+            return (n.column, false);
+        }
+        let mut new = false;
+        let column = *self.columns.entry(n.name.clone()).or_insert_with(|| {
+            new = true;
+            next
+        });
+        n.column = column;
+        (column, new)
+    }
+
+    #[inline]
+    fn child_key(&mut self, node: u32, key: &[u8]) -> u32 {
+        let n = &mut self.nodes[node as usize];
+        let len = n.keys.len();
+        for i in (n.next_key..len).chain(0..n.next_key.min(len)) {
+            if &*n.keys[i].0 == key {
+                n.next_key = i + 1;
+                return n.keys[i].1;
+            }
+        }
+        let name = join(&n.name, &String::from_utf8_lossy(key));
+        self.add_child(node, name, |n, id| {
+            n.keys.push((key.into(), id));
+            n.next_key = n.keys.len();
+        })
+    }
+
+    #[inline]
+    fn child_index(&mut self, node: u32, index: usize) -> u32 {
+        if let Some(&id) = self.nodes[node as usize].items.get(index) {
+            return id;
+        }
+        // Lists are walked in order, so `index` is the next position.
+        let name = join(&self.nodes[node as usize].name, &index.to_string());
+        self.add_child(node, name, |n, id| n.items.push(id))
+    }
+
+    fn add_child(&mut self, parent: u32, name: String, link: impl FnOnce(&mut Node, u32)) -> u32 {
+        let id = self.nodes.len() as u32;
+        let column = self.columns.get(&name).copied().unwrap_or(NO_COLUMN);
+        self.nodes.push(Node::new(name, column));
+        link(&mut self.nodes[parent as usize], id);
+        id
+    }
+}
+
+impl Node {
+    fn new(name: String, column: u32) -> Self {
+        Node { name, column, keys: Vec::new(), next_key: 0, items: Vec::new() }
+    }
+}
+
+/// flatten_json's `_construct_key`: `parent_key` unless the parent is the (unnamed) root.
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() { key.to_owned() } else { format!("{parent}_{key}") }
+}
+
+/// Walks one line (UTF-8, possibly with surrounding JSON whitespace) that must hold one object.
+pub(crate) struct Walker<'a, 's> {
+    buf: &'a [u8],
+    pos: usize,
+    scratch: &'s mut Vec<u8>,
+    max_list_items: usize,
+}
+
+type WalkError = LineError;
+
+impl<'a, 's> Walker<'a, 's> {
+    pub(crate) fn new(buf: &'a [u8], scratch: &'s mut Vec<u8>, max_list_items: Option<usize>) -> Self {
+        Walker { buf, pos: 0, scratch, max_list_items: max_list_items.unwrap_or(usize::MAX) }
+    }
+
+    /// Walks the line's object, calling `sink` for every leaf.
+    pub(crate) fn walk<S: Sink>(mut self, trie: &mut Trie, sink: &mut S) -> Result<(), WalkError> {
+        self.skip_ws();
+        if self.peek() != Some(b'{') {
+            return Err(match self.peek() {
+                Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+                    // Valid JSON that is not an object, or garbage: tell which.
+                    match self.skip_value(0) {
+                        Ok(()) => LineError::new(DecodeErrorKind::NotAnObject, "not a JSON object"),
+                        Err(e) => e,
+                    }
+                }
+                _ => self.error("expected '{'"),
+            });
+        }
+        self.value(trie, ROOT, sink, 0)?;
+        self.skip_ws();
+        if self.pos < self.buf.len() {
+            return Err(self.error("trailing characters after the object"));
+        }
+        Ok(())
+    }
+
+    fn error(&self, what: &str) -> WalkError {
+        LineError::new(DecodeErrorKind::InvalidJson, format!("invalid JSON at byte {}: {what}", self.pos + 1))
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    #[inline]
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    #[inline]
+    fn expect(&mut self, byte: u8, what: &str) -> Result<(), WalkError> {
+        self.skip_ws();
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.error(what))
+        }
+    }
+
+    fn value<S: Sink>(&mut self, trie: &mut Trie, node: u32, sink: &mut S, depth: u32) -> Result<(), WalkError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nested too deeply"));
+        }
+        self.skip_ws();
+        let at = self.pos;
+        let leaf = match self.peek() {
+            Some(b'{') => return self.object(trie, node, sink, depth),
+            Some(b'[') => return self.array(trie, node, sink, depth),
+            Some(b'"') => {
+                self.pos += 1;
+                let s = self.string()?;
+                // The line is UTF-8 and the string was cut at ASCII quotes: this only re-checks.
+                let Ok(s) = std::str::from_utf8(s) else {
+                    return Err(LineError::new(DecodeErrorKind::InvalidUtf8, "invalid UTF-8"));
+                };
+                return sink.leaf(trie, node, Leaf::Str(s)).map_err(|e| at_byte(at, e));
+            }
+            Some(b't') => self.literal(b"true", Leaf::Bool(true))?,
+            Some(b'f') => self.literal(b"false", Leaf::Bool(false))?,
+            Some(b'n') => self.literal(b"null", Leaf::Null)?,
+            Some(b'-' | b'0'..=b'9') => self.number()?,
+            _ => return Err(self.error("expected a value")),
+        };
+        sink.leaf(trie, node, leaf).map_err(|e| at_byte(at, e))
+    }
+
+    fn object<S: Sink>(&mut self, trie: &mut Trie, node: u32, sink: &mut S, depth: u32) -> Result<(), WalkError> {
+        self.pos += 1;
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            // flatten_json keeps `{}` as a value, json_normalize then drops it: no column.
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.expect(b'"', "expected a key")?;
+            let key = self.string()?;
+            let child = trie.child_key(node, key);
+            self.expect(b':', "expected ':'")?;
+            self.value(trie, child, sink, depth + 1)?;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.error("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn array<S: Sink>(&mut self, trie: &mut Trie, node: u32, sink: &mut S, depth: u32) -> Result<(), WalkError> {
+        let at = self.pos;
+        self.pos += 1;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return sink.leaf(trie, node, Leaf::EmptyList).map_err(|e| at_byte(at, e));
+        }
+        let mut index = 0;
+        let mut tail = None;
+        loop {
+            if index < self.max_list_items {
+                let child = trie.child_index(node, index);
+                self.value(trie, child, sink, depth + 1)?;
+            } else {
+                self.skip_ws();
+                tail.get_or_insert(self.pos);
+                self.skip_value(depth + 1)?;
+            }
+            index += 1;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => break,
+                _ => return Err(self.error("expected ',' or ']'")),
+            }
+        }
+        let end = self.pos;
+        self.pos += 1;
+        if let Some(start) = tail {
+            let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| self.error("invalid UTF-8"))?;
+            let child = trie.child_key(node, b"more");
+            sink.leaf(trie, child, Leaf::ListTail(text.trim_end())).map_err(|e| at_byte(at, e))?;
+        }
+        Ok(())
+    }
+
+    /// Validates one value without reporting leaves (list elements beyond the width bound).
+    fn skip_value(&mut self, depth: u32) -> Result<(), WalkError> {
+        struct Ignore;
+        impl Sink for Ignore {
+            fn leaf(&mut self, _: &mut Trie, _: u32, _: Leaf<'_>) -> Result<(), LineError> {
+                Ok(())
+            }
+        }
+        // A throwaway trie keeps the walk simple; skipped values are rare.
+        let mut trie = Trie::with_columns([]);
+        let max = std::mem::replace(&mut self.max_list_items, usize::MAX);
+        let result = self.value(&mut trie, ROOT, &mut Ignore, depth);
+        self.max_list_items = max;
+        result
+    }
+
+    fn literal(&mut self, word: &'static [u8], leaf: Leaf<'static>) -> Result<Leaf<'a>, WalkError> {
+        if self.buf[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(leaf)
+        } else {
+            Err(self.error("expected a value"))
+        }
+    }
+
+    fn number(&mut self) -> Result<Leaf<'a>, WalkError> {
+        let start = self.pos;
+        let b = self.buf;
+        let digits = |pos: &mut usize| {
+            let s = *pos;
+            while *pos < b.len() && b[*pos].is_ascii_digit() {
+                *pos += 1;
+            }
+            *pos - s
+        };
+        let mut pos = self.pos;
+        if b[pos] == b'-' {
+            pos += 1;
+        }
+        let int_start = pos;
+        let n = digits(&mut pos);
+        if n == 0 || (n > 1 && b[int_start] == b'0') {
+            self.pos = pos;
+            return Err(self.error("invalid number"));
+        }
+        let mut float = false;
+        if pos < b.len() && b[pos] == b'.' {
+            pos += 1;
+            float = true;
+            if digits(&mut pos) == 0 {
+                self.pos = pos;
+                return Err(self.error("invalid number"));
+            }
+        }
+        if pos < b.len() && (b[pos] | 0x20) == b'e' {
+            pos += 1;
+            float = true;
+            if pos < b.len() && (b[pos] == b'+' || b[pos] == b'-') {
+                pos += 1;
+            }
+            if digits(&mut pos) == 0 {
+                self.pos = pos;
+                return Err(self.error("invalid number"));
+            }
+        }
+        self.pos = pos;
+        // ASCII digits and signs only.
+        let text = std::str::from_utf8(&b[start..pos]).map_err(|_| self.error("invalid number"))?;
+        Ok(if float { Leaf::Float(text) } else { Leaf::Int(text) })
+    }
+
+    /// A string after its opening quote: borrowed from the line, or unescaped into the scratch.
+    #[inline]
+    fn string(&mut self) -> Result<&[u8], WalkError> {
+        let b = self.buf;
+        let start = self.pos;
+        let mut pos = start;
+        // Fast scan over 8 bytes at a time for '"', '\\' or a control character.
+        while pos + 8 <= b.len() {
+            let w = u64::from_le_bytes(b[pos..pos + 8].try_into().expect("8 bytes"));
+            if special_mask(w) != 0 {
+                break;
+            }
+            pos += 8;
+        }
+        loop {
+            match b.get(pos) {
+                Some(b'"') => {
+                    self.pos = pos + 1;
+                    return Ok(&b[start..pos]);
+                }
+                Some(b'\\') => break,
+                Some(c) if *c < 0x20 => {
+                    self.pos = pos;
+                    return Err(self.error("control character in string"));
+                }
+                Some(_) => pos += 1,
+                None => {
+                    self.pos = pos;
+                    return Err(self.error("unterminated string"));
+                }
+            }
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&b[start..pos]);
+        loop {
+            match b.get(pos) {
+                Some(b'"') => {
+                    self.pos = pos + 1;
+                    return Ok(&self.scratch[..]);
+                }
+                Some(b'\\') => {
+                    pos += 1;
+                    let c = match b.get(pos) {
+                        Some(b'"') => b'"',
+                        Some(b'\\') => b'\\',
+                        Some(b'/') => b'/',
+                        Some(b'b') => 8,
+                        Some(b'f') => 12,
+                        Some(b'n') => b'\n',
+                        Some(b'r') => b'\r',
+                        Some(b't') => b'\t',
+                        Some(b'u') => {
+                            self.pos = pos + 1;
+                            let ch = self.unicode_escape()?;
+                            pos = self.pos;
+                            let mut utf8 = [0; 4];
+                            self.scratch.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
+                            continue;
+                        }
+                        _ => {
+                            self.pos = pos;
+                            return Err(self.error("invalid escape"));
+                        }
+                    };
+                    self.scratch.push(c);
+                    pos += 1;
+                }
+                Some(c) if *c < 0x20 => {
+                    self.pos = pos;
+                    return Err(self.error("control character in string"));
+                }
+                Some(&c) => {
+                    self.scratch.push(c);
+                    pos += 1;
+                }
+                None => {
+                    self.pos = pos;
+                    return Err(self.error("unterminated string"));
+                }
+            }
+        }
+    }
+
+    /// `\uXXXX` (after the `u`), with surrogate pairs. A lone surrogate is an error: Python would
+    /// accept it, but no UTF-8 string (nor Arrow) can hold it.
+    fn unicode_escape(&mut self) -> Result<char, WalkError> {
+        let first = self.hex4()?;
+        let code = if (0xD800..0xDC00).contains(&first) {
+            if !self.buf[self.pos..].starts_with(b"\\u") {
+                return Err(self.error("lone surrogate in \\u escape"));
+            }
+            self.pos += 2;
+            let second = self.hex4()?;
+            if !(0xDC00..0xE000).contains(&second) {
+                return Err(self.error("lone surrogate in \\u escape"));
+            }
+            0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+        } else {
+            first
+        };
+        char::from_u32(code).ok_or_else(|| self.error("lone surrogate in \\u escape"))
+    }
+
+    fn hex4(&mut self) -> Result<u32, WalkError> {
+        let digits = self.buf.get(self.pos..self.pos + 4).ok_or_else(|| self.error("invalid \\u escape"))?;
+        let text = std::str::from_utf8(digits).map_err(|_| self.error("invalid \\u escape"))?;
+        let code = u32::from_str_radix(text, 16).map_err(|_| self.error("invalid \\u escape"))?;
+        if text.starts_with('+') {
+            return Err(self.error("invalid \\u escape"));
+        }
+        self.pos += 4;
+        Ok(code)
+    }
+}
+
+fn at_byte(at: usize, mut e: LineError) -> WalkError {
+    e.message = format!("{} (byte {})", e.message, at + 1);
+    e
+}
+
+/// Non-zero iff one of the 8 bytes of `w` is '"', '\\' or below 0x20.
+#[inline]
+fn special_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = has_zero(w ^ (ONES * b'"' as u64));
+    let backslash = has_zero(w ^ (ONES * b'\\' as u64));
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    quote | backslash | control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records `name=leaf` for every leaf.
+    #[derive(Default)]
+    struct Record(Vec<String>);
+    impl Sink for Record {
+        fn leaf(&mut self, trie: &mut Trie, node: u32, leaf: Leaf<'_>) -> Result<(), LineError> {
+            self.0.push(format!("{}={leaf:?}", trie.name(node)));
+            Ok(())
+        }
+    }
+
+    fn walk(line: &str, max: Option<usize>) -> Result<Vec<String>, String> {
+        let mut trie = Trie::with_columns([]);
+        let mut sink = Record::default();
+        let mut scratch = Vec::new();
+        Walker::new(line.as_bytes(), &mut scratch, max).walk(&mut trie, &mut sink).map_err(|e| e.message)?;
+        Ok(sink.0)
+    }
+
+    #[test]
+    fn flattens_keys_and_positions() {
+        let got = walk(r#" {"a":{"b":[1,{"c":"x\u00e9\ud83d\ude00\n"}],"e":{}},"_d":[],"f":-1.5e3,"g":null,"h":true} "#, None);
+        assert_eq!(
+            got.unwrap(),
+            [
+                "a_b_0=Int(\"1\")",
+                "a_b_1_c=Str(\"xé😀\\n\")",
+                "_d=EmptyList",
+                "f=Float(\"-1.5e3\")",
+                "g=Null",
+                "h=Bool(true)"
+            ]
+        );
+    }
+
+    #[test]
+    fn bounds_list_width() {
+        let got = walk(r#"{"l":[1,2, {"x":[3]} ,4 ]}"#, Some(1)).unwrap();
+        assert_eq!(got, ["l_0=Int(\"1\")", "l_more=ListTail(\"2, {\\\"x\\\":[3]} ,4\")"]);
+    }
+
+    #[test]
+    fn rejects_bad_json() {
+        for (line, want) in [
+            ("[1]", "not a JSON object"),
+            ("\"s\"", "not a JSON object"),
+            ("{\"a\":1", "expected ',' or '}'"),
+            ("{\"a\":01}", "invalid number"),
+            ("{\"a\":1.}", "invalid number"),
+            ("{\"a\":NaN}", "expected a value"),
+            ("{\"a\":\"x\ty\"}", "control character"),
+            ("{\"a\":\"\\ud800\"}", "lone surrogate"),
+            ("{\"a\":\"\\q\"}", "invalid escape"),
+            ("{\"a\":1} x", "trailing characters"),
+            ("{a:1}", "expected a key"),
+            ("nope", "expected a value"),
+        ] {
+            let err = walk(line, None).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn special_mask_finds_each_byte() {
+        for (i, b) in [b'"', b'\\', 0u8, 0x1f].into_iter().enumerate() {
+            let mut w = *b"abcdefgh";
+            w[i * 2] = b;
+            assert_ne!(special_mask(u64::from_le_bytes(w)), 0);
+        }
+        assert_eq!(special_mask(u64::from_le_bytes(*b" ~\x7f\xc3\xa9z!#")), 0);
+    }
+}

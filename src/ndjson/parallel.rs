@@ -1,0 +1,216 @@
+//! Whole streams on all cores: the bytes are cut at line ends into chunks, each chunk is inferred
+//! or decoded on its own by a worker, and the results are put back in order.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use super::{DecodeError, DecodeOptions, Decoder, SchemaInference, TableMode};
+
+/// Bytes per chunk (cut at the last line end within).
+const CHUNK: usize = 4 << 20;
+
+/// What [`decode_reader`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeSummary {
+    /// Rows in the batches delivered.
+    pub rows: u64,
+    /// Bad lines skipped (lenient mode).
+    pub skipped_count: u64,
+    /// The first bad lines skipped (at most 100).
+    pub skipped: Vec<DecodeError>,
+}
+
+/// Reads all of `reader` (one file) into `inference` on all cores, as if pushed and ended there.
+///
+/// The inference's options (strictness, resource type, source name) apply to the file.
+pub fn infer_reader(reader: impl Read, inference: &mut SchemaInference) -> crate::Result<()> {
+    infer_chunks(reader, inference, CHUNK)
+}
+
+pub(super) fn infer_chunks(reader: impl Read, inference: &mut SchemaInference, chunk_size: usize) -> crate::Result<()> {
+    let (mode, options) = (inference.mode.clone(), inference.lines.options.clone());
+    run_chunks(
+        reader,
+        chunk_size,
+        &options.source,
+        |chunk| {
+            let mut part = SchemaInference::with_options(&mode, options.clone().with_first_line(chunk.first_line));
+            part.push(&chunk.bytes)?;
+            part.end_stream()?;
+            Ok(part)
+        },
+        |part| {
+            inference.merge(&part);
+            Ok(())
+        },
+    )
+}
+
+/// Decodes all of `reader` (one file) on all cores into batches of `schema`, handed to `on_batch`
+/// in file order.
+///
+/// Batches hold at most `options.batch_size` rows (fewer at the end of each 4 MiB chunk). In
+/// strict mode the first bad line in file order is the error.
+pub fn decode_reader(
+    reader: impl Read,
+    schema: SchemaRef,
+    mode: &TableMode,
+    options: DecodeOptions,
+    on_batch: impl FnMut(RecordBatch) -> crate::Result<()>,
+) -> crate::Result<DecodeSummary> {
+    decode_chunks(reader, schema, mode, options, on_batch, CHUNK)
+}
+
+pub(super) fn decode_chunks(
+    reader: impl Read,
+    schema: SchemaRef,
+    mode: &TableMode,
+    options: DecodeOptions,
+    mut on_batch: impl FnMut(RecordBatch) -> crate::Result<()>,
+    chunk_size: usize,
+) -> crate::Result<DecodeSummary> {
+    // Fail on a bad schema before reading anything.
+    Decoder::new(Arc::clone(&schema), mode, options.clone())?;
+    let mut summary = DecodeSummary::default();
+    run_chunks(
+        reader,
+        chunk_size,
+        &options.source,
+        |chunk| {
+            let options = options.clone().with_first_line(chunk.first_line);
+            let mut decoder = Decoder::new(Arc::clone(&schema), mode, options)?;
+            let mut batches = Vec::new();
+            let mut bytes = &chunk.bytes[..];
+            while !bytes.is_empty() {
+                let n = decoder.decode(bytes)?;
+                bytes = &bytes[n..];
+                batches.extend(decoder.flush()?);
+            }
+            batches.extend(decoder.finish()?);
+            Ok((batches, decoder))
+        },
+        |(batches, decoder)| {
+            summary.skipped_count += decoder.skipped_count();
+            let room = super::KEEP_SKIPPED.saturating_sub(summary.skipped.len());
+            summary.skipped.extend(decoder.skipped().iter().take(room).cloned());
+            for batch in batches {
+                summary.rows += batch.num_rows() as u64;
+                on_batch(batch)?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(summary)
+}
+
+/// A piece of the stream that ends at a line end (or at the end of the stream).
+struct Chunk {
+    bytes: Vec<u8>,
+    first_line: u64,
+}
+
+/// Runs `work` on chunks of `reader` in worker threads and `emit`s the results in stream order,
+/// with at most two chunks per worker in flight (memory stays bounded).
+fn run_chunks<T: Send>(
+    mut reader: impl Read,
+    chunk_size: usize,
+    source: &str,
+    work: impl Fn(Chunk) -> crate::Result<T> + Sync,
+    mut emit: impl FnMut(T) -> crate::Result<()>,
+) -> crate::Result<()> {
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    let in_flight = 2 * workers;
+    let (job_tx, job_rx) = sync_channel::<(usize, Chunk)>(in_flight);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = channel();
+    std::thread::scope(|scope| {
+        // Dropped when this closure returns, early or not: the workers then stop.
+        let (job_tx, done_rx) = (job_tx, done_rx);
+        for _ in 0..workers {
+            let (job_rx, done_tx, work) = (&job_rx, done_tx.clone(), &work);
+            scope.spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let job = job_rx.lock().expect("no worker panicked").recv();
+                    let Ok((index, chunk)) = job else { break };
+                    if done_tx.send((index, work(chunk))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+
+        let mut done = BTreeMap::new();
+        let (mut sent, mut emitted) = (0, 0);
+        let mut emit_ready = |done: &mut BTreeMap<usize, crate::Result<T>>, emitted: &mut usize| {
+            while let Some(result) = done.remove(emitted) {
+                *emitted += 1;
+                emit(result?)?;
+            }
+            Ok::<(), crate::Error>(())
+        };
+        let mut carry = Vec::new();
+        let mut next_line = 1;
+        loop {
+            let Some(chunk) = next_chunk(&mut reader, chunk_size, &mut carry, &mut next_line, source)? else { break };
+            while sent - emitted >= in_flight {
+                let (index, result) = done_rx.recv().expect("workers outlive their jobs");
+                done.insert(index, result);
+                emit_ready(&mut done, &mut emitted)?;
+            }
+            job_tx.send((sent, chunk)).expect("workers outlive the job queue");
+            sent += 1;
+            while let Ok((index, result)) = done_rx.try_recv() {
+                done.insert(index, result);
+            }
+            emit_ready(&mut done, &mut emitted)?;
+        }
+        drop(job_tx);
+        while emitted < sent {
+            let (index, result) = done_rx.recv().expect("workers outlive their jobs");
+            done.insert(index, result);
+            emit_ready(&mut done, &mut emitted)?;
+        }
+        Ok(())
+    })
+}
+
+/// The next chunk of about `chunk_size` bytes ending at a line end; `carry` holds the bytes after it.
+fn next_chunk(
+    reader: &mut impl Read,
+    chunk_size: usize,
+    carry: &mut Vec<u8>,
+    next_line: &mut u64,
+    source: &str,
+) -> crate::Result<Option<Chunk>> {
+    let mut bytes = std::mem::take(carry);
+    bytes.reserve(chunk_size);
+    let cut = loop {
+        let start = bytes.len();
+        let want = chunk_size.saturating_sub(start).max(chunk_size / 4).max(1) as u64;
+        let n = reader.by_ref().take(want).read_to_end(&mut bytes).map_err(|e| crate::Error::io(source, e))?;
+        if n == 0 {
+            break bytes.len();
+        }
+        // A line longer than a chunk: keep reading until it ends.
+        if bytes.len() >= chunk_size {
+            if let Some(i) = memchr::memrchr(b'\n', &bytes) {
+                break i + 1;
+            }
+        }
+    };
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    carry.extend_from_slice(&bytes[cut..]);
+    bytes.truncate(cut);
+    let first_line = *next_line;
+    *next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+    Ok(Some(Chunk { bytes, first_line }))
+}
