@@ -41,9 +41,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProviderList, SchemaProvider, TableProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::TableType;
 use datafusion::prelude::SessionContext;
@@ -203,8 +204,15 @@ impl FhirCatalog {
         types.dedup();
         let store = SnapshotStore::open(&options.cache_dir, source.location())?;
         let exporter = Arc::new(Exporter::new(source, store, options, types));
-        let schema = Arc::new(FhirSchema { exporter: Arc::clone(&exporter) });
+        let schema = Arc::new(FhirSchema { exporter: Arc::clone(&exporter), browse: false });
         Ok(Self { exporter, schema })
+    }
+
+    /// The same catalog for browsing: its tables are the committed snapshots as they are, and a
+    /// type without one is absent; nothing is exported.
+    pub fn browsing(&self) -> Self {
+        let schema = Arc::new(FhirSchema { exporter: Arc::clone(&self.exporter), browse: true });
+        Self { exporter: Arc::clone(&self.exporter), schema }
     }
 
     /// The resource types (table names).
@@ -302,6 +310,7 @@ impl CatalogProvider for FhirCatalog {
 #[derive(Debug)]
 pub struct FhirSchema {
     exporter: Arc<Exporter>,
+    browse: bool,
 }
 
 #[async_trait]
@@ -317,11 +326,11 @@ impl SchemaProvider for FhirSchema {
         let exporter = &self.exporter;
         let snapshot = match SCOPE.try_with(Clone::clone).ok() {
             // Browsing: what is there, never an export.
-            Some(Scope::Browse) => match exporter.store.current(&resource_type).map_err(to_datafusion)? {
+            _ if self.browse => match exporter.store.current(&resource_type).map_err(to_datafusion)? {
                 Some(s) => s,
                 None => return Ok(None),
             },
-            Some(Scope::Statement { started, freshness }) => {
+            Some(Scope { started, freshness }) => {
                 let freshness = freshness.unwrap_or(exporter.options.freshness);
                 exporter.ensure(&[resource_type], &freshness, Some(started)).await.map_err(to_datafusion)?.remove(0)
             }
@@ -349,13 +358,12 @@ impl SchemaProvider for FhirSchema {
     }
 }
 
-/// What the statement being planned allows table resolution to do.
+/// A statement prepared by [`sql`], being planned: its types were brought up to date when it
+/// started (a task-local, as planning runs in the caller's task).
 #[derive(Debug, Clone)]
-enum Scope {
-    /// A query prepared by [`sql`]: its types were brought up to date when it started.
-    Statement { started: SystemTime, freshness: Option<Freshness> },
-    /// A browsing statement (`information_schema`, `SHOW ...`): never export.
-    Browse,
+struct Scope {
+    started: SystemTime,
+    freshness: Option<Freshness>,
 }
 
 tokio::task_local! {
@@ -381,10 +389,22 @@ async fn run_sql(ctx: &SessionContext, sql: &str, freshness: Option<Freshness>) 
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect)?;
     if prefetch(&state, &statement, freshness).await? {
-        let batches = SCOPE.scope(Scope::Browse, async { ctx.sql(sql).await?.collect().await }).await?;
+        // Browsing runs in a session whose FHIR catalogs never export (information_schema
+        // resolves every table while executing, possibly in other tasks).
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        for name in state.catalog_list().catalog_names() {
+            let Some(catalog) = state.catalog_list().catalog(&name) else { continue };
+            let catalog = match catalog.downcast_ref::<FhirCatalog>() {
+                Some(fhir) => Arc::new(fhir.browsing()) as Arc<dyn CatalogProvider>,
+                None => catalog,
+            };
+            catalogs.register_catalog(name, catalog);
+        }
+        let browse = SessionStateBuilder::new_from_existing(state).with_catalog_list(catalogs).build();
+        let batches = SessionContext::new_with_state(browse).sql(sql).await?.collect().await?;
         return ctx.read_batches(batches);
     }
-    SCOPE.scope(Scope::Statement { started, freshness }, ctx.sql(sql)).await
+    SCOPE.scope(Scope { started, freshness }, ctx.sql(sql)).await
 }
 
 /// Brings the FHIR tables that `statement` references up to date: one export per catalog for
