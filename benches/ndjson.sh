@@ -8,6 +8,7 @@
 # Env:   PY (python with pandas flatten_json duckdb; default .venv/bin/python)
 #        TYPES (default ExplanationOfBenefit,Observation,Claim,Encounter), REPS (default 3),
 #        MULT (copies for the scale run, default 11: about 540 MB in all), WORK (default /tmp/fhirflight-bench)
+#        BIN (a bench_ndjson binary to use instead of building it with cargo --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-${FHIRFLIGHT_PYTHON:-.venv/bin/python}}
@@ -18,8 +19,10 @@ WORK=${WORK:-/tmp/fhirflight-bench}
 BENCH=../shared/bench
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
 
-cargo build --release --example bench_ndjson
-BIN=$CARGO_TARGET_DIR/release/examples/bench_ndjson
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --example bench_ndjson
+  BIN=$CARGO_TARGET_DIR/release/examples/bench_ndjson
+fi
 
 mkdir -p "$WORK/s100"
 for f in ../shared/data/synthea-100/*.ndjson.gz; do

@@ -17,29 +17,51 @@ use fhirflight::ndjson::{DecodeOptions, SchemaInference, TableMode, decode_reade
 fn main() -> fhirflight::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let nested = args.iter().any(|a| a == "--nested");
-    let mode = if nested { TableMode::Nested } else { TableMode::default() };
+    let mode = if nested {
+        TableMode::Nested
+    } else {
+        TableMode::default()
+    };
     if args.first().map(String::as_str) == Some("--worker") {
         return worker(Path::new(&args[1]), &args[2], &mode);
     }
-    let dir = PathBuf::from(args.first().expect("usage: bench_ndjson DATA_DIR [--types T1,T2] [--reps N] [--nested]"));
-    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
-    let types: Option<Vec<String>> = flag("--types").map(|t| t.split(',').map(str::to_owned).collect());
+    let dir = PathBuf::from(
+        args.first()
+            .expect("usage: bench_ndjson DATA_DIR [--types T1,T2] [--reps N] [--nested]"),
+    );
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
+    let types: Option<Vec<String>> =
+        flag("--types").map(|t| t.split(',').map(str::to_owned).collect());
     let reps: usize = flag("--reps").map_or(3, |r| r.parse().expect("--reps N"));
-    let tool = if nested { "fhirflight_nested" } else { "fhirflight_flat" };
+    let tool = if nested {
+        "fhirflight_nested"
+    } else {
+        "fhirflight_flat"
+    };
 
     let mut files: Vec<(u64, PathBuf, String)> = std::fs::read_dir(&dir)
         .map_err(|e| fhirflight::Error::io(&dir, e))?
         .filter_map(|e| {
             let path = e.ok()?.path();
-            let rtype = path.file_name()?.to_str()?.strip_suffix(".ndjson")?.to_owned();
+            let rtype = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".ndjson")?
+                .to_owned();
             let wanted = types.as_ref().is_none_or(|t| t.contains(&rtype));
             wanted.then(|| (path.metadata().map_or(0, |m| m.len()), path, rtype))
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!("# {tool} data={} reps={reps} nproc={cores}", dir.display());
-    println!("# tool type bytes resources seconds_median MB/s res/s columns peak_rss_MB extra | rep_seconds");
+    println!(
+        "# tool type bytes resources seconds_median MB/s res/s columns peak_rss_MB extra | rep_seconds"
+    );
     for (size, path, rtype) in files {
         let mut runs = Vec::new();
         for _ in 0..reps {
@@ -50,10 +72,16 @@ fn main() -> fhirflight::Result<()> {
                 .map_err(|e| fhirflight::Error::io(&path, e))?;
             let stdout = String::from_utf8_lossy(&out.stdout);
             let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("@@RESULT ")) else {
-                println!("{tool} {rtype} {size} - FAILED: {}", String::from_utf8_lossy(&out.stderr).trim());
+                println!(
+                    "{tool} {rtype} {size} - FAILED: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
                 break;
             };
-            let f: Vec<f64> = line.split(' ').map(|x| x.parse().expect("worker numbers")).collect();
+            let f: Vec<f64> = line
+                .split(' ')
+                .map(|x| x.parse().expect("worker numbers"))
+                .collect();
             runs.push(f);
         }
         if runs.len() < reps {
@@ -64,7 +92,8 @@ fn main() -> fhirflight::Result<()> {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (seconds, resources, columns, rss, infer) = (median(0), runs[0][1], runs[0][2], median(3), median(4));
+        let (seconds, resources, columns, rss, infer) =
+            (median(0), runs[0][1], runs[0][2], median(3), median(4));
         let reps: Vec<String> = runs.iter().map(|r| format!("{:.3}", r[0])).collect();
         println!(
             "{tool} {rtype} {size} {resources} {seconds:.3} {:.2} {:.0} {columns} {rss:.0} infer_s={infer:.3} | {}",
@@ -79,16 +108,24 @@ fn main() -> fhirflight::Result<()> {
 /// One conversion; prints `@@RESULT seconds resources columns peak_rss_mb infer_seconds`.
 fn worker(path: &Path, rtype: &str, mode: &TableMode) -> fhirflight::Result<()> {
     let open = || std::fs::File::open(path).map_err(|e| fhirflight::Error::io(path, e));
-    let options = DecodeOptions::default().with_resource_type(rtype).with_source(path.display().to_string());
+    let options = DecodeOptions::default()
+        .with_resource_type(rtype)
+        .with_source(path.display().to_string());
     let start = Instant::now();
     let mut inference = SchemaInference::with_options(mode, options.clone());
     infer_reader(open()?, &mut inference)?;
     let infer = start.elapsed().as_secs_f64();
     let schema = inference.schema();
-    let summary = decode_reader(open()?, schema.clone(), mode, options, |batch| {
-        std::hint::black_box(batch);
-        Ok(())
-    })?;
+    let summary = decode_reader(
+        open()?,
+        std::sync::Arc::clone(&schema),
+        mode,
+        options,
+        |batch| {
+            std::hint::black_box(batch);
+            Ok(())
+        },
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let rss_kb: f64 = status
@@ -97,6 +134,10 @@ fn worker(path: &Path, rtype: &str, mode: &TableMode) -> fhirflight::Result<()> 
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(f64::NAN);
     let columns = schema.fields().len();
-    println!("@@RESULT {seconds} {} {columns} {} {infer}", summary.rows, rss_kb / 1024.0);
+    println!(
+        "@@RESULT {seconds} {} {columns} {} {infer}",
+        summary.rows,
+        rss_kb / 1024.0
+    );
     Ok(())
 }

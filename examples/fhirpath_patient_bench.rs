@@ -41,15 +41,6 @@ fn main() -> fhirflight::Result<()> {
         .iter()
         .map(|(_, p)| FhirPath::compile(p))
         .collect::<fhirflight::Result<_>>()?;
-    let ctx = EvalContext::new();
-    let row = |r: &Value, out: &mut Vec<Option<String>>| -> fhirflight::Result<()> {
-        for path in &paths {
-            let values = path.evaluate(r, &ctx)?;
-            out.push(values.first().and_then(Item::as_str).map(str::to_owned));
-        }
-        Ok(())
-    };
-
     let resources: Vec<Value> = lines.iter().map(|l| parse(l)).collect();
     let n = resources.len();
     println!("# fhirflight FHIRPath, {n} Patient resources, {reps} reps (median)");
@@ -57,7 +48,7 @@ fn main() -> fhirflight::Result<()> {
         let mut rows = Vec::with_capacity(n);
         for r in &resources {
             let mut out = Vec::with_capacity(PATHS.len());
-            row(r, &mut out)?;
+            row(&paths, r, &mut out)?;
             rows.push(out);
         }
         let married = rows.iter().filter(|r| r[3].is_some()).count();
@@ -67,7 +58,8 @@ fn main() -> fhirflight::Result<()> {
         let mut married = 0;
         for line in &lines {
             let mut out = Vec::with_capacity(PATHS.len());
-            row(&parse(line), &mut out)?;
+            let resource = parse(line);
+            row(&paths, &resource, &mut out)?;
             married += usize::from(out[3].is_some());
         }
         Ok(married)
@@ -89,6 +81,23 @@ fn main() -> fhirflight::Result<()> {
                 .flush()?
                 .map_or(0, |b| b.num_rows() - b.column(3).null_count()))
     })?;
+    Ok(())
+}
+
+/// One row: the first value of each path, borrowed from the resource (as the Python script keeps
+/// `v[0]`).
+fn row<'a>(
+    paths: &[FhirPath],
+    resource: &'a Value,
+    out: &mut Vec<Option<Item<'a>>>,
+) -> fhirflight::Result<()> {
+    for path in paths {
+        out.push(
+            path.evaluate(resource, &EvalContext::new())?
+                .into_iter()
+                .next(),
+        );
+    }
     Ok(())
 }
 

@@ -25,6 +25,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The operation was cancelled (Ctrl-C, a cancelled export or query).
+    #[error("cancelled")]
+    Cancelled,
+
     /// A FHIRPath expression that does not compile or cannot be evaluated.
     #[error("FHIRPath `{expr}`{}: {msg}", pos.map(|p| format!(" at position {p}")).unwrap_or_default())]
     FhirPath {
@@ -48,6 +52,42 @@ pub enum Error {
     /// A bad NDJSON line (or a schema the decoder cannot fill), with file and line number.
     #[error(transparent)]
     Ndjson(#[from] crate::ndjson::DecodeError),
+    /// A server answered with an error status (after any retries).
+    #[error("{method} {url}: HTTP {status}: {message}")]
+    Http {
+        /// The request method.
+        method: String,
+        /// The URL, query secrets redacted.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The server's OperationOutcome (or OAuth error) text, or the start of its body.
+        message: String,
+    },
+
+    /// A request could not be sent or its response not read (connection, TLS, timeout).
+    #[error("{method} {url}: {source}")]
+    Transport {
+        /// The request method.
+        method: String,
+        /// The URL, query secrets redacted.
+        url: String,
+        /// The underlying error (its URL removed).
+        source: reqwest::Error,
+    },
+
+    /// SMART Backend Services: a key that cannot be loaded or used, or a token that cannot be had.
+    #[error("SMART auth: {0}")]
+    Auth(String),
+
+    /// A server's response breaks the FHIR Bulk Data protocol (a missing header, a bad manifest).
+    #[error("{url}: {message}")]
+    Protocol {
+        /// The URL, query secrets redacted.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
 
     /// The local snapshot store failed: an unreadable manifest, Parquet or NDJSON file.
     #[error("snapshot: {0}")]
@@ -56,10 +96,6 @@ pub enum Error {
     /// An export shared by several queries failed; each of them gets this error.
     #[error("{0}")]
     Shared(std::sync::Arc<Error>),
-
-    /// An export was cancelled (by a user, or because the process is stopping).
-    #[error("export of {0} cancelled")]
-    Cancelled(String),
 }
 
 impl Error {

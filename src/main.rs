@@ -1,2 +1,418 @@
-//! The `fhirflight` command line.
-fn main() {}
+//! The `fhirflight` command line: parses flags, environment and the config file, then calls the
+//! library. `fhirflight --help` lists the commands.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fhirflight::bulk::{
+    BulkClient, ClientOptions, ExportLevel, ExportPhase, ExportProgress, ExportRequest,
+    KickoffMethod,
+};
+use fhirflight::demo::{DemoConfig, DemoServer};
+use fhirflight::smart::{SigningKey, SmartConfig};
+use fhirflight::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use tokio::sync::watch;
+use url::Url;
+
+#[derive(Debug, Parser)]
+#[command(name = "fhirflight", version, about = "SQL over FHIR Bulk Data")]
+struct Cli {
+    /// Log filter, e.g. `info` or `fhirflight=debug` (default: `RUST_LOG`, else `info`).
+    #[arg(long, global = true, env = "FHIRFLIGHT_LOG")]
+    log: Option<String>,
+    /// TOML configuration file (see the README's configuration reference).
+    #[arg(long, global = true, env = "FHIRFLIGHT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a Bulk Data export and write the NDJSON files and the manifest to a folder.
+    Export(ExportArgs),
+    /// Run the embedded demo Bulk Data server (synthetic FHIR R4 data, SMART Backend Services).
+    DemoServer(DemoServerArgs),
+}
+
+/// Which FHIR server to talk to and how to authenticate.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Start the embedded demo Bulk Data server in-process and use it.
+    #[arg(long, conflicts_with = "server")]
+    demo: bool,
+    /// Patients in the demo population.
+    #[arg(long, default_value_t = 100)]
+    demo_patients: usize,
+    /// FHIR base URL of the Bulk Data server.
+    #[arg(long, env = "FHIRFLIGHT_SERVER")]
+    server: Option<Url>,
+    /// SMART Backend Services client id (omit for an open server).
+    #[arg(long, env = "FHIRFLIGHT_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Private key: PEM (PKCS#1, PKCS#8, SEC1) or JWK/JWKS JSON.
+    #[arg(long, env = "FHIRFLIGHT_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Key id (`kid`) when the key file does not name one.
+    #[arg(long, env = "FHIRFLIGHT_KID")]
+    kid: Option<String>,
+    /// OAuth scope.
+    #[arg(long, env = "FHIRFLIGHT_SCOPE")]
+    scope: Option<String>,
+    /// Token endpoint; discovered from the server when omitted.
+    #[arg(long, env = "FHIRFLIGHT_TOKEN_ENDPOINT")]
+    token_endpoint: Option<Url>,
+    /// Extra CA bundle (PEM) for a private certificate authority.
+    #[arg(long, env = "FHIRFLIGHT_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
+    /// Do not verify TLS certificates. Dangerous: logs a warning on every run.
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+    /// Files downloaded at once.
+    #[arg(long)]
+    parallel_downloads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Folder for the NDJSON files and `manifest.json`; an interrupted export resumes from it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Resource types (`_type`), comma separated; all when omitted.
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// `system`, `patient` or `group:<id>`.
+    #[arg(long, default_value = "system", value_parser = parse_level)]
+    level: ExportLevel,
+    /// `_since` (FHIR instant).
+    #[arg(long)]
+    since: Option<String>,
+    /// `_until` (FHIR instant).
+    #[arg(long)]
+    until: Option<String>,
+    /// `_typeFilter`, repeatable, e.g. `Observation?code=8867-4`.
+    #[arg(long)]
+    type_filter: Vec<String>,
+    /// `_elements`, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    elements: Vec<String>,
+    /// `patient` references (`Patient/123`), comma separated (sent by POST).
+    #[arg(long, value_delimiter = ',')]
+    patient: Vec<String>,
+    /// `includeAssociatedData`, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    include_associated_data: Vec<String>,
+    /// `_outputFormat`.
+    #[arg(long)]
+    output_format: Option<String>,
+    /// Kick off by POST with a `Parameters` body (default: GET unless a parameter needs POST).
+    #[arg(long)]
+    post: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Patients in the synthetic population.
+    #[arg(long, default_value_t = 100)]
+    patients: usize,
+    /// Seed of the generator (same seed and size, same data).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Resources per output file.
+    #[arg(long)]
+    page_size: Option<usize>,
+    /// Folder to write the demo client's private keys to (default: a temporary folder).
+    #[arg(long)]
+    keys_dir: Option<PathBuf>,
+}
+
+/// The config file: every flag's default, by command.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    server: ServerConfig,
+}
+
+/// `[server]` in the config file: what `ServerArgs` takes by flag or environment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerConfig {
+    url: Option<Url>,
+    client_id: Option<String>,
+    key_file: Option<PathBuf>,
+    kid: Option<String>,
+    scope: Option<String>,
+    token_endpoint: Option<Url>,
+    ca_bundle: Option<PathBuf>,
+    parallel_downloads: Option<usize>,
+}
+
+impl Config {
+    fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+fn parse_level(text: &str) -> std::result::Result<ExportLevel, String> {
+    match text {
+        "system" => Ok(ExportLevel::System),
+        "patient" => Ok(ExportLevel::Patient),
+        _ => match text.strip_prefix("group:") {
+            Some(id) if !id.is_empty() => Ok(ExportLevel::Group(id.to_owned())),
+            _ => Err(format!(
+                "`{text}`: expected system, patient or group:<id>"
+            )),
+        },
+    }
+}
+
+/// A connected Bulk Data client, and the demo server behind it when `--demo` started one.
+struct Connection {
+    client: BulkClient,
+    _demo: Option<DemoServer>,
+}
+
+impl ServerArgs {
+    /// Flags and environment win over the config file.
+    async fn connect(self, config: ServerConfig) -> Result<Connection> {
+        let mut options = ClientOptions::default()
+            .with_danger_accept_invalid_certs(self.insecure_skip_tls_verify);
+        if let Some(n) = self.parallel_downloads.or(config.parallel_downloads) {
+            options = options.with_parallel_downloads(n);
+        }
+        if let Some(ca) = self.ca_bundle.or(config.ca_bundle) {
+            options = options.with_ca_bundle(ca);
+        }
+        if self.demo {
+            let demo =
+                DemoServer::start(DemoConfig::default().with_patients(self.demo_patients)).await?;
+            let creds = demo.credentials();
+            let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
+            let auth = SmartConfig::new(creds.client_id(), key);
+            let client = BulkClient::try_new(demo.base_url(), Some(auth), options).await?;
+            return Ok(Connection { client, _demo: Some(demo) });
+        }
+        let base = self.server.or(config.url).ok_or_else(|| {
+            Error::Config("no FHIR server: pass --server URL (or FHIRFLIGHT_SERVER), or --demo".into())
+        })?;
+        let auth = match (self.client_id.or(config.client_id), self.key_file.or(config.key_file)) {
+            (Some(client_id), Some(key_file)) => {
+                let kid = self.kid.or(config.kid);
+                let key = SigningKey::from_file(&key_file, kid.as_deref())?;
+                let mut auth = SmartConfig::new(client_id, key);
+                if let Some(scope) = self.scope.or(config.scope) {
+                    auth = auth.with_scope(scope);
+                }
+                if let Some(endpoint) = self.token_endpoint.or(config.token_endpoint) {
+                    auth = auth.with_token_endpoint(endpoint);
+                }
+                Some(auth)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "SMART Backend Services needs both --client-id and --key-file".into(),
+                ));
+            }
+        };
+        let client = BulkClient::try_new(base, auth, options).await?;
+        Ok(Connection { client, _demo: None })
+    }
+}
+
+async fn export(args: ExportArgs, config: Config) -> Result<()> {
+    let request = ExportRequest::new(args.level)
+        .with_types(args.types)
+        .with_type_filters(args.type_filter)
+        .with_elements(args.elements)
+        .with_patients(args.patient)
+        .with_include_associated_data(args.include_associated_data)
+        .with_method(if args.post { KickoffMethod::Post } else { KickoffMethod::Auto });
+    let request = ExportRequest {
+        since: args.since,
+        until: args.until,
+        output_format: args.output_format,
+        ..request
+    };
+    let connection = args.server.connect(config.server).await?;
+    let (progress, updates) = watch::channel(ExportProgress::default());
+    let reporter = tokio::spawn(report_progress(updates));
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let tasks_before = runtime.num_alive_tasks();
+    let outcome = tokio::select! {
+        outcome = connection.client.export_to_dir(&request, &args.out, &progress) => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping the export made its guard DELETE the job in a background task: let that
+            // finish (bounded) before the process exits.
+            eprintln!("interrupted: cancelling the export job on the server");
+            reporter.abort();
+            for _ in 0..100 {
+                if runtime.num_alive_tasks() < tasks_before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return Err(Error::Cancelled);
+        }
+    };
+    drop(progress);
+    let _ = reporter.await;
+    let outcome = outcome?;
+    for warning in &outcome.warnings {
+        tracing::warn!("server reported: {warning}");
+    }
+    let resources: u64 = outcome.files.iter().map(|f| f.lines).sum();
+    let bytes: u64 = outcome.files.iter().map(|f| f.bytes).sum();
+    println!(
+        "exported {resources} resources in {} files ({:.1} MB), {} deletions, transactionTime {} -> {}",
+        outcome.files.len(),
+        bytes as f64 / 1e6,
+        outcome.deleted.len(),
+        outcome.manifest.transaction_time,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Shows an export's progress: a bar on a terminal, log lines otherwise.
+async fn report_progress(mut updates: watch::Receiver<ExportProgress>) {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("a valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let mut last_phase = None;
+    while updates.changed().await.is_ok() {
+        let p = updates.borrow_and_update().clone();
+        let message = match p.phase {
+            ExportPhase::KickOff => "kicking off the export".to_owned(),
+            ExportPhase::Waiting => format!(
+                "waiting for the server{}",
+                p.server_progress.as_deref().map(|s| format!(": {s}")).unwrap_or_default()
+            ),
+            ExportPhase::Downloading => format!(
+                "downloading: {}/{} files, {:.1} MB, {} resources",
+                p.files_done,
+                p.files_total,
+                p.bytes_downloaded as f64 / 1e6,
+                p.lines_downloaded
+            ),
+            ExportPhase::CleaningUp => "deleting the job on the server".to_owned(),
+            ExportPhase::Done => "done".to_owned(),
+        };
+        match &bar {
+            Some(bar) => bar.set_message(message),
+            None if last_phase != Some(p.phase) => tracing::info!("{message}"),
+            None => {}
+        }
+        last_phase = Some(p.phase);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+async fn demo_server(args: DemoServerArgs) -> Result<()> {
+    let mut config = DemoConfig::default()
+        .with_patients(args.patients)
+        .with_seed(args.seed);
+    if let Some(page_size) = args.page_size {
+        config = config.with_page_size(page_size);
+    }
+    let server = DemoServer::bind(args.listen, config).await?;
+    let keys_dir = match args.keys_dir {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("fhirflight-demo-{}", server.local_addr().port())),
+    };
+    std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
+    let creds = server.credentials();
+    let mut key_files = Vec::new();
+    for key in [creds.rs384(), creds.es384()] {
+        let path = keys_dir.join(format!("demo-client-{}.jwk.json", key.alg()));
+        write_private(&path, key.private_jwk())?;
+        key_files.push(path);
+    }
+    println!("demo FHIR Bulk Data server: {}", server.base_url());
+    println!("  client id:      {}", creds.client_id());
+    println!("  token endpoint: {}", creds.token_endpoint());
+    for path in &key_files {
+        println!("  private key:    {}", path.display());
+    }
+    println!(
+        "try: fhirflight export --server {} --client-id {} --key-file {} --types Patient,Condition --out ./export",
+        server.base_url(),
+        creds.client_id(),
+        key_files[0].display()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| Error::Config(format!("waiting for Ctrl-C: {e}")))?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| Error::io(path, e))
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(filter) => EnvFilter::new(filter),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let result = async {
+        let config = Config::load(cli.config.as_deref())?;
+        match cli.command {
+            Command::Export(args) => export(args, config).await,
+            Command::DemoServer(args) => demo_server(args).await,
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

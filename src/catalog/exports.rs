@@ -156,7 +156,7 @@ impl Exporter {
         let done = task
             .map(move |r| match r {
                 Ok(r) => r.map_err(Arc::new),
-                Err(e) if e.is_cancelled() => Err(Arc::new(Error::Cancelled(what))),
+                Err(e) if e.is_cancelled() => Err(Arc::new(Error::Cancelled)),
                 Err(e) => Err(Arc::new(Error::Snapshot(format!("export of {what} panicked: {e}")))),
             })
             .boxed()
@@ -186,7 +186,7 @@ impl Exporter {
         tokio::spawn(async move {
             let state = match done.await {
                 Ok(()) => ExportState::Done,
-                Err(e) if matches!(*e, Error::Cancelled(_)) => ExportState::Cancelled,
+                Err(e) if matches!(*e, Error::Cancelled) => ExportState::Cancelled,
                 Err(e) => ExportState::Failed(e.to_string()),
             };
             *job_ref.state.lock().unwrap_or_else(|e| e.into_inner()) = state;

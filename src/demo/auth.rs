@@ -84,7 +84,12 @@ pub struct DemoCredentials {
 impl DemoCredentials {
     pub(crate) fn new(token_endpoint: Url) -> Self {
         let (rs384, es384) = demo_keys().clone();
-        Self { client_id: DEMO_CLIENT_ID.to_owned(), token_endpoint, rs384, es384 }
+        Self {
+            client_id: DEMO_CLIENT_ID.to_owned(),
+            token_endpoint,
+            rs384,
+            es384,
+        }
     }
 
     /// The registered client id (`iss` and `sub` of client assertions).
@@ -146,7 +151,8 @@ fn demo_keys() -> &'static (DemoKey, DemoKey) {
 
         let ec = p384::SecretKey::from_pkcs8_pem(ES384_PEM).expect("ES384 fixture");
         let head = json!({"kid": "demo-es384", "alg": "ES384", "use": "sig"});
-        let mut public: Value = serde_json::from_str(&ec.public_key().to_jwk_string()).expect("JWK");
+        let mut public: Value =
+            serde_json::from_str(&ec.public_key().to_jwk_string()).expect("JWK");
         merge(&mut public, head.clone());
         let mut private: Value = serde_json::from_str(&ec.to_jwk_string()).expect("JWK");
         merge(&mut private, head);
@@ -191,12 +197,19 @@ pub(crate) struct OAuthError {
 
 impl OAuthError {
     fn new(error: &'static str, description: impl Into<String>) -> Self {
-        Self { error, description: description.into() }
+        Self {
+            error,
+            description: description.into(),
+        }
     }
 
     /// 401 for client authentication failures, 400 for everything else (RFC 6749).
     pub(crate) fn status(&self) -> u16 {
-        if self.error == "invalid_client" { 401 } else { 400 }
+        if self.error == "invalid_client" {
+            401
+        } else {
+            400
+        }
     }
 
     pub(crate) fn body(&self) -> Value {
@@ -214,7 +227,9 @@ pub(crate) struct Grant {
 impl Grant {
     /// Whether this grant may read resources of `resource_type`.
     pub(crate) fn can_read(&self, resource_type: &str) -> bool {
-        self.scopes.iter().any(|s| s.read && (s.resource_type == "*" || s.resource_type == resource_type))
+        self.scopes
+            .iter()
+            .any(|s| s.read && (s.resource_type == "*" || s.resource_type == resource_type))
     }
 }
 
@@ -234,7 +249,10 @@ fn parse_scope(scope: &str) -> Option<Scope> {
         p if !p.is_empty() && is_ordered_subset(p, "cruds") => p.contains('r'),
         _ => return None,
     };
-    type_ok.then(|| Scope { resource_type: resource_type.to_owned(), read })
+    type_ok.then(|| Scope {
+        resource_type: resource_type.to_owned(),
+        read,
+    })
 }
 
 /// `p` uses letters of `all` at most once each, in `all`'s order (SMART v2 `cruds`).
@@ -244,17 +262,26 @@ fn is_ordered_subset(p: &str, all: &str) -> bool {
 }
 
 /// The token endpoint's state: issued tokens and assertion ids already used.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct TokenStore {
     tokens: HashMap<String, Grant>,
     used_jti: HashMap<(String, String), u64>,
+}
+
+impl fmt::Debug for TokenStore {
+    /// Counts only: the tokens are secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("tokens", &self.tokens.len())
+            .field("used_jti", &self.used_jti.len())
+            .finish()
+    }
 }
 
 /// What the assertion must carry.
 #[derive(Debug, serde::Deserialize)]
 struct AssertionClaims {
     iss: String,
-    sub: String,
     exp: u64,
     jti: String,
 }
@@ -274,9 +301,9 @@ impl TokenStore {
         lifetime: Duration,
     ) -> Result<Value, OAuthError> {
         let field = |name: &str| {
-            form.get(name)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| OAuthError::new("invalid_request", format!("missing form field `{name}`")))
+            form.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                OAuthError::new("invalid_request", format!("missing form field `{name}`"))
+            })
         };
         let grant_type = field("grant_type")?;
         if grant_type != "client_credentials" {
@@ -295,12 +322,22 @@ impl TokenStore {
         let scope_text = field("scope")?;
         let scopes: Vec<Scope> = scope_text
             .split_whitespace()
-            .map(|s| parse_scope(s).ok_or_else(|| OAuthError::new("invalid_scope", format!("scope `{s}` is not a valid system scope"))))
+            .map(|s| {
+                parse_scope(s).ok_or_else(|| {
+                    OAuthError::new(
+                        "invalid_scope",
+                        format!("scope `{s}` is not a valid system scope"),
+                    )
+                })
+            })
             .collect::<Result<_, _>>()?;
         let claims = self.verify_assertion(field("client_assertion")?, clients, token_endpoint)?;
 
         let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let grant = Grant { expires: SystemTime::now() + lifetime, scopes: scopes.into() };
+        let grant = Grant {
+            expires: SystemTime::now() + lifetime,
+            scopes: scopes.into(),
+        };
         self.tokens.retain(|_, g| g.expires > SystemTime::now());
         self.tokens.insert(token.clone(), grant);
         tracing::debug!(client_id = %claims.iss, "demo server issued an access token");
@@ -322,18 +359,29 @@ impl TokenStore {
         let header = jsonwebtoken::decode_header(assertion)
             .map_err(|e| invalid(format!("client_assertion is not a JWT: {e}")))?;
         if header.typ.as_deref() != Some("JWT") {
-            return Err(invalid("client_assertion header `typ` must be `JWT`".into()));
+            return Err(invalid(
+                "client_assertion header `typ` must be `JWT`".into(),
+            ));
         }
         if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
-            return Err(invalid(format!("client_assertion alg {:?} is not supported, use RS384 or ES384", header.alg)));
+            return Err(invalid(format!(
+                "client_assertion alg {:?} is not supported, use RS384 or ES384",
+                header.alg
+            )));
         }
         if let Some(jku) = &header.jku {
-            return Err(invalid(format!("jku `{jku}` is not registered for any client")));
+            return Err(invalid(format!(
+                "jku `{jku}` is not registered for any client"
+            )));
         }
         // The issuer names the client: read it unverified only to pick the registered keys.
         let unverified = jsonwebtoken::dangerous::insecure_decode::<Value>(assertion)
             .map_err(|e| invalid(format!("client_assertion claims: {e}")))?;
-        let iss = unverified.claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+        let iss = unverified
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let client = clients
             .iter()
             .find(|c| c.client_id == iss)
@@ -343,7 +391,10 @@ impl TokenStore {
             None => client.jwks.keys.iter().collect(),
         };
         if keys.is_empty() {
-            return Err(invalid(format!("no key with kid {:?} registered for `{iss}`", header.kid)));
+            return Err(invalid(format!(
+                "no key with kid {:?} registered for `{iss}`",
+                header.kid
+            )));
         }
 
         let mut validation = Validation::new(header.alg);
@@ -371,18 +422,23 @@ impl TokenStore {
                             claims.exp - now
                         )));
                     }
-                    debug_assert_eq!(claims.iss, claims.sub);
                     self.used_jti.retain(|_, exp| *exp + LEEWAY >= now);
                     let key = (claims.iss.clone(), claims.jti.clone());
                     if self.used_jti.insert(key, claims.exp).is_some() {
-                        return Err(invalid(format!("client_assertion jti `{}` was already used", claims.jti)));
+                        return Err(invalid(format!(
+                            "client_assertion jti `{}` was already used",
+                            claims.jti
+                        )));
                     }
                     return Ok(claims);
                 }
                 Err(e) => last_error = Some(describe_jwt_error(&e, token_endpoint)),
             }
         }
-        Err(invalid(format!("client_assertion rejected: {}", last_error.unwrap_or_default())))
+        Err(invalid(format!(
+            "client_assertion rejected: {}",
+            last_error.unwrap_or_default()
+        )))
     }
 
     /// The grant of a bearer token, or why it is not valid.
@@ -409,7 +465,10 @@ fn describe_jwt_error(e: &jsonwebtoken::errors::Error, token_endpoint: &Url) -> 
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::generate::Resource;
 use super::server::{Faults, KickoffLevel, Outcome};
 use super::time::{format_instant, parse_instant};
-use super::generate::Resource;
 
 /// Every FHIR R4 resource type: `_type` naming anything else is an error, a listed type the
 /// server holds nothing of simply has no output.
@@ -103,10 +103,14 @@ struct TypeFilter {
 impl TypeFilter {
     fn parse(text: &str) -> Result<Self, Outcome> {
         let (resource_type, query) = text.split_once('?').ok_or_else(|| {
-            Outcome::invalid(format!("_typeFilter `{text}` must look like `Type?param=value`"))
+            Outcome::invalid(format!(
+                "_typeFilter `{text}` must look like `Type?param=value`"
+            ))
         })?;
         if !is_resource_type(resource_type) {
-            return Err(Outcome::invalid(format!("_typeFilter `{text}`: `{resource_type}` is not a resource type")));
+            return Err(Outcome::invalid(format!(
+                "_typeFilter `{text}`: `{resource_type}` is not a resource type"
+            )));
         }
         let mut params = Vec::new();
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -124,9 +128,14 @@ impl TypeFilter {
             params.push((element, value.split(',').map(str::to_owned).collect()));
         }
         if params.is_empty() {
-            return Err(Outcome::invalid(format!("_typeFilter `{text}` has no search parameters")));
+            return Err(Outcome::invalid(format!(
+                "_typeFilter `{text}` has no search parameters"
+            )));
         }
-        Ok(Self { resource_type: resource_type.to_owned(), params })
+        Ok(Self {
+            resource_type: resource_type.to_owned(),
+            params,
+        })
     }
 
     fn matches(&self, resource: &Value) -> bool {
@@ -139,7 +148,8 @@ impl TypeFilter {
                     None => (None, wanted.as_str()),
                 };
                 tokens.iter().any(|(s, c)| {
-                    system.is_none_or(|system| system.is_empty() && s.is_none() || *s == Some(system))
+                    system
+                        .is_none_or(|system| system.is_empty() && s.is_none() || *s == Some(system))
                         && (code.is_empty() || *c == code)
                 })
             })
@@ -160,7 +170,9 @@ fn supported_params(resource_type: &str) -> String {
 fn collect_tokens<'a>(value: Option<&'a Value>, out: &mut Vec<(Option<&'a str>, &'a str)>) {
     match value {
         Some(Value::String(code)) => out.push((None, code)),
-        Some(Value::Array(items)) => items.iter().for_each(|item| collect_tokens(Some(item), out)),
+        Some(Value::Array(items)) => items
+            .iter()
+            .for_each(|item| collect_tokens(Some(item), out)),
         Some(Value::Object(object)) => {
             if let Some(Value::String(code)) = object.get("code") {
                 out.push((object.get("system").and_then(Value::as_str), code));
@@ -179,13 +191,23 @@ pub(crate) fn params_from_body(body: &[u8]) -> Result<Params, Outcome> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Outcome::invalid(format!("the kick-off body is not JSON: {e}")))?;
     if value["resourceType"] != "Parameters" {
-        return Err(Outcome::invalid("the kick-off body must be a FHIR Parameters resource"));
+        return Err(Outcome::invalid(
+            "the kick-off body must be a FHIR Parameters resource",
+        ));
     }
     let mut params = Vec::new();
-    for parameter in value["parameter"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let name = parameter["name"].as_str().ok_or_else(|| Outcome::invalid("a parameter without `name`"))?;
+    for parameter in value["parameter"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let name = parameter["name"]
+            .as_str()
+            .ok_or_else(|| Outcome::invalid("a parameter without `name`"))?;
         let value = match name {
-            "patient" => parameter.pointer("/valueReference/reference").and_then(Value::as_str),
+            "patient" => parameter
+                .pointer("/valueReference/reference")
+                .and_then(Value::as_str),
             "_since" | "_until" => ["valueInstant", "valueDateTime", "valueString"]
                 .iter()
                 .find_map(|field| parameter[field].as_str()),
@@ -205,7 +227,12 @@ pub(crate) fn params_from_body(body: &[u8]) -> Result<Params, Outcome> {
 }
 
 /// Validates kick-off parameters. `lenient` (`Prefer: handling=lenient`) ignores unknown ones.
-pub(crate) fn parse_request(level: KickoffLevel, params: &Params, post: bool, lenient: bool) -> Result<ExportRequest, Outcome> {
+pub(crate) fn parse_request(
+    level: KickoffLevel,
+    params: &Params,
+    post: bool,
+    lenient: bool,
+) -> Result<ExportRequest, Outcome> {
     let mut request = ExportRequest {
         level,
         types: None,
@@ -217,14 +244,21 @@ pub(crate) fn parse_request(level: KickoffLevel, params: &Params, post: bool, le
     };
     let instant = |name: &str, value: &str| {
         parse_instant(value).ok_or_else(|| {
-            Outcome::invalid(format!("{name} `{value}` is not a FHIR instant (e.g. 2024-01-01T00:00:00Z)"))
+            Outcome::invalid(format!(
+                "{name} `{value}` is not a FHIR instant (e.g. 2024-01-01T00:00:00Z)"
+            ))
         })
     };
     let mut seen = HashSet::new();
     for (name, value) in params {
-        let repeatable = matches!(name.as_str(), "_typeFilter" | "patient" | "_type" | "_elements");
+        let repeatable = matches!(
+            name.as_str(),
+            "_typeFilter" | "patient" | "_type" | "_elements"
+        );
         if !repeatable && !seen.insert(name.as_str()) {
-            return Err(Outcome::invalid(format!("parameter `{name}` given more than once")));
+            return Err(Outcome::invalid(format!(
+                "parameter `{name}` given more than once"
+            )));
         }
         match name.as_str() {
             "_outputFormat" if OUTPUT_FORMATS.contains(&value.as_str()) => {}
@@ -240,7 +274,9 @@ pub(crate) fn parse_request(level: KickoffLevel, params: &Params, post: bool, le
                 let types = request.types.get_or_insert_with(Vec::new);
                 for ty in value.split(',').map(str::trim) {
                     if !is_resource_type(ty) {
-                        return Err(Outcome::invalid(format!("_type: `{ty}` is not a FHIR R4 resource type")));
+                        return Err(Outcome::invalid(format!(
+                            "_type: `{ty}` is not a FHIR R4 resource type"
+                        )));
                     }
                     if !types.iter().any(|t| t == ty) {
                         types.push(ty.to_owned());
@@ -265,26 +301,45 @@ pub(crate) fn parse_request(level: KickoffLevel, params: &Params, post: bool, le
                 }
             }
             "patient" if !post => {
-                return Err(Outcome::invalid("the `patient` parameter is only supported in a POST kick-off"));
+                return Err(Outcome::invalid(
+                    "the `patient` parameter is only supported in a POST kick-off",
+                ));
             }
             "patient" if request.level == KickoffLevel::System => {
-                return Err(Outcome::invalid("the `patient` parameter applies to patient and group level exports"));
+                return Err(Outcome::invalid(
+                    "the `patient` parameter applies to patient and group level exports",
+                ));
             }
             "patient" => {
-                let id = value.strip_prefix("Patient/").filter(|id| !id.is_empty() && !id.contains('/')).ok_or_else(|| {
-                    Outcome::invalid(format!("patient reference `{value}` must look like `Patient/id`"))
-                })?;
-                request.patients.get_or_insert_with(Vec::new).push(id.to_owned());
+                let id = value
+                    .strip_prefix("Patient/")
+                    .filter(|id| !id.is_empty() && !id.contains('/'))
+                    .ok_or_else(|| {
+                        Outcome::invalid(format!(
+                            "patient reference `{value}` must look like `Patient/id`"
+                        ))
+                    })?;
+                request
+                    .patients
+                    .get_or_insert_with(Vec::new)
+                    .push(id.to_owned());
             }
             "includeAssociatedData" => {
                 // The demo holds no Provenance: supported values add nothing; others are refused.
                 for v in value.split(',') {
-                    if !matches!(v, "LatestProvenanceResources" | "RelevantProvenanceResources") {
-                        return Err(Outcome::invalid(format!("includeAssociatedData value `{v}` is not supported")));
+                    if !matches!(
+                        v,
+                        "LatestProvenanceResources" | "RelevantProvenanceResources"
+                    ) {
+                        return Err(Outcome::invalid(format!(
+                            "includeAssociatedData value `{v}` is not supported"
+                        )));
                     }
                 }
             }
-            _ if lenient => tracing::debug!(%name, "demo server ignores an unknown kick-off parameter"),
+            _ if lenient => {
+                tracing::debug!(%name, "demo server ignores an unknown kick-off parameter")
+            }
             _ => {
                 return Err(Outcome::invalid(format!(
                     "unknown kick-off parameter `{name}` (send `Prefer: handling=lenient` to have it ignored)"
@@ -298,14 +353,21 @@ pub(crate) fn parse_request(level: KickoffLevel, params: &Params, post: bool, le
         return Err(Outcome::invalid("_until is before _since"));
     }
     if request.level != KickoffLevel::System
-        && let Some(ty) = request.types.iter().flatten().find(|t| NOT_IN_PATIENT_COMPARTMENT.contains(&t.as_str()))
+        && let Some(ty) = request
+            .types
+            .iter()
+            .flatten()
+            .find(|t| NOT_IN_PATIENT_COMPARTMENT.contains(&t.as_str()))
     {
         return Err(Outcome::invalid(format!(
             "_type {ty} is not in the Patient compartment, export it at system level"
         )));
     }
     if let Some(types) = &request.types
-        && let Some(filter) = request.filters.iter().find(|f| !types.contains(&f.resource_type))
+        && let Some(filter) = request
+            .filters
+            .iter()
+            .find(|f| !types.contains(&f.resource_type))
     {
         return Err(Outcome::invalid(format!(
             "_typeFilter names {} which is not among the requested _type",
@@ -337,7 +399,13 @@ pub(crate) struct JobFile {
 impl JobFile {
     fn new(kind: FileKind, resource_type: &str, lines: Vec<Arc<str>>) -> Self {
         let len = lines.iter().map(|l| l.len() as u64 + 1).sum();
-        Self { kind, resource_type: resource_type.to_owned(), lines, len, broken: AtomicBool::new(false) }
+        Self {
+            kind,
+            resource_type: resource_type.to_owned(),
+            lines,
+            len,
+            broken: AtomicBool::new(false),
+        }
     }
 
     /// Claims the one break this file gets under the `break_download_after` fault.
@@ -346,7 +414,11 @@ impl JobFile {
     }
 
     /// The bytes `start..end` of the file, in chunks of about `CHUNK` bytes.
-    pub(crate) fn chunks(self: &Arc<Self>, start: u64, end: u64) -> impl Iterator<Item = Bytes> + use<> {
+    pub(crate) fn chunks(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = Bytes> + use<> {
         const CHUNK: usize = 64 * 1024;
         let file = Arc::clone(self);
         let mut line = 0;
@@ -356,14 +428,16 @@ impl JobFile {
             let mut chunk = Vec::with_capacity(CHUNK);
             while pos < end && chunk.len() < CHUNK {
                 // Advance to the line holding `pos`.
-                while line_start + file.lines[line].len() as u64 + 1 <= pos {
+                while line_start + (file.lines[line].len() as u64) < pos {
                     line_start += file.lines[line].len() as u64 + 1;
                     line += 1;
                 }
                 let text = file.lines[line].as_bytes();
                 let offset = (pos - line_start) as usize;
                 let available = (text.len() + 1 - offset) as u64;
-                let take = available.min(end - pos).min((CHUNK - chunk.len()).max(1) as u64) as usize;
+                let take = available
+                    .min(end - pos)
+                    .min((CHUNK - chunk.len()).max(1) as u64) as usize;
                 let piece_end = offset + take;
                 chunk.extend_from_slice(&text[offset..piece_end.min(text.len())]);
                 if piece_end > text.len() {
@@ -376,12 +450,21 @@ impl JobFile {
     }
 }
 
+/// A deleted resource, remembered for `deleted[]` of later `_since` exports.
+#[derive(Debug, Clone)]
+pub(crate) struct Deletion {
+    pub(crate) resource_type: Arc<str>,
+    pub(crate) id: Arc<str>,
+    pub(crate) patient: Option<Arc<str>>,
+    pub(crate) at: i64,
+}
+
 /// What a job selects from the store, snapshotted at kick-off.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) types: Vec<(Arc<str>, Vec<Arc<Resource>>)>,
     /// (type, id, patient, deletion time)
-    pub(crate) deleted: Vec<(Arc<str>, Arc<str>, Option<Arc<str>>, i64)>,
+    pub(crate) deleted: Vec<Deletion>,
     /// Members of the group exported, for a group-level export.
     pub(crate) group_members: Option<HashSet<String>>,
 }
@@ -395,7 +478,12 @@ pub(crate) fn run(
     faults: &Faults,
 ) -> Vec<JobFile> {
     let patients: Option<HashSet<&str>> = match (&request.patients, &snapshot.group_members) {
-        (Some(ids), Some(members)) => Some(ids.iter().map(String::as_str).filter(|id| members.contains(*id)).collect()),
+        (Some(ids), Some(members)) => Some(
+            ids.iter()
+                .map(String::as_str)
+                .filter(|id| members.contains(*id))
+                .collect(),
+        ),
         (Some(ids), None) => Some(ids.iter().map(String::as_str).collect()),
         (None, Some(members)) => Some(members.iter().map(String::as_str).collect()),
         (None, None) => None,
@@ -403,10 +491,17 @@ pub(crate) fn run(
     let compartment_only = request.level != KickoffLevel::System;
     let in_scope = |resource_type: &str, patient: Option<&str>, updated: i64| {
         (!compartment_only || patient.is_some())
-            && patients.as_ref().is_none_or(|set| patient.is_some_and(|p| set.contains(p)))
+            && patients
+                .as_ref()
+                .is_none_or(|set| patient.is_some_and(|p| set.contains(p)))
             && request.since.is_none_or(|since| updated > since)
             && request.until.is_none_or(|until| updated <= until)
-            && request.types.as_ref().map_or(readable(resource_type), |types| types.iter().any(|t| t == resource_type))
+            && request
+                .types
+                .as_ref()
+                .map_or(readable(resource_type), |types| {
+                    types.iter().any(|t| t == resource_type)
+                })
     };
     let mut files = Vec::new();
     let mut stored_types: Vec<&str> = snapshot.types.iter().map(|(t, _)| &**t).collect();
@@ -414,8 +509,17 @@ pub(crate) fn run(
         stored_types.sort_by_key(|t| types.iter().position(|r| r == t));
     }
     for resource_type in stored_types {
-        let resources = &snapshot.types.iter().find(|(t, _)| &**t == resource_type).expect("listed").1;
-        let filters: Vec<&TypeFilter> = request.filters.iter().filter(|f| f.resource_type == resource_type).collect();
+        let resources = &snapshot
+            .types
+            .iter()
+            .find(|(t, _)| &**t == resource_type)
+            .expect("listed")
+            .1;
+        let filters: Vec<&TypeFilter> = request
+            .filters
+            .iter()
+            .filter(|f| f.resource_type == resource_type)
+            .collect();
         let elements: Vec<&str> = request
             .elements
             .iter()
@@ -424,18 +528,27 @@ pub(crate) fn run(
             .collect();
         let mut lines = Vec::new();
         for resource in resources {
-            if !in_scope(resource_type, resource.patient_id(), resource.last_updated()) {
+            if !in_scope(
+                resource_type,
+                resource.patient_id(),
+                resource.last_updated(),
+            ) {
                 continue;
             }
             if filters.is_empty() && elements.is_empty() {
                 lines.push(resource.json_arc());
                 continue;
             }
-            let value: Value = serde_json::from_str(resource.json()).expect("stored resources are JSON");
+            let value: Value =
+                serde_json::from_str(resource.json()).expect("stored resources are JSON");
             if !filters.is_empty() && !filters.iter().any(|f| f.matches(&value)) {
                 continue;
             }
-            lines.push(if elements.is_empty() { resource.json_arc() } else { subset(value, &elements).into() });
+            lines.push(if elements.is_empty() {
+                resource.json_arc()
+            } else {
+                subset(value, &elements).into()
+            });
         }
         for page in lines.chunks(page_size.max(1)) {
             files.push(JobFile::new(FileKind::Output, resource_type, page.to_vec()));
@@ -453,10 +566,10 @@ pub(crate) fn run(
         let deleted: Vec<Arc<str>> = snapshot
             .deleted
             .iter()
-            .filter(|(ty, _, patient, at)| in_scope(ty, patient.as_deref(), *at))
-            .map(|(ty, id, _, at)| {
-                json!({ "resourceType": "Bundle", "type": "transaction", "meta": { "lastUpdated": format_instant(*at) },
-                    "entry": [{ "request": { "method": "DELETE", "url": format!("{ty}/{id}") } }] })
+            .filter(|d| in_scope(&d.resource_type, d.patient.as_deref(), d.at))
+            .map(|d| {
+                json!({ "resourceType": "Bundle", "type": "transaction", "meta": { "lastUpdated": format_instant(d.at) },
+                    "entry": [{ "request": { "method": "DELETE", "url": format!("{}/{}", d.resource_type, d.id) } }] })
                 .to_string()
                 .into()
             })
@@ -468,28 +581,48 @@ pub(crate) fn run(
     if faults.error_file {
         let outcome = json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error", "code": "processing",
             "diagnostics": "demo fault: some resources could not be exported" }] });
-        files.push(JobFile::new(FileKind::Error, "OperationOutcome", vec![outcome.to_string().into()]));
+        files.push(JobFile::new(
+            FileKind::Error,
+            "OperationOutcome",
+            vec![outcome.to_string().into()],
+        ));
     }
     files
 }
 
 /// `_elements`: keeps the mandatory elements and the listed ones, and tags the resource SUBSETTED.
 fn subset(value: Value, elements: &[&str]) -> String {
-    let Value::Object(object) = value else { return value.to_string() };
+    let Value::Object(object) = value else {
+        return value.to_string();
+    };
     let mut kept: Map<String, Value> = object
         .into_iter()
-        .filter(|(k, _)| matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.contains(&k.as_str())
+        })
         .collect();
     let meta = kept.entry("meta").or_insert_with(|| json!({}));
     if let Some(meta) = meta.as_object_mut() {
         let tag = json!({ "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED" });
-        meta.entry("tag").or_insert_with(|| json!([])).as_array_mut().map(|t| t.push(tag));
+        if let Some(tags) = meta
+            .entry("tag")
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+        {
+            tags.push(tag);
+        }
     }
     Value::Object(kept).to_string()
 }
 
 /// The completion manifest of a job.
-pub(crate) fn manifest(request_url: &str, transaction_time: i64, requires_token: bool, files: &[JobFile], file_url: impl Fn(usize) -> String) -> Value {
+pub(crate) fn manifest(
+    request_url: &str,
+    transaction_time: i64,
+    requires_token: bool,
+    files: &[JobFile],
+    file_url: impl Fn(usize) -> String,
+) -> Value {
     let entries = |kind: FileKind| -> Vec<Value> {
         files
             .iter()
@@ -513,24 +646,43 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Params {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn type_filter_tokens() {
-        let filter = TypeFilter::parse("Observation?code=http://loinc.org|8302-2,29463-7&status=final").unwrap();
+        let filter =
+            TypeFilter::parse("Observation?code=http://loinc.org|8302-2,29463-7&status=final")
+                .unwrap();
         let obs = json!({"resourceType": "Observation", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]}});
         assert!(filter.matches(&obs));
         let other = json!({"status": "final", "code": {"coding": [{"system": "http://x", "code": "8302-2"}]}});
         assert!(!filter.matches(&other));
-        assert!(TypeFilter::parse("Observation?value-quantity=5").unwrap_err().diagnostics().contains("not supported"));
+        assert!(
+            TypeFilter::parse("Observation?value-quantity=5")
+                .unwrap_err()
+                .diagnostics()
+                .contains("not supported")
+        );
         assert!(TypeFilter::parse("Observation").is_err());
     }
 
     #[test]
     fn validation() {
-        let ok = parse_request(KickoffLevel::System, &params(&[("_type", "Patient,Observation"), ("_since", "2024-01-01T00:00:00Z")]), false, false).unwrap();
+        let ok = parse_request(
+            KickoffLevel::System,
+            &params(&[
+                ("_type", "Patient,Observation"),
+                ("_since", "2024-01-01T00:00:00Z"),
+            ]),
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(ok.types.unwrap(), ["Patient", "Observation"]);
         for bad in [
             params(&[("_type", "Patiens")]),
@@ -540,17 +692,56 @@ mod tests {
             params(&[("_elements", "name.given")]),
             params(&[("_type", "Patient"), ("_typeFilter", "Observation?code=1")]),
         ] {
-            assert!(parse_request(KickoffLevel::System, &bad, false, false).is_err(), "{bad:?}");
+            assert!(
+                parse_request(KickoffLevel::System, &bad, false, false).is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(parse_request(KickoffLevel::System, &params(&[("_count", "5")]), false, true).is_ok());
-        assert!(parse_request(KickoffLevel::Patient, &params(&[("patient", "Patient/1")]), false, false).is_err());
-        assert!(parse_request(KickoffLevel::Patient, &params(&[("patient", "Patient/1")]), true, false).is_ok());
-        assert!(parse_request(KickoffLevel::Patient, &params(&[("_type", "Organization")]), false, false).is_err());
+        assert!(
+            parse_request(
+                KickoffLevel::System,
+                &params(&[("_count", "5")]),
+                false,
+                true
+            )
+            .is_ok()
+        );
+        assert!(
+            parse_request(
+                KickoffLevel::Patient,
+                &params(&[("patient", "Patient/1")]),
+                false,
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            parse_request(
+                KickoffLevel::Patient,
+                &params(&[("patient", "Patient/1")]),
+                true,
+                false
+            )
+            .is_ok()
+        );
+        assert!(
+            parse_request(
+                KickoffLevel::Patient,
+                &params(&[("_type", "Organization")]),
+                false,
+                false
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn chunks_cover_ranges() {
-        let file = Arc::new(JobFile::new(FileKind::Output, "X", vec!["abc".into(), "".into(), "defgh".into()]));
+        let file = Arc::new(JobFile::new(
+            FileKind::Output,
+            "X",
+            vec!["abc".into(), "".into(), "defgh".into()],
+        ));
         let all: Vec<u8> = file.chunks(0, file.len).flatten().collect();
         assert_eq!(all, b"abc\n\ndefgh\n");
         for start in 0..file.len {
@@ -563,7 +754,10 @@ mod tests {
 
     #[test]
     fn elements_subset() {
-        let out = subset(json!({"resourceType": "Patient", "id": "1", "gender": "male", "name": []}), &["gender"]);
+        let out = subset(
+            json!({"resourceType": "Patient", "id": "1", "gender": "male", "name": []}),
+            &["gender"],
+        );
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["gender"], "male");
         assert!(v.get("name").is_none());

@@ -53,17 +53,32 @@ impl Resource {
     ///
     /// `meta.lastUpdated` is set to `last_updated` (milliseconds since the epoch).
     pub(crate) fn from_value(mut value: Value, last_updated: i64) -> crate::Result<Self> {
-        let field = |name: &str| value.get(name).and_then(Value::as_str).map(Arc::<str>::from);
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(Value::as_str)
+                .map(Arc::<str>::from)
+        };
         let bad = |what: &str| crate::Error::Config(format!("demo resource without {what}"));
         let resource_type = field("resourceType").ok_or_else(|| bad("resourceType"))?;
         let id = field("id").ok_or_else(|| bad("id"))?;
-        let patient = if &*resource_type == "Patient" { Some(Arc::clone(&id)) } else { patient_of(&value) };
+        let patient = if &*resource_type == "Patient" {
+            Some(Arc::clone(&id))
+        } else {
+            patient_of(&value)
+        };
         let object = value.as_object_mut().ok_or_else(|| bad("a JSON object"))?;
         let meta = object.entry("meta").or_insert_with(|| json!({}));
         if let Some(meta) = meta.as_object_mut() {
             meta.insert("lastUpdated".into(), format_instant(last_updated).into());
         }
-        Ok(Self { resource_type, id, patient, last_updated, json: value.to_string().into() })
+        Ok(Self {
+            resource_type,
+            id,
+            patient,
+            last_updated,
+            json: value.to_string().into(),
+        })
     }
 
     /// The resource type.
@@ -98,10 +113,12 @@ impl Resource {
 
 /// The patient a resource belongs to, from the references Synthea's types use.
 fn patient_of(value: &Value) -> Option<Arc<str>> {
-    ["subject", "patient", "beneficiary"].iter().find_map(|field| {
-        let reference = value.get(field)?.get("reference")?.as_str()?;
-        reference.strip_prefix("Patient/").map(Arc::from)
-    })
+    ["subject", "patient", "beneficiary"]
+        .iter()
+        .find_map(|field| {
+            let reference = value.get(field)?.get("reference")?.as_str()?;
+            reference.strip_prefix("Patient/").map(Arc::from)
+        })
 }
 
 /// A generated population: every resource of every type, as NDJSON lines.
@@ -118,7 +135,10 @@ impl Population {
 
     /// The resources of one type (empty for a type the population does not hold).
     pub fn resources(&self, resource_type: &str) -> &[Arc<Resource>] {
-        self.types.iter().find(|(t, _)| &**t == resource_type).map_or(&[], |(_, r)| r)
+        self.types
+            .iter()
+            .find(|(t, _)| &**t == resource_type)
+            .map_or(&[], |(_, r)| r)
     }
 
     /// Writes the resources of one type as NDJSON, exactly as the demo server's unfiltered export does.
@@ -137,7 +157,11 @@ impl Population {
 
     /// NDJSON size of the whole population in bytes.
     pub fn ndjson_bytes(&self) -> u64 {
-        self.types.iter().flat_map(|(_, r)| r).map(|r| r.json.len() as u64 + 1).sum()
+        self.types
+            .iter()
+            .flat_map(|(_, r)| r)
+            .map(|r| r.json.len() as u64 + 1)
+            .sum()
     }
 
     pub(crate) fn into_types(self) -> Vec<(Arc<str>, Vec<Arc<Resource>>)> {
@@ -150,14 +174,45 @@ impl Population {
 /// Same arguments, same bytes. Organizations, Practitioners and three Groups (`all-patients`,
 /// `diabetes`, `seniors`) come with them. About 0.4 MB of NDJSON per patient.
 pub fn generate(seed: u64, patients: usize) -> Population {
-    let mut out = Builder { types: GENERATED_TYPES.iter().map(|t| (Arc::from(*t), Vec::new())).collect() };
+    let mut out = Builder::new();
     let mut rng = Rng::new(seed);
-    let providers: Vec<Provider> = (0..3 + patients / 8).map(|i| Provider::new(&mut rng, i, &mut out)).collect();
+    let providers: Vec<Provider> = (0..3 + patients / 8)
+        .map(|i| Provider::new(&mut rng, i, &mut out))
+        .collect();
+    // Patients are independent: contiguous ranges on all cores, joined in patient order, give the
+    // same bytes as one thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = patients.div_ceil(threads).max(1);
+    let parts: Vec<(Builder, Cohorts)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..patients)
+            .step_by(per_thread)
+            .map(|first| {
+                let providers = &providers;
+                scope.spawn(move || {
+                    let (mut out, mut cohorts) = (Builder::new(), Cohorts::default());
+                    for n in first..(first + per_thread).min(patients) {
+                        let mut rng =
+                            Rng::new(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let provider = &providers[rng.below(providers.len())];
+                        PatientLife::generate(&mut rng, provider, &mut out, &mut cohorts);
+                    }
+                    (out, cohorts)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("generator thread"))
+            .collect()
+    });
     let mut cohorts = Cohorts::default();
-    for n in 0..patients {
-        let mut rng = Rng::new(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let provider = &providers[rng.below(providers.len())];
-        PatientLife::generate(&mut rng, provider, &mut out, &mut cohorts);
+    for (part, part_cohorts) in parts {
+        for ((_, all), (_, more)) in out.types.iter_mut().zip(part.types) {
+            all.extend(more);
+        }
+        cohorts.all.extend(part_cohorts.all);
+        cohorts.diabetes.extend(part_cohorts.diabetes);
+        cohorts.seniors.extend(part_cohorts.seniors);
     }
     cohorts.write(&mut out);
     Population { types: out.types }
@@ -166,10 +221,15 @@ pub fn generate(seed: u64, patients: usize) -> Population {
 /// [`generate`], shared by everyone in the process asking for the same population while it lives:
 /// tests start many servers over the same data.
 pub(crate) fn shared(seed: u64, patients: usize) -> Arc<Population> {
-    static CACHE: Mutex<Vec<((u64, usize), Weak<Population>)>> = Mutex::new(Vec::new());
+    type Cache = Mutex<Vec<((u64, usize), Weak<Population>)>>;
+    static CACHE: Cache = Mutex::new(Vec::new());
     let mut cache = CACHE.lock().expect("population cache");
     cache.retain(|(_, weak)| weak.strong_count() > 0);
-    if let Some(population) = cache.iter().find(|(key, _)| *key == (seed, patients)).and_then(|(_, w)| w.upgrade()) {
+    if let Some(population) = cache
+        .iter()
+        .find(|(key, _)| *key == (seed, patients))
+        .and_then(|(_, w)| w.upgrade())
+    {
         return population;
     }
     let population = Arc::new(generate(seed, patients));
@@ -197,7 +257,7 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 32) * n as u64 >> 32) as usize
+        (((self.next() >> 32) * n as u64) >> 32) as usize
     }
 
     fn range(&mut self, lo: i64, hi: i64) -> i64 {
@@ -234,20 +294,41 @@ impl Rng {
 /// Collects resources per type.
 struct Builder {
     types: Vec<(Arc<str>, Vec<Arc<Resource>>)>,
+    /// Serialization buffer, reused: growing a fresh String per resource costs more than the JSON.
+    buffer: Vec<u8>,
 }
 
 impl Builder {
+    fn new() -> Self {
+        let types = GENERATED_TYPES
+            .iter()
+            .map(|t| (Arc::from(*t), Vec::new()))
+            .collect();
+        Self {
+            types,
+            buffer: Vec::new(),
+        }
+    }
+
     /// Stores `value`, whose `meta` (first after `id`) gets `lastUpdated`.
     fn push(&mut self, id: &Arc<str>, patient: Option<&Arc<str>>, last_updated: i64, value: Value) {
-        let resource_type = value["resourceType"].as_str().expect("generated resourceType");
-        let (resource_type, resources) =
-            self.types.iter_mut().find(|(t, _)| &**t == resource_type).expect("generated type");
+        let resource_type = value["resourceType"]
+            .as_str()
+            .expect("generated resourceType");
+        self.buffer.clear();
+        serde_json::to_writer(&mut self.buffer, &value).expect("serializing to memory");
+        let json = std::str::from_utf8(&self.buffer).expect("serde_json writes UTF-8");
+        let (resource_type, resources) = self
+            .types
+            .iter_mut()
+            .find(|(t, _)| &**t == resource_type)
+            .expect("generated type");
         resources.push(Arc::new(Resource {
             resource_type: Arc::clone(resource_type),
             id: Arc::clone(id),
             patient: patient.cloned(),
             last_updated,
-            json: value.to_string().into(),
+            json: json.into(),
         }));
     }
 }
@@ -261,7 +342,12 @@ fn date_time(ms: i64) -> String {
     let local = ms - 5 * 3_600_000;
     let (days, rem) = (local.div_euclid(DAY_MS), local.rem_euclid(DAY_MS) / 1000);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}-05:00", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}-05:00",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn date(ms: i64) -> String {
@@ -293,17 +379,44 @@ const SNOMED: &str = "http://snomed.info/sct";
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 
-const GIVEN_MALE: [&str; 12] =
-    ["Abram", "Otis", "Jeffery", "Carlos", "Hung", "Malik", "Kenneth", "Ruben", "Tyrell", "Jon", "Elias", "Dewey"];
-const GIVEN_FEMALE: [&str; 12] =
-    ["Lettie", "Darlena", "Maria", "Shanice", "Mei", "Ana", "Kathryn", "Noelia", "Ivy", "Rosa", "Yuko", "Beth"];
-const FAMILY: [&str; 16] = [
-    "Lemke", "Ortiz", "Boyle", "Christiansen", "Nguyen", "Okafor", "Schmidt", "Haley", "Rempel", "Kuhn", "Abbott",
-    "Gusikowski", "Marquez", "Olson", "Fay", "Wunsch",
+const GIVEN_MALE: [&str; 12] = [
+    "Abram", "Otis", "Jeffery", "Carlos", "Hung", "Malik", "Kenneth", "Ruben", "Tyrell", "Jon",
+    "Elias", "Dewey",
 ];
-const STREETS: [&str; 10] =
-    ["Nikolaus Gate", "Hospital Road", "Kemmer Lane", "Rau Park", "Wolf Way", "Boyer Course", "Mills Port",
-     "Lind Rapid", "Hills Ramp", "Collier Ville"];
+const GIVEN_FEMALE: [&str; 12] = [
+    "Lettie", "Darlena", "Maria", "Shanice", "Mei", "Ana", "Kathryn", "Noelia", "Ivy", "Rosa",
+    "Yuko", "Beth",
+];
+const FAMILY: [&str; 16] = [
+    "Lemke",
+    "Ortiz",
+    "Boyle",
+    "Christiansen",
+    "Nguyen",
+    "Okafor",
+    "Schmidt",
+    "Haley",
+    "Rempel",
+    "Kuhn",
+    "Abbott",
+    "Gusikowski",
+    "Marquez",
+    "Olson",
+    "Fay",
+    "Wunsch",
+];
+const STREETS: [&str; 10] = [
+    "Nikolaus Gate",
+    "Hospital Road",
+    "Kemmer Lane",
+    "Rau Park",
+    "Wolf Way",
+    "Boyer Course",
+    "Mills Port",
+    "Lind Rapid",
+    "Hills Ramp",
+    "Collier Ville",
+];
 /// (city, postal code, latitude, longitude)
 const CITIES: [(&str, &str, f64, f64); 8] = [
     ("Boston", "02108", 42.3601, -71.0589),
@@ -336,12 +449,23 @@ impl Provider {
     fn new(rng: &mut Rng, n: usize, out: &mut Builder) -> Self {
         let (org_id, practitioner_id) = (rng.uuid(), rng.uuid());
         let (city, zip, _, _) = *rng.pick(&CITIES);
-        let org_name = format!("{} {}", city.to_uppercase(), rng.pick(&["MEDICAL CENTER", "HOSPITAL", "HEALTH CARE", "FAMILY PRACTICE"]));
-        let line = format!("{} {}", rng.range(1, 999), rng.pick(&STREETS).to_uppercase());
+        let org_name = format!(
+            "{} {}",
+            city.to_uppercase(),
+            rng.pick(&[
+                "MEDICAL CENTER",
+                "HOSPITAL",
+                "HEALTH CARE",
+                "FAMILY PRACTICE"
+            ])
+        );
+        let line = format!(
+            "{} {}",
+            rng.range(1, 999),
+            rng.pick(&STREETS).to_uppercase()
+        );
         let address = json!([{ "line": [line], "city": city.to_uppercase(), "state": "MA", "postalCode": zip, "country": "US" }]);
-        let utilization = |rng: &mut Rng, kind: &str| {
-            json!({ "url": format!("http://synthetichealth.github.io/synthea/utilization-{kind}-extension"), "valueInteger": rng.range(0, 500) })
-        };
+        let utilization = |rng: &mut Rng, kind: &str| json!({ "url": format!("http://synthetichealth.github.io/synthea/utilization-{kind}-extension"), "valueInteger": rng.range(0, 500) });
         let updated = POPULATION_END_MS - rng.range(30, 400) * DAY_MS;
         out.push(&org_id, None, updated, json!({
             "resourceType": "Organization", "id": &*org_id, "meta": meta(updated),
@@ -366,7 +490,12 @@ impl Provider {
             "address": address,
             "gender": if female { "female" } else { "male" },
         }));
-        Self { org_id, org_name, practitioner_id, practitioner_name: format!("Dr. {given} {family}") }
+        Self {
+            org_id,
+            org_name,
+            practitioner_id,
+            practitioner_name: format!("Dr. {given} {family}"),
+        }
     }
 }
 
@@ -387,37 +516,123 @@ impl Cohorts {
             ("seniors", "Patients aged 65 or more", &self.seniors),
         ] {
             let id: Arc<str> = id.into();
-            let member: Vec<Value> = members.iter().map(|p| json!({ "entity": reference("Patient", p) })).collect();
-            out.push(&id, None, updated, json!({
-                "resourceType": "Group", "id": &*id, "meta": meta(updated),
-                "identifier": [{ "system": "urn:fhirflight:demo:group", "value": &*id }],
-                "active": true, "type": "person", "actual": true, "name": name,
-                "quantity": member.len(), "member": member,
-            }));
+            let member: Vec<Value> = members
+                .iter()
+                .map(|p| json!({ "entity": reference("Patient", p) }))
+                .collect();
+            out.push(
+                &id,
+                None,
+                updated,
+                json!({
+                    "resourceType": "Group", "id": &*id, "meta": meta(updated),
+                    "identifier": [{ "system": "urn:fhirflight:demo:group", "value": &*id }],
+                    "active": true, "type": "person", "actual": true, "name": name,
+                    "quantity": member.len(), "member": member,
+                }),
+            );
         }
     }
 }
 
 /// (SNOMED code, display, is chronic, RxNorm code and display of its usual medication)
 const CONDITIONS: [(&str, &str, bool, &str, &str); 10] = [
-    ("44054006", "Diabetes mellitus type 2 (disorder)", true, "860975", "24 HR Metformin hydrochloride 500 MG Extended Release Oral Tablet"),
-    ("38341003", "Hypertension (disorder)", true, "314076", "lisinopril 10 MG Oral Tablet"),
-    ("195662009", "Acute viral pharyngitis (disorder)", false, "313782", "Acetaminophen 325 MG Oral Tablet"),
-    ("10509002", "Acute bronchitis (disorder)", false, "1043400", "Acetaminophen 21.7 MG/ML / Dextromethorphan Hydrobromide 1 MG/ML Oral Solution"),
-    ("40055000", "Chronic sinusitis (disorder)", true, "308182", "Amoxicillin 250 MG Oral Capsule"),
-    ("444814009", "Viral sinusitis (disorder)", false, "313782", "Acetaminophen 325 MG Oral Tablet"),
-    ("162864005", "Body mass index 30+ - obesity (finding)", true, "", ""),
+    (
+        "44054006",
+        "Diabetes mellitus type 2 (disorder)",
+        true,
+        "860975",
+        "24 HR Metformin hydrochloride 500 MG Extended Release Oral Tablet",
+    ),
+    (
+        "38341003",
+        "Hypertension (disorder)",
+        true,
+        "314076",
+        "lisinopril 10 MG Oral Tablet",
+    ),
+    (
+        "195662009",
+        "Acute viral pharyngitis (disorder)",
+        false,
+        "313782",
+        "Acetaminophen 325 MG Oral Tablet",
+    ),
+    (
+        "10509002",
+        "Acute bronchitis (disorder)",
+        false,
+        "1043400",
+        "Acetaminophen 21.7 MG/ML / Dextromethorphan Hydrobromide 1 MG/ML Oral Solution",
+    ),
+    (
+        "40055000",
+        "Chronic sinusitis (disorder)",
+        true,
+        "308182",
+        "Amoxicillin 250 MG Oral Capsule",
+    ),
+    (
+        "444814009",
+        "Viral sinusitis (disorder)",
+        false,
+        "313782",
+        "Acetaminophen 325 MG Oral Tablet",
+    ),
+    (
+        "162864005",
+        "Body mass index 30+ - obesity (finding)",
+        true,
+        "",
+        "",
+    ),
     ("15777000", "Prediabetes", true, "", ""),
-    ("55822004", "Hyperlipidemia", true, "316672", "Simvastatin 10 MG Oral Tablet"),
-    ("36971009", "Sinusitis (disorder)", false, "308182", "Amoxicillin 250 MG Oral Capsule"),
+    (
+        "55822004",
+        "Hyperlipidemia",
+        true,
+        "316672",
+        "Simvastatin 10 MG Oral Tablet",
+    ),
+    (
+        "36971009",
+        "Sinusitis (disorder)",
+        false,
+        "308182",
+        "Amoxicillin 250 MG Oral Capsule",
+    ),
 ];
 
 /// (code, display, class code, class display, minutes)
 const ENCOUNTER_KINDS: [(&str, &str, &str, &str, i64); 4] = [
-    ("162673000", "General examination of patient (procedure)", "AMB", "ambulatory", 15),
-    ("185345009", "Encounter for symptom", "AMB", "ambulatory", 15),
-    ("50849002", "Emergency room admission (procedure)", "EMER", "emergency", 120),
-    ("32485007", "Hospital admission", "IMP", "inpatient", 2 * 24 * 60),
+    (
+        "162673000",
+        "General examination of patient (procedure)",
+        "AMB",
+        "ambulatory",
+        15,
+    ),
+    (
+        "185345009",
+        "Encounter for symptom",
+        "AMB",
+        "ambulatory",
+        15,
+    ),
+    (
+        "50849002",
+        "Emergency room admission (procedure)",
+        "EMER",
+        "emergency",
+        120,
+    ),
+    (
+        "32485007",
+        "Hospital admission",
+        "IMP",
+        "inpatient",
+        2 * 24 * 60,
+    ),
 ];
 
 /// One patient's record being written.
@@ -440,16 +655,36 @@ struct Billed {
 }
 
 impl<'a> PatientLife<'a> {
-    fn generate(rng: &'a mut Rng, provider: &'a Provider, out: &'a mut Builder, cohorts: &mut Cohorts) {
+    fn generate(
+        rng: &'a mut Rng,
+        provider: &'a Provider,
+        out: &'a mut Builder,
+        cohorts: &mut Cohorts,
+    ) {
         let id = rng.uuid();
         let female = rng.chance(0.5);
         let age_years = rng.range(0, 95);
-        let birth = POPULATION_END_MS - age_years * YEAR_MS - rng.range(0, 365) * DAY_MS - rng.range(0, DAY_MS);
+        let birth = POPULATION_END_MS
+            - age_years * YEAR_MS
+            - rng.range(0, 365) * DAY_MS
+            - rng.range(0, DAY_MS);
         let encounters = 3 + age_years / 2 + rng.range(0, 12);
         let given = *rng.pick(if female { &GIVEN_FEMALE } else { &GIVEN_MALE });
         let family = *rng.pick(&FAMILY);
-        let prefix = if age_years < 18 { "" } else if female { "Mrs. " } else { "Mr. " };
-        let insurer = *rng.pick(&["Medicaid", "Medicare", "Blue Cross Blue Shield", "Aetna", "NO_INSURANCE"]);
+        let prefix = if age_years < 18 {
+            ""
+        } else if female {
+            "Mrs. "
+        } else {
+            "Mr. "
+        };
+        let insurer = *rng.pick(&[
+            "Medicaid",
+            "Medicare",
+            "Blue Cross Blue Shield",
+            "Aetna",
+            "NO_INSURANCE",
+        ]);
         let mut life = PatientLife {
             rng,
             provider,
@@ -461,14 +696,20 @@ impl<'a> PatientLife<'a> {
             has_diabetes: false,
         };
         let span = POPULATION_END_MS - birth;
-        let mut times: Vec<i64> = (0..encounters).map(|_| birth + life.rng.range(DAY_MS, span.max(2 * DAY_MS))).collect();
+        let mut times: Vec<i64> = (0..encounters)
+            .map(|_| birth + life.rng.range(DAY_MS, span.max(2 * DAY_MS)))
+            .collect();
         times.sort_unstable();
         if life.rng.chance(0.3) {
             life.allergy(birth);
         }
         let mut last = birth;
         for (i, start) in times.into_iter().enumerate() {
-            let kind = if i % 3 == 0 { 0 } else { [1, 1, 1, 1, 2, 3][life.rng.below(6)] };
+            let kind = if i % 3 == 0 {
+                0
+            } else {
+                [1, 1, 1, 1, 2, 3][life.rng.below(6)]
+            };
             life.encounter(kind, start, birth);
             last = start;
         }
@@ -496,12 +737,23 @@ impl<'a> PatientLife<'a> {
         self.out.push(id, Some(&patient), updated, value);
     }
 
-    fn patient(&mut self, female: bool, given: &str, family: &str, birth: i64, age: i64, last: i64) {
+    fn patient(
+        &mut self,
+        female: bool,
+        given: &str,
+        family: &str,
+        birth: i64,
+        age: i64,
+        last: i64,
+    ) {
         let rng = &mut *self.rng;
         let (race, race_display) = *rng.pick(&RACES);
         let hispanic = rng.chance(0.15);
-        let (ethnicity, ethnicity_display) =
-            if hispanic { ("2135-2", "Hispanic or Latino") } else { ("2186-5", "Not Hispanic or Latino") };
+        let (ethnicity, ethnicity_display) = if hispanic {
+            ("2135-2", "Hispanic or Latino")
+        } else {
+            ("2186-5", "Not Hispanic or Latino")
+        };
         let omb = "urn:oid:2.16.840.1.113883.6.238";
         let (city, zip, lat, lon) = *rng.pick(&CITIES);
         let (birth_city, _, _, _) = *rng.pick(&CITIES);
@@ -524,9 +776,7 @@ impl<'a> PatientLife<'a> {
         if rng.chance(0.1) {
             extension.truncate(5);
         }
-        let id_type = |code: &str, display: &str| {
-            json!({ "coding": [coding("http://terminology.hl7.org/CodeSystem/v2-0203", code, display)], "text": display })
-        };
+        let id_type = |code: &str, display: &str| json!({ "coding": [coding("http://terminology.hl7.org/CodeSystem/v2-0203", code, display)], "text": display });
         let mut identifier = vec![
             json!({ "system": "https://github.com/synthetichealth/synthea", "value": &*self.id }),
             json!({ "type": id_type("MR", "Medical Record Number"), "system": "http://hospital.smarthealthit.org", "value": &*self.id }),
@@ -545,10 +795,18 @@ impl<'a> PatientLife<'a> {
         let married = age >= 20 && rng.chance(0.55);
         let mut name = vec![json!({ "use": "official", "family": family, "given": [given] })];
         if rng.chance(0.4) {
-            name[0]["given"].as_array_mut().expect("given").push(rng.pick(if female { &GIVEN_FEMALE } else { &GIVEN_MALE }).to_string().into());
+            name[0]["given"].as_array_mut().expect("given").push(
+                rng.pick(if female { &GIVEN_FEMALE } else { &GIVEN_MALE })
+                    .to_string()
+                    .into(),
+            );
         }
         if age >= 18 {
-            name[0]["prefix"] = json!([if female { if married { "Mrs." } else { "Ms." } } else { "Mr." }]);
+            name[0]["prefix"] = json!([if female {
+                if married { "Mrs." } else { "Ms." }
+            } else {
+                "Mr."
+            }]);
         }
         if female && married {
             name.push(json!({ "use": "maiden", "family": rng.pick(&FAMILY), "given": [given], "prefix": ["Ms."] }));
@@ -585,8 +843,15 @@ impl<'a> PatientLife<'a> {
         } else {
             object.insert("multipleBirthBoolean".into(), false.into());
         }
-        let (lang, lang_display) = if rng.chance(0.85) { ("en-US", "English") } else { ("es", "Spanish") };
-        object.insert("communication".into(), json!([{ "language": concept("urn:ietf:bcp:47", lang, lang_display) }]));
+        let (lang, lang_display) = if rng.chance(0.85) {
+            ("en-US", "English")
+        } else {
+            ("es", "Spanish")
+        };
+        object.insert(
+            "communication".into(),
+            json!([{ "language": concept("urn:ietf:bcp:47", lang, lang_display) }]),
+        );
         let updated = self.updated(last);
         object.insert("meta".into(), meta(updated));
         let id = Arc::clone(&self.id);
@@ -620,7 +885,11 @@ impl<'a> PatientLife<'a> {
         let (code, display, class, _, minutes) = ENCOUNTER_KINDS[kind];
         let end = start + minutes * 60_000;
         let encounter_id = self.rng.uuid();
-        let mut billed = vec![Billed { code: concept(SNOMED, code, display), charge: 129.16, diagnosis: None }];
+        let mut billed = vec![Billed {
+            code: concept(SNOMED, code, display),
+            charge: 129.16,
+            diagnosis: None,
+        }];
 
         let reason = match kind {
             0 => None,
@@ -629,7 +898,11 @@ impl<'a> PatientLife<'a> {
         };
         if let Some((condition_id, index)) = &reason {
             let (_, condition_display, _, _, _) = CONDITIONS[*index];
-            billed.push(Billed { code: concept(SNOMED, CONDITIONS[*index].0, condition_display), charge: 0.0, diagnosis: Some(Arc::clone(condition_id)) });
+            billed.push(Billed {
+                code: concept(SNOMED, CONDITIONS[*index].0, condition_display),
+                charge: 0.0,
+                diagnosis: Some(Arc::clone(condition_id)),
+            });
             if !CONDITIONS[*index].3.is_empty() && self.rng.chance(0.7) {
                 billed.push(self.medication(&encounter_id, start, *index, condition_id));
             }
@@ -648,7 +921,11 @@ impl<'a> PatientLife<'a> {
         }
 
         let updated = self.updated(end);
-        let practitioner = referenced("Practitioner", &self.provider.practitioner_id, &self.provider.practitioner_name);
+        let practitioner = referenced(
+            "Practitioner",
+            &self.provider.practitioner_id,
+            &self.provider.practitioner_name,
+        );
         let mut value = json!({
             "resourceType": "Encounter", "id": &*encounter_id, "meta": meta(updated),
             "status": "finished",
@@ -665,13 +942,22 @@ impl<'a> PatientLife<'a> {
             let (code, display, ..) = CONDITIONS[index];
             value["reasonCode"] = json!([{ "coding": [coding(SNOMED, code, display)] }]);
         }
-        value["serviceProvider"] = referenced("Organization", &self.provider.org_id, &self.provider.org_name);
+        value["serviceProvider"] = referenced(
+            "Organization",
+            &self.provider.org_id,
+            &self.provider.org_name,
+        );
         self.push(&encounter_id, updated, value);
         self.claims(&encounter_id, start, end, &billed);
     }
 
     /// A new condition, or a visit for one already active; returns its id and table index.
-    fn condition(&mut self, encounter: &Arc<str>, at: i64, chronic_only: bool) -> (Arc<str>, usize) {
+    fn condition(
+        &mut self,
+        encounter: &Arc<str>,
+        at: i64,
+        chronic_only: bool,
+    ) -> (Arc<str>, usize) {
         if !self.active_conditions.is_empty() && self.rng.chance(0.4) {
             let (id, index) = self.rng.pick(&self.active_conditions);
             return (Arc::clone(id), *index);
@@ -684,7 +970,9 @@ impl<'a> PatientLife<'a> {
         };
         let (code, display, chronic, ..) = CONDITIONS[index];
         let id = self.rng.uuid();
-        let resolved = (!chronic).then(|| at + self.rng.range(3, 30) * DAY_MS).filter(|t| *t < POPULATION_END_MS);
+        let resolved = (!chronic)
+            .then(|| at + self.rng.range(3, 30) * DAY_MS)
+            .filter(|t| *t < POPULATION_END_MS);
         let updated = self.updated(resolved.unwrap_or(at));
         let mut value = json!({
             "resourceType": "Condition", "id": &*id, "meta": meta(updated),
@@ -708,7 +996,13 @@ impl<'a> PatientLife<'a> {
         (id, index)
     }
 
-    fn medication(&mut self, encounter: &Arc<str>, at: i64, index: usize, reason: &Arc<str>) -> Billed {
+    fn medication(
+        &mut self,
+        encounter: &Arc<str>,
+        at: i64,
+        index: usize,
+        reason: &Arc<str>,
+    ) -> Billed {
         let (_, _, chronic, code, display) = CONDITIONS[index];
         let id = self.rng.uuid();
         let updated = self.updated(at);
@@ -731,7 +1025,11 @@ impl<'a> PatientLife<'a> {
         }
         self.push(&id, updated, value);
         let charge = (self.rng.range(500, 40_000) as f64) / 100.0;
-        Billed { code: concept("http://www.nlm.nih.gov/research/umls/rxnorm", code, display), charge, diagnosis: None }
+        Billed {
+            code: concept("http://www.nlm.nih.gov/research/umls/rxnorm", code, display),
+            charge,
+            diagnosis: None,
+        }
     }
 
     fn immunization(&mut self, encounter: &Arc<str>, at: i64) -> Billed {
@@ -753,15 +1051,35 @@ impl<'a> PatientLife<'a> {
             "primarySource": true,
         });
         self.push(&id, updated, value);
-        Billed { code: concept("http://hl7.org/fhir/sid/cvx", code, display), charge: 140.52, diagnosis: None }
+        Billed {
+            code: concept("http://hl7.org/fhir/sid/cvx", code, display),
+            charge: 140.52,
+            diagnosis: None,
+        }
     }
 
     fn procedure(&mut self, encounter: &Arc<str>, start: i64, end: i64, kind: usize) -> Billed {
         let id = self.rng.uuid();
         let (code, display) = *self.rng.pick(match kind {
-            0 => &[("430193006", "Medication Reconciliation (procedure)"), ("710824005", "Assessment of health and social care needs (procedure)")][..],
-            3 => &[("387607004", "Construction of diverting colostomy"), ("127783003", "Spirometry (procedure)")][..],
-            _ => &[("23426006", "Measurement of respiratory function (procedure)"), ("117015009", "Throat culture (procedure)"), ("76601001", "Intramuscular injection")][..],
+            0 => &[
+                ("430193006", "Medication Reconciliation (procedure)"),
+                (
+                    "710824005",
+                    "Assessment of health and social care needs (procedure)",
+                ),
+            ][..],
+            3 => &[
+                ("387607004", "Construction of diverting colostomy"),
+                ("127783003", "Spirometry (procedure)"),
+            ][..],
+            _ => &[
+                (
+                    "23426006",
+                    "Measurement of respiratory function (procedure)",
+                ),
+                ("117015009", "Throat culture (procedure)"),
+                ("76601001", "Intramuscular injection"),
+            ][..],
         });
         let updated = self.updated(end);
         let value = json!({
@@ -774,10 +1092,22 @@ impl<'a> PatientLife<'a> {
         });
         self.push(&id, updated, value);
         let charge = (self.rng.range(5_000, 900_000) as f64) / 100.0;
-        Billed { code: concept(SNOMED, code, display), charge, diagnosis: None }
+        Billed {
+            code: concept(SNOMED, code, display),
+            charge,
+            diagnosis: None,
+        }
     }
 
-    fn observation(&mut self, encounter: &Arc<str>, at: i64, category: &str, code: &str, display: &str, value: (&str, Value)) -> Arc<str> {
+    fn observation(
+        &mut self,
+        encounter: &Arc<str>,
+        at: i64,
+        category: &str,
+        code: &str,
+        display: &str,
+        value: (&str, Value),
+    ) -> Arc<str> {
         let id = self.rng.uuid();
         let updated = self.updated(at);
         let mut resource = json!({
@@ -801,15 +1131,40 @@ impl<'a> PatientLife<'a> {
         // Heights and weights keep one decimal place, but a round value stays an integer (as in Synthea).
         let height = ((50.0 + age.min(18.0) * 6.5 + self.rng.unit() * 20.0) * 10.0).round() / 10.0;
         let weight = ((3.5 + age.min(20.0) * 3.6 + self.rng.unit() * 30.0) * 10.0).round() / 10.0;
-        let number = |x: f64| if x.fract() == 0.0 { json!(x as i64) } else { json!(x) };
-        self.observation(encounter, at, "vital-signs", "8302-2", "Body Height", ("valueQuantity", quantity(number(height), "cm")));
-        self.observation(encounter, at, "vital-signs", "29463-7", "Body Weight", ("valueQuantity", quantity(number(weight), "kg")));
-        let bmi = weight / (height / 100.0).powi(2);
-        self.observation(encounter, at, "vital-signs", "39156-5", "Body Mass Index", ("valueQuantity", quantity(json!(bmi), "kg/m2")));
-        let (diastolic, systolic) = (self.rng.range(60, 95), self.rng.range(100, 160));
-        let component = |code: &str, display: &str, value: i64| {
-            json!({ "code": concept(LOINC, code, display), "valueQuantity": quantity(json!(value), "mm[Hg]") })
+        let number = |x: f64| {
+            if x.fract() == 0.0 {
+                json!(x as i64)
+            } else {
+                json!(x)
+            }
         };
+        self.observation(
+            encounter,
+            at,
+            "vital-signs",
+            "8302-2",
+            "Body Height",
+            ("valueQuantity", quantity(number(height), "cm")),
+        );
+        self.observation(
+            encounter,
+            at,
+            "vital-signs",
+            "29463-7",
+            "Body Weight",
+            ("valueQuantity", quantity(number(weight), "kg")),
+        );
+        let bmi = weight / (height / 100.0).powi(2);
+        self.observation(
+            encounter,
+            at,
+            "vital-signs",
+            "39156-5",
+            "Body Mass Index",
+            ("valueQuantity", quantity(json!(bmi), "kg/m2")),
+        );
+        let (diastolic, systolic) = (self.rng.range(60, 95), self.rng.range(100, 160));
+        let component = |code: &str, display: &str, value: i64| json!({ "code": concept(LOINC, code, display), "valueQuantity": quantity(json!(value), "mm[Hg]") });
         let id = self.rng.uuid();
         let updated = self.updated(at);
         let value = json!({
@@ -825,15 +1180,47 @@ impl<'a> PatientLife<'a> {
         });
         self.push(&id, updated, value);
         let heart_rate = self.rng.range(55, 100);
-        self.observation(encounter, at, "vital-signs", "8867-4", "Heart rate", ("valueQuantity", quantity(json!(heart_rate), "/min")));
+        self.observation(
+            encounter,
+            at,
+            "vital-signs",
+            "8867-4",
+            "Heart rate",
+            ("valueQuantity", quantity(json!(heart_rate), "/min")),
+        );
         let respiration = self.rng.range(12, 20);
-        self.observation(encounter, at, "vital-signs", "9279-1", "Respiratory rate", ("valueQuantity", quantity(json!(respiration), "/min")));
+        self.observation(
+            encounter,
+            at,
+            "vital-signs",
+            "9279-1",
+            "Respiratory rate",
+            ("valueQuantity", quantity(json!(respiration), "/min")),
+        );
         if age >= 18.0 {
-            let (code, display) = *self.rng.pick(&[("266919005", "Never smoker"), ("8517006", "Former smoker"), ("449868002", "Smokes tobacco daily")]);
-            self.observation(encounter, at, "survey", "72166-2", "Tobacco smoking status NHIS", ("valueCodeableConcept", concept(SNOMED, code, display)));
+            let (code, display) = *self.rng.pick(&[
+                ("266919005", "Never smoker"),
+                ("8517006", "Former smoker"),
+                ("449868002", "Smokes tobacco daily"),
+            ]);
+            self.observation(
+                encounter,
+                at,
+                "survey",
+                "72166-2",
+                "Tobacco smoking status NHIS",
+                ("valueCodeableConcept", concept(SNOMED, code, display)),
+            );
             if self.rng.chance(0.15) {
                 let orientation = *self.rng.pick(&["heterosexual", "homosexual", "bisexual"]);
-                self.observation(encounter, at, "social-history", "76690-7", "Sexual orientation", ("valueString", orientation.into()));
+                self.observation(
+                    encounter,
+                    at,
+                    "social-history",
+                    "76690-7",
+                    "Sexual orientation",
+                    ("valueString", orientation.into()),
+                );
             }
         }
     }
@@ -843,13 +1230,26 @@ impl<'a> PatientLife<'a> {
         for (code, display, lo, hi) in [
             ("2093-3", "Total Cholesterol", 150.0, 280.0),
             ("2571-8", "Triglycerides", 50.0, 300.0),
-            ("18262-6", "Low Density Lipoprotein Cholesterol", 60.0, 190.0),
+            (
+                "18262-6",
+                "Low Density Lipoprotein Cholesterol",
+                60.0,
+                190.0,
+            ),
             ("2085-9", "High Density Lipoprotein Cholesterol", 25.0, 90.0),
         ] {
             // Full f64 precision, as Synthea writes lab values (16-17 significant digits).
             let value = lo + self.rng.unit() * (hi - lo);
-            let quantity = json!({ "value": value, "unit": "mg/dL", "system": UCUM, "code": "mg/dL" });
-            let id = self.observation(encounter, at, "laboratory", code, display, ("valueQuantity", quantity));
+            let quantity =
+                json!({ "value": value, "unit": "mg/dL", "system": UCUM, "code": "mg/dL" });
+            let id = self.observation(
+                encounter,
+                at,
+                "laboratory",
+                code,
+                display,
+                ("valueQuantity", quantity),
+            );
             results.push(referenced("Observation", &id, display));
         }
         let id = self.rng.uuid();
@@ -871,7 +1271,8 @@ impl<'a> PatientLife<'a> {
     fn claims(&mut self, encounter: &Arc<str>, start: i64, end: i64, billed: &[Billed]) {
         let claim_id = self.rng.uuid();
         let total: f64 = billed.iter().map(|b| b.charge).sum();
-        let diagnoses: Vec<&Arc<str>> = billed.iter().filter_map(|b| b.diagnosis.as_ref()).collect();
+        let diagnoses: Vec<&Arc<str>> =
+            billed.iter().filter_map(|b| b.diagnosis.as_ref()).collect();
         let items: Vec<Value> = billed
             .iter()
             .enumerate()
@@ -889,7 +1290,11 @@ impl<'a> PatientLife<'a> {
                 item
             })
             .collect();
-        let provider = referenced("Organization", &self.provider.org_id, &self.provider.org_name);
+        let provider = referenced(
+            "Organization",
+            &self.provider.org_id,
+            &self.provider.org_name,
+        );
         let period = json!({ "start": date_time(start), "end": date_time(end) });
         let diagnosis: Vec<Value> = diagnoses
             .iter()
@@ -911,7 +1316,8 @@ impl<'a> PatientLife<'a> {
         if !diagnosis.is_empty() {
             claim["diagnosis"] = json!(diagnosis);
         }
-        claim["insurance"] = json!([{ "sequence": 1, "focal": true, "coverage": { "display": self.insurer } }]);
+        claim["insurance"] =
+            json!([{ "sequence": 1, "focal": true, "coverage": { "display": self.insurer } }]);
         claim["item"] = json!(items);
         claim["total"] = money(total);
         self.push(&claim_id, updated, claim);
@@ -1008,11 +1414,16 @@ mod tests {
     fn deterministic_and_seed_sensitive() {
         let a = generate(7, 4);
         assert_eq!(a, generate(7, 4));
-        assert_ne!(a.resources("Patient")[0].json(), generate(8, 4).resources("Patient")[0].json());
+        assert_ne!(
+            a.resources("Patient")[0].json(),
+            generate(8, 4).resources("Patient")[0].json()
+        );
         let mut first = Vec::new();
         a.write_ndjson("Observation", &mut first).unwrap();
         let mut again = Vec::new();
-        generate(7, 4).write_ndjson("Observation", &mut again).unwrap();
+        generate(7, 4)
+            .write_ndjson("Observation", &mut again)
+            .unwrap();
         assert_eq!(first, again);
     }
 
@@ -1020,8 +1431,15 @@ mod tests {
     fn shaped_like_synthea() {
         let population = generate(42, 12);
         assert_eq!(population.resources("Patient").len(), 12);
-        assert_eq!(population.group_ids(), ["all-patients", "diabetes", "seniors"]);
-        let patients: HashMap<&str, ()> = population.resources("Patient").iter().map(|p| (p.id(), ())).collect();
+        assert_eq!(
+            population.group_ids(),
+            ["all-patients", "diabetes", "seniors"]
+        );
+        let patients: HashMap<&str, ()> = population
+            .resources("Patient")
+            .iter()
+            .map(|p| (p.id(), ()))
+            .collect();
         for ty in GENERATED_TYPES {
             assert!(!population.resources(ty).is_empty(), "{ty}");
             for r in population.resources(ty) {
@@ -1035,18 +1453,42 @@ mod tests {
                 }
             }
         }
-        let obs: Vec<Value> = population.resources("Observation").iter().map(|r| serde_json::from_str(r.json()).unwrap()).collect();
-        let values: Vec<&Value> = obs.iter().filter_map(|o| o.pointer("/valueQuantity/value")).collect();
+        let obs: Vec<Value> = population
+            .resources("Observation")
+            .iter()
+            .map(|r| serde_json::from_str(r.json()).unwrap())
+            .collect();
+        let values: Vec<&Value> = obs
+            .iter()
+            .filter_map(|o| o.pointer("/valueQuantity/value"))
+            .collect();
         assert!(values.iter().any(|v| v.is_i64()) && values.iter().any(|v| v.is_f64()));
         assert!(obs.iter().any(|o| o.get("valueCodeableConcept").is_some()));
-        assert!(obs.iter().any(|o| o["component"].as_array().is_some_and(|c| c.len() == 2)));
-        let patient: Value = serde_json::from_str(population.resources("Patient")[0].json()).unwrap();
-        assert_eq!(patient["extension"][0]["extension"][0]["url"], "ombCategory");
-        assert!(patient.pointer("/address/0/extension/0/extension/1/valueDecimal").is_some_and(Value::is_f64));
+        assert!(
+            obs.iter()
+                .any(|o| o["component"].as_array().is_some_and(|c| c.len() == 2))
+        );
+        let patient: Value =
+            serde_json::from_str(population.resources("Patient")[0].json()).unwrap();
+        assert_eq!(
+            patient["extension"][0]["extension"][0]["url"],
+            "ombCategory"
+        );
+        assert!(
+            patient
+                .pointer("/address/0/extension/0/extension/1/valueDecimal")
+                .is_some_and(Value::is_f64)
+        );
         assert!(patient["identifier"].as_array().unwrap().len() >= 3);
-        let eob_items = population.resources("ExplanationOfBenefit").iter().map(|r| {
-            serde_json::from_str::<Value>(r.json()).unwrap()["item"].as_array().unwrap().len()
-        });
+        let eob_items = population
+            .resources("ExplanationOfBenefit")
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<Value>(r.json()).unwrap()["item"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            });
         assert!(eob_items.max().unwrap() >= 3);
     }
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use super::auth::{DEMO_CLIENT_ID, DemoCredentials, Grant, RegisteredClient, TokenStore};
-use super::export::{self, ExportRequest, FileKind, JobFile, Snapshot};
+use super::export::{self, Deletion, ExportRequest, FileKind, JobFile, Snapshot};
 use super::generate::{self, Resource};
 use super::time::now_ms;
 use crate::{Error, Result};
@@ -74,28 +74,43 @@ impl DemoConfig {
 
     /// Resources per output file (at least 1).
     pub fn with_page_size(self, page_size: usize) -> Self {
-        Self { page_size: page_size.max(1), ..self }
+        Self {
+            page_size: page_size.max(1),
+            ..self
+        }
     }
 
     /// Lifetime of issued access tokens.
     pub fn with_token_lifetime(self, token_lifetime: Duration) -> Self {
-        Self { token_lifetime, ..self }
+        Self {
+            token_lifetime,
+            ..self
+        }
     }
 
     /// Whether every FHIR call and file download needs a bearer token (the default), or the server
     /// is open.
     pub fn with_require_auth(self, require_auth: bool) -> Self {
-        Self { require_auth, ..self }
+        Self {
+            require_auth,
+            ..self
+        }
     }
 
     /// How many status polls answer 202 (in progress) before the manifest.
     pub fn with_status_polls(self, status_polls: u32) -> Self {
-        Self { status_polls, ..self }
+        Self {
+            status_polls,
+            ..self
+        }
     }
 
     /// The `Retry-After` sent with in-progress status responses (whole seconds).
     pub fn with_retry_after(self, retry_after: Duration) -> Self {
-        Self { retry_after, ..self }
+        Self {
+            retry_after,
+            ..self
+        }
     }
 
     /// Registers another client by its public JWKS (JSON), next to the built-in demo client.
@@ -191,8 +206,17 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn new(status: StatusCode, code: &'static str, diagnostics: impl Into<String>) -> Self {
-        Self { status, code, diagnostics: diagnostics.into(), retry_after: false }
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        diagnostics: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            diagnostics: diagnostics.into(),
+            retry_after: false,
+        }
     }
 
     /// 400 with issue code `invalid`.
@@ -205,11 +229,22 @@ impl Outcome {
     }
 
     fn throttled() -> Self {
-        Self { retry_after: true, ..Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", "demo fault: too many requests") }
+        Self {
+            retry_after: true,
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "demo fault: too many requests",
+            )
+        }
     }
 
     fn transient() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "demo fault: temporarily unavailable, retry")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "demo fault: temporarily unavailable, retry",
+        )
     }
 
     #[cfg(test)]
@@ -225,10 +260,14 @@ impl IntoResponse for Outcome {
         let mut response = (self.status, fhir_json(&body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             let challenge = HeaderValue::from_static("Bearer error=\"invalid_token\"");
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
         }
         if self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
         }
         response
     }
@@ -236,14 +275,17 @@ impl IntoResponse for Outcome {
 
 /// A JSON body with `Content-Type: application/fhir+json`.
 fn fhir_json(value: &Value) -> impl IntoResponse + use<> {
-    ([(header::CONTENT_TYPE, "application/fhir+json")], value.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        value.to_string(),
+    )
 }
 
 /// The mutable data a server serves: the generated population plus `upsert`s and `delete`s.
 #[derive(Debug)]
 struct Store {
     types: Vec<(Arc<str>, Vec<Arc<Resource>>)>,
-    deleted: Vec<(Arc<str>, Arc<str>, Option<Arc<str>>, i64)>,
+    deleted: Vec<Deletion>,
     /// Last `lastUpdated` handed out: changes get strictly increasing times.
     clock: i64,
 }
@@ -294,6 +336,7 @@ type Shared = Arc<ServerState>;
 #[derive(Debug)]
 pub struct DemoServer {
     state: Shared,
+    addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -309,11 +352,17 @@ impl DemoServer {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Config(format!("demo server cannot listen on {addr}: {e}")))?;
-        let local = listener.local_addr().map_err(|e| Error::Config(format!("demo server address: {e}")))?;
-        let origin = Url::parse(&format!("http://{local}/")).map_err(|e| Error::Config(e.to_string()))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::Config(format!("demo server address: {e}")))?;
+        let origin =
+            Url::parse(&format!("http://{local}/")).map_err(|e| Error::Config(e.to_string()))?;
         let token_endpoint = origin.join("auth/token").expect("static path");
         let credentials = DemoCredentials::new(token_endpoint.clone());
-        let mut clients = vec![RegisteredClient::new(DEMO_CLIENT_ID.to_owned(), &credentials.public_jwks())?];
+        let mut clients = vec![RegisteredClient::new(
+            DEMO_CLIENT_ID.to_owned(),
+            &credentials.public_jwks(),
+        )?];
         for (client_id, jwks) in &config.clients {
             clients.push(RegisteredClient::new(client_id.clone(), jwks)?);
         }
@@ -321,7 +370,11 @@ impl DemoServer {
         let population = tokio::task::spawn_blocking(move || generate::shared(seed, patients))
             .await
             .map_err(|e| Error::Config(format!("demo population generation failed: {e}")))?;
-        let store = Store { types: Arc::unwrap_or_clone(population).into_types(), deleted: Vec::new(), clock: 0 };
+        let store = Store {
+            types: Arc::unwrap_or_clone(population).into_types(),
+            deleted: Vec::new(),
+            clock: 0,
+        };
         let state = Arc::new(ServerState {
             config,
             origin,
@@ -346,7 +399,12 @@ impl DemoServer {
             }
         });
         tracing::info!(base = %state.origin.join("fhir").expect("static"), "demo Bulk Data server listening");
-        Ok(Self { state, stop: Some(stop), task: Some(task) })
+        Ok(Self {
+            state,
+            addr: local,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     /// The FHIR base URL, e.g. `http://127.0.0.1:PORT/fhir`.
@@ -356,8 +414,7 @@ impl DemoServer {
 
     /// The socket address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        let host = self.state.origin.host_str().and_then(|h| h.parse().ok()).expect("IP origin");
-        SocketAddr::new(host, self.state.origin.port().expect("explicit port"))
+        self.addr
     }
 
     /// The registered demo client: id, RS384 and ES384 private keys, token endpoint.
@@ -383,8 +440,12 @@ impl DemoServer {
     pub fn upsert(&self, resource: Value) {
         let mut store = self.state.store.write().expect("store");
         let at = store.tick();
-        let resource = Resource::from_value(resource, at).expect("upsert needs resourceType and id");
-        assert!(export::is_resource_type(resource.resource_type()), "upsert: not a FHIR R4 resource type");
+        let resource =
+            Resource::from_value(resource, at).expect("upsert needs resourceType and id");
+        assert!(
+            export::is_resource_type(resource.resource_type()),
+            "upsert: not a FHIR R4 resource type"
+        );
         let resources = store.resources_mut(resource.resource_type());
         match resources.iter().position(|r| r.id() == resource.id()) {
             Some(i) => resources[i] = Arc::new(resource),
@@ -400,7 +461,13 @@ impl DemoServer {
         if let Some(i) = resources.iter().position(|r| r.id() == id) {
             let removed = resources.remove(i);
             let patient = removed.patient_id().map(Arc::from);
-            store.deleted.push((resource_type.into(), id.into(), patient, at));
+            let (resource_type, id) = (resource_type.into(), id.into());
+            store.deleted.push(Deletion {
+                resource_type,
+                id,
+                patient,
+                at,
+            });
         }
     }
 
@@ -410,7 +477,9 @@ impl DemoServer {
             let _ = stop.send(());
         }
         if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
         {
             task.abort();
         }
@@ -428,13 +497,26 @@ impl Drop for DemoServer {
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/fhir/metadata", get(metadata))
-        .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(smart_configuration),
+        )
         .route("/auth/token", post(token))
         .route("/fhir/$export", get(system_export).post(system_export))
-        .route("/fhir/Patient/$export", get(patient_export).post(patient_export))
-        .route("/fhir/Group/{id}/$export", get(group_export).post(group_export))
+        .route(
+            "/fhir/Patient/$export",
+            get(patient_export).post(patient_export),
+        )
+        .route(
+            "/fhir/Group/{id}/$export",
+            get(group_export).post(group_export),
+        )
         .route("/jobs/{id}", get(status).delete(cancel))
         .route("/files/{job}/{file}", get(download))
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            let message = format!("{method} is not supported on {}", uri.path());
+            Outcome::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", message)
+        })
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             Outcome::not_found(format!("no route for {method} {}", uri.path()))
         })
@@ -454,7 +536,10 @@ impl ServerState {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
         let result = match token {
             None => Err("this server requires a bearer token (SMART Backend Services)"),
             Some(token) => self.tokens.lock().expect("tokens").check(token.trim()),
@@ -467,7 +552,11 @@ impl ServerState {
 
     fn job(&self, id: &str) -> Result<Arc<Job>, Outcome> {
         let jobs = self.jobs.lock().expect("jobs");
-        jobs.get(id).cloned().ok_or_else(|| Outcome::not_found(format!("no export job `{id}` (finished jobs are gone once deleted)")))
+        jobs.get(id).cloned().ok_or_else(|| {
+            Outcome::not_found(format!(
+                "no export job `{id}` (finished jobs are gone once deleted)"
+            ))
+        })
     }
 }
 
@@ -518,7 +607,8 @@ async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
 
 async fn smart_configuration(State(state): State<Shared>) -> Response {
     if !state.config.require_auth {
-        return Outcome::not_found("this demo server is open: no SMART authorization").into_response();
+        return Outcome::not_found("this demo server is open: no SMART authorization")
+            .into_response();
     }
     axum::Json(json!({
         "token_endpoint": state.token_endpoint.as_str(),
@@ -533,18 +623,30 @@ async fn smart_configuration(State(state): State<Shared>) -> Response {
 
 async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     state.stats().token_requests += 1;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let result = if !content_type.starts_with("application/x-www-form-urlencoded") {
         Err(super::auth::OAuthError {
             error: "invalid_request",
             description: "the token request must be application/x-www-form-urlencoded".into(),
         })
     } else {
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
         let lifetime = state.config.token_lifetime;
-        state.tokens.lock().expect("tokens").token_request(&form, &state.clients, &state.token_endpoint, lifetime)
+        state.tokens.lock().expect("tokens").token_request(
+            &form,
+            &state.clients,
+            &state.token_endpoint,
+            lifetime,
+        )
     };
-    let no_store = [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")];
+    let no_store = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::PRAGMA, "no-cache"),
+    ];
     match result {
         Ok(body) => {
             state.stats().tokens_issued += 1;
@@ -557,11 +659,23 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-async fn system_export(state: State<Shared>, method: Method, headers: HeaderMap, query: RawQuery, body: Bytes) -> Response {
+async fn system_export(
+    state: State<Shared>,
+    method: Method,
+    headers: HeaderMap,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
     kickoff(state, KickoffLevel::System, method, headers, query, body).await
 }
 
-async fn patient_export(state: State<Shared>, method: Method, headers: HeaderMap, query: RawQuery, body: Bytes) -> Response {
+async fn patient_export(
+    state: State<Shared>,
+    method: Method,
+    headers: HeaderMap,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
     kickoff(state, KickoffLevel::Patient, method, headers, query, body).await
 }
 
@@ -585,22 +699,28 @@ async fn kickoff(
     body: Bytes,
 ) -> Response {
     let post = method == Method::POST;
-    let params: export::Params = match (post, &query) {
-        (false, q) => url::form_urlencoded::parse(q.as_deref().unwrap_or_default().as_bytes()).into_owned().collect(),
-        (true, _) => export::params_from_body(&body).unwrap_or_default(),
+    let params = if post {
+        export::params_from_body(&body)
+    } else {
+        Ok(
+            url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
     };
+    let recorded = params.as_ref().cloned().unwrap_or_default();
     let mut record = KickoffRecord {
         level: level.clone(),
         method: method.to_string(),
-        types: params
+        types: recorded
             .iter()
             .filter(|(n, _)| n == "_type")
             .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_owned()))
             .collect(),
-        params: params.clone(),
+        params: recorded,
         status: 0,
     };
-    let response = match accept_kickoff(&state, level, post, &headers, query.as_deref(), &body, params) {
+    let response = match accept_kickoff(&state, level, post, &headers, query.as_deref(), params) {
         Ok(response) => response,
         Err(outcome) => outcome.into_response(),
     };
@@ -615,8 +735,7 @@ fn accept_kickoff(
     post: bool,
     headers: &HeaderMap,
     query: Option<&str>,
-    body: &[u8],
-    params: export::Params,
+    params: Result<export::Params, Outcome>,
 ) -> Result<Response, Outcome> {
     let grant = state.authorize(headers)?;
     {
@@ -630,10 +749,20 @@ fn accept_kickoff(
             return Err(Outcome::transient());
         }
     }
-    let header_text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let header_text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
     let accept = header_text(header::ACCEPT);
-    if !accept.split(',').any(|a| a.split(';').next().unwrap_or_default().trim() == "application/fhir+json") {
-        return Err(Outcome::invalid(format!("kick-off requires `Accept: application/fhir+json`, got `{accept}`")));
+    if !accept
+        .split(',')
+        .any(|a| a.split(';').next().unwrap_or_default().trim() == "application/fhir+json")
+    {
+        return Err(Outcome::invalid(format!(
+            "kick-off requires `Accept: application/fhir+json`, got `{accept}`"
+        )));
     }
     let prefer: Vec<String> = headers
         .get_all("prefer")
@@ -643,7 +772,9 @@ fn accept_kickoff(
         .map(|p| p.trim().replace(' ', ""))
         .collect();
     if !prefer.iter().any(|p| p == "respond-async") {
-        return Err(Outcome::invalid("kick-off requires `Prefer: respond-async`"));
+        return Err(Outcome::invalid(
+            "kick-off requires `Prefer: respond-async`",
+        ));
     }
     let lenient = prefer.iter().any(|p| p == "handling=lenient");
     if post {
@@ -654,19 +785,31 @@ fn accept_kickoff(
                 "a POST kick-off needs `Content-Type: application/fhir+json`, got `{content_type}`"
             )));
         }
-        export::params_from_body(body)?;
     }
-    let request = export::parse_request(level, &params, post, lenient)?;
+    let request = export::parse_request(level, &params?, post, lenient)?;
     let readable = |ty: &str| grant.as_ref().is_none_or(|g| g.can_read(ty));
     if let Some(ty) = request.types.iter().flatten().find(|ty| !readable(ty)) {
-        return Err(Outcome::new(StatusCode::FORBIDDEN, "forbidden", format!("the access token's scopes do not allow reading {ty}")));
+        return Err(Outcome::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the access token's scopes do not allow reading {ty}"),
+        ));
     }
-    let snapshot = snapshot(state, &request)?;
+    let (snapshot, transaction_time) = snapshot(state, &request)?;
 
-    let id = format!("{:016x}", state.next_job.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>() << 16);
-    let job = Arc::new(Job { output: OnceLock::new(), polls: AtomicU32::new(0) });
-    state.jobs.lock().expect("jobs").insert(id.clone(), Arc::clone(&job));
-    let transaction_time = now_ms();
+    let id = format!(
+        "{:016x}",
+        state.next_job.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>() << 16
+    );
+    let job = Arc::new(Job {
+        output: OnceLock::new(),
+        polls: AtomicU32::new(0),
+    });
+    state
+        .jobs
+        .lock()
+        .expect("jobs")
+        .insert(id.clone(), Arc::clone(&job));
     let path = match &request.level {
         KickoffLevel::System => "fhir/$export".to_owned(),
         KickoffLevel::Patient => "fhir/Patient/$export".to_owned(),
@@ -676,46 +819,100 @@ fn accept_kickoff(
     request_url.set_query(query.filter(|_| !post));
     let faults = state.faults.lock().expect("faults").clone();
     let (page_size, requires_token) = (state.config.page_size, state.config.require_auth);
-    let file_base = state.origin.join(&format!("files/{id}/")).expect("valid path");
+    let file_base = state
+        .origin
+        .join(&format!("files/{id}/"))
+        .expect("valid path");
     tokio::task::spawn_blocking(move || {
-        let files = export::run(&request, snapshot, |ty| grant.as_ref().is_none_or(|g| g.can_read(ty)), page_size, &faults);
-        let manifest = export::manifest(request_url.as_str(), transaction_time, requires_token, &files, |i| {
-            let kind = match files[i].kind {
-                FileKind::Output => "",
-                FileKind::Deleted => "deleted-",
-                FileKind::Error => "error-",
-            };
-            format!("{file_base}{kind}{i}.ndjson")
-        });
-        let _ = job.output.set((files.into_iter().map(Arc::new).collect(), manifest));
+        let files = export::run(
+            &request,
+            snapshot,
+            |ty| grant.as_ref().is_none_or(|g| g.can_read(ty)),
+            page_size,
+            &faults,
+        );
+        let manifest = export::manifest(
+            request_url.as_str(),
+            transaction_time,
+            requires_token,
+            &files,
+            |i| {
+                let kind = match files[i].kind {
+                    FileKind::Output => "",
+                    FileKind::Deleted => "deleted-",
+                    FileKind::Error => "error-",
+                };
+                format!("{file_base}{kind}{i}.ndjson")
+            },
+        );
+        let _ = job
+            .output
+            .set((files.into_iter().map(Arc::new).collect(), manifest));
     });
-    let location = state.origin.join(&format!("jobs/{id}")).expect("valid path");
+    let location = state
+        .origin
+        .join(&format!("jobs/{id}"))
+        .expect("valid path");
     let body = json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "information", "code": "informational",
         "diagnostics": format!("export job {id} accepted") }] });
-    Ok((StatusCode::ACCEPTED, [(header::CONTENT_LOCATION, location.to_string())], fhir_json(&body)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_LOCATION, location.to_string())],
+        fhir_json(&body),
+    )
+        .into_response())
 }
 
 /// The store's data as the job will see it, plus the group's members for a group export.
-fn snapshot(state: &ServerState, request: &ExportRequest) -> Result<Snapshot, Outcome> {
-    let store = state.store.read().expect("store");
+/// The transaction time comes from the store's clock: later changes are strictly later.
+fn snapshot(state: &ServerState, request: &ExportRequest) -> Result<(Snapshot, i64), Outcome> {
+    let mut store = state.store.write().expect("store");
     let group_members = match &request.level {
         KickoffLevel::Group(id) => {
-            let groups = store.types.iter().find(|(t, _)| &**t == "Group").map(|(_, r)| r.as_slice()).unwrap_or_default();
-            let group = groups.iter().find(|g| g.id() == id).ok_or_else(|| Outcome::not_found(format!("Group/{id} does not exist")))?;
+            let groups = store
+                .types
+                .iter()
+                .find(|(t, _)| &**t == "Group")
+                .map(|(_, r)| r.as_slice())
+                .unwrap_or_default();
+            let group = groups
+                .iter()
+                .find(|g| g.id() == id)
+                .ok_or_else(|| Outcome::not_found(format!("Group/{id} does not exist")))?;
             let value: Value = serde_json::from_str(group.json()).expect("stored JSON");
-            let members = value["member"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let members = value["member"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let ids: HashSet<String> = members
                 .iter()
-                .filter_map(|m| m.pointer("/entity/reference")?.as_str()?.strip_prefix("Patient/").map(str::to_owned))
+                .filter_map(|m| {
+                    m.pointer("/entity/reference")?
+                        .as_str()?
+                        .strip_prefix("Patient/")
+                        .map(str::to_owned)
+                })
                 .collect();
             Some(ids)
         }
         _ => None,
     };
-    Ok(Snapshot { types: store.types.clone(), deleted: store.deleted.clone(), group_members })
+    let transaction_time = store.tick();
+    Ok((
+        Snapshot {
+            types: store.types.clone(),
+            deleted: store.deleted.clone(),
+            group_members,
+        },
+        transaction_time,
+    ))
 }
 
-async fn status(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn status(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     state.stats().status_polls += 1;
     let result = (|| {
         state.authorize(&headers)?;
@@ -734,15 +931,27 @@ async fn status(State(state): State<Shared>, Path(id): Path<String>, headers: He
         let polls = job.polls.fetch_add(1, Ordering::SeqCst);
         match job.output.get() {
             Some((_, manifest)) if polls >= state.config.status_polls => {
-                let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+                let expires = httpdate::fmt_http_date(
+                    std::time::SystemTime::now() + Duration::from_secs(3600),
+                );
                 Ok(([(header::EXPIRES, expires)], axum::Json(manifest.clone())).into_response())
             }
             output => {
                 let total = state.config.status_polls.max(1);
-                let percent = if output.is_some() { 100 * polls.min(total) / total } else { 0 };
+                let percent = if output.is_some() {
+                    100 * polls.min(total) / total
+                } else {
+                    0
+                };
                 let headers = [
-                    (header::RETRY_AFTER, state.config.retry_after.as_secs().to_string()),
-                    (header::HeaderName::from_static("x-progress"), format!("{percent}% complete")),
+                    (
+                        header::RETRY_AFTER,
+                        state.config.retry_after.as_secs().to_string(),
+                    ),
+                    (
+                        header::HeaderName::from_static("x-progress"),
+                        format!("{percent}% complete"),
+                    ),
                 ];
                 Ok((StatusCode::ACCEPTED, headers).into_response())
             }
@@ -751,10 +960,19 @@ async fn status(State(state): State<Shared>, Path(id): Path<String>, headers: He
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn cancel(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn cancel(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     state.stats().deletes += 1;
     let result = state.authorize(&headers).and_then(|_| {
-        state.jobs.lock().expect("jobs").remove(&id).ok_or_else(|| Outcome::not_found(format!("no export job `{id}`")))
+        state
+            .jobs
+            .lock()
+            .expect("jobs")
+            .remove(&id)
+            .ok_or_else(|| Outcome::not_found(format!("no export job `{id}`")))
     });
     match result {
         Ok(_) => {
@@ -766,18 +984,30 @@ async fn cancel(State(state): State<Shared>, Path(id): Path<String>, headers: He
     }
 }
 
-async fn download(State(state): State<Shared>, Path((job, file)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn download(
+    State(state): State<Shared>,
+    Path((job, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     state.stats().downloads += 1;
     let result = (|| {
         state.authorize(&headers)?;
         let missing = || Outcome::not_found(format!("no file `{file}` in export job `{job}`"));
         let index: usize = file
             .strip_suffix(".ndjson")
-            .map(|n| n.trim_start_matches("deleted-").trim_start_matches("error-"))
+            .map(|n| {
+                n.trim_start_matches("deleted-")
+                    .trim_start_matches("error-")
+            })
             .and_then(|n| n.parse().ok())
             .ok_or_else(missing)?;
         let output = state.job(&job)?;
-        let file = output.output.get().and_then(|(files, _)| files.get(index)).cloned().ok_or_else(missing)?;
+        let file = output
+            .output
+            .get()
+            .and_then(|(files, _)| files.get(index))
+            .cloned()
+            .ok_or_else(missing)?;
         Ok::<_, Outcome>(serve_file(&state, &file, &headers))
     })();
     result.unwrap_or_else(IntoResponse::into_response)
@@ -796,8 +1026,12 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
         None | Some(RangeRequest::Ignore) => (StatusCode::OK, 0, len),
         Some(RangeRequest::Bytes(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end),
         Some(RangeRequest::Unsatisfiable) => {
-            let mut response = Outcome::new(StatusCode::RANGE_NOT_SATISFIABLE, "invalid", format!("the file has {len} bytes"))
-                .into_response();
+            let mut response = Outcome::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalid",
+                format!("the file has {len} bytes"),
+            )
+            .into_response();
             let value = HeaderValue::from_str(&format!("bytes */{len}")).expect("ASCII");
             response.headers_mut().insert(header::CONTENT_RANGE, value);
             return response;
@@ -815,12 +1049,34 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
     if gzip {
         chunks = Box::new(gzip_chunks(chunks));
     }
-    let cut = faults.break_download_after.filter(|_| file.take_break());
-    let body = Body::from_stream(futures::stream::iter(break_after(chunks, cut)));
+    // The break needs bytes left to break off; a body that fits whole is served whole.
+    let cut = faults
+        .break_download_after
+        .filter(|n| gzip || (*n as u64) < end - start)
+        .filter(|_| file.take_break());
+    let body = match cut {
+        None => Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>))),
+        Some(limit) => {
+            use futures::StreamExt;
+            let head = futures::stream::iter(truncate(chunks, limit).map(Ok));
+            let reset = futures::stream::once(async {
+                // Pending once first, so the connection flushes the bytes sent so far before it breaks.
+                tokio::task::yield_now().await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "demo fault: download broken",
+                ))
+            });
+            Body::from_stream(head.chain(reset))
+        }
+    };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let out = response.headers_mut();
-    out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+ndjson"),
+    );
     if !faults.no_range {
         out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
@@ -832,7 +1088,10 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
     }
     if status == StatusCode::PARTIAL_CONTENT {
         let value = format!("bytes {start}-{}/{len}", end.saturating_sub(1));
-        out.insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).expect("ASCII"));
+        out.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&value).expect("ASCII"),
+        );
     }
     response
 }
@@ -848,10 +1107,16 @@ enum RangeRequest {
 
 /// One `bytes=` range of RFC 9110: `a-b`, `a-` or `-suffix`.
 fn parse_range(value: &str, len: u64) -> RangeRequest {
-    let Some(spec) = value.trim().strip_prefix("bytes=").filter(|s| !s.contains(',')) else {
+    let Some(spec) = value
+        .trim()
+        .strip_prefix("bytes=")
+        .filter(|s| !s.contains(','))
+    else {
         return RangeRequest::Ignore;
     };
-    let Some((first, last)) = spec.split_once('-') else { return RangeRequest::Ignore };
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeRequest::Ignore;
+    };
     let (first, last) = (first.trim(), last.trim());
     let parsed = match (first.parse::<u64>(), last.parse::<u64>()) {
         (Ok(a), Ok(b)) if a <= b => Some((a, (b + 1).min(len))),
@@ -869,7 +1134,10 @@ fn parse_range(value: &str, len: u64) -> RangeRequest {
 /// Gzip-compresses a stream of chunks as it goes.
 fn gzip_chunks(chunks: impl Iterator<Item = Bytes>) -> impl Iterator<Item = Bytes> {
     use std::io::Write;
-    let mut encoder = Some(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut encoder = Some(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     let mut chunks = chunks.fuse();
     std::iter::from_fn(move || {
         loop {
@@ -881,41 +1149,23 @@ fn gzip_chunks(chunks: impl Iterator<Item = Bytes>) -> impl Iterator<Item = Byte
                         return Some(Bytes::from(std::mem::take(active.get_mut())));
                     }
                 }
-                None => return Some(Bytes::from(encoder.take()?.finish().expect("writing to memory"))),
+                None => {
+                    return Some(Bytes::from(
+                        encoder.take()?.finish().expect("writing to memory"),
+                    ));
+                }
             }
         }
     })
 }
 
-/// Passes `limit` bytes through, then fails the stream (the connection breaks mid-body).
-fn break_after(
-    chunks: impl Iterator<Item = Bytes>,
-    limit: Option<usize>,
-) -> impl Iterator<Item = std::io::Result<Bytes>> {
+/// The first `limit` bytes of a stream of chunks.
+fn truncate(chunks: impl Iterator<Item = Bytes>, limit: usize) -> impl Iterator<Item = Bytes> {
     let mut left = limit;
-    let mut chunks = chunks.fuse();
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if failed {
-            return None;
-        }
-        match (chunks.next(), left.as_mut()) {
-            (None, _) => None,
-            (Some(chunk), None) => Some(Ok(chunk)),
-            (Some(chunk), Some(left)) if chunk.len() < *left => {
-                *left -= chunk.len();
-                Some(Ok(chunk))
-            }
-            (Some(chunk), Some(left)) if *left > 0 => {
-                let head = chunk.slice(..*left);
-                *left = 0;
-                Some(Ok(head))
-            }
-            (Some(_), Some(_)) => {
-                failed = true;
-                Some(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "demo fault: download broken")))
-            }
-        }
+    chunks.map_while(move |chunk| {
+        let take = chunk.len().min(left);
+        left -= take;
+        (take > 0).then(|| chunk.slice(..take))
     })
 }
 
@@ -928,20 +1178,24 @@ mod tests {
         assert_eq!(parse_range("bytes=0-9", 100), RangeRequest::Bytes(0, 10));
         assert_eq!(parse_range("bytes=90-", 100), RangeRequest::Bytes(90, 100));
         assert_eq!(parse_range("bytes=-10", 100), RangeRequest::Bytes(90, 100));
-        assert_eq!(parse_range("bytes=50-500", 100), RangeRequest::Bytes(50, 100));
+        assert_eq!(
+            parse_range("bytes=50-500", 100),
+            RangeRequest::Bytes(50, 100)
+        );
         assert_eq!(parse_range("bytes=100-", 100), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeRequest::Ignore);
         assert_eq!(parse_range("items=0-1", 100), RangeRequest::Ignore);
     }
 
     #[test]
-    fn break_after_cuts_exactly() {
-        let chunks = vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
-        let out: Vec<_> = break_after(chunks.into_iter(), Some(6)).collect();
-        assert_eq!(out.len(), 3);
-        assert_eq!(out[0].as_ref().unwrap(), "abcd");
-        assert_eq!(out[1].as_ref().unwrap(), "ef");
-        assert!(out[2].is_err());
+    fn truncate_cuts_exactly() {
+        let chunks = || vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")].into_iter();
+        assert_eq!(truncate(chunks(), 6).collect::<Vec<_>>(), ["abcd", "ef"]);
+        assert_eq!(truncate(chunks(), 4).collect::<Vec<_>>(), ["abcd"]);
+        assert_eq!(
+            truncate(chunks(), 100).collect::<Vec<_>>(),
+            ["abcd", "efgh"]
+        );
     }
 
     #[test]
@@ -951,7 +1205,9 @@ mod tests {
         let expected: Vec<u8> = chunks.clone().flatten().collect();
         let compressed: Vec<u8> = gzip_chunks(chunks).flatten().collect();
         let mut plain = Vec::new();
-        flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut plain).unwrap();
+        flate2::read::GzDecoder::new(&compressed[..])
+            .read_to_end(&mut plain)
+            .unwrap();
         assert_eq!(plain, expected);
     }
 }

@@ -4,7 +4,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
@@ -28,7 +31,15 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 /// `2024-05-06T07:08:09.010Z`.
@@ -36,7 +47,13 @@ pub(crate) fn format_instant(ms: i64) -> String {
     let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
     let (y, m, d) = civil_from_days(days);
     let s = rem / 1000;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, rem % 1000)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        rem % 1000
+    )
 }
 
 /// Parses a FHIR `instant`: `YYYY-MM-DDThh:mm:ss[.fff]` followed by `Z` or `+hh:mm`/`-hh:mm`.
@@ -44,9 +61,17 @@ pub(crate) fn parse_instant(text: &str) -> Option<i64> {
     let b = text.as_bytes();
     let num = |from: usize, len: usize| -> Option<i64> {
         let part = text.get(from..from + len)?;
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
@@ -69,7 +94,11 @@ pub(crate) fn parse_instant(text: &str) -> Option<i64> {
         "Z" => 0,
         tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
             let minutes = num(i + 1, 2)? * 60 + num(i + 4, 2)?;
-            if tz.starts_with('-') { -minutes } else { minutes }
+            if tz.starts_with('-') {
+                -minutes
+            } else {
+                minutes
+            }
         }
         _ => return None,
     };
@@ -88,7 +117,12 @@ mod tests {
         assert_eq!(parse_instant("2024-03-01T01:59:58.500+02:00"), Some(ms));
         assert_eq!(parse_instant("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(format_instant(-1), "1969-12-31T23:59:59.999Z");
-        for bad in ["2024-01-01", "2024-01-01T00:00:00", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00.Z"] {
+        for bad in [
+            "2024-01-01",
+            "2024-01-01T00:00:00",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01T00:00:00.Z",
+        ] {
             assert_eq!(parse_instant(bad), None, "{bad}");
         }
     }

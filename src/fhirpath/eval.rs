@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::ops::ControlFlow;
 
 use serde_json::Value;
 
@@ -63,19 +64,31 @@ impl<'a> Eval<'_, 'a> {
                     self.error(format!("unknown constant %{name}"))
                 })?)]
             }
-            Expr::Member(base, name) => {
-                let input = self.base(base, focus)?;
-                let mut out = Vec::with_capacity(input.len());
-                let type_name = name.starts_with(|c: char| c.is_ascii_uppercase());
-                for item in input.iter() {
-                    member(item, name, type_name, &mut out);
-                }
-                out
-            }
+            Expr::Member(base, name) => collect_members(&self.base(base, focus)?, name),
             Expr::Index(base, index) => {
+                if let (Expr::Int(i), Expr::Member(inner, name)) = (&**index, &**base) {
+                    // `name[0]`: walk the children up to the one wanted, collect nothing else.
+                    let mut skip = usize::try_from(*i).unwrap_or(usize::MAX);
+                    let mut found = None;
+                    for item in self.base(inner, focus)?.iter() {
+                        let flow = members(item, name, &mut |child| match skip {
+                            0 => {
+                                found = Some(child);
+                                ControlFlow::Break(())
+                            }
+                            _ => {
+                                skip -= 1;
+                                ControlFlow::Continue(())
+                            }
+                        });
+                        if flow.is_break() {
+                            break;
+                        }
+                    }
+                    return Ok(found.into_iter().collect());
+                }
                 let input = self.base(base, focus)?;
-                let index = self.eval(index, focus)?;
-                let i = match index.as_slice() {
+                let i = match self.eval(index, focus)?.as_slice() {
                     [] => return Ok(Vec::new()),
                     [item] => item
                         .as_i64()
@@ -147,17 +160,13 @@ impl<'a> Eval<'_, 'a> {
             Func::OfType(ty) => keep(&|item| is_type(item, ty)),
             Func::Extension => {
                 let url = self.string_arg(&args[0], focus)?;
-                let mut out = Vec::new();
-                for item in input {
-                    let mut exts = Vec::new();
-                    member(item, "extension", false, &mut exts);
-                    out.extend(exts.into_iter().filter(|e| {
-                        e.as_json()
-                            .and_then(|e| e.get("url"))
-                            .and_then(Value::as_str)
-                            == Some(url.as_str())
-                    }));
-                }
+                let mut out = collect_members(input, "extension");
+                out.retain(|e| {
+                    e.as_json()
+                        .and_then(|e| e.get("url"))
+                        .and_then(Value::as_str)
+                        == Some(url.as_str())
+                });
                 out
             }
             Func::ResourceKey => input
@@ -317,33 +326,54 @@ impl<'a> Eval<'_, 'a> {
     }
 }
 
-/// Appends the children named `name` of `item` to `out`: array elements one by one, a choice element
-/// (`valueQuantity` for `value`) tagged with its type, the item itself when `name` is its resource type.
-fn member<'a>(item: &Item<'a>, name: &str, type_name: bool, out: &mut Collection<'a>) {
+/// Calls `f` on each child named `name` of `item`: array elements one by one, a choice element
+/// (`valueQuantity` for `value`) tagged with its type, the item itself when `name` is its resource
+/// type (`Patient.name`). Stops when `f` breaks.
+fn members<'a>(
+    item: &Item<'a>,
+    name: &str,
+    f: &mut impl FnMut(Item<'a>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let Some(Value::Object(map)) = item.as_json() else {
-        return;
+        return ControlFlow::Continue(());
     };
-    if type_name && map.get("resourceType").and_then(Value::as_str) == Some(name) {
-        out.push(item.clone());
-        return;
+    if name.starts_with(|c: char| c.is_ascii_uppercase())
+        && map.get("resourceType").and_then(Value::as_str) == Some(name)
+    {
+        return f(item.clone());
     }
     match map.get(name) {
         Some(Value::Array(items)) => {
-            out.extend(items.iter().filter(|v| !v.is_null()).map(Item::Json))
+            for v in items.iter().filter(|v| !v.is_null()) {
+                f(Item::Json(v))?;
+            }
         }
         Some(Value::Null) => {}
-        Some(v) => out.push(Item::Json(v)),
+        Some(v) => f(Item::Json(v))?,
         None => {
             for (key, v) in map {
-                if let Some(suffix) = key
-                    .strip_prefix(name)
-                    .filter(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
+                let suffix = key.strip_prefix(name);
+                if let Some(suffix) =
+                    suffix.filter(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
                 {
-                    out.push(Item::Choice(suffix, v));
+                    f(Item::Choice(suffix, v))?;
                 }
             }
         }
     }
+    ControlFlow::Continue(())
+}
+
+/// All children named `name` of the items of `input`.
+fn collect_members<'a>(input: &[Item<'a>], name: &str) -> Collection<'a> {
+    let mut out = Vec::with_capacity(input.len());
+    for item in input {
+        let _ = members(item, name, &mut |child| {
+            out.push(child);
+            ControlFlow::Continue(())
+        });
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow::array::builder::NullBufferBuilder;
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow::buffer::{BooleanBuffer, Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
@@ -67,7 +67,11 @@ impl FlatInference {
             new_nodes: Vec::new(),
             resource_type: ResourceTypeCheck::new(resource_type),
         };
-        FlatInference { trie: Trie::with_columns([]), kinds, max_list_items }
+        FlatInference {
+            trie: Trie::with_columns([]),
+            kinds,
+            max_list_items,
+        }
     }
 
     /// Merges one line's columns and kinds; a bad line leaves no trace.
@@ -106,7 +110,11 @@ impl FlatInference {
     }
 
     pub(crate) fn schema(&self) -> SchemaRef {
-        let fields = self.kinds.columns.iter().map(|(name, kinds)| Field::new(name, data_type(*kinds), true));
+        let fields = self
+            .kinds
+            .columns
+            .iter()
+            .map(|(name, kinds)| Field::new(name, data_type(*kinds), true));
         Arc::new(Schema::new(fields.collect::<Vec<_>>()))
     }
 }
@@ -173,10 +181,18 @@ impl FlatDecoder {
                     DataType::Boolean => Values::Bool(Vec::new()),
                     DataType::Int64 => Values::Int(Vec::new()),
                     DataType::Float64 => Values::Float(Vec::new()),
-                    DataType::Utf8 => Values::Utf8 { offsets: vec![0], data: Vec::new() },
-                    other => return Err(format!("flattened column {} cannot be {other}", f.name())),
+                    DataType::Utf8 => Values::Utf8 {
+                        offsets: vec![0],
+                        data: Vec::new(),
+                    },
+                    other => {
+                        return Err(format!("flattened column {} cannot be {other}", f.name()));
+                    }
                 };
-                Ok(Column { values, nulls: NullBufferBuilder::new(0) })
+                Ok(Column {
+                    values,
+                    nulls: NullBufferBuilder::new(0),
+                })
             })
             .collect::<Result<_, _>>()?;
         let trie = Trie::with_columns(schema.fields().iter().map(|f| f.name().as_str()));
@@ -187,7 +203,11 @@ impl FlatDecoder {
             touched: Vec::new(),
             resource_type: ResourceTypeCheck::new(resource_type),
         };
-        Ok(FlatDecoder { trie, columns, max_list_items })
+        Ok(FlatDecoder {
+            trie,
+            columns,
+            max_list_items,
+        })
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -218,9 +238,17 @@ impl FlatDecoder {
     pub(crate) fn flush(&mut self) -> arrow::error::Result<arrow::record_batch::RecordBatch> {
         let c = &mut self.columns;
         let rows = std::mem::take(&mut c.rows);
-        let arrays = c.columns.iter_mut().map(|column| column.finish(rows)).collect();
+        let arrays = c
+            .columns
+            .iter_mut()
+            .map(|column| column.finish(rows))
+            .collect();
         let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
-        arrow::record_batch::RecordBatch::try_new_with_options(Arc::clone(&c.schema), arrays, &options)
+        arrow::record_batch::RecordBatch::try_new_with_options(
+            Arc::clone(&c.schema),
+            arrays,
+            &options,
+        )
     }
 }
 
@@ -233,7 +261,10 @@ impl Sink for Columns {
         let misfit = |message: String| LineError::new(DecodeErrorKind::DoesNotFitSchema, message);
         let index = trie.column(node);
         if index == NO_COLUMN {
-            return Err(misfit(format!("column {} is not in the schema", trie.name(node))));
+            return Err(misfit(format!(
+                "column {} is not in the schema",
+                trie.name(node)
+            )));
         }
         let column = &mut self.columns[index as usize];
         let len = column.nulls.len();
@@ -244,7 +275,9 @@ impl Sink for Columns {
         }
         column.push_nulls(self.rows - len);
         self.touched.push(index);
-        column.push(leaf).map_err(|found| misfit(format!("column {}: {found}", trie.name(node))))
+        column
+            .push(leaf)
+            .map_err(|found| misfit(format!("column {}: {found}", trie.name(node))))
     }
 }
 
@@ -271,7 +304,9 @@ impl Column {
         match (&mut self.values, leaf) {
             (Values::Utf8 { offsets, data }, leaf) => {
                 match leaf {
-                    Leaf::Str(s) | Leaf::Int(s) | Leaf::Float(s) => data.extend_from_slice(s.as_bytes()),
+                    Leaf::Str(s) | Leaf::Int(s) | Leaf::Float(s) => {
+                        data.extend_from_slice(s.as_bytes())
+                    }
                     Leaf::Bool(b) => data.extend_from_slice(if b { b"true" } else { b"false" }),
                     Leaf::EmptyList => data.extend_from_slice(b"[]"),
                     Leaf::ListTail(s) => {
@@ -281,11 +316,15 @@ impl Column {
                     }
                     Leaf::Null => unreachable!("handled above"),
                 }
-                let end = i32::try_from(data.len()).map_err(|_| "more than 2 GiB of text in one batch")?;
+                let end = i32::try_from(data.len())
+                    .map_err(|_| "more than 2 GiB of text in one batch")?;
                 offsets.push(end);
             }
             (Values::Int(v), Leaf::Int(s)) => {
-                v.push(s.parse().map_err(|_| format!("{s} is too large for Int64"))?);
+                v.push(
+                    s.parse()
+                        .map_err(|_| format!("{s} is too large for Int64"))?,
+                );
             }
             (Values::Float(v), Leaf::Int(s) | Leaf::Float(s)) => {
                 v.push(s.parse().map_err(|_| format!("{s} is not a Float64"))?);
@@ -321,12 +360,26 @@ impl Column {
         self.push_nulls(rows - self.nulls.len());
         let nulls = self.nulls.finish();
         match &mut self.values {
-            Values::Bool(v) => Arc::new(BooleanArray::new(BooleanBuffer::from(std::mem::take(v)), nulls)),
-            Values::Int(v) => Arc::new(Int64Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
-            Values::Float(v) => Arc::new(Float64Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
+            Values::Bool(v) => Arc::new(BooleanArray::new(
+                BooleanBuffer::from(std::mem::take(v)),
+                nulls,
+            )),
+            Values::Int(v) => Arc::new(Int64Array::new(
+                ScalarBuffer::from(std::mem::take(v)),
+                nulls,
+            )),
+            Values::Float(v) => Arc::new(Float64Array::new(
+                ScalarBuffer::from(std::mem::take(v)),
+                nulls,
+            )),
             Values::Utf8 { offsets, data } => {
-                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
-                Arc::new(StringArray::new(offsets, Buffer::from_vec(std::mem::take(data)), nulls))
+                let offsets =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                Arc::new(StringArray::new(
+                    offsets,
+                    Buffer::from_vec(std::mem::take(data)),
+                    nulls,
+                ))
             }
         }
     }

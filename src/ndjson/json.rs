@@ -4,7 +4,8 @@
 //! of a [`Trie`] (one node per flattened column name) and hands scalar leaves to a [`Sink`], which
 //! writes them straight into column buffers (decoding) or merges their kinds (schema inference).
 //! The grammar is strict RFC 8259 JSON, as Python's `json.loads` (no `NaN`/`Infinity`, no control
-//! characters in strings); the line has already been checked to be UTF-8.
+//! characters in strings); UTF-8 is checked in strings, the only place where valid JSON can have
+//! non-ASCII bytes.
 
 use std::collections::HashMap;
 
@@ -50,9 +51,11 @@ struct Node {
     name: String,
     /// Column index in the sink, [`NO_COLUMN`] if none yet (or not in the schema).
     column: u32,
-    keys: Vec<(Box<[u8]>, u32)>,
-    /// Where the next key lookup starts: resources of one type list their keys in the same order.
+    keys: Vec<Key>,
+    /// Where the next key lookup starts.
     next_key: usize,
+    /// Position in `keys` of each key, for keys met out of the usual order.
+    positions: HashMap<Box<str>, usize>,
     items: Vec<u32>,
 }
 
@@ -69,7 +72,7 @@ impl Trie {
             trie.columns.insert(name.to_owned(), i as u32);
         }
         trie.nodes.push(Node::new(String::new(), NO_COLUMN));
-        let rt = trie.child_key(ROOT, b"resourceType");
+        let rt = trie.child_key(ROOT, "resourceType");
         debug_assert_eq!(rt, RESOURCE_TYPE);
         trie
     }
@@ -114,18 +117,33 @@ impl Trie {
     }
 
     #[inline]
-    fn child_key(&mut self, node: u32, key: &[u8]) -> u32 {
+    fn child_key(&mut self, node: u32, key: &str) -> u32 {
         let n = &mut self.nodes[node as usize];
+        // Resources of one type mostly list their keys in the same order, some of them left out:
+        // the key is usually at, or a few places after, the one after the last key found (the
+        // first, after the last key of the previous object).
+        let probe = Key::new(key);
         let len = n.keys.len();
-        for i in (n.next_key..len).chain(0..n.next_key.min(len)) {
-            if &*n.keys[i].0 == key {
-                n.next_key = i + 1;
-                return n.keys[i].1;
+        let mut i = n.next_key;
+        for _ in 0..len.min(4) {
+            if i == len {
+                i = 0;
             }
+            if n.keys[i].matches(&probe, key) {
+                n.next_key = i + 1;
+                return n.keys[i].id;
+            }
+            i += 1;
         }
-        let name = join(&n.name, &String::from_utf8_lossy(key));
+        if let Some(&i) = n.positions.get(key) {
+            n.next_key = i + 1;
+            return n.keys[i].id;
+        }
+        let name = join(&n.name, key);
         self.add_child(node, name, |n, id| {
-            n.keys.push((key.into(), id));
+            n.positions.insert(key.into(), n.keys.len());
+            let tail = key.get(16..).unwrap_or_default().into();
+            n.keys.push(Key { id, tail, ..probe });
             n.next_key = n.keys.len();
         })
     }
@@ -151,13 +169,59 @@ impl Trie {
 
 impl Node {
     fn new(name: String, column: u32) -> Self {
-        Node { name, column, keys: Vec::new(), next_key: 0, items: Vec::new() }
+        Node {
+            name,
+            column,
+            keys: Vec::new(),
+            next_key: 0,
+            positions: HashMap::new(),
+            items: Vec::new(),
+        }
+    }
+}
+
+/// An object key as a trie node keeps it: the first 16 bytes inline, so that comparing keys
+/// (most FHIR keys have 2 to 16 bytes) touches no other memory.
+#[derive(Debug)]
+struct Key {
+    head: u128,
+    /// The bytes after the first 16 (empty for most keys).
+    tail: Box<str>,
+    len: u32,
+    id: u32,
+}
+
+impl Key {
+    #[inline]
+    fn new(key: &str) -> Self {
+        let mut head = [0; 16];
+        let n = key.len().min(16);
+        head[..n].copy_from_slice(&key.as_bytes()[..n]);
+        let tail = Box::default();
+        Key {
+            head: u128::from_le_bytes(head),
+            tail,
+            len: key.len() as u32,
+            id: 0,
+        }
+    }
+
+    /// Whether this is `key`, whose [`Key::new`] is `probe`.
+    #[inline]
+    fn matches(&self, probe: &Key, key: &str) -> bool {
+        self.head == probe.head
+            && self.len == probe.len
+            && (key.len() <= 16 || *self.tail == key[16..])
     }
 }
 
 /// flatten_json's `_construct_key`: `parent_key` unless the parent is the (unnamed) root.
 fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_owned() } else { format!("{parent}_{key}") }
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}_{key}")
+    }
 }
 
 /// Walks one line (UTF-8, possibly with surrounding JSON whitespace) that must hold one object.
@@ -171,8 +235,17 @@ pub(crate) struct Walker<'a, 's> {
 type WalkError = LineError;
 
 impl<'a, 's> Walker<'a, 's> {
-    pub(crate) fn new(buf: &'a [u8], scratch: &'s mut Vec<u8>, max_list_items: Option<usize>) -> Self {
-        Walker { buf, pos: 0, scratch, max_list_items: max_list_items.unwrap_or(usize::MAX) }
+    pub(crate) fn new(
+        buf: &'a [u8],
+        scratch: &'s mut Vec<u8>,
+        max_list_items: Option<usize>,
+    ) -> Self {
+        Walker {
+            buf,
+            pos: 0,
+            scratch,
+            max_list_items: max_list_items.unwrap_or(usize::MAX),
+        }
     }
 
     /// Walks the line's object, calling `sink` for every leaf.
@@ -199,7 +272,10 @@ impl<'a, 's> Walker<'a, 's> {
     }
 
     fn error(&self, what: &str) -> WalkError {
-        LineError::new(DecodeErrorKind::InvalidJson, format!("invalid JSON at byte {}: {what}", self.pos + 1))
+        LineError::new(
+            DecodeErrorKind::InvalidJson,
+            format!("invalid JSON at byte {}: {what}", self.pos + 1),
+        )
     }
 
     #[inline]
@@ -225,7 +301,13 @@ impl<'a, 's> Walker<'a, 's> {
         }
     }
 
-    fn value<S: Sink>(&mut self, trie: &mut Trie, node: u32, sink: &mut S, depth: u32) -> Result<(), WalkError> {
+    fn value<S: Sink>(
+        &mut self,
+        trie: &mut Trie,
+        node: u32,
+        sink: &mut S,
+        depth: u32,
+    ) -> Result<(), WalkError> {
         if depth > MAX_DEPTH {
             return Err(self.error("nested too deeply"));
         }
@@ -237,11 +319,9 @@ impl<'a, 's> Walker<'a, 's> {
             Some(b'"') => {
                 self.pos += 1;
                 let s = self.string()?;
-                // The line is UTF-8 and the string was cut at ASCII quotes: this only re-checks.
-                let Ok(s) = std::str::from_utf8(s) else {
-                    return Err(LineError::new(DecodeErrorKind::InvalidUtf8, "invalid UTF-8"));
-                };
-                return sink.leaf(trie, node, Leaf::Str(s)).map_err(|e| at_byte(at, e));
+                return sink
+                    .leaf(trie, node, Leaf::Str(s))
+                    .map_err(|e| at_byte(at, e));
             }
             Some(b't') => self.literal(b"true", Leaf::Bool(true))?,
             Some(b'f') => self.literal(b"false", Leaf::Bool(false))?,
@@ -252,7 +332,13 @@ impl<'a, 's> Walker<'a, 's> {
         sink.leaf(trie, node, leaf).map_err(|e| at_byte(at, e))
     }
 
-    fn object<S: Sink>(&mut self, trie: &mut Trie, node: u32, sink: &mut S, depth: u32) -> Result<(), WalkError> {
+    fn object<S: Sink>(
+        &mut self,
+        trie: &mut Trie,
+        node: u32,
+        sink: &mut S,
+        depth: u32,
+    ) -> Result<(), WalkError> {
         self.pos += 1;
         self.skip_ws();
         if self.peek() == Some(b'}') {
@@ -278,13 +364,21 @@ impl<'a, 's> Walker<'a, 's> {
         }
     }
 
-    fn array<S: Sink>(&mut self, trie: &mut Trie, node: u32, sink: &mut S, depth: u32) -> Result<(), WalkError> {
+    fn array<S: Sink>(
+        &mut self,
+        trie: &mut Trie,
+        node: u32,
+        sink: &mut S,
+        depth: u32,
+    ) -> Result<(), WalkError> {
         let at = self.pos;
         self.pos += 1;
         self.skip_ws();
         if self.peek() == Some(b']') {
             self.pos += 1;
-            return sink.leaf(trie, node, Leaf::EmptyList).map_err(|e| at_byte(at, e));
+            return sink
+                .leaf(trie, node, Leaf::EmptyList)
+                .map_err(|e| at_byte(at, e));
         }
         let mut index = 0;
         let mut tail = None;
@@ -308,9 +402,11 @@ impl<'a, 's> Walker<'a, 's> {
         let end = self.pos;
         self.pos += 1;
         if let Some(start) = tail {
-            let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| self.error("invalid UTF-8"))?;
-            let child = trie.child_key(node, b"more");
-            sink.leaf(trie, child, Leaf::ListTail(text.trim_end())).map_err(|e| at_byte(at, e))?;
+            let text = std::str::from_utf8(&self.buf[start..end])
+                .map_err(|_| self.error("invalid UTF-8"))?;
+            let child = trie.child_key(node, "more");
+            sink.leaf(trie, child, Leaf::ListTail(text.trim_end()))
+                .map_err(|e| at_byte(at, e))?;
         }
         Ok(())
     }
@@ -383,19 +479,31 @@ impl<'a, 's> Walker<'a, 's> {
         self.pos = pos;
         // ASCII digits and signs only.
         let text = std::str::from_utf8(&b[start..pos]).map_err(|_| self.error("invalid number"))?;
-        Ok(if float { Leaf::Float(text) } else { Leaf::Int(text) })
+        Ok(if float {
+            Leaf::Float(text)
+        } else {
+            Leaf::Int(text)
+        })
     }
 
     /// A string after its opening quote: borrowed from the line, or unescaped into the scratch.
+    /// Only strings can hold non-ASCII bytes in valid JSON, so UTF-8 is checked here, and only
+    /// for strings that have such bytes.
     #[inline]
-    fn string(&mut self) -> Result<&[u8], WalkError> {
+    fn string(&mut self) -> Result<&str, WalkError> {
         let b = self.buf;
         let start = self.pos;
         let mut pos = start;
-        // Fast scan over 8 bytes at a time for '"', '\\' or a control character.
+        let mut non_ascii = false;
+        // Fast scan over 8 bytes at a time for '"', '\\' or a control character; the lowest
+        // bit of the mask marks the first such byte.
         while pos + 8 <= b.len() {
             let w = u64::from_le_bytes(b[pos..pos + 8].try_into().expect("8 bytes"));
-            if special_mask(w) != 0 {
+            let special = special_mask(w);
+            let before = special.wrapping_sub(1) & !special;
+            non_ascii |= w & 0x8080_8080_8080_8080 & before != 0;
+            if special != 0 {
+                pos += special.trailing_zeros() as usize / 8;
                 break;
             }
             pos += 8;
@@ -404,14 +512,17 @@ impl<'a, 's> Walker<'a, 's> {
             match b.get(pos) {
                 Some(b'"') => {
                     self.pos = pos + 1;
-                    return Ok(&b[start..pos]);
+                    return utf8(&b[start..pos], non_ascii, start);
                 }
                 Some(b'\\') => break,
                 Some(c) if *c < 0x20 => {
                     self.pos = pos;
                     return Err(self.error("control character in string"));
                 }
-                Some(_) => pos += 1,
+                Some(&c) => {
+                    non_ascii |= c >= 0x80;
+                    pos += 1;
+                }
                 None => {
                     self.pos = pos;
                     return Err(self.error("unterminated string"));
@@ -424,7 +535,7 @@ impl<'a, 's> Walker<'a, 's> {
             match b.get(pos) {
                 Some(b'"') => {
                     self.pos = pos + 1;
-                    return Ok(&self.scratch[..]);
+                    return utf8(self.scratch, true, start);
                 }
                 Some(b'\\') => {
                     pos += 1;
@@ -442,7 +553,8 @@ impl<'a, 's> Walker<'a, 's> {
                             let ch = self.unicode_escape()?;
                             pos = self.pos;
                             let mut utf8 = [0; 4];
-                            self.scratch.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
+                            self.scratch
+                                .extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
                             continue;
                         }
                         _ => {
@@ -490,7 +602,10 @@ impl<'a, 's> Walker<'a, 's> {
     }
 
     fn hex4(&mut self) -> Result<u32, WalkError> {
-        let digits = self.buf.get(self.pos..self.pos + 4).ok_or_else(|| self.error("invalid \\u escape"))?;
+        let digits = self
+            .buf
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("invalid \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.error("invalid \\u escape"))?;
         let code = u32::from_str_radix(text, 16).map_err(|_| self.error("invalid \\u escape"))?;
         if text.starts_with('+') {
@@ -499,6 +614,22 @@ impl<'a, 's> Walker<'a, 's> {
         self.pos += 4;
         Ok(code)
     }
+}
+
+/// `bytes` as a string, checked unless they are known to be ASCII.
+#[inline]
+fn utf8(bytes: &[u8], non_ascii: bool, start: usize) -> Result<&str, WalkError> {
+    if !non_ascii {
+        // SAFETY: every byte is below 0x80, and ASCII is UTF-8. (Most strings of a resource are
+        // ASCII; checking them again cost a tenth of the decoding time.)
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).map_err(|e| {
+        LineError::new(
+            DecodeErrorKind::InvalidUtf8,
+            format!("invalid UTF-8 at byte {}", start + e.valid_up_to() + 1),
+        )
+    })
 }
 
 fn at_byte(at: usize, mut e: LineError) -> WalkError {
@@ -536,13 +667,18 @@ mod tests {
         let mut trie = Trie::with_columns([]);
         let mut sink = Record::default();
         let mut scratch = Vec::new();
-        Walker::new(line.as_bytes(), &mut scratch, max).walk(&mut trie, &mut sink).map_err(|e| e.message)?;
+        Walker::new(line.as_bytes(), &mut scratch, max)
+            .walk(&mut trie, &mut sink)
+            .map_err(|e| e.message)?;
         Ok(sink.0)
     }
 
     #[test]
     fn flattens_keys_and_positions() {
-        let got = walk(r#" {"a":{"b":[1,{"c":"x\u00e9\ud83d\ude00\n"}],"e":{}},"_d":[],"f":-1.5e3,"g":null,"h":true} "#, None);
+        let got = walk(
+            r#" {"a":{"b":[1,{"c":"x\u00e9\ud83d\ude00\n"}],"e":{}},"_d":[],"f":-1.5e3,"g":null,"h":true} "#,
+            None,
+        );
         assert_eq!(
             got.unwrap(),
             [
@@ -559,7 +695,13 @@ mod tests {
     #[test]
     fn bounds_list_width() {
         let got = walk(r#"{"l":[1,2, {"x":[3]} ,4 ]}"#, Some(1)).unwrap();
-        assert_eq!(got, ["l_0=Int(\"1\")", "l_more=ListTail(\"2, {\\\"x\\\":[3]} ,4\")"]);
+        assert_eq!(
+            got,
+            [
+                "l_0=Int(\"1\")",
+                "l_more=ListTail(\"2, {\\\"x\\\":[3]} ,4\")"
+            ]
+        );
     }
 
     #[test]
@@ -580,6 +722,33 @@ mod tests {
         ] {
             let err = walk(line, None).unwrap_err();
             assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn keys_match_only_themselves() {
+        let keys = [
+            "",
+            "a",
+            "abc",
+            "abcd",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghijklmnop",
+            "abcdefghijklmnopq",
+        ];
+        let mut variants: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        variants.extend([
+            "abcdefghijklmnopr".into(),
+            "bbcdefghijklmnopq".into(),
+            "abcdefgi".into(),
+        ]);
+        for a in &variants {
+            let mut stored = Key::new(a);
+            stored.tail = a.get(16..).unwrap_or_default().into();
+            for b in &variants {
+                assert_eq!(stored.matches(&Key::new(b), b), a == b, "{a} {b}");
+            }
         }
     }
 

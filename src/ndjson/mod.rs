@@ -47,7 +47,7 @@
 //! | UTF-8 byte order mark at the start of a stream | skipped |
 //! | CRLF line ends | accepted |
 //! | last line without a newline | decoded by [`Decoder::finish`] / [`SchemaInference::end_stream`] |
-//! | invalid UTF-8 | [`DecodeErrorKind::InvalidUtf8`] |
+//! | invalid UTF-8 in a string (outside strings the line is not JSON) | [`DecodeErrorKind::InvalidUtf8`] |
 //! | not JSON (also `NaN`, lone surrogates `\ud800`, control characters in strings) | [`DecodeErrorKind::InvalidJson`] |
 //! | JSON that is not an object | [`DecodeErrorKind::NotAnObject`] |
 //! | `resourceType` other than [`DecodeOptions::with_resource_type`], or missing | [`DecodeErrorKind::WrongResourceType`] |
@@ -127,7 +127,9 @@ impl FlattenOptions {
     /// as JSON text (`[...]`) in one column named `<list>_more` (`item_more`). `None` (the
     /// default) flattens every position, as the notebook did.
     pub fn with_max_list_items(self, max: Option<usize>) -> Self {
-        FlattenOptions { max_list_items: max, ..self }
+        FlattenOptions {
+            max_list_items: max,
+        }
     }
 
     /// The bound set by [`FlattenOptions::with_max_list_items`].
@@ -172,7 +174,10 @@ impl Default for DecodeOptions {
 impl DecodeOptions {
     /// Rows per record batch at most (default 8192; 0 is taken as 1).
     pub fn with_batch_size(self, batch_size: usize) -> Self {
-        DecodeOptions { batch_size: batch_size.max(1), ..self }
+        DecodeOptions {
+            batch_size: batch_size.max(1),
+            ..self
+        }
     }
 
     /// What a bad line does (default [`Strictness::Strict`]).
@@ -182,12 +187,18 @@ impl DecodeOptions {
 
     /// The `resourceType` every line must have (default: any).
     pub fn with_resource_type(self, resource_type: impl Into<String>) -> Self {
-        DecodeOptions { resource_type: Some(resource_type.into()), ..self }
+        DecodeOptions {
+            resource_type: Some(resource_type.into()),
+            ..self
+        }
     }
 
     /// The file or stream name that errors show (default `<stream>`).
     pub fn with_source(self, source: impl Into<String>) -> Self {
-        DecodeOptions { source: source.into(), ..self }
+        DecodeOptions {
+            source: source.into(),
+            ..self
+        }
     }
 
     fn with_first_line(self, first_line: u64) -> Self {
@@ -230,7 +241,11 @@ pub struct DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} line {}: {}", self.source_name, self.line, self.message)
+        write!(
+            f,
+            "{} line {}: {}",
+            self.source_name, self.line, self.message
+        )
     }
 }
 
@@ -265,7 +280,10 @@ pub(crate) struct LineError {
 
 impl LineError {
     fn new(kind: DecodeErrorKind, message: impl Into<String>) -> Self {
-        LineError { kind, message: message.into() }
+        LineError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -278,7 +296,10 @@ struct ResourceTypeCheck {
 
 impl ResourceTypeCheck {
     fn new(expected: Option<String>) -> Self {
-        ResourceTypeCheck { expected, seen: false }
+        ResourceTypeCheck {
+            expected,
+            seen: false,
+        }
     }
 
     fn start_line(&mut self) {
@@ -290,7 +311,10 @@ impl ResourceTypeCheck {
         match &self.expected {
             Some(expected) if *leaf != Leaf::Str(expected) => Err(LineError::new(
                 DecodeErrorKind::WrongResourceType,
-                format!("resourceType {} where {expected} was expected", flat::describe(leaf)),
+                format!(
+                    "resourceType {} where {expected} was expected",
+                    flat::describe(leaf)
+                ),
             )),
             _ => Ok(()),
         }
@@ -325,7 +349,14 @@ const KEEP_SKIPPED: usize = 100;
 
 impl Lines {
     fn new(options: DecodeOptions) -> Self {
-        Lines { options, pending: Vec::new(), seen: 0, scratch: Vec::new(), skipped_count: 0, skipped: Vec::new() }
+        Lines {
+            options,
+            pending: Vec::new(),
+            seen: 0,
+            scratch: Vec::new(),
+            skipped_count: 0,
+            skipped: Vec::new(),
+        }
     }
 
     /// Hands complete lines of `bytes` to `line` while `more()` holds; returns the bytes consumed.
@@ -358,9 +389,16 @@ impl Lines {
     }
 
     /// The last line if it had no newline; then the next bytes start a new stream.
-    fn end(&mut self, mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>) -> crate::Result<()> {
+    fn end(
+        &mut self,
+        mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>,
+    ) -> crate::Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        let result = if pending.is_empty() { Ok(()) } else { self.one(&pending, &mut line) };
+        let result = if pending.is_empty() {
+            Ok(())
+        } else {
+            self.one(&pending, &mut line)
+        };
         self.seen = 0;
         result
     }
@@ -378,15 +416,15 @@ impl Lines {
         if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             return Ok(());
         }
-        let result = match std::str::from_utf8(bytes) {
-            Ok(_) => line(bytes, &mut self.scratch),
-            Err(e) => Err(LineError::new(
-                DecodeErrorKind::InvalidUtf8,
-                format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
-            )),
+        let Err(LineError { kind, message }) = line(bytes, &mut self.scratch) else {
+            return Ok(());
         };
-        let Err(LineError { kind, message }) = result else { return Ok(()) };
-        let error = DecodeError { source_name: self.options.source.clone(), line: number, kind, message };
+        let error = DecodeError {
+            source_name: self.options.source.clone(),
+            line: number,
+            kind,
+            message,
+        };
         match self.options.strictness {
             Strictness::Strict => Err(error.into()),
             Strictness::Lenient => {
@@ -426,16 +464,23 @@ impl SchemaInference {
     pub fn with_options(mode: &TableMode, options: DecodeOptions) -> Self {
         let resource_type = options.resource_type.clone();
         let inner = match mode {
-            TableMode::Flattened(f) => Inference::Flat(FlatInference::new(f.max_list_items, resource_type)),
+            TableMode::Flattened(f) => {
+                Inference::Flat(FlatInference::new(f.max_list_items, resource_type))
+            }
             TableMode::Nested => Inference::Nested(NestedInference::new(resource_type)),
         };
-        SchemaInference { mode: mode.clone(), inner, lines: Lines::new(options) }
+        SchemaInference {
+            mode: mode.clone(),
+            inner,
+            lines: Lines::new(options),
+        }
     }
 
     /// Reads `bytes`, the next piece of the current file.
     pub fn push(&mut self, bytes: &[u8]) -> crate::Result<()> {
         let inner = &mut self.inner;
-        self.lines.push(bytes, || true, |line, scratch| inner.line(line, scratch))?;
+        self.lines
+            .push(bytes, || true, |line, scratch| inner.line(line, scratch))?;
         Ok(())
     }
 
@@ -472,7 +517,9 @@ impl SchemaInference {
         }
         self.lines.skipped_count += other.lines.skipped_count;
         let room = KEEP_SKIPPED.saturating_sub(self.lines.skipped.len());
-        self.lines.skipped.extend(other.lines.skipped.iter().take(room).cloned());
+        self.lines
+            .skipped
+            .extend(other.lines.skipped.iter().take(room).cloned());
     }
 }
 
@@ -525,7 +572,9 @@ impl Decoder {
     pub fn new(schema: SchemaRef, mode: &TableMode, options: DecodeOptions) -> crate::Result<Self> {
         let resource_type = options.resource_type.clone();
         let inner = match mode {
-            TableMode::Flattened(f) => FlatDecoder::new(schema, f.max_list_items, resource_type).map(Decoding::Flat),
+            TableMode::Flattened(f) => {
+                FlatDecoder::new(schema, f.max_list_items, resource_type).map(Decoding::Flat)
+            }
             TableMode::Nested => NestedDecoder::new(schema, resource_type).map(Decoding::Nested),
         }
         .map_err(|message| DecodeError {
@@ -534,7 +583,10 @@ impl Decoder {
             kind: DecodeErrorKind::UnsupportedSchema,
             message,
         })?;
-        Ok(Decoder { inner, lines: Lines::new(options) })
+        Ok(Decoder {
+            inner,
+            lines: Lines::new(options),
+        })
     }
 
     /// Decodes complete lines of `bytes` (keeping a trailing partial line for the next call) until

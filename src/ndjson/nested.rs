@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListArray, StringBuilder, StructArray,
 };
-use arrow::array::builder::NullBufferBuilder;
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -92,7 +92,9 @@ impl Shape {
             Shape::Bool => DataType::Boolean,
             Shape::Int => DataType::Int64,
             Shape::Float => DataType::Float64,
-            Shape::List(item) => DataType::List(Arc::new(Field::new_list_field(item.data_type(), true))),
+            Shape::List(item) => {
+                DataType::List(Arc::new(Field::new_list_field(item.data_type(), true)))
+            }
             Shape::Object(fields) if !fields.is_empty() => DataType::Struct(to_fields(fields)),
             // Only nulls, `{}` (Parquet has no empty groups) or conflicting kinds.
             Shape::Null | Shape::Str | Shape::Json | Shape::Object(_) => DataType::Utf8,
@@ -112,7 +114,10 @@ fn scalar(v: &Value) -> Shape {
 }
 
 fn to_fields(fields: &[(String, Shape)]) -> Fields {
-    fields.iter().map(|(name, shape)| Field::new(name, shape.data_type(), true)).collect()
+    fields
+        .iter()
+        .map(|(name, shape)| Field::new(name, shape.data_type(), true))
+        .collect()
 }
 
 /// Schema inference for the nested mode: the shape of the resources merged field by field.
@@ -124,7 +129,10 @@ pub(crate) struct NestedInference {
 
 impl NestedInference {
     pub(crate) fn new(resource_type: Option<String>) -> Self {
-        NestedInference { root: Shape::Object(Vec::new()), resource_type: ResourceTypeCheck::new(resource_type) }
+        NestedInference {
+            root: Shape::Object(Vec::new()),
+            resource_type: ResourceTypeCheck::new(resource_type),
+        }
     }
 
     pub(crate) fn line(&mut self, line: &[u8]) -> Result<(), LineError> {
@@ -138,18 +146,33 @@ impl NestedInference {
     }
 
     pub(crate) fn schema(&self) -> SchemaRef {
-        let Shape::Object(fields) = &self.root else { unreachable!("the root is an object") };
+        let Shape::Object(fields) = &self.root else {
+            unreachable!("the root is an object")
+        };
         Arc::new(Schema::new(to_fields(fields)))
     }
 }
 
 /// Parses one line into an object with the expected resourceType.
-fn parse(line: &[u8], resource_type: &mut ResourceTypeCheck) -> Result<Map<String, Value>, LineError> {
+fn parse(
+    line: &[u8],
+    resource_type: &mut ResourceTypeCheck,
+) -> Result<Map<String, Value>, LineError> {
+    if let Err(e) = std::str::from_utf8(line) {
+        let message = format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1);
+        return Err(LineError::new(DecodeErrorKind::InvalidUtf8, message));
+    }
     let value: Value = serde_json::from_slice(line).map_err(|e| {
-        LineError::new(DecodeErrorKind::InvalidJson, format!("invalid JSON at byte {}: {e}", e.column()))
+        LineError::new(
+            DecodeErrorKind::InvalidJson,
+            format!("invalid JSON at byte {}: {e}", e.column()),
+        )
     })?;
     let Value::Object(object) = value else {
-        return Err(LineError::new(DecodeErrorKind::NotAnObject, "not a JSON object"));
+        return Err(LineError::new(
+            DecodeErrorKind::NotAnObject,
+            "not a JSON object",
+        ));
     };
     resource_type.start_line();
     if let Some(rt) = object.get("resourceType") {
@@ -174,8 +197,17 @@ pub(crate) struct NestedDecoder {
 
 impl NestedDecoder {
     pub(crate) fn new(schema: SchemaRef, resource_type: Option<String>) -> Result<Self, String> {
-        let columns = schema.fields().iter().map(Builder::new).collect::<Result<_, _>>()?;
-        Ok(NestedDecoder { schema, columns, rows: 0, resource_type: ResourceTypeCheck::new(resource_type) })
+        let columns = schema
+            .fields()
+            .iter()
+            .map(Builder::new)
+            .collect::<Result<_, _>>()?;
+        Ok(NestedDecoder {
+            schema,
+            columns,
+            rows: 0,
+            resource_type: ResourceTypeCheck::new(resource_type),
+        })
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -201,7 +233,10 @@ impl NestedDecoder {
 }
 
 fn misfit(path: &str, message: impl std::fmt::Display) -> LineError {
-    LineError::new(DecodeErrorKind::DoesNotFitSchema, format!("field {path}: {message}"))
+    LineError::new(
+        DecodeErrorKind::DoesNotFitSchema,
+        format!("field {path}: {message}"),
+    )
 }
 
 fn fits_object(fields: &Fields, object: &Map<String, Value>) -> Result<(), LineError> {
@@ -225,7 +260,14 @@ fn fits(data_type: &DataType, v: &Value) -> Result<(), LineError> {
         (DataType::Struct(fields), Value::Object(object)) => return fits_object(fields, object),
         _ => false,
     };
-    if ok { Ok(()) } else { Err(LineError::new(DecodeErrorKind::DoesNotFitSchema, format!("{v} is not {data_type}"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(LineError::new(
+            DecodeErrorKind::DoesNotFitSchema,
+            format!("{v} is not {data_type}"),
+        ))
+    }
 }
 
 /// Appends values already checked by [`fits`].
@@ -235,8 +277,17 @@ enum Builder {
     Int(Int64Builder),
     Float(Float64Builder),
     Str(StringBuilder),
-    List { field: FieldRef, offsets: Vec<i32>, nulls: NullBufferBuilder, item: Box<Builder> },
-    Struct { fields: Fields, children: Vec<Builder>, nulls: NullBufferBuilder },
+    List {
+        field: FieldRef,
+        offsets: Vec<i32>,
+        nulls: NullBufferBuilder,
+        item: Box<Builder>,
+    },
+    Struct {
+        fields: Fields,
+        children: Vec<Builder>,
+        nulls: NullBufferBuilder,
+    },
 }
 
 impl Builder {
@@ -272,16 +323,28 @@ impl Builder {
                 Some(other) => b.append_value(other.to_string()),
                 None => b.append_null(),
             },
-            Builder::List { offsets, nulls, item, .. } => {
+            Builder::List {
+                offsets,
+                nulls,
+                item,
+                ..
+            } => {
                 if let Some(Value::Array(values)) = v {
                     values.iter().for_each(|v| item.append(Some(v)));
                     nulls.append_non_null();
                 } else {
                     nulls.append_null();
                 }
-                offsets.push(offsets.last().copied().unwrap_or(0) + v.and_then(Value::as_array).map_or(0, Vec::len) as i32);
+                offsets.push(
+                    offsets.last().copied().unwrap_or(0)
+                        + v.and_then(Value::as_array).map_or(0, Vec::len) as i32,
+                );
             }
-            Builder::Struct { fields, children, nulls } => {
+            Builder::Struct {
+                fields,
+                children,
+                nulls,
+            } => {
                 let object = v.and_then(Value::as_object);
                 for (field, child) in fields.iter().zip(children) {
                     child.append(object.and_then(|o| o.get(field.name())));
@@ -297,11 +360,26 @@ impl Builder {
             Builder::Int(b) => Arc::new(b.finish()),
             Builder::Float(b) => Arc::new(b.finish()),
             Builder::Str(b) => Arc::new(b.finish()),
-            Builder::List { field, offsets, nulls, item } => {
-                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
-                Arc::new(ListArray::new(Arc::clone(field), offsets, item.finish(), nulls.finish()))
+            Builder::List {
+                field,
+                offsets,
+                nulls,
+                item,
+            } => {
+                let offsets =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                Arc::new(ListArray::new(
+                    Arc::clone(field),
+                    offsets,
+                    item.finish(),
+                    nulls.finish(),
+                ))
             }
-            Builder::Struct { fields, children, nulls } => {
+            Builder::Struct {
+                fields,
+                children,
+                nulls,
+            } => {
                 let arrays = children.iter_mut().map(Builder::finish).collect();
                 Arc::new(StructArray::new(fields.clone(), arrays, nulls.finish()))
             }

@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use super::{DecodeError, DecodeOptions, Decoder, SchemaInference, TableMode};
 
 /// Bytes per chunk (cut at the last line end within).
-const CHUNK: usize = 4 << 20;
+const CHUNK: usize = 8 << 20;
 
 /// What [`decode_reader`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,14 +32,21 @@ pub fn infer_reader(reader: impl Read, inference: &mut SchemaInference) -> crate
     infer_chunks(reader, inference, CHUNK)
 }
 
-pub(super) fn infer_chunks(reader: impl Read, inference: &mut SchemaInference, chunk_size: usize) -> crate::Result<()> {
+pub(super) fn infer_chunks(
+    reader: impl Read,
+    inference: &mut SchemaInference,
+    chunk_size: usize,
+) -> crate::Result<()> {
     let (mode, options) = (inference.mode.clone(), inference.lines.options.clone());
     run_chunks(
         reader,
         chunk_size,
         &options.source,
         |chunk| {
-            let mut part = SchemaInference::with_options(&mode, options.clone().with_first_line(chunk.first_line));
+            let mut part = SchemaInference::with_options(
+                &mode,
+                options.clone().with_first_line(chunk.first_line),
+            );
             part.push(&chunk.bytes)?;
             part.end_stream()?;
             Ok(part)
@@ -54,7 +61,7 @@ pub(super) fn infer_chunks(reader: impl Read, inference: &mut SchemaInference, c
 /// Decodes all of `reader` (one file) on all cores into batches of `schema`, handed to `on_batch`
 /// in file order.
 ///
-/// Batches hold at most `options.batch_size` rows (fewer at the end of each 4 MiB chunk). In
+/// Batches hold at most `options.batch_size` rows (fewer at the end of each 8 MiB chunk). In
 /// strict mode the first bad line in file order is the error.
 pub fn decode_reader(
     reader: impl Read,
@@ -97,7 +104,9 @@ pub(super) fn decode_chunks(
         |(batches, decoder)| {
             summary.skipped_count += decoder.skipped_count();
             let room = super::KEEP_SKIPPED.saturating_sub(summary.skipped.len());
-            summary.skipped.extend(decoder.skipped().iter().take(room).cloned());
+            summary
+                .skipped
+                .extend(decoder.skipped().iter().take(room).cloned());
             for batch in batches {
                 summary.rows += batch.num_rows() as u64;
                 on_batch(batch)?;
@@ -157,14 +166,17 @@ fn run_chunks<T: Send>(
         };
         let mut carry = Vec::new();
         let mut next_line = 1;
-        loop {
-            let Some(chunk) = next_chunk(&mut reader, chunk_size, &mut carry, &mut next_line, source)? else { break };
+        while let Some(chunk) =
+            next_chunk(&mut reader, chunk_size, &mut carry, &mut next_line, source)?
+        {
             while sent - emitted >= in_flight {
                 let (index, result) = done_rx.recv().expect("workers outlive their jobs");
                 done.insert(index, result);
                 emit_ready(&mut done, &mut emitted)?;
             }
-            job_tx.send((sent, chunk)).expect("workers outlive the job queue");
+            job_tx
+                .send((sent, chunk))
+                .expect("workers outlive the job queue");
             sent += 1;
             while let Ok((index, result)) = done_rx.try_recv() {
                 done.insert(index, result);
@@ -194,15 +206,19 @@ fn next_chunk(
     let cut = loop {
         let start = bytes.len();
         let want = chunk_size.saturating_sub(start).max(chunk_size / 4).max(1) as u64;
-        let n = reader.by_ref().take(want).read_to_end(&mut bytes).map_err(|e| crate::Error::io(source, e))?;
+        let n = reader
+            .by_ref()
+            .take(want)
+            .read_to_end(&mut bytes)
+            .map_err(|e| crate::Error::io(source, e))?;
         if n == 0 {
             break bytes.len();
         }
         // A line longer than a chunk: keep reading until it ends.
-        if bytes.len() >= chunk_size {
-            if let Some(i) = memchr::memrchr(b'\n', &bytes) {
-                break i + 1;
-            }
+        if bytes.len() >= chunk_size
+            && let Some(i) = memchr::memrchr(b'\n', &bytes)
+        {
+            break i + 1;
         }
     };
     if bytes.is_empty() {

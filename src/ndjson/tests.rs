@@ -19,7 +19,13 @@ fn infer(mode: &TableMode, input: &[u8]) -> SchemaRef {
 }
 
 /// Decodes `input` pushed in pieces cut at `cuts`, flushing whenever the decoder asks.
-fn decode_cut(schema: SchemaRef, mode: &TableMode, options: DecodeOptions, input: &[u8], cuts: &[usize]) -> crate::Result<(Vec<RecordBatch>, Decoder)> {
+fn decode_cut(
+    schema: SchemaRef,
+    mode: &TableMode,
+    options: DecodeOptions,
+    input: &[u8],
+    cuts: &[usize],
+) -> crate::Result<(Vec<RecordBatch>, Decoder)> {
     let mut decoder = Decoder::new(schema, mode, options)?;
     let mut batches = Vec::new();
     let mut start = 0;
@@ -36,7 +42,11 @@ fn decode_cut(schema: SchemaRef, mode: &TableMode, options: DecodeOptions, input
     Ok((batches, decoder))
 }
 
-fn decode(mode: &TableMode, options: DecodeOptions, input: &[u8]) -> crate::Result<(Vec<RecordBatch>, Decoder)> {
+fn decode(
+    mode: &TableMode,
+    options: DecodeOptions,
+    input: &[u8],
+) -> crate::Result<(Vec<RecordBatch>, Decoder)> {
     decode_cut(infer(mode, input), mode, options, input, &[])
 }
 
@@ -45,7 +55,11 @@ fn table(batches: &[RecordBatch]) -> String {
 }
 
 fn fields(schema: &Schema) -> Vec<String> {
-    schema.fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect()
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect()
 }
 
 fn decode_error(result: crate::Result<impl std::fmt::Debug>) -> DecodeError {
@@ -97,17 +111,37 @@ fn flattened_columns_types_and_values_follow_the_notebook() {
     let col = |name: &str| Arc::clone(b.column_by_name(name).unwrap());
     assert_eq!(col("name_0_given_0").as_string::<i32>().value(1), "Cé😀");
     assert_eq!(col("extension").as_string::<i32>().value(1), "[]");
-    assert_eq!(col("deceased").as_string::<i32>().iter().collect::<Vec<_>>(), [None, None, Some("no"), Some("true")]);
     assert_eq!(
-        col("weight").as_primitive::<Float64Type>().iter().collect::<Vec<_>>(),
+        col("deceased")
+            .as_string::<i32>()
+            .iter()
+            .collect::<Vec<_>>(),
+        [None, None, Some("no"), Some("true")]
+    );
+    assert_eq!(
+        col("weight")
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect::<Vec<_>>(),
         [None, Some(1.0), Some(1.25), Some(7.0)]
     );
     assert_eq!(
-        col("multipleBirthInteger").as_primitive::<Int64Type>().iter().collect::<Vec<_>>(),
+        col("multipleBirthInteger")
+            .as_primitive::<Int64Type>()
+            .iter()
+            .collect::<Vec<_>>(),
         [None, Some(2), None, None]
     );
-    assert_eq!(col("active").as_boolean().iter().collect::<Vec<_>>(), [Some(true), None, Some(false), None]);
-    assert_eq!(col("_birthDate_extension_0_valueInteger").as_primitive::<Int64Type>().value(0), 3);
+    assert_eq!(
+        col("active").as_boolean().iter().collect::<Vec<_>>(),
+        [Some(true), None, Some(false), None]
+    );
+    assert_eq!(
+        col("_birthDate_extension_0_valueInteger")
+            .as_primitive::<Int64Type>()
+            .value(0),
+        3
+    );
 }
 
 #[test]
@@ -117,9 +151,26 @@ fn any_split_gives_the_same_batches() {
     let input = input.as_bytes();
     let mode = flat();
     let schema = infer(&mode, PATIENTS.as_bytes());
-    let whole = table(&decode_cut(Arc::clone(&schema), &mode, DecodeOptions::default(), PATIENTS.as_bytes(), &[]).unwrap().0);
+    let whole = table(
+        &decode_cut(
+            Arc::clone(&schema),
+            &mode,
+            DecodeOptions::default(),
+            PATIENTS.as_bytes(),
+            &[],
+        )
+        .unwrap()
+        .0,
+    );
     for cut in 0..=input.len() {
-        let (batches, _) = decode_cut(Arc::clone(&schema), &mode, DecodeOptions::default(), input, &[cut]).unwrap();
+        let (batches, _) = decode_cut(
+            Arc::clone(&schema),
+            &mode,
+            DecodeOptions::default(),
+            input,
+            &[cut],
+        )
+        .unwrap();
         assert_eq!(table(&batches), whole, "cut at {cut}");
         let mut inference = SchemaInference::new(&mode);
         inference.push(&input[..cut]).unwrap();
@@ -129,7 +180,14 @@ fn any_split_gives_the_same_batches() {
     }
     // One byte at a time.
     let cuts: Vec<usize> = (1..input.len()).collect();
-    let (batches, _) = decode_cut(Arc::clone(&schema), &mode, DecodeOptions::default(), input, &cuts).unwrap();
+    let (batches, _) = decode_cut(
+        Arc::clone(&schema),
+        &mode,
+        DecodeOptions::default(),
+        input,
+        &cuts,
+    )
+    .unwrap();
     assert_eq!(table(&batches), whole);
 }
 
@@ -153,7 +211,10 @@ fn batches_are_cut_at_batch_size() {
 fn blank_lines_are_skipped_and_last_line_needs_no_newline() {
     let input = b"\n  \r\n{\"id\":\"a\"}\n\n{\"id\":\"b\"}";
     let (batches, decoder) = decode(&flat(), DecodeOptions::default(), input).unwrap();
-    assert_eq!(table(&batches), "+----+\n| id |\n+----+\n| a  |\n| b  |\n+----+");
+    assert_eq!(
+        table(&batches),
+        "+----+\n| id |\n+----+\n| a  |\n| b  |\n+----+"
+    );
     assert_eq!(decoder.skipped_count(), 0);
 }
 
@@ -162,15 +223,47 @@ fn blank_lines_are_skipped_and_last_line_needs_no_newline() {
 fn bad_lines_are_named_by_source_and_line() {
     let good = r#"{"resourceType":"Observation","id":"o1","valueInteger":1}"#;
     let cases: [(&[u8], DecodeErrorKind, &str); 9] = [
-        (b"{\"resourceType\":\"Observation\",", DecodeErrorKind::InvalidJson, "expected a key"),
-        (b"not json", DecodeErrorKind::InvalidJson, "expected a value"),
+        (
+            b"{\"resourceType\":\"Observation\",",
+            DecodeErrorKind::InvalidJson,
+            "expected a key",
+        ),
+        (
+            b"not json",
+            DecodeErrorKind::InvalidJson,
+            "expected a value",
+        ),
         (b"[1,2]", DecodeErrorKind::NotAnObject, "not a JSON object"),
-        (b"{\"resourceType\":\"Patient\",\"id\":\"p\"}", DecodeErrorKind::WrongResourceType, "resourceType string \"Patient\" where Observation was expected"),
-        (b"{\"id\":\"x\"}", DecodeErrorKind::WrongResourceType, "no resourceType"),
-        (b"{\"resourceType\":\"Observation\",\"id\":\"\xff\"}", DecodeErrorKind::InvalidUtf8, "invalid UTF-8 at byte 37"),
-        (b"{\"resourceType\":\"Observation\",\"id\":\"a\",\"id\":\"b\"}", DecodeErrorKind::DuplicateKey, "column id given twice"),
-        (b"{\"resourceType\":\"Observation\",\"status\":\"final\"}", DecodeErrorKind::DoesNotFitSchema, "column status is not in the schema"),
-        (b"{\"resourceType\":\"Observation\",\"valueInteger\":9223372036854775808}", DecodeErrorKind::DoesNotFitSchema, "9223372036854775808 is too large for Int64"),
+        (
+            b"{\"resourceType\":\"Patient\",\"id\":\"p\"}",
+            DecodeErrorKind::WrongResourceType,
+            "resourceType string \"Patient\" where Observation was expected",
+        ),
+        (
+            b"{\"id\":\"x\"}",
+            DecodeErrorKind::WrongResourceType,
+            "no resourceType",
+        ),
+        (
+            b"{\"resourceType\":\"Observation\",\"id\":\"\xff\"}",
+            DecodeErrorKind::InvalidUtf8,
+            "invalid UTF-8 at byte 37",
+        ),
+        (
+            b"{\"resourceType\":\"Observation\",\"id\":\"a\",\"id\":\"b\"}",
+            DecodeErrorKind::DuplicateKey,
+            "column id given twice",
+        ),
+        (
+            b"{\"resourceType\":\"Observation\",\"status\":\"final\"}",
+            DecodeErrorKind::DoesNotFitSchema,
+            "column status is not in the schema",
+        ),
+        (
+            b"{\"resourceType\":\"Observation\",\"valueInteger\":9223372036854775808}",
+            DecodeErrorKind::DoesNotFitSchema,
+            "9223372036854775808 is too large for Int64",
+        ),
     ];
     let mode = flat();
     let schema = infer(&mode, good.as_bytes());
@@ -178,15 +271,35 @@ fn bad_lines_are_named_by_source_and_line() {
         let mut input = format!("{good}\n\n").into_bytes();
         input.extend_from_slice(bad);
         input.extend_from_slice(format!("\r\n{good}\n").as_bytes());
-        let options = DecodeOptions::default().with_resource_type("Observation").with_source("Observation.ndjson");
-        let err = decode_error(decode_cut(Arc::clone(&schema), &mode, options.clone(), &input, &[]));
-        assert_eq!((err.kind, err.line, err.source_name.as_str()), (kind, 3, "Observation.ndjson"), "{err}");
+        let options = DecodeOptions::default()
+            .with_resource_type("Observation")
+            .with_source("Observation.ndjson");
+        let err = decode_error(decode_cut(
+            Arc::clone(&schema),
+            &mode,
+            options.clone(),
+            &input,
+            &[],
+        ));
+        assert_eq!(
+            (err.kind, err.line, err.source_name.as_str()),
+            (kind, 3, "Observation.ndjson"),
+            "{err}"
+        );
         assert!(err.message.contains(message), "{err}");
-        assert!(err.to_string().starts_with("Observation.ndjson line 3: "), "{err}");
+        assert!(
+            err.to_string().starts_with("Observation.ndjson line 3: "),
+            "{err}"
+        );
 
         let lenient = options.with_strictness(Strictness::Lenient);
-        let (batches, decoder) = decode_cut(Arc::clone(&schema), &mode, lenient, &input, &[]).unwrap();
-        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 2, "{err}");
+        let (batches, decoder) =
+            decode_cut(Arc::clone(&schema), &mode, lenient, &input, &[]).unwrap();
+        assert_eq!(
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            2,
+            "{err}"
+        );
         // The bad line left nothing behind: both rows are the good one.
         let ids = batches[0].column_by_name("id").unwrap().as_string::<i32>();
         assert_eq!(ids.iter().collect::<Vec<_>>(), [Some("o1"), Some("o1")]);
@@ -202,18 +315,35 @@ fn integer_beyond_int64_makes_a_float_column() {
     assert_eq!(fields(&infer(&mode, input)), ["n:Float64"]);
     let (batches, _) = decode(&mode, DecodeOptions::default(), input).unwrap();
     let n = batches[0].column(0).as_primitive::<Float64Type>();
-    assert_eq!(n.values().to_vec(), [1.0, 1.2345678901234568e23, -9.223372036854776e18]);
-    assert_eq!(fields(&infer(&mode, b"{\"n\":-9223372036854775808}")), ["n:Int64"]);
+    assert_eq!(
+        n.values().to_vec(),
+        [1.0, 1.2345678901234568e23, -9.223372036854776e18]
+    );
+    assert_eq!(
+        fields(&infer(&mode, b"{\"n\":-9223372036854775808}")),
+        ["n:Int64"]
+    );
 }
 
 #[test]
 fn conflicting_kinds_become_json_text() {
-    let input = b"{\"a\":1.50}\n{\"a\":\"x\"}\n{\"a\":[]}\n{\"a\":false}\n{\"a\":null}\n{\"b\":null}\n";
+    let input =
+        b"{\"a\":1.50}\n{\"a\":\"x\"}\n{\"a\":[]}\n{\"a\":false}\n{\"a\":null}\n{\"b\":null}\n";
     let mode = flat();
     assert_eq!(fields(&infer(&mode, input)), ["a:Utf8", "b:Utf8"]);
     let (batches, _) = decode(&mode, DecodeOptions::default(), input).unwrap();
     let a = batches[0].column(0).as_string::<i32>();
-    assert_eq!(a.iter().collect::<Vec<_>>(), [Some("1.50"), Some("x"), Some("[]"), Some("false"), None, None]);
+    assert_eq!(
+        a.iter().collect::<Vec<_>>(),
+        [
+            Some("1.50"),
+            Some("x"),
+            Some("[]"),
+            Some("false"),
+            None,
+            None
+        ]
+    );
     assert_eq!(batches[0].column(1).null_count(), 6);
 }
 
@@ -221,17 +351,31 @@ fn conflicting_kinds_become_json_text() {
 fn lenient_inference_leaves_no_trace_of_bad_lines() {
     let input = b"{\"a\":1}\n{\"b\":2,\"a\":\"x\",oops}\n{\"resourceType\":\"Patient\",\"c\":1}\n{\"c\":true}\n";
     let options = DecodeOptions::default().with_strictness(Strictness::Lenient);
-    let mut inference = SchemaInference::with_options(&flat(), options.with_resource_type("Observation"));
+    let mut inference =
+        SchemaInference::with_options(&flat(), options.with_resource_type("Observation"));
     inference.push(input).unwrap();
     inference.end_stream().unwrap();
     assert_eq!(fields(&inference.schema()), Vec::<String>::new());
     assert_eq!(inference.skipped_count(), 4);
 
-    let mut inference = SchemaInference::with_options(&flat(), DecodeOptions::default().with_strictness(Strictness::Lenient));
+    let mut inference = SchemaInference::with_options(
+        &flat(),
+        DecodeOptions::default().with_strictness(Strictness::Lenient),
+    );
     inference.push(input).unwrap();
     inference.end_stream().unwrap();
-    assert_eq!(fields(&inference.schema()), ["a:Int64", "resourceType:Utf8", "c:Utf8"]);
-    assert_eq!(inference.skipped().iter().map(|e| e.line).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        fields(&inference.schema()),
+        ["a:Int64", "resourceType:Utf8", "c:Utf8"]
+    );
+    assert_eq!(
+        inference
+            .skipped()
+            .iter()
+            .map(|e| e.line)
+            .collect::<Vec<_>>(),
+        [2]
+    );
 
     let mut strict = SchemaInference::new(&flat());
     let err = decode_error(strict.push(input));
@@ -245,17 +389,26 @@ fn inference_merges_files_in_first_seen_order() {
     inference.end_stream().unwrap();
     inference.push(b"{\"d\":1}\n{\"a\":2.5}").unwrap();
     inference.end_stream().unwrap();
-    assert_eq!(fields(&inference.schema()), ["a:Float64", "b:Utf8", "c:Int64", "d:Int64"]);
+    assert_eq!(
+        fields(&inference.schema()),
+        ["a:Float64", "b:Utf8", "c:Int64", "d:Int64"]
+    );
 }
 
 #[test]
 fn max_list_items_bounds_the_width() {
     let mode = TableMode::Flattened(FlattenOptions::default().with_max_list_items(Some(2)));
     let input = b"{\"l\":[{\"x\":1},{\"x\":2},{\"x\":3,\"y\":[]},4]}\n{\"l\":[{\"x\":5}]}\n";
-    assert_eq!(fields(&infer(&mode, input)), ["l_0_x:Int64", "l_1_x:Int64", "l_more:Utf8"]);
+    assert_eq!(
+        fields(&infer(&mode, input)),
+        ["l_0_x:Int64", "l_1_x:Int64", "l_more:Utf8"]
+    );
     let (batches, _) = decode(&mode, DecodeOptions::default(), input).unwrap();
     let more = batches[0].column(2).as_string::<i32>();
-    assert_eq!(more.iter().collect::<Vec<_>>(), [Some(r#"[{"x":3,"y":[]},4]"#), None]);
+    assert_eq!(
+        more.iter().collect::<Vec<_>>(),
+        [Some(r#"[{"x":3,"y":[]},4]"#), None]
+    );
 }
 
 #[test]
@@ -263,7 +416,10 @@ fn schema_types_the_mode_cannot_fill_are_refused() {
     let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
     let err = decode_error(Decoder::new(schema, &flat(), DecodeOptions::default()));
     assert_eq!(err.kind, DecodeErrorKind::UnsupportedSchema);
-    assert!(err.message.contains("flattened column a cannot be Int32"), "{err}");
+    assert!(
+        err.message.contains("flattened column a cannot be Int32"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -291,18 +447,48 @@ fn nested_mode_merges_structs_lists_and_numbers() {
             "note:Utf8",
         ]
     );
-    let (batches, _) = decode(&mode, DecodeOptions::default().with_resource_type("Observation"), input).unwrap();
+    let (batches, _) = decode(
+        &mode,
+        DecodeOptions::default().with_resource_type("Observation"),
+        input,
+    )
+    .unwrap();
     let b = &batches[0];
     let code = b.column_by_name("code").unwrap().as_struct();
     assert!(code.is_null(2));
     let coding = code.column_by_name("coding").unwrap().as_list::<i32>();
     let first = coding.value(1);
-    assert_eq!(first.as_struct().column_by_name("system").unwrap().as_string::<i32>().value(0), "s");
-    let value = b.column_by_name("valueQuantity").unwrap().as_struct().column_by_name("value").unwrap();
-    assert_eq!(value.as_primitive::<Float64Type>().iter().collect::<Vec<_>>(), [Some(1.0), Some(2.5), None]);
+    assert_eq!(
+        first
+            .as_struct()
+            .column_by_name("system")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "s"
+    );
+    let value = b
+        .column_by_name("valueQuantity")
+        .unwrap()
+        .as_struct()
+        .column_by_name("value")
+        .unwrap();
+    assert_eq!(
+        value
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect::<Vec<_>>(),
+        [Some(1.0), Some(2.5), None]
+    );
     let component = b.column_by_name("component").unwrap().as_list::<i32>();
     assert_eq!((component.is_null(0), component.value_length(1)), (true, 0));
-    assert_eq!(b.column_by_name("note").unwrap().as_string::<i32>().value(2), "{}");
+    assert_eq!(
+        b.column_by_name("note")
+            .unwrap()
+            .as_string::<i32>()
+            .value(2),
+        "{}"
+    );
 
     // A value the nested schema has no place for is a bad line, nothing is appended.
     let bad = b"{\"resourceType\":\"Observation\",\"valueQuantity\":{\"value\":\"high\"}}\n{\"id\":\"x\"}\n";
@@ -310,7 +496,11 @@ fn nested_mode_merges_structs_lists_and_numbers() {
     let (batches, decoder) = decode_cut(Arc::clone(&schema), &mode, options, bad, &[]).unwrap();
     assert_eq!(batches[0].num_rows(), 1);
     assert_eq!(decoder.skipped()[0].kind, DecodeErrorKind::DoesNotFitSchema);
-    assert!(decoder.skipped()[0].message.contains("field valueQuantity"), "{:?}", decoder.skipped());
+    assert!(
+        decoder.skipped()[0].message.contains("field valueQuantity"),
+        "{:?}",
+        decoder.skipped()
+    );
 }
 
 /// Many lines, in chunks far smaller than the input: same batches, same order, same errors.
@@ -318,32 +508,75 @@ fn nested_mode_merges_structs_lists_and_numbers() {
 fn parallel_decode_matches_the_sequential_decoder() {
     let mut input = String::new();
     for i in 0..2000 {
-        input.push_str(&format!("{{\"resourceType\":\"Observation\",\"id\":\"o{i}\",\"v\":{}}}\n", i % 7));
+        input.push_str(&format!(
+            "{{\"resourceType\":\"Observation\",\"id\":\"o{i}\",\"v\":{}}}\n",
+            i % 7
+        ));
         if i % 500 == 499 {
             input.push_str(&format!("{{\"id\":{i}, bad\n"));
         }
     }
     let mode = flat();
-    let options = DecodeOptions::default().with_strictness(Strictness::Lenient).with_batch_size(300);
+    let options = DecodeOptions::default()
+        .with_strictness(Strictness::Lenient)
+        .with_batch_size(300);
     let mut inference = SchemaInference::with_options(&mode, options.clone());
     parallel::infer_chunks(input.as_bytes(), &mut inference, 1000).unwrap();
-    assert_eq!(inference.schema(), infer(&mode, input.lines().filter(|l| !l.contains("bad")).collect::<Vec<_>>().join("\n").as_bytes()));
+    assert_eq!(
+        inference.schema(),
+        infer(
+            &mode,
+            input
+                .lines()
+                .filter(|l| !l.contains("bad"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_bytes()
+        )
+    );
     assert_eq!(inference.skipped_count(), 4);
 
-    let (sequential, decoder) = decode_cut(Arc::clone(&inference.schema()), &mode, options.clone(), input.as_bytes(), &[]).unwrap();
+    let (sequential, decoder) = decode_cut(
+        Arc::clone(&inference.schema()),
+        &mode,
+        options.clone(),
+        input.as_bytes(),
+        &[],
+    )
+    .unwrap();
     let mut batches = Vec::new();
-    let summary = parallel::decode_chunks(input.as_bytes(), inference.schema(), &mode, options, |b| {
-        batches.push(b);
-        Ok(())
-    }, 1000)
+    let summary = parallel::decode_chunks(
+        input.as_bytes(),
+        inference.schema(),
+        &mode,
+        options,
+        |b| {
+            batches.push(b);
+            Ok(())
+        },
+        1000,
+    )
     .unwrap();
     assert!(batches.len() > 20 && batches.iter().all(|b| b.num_rows() <= 300));
-    assert_eq!(arrow::compute::concat_batches(&inference.schema(), &batches).unwrap(), arrow::compute::concat_batches(&inference.schema(), &sequential).unwrap());
+    assert_eq!(
+        arrow::compute::concat_batches(&inference.schema(), &batches).unwrap(),
+        arrow::compute::concat_batches(&inference.schema(), &sequential).unwrap()
+    );
     assert_eq!((summary.rows, summary.skipped_count), (2000, 4));
     assert_eq!(summary.skipped, decoder.skipped());
-    assert_eq!(summary.skipped.iter().map(|e| e.line).collect::<Vec<_>>(), [501, 1002, 1503, 2004]);
+    assert_eq!(
+        summary.skipped.iter().map(|e| e.line).collect::<Vec<_>>(),
+        [501, 1002, 1503, 2004]
+    );
 
     // Strict: the first bad line in file order is the error.
-    let err = decode_error(parallel::decode_chunks(input.as_bytes(), inference.schema(), &mode, DecodeOptions::default(), |_| Ok(()), 1000));
+    let err = decode_error(parallel::decode_chunks(
+        input.as_bytes(),
+        inference.schema(),
+        &mode,
+        DecodeOptions::default(),
+        |_| Ok(()),
+        1000,
+    ));
     assert_eq!(err.line, 501);
 }

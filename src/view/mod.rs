@@ -423,6 +423,14 @@ impl ViewDefinition {
         builder.finish(None, resource.to_owned(), Vec::new(), root)
     }
 
+    /// The view with `name` (a shorthand view gets its table name this way).
+    pub fn with_name(self, name: impl Into<String>) -> Self {
+        Self {
+            name: Some(name.into()),
+            ..self
+        }
+    }
+
     /// The view's `name`, when it has one.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -516,7 +524,9 @@ mod tests {
                 ("n", "name.count()"),
             ],
         )
-        .unwrap();
+        .unwrap()
+        .with_name("patient_flat");
+        assert_eq!(view.name(), Some("patient_flat"));
         let types: Vec<_> = view
             .schema()
             .fields()

@@ -2,6 +2,8 @@
 
 mod view;
 mod ndjson;
+mod bulk;
 mod demo;
+mod smart;
 mod catalog;
 mod snapshot;

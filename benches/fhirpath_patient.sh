@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The notebook's FHIRPath step over Patient resources: fhirflight beside fhirpathpy, same file, same run.
+# Four paths per resource (identifier[0].value, gender, birthDate, maritalStatus.coding[0].code), first
+# value of each. Data: the shared Synthea sample multiplied M times (default 1000 -> 100,000 Patients).
+#
+# usage: benches/fhirpath_patient.sh [M] [reps]
+# needs: ../shared (sample data, bench scripts), python3 (a venv with fhirpathpy is made in .venv-bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+m=${1:-1000}
+reps=${2:-3}
+shared=../shared
+data=target/bench-data/patient-x$m
+if [ ! -f "$data/Patient.ndjson" ]; then
+    src=$(mktemp -d)
+    gunzip -c "$shared/data/synthea-100/Patient.ndjson.gz" > "$src/Patient.ndjson"
+    python3 "$shared/bench/multiply.py" "$src" "$data" "$m"
+    rm -r "$src"
+fi
+if [ ! -x .venv-bench/bin/python ]; then
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -q fhirpathpy
+fi
+cargo build --release --example fhirpath_patient_bench
+py=$(.venv-bench/bin/python "$shared/bench/b_fhirpath_patient.py" "$data" --types Patient --reps "$reps" | tee /dev/stderr | awk '$1 == "fhirpathpy_patient"')
+rs=$("${CARGO_TARGET_DIR:-target}/release/examples/fhirpath_patient_bench" "$data/Patient.ndjson" --reps "$reps" | tee /dev/stderr)
+py_eval=$(sed -n 's/.*eval_res_per_s=\([0-9]*\).*/\1/p' <<< "$py")
+py_total=$(awk '{print $7}' <<< "$py")
+awk -v pe="$py_eval" -v pt="$py_total" '
+    $1 == "fhirflight_eval" { printf "eval only:        fhirflight %9.0f res/s   fhirpathpy %7.0f res/s   %6.1fx\n", $5, pe, $5 / pe }
+    $1 == "fhirflight_parse+eval" { printf "parse+eval:       fhirflight %9.0f res/s   fhirpathpy %7.0f res/s   %6.1fx\n", $5, pt, $5 / pt }
+    $1 == "fhirflight_parse+view->arrow" { printf "parse+view+Arrow: fhirflight %9.0f res/s   fhirpathpy %7.0f res/s   %6.1fx\n", $5, pt, $5 / pt }
+' <<< "$rs"

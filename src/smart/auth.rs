@@ -1,0 +1,400 @@
+//! Client assertions, token requests, discovery and the shared token cache.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::Method;
+use reqwest::header::ACCEPT;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::SigningKey;
+use super::http::{self, RetryPolicy, redact_url};
+use crate::{Error, Result};
+
+/// The client assertion type of SMART Backend Services (RFC 7523).
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The CapabilityStatement extension that carries OAuth endpoints.
+const OAUTH_URIS: &str = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris";
+/// Assertion lifetime: the spec allows at most 5 minutes; one less leaves room for clock skew.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(240);
+/// A token is renewed this long before it expires (at most half its lifetime), so no request
+/// leaves with a dying token.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+/// SMART Backend Services settings of a registered client.
+///
+/// ```no_run
+/// # fn main() -> fhirflight::Result<()> {
+/// use fhirflight::smart::{SigningKey, SmartConfig};
+/// let key = SigningKey::from_jwk_file("jwks.json", None)?;
+/// let config = SmartConfig::new("my-client-id", key).with_scope("system/Patient.rs system/Observation.rs");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SmartConfig {
+    /// The client id registered with the authorization server (`iss` and `sub` of the assertion).
+    pub client_id: String,
+    /// The private key that signs client assertions.
+    pub key: SigningKey,
+    /// The requested scope: `system/*.read` by default; v2 (`system/*.rs`) and per-type scopes work.
+    pub scope: String,
+    /// The token endpoint; when `None` it is discovered from the FHIR server.
+    pub token_endpoint: Option<Url>,
+    /// The JWKS URL sent as `jku` in the assertion header, for servers that fetch keys from it.
+    pub jku: Option<Url>,
+}
+
+impl SmartConfig {
+    /// Settings for `client_id` signing with `key`, scope `system/*.read`, endpoint discovered.
+    pub fn new(client_id: impl Into<String>, key: SigningKey) -> Self {
+        Self {
+            client_id: client_id.into(),
+            key,
+            scope: "system/*.read".into(),
+            token_endpoint: None,
+            jku: None,
+        }
+    }
+
+    /// Sets the requested scope.
+    pub fn with_scope(self, scope: impl Into<String>) -> Self {
+        Self {
+            scope: scope.into(),
+            ..self
+        }
+    }
+
+    /// Sets the token endpoint, skipping discovery.
+    pub fn with_token_endpoint(self, token_endpoint: Url) -> Self {
+        Self {
+            token_endpoint: Some(token_endpoint),
+            ..self
+        }
+    }
+
+    /// Sets the `jku` header of the assertion.
+    pub fn with_jku(self, jku: Url) -> Self {
+        Self {
+            jku: Some(jku),
+            ..self
+        }
+    }
+}
+
+/// A bearer token and when it expires. `Debug` never shows the token.
+#[derive(Clone)]
+pub struct AccessToken {
+    secret: Arc<str>,
+    expires_at: Instant,
+    refresh_at: Instant,
+    scope: Option<String>,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token", &"***")
+            .field(
+                "expires_in",
+                &self.expires_at.saturating_duration_since(Instant::now()),
+            )
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl AccessToken {
+    /// The token itself, for an `Authorization: Bearer` header. Keep it out of logs.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// When the server says the token expires.
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+
+    /// The scope the server granted, when it said.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    fn is_fresh(&self) -> bool {
+        Instant::now() < self.refresh_at
+    }
+}
+
+/// Claims of a SMART Backend Services client assertion.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub(crate) struct AssertionClaims {
+    pub(crate) iss: String,
+    pub(crate) sub: String,
+    pub(crate) aud: String,
+    pub(crate) exp: u64,
+    pub(crate) iat: u64,
+    pub(crate) jti: String,
+}
+
+/// Signs a fresh client assertion for `token_endpoint`.
+pub(crate) fn client_assertion(
+    key: &SigningKey,
+    client_id: &str,
+    token_endpoint: &Url,
+    jku: Option<&Url>,
+) -> Result<String> {
+    let mut header = jsonwebtoken::Header::new(key.algorithm());
+    header.kid = Some(key.kid().to_string());
+    header.jku = jku.map(Url::to_string);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = AssertionClaims {
+        iss: client_id.to_string(),
+        sub: client_id.to_string(),
+        aud: token_endpoint.to_string(),
+        exp: now + ASSERTION_LIFETIME.as_secs(),
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    jsonwebtoken::encode(&header, &claims, key.encoding_key()).map_err(|e| {
+        Error::Auth(format!(
+            "cannot sign the client assertion with {}: {e}",
+            key.alg()
+        ))
+    })
+}
+
+/// SMART Backend Services authorization for one FHIR server: a cheap-to-clone handle whose token
+/// cache is shared by every clone, so concurrent requests reuse one token and a refresh happens
+/// once (single flight), ahead of expiry or after a 401.
+#[derive(Clone)]
+pub struct SmartAuth {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    retry: RetryPolicy,
+    config: SmartConfig,
+    token_endpoint: Url,
+    token: Mutex<Option<AccessToken>>,
+}
+
+impl fmt::Debug for SmartAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmartAuth")
+            .field("client_id", &self.inner.config.client_id)
+            .field("token_endpoint", &self.inner.token_endpoint.as_str())
+            .field("scope", &self.inner.config.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmartAuth {
+    /// Authorization for the FHIR server at `fhir_base`, over `http`. Without an explicit token
+    /// endpoint, it is discovered from `{fhir_base}/.well-known/smart-configuration`, falling back
+    /// to the CapabilityStatement's oauth-uris extension.
+    pub async fn try_new(
+        fhir_base: &Url,
+        config: SmartConfig,
+        http: reqwest::Client,
+    ) -> Result<Self> {
+        Self::try_new_with(fhir_base, config, http, RetryPolicy::default()).await
+    }
+
+    pub(crate) async fn try_new_with(
+        fhir_base: &Url,
+        config: SmartConfig,
+        http: reqwest::Client,
+        retry: RetryPolicy,
+    ) -> Result<Self> {
+        let token_endpoint = match &config.token_endpoint {
+            Some(url) => url.clone(),
+            None => discover(&http, &retry, fhir_base, &config.key).await?,
+        };
+        tracing::debug!(token_endpoint = %redact_url(&token_endpoint), "SMART token endpoint");
+        let inner = Inner {
+            http,
+            retry,
+            config,
+            token_endpoint,
+            token: Mutex::new(None),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The token endpoint in use.
+    pub fn token_endpoint(&self) -> &Url {
+        &self.inner.token_endpoint
+    }
+
+    /// A token valid for at least the refresh margin: the cached one, or a new one. Concurrent
+    /// callers wait for the one request in flight instead of sending their own.
+    pub async fn token(&self) -> Result<AccessToken> {
+        let mut cached = self.inner.token.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| t.is_fresh()) {
+            return Ok(token.clone());
+        }
+        // Boxed: the token request goes through the same `send` that calls `token`.
+        let token = Box::pin(self.request_token()).await?;
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Forgets `rejected` (a server answered 401 to it) so the next [`SmartAuth::token`] fetches
+    /// a new one; a no-op when another task already replaced it.
+    pub async fn invalidate(&self, rejected: &AccessToken) {
+        let mut cached = self.inner.token.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(&t.secret, &rejected.secret))
+        {
+            *cached = None;
+        }
+    }
+
+    async fn request_token(&self) -> Result<AccessToken> {
+        let Inner {
+            http,
+            retry,
+            config,
+            token_endpoint,
+            ..
+        } = &*self.inner;
+        // A fresh assertion (new jti) for every attempt: servers reject a replayed one.
+        let response = http::send(http, retry, None, Method::POST, token_endpoint, |r| {
+            let assertion = client_assertion(
+                &config.key,
+                &config.client_id,
+                token_endpoint,
+                config.jku.as_ref(),
+            )?;
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("scope", config.scope.as_str()),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", assertion.as_str()),
+            ];
+            Ok(r.header(ACCEPT, "application/json").form(&form))
+        })
+        .await;
+        let response = response.map_err(|e| Error::Auth(format!("token request failed: {e}")))?;
+        let url = redact_url(token_endpoint);
+        let body: TokenResponse = response.json().await.map_err(|e| {
+            Error::Auth(format!(
+                "{url}: unreadable token response: {}",
+                e.without_url()
+            ))
+        })?;
+        if !body.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(Error::Auth(format!(
+                "{url}: token_type {:?}, expected bearer",
+                body.token_type
+            )));
+        }
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(300));
+        let now = Instant::now();
+        Ok(AccessToken {
+            secret: body.access_token.into(),
+            expires_at: now + lifetime,
+            refresh_at: now + lifetime - REFRESH_MARGIN.min(lifetime / 2),
+            scope: body.scope,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_in: Option<u64>,
+    scope: Option<String>,
+}
+
+/// Finds the token endpoint of the FHIR server at `base`.
+async fn discover(
+    http: &reqwest::Client,
+    retry: &RetryPolicy,
+    base: &Url,
+    key: &SigningKey,
+) -> Result<Url> {
+    let well_known = join(base, ".well-known/smart-configuration")?;
+    let get_json = |url: Url| async move {
+        let response = http::send(http, retry, None, Method::GET, &url, |r| {
+            Ok(r.header(ACCEPT, "application/json"))
+        })
+        .await?;
+        response.json::<Value>().await.map_err(|e| Error::Protocol {
+            url: redact_url(&url),
+            message: format!("not JSON: {}", e.without_url()),
+        })
+    };
+    match get_json(well_known.clone()).await {
+        Ok(config) => {
+            if let Some(endpoint) = config["token_endpoint"].as_str() {
+                if let Some(algs) =
+                    config["token_endpoint_auth_signing_alg_values_supported"].as_array()
+                    && !algs.iter().any(|a| a.as_str() == Some(&key.alg()))
+                {
+                    tracing::warn!(
+                        "the server lists signing algorithms {algs:?}; the key signs with {}",
+                        key.alg()
+                    );
+                }
+                return parse_endpoint(&well_known, endpoint);
+            }
+        }
+        Err(e) => {
+            tracing::debug!("SMART configuration unavailable ({e}); trying the CapabilityStatement")
+        }
+    }
+    let metadata = join(base, "metadata")?;
+    let statement = get_json(metadata.clone()).await?;
+    let endpoint = statement["rest"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|rest| {
+            rest["security"]["extension"]
+                .as_array()?
+                .iter()
+                .find(|e| e["url"] == OAUTH_URIS)?["extension"]
+                .as_array()?
+                .iter()
+                .find(|e| e["url"] == "token")?["valueUri"]
+                .as_str()
+        });
+    match endpoint {
+        Some(endpoint) => parse_endpoint(&metadata, endpoint),
+        None => Err(Error::Config(format!(
+            "no token endpoint: neither {} nor {} names one; give it explicitly",
+            redact_url(&well_known),
+            redact_url(&metadata)
+        ))),
+    }
+}
+
+fn parse_endpoint(source: &Url, endpoint: &str) -> Result<Url> {
+    source.join(endpoint).map_err(|e| Error::Protocol {
+        url: redact_url(source),
+        message: format!("bad token endpoint {endpoint:?}: {e}"),
+    })
+}
+
+/// `base` joined with a relative `path`, `base` taken as a folder whether or not it ends in `/`.
+pub(crate) fn join(base: &Url, path: &str) -> Result<Url> {
+    let mut folder = base.clone();
+    if !folder.path().ends_with('/') {
+        folder.set_path(&format!("{}/", folder.path()));
+    }
+    folder
+        .join(path)
+        .map_err(|e| Error::Config(format!("{base} + {path}: {e}")))
+}

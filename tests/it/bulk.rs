@@ -1,0 +1,794 @@
+//! The Bulk Data export client end to end: against the demo server (levels, methods, parameters,
+//! faults, resume, cancel) and against small axum mocks for what the demo does not do (redirects
+//! to another origin, paged manifests, open files).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use fhirflight::Error;
+use fhirflight::bulk::{
+    BulkClient, ClientOptions, ExportLevel, ExportOutcome, ExportPhase, ExportProgress,
+    ExportRequest, KickoffMethod,
+};
+use fhirflight::demo::{DemoConfig, DemoServer, Faults, KickoffLevel, generate};
+use fhirflight::smart::{SigningKey, SmartConfig};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use url::Url;
+
+use crate::smart::{serve, test_key};
+
+const SEED: u64 = 7;
+const PATIENTS: usize = 4;
+
+/// Fast waits: Retry-After and backoff clamped to a few milliseconds.
+fn options() -> ClientOptions {
+    ClientOptions::default()
+        .with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20))
+}
+
+async fn demo(config: DemoConfig) -> DemoServer {
+    DemoServer::start(config.with_seed(SEED).with_patients(PATIENTS))
+        .await
+        .unwrap()
+}
+
+fn rs384(server: &DemoServer) -> SmartConfig {
+    let creds = server.credentials();
+    let key = SigningKey::from_pem(creds.rs384().private_pem())
+        .unwrap()
+        .with_kid(creds.rs384().kid());
+    SmartConfig::new(creds.client_id(), key)
+}
+
+fn es384_jwks(server: &DemoServer) -> SmartConfig {
+    let creds = server.credentials();
+    let key = SigningKey::from_jwk(&creds.private_jwks(), Some(creds.es384().kid())).unwrap();
+    assert_eq!(key.alg(), "ES384");
+    SmartConfig::new(creds.client_id(), key)
+}
+
+async fn client(server: &DemoServer, auth: SmartConfig) -> BulkClient {
+    BulkClient::try_new(server.base_url(), Some(auth), options())
+        .await
+        .unwrap()
+}
+
+async fn export(
+    client: &BulkClient,
+    request: &ExportRequest,
+    dir: &Path,
+) -> (ExportOutcome, ExportProgress) {
+    let (progress, watcher) = watch::channel(ExportProgress::default());
+    let outcome = client.export_to_dir(request, dir, &progress).await.unwrap();
+    let last = watcher.borrow().clone();
+    (outcome, last)
+}
+
+/// The NDJSON of all downloaded files of `resource_type`, in order.
+fn downloaded(outcome: &ExportOutcome, resource_type: &str) -> String {
+    outcome
+        .files
+        .iter()
+        .filter(|f| f.resource_type == resource_type)
+        .map(|f| std::fs::read_to_string(&f.path).unwrap())
+        .collect()
+}
+
+/// What the demo population holds for `resource_type`, as NDJSON.
+fn expected(resource_type: &str) -> String {
+    let mut out = Vec::new();
+    generate(SEED, PATIENTS)
+        .write_ndjson(resource_type, &mut out)
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn ids(ndjson: &str) -> Vec<String> {
+    ndjson
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn system_export_by_get_with_rs384_downloads_everything_and_cleans_up() {
+    let server = demo(DemoConfig::default().with_page_size(7).with_status_polls(2)).await;
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request =
+        ExportRequest::new(ExportLevel::System).with_types(["Patient", "Observation", "Condition"]);
+    let (outcome, progress) = export(&client, &request, dir.path()).await;
+
+    for ty in ["Patient", "Observation", "Condition"] {
+        assert_eq!(
+            downloaded(&outcome, ty),
+            expected(ty),
+            "{ty}: the NDJSON exactly as served"
+        );
+    }
+    // Files are named by type and index, match the manifest's counts, and are split at the page size.
+    let observations: Vec<_> = outcome
+        .files
+        .iter()
+        .filter(|f| f.resource_type == "Observation")
+        .collect();
+    assert!(observations.len() > 1);
+    for (n, file) in observations.iter().enumerate() {
+        assert_eq!(
+            file.path,
+            dir.path().join(format!("Observation.{n}.ndjson"))
+        );
+        assert!(file.lines <= 7 && file.bytes == std::fs::metadata(&file.path).unwrap().len());
+    }
+    for (file, listed) in outcome.files.iter().zip(&outcome.manifest.output) {
+        assert_eq!(Some(file.lines), listed.count);
+    }
+    assert!(outcome.manifest.requires_access_token);
+    assert!(outcome.deleted.is_empty() && outcome.warnings.is_empty());
+
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["transactionTime"],
+        outcome.manifest.transaction_time.as_str()
+    );
+    assert!(
+        !dir.path().join(".fhirflight-job.json").exists(),
+        "job state removed after the DELETE"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files: {leftovers:?}");
+
+    assert_eq!(progress.phase, ExportPhase::Done);
+    assert_eq!(
+        (progress.files_done, progress.files_total),
+        (outcome.files.len(), outcome.files.len())
+    );
+    assert_eq!(
+        progress.bytes_downloaded,
+        outcome.files.iter().map(|f| f.bytes).sum::<u64>()
+    );
+    assert_eq!(
+        progress.status_polls, 2,
+        "two 'in progress' answers before the manifest"
+    );
+    assert!(progress.server_progress.is_some(), "X-Progress reported");
+
+    let stats = server.stats();
+    assert_eq!(stats.kickoffs.len(), 1);
+    assert_eq!(
+        (
+            stats.kickoffs[0].method.as_str(),
+            stats.kickoffs[0].level.clone()
+        ),
+        ("GET", KickoffLevel::System)
+    );
+    assert_eq!(
+        stats.kickoffs[0].types,
+        ["Patient", "Observation", "Condition"]
+    );
+    assert_eq!(stats.downloads, outcome.files.len());
+    assert_eq!(stats.deletes, 1);
+    assert_eq!(stats.tokens_issued, 1, "one token shared by every request");
+    assert_eq!(stats.unauthorized, 0);
+}
+
+#[tokio::test]
+async fn patient_and_group_exports_by_post_with_es384_from_a_jwks() {
+    let server = demo(DemoConfig::default()).await;
+    let client = client(&server, es384_jwks(&server)).await;
+    let group = generate(SEED, PATIENTS).group_ids()[0].to_string();
+
+    let patient = ExportRequest::new(ExportLevel::Patient)
+        .with_types(["Patient"])
+        .with_method(KickoffMethod::Post);
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(&client, &patient, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+
+    let by_group = ExportRequest::new(ExportLevel::Group(group.clone())).with_types(["Patient"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(
+        &client,
+        &by_group.clone().with_method(KickoffMethod::Post),
+        dir.path(),
+    )
+    .await;
+    let members = ids(&downloaded(&outcome, "Patient"));
+    assert!(!members.is_empty() && members.len() <= PATIENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let (by_get, _) = export(&client, &by_group, dir.path()).await;
+    assert_eq!(
+        ids(&downloaded(&by_get, "Patient")),
+        members,
+        "GET and POST agree"
+    );
+
+    let stats = server.stats();
+    let seen: Vec<(KickoffLevel, &str)> = stats
+        .kickoffs
+        .iter()
+        .map(|k| (k.level.clone(), k.method.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (KickoffLevel::Patient, "POST"),
+            (KickoffLevel::Group(group.clone()), "POST"),
+            (KickoffLevel::Group(group), "GET")
+        ]
+    );
+    assert_eq!(stats.deletes, 3);
+}
+
+#[tokio::test]
+async fn every_parameter_reaches_the_server_by_get_and_by_post() {
+    let server = demo(DemoConfig::default()).await;
+    let client = client(&server, rs384(&server)).await;
+    let request = ExportRequest::new(ExportLevel::Patient)
+        .with_types(["Patient", "Observation"])
+        .with_since("2000-01-01T00:00:00Z")
+        .with_until("2100-01-01T00:00:00Z")
+        .with_type_filters(["Observation?status=final"])
+        .with_elements(["id", "status"])
+        .with_output_format("application/fhir+ndjson");
+    for method in [KickoffMethod::Get, KickoffMethod::Post] {
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, _) = export(&client, &request.clone().with_method(method), dir.path()).await;
+        let observations = downloaded(&outcome, "Observation");
+        assert!(!observations.is_empty());
+        for line in observations.lines() {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(resource["status"], "final", "_typeFilter applied");
+            assert!(resource.get("code").is_none(), "_elements applied");
+        }
+    }
+    let stats = server.stats();
+    let expected: Vec<(String, String)> = [
+        ("_outputFormat", "application/fhir+ndjson"),
+        ("_type", "Patient,Observation"),
+        ("_since", "2000-01-01T00:00:00Z"),
+        ("_until", "2100-01-01T00:00:00Z"),
+        ("_elements", "id,status"),
+        ("_typeFilter", "Observation?status=final"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    for (kickoff, method) in stats.kickoffs.iter().zip(["GET", "POST"]) {
+        assert_eq!(kickoff.method, method);
+        assert_eq!(kickoff.params, expected, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn patient_parameter_is_sent_by_post() {
+    let server = demo(DemoConfig::default()).await;
+    let client = client(&server, rs384(&server)).await;
+    let population = generate(SEED, PATIENTS);
+    let first = population.resources("Patient")[0].id().to_string();
+    let request = ExportRequest::new(ExportLevel::Patient)
+        .with_types(["Patient"])
+        .with_patients([first.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    assert_eq!(ids(&downloaded(&outcome, "Patient")), [first.as_str()]);
+    let kickoff = &server.stats().kickoffs[0];
+    assert_eq!(kickoff.method, "POST");
+    assert!(
+        kickoff
+            .params
+            .contains(&("patient".to_string(), format!("Patient/{first}"))),
+        "{:?}",
+        kickoff.params
+    );
+}
+
+#[tokio::test]
+async fn since_exports_report_changes_and_deletions() {
+    let server = demo(DemoConfig::default()).await;
+    let client = client(&server, rs384(&server)).await;
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (full, _) = export(&client, &request, dir.path()).await;
+    let patients = ids(&downloaded(&full, "Patient"));
+
+    server.delete("Patient", &patients[0]);
+    server.upsert(json!({"resourceType": "Patient", "id": patients[1], "active": false}));
+    let since = request
+        .clone()
+        .with_since(full.manifest.transaction_time.clone());
+    let (delta, _) = export(&client, &since, dir.path()).await;
+    assert_eq!(ids(&downloaded(&delta, "Patient")), [patients[1].clone()]);
+    let deleted: Vec<(&str, &str)> = delta
+        .deleted
+        .iter()
+        .map(|d| (d.resource_type.as_str(), d.id.as_str()))
+        .collect();
+    assert_eq!(deleted, [("Patient", patients[0].as_str())]);
+    assert_eq!(delta.manifest.deleted.len(), 1);
+    assert!(dir.path().join("deleted.0.ndjson").exists());
+    // The earlier export's files were cleared: only the delta is in the folder.
+    assert!(!dir.path().join("Patient.1.ndjson").exists());
+}
+
+#[tokio::test]
+async fn transient_errors_and_429_are_retried() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        kickoff_transient: 2,
+        kickoff_429: 1,
+        status_transient: 2,
+        status_429: 1,
+        ..Faults::default()
+    });
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Patient"]),
+        dir.path(),
+    )
+    .await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    let statuses: Vec<u16> = server.stats().kickoffs.iter().map(|k| k.status).collect();
+    assert_eq!(statuses, [429, 503, 503, 202]);
+}
+
+#[tokio::test]
+async fn errors_name_method_url_status_and_the_outcome_text() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        kickoff_transient: 5,
+        ..Faults::default()
+    });
+    let client = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_retry_budget(1),
+    )
+    .await
+    .unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    let err = client
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "GET {}/$export?_type=Patient: HTTP 503: error (transient): demo fault: temporarily unavailable, retry",
+            server.base_url()
+        )
+    );
+    assert_eq!(server.stats().kickoffs.len(), 2, "one retry, as budgeted");
+
+    // A request the server refuses is not retried.
+    server.set_faults(Faults::default());
+    let bad = ExportRequest::new(ExportLevel::System).with_types(["NoSuchType"]);
+    let err = client
+        .export_to_dir(&bad, dir.path(), &progress)
+        .await
+        .unwrap_err();
+    let Error::Http {
+        status, message, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(*status, 400);
+    assert!(message.contains("NoSuchType"), "{message}");
+    assert_eq!(server.stats().kickoffs.len(), 3);
+}
+
+#[tokio::test]
+async fn broken_downloads_resume_with_range_or_restart_without() {
+    for no_range in [false, true] {
+        let server = demo(DemoConfig::default()).await;
+        server.set_faults(Faults {
+            break_download_after: Some(1500),
+            no_range,
+            ..Faults::default()
+        });
+        let client = client(&server, rs384(&server)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let request =
+            ExportRequest::new(ExportLevel::System).with_types(["Patient", "Observation"]);
+        let (outcome, progress) = export(&client, &request, dir.path()).await;
+        for ty in ["Patient", "Observation"] {
+            assert_eq!(
+                downloaded(&outcome, ty),
+                expected(ty),
+                "{ty}, no_range={no_range}"
+            );
+        }
+        let stats = server.stats();
+        assert_eq!(
+            stats.downloads,
+            2 * outcome.files.len(),
+            "each file broke once, no_range={no_range}"
+        );
+        let on_disk: u64 = outcome.files.iter().map(|f| f.bytes).sum();
+        if no_range {
+            assert!(
+                progress.bytes_downloaded > on_disk,
+                "restarted files are downloaded twice"
+            );
+        } else {
+            assert_eq!(
+                progress.bytes_downloaded, on_disk,
+                "resumed files continue where they broke"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn error_files_become_warnings_and_malformed_lines_are_kept_as_served() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        error_file: true,
+        malformed_line: true,
+        ..Faults::default()
+    });
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Patient"]),
+        dir.path(),
+    )
+    .await;
+    assert_eq!(outcome.manifest.error.len(), 1);
+    assert_eq!(outcome.warnings.len(), 1);
+    assert!(
+        outcome.warnings[0].starts_with("error ("),
+        "{}",
+        outcome.warnings[0]
+    );
+    assert!(dir.path().join("error.0.ndjson").exists());
+    let text = downloaded(&outcome, "Patient");
+    let first = text.lines().next().unwrap();
+    assert!(
+        serde_json::from_str::<Value>(first).is_err(),
+        "the broken line is stored as served"
+    );
+    assert_eq!(text.lines().count(), expected("Patient").lines().count());
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_renewed_ahead_of_expiry() {
+    let config = DemoConfig::default()
+        .with_token_lifetime(Duration::from_secs(1))
+        .with_status_polls(3);
+    let server = demo(config.with_retry_after(Duration::from_secs(1))).await;
+    // Honour the server's one-second Retry-After, so the export outlives several tokens.
+    let options = ClientOptions::default()
+        .with_retry_after_bounds(Duration::from_millis(1), Duration::from_secs(1));
+    let client = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Patient"]),
+        dir.path(),
+    )
+    .await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    let stats = server.stats();
+    assert!(
+        stats.tokens_issued >= 3,
+        "renewed: {} tokens",
+        stats.tokens_issued
+    );
+    assert_eq!(stats.unauthorized, 0, "never sent an expired token");
+}
+
+#[tokio::test]
+async fn open_servers_need_no_auth() {
+    let server = demo(DemoConfig::default().with_require_auth(false)).await;
+    let client = BulkClient::try_new(server.base_url(), None, options())
+        .await
+        .unwrap();
+    let types = client.resource_types().await.unwrap();
+    assert!(
+        types.iter().any(|t| t == "Patient") && types.iter().any(|t| t == "Observation"),
+        "{types:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System).with_types(["Condition"]),
+        dir.path(),
+    )
+    .await;
+    assert!(!outcome.manifest.requires_access_token);
+    assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
+    assert_eq!(server.stats().token_requests, 0);
+}
+
+/// Polls `future` until the export reaches `phase`, then hands the future back unfinished.
+async fn run_until<F: std::future::Future + Unpin>(
+    future: &mut F,
+    watcher: &mut watch::Receiver<ExportProgress>,
+    phase: ExportPhase,
+) {
+    tokio::select! {
+        _ = future => panic!("the export finished before {phase:?}"),
+        reached = watcher.wait_for(|p| p.phase == phase) => { reached.unwrap(); }
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_process_resumes_polling_the_saved_job() {
+    let server = demo(DemoConfig::default().with_status_polls(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    {
+        let client = client(&server, rs384(&server)).await;
+        let (progress, mut watcher) = watch::channel(ExportProgress::default());
+        let mut first = Box::pin(client.export_to_dir(&request, dir.path(), &progress));
+        run_until(&mut first, &mut watcher, ExportPhase::Waiting).await;
+        assert!(dir.path().join(".fhirflight-job.json").exists());
+        // A crash: the future vanishes without running its destructors.
+        std::mem::forget(first);
+    }
+    assert_eq!(server.stats().deletes, 0);
+
+    // A new process: the saved status URL is polled, no new kick-off.
+    let client = client(&server, rs384(&server)).await;
+    let polls_before = server.stats().status_polls;
+    let (progress, watcher) = watch::channel(ExportProgress::default());
+    let resumed = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.export_to_dir(&request, dir.path(), &progress),
+    )
+    .await;
+    let outcome = resumed.expect("resumed job finished").unwrap();
+    assert!(watcher.borrow().resumed);
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    let stats = server.stats();
+    assert_eq!(stats.kickoffs.len(), 1, "no second kick-off");
+    assert!(stats.status_polls > polls_before);
+    assert_eq!(stats.deletes, 1);
+    assert!(!dir.path().join(".fhirflight-job.json").exists());
+}
+
+#[tokio::test]
+async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        break_download_after: Some(1500),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Observation"]);
+    let strict = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_retry_budget(0),
+    )
+    .await
+    .unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = strict
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err}");
+    assert!(
+        dir.path().join(".fhirflight-job.json").exists(),
+        "job kept for the next run"
+    );
+    assert_eq!(server.stats().deletes, 0);
+
+    server.set_faults(Faults::default());
+    let client = client(&server, rs384(&server)).await;
+    let (outcome, progress) = export(&client, &request, dir.path()).await;
+    assert!(progress.resumed);
+    assert_eq!(downloaded(&outcome, "Observation"), expected("Observation"));
+    let stats = server.stats();
+    assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
+}
+
+#[tokio::test]
+async fn dropping_the_export_deletes_the_job() {
+    let server = demo(DemoConfig::default().with_status_polls(20)).await;
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    let (progress, mut watcher) = watch::channel(ExportProgress::default());
+    let mut export = Box::pin(client.export_to_dir(&request, dir.path(), &progress));
+    run_until(&mut export, &mut watcher, ExportPhase::Waiting).await;
+    drop(export); // what Ctrl-C or a timeout does
+    assert!(!dir.path().join(".fhirflight-job.json").exists());
+    // The DELETE runs on a spawned task: wait for the server to see it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.stats().deletes == 0 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("DELETE sent");
+}
+
+/// Which file request carried which `Authorization` header.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A mock server for what the demo does not do: a paged manifest, files behind redirects to
+/// another origin, and a recorder of the Authorization headers each file request carried.
+struct Mock {
+    base: Url,
+    seen: Seen,
+}
+
+async fn mock(requires_access_token: bool) -> Mock {
+    let seen: Seen = Arc::default();
+    let record = |seen: &Arc<Mutex<Vec<_>>>, name: &str, headers: &HeaderMap| {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_string());
+        seen.lock().unwrap().push((name.to_string(), auth));
+    };
+    let log = Arc::clone(&seen);
+    let other = serve(Router::new().route(
+        "/p2.ndjson",
+        get(move |headers: HeaderMap| {
+            record(&log, "other-origin", &headers);
+            async { "{\"resourceType\":\"Patient\",\"id\":\"b\"}\n" }
+        }),
+    ))
+    .await;
+    let (log, log2) = (Arc::clone(&seen), Arc::clone(&seen));
+    let other_file = other.join("p2.ndjson").unwrap();
+    let base = Arc::new(Mutex::new(None::<Url>));
+    let base_for_manifest = Arc::clone(&base);
+    let app = Router::new()
+        .route("/token", post(|| async { axum::Json(json!({"access_token": "tok", "token_type": "Bearer", "expires_in": 600})) }))
+        .route(
+            "/fhir/$export",
+            get(|| async { (StatusCode::ACCEPTED, [(header::CONTENT_LOCATION, "/status/1")]) }),
+        )
+        .route(
+            "/status/{page}",
+            get(move |axum::extract::Path(page): axum::extract::Path<u32>| {
+                let origin = base_for_manifest.lock().unwrap().clone().unwrap();
+                async move {
+                    let file = |name: &str| origin.join(name).unwrap().to_string();
+                    let manifest = if page == 1 {
+                        json!({"transactionTime": "2024-01-01T00:00:00Z", "request": file("fhir/$export"),
+                            "requiresAccessToken": requires_access_token,
+                            "output": [{"type": "Patient", "url": file("files/p1.ndjson"), "count": 1}], "error": [],
+                            "link": [{"relation": "next", "url": file("status/2")}]})
+                    } else {
+                        json!({"transactionTime": "2024-01-01T00:00:00Z", "request": file("fhir/$export"),
+                            "requiresAccessToken": requires_access_token,
+                            "output": [{"type": "Patient", "url": file("files/redirect"), "count": 1}], "error": []})
+                    };
+                    axum::Json(manifest)
+                }
+            })
+            .delete(|| async { StatusCode::ACCEPTED }),
+        )
+        .route(
+            "/files/p1.ndjson",
+            get(move |headers: HeaderMap| {
+                record(&log, "same-origin", &headers);
+                async { "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n" }
+            }),
+        )
+        .route(
+            "/files/redirect",
+            get(move |headers: HeaderMap| {
+                record(&log2, "redirect", &headers);
+                let target = other_file.to_string();
+                async move { Redirect::temporary(&target).into_response() }
+            }),
+        );
+    let origin = serve(app).await;
+    *base.lock().unwrap() = Some(origin.clone());
+    Mock { base: origin, seen }
+}
+
+async fn mock_export(mock: &Mock) -> ExportOutcome {
+    let auth =
+        SmartConfig::new("c", test_key()).with_token_endpoint(mock.base.join("token").unwrap());
+    let client = BulkClient::try_new(mock.base.join("fhir").unwrap(), Some(auth), options())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = export(
+        &client,
+        &ExportRequest::new(ExportLevel::System),
+        dir.path(),
+    )
+    .await;
+    assert_eq!(outcome.files.len(), 2, "both manifest pages followed");
+    let text = downloaded(&outcome, "Patient");
+    assert_eq!(ids(&text), ["a", "b"]);
+    outcome
+}
+
+#[tokio::test]
+async fn the_token_goes_to_files_only_when_required_and_never_to_another_origin() {
+    let required = mock(true).await;
+    mock_export(&required).await;
+    let bearer = Some("Bearer tok".to_string());
+    let mut seen = required.seen.lock().unwrap().clone();
+    seen.sort(); // the two files download in parallel
+    assert_eq!(
+        seen,
+        [
+            ("other-origin".to_string(), None),
+            ("redirect".to_string(), bearer.clone()),
+            ("same-origin".to_string(), bearer),
+        ]
+    );
+
+    let not_required = mock(false).await;
+    mock_export(&not_required).await;
+    let seen = not_required.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|(_, auth)| auth.is_none()), "{seen:?}");
+}
+
+/// A file shorter than the manifest's `count` is an error naming both numbers, and neither a
+/// final nor a partial file is left behind.
+#[tokio::test]
+async fn a_line_count_short_of_the_manifest_count_fails_the_export() {
+    let origin = Arc::new(Mutex::new(None::<Url>));
+    let origin_for_status = Arc::clone(&origin);
+    let app = Router::new()
+        .route("/fhir/$export", get(|| async { (StatusCode::ACCEPTED, [(header::CONTENT_LOCATION, "/status")]) }))
+        .route(
+            "/status",
+            get(move || {
+                let origin = origin_for_status.lock().unwrap().clone().unwrap();
+                async move {
+                    axum::Json(json!({"transactionTime": "2024-01-01T00:00:00Z", "request": origin.join("fhir/$export").unwrap().to_string(),
+                        "requiresAccessToken": false, "error": [],
+                        "output": [{"type": "Patient", "url": origin.join("p.ndjson").unwrap().to_string(), "count": 2}]}))
+                }
+            })
+            .delete(|| async { StatusCode::ACCEPTED }),
+        )
+        .route("/p.ndjson", get(|| async { "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n" }));
+    let base = serve(app).await;
+    *origin.lock().unwrap() = Some(base.clone());
+    let client = BulkClient::try_new(base.join("fhir").unwrap(), None, options())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = client
+        .export_to_dir(
+            &ExportRequest::new(ExportLevel::System),
+            dir.path(),
+            &progress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{base}p.ndjson: downloaded 1 lines, the manifest says count = 2")
+    );
+    assert!(!dir.path().join("Patient.0.ndjson").exists());
+    assert!(!dir.path().join(".Patient.0.ndjson.part").exists());
+}
