@@ -103,6 +103,14 @@ pub enum Error {
     /// The Flight SQL server's transport (listener, TLS setup) failed.
     #[error("Flight SQL server: {0}")]
     FlightTransport(#[from] tonic::transport::Error),
+
+    /// The local snapshot store failed: an unreadable manifest, Parquet or NDJSON file.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+
+    /// An export shared by several queries failed; each of them gets this error.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
 }
 
 impl Error {

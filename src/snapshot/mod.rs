@@ -1,1 +1,490 @@
-//! Local snapshot store: Parquet + manifest, atomic commit, incremental merge.
+//! Local snapshot store: raw NDJSON (gzip) + Parquet + a manifest per resource type, committed
+//! atomically, merged incrementally.
+//!
+//! # Layout
+//!
+//! One folder per data source (FHIR server or local folder) under the cache root
+//! (default `<user cache dir>/fhirflight`, see [`default_cache_dir`]):
+//!
+//! ```text
+//! <cache>/<source-key>/                  e.g. 127.0.0.1_8080-3f2a9c1e5b7d0a46
+//!   source.json                          {"source": "<base url or folder>"}
+//!   <Type>/manifest.json                 THE commit point: names the current snapshot of <Type>
+//!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson.gz      raw resources, the source of truth
+//!   <Type>/<snapshot-id>/<mode>/part-<n>.parquet       one table per mode (flattened, nested)
+//!   staging/<job-key>/                   downloads of an export in progress (resumable)
+//!   tmp/<snapshot-id>/                   a snapshot being written
+//!   .lock                                held while committing
+//! ```
+//!
+//! Another engine reads a table by reading `<Type>/manifest.json` and then the files it lists
+//! under `tables.<mode>.files` (paths relative to the snapshot folder), for example in DuckDB
+//! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet')`,
+//! or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened')`. The Arrow schema is in
+//! each Parquet footer; the manifest repeats it as `columns` for people.
+//!
+//! # Atomicity
+//!
+//! A snapshot is written in `tmp/`, renamed into `<Type>/<snapshot-id>/`, and becomes visible only
+//! when `<Type>/manifest.json` is replaced (written aside, synced, renamed). A crash at any moment
+//! leaves the old manifest (and snapshot) or the new one; leftovers are removed by later commits.
+//! Commits take an exclusive lock on `.lock`, so processes sharing a cache folder serialise their
+//! commits; the previous snapshot's files are kept one generation so a query planned on it in
+//! another process can still read them.
+
+mod convert;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::datatypes::SchemaRef;
+use datafusion::parquet;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+pub use convert::{convert_raw, mode_key};
+
+use crate::ndjson::TableMode;
+pub use raw::{resource_ids, write_raw};
+
+/// Version of the manifest format written by this crate.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The default cache root: `<user cache dir>/fhirflight` (for example `~/.cache/fhirflight`).
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("fhirflight")
+}
+
+/// The snapshots of one data source (a FHIR server or a local folder), in one cache folder.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    /// Opens (creating it if needed) the store of `source` (a base URL or a folder path) under
+    /// `cache_root`. The folder name is readable and unique: host or folder name plus a hash.
+    pub fn open(cache_root: &Path, source: &str) -> Result<Self> {
+        let dir = cache_root.join(source_key(source));
+        for sub in ["tmp", "staging"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+        }
+        let info = dir.join("source.json");
+        if !info.exists() {
+            write_atomic(&info, &to_json(&serde_json::json!({ "source": source }))?)?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// The store's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The folder where an export of the given key keeps its downloads (so a killed run resumes).
+    pub fn staging_dir(&self, job_key: &str) -> PathBuf {
+        self.dir.join("staging").join(job_key)
+    }
+
+    /// The current snapshot of `resource_type`, if one was committed.
+    pub fn current(&self, resource_type: &str) -> Result<Option<Snapshot>> {
+        let path = self.dir.join(resource_type).join("manifest.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let manifest: SnapshotManifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        let dir = self.dir.join(resource_type).join(&manifest.snapshot);
+        Ok(Some(Snapshot { dir, manifest }))
+    }
+
+    /// Resource types that have a committed snapshot, sorted.
+    pub fn resource_types(&self) -> Result<Vec<String>> {
+        let mut types = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            if entry.path().join("manifest.json").is_file() {
+                types.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        types.sort();
+        Ok(types)
+    }
+
+    /// Starts writing a new snapshot of `resource_type` in a private temporary folder.
+    pub fn begin(&self, resource_type: &str) -> Result<SnapshotWriter> {
+        let id = new_snapshot_id();
+        let dir = self.dir.join("tmp").join(&id);
+        fs::create_dir_all(dir.join("raw")).map_err(|e| Error::io(&dir, e))?;
+        Ok(SnapshotWriter { store: self.clone(), resource_type: resource_type.to_owned(), id, dir })
+    }
+
+    /// Adds the Parquet table of `mode` to a committed snapshot that lacks it (switching mode
+    /// reads the snapshot's raw NDJSON again; no export). Returns the updated snapshot.
+    pub fn add_table(&self, snapshot: &Snapshot, mode: &TableMode, batch_size: usize) -> Result<Snapshot> {
+        let key = mode_key(mode);
+        let tmp = snapshot.dir.join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
+        let (table, _) = convert_raw(&snapshot.raw_paths(), &snapshot.manifest.resource_type, mode, batch_size, &tmp)?;
+        let _lock = self.lock()?;
+        // Someone else may have committed a newer snapshot meanwhile: only touch ours.
+        let target = snapshot.dir.join(&key);
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+        }
+        fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+        let mut manifest = snapshot.manifest.clone();
+        manifest.tables.insert(key.clone(), table.relative_to(&key));
+        let path = self.manifest_path(&manifest.resource_type);
+        let current = self.current(&manifest.resource_type)?;
+        if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
+            write_atomic(&path, &to_json(&manifest)?)?;
+        }
+        Ok(Snapshot { dir: snapshot.dir.clone(), manifest })
+    }
+
+    fn manifest_path(&self, resource_type: &str) -> PathBuf {
+        self.dir.join(resource_type).join("manifest.json")
+    }
+
+    /// Exclusive lock of the store, released on drop (also when the process dies).
+    fn lock(&self) -> Result<File> {
+        let path = self.dir.join(".lock");
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        file.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(file)
+    }
+
+    /// Removes snapshot folders of `resource_type` other than `keep`, and temporary folders older
+    /// than a day (a crashed writer's).
+    fn collect_garbage(&self, resource_type: &str, keep: &[&str]) {
+        let type_dir = self.dir.join(resource_type);
+        let stale = |p: &Path| {
+            p.metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86_400))
+                .unwrap_or(false)
+        };
+        let dirs = fs::read_dir(&type_dir).into_iter().flatten().flatten().map(|e| e.path());
+        for path in dirs.filter(|p| p.is_dir()) {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !keep.contains(&name.as_ref()) {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+        let tmps = fs::read_dir(self.dir.join("tmp")).into_iter().flatten().flatten().map(|e| e.path());
+        for path in tmps.filter(|p| stale(p)) {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// A snapshot being written; nothing is visible until [`SnapshotWriter::commit`].
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    store: SnapshotStore,
+    resource_type: String,
+    id: String,
+    dir: PathBuf,
+}
+
+impl SnapshotWriter {
+    /// The folder the snapshot is written in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path for the `n`th raw file of this snapshot (relative path as stored in the manifest).
+    pub fn raw_path(&self, n: usize) -> (PathBuf, String) {
+        let rel = format!("raw/{}.{n:03}.ndjson.gz", self.resource_type);
+        (self.dir.join(&rel), rel)
+    }
+
+    /// Converts the raw files to the Parquet tables of `modes`, then commits: the new snapshot
+    /// replaces the current one atomically. `manifest.snapshot`, `resource_type`, `tables` and
+    /// `created_at` are filled in here.
+    pub fn commit(self, mut manifest: SnapshotManifest, modes: &[TableMode], batch_size: usize) -> Result<Snapshot> {
+        let raw: Vec<PathBuf> = manifest.raw.iter().map(|r| self.dir.join(&r.path)).collect();
+        for mode in modes {
+            let key = mode_key(mode);
+            let (table, errors) = convert_raw(&raw, &self.resource_type, mode, batch_size, &self.dir.join(&key))?;
+            manifest.tables.insert(key.clone(), table.relative_to(&key));
+            if manifest.errors.is_empty() {
+                manifest.errors.extend(errors);
+            }
+        }
+        manifest.format = MANIFEST_FORMAT;
+        manifest.resource_type = self.resource_type.clone();
+        manifest.snapshot = self.id.clone();
+        let now = SystemTime::now();
+        manifest.created_at = rfc3339(now);
+        manifest.created_unix_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+
+        let store = &self.store;
+        let type_dir = store.dir.join(&self.resource_type);
+        fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
+        let _lock = store.lock()?;
+        let previous = store.current(&self.resource_type)?.map(|s| s.manifest.snapshot);
+        let target = type_dir.join(&self.id);
+        fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
+        write_atomic(&store.manifest_path(&self.resource_type), &to_json(&manifest)?)?;
+        let keep: Vec<&str> = [Some(self.id.as_str()), previous.as_deref()].into_iter().flatten().collect();
+        store.collect_garbage(&self.resource_type, &keep);
+        Ok(Snapshot { dir: target, manifest })
+    }
+}
+
+/// A committed snapshot of one resource type.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    dir: PathBuf,
+    manifest: SnapshotManifest,
+}
+
+impl Snapshot {
+    /// The snapshot's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &SnapshotManifest {
+        &self.manifest
+    }
+
+    /// When the snapshot was committed.
+    pub fn created(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.manifest.created_unix_ms)
+    }
+
+    /// Time since the snapshot was committed.
+    pub fn age(&self) -> Duration {
+        SystemTime::now().duration_since(self.created()).unwrap_or_default()
+    }
+
+    /// Absolute paths of the raw NDJSON (gzip) files.
+    pub fn raw_paths(&self) -> Vec<PathBuf> {
+        self.manifest.raw.iter().map(|r| self.dir.join(&r.path)).collect()
+    }
+
+    /// The Parquet table of `mode`, if this snapshot has it.
+    pub fn table(&self, mode: &str) -> Option<&TableFiles> {
+        self.manifest.tables.get(mode)
+    }
+
+    /// The folder holding the Parquet files of `mode`.
+    pub fn table_dir(&self, mode: &str) -> PathBuf {
+        self.dir.join(mode)
+    }
+
+    /// The Arrow schema of the table of `mode`, read from its first Parquet footer.
+    pub fn schema(&self, mode: &str) -> Result<SchemaRef> {
+        let table = self
+            .table(mode)
+            .ok_or_else(|| Error::Snapshot(format!("snapshot {} has no {mode} table", self.dir.display())))?;
+        let path = self.dir.join(&table.files[0].path);
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        Ok(builder.schema().clone())
+    }
+}
+
+
+/// The manifest of one snapshot of one resource type (`<Type>/manifest.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotManifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// The resource type.
+    pub resource_type: String,
+    /// The snapshot folder name (`<Type>/<snapshot>/`).
+    pub snapshot: String,
+    /// Where the data came from: the server's base URL or the local folder.
+    pub source: String,
+    /// The kick-off request (URL with `_type`, `_since`, `_typeFilter`), or the folder read.
+    pub request: String,
+    /// The export's `transactionTime` (for a local folder: when it was read).
+    pub transaction_time: String,
+    /// When this snapshot was committed (RFC 3339, UTC).
+    pub created_at: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The raw NDJSON files (gzip), relative to the snapshot folder.
+    pub raw: Vec<RawFile>,
+    /// The Parquet tables by mode (`flattened`, `nested`).
+    pub tables: BTreeMap<String, TableFiles>,
+    /// Set when this snapshot was merged from the previous one and an export `_since` it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Incremental>,
+    /// Errors the server reported for this type (OperationOutcome texts), and skipped lines.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+impl SnapshotManifest {
+    /// Number of resources in the snapshot.
+    pub fn resources(&self) -> u64 {
+        self.raw.iter().map(|r| r.resources).sum()
+    }
+}
+
+/// One raw NDJSON file of a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawFile {
+    /// Path relative to the snapshot folder.
+    pub path: String,
+    /// Resources (non-empty lines).
+    pub resources: u64,
+    /// Size of the gzip file.
+    pub bytes: u64,
+}
+
+/// The Parquet files of one table (mode) of a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableFiles {
+    /// The files, relative to the snapshot folder.
+    pub files: Vec<TableFile>,
+    /// Rows over all files.
+    pub rows: u64,
+    /// Bytes over all files.
+    pub bytes: u64,
+    /// Lines skipped as bad input (lenient decoding).
+    #[serde(default)]
+    pub skipped_lines: u64,
+    /// The columns, for people and other engines (the Parquet footer is authoritative).
+    pub columns: Vec<Column>,
+}
+
+impl TableFiles {
+    /// Makes the file paths relative to the snapshot folder (they are written relative to the
+    /// table folder `mode`).
+    fn relative_to(mut self, mode: &str) -> Self {
+        for f in &mut self.files {
+            f.path = format!("{mode}/{}", f.path);
+        }
+        self
+    }
+}
+
+/// One Parquet file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableFile {
+    /// Path relative to the snapshot folder.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// A column of a snapshot table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Arrow data type, as displayed by Arrow.
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// What an incremental refresh merged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Incremental {
+    /// The previous snapshot's `transactionTime`, sent as `_since`.
+    pub since: String,
+    /// The previous snapshot folder.
+    pub previous: String,
+    /// Resources in the export's output (new or updated).
+    pub changed: u64,
+    /// Ids removed by `deleted[]` tombstones.
+    pub deleted: Vec<String>,
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| Error::Snapshot(format!("cannot serialise manifest: {e}")))
+}
+
+/// A readable, unique folder name for a source: `host_port-hash` or `folder-hash`.
+fn source_key(source: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(source.as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let readable = match url::Url::parse(source) {
+        Ok(u) if u.has_host() => format!("{}_{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        _ => Path::new(source).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    let readable: String =
+        readable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' }).collect();
+    format!("{readable}-{hex}")
+}
+
+/// A sortable, unique snapshot id: UTC time to the millisecond plus a random suffix.
+fn new_snapshot_id() -> String {
+    let now = SystemTime::now();
+    let stamp: String = rfc3339(now).chars().filter(|c| c.is_ascii_digit()).collect();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{stamp}-{}", &rand[..8])
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds (`2024-01-31T12:00:00.000Z`).
+pub fn rfc3339(time: SystemTime) -> String {
+    let d = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (days, secs) = ((d.as_secs() / 86_400) as i64, d.as_secs() % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789); // leap day 2024
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn source_keys_are_readable_and_distinct() {
+        let a = source_key("http://127.0.0.1:8080/fhir");
+        let b = source_key("http://127.0.0.1:8080/other");
+        assert!(a.starts_with("127.0.0.1_8080-"), "{a}");
+        assert_ne!(a, b);
+        assert!(source_key("/data/synthea-100").starts_with("synthea-100-"));
+    }
+}

@@ -6,3 +6,5 @@ mod bulk;
 mod demo;
 mod smart;
 mod flight;
+mod catalog;
+mod snapshot;

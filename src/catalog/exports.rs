@@ -1,0 +1,349 @@
+//! Keeping snapshots fresh: one export per set of missing types, shared by every query that
+//! needs one of them while it runs, then converted and committed type by type.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::sync::watch;
+
+use super::source::{FetchOutcome, FetchProgress, FetchRequest, FhirSource};
+use super::{CatalogOptions, Freshness};
+use crate::snapshot::{Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, resource_ids, write_raw};
+use crate::{Error, Result};
+
+/// How many finished exports [`Exporter::exports`] remembers.
+const FINISHED_KEPT: usize = 32;
+
+type Done = Shared<BoxFuture<'static, Result<(), Arc<Error>>>>;
+
+/// The state of an export, as listed by [`super::FhirCatalog::exports`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportState {
+    /// Fetching or converting.
+    Running,
+    /// Committed.
+    Done,
+    /// Failed with this error.
+    Failed(String),
+    /// Cancelled.
+    Cancelled,
+}
+
+/// One export of a catalog: running or recently finished.
+#[derive(Debug, Clone)]
+pub struct ExportStatus {
+    /// Id, unique within the catalog (for [`super::FhirCatalog::cancel`]).
+    pub id: u64,
+    /// The request.
+    pub request: FetchRequest,
+    /// When it started.
+    pub started: SystemTime,
+    /// Progress of the fetch.
+    pub progress: FetchProgress,
+    /// Where it stands.
+    pub state: ExportState,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    request: FetchRequest,
+    started: SystemTime,
+    progress: watch::Receiver<FetchProgress>,
+    state: Mutex<ExportState>,
+    abort: tokio::task::AbortHandle,
+    done: Done,
+}
+
+#[derive(Debug, Default)]
+struct Jobs {
+    /// The running job of each resource type.
+    by_type: HashMap<String, Arc<Job>>,
+    /// Running and recently finished jobs, oldest first.
+    all: Vec<Arc<Job>>,
+}
+
+/// The shared heart of a catalog: its source, its snapshot store, its exports.
+#[derive(Debug)]
+pub(crate) struct Exporter {
+    pub(crate) source: Arc<dyn FhirSource>,
+    pub(crate) store: SnapshotStore,
+    pub(crate) options: CatalogOptions,
+    /// The resource types (table names).
+    pub(crate) types: Vec<String>,
+    jobs: Mutex<Jobs>,
+    next_id: AtomicU64,
+}
+
+impl Exporter {
+    pub(crate) fn new(source: Arc<dyn FhirSource>, store: SnapshotStore, options: CatalogOptions, types: Vec<String>) -> Self {
+        Self { source, store, options, types, jobs: Mutex::default(), next_id: AtomicU64::new(1) }
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The resource type named `name` (matched case-insensitively: SQL folds unquoted names).
+    pub(crate) fn resource_type(&self, name: &str) -> Option<&str> {
+        self.types.iter().find(|t| t.eq_ignore_ascii_case(name)).map(String::as_str)
+    }
+
+    /// Returns a snapshot of every type in `types` that satisfies `freshness` (or was committed
+    /// after `not_before`), exporting the others: ONE export for all types that lack a snapshot,
+    /// one incremental export per previous `transactionTime` for the stale ones. Types already
+    /// being exported join that export.
+    pub(crate) async fn ensure(
+        self: &Arc<Self>,
+        types: &[String],
+        freshness: &Freshness,
+        not_before: Option<SystemTime>,
+    ) -> Result<Vec<Snapshot>> {
+        let mut waits: Vec<Done> = Vec::new();
+        {
+            let mut jobs = self.jobs();
+            // Stale types grouped by the transactionTime of their snapshot (None: no snapshot).
+            let mut stale: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+            for t in dedup(types) {
+                if let Some(job) = jobs.by_type.get(&t) {
+                    waits.push(job.done.clone());
+                    continue;
+                }
+                let current = self.store.current(&t)?;
+                let fresh = current.as_ref().is_some_and(|s| {
+                    not_before.is_some_and(|nb| s.created() >= nb) || freshness.accepts(s.age())
+                });
+                if !fresh {
+                    let since = current.filter(|_| self.options.incremental).map(|s| s.manifest().transaction_time.clone());
+                    stale.entry(since).or_default().push(t);
+                }
+            }
+            for (since, types) in stale {
+                let request = FetchRequest { types, since, type_filters: Vec::new() };
+                let job = self.start(&mut jobs, request);
+                waits.push(job.done.clone());
+            }
+        }
+        for done in waits {
+            done.await.map_err(Error::Shared)?;
+        }
+        types
+            .iter()
+            .map(|t| {
+                self.store.current(t)?.ok_or_else(|| Error::Snapshot(format!("export of {t} committed no snapshot")))
+            })
+            .collect()
+    }
+
+    /// Starts an export task and registers it for its types (the caller holds the jobs lock).
+    fn start(self: &Arc<Self>, jobs: &mut Jobs, request: FetchRequest) -> Arc<Job> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(FetchProgress { phase: "starting".into(), ..FetchProgress::default() });
+        let this = Arc::clone(self);
+        let req = request.clone();
+        let task = tokio::spawn(async move {
+            // Unregisters the job however the task ends, including abort.
+            let _guard = Unregister { exporter: Arc::clone(&this), id };
+            this.run(&req, &tx).await
+        });
+        let abort = task.abort_handle();
+        let what = request.types.join(",");
+        let done = task
+            .map(move |r| match r {
+                Ok(r) => r.map_err(Arc::new),
+                Err(e) if e.is_cancelled() => Err(Arc::new(Error::Cancelled)),
+                Err(e) => Err(Arc::new(Error::Snapshot(format!("export of {what} panicked: {e}")))),
+            })
+            .boxed()
+            .shared();
+        let job = Arc::new(Job {
+            id,
+            request,
+            started: SystemTime::now(),
+            progress: rx,
+            state: Mutex::new(ExportState::Running),
+            abort,
+            done: done.clone(),
+        });
+        for t in &job.request.types {
+            jobs.by_type.insert(t.clone(), Arc::clone(&job));
+        }
+        jobs.all.push(Arc::clone(&job));
+        let excess = jobs.all.len().saturating_sub(FINISHED_KEPT);
+        let mut finished = 0;
+        jobs.all.retain(|j| {
+            let keep = finished >= excess || j.done.peek().is_none();
+            finished += usize::from(!keep);
+            keep
+        });
+        // Record the final state once it is known, without anyone having to await it.
+        let job_ref = Arc::clone(&job);
+        tokio::spawn(async move {
+            let state = match done.await {
+                Ok(()) => ExportState::Done,
+                Err(e) if matches!(*e, Error::Cancelled) => ExportState::Cancelled,
+                Err(e) => ExportState::Failed(e.to_string()),
+            };
+            *job_ref.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        });
+        job
+    }
+
+    /// The export itself: fetch into a staging folder named after the request (so a killed run
+    /// resumes), then build and commit one snapshot per type.
+    async fn run(&self, request: &FetchRequest, progress: &watch::Sender<FetchProgress>) -> Result<()> {
+        let started = SystemTime::now();
+        let staging = self.store.staging_dir(&job_key(request));
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        // One process at a time per request: another one waits, then finds its snapshots.
+        let lock_path = staging.with_extension("lock");
+        let _lock = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| Error::io(&lock_path, e))?;
+            file.lock().map_err(|e| Error::io(&lock_path, e))?;
+            Ok::<_, Error>(file)
+        })
+        .await
+        .map_err(|e| Error::Snapshot(format!("lock task failed: {e}")))??;
+        let mut request = request.clone();
+        request.types.retain(|t| !self.store.current(t).ok().flatten().is_some_and(|s| s.created() >= started));
+        if request.types.is_empty() {
+            return Ok(());
+        }
+
+        let outcome = self.source.fetch(&request, &staging, progress).await?;
+        progress.send_modify(|p| p.phase = "converting".into());
+        let mut tasks = Vec::new();
+        for t in &request.types {
+            let previous = if outcome.complete { None } else { request.since.as_ref().and(self.store.current(t)?) };
+            let (store, options, outcome, t) = (self.store.clone(), self.options.clone(), outcome.clone(), t.clone());
+            let location = self.source.location().to_owned();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                commit_type(&store, &options, &location, &outcome, &t, previous.as_ref())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(|e| Error::Snapshot(format!("conversion task failed: {e}")))??;
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        Ok(())
+    }
+
+    /// Running and recently finished exports, oldest first.
+    pub(crate) fn exports(&self) -> Vec<ExportStatus> {
+        self.jobs()
+            .all
+            .iter()
+            .map(|j| ExportStatus {
+                id: j.id,
+                request: j.request.clone(),
+                started: j.started,
+                progress: j.progress.borrow().clone(),
+                state: j.state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            })
+            .collect()
+    }
+
+    /// Cancels a running export; queries waiting on it fail with [`Error::Cancelled`]. The staging
+    /// folder is kept, so a later export of the same types resumes the server-side job.
+    pub(crate) fn cancel(&self, id: u64) -> bool {
+        let jobs = self.jobs();
+        let job = jobs.all.iter().find(|j| j.id == id && j.done.peek().is_none());
+        job.inspect(|j| j.abort.abort()).is_some()
+    }
+}
+
+/// Removes a job from `by_type` when its task ends (normally, by error or aborted).
+struct Unregister {
+    exporter: Arc<Exporter>,
+    id: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.exporter.jobs().by_type.retain(|_, j| j.id != self.id);
+    }
+}
+
+/// Builds and commits the snapshot of `resource_type` from a fetch: a full copy of the fetched
+/// files, or (incremental) the previous snapshot's resources with the changed ones replaced and
+/// the deleted ones removed.
+fn commit_type(
+    store: &SnapshotStore,
+    options: &CatalogOptions,
+    location: &str,
+    outcome: &FetchOutcome,
+    resource_type: &str,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot> {
+    let files: Vec<PathBuf> =
+        outcome.files.iter().filter(|f| f.resource_type == resource_type).map(|f| f.path.clone()).collect();
+    let deleted: std::collections::HashSet<String> =
+        outcome.deleted.iter().filter(|(t, _)| t == resource_type).map(|(_, id)| id.clone()).collect();
+    let writer = store.begin(resource_type)?;
+    let mut manifest = SnapshotManifest {
+        source: location.to_owned(),
+        request: outcome.request.clone(),
+        transaction_time: outcome.transaction_time.clone(),
+        errors: outcome.errors.clone(),
+        ..SnapshotManifest::default()
+    };
+    let mut add_raw = |inputs: &[PathBuf], drop: Option<&std::collections::HashSet<String>>| -> Result<u64> {
+        let (path, rel) = writer.raw_path(manifest.raw.len());
+        let (resources, bytes) = write_raw(inputs, drop, &path)?;
+        manifest.raw.push(RawFile { path: rel, resources, bytes });
+        Ok(resources)
+    };
+    match previous {
+        Some(prev) => {
+            let mut replaced = resource_ids(&files)?;
+            replaced.extend(deleted.iter().cloned());
+            add_raw(&prev.raw_paths(), Some(&replaced))?;
+            let changed = add_raw(&files, Some(&deleted))?;
+            let mut deleted: Vec<String> = deleted.into_iter().collect();
+            deleted.sort();
+            manifest.incremental = Some(Incremental {
+                since: prev.manifest().transaction_time.clone(),
+                previous: prev.manifest().snapshot.clone(),
+                changed,
+                deleted,
+            });
+        }
+        None => {
+            add_raw(&files, None)?;
+        }
+    }
+    writer.commit(manifest, std::slice::from_ref(options.mode()), options.batch_size)
+}
+
+/// The staging folder name of a request: readable and stable across runs.
+fn job_key(request: &FetchRequest) -> String {
+    use sha2::Digest;
+    let mut types = request.types.clone();
+    types.sort();
+    let text = format!("{types:?}{:?}{:?}", request.since, request.type_filters);
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let mut name = types.join("_");
+    name.truncate(60);
+    format!("{name}-{hex}")
+}
+
+fn dedup(types: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(types.len());
+    for t in types {
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    out
+}

@@ -1,0 +1,110 @@
+//! Raw NDJSON (gzip or plain) to the Parquet table of a snapshot.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+
+use super::{Column, TableFile, TableFiles};
+use crate::ndjson::{DecodeOptions, SchemaInference, Strictness, TableMode, decode_reader, infer_reader};
+use crate::{Error, Result};
+
+/// Rows per Parquet row group: small enough for row-group pruning on filters to matter.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// Opens a raw NDJSON file, decompressing it when it is gzip (detected by its magic bytes).
+pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 16, file))
+    })
+}
+
+/// The name of a mode's table in a snapshot: `flattened`, `flattened-max<N>` (bounded width),
+/// `nested`.
+pub fn mode_key(mode: &TableMode) -> String {
+    match mode {
+        TableMode::Flattened(o) => match o.max_list_items() {
+            None => "flattened".to_owned(),
+            Some(n) => format!("flattened-max{n}"),
+        },
+        TableMode::Nested => "nested".to_owned(),
+    }
+}
+
+/// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
+/// (created): one pass infers the schema over all files, a second decodes against it, both on all
+/// cores. Bad lines are skipped and counted (lenient decoding); their errors are returned with
+/// the table. Paths in the result are relative to `out_dir`.
+pub fn convert_raw(
+    raw: &[PathBuf],
+    resource_type: &str,
+    mode: &TableMode,
+    batch_size: usize,
+    out_dir: &Path,
+) -> Result<(TableFiles, Vec<String>)> {
+    fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let err = |path: &Path, e: &dyn std::fmt::Display| Error::Snapshot(format!("{}: {e}", path.display()));
+    let options = |path: &Path| {
+        DecodeOptions::default()
+            .with_batch_size(batch_size)
+            .with_strictness(Strictness::Lenient)
+            .with_resource_type(resource_type)
+            .with_source(path.display().to_string())
+    };
+
+    let mut inference = SchemaInference::with_options(mode, options(Path::new(resource_type)));
+    for path in raw {
+        infer_reader(open_raw(path)?, &mut inference)?;
+    }
+    let mut schema = inference.schema();
+    if schema.fields().is_empty() {
+        // No resources: still a readable table with the columns every resource has.
+        schema = Arc::new(Schema::new(vec![
+            Field::new("resourceType", DataType::Utf8, true),
+            Field::new("id", DataType::Utf8, true),
+        ]));
+    }
+
+    let out = out_dir.join("part-0.parquet");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build();
+    let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
+    let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, &e))?;
+    let (mut rows, mut skipped_lines, mut errors) = (0u64, 0u64, Vec::new());
+    for path in raw {
+        let summary = decode_reader(open_raw(path)?, Arc::clone(&schema), mode, options(path), |batch| {
+            writer.write(&batch).map_err(|e| err(&out, &e))
+        })?;
+        rows += summary.rows;
+        skipped_lines += summary.skipped_count;
+        errors.extend(summary.skipped.iter().map(ToString::to_string));
+    }
+    let file = writer.into_inner().map_err(|e| err(&out, &e))?;
+    file.sync_all().map_err(|e| Error::io(&out, e))?;
+    let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
+    let table = TableFiles {
+        files: vec![TableFile { path: "part-0.parquet".into(), rows, bytes }],
+        rows,
+        bytes,
+        skipped_lines,
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() })
+            .collect(),
+    };
+    Ok((table, errors))
+}

@@ -1,0 +1,381 @@
+//! The DataFusion catalog over sources that need no server: an in-memory source that counts
+//! its exports, and local folders (including `../shared/data/synthea-100`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
+use fhirflight::catalog::{
+    self, CatalogOptions, ExportState, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirCatalog,
+    FhirSource, Freshness, LocalFolder,
+};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, watch};
+
+/// A source holding resources in memory; every fetch is recorded. `transactionTime` is a
+/// generation number, so `_since` returns what changed after it, and deletions as tombstones.
+#[derive(Debug, Default)]
+struct MemorySource {
+    state: Mutex<MemoryState>,
+    /// When set, each fetch waits for a permit (to hold an export in flight).
+    gate: Option<Semaphore>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    generation: u64,
+    /// (type, id) -> (generation of last change, resource or None when deleted)
+    resources: BTreeMap<(String, String), (u64, Option<Value>)>,
+    fetches: Vec<FetchRequest>,
+}
+
+impl MemorySource {
+    fn gated() -> Self {
+        Self { gate: Some(Semaphore::new(0)), ..Self::default() }
+    }
+
+    fn upsert(&self, resource: Value) {
+        let mut s = self.state.lock().unwrap();
+        s.generation += 1;
+        let key = (resource["resourceType"].as_str().unwrap().to_owned(), resource["id"].as_str().unwrap().to_owned());
+        let generation = s.generation;
+        s.resources.insert(key, (generation, Some(resource)));
+    }
+
+    fn delete(&self, resource_type: &str, id: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.generation += 1;
+        let generation = s.generation;
+        s.resources.insert((resource_type.into(), id.into()), (generation, None));
+    }
+
+    fn fetches(&self) -> Vec<FetchRequest> {
+        self.state.lock().unwrap().fetches.clone()
+    }
+}
+
+#[async_trait]
+impl FhirSource for MemorySource {
+    fn location(&self) -> &str {
+        "memory://test"
+    }
+
+    async fn resource_types(&self) -> fhirflight::Result<Vec<String>> {
+        Ok(vec!["Condition".into(), "Observation".into(), "Patient".into()])
+    }
+
+    async fn fetch(
+        &self,
+        request: &FetchRequest,
+        dir: &Path,
+        _progress: &watch::Sender<FetchProgress>,
+    ) -> fhirflight::Result<FetchOutcome> {
+        self.state.lock().unwrap().fetches.push(request.clone());
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        let s = self.state.lock().unwrap();
+        let since: u64 = request.since.as_deref().map_or(0, |t| t.parse().unwrap());
+        let mut outcome = FetchOutcome {
+            request: format!("memory?_type={}", request.types.join(",")),
+            transaction_time: s.generation.to_string(),
+            ..FetchOutcome::default()
+        };
+        for t in &request.types {
+            let path = dir.join(format!("{t}.1.ndjson"));
+            let mut text = String::new();
+            for ((rt, id), (generation, resource)) in &s.resources {
+                if rt != t || *generation <= since {
+                    continue;
+                }
+                match resource {
+                    Some(r) => text.push_str(&format!("{r}\n")),
+                    None if since > 0 => outcome.deleted.push((rt.clone(), id.clone())),
+                    None => {}
+                }
+            }
+            std::fs::write(&path, text).unwrap();
+            outcome.files.push(FetchedFile { resource_type: t.clone(), path });
+        }
+        Ok(outcome)
+    }
+}
+
+fn patient(id: &str, gender: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "gender": gender, "birthDate": "1970-01-01"})
+}
+
+fn condition(id: &str, patient: &str, code: &str) -> Value {
+    json!({"resourceType": "Condition", "id": id, "subject": {"reference": format!("Patient/{patient}")},
+           "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]}})
+}
+
+fn seeded() -> Arc<MemorySource> {
+    let source = Arc::new(MemorySource::default());
+    source.upsert(patient("p1", "female"));
+    source.upsert(patient("p2", "male"));
+    source.upsert(patient("p3", "female"));
+    source.upsert(condition("c1", "p1", "44054006"));
+    source.upsert(condition("c2", "p1", "38341003"));
+    source.upsert(condition("c3", "p2", "44054006"));
+    source
+}
+
+async fn context(source: Arc<dyn FhirSource>, cache: &Path, freshness: Freshness) -> (SessionContext, FhirCatalog) {
+    let options = CatalogOptions::default().with_cache_dir(cache).with_freshness(freshness);
+    let fhir = FhirCatalog::try_new(source, options.clone()).await.unwrap();
+    let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_information_schema(true));
+    ctx.register_catalog("src", Arc::new(fhir.clone()));
+    catalog::register_functions(&ctx, options);
+    (ctx, fhir)
+}
+
+/// Runs `sql` through [`catalog::sql`] and returns the rows as strings, sorted.
+async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = catalog::sql(ctx, sql).await.unwrap().collect().await.unwrap();
+    let mut out = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = batch
+                .columns()
+                .iter()
+                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap())
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out.sort();
+    out
+}
+
+const JOIN: &str = "SELECT p.gender, count(*) AS n FROM src.fhir.patient p \
+    JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id) GROUP BY p.gender";
+
+#[tokio::test]
+async fn join_of_two_types_starts_one_export_and_the_next_query_reuses_it() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    let (ctx, fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+
+    assert_eq!(rows(&ctx, JOIN).await, ["female|2", "male|1"]);
+    let fetches = source.fetches();
+    assert_eq!(fetches.len(), 1, "{fetches:?}");
+    assert_eq!(fetches[0].types, ["Condition", "Patient"]);
+    assert_eq!(fetches[0].since, None);
+
+    assert_eq!(rows(&ctx, JOIN).await, ["female|2", "male|1"]);
+    assert_eq!(rows(&ctx, "SELECT count(*) FROM src.fhir.Patient").await, ["3"]);
+    assert_eq!(source.fetches().len(), 1, "the second query reuses the snapshots");
+    let exports = fhir.exports();
+    assert_eq!(exports.len(), 1);
+    assert_eq!(exports[0].state, ExportState::Done);
+}
+
+#[tokio::test]
+async fn concurrent_queries_share_the_export_in_flight() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = Arc::new(MemorySource::gated());
+    source.upsert(patient("p1", "female"));
+    source.upsert(condition("c1", "p1", "44054006"));
+    let (ctx, fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+
+    let first = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { rows(&ctx, JOIN).await }
+    });
+    let second = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { rows(&ctx, "SELECT id FROM src.fhir.patient").await }
+    });
+    // Both queries are waiting once the export is running and the second joined it.
+    while source.fetches().is_empty() || fhir.exports().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    source.gate.as_ref().unwrap().add_permits(1);
+    assert_eq!(first.await.unwrap(), ["female|1"]);
+    assert_eq!(second.await.unwrap(), ["p1"]);
+    assert_eq!(source.fetches().len(), 1, "{:?}", source.fetches());
+}
+
+#[tokio::test]
+async fn refresh_returns_updated_and_deleted_rows() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    let (ctx, _fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+    assert_eq!(rows(&ctx, "SELECT id, gender FROM src.fhir.patient").await, ["p1|female", "p2|male", "p3|female"]);
+
+    source.upsert(patient("p2", "other"));
+    source.upsert(patient("p4", "male"));
+    source.delete("Patient", "p3");
+    // Freshness `never`: no refresh until asked.
+    assert_eq!(rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await, ["3"]);
+
+    let refreshed = rows(&ctx, "SELECT resource_type, resources, changed, deleted FROM fhir_refresh('src', 'Patient')").await;
+    assert_eq!(refreshed, ["Patient|3|2|1"]);
+    let fetches = source.fetches();
+    assert_eq!(fetches.len(), 2);
+    assert_eq!(fetches[1].since.as_deref(), Some("6"), "incremental from the first transactionTime");
+    assert_eq!(rows(&ctx, "SELECT id, gender FROM src.fhir.patient").await, ["p1|female", "p2|other", "p4|male"]);
+}
+
+#[tokio::test]
+async fn freshness_always_exports_for_every_statement_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    let (ctx, _fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Always).await;
+    assert_eq!(rows(&ctx, JOIN).await, ["female|2", "male|1"]);
+    assert_eq!(source.fetches().len(), 1);
+    source.upsert(condition("c4", "p3", "1234"));
+    assert_eq!(rows(&ctx, JOIN).await, ["female|3", "male|1"]);
+    let fetches = source.fetches();
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert_eq!(fetches[1].since.as_deref(), Some("6"));
+}
+
+#[tokio::test]
+async fn browsing_never_exports() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    let (ctx, _fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Always).await;
+    let tables = rows(&ctx, "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'src'").await;
+    assert!(tables.contains(&"Patient".to_owned()), "{tables:?}");
+    let shown = rows(&ctx, "SHOW TABLES").await;
+    assert!(shown.iter().any(|r| r.contains("Condition")), "{shown:?}");
+    assert_eq!(rows(&ctx, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'fhir'").await, ["0"]);
+    assert!(source.fetches().is_empty(), "{:?}", source.fetches());
+
+    // Once a snapshot exists, browsing shows its columns, still without exporting again.
+    rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await;
+    let columns = rows(&ctx, "SELECT column_name FROM information_schema.columns WHERE table_name = 'Patient'").await;
+    assert!(columns.contains(&"gender".to_owned()), "{columns:?}");
+    assert_eq!(source.fetches().len(), 1);
+}
+
+#[tokio::test]
+async fn cancelled_export_fails_its_queries_and_leaves_the_cache_usable() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = Arc::new(MemorySource::gated());
+    source.upsert(patient("p1", "female"));
+    let (ctx, fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+    source.gate.as_ref().unwrap().add_permits(1);
+    assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await, ["p1"]);
+
+    source.upsert(patient("p2", "male"));
+    let refresh = tokio::spawn({
+        let fhir = fhir.clone();
+        async move { fhir.refresh(&["Patient".to_owned()]).await }
+    });
+    while source.fetches().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let running = fhir.exports().into_iter().find(|e| e.state == ExportState::Running).unwrap();
+    assert!(fhir.cancel(running.id));
+    let err = refresh.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    // The old snapshot still answers; a new refresh completes.
+    assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await, ["p1"]);
+    source.gate.as_ref().unwrap().add_permits(1);
+    fhir.refresh(&["Patient".to_owned()]).await.unwrap();
+    assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await, ["p1", "p2"]);
+}
+
+#[tokio::test]
+async fn explain_shows_the_snapshot_files_and_statistics_come_from_the_manifest() {
+    let cache = tempfile::tempdir().unwrap();
+    let (ctx, fhir) = context(seeded() as _, cache.path(), Freshness::Never).await;
+    let plan = rows(&ctx, "EXPLAIN SELECT id FROM src.fhir.patient WHERE gender = 'male'").await.join("\n");
+    let snapshot = fhir.snapshots().unwrap().into_iter().find(|s| s.manifest().resource_type == "Patient").unwrap();
+    assert!(plan.contains(&format!("Patient/{}/flattened/part-0.parquet", snapshot.manifest().snapshot)), "{plan}");
+    assert!(plan.contains("predicate="), "filter pushed into the Parquet scan: {plan}");
+    let table = fhir.table("Patient").await.unwrap();
+    let stats = datafusion::catalog::TableProvider::statistics(&table).unwrap();
+    assert_eq!(stats.num_rows, datafusion::common::stats::Precision::Exact(3));
+}
+
+fn write_folder(dir: &Path, files: &[(&str, &[Value])]) {
+    for (name, resources) in files {
+        let text: String = resources.iter().map(|r| format!("{r}\n")).collect();
+        if name.ends_with(".gz") {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(dir.join(name)).unwrap(), flate2::Compression::fast());
+            gz.write_all(text.as_bytes()).unwrap();
+            gz.finish().unwrap();
+        } else {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn local_folder_and_create_external_table_stored_as_fhir() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    write_folder(
+        data.path(),
+        &[
+            ("Patient.1.ndjson", &[patient("a", "female")]),
+            ("Patient.2.ndjson.gz", &[patient("b", "male"), patient("c", "male")]),
+            ("Condition.ndjson", &[condition("x", "a", "1")]),
+            ("notes.txt", &[]),
+        ],
+    );
+    let folder = Arc::new(LocalFolder::try_new(data.path()).unwrap());
+    assert_eq!(folder.resource_types().await.unwrap(), ["Condition", "Patient"]);
+
+    let ctx = SessionContext::new();
+    catalog::register_functions(&ctx, CatalogOptions::default().with_cache_dir(cache.path()));
+    let location = data.path().display();
+    catalog::sql(&ctx, &format!("CREATE EXTERNAL TABLE people STORED AS FHIR LOCATION '{location}' OPTIONS ('type' 'Patient')"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(rows(&ctx, "SELECT gender, count(*) FROM people GROUP BY gender").await, ["female|1", "male|2"]);
+    let err = catalog::sql(&ctx, &format!("CREATE EXTERNAL TABLE x STORED AS FHIR LOCATION '{location}' OPTIONS ('colour' 'red')"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown FHIR table option"), "{err}");
+}
+
+fn synthea() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/synthea-100");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!("skipped: {} is absent", dir.display());
+        None
+    }
+}
+
+#[tokio::test]
+async fn synthea_folder_gives_the_notebook_counts() {
+    let Some(dir) = synthea() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    let (ctx, fhir) = context(Arc::new(LocalFolder::try_new(&dir).unwrap()), cache.path(), Freshness::Never).await;
+    assert_eq!(fhir.resource_types().len(), 17);
+    let patients = catalog::sql(&ctx, "SELECT id, gender, \"birthDate\" FROM src.fhir.patient")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(patients.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
+    let per_gender = rows(&ctx, "SELECT gender, count(*) FROM src.fhir.patient GROUP BY gender").await;
+    assert_eq!(per_gender.len(), 2, "{per_gender:?}");
+    let conditions = catalog::sql(&ctx, "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM src.fhir.condition")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n = conditions[0].column(0).as_primitive::<Int64Type>().value(0);
+    let ids = conditions[0].column(1).as_primitive::<Int64Type>().value(0);
+    assert_eq!((n, ids), (639, 639));
+    assert!(conditions[0].column(0).null_count() == 0);
+}

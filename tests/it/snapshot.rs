@@ -1,0 +1,83 @@
+//! The snapshot store: atomic commits, crash leftovers, concurrent writers.
+
+use std::path::PathBuf;
+
+use fhirflight::ndjson::TableMode;
+use fhirflight::snapshot::{RawFile, SnapshotManifest, SnapshotStore, write_raw};
+
+fn ndjson(dir: &std::path::Path, name: &str, ids: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let text: String = ids.iter().map(|id| format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\",\"active\":true}}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Writes and commits a snapshot of Patient holding `ids`.
+fn commit(store: &SnapshotStore, input: PathBuf, transaction_time: &str) -> fhirflight::snapshot::Snapshot {
+    let writer = store.begin("Patient").unwrap();
+    let (path, rel) = writer.raw_path(0);
+    let (resources, bytes) = write_raw(&[input], None, &path).unwrap();
+    let manifest = SnapshotManifest {
+        source: "test".into(),
+        transaction_time: transaction_time.into(),
+        raw: vec![RawFile { path: rel, resources, bytes }],
+        ..SnapshotManifest::default()
+    };
+    writer.commit(manifest, &[TableMode::default()], 1024).unwrap()
+}
+
+#[test]
+fn commit_makes_a_snapshot_visible_only_when_complete() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+    assert!(store.current("Patient").unwrap().is_none());
+
+    // A writer that never commits (a crash) leaves nothing visible.
+    let abandoned = store.begin("Patient").unwrap();
+    std::fs::write(abandoned.dir().join("raw/partial.ndjson.gz"), b"garbage").unwrap();
+    assert!(store.current("Patient").unwrap().is_none());
+
+    let first = commit(&store, ndjson(data.path(), "a.ndjson", &["1", "2"]), "t1");
+    let current = store.current("Patient").unwrap().unwrap();
+    assert_eq!(current.manifest().snapshot, first.manifest().snapshot);
+    assert_eq!(current.manifest().resources(), 2);
+    assert_eq!(current.table("flattened").unwrap().rows, 2);
+    assert!(current.schema("flattened").unwrap().field_with_name("id").is_ok());
+    assert_eq!(store.resource_types().unwrap(), ["Patient"]);
+
+    // The manifest on disk is what other engines read.
+    let text = std::fs::read_to_string(cache.path().join(store.dir().file_name().unwrap()).join("Patient/manifest.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["transactionTime"], "t1");
+    assert_eq!(json["tables"]["flattened"]["files"][0]["path"], "flattened/part-0.parquet");
+
+    // A newer commit replaces it; the previous folder is kept one generation, older ones go.
+    let second = commit(&store, ndjson(data.path(), "b.ndjson", &["3"]), "t2");
+    let third = commit(&store, ndjson(data.path(), "c.ndjson", &["4", "5", "6"]), "t3");
+    assert_eq!(store.current("Patient").unwrap().unwrap().manifest().transaction_time, "t3");
+    assert!(!first.dir().exists());
+    assert!(second.dir().exists() && third.dir().exists());
+}
+
+#[test]
+fn concurrent_commits_leave_one_complete_snapshot() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inputs: Vec<PathBuf> = (0..4).map(|i| ndjson(data.path(), &format!("{i}.ndjson"), &["x"; 3][..=i % 3])).collect();
+    std::thread::scope(|s| {
+        for (i, input) in inputs.iter().enumerate() {
+            let cache = cache.path();
+            s.spawn(move || {
+                // Each thread opens the store itself, as another process would.
+                let store = SnapshotStore::open(cache, "folder").unwrap();
+                commit(&store, input.clone(), &format!("t{i}"));
+            });
+        }
+    });
+    let store = SnapshotStore::open(cache.path(), "folder").unwrap();
+    let current = store.current("Patient").unwrap().unwrap();
+    let expected = current.manifest().resources();
+    assert_eq!(current.table("flattened").unwrap().rows, expected);
+    assert!(current.raw_paths().iter().all(|p| p.exists()));
+}
