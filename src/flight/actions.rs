@@ -52,7 +52,12 @@ pub(crate) enum CustomAction {
 }
 
 impl CustomAction {
-    const ALL: [Self; 4] = [Self::ListExports, Self::ListSnapshots, Self::RefreshTable, Self::CancelExport];
+    const ALL: [Self; 4] = [
+        Self::ListExports,
+        Self::ListSnapshots,
+        Self::RefreshTable,
+        Self::CancelExport,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -87,7 +92,10 @@ impl CustomAction {
     pub(crate) fn types() -> Vec<ActionType> {
         Self::ALL
             .into_iter()
-            .map(|a| ActionType { r#type: a.name().into(), description: a.description().into() })
+            .map(|a| ActionType {
+                r#type: a.name().into(),
+                description: a.description().into(),
+            })
             .collect()
     }
 
@@ -97,21 +105,30 @@ impl CustomAction {
             Error::InvalidRequest(format!("{} request body: {e}", self.name()))
         };
         Ok(match self {
-            Self::ListExports => ListExportsResult { exports: control.exports().await? }.encode_to_vec(),
-            Self::ListSnapshots => {
-                ListSnapshotsResult { snapshots: control.snapshots().await? }.encode_to_vec()
+            Self::ListExports => ListExportsResult {
+                exports: control.exports().await?,
             }
+            .encode_to_vec(),
+            Self::ListSnapshots => ListSnapshotsResult {
+                snapshots: control.snapshots().await?,
+            }
+            .encode_to_vec(),
             Self::RefreshTable => {
                 let request = RefreshTableRequest::decode(body).map_err(invalid)?;
                 if request.table.is_empty() {
                     return Err(Error::InvalidRequest("RefreshTable needs a table".into()));
                 }
-                RefreshTableResult { export: Some(control.refresh(&request.table).await?) }
-                    .encode_to_vec()
+                RefreshTableResult {
+                    export: Some(control.refresh(&request.table).await?),
+                }
+                .encode_to_vec()
             }
             Self::CancelExport => {
                 let request = CancelExportRequest::decode(body).map_err(invalid)?;
-                CancelExportResult { export: Some(control.cancel(&request.id).await?) }.encode_to_vec()
+                CancelExportResult {
+                    export: Some(control.cancel(&request.id).await?),
+                }
+                .encode_to_vec()
             }
         })
     }

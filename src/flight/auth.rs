@@ -77,7 +77,10 @@ impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<_> = self.0.keys().collect();
         names.sort();
-        f.debug_struct("Users").field("names", &names).field("passwords", &"***").finish()
+        f.debug_struct("Users")
+            .field("names", &names)
+            .field("passwords", &"***")
+            .finish()
     }
 }
 
@@ -159,13 +162,17 @@ impl Authenticator {
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| {
-                    Error::Unauthenticated("Basic credentials are not base64 of `user:password`".into())
+                    Error::Unauthenticated(
+                        "Basic credentials are not base64 of `user:password`".into(),
+                    )
                 })?;
             let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
             if self.users.verify(user, password) {
                 Ok(Caller::User(user.to_owned()))
             } else {
-                Err(Error::Unauthenticated("invalid username or password".into()))
+                Err(Error::Unauthenticated(
+                    "invalid username or password".into(),
+                ))
             }
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let claims = jsonwebtoken::decode::<Claims>(
@@ -189,8 +196,13 @@ impl Authenticator {
 
     /// A signed token for `user`, valid for the configured time.
     pub(crate) fn token(&self, user: &str) -> Result<String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let claims = Claims { sub: user.to_owned(), exp: (now + self.token_ttl).as_secs() };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let claims = Claims {
+            sub: user.to_owned(),
+            exp: (now + self.token_ttl).as_secs(),
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Config(format!("signing a bearer token: {e}")))
     }
@@ -224,42 +236,74 @@ mod tests {
     }
 
     fn basic(user: &str, password: &str) -> MetadataMap {
-        metadata(&format!("Basic {}", BASE64_STANDARD.encode(format!("{user}:{password}"))))
+        metadata(&format!(
+            "Basic {}",
+            BASE64_STANDARD.encode(format!("{user}:{password}"))
+        ))
     }
 
     #[test]
     fn basic_then_bearer() {
-        let auth = Authenticator::new(Users::parse("alice:a:b").unwrap(), false, Duration::from_secs(60));
-        assert_eq!(auth.authenticate(&basic("alice", "a:b")).unwrap(), Caller::User("alice".into()));
+        let auth = Authenticator::new(
+            Users::parse("alice:a:b").unwrap(),
+            false,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            auth.authenticate(&basic("alice", "a:b")).unwrap(),
+            Caller::User("alice".into())
+        );
         let unpadded = format!("Basic {}", BASE64_STANDARD_NO_PAD.encode("alice:a:b"));
-        assert_eq!(auth.authenticate(&metadata(&unpadded)).unwrap(), Caller::User("alice".into()));
-        assert!(matches!(auth.authenticate(&basic("alice", "a")), Err(Error::Unauthenticated(_))));
-        assert!(matches!(auth.authenticate(&MetadataMap::new()), Err(Error::Unauthenticated(_))));
+        assert_eq!(
+            auth.authenticate(&metadata(&unpadded)).unwrap(),
+            Caller::User("alice".into())
+        );
+        assert!(matches!(
+            auth.authenticate(&basic("alice", "a")),
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(&MetadataMap::new()),
+            Err(Error::Unauthenticated(_))
+        ));
 
         let token = auth.token("alice").unwrap();
-        let caller = auth.authenticate(&metadata(&format!("Bearer {token}"))).unwrap();
+        let caller = auth
+            .authenticate(&metadata(&format!("Bearer {token}")))
+            .unwrap();
         assert_eq!(caller, Caller::User("alice".into()));
 
         // A token from another server (another key) is refused.
         let other = Authenticator::new(Users::new(), false, Duration::from_secs(60));
         let foreign = other.token("alice").unwrap();
-        let err = auth.authenticate(&metadata(&format!("Bearer {foreign}"))).unwrap_err();
+        let err = auth
+            .authenticate(&metadata(&format!("Bearer {foreign}")))
+            .unwrap_err();
         assert!(err.to_string().contains("invalid bearer token"), "{err}");
     }
 
     #[test]
     fn expired_tokens_are_refused() {
         let auth = Authenticator::new(Users::new(), false, Duration::ZERO);
-        let claims = Claims { sub: "alice".into(), exp: 1 };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap();
-        let err = auth.authenticate(&metadata(&format!("Bearer {token}"))).unwrap_err();
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: 1,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap();
+        let err = auth
+            .authenticate(&metadata(&format!("Bearer {token}")))
+            .unwrap_err();
         assert!(err.to_string().contains("ExpiredSignature"), "{err}");
     }
 
     #[test]
     fn anonymous_only_without_credentials() {
         let auth = Authenticator::new(Users::new(), true, Duration::from_secs(60));
-        assert_eq!(auth.authenticate(&MetadataMap::new()).unwrap(), Caller::Anonymous);
+        assert_eq!(
+            auth.authenticate(&MetadataMap::new()).unwrap(),
+            Caller::Anonymous
+        );
         assert!(auth.authenticate(&basic("mallory", "x")).is_err());
     }
 
@@ -267,7 +311,10 @@ mod tests {
     fn users_debug_hides_passwords() {
         let users = Users::parse("alice:secret1, bob:secret2").unwrap();
         let debug = format!("{users:?}");
-        assert!(debug.contains("alice") && !debug.contains("secret"), "{debug}");
+        assert!(
+            debug.contains("alice") && !debug.contains("secret"),
+            "{debug}"
+        );
         assert!(Users::parse("nocolon").is_err());
     }
 }

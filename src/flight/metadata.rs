@@ -26,7 +26,10 @@ pub(crate) fn sql_info(ctx: &SessionContext) -> SqlInfoData {
     b.append(FlightSqlServerReadOnly, true);
     b.append(FlightSqlServerSql, true);
     b.append(FlightSqlServerSubstrait, false);
-    b.append(FlightSqlServerTransaction, SqlSupportedTransaction::None as i32);
+    b.append(
+        FlightSqlServerTransaction,
+        SqlSupportedTransaction::None as i32,
+    );
     b.append(FlightSqlServerCancel, false);
     b.append(FlightSqlServerBulkIngestion, false);
     b.append(FlightSqlServerIngestTransactionsSupported, false);
@@ -39,7 +42,13 @@ pub(crate) fn sql_info(ctx: &SessionContext) -> SqlInfoData {
     }
     // Unquoted identifiers are folded to lower case unless the session keeps them as written
     // (FHIR's camelCase columns read better that way); quoted ones are always kept.
-    let identifier_case = if ctx.state().config().options().sql_parser.enable_ident_normalization {
+    let identifier_case = if ctx
+        .state()
+        .config()
+        .options()
+        .sql_parser
+        .enable_ident_normalization
+    {
         SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase
     } else {
         SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive
@@ -50,7 +59,10 @@ pub(crate) fn sql_info(ctx: &SessionContext) -> SqlInfoData {
         SqlQuotedIdentifierCase,
         SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive as i32,
     );
-    b.append(SqlNullOrdering, arrow_flight::sql::SqlNullOrdering::SqlNullsSortedHigh as i32);
+    b.append(
+        SqlNullOrdering,
+        arrow_flight::sql::SqlNullOrdering::SqlNullsSortedHigh as i32,
+    );
     let keywords: Vec<String> = ALL_KEYWORDS.iter().map(|k| k.to_string()).collect();
     b.append(SqlKeywords, keywords);
     let functions = functions(ctx);
@@ -60,7 +72,12 @@ pub(crate) fn sql_info(ctx: &SessionContext) -> SqlInfoData {
         (SqlSystemFunctions, FunctionGroup::System),
         (SqlDatetimeFunctions, FunctionGroup::Datetime),
     ] {
-        let names: Vec<String> = functions.get(&group).into_iter().flatten().cloned().collect();
+        let names: Vec<String> = functions
+            .get(&group)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         b.append(key, names);
     }
     b.append(SqlSearchStringEscape, "\\");
@@ -101,7 +118,10 @@ pub(crate) fn sql_info(ctx: &SessionContext) -> SqlInfoData {
     b.append(SqlSupportedGroupBy, 0b11i32); // unrelated, beyond select
     b.append(SqlSupportedGrammar, 0b11i32); // minimum, core
     b.append(SqlAnsi92SupportedLevel, 0b1i32); // entry
-    b.append(SqlOuterJoinsSupportLevel, arrow_flight::sql::SqlOuterJoinsSupportLevel::SqlFullOuterJoins as i32);
+    b.append(
+        SqlOuterJoinsSupportLevel,
+        arrow_flight::sql::SqlOuterJoinsSupportLevel::SqlFullOuterJoins as i32,
+    );
     b.append(SqlSchemaTerm, "schema");
     b.append(SqlProcedureTerm, "procedure");
     b.append(SqlCatalogTerm, "catalog");
@@ -161,9 +181,13 @@ fn functions(ctx: &SessionContext) -> BTreeMap<FunctionGroup, BTreeSet<String>> 
         let group = match section {
             Some(l) if l == sections::DOC_SECTION_MATH.label => FunctionGroup::Numeric,
             Some(l)
-                if [sections::DOC_SECTION_STRING, sections::DOC_SECTION_BINARY_STRING, sections::DOC_SECTION_REGEX]
-                    .iter()
-                    .any(|s| s.label == l) =>
+                if [
+                    sections::DOC_SECTION_STRING,
+                    sections::DOC_SECTION_BINARY_STRING,
+                    sections::DOC_SECTION_REGEX,
+                ]
+                .iter()
+                .any(|s| s.label == l) =>
             {
                 FunctionGroup::String
             }
@@ -179,14 +203,28 @@ fn functions(ctx: &SessionContext) -> BTreeMap<FunctionGroup, BTreeSet<String>> 
 fn supported_conversions() -> BTreeMap<i32, Vec<i32>> {
     use SqlSupportsConvert::*;
     let numeric = [
-        SqlConvertBigint, SqlConvertBit, SqlConvertDecimal, SqlConvertFloat, SqlConvertInteger,
-        SqlConvertNumeric, SqlConvertReal, SqlConvertSmallint, SqlConvertTinyint,
+        SqlConvertBigint,
+        SqlConvertBit,
+        SqlConvertDecimal,
+        SqlConvertFloat,
+        SqlConvertInteger,
+        SqlConvertNumeric,
+        SqlConvertReal,
+        SqlConvertSmallint,
+        SqlConvertTinyint,
     ];
     let text = [SqlConvertChar, SqlConvertVarchar, SqlConvertLongvarchar];
-    let binary = [SqlConvertBinary, SqlConvertVarbinary, SqlConvertLongvarbinary];
+    let binary = [
+        SqlConvertBinary,
+        SqlConvertVarbinary,
+        SqlConvertLongvarbinary,
+    ];
     let temporal = [SqlConvertDate, SqlConvertTime, SqlConvertTimestamp];
     let ids = |types: &[&[SqlSupportsConvert]]| -> Vec<i32> {
-        types.iter().flat_map(|t| t.iter().map(|c| *c as i32)).collect()
+        types
+            .iter()
+            .flat_map(|t| t.iter().map(|c| *c as i32))
+            .collect()
     };
     let mut map = BTreeMap::new();
     for from in numeric {
@@ -208,8 +246,15 @@ fn supported_conversions() -> BTreeMap<i32, Vec<i32>> {
 pub(crate) fn xdbc_type_info() -> XdbcTypeInfoData {
     use XdbcDataType::*;
     let mut b = XdbcTypeInfoDataBuilder::new();
-    let types: [(&str, XdbcDataType, Option<i32>, Option<&str>, Option<i32>); 13] = [
-        // name, type, column size, literal quote, numeric radix
+    // name, type, column size, literal quote, numeric radix
+    type Row = (
+        &'static str,
+        XdbcDataType,
+        Option<i32>,
+        Option<&'static str>,
+        Option<i32>,
+    );
+    let types: [Row; 13] = [
         ("BOOLEAN", XdbcBit, Some(1), None, None),
         ("TINYINT", XdbcTinyint, Some(3), None, Some(10)),
         ("SMALLINT", XdbcSmallint, Some(5), None, Some(10)),
@@ -222,7 +267,13 @@ pub(crate) fn xdbc_type_info() -> XdbcTypeInfoData {
         ("BYTEA", XdbcVarbinary, Some(i32::MAX), Some("X'"), None),
         ("DATE", XdbcDate, Some(10), Some("DATE '"), None),
         ("TIME", XdbcTime, Some(15), Some("TIME '"), None),
-        ("TIMESTAMP", XdbcTimestamp, Some(26), Some("TIMESTAMP '"), None),
+        (
+            "TIMESTAMP",
+            XdbcTimestamp,
+            Some(26),
+            Some("TIMESTAMP '"),
+            None,
+        ),
     ];
     for (name, data_type, column_size, prefix, radix) in types {
         let is_text = data_type == XdbcVarchar;
@@ -232,10 +283,15 @@ pub(crate) fn xdbc_type_info() -> XdbcTypeInfoData {
             column_size,
             literal_prefix: prefix.map(Into::into),
             literal_suffix: prefix.map(|_| "'".into()),
-            create_params: (data_type == XdbcDecimal).then(|| vec!["precision".into(), "scale".into()]),
+            create_params: (data_type == XdbcDecimal)
+                .then(|| vec!["precision".into(), "scale".into()]),
             nullable: Nullable::NullabilityNullable,
             case_sensitive: is_text,
-            searchable: if is_text { Searchable::Full } else { Searchable::Basic },
+            searchable: if is_text {
+                Searchable::Full
+            } else {
+                Searchable::Basic
+            },
             unsigned_attribute: radix.map(|_| false),
             fixed_prec_scale: false,
             auto_increment: radix.map(|_| false),

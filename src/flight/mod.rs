@@ -112,12 +112,18 @@ impl FlightSqlServer {
 
     /// Serves TLS with a PEM certificate chain and private key, read when the server starts.
     pub fn with_tls(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        Self { tls: Some((cert.into(), key.into())), ..self }
+        Self {
+            tls: Some((cert.into(), key.into())),
+            ..self
+        }
     }
 
     /// Answers the export actions and GetTables schemas through `exports` (the FHIR catalog).
     pub fn with_export_control(self, exports: Arc<dyn ExportControl>) -> Self {
-        Self { exports: Some(exports), ..self }
+        Self {
+            exports: Some(exports),
+            ..self
+        }
     }
 
     /// How long a bearer token from the Handshake stays valid (one hour by default).
@@ -131,7 +137,9 @@ impl FlightSqlServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        let local_addr = listener.local_addr().map_err(|e| Error::io("Flight SQL listener", e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("Flight SQL listener", e))?;
         if self.anonymous && !local_addr.ip().is_loopback() {
             return Err(Error::Config(format!(
                 "anonymous access is only allowed on a loopback address, not {local_addr}"
@@ -148,26 +156,41 @@ impl FlightSqlServer {
             let identity = Identity::from_pem(read(cert)?, read(key)?);
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
         }
-        let auth = Arc::new(auth::Authenticator::new(self.users, self.anonymous, self.token_ttl));
+        let auth = Arc::new(auth::Authenticator::new(
+            self.users,
+            self.anonymous,
+            self.token_ttl,
+        ));
         let service = service::FhirFlightService::new(self.ctx, Arc::clone(&auth), self.exports);
         let service = FlightServiceServer::with_interceptor(service, auth::AuthInterceptor(auth));
         tracing::info!(%local_addr, tls = self.tls.is_some(), "Flight SQL server listening");
         builder
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await?;
         Ok(())
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves in the background.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RunningServer> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| Error::io("Flight SQL listen address", e))?;
-        let local_addr = listener.local_addr().map_err(|e| Error::io("Flight SQL listener", e))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io("Flight SQL listen address", e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("Flight SQL listener", e))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(self.serve(listener, async move {
             let _ = stopped.await;
         }));
-        Ok(RunningServer { local_addr, stop, task })
+        Ok(RunningServer {
+            local_addr,
+            stop,
+            task,
+        })
     }
 }
 
@@ -188,6 +211,8 @@ impl RunningServer {
     /// Stops accepting calls, waits for running ones, and returns how serving ended.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
-        self.task.await.map_err(|e| Error::Config(format!("Flight SQL server task: {e}")))?
+        self.task
+            .await
+            .map_err(|e| Error::Config(format!("Flight SQL server task: {e}")))?
     }
 }

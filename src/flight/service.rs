@@ -10,7 +10,9 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetTablesBuilder, SqlInfoData, XdbcTypeInfoData};
+use arrow_flight::sql::metadata::{
+    GetCatalogsBuilder, GetTablesBuilder, SqlInfoData, XdbcTypeInfoData,
+};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
@@ -24,10 +26,10 @@ use arrow_flight::{
     Action, ActionType, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
     HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
+use datafusion::common::TableReference;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::TableType;
 use datafusion::prelude::SessionContext;
-use datafusion::common::TableReference;
 use futures::{Stream, TryStreamExt, stream};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -72,7 +74,13 @@ impl FhirFlightService {
         exports: Option<Arc<dyn ExportControl>>,
     ) -> Self {
         let sql_info = Arc::new(metadata::sql_info(&ctx));
-        Self { ctx, auth, exports, sql_info, xdbc_type_info: Arc::new(metadata::xdbc_type_info()) }
+        Self {
+            ctx,
+            auth,
+            exports,
+            sql_info,
+            xdbc_type_info: Arc::new(metadata::xdbc_type_info()),
+        }
     }
 
     /// The FlightInfo of a statement: planned here (so bad SQL fails now, not at DoGet), run by
@@ -83,8 +91,14 @@ impl FhirFlightService {
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let plan = handle.plan(&self.ctx).await.map_err(status)?;
-        let ticket = TicketStatementQuery { statement_handle: handle.encode_to_vec().into() };
-        flight_info(plan.schema().as_arrow(), ticket.as_any().encode_to_vec(), descriptor)
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode_to_vec().into(),
+        };
+        flight_info(
+            plan.schema().as_arrow(),
+            ticket.as_any().encode_to_vec(),
+            descriptor,
+        )
     }
 
     /// Runs a statement handle or ticket, streaming.
@@ -99,21 +113,39 @@ impl FhirFlightService {
         let include_schema = query.include_schema;
         // First the listing, filtered and sorted by arrow-flight's builder (SQL LIKE patterns),
         // then schemas only for the tables that made it through.
-        let mut listing = CommandGetTables { include_schema: false, ..query }.into_builder();
+        let mut listing = CommandGetTables {
+            include_schema: false,
+            ..query
+        }
+        .into_builder();
         let empty = Schema::empty();
         for catalog_name in self.ctx.catalog_names() {
-            let Some(catalog) = self.ctx.catalog(&catalog_name) else { continue };
+            let Some(catalog) = self.ctx.catalog(&catalog_name) else {
+                continue;
+            };
             for schema_name in catalog.schema_names() {
-                let Some(schema) = catalog.schema(&schema_name) else { continue };
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
                 for table in schema.table_names() {
                     // A catalog with export control lists tables without loading them (the
                     // default `table_type` would).
                     let table_type = match &self.exports {
                         Some(_) => TableType::Base,
-                        None => schema.table_type(&table).await.map_err(status)?.unwrap_or(TableType::Base),
+                        None => schema
+                            .table_type(&table)
+                            .await
+                            .map_err(status)?
+                            .unwrap_or(TableType::Base),
                     };
                     listing
-                        .append(&catalog_name, &schema_name, &table, table_type_name(table_type), &empty)
+                        .append(
+                            &catalog_name,
+                            &schema_name,
+                            &table,
+                            table_type_name(table_type),
+                            &empty,
+                        )
                         .map_err(status)?;
                 }
             }
@@ -124,12 +156,25 @@ impl FhirFlightService {
         }
         let column = |i: usize| listing.column(i).as_string::<i32>();
         let (catalogs, schemas, tables, types) = (column(0), column(1), column(2), column(3));
-        let mut builder = GetTablesBuilder::new(None::<String>, None::<String>, None::<String>, Vec::<String>::new(), true);
+        let mut builder = GetTablesBuilder::new(
+            None::<String>,
+            None::<String>,
+            None::<String>,
+            Vec::<String>::new(),
+            true,
+        );
         for row in 0..listing.num_rows() {
-            let reference = TableReference::full(catalogs.value(row), schemas.value(row), tables.value(row));
+            let reference =
+                TableReference::full(catalogs.value(row), schemas.value(row), tables.value(row));
             let schema = self.table_schema(&reference).await?;
             builder
-                .append(catalogs.value(row), schemas.value(row), tables.value(row), types.value(row), &schema)
+                .append(
+                    catalogs.value(row),
+                    schemas.value(row),
+                    tables.value(row),
+                    types.value(row),
+                    &schema,
+                )
                 .map_err(status)?;
         }
         builder.build().map_err(status)
@@ -142,7 +187,11 @@ impl FhirFlightService {
             let schema = exports.browse_schema(table).await.map_err(status)?;
             return Ok(schema.unwrap_or_else(|| Arc::new(Schema::empty())));
         }
-        let provider = self.ctx.table_provider(table.clone()).await.map_err(status)?;
+        let provider = self
+            .ctx
+            .table_provider(table.clone())
+            .await
+            .map_err(status)?;
         Ok(provider.schema())
     }
 
@@ -187,7 +236,11 @@ fn metadata_info(
     schema: &Schema,
     request: Request<FlightDescriptor>,
 ) -> Result<Response<FlightInfo>, Status> {
-    flight_info(schema, command.as_any().encode_to_vec(), request.into_inner())
+    flight_info(
+        schema,
+        command.as_any().encode_to_vec(),
+        request.into_inner(),
+    )
 }
 
 /// Streams `stream` as Flight data: each batch is sent as DataFusion produces it, and dropping
@@ -195,10 +248,13 @@ fn metadata_info(
 fn record_batches(stream: SendableRecordBatchStream) -> DoGetStream {
     let schema = stream.schema();
     let batches = stream.map_err(|e| FlightError::Tonic(Box::new(status(e))));
-    let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(|e| match e {
-        FlightError::Tonic(s) => *s,
-        other => status(other),
-    });
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(|e| match e {
+            FlightError::Tonic(s) => *s,
+            other => status(other),
+        });
     Box::pin(data)
 }
 
@@ -213,7 +269,9 @@ fn one_batch(batch: Result<RecordBatch, Status>) -> Result<Response<DoGetStream>
 }
 
 fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes, Status> {
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(status)?;
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(status)?;
     Ok(bytes)
 }
 
@@ -224,13 +282,23 @@ impl FlightSqlService for FhirFlightService {
     async fn do_handshake(
         &self,
         request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
         let token = match request.extensions().get::<Caller>() {
             Some(Caller::User(name)) => self.auth.token(name).map_err(status)?,
             Some(Caller::Anonymous) => String::new(),
-            None => return Err(Status::internal("handshake reached the service without authentication")),
+            None => {
+                return Err(Status::internal(
+                    "handshake reached the service without authentication",
+                ));
+            }
         };
-        let response = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        };
         let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
             Response::new(Box::pin(stream::iter([Ok(response)])));
         if !token.is_empty() {
@@ -245,7 +313,8 @@ impl FlightSqlService for FhirFlightService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(StatementHandle::new(query.query), request.into_inner()).await
+        self.statement_info(StatementHandle::new(query.query), request.into_inner())
+            .await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -253,7 +322,8 @@ impl FlightSqlService for FhirFlightService {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let handle = StatementHandle::decode_handle(&query.prepared_statement_handle).map_err(status)?;
+        let handle =
+            StatementHandle::decode_handle(&query.prepared_statement_handle).map_err(status)?;
         self.statement_info(handle, request.into_inner()).await
     }
 
@@ -291,16 +361,23 @@ impl FlightSqlService for FhirFlightService {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let handle = StatementHandle::decode_handle(&query.prepared_statement_handle).map_err(status)?;
+        let handle =
+            StatementHandle::decode_handle(&query.prepared_statement_handle).map_err(status)?;
         let data = request.into_inner().map_err(FlightError::from);
-        let batches: Vec<RecordBatch> =
-            FlightRecordBatchStream::new_from_flight_data(data).try_collect().await.map_err(status)?;
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .map_err(status)?;
         let parameters = match batches.first() {
-            Some(first) => Some(arrow::compute::concat_batches(&first.schema(), &batches).map_err(status)?),
+            Some(first) => {
+                Some(arrow::compute::concat_batches(&first.schema(), &batches).map_err(status)?)
+            }
             None => None,
         };
         let bound = handle.bind(parameters).map_err(status)?;
-        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(bound.encode_to_vec().into()) })
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(bound.encode_to_vec().into()),
+        })
     }
 
     async fn do_action_close_prepared_statement(
@@ -372,7 +449,7 @@ impl FlightSqlService for FhirFlightService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         metadata_info(&query, &schema, request)
     }
 
@@ -408,7 +485,7 @@ impl FlightSqlService for FhirFlightService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.xdbc_type_info).schema();
+        let schema = query.into_builder(&self.xdbc_type_info).schema();
         metadata_info(&query, &schema, request)
     }
 
@@ -417,7 +494,12 @@ impl FlightSqlService for FhirFlightService {
         query: CommandGetXdbcTypeInfo,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        one_batch(query.into_builder(&self.xdbc_type_info).build().map_err(status))
+        one_batch(
+            query
+                .into_builder(&self.xdbc_type_info)
+                .build()
+                .map_err(status),
+        )
     }
 
     // FHIR tables have no declared keys: the key listings are empty, with the spec's schemas.
@@ -487,7 +569,9 @@ impl FlightSqlService for FhirFlightService {
     }
 
     async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
-        self.exports.as_ref().map(|_| CustomAction::types().into_iter().map(Ok).collect())
+        self.exports
+            .as_ref()
+            .map(|_| CustomAction::types().into_iter().map(Ok).collect())
     }
 
     async fn do_action_fallback(
@@ -507,7 +591,10 @@ impl FlightSqlService for FhirFlightService {
                 action.r#type
             )));
         };
-        let body = custom.run(exports.as_ref(), &action.body).await.map_err(status)?;
+        let body = custom
+            .run(exports.as_ref(), &action.body)
+            .await
+            .map_err(status)?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
     }

@@ -24,7 +24,10 @@ use crate::{Error, Result};
 impl StatementHandle {
     /// A handle for `sql` with nothing bound.
     pub(crate) fn new(sql: impl Into<String>) -> Self {
-        Self { sql: sql.into(), parameters: Default::default() }
+        Self {
+            sql: sql.into(),
+            parameters: Default::default(),
+        }
     }
 
     /// Decodes a handle or ticket that this server handed out.
@@ -48,7 +51,7 @@ impl StatementHandle {
             Some(b) => ipc_bytes(&b)
                 .map_err(|e| Error::InvalidRequest(format!("encoding parameters: {e}")))?,
         };
-        Ok(Self { parameters: parameters.into(), ..self })
+        Ok(Self { parameters, ..self })
     }
 
     /// The bound values, in placeholder order (`$1` first).
@@ -56,7 +59,8 @@ impl StatementHandle {
         if self.parameters.is_empty() {
             return Ok(None);
         }
-        let invalid = |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("bound parameters: {e}"));
+        let invalid =
+            |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("bound parameters: {e}"));
         let mut reader = StreamReader::try_new(Cursor::new(&self.parameters[..]), None)
             .map_err(|e| invalid(&e))?;
         let batch = reader
@@ -75,7 +79,10 @@ impl StatementHandle {
     /// Plans the statement with its bound values substituted.
     pub(crate) async fn plan(&self, ctx: &SessionContext) -> DfResult<LogicalPlan> {
         let plan = plan_sql(ctx, &self.sql).await?;
-        match self.parameter_values().map_err(|e| DataFusionError::External(Box::new(e)))? {
+        match self
+            .parameter_values()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+        {
             Some(values) => plan.with_param_values(ParamValues::from(values)),
             None => Ok(plan),
         }
@@ -83,7 +90,10 @@ impl StatementHandle {
 
     /// Runs the statement: batches come as DataFusion produces them; dropping the stream stops
     /// the query.
-    pub(crate) async fn execute(&self, ctx: &SessionContext) -> DfResult<SendableRecordBatchStream> {
+    pub(crate) async fn execute(
+        &self,
+        ctx: &SessionContext,
+    ) -> DfResult<SendableRecordBatchStream> {
         let plan = self.plan(ctx).await?;
         ctx.execute_logical_plan(plan).await?.execute_stream().await
     }
@@ -147,13 +157,18 @@ pub(crate) fn parameter_schema(plan: &LogicalPlan) -> DfResult<SchemaRef> {
         .get_parameter_fields()?
         .into_iter()
         .map(|(id, field)| {
-            let position = id.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
+            let position = id
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX);
             let data_type = field.map_or(DataType::Null, |f| f.data_type().clone());
             (position, Field::new(id, data_type, true))
         })
         .collect();
     parameters.sort_by(|a, b| (a.0, a.1.name()).cmp(&(b.0, b.1.name())));
-    Ok(Arc::new(Schema::new(parameters.into_iter().map(|(_, f)| f).collect::<Vec<_>>())))
+    Ok(Arc::new(Schema::new(
+        parameters.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
+    )))
 }
 
 #[cfg(test)]
@@ -166,7 +181,9 @@ mod tests {
     #[test]
     fn question_marks_are_numbered_in_text_order() {
         let sql = "SELECT ? FROM t WHERE a = ? AND b IN (SELECT c FROM u WHERE d > ?) LIMIT ?";
-        let mut statement = Parser::parse_sql(&GenericDialect {}, sql).unwrap().remove(0);
+        let mut statement = Parser::parse_sql(&GenericDialect {}, sql)
+            .unwrap()
+            .remove(0);
         number_question_marks(&mut statement);
         assert_eq!(
             statement.to_string(),
@@ -180,7 +197,14 @@ mod tests {
         let handle = StatementHandle::new("SELECT ? AS n, ? AS s");
         let plan = handle.plan(&ctx).await.unwrap();
         let params = parameter_schema(&plan).unwrap();
-        assert_eq!(params.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["$1", "$2"]);
+        assert_eq!(
+            params
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>(),
+            ["$1", "$2"]
+        );
 
         let schema = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, false),
@@ -188,20 +212,31 @@ mod tests {
         ]));
         let row = RecordBatch::try_new(
             schema,
-            vec![Arc::new(Int64Array::from(vec![7])), Arc::new(StringArray::from(vec!["x"]))],
+            vec![
+                Arc::new(Int64Array::from(vec![7])),
+                Arc::new(StringArray::from(vec!["x"])),
+            ],
         )
         .unwrap();
         let bound = handle.bind(Some(row.clone())).unwrap();
         let bytes = bound.encode_to_vec();
         let decoded = StatementHandle::decode_handle(&bytes).unwrap();
-        let batches = ctx.execute_logical_plan(decoded.plan(&ctx).await.unwrap()).await.unwrap();
+        let batches = ctx
+            .execute_logical_plan(decoded.plan(&ctx).await.unwrap())
+            .await
+            .unwrap();
         let batches = batches.collect().await.unwrap();
-        let pretty = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+        let pretty = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
         assert!(pretty.contains("| 7 | x |"), "{pretty}");
 
         let two_rows = row.slice(0, 1);
-        let two_rows = arrow::compute::concat_batches(&two_rows.schema(), [&two_rows, &two_rows]).unwrap();
-        let err = StatementHandle::new("SELECT $1").bind(Some(two_rows)).unwrap_err();
+        let two_rows =
+            arrow::compute::concat_batches(&two_rows.schema(), [&two_rows, &two_rows]).unwrap();
+        let err = StatementHandle::new("SELECT $1")
+            .bind(Some(two_rows))
+            .unwrap_err();
         assert!(err.to_string().contains("2 parameter rows"), "{err}");
     }
 

@@ -57,8 +57,13 @@ fn code_of(err: &(dyn StdError + 'static)) -> Option<Code> {
         use std::io::ErrorKind::*;
         return matches!(
             e.kind(),
-            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | TimedOut
-                | HostUnreachable | NetworkUnreachable
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | TimedOut
+                | HostUnreachable
+                | NetworkUnreachable
         )
         .then_some(Code::Unavailable);
     }
@@ -75,13 +80,18 @@ mod tests {
         let wrapped = DataFusionError::External(Box::new(refused)).context("scanning Patient");
         let wrapped = status(wrapped);
         assert_eq!(wrapped.code(), Code::Unavailable);
-        assert!(wrapped.message().contains("scanning Patient"), "{}", wrapped.message());
+        assert!(
+            wrapped.message().contains("scanning Patient"),
+            "{}",
+            wrapped.message()
+        );
 
         let missing = DataFusionError::Plan("table 'fhir.r4.Nope' not found".into());
         assert_eq!(status(missing).code(), Code::NotFound);
         let bad = DataFusionError::Plan("Invalid function 'nope'".into());
         assert_eq!(status(bad).code(), Code::InvalidArgument);
-        let unknown_export = DataFusionError::External(Box::new(Error::NotFound("export 7".into())));
+        let unknown_export =
+            DataFusionError::External(Box::new(Error::NotFound("export 7".into())));
         assert_eq!(status(unknown_export).code(), Code::NotFound);
         let internal = DataFusionError::Internal("bug".into());
         assert_eq!(status(internal).code(), Code::Internal);
