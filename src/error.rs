@@ -88,6 +88,18 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A query failed in DataFusion (planning or execution).
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+
+    /// Arrow could not build or write a record batch.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+
+    /// A Parquet file could not be written or read.
+    #[error(transparent)]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+
     /// A client gave no credentials, or wrong ones.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),

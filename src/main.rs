@@ -4,6 +4,8 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::io::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -11,7 +13,13 @@ use fhirflight::bulk::{
     BulkClient, ClientOptions, ExportLevel, ExportPhase, ExportProgress, ExportRequest,
     KickoffMethod,
 };
+use datafusion::prelude::{SessionConfig, SessionContext};
+use fhirflight::catalog::{
+    self, BulkSource, CatalogOptions, FhirCatalog, FhirSource, Freshness, LocalFolder,
+};
 use fhirflight::demo::{DemoConfig, DemoServer};
+use fhirflight::flight::{FlightSqlServer, Users};
+use fhirflight::ndjson::TableMode;
 use fhirflight::smart::{SigningKey, SmartConfig};
 use fhirflight::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,6 +42,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the FHIR catalog over Arrow Flight SQL (ADBC, JDBC/DBeaver, any Flight SQL client).
+    Serve(ServeArgs),
+    /// Run one SQL query over the FHIR catalog and print the result.
+    Sql(SqlArgs),
     /// Run a Bulk Data export and write the NDJSON files and the manifest to a folder.
     Export(ExportArgs),
     /// Run the embedded demo Bulk Data server (synthetic FHIR R4 data, SMART Backend Services).
@@ -117,6 +129,72 @@ struct ExportArgs {
     post: bool,
 }
 
+/// Where the tables come from and how they are kept.
+#[derive(Debug, Args)]
+struct CatalogArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// A folder of NDJSON(.gz) files from an earlier export instead of a server.
+    #[arg(long, conflicts_with_all = ["server", "demo"])]
+    folder: Option<PathBuf>,
+    /// Snapshot cache folder (default: the user's cache folder).
+    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// How old a snapshot may be before a query exports again: `always`, `never` or an age
+    /// such as `15m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h")]
+    freshness: Freshness,
+    /// Nested tables (Struct/List columns) instead of the flattened ones.
+    #[arg(long)]
+    nested: bool,
+}
+
+#[derive(Debug, Args)]
+struct SqlArgs {
+    /// The SQL statement; tables are resource types (`Patient`, `Condition`, ...).
+    query: String,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    /// Export again before the query, whatever the snapshot's age.
+    #[arg(long)]
+    refresh: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051", env = "FHIRFLIGHT_LISTEN")]
+    listen: SocketAddr,
+    /// Users as `name:password` pairs separated by commas.
+    #[arg(long, env = "FHIRFLIGHT_USERS", hide_env_values = true)]
+    users: Option<String>,
+    /// Allow clients without credentials (only on a loopback address).
+    #[arg(long)]
+    anonymous: bool,
+    /// TLS certificate chain (PEM); with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); with --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 struct DemoServerArgs {
     /// Address to listen on.
@@ -180,6 +258,117 @@ fn parse_level(text: &str) -> std::result::Result<ExportLevel, String> {
             )),
         },
     }
+}
+
+/// The session every query runs in: one FHIR catalog named `fhir` (schema `fhir`), also the
+/// default, so `SELECT * FROM Patient` works; plus the demo server when `--demo` started one.
+struct Session {
+    ctx: SessionContext,
+    _demo: Option<DemoServer>,
+}
+
+impl CatalogArgs {
+    async fn session(self, config: ServerConfig) -> Result<Session> {
+        let (source, demo): (Arc<dyn FhirSource>, _) = match self.folder {
+            Some(folder) => (Arc::new(LocalFolder::try_new(folder)?), None),
+            None => {
+                let connection = self.server.connect(config).await?;
+                (Arc::new(BulkSource::new(connection.client)), connection._demo)
+            }
+        };
+        let mut options = CatalogOptions::default().with_freshness(self.freshness);
+        if let Some(dir) = self.cache_dir {
+            options = options.with_cache_dir(dir);
+        }
+        if self.nested {
+            options = options.with_mode(TableMode::Nested);
+        }
+        let fhir = FhirCatalog::try_new(source, options.clone()).await?;
+        let schema = fhir.schema_name().to_owned();
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new()
+                .with_information_schema(true)
+                .with_default_catalog_and_schema("fhir", schema),
+        );
+        ctx.register_catalog("fhir", Arc::new(fhir));
+        catalog::register_functions(&ctx, options);
+        Ok(Session { ctx, _demo: demo })
+    }
+}
+
+async fn sql(args: SqlArgs, config: Config) -> Result<()> {
+    let freshness = if args.refresh { Freshness::Always } else { args.catalog.freshness };
+    let session = args.catalog.session(config.server).await?;
+    let df = catalog::sql_with_freshness(&session.ctx, &args.query, freshness).await?;
+    let batches = df.collect().await?;
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => Box::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let io_error = |e: std::io::Error| Error::io(args.output.clone().unwrap_or("<stdout>".into()), e);
+    match args.format {
+        OutputFormat::Table => {
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
+            writeln!(out, "{table}").map_err(io_error)?;
+        }
+        OutputFormat::Csv => {
+            let mut writer = datafusion::arrow::csv::Writer::new(out);
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(out);
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+        }
+        OutputFormat::Parquet => {
+            let path = args.output.as_ref().ok_or_else(|| {
+                Error::Config("--format parquet needs --output FILE".into())
+            })?;
+            let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+            let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+            let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            writer.close()?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs, config: Config) -> Result<()> {
+    let users = match &args.users {
+        Some(spec) => Users::parse(spec)?,
+        None => Users::new(),
+    };
+    if users.is_empty() && !args.anonymous {
+        return Err(Error::Config(
+            "no users: pass --users name:password (or FHIRFLIGHT_USERS), or --anonymous on a loopback address".into(),
+        ));
+    }
+    let scheme = if args.tls_cert.is_some() { "grpc+tls" } else { "grpc" };
+    let session = args.catalog.session(config.server).await?;
+    let mut server = FlightSqlServer::new(session.ctx.clone())
+        .with_users(users)
+        .with_anonymous(args.anonymous);
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        server = server.with_tls(cert, key);
+    }
+    let running = server.bind(args.listen).await?;
+    let addr = running.local_addr();
+    println!("fhirflight Flight SQL server listening on {scheme}://{addr}");
+    println!("  Python:  adbc_driver_flightsql.dbapi.connect(\"{scheme}://{addr}\", db_kwargs={{\"username\": ..., \"password\": ...}})");
+    println!("  JDBC:    jdbc:arrow-flight-sql://{addr}?useEncryption={}", scheme == "grpc+tls");
+    println!("  tables:  SELECT table_name FROM information_schema.tables WHERE table_catalog = 'fhir'");
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| Error::Config(format!("waiting for Ctrl-C: {e}")))?;
+    tracing::info!("shutting down");
+    running.shutdown().await
 }
 
 /// A connected Bulk Data client, and the demo server behind it when `--demo` started one.
@@ -403,6 +592,8 @@ async fn main() -> std::process::ExitCode {
     let result = async {
         let config = Config::load(cli.config.as_deref())?;
         match cli.command {
+            Command::Serve(args) => serve(args, config).await,
+            Command::Sql(args) => sql(args, config).await,
             Command::Export(args) => export(args, config).await,
             Command::DemoServer(args) => demo_server(args).await,
         }
