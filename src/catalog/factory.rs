@@ -8,7 +8,8 @@ use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::CreateExternalTable;
 
-use super::{CatalogOptions, FhirCatalog, Freshness, LocalFolder, to_datafusion};
+use super::{BulkSource, CatalogOptions, FhirCatalog, FhirSource, Freshness, LocalFolder, to_datafusion};
+use crate::bulk::{BulkClient, ClientOptions};
 use crate::Error;
 use crate::ndjson::TableMode;
 
@@ -38,11 +39,14 @@ impl FhirTableFactory {
         if let Some(c) = self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(c.clone());
         }
-        if location.starts_with("http://") || location.starts_with("https://") {
-            // TODO(bulk): a server source once the bulk client is merged.
-            return Err(Error::Config(format!("FHIR server locations are not supported yet: {location}")));
-        }
-        let catalog = FhirCatalog::try_new(Arc::new(LocalFolder::try_new(location)?), options).await?;
+        // A server without SMART auth; an authenticated one is registered as a catalog.
+        let source: Arc<dyn FhirSource> = if location.starts_with("http://") || location.starts_with("https://") {
+            let url = url::Url::parse(location).map_err(|e| Error::Config(format!("{location}: {e}")))?;
+            Arc::new(BulkSource::new(BulkClient::try_new(url, None, ClientOptions::default()).await?))
+        } else {
+            Arc::new(LocalFolder::try_new(location)?)
+        };
+        let catalog = FhirCatalog::try_new(source, options).await?;
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         Ok(catalogs.entry(key).or_insert(catalog).clone())
     }

@@ -53,7 +53,7 @@ use datafusion::sql::parser::Statement;
 pub use exports::{ExportState, ExportStatus};
 pub use factory::FhirTableFactory;
 pub use refresh::RefreshFunction;
-pub use source::{FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder};
+pub use source::{BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder};
 pub use table::FhirTable;
 
 use crate::ndjson::TableMode;

@@ -379,3 +379,50 @@ async fn synthea_folder_gives_the_notebook_counts() {
     assert_eq!((n, ids), (639, 639));
     assert!(conditions[0].column(0).null_count() == 0);
 }
+
+mod demo_server {
+    use super::*;
+    use fhirflight::bulk::{BulkClient, ClientOptions};
+    use fhirflight::catalog::BulkSource;
+    use fhirflight::demo::{DemoConfig, DemoServer};
+    use fhirflight::smart::{SigningKey, SmartConfig};
+    use std::time::Duration;
+
+    async fn demo_catalog(cache: &Path) -> (DemoServer, SessionContext, FhirCatalog) {
+        let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12)).await.unwrap();
+        let creds = server.credentials();
+        let key = SigningKey::from_pem(creds.rs384().private_pem()).unwrap().with_kid(creds.rs384().kid());
+        let auth = SmartConfig::new(creds.client_id(), key);
+        let options = ClientOptions::default().with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20));
+        let client = BulkClient::try_new(server.base_url(), Some(auth), options).await.unwrap();
+        let (ctx, fhir) = context(Arc::new(BulkSource::new(client)), cache, Freshness::Never).await;
+        (server, ctx, fhir)
+    }
+
+    #[tokio::test]
+    async fn join_starts_one_export_on_the_server_and_refresh_merges_changes() {
+        let cache = tempfile::tempdir().unwrap();
+        let (server, ctx, _fhir) = demo_catalog(cache.path()).await;
+        let join = "SELECT count(*) FROM src.fhir.patient p \
+            JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id)";
+        let first = rows(&ctx, join).await;
+        let kickoffs = server.stats().kickoffs;
+        assert_eq!(kickoffs.len(), 1, "{kickoffs:?}");
+        let mut types = kickoffs[0].types.clone();
+        types.sort();
+        assert_eq!(types, ["Condition", "Patient"]);
+        assert_eq!(rows(&ctx, join).await, first);
+        assert_eq!(server.stats().kickoffs.len(), 1, "the second query reuses the snapshot");
+
+        let patients = rows(&ctx, "SELECT id FROM src.fhir.patient").await;
+        assert_eq!(patients.len(), 12);
+        server.upsert(json!({"resourceType": "Patient", "id": "new-one", "gender": "unknown"}));
+        server.delete("Patient", &patients[0]);
+        let refreshed = rows(&ctx, "SELECT resources, deleted FROM fhir_refresh('src', 'Patient')").await;
+        assert_eq!(refreshed, ["12|1"]);
+        let kickoffs = server.stats().kickoffs;
+        assert!(kickoffs[1].params.iter().any(|(k, _)| k == "_since"), "{:?}", kickoffs[1]);
+        let after = rows(&ctx, &format!("SELECT id, gender FROM src.fhir.patient WHERE id IN ('new-one', '{}')", patients[0])).await;
+        assert_eq!(after, ["new-one|unknown"]);
+    }
+}
