@@ -88,6 +88,21 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A client gave no credentials, or wrong ones.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
+    /// A request named something that does not exist (a table, an export).
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// A request that cannot be served as sent (a malformed handle, a bad parameter batch).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    /// The Flight SQL server's transport (listener, TLS setup) failed.
+    #[error("Flight SQL server: {0}")]
+    FlightTransport(#[from] tonic::transport::Error),
 
     /// The local snapshot store failed: an unreadable manifest, Parquet or NDJSON file.
     #[error("snapshot: {0}")]

@@ -1,1 +1,218 @@
-//! Arrow Flight SQL service over the FHIR catalog.
+//! Arrow Flight SQL service over a DataFusion session (the FHIR catalog in `fhirflight serve`).
+//!
+//! What clients get:
+//! - SQL statements and prepared statements (`$1` or `?` placeholders, parameters bound with
+//!   DoPut); every result is streamed batch by batch as DataFusion produces it, and a client that
+//!   disconnects stops its query. Prepared-statement handles and tickets are self-contained
+//!   [`proto::StatementHandle`] messages (the SQL and the bound values): the server keeps no
+//!   per-statement state, so handles never leak or expire.
+//! - Metadata with real values: GetSqlInfo (every key of the spec), catalogs, schemas, tables
+//!   (with Arrow schemas on request), table types, XDBC type info; key listings are empty.
+//! - Authentication: HTTP Basic on the Handshake returns a signed bearer token (see
+//!   [`Users`]); anonymous access only when asked for and only on a loopback address. TLS from
+//!   PEM files. Graceful shutdown.
+//! - Custom actions `ListExports`, `ListSnapshots`, `RefreshTable`, `CancelExport` (messages in
+//!   [`proto`]), answered by an [`ExportControl`].
+//!
+//! Errors become gRPC statuses in one place: malformed SQL `INVALID_ARGUMENT`, an unknown table
+//! `NOT_FOUND`, bad credentials `UNAUTHENTICATED`, an unreachable FHIR server `UNAVAILABLE`.
+//!
+//! ```no_run
+//! # async fn run() -> fhirflight::Result<()> {
+//! use datafusion::prelude::SessionContext;
+//! use fhirflight::flight::{FlightSqlServer, Users};
+//!
+//! let server = FlightSqlServer::new(SessionContext::new())
+//!     .with_users(Users::new().with_user("alice", "wonderland"))
+//!     .bind("127.0.0.1:50051")
+//!     .await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await
+//! # }
+//! ```
+
+mod actions;
+mod auth;
+mod metadata;
+mod service;
+mod statement;
+mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::prelude::SessionContext;
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+pub use actions::ExportControl;
+pub use auth::Users;
+
+use crate::{Error, Result};
+
+/// fhirflight's own protobuf messages (`proto/fhirflight.proto`): statement handles and the
+/// custom actions' requests and results.
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/fhirflight.v1.rs"));
+}
+
+/// A Flight SQL server over a DataFusion [`SessionContext`], configured with consuming
+/// `with_*` setters and started with [`serve`](Self::serve) or [`bind`](Self::bind).
+pub struct FlightSqlServer {
+    ctx: SessionContext,
+    users: Users,
+    anonymous: bool,
+    tls: Option<(PathBuf, PathBuf)>,
+    exports: Option<Arc<dyn ExportControl>>,
+    token_ttl: Duration,
+}
+
+impl std::fmt::Debug for FlightSqlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightSqlServer")
+            .field("session_id", &self.ctx.session_id())
+            .field("users", &self.users)
+            .field("anonymous", &self.anonymous)
+            .field("tls", &self.tls)
+            .field("exports", &self.exports)
+            .field("token_ttl", &self.token_ttl)
+            .finish()
+    }
+}
+
+impl FlightSqlServer {
+    /// A server for the tables of `ctx`, with no users yet.
+    pub fn new(ctx: SessionContext) -> Self {
+        Self {
+            ctx,
+            users: Users::new(),
+            anonymous: false,
+            tls: None,
+            exports: None,
+            token_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    /// The users who may connect (HTTP Basic on the Handshake, then a bearer token).
+    pub fn with_users(self, users: Users) -> Self {
+        Self { users, ..self }
+    }
+
+    /// Lets clients in without credentials. Refused when the listen address is not loopback.
+    pub fn with_anonymous(self, anonymous: bool) -> Self {
+        Self { anonymous, ..self }
+    }
+
+    /// Serves TLS with a PEM certificate chain and private key, read when the server starts.
+    pub fn with_tls(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            tls: Some((cert.into(), key.into())),
+            ..self
+        }
+    }
+
+    /// Answers the export actions and GetTables schemas through `exports` (the FHIR catalog).
+    pub fn with_export_control(self, exports: Arc<dyn ExportControl>) -> Self {
+        Self {
+            exports: Some(exports),
+            ..self
+        }
+    }
+
+    /// How long a bearer token from the Handshake stays valid (one hour by default).
+    pub fn with_token_ttl(self, token_ttl: Duration) -> Self {
+        Self { token_ttl, ..self }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets running calls finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("Flight SQL listener", e))?;
+        if self.anonymous && !local_addr.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "anonymous access is only allowed on a loopback address, not {local_addr}"
+            )));
+        }
+        if !self.anonymous && self.users.is_empty() {
+            return Err(Error::Config(
+                "no users configured and anonymous access not enabled: nobody could connect".into(),
+            ));
+        }
+        let mut builder = Server::builder();
+        if let Some((cert, key)) = &self.tls {
+            let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Error::io(path, e));
+            let identity = Identity::from_pem(read(cert)?, read(key)?);
+            builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+        }
+        let auth = Arc::new(auth::Authenticator::new(
+            self.users,
+            self.anonymous,
+            self.token_ttl,
+        ));
+        let service = service::FhirFlightService::new(self.ctx, Arc::clone(&auth), self.exports);
+        let service = FlightServiceServer::with_interceptor(service, auth::AuthInterceptor(auth));
+        tracing::info!(%local_addr, tls = self.tls.is_some(), "Flight SQL server listening");
+        builder
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in the background.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RunningServer> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io("Flight SQL listen address", e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("Flight SQL listener", e))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+}
+
+/// A server started by [`FlightSqlServer::bind`].
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting calls, waits for running ones, and returns how serving ended.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| Error::Config(format!("Flight SQL server task: {e}")))?
+    }
+}

@@ -5,5 +5,6 @@ mod ndjson;
 mod bulk;
 mod demo;
 mod smart;
+mod flight;
 mod catalog;
 mod snapshot;

@@ -1,0 +1,135 @@
+//! Custom Flight actions that show and steer exports; their messages are in `proto/`.
+
+use std::fmt;
+
+use arrow::datatypes::SchemaRef;
+use arrow_flight::ActionType;
+use async_trait::async_trait;
+use datafusion::common::TableReference;
+use prost::Message;
+
+use super::proto::{
+    CancelExportRequest, CancelExportResult, ExportStatus, ListExportsResult, ListSnapshotsResult,
+    RefreshTableRequest, RefreshTableResult, SnapshotInfo,
+};
+use crate::{Error, Result};
+
+/// What the server asks of the catalog beyond SQL: export progress and control, and table
+/// schemas for browsing. The FHIR catalog implements it; [`FlightSqlServer::with_export_control`]
+/// plugs it in.
+///
+/// [`FlightSqlServer::with_export_control`]: super::FlightSqlServer::with_export_control
+#[async_trait]
+pub trait ExportControl: Send + Sync + fmt::Debug {
+    /// Running and recently finished exports, with their progress (`ListExports` action).
+    async fn exports(&self) -> Result<Vec<ExportStatus>>;
+
+    /// The committed local snapshots (`ListSnapshots` action).
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>>;
+
+    /// Starts a fresh export of `table` (a resource type) and returns it (`RefreshTable`
+    /// action); [`Error::NotFound`] for an unknown table.
+    async fn refresh(&self, table: &str) -> Result<ExportStatus>;
+
+    /// Cancels the export `id` and returns it as it stands (`CancelExport` action);
+    /// [`Error::NotFound`] for an unknown id.
+    async fn cancel(&self, id: &str) -> Result<ExportStatus>;
+
+    /// The schema GetTables reports for `table` with `include_schema`, WITHOUT starting an
+    /// export: browsing a catalog (DBeaver's tree, JDBC `getColumns`, `adbc_get_objects`) must not
+    /// export every resource type. `None` when the schema is not known yet: the table is then
+    /// listed with an empty schema until a query or a refresh exports it.
+    async fn browse_schema(&self, table: &TableReference) -> Result<Option<SchemaRef>>;
+}
+
+/// The custom actions, by their `Action.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CustomAction {
+    ListExports,
+    ListSnapshots,
+    RefreshTable,
+    CancelExport,
+}
+
+impl CustomAction {
+    const ALL: [Self; 4] = [
+        Self::ListExports,
+        Self::ListSnapshots,
+        Self::RefreshTable,
+        Self::CancelExport,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::ListExports => "ListExports",
+            Self::ListSnapshots => "ListSnapshots",
+            Self::RefreshTable => "RefreshTable",
+            Self::CancelExport => "CancelExport",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Self::ListExports => {
+                "Running and recent Bulk Data exports with their progress (X-Progress, files, bytes).\nRequest: fhirflight.v1.ListExportsRequest (may be empty)\nResult: fhirflight.v1.ListExportsResult"
+            }
+            Self::ListSnapshots => {
+                "Committed local snapshots per resource type.\nRequest: fhirflight.v1.ListSnapshotsRequest (may be empty)\nResult: fhirflight.v1.ListSnapshotsResult"
+            }
+            Self::RefreshTable => {
+                "Exports a table again.\nRequest: fhirflight.v1.RefreshTableRequest\nResult: fhirflight.v1.RefreshTableResult"
+            }
+            Self::CancelExport => {
+                "Cancels a running export.\nRequest: fhirflight.v1.CancelExportRequest\nResult: fhirflight.v1.CancelExportResult"
+            }
+        }
+    }
+
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub(crate) fn types() -> Vec<ActionType> {
+        Self::ALL
+            .into_iter()
+            .map(|a| ActionType {
+                r#type: a.name().into(),
+                description: a.description().into(),
+            })
+            .collect()
+    }
+
+    /// Runs the action with its encoded request `body`; returns the encoded result.
+    pub(crate) async fn run(self, control: &dyn ExportControl, body: &[u8]) -> Result<Vec<u8>> {
+        let invalid = |e: prost::DecodeError| {
+            Error::InvalidRequest(format!("{} request body: {e}", self.name()))
+        };
+        Ok(match self {
+            Self::ListExports => ListExportsResult {
+                exports: control.exports().await?,
+            }
+            .encode_to_vec(),
+            Self::ListSnapshots => ListSnapshotsResult {
+                snapshots: control.snapshots().await?,
+            }
+            .encode_to_vec(),
+            Self::RefreshTable => {
+                let request = RefreshTableRequest::decode(body).map_err(invalid)?;
+                if request.table.is_empty() {
+                    return Err(Error::InvalidRequest("RefreshTable needs a table".into()));
+                }
+                RefreshTableResult {
+                    export: Some(control.refresh(&request.table).await?),
+                }
+                .encode_to_vec()
+            }
+            Self::CancelExport => {
+                let request = CancelExportRequest::decode(body).map_err(invalid)?;
+                CancelExportResult {
+                    export: Some(control.cancel(&request.id).await?),
+                }
+                .encode_to_vec()
+            }
+        })
+    }
+}

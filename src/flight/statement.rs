@@ -1,0 +1,249 @@
+//! SQL statements: read-only planning, `$1`/`?` placeholders, bound parameters, and the
+//! self-contained handle that carries them between calls.
+
+use std::io::Cursor;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SQLOptions, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions, visit_expressions_mut};
+use prost::Message;
+
+use super::proto::StatementHandle;
+use crate::{Error, Result};
+
+impl StatementHandle {
+    /// A handle for `sql` with nothing bound.
+    pub(crate) fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            parameters: Default::default(),
+        }
+    }
+
+    /// Decodes a handle or ticket that this server handed out.
+    pub(crate) fn decode_handle(bytes: &[u8]) -> Result<Self> {
+        Self::decode(bytes).map_err(|e| {
+            Error::InvalidRequest(format!("not a statement handle from this server: {e}"))
+        })
+    }
+
+    /// This handle with `batch` (one row) bound as the parameter values; an empty batch unbinds.
+    pub(crate) fn bind(self, batch: Option<RecordBatch>) -> Result<Self> {
+        let parameters = match batch {
+            None => Vec::new(),
+            Some(b) if b.num_rows() == 0 => Vec::new(),
+            Some(b) if b.num_rows() > 1 => {
+                return Err(Error::InvalidRequest(format!(
+                    "{} parameter rows bound; a query takes one row of parameters",
+                    b.num_rows()
+                )));
+            }
+            Some(b) => ipc_bytes(&b)
+                .map_err(|e| Error::InvalidRequest(format!("encoding parameters: {e}")))?,
+        };
+        Ok(Self { parameters, ..self })
+    }
+
+    /// The bound values, in placeholder order (`$1` first).
+    fn parameter_values(&self) -> Result<Option<Vec<ScalarValue>>> {
+        if self.parameters.is_empty() {
+            return Ok(None);
+        }
+        let invalid =
+            |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("bound parameters: {e}"));
+        let mut reader = StreamReader::try_new(Cursor::new(&self.parameters[..]), None)
+            .map_err(|e| invalid(&e))?;
+        let batch = reader
+            .next()
+            .transpose()
+            .map_err(|e| invalid(&e))?
+            .ok_or_else(|| invalid(&"no row"))?;
+        batch
+            .columns()
+            .iter()
+            .map(|column| ScalarValue::try_from_array(column, 0).map_err(|e| invalid(&e)))
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    /// Plans the statement with its bound values substituted.
+    pub(crate) async fn plan(&self, ctx: &SessionContext) -> DfResult<LogicalPlan> {
+        let plan = plan_sql(ctx, &self.sql).await?;
+        match self
+            .parameter_values()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+        {
+            Some(values) => plan.with_param_values(ParamValues::from(values)),
+            None => Ok(plan),
+        }
+    }
+
+    /// Runs the statement: batches come as DataFusion produces them; dropping the stream stops
+    /// the query.
+    pub(crate) async fn execute(
+        &self,
+        ctx: &SessionContext,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let plan = self.plan(ctx).await?;
+        ctx.execute_logical_plan(plan).await?.execute_stream().await
+    }
+}
+
+fn ipc_bytes(batch: &RecordBatch) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema())?;
+    writer.write(batch)?;
+    writer.into_inner()
+}
+
+/// Parses and plans one read-only SQL statement; `?` placeholders become `$1`, `$2`... in the
+/// order they appear in the text.
+pub(crate) async fn plan_sql(ctx: &SessionContext, sql: &str) -> DfResult<LogicalPlan> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut statement = state.sql_to_statement(sql, &dialect)?;
+    if let DfStatement::Statement(statement) = &mut statement {
+        number_question_marks(statement);
+    }
+    let plan = state.statement_to_plan(statement).await?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)?;
+    Ok(plan)
+}
+
+/// Rewrites anonymous `?` placeholders (JDBC, ODBC) to DataFusion's positional `$n`.
+fn number_question_marks(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    let mut positions = Vec::new();
+    let _ = visit_expressions(statement, |expr| {
+        if let Expr::Value(v) = expr
+            && matches!(&v.value, Value::Placeholder(p) if p == "?")
+        {
+            positions.push((v.span.start.line, v.span.start.column));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let mut sorted = positions.clone();
+    sorted.sort_unstable();
+    let mut visited = positions.into_iter();
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Value(v) = expr
+            && let Value::Placeholder(p) = &mut v.value
+            && p == "?"
+            && let Some(position) = visited.next()
+        {
+            let index = sorted.binary_search(&position).unwrap_or_default();
+            *p = format!("${}", index + 1);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The parameters a plan expects, `$1` first, typed where DataFusion could infer the type
+/// (`Null` otherwise: any value is accepted).
+pub(crate) fn parameter_schema(plan: &LogicalPlan) -> DfResult<SchemaRef> {
+    let mut parameters: Vec<_> = plan
+        .get_parameter_fields()?
+        .into_iter()
+        .map(|(id, field)| {
+            let position = id
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX);
+            let data_type = field.map_or(DataType::Null, |f| f.data_type().clone());
+            (position, Field::new(id, data_type, true))
+        })
+        .collect();
+    parameters.sort_by(|a, b| (a.0, a.1.name()).cmp(&(b.0, b.1.name())));
+    Ok(Arc::new(Schema::new(
+        parameters.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    #[test]
+    fn question_marks_are_numbered_in_text_order() {
+        let sql = "SELECT ? FROM t WHERE a = ? AND b IN (SELECT c FROM u WHERE d > ?) LIMIT ?";
+        let mut statement = Parser::parse_sql(&GenericDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        number_question_marks(&mut statement);
+        assert_eq!(
+            statement.to_string(),
+            "SELECT $1 FROM t WHERE a = $2 AND b IN (SELECT c FROM u WHERE d > $3) LIMIT $4"
+        );
+    }
+
+    #[tokio::test]
+    async fn bound_handles_round_trip() {
+        let ctx = SessionContext::new();
+        let handle = StatementHandle::new("SELECT ? AS n, ? AS s");
+        let plan = handle.plan(&ctx).await.unwrap();
+        let params = parameter_schema(&plan).unwrap();
+        assert_eq!(
+            params
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>(),
+            ["$1", "$2"]
+        );
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, false),
+        ]));
+        let row = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![7])),
+                Arc::new(StringArray::from(vec!["x"])),
+            ],
+        )
+        .unwrap();
+        let bound = handle.bind(Some(row.clone())).unwrap();
+        let bytes = bound.encode_to_vec();
+        let decoded = StatementHandle::decode_handle(&bytes).unwrap();
+        let batches = ctx
+            .execute_logical_plan(decoded.plan(&ctx).await.unwrap())
+            .await
+            .unwrap();
+        let batches = batches.collect().await.unwrap();
+        let pretty = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(pretty.contains("| 7 | x |"), "{pretty}");
+
+        let two_rows = row.slice(0, 1);
+        let two_rows =
+            arrow::compute::concat_batches(&two_rows.schema(), [&two_rows, &two_rows]).unwrap();
+        let err = StatementHandle::new("SELECT $1")
+            .bind(Some(two_rows))
+            .unwrap_err();
+        assert!(err.to_string().contains("2 parameter rows"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused() {
+        let ctx = SessionContext::new();
+        let err = plan_sql(&ctx, "CREATE TABLE x (a INT)").await.unwrap_err();
+        assert!(err.to_string().contains("DDL not supported"), "{err}");
+    }
+}

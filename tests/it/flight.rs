@@ -1,0 +1,1026 @@
+//! The Flight SQL server driven by arrow-flight's own clients, over in-memory FHIR-like tables.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{
+    Array, AsArray, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::convert::try_schema_from_ipc_buffer;
+use arrow::util::display::array_value_to_string;
+use arrow::util::pretty::pretty_format_batches;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo, CommandStatementQuery,
+    ProstMessageExt, SqlInfo,
+};
+use arrow_flight::{Action, FlightDescriptor, FlightInfo, HandshakeRequest};
+use async_trait::async_trait;
+use base64::Engine;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::common::TableReference;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use fhirflight::flight::proto::{
+    CancelExportRequest, CancelExportResult, ExportState, ExportStatus, ListExportsResult,
+    ListSnapshotsResult, RefreshTableRequest, RefreshTableResult, SnapshotInfo,
+};
+use fhirflight::flight::{ExportControl, FlightSqlServer, RunningServer, Users};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use tokio::sync::oneshot;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+
+/// `fhir.r4.Patient` and `fhir.r4.Condition` in memory, plus `fhir.r4.Numbers` (endless) and
+/// `fhir.r4.Remote` (its FHIR server is down). Identifiers keep their case, as FHIR columns do.
+fn fhir_context() -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema("fhir", "r4")
+        .with_create_default_catalog_and_schema(false);
+    config.options_mut().sql_parser.enable_ident_normalization = false;
+    let ctx = SessionContext::new_with_config(config);
+    let schema = Arc::new(MemorySchemaProvider::new());
+    let patient = patients();
+    let patient = MemTable::try_new(patient.schema(), vec![vec![patient]]).unwrap();
+    schema
+        .register_table("Patient".into(), Arc::new(patient))
+        .unwrap();
+    let condition = conditions();
+    let condition = MemTable::try_new(condition.schema(), vec![vec![condition]]).unwrap();
+    schema
+        .register_table("Condition".into(), Arc::new(condition))
+        .unwrap();
+    let catalog = Arc::new(MemoryCatalogProvider::new());
+    catalog.register_schema("r4", schema).unwrap();
+    ctx.register_catalog("fhir", catalog);
+    ctx
+}
+
+fn patients() -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("gender", DataType::Utf8, true),
+        Field::new("birthDate", DataType::Date32, true),
+        Field::new("name_0_given_0", DataType::Utf8, true),
+        Field::new("name_0_family", DataType::Utf8, true),
+        Field::new("deceasedBoolean", DataType::Boolean, true),
+    ]));
+    // Days since 1970-01-01: 1980-05-17, 1955-11-02, 2001-01-30.
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["pat-1", "pat-2", "pat-3"])),
+            Arc::new(StringArray::from(vec![
+                Some("female"),
+                Some("male"),
+                Some("female"),
+            ])),
+            Arc::new(Date32Array::from(vec![
+                Some(3789),
+                Some(-5174),
+                Some(11352),
+            ])),
+            Arc::new(StringArray::from(vec![Some("Ada"), Some("Alan"), None])),
+            Arc::new(StringArray::from(vec![
+                Some("Lovelace"),
+                Some("Turing"),
+                Some("Hopper"),
+            ])),
+            Arc::new(BooleanArray::from(vec![Some(false), Some(true), None])),
+        ],
+    )
+    .unwrap()
+}
+
+fn conditions() -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("subject_reference", DataType::Utf8, true),
+        Field::new("code_coding_0_code", DataType::Utf8, true),
+        Field::new("code_coding_0_display", DataType::Utf8, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![
+                "cond-1", "cond-2", "cond-3", "cond-4",
+            ])),
+            Arc::new(StringArray::from(vec![
+                "Patient/pat-1",
+                "Patient/pat-1",
+                "Patient/pat-2",
+                "Patient/pat-3",
+            ])),
+            Arc::new(StringArray::from(vec![
+                "44054006",
+                "38341003",
+                "44054006",
+                "195662009",
+            ])),
+            Arc::new(StringArray::from(vec![
+                "Diabetes",
+                "Hypertension",
+                "Diabetes",
+                "Pharyngitis",
+            ])),
+        ],
+    )
+    .unwrap()
+}
+
+/// An endless table of numbers whose producer reports, through `dropped`, when it is dropped.
+#[derive(Debug)]
+struct Endless {
+    schema: SchemaRef,
+    dropped: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+struct DropSignal(Option<oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl PartitionStream for Endless {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let schema = Arc::clone(&self.schema);
+        let signal = DropSignal(self.dropped.lock().unwrap().take());
+        let batches = futures::stream::unfold((0i64, signal), move |(start, signal)| {
+            let schema = Arc::clone(&schema);
+            async move {
+                tokio::task::yield_now().await;
+                let values = Int64Array::from_iter_values(start..start + 1000);
+                let batch = RecordBatch::try_new(schema, vec![Arc::new(values)]).unwrap();
+                Some((Ok(batch), (start + 1000, signal)))
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            batches,
+        ))
+    }
+}
+
+/// A table whose scan calls a FHIR server that is down (a closed port on loopback).
+#[derive(Debug)]
+struct Unreachable {
+    schema: SchemaRef,
+    url: String,
+}
+
+impl PartitionStream for Unreachable {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let url = self.url.clone();
+        let batches = futures::stream::once(async move {
+            let err = reqwest::get(&url).await.expect_err("nothing listens there");
+            Err(DataFusionError::External(Box::new(err)))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            batches,
+        ))
+    }
+}
+
+fn number_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
+}
+
+async fn start(server: FlightSqlServer) -> RunningServer {
+    server.bind("127.0.0.1:0").await.unwrap()
+}
+
+fn users() -> Users {
+    Users::new().with_user(USER, PASSWORD)
+}
+
+async fn channel(server: &RunningServer) -> Channel {
+    Endpoint::new(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A Flight SQL client logged in as alice.
+async fn login(server: &RunningServer) -> FlightSqlServiceClient<Channel> {
+    let mut client = FlightSqlServiceClient::new(channel(server).await);
+    client.handshake(USER, PASSWORD).await.unwrap();
+    assert!(
+        client.token().is_some(),
+        "the handshake sets the bearer token"
+    );
+    client
+}
+
+async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("every endpoint has a ticket");
+        batches.extend(
+            client
+                .do_get(ticket)
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap(),
+        );
+    }
+    batches
+}
+
+async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> String {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let batches = fetch(client, info).await;
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
+    let array = batch.column_by_name(column).unwrap();
+    (0..array.len())
+        .map(|i| array_value_to_string(array, i).unwrap())
+        .collect()
+}
+
+/// The status of GetFlightInfo for `sql` through the raw Flight client, which keeps the gRPC
+/// code (the Flight SQL client turns errors into strings).
+async fn statement_status(server: &RunningServer, token: Option<&str>, sql: &str) -> Status {
+    let mut client = FlightServiceClient::new(channel(server).await);
+    let command = CommandStatementQuery {
+        query: sql.into(),
+        transaction_id: None,
+    };
+    let mut request =
+        tonic::Request::new(FlightDescriptor::new_cmd(command.as_any().encode_to_vec()));
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    client
+        .get_flight_info(request)
+        .await
+        .expect_err("the call fails")
+}
+
+#[tokio::test]
+async fn statement_query_streams_rows() {
+    let server = start(FlightSqlServer::new(fhir_context()).with_users(users())).await;
+    let mut client = login(&server).await;
+    let info = client
+        .execute(
+            "SELECT id, gender, birthDate FROM Patient ORDER BY id".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let schema = info.clone().try_decode_schema().unwrap();
+    assert_eq!(schema.field(2).data_type(), &DataType::Date32);
+    let table = pretty_format_batches(&fetch(&mut client, info).await)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        table,
+        "+-------+--------+------------+\n\
+         | id    | gender | birthDate  |\n\
+         +-------+--------+------------+\n\
+         | pat-1 | female | 1980-05-17 |\n\
+         | pat-2 | male   | 1955-11-02 |\n\
+         | pat-3 | female | 2001-01-30 |\n\
+         +-------+--------+------------+"
+    );
+    let joined = query(
+        &mut client,
+        "SELECT p.name_0_family, count(*) AS n FROM Condition c JOIN Patient p \
+         ON c.subject_reference = 'Patient/' || p.id GROUP BY p.name_0_family ORDER BY n DESC, 1",
+    )
+    .await;
+    assert!(joined.contains("| Lovelace      | 2 |"), "{joined}");
+    assert!(joined.contains("| Hopper        | 1 |"), "{joined}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn prepared_statements_bind_parameters() {
+    let server = start(FlightSqlServer::new(fhir_context()).with_users(users())).await;
+    let mut client = login(&server).await;
+
+    // `?` placeholders (JDBC style), bound through DoPut.
+    let mut statement = client
+        .prepare(
+            "SELECT id FROM Patient WHERE gender = ? AND birthDate > ? ORDER BY id".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(statement.dataset_schema().unwrap().field(0).name(), "id");
+    let parameters = statement.parameter_schema().unwrap().clone();
+    assert_eq!(parameters.fields().len(), 2);
+    assert_eq!(parameters.field(0).data_type(), &DataType::Utf8);
+    assert_eq!(parameters.field(1).data_type(), &DataType::Date32);
+    let values = RecordBatch::try_new(
+        Arc::new(parameters),
+        vec![
+            Arc::new(StringArray::from(vec!["female"])),
+            Arc::new(Date32Array::from(vec![0])),
+        ],
+    )
+    .unwrap();
+    statement.set_parameters(values).unwrap();
+    let info = statement.execute().await.unwrap();
+    let batches = fetch(&mut client, info).await;
+    assert_eq!(strings(&batches[0], "id"), ["pat-1", "pat-3"]);
+    statement.close().await.unwrap();
+
+    // `$1` placeholders, bound with a type other than the inferred one (Int64 for a string is
+    // refused by DataFusion's coercion, a string for a string is fine).
+    let mut statement = client
+        .prepare(
+            "SELECT count(*) AS n FROM Condition WHERE code_coding_0_code = $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("code", DataType::Utf8, false)]));
+    let values =
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["44054006"]))]).unwrap();
+    statement.set_parameters(values).unwrap();
+    let info = statement.execute().await.unwrap();
+    let batches = fetch(&mut client, info).await;
+    assert_eq!(strings(&batches[0], "n"), ["2"]);
+    statement.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn metadata_lists_catalogs_schemas_tables() {
+    let server = start(FlightSqlServer::new(fhir_context()).with_users(users())).await;
+    let mut client = login(&server).await;
+
+    let info = client.get_catalogs().await.unwrap();
+    assert_eq!(
+        strings(&fetch(&mut client, info).await[0], "catalog_name"),
+        ["fhir"]
+    );
+
+    let info = client
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: None,
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        strings(&fetch(&mut client, info).await[0], "db_schema_name"),
+        ["r4"]
+    );
+
+    // An omitted catalog means all catalogs; patterns are SQL LIKE.
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: Some("r%".into()),
+            table_name_filter_pattern: Some("P%".into()),
+            table_types: vec![],
+            include_schema: false,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut client, info).await;
+    assert_eq!(strings(&tables[0], "table_name"), ["Patient"]);
+    assert_eq!(strings(&tables[0], "table_type"), ["TABLE"]);
+    assert_eq!(strings(&tables[0], "catalog_name"), ["fhir"]);
+
+    let info = client.get_table_types().await.unwrap();
+    assert_eq!(
+        strings(&fetch(&mut client, info).await[0], "table_type"),
+        ["LOCAL TEMPORARY", "TABLE", "VIEW"]
+    );
+
+    let info = client
+        .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    let types = strings(&fetch(&mut client, info).await[0], "type_name");
+    for expected in ["BIGINT", "BOOLEAN", "DATE", "TIMESTAMP", "VARCHAR"] {
+        assert!(types.contains(&expected.to_string()), "{types:?}");
+    }
+}
+
+/// The JDBC driver's call sequence (`jdbc:arrow-flight-sql://host:port?useEncryption=false`),
+/// replayed call by call since its driver cannot be fetched here.
+#[tokio::test]
+async fn jdbc_driver_call_sequence() {
+    let server = start(FlightSqlServer::new(fhir_context()).with_users(users())).await;
+    // Plaintext (useEncryption=false), Basic credentials on the Handshake.
+    let mut client = login(&server).await;
+
+    // At connect, DatabaseMetaData caches every SqlInfo (an empty list asks for all).
+    let info = client.get_sql_info(vec![]).await.unwrap();
+    let all = fetch(&mut client, info).await;
+    let rows: usize = all.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 89);
+    let sql_info = |batches: &[RecordBatch], key: SqlInfo| -> String {
+        let batch = &batches[0];
+        let names = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::UInt32Type>();
+        let row = (0..batch.num_rows())
+            .find(|&i| names.value(i) == key as u32)
+            .unwrap();
+        let values = batch.column(1).as_union();
+        array_value_to_string(&values.value(row), 0).unwrap()
+    };
+    assert_eq!(sql_info(&all, SqlInfo::FlightSqlServerName), "fhirflight");
+    assert_eq!(sql_info(&all, SqlInfo::FlightSqlServerReadOnly), "true");
+    assert_eq!(sql_info(&all, SqlInfo::SqlIdentifierQuoteChar), "\"");
+    assert!(sql_info(&all, SqlInfo::SqlKeywords).contains("SELECT"));
+    assert!(sql_info(&all, SqlInfo::SqlStringFunctions).contains("UPPER"));
+    // ... and some drivers ask key by key.
+    let keys = vec![
+        SqlInfo::FlightSqlServerName,
+        SqlInfo::FlightSqlServerVersion,
+        SqlInfo::SqlDdlTable,
+    ];
+    let info = client.get_sql_info(keys).await.unwrap();
+    let some = fetch(&mut client, info).await;
+    assert_eq!(some[0].num_rows(), 3);
+    assert_eq!(
+        sql_info(&some, SqlInfo::FlightSqlServerVersion),
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // Every statement is prepared; a non-empty dataset schema makes it a query, not an update.
+    for (sql, expected_rows) in [
+        ("SELECT * FROM Patient", 3),
+        ("SELECT id FROM Condition LIMIT 2", 2),
+    ] {
+        let mut statement = client.prepare(sql.into(), None).await.unwrap();
+        assert!(
+            !statement.dataset_schema().unwrap().fields().is_empty(),
+            "{sql}"
+        );
+        let info = statement.execute().await.unwrap();
+        let rows: usize = fetch(&mut client, info)
+            .await
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum();
+        assert_eq!(rows, expected_rows, "{sql}");
+        statement.close().await.unwrap();
+    }
+
+    // getColumns: GetTables with include_schema, then the IPC schema of each table.
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: Some("%".into()),
+            table_name_filter_pattern: Some("%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut client, info).await;
+    assert_eq!(strings(&tables[0], "table_name"), ["Condition", "Patient"]);
+    let schemas = tables[0]
+        .column_by_name("table_schema")
+        .unwrap()
+        .as_binary::<i32>();
+    let patient = try_schema_from_ipc_buffer(schemas.value(1)).unwrap();
+    let columns: Vec<_> = patient.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        columns,
+        [
+            "id",
+            "gender",
+            "birthDate",
+            "name_0_given_0",
+            "name_0_family",
+            "deceasedBoolean"
+        ]
+    );
+
+    // Key lookups: empty results, not errors.
+    let table = |name: &str| {
+        (
+            Some("fhir".to_string()),
+            Some("r4".to_string()),
+            name.to_string(),
+        )
+    };
+    let (catalog, db_schema, t) = table("Patient");
+    let info = client
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog,
+            db_schema,
+            table: t,
+        })
+        .await
+        .unwrap();
+    let keys = fetch(&mut client, info).await;
+    assert_eq!(keys.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+    let (catalog, db_schema, t) = table("Patient");
+    let info = client
+        .get_exported_keys(CommandGetExportedKeys {
+            catalog,
+            db_schema,
+            table: t,
+        })
+        .await
+        .unwrap();
+    let keys = fetch(&mut client, info).await;
+    assert_eq!(keys.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+    let (catalog, db_schema, t) = table("Condition");
+    let info = client
+        .get_imported_keys(CommandGetImportedKeys {
+            catalog,
+            db_schema,
+            table: t,
+        })
+        .await
+        .unwrap();
+    let keys = fetch(&mut client, info).await;
+    assert_eq!(keys.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+    let info = client
+        .get_cross_reference(CommandGetCrossReference {
+            pk_catalog: None,
+            pk_db_schema: None,
+            pk_table: "Patient".into(),
+            fk_catalog: None,
+            fk_db_schema: None,
+            fk_table: "Condition".into(),
+        })
+        .await
+        .unwrap();
+    let keys = fetch(&mut client, info).await;
+    assert_eq!(keys.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
+    let ctx = fhir_context();
+    // A table whose FHIR server is down: bind a port, then close it.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/fhir/Observation/$export",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let remote = Unreachable {
+        schema: number_schema(),
+        url,
+    };
+    let remote = StreamingTable::try_new(number_schema(), vec![Arc::new(remote)]).unwrap();
+    ctx.register_table(
+        TableReference::full("fhir", "r4", "Observation"),
+        Arc::new(remote),
+    )
+    .unwrap();
+    let server = start(FlightSqlServer::new(ctx).with_users(users())).await;
+
+    // Wrong password.
+    let mut raw = FlightServiceClient::new(channel(&server).await);
+    let basic = base64::prelude::BASE64_STANDARD.encode(format!("{USER}:nope"));
+    let mut request = tonic::Request::new(futures::stream::iter([HandshakeRequest::default()]));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Basic {basic}").parse().unwrap());
+    let err = raw.handshake(request).await.expect_err("wrong password");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(
+        err.message(),
+        "unauthenticated: invalid username or password"
+    );
+
+    // No token.
+    let err = statement_status(&server, None, "SELECT 1").await;
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("no credentials"),
+        "{}",
+        err.message()
+    );
+    // A forged token.
+    let err = statement_status(&server, Some("not.a.token"), "SELECT 1").await;
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("invalid bearer token"),
+        "{}",
+        err.message()
+    );
+
+    let client = login(&server).await;
+    let token = client.token().unwrap().clone();
+    // Malformed SQL.
+    let err = statement_status(&server, Some(&token), "SELEC id FROM Patient").await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("SELEC"), "{}", err.message());
+    // An unknown table.
+    let err = statement_status(&server, Some(&token), "SELECT * FROM Encounter").await;
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message()
+            .contains("table 'fhir.r4.Encounter' not found"),
+        "{}",
+        err.message()
+    );
+    // An unknown column.
+    let err = statement_status(&server, Some(&token), "SELECT shoeSize FROM Patient").await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("shoeSize"), "{}", err.message());
+    // A write.
+    let err = statement_status(&server, Some(&token), "DROP TABLE Patient").await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // The FHIR server behind a table is down: the error comes while streaming.
+    let mut client = login(&server).await;
+    let info = client
+        .execute("SELECT n FROM Observation".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let err = client
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    let arrow_flight::error::FlightError::Tonic(status) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("error sending request"),
+        "{}",
+        status.message()
+    );
+
+    // Still serving.
+    let table = query(&mut client, "SELECT count(*) AS n FROM Patient").await;
+    assert!(table.contains("| 3 |"), "{table}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_stops_its_query() {
+    let ctx = fhir_context();
+    let (dropped, was_dropped) = oneshot::channel();
+    let endless = Endless {
+        schema: number_schema(),
+        dropped: Mutex::new(Some(dropped)),
+    };
+    let endless = StreamingTable::try_new(number_schema(), vec![Arc::new(endless)])
+        .unwrap()
+        .with_infinite_table(true);
+    ctx.register_table(
+        TableReference::full("fhir", "r4", "Numbers"),
+        Arc::new(endless),
+    )
+    .unwrap();
+    let server = start(FlightSqlServer::new(ctx).with_users(users())).await;
+
+    let mut client = login(&server).await;
+    let info = client
+        .execute("SELECT n FROM Numbers".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        first
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0),
+        0
+    );
+    drop(stream);
+    drop(client);
+    // The producer is dropped once the server sees the stream reset (bounded wait: a hang
+    // would mean the query kept running).
+    tokio::time::timeout(std::time::Duration::from_secs(30), was_dropped)
+        .await
+        .expect("the query stops when its client goes away")
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn anonymous_access_only_when_asked_and_on_loopback() {
+    let server = start(FlightSqlServer::new(fhir_context()).with_anonymous(true)).await;
+    let mut client = FlightSqlServiceClient::new(channel(&server).await);
+    let table = query(&mut client, "SELECT count(*) AS n FROM Condition").await;
+    assert!(table.contains("| 4 |"), "{table}");
+    server.shutdown().await.unwrap();
+
+    let err = FlightSqlServer::new(fhir_context())
+        .with_anonymous(true)
+        .bind("0.0.0.0:0")
+        .await
+        .unwrap();
+    let err = err.shutdown().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only allowed on a loopback address"),
+        "{err}"
+    );
+
+    let nobody = FlightSqlServer::new(fhir_context())
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let err = nobody.shutdown().await.unwrap_err();
+    assert!(err.to_string().contains("no users configured"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_with_certificate_files() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+    let server = FlightSqlServer::new(fhir_context())
+        .with_users(users())
+        .with_tls(format!("{dir}/server.pem"), format!("{dir}/server.key"));
+    let server = start(server).await;
+    let ca = std::fs::read_to_string(format!("{dir}/ca.pem")).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let channel = Endpoint::new(format!("https://localhost:{}", server.local_addr().port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake(USER, PASSWORD).await.unwrap();
+    let table = query(
+        &mut client,
+        "SELECT name_0_family FROM Patient WHERE id = 'pat-2'",
+    )
+    .await;
+    assert!(table.contains("| Turing        |"), "{table}");
+
+    // A plaintext client cannot talk to it.
+    let plain = Endpoint::new(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let mut client = FlightSqlServiceClient::new(plain);
+        assert!(client.handshake(USER, PASSWORD).await.is_err());
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// A stand-in for the FHIR catalog's export control.
+#[derive(Debug, Default)]
+struct FakeExports {
+    exports: Mutex<Vec<ExportStatus>>,
+}
+
+#[async_trait]
+impl ExportControl for FakeExports {
+    async fn exports(&self) -> fhirflight::Result<Vec<ExportStatus>> {
+        Ok(self.exports.lock().unwrap().clone())
+    }
+
+    async fn snapshots(&self) -> fhirflight::Result<Vec<SnapshotInfo>> {
+        Ok(vec![SnapshotInfo {
+            resource_type: "Patient".into(),
+            id: "snap-1".into(),
+            rows: 3,
+            files: 1,
+            bytes: 2048,
+            created_at_ms: 1_700_000_000_000,
+        }])
+    }
+
+    async fn refresh(&self, table: &str) -> fhirflight::Result<ExportStatus> {
+        if table != "Patient" && table != "Condition" {
+            return Err(fhirflight::Error::NotFound(format!("table {table:?}")));
+        }
+        let mut exports = self.exports.lock().unwrap();
+        let export = ExportStatus {
+            id: format!("export-{}", exports.len() + 1),
+            resource_types: vec![table.into()],
+            state: ExportState::Running.into(),
+            progress: "42% complete".into(),
+            files_total: 4,
+            files_done: 1,
+            bytes_downloaded: 1 << 20,
+            started_at_ms: 1_700_000_000_000,
+            error: String::new(),
+        };
+        exports.push(export.clone());
+        Ok(export)
+    }
+
+    async fn cancel(&self, id: &str) -> fhirflight::Result<ExportStatus> {
+        let mut exports = self.exports.lock().unwrap();
+        let export = exports
+            .iter_mut()
+            .find(|e| e.id == id)
+            .ok_or_else(|| fhirflight::Error::NotFound(format!("export {id:?}")))?;
+        export.set_state(ExportState::Cancelled);
+        Ok(export.clone())
+    }
+
+    async fn browse_schema(&self, table: &TableReference) -> fhirflight::Result<Option<SchemaRef>> {
+        // Patient has a snapshot; Condition was never exported.
+        Ok((table.table() == "Patient").then(|| patients().schema()))
+    }
+}
+
+async fn action(
+    client: &mut FlightSqlServiceClient<Channel>,
+    name: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let action = Action {
+        r#type: name.into(),
+        body: body.into(),
+    };
+    let mut results = client.do_action(action).await.map_err(|e| e.to_string())?;
+    let result = results
+        .message()
+        .await
+        .map_err(|e| e.to_string())?
+        .expect("one result");
+    Ok(result.body.to_vec())
+}
+
+#[tokio::test]
+async fn export_actions_and_browsing_without_exports() {
+    let server = FlightSqlServer::new(fhir_context())
+        .with_users(users())
+        .with_export_control(Arc::new(FakeExports::default()));
+    let server = start(server).await;
+    let mut client = login(&server).await;
+
+    let mut request = tonic::Request::new(arrow_flight::Empty {});
+    let bearer = format!("Bearer {}", client.token().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let listed: Vec<String> = client
+        .inner_mut()
+        .list_actions(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .map_ok(|a| a.r#type)
+        .try_collect()
+        .await
+        .unwrap();
+    for name in [
+        "CreatePreparedStatement",
+        "ListExports",
+        "ListSnapshots",
+        "RefreshTable",
+        "CancelExport",
+    ] {
+        assert!(listed.contains(&name.to_string()), "{listed:?}");
+    }
+
+    let refreshed = action(
+        &mut client,
+        "RefreshTable",
+        RefreshTableRequest {
+            table: "Patient".into(),
+        }
+        .encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    let export = RefreshTableResult::decode(&refreshed[..])
+        .unwrap()
+        .export
+        .unwrap();
+    assert_eq!(
+        (export.id.as_str(), export.state()),
+        ("export-1", ExportState::Running)
+    );
+
+    let listed = action(&mut client, "ListExports", vec![]).await.unwrap();
+    let exports = ListExportsResult::decode(&listed[..]).unwrap().exports;
+    assert_eq!(exports.len(), 1);
+    assert_eq!(
+        (
+            exports[0].progress.as_str(),
+            exports[0].files_done,
+            exports[0].files_total
+        ),
+        ("42% complete", 1, 4)
+    );
+
+    let snapshots = action(&mut client, "ListSnapshots", vec![]).await.unwrap();
+    let snapshots = ListSnapshotsResult::decode(&snapshots[..])
+        .unwrap()
+        .snapshots;
+    assert_eq!(
+        (snapshots[0].resource_type.as_str(), snapshots[0].rows),
+        ("Patient", 3)
+    );
+
+    let cancelled = action(
+        &mut client,
+        "CancelExport",
+        CancelExportRequest {
+            id: "export-1".into(),
+        }
+        .encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    let export = CancelExportResult::decode(&cancelled[..])
+        .unwrap()
+        .export
+        .unwrap();
+    assert_eq!(export.state(), ExportState::Cancelled);
+
+    let err = action(
+        &mut client,
+        "CancelExport",
+        CancelExportRequest {
+            id: "export-9".into(),
+        }
+        .encode_to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("not found") && err.contains("export-9"),
+        "{err}"
+    );
+    let err = action(
+        &mut client,
+        "RefreshTable",
+        RefreshTableRequest {
+            table: "Nope".into(),
+        }
+        .encode_to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("not found") && err.contains("Nope"), "{err}");
+    let err = action(&mut client, "Explode", vec![]).await.unwrap_err();
+    assert!(err.contains("unknown action"), "{err}");
+
+    // Browsing asks the export control, never the tables: Condition has no schema yet.
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: Some("fhir".into()),
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut client, info).await;
+    assert_eq!(strings(&tables[0], "table_name"), ["Condition", "Patient"]);
+    let schemas = tables[0]
+        .column_by_name("table_schema")
+        .unwrap()
+        .as_binary::<i32>();
+    assert!(
+        try_schema_from_ipc_buffer(schemas.value(0))
+            .unwrap()
+            .fields()
+            .is_empty()
+    );
+    assert_eq!(
+        try_schema_from_ipc_buffer(schemas.value(1))
+            .unwrap()
+            .fields()
+            .len(),
+        6
+    );
+}
