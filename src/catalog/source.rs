@@ -100,11 +100,17 @@ pub struct LocalFolder {
 impl LocalFolder {
     /// A source over `dir`, which must exist.
     pub fn try_new(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref().canonicalize().map_err(|e| Error::io(dir.as_ref(), e))?;
+        let dir = dir
+            .as_ref()
+            .canonicalize()
+            .map_err(|e| Error::io(dir.as_ref(), e))?;
         if !dir.is_dir() {
             return Err(Error::Config(format!("{} is not a folder", dir.display())));
         }
-        Ok(Self { location: dir.display().to_string(), dir })
+        Ok(Self {
+            location: dir.display().to_string(),
+            dir,
+        })
     }
 
     /// The NDJSON files of the folder with their resource types, sorted by name.
@@ -113,14 +119,20 @@ impl LocalFolder {
         for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let path = entry.map_err(|e| Error::io(&self.dir, e))?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let Some(stem) = name.strip_suffix(".ndjson.gz").or_else(|| name.strip_suffix(".ndjson")) else {
+            let Some(stem) = name
+                .strip_suffix(".ndjson.gz")
+                .or_else(|| name.strip_suffix(".ndjson"))
+            else {
                 continue;
             };
             let resource_type = stem.split('.').next().unwrap_or_default();
             if resource_type.starts_with(|c: char| c.is_ascii_uppercase())
                 && resource_type.chars().all(|c| c.is_ascii_alphanumeric())
             {
-                files.push(FetchedFile { resource_type: resource_type.to_owned(), path: path.clone() });
+                files.push(FetchedFile {
+                    resource_type: resource_type.to_owned(),
+                    path: path.clone(),
+                });
             }
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -148,10 +160,22 @@ impl FhirSource for LocalFolder {
         _dir: &Path,
         progress: &watch::Sender<FetchProgress>,
     ) -> Result<FetchOutcome> {
-        let files: Vec<FetchedFile> =
-            self.files()?.into_iter().filter(|f| request.types.contains(&f.resource_type)).collect();
-        let bytes = files.iter().filter_map(|f| f.path.metadata().ok()).map(|m| m.len()).sum();
-        progress.send_replace(FetchProgress { phase: "read".into(), percent: Some(100.0), files: files.len() as u64, bytes });
+        let files: Vec<FetchedFile> = self
+            .files()?
+            .into_iter()
+            .filter(|f| request.types.contains(&f.resource_type))
+            .collect();
+        let bytes = files
+            .iter()
+            .filter_map(|f| f.path.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        progress.send_replace(FetchProgress {
+            phase: "read".into(),
+            percent: Some(100.0),
+            files: files.len() as u64,
+            bytes,
+        });
         Ok(FetchOutcome {
             request: format!("{} ({})", self.location, request.types.join(",")),
             transaction_time: crate::snapshot::rfc3339(std::time::SystemTime::now()),
@@ -175,7 +199,11 @@ impl BulkSource {
     /// A system-level export source over `client`.
     pub fn new(client: BulkClient) -> Self {
         let location = client.base_url().to_string();
-        Self { client, level: ExportLevel::System, location }
+        Self {
+            client,
+            level: ExportLevel::System,
+            location,
+        }
     }
 
     /// Exports at `level` (`Patient`, `Group(id)`) instead of system level.
@@ -244,9 +272,16 @@ impl FhirSource for BulkSource {
             files: outcome
                 .files
                 .into_iter()
-                .map(|f| FetchedFile { resource_type: f.resource_type, path: f.path })
+                .map(|f| FetchedFile {
+                    resource_type: f.resource_type,
+                    path: f.path,
+                })
                 .collect(),
-            deleted: outcome.deleted.into_iter().map(|d| (d.resource_type, d.id)).collect(),
+            deleted: outcome
+                .deleted
+                .into_iter()
+                .map(|d| (d.resource_type, d.id))
+                .collect(),
             errors: outcome.warnings,
             complete: false,
         })
@@ -257,6 +292,11 @@ impl FhirSource for BulkSource {
 fn parse_percent(text: &str) -> Option<f32> {
     let start = text.find(|c: char| c.is_ascii_digit())?;
     let rest = &text[start..];
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-    rest[..end].parse().ok().filter(|_| rest[end..].trim_start().starts_with('%'))
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .ok()
+        .filter(|_| rest[end..].trim_start().starts_with('%'))
 }
