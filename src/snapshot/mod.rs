@@ -516,7 +516,7 @@ fn source_key(source: &str) -> String {
     let readable: String = readable
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
                 c
             } else {
                 '_'
