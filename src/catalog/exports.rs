@@ -13,7 +13,9 @@ use tokio::sync::watch;
 
 use super::source::{FetchOutcome, FetchProgress, FetchRequest, FhirSource};
 use super::{CatalogOptions, Freshness};
-use crate::snapshot::{Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, resource_ids, write_raw};
+use crate::snapshot::{
+    Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, resource_ids, write_raw,
+};
 use crate::{Error, Result};
 
 /// How many finished exports [`Exporter::exports`] remembers.
@@ -81,8 +83,20 @@ pub(crate) struct Exporter {
 }
 
 impl Exporter {
-    pub(crate) fn new(source: Arc<dyn FhirSource>, store: SnapshotStore, options: CatalogOptions, types: Vec<String>) -> Self {
-        Self { source, store, options, types, jobs: Mutex::default(), next_id: AtomicU64::new(1) }
+    pub(crate) fn new(
+        source: Arc<dyn FhirSource>,
+        store: SnapshotStore,
+        options: CatalogOptions,
+        types: Vec<String>,
+    ) -> Self {
+        Self {
+            source,
+            store,
+            options,
+            types,
+            jobs: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     fn jobs(&self) -> MutexGuard<'_, Jobs> {
@@ -91,7 +105,10 @@ impl Exporter {
 
     /// The resource type named `name` (matched case-insensitively: SQL folds unquoted names).
     pub(crate) fn resource_type(&self, name: &str) -> Option<&str> {
-        self.types.iter().find(|t| t.eq_ignore_ascii_case(name)).map(String::as_str)
+        self.types
+            .iter()
+            .find(|t| t.eq_ignore_ascii_case(name))
+            .map(String::as_str)
     }
 
     /// Returns a snapshot of every type in `types` that satisfies `freshness` (or was committed
@@ -119,12 +136,18 @@ impl Exporter {
                     not_before.is_some_and(|nb| s.created() >= nb) || freshness.accepts(s.age())
                 });
                 if !fresh {
-                    let since = current.filter(|_| self.options.incremental).map(|s| s.manifest().transaction_time.clone());
+                    let since = current
+                        .filter(|_| self.options.incremental)
+                        .map(|s| s.manifest().transaction_time.clone());
                     stale.entry(since).or_default().push(t);
                 }
             }
             for (since, types) in stale {
-                let request = FetchRequest { types, since, type_filters: Vec::new() };
+                let request = FetchRequest {
+                    types,
+                    since,
+                    type_filters: Vec::new(),
+                };
                 let job = self.start(&mut jobs, request);
                 waits.push(job.done.clone());
             }
@@ -135,7 +158,9 @@ impl Exporter {
         types
             .iter()
             .map(|t| {
-                self.store.current(t)?.ok_or_else(|| Error::Snapshot(format!("export of {t} committed no snapshot")))
+                self.store
+                    .current(t)?
+                    .ok_or_else(|| Error::Snapshot(format!("export of {t} committed no snapshot")))
             })
             .collect()
     }
@@ -143,12 +168,18 @@ impl Exporter {
     /// Starts an export task and registers it for its types (the caller holds the jobs lock).
     fn start(self: &Arc<Self>, jobs: &mut Jobs, request: FetchRequest) -> Arc<Job> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(FetchProgress { phase: "starting".into(), ..FetchProgress::default() });
+        let (tx, rx) = watch::channel(FetchProgress {
+            phase: "starting".into(),
+            ..FetchProgress::default()
+        });
         let this = Arc::clone(self);
         let req = request.clone();
         let task = tokio::spawn(async move {
             // Unregisters the job however the task ends, including abort.
-            let _guard = Unregister { exporter: Arc::clone(&this), id };
+            let _guard = Unregister {
+                exporter: Arc::clone(&this),
+                id,
+            };
             this.run(&req, &tx).await
         });
         let abort = task.abort_handle();
@@ -157,7 +188,9 @@ impl Exporter {
             .map(move |r| match r {
                 Ok(r) => r.map_err(Arc::new),
                 Err(e) if e.is_cancelled() => Err(Arc::new(Error::Cancelled)),
-                Err(e) => Err(Arc::new(Error::Snapshot(format!("export of {what} panicked: {e}")))),
+                Err(e) => Err(Arc::new(Error::Snapshot(format!(
+                    "export of {what} panicked: {e}"
+                )))),
             })
             .boxed()
             .shared();
@@ -196,7 +229,11 @@ impl Exporter {
 
     /// The export itself: fetch into a staging folder named after the request (so a killed run
     /// resumes), then build and commit one snapshot per type.
-    async fn run(&self, request: &FetchRequest, progress: &watch::Sender<FetchProgress>) -> Result<()> {
+    async fn run(
+        &self,
+        request: &FetchRequest,
+        progress: &watch::Sender<FetchProgress>,
+    ) -> Result<()> {
         let started = SystemTime::now();
         let staging = self.store.staging_dir(&job_key(request));
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
@@ -215,7 +252,13 @@ impl Exporter {
         .await
         .map_err(|e| Error::Snapshot(format!("lock task failed: {e}")))??;
         let mut request = request.clone();
-        request.types.retain(|t| !self.store.current(t).ok().flatten().is_some_and(|s| s.created() >= started));
+        request.types.retain(|t| {
+            self.store
+                .current(t)
+                .ok()
+                .flatten()
+                .is_none_or(|s| s.created() < started)
+        });
         if request.types.is_empty() {
             return Ok(());
         }
@@ -224,15 +267,25 @@ impl Exporter {
         progress.send_modify(|p| p.phase = "converting".into());
         let mut tasks = Vec::new();
         for t in &request.types {
-            let previous = if outcome.complete { None } else { request.since.as_ref().and(self.store.current(t)?) };
-            let (store, options, outcome, t) = (self.store.clone(), self.options.clone(), outcome.clone(), t.clone());
+            let previous = if outcome.complete {
+                None
+            } else {
+                request.since.as_ref().and(self.store.current(t)?)
+            };
+            let (store, options, outcome, t) = (
+                self.store.clone(),
+                self.options.clone(),
+                outcome.clone(),
+                t.clone(),
+            );
             let location = self.source.location().to_owned();
             tasks.push(tokio::task::spawn_blocking(move || {
                 commit_type(&store, &options, &location, &outcome, &t, previous.as_ref())
             }));
         }
         for task in tasks {
-            task.await.map_err(|e| Error::Snapshot(format!("conversion task failed: {e}")))??;
+            task.await
+                .map_err(|e| Error::Snapshot(format!("conversion task failed: {e}")))??;
         }
         let _ = std::fs::remove_dir_all(&staging);
         Ok(())
@@ -257,7 +310,10 @@ impl Exporter {
     /// folder is kept, so a later export of the same types resumes the server-side job.
     pub(crate) fn cancel(&self, id: u64) -> bool {
         let jobs = self.jobs();
-        let job = jobs.all.iter().find(|j| j.id == id && j.done.peek().is_none());
+        let job = jobs
+            .all
+            .iter()
+            .find(|j| j.id == id && j.done.peek().is_none());
         job.inspect(|j| j.abort.abort()).is_some()
     }
 }
@@ -285,10 +341,18 @@ fn commit_type(
     resource_type: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot> {
-    let files: Vec<PathBuf> =
-        outcome.files.iter().filter(|f| f.resource_type == resource_type).map(|f| f.path.clone()).collect();
-    let deleted: std::collections::HashSet<String> =
-        outcome.deleted.iter().filter(|(t, _)| t == resource_type).map(|(_, id)| id.clone()).collect();
+    let files: Vec<PathBuf> = outcome
+        .files
+        .iter()
+        .filter(|f| f.resource_type == resource_type)
+        .map(|f| f.path.clone())
+        .collect();
+    let deleted: std::collections::HashSet<String> = outcome
+        .deleted
+        .iter()
+        .filter(|(t, _)| t == resource_type)
+        .map(|(_, id)| id.clone())
+        .collect();
     let writer = store.begin(resource_type)?;
     let mut manifest = SnapshotManifest {
         source: location.to_owned(),
@@ -297,12 +361,17 @@ fn commit_type(
         errors: outcome.errors.clone(),
         ..SnapshotManifest::default()
     };
-    let mut add_raw = |inputs: &[PathBuf], drop: Option<&std::collections::HashSet<String>>| -> Result<u64> {
-        let (path, rel) = writer.raw_path(manifest.raw.len());
-        let (resources, bytes) = write_raw(inputs, drop, &path)?;
-        manifest.raw.push(RawFile { path: rel, resources, bytes });
-        Ok(resources)
-    };
+    let mut add_raw =
+        |inputs: &[PathBuf], drop: Option<&std::collections::HashSet<String>>| -> Result<u64> {
+            let (path, rel) = writer.raw_path(manifest.raw.len());
+            let (resources, bytes) = write_raw(inputs, drop, &path)?;
+            manifest.raw.push(RawFile {
+                path: rel,
+                resources,
+                bytes,
+            });
+            Ok(resources)
+        };
     match previous {
         Some(prev) => {
             let mut replaced = resource_ids(&files)?;
@@ -322,7 +391,11 @@ fn commit_type(
             add_raw(&files, None)?;
         }
     }
-    writer.commit(manifest, std::slice::from_ref(options.mode()), options.batch_size)
+    writer.commit(
+        manifest,
+        std::slice::from_ref(options.mode()),
+        options.batch_size,
+    )
 }
 
 /// The staging folder name of a request: readable and stable across runs.

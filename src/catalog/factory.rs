@@ -8,8 +8,11 @@ use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::CreateExternalTable;
 
-use super::{CatalogOptions, FhirCatalog, Freshness, LocalFolder, to_datafusion};
+use super::{
+    BulkSource, CatalogOptions, FhirCatalog, FhirSource, Freshness, LocalFolder, to_datafusion,
+};
 use crate::Error;
+use crate::bulk::{BulkClient, ClientOptions};
 use crate::ndjson::TableMode;
 
 /// Creates FHIR tables from SQL: `CREATE EXTERNAL TABLE obs STORED AS FHIR LOCATION
@@ -30,19 +33,34 @@ pub struct FhirTableFactory {
 impl FhirTableFactory {
     /// A factory whose tables use `defaults` for options not given in SQL.
     pub fn new(defaults: CatalogOptions) -> Self {
-        Self { defaults, catalogs: Mutex::default() }
+        Self {
+            defaults,
+            catalogs: Mutex::default(),
+        }
     }
 
     async fn catalog(&self, location: &str, options: CatalogOptions) -> crate::Result<FhirCatalog> {
         let key = format!("{location}|{options:?}");
-        if let Some(c) = self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(c) = self
+            .catalogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
-        if location.starts_with("http://") || location.starts_with("https://") {
-            // TODO(bulk): a server source once the bulk client is merged.
-            return Err(Error::Config(format!("FHIR server locations are not supported yet: {location}")));
-        }
-        let catalog = FhirCatalog::try_new(Arc::new(LocalFolder::try_new(location)?), options).await?;
+        // A server without SMART auth; an authenticated one is registered as a catalog.
+        let source: Arc<dyn FhirSource> =
+            if location.starts_with("http://") || location.starts_with("https://") {
+                let url = url::Url::parse(location)
+                    .map_err(|e| Error::Config(format!("{location}: {e}")))?;
+                Arc::new(BulkSource::new(
+                    BulkClient::try_new(url, None, ClientOptions::default()).await?,
+                ))
+            } else {
+                Arc::new(LocalFolder::try_new(location)?)
+            };
+        let catalog = FhirCatalog::try_new(source, options).await?;
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         Ok(catalogs.entry(key).or_insert(catalog).clone())
     }
@@ -50,7 +68,11 @@ impl FhirTableFactory {
 
 #[async_trait]
 impl TableProviderFactory for FhirTableFactory {
-    async fn create(&self, _state: &dyn Session, cmd: &CreateExternalTable) -> DfResult<Arc<dyn TableProvider>> {
+    async fn create(
+        &self,
+        _state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> DfResult<Arc<dyn TableProvider>> {
         let mut options = self.defaults.clone();
         let mut resource_type = cmd.name.table().to_owned();
         for (key, value) in &cmd.options {
@@ -59,18 +81,33 @@ impl TableProviderFactory for FhirTableFactory {
                 "mode" => match value.as_str() {
                     "flattened" => options = options.with_mode(TableMode::default()),
                     "nested" => options = options.with_mode(TableMode::Nested),
-                    _ => return Err(to_datafusion(Error::Config(format!("mode {value:?}: expected flattened or nested")))),
+                    _ => {
+                        return Err(to_datafusion(Error::Config(format!(
+                            "mode {value:?}: expected flattened or nested"
+                        ))));
+                    }
                 },
-                "freshness" => options = options.with_freshness(value.parse::<Freshness>().map_err(to_datafusion)?),
+                "freshness" => {
+                    options =
+                        options.with_freshness(value.parse::<Freshness>().map_err(to_datafusion)?)
+                }
                 "cache_dir" => options = options.with_cache_dir(value),
-                _ => return Err(to_datafusion(Error::Config(format!("unknown FHIR table option {key:?}")))),
+                _ => {
+                    return Err(to_datafusion(Error::Config(format!(
+                        "unknown FHIR table option {key:?}"
+                    ))));
+                }
             }
         }
-        let location = cmd
-            .locations
-            .first()
-            .ok_or_else(|| to_datafusion(Error::Config("STORED AS FHIR needs a LOCATION".into())))?;
-        let catalog = self.catalog(location, options).await.map_err(to_datafusion)?;
-        Ok(Arc::new(catalog.table(&resource_type).await.map_err(to_datafusion)?))
+        let location = cmd.locations.first().ok_or_else(|| {
+            to_datafusion(Error::Config("STORED AS FHIR needs a LOCATION".into()))
+        })?;
+        let catalog = self
+            .catalog(location, options)
+            .await
+            .map_err(to_datafusion)?;
+        Ok(Arc::new(
+            catalog.table(&resource_type).await.map_err(to_datafusion)?,
+        ))
     }
 }

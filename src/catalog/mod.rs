@@ -41,7 +41,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProviderList, SchemaProvider, TableProvider};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProviderList, SchemaProvider, TableProvider,
+};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SessionStateBuilder;
@@ -53,7 +55,9 @@ use datafusion::sql::parser::Statement;
 pub use exports::{ExportState, ExportStatus};
 pub use factory::FhirTableFactory;
 pub use refresh::RefreshFunction;
-pub use source::{FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder};
+pub use source::{
+    BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder,
+};
 pub use table::FhirTable;
 
 use crate::ndjson::TableMode;
@@ -109,7 +113,9 @@ impl std::str::FromStr for Freshness {
         };
         match number.parse::<u64>() {
             Ok(n) if unit > 0 => Ok(Freshness::MaxAge(Duration::from_secs(n * unit))),
-            _ => Err(Error::Config(format!("freshness {s:?}: expected always, never or an age like 90s, 15m, 1h, 7d"))),
+            _ => Err(Error::Config(format!(
+                "freshness {s:?}: expected always, never or an age like 90s, 15m, 1h, 7d"
+            ))),
         }
     }
 }
@@ -143,7 +149,10 @@ impl Default for CatalogOptions {
 impl CatalogOptions {
     /// Where snapshots are kept (default [`crate::snapshot::default_cache_dir`]).
     pub fn with_cache_dir(self, cache_dir: impl Into<PathBuf>) -> Self {
-        Self { cache_dir: cache_dir.into(), ..self }
+        Self {
+            cache_dir: cache_dir.into(),
+            ..self
+        }
     }
 
     /// When a snapshot is fresh enough (default: younger than an hour).
@@ -159,7 +168,10 @@ impl CatalogOptions {
 
     /// The resource types shown as tables, instead of asking the source.
     pub fn with_resource_types(self, types: Vec<String>) -> Self {
-        Self { resource_types: Some(types), ..self }
+        Self {
+            resource_types: Some(types),
+            ..self
+        }
     }
 
     /// Rows per record batch when converting (default 8192).
@@ -169,12 +181,18 @@ impl CatalogOptions {
 
     /// The name of the catalog's schema (default [`DEFAULT_SCHEMA`]).
     pub fn with_schema_name(self, name: impl Into<String>) -> Self {
-        Self { schema_name: name.into(), ..self }
+        Self {
+            schema_name: name.into(),
+            ..self
+        }
     }
 
     /// Refresh with `_since` and merge (default), or export everything again.
     pub fn with_incremental(self, incremental: bool) -> Self {
-        Self { incremental, ..self }
+        Self {
+            incremental,
+            ..self
+        }
     }
 
     /// The mode of the tables.
@@ -204,15 +222,24 @@ impl FhirCatalog {
         types.dedup();
         let store = SnapshotStore::open(&options.cache_dir, source.location())?;
         let exporter = Arc::new(Exporter::new(source, store, options, types));
-        let schema = Arc::new(FhirSchema { exporter: Arc::clone(&exporter), browse: false });
+        let schema = Arc::new(FhirSchema {
+            exporter: Arc::clone(&exporter),
+            browse: false,
+        });
         Ok(Self { exporter, schema })
     }
 
     /// The same catalog for browsing: its tables are the committed snapshots as they are, and a
     /// type without one is absent; nothing is exported.
     pub fn browsing(&self) -> Self {
-        let schema = Arc::new(FhirSchema { exporter: Arc::clone(&self.exporter), browse: true });
-        Self { exporter: Arc::clone(&self.exporter), schema }
+        let schema = Arc::new(FhirSchema {
+            exporter: Arc::clone(&self.exporter),
+            browse: true,
+        });
+        Self {
+            exporter: Arc::clone(&self.exporter),
+            schema,
+        }
     }
 
     /// The resource types (table names).
@@ -232,7 +259,11 @@ impl FhirCatalog {
 
     /// Snapshots of `types` satisfying `freshness` (default: the catalog's), exporting the
     /// missing or stale ones in one export.
-    pub async fn prefetch(&self, types: &[String], freshness: Option<Freshness>) -> Result<Vec<Snapshot>> {
+    pub async fn prefetch(
+        &self,
+        types: &[String],
+        freshness: Option<Freshness>,
+    ) -> Result<Vec<Snapshot>> {
         let types = self.known_types(types)?;
         let freshness = freshness.unwrap_or(self.exporter.options.freshness);
         self.exporter.ensure(&types, &freshness, None).await
@@ -248,7 +279,11 @@ impl FhirCatalog {
     /// The committed snapshot of every type that has one (no export).
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let store = &self.exporter.store;
-        self.exporter.types.iter().filter_map(|t| store.current(t).transpose()).collect()
+        self.exporter
+            .types
+            .iter()
+            .filter_map(|t| store.current(t).transpose())
+            .collect()
     }
 
     /// Running and recently finished exports, with progress.
@@ -265,7 +300,11 @@ impl FhirCatalog {
     pub async fn table(&self, resource_type: &str) -> Result<FhirTable> {
         let types = self.known_types(&[resource_type.to_owned()])?;
         let freshness = self.exporter.options.freshness;
-        let snapshot = self.exporter.ensure(&types, &freshness, None).await?.remove(0);
+        let snapshot = self
+            .exporter
+            .ensure(&types, &freshness, None)
+            .await?
+            .remove(0);
         self.exporter.table(snapshot)
     }
 
@@ -277,7 +316,12 @@ impl FhirCatalog {
                 self.exporter
                     .resource_type(n)
                     .map(str::to_owned)
-                    .ok_or_else(|| Error::Config(format!("{n} is not a resource type of {}", self.exporter.source.location())))
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "{n} is not a resource type of {}",
+                            self.exporter.source.location()
+                        ))
+                    })
             })
             .collect()
     }
@@ -290,7 +334,9 @@ impl Exporter {
         let mode = &self.options.mode;
         let snapshot = match snapshot.table(&mode_key(mode)) {
             Some(_) => snapshot,
-            None => self.store.add_table(&snapshot, mode, self.options.batch_size)?,
+            None => self
+                .store
+                .add_table(&snapshot, mode, self.options.batch_size)?,
         };
         FhirTable::try_new(snapshot, mode)
     }
@@ -326,17 +372,29 @@ impl SchemaProvider for FhirSchema {
         let exporter = &self.exporter;
         let snapshot = match SCOPE.try_with(Clone::clone).ok() {
             // Browsing: what is there, never an export.
-            _ if self.browse => match exporter.store.current(&resource_type).map_err(to_datafusion)? {
+            _ if self.browse => match exporter
+                .store
+                .current(&resource_type)
+                .map_err(to_datafusion)?
+            {
                 Some(s) => s,
                 None => return Ok(None),
             },
             Some(Scope { started, freshness }) => {
                 let freshness = freshness.unwrap_or(exporter.options.freshness);
-                exporter.ensure(&[resource_type], &freshness, Some(started)).await.map_err(to_datafusion)?.remove(0)
+                exporter
+                    .ensure(&[resource_type], &freshness, Some(started))
+                    .await
+                    .map_err(to_datafusion)?
+                    .remove(0)
             }
             None => {
                 let freshness = exporter.options.freshness;
-                exporter.ensure(&[resource_type], &freshness, None).await.map_err(to_datafusion)?.remove(0)
+                exporter
+                    .ensure(&[resource_type], &freshness, None)
+                    .await
+                    .map_err(to_datafusion)?
+                    .remove(0)
             }
         };
         let table = tokio::task::spawn_blocking({
@@ -379,11 +437,19 @@ pub async fn sql(ctx: &SessionContext, sql: &str) -> DfResult<DataFrame> {
 }
 
 /// [`sql`] with a freshness for this statement instead of each catalog's.
-pub async fn sql_with_freshness(ctx: &SessionContext, sql: &str, freshness: Freshness) -> DfResult<DataFrame> {
+pub async fn sql_with_freshness(
+    ctx: &SessionContext,
+    sql: &str,
+    freshness: Freshness,
+) -> DfResult<DataFrame> {
     run_sql(ctx, sql, Some(freshness)).await
 }
 
-async fn run_sql(ctx: &SessionContext, sql: &str, freshness: Option<Freshness>) -> DfResult<DataFrame> {
+async fn run_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    freshness: Option<Freshness>,
+) -> DfResult<DataFrame> {
     let started = SystemTime::now();
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
@@ -393,43 +459,75 @@ async fn run_sql(ctx: &SessionContext, sql: &str, freshness: Option<Freshness>) 
         // resolves every table while executing, possibly in other tasks).
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         for name in state.catalog_list().catalog_names() {
-            let Some(catalog) = state.catalog_list().catalog(&name) else { continue };
+            let Some(catalog) = state.catalog_list().catalog(&name) else {
+                continue;
+            };
             let catalog = match catalog.downcast_ref::<FhirCatalog>() {
                 Some(fhir) => Arc::new(fhir.browsing()) as Arc<dyn CatalogProvider>,
                 None => catalog,
             };
             catalogs.register_catalog(name, catalog);
         }
-        let browse = SessionStateBuilder::new_from_existing(state).with_catalog_list(catalogs).build();
-        let batches = SessionContext::new_with_state(browse).sql(sql).await?.collect().await?;
+        let browse = SessionStateBuilder::new_from_existing(state)
+            .with_catalog_list(catalogs)
+            .build();
+        let batches = SessionContext::new_with_state(browse)
+            .sql(sql)
+            .await?
+            .collect()
+            .await?;
         return ctx.read_batches(batches);
     }
-    SCOPE.scope(Scope { started, freshness }, ctx.sql(sql)).await
+    SCOPE
+        .scope(Scope { started, freshness }, ctx.sql(sql))
+        .await
 }
 
 /// Brings the FHIR tables that `statement` references up to date: one export per catalog for
 /// all its types. Returns true, doing nothing, when the statement browses `information_schema`.
-pub async fn prefetch(state: &SessionState, statement: &Statement, freshness: Option<Freshness>) -> DfResult<bool> {
+pub async fn prefetch(
+    state: &SessionState,
+    statement: &Statement,
+    freshness: Option<Freshness>,
+) -> DfResult<bool> {
     let options = state.config().options();
-    let (default_catalog, default_schema) = (&options.catalog.default_catalog, &options.catalog.default_schema);
+    let (default_catalog, default_schema) = (
+        &options.catalog.default_catalog,
+        &options.catalog.default_schema,
+    );
     let mut wanted: Vec<(FhirCatalog, Vec<String>)> = Vec::new();
     for reference in state.resolve_table_references(statement)? {
         let r = reference.resolve(default_catalog, default_schema);
         if r.schema.as_ref() == "information_schema" {
             return Ok(true);
         }
-        let Some(catalog) = state.catalog_list().catalog(&r.catalog) else { continue };
-        let Some(fhir) = catalog.downcast_ref::<FhirCatalog>() else { continue };
-        let Some(t) = fhir.exporter.resource_type(&r.table).filter(|_| r.schema.as_ref() == fhir.schema_name()) else {
+        let Some(catalog) = state.catalog_list().catalog(&r.catalog) else {
             continue;
         };
-        match wanted.iter_mut().find(|(c, _)| Arc::ptr_eq(&c.exporter, &fhir.exporter)) {
+        let Some(fhir) = catalog.downcast_ref::<FhirCatalog>() else {
+            continue;
+        };
+        let Some(t) = fhir
+            .exporter
+            .resource_type(&r.table)
+            .filter(|_| r.schema.as_ref() == fhir.schema_name())
+        else {
+            continue;
+        };
+        match wanted
+            .iter_mut()
+            .find(|(c, _)| Arc::ptr_eq(&c.exporter, &fhir.exporter))
+        {
             Some((_, types)) => types.push(t.to_owned()),
             None => wanted.push((fhir.clone(), vec![t.to_owned()])),
         }
     }
-    let exports = wanted.iter().map(|(catalog, types)| catalog.prefetch(types, freshness));
-    futures::future::try_join_all(exports).await.map_err(to_datafusion)?;
+    let exports = wanted
+        .iter()
+        .map(|(catalog, types)| catalog.prefetch(types, freshness));
+    futures::future::try_join_all(exports)
+        .await
+        .map_err(to_datafusion)?;
     Ok(false)
 }
 
@@ -451,8 +549,14 @@ mod tests {
     fn freshness_parses() {
         assert_eq!("always".parse::<Freshness>().unwrap(), Freshness::Always);
         assert_eq!("NEVER".parse::<Freshness>().unwrap(), Freshness::Never);
-        assert_eq!("15m".parse::<Freshness>().unwrap(), Freshness::MaxAge(Duration::from_secs(900)));
-        assert_eq!("90".parse::<Freshness>().unwrap(), Freshness::MaxAge(Duration::from_secs(90)));
+        assert_eq!(
+            "15m".parse::<Freshness>().unwrap(),
+            Freshness::MaxAge(Duration::from_secs(900))
+        );
+        assert_eq!(
+            "90".parse::<Freshness>().unwrap(),
+            Freshness::MaxAge(Duration::from_secs(90))
+        );
         assert!("soon".parse::<Freshness>().is_err());
         assert!(Freshness::MaxAge(Duration::from_secs(60)).accepts(Duration::from_secs(59)));
         assert!(!Freshness::MaxAge(Duration::from_secs(60)).accepts(Duration::from_secs(61)));

@@ -27,7 +27,9 @@ impl TableFunctionImpl for RefreshFunction {
             .exprs()
             .iter()
             .map(|e| match e {
-                Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => Ok(s.clone()),
+                Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
+                    Ok(s.clone())
+                }
                 other => plan_err!("fhir_refresh takes string literals, got {other}"),
             })
             .collect::<DfResult<_>>()?;
@@ -40,9 +42,16 @@ impl TableFunctionImpl for RefreshFunction {
         let Some(catalog) = catalog.downcast_ref::<FhirCatalog>() else {
             return plan_err!("fhir_refresh: {name} is not a FHIR catalog");
         };
-        let types: Vec<String> =
-            rest.iter().flat_map(|s| s.split(',')).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
-        Ok(Arc::new(RefreshTable { catalog: catalog.clone(), types }))
+        let types: Vec<String> = rest
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        Ok(Arc::new(RefreshTable {
+            catalog: catalog.clone(),
+            types,
+        }))
     }
 }
 
@@ -83,17 +92,26 @@ impl TableProvider for RefreshTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let types = if self.types.is_empty() {
-            self.catalog.snapshots().map_err(to_datafusion)?.iter().map(|s| s.manifest().resource_type.clone()).collect()
+            self.catalog
+                .snapshots()
+                .map_err(to_datafusion)?
+                .iter()
+                .map(|s| s.manifest().resource_type.clone())
+                .collect()
         } else {
             self.types.clone()
         };
         let snapshots = self.catalog.refresh(&types).await.map_err(to_datafusion)?;
         let manifests: Vec<_> = snapshots.iter().map(|s| s.manifest()).collect();
         let strings = |f: &dyn Fn(&crate::snapshot::SnapshotManifest) -> String| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(manifests.iter().map(|m| f(m))))
+            Arc::new(StringArray::from_iter_values(
+                manifests.iter().map(|m| f(m)),
+            ))
         };
         let counts = |f: &dyn Fn(&crate::snapshot::SnapshotManifest) -> u64| -> ArrayRef {
-            Arc::new(UInt64Array::from_iter_values(manifests.iter().map(|m| f(m))))
+            Arc::new(UInt64Array::from_iter_values(
+                manifests.iter().map(|m| f(m)),
+            ))
         };
         let batch = RecordBatch::try_new(
             refresh_schema(),
@@ -106,6 +124,10 @@ impl TableProvider for RefreshTable {
                 strings(&|m| m.snapshot.clone()),
             ],
         )?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], refresh_schema(), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            refresh_schema(),
+            projection.cloned(),
+        )?)
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::bulk::{BulkClient, ExportLevel, ExportProgress, ExportRequest};
 use crate::{Error, Result};
 
 /// What the catalog asks a source for.
@@ -99,11 +100,17 @@ pub struct LocalFolder {
 impl LocalFolder {
     /// A source over `dir`, which must exist.
     pub fn try_new(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref().canonicalize().map_err(|e| Error::io(dir.as_ref(), e))?;
+        let dir = dir
+            .as_ref()
+            .canonicalize()
+            .map_err(|e| Error::io(dir.as_ref(), e))?;
         if !dir.is_dir() {
             return Err(Error::Config(format!("{} is not a folder", dir.display())));
         }
-        Ok(Self { location: dir.display().to_string(), dir })
+        Ok(Self {
+            location: dir.display().to_string(),
+            dir,
+        })
     }
 
     /// The NDJSON files of the folder with their resource types, sorted by name.
@@ -112,14 +119,20 @@ impl LocalFolder {
         for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let path = entry.map_err(|e| Error::io(&self.dir, e))?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let Some(stem) = name.strip_suffix(".ndjson.gz").or_else(|| name.strip_suffix(".ndjson")) else {
+            let Some(stem) = name
+                .strip_suffix(".ndjson.gz")
+                .or_else(|| name.strip_suffix(".ndjson"))
+            else {
                 continue;
             };
             let resource_type = stem.split('.').next().unwrap_or_default();
             if resource_type.starts_with(|c: char| c.is_ascii_uppercase())
                 && resource_type.chars().all(|c| c.is_ascii_alphanumeric())
             {
-                files.push(FetchedFile { resource_type: resource_type.to_owned(), path: path.clone() });
+                files.push(FetchedFile {
+                    resource_type: resource_type.to_owned(),
+                    path: path.clone(),
+                });
             }
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -147,10 +160,22 @@ impl FhirSource for LocalFolder {
         _dir: &Path,
         progress: &watch::Sender<FetchProgress>,
     ) -> Result<FetchOutcome> {
-        let files: Vec<FetchedFile> =
-            self.files()?.into_iter().filter(|f| request.types.contains(&f.resource_type)).collect();
-        let bytes = files.iter().filter_map(|f| f.path.metadata().ok()).map(|m| m.len()).sum();
-        progress.send_replace(FetchProgress { phase: "read".into(), percent: Some(100.0), files: files.len() as u64, bytes });
+        let files: Vec<FetchedFile> = self
+            .files()?
+            .into_iter()
+            .filter(|f| request.types.contains(&f.resource_type))
+            .collect();
+        let bytes = files
+            .iter()
+            .filter_map(|f| f.path.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        progress.send_replace(FetchProgress {
+            phase: "read".into(),
+            percent: Some(100.0),
+            files: files.len() as u64,
+            bytes,
+        });
         Ok(FetchOutcome {
             request: format!("{} ({})", self.location, request.types.join(",")),
             transaction_time: crate::snapshot::rfc3339(std::time::SystemTime::now()),
@@ -159,4 +184,119 @@ impl FhirSource for LocalFolder {
             ..FetchOutcome::default()
         })
     }
+}
+
+/// A FHIR server: each fetch is a Bulk Data `$export` (system level unless configured) run by a
+/// [`BulkClient`] into the catalog's staging folder, which resumes a job a killed run left.
+#[derive(Debug, Clone)]
+pub struct BulkSource {
+    client: BulkClient,
+    level: ExportLevel,
+    location: String,
+}
+
+impl BulkSource {
+    /// A system-level export source over `client`.
+    pub fn new(client: BulkClient) -> Self {
+        let location = client.base_url().to_string();
+        Self {
+            client,
+            level: ExportLevel::System,
+            location,
+        }
+    }
+
+    /// Exports at `level` (`Patient`, `Group(id)`) instead of system level.
+    pub fn with_level(self, level: ExportLevel) -> Self {
+        Self { level, ..self }
+    }
+}
+
+#[async_trait]
+impl FhirSource for BulkSource {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn resource_types(&self) -> Result<Vec<String>> {
+        self.client.resource_types().await
+    }
+
+    async fn fetch(
+        &self,
+        request: &FetchRequest,
+        dir: &Path,
+        progress: &watch::Sender<FetchProgress>,
+    ) -> Result<FetchOutcome> {
+        let mut export = ExportRequest::new(self.level.clone())
+            .with_types(request.types.clone())
+            .with_type_filters(request.type_filters.clone());
+        if let Some(since) = &request.since {
+            export = export.with_since(since.clone());
+        }
+        let (tx, mut rx) = watch::channel(ExportProgress::default());
+        // The bulk client's future is not provably `Send` here (a rustc limitation with
+        // higher-ranked closures), so it runs on its own thread, driven by this runtime. Dropping
+        // this fetch drops `stop`, which drops the export future (the client then DELETEs the job).
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let (client, dir) = (self.client.clone(), dir.to_path_buf());
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    outcome = client.export_to_dir(&export, &dir, &tx) => { let _ = done.send(outcome); }
+                    _ = stopped => {}
+                }
+            })
+        });
+        let _stop = stop;
+        tokio::pin!(result);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut result => break outcome.map_err(|_| Error::Cancelled)??,
+                Ok(()) = rx.changed() => {
+                    let p = rx.borrow_and_update().clone();
+                    progress.send_replace(FetchProgress {
+                        phase: format!("{:?}", p.phase).to_lowercase(),
+                        percent: p.server_progress.as_deref().and_then(parse_percent),
+                        files: p.files_done as u64,
+                        bytes: p.bytes_downloaded,
+                    });
+                }
+            }
+        };
+        Ok(FetchOutcome {
+            request: outcome.manifest.request.clone(),
+            transaction_time: outcome.manifest.transaction_time.clone(),
+            files: outcome
+                .files
+                .into_iter()
+                .map(|f| FetchedFile {
+                    resource_type: f.resource_type,
+                    path: f.path,
+                })
+                .collect(),
+            deleted: outcome
+                .deleted
+                .into_iter()
+                .map(|d| (d.resource_type, d.id))
+                .collect(),
+            errors: outcome.warnings,
+            complete: false,
+        })
+    }
+}
+
+/// The first number in an `X-Progress` text ("42% done" -> 42).
+fn parse_percent(text: &str) -> Option<f32> {
+    let start = text.find(|c: char| c.is_ascii_digit())?;
+    let rest = &text[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .ok()
+        .filter(|_| rest[end..].trim_start().starts_with('%'))
 }

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::stats::Precision;
 use datafusion::common::Statistics;
+use datafusion::common::stats::Precision;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
@@ -37,7 +39,12 @@ impl FhirTable {
         let schema = snapshot.schema(&mode)?;
         let listing = listing_table(&snapshot, &mode, Arc::clone(&schema))
             .map_err(|e| crate::Error::Snapshot(format!("{}: {e}", snapshot.dir().display())))?;
-        Ok(Self { snapshot, mode, schema, listing })
+        Ok(Self {
+            snapshot,
+            mode,
+            schema,
+            listing,
+        })
     }
 
     /// The snapshot this table reads.
@@ -54,8 +61,11 @@ impl FhirTable {
 fn listing_table(snapshot: &Snapshot, mode: &str, schema: SchemaRef) -> DfResult<ListingTable> {
     let dir = snapshot.table_dir(mode);
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
     ListingTable::try_new(config)
 }
 
@@ -79,7 +89,10 @@ impl TableProvider for FhirTable {
         self.listing.scan(state, projection, filters, limit).await
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 

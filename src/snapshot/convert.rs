@@ -11,7 +11,9 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
 use super::{Column, TableFile, TableFiles};
-use crate::ndjson::{DecodeOptions, SchemaInference, Strictness, TableMode, decode_reader, infer_reader};
+use crate::ndjson::{
+    DecodeOptions, SchemaInference, Strictness, TableMode, decode_reader, infer_reader,
+};
 use crate::{Error, Result};
 
 /// Rows per Parquet row group: small enough for row-group pruning on filters to matter.
@@ -24,7 +26,10 @@ pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     Ok(if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(file)))
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::read::MultiGzDecoder::new(file),
+        ))
     } else {
         Box::new(BufReader::with_capacity(1 << 16, file))
     })
@@ -54,7 +59,9 @@ pub fn convert_raw(
     out_dir: &Path,
 ) -> Result<(TableFiles, Vec<String>)> {
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let err = |path: &Path, e: &dyn std::fmt::Display| Error::Snapshot(format!("{}: {e}", path.display()));
+    let err = |path: &Path, e: &dyn std::fmt::Display| {
+        Error::Snapshot(format!("{}: {e}", path.display()))
+    };
     let options = |path: &Path| {
         DecodeOptions::default()
             .with_batch_size(batch_size)
@@ -82,12 +89,17 @@ pub fn convert_raw(
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
     let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
-    let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, &e))?;
+    let mut writer =
+        ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, &e))?;
     let (mut rows, mut skipped_lines, mut errors) = (0u64, 0u64, Vec::new());
     for path in raw {
-        let summary = decode_reader(open_raw(path)?, Arc::clone(&schema), mode, options(path), |batch| {
-            writer.write(&batch).map_err(|e| err(&out, &e))
-        })?;
+        let summary = decode_reader(
+            open_raw(path)?,
+            Arc::clone(&schema),
+            mode,
+            options(path),
+            |batch| writer.write(&batch).map_err(|e| err(&out, &e)),
+        )?;
         rows += summary.rows;
         skipped_lines += summary.skipped_count;
         errors.extend(summary.skipped.iter().map(ToString::to_string));
@@ -96,14 +108,21 @@ pub fn convert_raw(
     file.sync_all().map_err(|e| Error::io(&out, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
     let table = TableFiles {
-        files: vec![TableFile { path: "part-0.parquet".into(), rows, bytes }],
+        files: vec![TableFile {
+            path: "part-0.parquet".into(),
+            rows,
+            bytes,
+        }],
         rows,
         bytes,
         skipped_lines,
         columns: schema
             .fields()
             .iter()
-            .map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() })
+            .map(|f| Column {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
             .collect(),
     };
     Ok((table, errors))

@@ -101,8 +101,8 @@ impl SnapshotStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
-        let manifest: SnapshotManifest =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
         let dir = self.dir.join(resource_type).join(&manifest.snapshot);
         Ok(Some(Snapshot { dir, manifest }))
     }
@@ -125,15 +125,33 @@ impl SnapshotStore {
         let id = new_snapshot_id();
         let dir = self.dir.join("tmp").join(&id);
         fs::create_dir_all(dir.join("raw")).map_err(|e| Error::io(&dir, e))?;
-        Ok(SnapshotWriter { store: self.clone(), resource_type: resource_type.to_owned(), id, dir })
+        Ok(SnapshotWriter {
+            store: self.clone(),
+            resource_type: resource_type.to_owned(),
+            id,
+            dir,
+        })
     }
 
     /// Adds the Parquet table of `mode` to a committed snapshot that lacks it (switching mode
     /// reads the snapshot's raw NDJSON again; no export). Returns the updated snapshot.
-    pub fn add_table(&self, snapshot: &Snapshot, mode: &TableMode, batch_size: usize) -> Result<Snapshot> {
+    pub fn add_table(
+        &self,
+        snapshot: &Snapshot,
+        mode: &TableMode,
+        batch_size: usize,
+    ) -> Result<Snapshot> {
         let key = mode_key(mode);
-        let tmp = snapshot.dir.join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
-        let (table, _) = convert_raw(&snapshot.raw_paths(), &snapshot.manifest.resource_type, mode, batch_size, &tmp)?;
+        let tmp = snapshot
+            .dir
+            .join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
+        let (table, _) = convert_raw(
+            &snapshot.raw_paths(),
+            &snapshot.manifest.resource_type,
+            mode,
+            batch_size,
+            &tmp,
+        )?;
         let _lock = self.lock()?;
         // Someone else may have committed a newer snapshot meanwhile: only touch ours.
         let target = snapshot.dir.join(&key);
@@ -148,7 +166,10 @@ impl SnapshotStore {
         if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
             write_atomic(&path, &to_json(&manifest)?)?;
         }
-        Ok(Snapshot { dir: snapshot.dir.clone(), manifest })
+        Ok(Snapshot {
+            dir: snapshot.dir.clone(),
+            manifest,
+        })
     }
 
     fn manifest_path(&self, resource_type: &str) -> PathBuf {
@@ -158,7 +179,12 @@ impl SnapshotStore {
     /// Exclusive lock of the store, released on drop (also when the process dies).
     fn lock(&self) -> Result<File> {
         let path = self.dir.join(".lock");
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         file.lock().map_err(|e| Error::io(&path, e))?;
         Ok(file)
     }
@@ -173,14 +199,22 @@ impl SnapshotStore {
                 .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86_400))
                 .unwrap_or(false)
         };
-        let dirs = fs::read_dir(&type_dir).into_iter().flatten().flatten().map(|e| e.path());
+        let dirs = fs::read_dir(&type_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
         for path in dirs.filter(|p| p.is_dir()) {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             if !keep.contains(&name.as_ref()) {
                 let _ = fs::remove_dir_all(&path);
             }
         }
-        let tmps = fs::read_dir(self.dir.join("tmp")).into_iter().flatten().flatten().map(|e| e.path());
+        let tmps = fs::read_dir(self.dir.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
         for path in tmps.filter(|p| stale(p)) {
             let _ = fs::remove_dir_all(&path);
         }
@@ -211,11 +245,26 @@ impl SnapshotWriter {
     /// Converts the raw files to the Parquet tables of `modes`, then commits: the new snapshot
     /// replaces the current one atomically. `manifest.snapshot`, `resource_type`, `tables` and
     /// `created_at` are filled in here.
-    pub fn commit(self, mut manifest: SnapshotManifest, modes: &[TableMode], batch_size: usize) -> Result<Snapshot> {
-        let raw: Vec<PathBuf> = manifest.raw.iter().map(|r| self.dir.join(&r.path)).collect();
+    pub fn commit(
+        self,
+        mut manifest: SnapshotManifest,
+        modes: &[TableMode],
+        batch_size: usize,
+    ) -> Result<Snapshot> {
+        let raw: Vec<PathBuf> = manifest
+            .raw
+            .iter()
+            .map(|r| self.dir.join(&r.path))
+            .collect();
         for mode in modes {
             let key = mode_key(mode);
-            let (table, errors) = convert_raw(&raw, &self.resource_type, mode, batch_size, &self.dir.join(&key))?;
+            let (table, errors) = convert_raw(
+                &raw,
+                &self.resource_type,
+                mode,
+                batch_size,
+                &self.dir.join(&key),
+            )?;
             manifest.tables.insert(key.clone(), table.relative_to(&key));
             if manifest.errors.is_empty() {
                 manifest.errors.extend(errors);
@@ -226,19 +275,33 @@ impl SnapshotWriter {
         manifest.snapshot = self.id.clone();
         let now = SystemTime::now();
         manifest.created_at = rfc3339(now);
-        manifest.created_unix_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        manifest.created_unix_ms = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
 
         let store = &self.store;
         let type_dir = store.dir.join(&self.resource_type);
         fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
         let _lock = store.lock()?;
-        let previous = store.current(&self.resource_type)?.map(|s| s.manifest.snapshot);
+        let previous = store
+            .current(&self.resource_type)?
+            .map(|s| s.manifest.snapshot);
         let target = type_dir.join(&self.id);
         fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
-        write_atomic(&store.manifest_path(&self.resource_type), &to_json(&manifest)?)?;
-        let keep: Vec<&str> = [Some(self.id.as_str()), previous.as_deref()].into_iter().flatten().collect();
+        write_atomic(
+            &store.manifest_path(&self.resource_type),
+            &to_json(&manifest)?,
+        )?;
+        let keep: Vec<&str> = [Some(self.id.as_str()), previous.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
         store.collect_garbage(&self.resource_type, &keep);
-        Ok(Snapshot { dir: target, manifest })
+        Ok(Snapshot {
+            dir: target,
+            manifest,
+        })
     }
 }
 
@@ -267,12 +330,18 @@ impl Snapshot {
 
     /// Time since the snapshot was committed.
     pub fn age(&self) -> Duration {
-        SystemTime::now().duration_since(self.created()).unwrap_or_default()
+        SystemTime::now()
+            .duration_since(self.created())
+            .unwrap_or_default()
     }
 
     /// Absolute paths of the raw NDJSON (gzip) files.
     pub fn raw_paths(&self) -> Vec<PathBuf> {
-        self.manifest.raw.iter().map(|r| self.dir.join(&r.path)).collect()
+        self.manifest
+            .raw
+            .iter()
+            .map(|r| self.dir.join(&r.path))
+            .collect()
     }
 
     /// The Parquet table of `mode`, if this snapshot has it.
@@ -287,9 +356,12 @@ impl Snapshot {
 
     /// The Arrow schema of the table of `mode`, read from its first Parquet footer.
     pub fn schema(&self, mode: &str) -> Result<SchemaRef> {
-        let table = self
-            .table(mode)
-            .ok_or_else(|| Error::Snapshot(format!("snapshot {} has no {mode} table", self.dir.display())))?;
+        let table = self.table(mode).ok_or_else(|| {
+            Error::Snapshot(format!(
+                "snapshot {} has no {mode} table",
+                self.dir.display()
+            ))
+        })?;
         let path = self.dir.join(&table.files[0].path);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
@@ -297,7 +369,6 @@ impl Snapshot {
         Ok(builder.schema().clone())
     }
 }
-
 
 /// The manifest of one snapshot of one resource type (`<Type>/manifest.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -415,12 +486,15 @@ pub struct Incremental {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(value).map_err(|e| Error::Snapshot(format!("cannot serialise manifest: {e}")))
+    serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Snapshot(format!("cannot serialise manifest: {e}")))
 }
 
 /// A readable, unique folder name for a source: `host_port-hash` or `folder-hash`.
@@ -429,18 +503,36 @@ fn source_key(source: &str) -> String {
     let hash = sha2::Sha256::digest(source.as_bytes());
     let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
     let readable = match url::Url::parse(source) {
-        Ok(u) if u.has_host() => format!("{}_{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
-        _ => Path::new(source).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        Ok(u) if u.has_host() => format!(
+            "{}_{}",
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        _ => Path::new(source)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
-    let readable: String =
-        readable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' }).collect();
+    let readable: String = readable
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("{readable}-{hex}")
 }
 
 /// A sortable, unique snapshot id: UTC time to the millisecond plus a random suffix.
 fn new_snapshot_id() -> String {
     let now = SystemTime::now();
-    let stamp: String = rfc3339(now).chars().filter(|c| c.is_ascii_digit()).collect();
+    let stamp: String = rfc3339(now)
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
     let rand = uuid::Uuid::new_v4().simple().to_string();
     format!("{stamp}-{}", &rand[..8])
 }

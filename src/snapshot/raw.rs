@@ -21,7 +21,10 @@ struct IdOnly<'a> {
 
 /// The `id` of one NDJSON line, if it is a JSON object with a string `id`.
 fn line_id(line: &[u8]) -> Option<String> {
-    serde_json::from_slice::<IdOnly>(line).ok()?.id.map(Cow::into_owned)
+    serde_json::from_slice::<IdOnly>(line)
+        .ok()?
+        .id
+        .map(Cow::into_owned)
 }
 
 /// Calls `f` on every non-blank line of the NDJSON files (gzip or plain), without the newline.
@@ -31,7 +34,11 @@ fn for_each_line(paths: &[PathBuf], mut f: impl FnMut(&[u8]) -> std::io::Result<
         let mut reader = open_raw(path)?;
         loop {
             line.clear();
-            if reader.read_until(b'\n', &mut line).map_err(|e| Error::io(path, e))? == 0 {
+            if reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io(path, e))?
+                == 0
+            {
                 break;
             }
             let trimmed = line.trim_ascii();
@@ -56,9 +63,16 @@ pub fn resource_ids(paths: &[PathBuf]) -> Result<HashSet<String>> {
 /// Writes the resources of `inputs` (NDJSON, gzip or plain) as one gzip NDJSON file `out`,
 /// leaving out those whose id is in `drop` (lines without a readable id are kept, so the decoder
 /// reports them). Returns the number of resources and the file size; the file is synced.
-pub fn write_raw(inputs: &[PathBuf], drop: Option<&HashSet<String>>, out: &Path) -> Result<(u64, u64)> {
+pub fn write_raw(
+    inputs: &[PathBuf],
+    drop: Option<&HashSet<String>>,
+    out: &Path,
+) -> Result<(u64, u64)> {
     let file = File::create(out).map_err(|e| Error::io(out, e))?;
-    let mut gz = GzEncoder::new(std::io::BufWriter::with_capacity(1 << 16, file), Compression::fast());
+    let mut gz = GzEncoder::new(
+        std::io::BufWriter::with_capacity(1 << 16, file),
+        Compression::fast(),
+    );
     let mut resources = 0u64;
     for_each_line(inputs, |line| {
         if drop.is_some_and(|d| line_id(line).is_some_and(|id| d.contains(&id))) {

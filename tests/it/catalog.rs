@@ -10,8 +10,8 @@ use arrow::datatypes::Int64Type;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use fhirflight::catalog::{
-    self, CatalogOptions, ExportState, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirCatalog,
-    FhirSource, Freshness, LocalFolder,
+    self, CatalogOptions, ExportState, FetchOutcome, FetchProgress, FetchRequest, FetchedFile,
+    FhirCatalog, FhirSource, Freshness, LocalFolder,
 };
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
@@ -35,13 +35,19 @@ struct MemoryState {
 
 impl MemorySource {
     fn gated() -> Self {
-        Self { gate: Some(Semaphore::new(0)), ..Self::default() }
+        Self {
+            gate: Some(Semaphore::new(0)),
+            ..Self::default()
+        }
     }
 
     fn upsert(&self, resource: Value) {
         let mut s = self.state.lock().unwrap();
         s.generation += 1;
-        let key = (resource["resourceType"].as_str().unwrap().to_owned(), resource["id"].as_str().unwrap().to_owned());
+        let key = (
+            resource["resourceType"].as_str().unwrap().to_owned(),
+            resource["id"].as_str().unwrap().to_owned(),
+        );
         let generation = s.generation;
         s.resources.insert(key, (generation, Some(resource)));
     }
@@ -50,7 +56,8 @@ impl MemorySource {
         let mut s = self.state.lock().unwrap();
         s.generation += 1;
         let generation = s.generation;
-        s.resources.insert((resource_type.into(), id.into()), (generation, None));
+        s.resources
+            .insert((resource_type.into(), id.into()), (generation, None));
     }
 
     fn fetches(&self) -> Vec<FetchRequest> {
@@ -65,7 +72,11 @@ impl FhirSource for MemorySource {
     }
 
     async fn resource_types(&self) -> fhirflight::Result<Vec<String>> {
-        Ok(vec!["Condition".into(), "Observation".into(), "Patient".into()])
+        Ok(vec![
+            "Condition".into(),
+            "Observation".into(),
+            "Patient".into(),
+        ])
     }
 
     async fn fetch(
@@ -99,7 +110,10 @@ impl FhirSource for MemorySource {
                 }
             }
             std::fs::write(&path, text).unwrap();
-            outcome.files.push(FetchedFile { resource_type: t.clone(), path });
+            outcome.files.push(FetchedFile {
+                resource_type: t.clone(),
+                path,
+            });
         }
         Ok(outcome)
     }
@@ -125,10 +139,18 @@ fn seeded() -> Arc<MemorySource> {
     source
 }
 
-async fn context(source: Arc<dyn FhirSource>, cache: &Path, freshness: Freshness) -> (SessionContext, FhirCatalog) {
-    let options = CatalogOptions::default().with_cache_dir(cache).with_freshness(freshness);
+async fn context(
+    source: Arc<dyn FhirSource>,
+    cache: &Path,
+    freshness: Freshness,
+) -> (SessionContext, FhirCatalog) {
+    let options = CatalogOptions::default()
+        .with_cache_dir(cache)
+        .with_freshness(freshness);
     let fhir = FhirCatalog::try_new(source, options.clone()).await.unwrap();
-    let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_information_schema(true));
+    let ctx = SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_information_schema(true),
+    );
     ctx.register_catalog("src", Arc::new(fhir.clone()));
     catalog::register_functions(&ctx, options);
     (ctx, fhir)
@@ -136,7 +158,12 @@ async fn context(source: Arc<dyn FhirSource>, cache: &Path, freshness: Freshness
 
 /// Runs `sql` through [`catalog::sql`] and returns the rows as strings, sorted.
 async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-    let batches = catalog::sql(ctx, sql).await.unwrap().collect().await.unwrap();
+    let batches = catalog::sql(ctx, sql)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     let mut out = Vec::new();
     for batch in &batches {
         for row in 0..batch.num_rows() {
@@ -168,8 +195,15 @@ async fn join_of_two_types_starts_one_export_and_the_next_query_reuses_it() {
     assert_eq!(fetches[0].since, None);
 
     assert_eq!(rows(&ctx, JOIN).await, ["female|2", "male|1"]);
-    assert_eq!(rows(&ctx, "SELECT count(*) FROM src.fhir.Patient").await, ["3"]);
-    assert_eq!(source.fetches().len(), 1, "the second query reuses the snapshots");
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.Patient").await,
+        ["3"]
+    );
+    assert_eq!(
+        source.fetches().len(),
+        1,
+        "the second query reuses the snapshots"
+    );
     let exports = fhir.exports();
     assert_eq!(exports.len(), 1);
     assert_eq!(exports[0].state, ExportState::Done);
@@ -207,20 +241,37 @@ async fn refresh_returns_updated_and_deleted_rows() {
     let cache = tempfile::tempdir().unwrap();
     let source = seeded();
     let (ctx, _fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
-    assert_eq!(rows(&ctx, "SELECT id, gender FROM src.fhir.patient").await, ["p1|female", "p2|male", "p3|female"]);
+    assert_eq!(
+        rows(&ctx, "SELECT id, gender FROM src.fhir.patient").await,
+        ["p1|female", "p2|male", "p3|female"]
+    );
 
     source.upsert(patient("p2", "other"));
     source.upsert(patient("p4", "male"));
     source.delete("Patient", "p3");
     // Freshness `never`: no refresh until asked.
-    assert_eq!(rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await, ["3"]);
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["3"]
+    );
 
-    let refreshed = rows(&ctx, "SELECT resource_type, resources, changed, deleted FROM fhir_refresh('src', 'Patient')").await;
+    let refreshed = rows(
+        &ctx,
+        "SELECT resource_type, resources, changed, deleted FROM fhir_refresh('src', 'Patient')",
+    )
+    .await;
     assert_eq!(refreshed, ["Patient|3|2|1"]);
     let fetches = source.fetches();
     assert_eq!(fetches.len(), 2);
-    assert_eq!(fetches[1].since.as_deref(), Some("6"), "incremental from the first transactionTime");
-    assert_eq!(rows(&ctx, "SELECT id, gender FROM src.fhir.patient").await, ["p1|female", "p2|other", "p4|male"]);
+    assert_eq!(
+        fetches[1].since.as_deref(),
+        Some("6"),
+        "incremental from the first transactionTime"
+    );
+    assert_eq!(
+        rows(&ctx, "SELECT id, gender FROM src.fhir.patient").await,
+        ["p1|female", "p2|other", "p4|male"]
+    );
 }
 
 #[tokio::test]
@@ -242,16 +293,31 @@ async fn browsing_never_exports() {
     let cache = tempfile::tempdir().unwrap();
     let source = seeded();
     let (ctx, _fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Always).await;
-    let tables = rows(&ctx, "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'src'").await;
+    let tables = rows(
+        &ctx,
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'src'",
+    )
+    .await;
     assert!(tables.contains(&"Patient".to_owned()), "{tables:?}");
     let shown = rows(&ctx, "SHOW TABLES").await;
     assert!(shown.iter().any(|r| r.contains("Condition")), "{shown:?}");
-    assert_eq!(rows(&ctx, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'fhir'").await, ["0"]);
+    assert_eq!(
+        rows(
+            &ctx,
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'fhir'"
+        )
+        .await,
+        ["0"]
+    );
     assert!(source.fetches().is_empty(), "{:?}", source.fetches());
 
     // Once a snapshot exists, browsing shows its columns, still without exporting again.
     rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await;
-    let columns = rows(&ctx, "SELECT column_name FROM information_schema.columns WHERE table_name = 'Patient'").await;
+    let columns = rows(
+        &ctx,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'Patient'",
+    )
+    .await;
     assert!(columns.contains(&"gender".to_owned()), "{columns:?}");
     assert_eq!(source.fetches().len(), 1);
 }
@@ -273,7 +339,11 @@ async fn cancelled_export_fails_its_queries_and_leaves_the_cache_usable() {
     while source.fetches().len() < 2 {
         tokio::task::yield_now().await;
     }
-    let running = fhir.exports().into_iter().find(|e| e.state == ExportState::Running).unwrap();
+    let running = fhir
+        .exports()
+        .into_iter()
+        .find(|e| e.state == ExportState::Running)
+        .unwrap();
     assert!(fhir.cancel(running.id));
     let err = refresh.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("cancelled"), "{err}");
@@ -281,20 +351,45 @@ async fn cancelled_export_fails_its_queries_and_leaves_the_cache_usable() {
     assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await, ["p1"]);
     source.gate.as_ref().unwrap().add_permits(1);
     fhir.refresh(&["Patient".to_owned()]).await.unwrap();
-    assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await, ["p1", "p2"]);
+    assert_eq!(
+        rows(&ctx, "SELECT id FROM src.fhir.patient").await,
+        ["p1", "p2"]
+    );
 }
 
 #[tokio::test]
 async fn explain_shows_the_snapshot_files_and_statistics_come_from_the_manifest() {
     let cache = tempfile::tempdir().unwrap();
     let (ctx, fhir) = context(seeded() as _, cache.path(), Freshness::Never).await;
-    let plan = rows(&ctx, "EXPLAIN SELECT id FROM src.fhir.patient WHERE gender = 'male'").await.join("\n");
-    let snapshot = fhir.snapshots().unwrap().into_iter().find(|s| s.manifest().resource_type == "Patient").unwrap();
-    assert!(plan.contains(&format!("Patient/{}/flattened/part-0.parquet", snapshot.manifest().snapshot)), "{plan}");
-    assert!(plan.contains("predicate="), "filter pushed into the Parquet scan: {plan}");
+    let plan = rows(
+        &ctx,
+        "EXPLAIN SELECT id FROM src.fhir.patient WHERE gender = 'male'",
+    )
+    .await
+    .join("\n");
+    let snapshot = fhir
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.manifest().resource_type == "Patient")
+        .unwrap();
+    assert!(
+        plan.contains(&format!(
+            "Patient/{}/flattened/part-0.parquet",
+            snapshot.manifest().snapshot
+        )),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("predicate="),
+        "filter pushed into the Parquet scan: {plan}"
+    );
     let table = fhir.table("Patient").await.unwrap();
     let stats = datafusion::catalog::TableProvider::statistics(&table).unwrap();
-    assert_eq!(stats.num_rows, datafusion::common::stats::Precision::Exact(3));
+    assert_eq!(
+        stats.num_rows,
+        datafusion::common::stats::Precision::Exact(3)
+    );
 }
 
 fn write_folder(dir: &Path, files: &[(&str, &[Value])]) {
@@ -302,7 +397,10 @@ fn write_folder(dir: &Path, files: &[(&str, &[Value])]) {
         let text: String = resources.iter().map(|r| format!("{r}\n")).collect();
         if name.ends_with(".gz") {
             use std::io::Write;
-            let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(dir.join(name)).unwrap(), flate2::Compression::fast());
+            let mut gz = flate2::write::GzEncoder::new(
+                std::fs::File::create(dir.join(name)).unwrap(),
+                flate2::Compression::fast(),
+            );
             gz.write_all(text.as_bytes()).unwrap();
             gz.finish().unwrap();
         } else {
@@ -319,13 +417,19 @@ async fn local_folder_and_create_external_table_stored_as_fhir() {
         data.path(),
         &[
             ("Patient.1.ndjson", &[patient("a", "female")]),
-            ("Patient.2.ndjson.gz", &[patient("b", "male"), patient("c", "male")]),
+            (
+                "Patient.2.ndjson.gz",
+                &[patient("b", "male"), patient("c", "male")],
+            ),
             ("Condition.ndjson", &[condition("x", "a", "1")]),
             ("notes.txt", &[]),
         ],
     );
     let folder = Arc::new(LocalFolder::try_new(data.path()).unwrap());
-    assert_eq!(folder.resource_types().await.unwrap(), ["Condition", "Patient"]);
+    assert_eq!(
+        folder.resource_types().await.unwrap(),
+        ["Condition", "Patient"]
+    );
 
     let ctx = SessionContext::new();
     catalog::register_functions(&ctx, CatalogOptions::default().with_cache_dir(cache.path()));
@@ -336,11 +440,22 @@ async fn local_folder_and_create_external_table_stored_as_fhir() {
         .collect()
         .await
         .unwrap();
-    assert_eq!(rows(&ctx, "SELECT gender, count(*) FROM people GROUP BY gender").await, ["female|1", "male|2"]);
-    let err = catalog::sql(&ctx, &format!("CREATE EXTERNAL TABLE x STORED AS FHIR LOCATION '{location}' OPTIONS ('colour' 'red')"))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("unknown FHIR table option"), "{err}");
+    assert_eq!(
+        rows(&ctx, "SELECT gender, count(*) FROM people GROUP BY gender").await,
+        ["female|1", "male|2"]
+    );
+    let err = catalog::sql(
+        &ctx,
+        &format!(
+            "CREATE EXTERNAL TABLE x STORED AS FHIR LOCATION '{location}' OPTIONS ('colour' 'red')"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown FHIR table option"),
+        "{err}"
+    );
 }
 
 fn synthea() -> Option<PathBuf> {
@@ -357,25 +472,113 @@ fn synthea() -> Option<PathBuf> {
 async fn synthea_folder_gives_the_notebook_counts() {
     let Some(dir) = synthea() else { return };
     let cache = tempfile::tempdir().unwrap();
-    let (ctx, fhir) = context(Arc::new(LocalFolder::try_new(&dir).unwrap()), cache.path(), Freshness::Never).await;
+    let (ctx, fhir) = context(
+        Arc::new(LocalFolder::try_new(&dir).unwrap()),
+        cache.path(),
+        Freshness::Never,
+    )
+    .await;
     assert_eq!(fhir.resource_types().len(), 17);
-    let patients = catalog::sql(&ctx, "SELECT id, gender, \"birthDate\" FROM src.fhir.patient")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let patients = catalog::sql(
+        &ctx,
+        "SELECT id, gender, \"birthDate\" FROM src.fhir.patient",
+    )
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap();
     assert_eq!(patients.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
-    let per_gender = rows(&ctx, "SELECT gender, count(*) FROM src.fhir.patient GROUP BY gender").await;
+    let per_gender = rows(
+        &ctx,
+        "SELECT gender, count(*) FROM src.fhir.patient GROUP BY gender",
+    )
+    .await;
     assert_eq!(per_gender.len(), 2, "{per_gender:?}");
-    let conditions = catalog::sql(&ctx, "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM src.fhir.condition")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let conditions = catalog::sql(
+        &ctx,
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM src.fhir.condition",
+    )
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap();
     let n = conditions[0].column(0).as_primitive::<Int64Type>().value(0);
     let ids = conditions[0].column(1).as_primitive::<Int64Type>().value(0);
     assert_eq!((n, ids), (639, 639));
     assert!(conditions[0].column(0).null_count() == 0);
+}
+
+mod demo_server {
+    use super::*;
+    use fhirflight::bulk::{BulkClient, ClientOptions};
+    use fhirflight::catalog::BulkSource;
+    use fhirflight::demo::{DemoConfig, DemoServer};
+    use fhirflight::smart::{SigningKey, SmartConfig};
+    use std::time::Duration;
+
+    async fn demo_catalog(cache: &Path) -> (DemoServer, SessionContext, FhirCatalog) {
+        let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
+            .await
+            .unwrap();
+        let creds = server.credentials();
+        let key = SigningKey::from_pem(creds.rs384().private_pem())
+            .unwrap()
+            .with_kid(creds.rs384().kid());
+        let auth = SmartConfig::new(creds.client_id(), key);
+        let options = ClientOptions::default()
+            .with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20));
+        let client = BulkClient::try_new(server.base_url(), Some(auth), options)
+            .await
+            .unwrap();
+        let (ctx, fhir) = context(Arc::new(BulkSource::new(client)), cache, Freshness::Never).await;
+        (server, ctx, fhir)
+    }
+
+    #[tokio::test]
+    async fn join_starts_one_export_on_the_server_and_refresh_merges_changes() {
+        let cache = tempfile::tempdir().unwrap();
+        let (server, ctx, _fhir) = demo_catalog(cache.path()).await;
+        let join = "SELECT count(*) FROM src.fhir.patient p \
+            JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id)";
+        let first = rows(&ctx, join).await;
+        let kickoffs = server.stats().kickoffs;
+        assert_eq!(kickoffs.len(), 1, "{kickoffs:?}");
+        let mut types = kickoffs[0].types.clone();
+        types.sort();
+        assert_eq!(types, ["Condition", "Patient"]);
+        assert_eq!(rows(&ctx, join).await, first);
+        assert_eq!(
+            server.stats().kickoffs.len(),
+            1,
+            "the second query reuses the snapshot"
+        );
+
+        let patients = rows(&ctx, "SELECT id FROM src.fhir.patient").await;
+        assert_eq!(patients.len(), 12);
+        server.upsert(json!({"resourceType": "Patient", "id": "new-one", "gender": "unknown"}));
+        server.delete("Patient", &patients[0]);
+        let refreshed = rows(
+            &ctx,
+            "SELECT resources, deleted FROM fhir_refresh('src', 'Patient')",
+        )
+        .await;
+        assert_eq!(refreshed, ["12|1"]);
+        let kickoffs = server.stats().kickoffs;
+        assert!(
+            kickoffs[1].params.iter().any(|(k, _)| k == "_since"),
+            "{:?}",
+            kickoffs[1]
+        );
+        let after = rows(
+            &ctx,
+            &format!(
+                "SELECT id, gender FROM src.fhir.patient WHERE id IN ('new-one', '{}')",
+                patients[0]
+            ),
+        )
+        .await;
+        assert_eq!(after, ["new-one|unknown"]);
+    }
 }

@@ -7,23 +7,36 @@ use fhirflight::snapshot::{RawFile, SnapshotManifest, SnapshotStore, write_raw};
 
 fn ndjson(dir: &std::path::Path, name: &str, ids: &[&str]) -> PathBuf {
     let path = dir.join(name);
-    let text: String = ids.iter().map(|id| format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\",\"active\":true}}\n")).collect();
+    let text: String = ids
+        .iter()
+        .map(|id| format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\",\"active\":true}}\n"))
+        .collect();
     std::fs::write(&path, text).unwrap();
     path
 }
 
 /// Writes and commits a snapshot of Patient holding `ids`.
-fn commit(store: &SnapshotStore, input: PathBuf, transaction_time: &str) -> fhirflight::snapshot::Snapshot {
+fn commit(
+    store: &SnapshotStore,
+    input: PathBuf,
+    transaction_time: &str,
+) -> fhirflight::snapshot::Snapshot {
     let writer = store.begin("Patient").unwrap();
     let (path, rel) = writer.raw_path(0);
     let (resources, bytes) = write_raw(&[input], None, &path).unwrap();
     let manifest = SnapshotManifest {
         source: "test".into(),
         transaction_time: transaction_time.into(),
-        raw: vec![RawFile { path: rel, resources, bytes }],
+        raw: vec![RawFile {
+            path: rel,
+            resources,
+            bytes,
+        }],
         ..SnapshotManifest::default()
     };
-    writer.commit(manifest, &[TableMode::default()], 1024).unwrap()
+    writer
+        .commit(manifest, &[TableMode::default()], 1024)
+        .unwrap()
 }
 
 #[test]
@@ -43,19 +56,46 @@ fn commit_makes_a_snapshot_visible_only_when_complete() {
     assert_eq!(current.manifest().snapshot, first.manifest().snapshot);
     assert_eq!(current.manifest().resources(), 2);
     assert_eq!(current.table("flattened").unwrap().rows, 2);
-    assert!(current.schema("flattened").unwrap().field_with_name("id").is_ok());
+    assert!(
+        current
+            .schema("flattened")
+            .unwrap()
+            .field_with_name("id")
+            .is_ok()
+    );
     assert_eq!(store.resource_types().unwrap(), ["Patient"]);
 
     // The manifest on disk is what other engines read.
-    let text = std::fs::read_to_string(cache.path().join(store.dir().file_name().unwrap()).join("Patient/manifest.json")).unwrap();
+    let text = std::fs::read_to_string(
+        cache
+            .path()
+            .join(store.dir().file_name().unwrap())
+            .join("Patient/manifest.json"),
+    )
+    .unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["transactionTime"], "t1");
-    assert_eq!(json["tables"]["flattened"]["files"][0]["path"], "flattened/part-0.parquet");
+    assert_eq!(
+        json["tables"]["flattened"]["files"][0]["path"],
+        "flattened/part-0.parquet"
+    );
 
     // A newer commit replaces it; the previous folder is kept one generation, older ones go.
     let second = commit(&store, ndjson(data.path(), "b.ndjson", &["3"]), "t2");
-    let third = commit(&store, ndjson(data.path(), "c.ndjson", &["4", "5", "6"]), "t3");
-    assert_eq!(store.current("Patient").unwrap().unwrap().manifest().transaction_time, "t3");
+    let third = commit(
+        &store,
+        ndjson(data.path(), "c.ndjson", &["4", "5", "6"]),
+        "t3",
+    );
+    assert_eq!(
+        store
+            .current("Patient")
+            .unwrap()
+            .unwrap()
+            .manifest()
+            .transaction_time,
+        "t3"
+    );
     assert!(!first.dir().exists());
     assert!(second.dir().exists() && third.dir().exists());
 }
@@ -64,7 +104,9 @@ fn commit_makes_a_snapshot_visible_only_when_complete() {
 fn concurrent_commits_leave_one_complete_snapshot() {
     let cache = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let inputs: Vec<PathBuf> = (0..4).map(|i| ndjson(data.path(), &format!("{i}.ndjson"), &["x"; 3][..=i % 3])).collect();
+    let inputs: Vec<PathBuf> = (0..4)
+        .map(|i| ndjson(data.path(), &format!("{i}.ndjson"), &["x"; 3][..=i % 3]))
+        .collect();
     std::thread::scope(|s| {
         for (i, input) in inputs.iter().enumerate() {
             let cache = cache.path();
