@@ -33,11 +33,16 @@ else
 fi
 
 step "cargo test"
-cargo test --all-targets
+cargo test
+
+step "real Flight SQL clients (Python ADBC + flightsql-dbapi, Apache flight_sql_client)"
+export FHIRFLIGHT_TEST_SERVER="$CARGO_TARGET_DIR/debug/examples/flight_test_server"
+"$venv/bin/python" -m pytest -q tests/python
+bash tests/flight_sql_client.sh
 
 step "SQL on FHIR conformance"
 if [ -n "${FHIRFLIGHT_SHARED:-}" ]; then
-  cargo run --quiet --example sof_conformance -- "$FHIRFLIGHT_SHARED/sql-on-fhir-tests" \
+  "$CARGO_TARGET_DIR/debug/examples/sof_conformance" "$FHIRFLIGHT_SHARED/sql-on-fhir-tests" \
     --report "$CARGO_TARGET_DIR/sof-report.json"
 fi
 

@@ -2,18 +2,18 @@
 //! library. `fhirflight --help` lists the commands.
 
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::io::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use fhirflight::bulk::{
     BulkClient, ClientOptions, ExportLevel, ExportPhase, ExportProgress, ExportRequest,
     KickoffMethod,
 };
-use datafusion::prelude::{SessionConfig, SessionContext};
 use fhirflight::catalog::{
     self, BulkSource, CatalogOptions, FhirCatalog, FhirSource, Freshness, LocalFolder,
 };
@@ -40,6 +40,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the FHIR catalog over Arrow Flight SQL (ADBC, JDBC/DBeaver, any Flight SQL client).
@@ -253,9 +255,7 @@ fn parse_level(text: &str) -> std::result::Result<ExportLevel, String> {
         "patient" => Ok(ExportLevel::Patient),
         _ => match text.strip_prefix("group:") {
             Some(id) if !id.is_empty() => Ok(ExportLevel::Group(id.to_owned())),
-            _ => Err(format!(
-                "`{text}`: expected system, patient or group:<id>"
-            )),
+            _ => Err(format!("`{text}`: expected system, patient or group:<id>")),
         },
     }
 }
@@ -273,7 +273,10 @@ impl CatalogArgs {
             Some(folder) => (Arc::new(LocalFolder::try_new(folder)?), None),
             None => {
                 let connection = self.server.connect(config).await?;
-                (Arc::new(BulkSource::new(connection.client)), connection._demo)
+                (
+                    Arc::new(BulkSource::new(connection.client)),
+                    connection._demo,
+                )
             }
         };
         let mut options = CatalogOptions::default().with_freshness(self.freshness);
@@ -297,7 +300,11 @@ impl CatalogArgs {
 }
 
 async fn sql(args: SqlArgs, config: Config) -> Result<()> {
-    let freshness = if args.refresh { Freshness::Always } else { args.catalog.freshness };
+    let freshness = if args.refresh {
+        Freshness::Always
+    } else {
+        args.catalog.freshness
+    };
     let session = args.catalog.session(config.server).await?;
     let df = catalog::sql_with_freshness(&session.ctx, &args.query, freshness).await?;
     let batches = df.collect().await?;
@@ -305,7 +312,8 @@ async fn sql(args: SqlArgs, config: Config) -> Result<()> {
         Some(path) => Box::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?),
         None => Box::new(std::io::stdout().lock()),
     };
-    let io_error = |e: std::io::Error| Error::io(args.output.clone().unwrap_or("<stdout>".into()), e);
+    let io_error =
+        |e: std::io::Error| Error::io(args.output.clone().unwrap_or("<stdout>".into()), e);
     match args.format {
         OutputFormat::Table => {
             let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
@@ -325,10 +333,14 @@ async fn sql(args: SqlArgs, config: Config) -> Result<()> {
             writer.finish()?;
         }
         OutputFormat::Parquet => {
-            let path = args.output.as_ref().ok_or_else(|| {
-                Error::Config("--format parquet needs --output FILE".into())
-            })?;
-            let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+            let path = args
+                .output
+                .as_ref()
+                .ok_or_else(|| Error::Config("--format parquet needs --output FILE".into()))?;
+            let schema = batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
             let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
             let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
             for batch in &batches {
@@ -350,7 +362,11 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
             "no users: pass --users name:password (or FHIRFLIGHT_USERS), or --anonymous on a loopback address".into(),
         ));
     }
-    let scheme = if args.tls_cert.is_some() { "grpc+tls" } else { "grpc" };
+    let scheme = if args.tls_cert.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
     let session = args.catalog.session(config.server).await?;
     let mut server = FlightSqlServer::new(session.ctx.clone())
         .with_users(users)
@@ -361,9 +377,16 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     let running = server.bind(args.listen).await?;
     let addr = running.local_addr();
     println!("fhirflight Flight SQL server listening on {scheme}://{addr}");
-    println!("  Python:  adbc_driver_flightsql.dbapi.connect(\"{scheme}://{addr}\", db_kwargs={{\"username\": ..., \"password\": ...}})");
-    println!("  JDBC:    jdbc:arrow-flight-sql://{addr}?useEncryption={}", scheme == "grpc+tls");
-    println!("  tables:  SELECT table_name FROM information_schema.tables WHERE table_catalog = 'fhir'");
+    println!(
+        "  Python:  adbc_driver_flightsql.dbapi.connect(\"{scheme}://{addr}\", db_kwargs={{\"username\": ..., \"password\": ...}})"
+    );
+    println!(
+        "  JDBC:    jdbc:arrow-flight-sql://{addr}?useEncryption={}",
+        scheme == "grpc+tls"
+    );
+    println!(
+        "  tables:  SELECT table_name FROM information_schema.tables WHERE table_catalog = 'fhir'"
+    );
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| Error::Config(format!("waiting for Ctrl-C: {e}")))?;
@@ -395,12 +418,20 @@ impl ServerArgs {
             let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
             let auth = SmartConfig::new(creds.client_id(), key);
             let client = BulkClient::try_new(demo.base_url(), Some(auth), options).await?;
-            return Ok(Connection { client, _demo: Some(demo) });
+            return Ok(Connection {
+                client,
+                _demo: Some(demo),
+            });
         }
         let base = self.server.or(config.url).ok_or_else(|| {
-            Error::Config("no FHIR server: pass --server URL (or FHIRFLIGHT_SERVER), or --demo".into())
+            Error::Config(
+                "no FHIR server: pass --server URL (or FHIRFLIGHT_SERVER), or --demo".into(),
+            )
         })?;
-        let auth = match (self.client_id.or(config.client_id), self.key_file.or(config.key_file)) {
+        let auth = match (
+            self.client_id.or(config.client_id),
+            self.key_file.or(config.key_file),
+        ) {
             (Some(client_id), Some(key_file)) => {
                 let kid = self.kid.or(config.kid);
                 let key = SigningKey::from_file(&key_file, kid.as_deref())?;
@@ -421,7 +452,10 @@ impl ServerArgs {
             }
         };
         let client = BulkClient::try_new(base, auth, options).await?;
-        Ok(Connection { client, _demo: None })
+        Ok(Connection {
+            client,
+            _demo: None,
+        })
     }
 }
 
@@ -432,7 +466,11 @@ async fn export(args: ExportArgs, config: Config) -> Result<()> {
         .with_elements(args.elements)
         .with_patients(args.patient)
         .with_include_associated_data(args.include_associated_data)
-        .with_method(if args.post { KickoffMethod::Post } else { KickoffMethod::Auto });
+        .with_method(if args.post {
+            KickoffMethod::Post
+        } else {
+            KickoffMethod::Auto
+        });
     let request = ExportRequest {
         since: args.since,
         until: args.until,
@@ -496,7 +534,10 @@ async fn report_progress(mut updates: watch::Receiver<ExportProgress>) {
             ExportPhase::KickOff => "kicking off the export".to_owned(),
             ExportPhase::Waiting => format!(
                 "waiting for the server{}",
-                p.server_progress.as_deref().map(|s| format!(": {s}")).unwrap_or_default()
+                p.server_progress
+                    .as_deref()
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
             ),
             ExportPhase::Downloading => format!(
                 "downloading: {}/{} files, {:.1} MB, {} resources",
@@ -530,7 +571,9 @@ async fn demo_server(args: DemoServerArgs) -> Result<()> {
     let server = DemoServer::bind(args.listen, config).await?;
     let keys_dir = match args.keys_dir {
         Some(dir) => dir,
-        None => std::env::temp_dir().join(format!("fhirflight-demo-{}", server.local_addr().port())),
+        None => {
+            std::env::temp_dir().join(format!("fhirflight-demo-{}", server.local_addr().port()))
+        }
     };
     std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
     let creds = server.credentials();

@@ -1,10 +1,10 @@
 //! Integration tests: one binary, a module per area.
 
-mod view;
-mod ndjson;
 mod bulk;
-mod demo;
-mod smart;
-mod flight;
 mod catalog;
+mod demo;
+mod flight;
+mod ndjson;
+mod smart;
 mod snapshot;
+mod view;
