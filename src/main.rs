@@ -275,7 +275,7 @@ impl CatalogArgs {
                 let connection = self.server.connect(config).await?;
                 (
                     Arc::new(BulkSource::new(connection.client)),
-                    connection._demo,
+                    connection.demo,
                 )
             }
         };
@@ -397,7 +397,8 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
 /// A connected Bulk Data client, and the demo server behind it when `--demo` started one.
 struct Connection {
     client: BulkClient,
-    _demo: Option<DemoServer>,
+    /// Kept alive as long as the client talks to it.
+    demo: Option<DemoServer>,
 }
 
 impl ServerArgs {
@@ -420,7 +421,7 @@ impl ServerArgs {
             let client = BulkClient::try_new(demo.base_url(), Some(auth), options).await?;
             return Ok(Connection {
                 client,
-                _demo: Some(demo),
+                demo: Some(demo),
             });
         }
         let base = self.server.or(config.url).ok_or_else(|| {
@@ -452,10 +453,7 @@ impl ServerArgs {
             }
         };
         let client = BulkClient::try_new(base, auth, options).await?;
-        Ok(Connection {
-            client,
-            _demo: None,
-        })
+        Ok(Connection { client, demo: None })
     }
 }
 
