@@ -296,6 +296,16 @@ impl FhirCatalog {
         self.exporter.cancel(export_id)
     }
 
+    /// Adds `view` as a table of this catalog's schema, named after the view (`name`), whose
+    /// schema is the view's own (no export to plan or browse it). Replaces a view of that name.
+    pub fn add_view(&self, view: crate::view::ViewDefinition) -> Result<()> {
+        // Placeholder of the agreed API, implemented by the views work.
+        Err(Error::Config(format!(
+            "view {:?}: views are not supported yet",
+            view.name()
+        )))
+    }
+
     /// The table of `resource_type` (exports when needed, following the catalog's freshness).
     pub async fn table(&self, resource_type: &str) -> Result<FhirTable> {
         let types = self.known_types(&[resource_type.to_owned()])?;
