@@ -35,6 +35,7 @@ mod factory;
 mod refresh;
 mod source;
 mod table;
+mod views;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,9 +60,11 @@ pub use source::{
     BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder,
 };
 pub use table::FhirTable;
+pub use views::{AddViewFunction, load_views};
 
 use crate::ndjson::TableMode;
 use crate::snapshot::{Snapshot, SnapshotStore, mode_key};
+use crate::view::ViewDefinition;
 use crate::{Error, Result};
 use exports::Exporter;
 pub(crate) use table::to_datafusion;
@@ -130,6 +133,8 @@ pub struct CatalogOptions {
     batch_size: usize,
     schema_name: String,
     incremental: bool,
+    views: Vec<Arc<ViewDefinition>>,
+    view_dirs: Vec<PathBuf>,
 }
 
 impl Default for CatalogOptions {
@@ -142,6 +147,8 @@ impl Default for CatalogOptions {
             batch_size: 8192,
             schema_name: DEFAULT_SCHEMA.to_owned(),
             incremental: true,
+            views: Vec::new(),
+            view_dirs: Vec::new(),
         }
     }
 }
@@ -195,6 +202,31 @@ impl CatalogOptions {
         }
     }
 
+    /// Adds `view` as a table (see [`FhirCatalog::add_view`]); the notebook's shorthand is
+    /// [`ViewDefinition::from_paths`] with [`ViewDefinition::with_name`].
+    ///
+    /// ```
+    /// # use fhirflight::catalog::CatalogOptions;
+    /// # use fhirflight::view::ViewDefinition;
+    /// let patients = ViewDefinition::from_paths(
+    ///     "Patient",
+    ///     &[("id", "identifier[0].value"), ("marital_status", "maritalStatus.coding[0].code")],
+    /// )?;
+    /// let options = CatalogOptions::default().with_view(patients.with_name("patients"));
+    /// # Ok::<(), fhirflight::Error>(())
+    /// ```
+    pub fn with_view(mut self, view: ViewDefinition) -> Self {
+        self.views.push(Arc::new(view));
+        self
+    }
+
+    /// Makes every ViewDefinition JSON file of `dir` a table (see [`load_views`]); read when
+    /// the catalog is made, which fails naming a malformed file.
+    pub fn with_views(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.view_dirs.push(dir.into());
+        self
+    }
+
     /// The mode of the tables.
     pub fn mode(&self) -> &TableMode {
         &self.mode
@@ -225,8 +257,11 @@ impl FhirCatalog {
         let schema = Arc::new(FhirSchema {
             exporter: Arc::clone(&exporter),
             browse: false,
+            views: Arc::default(),
         });
-        Ok(Self { exporter, schema })
+        let catalog = Self { exporter, schema };
+        catalog.add_configured_views()?;
+        Ok(catalog)
     }
 
     /// The same catalog for browsing: its tables are the committed snapshots as they are, and a
@@ -235,6 +270,7 @@ impl FhirCatalog {
         let schema = Arc::new(FhirSchema {
             exporter: Arc::clone(&self.exporter),
             browse: true,
+            views: Arc::clone(&self.schema.views),
         });
         Self {
             exporter: Arc::clone(&self.exporter),
@@ -298,12 +334,16 @@ impl FhirCatalog {
 
     /// Adds `view` as a table of this catalog's schema, named after the view (`name`), whose
     /// schema is the view's own (no export to plan or browse it). Replaces a view of that name.
-    pub fn add_view(&self, view: crate::view::ViewDefinition) -> Result<()> {
-        // Placeholder of the agreed API, implemented by the views work.
-        Err(Error::Config(format!(
-            "view {:?}: views are not supported yet",
-            view.name()
-        )))
+    /// Scanning it exports its resource type when needed (with the other types of the statement)
+    /// and keeps the view's rows as Parquet beside the snapshot. The name must be an identifier
+    /// and not a resource type; the resource must be one of the catalog's types.
+    pub fn add_view(&self, view: ViewDefinition) -> Result<()> {
+        self.insert_view(Arc::new(view))
+    }
+
+    /// The views, in the order they were added.
+    pub fn views(&self) -> Vec<Arc<ViewDefinition>> {
+        self.schema.views.all()
     }
 
     /// The table of `resource_type` (exports when needed, following the catalog's freshness).
@@ -367,46 +407,32 @@ impl CatalogProvider for FhirCatalog {
 pub struct FhirSchema {
     exporter: Arc<Exporter>,
     browse: bool,
+    views: Arc<views::Views>,
 }
 
 #[async_trait]
 impl SchemaProvider for FhirSchema {
     fn table_names(&self) -> Vec<String> {
-        self.exporter.types.clone()
+        let views = self.views.all();
+        let views = views.iter().filter_map(|v| v.name().map(str::to_owned));
+        self.exporter.types.iter().cloned().chain(views).collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let Some(resource_type) = self.exporter.resource_type(name).map(str::to_owned) else {
+        if let Some(view) = self.views.get(name) {
+            let snapshot = self.snapshot(view.resource()).await?;
+            let batch_size = self.exporter.options.batch_size;
+            return views::view_table(&self.views, view, snapshot, !self.browse, batch_size)
+                .await
+                .map(Some);
+        }
+        let Some(resource_type) = self.exporter.resource_type(name) else {
+            return Ok(None);
+        };
+        let Some(snapshot) = self.snapshot(resource_type).await? else {
             return Ok(None);
         };
         let exporter = &self.exporter;
-        let snapshot = match SCOPE.try_with(Clone::clone).ok() {
-            // Browsing: what is there, never an export.
-            _ if self.browse => match exporter
-                .store
-                .current(&resource_type)
-                .map_err(to_datafusion)?
-            {
-                Some(s) => s,
-                None => return Ok(None),
-            },
-            Some(Scope { started, freshness }) => {
-                let freshness = freshness.unwrap_or(exporter.options.freshness);
-                exporter
-                    .ensure(&[resource_type], &freshness, Some(started))
-                    .await
-                    .map_err(to_datafusion)?
-                    .remove(0)
-            }
-            None => {
-                let freshness = exporter.options.freshness;
-                exporter
-                    .ensure(&[resource_type], &freshness, None)
-                    .await
-                    .map_err(to_datafusion)?
-                    .remove(0)
-            }
-        };
         let table = tokio::task::spawn_blocking({
             let exporter = Arc::clone(exporter);
             move || exporter.table(snapshot)
@@ -418,11 +444,37 @@ impl SchemaProvider for FhirSchema {
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
-        Ok(self.exporter.resource_type(name).map(|_| TableType::Base))
+        Ok(match self.exporter.resource_type(name) {
+            Some(_) => Some(TableType::Base),
+            None => self.views.get(name).map(|_| TableType::View),
+        })
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.exporter.resource_type(name).is_some()
+        self.exporter.resource_type(name).is_some() || self.views.get(name).is_some()
+    }
+}
+
+impl FhirSchema {
+    /// The snapshot a table of `resource_type` reads: when browsing, the committed one (none
+    /// without one, never an export); else one fresh enough for the statement, exporting.
+    async fn snapshot(&self, resource_type: &str) -> DfResult<Option<Snapshot>> {
+        let exporter = &self.exporter;
+        if self.browse {
+            return exporter.store.current(resource_type).map_err(to_datafusion);
+        }
+        let (freshness, started) = match SCOPE.try_with(Clone::clone).ok() {
+            Some(Scope { started, freshness }) => (
+                freshness.unwrap_or(exporter.options.freshness),
+                Some(started),
+            ),
+            None => (exporter.options.freshness, None),
+        };
+        let mut snapshots = exporter
+            .ensure(&[resource_type.to_owned()], &freshness, started)
+            .await
+            .map_err(to_datafusion)?;
+        Ok(Some(snapshots.remove(0)))
     }
 }
 
@@ -518,8 +570,7 @@ pub async fn prefetch(
             continue;
         };
         let Some(t) = fhir
-            .exporter
-            .resource_type(&r.table)
+            .table_resource_type(&r.table)
             .filter(|_| r.schema.as_ref() == fhir.schema_name())
         else {
             continue;
@@ -542,13 +593,14 @@ pub async fn prefetch(
 }
 
 /// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with
-/// `defaults` for its options) and the `fhir_refresh` table function.
+/// `defaults` for its options) and the `fhir_refresh` and `fhir_add_view` table functions.
 pub fn register_functions(ctx: &SessionContext, defaults: CatalogOptions) {
     ctx.state_ref()
         .write()
         .table_factories_mut()
         .insert("FHIR".to_owned(), Arc::new(FhirTableFactory::new(defaults)));
     ctx.register_udtf("fhir_refresh", Arc::new(RefreshFunction));
+    ctx.register_udtf("fhir_add_view", Arc::new(AddViewFunction));
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+pub(crate) use convert::open_raw;
 pub use convert::{convert_raw, mode_key};
 
 use crate::ndjson::TableMode;

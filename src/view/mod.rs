@@ -21,6 +21,7 @@
 //! # Ok::<(), fhirflight::Error>(())
 //! ```
 
+mod parallel;
 mod runner;
 
 use std::sync::Arc;
@@ -31,11 +32,14 @@ use serde_json::{Map, Value};
 use crate::fhirpath::FhirPath;
 use crate::{Error, Result};
 
+pub use parallel::run_reader;
 pub use runner::ViewRunner;
 
 /// A validated, compiled SQL on FHIR ViewDefinition.
 #[derive(Debug)]
 pub struct ViewDefinition {
+    /// The JSON the view was read from (see [`ViewDefinition::definition`]).
+    definition: Value,
     name: Option<String>,
     resource: String,
     constants: Map<String, Value>,
@@ -282,6 +286,7 @@ impl Builder {
 
     fn finish(
         self,
+        definition: Value,
         name: Option<String>,
         resource: String,
         filters: Vec<FhirPath>,
@@ -300,6 +305,7 @@ impl Builder {
         }
         let schema = Arc::new(Schema::new(self.fields));
         Ok(ViewDefinition {
+            definition,
             name,
             resource,
             constants: self.constants,
@@ -388,7 +394,7 @@ impl ViewDefinition {
             .map(|(i, w)| builder.path(&format!("where[{i}].path"), w.get("path")))
             .collect::<Result<Vec<_>>>()?;
         let root = builder.select("view", &serde_json::json!({ "select": selects }))?;
-        builder.finish(name, resource, filters, root)
+        builder.finish(value.clone(), name, resource, filters, root)
     }
 
     /// The notebook's shorthand: one column per `(name, FHIRPath)` pair, each holding the first value
@@ -420,15 +426,27 @@ impl ViewDefinition {
             selects: Vec::new(),
             union_all: Vec::new(),
         };
-        builder.finish(None, resource.to_owned(), Vec::new(), root)
+        let definition = serde_json::json!({ "resource": resource, "paths": columns });
+        builder.finish(definition, None, resource.to_owned(), Vec::new(), root)
     }
 
     /// The view with `name` (a shorthand view gets its table name this way).
-    pub fn with_name(self, name: impl Into<String>) -> Self {
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        if let Some(obj) = self.definition.as_object_mut() {
+            obj.insert("name".into(), Value::String(name.clone()));
+        }
         Self {
-            name: Some(name.into()),
+            name: Some(name),
             ..self
         }
+    }
+
+    /// The JSON the view was read from, with its name; for a shorthand view (see
+    /// [`ViewDefinition::from_paths`]) `{"resource": ..., "paths": [[name, path], ...], "name": ...}`.
+    /// Equal definitions make equal views (a cache of a view's rows is keyed on it).
+    pub fn definition(&self) -> &Value {
+        &self.definition
     }
 
     /// The view's `name`, when it has one.

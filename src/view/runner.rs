@@ -25,6 +25,9 @@ pub struct ViewRunner {
     batch_size: usize,
     builders: Vec<Box<dyn ArrayBuilder>>,
     rows: usize,
+    /// Where [`ViewRunner::push_ndjson`]'s lines come from, and the number of the next one.
+    source: String,
+    line: u64,
 }
 
 impl std::fmt::Debug for ViewRunner {
@@ -45,6 +48,18 @@ impl ViewRunner {
             batch_size,
             builders,
             rows: 0,
+            source: String::new(),
+            line: 1,
+        }
+    }
+
+    /// Names where the lines given to [`ViewRunner::push_ndjson`] come from (a file) and the number
+    /// of the first one, for its errors (default: no name, line 1).
+    pub fn with_source(self, source: impl Into<String>, first_line: u64) -> Self {
+        Self {
+            source: source.into(),
+            line: first_line,
+            ..self
         }
     }
 
@@ -95,6 +110,58 @@ impl ViewRunner {
             self.rows += 1;
         }
         Ok(())
+    }
+
+    /// Evaluates the view on the NDJSON lines at the start of `ndjson` until the runner
+    /// [is full](Self::is_full) or the bytes end, and returns the number of bytes consumed: then
+    /// [`flush`](Self::flush) and push the rest. `ndjson` holds whole lines (the last one may lack its
+    /// newline); blank lines are skipped. A line that is not JSON, or whose resource breaks the view,
+    /// is an error naming the source and line number.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use fhirflight::view::{ViewDefinition, ViewRunner};
+    /// let view = Arc::new(ViewDefinition::from_paths("Patient", &[("gender", "gender")])?);
+    /// let mut runner = ViewRunner::new(view, 8192);
+    /// let mut ndjson: &[u8] = b"{\"resourceType\":\"Patient\",\"gender\":\"male\"}\n\n{\"resourceType\":\"Patient\"}";
+    /// while !ndjson.is_empty() {
+    ///     let n = runner.push_ndjson(ndjson)?;
+    ///     ndjson = &ndjson[n..];
+    ///     if runner.is_full() {
+    ///         runner.flush()?; // hand the batch on
+    ///     }
+    /// }
+    /// assert_eq!(runner.flush()?.map(|b| b.num_rows()), Some(2));
+    /// # Ok::<(), fhirflight::Error>(())
+    /// ```
+    pub fn push_ndjson(&mut self, ndjson: &[u8]) -> Result<usize> {
+        let mut pos = 0;
+        while pos < ndjson.len() && !self.is_full() {
+            let end = memchr::memchr(b'\n', &ndjson[pos..]).map_or(ndjson.len(), |i| pos + i + 1);
+            let line = ndjson[pos..end].trim_ascii();
+            pos = end;
+            self.line += 1;
+            if line.is_empty() {
+                continue;
+            }
+            let resource: Value = serde_json::from_slice(line)
+                .map_err(|e| self.line_error(format!("not a JSON resource: {e}")))?;
+            self.push(&resource).map_err(|e| match e {
+                Error::View { msg, .. } => self.line_error(msg),
+                other => self.line_error(other.to_string()),
+            })?;
+        }
+        Ok(pos)
+    }
+
+    /// An error about the line just read.
+    fn line_error(&self, msg: String) -> Error {
+        let at = match self.source.as_str() {
+            "" => String::new(),
+            source => format!("{source} "),
+        };
+        self.view
+            .error(format!("{at}line {}: {msg}", self.line - 1))
     }
 
     /// Number of rows buffered.

@@ -2,6 +2,7 @@
 
 mod bulk;
 mod catalog;
+mod catalog_views;
 mod demo;
 mod flight;
 mod ndjson;

@@ -1,0 +1,363 @@
+//! SQL on FHIR views as tables of a [`FhirCatalog`]: registered from a folder of ViewDefinition
+//! JSON files, from the notebook's shorthand, at run time (`fhir_add_view`, [`FhirCatalog::add_view`]).
+//!
+//! A view's schema is the view's own, so planning and browsing it need no export. Its rows come
+//! from the raw NDJSON of a snapshot of its resource type, run through the
+//! [`ViewRunner`](crate::view::ViewRunner) on all cores, and are kept as Parquet beside that snapshot
+//! (`<Type>/<snapshot>/views/<name>-<hash>/part-0.parquet`, written aside then renamed): the first
+//! scan of a snapshot pays for parsing the JSON once, later scans read a few Parquet columns,
+//! with projection, filters and limit pushed down by DataFusion's Parquet reader. A new snapshot
+//! or another definition (the hash covers the definition) gets its own copy; old copies go with
+//! their snapshot.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{ScalarValue, plan_err};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{FhirCatalog, to_datafusion};
+use crate::snapshot::{Snapshot, open_raw};
+use crate::view::{ViewDefinition, run_reader};
+use crate::{Error, Result};
+
+/// The views of a catalog, shared by its clones and its browsing twin.
+#[derive(Debug, Default)]
+pub(super) struct Views {
+    list: RwLock<Vec<Arc<ViewDefinition>>>,
+    /// Held while a view's Parquet copy is written, so concurrent scans write it once.
+    build: tokio::sync::Mutex<()>,
+}
+
+impl Views {
+    /// The view named `name`, matched case-insensitively (SQL folds unquoted names).
+    pub(super) fn get(&self, name: &str) -> Option<Arc<ViewDefinition>> {
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .find(|v| v.name().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .map(Arc::clone)
+    }
+
+    /// The views, in the order they were added.
+    pub(super) fn all(&self) -> Vec<Arc<ViewDefinition>> {
+        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn insert(&self, view: Arc<ViewDefinition>) {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        let name = view.name().unwrap_or_default();
+        match list
+            .iter_mut()
+            .find(|v| v.name().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        {
+            Some(old) => *old = view,
+            None => list.push(view),
+        }
+    }
+}
+
+impl FhirCatalog {
+    /// Checks that `view` can be a table of this catalog and adds it (replacing a view of that
+    /// name): it needs a name that is an identifier and no resource type, and must read one of
+    /// the catalog's resource types.
+    pub(super) fn insert_view(&self, view: Arc<ViewDefinition>) -> Result<()> {
+        let error = |msg: String| Error::View {
+            view: view.name().unwrap_or_else(|| view.resource()).to_owned(),
+            msg,
+        };
+        let name = view
+            .name()
+            .ok_or_else(|| error("a view needs a name to be a table".into()))?;
+        let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier {
+            return Err(error(format!(
+                "name {name:?} must match [A-Za-z][A-Za-z0-9_]*"
+            )));
+        }
+        if let Some(t) = self.exporter.resource_type(name) {
+            return Err(error(format!(
+                "name {name:?} is taken by the resource type {t}"
+            )));
+        }
+        if !self.exporter.types.iter().any(|t| t == view.resource()) {
+            return Err(error(format!(
+                "resource {} is not a resource type of {}",
+                view.resource(),
+                self.exporter.source.location()
+            )));
+        }
+        self.schema.views.insert(view);
+        Ok(())
+    }
+
+    /// The resource type a statement naming `table` needs: its own, or the one its view reads.
+    pub(super) fn table_resource_type(&self, table: &str) -> Option<String> {
+        match self.exporter.resource_type(table) {
+            Some(t) => Some(t.to_owned()),
+            None => self
+                .schema
+                .views
+                .get(table)
+                .map(|v| v.resource().to_owned()),
+        }
+    }
+
+    /// Adds the views the catalog's options name (folders, then single views).
+    pub(super) fn add_configured_views(&self) -> Result<()> {
+        let options = &self.exporter.options;
+        for dir in &options.view_dirs {
+            for (path, view) in read_view_dir(dir)? {
+                self.insert_view(Arc::new(view))
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            }
+        }
+        for view in &options.views {
+            self.insert_view(Arc::clone(view))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every ViewDefinition JSON file (`*.json`) of `dir`, sorted by file name. A view without
+/// a `name` takes the file's (`patient_demographics.json` is the table `patient_demographics`).
+/// A file that cannot be read, is not JSON or not a valid view is an error naming it, as are two
+/// files defining the same name.
+pub fn load_views(dir: impl AsRef<Path>) -> Result<Vec<ViewDefinition>> {
+    Ok(read_view_dir(dir.as_ref())?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+fn read_view_dir(dir: &Path) -> Result<Vec<(PathBuf, ViewDefinition)>> {
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "json") && path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    let mut views: Vec<(PathBuf, ViewDefinition)> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let in_file = |e: &dyn std::fmt::Display| Error::Config(format!("{}: {e}", path.display()));
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| in_file(&e))?;
+        let mut view = ViewDefinition::from_json(&json).map_err(|e| in_file(&e))?;
+        if view.name().is_none() {
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            view = view.with_name(stem);
+        }
+        let name = view.name().unwrap_or_default();
+        if let Some((other, _)) = views
+            .iter()
+            .find(|(_, v)| v.name().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        {
+            let msg = format!("view {name} is also defined in {}", other.display());
+            return Err(in_file(&msg));
+        }
+        views.push((path, view));
+    }
+    Ok(views)
+}
+
+/// The table of `view` over `snapshot`: its Parquet copy, written first when `build` (else, when
+/// browsing, an empty table of the view's schema until a query writes it).
+pub(super) async fn view_table(
+    views: &Views,
+    view: Arc<ViewDefinition>,
+    snapshot: Option<Snapshot>,
+    build: bool,
+    batch_size: usize,
+) -> DfResult<Arc<dyn TableProvider>> {
+    let Some(snapshot) = snapshot else {
+        return Ok(Arc::new(EmptyTable::new(view.schema())));
+    };
+    let dir = cache_dir(&snapshot, &view);
+    if !dir.is_dir() {
+        if !build {
+            return Ok(Arc::new(EmptyTable::new(view.schema())));
+        }
+        let _building = views.build.lock().await;
+        if !dir.is_dir() {
+            let (view, dir) = (Arc::clone(&view), dir.clone());
+            tokio::task::spawn_blocking(move || write_view(&view, &snapshot, batch_size, &dir))
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+                .map_err(to_datafusion)?;
+        }
+    }
+    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(view.schema());
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Where the Parquet copy of `view` over `snapshot` lives: named after the view and a hash of its
+/// definition and of this crate's version (a changed definition or runner gets a new copy).
+fn cache_dir(snapshot: &Snapshot, view: &ViewDefinition) -> PathBuf {
+    use sha2::Digest;
+    let text = format!("{}\n{}", env!("CARGO_PKG_VERSION"), view.definition());
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let name = view.name().unwrap_or("view");
+    snapshot.dir().join("views").join(format!("{name}-{hex}"))
+}
+
+/// Runs `view` over the snapshot's raw NDJSON into `dir/part-0.parquet`, written in a folder
+/// beside `dir` and renamed to it when complete (another process finishing first wins).
+fn write_view(
+    view: &Arc<ViewDefinition>,
+    snapshot: &Snapshot,
+    batch_size: usize,
+    dir: &Path,
+) -> Result<()> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.with_file_name(format!(".{name}-{}", uuid::Uuid::new_v4().simple()));
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = (|| {
+        let path = tmp.join("part-0.parquet");
+        let parquet_error =
+            |e: &dyn std::fmt::Display| Error::Snapshot(format!("{}: {e}", path.display()));
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(64 * 1024))
+            .build();
+        let mut writer = ArrowWriter::try_new(file, view.schema(), Some(props))
+            .map_err(|e| parquet_error(&e))?;
+        for raw in snapshot.raw_paths() {
+            let source = raw.display().to_string();
+            run_reader(view, open_raw(&raw)?, &source, batch_size, |batch| {
+                writer.write(&batch).map_err(|e| parquet_error(&e))
+            })?;
+        }
+        let file = writer.into_inner().map_err(|e| parquet_error(&e))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        match fs::rename(&tmp, dir) {
+            Ok(()) => Ok(()),
+            Err(_) if dir.is_dir() => Ok(()),
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    })();
+    if tmp.exists() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// `SELECT * FROM fhir_add_view('<catalog>', '<ViewDefinition JSON>')` adds a view to a FHIR
+/// catalog (replacing one of that name) and returns one row: `view`, `resource`, `columns`
+/// (`name type` pairs). The view is checked when the statement is planned and added when it
+/// runs; it lasts as long as the catalog (add it to a views folder to keep it).
+#[derive(Debug)]
+pub struct AddViewFunction;
+
+impl TableFunctionImpl for AddViewFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let strings: Vec<&String> = args
+            .exprs()
+            .iter()
+            .map(|e| match e {
+                Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
+                    Ok(s)
+                }
+                other => plan_err!("fhir_add_view takes string literals, got {other}"),
+            })
+            .collect::<DfResult<_>>()?;
+        let [name, json] = strings[..] else {
+            return plan_err!("fhir_add_view('<catalog>', '<ViewDefinition JSON>')");
+        };
+        let Some(catalog) = args.session().catalog_list().catalog(name) else {
+            return plan_err!("fhir_add_view: no catalog {name}");
+        };
+        let Some(catalog) = catalog.downcast_ref::<FhirCatalog>() else {
+            return plan_err!("fhir_add_view: {name} is not a FHIR catalog");
+        };
+        let json: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| datafusion::error::DataFusionError::Plan(format!("fhir_add_view: {e}")))?;
+        let view = ViewDefinition::from_json(&json).map_err(to_datafusion)?;
+        Ok(Arc::new(AddViewTable {
+            catalog: catalog.clone(),
+            view: Arc::new(view),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct AddViewTable {
+    catalog: FhirCatalog,
+    view: Arc<ViewDefinition>,
+}
+
+fn add_view_schema() -> SchemaRef {
+    Arc::new(Schema::new(
+        ["view", "resource", "columns"]
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .to_vec(),
+    ))
+}
+
+#[async_trait]
+impl TableProvider for AddViewTable {
+    fn schema(&self) -> SchemaRef {
+        add_view_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.catalog
+            .insert_view(Arc::clone(&self.view))
+            .map_err(to_datafusion)?;
+        let view = &self.view;
+        let columns: Vec<String> = view
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect();
+        let column = |s: &str| Arc::new(StringArray::from(vec![s])) as ArrayRef;
+        let batch = RecordBatch::try_new(
+            add_view_schema(),
+            vec![
+                column(view.name().unwrap_or_default()),
+                column(view.resource()),
+                column(&columns.join(", ")),
+            ],
+        )?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            add_view_schema(),
+            projection.cloned(),
+        )?)
+    }
+}
