@@ -21,6 +21,7 @@ use fhirflight::demo::{DemoConfig, DemoServer};
 use fhirflight::flight::{FlightSqlServer, Users};
 use fhirflight::ndjson::TableMode;
 use fhirflight::smart::{SigningKey, SmartConfig};
+use fhirflight::view::ViewDefinition;
 use fhirflight::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
@@ -149,6 +150,9 @@ struct CatalogArgs {
     /// Nested tables (Struct/List columns) instead of the flattened ones.
     #[arg(long)]
     nested: bool,
+    /// A folder of SQL on FHIR ViewDefinition JSON files: each becomes a table named after it.
+    #[arg(long, env = "FHIRFLIGHT_VIEWS")]
+    views: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +226,17 @@ struct DemoServerArgs {
 struct Config {
     #[serde(default)]
     server: ServerConfig,
+    #[serde(default)]
+    views: std::collections::BTreeMap<String, ViewConfig>,
+}
+
+/// `[views.<name>]` in the config file: the notebook's shorthand, a table of `[column, FHIRPath]`
+/// pairs over one resource type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ViewConfig {
+    resource: String,
+    columns: Vec<(String, String)>,
 }
 
 /// `[server]` in the config file: what `ServerArgs` takes by flag or environment.
@@ -268,11 +283,11 @@ struct Session {
 }
 
 impl CatalogArgs {
-    async fn session(self, config: ServerConfig) -> Result<Session> {
+    async fn session(self, config: Config) -> Result<Session> {
         let (source, demo): (Arc<dyn FhirSource>, _) = match self.folder {
             Some(folder) => (Arc::new(LocalFolder::try_new(folder)?), None),
             None => {
-                let connection = self.server.connect(config).await?;
+                let connection = self.server.connect(config.server).await?;
                 (
                     Arc::new(BulkSource::new(connection.client)),
                     connection.demo,
@@ -285,6 +300,19 @@ impl CatalogArgs {
         }
         if self.nested {
             options = options.with_mode(TableMode::Nested);
+        }
+        if let Some(dir) = self.views {
+            options = options.with_views(dir);
+        }
+        for (name, view) in config.views {
+            let columns: Vec<(&str, &str)> = view
+                .columns
+                .iter()
+                .map(|(column, path)| (column.as_str(), path.as_str()))
+                .collect();
+            let definition = ViewDefinition::from_paths(&view.resource, &columns)
+                .map_err(|e| Error::Config(format!("[views.{name}]: {e}")))?;
+            options = options.with_view(definition.with_name(name));
         }
         let fhir = FhirCatalog::try_new(source, options.clone()).await?;
         let schema = fhir.schema_name().to_owned();
@@ -305,7 +333,7 @@ async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     } else {
         args.catalog.freshness
     };
-    let session = args.catalog.session(config.server).await?;
+    let session = args.catalog.session(config).await?;
     let df = catalog::sql_with_freshness(&session.ctx, &args.query, freshness).await?;
     let batches = df.collect().await?;
     let mut out: Box<dyn std::io::Write> = match &args.output {
@@ -367,7 +395,7 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     } else {
         "grpc"
     };
-    let session = args.catalog.session(config.server).await?;
+    let session = args.catalog.session(config).await?;
     let mut server = FlightSqlServer::new(session.ctx.clone())
         .with_users(users)
         .with_anonymous(args.anonymous);
