@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The notebook's FHIRPath step over Patient resources: fhirflight beside fhirpathpy, same file, same run.
 # Four paths per resource (identifier[0].value, gender, birthDate, maritalStatus.coding[0].code), first
-# value of each. Data: the shared Synthea sample multiplied M times (default 1000 -> 100,000 Patients).
+# value of each, from evaluation alone to the whole path (NDJSON file -> Arrow batches through the view
+# runner; the view as a catalog table). Prints res/s and the ratio to fhirpathpy for each.
+# Data: the shared Synthea sample multiplied M times (default 1000 -> 100,000 Patients).
 #
 # usage: benches/fhirpath_patient.sh [M] [reps]
 # needs: ../shared (sample data, bench scripts), python3 (a venv with fhirpathpy is made in .venv-bench)
@@ -22,11 +24,17 @@ if [ ! -x .venv-bench/bin/python ]; then
 fi
 cargo build --release --example fhirpath_patient_bench
 py=$(.venv-bench/bin/python "$shared/bench/b_fhirpath_patient.py" "$data" --types Patient --reps "$reps" | tee /dev/stderr | awk '$1 == "fhirpathpy_patient"')
-rs=$("${CARGO_TARGET_DIR:-target}/release/examples/fhirpath_patient_bench" "$data/Patient.ndjson" --reps "$reps" | tee /dev/stderr)
+rs=$("${CARGO_TARGET_DIR:-target}/release/examples/fhirpath_patient_bench" "$data" --reps "$reps" | tee /dev/stderr)
 py_eval=$(sed -n 's/.*eval_res_per_s=\([0-9]*\).*/\1/p' <<< "$py")
 py_total=$(awk '{print $7}' <<< "$py")
+# fhirpathpy's end-to-end figure (file read, json.loads, four evaluations per resource) is the
+# baseline of every whole-path line; its evaluation-only figure that of `eval`.
 awk -v pe="$py_eval" -v pt="$py_total" '
-    $1 == "fhirflight_eval" { printf "eval only:        fhirflight %9.0f res/s   fhirpathpy %7.0f res/s   %6.1fx\n", $5, pe, $5 / pe }
-    $1 == "fhirflight_parse+eval" { printf "parse+eval:       fhirflight %9.0f res/s   fhirpathpy %7.0f res/s   %6.1fx\n", $5, pt, $5 / pt }
-    $1 == "fhirflight_parse+view->arrow" { printf "parse+view+Arrow: fhirflight %9.0f res/s   fhirpathpy %7.0f res/s   %6.1fx\n", $5, pt, $5 / pt }
+    function line(label, rs, py) { printf "%-38s fhirflight %9.0f res/s   fhirpathpy %7.0f res/s   %6.1fx\n", label, rs, py, rs / py }
+    $1 == "fhirflight_eval"                         { line("eval only (parsed resources):", $5, pe) }
+    $1 == "fhirflight_parse+eval"                   { line("parse+eval:", $5, pt) }
+    $1 == "fhirflight_ndjson->arrow"                { line("NDJSON -> Arrow via view, 1 core:", $5, pt) }
+    $1 == "fhirflight_ndjson->arrow_all_cores"      { line("NDJSON -> Arrow via view, all cores:", $5, pt) }
+    $1 == "fhirflight_catalog_first_scan"           { line("view table, first scan (gzip):", $5, pt) }
+    $1 == "fhirflight_catalog_cached_scan"          { line("view table, cached scan:", $5, pt) }
 ' <<< "$rs"

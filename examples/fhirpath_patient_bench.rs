@@ -1,19 +1,37 @@
-//! The notebook's FHIRPath step, timed: four compiled paths per Patient, first value of each (as
-//! `b_fhirpath_patient.py` times `fhirpathpy`), and the same four paths as a view into Arrow.
+//! The notebook's FHIRPath step, timed: four paths per Patient, first value of each (as
+//! `b_fhirpath_patient.py` times `fhirpathpy`), from evaluation alone to the whole path a user
+//! gets: NDJSON bytes -> Arrow record batches through the view runner, and the view as a table.
 //!
 //! ```text
-//! cargo run --release --example fhirpath_patient_bench -- <Patient.ndjson> [--reps N]
+//! cargo run --release --example fhirpath_patient_bench -- <folder with Patient.ndjson> [--reps N]
 //! ```
 //!
-//! Prints one line per measurement: `name resources seconds_median res/s`. `eval` is comparable to
-//! the Python script's `eval_res_per_s` (evaluation only, resources already parsed); `parse+eval`
-//! and `parse+view` include `serde_json` parsing of each line, like its end-to-end figure.
+//! Prints one line per measurement: `fhirflight_<name> Patient <resources> <seconds> <res/s>`
+//! (median of the reps), the same counts of non-null marital statuses on every line:
+//!
+//! - `eval`: the four compiled paths over resources already parsed (the Python script's
+//!   `eval_res_per_s`);
+//! - `parse+eval`: `serde_json` parsing of each line too, one core;
+//! - `ndjson->arrow`: the file read and run through the view runner
+//!   ([`ViewRunner::push_ndjson`]) into Arrow batches, one core (the Python end-to-end figure
+//!   reads, parses and evaluates in one process);
+//! - `ndjson->arrow_all_cores`: the same with [`run_reader`], as the catalog builds a view table;
+//! - `catalog_first_scan` / `catalog_cached_scan`: `SELECT count(marital_status)` on the view as a
+//!   table of a catalog over the folder: the first scan runs the view over the snapshot's gzip
+//!   NDJSON and writes its Parquet copy, later scans read that copy (the snapshot is made first,
+//!   untimed).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use datafusion::prelude::SessionContext;
+use fhirflight::catalog::{self, CatalogOptions, FhirCatalog, Freshness, LocalFolder};
 use fhirflight::fhirpath::{EvalContext, FhirPath, Item};
-use fhirflight::view::{ViewDefinition, ViewRunner};
+use fhirflight::view::{ViewDefinition, ViewRunner, run_reader};
+use fhirflight::{Error, Result};
 use serde_json::Value;
 
 const PATHS: [(&str, &str); 4] = [
@@ -23,24 +41,27 @@ const PATHS: [(&str, &str); 4] = [
     ("marital_status", "maritalStatus.coding[0].code"),
 ];
 
-fn main() -> fhirflight::Result<()> {
+#[tokio::main]
+async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let file = args
-        .first()
-        .expect("usage: fhirpath_patient_bench <Patient.ndjson> [--reps N]");
+    let dir = PathBuf::from(
+        args.first()
+            .expect("usage: fhirpath_patient_bench <folder with Patient.ndjson> [--reps N]"),
+    );
     let reps: usize = args
         .iter()
         .position(|a| a == "--reps")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(3);
-    let text = std::fs::read_to_string(file).map_err(|e| fhirflight::Error::io(file, e))?;
+    let file = dir.join("Patient.ndjson");
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let parse = |line: &str| serde_json::from_str::<Value>(line).expect("valid JSON line");
 
     let paths: Vec<FhirPath> = PATHS
         .iter()
         .map(|(_, p)| FhirPath::compile(p))
-        .collect::<fhirflight::Result<_>>()?;
+        .collect::<Result<_>>()?;
     let resources: Vec<Value> = lines.iter().map(|l| parse(l)).collect();
     let n = resources.len();
     println!("# fhirflight FHIRPath, {n} Patient resources, {reps} reps (median)");
@@ -51,8 +72,7 @@ fn main() -> fhirflight::Result<()> {
             row(&paths, r, &mut out)?;
             rows.push(out);
         }
-        let married = rows.iter().filter(|r| r[3].is_some()).count();
-        Ok(married)
+        Ok(rows.iter().filter(|r| r[3].is_some()).count())
     })?;
     report("parse+eval", n, reps, || {
         let mut married = 0;
@@ -64,33 +84,83 @@ fn main() -> fhirflight::Result<()> {
         }
         Ok(married)
     })?;
+    drop((resources, text));
+
     let view = Arc::new(ViewDefinition::from_paths("Patient", &PATHS)?);
-    report("parse+view->arrow", n, reps, || {
+    report("ndjson->arrow", n, reps, || {
+        let ndjson = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
         let mut runner = ViewRunner::new(Arc::clone(&view), 8192);
-        let mut married = 0;
-        for line in &lines {
-            runner.push(&parse(line))?;
+        let (mut bytes, mut married) = (&ndjson[..], 0);
+        while !bytes.is_empty() {
+            let n = runner.push_ndjson(bytes)?;
+            bytes = &bytes[n..];
             if runner.is_full() {
-                married += runner
-                    .flush()?
-                    .map_or(0, |b| b.num_rows() - b.column(3).null_count());
+                married += runner.flush()?.map_or(0, |b| non_null(&b));
             }
         }
-        Ok(married
-            + runner
-                .flush()?
-                .map_or(0, |b| b.num_rows() - b.column(3).null_count()))
+        Ok(married + runner.flush()?.map_or(0, |b| non_null(&b)))
     })?;
+    report("ndjson->arrow_all_cores", n, reps, || {
+        let reader = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
+        let mut married = 0;
+        run_reader(&view, reader, "Patient.ndjson", 8192, |batch| {
+            married += non_null(&batch);
+            Ok(())
+        })?;
+        Ok(married)
+    })?;
+    catalog_scans(&dir, n, reps).await
+}
+
+/// The view as a table: its first scan (writes the Parquet copy), then cached scans.
+async fn catalog_scans(dir: &Path, n: usize, reps: usize) -> Result<()> {
+    let cache = std::env::temp_dir().join(format!("fhirflight-bench-{}", std::process::id()));
+    let options = CatalogOptions::default()
+        .with_cache_dir(&cache)
+        .with_freshness(Freshness::Never)
+        .with_resource_types(vec!["Patient".into()])
+        .with_view(ViewDefinition::from_paths("Patient", &PATHS)?.with_name("patients"));
+    let fhir = FhirCatalog::try_new(Arc::new(LocalFolder::try_new(dir)?), options).await?;
+    let started = Instant::now();
+    let snapshot = fhir.prefetch(&["Patient".into()], None).await?.remove(0);
+    println!(
+        "# snapshot of {n} Patients (gzip NDJSON + flattened Parquet) in {:.2} s, untimed below",
+        started.elapsed().as_secs_f64()
+    );
+    let ctx = SessionContext::new();
+    ctx.register_catalog("fhir", Arc::new(fhir.clone()));
+    let sql = "SELECT count(marital_status) FROM fhir.fhir.patients";
+    let scan = |fresh: bool| {
+        let (ctx, copies) = (ctx.clone(), snapshot.dir().join("views"));
+        async move {
+            if fresh {
+                let _ = std::fs::remove_dir_all(copies);
+            }
+            let batches = catalog::sql(&ctx, sql).await?.collect().await?;
+            let count = batches[0].column(0).as_primitive::<Int64Type>().value(0);
+            Ok::<_, Error>(count as usize)
+        }
+    };
+    for (name, fresh) in [("catalog_first_scan", true), ("catalog_cached_scan", false)] {
+        let (mut times, mut married) = (Vec::new(), 0);
+        for _ in 0..reps.max(1) {
+            let start = Instant::now();
+            married = scan(fresh).await?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        print_median(name, n, times, married);
+    }
+    let _ = std::fs::remove_dir_all(&cache);
     Ok(())
+}
+
+fn non_null(batch: &RecordBatch) -> usize {
+    batch.num_rows() - batch.column(3).null_count()
 }
 
 /// One row: the first value of each path, borrowed from the resource (as the Python script keeps
 /// `v[0]`).
-fn row<'a>(
-    paths: &[FhirPath],
-    resource: &'a Value,
-    out: &mut Vec<Option<Item<'a>>>,
-) -> fhirflight::Result<()> {
+fn row<'a>(paths: &[FhirPath], resource: &'a Value, out: &mut Vec<Option<Item<'a>>>) -> Result<()> {
     for path in paths {
         out.push(
             path.evaluate(resource, &EvalContext::new())?
@@ -107,8 +177,8 @@ fn report(
     name: &str,
     n: usize,
     reps: usize,
-    mut work: impl FnMut() -> fhirflight::Result<usize>,
-) -> fhirflight::Result<()> {
+    mut work: impl FnMut() -> Result<usize>,
+) -> Result<()> {
     let mut times = Vec::with_capacity(reps);
     let mut married = 0;
     for _ in 0..reps.max(1) {
@@ -116,11 +186,15 @@ fn report(
         married = work()?;
         times.push(start.elapsed().as_secs_f64());
     }
+    print_median(name, n, times, married);
+    Ok(())
+}
+
+fn print_median(name: &str, n: usize, mut times: Vec<f64>, married: usize) {
     times.sort_by(f64::total_cmp);
     let t = times[times.len() / 2];
     println!(
         "fhirflight_{name} Patient {n} {t:.4} {:.0} marital_nonnull={married}",
         n as f64 / t
     );
-    Ok(())
 }
