@@ -533,6 +533,23 @@ mod tests {
     }
 
     #[test]
+    fn definitions_name_their_views() {
+        let json =
+            json!({"resource": "Patient", "select": [{"column": [{"name": "a", "path": "id"}]}]});
+        let view = ViewDefinition::from_json(&json).unwrap();
+        assert_eq!(view.definition(), &json);
+        let named = view.with_name("pt");
+        assert_eq!(named.definition()["name"], "pt");
+        let shorthand = ViewDefinition::from_paths("Patient", &[("a", "id")])
+            .unwrap()
+            .with_name("pt");
+        assert_eq!(
+            shorthand.definition(),
+            &json!({"resource": "Patient", "paths": [["a", "id"]], "name": "pt"})
+        );
+    }
+
+    #[test]
     fn shorthand_infers_obvious_types() {
         let view = ViewDefinition::from_paths(
             "Patient",
