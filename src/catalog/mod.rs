@@ -3,7 +3,8 @@
 //!
 //! Every resource type of a source is a table. Resolving a table finds a fresh snapshot (see
 //! [`crate::snapshot`]) or runs the export; browsing (`SHOW TABLES`, `information_schema`, table
-//! names) never does.
+//! names) never does. SQL on FHIR views are tables too ([`FhirCatalog::add_view`],
+//! [`CatalogOptions::with_views`], `fhir_add_view`), read from the snapshot of their resource type.
 //!
 //! # One export per statement
 //!
@@ -595,10 +596,10 @@ pub async fn prefetch(
 /// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with
 /// `defaults` for its options) and the `fhir_refresh` and `fhir_add_view` table functions.
 pub fn register_functions(ctx: &SessionContext, defaults: CatalogOptions) {
-    ctx.state_ref()
-        .write()
-        .table_factories_mut()
-        .insert("FHIR".to_owned(), Arc::new(FhirTableFactory::new(defaults)));
+    ctx.state_ref().write().table_factories_mut().insert(
+        "FHIR".to_owned(),
+        Arc::new(FhirTableFactory::new(defaults.without_views())),
+    );
     ctx.register_udtf("fhir_refresh", Arc::new(RefreshFunction));
     ctx.register_udtf("fhir_add_view", Arc::new(AddViewFunction));
 }

@@ -32,7 +32,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{FhirCatalog, to_datafusion};
+use super::{CatalogOptions, FhirCatalog, to_datafusion};
 use crate::snapshot::{Snapshot, open_raw};
 use crate::view::{ViewDefinition, run_reader};
 use crate::{Error, Result};
@@ -84,9 +84,7 @@ impl FhirCatalog {
         let name = view
             .name()
             .ok_or_else(|| error("a view needs a name to be a table".into()))?;
-        let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !identifier {
+        if !crate::view::is_name(name) {
             return Err(error(format!(
                 "name {name:?} must match [A-Za-z][A-Za-z0-9_]*"
             )));
@@ -132,6 +130,17 @@ impl FhirCatalog {
             self.insert_view(Arc::clone(view))?;
         }
         Ok(())
+    }
+}
+
+impl CatalogOptions {
+    /// The options without views: `STORED AS FHIR` tables are single resource types.
+    pub(super) fn without_views(self) -> Self {
+        Self {
+            views: Vec::new(),
+            view_dirs: Vec::new(),
+            ..self
+        }
     }
 }
 

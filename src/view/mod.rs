@@ -237,9 +237,7 @@ impl Builder {
             .get("name")
             .and_then(Value::as_str)
             .ok_or_else(|| self.error(at, "a column needs a name"))?;
-        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !is_name(name) {
             return Err(self.error(
                 at,
                 format!("column name {name:?} must match [A-Za-z][A-Za-z0-9_]*"),
@@ -325,6 +323,12 @@ fn renumber(select: &mut Select, from: usize, to: usize) {
     for sel in select.selects.iter_mut().chain(&mut select.union_all) {
         renumber(sel, from, to);
     }
+}
+
+/// Whether `name` is a valid view or column name: `[A-Za-z][A-Za-z0-9_]*`.
+pub(crate) fn is_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn array(value: Option<&Value>) -> impl Iterator<Item = &Value> {
