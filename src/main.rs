@@ -87,6 +87,10 @@ struct ServerArgs {
     /// Do not verify TLS certificates. Dangerous: logs a warning on every run.
     #[arg(long)]
     insecure_skip_tls_verify: bool,
+    /// HTTP proxy for every request, e.g. `http://user:pw@proxy:3128` (default: HTTPS_PROXY,
+    /// HTTP_PROXY, ALL_PROXY; hosts in NO_PROXY are always reached directly).
+    #[arg(long)]
+    proxy: Option<Url>,
     /// Files downloaded at once.
     #[arg(long)]
     parallel_downloads: Option<usize>,
@@ -235,6 +239,7 @@ struct ServerConfig {
     scope: Option<String>,
     token_endpoint: Option<Url>,
     ca_bundle: Option<PathBuf>,
+    proxy: Option<Url>,
     parallel_downloads: Option<usize>,
 }
 
@@ -411,6 +416,9 @@ impl ServerArgs {
         }
         if let Some(ca) = self.ca_bundle.or(config.ca_bundle) {
             options = options.with_ca_bundle(ca);
+        }
+        if let Some(proxy) = self.proxy.or(config.proxy) {
+            options = options.with_proxy(proxy);
         }
         if self.demo {
             let demo =

@@ -21,6 +21,7 @@ use super::auth::{DEMO_CLIENT_ID, DemoCredentials, Grant, RegisteredClient, Toke
 use super::export::{self, Deletion, ExportRequest, FileKind, JobFile, Snapshot};
 use super::generate::{self, Resource};
 use super::time::now_ms;
+use super::tls::{TlsIdentity, TlsListener};
 use crate::{Error, Result};
 
 /// How a demo server is set up. Consuming `with_*` setters.
@@ -37,11 +38,13 @@ pub struct DemoConfig {
     patients: usize,
     seed: u64,
     page_size: usize,
+    manifest_page_size: usize,
     token_lifetime: Duration,
     require_auth: bool,
     status_polls: u32,
     retry_after: Duration,
     clients: Vec<(String, Value)>,
+    tls: Option<TlsIdentity>,
 }
 
 impl Default for DemoConfig {
@@ -52,11 +55,13 @@ impl Default for DemoConfig {
             patients: 100,
             seed: 42,
             page_size: 5000,
+            manifest_page_size: usize::MAX,
             token_lifetime: Duration::from_secs(300),
             require_auth: true,
             status_polls: 1,
             retry_after: Duration::ZERO,
             clients: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -76,6 +81,15 @@ impl DemoConfig {
     pub fn with_page_size(self, page_size: usize) -> Self {
         Self {
             page_size: page_size.max(1),
+            ..self
+        }
+    }
+
+    /// Files listed per manifest page (default: all on one page). With fewer, the complete
+    /// manifest is split into pages linked by `link` rel=`next`, as servers with huge exports do.
+    pub fn with_manifest_page_size(self, files: usize) -> Self {
+        Self {
+            manifest_page_size: files.max(1),
             ..self
         }
     }
@@ -117,6 +131,19 @@ impl DemoConfig {
     pub fn with_client(mut self, client_id: impl Into<String>, jwks: Value) -> Self {
         self.clients.push((client_id.into(), jwks));
         self
+    }
+
+    /// Serves HTTPS with this certificate chain and private key (both PEM) instead of plain
+    /// HTTP. With a certificate from a private certificate authority, this is the server a
+    /// hospital network puts in front of its FHIR API (see `tests/fixtures/tls/`).
+    pub fn with_tls(self, cert_chain_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        Self {
+            tls: Some(TlsIdentity {
+                cert_chain_pem: cert_chain_pem.into(),
+                key_pem: key_pem.into(),
+            }),
+            ..self
+        }
     }
 
     /// Number of generated patients.
@@ -184,6 +211,8 @@ pub struct DemoStats {
     pub kickoffs: Vec<KickoffRecord>,
     /// Status polls (any answer).
     pub status_polls: usize,
+    /// Requests for manifest pages after the first (any answer).
+    pub manifest_pages: usize,
     /// Output file downloads started (any answer).
     pub downloads: usize,
     /// DELETE requests on status URLs.
@@ -308,8 +337,8 @@ impl Store {
 /// A kicked-off export.
 #[derive(Debug)]
 struct Job {
-    /// Set when the job's files are ready.
-    output: OnceLock<(Vec<Arc<JobFile>>, Value)>,
+    /// Set when the job's files are ready: the files and the manifest's pages.
+    output: OnceLock<(Vec<Arc<JobFile>>, Vec<Value>)>,
     polls: AtomicU32,
 }
 
@@ -355,8 +384,10 @@ impl DemoServer {
         let local = listener
             .local_addr()
             .map_err(|e| Error::Config(format!("demo server address: {e}")))?;
-        let origin =
-            Url::parse(&format!("http://{local}/")).map_err(|e| Error::Config(e.to_string()))?;
+        let acceptor = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let origin = Url::parse(&format!("{scheme}://{local}/"))
+            .map_err(|e| Error::Config(e.to_string()))?;
         let token_endpoint = origin.join("auth/token").expect("static path");
         let credentials = DemoCredentials::new(token_endpoint.clone());
         let mut clients = vec![RegisteredClient::new(
@@ -390,14 +421,17 @@ impl DemoServer {
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(Arc::clone(&state));
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!("demo server stopped: {e}");
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let task = match acceptor {
+            None => spawn_serve(listener, app, stopped),
+            Some(acceptor) => {
+                let listener = TlsListener::new(listener, acceptor)
+                    .map_err(|e| Error::Config(format!("demo server address: {e}")))?;
+                spawn_serve(listener, app, stopped)
             }
-        });
+        };
         tracing::info!(base = %state.origin.join("fhir").expect("static"), "demo Bulk Data server listening");
         Ok(Self {
             state,
@@ -494,6 +528,24 @@ impl Drop for DemoServer {
     }
 }
 
+/// Serves `app` on `listener` until `stopped` resolves.
+fn spawn_serve<L>(
+    listener: L,
+    app: Router,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+        if let Err(e) = serve.await {
+            tracing::warn!("demo server stopped: {e}");
+        }
+    })
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/fhir/metadata", get(metadata))
@@ -512,6 +564,7 @@ fn router(state: Shared) -> Router {
             get(group_export).post(group_export),
         )
         .route("/jobs/{id}", get(status).delete(cancel))
+        .route("/jobs/{id}/manifest/{page}", get(manifest_page))
         .route("/files/{job}/{file}", get(download))
         .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
             let message = format!("{method} is not supported on {}", uri.path());
@@ -819,10 +872,16 @@ fn accept_kickoff(
     request_url.set_query(query.filter(|_| !post));
     let faults = state.faults.lock().expect("faults").clone();
     let (page_size, requires_token) = (state.config.page_size, state.config.require_auth);
+    let manifest_page_size = state.config.manifest_page_size;
     let file_base = state
         .origin
         .join(&format!("files/{id}/"))
         .expect("valid path");
+    let location = state
+        .origin
+        .join(&format!("jobs/{id}"))
+        .expect("valid path");
+    let status_url = location.clone();
     tokio::task::spawn_blocking(move || {
         let files = export::run(
             &request,
@@ -831,11 +890,12 @@ fn accept_kickoff(
             page_size,
             &faults,
         );
-        let manifest = export::manifest(
+        let pages = export::manifest_pages(
             request_url.as_str(),
             transaction_time,
             requires_token,
             &files,
+            manifest_page_size,
             |i| {
                 let kind = match files[i].kind {
                     FileKind::Output => "",
@@ -844,15 +904,12 @@ fn accept_kickoff(
                 };
                 format!("{file_base}{kind}{i}.ndjson")
             },
+            |page| format!("{status_url}/manifest/{page}"),
         );
         let _ = job
             .output
-            .set((files.into_iter().map(Arc::new).collect(), manifest));
+            .set((files.into_iter().map(Arc::new).collect(), pages));
     });
-    let location = state
-        .origin
-        .join(&format!("jobs/{id}"))
-        .expect("valid path");
     let body = json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "information", "code": "informational",
         "diagnostics": format!("export job {id} accepted") }] });
     Ok((
@@ -930,11 +987,8 @@ async fn status(
         let job = state.job(&id)?;
         let polls = job.polls.fetch_add(1, Ordering::SeqCst);
         match job.output.get() {
-            Some((_, manifest)) if polls >= state.config.status_polls => {
-                let expires = httpdate::fmt_http_date(
-                    std::time::SystemTime::now() + Duration::from_secs(3600),
-                );
-                Ok(([(header::EXPIRES, expires)], axum::Json(manifest.clone())).into_response())
+            Some((_, pages)) if polls >= state.config.status_polls => {
+                Ok(manifest_response(&pages[0]))
             }
             output => {
                 let total = state.config.status_polls.max(1);
@@ -957,6 +1011,33 @@ async fn status(
             }
         }
     })();
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A complete manifest (or one of its pages), valid for an hour.
+fn manifest_response(page: &Value) -> Response {
+    let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+    ([(header::EXPIRES, expires)], axum::Json(page)).into_response()
+}
+
+/// Page `n` (from 1; page 0 is the status response) of a finished job's paged manifest.
+async fn manifest_page(
+    State(state): State<Shared>,
+    Path((id, page)): Path<(String, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    state.stats().manifest_pages += 1;
+    let result = state.authorize(&headers).and_then(|_| {
+        let job = state.job(&id)?;
+        job.output
+            .get()
+            .and_then(|(_, pages)| pages.get(page))
+            .filter(|_| page > 0)
+            .map(manifest_response)
+            .ok_or_else(|| {
+                Outcome::not_found(format!("export job `{id}` has no manifest page {page}"))
+            })
+    });
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -1068,3 +1068,76 @@ async fn generator_is_deterministic() {
         c.resources("Patient")[0].json()
     );
 }
+
+#[tokio::test]
+async fn paged_manifests_link_every_file() {
+    let server = start(
+        DemoConfig::default()
+            .with_page_size(5)
+            .with_manifest_page_size(3),
+    )
+    .await;
+    let token = token(&server).await;
+    server.set_faults(Faults {
+        error_file: true,
+        ..Faults::default()
+    });
+    let first = manifest_of(&server, &token, "$export?_type=Patient,Condition").await;
+    let mut pages = vec![first];
+    while let Some(next) = pages.last().unwrap()["link"][0]["url"].as_str() {
+        assert_eq!(pages.last().unwrap()["link"][0]["relation"], "next");
+        let page: Value = Client::new()
+            .get(next)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages.push(page);
+    }
+    let files = |page: &Value| {
+        ["output", "deleted", "error"]
+            .iter()
+            .map(|s| page[s].as_array().unwrap().len())
+            .sum::<usize>()
+    };
+    let expected_outputs = ndjson("Patient").lines().count().div_ceil(5)
+        + ndjson("Condition").lines().count().div_ceil(5);
+    let total = expected_outputs + 1;
+    assert_eq!(pages.len(), total.div_ceil(3));
+    assert!(
+        pages
+            .iter()
+            .all(|p| files(p) <= 3 && p["transactionTime"] == pages[0]["transactionTime"])
+    );
+    assert_eq!(pages.iter().map(files).sum::<usize>(), total);
+    assert_eq!(pages.last().unwrap()["error"].as_array().unwrap().len(), 1);
+    let mut merged = pages[0].clone();
+    merged["output"] = pages
+        .iter()
+        .flat_map(|p| p["output"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(
+        outputs(&token, &merged, "output").await,
+        [
+            ("Patient".to_owned(), ndjson("Patient")),
+            ("Condition".to_owned(), ndjson("Condition"))
+        ]
+    );
+    assert_eq!(server.stats().manifest_pages, pages.len() - 1);
+
+    // Pages need the token, and only pages that exist are served.
+    let second = pages[0]["link"][0]["url"].as_str().unwrap();
+    assert_eq!(reqwest::get(second).await.unwrap().status(), 401);
+    let past_the_end = second.replace("manifest/1", &format!("manifest/{}", pages.len()));
+    let missing = Client::new()
+        .get(past_the_end)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(outcome_text(missing).await.contains("no manifest page"));
+}
