@@ -176,6 +176,9 @@ pub struct Faults {
     pub malformed_line: bool,
     /// Ignore `Range` headers (always 200 with the whole file) and advertise no `Accept-Ranges`.
     pub no_range: bool,
+    /// File downloads that revoke the bearer token they carry and answer 401, as if it had
+    /// expired mid-export.
+    pub download_token_revoked: u32,
 }
 
 /// Export level of a kick-off.
@@ -215,6 +218,8 @@ pub struct DemoStats {
     pub manifest_pages: usize,
     /// Output file downloads started (any answer).
     pub downloads: usize,
+    /// Downloads served gzip-compressed (the client sent `Accept-Encoding: gzip`).
+    pub gzip_downloads: usize,
     /// DELETE requests on status URLs.
     pub deletes: usize,
     /// Token requests (any answer).
@@ -586,21 +591,30 @@ impl ServerState {
         if !self.config.require_auth {
             return Ok(None);
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
-        let result = match token {
+        let result = match bearer(headers) {
             None => Err("this server requires a bearer token (SMART Backend Services)"),
-            Some(token) => self.tokens.lock().expect("tokens").check(token.trim()),
+            Some(token) => self.tokens.lock().expect("tokens").check(token),
         };
         result.map(Some).map_err(|why| {
             self.stats().unauthorized += 1;
             Outcome::new(StatusCode::UNAUTHORIZED, "login", why)
         })
+    }
+
+    /// A 429 or a transient 503 while the fault counters `which` picks (429s, transients) last.
+    fn refuse_if(
+        &self,
+        which: impl FnOnce(&mut Faults) -> (&mut u32, &mut u32),
+    ) -> Result<(), Outcome> {
+        let mut faults = self.faults.lock().expect("faults");
+        let (throttled, transient) = which(&mut faults);
+        if take(throttled) {
+            return Err(Outcome::throttled());
+        }
+        if take(transient) {
+            return Err(Outcome::transient());
+        }
+        Ok(())
     }
 
     fn job(&self, id: &str) -> Result<Arc<Job>, Outcome> {
@@ -611,6 +625,22 @@ impl ServerState {
             ))
         })
     }
+}
+
+/// Counts a fault counter down; whether it was still running.
+fn take(counter: &mut u32) -> bool {
+    let running = *counter > 0;
+    *counter -= u32::from(running);
+    running
+}
+
+/// The bearer token of a request's `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim())
 }
 
 async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
@@ -791,17 +821,7 @@ fn accept_kickoff(
     params: Result<export::Params, Outcome>,
 ) -> Result<Response, Outcome> {
     let grant = state.authorize(headers)?;
-    {
-        let mut faults = state.faults.lock().expect("faults");
-        if faults.kickoff_429 > 0 {
-            faults.kickoff_429 -= 1;
-            return Err(Outcome::throttled());
-        }
-        if faults.kickoff_transient > 0 {
-            faults.kickoff_transient -= 1;
-            return Err(Outcome::transient());
-        }
-    }
+    state.refuse_if(|f| (&mut f.kickoff_429, &mut f.kickoff_transient))?;
     let header_text = |name: header::HeaderName| {
         headers
             .get(name)
@@ -971,19 +991,9 @@ async fn status(
     headers: HeaderMap,
 ) -> Response {
     state.stats().status_polls += 1;
-    let result = (|| {
+    let result = (|| -> Result<Response, Outcome> {
         state.authorize(&headers)?;
-        {
-            let mut faults = state.faults.lock().expect("faults");
-            if faults.status_429 > 0 {
-                faults.status_429 -= 1;
-                return Err(Outcome::throttled());
-            }
-            if faults.status_transient > 0 {
-                faults.status_transient -= 1;
-                return Err(Outcome::transient());
-            }
-        }
+        state.refuse_if(|f| (&mut f.status_429, &mut f.status_transient))?;
         let job = state.job(&id)?;
         let polls = job.polls.fetch_add(1, Ordering::SeqCst);
         match job.output.get() {
@@ -1072,6 +1082,10 @@ async fn download(
 ) -> Response {
     state.stats().downloads += 1;
     let result = (|| {
+        let revoke = take(&mut state.faults.lock().expect("faults").download_token_revoked);
+        if revoke && let Some(token) = bearer(&headers) {
+            state.tokens.lock().expect("tokens").revoke(token);
+        }
         state.authorize(&headers)?;
         let missing = || Outcome::not_found(format!("no file `{file}` in export job `{job}`"));
         let index: usize = file
@@ -1128,6 +1142,7 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
             .any(|e| e.trim() == "gzip" || e.trim().starts_with("gzip;") && !e.contains("q=0"));
     let mut chunks: Box<dyn Iterator<Item = Bytes> + Send> = Box::new(file.chunks(start, end));
     if gzip {
+        state.stats().gzip_downloads += 1;
         chunks = Box::new(gzip_chunks(chunks));
     }
     // The break needs bytes left to break off; a body that fits whole is served whole.

@@ -342,6 +342,41 @@ mod tests {
         assert_eq!(outcome_text(&json!({"resourceType": "Patient"})), None);
     }
 
+    /// An HTTP response with `status` and `body`, as reqwest hands it over.
+    fn response(status: u16, body: &str) -> Response {
+        axum::http::Response::builder()
+            .status(status)
+            .body(body.to_owned())
+            .unwrap()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn only_429_transient_outcomes_and_unexplained_5xx_are_retried() {
+        let url = Url::parse("https://fhir.example/$export?_type=Patient").unwrap();
+        let transient = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient","diagnostics":"busy"}]}"#;
+        let fatal = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception","diagnostics":"disk full"}]}"#;
+        let cases = [
+            (429, "", true),
+            (503, transient, true),
+            (502, "<html>Bad Gateway</html>", true),
+            (504, "", true),
+            (500, fatal, false),
+            (501, "", false),
+            (400, transient, true),
+            (404, fatal, false),
+        ];
+        for (status, body, retry) in cases {
+            let failure = http_failure(&Method::GET, &url, response(status, body)).await;
+            assert_eq!(failure.retry, retry, "{status} {body}");
+        }
+        let failure = http_failure(&Method::GET, &url, response(500, fatal)).await;
+        assert_eq!(
+            failure.error.to_string(),
+            "GET https://fhir.example/$export?_type=Patient: HTTP 500: error (exception): disk full"
+        );
+    }
+
     #[test]
     fn retry_after_seconds_and_http_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

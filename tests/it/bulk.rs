@@ -183,6 +183,10 @@ async fn system_export_by_get_with_rs384_downloads_everything_and_cleans_up() {
         ["Patient", "Observation", "Condition"]
     );
     assert_eq!(stats.downloads, outcome.files.len());
+    assert_eq!(
+        stats.gzip_downloads, stats.downloads,
+        "gzip asked for and decoded"
+    );
     assert_eq!(stats.deletes, 1);
     assert_eq!(stats.tokens_issued, 1, "one token shared by every request");
     assert_eq!(stats.unauthorized, 0);
@@ -244,8 +248,9 @@ async fn every_parameter_reaches_the_server_by_get_and_by_post() {
         .with_types(["Patient", "Observation"])
         .with_since("2000-01-01T00:00:00Z")
         .with_until("2100-01-01T00:00:00Z")
-        .with_type_filters(["Observation?status=final"])
+        .with_type_filters(["Observation?status=final", "Patient?gender=female"])
         .with_elements(["id", "status"])
+        .with_include_associated_data(["LatestProvenanceResources"])
         .with_output_format("application/fhir+ndjson");
     for method in [KickoffMethod::Get, KickoffMethod::Post] {
         let dir = tempfile::tempdir().unwrap();
@@ -257,6 +262,11 @@ async fn every_parameter_reaches_the_server_by_get_and_by_post() {
             assert_eq!(resource["status"], "final", "_typeFilter applied");
             assert!(resource.get("code").is_none(), "_elements applied");
         }
+        let patients = downloaded(&outcome, "Patient");
+        assert!(
+            !patients.is_empty() && patients.lines().all(|l| !l.contains("\"gender\":\"male\"")),
+            "the second _typeFilter applied"
+        );
     }
     let stats = server.stats();
     let expected: Vec<(String, String)> = [
@@ -266,6 +276,8 @@ async fn every_parameter_reaches_the_server_by_get_and_by_post() {
         ("_until", "2100-01-01T00:00:00Z"),
         ("_elements", "id,status"),
         ("_typeFilter", "Observation?status=final"),
+        ("_typeFilter", "Patient?gender=female"),
+        ("includeAssociatedData", "LatestProvenanceResources"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .into();
@@ -501,6 +513,51 @@ async fn short_lived_tokens_are_renewed_ahead_of_expiry() {
     assert_eq!(stats.unauthorized, 0, "never sent an expired token");
 }
 
+/// A token that stops working mid-download (revoked, expired early) is replaced once per request;
+/// a second 401 for the same request is final.
+#[tokio::test]
+async fn a_token_refused_mid_download_is_refreshed_once() {
+    let server = demo(DemoConfig::default().with_page_size(5)).await;
+    server.set_faults(Faults {
+        download_token_revoked: 1,
+        ..Faults::default()
+    });
+    let client = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_parallel_downloads(1),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    for ty in ["Patient", "Condition"] {
+        assert_eq!(downloaded(&outcome, ty), expected(ty), "{ty}");
+    }
+    let stats = server.stats();
+    assert_eq!((stats.unauthorized, stats.tokens_issued), (1, 2));
+    assert_eq!(stats.downloads, outcome.files.len() + 1);
+    assert_eq!(stats.deletes, 1, "the DELETE used the fresh token");
+
+    server.set_faults(Faults {
+        download_token_revoked: 2,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = client
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Http { status: 401, message, .. } if message.contains("not valid")),
+        "{err}"
+    );
+    let stats = server.stats();
+    assert_eq!((stats.unauthorized, stats.tokens_issued), (3, 3));
+}
+
 #[tokio::test]
 async fn open_servers_need_no_auth() {
     let server = demo(DemoConfig::default().with_require_auth(false)).await;
@@ -571,6 +628,28 @@ async fn a_restarted_process_resumes_polling_the_saved_job() {
     assert!(!dir.path().join(".fhirflight-job.json").exists());
 }
 
+/// Runs `request` with no retries while the server breaks downloads: the export fails on the
+/// broken connection and keeps its job (and folder) for the next run.
+async fn fail_on_a_broken_download(server: &DemoServer, request: &ExportRequest, dir: &Path) {
+    let strict = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(server)),
+        options().with_retry_budget(0),
+    )
+    .await
+    .unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = strict
+        .export_to_dir(request, dir, &progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err}");
+    assert!(
+        dir.join(".fhirflight-job.json").exists(),
+        "job kept for the next run"
+    );
+}
+
 #[tokio::test]
 async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
     let server = demo(DemoConfig::default()).await;
@@ -580,23 +659,7 @@ async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
     });
     let dir = tempfile::tempdir().unwrap();
     let request = ExportRequest::new(ExportLevel::System).with_types(["Observation"]);
-    let strict = BulkClient::try_new(
-        server.base_url(),
-        Some(rs384(&server)),
-        options().with_retry_budget(0),
-    )
-    .await
-    .unwrap();
-    let (progress, _) = watch::channel(ExportProgress::default());
-    let err = strict
-        .export_to_dir(&request, dir.path(), &progress)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Transport { .. }), "{err}");
-    assert!(
-        dir.path().join(".fhirflight-job.json").exists(),
-        "job kept for the next run"
-    );
+    fail_on_a_broken_download(&server, &request, dir.path()).await;
     assert_eq!(server.stats().deletes, 0);
 
     server.set_faults(Faults::default());
@@ -623,19 +686,7 @@ async fn every_page_of_a_paged_manifest_is_downloaded_and_resumed() {
     let dir = tempfile::tempdir().unwrap();
     let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
     // A first run fails on a broken download, keeping the job; the second resumes it.
-    let strict = BulkClient::try_new(
-        server.base_url(),
-        Some(rs384(&server)),
-        options().with_retry_budget(0),
-    )
-    .await
-    .unwrap();
-    let (progress, _) = watch::channel(ExportProgress::default());
-    let err = strict
-        .export_to_dir(&request, dir.path(), &progress)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Transport { .. }), "{err}");
+    fail_on_a_broken_download(&server, &request, dir.path()).await;
     let pages_first_run = server.stats().manifest_pages;
 
     let client = client(&server, rs384(&server)).await;
