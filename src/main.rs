@@ -218,6 +218,13 @@ struct DemoServerArgs {
     /// Folder to write the demo client's private keys to (default: a temporary folder).
     #[arg(long)]
     keys_dir: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key. Clients need the issuing
+    /// CA (`--ca-bundle`), e.g. `tests/fixtures/tls/ca.pem` for the test certificate there.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The config file: every flag's default, by command.
@@ -573,6 +580,10 @@ async fn demo_server(args: DemoServerArgs) -> Result<()> {
         .with_seed(args.seed);
     if let Some(page_size) = args.page_size {
         config = config.with_page_size(page_size);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
+        config = config.with_tls(read(cert)?, read(key)?);
     }
     let server = DemoServer::bind(args.listen, config).await?;
     let keys_dir = match args.keys_dir {

@@ -1119,7 +1119,9 @@ async fn proxies_come_from_the_environment() {
     let proxy = CountingProxy::start().await;
     let server = demo(DemoConfig::default().with_require_auth(false)).await;
     let proxy_url = proxy.url.as_str();
-    let cases: [(&[(&str, &str)], bool, bool); 6] = [
+    // (environment, explicit proxy too, expected through the proxy)
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Env, bool, bool); 6] = [
         (&[("HTTP_PROXY", proxy_url)], false, true),
         (&[("http_proxy", proxy_url)], false, true),
         (&[("all_proxy", proxy_url)], false, true),
