@@ -89,7 +89,8 @@ fn expected(resource_type: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn ids(ndjson: &str) -> Vec<String> {
+/// The `id` of every line of an NDJSON text.
+pub(crate) fn ids(ndjson: &str) -> Vec<String> {
     ndjson
         .lines()
         .map(|l| {

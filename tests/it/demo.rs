@@ -9,6 +9,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
+use crate::bulk::ids;
+
 const SEED: u64 = 11;
 const PATIENTS: usize = 6;
 
@@ -188,18 +190,6 @@ fn ndjson(ty: &str) -> String {
     let mut out = Vec::new();
     generate(SEED, PATIENTS).write_ndjson(ty, &mut out).unwrap();
     String::from_utf8(out).unwrap()
-}
-
-fn ids(ndjson: &str) -> Vec<String> {
-    ndjson
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 #[tokio::test]
