@@ -33,6 +33,7 @@ fn status_mib(field: &str) -> f64 {
 async fn run(megabytes: u64) {
     let per_patient = generate(1, 20).ndjson_bytes() as f64 / 20.0;
     let patients = ((megabytes as f64 * 1024.0 * 1024.0) / per_patient).ceil() as usize;
+    let generating = Instant::now();
     let server = DemoServer::start(
         DemoConfig::default()
             .with_seed(1)
@@ -41,6 +42,11 @@ async fn run(megabytes: u64) {
     )
     .await
     .expect("demo server");
+    let generated = generating.elapsed().as_secs_f64();
+    println!(
+        "demo population of {patients} patients (~{megabytes} MiB) generated in {generated:.2} s = {:.0} MiB/s",
+        megabytes as f64 / generated
+    );
     let creds = server.credentials();
     let key = SigningKey::from_pem(creds.es384().private_pem())
         .unwrap()

@@ -76,6 +76,18 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// A TLS connection could not be set up: most often a certificate no trusted authority
+    /// vouches for (a private CA needs its bundle), or one made out to another name.
+    #[error("{method} {url}: TLS: {message}")]
+    Tls {
+        /// The request method.
+        method: String,
+        /// The URL, query secrets redacted.
+        url: String,
+        /// What TLS refused, with a hint at the fix.
+        message: String,
+    },
+
     /// SMART Backend Services: a key that cannot be loaded or used, or a token that cannot be had.
     #[error("SMART auth: {0}")]
     Auth(String),

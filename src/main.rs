@@ -88,6 +88,10 @@ struct ServerArgs {
     /// Do not verify TLS certificates. Dangerous: logs a warning on every run.
     #[arg(long)]
     insecure_skip_tls_verify: bool,
+    /// HTTP proxy for every request, e.g. `http://user:pw@proxy:3128` (default: HTTPS_PROXY,
+    /// HTTP_PROXY, ALL_PROXY; hosts in NO_PROXY are always reached directly).
+    #[arg(long)]
+    proxy: Option<Url>,
     /// Files downloaded at once.
     #[arg(long)]
     parallel_downloads: Option<usize>,
@@ -218,6 +222,13 @@ struct DemoServerArgs {
     /// Folder to write the demo client's private keys to (default: a temporary folder).
     #[arg(long)]
     keys_dir: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key. Clients need the issuing
+    /// CA (`--ca-bundle`), e.g. `tests/fixtures/tls/ca.pem` for the test certificate there.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The config file: every flag's default, by command.
@@ -250,6 +261,7 @@ struct ServerConfig {
     scope: Option<String>,
     token_endpoint: Option<Url>,
     ca_bundle: Option<PathBuf>,
+    proxy: Option<Url>,
     parallel_downloads: Option<usize>,
 }
 
@@ -440,6 +452,9 @@ impl ServerArgs {
         if let Some(ca) = self.ca_bundle.or(config.ca_bundle) {
             options = options.with_ca_bundle(ca);
         }
+        if let Some(proxy) = self.proxy.or(config.proxy) {
+            options = options.with_proxy(proxy);
+        }
         if self.demo {
             let demo =
                 DemoServer::start(DemoConfig::default().with_patients(self.demo_patients)).await?;
@@ -593,6 +608,10 @@ async fn demo_server(args: DemoServerArgs) -> Result<()> {
         .with_seed(args.seed);
     if let Some(page_size) = args.page_size {
         config = config.with_page_size(page_size);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
+        config = config.with_tls(read(cert)?, read(key)?);
     }
     let server = DemoServer::bind(args.listen, config).await?;
     let keys_dir = match args.keys_dir {

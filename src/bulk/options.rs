@@ -1,15 +1,20 @@
 //! Network settings of the export client.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::smart::http::RetryPolicy;
+use url::Url;
+
+use crate::smart::http::{RetryPolicy, redact_url};
 use crate::{Error, Result};
 
 /// How the export client talks to the network.
 ///
-/// Proxies come from the usual environment variables (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
-/// `NO_PROXY`).
+/// Proxies: without [`ClientOptions::with_proxy`], the usual environment variables apply, as
+/// curl reads them: `HTTPS_PROXY` for `https://` URLs, `HTTP_PROXY` for `http://` ones,
+/// `ALL_PROXY` for both, each also in lower case, and `NO_PROXY` (host names, domains,
+/// addresses or networks, comma separated; `*` for all) for hosts reached directly.
 ///
 /// ```
 /// use std::time::Duration;
@@ -17,7 +22,8 @@ use crate::{Error, Result};
 /// let options = ClientOptions::default()
 ///     .with_parallel_downloads(8)
 ///     .with_retry_after_bounds(Duration::from_secs(2), Duration::from_secs(60))
-///     .with_ca_bundle("/etc/hospital/ca.pem");
+///     .with_ca_bundle("/etc/hospital/ca.pem")
+///     .with_proxy("http://proxy.hospital.example:3128".parse().unwrap());
 /// ```
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -28,7 +34,18 @@ pub struct ClientOptions {
     pub(crate) retry: RetryPolicy,
     pub(crate) ca_bundle: Option<PathBuf>,
     pub(crate) danger_accept_invalid_certs: bool,
+    pub(crate) proxy: Option<ProxyUrl>,
     pub(crate) user_agent: String,
+}
+
+/// A proxy URL, whose password `Debug` does not show.
+#[derive(Clone)]
+pub(crate) struct ProxyUrl(Url);
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
 }
 
 impl Default for ClientOptions {
@@ -41,6 +58,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             ca_bundle: None,
             danger_accept_invalid_certs: false,
+            proxy: None,
             user_agent: concat!("fhirflight/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
@@ -122,6 +140,16 @@ impl ClientOptions {
         }
     }
 
+    /// Sends every request (`http://` and `https://`, by `CONNECT`) through this HTTP proxy,
+    /// whatever `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY` say; hosts in `NO_PROXY` are still
+    /// reached directly. User and password in the URL authenticate to the proxy (Basic).
+    pub fn with_proxy(self, proxy: Url) -> Self {
+        Self {
+            proxy: Some(ProxyUrl(proxy)),
+            ..self
+        }
+    }
+
     /// The `User-Agent` header.
     pub fn with_user_agent(self, user_agent: impl Into<String>) -> Self {
         Self {
@@ -153,6 +181,12 @@ impl ClientOptions {
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let Some(ProxyUrl(proxy)) = &self.proxy {
+            let bad = |e| Error::Config(format!("proxy {}: {e}", redact_url(proxy)));
+            let proxy_all = reqwest::Proxy::all(proxy.as_str()).map_err(bad)?;
+            builder = builder.proxy(proxy_all.no_proxy(reqwest::NoProxy::from_env()));
+            tracing::debug!(proxy = %redact_url(proxy), "requests go through the proxy");
         }
         if self.danger_accept_invalid_certs {
             tracing::warn!(
@@ -203,6 +237,62 @@ mod tests {
                 .http_client()
                 .is_ok()
         );
+    }
+
+    /// What a client build logs, as plain text.
+    fn logs_of(build: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().write(bytes)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::with_default(subscriber, build);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn skipping_tls_verification_warns_every_time_a_client_is_built() {
+        let insecure = ClientOptions::default().with_danger_accept_invalid_certs(true);
+        let logs = logs_of(|| {
+            insecure.http_client().unwrap();
+            insecure.http_client().unwrap();
+            ClientOptions::default().http_client().unwrap();
+        });
+        let warnings: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("TLS certificate verification is OFF"))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{logs}");
+        assert!(warnings.iter().all(|l| l.contains("WARN")), "{logs}");
+    }
+
+    #[test]
+    fn proxy_credentials_stay_out_of_debug_and_logs() {
+        let proxy = Url::parse("http://alice:s3cret@proxy.example:3128/").unwrap();
+        let options = ClientOptions::default().with_proxy(proxy);
+        let logs = logs_of(|| {
+            options.http_client().unwrap();
+        });
+        assert!(logs.contains("proxy.example:3128"), "{logs}");
+        let debug = format!("{options:?}");
+        assert!(
+            debug.contains("proxy: Some(http://proxy.example:3128/)"),
+            "{debug}"
+        );
+        assert!(!debug.contains("s3cret") && !logs.contains("s3cret"));
     }
 
     #[test]

@@ -615,30 +615,58 @@ fn subset(value: Value, elements: &[&str]) -> String {
     Value::Object(kept).to_string()
 }
 
-/// The completion manifest of a job.
-pub(crate) fn manifest(
+/// The completion manifest of a job, as pages of at most `page_entries` files each (output,
+/// then deleted, then error files), every page but the last linking to the next (`link`
+/// rel=`next`). A job without files has one empty page.
+pub(crate) fn manifest_pages(
     request_url: &str,
     transaction_time: i64,
     requires_token: bool,
     files: &[JobFile],
+    page_entries: usize,
     file_url: impl Fn(usize) -> String,
-) -> Value {
-    let entries = |kind: FileKind| -> Vec<Value> {
-        files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.kind == kind)
-            .map(|(i, f)| json!({ "type": f.resource_type, "url": file_url(i), "count": f.lines.len() }))
-            .collect()
+    page_url: impl Fn(usize) -> String,
+) -> Vec<Value> {
+    let entries: Vec<(FileKind, Value)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let entry =
+                json!({ "type": f.resource_type, "url": file_url(i), "count": f.lines.len() });
+            (f.kind, entry)
+        })
+        .collect();
+    let chunks: Vec<&[(FileKind, Value)]> = if entries.is_empty() {
+        vec![&[]]
+    } else {
+        entries.chunks(page_entries.max(1)).collect()
     };
-    json!({
-        "transactionTime": format_instant(transaction_time),
-        "request": request_url,
-        "requiresAccessToken": requires_token,
-        "output": entries(FileKind::Output),
-        "deleted": entries(FileKind::Deleted),
-        "error": entries(FileKind::Error),
-    })
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(n, chunk)| {
+            let of = |kind: FileKind| -> Vec<&Value> {
+                chunk
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, e)| e)
+                    .collect()
+            };
+            let mut page = json!({
+                "transactionTime": format_instant(transaction_time),
+                "request": request_url,
+                "requiresAccessToken": requires_token,
+                "output": of(FileKind::Output),
+                "deleted": of(FileKind::Deleted),
+                "error": of(FileKind::Error),
+            });
+            if n < last {
+                page["link"] = json!([{ "relation": "next", "url": page_url(n + 1) }]);
+            }
+            page
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod export;
 mod generate;
 mod server;
 mod time;
+mod tls;
 
 pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};
 pub use generate::{Population, Resource, generate};

@@ -21,6 +21,7 @@ use super::auth::{DEMO_CLIENT_ID, DemoCredentials, Grant, RegisteredClient, Toke
 use super::export::{self, Deletion, ExportRequest, FileKind, JobFile, Snapshot};
 use super::generate::{self, Resource};
 use super::time::now_ms;
+use super::tls::{TlsIdentity, TlsListener};
 use crate::{Error, Result};
 
 /// How a demo server is set up. Consuming `with_*` setters.
@@ -37,11 +38,13 @@ pub struct DemoConfig {
     patients: usize,
     seed: u64,
     page_size: usize,
+    manifest_page_size: usize,
     token_lifetime: Duration,
     require_auth: bool,
     status_polls: u32,
     retry_after: Duration,
     clients: Vec<(String, Value)>,
+    tls: Option<TlsIdentity>,
 }
 
 impl Default for DemoConfig {
@@ -52,11 +55,13 @@ impl Default for DemoConfig {
             patients: 100,
             seed: 42,
             page_size: 5000,
+            manifest_page_size: usize::MAX,
             token_lifetime: Duration::from_secs(300),
             require_auth: true,
             status_polls: 1,
             retry_after: Duration::ZERO,
             clients: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -76,6 +81,15 @@ impl DemoConfig {
     pub fn with_page_size(self, page_size: usize) -> Self {
         Self {
             page_size: page_size.max(1),
+            ..self
+        }
+    }
+
+    /// Files listed per manifest page (default: all on one page). With fewer, the complete
+    /// manifest is split into pages linked by `link` rel=`next`, as servers with huge exports do.
+    pub fn with_manifest_page_size(self, files: usize) -> Self {
+        Self {
+            manifest_page_size: files.max(1),
             ..self
         }
     }
@@ -119,6 +133,19 @@ impl DemoConfig {
         self
     }
 
+    /// Serves HTTPS with this certificate chain and private key (both PEM) instead of plain
+    /// HTTP. With a certificate from a private certificate authority, this is the server a
+    /// hospital network puts in front of its FHIR API (see `tests/fixtures/tls/`).
+    pub fn with_tls(self, cert_chain_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        Self {
+            tls: Some(TlsIdentity {
+                cert_chain_pem: cert_chain_pem.into(),
+                key_pem: key_pem.into(),
+            }),
+            ..self
+        }
+    }
+
     /// Number of generated patients.
     pub fn patients(&self) -> usize {
         self.patients
@@ -149,6 +176,9 @@ pub struct Faults {
     pub malformed_line: bool,
     /// Ignore `Range` headers (always 200 with the whole file) and advertise no `Accept-Ranges`.
     pub no_range: bool,
+    /// File downloads that revoke the bearer token they carry and answer 401, as if it had
+    /// expired mid-export.
+    pub download_token_revoked: u32,
 }
 
 /// Export level of a kick-off.
@@ -184,8 +214,12 @@ pub struct DemoStats {
     pub kickoffs: Vec<KickoffRecord>,
     /// Status polls (any answer).
     pub status_polls: usize,
+    /// Requests for manifest pages after the first (any answer).
+    pub manifest_pages: usize,
     /// Output file downloads started (any answer).
     pub downloads: usize,
+    /// Downloads served gzip-compressed (the client sent `Accept-Encoding: gzip`).
+    pub gzip_downloads: usize,
     /// DELETE requests on status URLs.
     pub deletes: usize,
     /// Token requests (any answer).
@@ -308,8 +342,8 @@ impl Store {
 /// A kicked-off export.
 #[derive(Debug)]
 struct Job {
-    /// Set when the job's files are ready.
-    output: OnceLock<(Vec<Arc<JobFile>>, Value)>,
+    /// Set when the job's files are ready: the files and the manifest's pages.
+    output: OnceLock<(Vec<Arc<JobFile>>, Vec<Value>)>,
     polls: AtomicU32,
 }
 
@@ -355,8 +389,10 @@ impl DemoServer {
         let local = listener
             .local_addr()
             .map_err(|e| Error::Config(format!("demo server address: {e}")))?;
-        let origin =
-            Url::parse(&format!("http://{local}/")).map_err(|e| Error::Config(e.to_string()))?;
+        let acceptor = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let origin = Url::parse(&format!("{scheme}://{local}/"))
+            .map_err(|e| Error::Config(e.to_string()))?;
         let token_endpoint = origin.join("auth/token").expect("static path");
         let credentials = DemoCredentials::new(token_endpoint.clone());
         let mut clients = vec![RegisteredClient::new(
@@ -390,14 +426,17 @@ impl DemoServer {
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(Arc::clone(&state));
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!("demo server stopped: {e}");
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let task = match acceptor {
+            None => spawn_serve(listener, app, stopped),
+            Some(acceptor) => {
+                let listener = TlsListener::new(listener, acceptor)
+                    .map_err(|e| Error::Config(format!("demo server address: {e}")))?;
+                spawn_serve(listener, app, stopped)
             }
-        });
+        };
         tracing::info!(base = %state.origin.join("fhir").expect("static"), "demo Bulk Data server listening");
         Ok(Self {
             state,
@@ -494,6 +533,24 @@ impl Drop for DemoServer {
     }
 }
 
+/// Serves `app` on `listener` until `stopped` resolves.
+fn spawn_serve<L>(
+    listener: L,
+    app: Router,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+        if let Err(e) = serve.await {
+            tracing::warn!("demo server stopped: {e}");
+        }
+    })
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/fhir/metadata", get(metadata))
@@ -512,6 +569,7 @@ fn router(state: Shared) -> Router {
             get(group_export).post(group_export),
         )
         .route("/jobs/{id}", get(status).delete(cancel))
+        .route("/jobs/{id}/manifest/{page}", get(manifest_page))
         .route("/files/{job}/{file}", get(download))
         .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
             let message = format!("{method} is not supported on {}", uri.path());
@@ -533,21 +591,30 @@ impl ServerState {
         if !self.config.require_auth {
             return Ok(None);
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
-        let result = match token {
+        let result = match bearer(headers) {
             None => Err("this server requires a bearer token (SMART Backend Services)"),
-            Some(token) => self.tokens.lock().expect("tokens").check(token.trim()),
+            Some(token) => self.tokens.lock().expect("tokens").check(token),
         };
         result.map(Some).map_err(|why| {
             self.stats().unauthorized += 1;
             Outcome::new(StatusCode::UNAUTHORIZED, "login", why)
         })
+    }
+
+    /// A 429 or a transient 503 while the fault counters `which` picks (429s, transients) last.
+    fn refuse_if(
+        &self,
+        which: impl FnOnce(&mut Faults) -> (&mut u32, &mut u32),
+    ) -> Result<(), Outcome> {
+        let mut faults = self.faults.lock().expect("faults");
+        let (throttled, transient) = which(&mut faults);
+        if take(throttled) {
+            return Err(Outcome::throttled());
+        }
+        if take(transient) {
+            return Err(Outcome::transient());
+        }
+        Ok(())
     }
 
     fn job(&self, id: &str) -> Result<Arc<Job>, Outcome> {
@@ -558,6 +625,22 @@ impl ServerState {
             ))
         })
     }
+}
+
+/// Counts a fault counter down; whether it was still running.
+fn take(counter: &mut u32) -> bool {
+    let running = *counter > 0;
+    *counter -= u32::from(running);
+    running
+}
+
+/// The bearer token of a request's `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim())
 }
 
 async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
@@ -738,17 +821,7 @@ fn accept_kickoff(
     params: Result<export::Params, Outcome>,
 ) -> Result<Response, Outcome> {
     let grant = state.authorize(headers)?;
-    {
-        let mut faults = state.faults.lock().expect("faults");
-        if faults.kickoff_429 > 0 {
-            faults.kickoff_429 -= 1;
-            return Err(Outcome::throttled());
-        }
-        if faults.kickoff_transient > 0 {
-            faults.kickoff_transient -= 1;
-            return Err(Outcome::transient());
-        }
-    }
+    state.refuse_if(|f| (&mut f.kickoff_429, &mut f.kickoff_transient))?;
     let header_text = |name: header::HeaderName| {
         headers
             .get(name)
@@ -819,10 +892,16 @@ fn accept_kickoff(
     request_url.set_query(query.filter(|_| !post));
     let faults = state.faults.lock().expect("faults").clone();
     let (page_size, requires_token) = (state.config.page_size, state.config.require_auth);
+    let manifest_page_size = state.config.manifest_page_size;
     let file_base = state
         .origin
         .join(&format!("files/{id}/"))
         .expect("valid path");
+    let location = state
+        .origin
+        .join(&format!("jobs/{id}"))
+        .expect("valid path");
+    let status_url = location.clone();
     tokio::task::spawn_blocking(move || {
         let files = export::run(
             &request,
@@ -831,11 +910,12 @@ fn accept_kickoff(
             page_size,
             &faults,
         );
-        let manifest = export::manifest(
+        let pages = export::manifest_pages(
             request_url.as_str(),
             transaction_time,
             requires_token,
             &files,
+            manifest_page_size,
             |i| {
                 let kind = match files[i].kind {
                     FileKind::Output => "",
@@ -844,15 +924,12 @@ fn accept_kickoff(
                 };
                 format!("{file_base}{kind}{i}.ndjson")
             },
+            |page| format!("{status_url}/manifest/{page}"),
         );
         let _ = job
             .output
-            .set((files.into_iter().map(Arc::new).collect(), manifest));
+            .set((files.into_iter().map(Arc::new).collect(), pages));
     });
-    let location = state
-        .origin
-        .join(&format!("jobs/{id}"))
-        .expect("valid path");
     let body = json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "information", "code": "informational",
         "diagnostics": format!("export job {id} accepted") }] });
     Ok((
@@ -914,27 +991,14 @@ async fn status(
     headers: HeaderMap,
 ) -> Response {
     state.stats().status_polls += 1;
-    let result = (|| {
+    let result = (|| -> Result<Response, Outcome> {
         state.authorize(&headers)?;
-        {
-            let mut faults = state.faults.lock().expect("faults");
-            if faults.status_429 > 0 {
-                faults.status_429 -= 1;
-                return Err(Outcome::throttled());
-            }
-            if faults.status_transient > 0 {
-                faults.status_transient -= 1;
-                return Err(Outcome::transient());
-            }
-        }
+        state.refuse_if(|f| (&mut f.status_429, &mut f.status_transient))?;
         let job = state.job(&id)?;
         let polls = job.polls.fetch_add(1, Ordering::SeqCst);
         match job.output.get() {
-            Some((_, manifest)) if polls >= state.config.status_polls => {
-                let expires = httpdate::fmt_http_date(
-                    std::time::SystemTime::now() + Duration::from_secs(3600),
-                );
-                Ok(([(header::EXPIRES, expires)], axum::Json(manifest.clone())).into_response())
+            Some((_, pages)) if polls >= state.config.status_polls => {
+                Ok(manifest_response(&pages[0]))
             }
             output => {
                 let total = state.config.status_polls.max(1);
@@ -957,6 +1021,33 @@ async fn status(
             }
         }
     })();
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A complete manifest (or one of its pages), valid for an hour.
+fn manifest_response(page: &Value) -> Response {
+    let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+    ([(header::EXPIRES, expires)], axum::Json(page)).into_response()
+}
+
+/// Page `n` (from 1; page 0 is the status response) of a finished job's paged manifest.
+async fn manifest_page(
+    State(state): State<Shared>,
+    Path((id, page)): Path<(String, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    state.stats().manifest_pages += 1;
+    let result = state.authorize(&headers).and_then(|_| {
+        let job = state.job(&id)?;
+        job.output
+            .get()
+            .and_then(|(_, pages)| pages.get(page))
+            .filter(|_| page > 0)
+            .map(manifest_response)
+            .ok_or_else(|| {
+                Outcome::not_found(format!("export job `{id}` has no manifest page {page}"))
+            })
+    });
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -991,6 +1082,10 @@ async fn download(
 ) -> Response {
     state.stats().downloads += 1;
     let result = (|| {
+        let revoke = take(&mut state.faults.lock().expect("faults").download_token_revoked);
+        if revoke && let Some(token) = bearer(&headers) {
+            state.tokens.lock().expect("tokens").revoke(token);
+        }
         state.authorize(&headers)?;
         let missing = || Outcome::not_found(format!("no file `{file}` in export job `{job}`"));
         let index: usize = file
@@ -1047,6 +1142,7 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
             .any(|e| e.trim() == "gzip" || e.trim().starts_with("gzip;") && !e.contains("q=0"));
     let mut chunks: Box<dyn Iterator<Item = Bytes> + Send> = Box::new(file.chunks(start, end));
     if gzip {
+        state.stats().gzip_downloads += 1;
         chunks = Box::new(gzip_chunks(chunks));
     }
     // The break needs bytes left to break off; a body that fits whole is served whole.

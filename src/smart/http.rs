@@ -190,8 +190,23 @@ async fn read_capped(mut response: Response, cap: usize) -> Vec<u8> {
     body
 }
 
-/// An [`Error::Transport`] without the URL reqwest puts in its messages.
+/// An [`Error::Transport`] without the URL reqwest puts in its messages, or an [`Error::Tls`]
+/// saying what TLS refused (reqwest's own message says only "error sending request").
 pub(crate) fn transport_error(method: &Method, url: &Url, error: reqwest::Error) -> Error {
+    if let Some(tls) = tls_failure(&error) {
+        let hint = match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                "; if the server's certificate comes from a private certificate authority, trust \
+                 its PEM bundle (--ca-bundle, ClientOptions::with_ca_bundle)"
+            }
+            _ => "",
+        };
+        return Error::Tls {
+            method: method.to_string(),
+            url: redact_url(url),
+            message: format!("{tls}{hint}"),
+        };
+    }
     Error::Transport {
         method: method.to_string(),
         url: redact_url(url),
@@ -199,14 +214,34 @@ pub(crate) fn transport_error(method: &Method, url: &Url, error: reqwest::Error)
     }
 }
 
-/// Whether a transport error may go away on its own (not a bad URL or a TLS misconfiguration
-/// that `connect` also reports: those fail the same way every time, but cheaply).
+/// The rustls error somewhere in the causes of `error`, if TLS is what failed.
+fn tls_failure(error: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // `io::Error::source` skips the error it wraps (and I/O errors nest): step into it.
+        cause = match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+/// Whether a transport error may go away on its own: a refused or broken connection, a
+/// timeout. A TLS refusal or a bad URL fails the same way every time.
 pub(crate) fn transport_retryable(error: &reqwest::Error) -> bool {
-    error.is_connect()
+    (error.is_connect()
         || error.is_timeout()
         || error.is_request()
         || error.is_body()
-        || error.is_decode()
+        || error.is_decode())
+        && tls_failure(error).is_none()
 }
 
 /// Sends a request until it succeeds (2xx) or fails for good.
@@ -305,6 +340,41 @@ mod tests {
             &json!({"resourceType": "OperationOutcome", "issue": [{"code": "transient"}]})
         ));
         assert_eq!(outcome_text(&json!({"resourceType": "Patient"})), None);
+    }
+
+    /// An HTTP response with `status` and `body`, as reqwest hands it over.
+    fn response(status: u16, body: &str) -> Response {
+        axum::http::Response::builder()
+            .status(status)
+            .body(body.to_owned())
+            .unwrap()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn only_429_transient_outcomes_and_unexplained_5xx_are_retried() {
+        let url = Url::parse("https://fhir.example/$export?_type=Patient").unwrap();
+        let transient = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient","diagnostics":"busy"}]}"#;
+        let fatal = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception","diagnostics":"disk full"}]}"#;
+        let cases = [
+            (429, "", true),
+            (503, transient, true),
+            (502, "<html>Bad Gateway</html>", true),
+            (504, "", true),
+            (500, fatal, false),
+            (501, "", false),
+            (400, transient, true),
+            (404, fatal, false),
+        ];
+        for (status, body, retry) in cases {
+            let failure = http_failure(&Method::GET, &url, response(status, body)).await;
+            assert_eq!(failure.retry, retry, "{status} {body}");
+        }
+        let failure = http_failure(&Method::GET, &url, response(500, fatal)).await;
+        assert_eq!(
+            failure.error.to_string(),
+            "GET https://fhir.example/$export?_type=Patient: HTTP 500: error (exception): disk full"
+        );
     }
 
     #[test]

@@ -89,7 +89,8 @@ fn expected(resource_type: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn ids(ndjson: &str) -> Vec<String> {
+/// The `id` of every line of an NDJSON text.
+pub(crate) fn ids(ndjson: &str) -> Vec<String> {
     ndjson
         .lines()
         .map(|l| {
@@ -183,6 +184,10 @@ async fn system_export_by_get_with_rs384_downloads_everything_and_cleans_up() {
         ["Patient", "Observation", "Condition"]
     );
     assert_eq!(stats.downloads, outcome.files.len());
+    assert_eq!(
+        stats.gzip_downloads, stats.downloads,
+        "gzip asked for and decoded"
+    );
     assert_eq!(stats.deletes, 1);
     assert_eq!(stats.tokens_issued, 1, "one token shared by every request");
     assert_eq!(stats.unauthorized, 0);
@@ -244,8 +249,9 @@ async fn every_parameter_reaches_the_server_by_get_and_by_post() {
         .with_types(["Patient", "Observation"])
         .with_since("2000-01-01T00:00:00Z")
         .with_until("2100-01-01T00:00:00Z")
-        .with_type_filters(["Observation?status=final"])
+        .with_type_filters(["Observation?status=final", "Patient?gender=female"])
         .with_elements(["id", "status"])
+        .with_include_associated_data(["LatestProvenanceResources"])
         .with_output_format("application/fhir+ndjson");
     for method in [KickoffMethod::Get, KickoffMethod::Post] {
         let dir = tempfile::tempdir().unwrap();
@@ -257,6 +263,11 @@ async fn every_parameter_reaches_the_server_by_get_and_by_post() {
             assert_eq!(resource["status"], "final", "_typeFilter applied");
             assert!(resource.get("code").is_none(), "_elements applied");
         }
+        let patients = downloaded(&outcome, "Patient");
+        assert!(
+            !patients.is_empty() && patients.lines().all(|l| !l.contains("\"gender\":\"male\"")),
+            "the second _typeFilter applied"
+        );
     }
     let stats = server.stats();
     let expected: Vec<(String, String)> = [
@@ -266,6 +277,8 @@ async fn every_parameter_reaches_the_server_by_get_and_by_post() {
         ("_until", "2100-01-01T00:00:00Z"),
         ("_elements", "id,status"),
         ("_typeFilter", "Observation?status=final"),
+        ("_typeFilter", "Patient?gender=female"),
+        ("includeAssociatedData", "LatestProvenanceResources"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .into();
@@ -501,6 +514,51 @@ async fn short_lived_tokens_are_renewed_ahead_of_expiry() {
     assert_eq!(stats.unauthorized, 0, "never sent an expired token");
 }
 
+/// A token that stops working mid-download (revoked, expired early) is replaced once per request;
+/// a second 401 for the same request is final.
+#[tokio::test]
+async fn a_token_refused_mid_download_is_refreshed_once() {
+    let server = demo(DemoConfig::default().with_page_size(5)).await;
+    server.set_faults(Faults {
+        download_token_revoked: 1,
+        ..Faults::default()
+    });
+    let client = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_parallel_downloads(1),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    for ty in ["Patient", "Condition"] {
+        assert_eq!(downloaded(&outcome, ty), expected(ty), "{ty}");
+    }
+    let stats = server.stats();
+    assert_eq!((stats.unauthorized, stats.tokens_issued), (1, 2));
+    assert_eq!(stats.downloads, outcome.files.len() + 1);
+    assert_eq!(stats.deletes, 1, "the DELETE used the fresh token");
+
+    server.set_faults(Faults {
+        download_token_revoked: 2,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = client
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Http { status: 401, message, .. } if message.contains("not valid")),
+        "{err}"
+    );
+    let stats = server.stats();
+    assert_eq!((stats.unauthorized, stats.tokens_issued), (3, 3));
+}
+
 #[tokio::test]
 async fn open_servers_need_no_auth() {
     let server = demo(DemoConfig::default().with_require_auth(false)).await;
@@ -571,6 +629,28 @@ async fn a_restarted_process_resumes_polling_the_saved_job() {
     assert!(!dir.path().join(".fhirflight-job.json").exists());
 }
 
+/// Runs `request` with no retries while the server breaks downloads: the export fails on the
+/// broken connection and keeps its job (and folder) for the next run.
+async fn fail_on_a_broken_download(server: &DemoServer, request: &ExportRequest, dir: &Path) {
+    let strict = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(server)),
+        options().with_retry_budget(0),
+    )
+    .await
+    .unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = strict
+        .export_to_dir(request, dir, &progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err}");
+    assert!(
+        dir.join(".fhirflight-job.json").exists(),
+        "job kept for the next run"
+    );
+}
+
 #[tokio::test]
 async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
     let server = demo(DemoConfig::default()).await;
@@ -580,23 +660,7 @@ async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
     });
     let dir = tempfile::tempdir().unwrap();
     let request = ExportRequest::new(ExportLevel::System).with_types(["Observation"]);
-    let strict = BulkClient::try_new(
-        server.base_url(),
-        Some(rs384(&server)),
-        options().with_retry_budget(0),
-    )
-    .await
-    .unwrap();
-    let (progress, _) = watch::channel(ExportProgress::default());
-    let err = strict
-        .export_to_dir(&request, dir.path(), &progress)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Transport { .. }), "{err}");
-    assert!(
-        dir.path().join(".fhirflight-job.json").exists(),
-        "job kept for the next run"
-    );
+    fail_on_a_broken_download(&server, &request, dir.path()).await;
     assert_eq!(server.stats().deletes, 0);
 
     server.set_faults(Faults::default());
@@ -605,6 +669,48 @@ async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
     assert!(progress.resumed);
     assert_eq!(downloaded(&outcome, "Observation"), expected("Observation"));
     let stats = server.stats();
+    assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
+}
+
+#[tokio::test]
+async fn every_page_of_a_paged_manifest_is_downloaded_and_resumed() {
+    let server = demo(
+        DemoConfig::default()
+            .with_page_size(3)
+            .with_manifest_page_size(2),
+    )
+    .await;
+    server.set_faults(Faults {
+        break_download_after: Some(500),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
+    // A first run fails on a broken download, keeping the job; the second resumes it.
+    fail_on_a_broken_download(&server, &request, dir.path()).await;
+    let pages_first_run = server.stats().manifest_pages;
+
+    let client = client(&server, rs384(&server)).await;
+    let (outcome, progress) = export(&client, &request, dir.path()).await;
+    assert!(progress.resumed);
+    for ty in ["Patient", "Condition"] {
+        assert_eq!(downloaded(&outcome, ty), expected(ty), "{ty}");
+    }
+    let files = outcome.manifest.output.len();
+    let pages = files.div_ceil(2);
+    assert!(pages > 2, "{files} files on {pages} pages");
+    assert_eq!(outcome.files.len(), files, "the files of every page");
+    assert!(outcome.manifest.next_page().is_none(), "pages merged");
+    for (file, listed) in outcome.files.iter().zip(&outcome.manifest.output) {
+        assert_eq!(Some(file.lines), listed.count, "{}", file.path.display());
+    }
+    let stats = server.stats();
+    assert_eq!(pages_first_run, pages - 1, "the first run read every page");
+    assert_eq!(
+        stats.manifest_pages,
+        2 * (pages - 1),
+        "so did the resumed run"
+    );
     assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
 }
 
@@ -791,4 +897,301 @@ async fn a_line_count_short_of_the_manifest_count_fails_the_export() {
     );
     assert!(!dir.path().join("Patient.0.ndjson").exists());
     assert!(!dir.path().join(".Patient.0.ndjson.part").exists());
+}
+
+/// The test CA of `tests/fixtures/tls/` (see its README).
+const TEST_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+
+/// A demo server speaking HTTPS with a certificate only the test CA vouches for.
+async fn tls_demo() -> DemoServer {
+    demo(DemoConfig::default().with_tls(
+        include_str!("../fixtures/tls/server.pem"),
+        include_str!("../fixtures/tls/server.key"),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_private_certificate_authority_needs_its_bundle() {
+    let server = tls_demo().await;
+    assert_eq!(server.base_url().scheme(), "https");
+    let err = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tls { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "GET {}/metadata: TLS: invalid peer certificate: UnknownIssuer; if the server's certificate \
+             comes from a private certificate authority, trust its PEM bundle (--ca-bundle, \
+             ClientOptions::with_ca_bundle)",
+            server.base_url()
+        )
+    );
+
+    let trusting = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_ca_bundle(TEST_CA),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    let (outcome, _) = export(&trusting, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    assert_eq!(server.stats().deletes, 1);
+}
+
+/// `--insecure-skip-tls-verify`: the same server, no bundle, verification off (its warning is
+/// tested in `bulk::options`).
+#[tokio::test]
+async fn skipping_verification_reaches_an_untrusted_server() {
+    let server = tls_demo().await;
+    let client = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_danger_accept_invalid_certs(true),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Condition"]);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
+}
+
+/// A minimal HTTP proxy on 127.0.0.1:0: forwards absolute-form requests (one per connection,
+/// `Connection: close` upstream) and tunnels `CONNECT`, recording each request line.
+struct CountingProxy {
+    url: Url,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                tokio::spawn(Self::relay(client, Arc::clone(&log)));
+            }
+        });
+        Self { url, seen }
+    }
+
+    async fn relay(mut client: tokio::net::TcpStream, log: Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            head.extend_from_slice(&buf[..n]);
+        };
+        let text = String::from_utf8(head[..end].to_vec()).unwrap();
+        let mut lines = text.split("\r\n");
+        let request_line: Vec<&str> = lines.next().unwrap().split(' ').collect();
+        let [method, target, version] = request_line[..] else {
+            panic!("{request_line:?}")
+        };
+        log.lock().unwrap().push(format!("{method} {target}"));
+        let (mut upstream, forwarded) = if method == "CONNECT" {
+            let upstream = tokio::net::TcpStream::connect(target).await.unwrap();
+            client
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await
+                .unwrap();
+            (upstream, Vec::new())
+        } else {
+            let url = Url::parse(target).expect("absolute-form request target");
+            let address = (
+                url.host_str().unwrap(),
+                url.port_or_known_default().unwrap(),
+            );
+            let upstream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let mut forwarded = format!(
+                "{method} {} {version}\r\n",
+                &url[url::Position::BeforePath..]
+            );
+            for line in lines.filter(|l| !l.is_empty()) {
+                let name = line.split(':').next().unwrap().to_ascii_lowercase();
+                if !matches!(
+                    name.as_str(),
+                    "connection" | "proxy-connection" | "keep-alive"
+                ) {
+                    forwarded.push_str(line);
+                    forwarded.push_str("\r\n");
+                }
+            }
+            forwarded.push_str("Connection: close\r\n\r\n");
+            (upstream, forwarded.into_bytes())
+        };
+        upstream.write_all(&forwarded).await.unwrap();
+        upstream.write_all(&head[end..]).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn an_explicit_proxy_carries_every_request() {
+    let proxy = CountingProxy::start().await;
+    let server = demo(DemoConfig::default()).await;
+    let client = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_proxy(proxy.url.clone()),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
+
+    let origin = server.base_url().join("/").unwrap();
+    let seen = proxy.seen();
+    let count = |prefix: &str| seen.iter().filter(|l| l.starts_with(prefix)).count();
+    let stats = server.stats();
+    assert_eq!(
+        count(&format!("POST {origin}auth/token")),
+        stats.token_requests
+    );
+    assert_eq!(count(&format!("GET {origin}fhir/$export?_type=")), 1);
+    assert_eq!(count(&format!("GET {origin}jobs/")), stats.status_polls);
+    assert_eq!(count(&format!("GET {origin}files/")), stats.downloads);
+    assert_eq!(count(&format!("DELETE {origin}jobs/")), 1);
+    assert!(
+        seen.iter()
+            .all(|l| l.split(' ').nth(1).unwrap().starts_with(origin.as_str())),
+        "only the demo server was asked for: {seen:?}"
+    );
+
+    // HTTPS goes through the same proxy, tunnelled by CONNECT.
+    let tls = tls_demo().await;
+    let client = BulkClient::try_new(
+        tls.base_url(),
+        Some(rs384(&tls)),
+        options()
+            .with_ca_bundle(TEST_CA)
+            .with_proxy(proxy.url.clone()),
+    )
+    .await
+    .unwrap();
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    let tunnels = proxy
+        .seen()
+        .iter()
+        .filter(|l| **l == format!("CONNECT {}", tls.local_addr()))
+        .count();
+    assert!(tunnels >= 1, "{:?}", proxy.seen());
+}
+
+/// The proxy variables every child run starts without.
+const PROXY_VARIABLES: [&str; 9] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "REQUEST_METHOD",
+];
+
+/// Environment variables are read once per process and race between tests, so each case runs
+/// [`env_proxy_child`] in a child process of this test binary.
+#[tokio::test]
+async fn proxies_come_from_the_environment() {
+    let proxy = CountingProxy::start().await;
+    let server = demo(DemoConfig::default().with_require_auth(false)).await;
+    let proxy_url = proxy.url.as_str();
+    // (environment, explicit proxy too, expected through the proxy)
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Env, bool, bool); 6] = [
+        (&[("HTTP_PROXY", proxy_url)], false, true),
+        (&[("http_proxy", proxy_url)], false, true),
+        (&[("all_proxy", proxy_url)], false, true),
+        // HTTPS_PROXY is for https:// URLs only.
+        (&[("HTTPS_PROXY", proxy_url)], false, false),
+        (
+            &[
+                ("HTTP_PROXY", proxy_url),
+                ("NO_PROXY", "localhost,127.0.0.1"),
+            ],
+            false,
+            false,
+        ),
+        // An explicit proxy still leaves NO_PROXY hosts alone.
+        (&[("no_proxy", "127.0.0.0/8")], true, false),
+    ];
+    for (env, explicit, through_proxy) in cases {
+        let before = proxy.seen().len();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "bulk::env_proxy_child",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("FHIRFLIGHT_TEST_BASE", server.base_url().as_str());
+        for var in PROXY_VARIABLES {
+            child.env_remove(var);
+        }
+        child.envs(env.iter().copied());
+        if explicit {
+            child.env("FHIRFLIGHT_TEST_PROXY", proxy_url);
+        }
+        let output = tokio::task::spawn_blocking(move || child.output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("test bulk::env_proxy_child ... ok"),
+            "{env:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let proxied = proxy.seen().len() - before;
+        assert_eq!(
+            proxied > 0,
+            through_proxy,
+            "{env:?}: {proxied} requests proxied"
+        );
+    }
+    assert_eq!(server.stats().kickoffs.len(), cases.len());
+}
+
+/// One export with the proxy settings of the environment `proxies_come_from_the_environment`
+/// gives it (plus an explicit proxy when `FHIRFLIGHT_TEST_PROXY` is set).
+#[tokio::test]
+#[ignore = "run by proxies_come_from_the_environment in a child process"]
+async fn env_proxy_child() {
+    let base =
+        std::env::var("FHIRFLIGHT_TEST_BASE").expect("run by proxies_come_from_the_environment");
+    let mut options = options();
+    if let Ok(proxy) = std::env::var("FHIRFLIGHT_TEST_PROXY") {
+        options = options.with_proxy(proxy.parse().unwrap());
+    }
+    let client = BulkClient::try_new(base.parse().unwrap(), None, options)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
 }

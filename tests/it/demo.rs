@@ -9,6 +9,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
+use crate::bulk::ids;
+
 const SEED: u64 = 11;
 const PATIENTS: usize = 6;
 
@@ -99,6 +101,26 @@ async fn kickoff(server: &DemoServer, token: &str, path_and_query: &str) -> reqw
         .unwrap()
 }
 
+/// `GET url` with the bearer token.
+async fn get(token: &str, url: impl reqwest::IntoUrl) -> reqwest::Response {
+    Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `DELETE url` with the bearer token.
+async fn delete(token: &str, url: impl reqwest::IntoUrl) -> reqwest::Response {
+    Client::new()
+        .delete(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn outcome_text(response: reqwest::Response) -> String {
     assert_eq!(response.headers()["content-type"], "application/fhir+json");
     let body: Value = response.json().await.unwrap();
@@ -113,14 +135,8 @@ async fn manifest(token: &str, kickoff: reqwest::Response) -> Value {
         .to_str()
         .unwrap()
         .to_owned();
-    let client = Client::new();
     for _ in 0..1000 {
-        let response = client
-            .get(&status_url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let response = get(token, &status_url).await;
         match response.status() {
             StatusCode::ACCEPTED => {
                 assert_eq!(response.headers()["retry-after"], "0");
@@ -143,12 +159,7 @@ async fn manifest(token: &str, kickoff: reqwest::Response) -> Value {
 }
 
 async fn download(token: &str, url: &str) -> String {
-    let response = Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let response = get(token, url).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -179,18 +190,6 @@ fn ndjson(ty: &str) -> String {
     let mut out = Vec::new();
     generate(SEED, PATIENTS).write_ndjson(ty, &mut out).unwrap();
     String::from_utf8(out).unwrap()
-}
-
-fn ids(ndjson: &str) -> Vec<String> {
-    ndjson
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -883,47 +882,18 @@ async fn gzip_and_range() {
 async fn delete_cancels_and_cleans_up() {
     let server = start(DemoConfig::default().with_status_polls(3)).await;
     let token = token(&server).await;
-    let client = Client::new();
     let response = kickoff(&server, &token, "$export?_type=Patient").await;
     let status_url = response.headers()["content-location"]
         .to_str()
         .unwrap()
         .to_owned();
-    assert_eq!(
-        client
-            .get(&status_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
-    let deleted = client
-        .delete(&status_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(get(&token, &status_url).await.status(), 202);
+    let deleted = delete(&token, &status_url).await;
     assert_eq!(deleted.status(), 202);
-    let gone = client
-        .get(&status_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let gone = get(&token, &status_url).await;
     assert_eq!(gone.status(), 404);
     assert!(outcome_text(gone).await.contains("no export job"));
-    assert_eq!(
-        client
-            .delete(&status_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(delete(&token, &status_url).await.status(), 404);
 
     // After completion, DELETE removes the files too.
     let response = kickoff(&server, &token, "$export?_type=Patient").await;
@@ -933,26 +903,8 @@ async fn delete_cancels_and_cleans_up() {
         .to_owned();
     let manifest = manifest(&token, response).await;
     let file = manifest["output"][0]["url"].as_str().unwrap();
-    assert_eq!(
-        client
-            .delete(&status_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
-    assert_eq!(
-        client
-            .get(file)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(delete(&token, &status_url).await.status(), 202);
+    assert_eq!(get(&token, file).await.status(), 404);
     assert_eq!(server.stats().deletes, 3);
 }
 
@@ -986,22 +938,8 @@ async fn injected_faults() {
         ..Faults::default()
     });
     let client = Client::new();
-    assert_eq!(
-        client
-            .get(&status_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
-    let transient = client
-        .get(&status_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(get(&token, &status_url).await.status(), 429);
+    let transient = get(&token, &status_url).await;
     assert_eq!(transient.status(), 503);
     assert_eq!(
         transient.json::<Value>().await.unwrap()["issue"][0]["code"],
@@ -1024,7 +962,7 @@ async fn injected_faults() {
         ..Faults::default()
     });
     let file = manifest["output"][0]["url"].as_str().unwrap();
-    let broken = client.get(file).bearer_auth(&token).send().await.unwrap();
+    let broken = get(&token, file).await;
     assert_eq!(broken.status(), 200);
     assert!(broken.bytes().await.is_err(), "the first download breaks");
     let whole = download(&token, file).await;
@@ -1067,4 +1005,64 @@ async fn generator_is_deterministic() {
         a.resources("Patient")[0].json(),
         c.resources("Patient")[0].json()
     );
+}
+
+#[tokio::test]
+async fn paged_manifests_link_every_file() {
+    let server = start(
+        DemoConfig::default()
+            .with_page_size(5)
+            .with_manifest_page_size(3),
+    )
+    .await;
+    let token = token(&server).await;
+    server.set_faults(Faults {
+        error_file: true,
+        ..Faults::default()
+    });
+    let first = manifest_of(&server, &token, "$export?_type=Patient,Condition").await;
+    let mut pages = vec![first];
+    while let Some(next) = pages.last().unwrap()["link"][0]["url"].as_str() {
+        assert_eq!(pages.last().unwrap()["link"][0]["relation"], "next");
+        let page: Value = get(&token, next).await.json().await.unwrap();
+        pages.push(page);
+    }
+    let files = |page: &Value| {
+        ["output", "deleted", "error"]
+            .iter()
+            .map(|s| page[s].as_array().unwrap().len())
+            .sum::<usize>()
+    };
+    let expected_outputs = ndjson("Patient").lines().count().div_ceil(5)
+        + ndjson("Condition").lines().count().div_ceil(5);
+    let total = expected_outputs + 1;
+    assert_eq!(pages.len(), total.div_ceil(3));
+    assert!(
+        pages
+            .iter()
+            .all(|p| files(p) <= 3 && p["transactionTime"] == pages[0]["transactionTime"])
+    );
+    assert_eq!(pages.iter().map(files).sum::<usize>(), total);
+    assert_eq!(pages.last().unwrap()["error"].as_array().unwrap().len(), 1);
+    let mut merged = pages[0].clone();
+    merged["output"] = pages
+        .iter()
+        .flat_map(|p| p["output"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(
+        outputs(&token, &merged, "output").await,
+        [
+            ("Patient".to_owned(), ndjson("Patient")),
+            ("Condition".to_owned(), ndjson("Condition"))
+        ]
+    );
+    assert_eq!(server.stats().manifest_pages, pages.len() - 1);
+
+    // Pages need the token, and only pages that exist are served.
+    let second = pages[0]["link"][0]["url"].as_str().unwrap();
+    assert_eq!(reqwest::get(second).await.unwrap().status(), 401);
+    let past_the_end = second.replace("manifest/1", &format!("manifest/{}", pages.len()));
+    let missing = get(&token, past_the_end).await;
+    assert_eq!(missing.status(), 404);
+    assert!(outcome_text(missing).await.contains("no manifest page"));
 }
