@@ -12,7 +12,14 @@
 //! references of the statement (`SessionState::resolve_table_references`), brings all FHIR types
 //! up to date with ONE export per catalog, then plans as usual. Plain `ctx.sql` works too, with
 //! one export per missing type. Queries that need a type already being exported wait for that
-//! export (it is shared), whoever started it.
+//! export (it is shared), whoever started it; an export whose every waiting query went away (a
+//! dropped future, a disconnected Flight client) is cancelled.
+//!
+//! # Filters pushed into the export
+//!
+//! [`sql`] also reads simple `WHERE` conjuncts from the statement and restricts the export with
+//! them (`_typeFilter`, `_since`; see [`Pushdown`] and [`SEARCH_PARAMS`]) when no full snapshot
+//! is fresh. DataFusion applies the filters again, so servers that ignore them give the same rows.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,6 +39,7 @@
 
 mod exports;
 mod factory;
+mod pushdown;
 mod refresh;
 mod source;
 mod table;
@@ -54,6 +62,7 @@ use datafusion::sql::parser::Statement;
 
 pub use exports::{ExportState, ExportStatus};
 pub use factory::FhirTableFactory;
+pub use pushdown::{Pushdown, SEARCH_PARAMS};
 pub use refresh::RefreshFunction;
 pub use source::{
     BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder,
@@ -266,14 +275,16 @@ impl FhirCatalog {
     ) -> Result<Vec<Snapshot>> {
         let types = self.known_types(types)?;
         let freshness = freshness.unwrap_or(self.exporter.options.freshness);
-        self.exporter.ensure(&types, &freshness, None).await
+        self.exporter.ensure(&full(types), &freshness, None).await
     }
 
     /// Exports `types` again now (incrementally when the catalog allows it) and returns the new
     /// snapshots. An export of these types already running is joined instead.
     pub async fn refresh(&self, types: &[String]) -> Result<Vec<Snapshot>> {
         let types = self.known_types(types)?;
-        self.exporter.ensure(&types, &Freshness::Always, None).await
+        self.exporter
+            .ensure(&full(types), &Freshness::Always, None)
+            .await
     }
 
     /// The committed snapshot of every type that has one (no export).
@@ -312,7 +323,7 @@ impl FhirCatalog {
         let freshness = self.exporter.options.freshness;
         let snapshot = self
             .exporter
-            .ensure(&types, &freshness, None)
+            .ensure(&full(types), &freshness, None)
             .await?
             .remove(0);
         self.exporter.table(snapshot)
@@ -335,6 +346,11 @@ impl FhirCatalog {
             })
             .collect()
     }
+}
+
+/// The full snapshots of `types` (no pushdown).
+fn full(types: Vec<String>) -> Vec<(String, Pushdown)> {
+    types.into_iter().map(|t| (t, Pushdown::default())).collect()
 }
 
 impl Exporter {
@@ -390,10 +406,19 @@ impl SchemaProvider for FhirSchema {
                 Some(s) => s,
                 None => return Ok(None),
             },
-            Some(Scope { started, freshness }) => {
+            Some(Scope {
+                started,
+                freshness,
+                pushdowns,
+            }) => {
                 let freshness = freshness.unwrap_or(exporter.options.freshness);
+                let pushdown = pushdowns
+                    .iter()
+                    .find(|(e, t, _)| Arc::ptr_eq(e, exporter) && *t == resource_type)
+                    .map(|(_, _, p)| p.clone())
+                    .unwrap_or_default();
                 exporter
-                    .ensure(&[resource_type], &freshness, Some(started))
+                    .ensure(&[(resource_type, pushdown)], &freshness, Some(started))
                     .await
                     .map_err(to_datafusion)?
                     .remove(0)
@@ -401,7 +426,7 @@ impl SchemaProvider for FhirSchema {
             None => {
                 let freshness = exporter.options.freshness;
                 exporter
-                    .ensure(&[resource_type], &freshness, None)
+                    .ensure(&full(vec![resource_type]), &freshness, None)
                     .await
                     .map_err(to_datafusion)?
                     .remove(0)
@@ -432,6 +457,8 @@ impl SchemaProvider for FhirSchema {
 struct Scope {
     started: SystemTime,
     freshness: Option<Freshness>,
+    /// What the statement pushes into the export of each (catalog, type).
+    pushdowns: Arc<Vec<(Arc<Exporter>, String, Pushdown)>>,
 }
 
 tokio::task_local! {
@@ -464,7 +491,7 @@ async fn run_sql(
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect)?;
-    if prefetch(&state, &statement, freshness).await? {
+    let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {
         // Browsing runs in a session whose FHIR catalogs never export (information_schema
         // resolves every table while executing, possibly in other tasks).
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
@@ -487,29 +514,39 @@ async fn run_sql(
             .collect()
             .await?;
         return ctx.read_batches(batches);
-    }
-    SCOPE
-        .scope(Scope { started, freshness }, ctx.sql(sql))
-        .await
+    };
+    let scope = Scope {
+        started,
+        freshness,
+        pushdowns: Arc::new(pushdowns),
+    };
+    SCOPE.scope(scope, ctx.sql(sql)).await
 }
 
 /// Brings the FHIR tables that `statement` references up to date: one export per catalog for
-/// all its types. Returns true, doing nothing, when the statement browses `information_schema`.
-pub async fn prefetch(
+/// all its types, restricted by the filters it can push. Returns what was pushed per table, or
+/// `None`, doing nothing, when the statement browses `information_schema`.
+async fn prefetch(
     state: &SessionState,
     statement: &Statement,
     freshness: Option<Freshness>,
-) -> DfResult<bool> {
+) -> DfResult<Option<Vec<(Arc<Exporter>, String, Pushdown)>>> {
     let options = state.config().options();
     let (default_catalog, default_schema) = (
         &options.catalog.default_catalog,
         &options.catalog.default_schema,
     );
-    let mut wanted: Vec<(FhirCatalog, Vec<String>)> = Vec::new();
+    let filters = pushdown::Filters::of(
+        statement,
+        options.sql_parser.enable_ident_normalization,
+        default_catalog,
+        default_schema,
+    );
+    let mut wanted: Vec<(FhirCatalog, Vec<(String, Pushdown)>)> = Vec::new();
     for reference in state.resolve_table_references(statement)? {
         let r = reference.resolve(default_catalog, default_schema);
         if r.schema.as_ref() == "information_schema" {
-            return Ok(true);
+            return Ok(None);
         }
         let Some(catalog) = state.catalog_list().catalog(&r.catalog) else {
             continue;
@@ -524,21 +561,32 @@ pub async fn prefetch(
         else {
             continue;
         };
+        let pushed = (t.to_owned(), Pushdown::from_conjuncts(t, filters.conjuncts(&r)));
         match wanted
             .iter_mut()
             .find(|(c, _)| Arc::ptr_eq(&c.exporter, &fhir.exporter))
         {
-            Some((_, types)) => types.push(t.to_owned()),
-            None => wanted.push((fhir.clone(), vec![t.to_owned()])),
+            Some((_, types)) => types.push(pushed),
+            None => wanted.push((fhir.clone(), vec![pushed])),
         }
     }
-    let exports = wanted
-        .iter()
-        .map(|(catalog, types)| catalog.prefetch(types, freshness));
+    let exports = wanted.iter().map(|(catalog, types)| {
+        let freshness = freshness.unwrap_or(catalog.exporter.options.freshness);
+        async move { catalog.exporter.ensure(types, &freshness, None).await }
+    });
     futures::future::try_join_all(exports)
         .await
         .map_err(to_datafusion)?;
-    Ok(false)
+    Ok(Some(
+        wanted
+            .into_iter()
+            .flat_map(|(catalog, types)| {
+                types
+                    .into_iter()
+                    .map(move |(t, p)| (Arc::clone(&catalog.exporter), t, p))
+            })
+            .collect(),
+    ))
 }
 
 /// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with

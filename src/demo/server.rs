@@ -149,6 +149,8 @@ pub struct Faults {
     pub malformed_line: bool,
     /// Ignore `Range` headers (always 200 with the whole file) and advertise no `Accept-Ranges`.
     pub no_range: bool,
+    /// Wait this long before each body chunk (64 KiB) of a download: a slow network.
+    pub download_chunk_delay: Option<Duration>,
 }
 
 /// Export level of a kick-off.
@@ -1054,9 +1056,17 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
         .break_download_after
         .filter(|n| gzip || (*n as u64) < end - start)
         .filter(|_| file.take_break());
-    let body = match cut {
-        None => Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>))),
-        Some(limit) => {
+    let body = match (cut, faults.download_chunk_delay) {
+        (None, Some(delay)) => {
+            use futures::StreamExt;
+            let slow = futures::stream::iter(chunks).then(move |chunk| async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::io::Error>(chunk)
+            });
+            Body::from_stream(slow)
+        }
+        (None, None) => Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>))),
+        (Some(limit), _) => {
             use futures::StreamExt;
             let head = futures::stream::iter(truncate(chunks, limit).map(Ok));
             let reset = futures::stream::once(async {
