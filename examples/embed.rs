@@ -26,7 +26,8 @@ pub async fn conditions_per_gender(
     let creds = server.credentials();
     let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
     let auth = SmartConfig::new(creds.client_id(), key);
-    let client = BulkClient::try_new(server.base_url(), Some(auth), ClientOptions::default()).await?;
+    let client =
+        BulkClient::try_new(server.base_url(), Some(auth), ClientOptions::default()).await?;
 
     // Every resource type of the server becomes a table of `ehr.fhir`.
     let options = CatalogOptions::default().with_cache_dir(cache_dir);

@@ -128,13 +128,27 @@ impl Exporter {
             .map(String::as_str)
     }
 
+    /// [`Exporter::ensure_pushed`] without pushdown: the full snapshots of `types`.
+    pub(crate) async fn ensure(
+        self: &Arc<Self>,
+        types: &[String],
+        freshness: &Freshness,
+        not_before: Option<SystemTime>,
+    ) -> Result<Vec<Snapshot>> {
+        let wanted: Vec<(String, Pushdown)> = types
+            .iter()
+            .map(|t| (t.clone(), Pushdown::default()))
+            .collect();
+        self.ensure_pushed(&wanted, freshness, not_before).await
+    }
+
     /// Returns a snapshot for every `(type, pushdown)` in `wanted`: the type's full snapshot when
     /// it satisfies `freshness` (or was committed after `not_before`), else the snapshot of that
     /// pushdown when it does, else one made by an export. ONE export for all types without a
     /// snapshot, one incremental export per previous `transactionTime` for stale ones, one per
     /// `_since` pushed; exports already running for a snapshot are joined. Dropping the returned
     /// future withdraws from the exports it waits for; one left without waiters is cancelled.
-    pub(crate) async fn ensure(
+    pub(crate) async fn ensure_pushed(
         self: &Arc<Self>,
         wanted: &[(String, Pushdown)],
         freshness: &Freshness,
@@ -152,9 +166,12 @@ impl Exporter {
             for (t, pushdown) in wanted {
                 let current = self.store.current(t)?;
                 let full_running = jobs.by_name.get(t);
-                if current.as_ref().is_some_and(fresh) || (full_running.is_some() && !pushdown.is_empty()) {
+                if current.as_ref().is_some_and(fresh)
+                    || (full_running.is_some() && !pushdown.is_empty())
+                {
                     // A full snapshot serves every pushdown.
-                    if let Some(job) = full_running.filter(|_| !current.as_ref().is_some_and(fresh)) {
+                    if let Some(job) = full_running.filter(|_| !current.as_ref().is_some_and(fresh))
+                    {
                         waits.push(Waiter::join(self, job));
                     }
                     names.push(t.clone());
@@ -187,7 +204,10 @@ impl Exporter {
                         continue;
                     }
                     let recorded = [
-                        pushdown.type_filter.as_ref().map(|f| format!("_typeFilter={f}")),
+                        pushdown
+                            .type_filter
+                            .as_ref()
+                            .map(|f| format!("_typeFilter={f}")),
                         pushdown.since.as_ref().map(|s| format!("_since={s}")),
                     ];
                     let target = Target {
@@ -230,7 +250,10 @@ impl Exporter {
         let request = FetchRequest {
             types: targets.iter().map(|t| t.resource_type.clone()).collect(),
             since,
-            type_filters: targets.iter().filter_map(|t| t.type_filter.clone()).collect(),
+            type_filters: targets
+                .iter()
+                .filter_map(|t| t.type_filter.clone())
+                .collect(),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(FetchProgress {
@@ -332,7 +355,10 @@ impl Exporter {
         let request = FetchRequest {
             types: targets.iter().map(|t| t.resource_type.clone()).collect(),
             since: request.since.clone(),
-            type_filters: targets.iter().filter_map(|t| t.type_filter.clone()).collect(),
+            type_filters: targets
+                .iter()
+                .filter_map(|t| t.type_filter.clone())
+                .collect(),
         };
 
         let outcome = self.source.fetch(&request, &staging, progress).await?;
@@ -408,7 +434,10 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         let mut jobs = self.exporter.jobs();
         if self.job.waiters.fetch_sub(1, Ordering::SeqCst) == 1 && self.job.done.peek().is_none() {
-            tracing::info!(export = self.job.id, "no query waits for the export any more; cancelling it");
+            tracing::info!(
+                export = self.job.id,
+                "no query waits for the export any more; cancelling it"
+            );
             self.job.abort.abort();
             jobs.by_name.retain(|_, j| j.id != self.job.id);
         }

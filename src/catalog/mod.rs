@@ -275,16 +275,14 @@ impl FhirCatalog {
     ) -> Result<Vec<Snapshot>> {
         let types = self.known_types(types)?;
         let freshness = freshness.unwrap_or(self.exporter.options.freshness);
-        self.exporter.ensure(&full(types), &freshness, None).await
+        self.exporter.ensure(&types, &freshness, None).await
     }
 
     /// Exports `types` again now (incrementally when the catalog allows it) and returns the new
     /// snapshots. An export of these types already running is joined instead.
     pub async fn refresh(&self, types: &[String]) -> Result<Vec<Snapshot>> {
         let types = self.known_types(types)?;
-        self.exporter
-            .ensure(&full(types), &Freshness::Always, None)
-            .await
+        self.exporter.ensure(&types, &Freshness::Always, None).await
     }
 
     /// The committed snapshot of every type that has one (no export).
@@ -323,7 +321,7 @@ impl FhirCatalog {
         let freshness = self.exporter.options.freshness;
         let snapshot = self
             .exporter
-            .ensure(&full(types), &freshness, None)
+            .ensure(&types, &freshness, None)
             .await?
             .remove(0);
         self.exporter.table(snapshot)
@@ -346,11 +344,6 @@ impl FhirCatalog {
             })
             .collect()
     }
-}
-
-/// The full snapshots of `types` (no pushdown).
-fn full(types: Vec<String>) -> Vec<(String, Pushdown)> {
-    types.into_iter().map(|t| (t, Pushdown::default())).collect()
 }
 
 impl Exporter {
@@ -418,7 +411,7 @@ impl SchemaProvider for FhirSchema {
                     .map(|(_, _, p)| p.clone())
                     .unwrap_or_default();
                 exporter
-                    .ensure(&[(resource_type, pushdown)], &freshness, Some(started))
+                    .ensure_pushed(&[(resource_type, pushdown)], &freshness, Some(started))
                     .await
                     .map_err(to_datafusion)?
                     .remove(0)
@@ -426,7 +419,7 @@ impl SchemaProvider for FhirSchema {
             None => {
                 let freshness = exporter.options.freshness;
                 exporter
-                    .ensure(&full(vec![resource_type]), &freshness, None)
+                    .ensure(&[resource_type], &freshness, None)
                     .await
                     .map_err(to_datafusion)?
                     .remove(0)
@@ -561,7 +554,10 @@ async fn prefetch(
         else {
             continue;
         };
-        let pushed = (t.to_owned(), Pushdown::from_conjuncts(t, filters.conjuncts(&r)));
+        let pushed = (
+            t.to_owned(),
+            Pushdown::from_conjuncts(t, filters.conjuncts(&r)),
+        );
         match wanted
             .iter_mut()
             .find(|(c, _)| Arc::ptr_eq(&c.exporter, &fhir.exporter))
@@ -572,7 +568,12 @@ async fn prefetch(
     }
     let exports = wanted.iter().map(|(catalog, types)| {
         let freshness = freshness.unwrap_or(catalog.exporter.options.freshness);
-        async move { catalog.exporter.ensure(types, &freshness, None).await }
+        async move {
+            catalog
+                .exporter
+                .ensure_pushed(types, &freshness, None)
+                .await
+        }
     });
     futures::future::try_join_all(exports)
         .await

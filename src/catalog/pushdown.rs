@@ -37,7 +37,11 @@ pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
     ("Observation", "category_0_coding_0_code", "category"),
     ("Observation", "status", "status"),
     ("Condition", "code_coding_0_code", "code"),
-    ("Condition", "clinicalStatus_coding_0_code", "clinical-status"),
+    (
+        "Condition",
+        "clinicalStatus_coding_0_code",
+        "clinical-status",
+    ),
     (
         "Condition",
         "verificationStatus_coding_0_code",
@@ -107,7 +111,8 @@ impl Pushdown {
                 (*t == "*" || *t == resource_type) && column.eq_ignore_ascii_case(&c.column)
             });
             if let Some((_, _, param)) = param {
-                let value: String = url::form_urlencoded::byte_serialize(c.value.as_bytes()).collect();
+                let value: String =
+                    url::form_urlencoded::byte_serialize(c.value.as_bytes()).collect();
                 let param = format!("{param}={value}");
                 if !params.contains(&param) {
                     params.push(param);
@@ -266,7 +271,10 @@ impl Collector<'_> {
                     alias,
                     args: None,
                     ..
-                } => (self.resolve(name), alias.as_ref().map(|a| a.name.value.clone())),
+                } => (
+                    self.resolve(name),
+                    alias.as_ref().map(|a| a.name.value.clone()),
+                ),
                 _ => (None, None),
             })
             .collect();
@@ -385,7 +393,10 @@ mod tests {
             .iter()
             .map(|t| {
                 let table = TableReference::bare(t.to_lowercase()).resolve("src", "fhir");
-                (t.to_string(), Pushdown::from_conjuncts(t, filters.conjuncts(&table)))
+                (
+                    t.to_string(),
+                    Pushdown::from_conjuncts(t, filters.conjuncts(&table)),
+                )
             })
             .filter(|(_, p)| !p.is_empty())
             .collect();
@@ -406,7 +417,10 @@ mod tests {
             pushdowns(
                 "SELECT id FROM observation WHERE code_coding_0_code = '8867-4' AND status = 'final' AND value > 3"
             ),
-            [("Observation".into(), filter("Observation?code=8867-4&status=final"))]
+            [(
+                "Observation".into(),
+                filter("Observation?code=8867-4&status=final")
+            )]
         );
         assert_eq!(
             pushdowns("SELECT * FROM src.fhir.patient p WHERE 'male' = p.gender OR p.id = 'x'"),
@@ -418,7 +432,10 @@ mod tests {
                  WHERE p.gender = 'female' AND (c.code_coding_0_code = 'http://x|1') AND gender = 'x'"
             ),
             [
-                ("Condition".into(), filter("Condition?code=http%3A%2F%2Fx%7C1")),
+                (
+                    "Condition".into(),
+                    filter("Condition?code=http%3A%2F%2Fx%7C1")
+                ),
                 ("Patient".into(), filter("Patient?gender=female")),
             ]
         );

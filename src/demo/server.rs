@@ -1065,7 +1065,9 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
             });
             Body::from_stream(slow)
         }
-        (None, None) => Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>))),
+        (None, None) => {
+            Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
+        }
         (Some(limit), _) => {
             use futures::StreamExt;
             let head = futures::stream::iter(truncate(chunks, limit).map(Ok));

@@ -592,7 +592,11 @@ async fn pushdown_over_a_source_that_ignores_it_keeps_rows_right_and_the_full_sn
     // Now the full snapshot serves the filtered query too, without an export.
     assert_eq!(rows(&ctx, query).await, ["p1", "p3"]);
     assert_eq!(
-        rows(&ctx, "SELECT id FROM src.fhir.patient WHERE gender = 'male'").await,
+        rows(
+            &ctx,
+            "SELECT id FROM src.fhir.patient WHERE gender = 'male'"
+        )
+        .await,
         ["p2"]
     );
     assert_eq!(source.fetches().len(), 2);
@@ -644,13 +648,13 @@ mod demo_server {
 
     #[tokio::test]
     async fn pushdown_sends_type_filter_and_since_and_returns_the_same_rows() {
-        let (pushed_cache, full_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (pushed_cache, full_cache) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (server, ctx, _fhir) = demo_catalog(pushed_cache.path()).await;
         let (full_ctx, _) = catalog_of(&server, full_cache.path()).await;
         server.upsert(json!({"resourceType": "Patient", "id": "late", "gender": "female"}));
-        let since = fhirflight::snapshot::rfc3339(
-            std::time::SystemTime::now() - Duration::from_secs(3600),
-        );
+        let since =
+            fhirflight::snapshot::rfc3339(std::time::SystemTime::now() - Duration::from_secs(3600));
         let queries = [
             "SELECT id FROM src.fhir.patient WHERE gender = 'female'".to_owned(),
             "SELECT o.id, o.status FROM src.fhir.observation o \
@@ -663,10 +667,20 @@ mod demo_server {
             pushed.push(rows(&ctx, query).await);
             assert_eq!(server.stats().kickoffs.len(), i + 1);
         }
-        assert!(pushed[0].contains(&"late".to_owned()) && pushed[0].len() < 13, "{:?}", pushed[0]);
-        assert!(!pushed[1].is_empty(), "the demo has heart-rate observations");
+        assert!(
+            pushed[0].contains(&"late".to_owned()) && pushed[0].len() < 13,
+            "{:?}",
+            pushed[0]
+        );
+        assert!(
+            !pushed[1].is_empty(),
+            "the demo has heart-rate observations"
+        );
         assert!(pushed[2].contains(&"late".to_owned()), "{:?}", pushed[2]);
-        assert_eq!(type_filters(&server, 0), ["_typeFilter=Patient?gender=female"]);
+        assert_eq!(
+            type_filters(&server, 0),
+            ["_typeFilter=Patient?gender=female"]
+        );
         assert_eq!(
             type_filters(&server, 1),
             ["_typeFilter=Observation?code=8867-4&status=final"]
@@ -675,12 +689,18 @@ mod demo_server {
         assert_eq!(sent.len(), 1);
         assert!(sent[0].starts_with("_since="), "{sent:?}");
 
-        let plan = rows(&ctx, &format!("EXPLAIN {}", queries[1])).await.join("\n");
+        let plan = rows(&ctx, &format!("EXPLAIN {}", queries[1]))
+            .await
+            .join("\n");
         assert!(
             plan.contains("Observation@code=8867-4_status=final-"),
             "EXPLAIN names the filtered snapshot: {plan}"
         );
-        assert_eq!(server.stats().kickoffs.len(), 3, "EXPLAIN reuses the snapshot");
+        assert_eq!(
+            server.stats().kickoffs.len(),
+            3,
+            "EXPLAIN reuses the snapshot"
+        );
 
         // The same queries over full snapshots (another cache): the same rows.
         for table in ["patient", "observation"] {
@@ -690,7 +710,11 @@ mod demo_server {
             assert_eq!(&rows(&full_ctx, query).await, pushed, "{query}");
         }
         let kickoffs = server.stats().kickoffs;
-        assert!(kickoffs[3..].iter().all(|k| k.params.iter().all(|(k, _)| k != "_typeFilter")));
+        assert!(
+            kickoffs[3..]
+                .iter()
+                .all(|k| k.params.iter().all(|(k, _)| k != "_typeFilter"))
+        );
     }
 
     #[tokio::test]
@@ -724,7 +748,10 @@ mod demo_server {
         assert!(fhir.store().current("Patient").unwrap().is_none());
 
         // A later query exports again and completes.
-        assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await.len(), 12);
+        assert_eq!(
+            rows(&ctx, "SELECT id FROM src.fhir.patient").await.len(),
+            12
+        );
         let exports = fhir.exports();
         assert_eq!(exports.len(), 2);
         assert_eq!(exports[1].state, ExportState::Done);
@@ -755,7 +782,10 @@ mod demo_server {
             .spawn()
             .unwrap();
         while server.stats().downloads == 0 {
-            assert!(child.try_wait().unwrap().is_none(), "fhirflight ended early");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "fhirflight ended early"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         child.kill().unwrap(); // SIGKILL, mid-download
@@ -764,7 +794,10 @@ mod demo_server {
 
         let (ctx, fhir) = catalog_of(&server, cache.path()).await;
         let store = fhir.store();
-        assert!(store.current("Patient").unwrap().is_none(), "no half snapshot");
+        assert!(
+            store.current("Patient").unwrap().is_none(),
+            "no half snapshot"
+        );
         assert_eq!(
             rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
             ["12"]
@@ -813,7 +846,11 @@ mod demo_server {
         }
         assert!(!got.is_empty());
         assert_eq!(got, expected);
-        assert_eq!(server.stats().kickoffs.len(), 1, "the example's snapshot is reused");
+        assert_eq!(
+            server.stats().kickoffs.len(),
+            1,
+            "the example's snapshot is reused"
+        );
     }
 
     #[tokio::test]
