@@ -72,7 +72,7 @@ printf '%-12s %9s %9s %9s %14s %12s\n' type first_s repeat_s duckdb_s duckdb/rep
 for t in "${types[@]}"; do
   q=$(query "$t")
   cache=$(mktemp -d "$WORK/cache.XXXXXX")
-  run() { "$BIN" sql --folder "$folder" --cache-dir "$cache" --freshness never --format csv "$q"; }
+  run() { FHIRFLIGHT_LOG=warn "$BIN" sql --folder "$folder" --cache-dir "$cache" --freshness never --format csv "$q"; }
   first=$(seconds run)
   repeat=$(for _ in $(seq "$REPS"); do seconds run; done | median)
   duck=$("$PY" "$BENCH/b_duckdb.py" "$data" --types "$t" --reps "$REPS" --query agg | awk -v t="$t" '$1 == "duckdb_agg" && $2 == t { print $5 }')

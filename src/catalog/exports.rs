@@ -165,13 +165,11 @@ impl Exporter {
             let mut groups: BTreeMap<(Option<String>, bool), Vec<Target>> = BTreeMap::new();
             for (t, pushdown) in wanted {
                 let current = self.store.current(t)?;
+                let full_fresh = current.as_ref().is_some_and(fresh);
                 let full_running = jobs.by_name.get(t);
-                if current.as_ref().is_some_and(fresh)
-                    || (full_running.is_some() && !pushdown.is_empty())
-                {
-                    // A full snapshot serves every pushdown.
-                    if let Some(job) = full_running.filter(|_| !current.as_ref().is_some_and(fresh))
-                    {
+                // A full snapshot serves every pushdown: a fresh one, or one being exported.
+                if full_fresh || (full_running.is_some() && !pushdown.is_empty()) {
+                    if let Some(job) = full_running.filter(|_| !full_fresh) {
                         waits.push(Waiter::join(self, job));
                     }
                     names.push(t.clone());
