@@ -15,7 +15,7 @@ use fhirflight::bulk::{
     KickoffMethod,
 };
 use fhirflight::catalog::{
-    self, BulkSource, CatalogOptions, FhirCatalog, FhirSource, Freshness, LocalFolder,
+    self, BulkSource, CatalogOptions, ExportState, FhirCatalog, FhirSource, Freshness, LocalFolder,
 };
 use fhirflight::demo::{DemoConfig, DemoServer};
 use fhirflight::flight::{FlightSqlServer, Users};
@@ -346,8 +346,22 @@ async fn sql(args: SqlArgs, config: Config) -> Result<()> {
         args.catalog.freshness
     };
     let session = args.catalog.session(config).await?;
-    let df = catalog::sql_with_freshness(&session.ctx, &args.query, freshness).await?;
-    let batches = df.collect().await?;
+    // Ctrl-C ends the process as is: a running export's job and downloads stay in the cache's
+    // staging folder, and the next run resumes them.
+    let fhir = session.ctx.catalog("fhir");
+    let fhir = fhir.as_ref().and_then(|c| c.downcast_ref::<FhirCatalog>());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let reporter = fhir.map(|c| tokio::spawn(report_exports(c.clone(), stopped)));
+    let batches = async {
+        let df = catalog::sql_with_freshness(&session.ctx, &args.query, freshness).await?;
+        df.collect().await
+    }
+    .await;
+    let _ = stop.send(());
+    if let Some(reporter) = reporter {
+        let _ = reporter.await;
+    }
+    let batches = batches?;
     let mut out: Box<dyn std::io::Write> = match &args.output {
         Some(path) => Box::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?),
         None => Box::new(std::io::stdout().lock()),
@@ -556,6 +570,72 @@ async fn export(args: ExportArgs, config: Config) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Shows the catalog's running exports until `stop`: a bar on a terminal, log lines otherwise.
+async fn report_exports(catalog: FhirCatalog, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut logged = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let running: Vec<_> = catalog
+            .exports()
+            .into_iter()
+            .filter(|e| e.state == ExportState::Running)
+            .collect();
+        let message = running
+            .iter()
+            .map(|e| {
+                let p = &e.progress;
+                let percent = p.percent.map(|p| format!(" {p:.0}%")).unwrap_or_default();
+                format!(
+                    "export {}: {}{percent}, {} files, {:.1} MB",
+                    e.request.types.join(","),
+                    p.phase,
+                    p.files,
+                    p.bytes as f64 / 1e6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        match (&bar, terminal, running.is_empty()) {
+            (Some(b), _, true) => {
+                b.finish_and_clear();
+                bar = None;
+            }
+            (Some(b), _, false) => b.set_message(message),
+            (None, true, false) => {
+                let b = ProgressBar::new_spinner();
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                        .expect("a valid template"),
+                );
+                b.enable_steady_tick(Duration::from_millis(120));
+                b.set_message(message);
+                bar = Some(b);
+            }
+            (None, false, false) => {
+                for e in &running {
+                    if logged.insert((e.id, e.progress.phase.clone())) {
+                        tracing::info!(
+                            "export {}: {}",
+                            e.request.types.join(","),
+                            e.progress.phase
+                        );
+                    }
+                }
+            }
+            (None, _, true) => {}
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
 }
 
 /// Shows an export's progress: a bar on a terminal, log lines otherwise.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -11,6 +11,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::watch;
 
+use super::pushdown::Pushdown;
 use super::source::{FetchOutcome, FetchProgress, FetchRequest, FhirSource};
 use super::{CatalogOptions, Freshness};
 use crate::snapshot::{
@@ -55,17 +56,33 @@ pub struct ExportStatus {
 struct Job {
     id: u64,
     request: FetchRequest,
+    targets: Vec<Target>,
     started: SystemTime,
     progress: watch::Receiver<FetchProgress>,
     state: Mutex<ExportState>,
     abort: tokio::task::AbortHandle,
     done: Done,
+    /// Callers waiting for it: when the last one goes away, the export is aborted.
+    waiters: AtomicUsize,
+}
+
+/// One snapshot an export commits.
+#[derive(Debug, Clone)]
+struct Target {
+    resource_type: String,
+    /// The snapshot's name: the type, or a filtered export's (see [`Pushdown::snapshot_name`]).
+    name: String,
+    /// Its `_typeFilter`, and the filters recorded in its manifest.
+    type_filter: Option<String>,
+    pushdown: Vec<String>,
+    /// Merge into the type's current snapshot (an incremental refresh).
+    merge: bool,
 }
 
 #[derive(Debug, Default)]
 struct Jobs {
-    /// The running job of each resource type.
-    by_type: HashMap<String, Arc<Job>>,
+    /// The running job of each snapshot name.
+    by_name: HashMap<String, Arc<Job>>,
     /// Running and recently finished jobs, oldest first.
     all: Vec<Arc<Job>>,
 }
@@ -111,76 +128,145 @@ impl Exporter {
             .map(String::as_str)
     }
 
-    /// Returns a snapshot of every type in `types` that satisfies `freshness` (or was committed
-    /// after `not_before`), exporting the others: ONE export for all types that lack a snapshot,
-    /// one incremental export per previous `transactionTime` for the stale ones. Types already
-    /// being exported join that export.
+    /// [`Exporter::ensure_pushed`] without pushdown: the full snapshots of `types`.
     pub(crate) async fn ensure(
         self: &Arc<Self>,
         types: &[String],
         freshness: &Freshness,
         not_before: Option<SystemTime>,
     ) -> Result<Vec<Snapshot>> {
-        let mut waits: Vec<Done> = Vec::new();
+        let wanted: Vec<(String, Pushdown)> = types
+            .iter()
+            .map(|t| (t.clone(), Pushdown::default()))
+            .collect();
+        self.ensure_pushed(&wanted, freshness, not_before).await
+    }
+
+    /// Returns a snapshot for every `(type, pushdown)` in `wanted`: the type's full snapshot when
+    /// it satisfies `freshness` (or was committed after `not_before`), else the snapshot of that
+    /// pushdown when it does, else one made by an export. ONE export for all types without a
+    /// snapshot, one incremental export per previous `transactionTime` for stale ones, one per
+    /// `_since` pushed; exports already running for a snapshot are joined. Dropping the returned
+    /// future withdraws from the exports it waits for; one left without waiters is cancelled.
+    pub(crate) async fn ensure_pushed(
+        self: &Arc<Self>,
+        wanted: &[(String, Pushdown)],
+        freshness: &Freshness,
+        not_before: Option<SystemTime>,
+    ) -> Result<Vec<Snapshot>> {
+        let fresh = |s: &Snapshot| {
+            not_before.is_some_and(|nb| s.created() >= nb) || freshness.accepts(s.age())
+        };
+        let mut waits: Vec<Waiter> = Vec::new();
+        let mut names = Vec::with_capacity(wanted.len());
         {
             let mut jobs = self.jobs();
-            // Stale types grouped by the transactionTime of their snapshot (None: no snapshot).
-            let mut stale: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
-            for t in dedup(types) {
-                if let Some(job) = jobs.by_type.get(&t) {
-                    waits.push(job.done.clone());
+            // Exports to start, by (`_since`, whether that `_since` is pushed down).
+            let mut groups: BTreeMap<(Option<String>, bool), Vec<Target>> = BTreeMap::new();
+            for (t, pushdown) in wanted {
+                let current = self.store.current(t)?;
+                let full_fresh = current.as_ref().is_some_and(fresh);
+                let full_running = jobs.by_name.get(t);
+                // A full snapshot serves every pushdown: a fresh one, or one being exported.
+                if full_fresh || (full_running.is_some() && !pushdown.is_empty()) {
+                    if let Some(job) = full_running.filter(|_| !full_fresh) {
+                        waits.push(Waiter::join(self, job));
+                    }
+                    names.push(t.clone());
                     continue;
                 }
-                let current = self.store.current(&t)?;
-                let fresh = current.as_ref().is_some_and(|s| {
-                    not_before.is_some_and(|nb| s.created() >= nb) || freshness.accepts(s.age())
-                });
-                if !fresh {
+                let name = pushdown.snapshot_name(t);
+                names.push(name.clone());
+                if let Some(job) = jobs.by_name.get(&name) {
+                    waits.push(Waiter::join(self, job));
+                    continue;
+                }
+                if groups.values().flatten().any(|target| target.name == name) {
+                    continue;
+                }
+                let (key, target) = if pushdown.is_empty() {
                     let since = current
                         .filter(|_| self.options.incremental)
                         .map(|s| s.manifest().transaction_time.clone());
-                    stale.entry(since).or_default().push(t);
-                }
-            }
-            for (since, types) in stale {
-                let request = FetchRequest {
-                    types,
-                    since,
-                    type_filters: Vec::new(),
+                    let merge = since.is_some();
+                    let target = Target {
+                        resource_type: t.clone(),
+                        name,
+                        type_filter: None,
+                        pushdown: Vec::new(),
+                        merge,
+                    };
+                    ((since, false), target)
+                } else {
+                    if self.store.current(&name)?.as_ref().is_some_and(fresh) {
+                        continue;
+                    }
+                    let recorded = [
+                        pushdown
+                            .type_filter
+                            .as_ref()
+                            .map(|f| format!("_typeFilter={f}")),
+                        pushdown.since.as_ref().map(|s| format!("_since={s}")),
+                    ];
+                    let target = Target {
+                        resource_type: t.clone(),
+                        name,
+                        type_filter: pushdown.type_filter.clone(),
+                        pushdown: recorded.into_iter().flatten().collect(),
+                        merge: false,
+                    };
+                    ((pushdown.since.clone(), pushdown.since.is_some()), target)
                 };
-                let job = self.start(&mut jobs, request);
-                waits.push(job.done.clone());
+                groups.entry(key).or_default().push(target);
+            }
+            for ((since, _), targets) in groups {
+                let job = self.start(&mut jobs, since, targets);
+                waits.push(Waiter::join(self, &job));
             }
         }
-        for done in waits {
-            done.await.map_err(Error::Shared)?;
+        for wait in &waits {
+            wait.job.done.clone().await.map_err(Error::Shared)?;
         }
-        types
+        drop(waits);
+        names
             .iter()
-            .map(|t| {
+            .map(|n| {
                 self.store
-                    .current(t)?
-                    .ok_or_else(|| Error::Snapshot(format!("export of {t} committed no snapshot")))
+                    .current(n)?
+                    .ok_or_else(|| Error::Snapshot(format!("export of {n} committed no snapshot")))
             })
             .collect()
     }
 
     /// Starts an export task and registers it for its types (the caller holds the jobs lock).
-    fn start(self: &Arc<Self>, jobs: &mut Jobs, request: FetchRequest) -> Arc<Job> {
+    fn start(
+        self: &Arc<Self>,
+        jobs: &mut Jobs,
+        since: Option<String>,
+        targets: Vec<Target>,
+    ) -> Arc<Job> {
+        let request = FetchRequest {
+            types: targets.iter().map(|t| t.resource_type.clone()).collect(),
+            since,
+            type_filters: targets
+                .iter()
+                .filter_map(|t| t.type_filter.clone())
+                .collect(),
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(FetchProgress {
             phase: "starting".into(),
             ..FetchProgress::default()
         });
         let this = Arc::clone(self);
-        let req = request.clone();
+        let (req, plan) = (request.clone(), targets.clone());
         let task = tokio::spawn(async move {
             // Unregisters the job however the task ends, including abort.
             let _guard = Unregister {
                 exporter: Arc::clone(&this),
                 id,
             };
-            this.run(&req, &tx).await
+            this.run(&req, plan, &tx).await
         });
         let abort = task.abort_handle();
         let what = request.types.join(",");
@@ -197,14 +283,16 @@ impl Exporter {
         let job = Arc::new(Job {
             id,
             request,
+            targets,
+            waiters: AtomicUsize::new(0),
             started: SystemTime::now(),
             progress: rx,
             state: Mutex::new(ExportState::Running),
             abort,
             done: done.clone(),
         });
-        for t in &job.request.types {
-            jobs.by_type.insert(t.clone(), Arc::clone(&job));
+        for t in &job.targets {
+            jobs.by_name.insert(t.name.clone(), Arc::clone(&job));
         }
         jobs.all.push(Arc::clone(&job));
         let excess = jobs.all.len().saturating_sub(FINISHED_KEPT);
@@ -232,6 +320,7 @@ impl Exporter {
     async fn run(
         &self,
         request: &FetchRequest,
+        mut targets: Vec<Target>,
         progress: &watch::Sender<FetchProgress>,
     ) -> Result<()> {
         let started = SystemTime::now();
@@ -251,33 +340,36 @@ impl Exporter {
         })
         .await
         .map_err(|e| Error::Snapshot(format!("lock task failed: {e}")))??;
-        let mut request = request.clone();
-        request.types.retain(|t| {
+        targets.retain(|t| {
             self.store
-                .current(t)
+                .current(&t.name)
                 .ok()
                 .flatten()
                 .is_none_or(|s| s.created() < started)
         });
-        if request.types.is_empty() {
+        if targets.is_empty() {
             return Ok(());
         }
+        let request = FetchRequest {
+            types: targets.iter().map(|t| t.resource_type.clone()).collect(),
+            since: request.since.clone(),
+            type_filters: targets
+                .iter()
+                .filter_map(|t| t.type_filter.clone())
+                .collect(),
+        };
 
         let outcome = self.source.fetch(&request, &staging, progress).await?;
         progress.send_modify(|p| p.phase = "converting".into());
         let mut tasks = Vec::new();
-        for t in &request.types {
-            let previous = if outcome.complete {
+        for t in targets {
+            let previous = if outcome.complete || !t.merge {
                 None
             } else {
-                request.since.as_ref().and(self.store.current(t)?)
+                self.store.current(&t.name)?
             };
-            let (store, options, outcome, t) = (
-                self.store.clone(),
-                self.options.clone(),
-                outcome.clone(),
-                t.clone(),
-            );
+            let (store, options, outcome) =
+                (self.store.clone(), self.options.clone(), outcome.clone());
             let location = self.source.location().to_owned();
             tasks.push(tokio::task::spawn_blocking(move || {
                 commit_type(&store, &options, &location, &outcome, &t, previous.as_ref())
@@ -318,6 +410,38 @@ impl Exporter {
     }
 }
 
+/// A caller waiting for a job. The last one to go away before the job ends aborts it (a
+/// dropped query, a disconnected client): the job ends [`ExportState::Cancelled`].
+struct Waiter {
+    exporter: Arc<Exporter>,
+    job: Arc<Job>,
+}
+
+impl Waiter {
+    /// Joins `job` (the caller holds the jobs lock, so a job being abandoned is not joined).
+    fn join(exporter: &Arc<Exporter>, job: &Arc<Job>) -> Self {
+        job.waiters.fetch_add(1, Ordering::SeqCst);
+        Self {
+            exporter: Arc::clone(exporter),
+            job: Arc::clone(job),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut jobs = self.exporter.jobs();
+        if self.job.waiters.fetch_sub(1, Ordering::SeqCst) == 1 && self.job.done.peek().is_none() {
+            tracing::info!(
+                export = self.job.id,
+                "no query waits for the export any more; cancelling it"
+            );
+            self.job.abort.abort();
+            jobs.by_name.retain(|_, j| j.id != self.job.id);
+        }
+    }
+}
+
 /// Removes a job from `by_type` when its task ends (normally, by error or aborted).
 struct Unregister {
     exporter: Arc<Exporter>,
@@ -326,7 +450,7 @@ struct Unregister {
 
 impl Drop for Unregister {
     fn drop(&mut self) {
-        self.exporter.jobs().by_type.retain(|_, j| j.id != self.id);
+        self.exporter.jobs().by_name.retain(|_, j| j.id != self.id);
     }
 }
 
@@ -338,9 +462,10 @@ fn commit_type(
     options: &CatalogOptions,
     location: &str,
     outcome: &FetchOutcome,
-    resource_type: &str,
+    target: &Target,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot> {
+    let resource_type = target.resource_type.as_str();
     let files: Vec<PathBuf> = outcome
         .files
         .iter()
@@ -353,12 +478,13 @@ fn commit_type(
         .filter(|(t, _)| t == resource_type)
         .map(|(_, id)| id.clone())
         .collect();
-    let writer = store.begin(resource_type)?;
+    let writer = store.begin_named(&target.name, resource_type)?;
     let mut manifest = SnapshotManifest {
         source: location.to_owned(),
         request: outcome.request.clone(),
         transaction_time: outcome.transaction_time.clone(),
         errors: outcome.errors.clone(),
+        pushdown: target.pushdown.clone(),
         ..SnapshotManifest::default()
     };
     let mut add_raw =
@@ -409,14 +535,4 @@ fn job_key(request: &FetchRequest) -> String {
     let mut name = types.join("_");
     name.truncate(60);
     format!("{name}-{hex}")
-}
-
-fn dedup(types: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(types.len());
-    for t in types {
-        if !out.contains(t) {
-            out.push(t.clone());
-        }
-    }
-    out
 }

@@ -13,7 +13,14 @@
 //! references of the statement (`SessionState::resolve_table_references`), brings all FHIR types
 //! up to date with ONE export per catalog, then plans as usual. Plain `ctx.sql` works too, with
 //! one export per missing type. Queries that need a type already being exported wait for that
-//! export (it is shared), whoever started it.
+//! export (it is shared), whoever started it; an export whose every waiting query went away (a
+//! dropped future, a disconnected Flight client) is cancelled.
+//!
+//! # Filters pushed into the export
+//!
+//! [`sql`] also reads simple `WHERE` conjuncts from the statement and restricts the export with
+//! them (`_typeFilter`, `_since`; see [`Pushdown`] and [`SEARCH_PARAMS`]) when no full snapshot
+//! is fresh. DataFusion applies the filters again, so servers that ignore them give the same rows.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,6 +40,7 @@
 
 mod exports;
 mod factory;
+mod pushdown;
 mod refresh;
 mod source;
 mod table;
@@ -56,6 +64,7 @@ use datafusion::sql::parser::Statement;
 
 pub use exports::{ExportState, ExportStatus};
 pub use factory::FhirTableFactory;
+pub use pushdown::{Pushdown, SEARCH_PARAMS};
 pub use refresh::RefreshFunction;
 pub use source::{
     BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder,
@@ -251,6 +260,7 @@ impl FhirCatalog {
             Some(types) => types.clone(),
             None => source.resource_types().await?,
         };
+        types.sort();
         types.sort();
         types.dedup();
         let store = SnapshotStore::open(&options.cache_dir, source.location())?;
@@ -464,17 +474,34 @@ impl FhirSchema {
         if self.browse {
             return exporter.store.current(resource_type).map_err(to_datafusion);
         }
-        let (freshness, started) = match SCOPE.try_with(Clone::clone).ok() {
-            Some(Scope { started, freshness }) => (
-                freshness.unwrap_or(exporter.options.freshness),
-                Some(started),
-            ),
-            None => (exporter.options.freshness, None),
-        };
-        let mut snapshots = exporter
-            .ensure(&[resource_type.to_owned()], &freshness, started)
-            .await
-            .map_err(to_datafusion)?;
+        let mut snapshots = match SCOPE.try_with(Clone::clone).ok() {
+            Some(Scope {
+                started,
+                freshness,
+                pushdowns,
+            }) => {
+                let freshness = freshness.unwrap_or(exporter.options.freshness);
+                let pushdown = pushdowns
+                    .iter()
+                    .find(|(e, t, _)| Arc::ptr_eq(e, exporter) && t == resource_type)
+                    .map(|(_, _, p)| p.clone())
+                    .unwrap_or_default();
+                exporter
+                    .ensure_pushed(
+                        &[(resource_type.to_owned(), pushdown)],
+                        &freshness,
+                        Some(started),
+                    )
+                    .await
+            }
+            None => {
+                let freshness = exporter.options.freshness;
+                exporter
+                    .ensure(&[resource_type.to_owned()], &freshness, None)
+                    .await
+            }
+        }
+        .map_err(to_datafusion)?;
         Ok(Some(snapshots.remove(0)))
     }
 }
@@ -485,6 +512,8 @@ impl FhirSchema {
 struct Scope {
     started: SystemTime,
     freshness: Option<Freshness>,
+    /// What the statement pushes into the export of each (catalog, type).
+    pushdowns: Arc<Vec<(Arc<Exporter>, String, Pushdown)>>,
 }
 
 tokio::task_local! {
@@ -517,7 +546,7 @@ async fn run_sql(
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect)?;
-    if prefetch(&state, &statement, freshness).await? {
+    let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {
         // Browsing runs in a session whose FHIR catalogs never export (information_schema
         // resolves every table while executing, possibly in other tasks).
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
@@ -540,29 +569,39 @@ async fn run_sql(
             .collect()
             .await?;
         return ctx.read_batches(batches);
-    }
-    SCOPE
-        .scope(Scope { started, freshness }, ctx.sql(sql))
-        .await
+    };
+    let scope = Scope {
+        started,
+        freshness,
+        pushdowns: Arc::new(pushdowns),
+    };
+    SCOPE.scope(scope, ctx.sql(sql)).await
 }
 
 /// Brings the FHIR tables that `statement` references up to date: one export per catalog for
-/// all its types. Returns true, doing nothing, when the statement browses `information_schema`.
-pub async fn prefetch(
+/// all its types, restricted by the filters it can push. Returns what was pushed per table, or
+/// `None`, doing nothing, when the statement browses `information_schema`.
+async fn prefetch(
     state: &SessionState,
     statement: &Statement,
     freshness: Option<Freshness>,
-) -> DfResult<bool> {
+) -> DfResult<Option<Vec<(Arc<Exporter>, String, Pushdown)>>> {
     let options = state.config().options();
     let (default_catalog, default_schema) = (
         &options.catalog.default_catalog,
         &options.catalog.default_schema,
     );
-    let mut wanted: Vec<(FhirCatalog, Vec<String>)> = Vec::new();
+    let filters = pushdown::Filters::of(
+        statement,
+        options.sql_parser.enable_ident_normalization,
+        default_catalog,
+        default_schema,
+    );
+    let mut wanted: Vec<(FhirCatalog, Vec<(String, Pushdown)>)> = Vec::new();
     for reference in state.resolve_table_references(statement)? {
         let r = reference.resolve(default_catalog, default_schema);
         if r.schema.as_ref() == "information_schema" {
-            return Ok(true);
+            return Ok(None);
         }
         let Some(catalog) = state.catalog_list().catalog(&r.catalog) else {
             continue;
@@ -576,21 +615,56 @@ pub async fn prefetch(
         else {
             continue;
         };
+        // A view's columns are not the type's: only a resource type's own table pushes filters.
+        let pushdown = match fhir.exporter.resource_type(&r.table) {
+            Some(_) => Pushdown::from_conjuncts(&t, filters.conjuncts(&r)),
+            None => Pushdown::default(),
+        };
         match wanted
             .iter_mut()
             .find(|(c, _)| Arc::ptr_eq(&c.exporter, &fhir.exporter))
         {
-            Some((_, types)) => types.push(t.to_owned()),
-            None => wanted.push((fhir.clone(), vec![t.to_owned()])),
+            Some((_, types)) => types.push((t, pushdown)),
+            None => wanted.push((fhir.clone(), vec![(t, pushdown)])),
         }
     }
-    let exports = wanted
-        .iter()
-        .map(|(catalog, types)| catalog.prefetch(types, freshness));
+    // A type read twice (a view and its type's table, say) is read whole: one snapshot serves both.
+    for (_, types) in &mut wanted {
+        let mixed: Vec<String> = types
+            .iter()
+            .filter(|(t, p)| types.iter().any(|(u, q)| u == t && q != p))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for (t, p) in types.iter_mut() {
+            if mixed.contains(t) {
+                *p = Pushdown::default();
+            }
+        }
+        types.sort();
+        types.dedup();
+    }
+    let exports = wanted.iter().map(|(catalog, types)| {
+        let freshness = freshness.unwrap_or(catalog.exporter.options.freshness);
+        async move {
+            catalog
+                .exporter
+                .ensure_pushed(types, &freshness, None)
+                .await
+        }
+    });
     futures::future::try_join_all(exports)
         .await
         .map_err(to_datafusion)?;
-    Ok(false)
+    Ok(Some(
+        wanted
+            .into_iter()
+            .flat_map(|(catalog, types)| {
+                types
+                    .into_iter()
+                    .map(move |(t, p)| (Arc::clone(&catalog.exporter), t, p))
+            })
+            .collect(),
+    ))
 }
 
 /// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with

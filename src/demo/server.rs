@@ -179,6 +179,8 @@ pub struct Faults {
     /// File downloads that revoke the bearer token they carry and answer 401, as if it had
     /// expired mid-export.
     pub download_token_revoked: u32,
+    /// Wait this long before each body chunk (64 KiB) of a download: a slow network.
+    pub download_chunk_delay: Option<Duration>,
 }
 
 /// Export level of a kick-off.
@@ -1150,9 +1152,19 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
         .break_download_after
         .filter(|n| gzip || (*n as u64) < end - start)
         .filter(|_| file.take_break());
-    let body = match cut {
-        None => Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>))),
-        Some(limit) => {
+    let body = match (cut, faults.download_chunk_delay) {
+        (None, Some(delay)) => {
+            use futures::StreamExt;
+            let slow = futures::stream::iter(chunks).then(move |chunk| async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::io::Error>(chunk)
+            });
+            Body::from_stream(slow)
+        }
+        (None, None) => {
+            Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
+        }
+        (Some(limit), _) => {
             use futures::StreamExt;
             let head = futures::stream::iter(truncate(chunks, limit).map(Ok));
             let reset = futures::stream::once(async {

@@ -12,6 +12,9 @@
 //!   <Type>/manifest.json                 THE commit point: names the current snapshot of <Type>
 //!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson.gz      raw resources, the source of truth
 //!   <Type>/<snapshot-id>/<mode>/part-<n>.parquet       one table per mode (flattened, nested)
+//!   <Type>@<filters>-<hash>/...          the same for an export restricted by filter pushdown
+//!                                        (`_typeFilter`, `_since`): a subset of the type, used
+//!                                        only by queries with the same filters
 //!   staging/<job-key>/                   downloads of an export in progress (resumable)
 //!   tmp/<snapshot-id>/                   a snapshot being written
 //!   .lock                                held while committing
@@ -94,9 +97,10 @@ impl SnapshotStore {
         self.dir.join("staging").join(job_key)
     }
 
-    /// The current snapshot of `resource_type`, if one was committed.
-    pub fn current(&self, resource_type: &str) -> Result<Option<Snapshot>> {
-        let path = self.dir.join(resource_type).join("manifest.json");
+    /// The current snapshot named `name` (a resource type, or a filtered snapshot's name), if one
+    /// was committed.
+    pub fn current(&self, name: &str) -> Result<Option<Snapshot>> {
+        let path = self.manifest_path(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -104,17 +108,18 @@ impl SnapshotStore {
         };
         let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
-        let dir = self.dir.join(resource_type).join(&manifest.snapshot);
+        let dir = self.dir.join(name).join(&manifest.snapshot);
         Ok(Some(Snapshot { dir, manifest }))
     }
 
-    /// Resource types that have a committed snapshot, sorted.
+    /// Resource types that have a committed (full) snapshot, sorted.
     pub fn resource_types(&self) -> Result<Vec<String>> {
         let mut types = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
-            if entry.path().join("manifest.json").is_file() {
-                types.push(entry.file_name().to_string_lossy().into_owned());
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.contains('@') && entry.path().join("manifest.json").is_file() {
+                types.push(name);
             }
         }
         types.sort();
@@ -123,11 +128,18 @@ impl SnapshotStore {
 
     /// Starts writing a new snapshot of `resource_type` in a private temporary folder.
     pub fn begin(&self, resource_type: &str) -> Result<SnapshotWriter> {
+        self.begin_named(resource_type, resource_type)
+    }
+
+    /// Starts writing a snapshot of `resource_type` to be committed under another `name` (a
+    /// filtered export's, which must not replace the type's full snapshot).
+    pub fn begin_named(&self, name: &str, resource_type: &str) -> Result<SnapshotWriter> {
         let id = new_snapshot_id();
         let dir = self.dir.join("tmp").join(&id);
         fs::create_dir_all(dir.join("raw")).map_err(|e| Error::io(&dir, e))?;
         Ok(SnapshotWriter {
             store: self.clone(),
+            name: name.to_owned(),
             resource_type: resource_type.to_owned(),
             id,
             dir,
@@ -162,8 +174,9 @@ impl SnapshotStore {
         fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
         let mut manifest = snapshot.manifest.clone();
         manifest.tables.insert(key.clone(), table.relative_to(&key));
-        let path = self.manifest_path(&manifest.resource_type);
-        let current = self.current(&manifest.resource_type)?;
+        let name = snapshot.name();
+        let path = self.manifest_path(&name);
+        let current = self.current(&name)?;
         if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
             write_atomic(&path, &to_json(&manifest)?)?;
         }
@@ -173,8 +186,8 @@ impl SnapshotStore {
         })
     }
 
-    fn manifest_path(&self, resource_type: &str) -> PathBuf {
-        self.dir.join(resource_type).join("manifest.json")
+    fn manifest_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("manifest.json")
     }
 
     /// Exclusive lock of the store, released on drop (also when the process dies).
@@ -190,10 +203,10 @@ impl SnapshotStore {
         Ok(file)
     }
 
-    /// Removes snapshot folders of `resource_type` other than `keep`, and temporary folders older
-    /// than a day (a crashed writer's).
-    fn collect_garbage(&self, resource_type: &str, keep: &[&str]) {
-        let type_dir = self.dir.join(resource_type);
+    /// Removes snapshot folders of `name` other than `keep`, and temporary folders older than a
+    /// day (a crashed writer's).
+    fn collect_garbage(&self, name: &str, keep: &[&str]) {
+        let type_dir = self.dir.join(name);
         let stale = |p: &Path| {
             p.metadata()
                 .and_then(|m| m.modified())
@@ -226,6 +239,7 @@ impl SnapshotStore {
 #[derive(Debug)]
 pub struct SnapshotWriter {
     store: SnapshotStore,
+    name: String,
     resource_type: String,
     id: String,
     dir: PathBuf,
@@ -282,23 +296,18 @@ impl SnapshotWriter {
             .as_millis() as u64;
 
         let store = &self.store;
-        let type_dir = store.dir.join(&self.resource_type);
+        let type_dir = store.dir.join(&self.name);
         fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
         let _lock = store.lock()?;
-        let previous = store
-            .current(&self.resource_type)?
-            .map(|s| s.manifest.snapshot);
+        let previous = store.current(&self.name)?.map(|s| s.manifest.snapshot);
         let target = type_dir.join(&self.id);
         fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
-        write_atomic(
-            &store.manifest_path(&self.resource_type),
-            &to_json(&manifest)?,
-        )?;
+        write_atomic(&store.manifest_path(&self.name), &to_json(&manifest)?)?;
         let keep: Vec<&str> = [Some(self.id.as_str()), previous.as_deref()]
             .into_iter()
             .flatten()
             .collect();
-        store.collect_garbage(&self.resource_type, &keep);
+        store.collect_garbage(&self.name, &keep);
         Ok(Snapshot {
             dir: target,
             manifest,
@@ -322,6 +331,15 @@ impl Snapshot {
     /// The manifest.
     pub fn manifest(&self) -> &SnapshotManifest {
         &self.manifest
+    }
+
+    /// The name it is committed under: its resource type, or a filtered export's name.
+    pub fn name(&self) -> String {
+        let parent = self.dir.parent().and_then(Path::file_name);
+        parent.map_or_else(
+            || self.manifest.resource_type.clone(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     /// When the snapshot was committed.
@@ -395,6 +413,10 @@ pub struct SnapshotManifest {
     pub raw: Vec<RawFile>,
     /// The Parquet tables by mode (`flattened`, `nested`).
     pub tables: BTreeMap<String, TableFiles>,
+    /// The filters the export was restricted by (`_typeFilter=...`, `_since=...`): such a
+    /// snapshot holds only the matching resources. Empty for a full snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pushdown: Vec<String>,
     /// Set when this snapshot was merged from the previous one and an export `_since` it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<Incremental>,

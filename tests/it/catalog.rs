@@ -361,6 +361,8 @@ async fn cancelled_export_fails_its_queries_and_leaves_the_cache_usable() {
 async fn explain_shows_the_snapshot_files_and_statistics_come_from_the_manifest() {
     let cache = tempfile::tempdir().unwrap();
     let (ctx, fhir) = context(seeded() as _, cache.path(), Freshness::Never).await;
+    // A full snapshot first: the filtered query below prefers it to a filtered export.
+    rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await;
     let plan = rows(
         &ctx,
         "EXPLAIN SELECT id FROM src.fhir.patient WHERE gender = 'male'",
@@ -508,13 +510,107 @@ async fn synthea_folder_gives_the_notebook_counts() {
     let ids = conditions[0].column(1).as_primitive::<Int64Type>().value(0);
     assert_eq!((n, ids), (639, 639));
     assert!(conditions[0].column(0).null_count() == 0);
+
+    // The notebook's Patient columns (id, gender, birthDate, maritalStatus.coding[0].code): the
+    // rows it printed, and the counts of its data.
+    let picked = rows(
+        &ctx,
+        "SELECT id, gender, \"birthDate\", \"maritalStatus_coding_0_code\" FROM src.fhir.patient \
+         WHERE id IN ('6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2', 'c536dee9-9ef6-4807-ae20-9f1045c9c7d6', \
+         '5efb1ac1-d29b-40a5-a3d1-2d682f10bfa7')",
+    )
+    .await;
+    assert_eq!(
+        picked,
+        [
+            "5efb1ac1-d29b-40a5-a3d1-2d682f10bfa7|male|1995-10-19|S",
+            "6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2|male|1965-01-13|M",
+            "c536dee9-9ef6-4807-ae20-9f1045c9c7d6|male|1990-11-18|S",
+        ]
+    );
+    assert_eq!(per_gender, ["female|40", "male|60"]);
+    assert_eq!(
+        rows(
+            &ctx,
+            "SELECT \"maritalStatus_coding_0_code\", count(*) FROM src.fhir.patient GROUP BY 1"
+        )
+        .await,
+        ["M|48", "S|52"]
+    );
+    // Conditions per code: the notebook's first rows, the most frequent codes, the statuses.
+    assert_eq!(
+        rows(
+            &ctx,
+            "SELECT code_coding_0_code, code_text FROM src.fhir.condition \
+             WHERE id = 'a5a38601-b6fe-46b4-a67e-cde9d5957dde'"
+        )
+        .await,
+        ["40055000|Chronic sinusitis (disorder)"]
+    );
+    assert_eq!(
+        rows(
+            &ctx,
+            "SELECT code_coding_0_code, count(*) AS n FROM src.fhir.condition \
+             GROUP BY 1 ORDER BY n DESC LIMIT 3"
+        )
+        .await,
+        ["10509002|47", "195662009|69", "444814009|106"]
+    );
+    assert_eq!(
+        rows(
+            &ctx,
+            "SELECT \"clinicalStatus_coding_0_code\", count(*) FROM src.fhir.condition GROUP BY 1"
+        )
+        .await,
+        ["active|258", "resolved|381"]
+    );
 }
+
+#[tokio::test]
+async fn pushdown_over_a_source_that_ignores_it_keeps_rows_right_and_the_full_snapshot_apart() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    let (ctx, fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+    let query = "SELECT p.id FROM src.fhir.patient p WHERE p.gender = 'female'";
+    // MemorySource ignores `_typeFilter`: DataFusion applies the filter again.
+    assert_eq!(rows(&ctx, query).await, ["p1", "p3"]);
+    let fetches = source.fetches();
+    assert_eq!(fetches.len(), 1);
+    assert_eq!(fetches[0].type_filters, ["Patient?gender=female"]);
+    let plan = rows(&ctx, &format!("EXPLAIN {query}")).await.join("\n");
+    assert!(plan.contains("Patient@gender=female-"), "{plan}");
+    assert_eq!(source.fetches().len(), 1, "same pushdown, same snapshot");
+    // The filtered export is not the type's snapshot: an unfiltered query exports everything.
+    assert!(fhir.snapshots().unwrap().is_empty());
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["3"]
+    );
+    let fetches = source.fetches();
+    assert_eq!(fetches.len(), 2);
+    assert!(fetches[1].type_filters.is_empty(), "{fetches:?}");
+    // Now the full snapshot serves the filtered query too, without an export.
+    assert_eq!(rows(&ctx, query).await, ["p1", "p3"]);
+    assert_eq!(
+        rows(
+            &ctx,
+            "SELECT id FROM src.fhir.patient WHERE gender = 'male'"
+        )
+        .await,
+        ["p2"]
+    );
+    assert_eq!(source.fetches().len(), 2);
+}
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../examples/embed.rs"]
+mod embed;
 
 mod demo_server {
     use super::*;
     use fhirflight::bulk::{BulkClient, ClientOptions};
     use fhirflight::catalog::BulkSource;
-    use fhirflight::demo::{DemoConfig, DemoServer};
+    use fhirflight::demo::{DemoConfig, DemoServer, Faults};
     use fhirflight::smart::{SigningKey, SmartConfig};
     use std::time::Duration;
 
@@ -522,6 +618,11 @@ mod demo_server {
         let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
             .await
             .unwrap();
+        let (ctx, fhir) = catalog_of(&server, cache).await;
+        (server, ctx, fhir)
+    }
+
+    async fn catalog_of(server: &DemoServer, cache: &Path) -> (SessionContext, FhirCatalog) {
         let creds = server.credentials();
         let key = SigningKey::from_pem(creds.rs384().private_pem())
             .unwrap()
@@ -532,8 +633,224 @@ mod demo_server {
         let client = BulkClient::try_new(server.base_url(), Some(auth), options)
             .await
             .unwrap();
-        let (ctx, fhir) = context(Arc::new(BulkSource::new(client)), cache, Freshness::Never).await;
-        (server, ctx, fhir)
+        context(Arc::new(BulkSource::new(client)), cache, Freshness::Never).await
+    }
+
+    fn type_filters(server: &DemoServer, kickoff: usize) -> Vec<String> {
+        let kickoffs = server.stats().kickoffs;
+        kickoffs[kickoff]
+            .params
+            .iter()
+            .filter(|(k, _)| k == "_typeFilter" || k == "_since")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pushdown_sends_type_filter_and_since_and_returns_the_same_rows() {
+        let (pushed_cache, full_cache) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (server, ctx, _fhir) = demo_catalog(pushed_cache.path()).await;
+        let (full_ctx, _) = catalog_of(&server, full_cache.path()).await;
+        server.upsert(json!({"resourceType": "Patient", "id": "late", "gender": "female"}));
+        let since =
+            fhirflight::snapshot::rfc3339(std::time::SystemTime::now() - Duration::from_secs(3600));
+        let queries = [
+            "SELECT id FROM src.fhir.patient WHERE gender = 'female'".to_owned(),
+            "SELECT o.id, o.status FROM src.fhir.observation o \
+             WHERE o.code_coding_0_code = '8867-4' AND o.status = 'final'"
+                .to_owned(),
+            format!("SELECT id FROM src.fhir.patient WHERE \"meta_lastUpdated\" >= '{since}'"),
+        ];
+        let mut pushed = Vec::new();
+        for (i, query) in queries.iter().enumerate() {
+            pushed.push(rows(&ctx, query).await);
+            assert_eq!(server.stats().kickoffs.len(), i + 1);
+        }
+        assert!(
+            pushed[0].contains(&"late".to_owned()) && pushed[0].len() < 13,
+            "{:?}",
+            pushed[0]
+        );
+        assert!(
+            !pushed[1].is_empty(),
+            "the demo has heart-rate observations"
+        );
+        assert!(pushed[2].contains(&"late".to_owned()), "{:?}", pushed[2]);
+        assert_eq!(
+            type_filters(&server, 0),
+            ["_typeFilter=Patient?gender=female"]
+        );
+        assert_eq!(
+            type_filters(&server, 1),
+            ["_typeFilter=Observation?code=8867-4&status=final"]
+        );
+        let sent = type_filters(&server, 2);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].starts_with("_since="), "{sent:?}");
+
+        let plan = rows(&ctx, &format!("EXPLAIN {}", queries[1]))
+            .await
+            .join("\n");
+        assert!(
+            plan.contains("Observation@code=8867-4_status=final-"),
+            "EXPLAIN names the filtered snapshot: {plan}"
+        );
+        assert_eq!(
+            server.stats().kickoffs.len(),
+            3,
+            "EXPLAIN reuses the snapshot"
+        );
+
+        // The same queries over full snapshots (another cache): the same rows.
+        for table in ["patient", "observation"] {
+            rows(&full_ctx, &format!("SELECT count(*) FROM src.fhir.{table}")).await;
+        }
+        for (query, pushed) in queries.iter().zip(&pushed) {
+            assert_eq!(&rows(&full_ctx, query).await, pushed, "{query}");
+        }
+        let kickoffs = server.stats().kickoffs;
+        assert!(
+            kickoffs[3..]
+                .iter()
+                .all(|k| k.params.iter().all(|(k, _)| k != "_typeFilter"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_query_dropped_while_its_export_runs_cancels_the_export() {
+        let cache = tempfile::tempdir().unwrap();
+        // Every export takes 40 status polls (each 1 to 20 ms apart).
+        let server = DemoServer::start(
+            DemoConfig::default()
+                .with_seed(7)
+                .with_patients(12)
+                .with_status_polls(40)
+                .with_retry_after(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+        let (ctx, fhir) = catalog_of(&server, cache.path()).await;
+        let query = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { rows(&ctx, "SELECT id FROM src.fhir.patient").await }
+        });
+        while server.stats().status_polls == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        query.abort();
+        assert!(query.await.unwrap_err().is_cancelled());
+        while fhir.exports()[0].state == ExportState::Running || server.stats().deletes == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(fhir.exports()[0].state, ExportState::Cancelled);
+        assert_eq!(server.stats().deletes, 1, "the server job is deleted");
+        assert!(fhir.store().current("Patient").unwrap().is_none());
+
+        // A later query exports again and completes.
+        assert_eq!(
+            rows(&ctx, "SELECT id FROM src.fhir.patient").await.len(),
+            12
+        );
+        let exports = fhir.exports();
+        assert_eq!(exports.len(), 2);
+        assert_eq!(exports[1].state, ExportState::Done);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_killed_during_download_leaves_the_cache_usable() {
+        let cache = tempfile::tempdir().unwrap();
+        let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
+            .await
+            .unwrap();
+        server.set_faults(Faults {
+            download_chunk_delay: Some(Duration::from_secs(600)),
+            ..Faults::default()
+        });
+        let creds = server.credentials();
+        let key_file = cache.path().join("key.jwk.json");
+        std::fs::write(&key_file, creds.rs384().private_jwk()).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+            .args(["sql", "SELECT count(*) FROM patient", "--server"])
+            .arg(server.base_url().as_str())
+            .args(["--client-id", creds.client_id(), "--key-file"])
+            .arg(&key_file)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while server.stats().downloads == 0 {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "fhirflight ended early"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        child.kill().unwrap(); // SIGKILL, mid-download
+        child.wait().unwrap();
+        server.set_faults(Faults::default());
+
+        let (ctx, fhir) = catalog_of(&server, cache.path()).await;
+        let store = fhir.store();
+        assert!(
+            store.current("Patient").unwrap().is_none(),
+            "no half snapshot"
+        );
+        assert_eq!(
+            rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+            ["12"]
+        );
+        assert_eq!(
+            server.stats().kickoffs.len(),
+            1,
+            "the next run resumed the killed run's job"
+        );
+        let snapshot = store.current("Patient").unwrap().unwrap();
+        assert_eq!(snapshot.table("flattened").unwrap().rows, 12);
+        // No folder left behind (a lock file beside a finished job's folder is harmless).
+        let folders = |sub: &str| {
+            std::fs::read_dir(store.dir().join(sub))
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().is_dir())
+                .count()
+        };
+        assert_eq!((folders("tmp"), folders("staging")), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_embedding_example_runs() {
+        let cache = tempfile::tempdir().unwrap();
+        let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
+            .await
+            .unwrap();
+        let batches = embed::conditions_per_gender(&server, cache.path())
+            .await
+            .unwrap();
+        let (ctx, _) = catalog_of(&server, cache.path()).await;
+        let expected = rows(
+            &ctx,
+            "SELECT p.gender, count(*) FROM src.fhir.patient p \
+             JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id) GROUP BY p.gender",
+        )
+        .await;
+        let mut got = Vec::new();
+        for batch in &batches {
+            for row in 0..batch.num_rows() {
+                let cell = |c: usize| {
+                    arrow::util::display::array_value_to_string(batch.column(c), row).unwrap()
+                };
+                got.push(format!("{}|{}", cell(0), cell(1)));
+            }
+        }
+        assert!(!got.is_empty());
+        assert_eq!(got, expected);
+        assert_eq!(
+            server.stats().kickoffs.len(),
+            1,
+            "the example's snapshot is reused"
+        );
     }
 
     #[tokio::test]
