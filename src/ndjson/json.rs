@@ -72,7 +72,7 @@ impl Trie {
             trie.columns.insert(name.to_owned(), i as u32);
         }
         trie.nodes.push(Node::new(String::new(), NO_COLUMN));
-        let rt = trie.child_key(ROOT, "resourceType");
+        let rt = trie.child_key(ROOT, "resourceType", Key::head("resourceType".as_bytes()));
         debug_assert_eq!(rt, RESOURCE_TYPE);
         trie
     }
@@ -116,13 +116,14 @@ impl Trie {
         (column, new)
     }
 
+    /// The child of `node` at object key `key`, whose first 16 bytes are `head` ([`Key::head`]).
     #[inline]
-    fn child_key(&mut self, node: u32, key: &str) -> u32 {
+    fn child_key(&mut self, node: u32, key: &str, head: u128) -> u32 {
         let n = &mut self.nodes[node as usize];
         // Resources of one type mostly list their keys in the same order, some of them left out:
         // the key is usually at, or a few places after, the one after the last key found (the
         // first, after the last key of the previous object).
-        let probe = Key::new(key);
+        let probe = Key::new(key, head);
         let len = n.keys.len();
         let mut i = n.next_key;
         for _ in 0..len.min(4) {
@@ -193,16 +194,48 @@ struct Key {
 
 impl Key {
     #[inline]
-    fn new(key: &str) -> Self {
-        let mut head = [0; 16];
-        let n = key.len().min(16);
-        head[..n].copy_from_slice(&key.as_bytes()[..n]);
-        let tail = Box::default();
+    fn new(key: &str, head: u128) -> Self {
         Key {
-            head: u128::from_le_bytes(head),
-            tail,
+            head,
+            tail: Box::default(),
             len: key.len() as u32,
             id: 0,
+        }
+    }
+
+    /// The first 16 bytes of a key (zero-padded), as a little-endian number.
+    fn head(key: &[u8]) -> u128 {
+        key.iter()
+            .take(16)
+            .rev()
+            .fold(0, |head, &b| head << 8 | u128::from(b))
+    }
+
+    /// [`Key::head`] of `key`, which is a piece of `line` unless it was unescaped.
+    #[inline]
+    fn head_of(key: &str, line: &[u8]) -> u128 {
+        let at = (key.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
+        if at < line.len() {
+            Key::head_in(line, at, key.len())
+        } else {
+            Key::head(key.as_bytes())
+        }
+    }
+
+    /// [`Key::head`] of the `len` bytes at `start` of `line`: one 16-byte load where the line
+    /// has 16 bytes from there (copying the key into a buffer first stalled on the store).
+    #[inline]
+    fn head_in(line: &[u8], start: usize, len: usize) -> u128 {
+        match line.get(start..start + 16) {
+            Some(bytes) => {
+                let all = u128::from_le_bytes(bytes.try_into().expect("16 bytes"));
+                if len >= 16 {
+                    all
+                } else {
+                    all & ((1 << (len * 8)) - 1)
+                }
+            }
+            None => Key::head(&line[start..start + len]),
         }
     }
 
@@ -348,8 +381,9 @@ impl<'a, 's> Walker<'a, 's> {
         }
         loop {
             self.expect(b'"', "expected a key")?;
+            let line = self.buf;
             let key = self.string()?;
-            let child = trie.child_key(node, key);
+            let child = trie.child_key(node, key, Key::head_of(key, line));
             self.expect(b':', "expected ':'")?;
             self.value(trie, child, sink, depth + 1)?;
             self.skip_ws();
@@ -404,7 +438,7 @@ impl<'a, 's> Walker<'a, 's> {
         if let Some(start) = tail {
             let text = std::str::from_utf8(&self.buf[start..end])
                 .map_err(|_| self.error("invalid UTF-8"))?;
-            let child = trie.child_key(node, "more");
+            let child = trie.child_key(node, "more", Key::head(b"more"));
             sink.leaf(trie, child, Leaf::ListTail(text.trim_end()))
                 .map_err(|e| at_byte(at, e))?;
         }
@@ -744,10 +778,15 @@ mod tests {
             "abcdefgi".into(),
         ]);
         for a in &variants {
-            let mut stored = Key::new(a);
+            let mut stored = Key::new(a, Key::head(a.as_bytes()));
             stored.tail = a.get(16..).unwrap_or_default().into();
             for b in &variants {
-                assert_eq!(stored.matches(&Key::new(b), b), a == b, "{a} {b}");
+                // Keys inside a longer line, and at its very end.
+                for line in [format!("\"{b}\":0123456789abcdef"), format!("\"{b}")] {
+                    let head = Key::head_in(line.as_bytes(), 1, b.len());
+                    assert_eq!(head, Key::head(b.as_bytes()), "{b}");
+                    assert_eq!(stored.matches(&Key::new(b, head), b), a == b, "{a} {b}");
+                }
             }
         }
     }
