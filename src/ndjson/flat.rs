@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
-use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::json::{Leaf, NO_COLUMN, RESOURCE_TYPE, Sink, Trie, Walker};
@@ -155,7 +154,10 @@ struct Columns {
 #[derive(Debug)]
 struct Column {
     values: Values,
-    nulls: NullBufferBuilder,
+    /// Rows written (values and nulls).
+    len: usize,
+    /// A bit per row written, set for values (not nulls).
+    valid: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -191,7 +193,8 @@ impl FlatDecoder {
                 };
                 Ok(Column {
                     values,
-                    nulls: NullBufferBuilder::new(0),
+                    len: 0,
+                    valid: Vec::new(),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -276,7 +279,7 @@ impl Sink for Columns {
             )));
         }
         let column = &mut self.columns[index as usize];
-        let len = column.nulls.len();
+        let len = column.len;
         if len > self.rows {
             // Python's json.loads would keep the last of duplicate keys: refuse to guess.
             let message = format!("duplicate key: column {} given twice", trie.name(node));
@@ -295,7 +298,7 @@ impl Column {
         if n == 0 {
             return;
         }
-        self.nulls.append_n_nulls(n);
+        self.len += n;
         match &mut self.values {
             Values::Bool(v) => v.resize(v.len() + n, false),
             Values::Int(v) => v.resize(v.len() + n, 0),
@@ -348,12 +351,19 @@ impl Column {
                 return Err(format!("expected {want}, found {}", describe(&leaf)));
             }
         }
-        self.nulls.append_non_null();
+        let (word, bit) = (self.len / 64, self.len % 64);
+        if word >= self.valid.len() {
+            self.valid.resize(word + 1, 0);
+        }
+        self.valid[word] |= 1 << bit;
+        self.len += 1;
         Ok(())
     }
 
     fn reserve(&mut self, rows: usize) {
-        let more = rows.saturating_sub(self.nulls.len());
+        let more = rows.saturating_sub(self.len);
+        self.valid
+            .reserve(rows.div_ceil(64).saturating_sub(self.valid.len()));
         match &mut self.values {
             Values::Bool(v) => v.reserve(more),
             Values::Int(v) => v.reserve(more),
@@ -363,7 +373,13 @@ impl Column {
     }
 
     fn truncate(&mut self, len: usize) {
-        self.nulls.truncate(len);
+        self.len = len;
+        self.valid.truncate(len.div_ceil(64));
+        if let Some(last) = self.valid.last_mut()
+            && len % 64 != 0
+        {
+            *last &= (1 << (len % 64)) - 1;
+        }
         match &mut self.values {
             Values::Bool(v) => v.truncate(len),
             Values::Int(v) => v.truncate(len),
@@ -377,8 +393,12 @@ impl Column {
 
     /// The column's `rows` values as an array; the buffers start over with room for as many.
     fn finish(&mut self, rows: usize) -> ArrayRef {
-        self.push_nulls(rows - self.nulls.len());
-        let nulls = self.nulls.finish();
+        self.push_nulls(rows - self.len);
+        self.len = 0;
+        let mut valid = std::mem::replace(&mut self.valid, Vec::with_capacity(rows.div_ceil(64)));
+        valid.resize(rows.div_ceil(64), 0);
+        let nulls = NullBuffer::new(BooleanBuffer::new(valid.into(), 0, rows));
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
         fn take<T>(v: &mut Vec<T>, rows: usize) -> Vec<T> {
             std::mem::replace(v, Vec::with_capacity(rows))
         }

@@ -40,17 +40,41 @@ pub(crate) trait Sink {
 /// Flattened paths: node 0 is the resource itself, every other node one flattened name.
 #[derive(Debug, Default)]
 pub(crate) struct Trie {
+    /// What a lookup reads, 32 bytes per node (the rest is in `nodes`, same index).
+    hot: Vec<Hot>,
     nodes: Vec<Node>,
+    /// The node last looked up: its [`Hot::next`] predicts the next lookup.
+    last: u32,
     /// The sink's column per flattened name, shared by nodes whose names collide
     /// (`{"a_b": 1}` and `{"a": {"b": 1}}` are the same column, as in flatten_json).
     columns: HashMap<String, u32>,
 }
 
+/// A node as a lookup sees it.
+///
+/// Resources of one type walk nearly the same paths in the same order, so the node looked up after
+/// a node is, most of the time, the one looked up after it the time before: checking that guess
+/// reads one `Hot` (and, nodes being numbered in first-seen order, mostly the next one in memory).
+#[derive(Debug)]
+struct Hot {
+    /// The key's [`Key::head`], or the list position.
+    head: u128,
+    /// The key's length in bytes, [`POSITION`] for a list position.
+    len: u32,
+    parent: u32,
+    /// The node looked up after this one the last time, [`NO_NODE`] if none yet.
+    next: u32,
+    /// Column index in the sink, [`NO_COLUMN`] if none yet (or not in the schema).
+    column: u32,
+}
+
+const NO_NODE: u32 = u32::MAX;
+/// [`Hot::len`] of a list position.
+const POSITION: u32 = u32::MAX;
+
 #[derive(Debug)]
 struct Node {
     name: String,
-    /// Column index in the sink, [`NO_COLUMN`] if none yet (or not in the schema).
-    column: u32,
     keys: Vec<Key>,
     /// Where the next key lookup starts.
     next_key: usize,
@@ -71,7 +95,14 @@ impl Trie {
         for (i, name) in names.into_iter().enumerate() {
             trie.columns.insert(name.to_owned(), i as u32);
         }
-        trie.nodes.push(Node::new(String::new(), NO_COLUMN));
+        trie.nodes.push(Node::new(String::new()));
+        trie.hot.push(Hot {
+            head: 0,
+            len: 0,
+            parent: NO_NODE,
+            next: NO_NODE,
+            column: NO_COLUMN,
+        });
         let rt = trie.child_key(ROOT, "resourceType", Key::head("resourceType".as_bytes()));
         debug_assert_eq!(rt, RESOURCE_TYPE);
         trie
@@ -84,9 +115,8 @@ impl Trie {
 
     /// Forgets the column of `node` (assigned by a line that turned out bad).
     pub(crate) fn forget_column(&mut self, node: u32) {
-        let n = &mut self.nodes[node as usize];
-        self.columns.remove(&n.name);
-        n.column = NO_COLUMN;
+        self.columns.remove(&self.nodes[node as usize].name);
+        self.hot[node as usize].column = NO_COLUMN;
     }
 
     /// The flattened name of `node`.
@@ -97,28 +127,57 @@ impl Trie {
     /// The column of `node`, [`NO_COLUMN`] if none.
     #[inline]
     pub(crate) fn column(&self, node: u32) -> u32 {
-        self.nodes[node as usize].column
+        self.hot[node as usize].column
     }
 
     /// The column of `node`, assigning `next` (the sink's next new column) if its name is new.
     /// Returns the column and whether it is new.
     pub(crate) fn column_or_insert(&mut self, node: u32, next: u32) -> (u32, bool) {
-        let n = &mut self.nodes[node as usize];
-        if n.column != NO_COLUMN {
-            return (n.column, false);
+        let hot = &mut self.hot[node as usize];
+        if hot.column != NO_COLUMN {
+            return (hot.column, false);
         }
         let mut new = false;
-        let column = *self.columns.entry(n.name.clone()).or_insert_with(|| {
+        let name = &self.nodes[node as usize].name;
+        let column = *self.columns.entry(name.clone()).or_insert_with(|| {
             new = true;
             next
         });
-        n.column = column;
+        hot.column = column;
         (column, new)
+    }
+
+    /// `child`, found by a lookup: the guess for the lookup after the last one.
+    #[inline]
+    fn found(&mut self, child: u32) -> u32 {
+        self.hot[self.last as usize].next = child;
+        self.last = child;
+        child
+    }
+
+    /// The guessed next lookup ([`Hot`]) if it is the child of `node` at `head`/`len`.
+    #[inline]
+    fn guess(&self, node: u32, head: u128, len: u32) -> Option<u32> {
+        let guess = self.hot[self.last as usize].next;
+        let hot = self.hot.get(guess as usize)?;
+        (hot.parent == node && hot.head == head && hot.len == len).then_some(guess)
     }
 
     /// The child of `node` at object key `key`, whose first 16 bytes are `head` ([`Key::head`]).
     #[inline]
     fn child_key(&mut self, node: u32, key: &str, head: u128) -> u32 {
+        if let Some(guess) = self.guess(node, head, key.len() as u32)
+            // A key longer than 16 bytes ends the guessed node's name.
+            && (key.len() <= 16 || self.nodes[guess as usize].name.ends_with(key))
+        {
+            self.last = guess;
+            return guess;
+        }
+        let child = self.child_key_slow(node, key, head);
+        self.found(child)
+    }
+
+    fn child_key_slow(&mut self, node: u32, key: &str, head: u128) -> u32 {
         let n = &mut self.nodes[node as usize];
         // Resources of one type mostly list their keys in the same order, some of them left out:
         // the key is usually at, or a few places after, the one after the last key found (the
@@ -141,7 +200,7 @@ impl Trie {
             return n.keys[i].id;
         }
         let name = join(&n.name, key);
-        self.add_child(node, name, |n, id| {
+        self.add_child(node, name, head, key.len() as u32, |n, id| {
             n.positions.insert(key.into(), n.keys.len());
             let tail = key.get(16..).unwrap_or_default().into();
             n.keys.push(Key { id, tail, ..probe });
@@ -151,28 +210,50 @@ impl Trie {
 
     #[inline]
     fn child_index(&mut self, node: u32, index: usize) -> u32 {
-        if let Some(&id) = self.nodes[node as usize].items.get(index) {
-            return id;
+        if let Some(guess) = self.guess(node, index as u128, POSITION) {
+            self.last = guess;
+            return guess;
         }
-        // Lists are walked in order, so `index` is the next position.
-        let name = join(&self.nodes[node as usize].name, &index.to_string());
-        self.add_child(node, name, |n, id| n.items.push(id))
+        let child = match self.nodes[node as usize].items.get(index) {
+            Some(&id) => id,
+            None => {
+                // Lists are walked in order, so `index` is the next position.
+                let name = join(&self.nodes[node as usize].name, &index.to_string());
+                self.add_child(node, name, index as u128, POSITION, |n, id| {
+                    n.items.push(id)
+                })
+            }
+        };
+        self.found(child)
     }
 
-    fn add_child(&mut self, parent: u32, name: String, link: impl FnOnce(&mut Node, u32)) -> u32 {
+    fn add_child(
+        &mut self,
+        parent: u32,
+        name: String,
+        head: u128,
+        len: u32,
+        link: impl FnOnce(&mut Node, u32),
+    ) -> u32 {
         let id = self.nodes.len() as u32;
         let column = self.columns.get(&name).copied().unwrap_or(NO_COLUMN);
-        self.nodes.push(Node::new(name, column));
+        self.nodes.push(Node::new(name));
+        self.hot.push(Hot {
+            head,
+            len,
+            parent,
+            next: NO_NODE,
+            column,
+        });
         link(&mut self.nodes[parent as usize], id);
         id
     }
 }
 
 impl Node {
-    fn new(name: String, column: u32) -> Self {
+    fn new(name: String) -> Self {
         Node {
             name,
-            column,
             keys: Vec::new(),
             next_key: 0,
             positions: HashMap::new(),
@@ -722,6 +803,60 @@ mod tests {
                 "f=Float(\"-1.5e3\")",
                 "g=Null",
                 "h=Bool(true)"
+            ]
+        );
+    }
+
+    /// The guess of the next node ([`Hot`]) never stands in for another key, parent or position.
+    #[test]
+    fn guessed_nodes_are_the_right_ones() {
+        let lines = [
+            r#"{"a":{"x":1},"b":{"x":2},"abcdefghijklmnopq1":[1,2,3]}"#,
+            r#"{"b":{"x":3},"a":{"x":4},"abcdefghijklmnopq2":[5]}"#,
+            r#"{"a":{"y":5,"x":6},"abcdefghijklmnopq1":[[7]],"abcdefghijklmnopq2":[8,9]}"#,
+            r#"{"a":{"x":1},"b":{"x":2},"abcdefghijklmnopq1":[1,2,3]}"#,
+        ];
+        let mut trie = Trie::with_columns([]);
+        let mut scratch = Vec::new();
+        let got: Vec<Vec<String>> = lines
+            .iter()
+            .map(|line| {
+                let mut sink = Record::default();
+                Walker::new(line.as_bytes(), &mut scratch, None)
+                    .walk(&mut trie, &mut sink)
+                    .unwrap();
+                sink.0
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                vec![
+                    "a_x=Int(\"1\")",
+                    "b_x=Int(\"2\")",
+                    "abcdefghijklmnopq1_0=Int(\"1\")",
+                    "abcdefghijklmnopq1_1=Int(\"2\")",
+                    "abcdefghijklmnopq1_2=Int(\"3\")"
+                ],
+                vec![
+                    "b_x=Int(\"3\")",
+                    "a_x=Int(\"4\")",
+                    "abcdefghijklmnopq2_0=Int(\"5\")"
+                ],
+                vec![
+                    "a_y=Int(\"5\")",
+                    "a_x=Int(\"6\")",
+                    "abcdefghijklmnopq1_0_0=Int(\"7\")",
+                    "abcdefghijklmnopq2_0=Int(\"8\")",
+                    "abcdefghijklmnopq2_1=Int(\"9\")"
+                ],
+                vec![
+                    "a_x=Int(\"1\")",
+                    "b_x=Int(\"2\")",
+                    "abcdefghijklmnopq1_0=Int(\"1\")",
+                    "abcdefghijklmnopq1_1=Int(\"2\")",
+                    "abcdefghijklmnopq1_2=Int(\"3\")"
+                ],
             ]
         );
     }
