@@ -376,7 +376,7 @@ impl Column {
         self.len = len;
         self.valid.truncate(len.div_ceil(64));
         if let Some(last) = self.valid.last_mut()
-            && len % 64 != 0
+            && !len.is_multiple_of(64)
         {
             *last &= (1 << (len % 64)) - 1;
         }
