@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # NDJSON -> Arrow conversion beside the baselines, in one run on the same files:
 # the notebook pipeline (pandas + flatten_json), DuckDB read_json_auto count(*), and fhirflight's
-# flattened mode (examples/bench_ndjson.rs, release build). Prints each tool's harness lines, then
-# per type fhirflight's MB/s ratio to each baseline and its peak RSS ratio to DuckDB's.
+# flattened mode (examples/bench_ndjson.rs, release build) beside the JSON-parsing floor (serde_json
+# into IgnoredAny, same bytes, all cores). Prints each tool's harness lines, then per type
+# fhirflight's MB/s ratio to each baseline and to the floor, and its peak RSS ratio to DuckDB's.
+# The machine's load is printed with each run: the ratios hold only between runs of one script.
 #
 # Usage: benches/ndjson.sh            (from the repository root)
 # Env:   PY (python with pandas flatten_json duckdb; default .venv/bin/python)
@@ -30,7 +32,7 @@ for f in ../shared/data/synthea-100/*.ndjson.gz; do
   [ -s "$out" ] || gunzip -c "$f" > "$out"
 done
 [ -d "$WORK/x$MULT" ] || "$PY" "$BENCH/multiply.py" "$WORK/s100" "$WORK/x$MULT" "$MULT"
-echo "# data: $WORK/s100 $(du -sm "$WORK/s100" | cut -f1) MB, $WORK/x$MULT $(du -sm "$WORK/x$MULT" | cut -f1) MB; $(nproc) cores; $(date -u +%FT%TZ)"
+echo "# data: $WORK/s100 $(du -sm "$WORK/s100" | cut -f1) MB, $WORK/x$MULT $(du -sm "$WORK/x$MULT" | cut -f1) MB; $(nproc) cores; $(date -u +%FT%TZ); load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for data in "$WORK/s100" "$WORK/x$MULT"; do
   log="$WORK/$(basename "$data").log"
@@ -38,11 +40,12 @@ for data in "$WORK/s100" "$WORK/x$MULT"; do
     "$PY" "$BENCH/b_pandas_flatten.py" "$data" --types "$TYPES" --reps "$REPS"
     "$PY" "$BENCH/b_duckdb.py" "$data" --types "$TYPES" --reps "$REPS" --query count
     "$BIN" "$data" --types "$TYPES" --reps "$REPS"
+    echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
   } | tee "$log"
   echo "# ratios on $data (fhirflight_flat MB/s / baseline MB/s; peak RSS / DuckDB's)"
   awk '!/^#/ && NF >= 9 && $5 != "-" { mbs[$1" "$2] = $6; rss[$1" "$2] = $9; types[$2] = 1 }
        END { for (t in types) if (("fhirflight_flat " t) in mbs)
-               printf "%-22s vs notebook %6.1fx   vs duckdb count(*) %5.2fx   rss/duckdb %5.2f\n", t,
+               printf "%-22s vs notebook %6.1fx   vs duckdb count(*) %5.2fx   vs parse floor %5.2fx   rss/duckdb %5.2f\n", t,
                  mbs["fhirflight_flat " t] / mbs["pandas_flatten " t], mbs["fhirflight_flat " t] / mbs["duckdb_count " t],
-                 rss["fhirflight_flat " t] / rss["duckdb_count " t] }' "$log"
+                 mbs["fhirflight_flat " t] / mbs["serde_floor " t], rss["fhirflight_flat " t] / rss["duckdb_count " t] }' "$log"
 done

@@ -7,12 +7,18 @@
 //! Usage: `bench_ndjson DATA_DIR [--types T1,T2] [--reps N] [--nested]`. Every repetition runs in
 //! a fresh process (so peak RSS is per type); the time covers reading the file, inference and
 //! decoding into record batches (which are then dropped).
+//!
+//! Beside each type it prints the JSON-parsing floor, `serde_floor`: the same bytes read and every
+//! line parsed by serde_json into `IgnoredAny` (validation only, nothing built), on all cores.
+//! `x_floor` in fhirflight's line is its time over the floor's: the price of the two passes
+//! (inference, then decoding) and of building the columns.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use fhirflight::ndjson::{DecodeOptions, SchemaInference, TableMode, decode_reader, infer_reader};
+use serde::de::IgnoredAny;
 
 fn main() -> fhirflight::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,8 +28,10 @@ fn main() -> fhirflight::Result<()> {
     } else {
         TableMode::default()
     };
-    if args.first().map(String::as_str) == Some("--worker") {
-        return worker(Path::new(&args[1]), &args[2], &mode);
+    match args.first().map(String::as_str) {
+        Some("--worker") => return worker(Path::new(&args[1]), &args[2], &mode),
+        Some("--floor") => return floor(Path::new(&args[1])),
+        _ => {}
     }
     let dir = PathBuf::from(
         args.first()
@@ -63,44 +71,56 @@ fn main() -> fhirflight::Result<()> {
         "# tool type bytes resources seconds_median MB/s res/s columns peak_rss_MB extra | rep_seconds"
     );
     for (size, path, rtype) in files {
-        let mut runs = Vec::new();
-        for _ in 0..reps {
-            let out = Command::new(std::env::current_exe().expect("own path"))
-                .args(["--worker", path.to_str().expect("UTF-8 path"), &rtype])
-                .args(nested.then_some("--nested"))
-                .output()
-                .map_err(|e| fhirflight::Error::io(&path, e))?;
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("@@RESULT ")) else {
-                println!(
-                    "{tool} {rtype} {size} - FAILED: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
+        let run = |kind: &str| -> fhirflight::Result<Option<Vec<Vec<f64>>>> {
+            let mut runs = Vec::new();
+            for _ in 0..reps {
+                let out = Command::new(std::env::current_exe().expect("own path"))
+                    .args([kind, path.to_str().expect("UTF-8 path"), &rtype])
+                    .args(nested.then_some("--nested"))
+                    .output()
+                    .map_err(|e| fhirflight::Error::io(&path, e))?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("@@RESULT ")) else {
+                    println!(
+                        "{tool} {rtype} {size} - FAILED: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    return Ok(None);
+                };
+                runs.push(
+                    line.split(' ')
+                        .map(|x| x.parse().expect("worker numbers"))
+                        .collect(),
                 );
-                break;
-            };
-            let f: Vec<f64> = line
-                .split(' ')
-                .map(|x| x.parse().expect("worker numbers"))
-                .collect();
-            runs.push(f);
-        }
-        if runs.len() < reps {
+            }
+            Ok(Some(runs))
+        };
+        let (Some(runs), Some(floor_runs)) = (run("--worker")?, run("--floor")?) else {
             continue;
-        }
-        let median = |i: usize| {
+        };
+        let median = |runs: &[Vec<f64>], i: usize| {
             let mut v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (seconds, resources, columns, rss, infer) =
-            (median(0), runs[0][1], runs[0][2], median(3), median(4));
-        let reps: Vec<String> = runs.iter().map(|r| format!("{:.3}", r[0])).collect();
-        println!(
-            "{tool} {rtype} {size} {resources} {seconds:.3} {:.2} {:.0} {columns} {rss:.0} infer_s={infer:.3} | {}",
-            size as f64 / 1e6 / seconds,
-            resources / seconds,
-            reps.join(",")
+        let line = |tool: &str, runs: &[Vec<f64>], extra: &str| {
+            let (seconds, resources, columns, rss) =
+                (median(runs, 0), runs[0][1], runs[0][2], median(runs, 3));
+            let reps: Vec<String> = runs.iter().map(|r| format!("{:.3}", r[0])).collect();
+            println!(
+                "{tool} {rtype} {size} {resources} {seconds:.3} {:.2} {:.0} {columns} {rss:.0} {extra} | {}",
+                size as f64 / 1e6 / seconds,
+                resources / seconds,
+                reps.join(",")
+            );
+        };
+        line("serde_floor", &floor_runs, "ignored_any");
+        let extra = format!(
+            "infer_s={:.3} x_floor={:.2}",
+            median(&runs, 4),
+            median(&runs, 0) / median(&floor_runs, 0)
         );
+        line(tool, &runs, &extra);
     }
     Ok(())
 }
@@ -127,17 +147,63 @@ fn worker(path: &Path, rtype: &str, mode: &TableMode) -> fhirflight::Result<()> 
         },
     )?;
     let seconds = start.elapsed().as_secs_f64();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(f64::NAN);
     let columns = schema.fields().len();
     println!(
         "@@RESULT {seconds} {} {columns} {} {infer}",
         summary.rows,
-        rss_kb / 1024.0
+        peak_rss_mb()
     );
     Ok(())
+}
+
+/// The parsing floor: the file read whole and each line parsed into `IgnoredAny` on all cores.
+/// Prints `@@RESULT seconds lines 0 peak_rss_mb 0`.
+fn floor(path: &Path) -> fhirflight::Result<()> {
+    let start = Instant::now();
+    let bytes = std::fs::read(path).map_err(|e| fhirflight::Error::io(path, e))?;
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    // Cut at line ends into one piece per core.
+    let mut pieces = Vec::new();
+    let mut rest = &bytes[..];
+    for i in (1..=workers).rev() {
+        let at = rest.len() / i;
+        let cut = memchr::memchr(b'\n', &rest[at..]).map_or(rest.len(), |n| at + n + 1);
+        let (piece, tail) = rest.split_at(cut);
+        pieces.push(piece);
+        rest = tail;
+    }
+    let lines: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces
+            .iter()
+            .map(|piece| {
+                scope.spawn(move || {
+                    piece
+                        .split(|&b| b == b'\n')
+                        .filter(|line| !line.is_empty())
+                        .map(|line| {
+                            serde_json::from_slice::<IgnoredAny>(line).expect("valid JSON");
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .sum()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    println!("@@RESULT {seconds} {lines} 0 {} 0", peak_rss_mb());
+    Ok(())
+}
+
+/// This process's peak resident set, in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    kb / 1024.0
 }

@@ -40,17 +40,41 @@ pub(crate) trait Sink {
 /// Flattened paths: node 0 is the resource itself, every other node one flattened name.
 #[derive(Debug, Default)]
 pub(crate) struct Trie {
+    /// What a lookup reads, 32 bytes per node (the rest is in `nodes`, same index).
+    hot: Vec<Hot>,
     nodes: Vec<Node>,
+    /// The node last looked up: its [`Hot::next`] predicts the next lookup.
+    last: u32,
     /// The sink's column per flattened name, shared by nodes whose names collide
     /// (`{"a_b": 1}` and `{"a": {"b": 1}}` are the same column, as in flatten_json).
     columns: HashMap<String, u32>,
 }
 
+/// A node as a lookup sees it.
+///
+/// Resources of one type walk nearly the same paths in the same order, so the node looked up after
+/// a node is, most of the time, the one looked up after it the time before: checking that guess
+/// reads one `Hot` (and, nodes being numbered in first-seen order, mostly the next one in memory).
+#[derive(Debug)]
+struct Hot {
+    /// The key's [`Key::head`], or the list position.
+    head: u128,
+    /// The key's length in bytes, [`POSITION`] for a list position.
+    len: u32,
+    parent: u32,
+    /// The node looked up after this one the last time, [`NO_NODE`] if none yet.
+    next: u32,
+    /// Column index in the sink, [`NO_COLUMN`] if none yet (or not in the schema).
+    column: u32,
+}
+
+const NO_NODE: u32 = u32::MAX;
+/// [`Hot::len`] of a list position.
+const POSITION: u32 = u32::MAX;
+
 #[derive(Debug)]
 struct Node {
     name: String,
-    /// Column index in the sink, [`NO_COLUMN`] if none yet (or not in the schema).
-    column: u32,
     keys: Vec<Key>,
     /// Where the next key lookup starts.
     next_key: usize,
@@ -71,8 +95,15 @@ impl Trie {
         for (i, name) in names.into_iter().enumerate() {
             trie.columns.insert(name.to_owned(), i as u32);
         }
-        trie.nodes.push(Node::new(String::new(), NO_COLUMN));
-        let rt = trie.child_key(ROOT, "resourceType");
+        trie.nodes.push(Node::new(String::new()));
+        trie.hot.push(Hot {
+            head: 0,
+            len: 0,
+            parent: NO_NODE,
+            next: NO_NODE,
+            column: NO_COLUMN,
+        });
+        let rt = trie.child_key(ROOT, "resourceType", Key::head("resourceType".as_bytes()));
         debug_assert_eq!(rt, RESOURCE_TYPE);
         trie
     }
@@ -84,9 +115,8 @@ impl Trie {
 
     /// Forgets the column of `node` (assigned by a line that turned out bad).
     pub(crate) fn forget_column(&mut self, node: u32) {
-        let n = &mut self.nodes[node as usize];
-        self.columns.remove(&n.name);
-        n.column = NO_COLUMN;
+        self.columns.remove(&self.nodes[node as usize].name);
+        self.hot[node as usize].column = NO_COLUMN;
     }
 
     /// The flattened name of `node`.
@@ -97,32 +127,62 @@ impl Trie {
     /// The column of `node`, [`NO_COLUMN`] if none.
     #[inline]
     pub(crate) fn column(&self, node: u32) -> u32 {
-        self.nodes[node as usize].column
+        self.hot[node as usize].column
     }
 
     /// The column of `node`, assigning `next` (the sink's next new column) if its name is new.
     /// Returns the column and whether it is new.
     pub(crate) fn column_or_insert(&mut self, node: u32, next: u32) -> (u32, bool) {
-        let n = &mut self.nodes[node as usize];
-        if n.column != NO_COLUMN {
-            return (n.column, false);
+        let hot = &mut self.hot[node as usize];
+        if hot.column != NO_COLUMN {
+            return (hot.column, false);
         }
         let mut new = false;
-        let column = *self.columns.entry(n.name.clone()).or_insert_with(|| {
+        let name = &self.nodes[node as usize].name;
+        let column = *self.columns.entry(name.clone()).or_insert_with(|| {
             new = true;
             next
         });
-        n.column = column;
+        hot.column = column;
         (column, new)
     }
 
+    /// `child`, found by a lookup: the guess for the lookup after the last one.
     #[inline]
-    fn child_key(&mut self, node: u32, key: &str) -> u32 {
+    fn found(&mut self, child: u32) -> u32 {
+        self.hot[self.last as usize].next = child;
+        self.last = child;
+        child
+    }
+
+    /// The guessed next lookup ([`Hot`]) if it is the child of `node` at `head`/`len`.
+    #[inline]
+    fn guess(&self, node: u32, head: u128, len: u32) -> Option<u32> {
+        let guess = self.hot[self.last as usize].next;
+        let hot = self.hot.get(guess as usize)?;
+        (hot.parent == node && hot.head == head && hot.len == len).then_some(guess)
+    }
+
+    /// The child of `node` at object key `key`, whose first 16 bytes are `head` ([`Key::head`]).
+    #[inline]
+    fn child_key(&mut self, node: u32, key: &str, head: u128) -> u32 {
+        if let Some(guess) = self.guess(node, head, key.len() as u32)
+            // A key longer than 16 bytes ends the guessed node's name.
+            && (key.len() <= 16 || self.nodes[guess as usize].name.ends_with(key))
+        {
+            self.last = guess;
+            return guess;
+        }
+        let child = self.child_key_slow(node, key, head);
+        self.found(child)
+    }
+
+    fn child_key_slow(&mut self, node: u32, key: &str, head: u128) -> u32 {
         let n = &mut self.nodes[node as usize];
         // Resources of one type mostly list their keys in the same order, some of them left out:
         // the key is usually at, or a few places after, the one after the last key found (the
         // first, after the last key of the previous object).
-        let probe = Key::new(key);
+        let probe = Key::new(key, head);
         let len = n.keys.len();
         let mut i = n.next_key;
         for _ in 0..len.min(4) {
@@ -140,7 +200,7 @@ impl Trie {
             return n.keys[i].id;
         }
         let name = join(&n.name, key);
-        self.add_child(node, name, |n, id| {
+        self.add_child(node, name, head, key.len() as u32, |n, id| {
             n.positions.insert(key.into(), n.keys.len());
             let tail = key.get(16..).unwrap_or_default().into();
             n.keys.push(Key { id, tail, ..probe });
@@ -150,28 +210,50 @@ impl Trie {
 
     #[inline]
     fn child_index(&mut self, node: u32, index: usize) -> u32 {
-        if let Some(&id) = self.nodes[node as usize].items.get(index) {
-            return id;
+        if let Some(guess) = self.guess(node, index as u128, POSITION) {
+            self.last = guess;
+            return guess;
         }
-        // Lists are walked in order, so `index` is the next position.
-        let name = join(&self.nodes[node as usize].name, &index.to_string());
-        self.add_child(node, name, |n, id| n.items.push(id))
+        let child = match self.nodes[node as usize].items.get(index) {
+            Some(&id) => id,
+            None => {
+                // Lists are walked in order, so `index` is the next position.
+                let name = join(&self.nodes[node as usize].name, &index.to_string());
+                self.add_child(node, name, index as u128, POSITION, |n, id| {
+                    n.items.push(id)
+                })
+            }
+        };
+        self.found(child)
     }
 
-    fn add_child(&mut self, parent: u32, name: String, link: impl FnOnce(&mut Node, u32)) -> u32 {
+    fn add_child(
+        &mut self,
+        parent: u32,
+        name: String,
+        head: u128,
+        len: u32,
+        link: impl FnOnce(&mut Node, u32),
+    ) -> u32 {
         let id = self.nodes.len() as u32;
         let column = self.columns.get(&name).copied().unwrap_or(NO_COLUMN);
-        self.nodes.push(Node::new(name, column));
+        self.nodes.push(Node::new(name));
+        self.hot.push(Hot {
+            head,
+            len,
+            parent,
+            next: NO_NODE,
+            column,
+        });
         link(&mut self.nodes[parent as usize], id);
         id
     }
 }
 
 impl Node {
-    fn new(name: String, column: u32) -> Self {
+    fn new(name: String) -> Self {
         Node {
             name,
-            column,
             keys: Vec::new(),
             next_key: 0,
             positions: HashMap::new(),
@@ -193,16 +275,48 @@ struct Key {
 
 impl Key {
     #[inline]
-    fn new(key: &str) -> Self {
-        let mut head = [0; 16];
-        let n = key.len().min(16);
-        head[..n].copy_from_slice(&key.as_bytes()[..n]);
-        let tail = Box::default();
+    fn new(key: &str, head: u128) -> Self {
         Key {
-            head: u128::from_le_bytes(head),
-            tail,
+            head,
+            tail: Box::default(),
             len: key.len() as u32,
             id: 0,
+        }
+    }
+
+    /// The first 16 bytes of a key (zero-padded), as a little-endian number.
+    fn head(key: &[u8]) -> u128 {
+        key.iter()
+            .take(16)
+            .rev()
+            .fold(0, |head, &b| head << 8 | u128::from(b))
+    }
+
+    /// [`Key::head`] of `key`, which is a piece of `line` unless it was unescaped.
+    #[inline]
+    fn head_of(key: &str, line: &[u8]) -> u128 {
+        let at = (key.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
+        if at < line.len() {
+            Key::head_in(line, at, key.len())
+        } else {
+            Key::head(key.as_bytes())
+        }
+    }
+
+    /// [`Key::head`] of the `len` bytes at `start` of `line`: one 16-byte load where the line
+    /// has 16 bytes from there (copying the key into a buffer first stalled on the store).
+    #[inline]
+    fn head_in(line: &[u8], start: usize, len: usize) -> u128 {
+        match line.get(start..start + 16) {
+            Some(bytes) => {
+                let all = u128::from_le_bytes(bytes.try_into().expect("16 bytes"));
+                if len >= 16 {
+                    all
+                } else {
+                    all & ((1 << (len * 8)) - 1)
+                }
+            }
+            None => Key::head(&line[start..start + len]),
         }
     }
 
@@ -348,8 +462,9 @@ impl<'a, 's> Walker<'a, 's> {
         }
         loop {
             self.expect(b'"', "expected a key")?;
+            let line = self.buf;
             let key = self.string()?;
-            let child = trie.child_key(node, key);
+            let child = trie.child_key(node, key, Key::head_of(key, line));
             self.expect(b':', "expected ':'")?;
             self.value(trie, child, sink, depth + 1)?;
             self.skip_ws();
@@ -404,7 +519,7 @@ impl<'a, 's> Walker<'a, 's> {
         if let Some(start) = tail {
             let text = std::str::from_utf8(&self.buf[start..end])
                 .map_err(|_| self.error("invalid UTF-8"))?;
-            let child = trie.child_key(node, "more");
+            let child = trie.child_key(node, "more", Key::head(b"more"));
             sink.leaf(trie, child, Leaf::ListTail(text.trim_end()))
                 .map_err(|e| at_byte(at, e))?;
         }
@@ -495,18 +610,17 @@ impl<'a, 's> Walker<'a, 's> {
         let start = self.pos;
         let mut pos = start;
         let mut non_ascii = false;
-        // Fast scan over 8 bytes at a time for '"', '\\' or a control character; the lowest
-        // bit of the mask marks the first such byte.
-        while pos + 8 <= b.len() {
-            let w = u64::from_le_bytes(b[pos..pos + 8].try_into().expect("8 bytes"));
-            let special = special_mask(w);
-            let before = special.wrapping_sub(1) & !special;
-            non_ascii |= w & 0x8080_8080_8080_8080 & before != 0;
+        // Fast scan over 16 bytes at a time for '"', '\\' or a control character.
+        while let Some(block) = b.get(pos..pos + 16) {
+            let (special, high) = scan16(block.try_into().expect("16 bytes"));
             if special != 0 {
-                pos += special.trailing_zeros() as usize / 8;
+                let first = special.trailing_zeros();
+                non_ascii |= high & ((1 << first) - 1) != 0;
+                pos += first as usize;
                 break;
             }
-            pos += 8;
+            non_ascii |= high != 0;
+            pos += 16;
         }
         loop {
             match b.get(pos) {
@@ -637,16 +751,41 @@ fn at_byte(at: usize, mut e: LineError) -> WalkError {
     e
 }
 
-/// Non-zero iff one of the 8 bytes of `w` is '"', '\\' or below 0x20.
+/// For 16 bytes: a bit per byte that is '"', '\\' or a control character (the lowest set bit is
+/// the first), and a bit per non-ASCII byte. SSE2 (every x86_64 has it) does it in seven
+/// instructions; the compiler does not find them in the portable loop.
+#[cfg(target_arch = "x86_64")]
 #[inline]
-fn special_mask(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let quote = has_zero(w ^ (ONES * b'"' as u64));
-    let backslash = has_zero(w ^ (ONES * b'\\' as u64));
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    quote | backslash | control
+fn scan16(block: &[u8; 16]) -> (u32, u32) {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    // SAFETY: the load reads the 16 bytes of `block` (unaligned loads are allowed); SSE2 is
+    // part of the x86_64 baseline.
+    unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // max(c, 0x1f) == 0x1f: c is at most 0x1f (unsigned).
+        let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
+        let special = _mm_or_si128(_mm_or_si128(quote, backslash), control);
+        (
+            _mm_movemask_epi8(special) as u32,
+            _mm_movemask_epi8(v) as u32,
+        )
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn scan16(block: &[u8; 16]) -> (u32, u32) {
+    let (mut special, mut high) = (0, 0);
+    for (i, &c) in block.iter().enumerate() {
+        special |= u32::from(c == b'"' || c == b'\\' || c < 0x20) << i;
+        high |= u32::from(c >= 0x80) << i;
+    }
+    (special, high)
 }
 
 #[cfg(test)]
@@ -688,6 +827,60 @@ mod tests {
                 "f=Float(\"-1.5e3\")",
                 "g=Null",
                 "h=Bool(true)"
+            ]
+        );
+    }
+
+    /// The guess of the next node ([`Hot`]) never stands in for another key, parent or position.
+    #[test]
+    fn guessed_nodes_are_the_right_ones() {
+        let lines = [
+            r#"{"a":{"x":1},"b":{"x":2},"abcdefghijklmnopq1":[1,2,3]}"#,
+            r#"{"b":{"x":3},"a":{"x":4},"abcdefghijklmnopq2":[5]}"#,
+            r#"{"a":{"y":5,"x":6},"abcdefghijklmnopq1":[[7]],"abcdefghijklmnopq2":[8,9]}"#,
+            r#"{"a":{"x":1},"b":{"x":2},"abcdefghijklmnopq1":[1,2,3]}"#,
+        ];
+        let mut trie = Trie::with_columns([]);
+        let mut scratch = Vec::new();
+        let got: Vec<Vec<String>> = lines
+            .iter()
+            .map(|line| {
+                let mut sink = Record::default();
+                Walker::new(line.as_bytes(), &mut scratch, None)
+                    .walk(&mut trie, &mut sink)
+                    .unwrap();
+                sink.0
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                vec![
+                    "a_x=Int(\"1\")",
+                    "b_x=Int(\"2\")",
+                    "abcdefghijklmnopq1_0=Int(\"1\")",
+                    "abcdefghijklmnopq1_1=Int(\"2\")",
+                    "abcdefghijklmnopq1_2=Int(\"3\")"
+                ],
+                vec![
+                    "b_x=Int(\"3\")",
+                    "a_x=Int(\"4\")",
+                    "abcdefghijklmnopq2_0=Int(\"5\")"
+                ],
+                vec![
+                    "a_y=Int(\"5\")",
+                    "a_x=Int(\"6\")",
+                    "abcdefghijklmnopq1_0_0=Int(\"7\")",
+                    "abcdefghijklmnopq2_0=Int(\"8\")",
+                    "abcdefghijklmnopq2_1=Int(\"9\")"
+                ],
+                vec![
+                    "a_x=Int(\"1\")",
+                    "b_x=Int(\"2\")",
+                    "abcdefghijklmnopq1_0=Int(\"1\")",
+                    "abcdefghijklmnopq1_1=Int(\"2\")",
+                    "abcdefghijklmnopq1_2=Int(\"3\")"
+                ],
             ]
         );
     }
@@ -744,21 +937,30 @@ mod tests {
             "abcdefgi".into(),
         ]);
         for a in &variants {
-            let mut stored = Key::new(a);
+            let mut stored = Key::new(a, Key::head(a.as_bytes()));
             stored.tail = a.get(16..).unwrap_or_default().into();
             for b in &variants {
-                assert_eq!(stored.matches(&Key::new(b), b), a == b, "{a} {b}");
+                // Keys inside a longer line, and at its very end.
+                for line in [format!("\"{b}\":0123456789abcdef"), format!("\"{b}")] {
+                    let head = Key::head_in(line.as_bytes(), 1, b.len());
+                    assert_eq!(head, Key::head(b.as_bytes()), "{b}");
+                    assert_eq!(stored.matches(&Key::new(b, head), b), a == b, "{a} {b}");
+                }
             }
         }
     }
 
     #[test]
-    fn special_mask_finds_each_byte() {
+    fn scan16_finds_each_byte() {
         for (i, b) in [b'"', b'\\', 0u8, 0x1f].into_iter().enumerate() {
-            let mut w = *b"abcdefgh";
-            w[i * 2] = b;
-            assert_ne!(special_mask(u64::from_le_bytes(w)), 0);
+            let mut block = *b"abcdefghijklmnop";
+            block[i * 4 + 1] = b;
+            block[15] = b'"';
+            assert_eq!(scan16(&block).0, 1 << (i * 4 + 1) | 1 << 15);
         }
-        assert_eq!(special_mask(u64::from_le_bytes(*b" ~\x7f\xc3\xa9z!#")), 0);
+        assert_eq!(
+            scan16(b" ~\x7f\xc3\xa9z!#abcdefg\xff"),
+            (0, 1 << 3 | 1 << 4 | 1 << 15)
+        );
     }
 }

@@ -42,7 +42,9 @@ pub(super) fn infer_chunks(
         reader,
         chunk_size,
         &options.source,
-        |chunk| {
+        || Ok(()),
+        |(), chunk| {
+            // A part per chunk, merged in file order: columns keep their first-seen order.
             let mut part = SchemaInference::with_options(
                 &mode,
                 options.clone().with_first_line(chunk.first_line),
@@ -88,9 +90,10 @@ pub(super) fn decode_chunks(
         reader,
         chunk_size,
         &options.source,
-        |chunk| {
-            let options = options.clone().with_first_line(chunk.first_line);
-            let mut decoder = Decoder::new(Arc::clone(&schema), mode, options)?;
+        // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
+        || Decoder::new(Arc::clone(&schema), mode, options.clone()),
+        |decoder, chunk| {
+            decoder.restart(chunk.first_line);
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
             while !bytes.is_empty() {
@@ -99,14 +102,17 @@ pub(super) fn decode_chunks(
                 batches.extend(decoder.flush()?);
             }
             batches.extend(decoder.finish()?);
-            Ok((batches, decoder))
+            let skipped = std::mem::take(&mut decoder.lines.skipped);
+            Ok((
+                batches,
+                std::mem::take(&mut decoder.lines.skipped_count),
+                skipped,
+            ))
         },
-        |(batches, decoder)| {
-            summary.skipped_count += decoder.skipped_count();
+        |(batches, skipped_count, skipped)| {
+            summary.skipped_count += skipped_count;
             let room = super::KEEP_SKIPPED.saturating_sub(summary.skipped.len());
-            summary
-                .skipped
-                .extend(decoder.skipped().iter().take(room).cloned());
+            summary.skipped.extend(skipped.into_iter().take(room));
             for batch in batches {
                 summary.rows += batch.num_rows() as u64;
                 on_batch(batch)?;
@@ -123,13 +129,16 @@ struct Chunk {
     first_line: u64,
 }
 
-/// Runs `work` on chunks of `reader` in worker threads and `emit`s the results in stream order,
-/// with at most two chunks per worker in flight (memory stays bounded).
-fn run_chunks<T: Send>(
+/// Runs `work` on chunks of `reader` in worker threads (each with its own state from `init`) and
+/// `emit`s the results in stream order, with at most two chunks per worker in flight (memory stays
+/// bounded). Chunk buffers go back to the reader for reuse: fresh memory costs the kernel a page
+/// fault and a page clearing per 4 KiB.
+fn run_chunks<S, T: Send>(
     mut reader: impl Read,
     chunk_size: usize,
     source: &str,
-    work: impl Fn(Chunk) -> crate::Result<T> + Sync,
+    init: impl Fn() -> crate::Result<S> + Sync,
+    work: impl Fn(&mut S, &Chunk) -> crate::Result<T> + Sync,
     mut emit: impl FnMut(T) -> crate::Result<()>,
 ) -> crate::Result<()> {
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
@@ -137,23 +146,36 @@ fn run_chunks<T: Send>(
     let (job_tx, job_rx) = sync_channel::<(usize, Chunk)>(in_flight);
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = channel();
+    let (free_tx, free_rx) = channel::<Vec<u8>>();
     std::thread::scope(|scope| {
         // Dropped when this closure returns, early or not: the workers then stop.
         let (job_tx, done_rx) = (job_tx, done_rx);
         for _ in 0..workers {
-            let (job_rx, done_tx, work) = (&job_rx, done_tx.clone(), &work);
+            let (job_rx, done_tx, free_tx) = (&job_rx, done_tx.clone(), free_tx.clone());
+            let (init, work) = (&init, &work);
             scope.spawn(move || {
+                let mut state = None;
                 loop {
                     // The lock is held only while waiting for the next job.
                     let job = job_rx.lock().expect("no worker panicked").recv();
                     let Ok((index, chunk)) = job else { break };
-                    if done_tx.send((index, work(chunk))).is_err() {
+                    let result = match &mut state {
+                        Some(state) => work(state, &chunk),
+                        None => init().and_then(|s| work(state.insert(s), &chunk)),
+                    };
+                    if result.is_err() {
+                        // A failed chunk may leave the state half-way: start afresh.
+                        state = None;
+                    }
+                    // The reader may have stopped; then the buffer is simply dropped.
+                    let _ = free_tx.send(chunk.bytes);
+                    if done_tx.send((index, result)).is_err() {
                         break;
                     }
                 }
             });
         }
-        drop(done_tx);
+        drop((done_tx, free_tx));
 
         let mut done = BTreeMap::new();
         let (mut sent, mut emitted) = (0, 0);
@@ -166,9 +188,19 @@ fn run_chunks<T: Send>(
         };
         let mut carry = Vec::new();
         let mut next_line = 1;
-        while let Some(chunk) =
-            next_chunk(&mut reader, chunk_size, &mut carry, &mut next_line, source)?
-        {
+        loop {
+            let buffer = free_rx.try_recv().unwrap_or_default();
+            let Some(chunk) = next_chunk(
+                &mut reader,
+                buffer,
+                chunk_size,
+                &mut carry,
+                &mut next_line,
+                source,
+            )?
+            else {
+                break;
+            };
             while sent - emitted >= in_flight {
                 let (index, result) = done_rx.recv().expect("workers outlive their jobs");
                 done.insert(index, result);
@@ -194,14 +226,18 @@ fn run_chunks<T: Send>(
 }
 
 /// The next chunk of about `chunk_size` bytes ending at a line end; `carry` holds the bytes after it.
+/// `buffer` is an empty or used one to fill.
 fn next_chunk(
     reader: &mut impl Read,
+    mut bytes: Vec<u8>,
     chunk_size: usize,
     carry: &mut Vec<u8>,
     next_line: &mut u64,
     source: &str,
 ) -> crate::Result<Option<Chunk>> {
-    let mut bytes = std::mem::take(carry);
+    bytes.clear();
+    bytes.extend_from_slice(carry);
+    carry.clear();
     bytes.reserve(chunk_size);
     let cut = loop {
         let start = bytes.len();

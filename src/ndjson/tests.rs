@@ -222,7 +222,19 @@ fn blank_lines_are_skipped_and_last_line_needs_no_newline() {
 #[test]
 fn bad_lines_are_named_by_source_and_line() {
     let good = r#"{"resourceType":"Observation","id":"o1","valueInteger":1}"#;
-    let cases: [(&[u8], DecodeErrorKind, &str); 9] = [
+    let cases: [(&[u8], DecodeErrorKind, &str); 11] = [
+        // Invalid UTF-8 outside a string can only be bad JSON.
+        (
+            b"{\"resourceType\":\"Observation\",\xff}",
+            DecodeErrorKind::InvalidJson,
+            "expected a key",
+        ),
+        // A byte order mark is skipped at the start of a stream only.
+        (
+            b"\xEF\xBB\xBF{\"resourceType\":\"Observation\"}",
+            DecodeErrorKind::InvalidJson,
+            "expected '{'",
+        ),
         (
             b"{\"resourceType\":\"Observation\",",
             DecodeErrorKind::InvalidJson,
@@ -305,6 +317,54 @@ fn bad_lines_are_named_by_source_and_line() {
         assert_eq!(ids.iter().collect::<Vec<_>>(), [Some("o1"), Some("o1")]);
         assert_eq!(decoder.skipped_count(), 1);
         assert_eq!(decoder.skipped(), [err]);
+    }
+}
+
+/// Bad lines among good ones, lenient, cut at every byte: the same rows and the same skipped lines.
+#[test]
+fn bad_lines_split_anywhere_are_skipped_alike() {
+    let good = r#"{"resourceType":"Observation","id":"é😀","valueInteger":1}"#;
+    let bad: [&[u8]; 5] = [
+        b"{\"resourceType\":\"Observation\",\"id\":\"\xc3\xa9\xff\"}",
+        b"[1]",
+        b"{\"resourceType\":\"Patient\"}",
+        b"{\"resourceType\":\"Observation\",\"valueInteger\":99999999999999999999}",
+        b"{\"resourceType\":\"Observation\",\"id\":\"a\",\"id\":\"b\"}",
+    ];
+    let mut input = b"\xEF\xBB\xBF".to_vec();
+    for (i, line) in bad.iter().enumerate() {
+        input.extend_from_slice(good.as_bytes());
+        input.extend_from_slice(if i % 2 == 0 { b"\r\n" } else { b"\n" });
+        input.extend_from_slice(line);
+        input.push(b'\n');
+    }
+    let mode = flat();
+    let schema = infer(&mode, format!("{good}\n").as_bytes());
+    let options = DecodeOptions::default()
+        .with_resource_type("Observation")
+        .with_strictness(Strictness::Lenient);
+    let (whole, decoder) =
+        decode_cut(Arc::clone(&schema), &mode, options.clone(), &input, &[]).unwrap();
+    assert_eq!(whole.iter().map(RecordBatch::num_rows).sum::<usize>(), 5);
+    assert_eq!(
+        decoder
+            .skipped()
+            .iter()
+            .map(|e| (e.line, e.kind))
+            .collect::<Vec<_>>(),
+        [
+            (2, DecodeErrorKind::InvalidUtf8),
+            (4, DecodeErrorKind::NotAnObject),
+            (6, DecodeErrorKind::WrongResourceType),
+            (8, DecodeErrorKind::DoesNotFitSchema),
+            (10, DecodeErrorKind::DuplicateKey),
+        ]
+    );
+    for cut in 0..=input.len() {
+        let (batches, split) =
+            decode_cut(Arc::clone(&schema), &mode, options.clone(), &input, &[cut]).unwrap();
+        assert_eq!(table(&batches), table(&whole), "cut at {cut}");
+        assert_eq!(split.skipped(), decoder.skipped(), "cut at {cut}");
     }
 }
 
