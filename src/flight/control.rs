@@ -167,7 +167,6 @@ impl ExportControl for FhirExportControl {
 
     async fn refresh(&self, table: &str) -> Result<proto::ExportStatus> {
         let (name, catalog, resource_type) = self.resolve(table)?;
-        let before = catalog.exports().last().map_or(0, |e| e.id);
         // Waits for the commit; a client that goes away drops this wait like a query's.
         catalog.refresh(std::slice::from_ref(&resource_type)).await?;
         let export = catalog
@@ -175,9 +174,11 @@ impl ExportControl for FhirExportControl {
             .into_iter()
             .rev()
             .find(|e| e.request.types.contains(&resource_type))
-            .filter(|e| e.id > before)
             .ok_or_else(|| Error::Snapshot(format!("refresh of {table}: no export recorded")))?;
-        Ok(export_status(name, export))
+        let mut status = export_status(name, export);
+        // Committed: the listing records that a moment later, in the export's own task.
+        status.set_state(ExportState::Completed);
+        Ok(status)
     }
 
     async fn cancel(&self, id: &str) -> Result<proto::ExportStatus> {
