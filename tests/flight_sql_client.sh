@@ -3,7 +3,9 @@
 # with Apache's own `flight_sql_client` (arrow-flight's `cli` feature, the same arrow version as
 # the server): handshake, catalogs, db-schemas, tables, a statement query and a prepared-statement
 # query with a parameter, against values computed in-process by `fhirflight sql --demo` (same
-# deterministic population). Exits non-zero on the first wrong answer.
+# deterministic population). A second FHIR server (`fhirflight demo-server`) is served beside it
+# as catalog `second`, from the config file's `[servers.second]`. Exits non-zero on the first
+# wrong answer.
 #
 # Usage: tests/flight_sql_client.sh
 #   FLIGHT_SQL_CLIENT  the client binary (default: built once into ~/.cache/fhirflight-tools)
@@ -26,14 +28,28 @@ if [[ -z "$bin" ]]; then
 fi
 patients=20
 
-# The server's first line says where it listens; SIGTERM stops it.
+# Each server's first line says where it listens; SIGTERM stops it.
 dir=$(mktemp -d)
-mkfifo "$dir/out"
-"$bin" serve --demo --demo-patients "$patients" --users alice:wonderland \
-  --listen 127.0.0.1:0 --cache-dir "$dir/serve" >"$dir/out" &
-pid=$!
+mkfifo "$dir/out" "$dir/second"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+"$bin" demo-server --listen 127.0.0.1:0 --patients 5 --keys-dir "$dir/keys" >"$dir/second" &
+pids+=($!)
+exec 5<"$dir/second"
+read -r line <&5
+second_url="${line##* }"
+read -r line <&5
+second_client="${line##* }"
+cat >"$dir/config.toml" <<TOML
+[servers.second]
+url = "$second_url"
+client_id = "$second_client"
+key_file = "$dir/keys/demo-client-RS384.jwk.json"
+TOML
+"$bin" --config "$dir/config.toml" serve --demo --demo-patients "$patients" \
+  --users alice:wonderland --listen 127.0.0.1:0 --cache-dir "$dir/serve" >"$dir/out" &
+pids+=($!)
 exec 4<"$dir/out"
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exec 4<&-; rm -rf "$dir"' EXIT
 read -r line <&4
 [[ "$line" == *"listening on grpc://"* ]] || { echo "unexpected server output: $line" >&2; exit 1; }
 port="${line##*:}"
@@ -45,7 +61,9 @@ expect() { # expect <what> <needle> <haystack>
   echo "ok   $1"
 }
 
-expect "catalogs" "fhir" "$(run catalogs)"
+catalogs=$(run catalogs)
+expect "catalogs" "fhir" "$catalogs"
+expect "catalogs from [servers.second]" "second" "$catalogs"
 schemas=$(run db-schemas fhir)
 grep -qE '^\| *fhir *\| *fhir *\|' <<<"$schemas" || { echo "FAIL db-schemas: $schemas" >&2; exit 1; }
 echo "ok   db-schemas"
@@ -63,6 +81,9 @@ female=$(in_process "${female_sql/\$1/\'female\'}")
 [[ "$female" -gt 0 ]] || { echo "FAIL in-process conditions of women: $female" >&2; exit 1; }
 expect "prepared-statement-query" "| $female |" \
   "$(run prepared-statement-query "$female_sql" -p '$1=female')"
+
+expect "statement-query on the second server" "| 5 |" \
+  "$(run statement-query "SELECT count(*) AS n FROM second.fhir.patient")"
 
 # Wrong password: refused with a clear message.
 if err=$("$client" --host 127.0.0.1 --port "$port" --username alice --password nope catalogs 2>&1); then
