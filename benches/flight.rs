@@ -131,10 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let local = report("in-process collect", local_rows, wire_bytes, local_secs);
     let flight = report("Flight DoGet (loopback)", flight_rows, wire_bytes, secs);
-    println!(
-        "ratio Flight / in-process: {:.2} (rows/s)",
-        flight / local
-    );
+    println!("ratio Flight / in-process: {:.2} (rows/s)", flight / local);
     server.shutdown().await?;
     Ok(())
 }

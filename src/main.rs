@@ -1,10 +1,10 @@
 //! The `fhirflight` command line: parses flags, environment and the config file, then calls the
 //! library. `fhirflight --help` lists the commands.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,7 +313,9 @@ impl CatalogArgs {
                     "[servers.{name}]: a catalog name is lower case letters, digits and _, and not fhir"
                 )));
             }
-            let client = server.connect(&format!("[servers.{name}]"), insecure).await?;
+            let client = server
+                .connect(&format!("[servers.{name}]"), insecure)
+                .await?;
             catalogs.push((name, Arc::new(BulkSource::new(client))));
         }
         let default = catalogs[0].0.clone();

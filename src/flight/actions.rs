@@ -9,8 +9,8 @@ use datafusion::common::TableReference;
 use prost::Message;
 
 use super::proto::{
-    AddViewRequest, AddViewResult, CancelExportRequest, CancelExportResult, ExportStatus, ListExportsResult, ListSnapshotsResult,
-    RefreshTableRequest, RefreshTableResult, SnapshotInfo,
+    AddViewRequest, AddViewResult, CancelExportRequest, CancelExportResult, ExportStatus,
+    ListExportsResult, ListSnapshotsResult, RefreshTableRequest, RefreshTableResult, SnapshotInfo,
 };
 use crate::{Error, Result};
 

@@ -51,7 +51,13 @@ impl FhirExportControl {
                 Some((name, fhir))
             })
             .collect();
-        let default_catalog = ctx.state().config().options().catalog.default_catalog.clone();
+        let default_catalog = ctx
+            .state()
+            .config()
+            .options()
+            .catalog
+            .default_catalog
+            .clone();
         Self {
             catalogs,
             default_catalog,
@@ -168,7 +174,9 @@ impl ExportControl for FhirExportControl {
     async fn refresh(&self, table: &str) -> Result<proto::ExportStatus> {
         let (name, catalog, resource_type) = self.resolve(table)?;
         // Waits for the commit; a client that goes away drops this wait like a query's.
-        catalog.refresh(std::slice::from_ref(&resource_type)).await?;
+        catalog
+            .refresh(std::slice::from_ref(&resource_type))
+            .await?;
         let export = catalog
             .exports()
             .into_iter()

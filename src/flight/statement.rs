@@ -291,7 +291,10 @@ mod tests {
             "SET datafusion.execution.batch_size = 1",
         ] {
             let err = plan_sql(&ctx, sql).await.unwrap_err();
-            assert!(err.to_string().contains("only queries are served"), "{sql}: {err}");
+            assert!(
+                err.to_string().contains("only queries are served"),
+                "{sql}: {err}"
+            );
         }
         assert!(ctx.table_exist("x").is_ok_and(|exists| !exists));
         for sql in [

@@ -964,7 +964,10 @@ mod fhir {
              WHERE table_catalog = 'fhir' AND table_schema = 'fhir'",
         )
         .await;
-        assert!(browsed.contains(&format!("| {} |", names.len())), "{browsed}");
+        assert!(
+            browsed.contains(&format!("| {} |", names.len())),
+            "{browsed}"
+        );
         assert!(f.demo.stats().kickoffs.is_empty());
         assert!(f.other.stats().kickoffs.is_empty());
 
@@ -1068,7 +1071,11 @@ mod fhir {
             .unwrap();
         assert_eq!(
             (export.id.as_str(), export.state(), export.resource_types),
-            ("fhir/2", ExportState::Completed, vec!["Patient".to_string()])
+            (
+                "fhir/2",
+                ExportState::Completed,
+                vec!["Patient".to_string()]
+            )
         );
         let kickoffs = f.demo.stats().kickoffs;
         assert!(kickoffs[1].params.iter().any(|(k, _)| k == "_since"));
@@ -1193,8 +1200,7 @@ mod fhir {
         let running = wait_for_export(&mut client, |e| e.state() == ExportState::Running).await;
         // The client gives up: its call is dropped, and the server drops the planning.
         waiting.abort();
-        let cancelled =
-            wait_for_export(&mut client, |e| e.state() == ExportState::Cancelled).await;
+        let cancelled = wait_for_export(&mut client, |e| e.state() == ExportState::Cancelled).await;
         assert_eq!(cancelled.id, running.id);
         assert_eq!(f.demo.stats().kickoffs.len(), 1);
         f.server.shutdown().await.unwrap();
