@@ -90,7 +90,7 @@ impl FhirFlightService {
         handle: StatementHandle,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = handle.plan(&self.ctx).await.map_err(status)?;
+        let df = handle.plan(&self.ctx, None).await.map_err(status)?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
         };
@@ -348,7 +348,9 @@ impl FlightSqlService for FhirFlightService {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let df = plan_sql(&self.ctx, &query.query).await.map_err(status)?;
+        let df = plan_sql(&self.ctx, &query.query, None)
+            .await
+            .map_err(status)?;
         let parameters = parameter_schema(df.logical_plan()).map_err(status)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: StatementHandle::new(query.query).encode_to_vec().into(),

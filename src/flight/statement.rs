@@ -22,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{
 use prost::Message;
 
 use super::proto::StatementHandle;
-use crate::catalog;
+use crate::catalog::{self, Freshness};
 use crate::{Error, Result};
 
 impl StatementHandle {
@@ -82,8 +82,12 @@ impl StatementHandle {
 
     /// Plans the statement with its bound values substituted (exporting what it reads, see
     /// [`plan_sql`]).
-    pub(crate) async fn plan(&self, ctx: &SessionContext) -> DfResult<DataFrame> {
-        let df = plan_sql(ctx, &self.sql).await?;
+    pub(crate) async fn plan(
+        &self,
+        ctx: &SessionContext,
+        freshness: Option<Freshness>,
+    ) -> DfResult<DataFrame> {
+        let df = plan_sql(ctx, &self.sql, freshness).await?;
         match self
             .parameter_values()
             .map_err(|e| DataFusionError::External(Box::new(e)))?
@@ -93,13 +97,16 @@ impl StatementHandle {
         }
     }
 
-    /// Runs the statement: batches come as DataFusion produces them; dropping the stream stops
-    /// the query.
+    /// Runs the statement (DoGet): batches come as DataFusion produces them; dropping the stream
+    /// stops the query. It reads the snapshots that its GetFlightInfo brought up to date (any
+    /// snapshot will do): no second export with freshness `always`, and no new schema between
+    /// the FlightInfo and the data. A ticket never planned exports what has no snapshot.
     pub(crate) async fn execute(
         &self,
         ctx: &SessionContext,
     ) -> DfResult<SendableRecordBatchStream> {
-        self.plan(ctx).await?.execute_stream().await
+        let df = self.plan(ctx, Some(Freshness::Never)).await?;
+        df.execute_stream().await
     }
 }
 
@@ -112,8 +119,12 @@ fn ipc_bytes(batch: &RecordBatch) -> std::result::Result<Vec<u8>, arrow::error::
 /// Parses and plans one read-only SQL statement through [`crate::catalog::sql`]: ONE export
 /// per FHIR catalog for all the tables it reads, in the caller's task (a client that goes away
 /// drops the planning and with it its wait on the export). `?` placeholders become `$1`, `$2`...
-/// in the order they appear in the text.
-pub(crate) async fn plan_sql(ctx: &SessionContext, sql: &str) -> DfResult<DataFrame> {
+/// in the order they appear in the text. `freshness` overrides the catalogs' own.
+pub(crate) async fn plan_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    freshness: Option<Freshness>,
+) -> DfResult<DataFrame> {
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
     let mut statement = state.sql_to_statement(sql, &dialect)?;
@@ -123,12 +134,17 @@ pub(crate) async fn plan_sql(ctx: &SessionContext, sql: &str) -> DfResult<DataFr
             "only queries are served (SELECT, EXPLAIN, SHOW), not: {sql}"
         )));
     }
-    if let DfStatement::Statement(s) = &mut statement
+    let sql = if let DfStatement::Statement(s) = &mut statement
         && number_question_marks(s)
     {
-        return catalog::sql(ctx, &s.to_string()).await;
+        s.to_string()
+    } else {
+        sql.to_owned()
+    };
+    match freshness {
+        Some(freshness) => catalog::sql_with_freshness(ctx, &sql, freshness).await,
+        None => catalog::sql(ctx, &sql).await,
     }
-    catalog::sql(ctx, sql).await
 }
 
 /// Whether `statement` only reads: a query (without `SELECT INTO`), `EXPLAIN` of one, `SHOW`.
@@ -238,7 +254,7 @@ mod tests {
     async fn bound_handles_round_trip() {
         let ctx = SessionContext::new();
         let handle = StatementHandle::new("SELECT ? AS n, ? AS s");
-        let plan = handle.plan(&ctx).await.unwrap();
+        let plan = handle.plan(&ctx, None).await.unwrap();
         let params = parameter_schema(plan.logical_plan()).unwrap();
         assert_eq!(
             params
@@ -264,7 +280,13 @@ mod tests {
         let bound = handle.bind(Some(row.clone())).unwrap();
         let bytes = bound.encode_to_vec();
         let decoded = StatementHandle::decode_handle(&bytes).unwrap();
-        let batches = decoded.plan(&ctx).await.unwrap().collect().await.unwrap();
+        let batches = decoded
+            .plan(&ctx, None)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         let pretty = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
@@ -290,7 +312,7 @@ mod tests {
             "COPY (SELECT 1) TO 'x.csv'",
             "SET datafusion.execution.batch_size = 1",
         ] {
-            let err = plan_sql(&ctx, sql).await.unwrap_err();
+            let err = plan_sql(&ctx, sql, None).await.unwrap_err();
             assert!(
                 err.to_string().contains("only queries are served"),
                 "{sql}: {err}"
@@ -302,7 +324,7 @@ mod tests {
             "EXPLAIN SELECT 1",
             "WITH w AS (SELECT 1 AS a) SELECT a FROM w UNION ALL VALUES (2)",
         ] {
-            plan_sql(&ctx, sql).await.unwrap();
+            plan_sql(&ctx, sql, None).await.unwrap();
         }
     }
 }

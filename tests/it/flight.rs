@@ -732,6 +732,76 @@ async fn a_client_that_disconnects_stops_its_query() {
     server.shutdown().await.unwrap();
 }
 
+/// A schema whose table `t` takes forever to resolve (like a table waiting for its export),
+/// reporting when it starts and when its resolution is dropped.
+#[derive(Debug)]
+struct Hanging {
+    entered: Mutex<Option<oneshot::Sender<()>>>,
+    dropped: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for Hanging {
+    fn table_names(&self) -> Vec<String> {
+        vec!["t".into()]
+    }
+
+    async fn table(
+        &self,
+        _name: &str,
+    ) -> datafusion::error::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        let _signal = DropSignal(self.dropped.lock().unwrap().take());
+        if let Some(entered) = self.entered.lock().unwrap().take() {
+            let _ = entered.send(());
+        }
+        std::future::pending().await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == "t"
+    }
+}
+
+/// Planning runs in the RPC's own task: a client that drops GetFlightInfo drops the planning
+/// (and with it a wait on an export), nothing is left running detached.
+#[tokio::test]
+async fn a_dropped_get_flight_info_drops_its_planning() {
+    let ctx = fhir_context();
+    let (entered, was_entered) = oneshot::channel();
+    let (dropped, was_dropped) = oneshot::channel();
+    let hanging = Hanging {
+        entered: Mutex::new(Some(entered)),
+        dropped: Mutex::new(Some(dropped)),
+    };
+    ctx.catalog("fhir")
+        .unwrap()
+        .register_schema("slow", Arc::new(hanging))
+        .unwrap();
+    let server = start(FlightSqlServer::new(ctx).with_users(users())).await;
+    let token = login(&server).await.token().unwrap().clone();
+    let channel = channel(&server).await;
+    let call = tokio::spawn(async move {
+        let mut raw = FlightServiceClient::new(channel);
+        let command = CommandStatementQuery {
+            query: "SELECT * FROM fhir.slow.t".into(),
+            transaction_id: None,
+        };
+        let mut request =
+            tonic::Request::new(FlightDescriptor::new_cmd(command.as_any().encode_to_vec()));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        raw.get_flight_info(request).await
+    });
+    was_entered.await.unwrap();
+    call.abort();
+    tokio::time::timeout(std::time::Duration::from_secs(30), was_dropped)
+        .await
+        .expect("the planning is dropped with the call")
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn anonymous_access_only_when_asked_and_on_loopback() {
     let server = start(FlightSqlServer::new(fhir_context()).with_anonymous(true)).await;
@@ -835,7 +905,11 @@ mod fhir {
     const SEED: u64 = 42;
     const PATIENTS: usize = 12;
 
-    async fn catalog_over(server: &DemoServer, cache: &TempDir) -> FhirCatalog {
+    async fn catalog_over(
+        server: &DemoServer,
+        cache: &TempDir,
+        freshness: Freshness,
+    ) -> FhirCatalog {
         let creds = server.credentials();
         let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None).unwrap();
         let options = ClientOptions::default()
@@ -850,7 +924,7 @@ mod fhir {
         .unwrap();
         let options = CatalogOptions::default()
             .with_cache_dir(cache.path())
-            .with_freshness(Freshness::Never);
+            .with_freshness(freshness);
         FhirCatalog::try_new(Arc::new(BulkSource::new(client)), options)
             .await
             .unwrap()
@@ -866,6 +940,10 @@ mod fhir {
     }
 
     async fn fixture(config: DemoConfig) -> Fixture {
+        fixture_with(config, Freshness::Never).await
+    }
+
+    async fn fixture_with(config: DemoConfig, freshness: Freshness) -> Fixture {
         let cache = tempfile::tempdir().unwrap();
         let demo = DemoServer::start(config).await.unwrap();
         let other = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(5))
@@ -876,8 +954,10 @@ mod fhir {
                 .with_information_schema(true)
                 .with_default_catalog_and_schema("fhir", catalog::DEFAULT_SCHEMA),
         );
-        ctx.register_catalog("fhir", Arc::new(catalog_over(&demo, &cache).await));
-        ctx.register_catalog("other", Arc::new(catalog_over(&other, &cache).await));
+        let fhir = catalog_over(&demo, &cache, freshness).await;
+        ctx.register_catalog("fhir", Arc::new(fhir));
+        let second = catalog_over(&other, &cache, freshness).await;
+        ctx.register_catalog("other", Arc::new(second));
         let control = FhirExportControl::from_session(&ctx);
         let server = FlightSqlServer::new(ctx)
             .with_users(users())
@@ -1111,6 +1191,21 @@ mod fhir {
         assert_eq!(err.code(), Code::InvalidArgument);
         let again = query(&mut client, "SELECT count(*) AS n FROM patient").await;
         assert!(again.contains(&format!("| {patients} |")), "{again}");
+        f.server.shutdown().await.unwrap();
+    }
+
+    /// GetFlightInfo brings the snapshots up to date, DoGet reads them: with freshness
+    /// `always`, one export per statement, not one per call.
+    #[tokio::test]
+    async fn freshness_always_exports_once_per_statement_not_per_call() {
+        let f = fixture_with(demo_config(), Freshness::Always).await;
+        let mut client = login(&f.server).await;
+        let patients = population_count(SEED, PATIENTS, "Patient");
+        for statement in 1..=2 {
+            let counted = query(&mut client, "SELECT count(*) AS n FROM patient").await;
+            assert!(counted.contains(&format!("| {patients} |")), "{counted}");
+            assert_eq!(f.demo.stats().kickoffs.len(), statement);
+        }
         f.server.shutdown().await.unwrap();
     }
 
