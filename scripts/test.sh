@@ -35,8 +35,8 @@ fi
 step "cargo test"
 cargo test
 
-step "real Flight SQL clients (Python ADBC + flightsql-dbapi, Apache flight_sql_client)"
-export FHIRFLIGHT_TEST_SERVER="$CARGO_TARGET_DIR/debug/examples/flight_test_server"
+step "real Flight SQL clients against fhirflight serve --demo (Python ADBC + flightsql-dbapi, Apache flight_sql_client)"
+export FHIRFLIGHT_BIN="$CARGO_TARGET_DIR/debug/fhirflight"
 "$venv/bin/python" -m pytest -q tests/python
 bash tests/flight_sql_client.sh
 

@@ -1,6 +1,7 @@
 //! The `fhirflight` command line: parses flags, environment and the config file, then calls the
 //! library. `fhirflight --help` lists the commands.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use fhirflight::catalog::{
     self, BulkSource, CatalogOptions, ExportState, FhirCatalog, FhirSource, Freshness, LocalFolder,
 };
 use fhirflight::demo::{DemoConfig, DemoServer};
-use fhirflight::flight::{FlightSqlServer, Users};
+use fhirflight::flight::{FhirExportControl, FlightSqlServer, Users};
 use fhirflight::ndjson::TableMode;
 use fhirflight::smart::{SigningKey, SmartConfig};
 use fhirflight::view::ViewDefinition;
@@ -237,6 +238,9 @@ struct DemoServerArgs {
 struct Config {
     #[serde(default)]
     server: ServerConfig,
+    /// More FHIR servers, each served as the catalog of its name (`[servers.<name>]`).
+    #[serde(default)]
+    servers: BTreeMap<String, ServerConfig>,
     #[serde(default)]
     views: std::collections::BTreeMap<String, ViewConfig>,
 }
@@ -250,7 +254,8 @@ struct ViewConfig {
     columns: Vec<(String, String)>,
 }
 
-/// `[server]` in the config file: what `ServerArgs` takes by flag or environment.
+/// `[server]` and `[servers.<name>]` in the config file: what `ServerArgs` takes by flag or
+/// environment.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerConfig {
@@ -287,8 +292,10 @@ fn parse_level(text: &str) -> std::result::Result<ExportLevel, String> {
     }
 }
 
-/// The session every query runs in: one FHIR catalog named `fhir` (schema `fhir`), also the
-/// default, so `SELECT * FROM Patient` works; plus the demo server when `--demo` started one.
+/// The session every query runs in: the FHIR catalog `fhir` (flags, environment, `[server]`)
+/// and one catalog per `[servers.<name>]`, all with the schema `fhir`. The default catalog is
+/// `fhir` (else the first named server), so `SELECT * FROM Patient` works. Holds the demo server
+/// when `--demo` started one.
 struct Session {
     ctx: SessionContext,
     _demo: Option<DemoServer>,
@@ -296,16 +303,6 @@ struct Session {
 
 impl CatalogArgs {
     async fn session(self, config: Config) -> Result<Session> {
-        let (source, demo): (Arc<dyn FhirSource>, _) = match self.folder {
-            Some(folder) => (Arc::new(LocalFolder::try_new(folder)?), None),
-            None => {
-                let connection = self.server.connect(config.server).await?;
-                (
-                    Arc::new(BulkSource::new(connection.client)),
-                    connection.demo,
-                )
-            }
-        };
         let mut options = CatalogOptions::default().with_freshness(self.freshness);
         if let Some(dir) = self.cache_dir {
             options = options.with_cache_dir(dir);
@@ -313,8 +310,10 @@ impl CatalogArgs {
         if self.nested {
             options = options.with_mode(TableMode::Nested);
         }
+        // Views are tables of the default catalog.
+        let mut viewed = options.clone();
         if let Some(dir) = self.views {
-            options = options.with_views(dir);
+            viewed = viewed.with_views(dir);
         }
         for (name, view) in config.views {
             let columns: Vec<(&str, &str)> = view
@@ -324,16 +323,54 @@ impl CatalogArgs {
                 .collect();
             let definition = ViewDefinition::from_paths(&view.resource, &columns)
                 .map_err(|e| Error::Config(format!("[views.{name}]: {e}")))?;
-            options = options.with_view(definition.with_name(name));
+            viewed = viewed.with_view(definition.with_name(name));
         }
-        let fhir = FhirCatalog::try_new(source, options.clone()).await?;
-        let schema = fhir.schema_name().to_owned();
+        let named = !config.servers.is_empty();
+        let primary = self.folder.is_some()
+            || self.server.demo
+            || self.server.server.is_some()
+            || config.server.url.is_some()
+            || !named;
+        let insecure = self.server.insecure_skip_tls_verify;
+        let mut catalogs = Vec::new();
+        let mut demo = None;
+        if primary {
+            let source: Arc<dyn FhirSource> = match self.folder {
+                Some(folder) => Arc::new(LocalFolder::try_new(folder)?),
+                None => {
+                    let connection = self.server.connect(config.server).await?;
+                    demo = connection.demo;
+                    Arc::new(BulkSource::new(connection.client))
+                }
+            };
+            catalogs.push(("fhir".to_owned(), source));
+        }
+        for (name, server) in config.servers {
+            let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid || name == "fhir" {
+                return Err(Error::Config(format!(
+                    "[servers.{name}]: a catalog name is lower case letters, digits and _, and not fhir"
+                )));
+            }
+            let client = server
+                .connect(&format!("[servers.{name}]"), insecure)
+                .await?;
+            catalogs.push((name, Arc::new(BulkSource::new(client))));
+        }
+        let default = catalogs[0].0.clone();
         let ctx = SessionContext::new_with_config(
             SessionConfig::new()
                 .with_information_schema(true)
-                .with_default_catalog_and_schema("fhir", schema),
+                .with_default_catalog_and_schema(&default, catalog::DEFAULT_SCHEMA),
         );
-        ctx.register_catalog("fhir", Arc::new(fhir));
+        for (name, source) in catalogs {
+            let options = if name == default { &viewed } else { &options };
+            let fhir = FhirCatalog::try_new(source, options.clone()).await?;
+            ctx.register_catalog(name, Arc::new(fhir));
+        }
         catalog::register_functions(&ctx, options);
         Ok(Session { ctx, _demo: demo })
     }
@@ -422,9 +459,11 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         "grpc"
     };
     let session = args.catalog.session(config).await?;
+    let control = FhirExportControl::from_session(&session.ctx);
     let mut server = FlightSqlServer::new(session.ctx.clone())
         .with_users(users)
-        .with_anonymous(args.anonymous);
+        .with_anonymous(args.anonymous)
+        .with_export_control(Arc::new(control));
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         server = server.with_tls(cert, key);
     }
@@ -438,14 +477,27 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         "  JDBC:    jdbc:arrow-flight-sql://{addr}?useEncryption={}",
         scheme == "grpc+tls"
     );
-    println!(
-        "  tables:  SELECT table_name FROM information_schema.tables WHERE table_catalog = 'fhir'"
-    );
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| Error::Config(format!("waiting for Ctrl-C: {e}")))?;
+    println!("  catalogs: {}", session.ctx.catalog_names().join(", "));
+    println!("  tables:   SELECT table_catalog, table_name FROM information_schema.tables");
+    shutdown_signal().await?;
     tracing::info!("shutting down");
     running.shutdown().await
+}
+
+/// Ctrl-C, or SIGTERM on Unix (a service manager, a test harness).
+async fn shutdown_signal() -> Result<()> {
+    let failed = |e: std::io::Error| Error::Config(format!("waiting for a shutdown signal: {e}"));
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(failed)?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(failed),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.map_err(failed)
 }
 
 /// A connected Bulk Data client, and the demo server behind it when `--demo` started one.
@@ -458,59 +510,80 @@ struct Connection {
 impl ServerArgs {
     /// Flags and environment win over the config file.
     async fn connect(self, config: ServerConfig) -> Result<Connection> {
-        let mut options = ClientOptions::default()
-            .with_danger_accept_invalid_certs(self.insecure_skip_tls_verify);
-        if let Some(n) = self.parallel_downloads.or(config.parallel_downloads) {
-            options = options.with_parallel_downloads(n);
-        }
-        if let Some(ca) = self.ca_bundle.or(config.ca_bundle) {
-            options = options.with_ca_bundle(ca);
-        }
-        if let Some(proxy) = self.proxy.or(config.proxy) {
-            options = options.with_proxy(proxy);
-        }
+        let config = ServerConfig {
+            url: self.server.or(config.url),
+            client_id: self.client_id.or(config.client_id),
+            key_file: self.key_file.or(config.key_file),
+            kid: self.kid.or(config.kid),
+            scope: self.scope.or(config.scope),
+            token_endpoint: self.token_endpoint.or(config.token_endpoint),
+            ca_bundle: self.ca_bundle.or(config.ca_bundle),
+            parallel_downloads: self.parallel_downloads.or(config.parallel_downloads),
+            proxy: self.proxy.or(config.proxy),
+        };
+        let insecure = self.insecure_skip_tls_verify;
         if self.demo {
             let demo =
                 DemoServer::start(DemoConfig::default().with_patients(self.demo_patients)).await?;
             let creds = demo.credentials();
             let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
             let auth = SmartConfig::new(creds.client_id(), key);
+            let options = config.client_options(insecure);
             let client = BulkClient::try_new(demo.base_url(), Some(auth), options).await?;
             return Ok(Connection {
                 client,
                 demo: Some(demo),
             });
         }
-        let base = self.server.or(config.url).ok_or_else(|| {
-            Error::Config(
-                "no FHIR server: pass --server URL (or FHIRFLIGHT_SERVER), or --demo".into(),
-            )
+        let client = config.connect("FHIR server", insecure).await?;
+        Ok(Connection { client, demo: None })
+    }
+}
+
+impl ServerConfig {
+    fn client_options(&self, insecure_skip_tls_verify: bool) -> ClientOptions {
+        let mut options =
+            ClientOptions::default().with_danger_accept_invalid_certs(insecure_skip_tls_verify);
+        if let Some(n) = self.parallel_downloads {
+            options = options.with_parallel_downloads(n);
+        }
+        if let Some(ca) = &self.ca_bundle {
+            options = options.with_ca_bundle(ca.clone());
+        }
+        if let Some(proxy) = &self.proxy {
+            options = options.with_proxy(proxy.clone());
+        }
+        options
+    }
+
+    /// A client for this server; `what` names it in errors (`FHIR server`, `[servers.x]`).
+    async fn connect(self, what: &str, insecure_skip_tls_verify: bool) -> Result<BulkClient> {
+        let options = self.client_options(insecure_skip_tls_verify);
+        let base = self.url.ok_or_else(|| {
+            Error::Config(format!(
+                "{what}: no URL (pass --server URL or FHIRFLIGHT_SERVER, set url in the config file, or use --demo)"
+            ))
         })?;
-        let auth = match (
-            self.client_id.or(config.client_id),
-            self.key_file.or(config.key_file),
-        ) {
+        let auth = match (self.client_id, self.key_file) {
             (Some(client_id), Some(key_file)) => {
-                let kid = self.kid.or(config.kid);
-                let key = SigningKey::from_file(&key_file, kid.as_deref())?;
+                let key = SigningKey::from_file(&key_file, self.kid.as_deref())?;
                 let mut auth = SmartConfig::new(client_id, key);
-                if let Some(scope) = self.scope.or(config.scope) {
+                if let Some(scope) = self.scope {
                     auth = auth.with_scope(scope);
                 }
-                if let Some(endpoint) = self.token_endpoint.or(config.token_endpoint) {
+                if let Some(endpoint) = self.token_endpoint {
                     auth = auth.with_token_endpoint(endpoint);
                 }
                 Some(auth)
             }
             (None, None) => None,
             _ => {
-                return Err(Error::Config(
-                    "SMART Backend Services needs both --client-id and --key-file".into(),
-                ));
+                return Err(Error::Config(format!(
+                    "{what}: SMART Backend Services needs both a client id and a key file"
+                )));
             }
         };
-        let client = BulkClient::try_new(base, auth, options).await?;
-        Ok(Connection { client, demo: None })
+        BulkClient::try_new(base, auth, options).await
     }
 }
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Drives the fhirflight Flight SQL server with Apache's own `flight_sql_client` (arrow-flight's
-# `cli` feature, the same arrow version as the server): handshake, catalogs, db-schemas, tables,
-# a statement query and a prepared-statement query with a parameter. Exits non-zero on the first
+# Drives `fhirflight serve --demo` (the real FHIR catalog over the embedded demo Bulk Data server)
+# with Apache's own `flight_sql_client` (arrow-flight's `cli` feature, the same arrow version as
+# the server): handshake, catalogs, db-schemas, tables, a statement query and a prepared-statement
+# query with a parameter, against values computed in-process by `fhirflight sql --demo` (same
+# deterministic population). A second FHIR server (`fhirflight demo-server`) is served beside it
+# as catalog `second`, from the config file's `[servers.second]`. Exits non-zero on the first
 # wrong answer.
 #
 # Usage: tests/flight_sql_client.sh
 #   FLIGHT_SQL_CLIENT  the client binary (default: built once into ~/.cache/fhirflight-tools)
-#   FHIRFLIGHT_TEST_SERVER  the server binary (default: cargo build --example flight_test_server)
+#   FHIRFLIGHT_BIN     the fhirflight binary (default: cargo build --bin fhirflight)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,38 +21,70 @@ if [[ ! -x "$client" ]]; then
     --features "cli flight-sql tls-ring" --bin flight_sql_client --root "$tools"
 fi
 
-server="${FHIRFLIGHT_TEST_SERVER:-}"
-if [[ -z "$server" ]]; then
-  cargo build --quiet --example flight_test_server
-  server="${CARGO_TARGET_DIR:-target}/debug/examples/flight_test_server"
+bin="${FHIRFLIGHT_BIN:-}"
+if [[ -z "$bin" ]]; then
+  cargo build --quiet --bin fhirflight
+  bin="${CARGO_TARGET_DIR:-target}/debug/fhirflight"
 fi
+patients=20
 
-# The server stops when its stdin closes; its first line says where it listens.
+# Each server's first line says where it listens; SIGTERM stops it.
 dir=$(mktemp -d)
-mkfifo "$dir/in" "$dir/out"
-FHIRFLIGHT_USERS=alice:wonderland "$server" <"$dir/in" >"$dir/out" &
-pid=$!
-exec 3>"$dir/in" 4<"$dir/out"
-trap 'exec 3>&- 4<&-; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
+mkfifo "$dir/out" "$dir/second"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+"$bin" demo-server --listen 127.0.0.1:0 --patients 5 --keys-dir "$dir/keys" >"$dir/second" &
+pids+=($!)
+exec 5<"$dir/second"
+read -r line <&5
+second_url="${line##* }"
+read -r line <&5
+second_client="${line##* }"
+cat >"$dir/config.toml" <<TOML
+[servers.second]
+url = "$second_url"
+client_id = "$second_client"
+key_file = "$dir/keys/demo-client-RS384.jwk.json"
+TOML
+"$bin" --config "$dir/config.toml" serve --demo --demo-patients "$patients" \
+  --users alice:wonderland --listen 127.0.0.1:0 --cache-dir "$dir/serve" >"$dir/out" &
+pids+=($!)
+exec 4<"$dir/out"
 read -r line <&4
-[[ "$line" == "listening on "* ]] || { echo "unexpected server output: $line" >&2; exit 1; }
+[[ "$line" == *"listening on grpc://"* ]] || { echo "unexpected server output: $line" >&2; exit 1; }
 port="${line##*:}"
 
 run() { "$client" --host 127.0.0.1 --port "$port" --username alice --password wonderland "$@"; }
+in_process() { "$bin" sql --demo --demo-patients "$patients" --cache-dir "$dir/sql" --format csv "$1" | tail -n 1; }
 expect() { # expect <what> <needle> <haystack>
   if ! grep -qF -- "$2" <<<"$3"; then echo "FAIL $1: no '$2' in:" >&2; echo "$3" >&2; exit 1; fi
   echo "ok   $1"
 }
 
-expect "catalogs" "fhir" "$(run catalogs)"
-expect "db-schemas" "r4" "$(run db-schemas fhir)"
-tables=$(run tables fhir --db-schema-filter r4 --table-filter 'P%')
+catalogs=$(run catalogs)
+expect "catalogs" "fhir" "$catalogs"
+expect "catalogs from [servers.second]" "second" "$catalogs"
+schemas=$(run db-schemas fhir)
+grep -qE '^\| *fhir *\| *fhir *\|' <<<"$schemas" || { echo "FAIL db-schemas: $schemas" >&2; exit 1; }
+echo "ok   db-schemas"
+tables=$(run tables fhir --db-schema-filter fhir --table-filter 'Pat%')
 expect "tables" "Patient" "$tables"
 if grep -q Condition <<<"$tables"; then echo "FAIL tables: the filter let Condition through" >&2; exit 1; fi
-expect "statement-query" "| pat-2 | Turing        |" \
-  "$(run statement-query "SELECT id, name_0_family FROM Patient ORDER BY id")"
-expect "prepared-statement-query" "| 2 |" \
-  "$(run prepared-statement-query 'SELECT count(*) AS n FROM Condition WHERE code_coding_0_code = $1' -p '$1=44054006')"
+
+patients_sql="SELECT count(*) AS n FROM patient"
+n=$(in_process "$patients_sql")
+[[ "$n" == "$patients" ]] || { echo "FAIL in-process count: $n" >&2; exit 1; }
+expect "statement-query" "| $n |" "$(run statement-query "$patients_sql")"
+
+female_sql="SELECT count(*) AS n FROM condition c JOIN patient p ON c.subject_reference = concat('Patient/', p.id) WHERE p.gender = \$1"
+female=$(in_process "${female_sql/\$1/\'female\'}")
+[[ "$female" -gt 0 ]] || { echo "FAIL in-process conditions of women: $female" >&2; exit 1; }
+expect "prepared-statement-query" "| $female |" \
+  "$(run prepared-statement-query "$female_sql" -p '$1=female')"
+
+expect "statement-query on the second server" "| 5 |" \
+  "$(run statement-query "SELECT count(*) AS n FROM second.fhir.patient")"
+
 # Wrong password: refused with a clear message.
 if err=$("$client" --host 127.0.0.1 --port "$port" --username alice --password nope catalogs 2>&1); then
   echo "FAIL wrong password accepted" >&2; exit 1

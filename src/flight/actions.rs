@@ -9,14 +9,14 @@ use datafusion::common::TableReference;
 use prost::Message;
 
 use super::proto::{
-    CancelExportRequest, CancelExportResult, ExportStatus, ListExportsResult, ListSnapshotsResult,
-    RefreshTableRequest, RefreshTableResult, SnapshotInfo,
+    AddViewRequest, AddViewResult, CancelExportRequest, CancelExportResult, ExportStatus,
+    ListExportsResult, ListSnapshotsResult, RefreshTableRequest, RefreshTableResult, SnapshotInfo,
 };
 use crate::{Error, Result};
 
-/// What the server asks of the catalog beyond SQL: export progress and control, and table
-/// schemas for browsing. The FHIR catalog implements it; [`FlightSqlServer::with_export_control`]
-/// plugs it in.
+/// What the server asks of the catalog beyond SQL: export progress and control, table schemas
+/// for browsing, views. [`super::FhirExportControl`] implements it over the FHIR catalogs;
+/// [`FlightSqlServer::with_export_control`] plugs it in.
 ///
 /// [`FlightSqlServer::with_export_control`]: super::FlightSqlServer::with_export_control
 #[async_trait]
@@ -27,8 +27,9 @@ pub trait ExportControl: Send + Sync + fmt::Debug {
     /// The committed local snapshots (`ListSnapshots` action).
     async fn snapshots(&self) -> Result<Vec<SnapshotInfo>>;
 
-    /// Starts a fresh export of `table` (a resource type) and returns it (`RefreshTable`
-    /// action); [`Error::NotFound`] for an unknown table.
+    /// Exports `table` (a resource type, optionally `catalog.schema.`-qualified) again and returns
+    /// that export once its snapshot is committed (`RefreshTable` action); [`Error::NotFound`]
+    /// for an unknown table.
     async fn refresh(&self, table: &str) -> Result<ExportStatus>;
 
     /// Cancels the export `id` and returns it as it stands (`CancelExport` action);
@@ -40,6 +41,10 @@ pub trait ExportControl: Send + Sync + fmt::Debug {
     /// export every resource type. `None` when the schema is not known yet: the table is then
     /// listed with an empty schema until a query or a refresh exports it.
     async fn browse_schema(&self, table: &TableReference) -> Result<Option<SchemaRef>>;
+
+    /// Adds the SQL on FHIR ViewDefinition `view_definition` (JSON) as a table of `catalog` (the
+    /// default catalog when empty) and returns its qualified name (`AddView` action).
+    async fn add_view(&self, catalog: &str, view_definition: &str) -> Result<String>;
 }
 
 /// The custom actions, by their `Action.type`.
@@ -49,14 +54,16 @@ pub(crate) enum CustomAction {
     ListSnapshots,
     RefreshTable,
     CancelExport,
+    AddView,
 }
 
 impl CustomAction {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::ListExports,
         Self::ListSnapshots,
         Self::RefreshTable,
         Self::CancelExport,
+        Self::AddView,
     ];
 
     fn name(self) -> &'static str {
@@ -65,6 +72,7 @@ impl CustomAction {
             Self::ListSnapshots => "ListSnapshots",
             Self::RefreshTable => "RefreshTable",
             Self::CancelExport => "CancelExport",
+            Self::AddView => "AddView",
         }
     }
 
@@ -77,10 +85,13 @@ impl CustomAction {
                 "Committed local snapshots per resource type.\nRequest: fhirflight.v1.ListSnapshotsRequest (may be empty)\nResult: fhirflight.v1.ListSnapshotsResult"
             }
             Self::RefreshTable => {
-                "Exports a table again.\nRequest: fhirflight.v1.RefreshTableRequest\nResult: fhirflight.v1.RefreshTableResult"
+                "Exports a table again and answers once the snapshot is committed.\nRequest: fhirflight.v1.RefreshTableRequest\nResult: fhirflight.v1.RefreshTableResult"
             }
             Self::CancelExport => {
                 "Cancels a running export.\nRequest: fhirflight.v1.CancelExportRequest\nResult: fhirflight.v1.CancelExportResult"
+            }
+            Self::AddView => {
+                "Adds a SQL on FHIR ViewDefinition as a table.\nRequest: fhirflight.v1.AddViewRequest\nResult: fhirflight.v1.AddViewResult"
             }
         }
     }
@@ -127,6 +138,15 @@ impl CustomAction {
                 let request = CancelExportRequest::decode(body).map_err(invalid)?;
                 CancelExportResult {
                     export: Some(control.cancel(&request.id).await?),
+                }
+                .encode_to_vec()
+            }
+            Self::AddView => {
+                let request = AddViewRequest::decode(body).map_err(invalid)?;
+                AddViewResult {
+                    table: control
+                        .add_view(&request.catalog, &request.view_definition)
+                        .await?,
                 }
                 .encode_to_vec()
             }

@@ -11,8 +11,12 @@
 //! - Authentication: HTTP Basic on the Handshake returns a signed bearer token (see
 //!   [`Users`]); anonymous access only when asked for and only on a loopback address. TLS from
 //!   PEM files. Graceful shutdown.
-//! - Custom actions `ListExports`, `ListSnapshots`, `RefreshTable`, `CancelExport` (messages in
-//!   [`proto`]), answered by an [`ExportControl`].
+//! - Statements go through [`crate::catalog::sql`]: ONE export per statement for all the FHIR
+//!   tables it reads, run in the RPC's own task, so a client that drops GetFlightInfo or DoGet
+//!   drops its wait on the export. Browsing (GetTables, GetDbSchemas...) never exports.
+//! - Custom actions `ListExports`, `ListSnapshots`, `RefreshTable`, `CancelExport`, `AddView`
+//!   (messages in [`proto`]), answered by an [`ExportControl`] ([`FhirExportControl`] over the
+//!   session's FHIR catalogs).
 //!
 //! Errors become gRPC statuses in one place: malformed SQL `INVALID_ARGUMENT`, an unknown table
 //! `NOT_FOUND`, bad credentials `UNAUTHENTICATED`, an unreachable FHIR server `UNAVAILABLE`.
@@ -33,6 +37,7 @@
 
 mod actions;
 mod auth;
+mod control;
 mod metadata;
 mod service;
 mod statement;
@@ -54,6 +59,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use actions::ExportControl;
 pub use auth::Users;
+pub use control::FhirExportControl;
 
 use crate::{Error, Result};
 

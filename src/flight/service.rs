@@ -90,12 +90,12 @@ impl FhirFlightService {
         handle: StatementHandle,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let plan = handle.plan(&self.ctx).await.map_err(status)?;
+        let df = handle.plan(&self.ctx, None).await.map_err(status)?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
         };
         flight_info(
-            plan.schema().as_arrow(),
+            df.schema().as_arrow(),
             ticket.as_any().encode_to_vec(),
             descriptor,
         )
@@ -348,11 +348,14 @@ impl FlightSqlService for FhirFlightService {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let plan = plan_sql(&self.ctx, &query.query).await.map_err(status)?;
+        let df = plan_sql(&self.ctx, &query.query, None)
+            .await
+            .map_err(status)?;
+        let parameters = parameter_schema(df.logical_plan()).map_err(status)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: StatementHandle::new(query.query).encode_to_vec().into(),
-            dataset_schema: ipc_schema(plan.schema().as_arrow())?,
-            parameter_schema: ipc_schema(&*parameter_schema(&plan).map_err(status)?)?,
+            dataset_schema: ipc_schema(df.schema().as_arrow())?,
+            parameter_schema: ipc_schema(&parameters)?,
         })
     }
 

@@ -13,12 +13,16 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{SQLOptions, SessionContext};
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions, visit_expressions_mut};
+use datafusion::sql::sqlparser::ast::{
+    Expr, Query, SetExpr, Statement as SqlStatement, Value, visit_expressions,
+    visit_expressions_mut,
+};
 use prost::Message;
 
 use super::proto::StatementHandle;
+use crate::catalog::{self, Freshness};
 use crate::{Error, Result};
 
 impl StatementHandle {
@@ -76,26 +80,33 @@ impl StatementHandle {
             .map(Some)
     }
 
-    /// Plans the statement with its bound values substituted.
-    pub(crate) async fn plan(&self, ctx: &SessionContext) -> DfResult<LogicalPlan> {
-        let plan = plan_sql(ctx, &self.sql).await?;
+    /// Plans the statement with its bound values substituted (exporting what it reads, see
+    /// [`plan_sql`]).
+    pub(crate) async fn plan(
+        &self,
+        ctx: &SessionContext,
+        freshness: Option<Freshness>,
+    ) -> DfResult<DataFrame> {
+        let df = plan_sql(ctx, &self.sql, freshness).await?;
         match self
             .parameter_values()
             .map_err(|e| DataFusionError::External(Box::new(e)))?
         {
-            Some(values) => plan.with_param_values(ParamValues::from(values)),
-            None => Ok(plan),
+            Some(values) => df.with_param_values(ParamValues::from(values)),
+            None => Ok(df),
         }
     }
 
-    /// Runs the statement: batches come as DataFusion produces them; dropping the stream stops
-    /// the query.
+    /// Runs the statement (DoGet): batches come as DataFusion produces them; dropping the stream
+    /// stops the query. It reads the snapshots that its GetFlightInfo brought up to date (any
+    /// snapshot will do): no second export with freshness `always`, and no new schema between
+    /// the FlightInfo and the data. A ticket never planned exports what has no snapshot.
     pub(crate) async fn execute(
         &self,
         ctx: &SessionContext,
     ) -> DfResult<SendableRecordBatchStream> {
-        let plan = self.plan(ctx).await?;
-        ctx.execute_logical_plan(plan).await?.execute_stream().await
+        let df = self.plan(ctx, Some(Freshness::Never)).await?;
+        df.execute_stream().await
     }
 }
 
@@ -105,26 +116,73 @@ fn ipc_bytes(batch: &RecordBatch) -> std::result::Result<Vec<u8>, arrow::error::
     writer.into_inner()
 }
 
-/// Parses and plans one read-only SQL statement; `?` placeholders become `$1`, `$2`... in the
-/// order they appear in the text.
-pub(crate) async fn plan_sql(ctx: &SessionContext, sql: &str) -> DfResult<LogicalPlan> {
+/// Parses and plans one read-only SQL statement through [`crate::catalog::sql`]: ONE export
+/// per FHIR catalog for all the tables it reads, in the caller's task (a client that goes away
+/// drops the planning and with it its wait on the export). `?` placeholders become `$1`, `$2`...
+/// in the order they appear in the text. `freshness` overrides the catalogs' own.
+pub(crate) async fn plan_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    freshness: Option<Freshness>,
+) -> DfResult<DataFrame> {
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
     let mut statement = state.sql_to_statement(sql, &dialect)?;
-    if let DfStatement::Statement(statement) = &mut statement {
-        number_question_marks(statement);
+    // Checked before anything runs: `catalog::sql` executes DDL while planning it.
+    if !read_only(&statement) {
+        return Err(DataFusionError::Plan(format!(
+            "only queries are served (SELECT, EXPLAIN, SHOW), not: {sql}"
+        )));
     }
-    let plan = state.statement_to_plan(statement).await?;
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-        .verify_plan(&plan)?;
-    Ok(plan)
+    let sql = if let DfStatement::Statement(s) = &mut statement
+        && number_question_marks(s)
+    {
+        s.to_string()
+    } else {
+        sql.to_owned()
+    };
+    match freshness {
+        Some(freshness) => catalog::sql_with_freshness(ctx, &sql, freshness).await,
+        None => catalog::sql(ctx, &sql).await,
+    }
 }
 
-/// Rewrites anonymous `?` placeholders (JDBC, ODBC) to DataFusion's positional `$n`.
-fn number_question_marks(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+/// Whether `statement` only reads: a query (without `SELECT INTO`), `EXPLAIN` of one, `SHOW`.
+fn read_only(statement: &DfStatement) -> bool {
+    fn query(q: &Query) -> bool {
+        let ctes = q.with.iter().flat_map(|w| &w.cte_tables);
+        set_expr(&q.body) && ctes.into_iter().all(|cte| query(&cte.query))
+    }
+    fn set_expr(e: &SetExpr) -> bool {
+        match e {
+            SetExpr::Select(s) => s.into.is_none(),
+            SetExpr::Query(q) => query(q),
+            SetExpr::SetOperation { left, right, .. } => set_expr(left) && set_expr(right),
+            SetExpr::Values(_) | SetExpr::Table(_) => true,
+            _ => false,
+        }
+    }
+    fn sql_statement(s: &SqlStatement) -> bool {
+        match s {
+            SqlStatement::Query(q) => query(q),
+            SqlStatement::Explain { statement, .. } => sql_statement(statement),
+            SqlStatement::ShowTables { .. }
+            | SqlStatement::ShowColumns { .. }
+            | SqlStatement::ShowVariable { .. }
+            | SqlStatement::ShowFunctions { .. } => true,
+            _ => false,
+        }
+    }
+    match statement {
+        DfStatement::Statement(s) => sql_statement(s),
+        DfStatement::Explain(e) => read_only(&e.statement),
+        _ => false,
+    }
+}
+
+/// Rewrites anonymous `?` placeholders (JDBC, ODBC) to DataFusion's positional `$n`; false when
+/// there were none.
+fn number_question_marks(statement: &mut SqlStatement) -> bool {
     let mut positions = Vec::new();
     let _ = visit_expressions(statement, |expr| {
         if let Expr::Value(v) = expr
@@ -148,6 +206,7 @@ fn number_question_marks(statement: &mut datafusion::sql::sqlparser::ast::Statem
         }
         ControlFlow::<()>::Continue(())
     });
+    !sorted.is_empty()
 }
 
 /// The parameters a plan expects, `$1` first, typed where DataFusion could infer the type
@@ -195,8 +254,8 @@ mod tests {
     async fn bound_handles_round_trip() {
         let ctx = SessionContext::new();
         let handle = StatementHandle::new("SELECT ? AS n, ? AS s");
-        let plan = handle.plan(&ctx).await.unwrap();
-        let params = parameter_schema(&plan).unwrap();
+        let plan = handle.plan(&ctx, None).await.unwrap();
+        let params = parameter_schema(plan.logical_plan()).unwrap();
         assert_eq!(
             params
                 .fields()
@@ -221,11 +280,13 @@ mod tests {
         let bound = handle.bind(Some(row.clone())).unwrap();
         let bytes = bound.encode_to_vec();
         let decoded = StatementHandle::decode_handle(&bytes).unwrap();
-        let batches = ctx
-            .execute_logical_plan(decoded.plan(&ctx).await.unwrap())
+        let batches = decoded
+            .plan(&ctx, None)
+            .await
+            .unwrap()
+            .collect()
             .await
             .unwrap();
-        let batches = batches.collect().await.unwrap();
         let pretty = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
@@ -241,9 +302,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_are_refused() {
+    async fn writes_are_refused_before_they_run() {
         let ctx = SessionContext::new();
-        let err = plan_sql(&ctx, "CREATE TABLE x (a INT)").await.unwrap_err();
-        assert!(err.to_string().contains("DDL not supported"), "{err}");
+        for sql in [
+            "CREATE TABLE x (a INT)",
+            "SELECT 1 AS a INTO x",
+            "WITH w AS (SELECT 1) SELECT * INTO x FROM w",
+            "EXPLAIN CREATE TABLE x (a INT)",
+            "COPY (SELECT 1) TO 'x.csv'",
+            "SET datafusion.execution.batch_size = 1",
+        ] {
+            let err = plan_sql(&ctx, sql, None).await.unwrap_err();
+            assert!(
+                err.to_string().contains("only queries are served"),
+                "{sql}: {err}"
+            );
+        }
+        assert!(ctx.table_exist("x").is_ok_and(|exists| !exists));
+        for sql in [
+            "SELECT 1",
+            "EXPLAIN SELECT 1",
+            "WITH w AS (SELECT 1 AS a) SELECT a FROM w UNION ALL VALUES (2)",
+        ] {
+            plan_sql(&ctx, sql, None).await.unwrap();
+        }
     }
 }

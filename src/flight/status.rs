@@ -12,9 +12,7 @@ use crate::Error;
 /// to the FHIR server...), the message is the whole error's text.
 pub(crate) fn status<E: StdError + 'static>(err: E) -> Status {
     let err: &(dyn StdError + 'static) = &err;
-    let code = std::iter::successors(Some(err), |&e| e.source())
-        .find_map(code_of)
-        .unwrap_or(Code::Internal);
+    let code = chain_code(err).unwrap_or(Code::Internal);
     let message = match err.downcast_ref::<DataFusionError>() {
         Some(e) => e.strip_backtrace(),
         None => err.to_string(),
@@ -25,6 +23,11 @@ pub(crate) fn status<E: StdError + 'static>(err: E) -> Status {
     Status::new(code, message)
 }
 
+/// The code of the first error in `err`'s source chain that implies one.
+fn chain_code(err: &(dyn StdError + 'static)) -> Option<Code> {
+    std::iter::successors(Some(err), |&e| e.source()).find_map(code_of)
+}
+
 /// The code that `err` itself implies, or `None` to look at its source.
 fn code_of(err: &(dyn StdError + 'static)) -> Option<Code> {
     if let Some(e) = err.downcast_ref::<Error>() {
@@ -33,6 +36,10 @@ fn code_of(err: &(dyn StdError + 'static)) -> Option<Code> {
             Error::NotFound(_) => Some(Code::NotFound),
             Error::InvalidRequest(_) => Some(Code::InvalidArgument),
             Error::Config(_) => Some(Code::FailedPrecondition),
+            Error::View { .. } => Some(Code::InvalidArgument),
+            Error::Cancelled => Some(Code::Cancelled),
+            // A shared export's error: the code of what went wrong in it.
+            Error::Shared(inner) => chain_code(inner.as_ref()),
             _ => None,
         };
     }

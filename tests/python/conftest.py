@@ -1,37 +1,62 @@
-"""Starts the Flight SQL test server (examples/flight_test_server.rs) for the Python clients.
+"""Starts `fhirflight serve --demo` (the real FHIR catalog over the embedded demo Bulk Data
+server) for the Python clients, and computes expected values with `fhirflight sql --demo` (the
+same deterministic demo population, queried in-process without Flight).
 
-The server binary comes from FHIRFLIGHT_TEST_SERVER, or `cargo build --example
-flight_test_server` in the crate (honouring CARGO_TARGET_DIR).
+The binary comes from FHIRFLIGHT_BIN, or `cargo build --bin fhirflight` in the crate (honouring
+CARGO_TARGET_DIR).
 """
 
+import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 CRATE = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "alice", "wonderland"
+PATIENTS = "20"
 
 
-def server_binary() -> str:
-    if os.environ.get("FHIRFLIGHT_TEST_SERVER"):
-        return os.environ["FHIRFLIGHT_TEST_SERVER"]
-    subprocess.run(["cargo", "build", "--quiet", "--example", "flight_test_server"], cwd=CRATE, check=True)
+def fhirflight() -> str:
+    if os.environ.get("FHIRFLIGHT_BIN"):
+        return os.environ["FHIRFLIGHT_BIN"]
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "fhirflight"], cwd=CRATE, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", CRATE / "target"))
-    return str(target / "debug" / "examples" / "flight_test_server")
+    return str(target / "debug" / "fhirflight")
 
 
 @pytest.fixture(scope="session")
-def server():
-    """(host, port) of a running server; it stops when its stdin closes."""
-    env = dict(os.environ, FHIRFLIGHT_USERS=f"{USER}:{PASSWORD}")
-    proc = subprocess.Popen([server_binary()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+def cache_dir():
+    with tempfile.TemporaryDirectory(prefix="fhirflight-pytest-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def server(cache_dir):
+    """(host, port) of `fhirflight serve --demo`; stopped with SIGTERM at the end."""
+    cmd = [fhirflight(), "serve", "--demo", "--demo-patients", PATIENTS, "--users", f"{USER}:{PASSWORD}",
+           "--listen", "127.0.0.1:0", "--cache-dir", str(cache_dir / "serve")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
-        assert line.startswith("listening on "), f"unexpected server output: {line!r}"
-        host, port = line.split()[-1].rsplit(":", 1)
+        assert "listening on grpc://" in line, f"unexpected server output: {line!r}"
+        host, port = line.split("grpc://")[1].strip().rsplit(":", 1)
         yield host, int(port)
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=30)
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, "the server shuts down cleanly on SIGTERM"
+
+
+@pytest.fixture(scope="session")
+def expected(cache_dir):
+    """Runs SQL in-process with `fhirflight sql --demo` (no Flight): a list of row dicts."""
+
+    def run(sql: str) -> list[dict]:
+        cmd = [fhirflight(), "sql", "--demo", "--demo-patients", PATIENTS, "--format", "json",
+               "--cache-dir", str(cache_dir / "sql"), sql]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    return run
