@@ -166,14 +166,7 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
         .unwrap();
     let mut out = Vec::new();
     for batch in &batches {
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = batch
-                .columns()
-                .iter()
-                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap())
-                .collect();
-            out.push(cells.join("|"));
-        }
+        out.extend(crate::row_strings(&batch));
     }
     out.sort();
     out

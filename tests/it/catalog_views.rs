@@ -68,14 +68,7 @@ async fn try_rows(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<
     let batches = catalog::sql(ctx, sql).await?.collect().await?;
     let mut out = Vec::new();
     for batch in &batches {
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = batch
-                .columns()
-                .iter()
-                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap())
-                .collect();
-            out.push(cells.join("|"));
-        }
+        out.extend(crate::row_strings(&batch));
     }
     out.sort();
     Ok(out)
@@ -100,14 +93,7 @@ fn runner_rows(fhir: &FhirCatalog, view: ViewDefinition) -> Vec<String> {
     let mut runner = ViewRunner::new(Arc::new(view), 4);
     let mut out = Vec::new();
     let mut take = |batch: arrow::array::RecordBatch| {
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = batch
-                .columns()
-                .iter()
-                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap())
-                .collect();
-            out.push(cells.join("|"));
-        }
+        out.extend(crate::row_strings(&batch));
     };
     for path in snapshot.raw_paths() {
         let mut ndjson = Vec::new();

@@ -1293,6 +1293,14 @@ mod fhir {
             }
         });
         let running = wait_for_export(&mut client, |e| e.state() == ExportState::Running).await;
+        // The export is past its kick-off (the FHIR server has the job) before the client leaves.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while f.demo.stats().kickoffs.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the export kicks off");
         // The client gives up: its call is dropped, and the server drops the planning.
         waiting.abort();
         let cancelled = wait_for_export(&mut client, |e| e.state() == ExportState::Cancelled).await;
