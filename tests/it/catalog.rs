@@ -166,7 +166,7 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
         .unwrap();
     let mut out = Vec::new();
     for batch in &batches {
-        out.extend(crate::row_strings(&batch));
+        out.extend(crate::row_strings(batch));
     }
     out.sort();
     out

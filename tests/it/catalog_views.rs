@@ -68,7 +68,7 @@ async fn try_rows(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<
     let batches = catalog::sql(ctx, sql).await?.collect().await?;
     let mut out = Vec::new();
     for batch in &batches {
-        out.extend(crate::row_strings(&batch));
+        out.extend(crate::row_strings(batch));
     }
     out.sort();
     Ok(out)
