@@ -56,6 +56,8 @@ pub struct FetchProgress {
     pub phase: String,
     /// The server's `X-Progress`, when it sent a percentage.
     pub percent: Option<f32>,
+    /// Files to fetch, once known (0 before the manifest arrives).
+    pub files_total: u64,
     /// Files downloaded so far.
     pub files: u64,
     /// Bytes downloaded so far.
@@ -173,6 +175,7 @@ impl FhirSource for LocalFolder {
         progress.send_replace(FetchProgress {
             phase: "read".into(),
             percent: Some(100.0),
+            files_total: files.len() as u64,
             files: files.len() as u64,
             bytes,
         });
@@ -260,6 +263,7 @@ impl FhirSource for BulkSource {
                     progress.send_replace(FetchProgress {
                         phase: format!("{:?}", p.phase).to_lowercase(),
                         percent: p.server_progress.as_deref().and_then(parse_percent),
+                        files_total: p.files_total as u64,
                         files: p.files_done as u64,
                         bytes: p.bytes_downloaded,
                     });

@@ -130,7 +130,7 @@ fn export_status(catalog: &str, export: catalog::ExportStatus) -> proto::ExportS
         resource_types: export.request.types,
         state: state.into(),
         progress: progress_text,
-        files_total: 0,
+        files_total: progress.files_total,
         files_done: progress.files,
         bytes_downloaded: progress.bytes,
         started_at_ms: millis(export.started),

@@ -1075,6 +1075,7 @@ mod fhir {
         assert_eq!(exports[0].catalog, "fhir");
         assert_eq!(exports[0].state(), ExportState::Completed);
         assert!(exports[0].files_done >= 2 && exports[0].bytes_downloaded > 0);
+        assert!(exports[0].files_total >= exports[0].files_done);
 
         let snapshots = action(&mut client, "ListSnapshots", vec![]).await.unwrap();
         let mut snapshots = ListSnapshotsResult::decode(&snapshots[..])
