@@ -59,7 +59,8 @@ pub(crate) struct Trie {
 struct Hot {
     /// The key's [`Key::head`], or the list position.
     head: u128,
-    /// The key's length in bytes, [`POSITION`] for a list position.
+    /// The key's length in bytes, [`POSITION`] for a list position; with [`ESCAPED`] set for a
+    /// key that its raw JSON text cannot spell (see [`Trie::predicted_key`]).
     len: u32,
     parent: u32,
     /// The node looked up after this one the last time, [`NO_NODE`] if none yet.
@@ -71,6 +72,8 @@ struct Hot {
 const NO_NODE: u32 = u32::MAX;
 /// [`Hot::len`] of a list position.
 const POSITION: u32 = u32::MAX;
+/// Set in [`Hot::len`] of a key holding '"', '\\' or a control character (it was unescaped).
+const ESCAPED: u32 = 1 << 31;
 
 #[derive(Debug)]
 struct Node {
@@ -163,6 +166,41 @@ impl Trie {
         (hot.parent == node && hot.head == head && hot.len == len).then_some(guess)
     }
 
+    /// The guessed next node if it is the child of `node` at the key whose raw text starts at
+    /// `start` of `line` (after its opening quote), with the key's length.
+    ///
+    /// Resources of one type mostly repeat their keys in the same order, so comparing the guess
+    /// with the raw bytes (one 16-byte load and the closing quote) usually stands in for scanning
+    /// and hashing the key. The raw bytes spell the guess exactly when they equal its unescaped
+    /// name and a quote follows: a key with a quote, backslash or control character is
+    /// [`ESCAPED`] and never guessed here.
+    #[inline(always)]
+    pub(crate) fn predicted_key(
+        &mut self,
+        node: u32,
+        line: &[u8],
+        start: usize,
+    ) -> Option<(u32, usize)> {
+        let guess = self.hot[self.last as usize].next;
+        let hot = self.hot.get(guess as usize)?;
+        let len = hot.len as usize;
+        if hot.parent != node || hot.len & ESCAPED != 0 || line.get(start + len) != Some(&b'"') {
+            return None;
+        }
+        let head = Key::head_in(line, start, len.min(16));
+        if head != hot.head
+            || (len > 16
+                && !self.nodes[guess as usize]
+                    .name
+                    .as_bytes()
+                    .ends_with(&line[start + 16..start + len]))
+        {
+            return None;
+        }
+        self.last = guess;
+        Some((guess, len))
+    }
+
     /// The child of `node` at object key `key`, whose first 16 bytes are `head` ([`Key::head`]).
     #[inline]
     fn child_key(&mut self, node: u32, key: &str, head: u128) -> u32 {
@@ -200,7 +238,9 @@ impl Trie {
             return n.keys[i].id;
         }
         let name = join(&n.name, key);
-        self.add_child(node, name, head, key.len() as u32, |n, id| {
+        let plain = !key.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20);
+        let len = key.len() as u32 | if plain { 0 } else { ESCAPED };
+        self.add_child(node, name, head, len, |n, id| {
             n.positions.insert(key.into(), n.keys.len());
             let tail = key.get(16..).unwrap_or_default().into();
             n.keys.push(Key { id, tail, ..probe });
@@ -462,9 +502,17 @@ impl<'a, 's> Walker<'a, 's> {
         }
         loop {
             self.expect(b'"', "expected a key")?;
-            let line = self.buf;
-            let key = self.string()?;
-            let child = trie.child_key(node, key, Key::head_of(key, line));
+            let child = match trie.predicted_key(node, self.buf, self.pos) {
+                Some((child, len)) => {
+                    self.pos += len + 1;
+                    child
+                }
+                None => {
+                    let line = self.buf;
+                    let key = self.string()?;
+                    trie.child_key(node, key, Key::head_of(key, line))
+                }
+            };
             self.expect(b':', "expected ':'")?;
             self.value(trie, child, sink, depth + 1)?;
             self.skip_ws();
@@ -608,6 +656,26 @@ impl<'a, 's> Walker<'a, 's> {
     fn string(&mut self) -> Result<&str, WalkError> {
         let b = self.buf;
         let start = self.pos;
+        // Most strings of a resource (keys, codes, dates) end within 32 bytes: one well
+        // predicted branch for them, no loop.
+        if let Some(block) = b.get(start..start + 32) {
+            let (lo, lo_high) = scan16(block[..16].try_into().expect("16 bytes"));
+            let (hi, hi_high) = scan16(block[16..].try_into().expect("16 bytes"));
+            let special = lo | hi << 16;
+            let len = special.trailing_zeros();
+            if special != 0 && block[len as usize] == b'"' {
+                let non_ascii = (lo_high | hi_high << 16) & ((1 << len) - 1) != 0;
+                self.pos = start + len as usize + 1;
+                return utf8(&block[..len as usize], non_ascii, start);
+            }
+        }
+        self.long_string(start)
+    }
+
+    /// [`Walker::string`] of a string longer than 31 bytes or with escapes or errors.
+    #[inline(never)]
+    fn long_string(&mut self, start: usize) -> Result<&str, WalkError> {
+        let b = self.buf;
         let mut pos = start;
         let mut non_ascii = false;
         // Fast scan over 16 bytes at a time for '"', '\\' or a control character.
@@ -881,6 +949,42 @@ mod tests {
                     "abcdefghijklmnopq1_1=Int(\"2\")",
                     "abcdefghijklmnopq1_2=Int(\"3\")"
                 ],
+            ]
+        );
+    }
+
+    /// A key that was unescaped is never taken for raw bytes that spell it differently.
+    #[test]
+    fn escaped_keys_are_not_predicted() {
+        let mut trie = Trie::with_columns([]);
+        let mut scratch = Vec::new();
+        let lines = [
+            r#"{"a\"b":1,"c":2}"#,
+            r#"{"a\"b":3,"c":4}"#,
+            r#"{"a\u0062":5,"c":6}"#,
+            r#"{"ab":7,"c":8}"#,
+        ];
+        let got: Vec<String> = lines
+            .iter()
+            .flat_map(|line| {
+                let mut sink = Record::default();
+                Walker::new(line.as_bytes(), &mut scratch, None)
+                    .walk(&mut trie, &mut sink)
+                    .unwrap();
+                sink.0
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a\"b=Int(\"1\")",
+                "c=Int(\"2\")",
+                "a\"b=Int(\"3\")",
+                "c=Int(\"4\")",
+                "ab=Int(\"5\")",
+                "c=Int(\"6\")",
+                "ab=Int(\"7\")",
+                "c=Int(\"8\")"
             ]
         );
     }

@@ -11,8 +11,10 @@ use arrow::record_batch::RecordBatch;
 
 use super::{DecodeError, DecodeOptions, Decoder, SchemaInference, TableMode};
 
-/// Bytes per chunk (cut at the last line end within).
-const CHUNK: usize = 8 << 20;
+/// Bytes per chunk (cut at the last line end within). Small enough that the chunks in flight stay
+/// in the last-level cache between the reader's copy and the worker's walk, and that the buffers
+/// are few (fresh ones cost page faults): 2 MiB took 7% less CPU than 8 MiB on Observation.
+const CHUNK: usize = 2 << 20;
 
 /// What [`decode_reader`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,7 +65,7 @@ pub(super) fn infer_chunks(
 /// Decodes all of `reader` (one file) on all cores into batches of `schema`, handed to `on_batch`
 /// in file order.
 ///
-/// Batches hold at most `options.batch_size` rows (fewer at the end of each 8 MiB chunk). In
+/// Batches hold at most `options.batch_size` rows (fewer at the end of each 2 MiB chunk). In
 /// strict mode the first bad line in file order is the error.
 pub fn decode_reader(
     reader: impl Read,
