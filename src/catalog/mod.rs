@@ -21,6 +21,9 @@
 //! [`sql`] also reads simple `WHERE` conjuncts from the statement and restricts the export with
 //! them (`_typeFilter`, `_since`; see [`Pushdown`] and [`SEARCH_PARAMS`]) when no full snapshot
 //! is fresh. DataFusion applies the filters again, so servers that ignore them give the same rows.
+//! `EXPLAIN` shows what the export of each scanned snapshot was restricted by ([`FhirScanExec`]).
+//! Each distinct pushdown makes its own filtered snapshot; the least recently used beyond
+//! [`CatalogOptions::with_max_filtered_snapshots`] per type are evicted (never one being read).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
