@@ -745,6 +745,60 @@ mod tests {
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
     }
 
+    /// Commits a snapshot named `name` of Patient with one resource.
+    fn commit(store: &SnapshotStore, name: &str) {
+        let input = store.dir().join(format!("{name}.ndjson"));
+        fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n").unwrap();
+        let writer = store.begin_named(name, "Patient").unwrap();
+        let (path, rel) = writer.raw_path(0);
+        let (resources, bytes) = write_raw(&[input], None, &path).unwrap();
+        let manifest = SnapshotManifest {
+            raw: vec![RawFile {
+                path: rel,
+                resources,
+                bytes,
+            }],
+            ..SnapshotManifest::default()
+        };
+        writer
+            .commit(manifest, &[TableMode::default()], 64)
+            .unwrap();
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_filtered_snapshots_not_leased_ones() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        for name in ["Patient", "Patient@a-1", "Patient@b-2", "Patient@c-3"] {
+            commit(&store, name);
+        }
+        let held = store.current("Patient@a-1").unwrap().unwrap();
+        assert!(held.lease().is_some());
+        store.current("Patient@c-3").unwrap().unwrap(); // used last
+        // `a` is beyond the one kept but leased; `b` goes.
+        assert_eq!(store.evict_filtered("Patient", 1).unwrap(), ["Patient@b-2"]);
+        assert!(store.current("Patient@b-2").unwrap().is_none());
+        assert!(!store.dir().join("Patient@b-2").exists());
+        assert_eq!(held.schema("flattened").unwrap().fields().len(), 2);
+        drop(held);
+        assert_eq!(store.evict_filtered("Patient", 1).unwrap(), ["Patient@a-1"]);
+        // The full snapshot is not a filtered one.
+        assert!(store.current("Patient").unwrap().unwrap().lease().is_none());
+        assert_eq!(store.evict_filtered("Patient", 0).unwrap(), ["Patient@c-3"]);
+        assert!(store.current("Patient").unwrap().is_some());
+
+        // One being evicted (its lock held exclusively) is absent to readers.
+        commit(&store, "Patient@d-4");
+        let evicting = File::options()
+            .write(true)
+            .open(store.dir().join("Patient@d-4").join(LEASE_FILE))
+            .unwrap();
+        evicting.lock().unwrap();
+        assert!(store.current("Patient@d-4").unwrap().is_none());
+        drop(evicting);
+        assert!(store.current("Patient@d-4").unwrap().is_some());
+    }
+
     #[test]
     fn source_keys_are_readable_and_distinct() {
         let a = source_key("http://127.0.0.1:8080/fhir");
