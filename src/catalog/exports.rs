@@ -386,13 +386,16 @@ impl Exporter {
                 .map_err(|e| Error::Snapshot(format!("conversion task failed: {e}")))??;
         }
         let _ = std::fs::remove_dir_all(&staging);
+        // Housekeeping: the snapshots are committed, a failure here fails no query.
         for t in filtered {
             let (store, keep) = (self.store.clone(), self.options.max_filtered_snapshots);
-            let evicted = tokio::task::spawn_blocking(move || store.evict_filtered(&t, keep))
-                .await
-                .map_err(|e| Error::Snapshot(format!("eviction task failed: {e}")))??;
-            if !evicted.is_empty() {
-                tracing::debug!(?evicted, "evicted least recently used filtered snapshots");
+            match tokio::task::spawn_blocking(move || store.evict_filtered(&t, keep)).await {
+                Ok(Ok(evicted)) if !evicted.is_empty() => {
+                    tracing::debug!(?evicted, "evicted least recently used filtered snapshots");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("evicting filtered snapshots: {e}"),
+                Err(e) => tracing::warn!("evicting filtered snapshots: task failed: {e}"),
             }
         }
         Ok(())
