@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# SQL over a folder of FHIR NDJSON, in one run on the same files:
-#   first     `fhirflight sql --folder`: read the NDJSON, convert it to a Parquet snapshot, query
-#   repeated  the same command again: the query on the snapshot (median of REPS runs)
-#   duckdb    DuckDB read_json_auto, the same aggregate (../shared/bench/b_duckdb.py --query agg)
-# Every figure is a whole fresh process, fhirflight's including its start-up; DuckDB's excludes
-# the Python start-up and import. Prints the seconds and the ratios duckdb/repeated (target >= 10)
-# and duckdb/first.
+# SQL over a folder of FHIR NDJSON beside DuckDB, like for like, on the same files. Per type:
+#   first_s    fhirflight in-process (examples/bench_catalog.rs): the first query, which converts
+#              the NDJSON to a Parquet snapshot, then answers
+#   repeat_s   the same query again in that process, on the snapshot (median of REPS)
+#   duckdb_s   DuckDB read_json_auto, the same aggregate in-process (../shared/bench/b_duckdb.py
+#              --query agg; median of REPS, Python start-up excluded)
+#   cli_s      the whole `fhirflight sql --folder` process answering from the snapshot (median of
+#              REPS, start-up included): what a CLI user waits
+# Ratios duckdb/repeat (target >= 10) and duckdb/first. The last columns check that both engines
+# agree: rows returned and the sum of the count column, fhirflight's then DuckDB's.
 #
 # Usage: benches/catalog.sh                          (from anywhere; release build)
 #        PROFILE=debug MULT=1 REPS=1 benches/catalog.sh   (a quick check)
 # Env:   PROFILE (release|debug), TYPES (default Observation,Condition,Patient), REPS (default 3),
 #        MULT (copies of synthea-100 via multiply.py, default 4), WORK (default /tmp/fhirflight-bench),
-#        VENV (python venv with duckdb; made on first use, default ~/.cache/fhirflight/bench-venv),
-#        BIN (a fhirflight binary to use instead of building one)
+#        VENV (python venv with duckdb; made on first use, default ~/.cache/fhirflight/bench-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
@@ -21,7 +23,7 @@ REPS=${REPS:-3}
 MULT=${MULT:-4}
 WORK=${WORK:-/tmp/fhirflight-bench}
 VENV=${VENV:-$HOME/.cache/fhirflight/bench-venv}
-BENCH=${FHIRFLIGHT_SHARED:-../shared}/bench
+BENCH=$(realpath "${FHIRFLIGHT_SHARED:-../shared}/bench")
 DATA_SRC=${FHIRFLIGHT_SHARED:-../shared}/data/synthea-100
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
 
@@ -30,10 +32,10 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import duckdb' 2>/dev
   "$VENV/bin/pip" install -q duckdb
 fi
 PY=$VENV/bin/python
-if [ -z "${BIN:-}" ]; then
-  if [ "$PROFILE" = release ]; then cargo build -q --release --bin fhirflight; else cargo build -q --bin fhirflight; fi
-  BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
-fi
+flag=(); [ "$PROFILE" = release ] && flag=(--release)
+cargo build -q "${flag[@]}" --bin fhirflight --example bench_catalog
+BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
+EX=$CARGO_TARGET_DIR/$PROFILE/examples/bench_catalog
 
 mkdir -p "$WORK/s100"
 for f in "$DATA_SRC"/*.ndjson.gz; do
@@ -50,33 +52,46 @@ folder=$WORK/catalog-x$MULT
 mkdir -p "$folder"
 IFS=, read -ra types <<< "$TYPES"
 for t in "${types[@]}"; do ln -sf "$data/$t.ndjson" "$folder/$t.ndjson"; done
-echo "# data: $data $(du -smL "$folder" | cut -f1) MB ($TYPES); $(nproc) cores; $PROFILE build; $(date -u +%FT%TZ)"
+echo "# data: $data $(du -smL "$folder" | cut -f1) MB ($TYPES); $(nproc) cores; $PROFILE build; REPS=$REPS; $(date -u +%FT%TZ)"
 
-# The aggregates of b_duckdb.py, over the flattened columns.
-query() {
-  case $1 in
-    Condition) echo 'SELECT code_coding_0_code AS code, count(*) AS n FROM condition GROUP BY 1 ORDER BY n DESC' ;;
-    Observation) echo 'SELECT code_coding_0_code AS code, avg("valueQuantity_value") AS avg_v, count(*) AS n FROM observation WHERE "valueQuantity_value" IS NOT NULL GROUP BY 1' ;;
-    Patient) echo 'SELECT gender, count(*) AS n, min("birthDate") AS oldest FROM patient GROUP BY 1' ;;
-    *) echo "no query for $1" >&2; exit 2 ;;
-  esac
-}
 seconds() { # command... -> wall seconds
   local t0 t1
   t0=$(date +%s.%N); "$@" > /dev/null; t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# DuckDB's result of b_duckdb.py's own query (untimed): "rows sum(n)".
+duck_checksum() {
+  "$PY" - "$BENCH" "$data/$1.ndjson" "$1" <<'PY'
+import sys; sys.path.insert(0, sys.argv[1]); sys.argv[1:] = sys.argv[2:]
+import duckdb
+from b_duckdb import AGG
+con = duckdb.connect()
+cur = con.execute(AGG[sys.argv[2]].format(f=sys.argv[1]))
+n = [d[0] for d in cur.description].index('n')
+rows = cur.fetchall()
+print(len(rows), sum(r[n] for r in rows))
+PY
+}
 
-printf '%-12s %9s %9s %9s %14s %12s\n' type first_s repeat_s duckdb_s duckdb/repeat duckdb/first
+cache=$(mktemp -d "$WORK/cache.XXXXXX")
+trap 'rm -rf "$cache"' EXIT
+declare -A first repeat plan check
+while read -r tool t f r p groups total; do
+  [ "$tool" = fhirflight_catalog ] || continue
+  first[$t]=$f; repeat[$t]=$r; plan[$t]=$p; check[$t]="$groups $total"
+done < <(FHIRFLIGHT_LOG=warn "$EX" "$folder" --cache "$cache" --types "$TYPES" --reps "$REPS")
+
+printf '%-12s %8s %9s %8s %8s %8s %14s %12s  %s\n' type first_s repeat_s plan_s duckdb_s cli_s \
+  duckdb/repeat duckdb/first 'rows,sum(n): fhirflight | duckdb'
 for t in "${types[@]}"; do
-  q=$(query "$t")
-  cache=$(mktemp -d "$WORK/cache.XXXXXX")
-  run() { FHIRFLIGHT_LOG=warn "$BIN" sql --folder "$folder" --cache-dir "$cache" --freshness never --format csv "$q"; }
-  first=$(seconds run)
-  repeat=$(for _ in $(seq "$REPS"); do seconds run; done | median)
+  q=$("$EX" --query "$t")
+  # The CLI over the same cache: the snapshot made above, so this is a repeated query.
+  cli() { FHIRFLIGHT_LOG=warn "$BIN" sql --folder "$folder" --cache-dir "$cache" --freshness never --format csv "$q"; }
+  cli_s=$(for _ in $(seq "$REPS"); do seconds cli; done | median)
   duck=$("$PY" "$BENCH/b_duckdb.py" "$data" --types "$t" --reps "$REPS" --query agg | awk -v t="$t" '$1 == "duckdb_agg" && $2 == t { print $5 }')
-  rm -rf "$cache"
-  awk -v t="$t" -v f="$first" -v r="$repeat" -v d="$duck" \
-    'BEGIN { printf "%-12s %9.3f %9.3f %9.3f %13.1fx %11.2fx\n", t, f, r, d, d / r, d / f }'
+  awk -v t="$t" -v f="${first[$t]}" -v r="${repeat[$t]}" -v p="${plan[$t]}" -v d="$duck" -v c="$cli_s" \
+    -v ours="${check[$t]}" -v theirs="$(duck_checksum "$t")" \
+    'BEGIN { printf "%-12s %8.3f %9.4f %8.4f %8.3f %8.3f %13.1fx %11.2fx  %s | %s%s\n", t, f, r, p, d, c, d / r, d / f,
+             ours, theirs, (ours == theirs) ? "" : "  (DIFFER)" }'
 done

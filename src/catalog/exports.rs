@@ -361,6 +361,12 @@ impl Exporter {
 
         let outcome = self.source.fetch(&request, &staging, progress).await?;
         progress.send_modify(|p| p.phase = "converting".into());
+        let mut filtered: Vec<String> = targets
+            .iter()
+            .filter(|t| !t.pushdown.is_empty())
+            .map(|t| t.resource_type.clone())
+            .collect();
+        filtered.dedup();
         let mut tasks = Vec::new();
         for t in targets {
             let previous = if outcome.complete || !t.merge {
@@ -380,6 +386,18 @@ impl Exporter {
                 .map_err(|e| Error::Snapshot(format!("conversion task failed: {e}")))??;
         }
         let _ = std::fs::remove_dir_all(&staging);
+        // Housekeeping: the snapshots are committed, a failure here fails no query.
+        for t in filtered {
+            let (store, keep) = (self.store.clone(), self.options.max_filtered_snapshots);
+            match tokio::task::spawn_blocking(move || store.evict_filtered(&t, keep)).await {
+                Ok(Ok(evicted)) if !evicted.is_empty() => {
+                    tracing::debug!(?evicted, "evicted least recently used filtered snapshots");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("evicting filtered snapshots: {e}"),
+                Err(e) => tracing::warn!("evicting filtered snapshots: task failed: {e}"),
+            }
+        }
         Ok(())
     }
 

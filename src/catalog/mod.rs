@@ -21,6 +21,9 @@
 //! [`sql`] also reads simple `WHERE` conjuncts from the statement and restricts the export with
 //! them (`_typeFilter`, `_since`; see [`Pushdown`] and [`SEARCH_PARAMS`]) when no full snapshot
 //! is fresh. DataFusion applies the filters again, so servers that ignore them give the same rows.
+//! `EXPLAIN` shows what the export of each scanned snapshot was restricted by ([`FhirScanExec`]).
+//! Each distinct pushdown makes its own filtered snapshot; the least recently used beyond
+//! [`CatalogOptions::with_max_filtered_snapshots`] per type are evicted (never one being read).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -69,7 +72,7 @@ pub use refresh::RefreshFunction;
 pub use source::{
     BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder,
 };
-pub use table::FhirTable;
+pub use table::{FhirScanExec, FhirTable};
 pub use views::{AddViewFunction, load_views};
 
 use crate::ndjson::TableMode;
@@ -143,9 +146,14 @@ pub struct CatalogOptions {
     batch_size: usize,
     schema_name: String,
     incremental: bool,
+    max_filtered_snapshots: usize,
     views: Vec<Arc<ViewDefinition>>,
     view_dirs: Vec<PathBuf>,
 }
+
+/// How many filtered snapshots per resource type a catalog keeps unless configured
+/// ([`CatalogOptions::with_max_filtered_snapshots`]).
+pub const DEFAULT_MAX_FILTERED_SNAPSHOTS: usize = 8;
 
 impl Default for CatalogOptions {
     fn default() -> Self {
@@ -157,6 +165,7 @@ impl Default for CatalogOptions {
             batch_size: 8192,
             schema_name: DEFAULT_SCHEMA.to_owned(),
             incremental: true,
+            max_filtered_snapshots: DEFAULT_MAX_FILTERED_SNAPSHOTS,
             views: Vec::new(),
             view_dirs: Vec::new(),
         }
@@ -235,6 +244,18 @@ impl CatalogOptions {
     pub fn with_views(mut self, dir: impl Into<PathBuf>) -> Self {
         self.view_dirs.push(dir.into());
         self
+    }
+
+    /// How many filtered snapshots (made by exports with filters pushed down, one per distinct
+    /// `_typeFilter` and `_since`) to keep per resource type, at least 1 (default
+    /// [`DEFAULT_MAX_FILTERED_SNAPSHOTS`]). After each filtered export, the least recently used
+    /// beyond this number are removed, except those a query (of any process) is reading. Full
+    /// snapshots are not counted and never removed this way.
+    pub fn with_max_filtered_snapshots(self, max: usize) -> Self {
+        Self {
+            max_filtered_snapshots: max.max(1),
+            ..self
+        }
     }
 
     /// The mode of the tables.

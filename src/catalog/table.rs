@@ -1,29 +1,48 @@
-//! `FhirTable`: one resource type of one snapshot, scanned with DataFusion's Parquet reader.
+//! `FhirTable`: one resource type of one snapshot, scanned with DataFusion's Parquet reader
+//! under a [`FhirScanExec`] that tells `EXPLAIN` which snapshot and export filters it reads.
 
+use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Statistics;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::Result as DfResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::execution_plan::{
+    CardinalityEffect, ChildrenPropertiesMode, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
+};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
+    SortOrderPushdownResult, StatisticsArgs,
+};
+use futures::StreamExt;
 
 use crate::ndjson::TableMode;
-use crate::snapshot::{Snapshot, mode_key};
+use crate::snapshot::{Lease, Snapshot, mode_key};
 
 /// A table over the Parquet files of one snapshot of one resource type.
 ///
 /// Scans reuse DataFusion's Parquet data source: projection and limit are pushed into the
 /// reader, and filters prune row groups with their statistics (they stay `Inexact`, DataFusion
-/// applies them again). Row counts come from the snapshot's manifest. In `EXPLAIN`, the
-/// `DataSourceExec` lists the files, `<Type>/<snapshot>/<mode>/part-<n>.parquet`.
+/// applies them again). Row counts come from the snapshot's manifest. In `EXPLAIN`, a
+/// [`FhirScanExec`] names the snapshot and the filters pushed into its export, above the
+/// `DataSourceExec` that lists the files, `<Type>/<snapshot>/<mode>/part-<n>.parquet`.
 #[derive(Debug)]
 pub struct FhirTable {
     snapshot: Snapshot,
@@ -86,7 +105,8 @@ impl TableProvider for FhirTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.listing.scan(state, projection, filters, limit).await
+        let input = self.listing.scan(state, projection, filters, limit).await?;
+        Ok(Arc::new(FhirScanExec::new(input, &self.snapshot)))
     }
 
     fn supports_filters_pushdown(
@@ -102,6 +122,224 @@ impl TableProvider for FhirTable {
         stats.num_rows = Precision::Exact(table.rows as usize);
         stats.total_byte_size = Precision::Inexact(table.bytes as usize);
         Some(stats)
+    }
+}
+
+/// The scan of a [`FhirTable`]: its Parquet scan (the one child) as it is, with what `EXPLAIN`
+/// should tell about it, for example
+///
+/// ```text
+/// FhirScanExec: type=Observation, snapshot=20240101120000000-1a2b3c4d, pushed=[_typeFilter=Observation?code=8867-4]
+///   DataSourceExec: file_groups={...}, projection=[...], file_type=parquet, predicate=...
+/// ```
+///
+/// `pushed` lists the filters the snapshot's export was restricted by (`_typeFilter`, `_since`),
+/// empty for a full snapshot. The node is transparent to the optimizer: statistics, limits,
+/// projections, sort and filter pushdown (including dynamic filters) reach the Parquet scan, and
+/// file scans are repartitioned below it. While it or one of its streams lives, it holds the
+/// snapshot's [`Lease`], so a filtered snapshot it reads is not evicted.
+#[derive(Debug, Clone)]
+pub struct FhirScanExec {
+    input: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+    resource_type: String,
+    snapshot: String,
+    pushed: Vec<String>,
+    lease: Option<Lease>,
+}
+
+impl FhirScanExec {
+    /// The scan `input` of `snapshot`.
+    pub fn new(input: Arc<dyn ExecutionPlan>, snapshot: &Snapshot) -> Self {
+        let manifest = snapshot.manifest();
+        Self {
+            properties: Arc::clone(input.properties()),
+            input,
+            resource_type: manifest.resource_type.clone(),
+            snapshot: manifest.snapshot.clone(),
+            pushed: manifest.pushdown.clone(),
+            lease: snapshot.lease().cloned(),
+        }
+    }
+
+    /// The filters pushed into the export of the snapshot read (`_typeFilter=...`, `_since=...`).
+    pub fn pushed(&self) -> &[String] {
+        &self.pushed
+    }
+
+    /// This node over another input (same snapshot).
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        Arc::new(Self {
+            properties: Arc::clone(input.properties()),
+            input,
+            ..self.clone()
+        })
+    }
+}
+
+impl DisplayAs for FhirScanExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pushed = self.pushed.join(", ");
+        match t {
+            DisplayFormatType::TreeRender => write!(
+                f,
+                "type={}\nsnapshot={}\npushed=[{pushed}]",
+                self.resource_type, self.snapshot
+            ),
+            _ => write!(
+                f,
+                "FhirScanExec: type={}, snapshot={}, pushed=[{pushed}]",
+                self.resource_type, self.snapshot
+            ),
+        }
+    }
+}
+
+impl ExecutionPlan for FhirScanExec {
+    fn name(&self) -> &str {
+        "FhirScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(datafusion::error::DataFusionError::Internal(format!(
+                "FhirScanExec has one child, got {}",
+                children.len()
+            )));
+        }
+        let input = children.swap_remove(0);
+        Ok(match options.children_properties {
+            ChildrenPropertiesMode::Keep => Arc::new(Self {
+                input,
+                ..Self::clone(&self)
+            }),
+            ChildrenPropertiesMode::Recompute => self.with_input(input),
+        })
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    /// File scans are repartitioned below this node, not by a repartition above the scan.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let stream = self.input.execute(partition, context)?;
+        let Some(lease) = self.lease.clone() else {
+            return Ok(stream);
+        };
+        let schema = stream.schema();
+        // The stream holds the lease until it is dropped.
+        let stream = stream.map(move |batch| {
+            let _ = &lease;
+            batch
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        Ok(Arc::clone(&input_stats[0]))
+    }
+
+    fn supports_limit_pushdown(&self) -> bool {
+        true
+    }
+
+    fn cardinality_effect(&self) -> CardinalityEffect {
+        CardinalityEffect::Equal
+    }
+
+    fn try_swapping_with_projection(
+        &self,
+        projection: &ProjectionExec,
+    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        Ok(self
+            .input
+            .try_swapping_with_projection(projection)?
+            .map(|input| self.with_input(input)))
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        _phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        Ok(FilterPushdownPropagation::if_all(child_pushdown_result))
+    }
+
+    fn try_pushdown_sort(
+        &self,
+        order: &[PhysicalSortExpr],
+    ) -> DfResult<SortOrderPushdownResult<Arc<dyn ExecutionPlan>>> {
+        Ok(match self.input.try_pushdown_sort(order)? {
+            SortOrderPushdownResult::Exact { inner } => SortOrderPushdownResult::Exact {
+                inner: self.with_input(inner),
+            },
+            SortOrderPushdownResult::Inexact { inner } => SortOrderPushdownResult::Inexact {
+                inner: self.with_input(inner),
+            },
+            SortOrderPushdownResult::Unsupported => SortOrderPushdownResult::Unsupported,
+        })
+    }
+
+    fn with_preserve_order(&self, preserve_order: bool) -> Option<Arc<dyn ExecutionPlan>> {
+        self.input
+            .with_preserve_order(preserve_order)
+            .map(|input| self.with_input(input))
     }
 }
 

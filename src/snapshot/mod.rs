@@ -15,6 +15,8 @@
 //!   <Type>@<filters>-<hash>/...          the same for an export restricted by filter pushdown
 //!                                        (`_typeFilter`, `_since`): a subset of the type, used
 //!                                        only by queries with the same filters
+//!   <Type>@<filters>-<hash>/.readers     held (shared lock) by whoever reads that snapshot;
+//!                                        its modification time is the snapshot's last use
 //!   staging/<job-key>/                   downloads of an export in progress (resumable)
 //!   tmp/<snapshot-id>/                   a snapshot being written
 //!   .lock                                held while committing
@@ -34,6 +36,15 @@
 //! Commits take an exclusive lock on `.lock`, so processes sharing a cache folder serialise their
 //! commits; the previous snapshot's files are kept one generation so a query planned on it in
 //! another process can still read them.
+//!
+//! # Filtered snapshots are bounded
+//!
+//! Every distinct pushdown makes its own filtered snapshot, so they are evicted, least recently
+//! used first, beyond a number per type ([`SnapshotStore::evict_filtered`]; full snapshots are
+//! never evicted). Reading a filtered snapshot holds a [`Lease`]: a shared lock on its
+//! `.readers` file, taken before its manifest is read and kept by every table and scan of it (in
+//! any process), which eviction respects: it removes only snapshots whose lock it can take
+//! exclusively, the manifest first, under the store's commit lock.
 
 mod convert;
 mod raw;
@@ -42,6 +53,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
@@ -58,6 +70,9 @@ pub use raw::{resource_ids, write_raw};
 
 /// Version of the manifest format written by this crate.
 pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The file whose shared lock a reader of a filtered snapshot holds (see [`Lease`]).
+const LEASE_FILE: &str = ".readers";
 
 /// The default cache root: `<user cache dir>/fhirflight` (for example `~/.cache/fhirflight`).
 pub fn default_cache_dir() -> PathBuf {
@@ -99,7 +114,18 @@ impl SnapshotStore {
 
     /// The current snapshot named `name` (a resource type, or a filtered snapshot's name), if one
     /// was committed.
+    ///
+    /// A filtered snapshot comes with a [`Lease`] (taken before its manifest is read), so it is
+    /// not evicted while the returned snapshot, or a table or scan made from it, lives. One
+    /// being evicted is absent.
     pub fn current(&self, name: &str) -> Result<Option<Snapshot>> {
+        let lease = match is_filtered(name) {
+            true => match self.lease(name)? {
+                Some(lease) => Some(lease),
+                None => return Ok(None),
+            },
+            false => None,
+        };
         let path = self.manifest_path(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -109,7 +135,90 @@ impl SnapshotStore {
         let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
         let dir = self.dir.join(name).join(&manifest.snapshot);
-        Ok(Some(Snapshot { dir, manifest }))
+        Ok(Some(Snapshot {
+            dir,
+            manifest,
+            lease,
+        }))
+    }
+
+    /// A lease on the filtered snapshot `name`, recording its use; `None` when it does not
+    /// exist or is being evicted.
+    fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        let path = self.dir.join(name).join(LEASE_FILE);
+        // Eviction may remove the folder between our open and our lock, and a new export may
+        // make it again: the lock counts only on the file the path names now.
+        for _ in 0..3 {
+            let file = match File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io(&path, e)),
+            };
+            match file.try_lock_shared() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+            if same_file(&file, &path) {
+                // The last use orders eviction; failing to record it only makes eviction earlier.
+                let _ = file.set_modified(SystemTime::now());
+                return Ok(Some(Lease {
+                    _locked: Arc::new(file),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Evicts the filtered snapshots of `resource_type` (`<Type>@...`) beyond the `keep` most
+    /// recently used, skipping those somebody holds a [`Lease`] on (they may stay above `keep`
+    /// until a later eviction). The type's full snapshot is never touched. Returns the names
+    /// evicted.
+    pub fn evict_filtered(&self, resource_type: &str, keep: usize) -> Result<Vec<String>> {
+        let _lock = self.lock()?;
+        let prefix = format!("{resource_type}@");
+        let mut filtered: Vec<(SystemTime, String)> = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && entry.path().is_dir() {
+                let dir = entry.path();
+                let used = [dir.join(LEASE_FILE), self.manifest_path(&name), dir]
+                    .iter()
+                    .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
+                    .max()
+                    .unwrap_or(UNIX_EPOCH);
+                filtered.push((used, name));
+            }
+        }
+        filtered.sort_by(|a, b| b.cmp(a));
+        let mut evicted = Vec::new();
+        for (_, name) in filtered.into_iter().skip(keep) {
+            let dir = self.dir.join(&name);
+            let path = dir.join(LEASE_FILE);
+            let lock = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path);
+            if !lock.is_ok_and(|f| f.try_lock().is_ok()) {
+                continue; // being read
+            }
+            // Unpublished first: a crash leaves a folder without a manifest, evicted later.
+            match fs::remove_file(self.manifest_path(&name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(self.manifest_path(&name), e)),
+            }
+            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            evicted.push(name);
+        }
+        Ok(evicted)
     }
 
     /// Resource types that have a committed (full) snapshot, sorted.
@@ -183,6 +292,7 @@ impl SnapshotStore {
         Ok(Snapshot {
             dir: snapshot.dir.clone(),
             manifest,
+            lease: snapshot.lease.clone(),
         })
     }
 
@@ -297,8 +407,9 @@ impl SnapshotWriter {
 
         let store = &self.store;
         let type_dir = store.dir.join(&self.name);
-        fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
         let _lock = store.lock()?;
+        // Under the lock: eviction removes filtered snapshots' folders under it too.
+        fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
         let previous = store.current(&self.name)?.map(|s| s.manifest.snapshot);
         let target = type_dir.join(&self.id);
         fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
@@ -308,9 +419,14 @@ impl SnapshotWriter {
             .flatten()
             .collect();
         store.collect_garbage(&self.name, &keep);
+        let lease = match is_filtered(&self.name) {
+            true => store.lease(&self.name)?,
+            false => None,
+        };
         Ok(Snapshot {
             dir: target,
             manifest,
+            lease,
         })
     }
 }
@@ -320,6 +436,36 @@ impl SnapshotWriter {
 pub struct Snapshot {
     dir: PathBuf,
     manifest: SnapshotManifest,
+    lease: Option<Lease>,
+}
+
+/// A hold on a filtered snapshot (a shared lock on its `.readers` file): while one exists in
+/// any process, [`SnapshotStore::evict_filtered`] leaves that snapshot alone. Cloning shares it;
+/// the lock is released when the last clone is dropped (or the process ends).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    _locked: Arc<File>,
+}
+
+/// Whether `name` is a filtered snapshot's (`<Type>@<filters>-<hash>`).
+fn is_filtered(name: &str) -> bool {
+    name.contains('@')
+}
+
+/// Whether `file` is the file `path` names now.
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), path.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `file` is the file `path` names now (elsewhere an open file cannot be removed).
+#[cfg(not(unix))]
+fn same_file(_file: &File, path: &Path) -> bool {
+    path.exists()
 }
 
 impl Snapshot {
@@ -345,6 +491,11 @@ impl Snapshot {
     /// When the snapshot was committed.
     pub fn created(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.manifest.created_unix_ms)
+    }
+
+    /// The lease held on it (filtered snapshots only).
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
     }
 
     /// Time since the snapshot was committed.
@@ -592,6 +743,60 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789); // leap day 2024
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    /// Commits a snapshot named `name` of Patient with one resource.
+    fn commit(store: &SnapshotStore, name: &str) {
+        let input = store.dir().join(format!("{name}.ndjson"));
+        fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n").unwrap();
+        let writer = store.begin_named(name, "Patient").unwrap();
+        let (path, rel) = writer.raw_path(0);
+        let (resources, bytes) = write_raw(&[input], None, &path).unwrap();
+        let manifest = SnapshotManifest {
+            raw: vec![RawFile {
+                path: rel,
+                resources,
+                bytes,
+            }],
+            ..SnapshotManifest::default()
+        };
+        writer
+            .commit(manifest, &[TableMode::default()], 64)
+            .unwrap();
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_filtered_snapshots_not_leased_ones() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        for name in ["Patient", "Patient@a-1", "Patient@b-2", "Patient@c-3"] {
+            commit(&store, name);
+        }
+        let held = store.current("Patient@a-1").unwrap().unwrap();
+        assert!(held.lease().is_some());
+        store.current("Patient@c-3").unwrap().unwrap(); // used last
+        // `a` is beyond the one kept but leased; `b` goes.
+        assert_eq!(store.evict_filtered("Patient", 1).unwrap(), ["Patient@b-2"]);
+        assert!(store.current("Patient@b-2").unwrap().is_none());
+        assert!(!store.dir().join("Patient@b-2").exists());
+        assert_eq!(held.schema("flattened").unwrap().fields().len(), 2);
+        drop(held);
+        assert_eq!(store.evict_filtered("Patient", 1).unwrap(), ["Patient@a-1"]);
+        // The full snapshot is not a filtered one.
+        assert!(store.current("Patient").unwrap().unwrap().lease().is_none());
+        assert_eq!(store.evict_filtered("Patient", 0).unwrap(), ["Patient@c-3"]);
+        assert!(store.current("Patient").unwrap().is_some());
+
+        // One being evicted (its lock held exclusively) is absent to readers.
+        commit(&store, "Patient@d-4");
+        let evicting = File::options()
+            .write(true)
+            .open(store.dir().join("Patient@d-4").join(LEASE_FILE))
+            .unwrap();
+        evicting.lock().unwrap();
+        assert!(store.current("Patient@d-4").unwrap().is_none());
+        drop(evicting);
+        assert!(store.current("Patient@d-4").unwrap().is_some());
     }
 
     #[test]

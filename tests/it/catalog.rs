@@ -595,6 +595,228 @@ async fn pushdown_over_a_source_that_ignores_it_keeps_rows_right_and_the_full_sn
     assert_eq!(source.fetches().len(), 2);
 }
 
+/// The `FhirScanExec` line of an `EXPLAIN`, and the `DataSourceExec` line below it (operators
+/// that keep the order, such as a sort pushed down, may come between).
+fn scan_lines(plan: &str) -> (String, String) {
+    let mut lines = plan.lines().skip_while(|l| !l.contains("FhirScanExec:"));
+    let scan = lines
+        .next()
+        .unwrap_or_else(|| panic!("no FhirScanExec: {plan}"));
+    let mut below = lines.skip_while(|l| !l.contains("DataSourceExec:"));
+    let source = below
+        .next()
+        .unwrap_or_else(|| panic!("no scan below: {plan}"));
+    (scan.trim().to_owned(), source.trim().to_owned())
+}
+
+#[tokio::test]
+async fn explain_names_the_filters_pushed_into_the_export_and_the_parquet_scan_keeps_its_own() {
+    let cache = tempfile::tempdir().unwrap();
+    let (ctx, fhir) = context(seeded() as _, cache.path(), Freshness::Never).await;
+    let pushed = "SELECT id FROM src.fhir.patient WHERE gender = 'female'";
+    assert_eq!(rows(&ctx, pushed).await, ["p1", "p3"]);
+    let plan = rows(&ctx, &format!("EXPLAIN {pushed}")).await.join("\n");
+    assert!(fhir.snapshots().unwrap().is_empty(), "no full snapshot yet");
+    let pushdown = catalog::Pushdown {
+        since: None,
+        type_filter: Some("Patient?gender=female".into()),
+    };
+    let filtered = fhir
+        .store()
+        .current(&pushdown.snapshot_name("Patient"))
+        .unwrap()
+        .unwrap();
+    let (scan, source) = scan_lines(&plan);
+    assert_eq!(
+        scan,
+        format!(
+            "FhirScanExec: type=Patient, snapshot={}, pushed=[_typeFilter=Patient?gender=female]",
+            filtered.manifest().snapshot
+        )
+    );
+    assert!(source.contains("predicate=gender@"), "{plan}");
+
+    // Nothing pushed: a full snapshot serves the same filter, which still prunes row groups.
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["3"]
+    );
+    let full = fhir.snapshots().unwrap().remove(0);
+    assert_eq!(rows(&ctx, pushed).await, ["p1", "p3"]);
+    let plan = rows(&ctx, &format!("EXPLAIN {pushed}")).await.join("\n");
+    let (scan, source) = scan_lines(&plan);
+    assert_eq!(
+        scan,
+        format!(
+            "FhirScanExec: type=Patient, snapshot={}, pushed=[]",
+            full.manifest().snapshot
+        )
+    );
+    assert!(source.contains("predicate=gender@"), "{plan}");
+    let analyzed = rows(
+        &ctx,
+        "EXPLAIN ANALYZE SELECT id FROM src.fhir.patient WHERE gender = 'none'",
+    )
+    .await
+    .join("\n");
+    // Pruned by the Parquet statistics (here the one file with its one row group).
+    assert!(
+        analyzed.contains("files_ranges_pruned_statistics=1 total \u{2192} 0 matched"),
+        "{analyzed}"
+    );
+    // Dynamic filters (a TopK's) still reach the Parquet scan through FhirScanExec.
+    let plan = rows(
+        &ctx,
+        "EXPLAIN SELECT id FROM src.fhir.patient ORDER BY \"birthDate\" DESC LIMIT 1",
+    )
+    .await
+    .join("\n");
+    assert!(scan_lines(&plan).1.contains("DynamicFilter"), "{plan}");
+}
+
+#[tokio::test]
+async fn explain_over_flight_names_the_pushed_filters() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use fhirflight::flight::{FlightSqlServer, Users};
+    use futures::TryStreamExt;
+
+    let cache = tempfile::tempdir().unwrap();
+    let (ctx, _fhir) = context(seeded() as _, cache.path(), Freshness::Never).await;
+    let server = FlightSqlServer::new(ctx)
+        .with_users(Users::new().with_user("alice", "wonderland"))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake("alice", "wonderland").await.unwrap();
+    let info = client
+        .execute(
+            "EXPLAIN SELECT id FROM src.fhir.condition WHERE code_coding_0_code = '44054006'"
+                .to_owned(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut plan = Vec::new();
+    for endpoint in info.endpoint {
+        let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+        for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
+            plan.extend(crate::row_strings(&batch));
+        }
+    }
+    let plan = plan.join("\n");
+    assert!(
+        scan_lines(&plan)
+            .0
+            .ends_with(", pushed=[_typeFilter=Condition?code=44054006]"),
+        "{plan}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// The filtered snapshots of `resource_type` in the store, sorted.
+fn filtered_snapshots(fhir: &FhirCatalog, resource_type: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fhir.store().dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{resource_type}@")))
+        .map(|n| n.split('-').next().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn filtered_snapshots_are_bounded_least_recently_used_first_and_never_while_read() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    source.upsert(patient("p4", "other"));
+    source.upsert(patient("p5", "unknown"));
+    let options = CatalogOptions::default()
+        .with_cache_dir(cache.path())
+        .with_freshness(Freshness::Never)
+        .with_max_filtered_snapshots(2);
+    let fhir = FhirCatalog::try_new(Arc::clone(&source) as _, options)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_catalog("src", Arc::new(fhir.clone()));
+    let query = |gender: &str| format!("SELECT id FROM src.fhir.patient WHERE gender = '{gender}'");
+    let snapshot = |gender: &str| format!("Patient@gender={gender}");
+
+    for gender in ["female", "male", "other"] {
+        rows(&ctx, &query(gender)).await;
+    }
+    assert_eq!(
+        filtered_snapshots(&fhir, "Patient"),
+        [snapshot("male"), snapshot("other")]
+    );
+    // Using `male` makes `other` the least recently used.
+    assert_eq!(rows(&ctx, &query("male")).await, ["p2"]);
+    assert_eq!(rows(&ctx, &query("unknown")).await, ["p5"]);
+    assert_eq!(source.fetches().len(), 4);
+    assert_eq!(
+        filtered_snapshots(&fhir, "Patient"),
+        [snapshot("male"), snapshot("unknown")]
+    );
+    // The newest answer without an export.
+    assert_eq!(rows(&ctx, &query("unknown")).await, ["p5"]);
+    assert_eq!(source.fetches().len(), 4);
+
+    // A planned query holds its snapshot: two newer ones do not evict it.
+    let planned = catalog::sql(&ctx, &query("male")).await.unwrap();
+    assert_eq!(rows(&ctx, &query("female")).await, ["p1", "p3"]);
+    assert_eq!(rows(&ctx, &query("other")).await, ["p4"]);
+    assert_eq!(
+        filtered_snapshots(&fhir, "Patient"),
+        [snapshot("female"), snapshot("male"), snapshot("other")]
+    );
+    let batches = planned.collect().await.unwrap();
+    assert_eq!(crate::row_strings(&batches[0]).collect::<Vec<_>>(), ["p2"]);
+    drop(batches);
+    // Released, it goes at the next eviction.
+    assert_eq!(rows(&ctx, &query("unknown")).await, ["p5"]);
+    assert_eq!(
+        filtered_snapshots(&fhir, "Patient"),
+        [snapshot("other"), snapshot("unknown")]
+    );
+    assert_eq!(source.fetches().len(), 7);
+
+    // The full snapshot is never evicted, however many filtered exports follow.
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["5"]
+    );
+    let full = fhir.snapshots().unwrap().remove(0);
+    let always = CatalogOptions::default()
+        .with_cache_dir(cache.path())
+        .with_freshness(Freshness::Always)
+        .with_max_filtered_snapshots(1);
+    let (always_ctx, always_fhir) = {
+        let fhir = FhirCatalog::try_new(Arc::clone(&source) as _, always)
+            .await
+            .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_catalog("src", Arc::new(fhir.clone()));
+        (ctx, fhir)
+    };
+    for gender in ["female", "male"] {
+        rows(&always_ctx, &query(gender)).await;
+    }
+    assert_eq!(
+        filtered_snapshots(&always_fhir, "Patient"),
+        [snapshot("male")]
+    );
+    let still = always_fhir.store().current("Patient").unwrap().unwrap();
+    assert_eq!(still.manifest().snapshot, full.manifest().snapshot);
+    assert!(still.dir().is_dir());
+}
+
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/embed.rs"]
 mod embed;
@@ -688,6 +910,21 @@ mod demo_server {
         assert!(
             plan.contains("Observation@code=8867-4_status=final-"),
             "EXPLAIN names the filtered snapshot: {plan}"
+        );
+        assert!(
+            scan_lines(&plan)
+                .0
+                .ends_with("pushed=[_typeFilter=Observation?code=8867-4&status=final]"),
+            "{plan}"
+        );
+        let plan = rows(&ctx, &format!("EXPLAIN {}", queries[2]))
+            .await
+            .join("\n");
+        assert!(
+            scan_lines(&plan)
+                .0
+                .ends_with(&format!("pushed=[{}]", sent[0])),
+            "EXPLAIN shows the _since sent: {plan}"
         );
         assert_eq!(
             server.stats().kickoffs.len(),
