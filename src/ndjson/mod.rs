@@ -595,12 +595,6 @@ impl Decoder {
     pub fn decode(&mut self, bytes: &[u8]) -> crate::Result<usize> {
         let batch_size = self.lines.options.batch_size;
         let inner = &mut self.inner;
-        if let Decoding::Flat(f) = inner
-            && f.rows() == 0
-        {
-            // Room for the lines at hand (a cheap count), so that the buffers do not grow by copying.
-            f.reserve(memchr::memchr_iter(b'\n', bytes).take(batch_size).count());
-        }
         let rows = std::cell::Cell::new(inner.rows());
         self.lines.push(
             bytes,
@@ -643,11 +637,15 @@ impl Decoder {
         &self.lines.skipped
     }
 
-    /// Starts over on a piece of a file whose first line is `first_line` (after [`Decoder::finish`]).
-    fn restart(&mut self, first_line: u64) {
+    /// Starts over on a piece of a file of `lines` lines, the first numbered `first_line` (after
+    /// [`Decoder::finish`]), with room for its rows, so that the buffers do not grow by copying.
+    fn restart(&mut self, first_line: u64, lines: usize) {
         debug_assert!(self.lines.pending.is_empty() && self.inner.rows() == 0);
         self.lines.options.first_line = first_line;
         self.lines.seen = 0;
+        if let Decoding::Flat(f) = &mut self.inner {
+            f.reserve(lines.min(self.lines.options.batch_size));
+        }
     }
 }
 

@@ -95,7 +95,7 @@ pub(super) fn decode_chunks(
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
         || Decoder::new(Arc::clone(&schema), mode, options.clone()),
         |decoder, chunk| {
-            decoder.restart(chunk.first_line);
+            decoder.restart(chunk.first_line, chunk.lines);
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
             while !bytes.is_empty() {
@@ -129,6 +129,8 @@ pub(super) fn decode_chunks(
 struct Chunk {
     bytes: Vec<u8>,
     first_line: u64,
+    /// Line ends in `bytes`.
+    lines: usize,
 }
 
 /// Runs `work` on chunks of `reader` in worker threads (each with its own state from `init`) and
@@ -265,6 +267,11 @@ fn next_chunk(
     carry.extend_from_slice(&bytes[cut..]);
     bytes.truncate(cut);
     let first_line = *next_line;
-    *next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-    Ok(Some(Chunk { bytes, first_line }))
+    let lines = memchr::memchr_iter(b'\n', &bytes).count();
+    *next_line += lines as u64;
+    Ok(Some(Chunk {
+        bytes,
+        first_line,
+        lines,
+    }))
 }
