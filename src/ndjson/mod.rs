@@ -88,7 +88,7 @@
 mod flat;
 mod json;
 mod nested;
-mod parallel;
+pub(crate) mod parallel;
 
 use std::fmt;
 

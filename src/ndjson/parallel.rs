@@ -126,18 +126,19 @@ pub(super) fn decode_chunks(
 }
 
 /// A piece of the stream that ends at a line end (or at the end of the stream).
-struct Chunk {
-    bytes: Vec<u8>,
-    first_line: u64,
+pub(crate) struct Chunk {
+    pub(crate) bytes: Vec<u8>,
+    /// The number of its first line in the stream, from 1.
+    pub(crate) first_line: u64,
     /// Line ends in `bytes`.
-    lines: usize,
+    pub(crate) lines: usize,
 }
 
 /// Runs `work` on chunks of `reader` in worker threads (each with its own state from `init`) and
 /// `emit`s the results in stream order, with at most two chunks per worker in flight (memory stays
 /// bounded). Chunk buffers go back to the reader for reuse: fresh memory costs the kernel a page
 /// fault and a page clearing per 4 KiB.
-fn run_chunks<S, T: Send>(
+pub(crate) fn run_chunks<S, T: Send>(
     mut reader: impl Read,
     chunk_size: usize,
     source: &str,
@@ -274,4 +275,30 @@ fn next_chunk(
         first_line,
         lines,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_end_at_line_ends_keep_long_lines_whole_and_count_lines() {
+        let text = format!("a\n{}\nb\nc", "x".repeat(100));
+        let (mut reader, mut carry, mut next_line) = (text.as_bytes(), Vec::new(), 1);
+        let mut chunks = Vec::new();
+        while let Some(c) =
+            super::next_chunk(&mut reader, Vec::new(), 8, &mut carry, &mut next_line, "t").unwrap()
+        {
+            chunks.push((String::from_utf8(c.bytes).unwrap(), c.first_line, c.lines));
+        }
+        let texts: Vec<&str> = chunks.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(texts.concat(), text);
+        assert!(texts.iter().any(|t| t.len() == 101), "{texts:?}");
+        assert!(texts[..texts.len() - 1].iter().all(|t| t.ends_with('\n')));
+        let lines: Vec<(u64, usize)> = chunks.iter().map(|c| (c.1, c.2)).collect();
+        let mut first = 1;
+        for &(first_line, n) in &lines {
+            assert_eq!(first_line, first);
+            first += n as u64;
+        }
+        assert_eq!(first, 4, "{lines:?}");
+    }
 }
