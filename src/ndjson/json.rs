@@ -815,7 +815,7 @@ fn utf8(bytes: &[u8], non_ascii: bool, start: usize) -> Result<&str, WalkError> 
 }
 
 fn at_byte(at: usize, mut e: LineError) -> WalkError {
-    e.message = format!("{} (byte {})", e.message, at + 1);
+    e.0.message = format!("{} (byte {})", e.0.message, at + 1);
     e
 }
 
@@ -876,7 +876,7 @@ mod tests {
         let mut scratch = Vec::new();
         Walker::new(line.as_bytes(), &mut scratch, max)
             .walk(&mut trie, &mut sink)
-            .map_err(|e| e.message)?;
+            .map_err(|e| e.0.message)?;
         Ok(sink.0)
     }
 

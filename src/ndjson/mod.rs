@@ -272,18 +272,25 @@ pub enum DecodeErrorKind {
 }
 
 /// What is wrong with one line, before the decoder adds where it is.
+///
+/// Boxed: every level of the JSON walk returns it, and a one-word `Result` keeps the walk's good
+/// path in registers.
 #[derive(Debug)]
-pub(crate) struct LineError {
+pub(crate) struct LineError(Box<LineErrorParts>);
+
+#[derive(Debug)]
+struct LineErrorParts {
     kind: DecodeErrorKind,
     message: String,
 }
 
 impl LineError {
+    #[cold]
     fn new(kind: DecodeErrorKind, message: impl Into<String>) -> Self {
-        LineError {
+        LineError(Box::new(LineErrorParts {
             kind,
             message: message.into(),
-        }
+        }))
     }
 }
 
@@ -416,9 +423,10 @@ impl Lines {
         if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             return Ok(());
         }
-        let Err(LineError { kind, message }) = line(bytes, &mut self.scratch) else {
+        let Err(LineError(parts)) = line(bytes, &mut self.scratch) else {
             return Ok(());
         };
+        let LineErrorParts { kind, message } = *parts;
         let error = DecodeError {
             source_name: self.options.source.clone(),
             line: number,

@@ -244,7 +244,7 @@ fn fits_object(fields: &Fields, object: &Map<String, Value>) -> Result<(), LineE
         let Some((_, field)) = fields.find(key) else {
             return Err(misfit(key, "not in the schema"));
         };
-        fits(field.data_type(), v).map_err(|e| misfit(key, e.message))?;
+        fits(field.data_type(), v).map_err(|e| misfit(key, e.0.message))?;
     }
     Ok(())
 }
