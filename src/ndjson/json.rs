@@ -175,12 +175,7 @@ impl Trie {
     /// name and a quote follows: a key with a quote, backslash or control character is
     /// [`ESCAPED`] and never guessed here.
     #[inline(always)]
-    pub(crate) fn predicted_key(
-        &mut self,
-        node: u32,
-        line: &[u8],
-        start: usize,
-    ) -> Option<(u32, usize)> {
+    fn predicted_key(&mut self, node: u32, line: &[u8], start: usize) -> Option<(u32, usize)> {
         let guess = self.hot[self.last as usize].next;
         let hot = self.hot.get(guess as usize)?;
         let len = hot.len as usize;
@@ -899,6 +894,22 @@ mod tests {
         );
     }
 
+    /// The leaves of each line, walked one after the other with one trie (as a decoder does).
+    fn walk_lines(lines: &[&str]) -> Vec<Vec<String>> {
+        let mut trie = Trie::with_columns([]);
+        let mut scratch = Vec::new();
+        lines
+            .iter()
+            .map(|line| {
+                let mut sink = Record::default();
+                Walker::new(line.as_bytes(), &mut scratch, None)
+                    .walk(&mut trie, &mut sink)
+                    .unwrap();
+                sink.0
+            })
+            .collect()
+    }
+
     /// The guess of the next node ([`Hot`]) never stands in for another key, parent or position.
     #[test]
     fn guessed_nodes_are_the_right_ones() {
@@ -908,20 +919,8 @@ mod tests {
             r#"{"a":{"y":5,"x":6},"abcdefghijklmnopq1":[[7]],"abcdefghijklmnopq2":[8,9]}"#,
             r#"{"a":{"x":1},"b":{"x":2},"abcdefghijklmnopq1":[1,2,3]}"#,
         ];
-        let mut trie = Trie::with_columns([]);
-        let mut scratch = Vec::new();
-        let got: Vec<Vec<String>> = lines
-            .iter()
-            .map(|line| {
-                let mut sink = Record::default();
-                Walker::new(line.as_bytes(), &mut scratch, None)
-                    .walk(&mut trie, &mut sink)
-                    .unwrap();
-                sink.0
-            })
-            .collect();
         assert_eq!(
-            got,
+            walk_lines(&lines),
             [
                 vec![
                     "a_x=Int(\"1\")",
@@ -956,26 +955,14 @@ mod tests {
     /// A key that was unescaped is never taken for raw bytes that spell it differently.
     #[test]
     fn escaped_keys_are_not_predicted() {
-        let mut trie = Trie::with_columns([]);
-        let mut scratch = Vec::new();
         let lines = [
             r#"{"a\"b":1,"c":2}"#,
             r#"{"a\"b":3,"c":4}"#,
             r#"{"a\u0062":5,"c":6}"#,
             r#"{"ab":7,"c":8}"#,
         ];
-        let got: Vec<String> = lines
-            .iter()
-            .flat_map(|line| {
-                let mut sink = Record::default();
-                Walker::new(line.as_bytes(), &mut scratch, None)
-                    .walk(&mut trie, &mut sink)
-                    .unwrap();
-                sink.0
-            })
-            .collect();
         assert_eq!(
-            got,
+            walk_lines(&lines).concat(),
             [
                 "a\"b=Int(\"1\")",
                 "c=Int(\"2\")",
