@@ -8,10 +8,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::{ViewDefinition, ViewRunner};
 use crate::Result;
-use crate::ndjson::parallel::{Chunk, run_chunks};
-
-/// Bytes of NDJSON per unit of work (cut at a line end): some hundreds of resources.
-const CHUNK: usize = 2 << 20;
+use crate::ndjson::parallel::{CHUNK, Chunk, run_chunks};
 
 /// Runs `view` over all of `reader` (NDJSON, one resource per line) on all cores and hands its
 /// record batches to `on_batch` in stream order; returns the number of rows. `source` names the
