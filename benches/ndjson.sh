@@ -43,7 +43,7 @@ for data in "$WORK/s100" "$WORK/x$MULT"; do
     echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
   } | tee "$log"
   echo "# ratios on $data (fhirflight_flat MB/s / baseline MB/s; peak RSS / DuckDB's)"
-  awk '!/^#/ && NF >= 9 && $5 != "-" { mbs[$1" "$2] = $6; rss[$1" "$2] = $9; types[$2] = 1 }
+  awk '!/^#/ && NF >= 9 && $4 != "-" { mbs[$1" "$2] = $6; rss[$1" "$2] = $9; types[$2] = 1 }
        END { for (t in types) if (("fhirflight_flat " t) in mbs)
                printf "%-22s vs notebook %6.1fx   vs duckdb count(*) %5.2fx   vs parse floor %5.2fx   rss/duckdb %5.2f\n", t,
                  mbs["fhirflight_flat " t] / mbs["pandas_flatten " t], mbs["fhirflight_flat " t] / mbs["duckdb_count " t],

@@ -10,7 +10,7 @@
 //!
 //! Beside each type it prints the JSON-parsing floor, `serde_floor`: the same bytes read and every
 //! line parsed by serde_json into `IgnoredAny` (validation only, nothing built), on all cores.
-//! `x_floor` in fhirflight's line is its time over the floor's: the price of the two passes
+//! `time_vs_floor` in fhirflight's line is its time over the floor's: the price of the two passes
 //! (inference, then decoding) and of building the columns.
 
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ fn main() -> fhirflight::Result<()> {
         "# tool type bytes resources seconds_median MB/s res/s columns peak_rss_MB extra | rep_seconds"
     );
     for (size, path, rtype) in files {
-        let run = |kind: &str| -> fhirflight::Result<Option<Vec<Vec<f64>>>> {
+        let run = |kind: &str, label: &str| -> fhirflight::Result<Option<Vec<Vec<f64>>>> {
             let mut runs = Vec::new();
             for _ in 0..reps {
                 let out = Command::new(std::env::current_exe().expect("own path"))
@@ -82,7 +82,7 @@ fn main() -> fhirflight::Result<()> {
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("@@RESULT ")) else {
                     println!(
-                        "{tool} {rtype} {size} - FAILED: {}",
+                        "{label} {rtype} {size} - FAILED: {}",
                         String::from_utf8_lossy(&out.stderr).trim()
                     );
                     return Ok(None);
@@ -95,7 +95,10 @@ fn main() -> fhirflight::Result<()> {
             }
             Ok(Some(runs))
         };
-        let (Some(runs), Some(floor_runs)) = (run("--worker")?, run("--floor")?) else {
+        let Some(runs) = run("--worker", tool)? else {
+            continue;
+        };
+        let Some(floor_runs) = run("--floor", "serde_floor")? else {
             continue;
         };
         let median = |runs: &[Vec<f64>], i: usize| {
@@ -116,7 +119,7 @@ fn main() -> fhirflight::Result<()> {
         };
         line("serde_floor", &floor_runs, "ignored_any");
         let extra = format!(
-            "infer_s={:.3} x_floor={:.2}",
+            "infer_s={:.3} time_vs_floor={:.2}",
             median(&runs, 4),
             median(&runs, 0) / median(&floor_runs, 0)
         );

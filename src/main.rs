@@ -83,14 +83,16 @@ struct ServerArgs {
     /// Token endpoint; discovered from the server when omitted.
     #[arg(long, env = "FHIRFLIGHT_TOKEN_ENDPOINT")]
     token_endpoint: Option<Url>,
-    /// Extra CA bundle (PEM) for a private certificate authority.
+    /// Extra CA bundle (PEM) for a private certificate authority (also for `[servers.<name>]`
+    /// that set none).
     #[arg(long, env = "FHIRFLIGHT_CA_BUNDLE")]
     ca_bundle: Option<PathBuf>,
     /// Do not verify TLS certificates. Dangerous: logs a warning on every run.
     #[arg(long)]
     insecure_skip_tls_verify: bool,
-    /// HTTP proxy for every request, e.g. `http://user:pw@proxy:3128` (default: HTTPS_PROXY,
-    /// HTTP_PROXY, ALL_PROXY; hosts in NO_PROXY are always reached directly).
+    /// HTTP proxy for every request, to every server (a `[servers.<name>]` may set its own), e.g.
+    /// `http://user:pw@proxy:3128` (default: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; hosts in NO_PROXY
+    /// are always reached directly).
     #[arg(long)]
     proxy: Option<Url>,
     /// Files downloaded at once.
@@ -331,7 +333,9 @@ impl CatalogArgs {
             || self.server.server.is_some()
             || config.server.url.is_some()
             || !named;
+        // The network's settings hold for every server unless its table sets its own.
         let insecure = self.server.insecure_skip_tls_verify;
+        let (proxy, ca_bundle) = (self.server.proxy.clone(), self.server.ca_bundle.clone());
         let mut catalogs = Vec::new();
         let mut demo = None;
         if primary {
@@ -355,6 +359,11 @@ impl CatalogArgs {
                     "[servers.{name}]: a catalog name is lower case letters, digits and _, and not fhir"
                 )));
             }
+            let server = ServerConfig {
+                proxy: server.proxy.or_else(|| proxy.clone()),
+                ca_bundle: server.ca_bundle.or_else(|| ca_bundle.clone()),
+                ..server
+            };
             let client = server
                 .connect(&format!("[servers.{name}]"), insecure)
                 .await?;

@@ -366,6 +366,7 @@ impl Exporter {
             .filter(|t| !t.pushdown.is_empty())
             .map(|t| t.resource_type.clone())
             .collect();
+        filtered.sort();
         filtered.dedup();
         let mut tasks = Vec::new();
         for t in targets {
@@ -460,7 +461,7 @@ impl Drop for Waiter {
     }
 }
 
-/// Removes a job from `by_type` when its task ends (normally, by error or aborted).
+/// Removes a job from `by_name` when its task ends (normally, by error or aborted).
 struct Unregister {
     exporter: Arc<Exporter>,
     id: u64,

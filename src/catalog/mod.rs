@@ -282,7 +282,6 @@ impl FhirCatalog {
             None => source.resource_types().await?,
         };
         types.sort();
-        types.sort();
         types.dedup();
         let store = SnapshotStore::open(&options.cache_dir, source.location())?;
         let exporter = Arc::new(Exporter::new(source, store, options, types));

@@ -13,8 +13,8 @@
 //! The server may ignore or honour them: DataFusion applies every filter again on the snapshot,
 //! so results are the same either way. A filtered export is kept as its own snapshot
 //! (`<Type>@<filters>-<hash>`, see [`Pushdown::snapshot_name`]), used only by statements with the
-//! same pushdown; a fresh full snapshot is always preferred and needs no export. `EXPLAIN` names
-//! the filtered snapshot in the file paths of the scan.
+//! same pushdown; a fresh full snapshot is always preferred and needs no export. `EXPLAIN` shows
+//! what the scanned snapshot's export was restricted by (`FhirScanExec: ..., pushed=[...]`).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -103,8 +103,10 @@ impl Pushdown {
                 since = Some(since.map_or(ms, |s| s.max(ms)));
                 continue;
             }
-            // A comma means "or" in a search parameter: leave such values to DataFusion.
-            if c.op != Op::Eq || c.value.contains(',') {
+            // In a token search a comma means "or", '|' splits system and code, '$' and '\\'
+            // are separators and escapes: the server would not match such a value literally,
+            // so it is left to DataFusion.
+            if c.op != Op::Eq || c.value.contains([',', '|', '$', '\\']) {
                 continue;
             }
             let param = SEARCH_PARAMS.iter().find(|(t, column, _)| {
@@ -429,12 +431,12 @@ mod tests {
         assert_eq!(
             pushdowns(
                 "EXPLAIN SELECT count(*) FROM patient p JOIN condition c ON c.subject_reference = p.id \
-                 WHERE p.gender = 'female' AND (c.code_coding_0_code = 'http://x|1') AND gender = 'x'"
+                 WHERE p.gender = 'female' AND (c.code_coding_0_code = 'http://x/1 a') AND gender = 'x'"
             ),
             [
                 (
                     "Condition".into(),
-                    filter("Condition?code=http%3A%2F%2Fx%7C1")
+                    filter("Condition?code=http%3A%2F%2Fx%2F1+a")
                 ),
                 ("Patient".into(), filter("Patient?gender=female")),
             ]
@@ -453,6 +455,10 @@ mod tests {
             pushdowns("SELECT * FROM patient WHERE name_0_family = 'X' AND gender = 'a,b'"),
             []
         );
+        for value in ["http://x|1", "a$b", "a\\,b"] {
+            let sql = format!("SELECT * FROM observation WHERE code_coding_0_code = '{value}'");
+            assert_eq!(pushdowns(&sql), [], "{value}");
+        }
     }
 
     #[test]

@@ -441,12 +441,12 @@ impl TokenStore {
         )))
     }
 
-    /// The grant of a bearer token, or why it is not valid.
     /// Forgets an issued token: later requests with it are refused.
     pub(crate) fn revoke(&mut self, token: &str) {
         self.tokens.remove(token);
     }
 
+    /// The grant of a bearer token, or why it is not valid.
     pub(crate) fn check(&self, token: &str) -> Result<Grant, &'static str> {
         match self.tokens.get(token) {
             Some(grant) if grant.expires > SystemTime::now() => Ok(grant.clone()),

@@ -40,6 +40,7 @@ use super::metadata;
 use super::proto::StatementHandle;
 use super::statement::{parameter_schema, plan_sql};
 use super::status::status;
+use crate::catalog::Freshness;
 
 type DoGetStream = <FhirFlightService as FlightService>::DoGetStream;
 
@@ -348,7 +349,9 @@ impl FlightSqlService for FhirFlightService {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let df = plan_sql(&self.ctx, &query.query, None)
+        // Only the schemas are needed: missing tables are exported, present ones are not
+        // refreshed here (GetFlightInfo applies the catalog's freshness, once).
+        let df = plan_sql(&self.ctx, &query.query, Some(Freshness::Never))
             .await
             .map_err(status)?;
         let parameters = parameter_schema(df.logical_plan()).map_err(status)?;

@@ -98,9 +98,10 @@ impl StatementHandle {
     }
 
     /// Runs the statement (DoGet): batches come as DataFusion produces them; dropping the stream
-    /// stops the query. It reads the snapshots that its GetFlightInfo brought up to date (any
-    /// snapshot will do): no second export with freshness `always`, and no new schema between
-    /// the FlightInfo and the data. A ticket never planned exports what has no snapshot.
+    /// stops the query. It reads the current snapshots (freshness `never`), normally those its
+    /// GetFlightInfo brought up to date: no second export with freshness `always`. A snapshot
+    /// committed in between (another query, a refresh) is read instead, and its schema may
+    /// differ from the FlightInfo's. A ticket never planned exports what has no snapshot.
     pub(crate) async fn execute(
         &self,
         ctx: &SessionContext,
@@ -168,6 +169,8 @@ fn read_only(statement: &DfStatement) -> bool {
             SqlStatement::Explain { statement, .. } => sql_statement(statement),
             SqlStatement::ShowTables { .. }
             | SqlStatement::ShowColumns { .. }
+            | SqlStatement::ShowCreate { .. }
+            | SqlStatement::ExplainTable { .. }
             | SqlStatement::ShowVariable { .. }
             | SqlStatement::ShowFunctions { .. } => true,
             _ => false,

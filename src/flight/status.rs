@@ -36,6 +36,8 @@ fn code_of(err: &(dyn StdError + 'static)) -> Option<Code> {
             Error::NotFound(_) => Some(Code::NotFound),
             Error::InvalidRequest(_) => Some(Code::InvalidArgument),
             Error::Config(_) => Some(Code::FailedPrecondition),
+            // The FHIR server could not be reached securely.
+            Error::Tls { .. } => Some(Code::Unavailable),
             Error::View { .. } => Some(Code::InvalidArgument),
             Error::Cancelled => Some(Code::Cancelled),
             // A shared export's error: the code of what went wrong in it.

@@ -201,12 +201,16 @@ impl SnapshotStore {
         for (_, name) in filtered.into_iter().skip(keep) {
             let dir = self.dir.join(&name);
             let path = dir.join(LEASE_FILE);
-            let lock = File::options()
+            let Ok(lock) = File::options()
                 .create(true)
                 .truncate(false)
                 .write(true)
-                .open(&path);
-            if !lock.is_ok_and(|f| f.try_lock().is_ok()) {
+                .open(&path)
+            else {
+                continue;
+            };
+            // Held until the folder is gone, so that no reader leases it in between.
+            if lock.try_lock().is_err() {
                 continue; // being read
             }
             // Unpublished first: a crash leaves a folder without a manifest, evicted later.
@@ -216,6 +220,7 @@ impl SnapshotStore {
                 Err(e) => return Err(Error::io(self.manifest_path(&name), e)),
             }
             fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            drop(lock);
             evicted.push(name);
         }
         Ok(evicted)

@@ -1090,6 +1090,8 @@ async fn an_explicit_proxy_carries_every_request() {
     )
     .await
     .unwrap();
+    // A folder of its own: nothing from the export above can stand in for this one's files.
+    let dir = tempfile::tempdir().unwrap();
     let (outcome, _) = export(&client, &request, dir.path()).await;
     assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
     let tunnels = proxy

@@ -219,9 +219,10 @@ async fn concurrent_queries_share_the_export_in_flight() {
         async move { rows(&ctx, "SELECT id FROM src.fhir.patient").await }
     });
     // Both queries are waiting once the export is running and the second joined it.
-    while source.fetches().is_empty() || fhir.exports().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    crate::until("the shared export to run", || {
+        !source.fetches().is_empty() && !fhir.exports().is_empty()
+    })
+    .await;
     tokio::task::yield_now().await;
     source.gate.as_ref().unwrap().add_permits(1);
     assert_eq!(first.await.unwrap(), ["female|1"]);
@@ -329,9 +330,7 @@ async fn cancelled_export_fails_its_queries_and_leaves_the_cache_usable() {
         let fhir = fhir.clone();
         async move { fhir.refresh(&["Patient".to_owned()]).await }
     });
-    while source.fetches().len() < 2 {
-        tokio::task::yield_now().await;
-    }
+    crate::until("the refresh's fetch", || source.fetches().len() >= 2).await;
     let running = fhir
         .exports()
         .into_iter()
@@ -965,14 +964,13 @@ mod demo_server {
             let ctx = ctx.clone();
             async move { rows(&ctx, "SELECT id FROM src.fhir.patient").await }
         });
-        while server.stats().status_polls == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::until("a status poll", || server.stats().status_polls > 0).await;
         query.abort();
         assert!(query.await.unwrap_err().is_cancelled());
-        while fhir.exports()[0].state == ExportState::Running || server.stats().deletes == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::until("the export's cancellation", || {
+            fhir.exports()[0].state != ExportState::Running && server.stats().deletes > 0
+        })
+        .await;
         assert_eq!(fhir.exports()[0].state, ExportState::Cancelled);
         assert_eq!(server.stats().deletes, 1, "the server job is deleted");
         assert!(fhir.store().current("Patient").unwrap().is_none());
@@ -1011,13 +1009,14 @@ mod demo_server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        while server.stats().downloads == 0 {
+        crate::until("a download", || {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "fhirflight ended early"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            server.stats().downloads > 0
+        })
+        .await;
         child.kill().unwrap(); // SIGKILL, mid-download
         child.wait().unwrap();
         server.set_faults(Faults::default());
@@ -1065,15 +1064,7 @@ mod demo_server {
              JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id) GROUP BY p.gender",
         )
         .await;
-        let mut got = Vec::new();
-        for batch in &batches {
-            for row in 0..batch.num_rows() {
-                let cell = |c: usize| {
-                    arrow::util::display::array_value_to_string(batch.column(c), row).unwrap()
-                };
-                got.push(format!("{}|{}", cell(0), cell(1)));
-            }
-        }
+        let got: Vec<String> = batches.iter().flat_map(crate::row_strings).collect();
         assert!(!got.is_empty());
         assert_eq!(got, expected);
         assert_eq!(

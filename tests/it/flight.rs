@@ -1269,8 +1269,8 @@ mod fhir {
         f.server.shutdown().await.unwrap();
     }
 
-    /// Needs the catalog to abort an export when every query waiting on it is dropped (the
-    /// `catalog` work): Flight only has to drop the planning with the RPC, never detach it.
+    /// The catalog aborts an export when every query waiting on it is dropped: Flight only has to
+    /// drop the planning with the RPC, never detach it.
     #[tokio::test]
     async fn a_dropped_get_flight_info_cancels_the_export_only_it_needed() {
         let f = fixture(endless_export()).await;
@@ -1310,8 +1310,6 @@ mod fhir {
         f.server.shutdown().await.unwrap();
     }
 
-    /// Needs `FhirCatalog::add_view` (the `views` work); until then the action reaches the
-    /// placeholder, which answers FAILED_PRECONDITION "views are not supported yet".
     #[tokio::test]
     async fn add_view_action_adds_a_queryable_table() {
         let f = fixture(demo_config()).await;

@@ -21,3 +21,16 @@ fn row_strings(batch: &arrow::array::RecordBatch) -> impl Iterator<Item = String
         cells.join("|")
     })
 }
+
+/// Waits until `done()` holds, checking every few milliseconds; fails after 30 s, naming `what`,
+/// so that a regression fails the test instead of hanging the run.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let wait = async {
+        while !done() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("still waiting after 30 s for {what}"));
+}
