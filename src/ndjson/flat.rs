@@ -6,7 +6,7 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::json::{Leaf, RESOURCE_TYPE, Sink, Trie, Walker};
+use super::json::{Leaf, NO_COLUMN, RESOURCE_TYPE, Sink, Trie, Walker};
 use super::{DecodeErrorKind, LineError, ResourceTypeCheck};
 
 const NULL: u8 = 1;
@@ -41,10 +41,9 @@ impl Sink for Kinds {
         if node == RESOURCE_TYPE {
             self.resource_type.check(&leaf)?;
         }
-        let (column, new) = trie.column_or_insert(node, self.columns.len() as u32);
-        if new {
-            self.columns.push((trie.name(node).to_owned(), 0));
-            self.new_nodes.push(node);
+        let mut column = trie.column(node);
+        if column == NO_COLUMN {
+            column = self.new_column(trie, node);
         }
         let kind = match leaf {
             Leaf::Null => NULL,
@@ -63,6 +62,19 @@ impl Sink for Kinds {
     }
 }
 
+impl Kinds {
+    /// The column of `node`, which has none yet: a known name's, or a new one.
+    #[cold]
+    fn new_column(&mut self, trie: &mut Trie, node: u32) -> u32 {
+        let (column, new) = trie.column_or_insert(node, self.columns.len() as u32);
+        if new {
+            self.columns.push((trie.name(node).to_owned(), 0));
+            self.new_nodes.push(node);
+        }
+        column
+    }
+}
+
 impl FlatInference {
     pub(crate) fn new(max_list_items: Option<usize>, resource_type: Option<String>) -> Self {
         let kinds = Kinds {
@@ -78,13 +90,14 @@ impl FlatInference {
         }
     }
 
-    /// Merges one line's columns and kinds; a bad line leaves no trace.
-    pub(crate) fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+    /// Merges the columns and kinds of the line that `line` starts with ([`Walker`]); a bad line
+    /// leaves no trace. Returns where the line ends.
+    pub(crate) fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<usize, LineError> {
         let k = &mut self.kinds;
         k.resource_type.start_line();
         let result = Walker::new(line, scratch, self.max_list_items)
             .walk(&mut self.trie, k)
-            .and_then(|()| k.resource_type.end_line());
+            .and_then(|end| k.resource_type.end_line().map(|()| end));
         if result.is_err() {
             for &(column, kinds) in k.undo.iter().rev() {
                 k.columns[column as usize].1 = kinds;
@@ -218,24 +231,17 @@ impl FlatDecoder {
         self.columns.rows
     }
 
-    /// Makes room for `rows` rows in every column, so that the buffers do not grow (and copy)
-    /// value by value.
-    pub(crate) fn reserve(&mut self, rows: usize) {
-        for column in &mut self.columns.columns {
-            column.reserve(rows);
-        }
-    }
-
-    /// Appends one line as a row, or leaves the buffers as they were and says why not.
-    pub(crate) fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+    /// Appends the line that `line` starts with ([`Walker`]) as a row, or leaves the buffers as
+    /// they were and says why not. Returns where the line ends.
+    pub(crate) fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<usize, LineError> {
         let c = &mut self.columns;
         c.resource_type.start_line();
         let result = Walker::new(line, scratch, self.max_list_items)
             .walk(&mut self.trie, c)
-            .and_then(|()| c.resource_type.end_line());
+            .and_then(|end| c.resource_type.end_line().map(|()| end));
         let rows = c.rows;
         match result {
-            Ok(()) => c.rows += 1,
+            Ok(_) => c.rows += 1,
             // Bad lines are rare: finding the columns the line wrote costs less than keeping
             // track of them for every line.
             Err(_) => {
@@ -281,7 +287,9 @@ impl Sink for Columns {
             let message = format!("duplicate key: column {} given twice", trie.name(node));
             return Err(LineError::new(DecodeErrorKind::DuplicateKey, message));
         }
-        column.push_nulls(self.rows - column.len);
+        if column.len < self.rows {
+            column.push_nulls(self.rows - column.len);
+        }
         column.push(leaf).map_err(|found| misfit(trie, node, found))
     }
 }
@@ -357,18 +365,6 @@ impl Column {
         Ok(())
     }
 
-    fn reserve(&mut self, rows: usize) {
-        let more = rows.saturating_sub(self.len);
-        self.valid
-            .reserve(rows.div_ceil(64).saturating_sub(self.valid.len()));
-        match &mut self.values {
-            Values::Bool(v) => v.reserve(more),
-            Values::Int(v) => v.reserve(more),
-            Values::Float(v) => v.reserve(more),
-            Values::Utf8 { offsets, .. } => offsets.reserve(more),
-        }
-    }
-
     fn truncate(&mut self, len: usize) {
         self.len = len;
         self.valid.truncate(len.div_ceil(64));
@@ -421,11 +417,11 @@ impl Column {
 }
 
 /// `data.extend_from_slice(bytes)`, without a call into `memcpy` for the short strings that most
-/// values are (codes, dates, ids): two overlapping moves of 4, 8 or 16 bytes.
+/// values are (codes, dates, ids, references): two overlapping moves of 4, 8, 16 or 32 bytes.
 #[inline]
 fn append(data: &mut Vec<u8>, bytes: &[u8]) {
     let n = bytes.len();
-    if !(4..=32).contains(&n) {
+    if !(4..=64).contains(&n) {
         return data.extend_from_slice(bytes);
     }
     data.reserve(n);
@@ -448,7 +444,8 @@ fn append(data: &mut Vec<u8>, bytes: &[u8]) {
         match n {
             ..8 => two_moves!(u32),
             8..16 => two_moves!(u64),
-            _ => two_moves!(u128),
+            16..32 => two_moves!(u128),
+            _ => two_moves!([u128; 2]),
         }
         data.set_len(data.len() + n);
     }
@@ -470,7 +467,7 @@ pub(crate) fn describe(leaf: &Leaf<'_>) -> String {
 mod tests {
     #[test]
     fn append_copies_every_length() {
-        let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        let text: Vec<u8> = (0..70u8).map(|i| b'a' + i % 26).collect();
         let mut data = b"x".to_vec();
         let mut want = data.clone();
         for n in 0..=text.len() {

@@ -155,8 +155,9 @@ pub struct DecodeOptions {
     strictness: Strictness,
     resource_type: Option<String>,
     source: String,
-    /// Line number of the first line given (chunks of a file decoded in parallel).
-    first_line: u64,
+    /// The bytes continue a stream (a chunk of a file decoded in parallel): no BOM, and lines
+    /// are numbered from 1 within the chunk (the chunk runner renumbers errors).
+    mid_stream: bool,
 }
 
 impl Default for DecodeOptions {
@@ -166,7 +167,7 @@ impl Default for DecodeOptions {
             strictness: Strictness::default(),
             resource_type: None,
             source: "<stream>".to_owned(),
-            first_line: 1,
+            mid_stream: false,
         }
     }
 }
@@ -201,8 +202,8 @@ impl DecodeOptions {
         }
     }
 
-    fn with_first_line(self, first_line: u64) -> Self {
-        DecodeOptions { first_line, ..self }
+    fn mid_stream(self, mid_stream: bool) -> Self {
+        DecodeOptions { mid_stream, ..self }
     }
 
     /// Rows per record batch at most.
@@ -367,14 +368,32 @@ impl Lines {
     }
 
     /// Hands complete lines of `bytes` to `line` while `more()` holds; returns the bytes consumed.
+    ///
+    /// `line` gets a line's bytes and returns where the line ends. With `in_place`, it may be
+    /// given bytes that hold more lines after it (see [`json::Walker`]), so that finding the end
+    /// of a line is left to the walk that reads it; lines it fails on are cut and given again.
     fn push(
         &mut self,
         bytes: &[u8],
         mut more: impl FnMut() -> bool,
-        mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>,
+        in_place: bool,
+        mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
     ) -> crate::Result<usize> {
+        let whole = match in_place && self.pending.is_empty() {
+            true => memchr::memrchr(b'\n', bytes).map_or(0, |i| i + 1),
+            false => 0,
+        };
         let mut consumed = 0;
         while consumed < bytes.len() && more() {
+            // A line opening with '{' has no BOM and is not blank: `line` takes it as it is.
+            if consumed < whole
+                && bytes[consumed] == b'{'
+                && let Ok(end) = line(&bytes[consumed..whole], &mut self.scratch)
+            {
+                self.seen += 1;
+                consumed += end + 1;
+                continue;
+            }
             let rest = &bytes[consumed..];
             let Some(end) = memchr::memchr(b'\n', rest) else {
                 self.pending.extend_from_slice(rest);
@@ -398,7 +417,7 @@ impl Lines {
     /// The last line if it had no newline; then the next bytes start a new stream.
     fn end(
         &mut self,
-        mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>,
+        mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
     ) -> crate::Result<()> {
         let pending = std::mem::take(&mut self.pending);
         let result = if pending.is_empty() {
@@ -413,11 +432,10 @@ impl Lines {
     fn one(
         &mut self,
         mut bytes: &[u8],
-        line: &mut impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), LineError>,
+        line: &mut impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
     ) -> crate::Result<()> {
         self.seen += 1;
-        let number = self.options.first_line + self.seen - 1;
-        if number == 1 {
+        if self.seen == 1 && !self.options.mid_stream {
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         }
         if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
@@ -429,7 +447,7 @@ impl Lines {
         let LineErrorParts { kind, message } = *parts;
         let error = DecodeError {
             source_name: self.options.source.clone(),
-            line: number,
+            line: self.seen,
             kind,
             message,
         };
@@ -487,8 +505,13 @@ impl SchemaInference {
     /// Reads `bytes`, the next piece of the current file.
     pub fn push(&mut self, bytes: &[u8]) -> crate::Result<()> {
         let inner = &mut self.inner;
-        self.lines
-            .push(bytes, || true, |line, scratch| inner.line(line, scratch))?;
+        let in_place = matches!(inner, Inference::Flat(_));
+        self.lines.push(
+            bytes,
+            || true,
+            in_place,
+            |line, scratch| inner.line(line, scratch),
+        )?;
         Ok(())
     }
 
@@ -532,10 +555,10 @@ impl SchemaInference {
 }
 
 impl Inference {
-    fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+    fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<usize, LineError> {
         match self {
             Inference::Flat(f) => f.line(line, scratch),
-            Inference::Nested(n) => n.line(line),
+            Inference::Nested(n) => n.line(line).map(|()| line.len()),
         }
     }
 }
@@ -565,10 +588,10 @@ impl Decoding {
         }
     }
 
-    fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+    fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<usize, LineError> {
         match self {
             Decoding::Flat(f) => f.line(line, scratch),
-            Decoding::Nested(n) => n.line(line),
+            Decoding::Nested(n) => n.line(line).map(|()| line.len()),
         }
     }
 }
@@ -604,13 +627,15 @@ impl Decoder {
         let batch_size = self.lines.options.batch_size;
         let inner = &mut self.inner;
         let rows = std::cell::Cell::new(inner.rows());
+        let in_place = matches!(inner, Decoding::Flat(_));
         self.lines.push(
             bytes,
             || rows.get() < batch_size,
+            in_place,
             |line, scratch| {
-                inner.line(line, scratch)?;
+                let end = inner.line(line, scratch)?;
                 rows.set(rows.get() + 1);
-                Ok(())
+                Ok(end)
             },
         )
     }
@@ -645,15 +670,12 @@ impl Decoder {
         &self.lines.skipped
     }
 
-    /// Starts over on a piece of a file of `lines` lines, the first numbered `first_line` (after
-    /// [`Decoder::finish`]), with room for its rows, so that the buffers do not grow by copying.
-    fn restart(&mut self, first_line: u64, lines: usize) {
+    /// Starts over (after [`Decoder::finish`]) on a piece of a file, `mid_stream` unless it is
+    /// the start ([`DecodeOptions::mid_stream`]).
+    fn restart(&mut self, mid_stream: bool) {
         debug_assert!(self.lines.pending.is_empty() && self.inner.rows() == 0);
-        self.lines.options.first_line = first_line;
+        self.lines.options.mid_stream = mid_stream;
         self.lines.seen = 0;
-        if let Decoding::Flat(f) = &mut self.inner {
-            f.reserve(lines.min(self.lines.options.batch_size));
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::mpsc::{channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -47,12 +47,13 @@ pub(super) fn infer_chunks(
         || Ok(()),
         |(), chunk| {
             // A part per chunk, merged in file order: columns keep their first-seen order.
-            let mut part = SchemaInference::with_options(
-                &mode,
-                options.clone().with_first_line(chunk.first_line),
-            );
-            part.push(&chunk.bytes)?;
-            part.end_stream()?;
+            let mut part =
+                SchemaInference::with_options(&mode, options.clone().mid_stream(chunk.index > 0));
+            part.push(&chunk.bytes)
+                .map_err(|e| chunk.renumber_error(e))?;
+            chunk.counted(part.lines.seen);
+            part.end_stream().map_err(|e| chunk.renumber_error(e))?;
+            chunk.renumber(&mut part.lines.skipped);
             Ok(part)
         },
         |part| {
@@ -95,16 +96,18 @@ pub(super) fn decode_chunks(
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
         || Decoder::new(Arc::clone(&schema), mode, options.clone()),
         |decoder, chunk| {
-            decoder.restart(chunk.first_line, chunk.lines);
+            decoder.restart(chunk.index > 0);
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
             while !bytes.is_empty() {
-                let n = decoder.decode(bytes)?;
+                let n = decoder.decode(bytes).map_err(|e| chunk.renumber_error(e))?;
                 bytes = &bytes[n..];
                 batches.extend(decoder.flush()?);
             }
-            batches.extend(decoder.finish()?);
-            let skipped = std::mem::take(&mut decoder.lines.skipped);
+            chunk.counted(decoder.lines.seen);
+            batches.extend(decoder.finish().map_err(|e| chunk.renumber_error(e))?);
+            let mut skipped = std::mem::take(&mut decoder.lines.skipped);
+            chunk.renumber(&mut skipped);
             Ok((
                 batches,
                 std::mem::take(&mut decoder.lines.skipped_count),
@@ -128,10 +131,112 @@ pub(super) fn decode_chunks(
 /// A piece of the stream that ends at a line end (or at the end of the stream).
 pub(crate) struct Chunk {
     pub(crate) bytes: Vec<u8>,
-    /// The number of its first line in the stream, from 1.
-    pub(crate) first_line: u64,
-    /// Line ends in `bytes`.
-    pub(crate) lines: usize,
+    /// Its place in the stream, from 0.
+    pub(crate) index: usize,
+    ledger: Arc<Ledger>,
+    counted: bool,
+}
+
+impl Chunk {
+    /// The number of its first line in the stream, from 1. It is known once the chunks before
+    /// it are counted, so this may wait for them: only errors need it.
+    pub(crate) fn first_line(&self) -> u64 {
+        let mut state = self.ledger.state.lock().expect("no worker panicked");
+        loop {
+            if let Some(first) = state.first_line(self.index) {
+                return first;
+            }
+            state = self.ledger.counted.wait(state).expect("no worker panicked");
+        }
+    }
+
+    /// Tells the line ends in `bytes`, which a worker that walked every line knows, so that they
+    /// need not be counted again. Chunks not told of are counted after their work.
+    pub(crate) fn counted(&mut self, lines: u64) {
+        if !std::mem::replace(&mut self.counted, true) {
+            let mut state = self.ledger.state.lock().expect("no worker panicked");
+            state.count(self.index, lines);
+            self.ledger.counted.notify_all();
+        }
+    }
+
+    /// Renumbers errors of lines numbered from 1 within the chunk
+    /// ([`super::DecodeOptions::mid_stream`]) in the stream.
+    fn renumber(&self, errors: &mut [DecodeError]) {
+        if let Some(first) = errors.first().map(|_| self.first_line()) {
+            for e in errors {
+                e.line += first - 1;
+            }
+        }
+    }
+
+    fn renumber_error(&self, e: crate::Error) -> crate::Error {
+        match e {
+            crate::Error::Ndjson(mut e) => {
+                self.renumber(std::slice::from_mut(&mut e));
+                crate::Error::Ndjson(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Counts the chunk's lines unless a worker told them.
+    fn settle(&mut self) {
+        if !self.counted {
+            let lines = memchr::memchr_iter(b'\n', &self.bytes).count();
+            self.counted(lines as u64);
+        }
+    }
+}
+
+impl Drop for Chunk {
+    /// A chunk dropped uncounted (its work failed, panicked or never ran) is counted here, so
+    /// that no worker waits for it in [`Chunk::first_line`].
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// The line count of each chunk, for the line numbers of errors.
+///
+/// Counting a chunk's lines before its work would cost a pass over its bytes on the reader's
+/// thread (5% of a conversion); the workers count them on the way instead.
+struct Ledger {
+    state: Mutex<LedgerState>,
+    counted: Condvar,
+}
+
+struct LedgerState {
+    /// Line counts of chunks counted before a chunk ahead of them.
+    early: BTreeMap<usize, u64>,
+    /// Chunks `..summed` are counted; `next_line` is the first line of chunk `summed`.
+    summed: usize,
+    next_line: u64,
+    /// First lines of the counted chunks not yet emitted.
+    first_lines: BTreeMap<usize, u64>,
+}
+
+impl LedgerState {
+    fn count(&mut self, index: usize, lines: u64) {
+        self.early.insert(index, lines);
+        while let Some(lines) = self.early.remove(&self.summed) {
+            self.first_lines.insert(self.summed, self.next_line);
+            self.next_line += lines;
+            self.summed += 1;
+        }
+    }
+
+    fn first_line(&self, index: usize) -> Option<u64> {
+        if index == self.summed {
+            return Some(self.next_line);
+        }
+        self.first_lines.get(&index).copied()
+    }
+
+    /// Chunks before `index` are emitted: their workers are done with them.
+    fn forget_before(&mut self, index: usize) {
+        self.first_lines = self.first_lines.split_off(&index);
+    }
 }
 
 /// Runs `work` on chunks of `reader` in worker threads (each with its own state from `init`) and
@@ -143,7 +248,7 @@ pub(crate) fn run_chunks<S, T: Send>(
     chunk_size: usize,
     source: &str,
     init: impl Fn() -> crate::Result<S> + Sync,
-    work: impl Fn(&mut S, &Chunk) -> crate::Result<T> + Sync,
+    work: impl Fn(&mut S, &mut Chunk) -> crate::Result<T> + Sync,
     mut emit: impl FnMut(T) -> crate::Result<()>,
 ) -> crate::Result<()> {
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
@@ -152,6 +257,15 @@ pub(crate) fn run_chunks<S, T: Send>(
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = channel();
     let (free_tx, free_rx) = channel::<Vec<u8>>();
+    let ledger = Arc::new(Ledger {
+        state: Mutex::new(LedgerState {
+            early: BTreeMap::new(),
+            summed: 0,
+            next_line: 1,
+            first_lines: BTreeMap::new(),
+        }),
+        counted: Condvar::new(),
+    });
     std::thread::scope(|scope| {
         // Dropped when this closure returns, early or not: the workers then stop.
         let (job_tx, done_rx) = (job_tx, done_rx);
@@ -163,17 +277,18 @@ pub(crate) fn run_chunks<S, T: Send>(
                 loop {
                     // The lock is held only while waiting for the next job.
                     let job = job_rx.lock().expect("no worker panicked").recv();
-                    let Ok((index, chunk)) = job else { break };
+                    let Ok((index, mut chunk)) = job else { break };
                     let result = match &mut state {
-                        Some(state) => work(state, &chunk),
-                        None => init().and_then(|s| work(state.insert(s), &chunk)),
+                        Some(state) => work(state, &mut chunk),
+                        None => init().and_then(|s| work(state.insert(s), &mut chunk)),
                     };
                     if result.is_err() {
                         // A failed chunk may leave the state half-way: start afresh.
                         state = None;
                     }
+                    chunk.settle();
                     // The reader may have stopped; then the buffer is simply dropped.
-                    let _ = free_tx.send(chunk.bytes);
+                    let _ = free_tx.send(std::mem::take(&mut chunk.bytes));
                     if done_tx.send((index, result)).is_err() {
                         break;
                     }
@@ -189,22 +304,22 @@ pub(crate) fn run_chunks<S, T: Send>(
                 *emitted += 1;
                 emit(result?)?;
             }
+            let mut state = ledger.state.lock().expect("no worker panicked");
+            state.forget_before(*emitted);
             Ok::<(), crate::Error>(())
         };
         let mut carry = Vec::new();
-        let mut next_line = 1;
         loop {
             let buffer = free_rx.try_recv().unwrap_or_default();
-            let Some(chunk) = next_chunk(
-                &mut reader,
-                buffer,
-                chunk_size,
-                &mut carry,
-                &mut next_line,
-                source,
-            )?
+            let Some(bytes) = next_chunk(&mut reader, buffer, chunk_size, &mut carry, source)?
             else {
                 break;
+            };
+            let chunk = Chunk {
+                bytes,
+                index: sent,
+                ledger: Arc::clone(&ledger),
+                counted: false,
             };
             while sent - emitted >= in_flight {
                 let (index, result) = done_rx.recv().expect("workers outlive their jobs");
@@ -231,15 +346,14 @@ pub(crate) fn run_chunks<S, T: Send>(
 }
 
 /// The next chunk of about `chunk_size` bytes ending at a line end; `carry` holds the bytes after it.
-/// `buffer` is an empty or used one to fill.
+/// `bytes` is an empty or used buffer to fill.
 fn next_chunk(
     reader: &mut impl Read,
     mut bytes: Vec<u8>,
     chunk_size: usize,
     carry: &mut Vec<u8>,
-    next_line: &mut u64,
     source: &str,
-) -> crate::Result<Option<Chunk>> {
+) -> crate::Result<Option<Vec<u8>>> {
     bytes.clear();
     bytes.extend_from_slice(carry);
     carry.clear();
@@ -267,38 +381,42 @@ fn next_chunk(
     }
     carry.extend_from_slice(&bytes[cut..]);
     bytes.truncate(cut);
-    let first_line = *next_line;
-    let lines = memchr::memchr_iter(b'\n', &bytes).count();
-    *next_line += lines as u64;
-    Ok(Some(Chunk {
-        bytes,
-        first_line,
-        lines,
-    }))
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn chunks_end_at_line_ends_keep_long_lines_whole_and_count_lines() {
+    fn chunks_end_at_line_ends_and_keep_long_lines_whole() {
         let text = format!("a\n{}\nb\nc", "x".repeat(100));
-        let (mut reader, mut carry, mut next_line) = (text.as_bytes(), Vec::new(), 1);
-        let mut chunks = Vec::new();
-        while let Some(c) =
-            super::next_chunk(&mut reader, Vec::new(), 8, &mut carry, &mut next_line, "t").unwrap()
-        {
-            chunks.push((String::from_utf8(c.bytes).unwrap(), c.first_line, c.lines));
+        let (mut reader, mut carry) = (text.as_bytes(), Vec::new());
+        let mut texts = Vec::new();
+        while let Some(bytes) = next_chunk(&mut reader, Vec::new(), 8, &mut carry, "t").unwrap() {
+            texts.push(String::from_utf8(bytes).unwrap());
         }
-        let texts: Vec<&str> = chunks.iter().map(|c| c.0.as_str()).collect();
         assert_eq!(texts.concat(), text);
         assert!(texts.iter().any(|t| t.len() == 101), "{texts:?}");
         assert!(texts[..texts.len() - 1].iter().all(|t| t.ends_with('\n')));
-        let lines: Vec<(u64, usize)> = chunks.iter().map(|c| (c.1, c.2)).collect();
-        let mut first = 1;
-        for &(first_line, n) in &lines {
-            assert_eq!(first_line, first);
-            first += n as u64;
-        }
-        assert_eq!(first, 4, "{lines:?}");
+    }
+
+    #[test]
+    fn first_lines_are_known_once_the_chunks_before_are_counted_in_any_order() {
+        let mut state = LedgerState {
+            early: BTreeMap::new(),
+            summed: 0,
+            next_line: 1,
+            first_lines: BTreeMap::new(),
+        };
+        assert_eq!(state.first_line(0), Some(1));
+        state.count(2, 7);
+        state.count(1, 5);
+        assert_eq!((state.first_line(1), state.first_line(2)), (None, None));
+        state.count(0, 3);
+        let firsts: Vec<_> = (0..4).map(|i| state.first_line(i)).collect();
+        assert_eq!(firsts, [Some(1), Some(4), Some(9), Some(16)]);
+        state.forget_before(2);
+        assert_eq!((state.first_line(1), state.first_line(2)), (None, Some(9)));
     }
 }

@@ -595,6 +595,14 @@ fn parallel_decode_matches_the_sequential_decoder() {
         )
     );
     assert_eq!(inference.skipped_count(), 4);
+    assert_eq!(
+        inference
+            .skipped()
+            .iter()
+            .map(|e| e.line)
+            .collect::<Vec<_>>(),
+        [501, 1002, 1503, 2004]
+    );
 
     let (sequential, decoder) = decode_cut(
         Arc::clone(&inference.schema()),

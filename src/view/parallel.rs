@@ -60,15 +60,28 @@ fn run_view_chunks(
     Ok(rows)
 }
 
+/// The view's rows of `chunk`. Its first line's number in the stream is known only once the
+/// chunks before it are counted, so the lines are numbered from 1, and a failed chunk is run
+/// again from its real first line for the error to name the right one.
 fn run_chunk(
     view: &Arc<ViewDefinition>,
     source: &str,
     batch_size: usize,
     chunk: &Chunk,
 ) -> Result<Vec<RecordBatch>> {
-    let mut runner =
-        ViewRunner::new(Arc::clone(view), batch_size).with_source(source, chunk.first_line);
-    let (mut bytes, mut batches) = (&chunk.bytes[..], Vec::new());
+    run_lines(view, source, batch_size, &chunk.bytes, 1)
+        .or_else(|_| run_lines(view, source, batch_size, &chunk.bytes, chunk.first_line()))
+}
+
+fn run_lines(
+    view: &Arc<ViewDefinition>,
+    source: &str,
+    batch_size: usize,
+    bytes: &[u8],
+    first_line: u64,
+) -> Result<Vec<RecordBatch>> {
+    let mut runner = ViewRunner::new(Arc::clone(view), batch_size).with_source(source, first_line);
+    let (mut bytes, mut batches) = (bytes, Vec::new());
     while !bytes.is_empty() {
         let n = runner.push_ndjson(bytes)?;
         bytes = &bytes[n..];
