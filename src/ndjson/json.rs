@@ -451,8 +451,17 @@ impl<'a, 's> Walker<'a, 's> {
         self.buf.get(self.pos).copied()
     }
 
-    #[inline]
+    /// Skips whitespace, of which NDJSON written by servers has little or none: one test inline.
+    #[inline(always)]
     fn skip_ws(&mut self) {
+        if let Some(b' ' | b'\t' | b'\r') = self.peek() {
+            self.skip_more_ws();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn skip_more_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\r') = self.peek() {
             self.pos += 1;
         }
@@ -1061,7 +1070,11 @@ mod tests {
         };
         assert_eq!(end(b"{\"a\":1} \r\n{\"b\":2}\n"), Ok(9));
         assert_eq!(end(b"{\"a\":[1]}"), Ok(9));
-        for bad in [&b"{\"a\":\"x\ny\"}\n"[..], b"{\"a\":\n1}\n", b"{\"a\":1\n}\n"] {
+        for bad in [
+            &b"{\"a\":\"x\ny\"}\n"[..],
+            b"{\"a\":\n1}\n",
+            b"{\"a\":1\n}\n",
+        ] {
             assert!(end(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }

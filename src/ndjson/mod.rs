@@ -155,8 +155,8 @@ pub struct DecodeOptions {
     strictness: Strictness,
     resource_type: Option<String>,
     source: String,
-    /// The bytes continue a stream (a chunk of a file decoded in parallel): no BOM, and lines
-    /// are numbered from 1 within the chunk (the chunk runner renumbers errors).
+    /// The bytes continue a stream (a chunk of a file decoded in parallel): its first line has no
+    /// BOM. Lines are numbered from 1 all the same; the chunk runner renumbers their errors.
     mid_stream: bool,
 }
 
