@@ -135,11 +135,8 @@ impl Exporter {
         freshness: &Freshness,
         not_before: Option<SystemTime>,
     ) -> Result<Vec<Snapshot>> {
-        let wanted: Vec<(String, Pushdown)> = types
-            .iter()
-            .map(|t| (t.clone(), Pushdown::default()))
-            .collect();
-        self.ensure_pushed(&wanted, freshness, not_before).await
+        self.ensure_pushed(&full(types), freshness, not_before)
+            .await
     }
 
     /// Returns a snapshot for every `(type, pushdown)` in `wanted`: the type's full snapshot when
@@ -154,6 +151,17 @@ impl Exporter {
         freshness: &Freshness,
         not_before: Option<SystemTime>,
     ) -> Result<Vec<Snapshot>> {
+        let (snapshots, _) = self.ensure_exports(wanted, freshness, not_before).await?;
+        Ok(snapshots)
+    }
+
+    /// [`Exporter::ensure_pushed`], with the ids of the exports it waited for (started or joined).
+    pub(crate) async fn ensure_exports(
+        self: &Arc<Self>,
+        wanted: &[(String, Pushdown)],
+        freshness: &Freshness,
+        not_before: Option<SystemTime>,
+    ) -> Result<(Vec<Snapshot>, Vec<u64>)> {
         let fresh = |s: &Snapshot| {
             not_before.is_some_and(|nb| s.created() >= nb) || freshness.accepts(s.age())
         };
@@ -227,15 +235,17 @@ impl Exporter {
         for wait in &waits {
             wait.job.done.clone().await.map_err(Error::Shared)?;
         }
+        let exports = waits.iter().map(|w| w.job.id).collect();
         drop(waits);
-        names
+        let snapshots = names
             .iter()
             .map(|n| {
                 self.store
                     .current(n)?
                     .ok_or_else(|| Error::Snapshot(format!("export of {n} committed no snapshot")))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((snapshots, exports))
     }
 
     /// Starts an export task and registers it for its types (the caller holds the jobs lock).
@@ -431,6 +441,14 @@ impl Exporter {
 
 /// A caller waiting for a job. The last one to go away before the job ends aborts it (a
 /// dropped query, a disconnected client): the job ends [`ExportState::Cancelled`].
+/// `types` wanted whole: without pushdown ([`Exporter::ensure_pushed`]).
+pub(crate) fn full(types: &[String]) -> Vec<(String, Pushdown)> {
+    types
+        .iter()
+        .map(|t| (t.clone(), Pushdown::default()))
+        .collect()
+}
+
 struct Waiter {
     exporter: Arc<Exporter>,
     job: Arc<Job>,

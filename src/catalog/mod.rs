@@ -339,8 +339,18 @@ impl FhirCatalog {
     /// Exports `types` again now (incrementally when the catalog allows it) and returns the new
     /// snapshots. An export of these types already running is joined instead.
     pub async fn refresh(&self, types: &[String]) -> Result<Vec<Snapshot>> {
-        let types = self.known_types(types)?;
-        self.exporter.ensure(&types, &Freshness::Always, None).await
+        Ok(self.refresh_exports(types).await?.0)
+    }
+
+    /// [`FhirCatalog::refresh`], with the ids of the exports it waited for (started or joined).
+    pub(crate) async fn refresh_exports(
+        &self,
+        types: &[String],
+    ) -> Result<(Vec<Snapshot>, Vec<u64>)> {
+        let wanted = exports::full(&self.known_types(types)?);
+        self.exporter
+            .ensure_exports(&wanted, &Freshness::Always, None)
+            .await
     }
 
     /// The committed snapshot of every type that has one (no export).

@@ -174,14 +174,14 @@ impl ExportControl for FhirExportControl {
     async fn refresh(&self, table: &str) -> Result<proto::ExportStatus> {
         let (name, catalog, resource_type) = self.resolve(table)?;
         // Waits for the commit; a client that goes away drops this wait like a query's.
-        catalog
-            .refresh(std::slice::from_ref(&resource_type))
+        let (_, ids) = catalog
+            .refresh_exports(std::slice::from_ref(&resource_type))
             .await?;
+        // Its own export: another query may have started a later one of the type meanwhile.
         let export = catalog
             .exports()
             .into_iter()
-            .rev()
-            .find(|e| e.request.types.contains(&resource_type))
+            .find(|e| ids.contains(&e.id))
             .ok_or_else(|| Error::Snapshot(format!("refresh of {table}: no export recorded")))?;
         let mut status = export_status(name, export);
         // Committed: the listing records that a moment later, in the export's own task.
