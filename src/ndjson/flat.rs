@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
-use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::buffer::{BooleanBuffer, Buffer, MutableBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{ArrowNativeType, DataType, Field, Schema, SchemaRef};
 
 use super::json::{Leaf, NO_COLUMN, RESOURCE_TYPE, Sink, Trie, Walker};
 use super::{DecodeErrorKind, LineError, ResourceTypeCheck};
@@ -258,10 +258,11 @@ impl FlatDecoder {
     pub(crate) fn flush(&mut self) -> arrow::error::Result<arrow::record_batch::RecordBatch> {
         let c = &mut self.columns;
         let rows = std::mem::take(&mut c.rows);
+        let mut zeros = None;
         let arrays = c
             .columns
             .iter_mut()
-            .map(|column| column.finish(rows))
+            .map(|column| column.finish(rows, &mut zeros))
             .collect();
         let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
         arrow::record_batch::RecordBatch::try_new_with_options(
@@ -385,7 +386,19 @@ impl Column {
     }
 
     /// The column's `rows` values as an array; the buffers start over with room for as many.
-    fn finish(&mut self, rows: usize) -> ArrayRef {
+    ///
+    /// A column without values in the batch (most columns of a wide type such as
+    /// ExplanationOfBenefit, in most batches) keeps its buffers and is made of `zeros`, one
+    /// zeroed buffer shared by all such columns of the batch: a batch's cost then grows with
+    /// the values in it rather than with the width of the schema.
+    fn finish(&mut self, rows: usize, zeros: &mut Option<Buffer>) -> ArrayRef {
+        if self.valid.is_empty() {
+            self.truncate(0);
+            // Room for the widest use: `rows + 1` offsets or `rows` 8-byte values.
+            let zeros =
+                zeros.get_or_insert_with(|| MutableBuffer::from_len_zeroed((rows + 1) * 8).into());
+            return self.values.nulls(rows, zeros);
+        }
         self.push_nulls(rows - self.len);
         self.len = 0;
         let mut valid = std::mem::replace(&mut self.valid, Vec::with_capacity(rows.div_ceil(64)));
@@ -412,6 +425,27 @@ impl Column {
                     StringArray::new_unchecked(offsets, Buffer::from_vec(data), nulls)
                 })
             }
+        }
+    }
+}
+
+impl Values {
+    /// An array of `rows` nulls of this type, whose buffers are slices of `zeros`.
+    fn nulls(&self, rows: usize, zeros: &Buffer) -> ArrayRef {
+        let bits = || BooleanBuffer::new(zeros.clone(), 0, rows);
+        let nulls = Some(NullBuffer::new(bits()));
+        fn scalars<T: ArrowNativeType>(zeros: &Buffer, len: usize) -> ScalarBuffer<T> {
+            ScalarBuffer::new(zeros.clone(), 0, len)
+        }
+        match self {
+            Values::Bool(_) => Arc::new(BooleanArray::new(bits(), nulls)),
+            Values::Int(_) => Arc::new(Int64Array::new(scalars(zeros, rows), nulls)),
+            Values::Float(_) => Arc::new(Float64Array::new(scalars(zeros, rows), nulls)),
+            Values::Utf8 { .. } => Arc::new(StringArray::new(
+                OffsetBuffer::new(scalars(zeros, rows + 1)),
+                Buffer::from_vec(Vec::<u8>::new()),
+                nulls,
+            )),
         }
     }
 }
