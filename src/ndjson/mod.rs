@@ -11,7 +11,8 @@
 //! stream) and may split them anywhere, inside a line or inside a UTF-8 sequence. Memory is bounded
 //! by the batch size, the schema and the longest line, never by the size of the file.
 //! [`infer_reader`] and [`decode_reader`] run both steps over a whole [`Read`](std::io::Read) on
-//! all cores.
+//! all cores; [`infer_readers`] and [`decode_readers`] over many files as one run (an export is
+//! often cut into many small files).
 //!
 //! # Table modes
 //!
@@ -95,7 +96,7 @@ use std::fmt;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-pub use parallel::{DecodeSummary, decode_reader, infer_reader};
+pub use parallel::{DecodeSummary, decode_reader, decode_readers, infer_reader, infer_readers};
 
 use flat::{FlatDecoder, FlatInference};
 use json::Leaf;
@@ -670,10 +671,11 @@ impl Decoder {
         &self.lines.skipped
     }
 
-    /// Starts over (after [`Decoder::finish`]) on a piece of a file, `mid_stream` unless it is
-    /// the start ([`DecodeOptions::mid_stream`]).
-    fn restart(&mut self, mid_stream: bool) {
+    /// Starts over (after [`Decoder::finish`]) on a piece of file `source`, `mid_stream` unless
+    /// it is the start ([`DecodeOptions::mid_stream`]).
+    fn restart(&mut self, source: &str, mid_stream: bool) {
         debug_assert!(self.lines.pending.is_empty() && self.inner.rows() == 0);
+        self.lines.options.source.replace_range(.., source);
         self.lines.options.mid_stream = mid_stream;
         self.lines.seen = 0;
     }

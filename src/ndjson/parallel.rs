@@ -31,24 +31,40 @@ pub struct DecodeSummary {
 ///
 /// The inference's options (strictness, resource type, source name) apply to the file.
 pub fn infer_reader(reader: impl Read, inference: &mut SchemaInference) -> crate::Result<()> {
-    infer_chunks(reader, inference, CHUNK)
+    let source = inference.lines.options.source.clone();
+    infer_readers([Ok((source, reader))], inference)
 }
 
-pub(super) fn infer_chunks(
-    reader: impl Read,
+/// Reads the files of `sources` (each a name for its errors and a reader, opened in turn) into
+/// `inference` on all cores, as [`infer_reader`] reads one.
+///
+/// The chunks of consecutive files are worked on at once: an export cut into many small files
+/// (a thousand resources each, say) keeps every core busy, where one file at a time would leave
+/// all but one idle.
+pub fn infer_readers<R: Read>(
+    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
+    inference: &mut SchemaInference,
+) -> crate::Result<()> {
+    infer_chunks(sources, inference, CHUNK)
+}
+
+pub(super) fn infer_chunks<R: Read>(
+    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
     inference: &mut SchemaInference,
     chunk_size: usize,
 ) -> crate::Result<()> {
     let (mode, options) = (inference.mode.clone(), inference.lines.options.clone());
     run_chunks(
-        reader,
+        sources,
         chunk_size,
-        &options.source,
         || Ok(()),
         |(), chunk| {
             // A part per chunk, merged in file order: columns keep their first-seen order.
-            let mut part =
-                SchemaInference::with_options(&mode, options.clone().mid_stream(chunk.index > 0));
+            let options = options
+                .clone()
+                .with_source(&*chunk.source)
+                .mid_stream(!chunk.starts_source);
+            let mut part = SchemaInference::with_options(&mode, options);
             part.push(&chunk.bytes)
                 .map_err(|e| chunk.renumber_error(e))?;
             chunk.counted(part.lines.seen);
@@ -75,11 +91,47 @@ pub fn decode_reader(
     options: DecodeOptions,
     on_batch: impl FnMut(RecordBatch) -> crate::Result<()>,
 ) -> crate::Result<DecodeSummary> {
-    decode_chunks(reader, schema, mode, options, on_batch, CHUNK)
+    let source = options.source.clone();
+    decode_readers([Ok((source, reader))], schema, mode, options, on_batch)
 }
 
-pub(super) fn decode_chunks(
-    reader: impl Read,
+/// Decodes the files of `sources` (each a name for its errors and a reader, opened in turn) on
+/// all cores, as [`decode_reader`] decodes one, into one run of batches in file order; the
+/// chunks of consecutive files are worked on at once (see [`infer_readers`]).
+///
+/// ```
+/// use fhirflight::ndjson::{DecodeOptions, SchemaInference, TableMode, decode_readers, infer_readers};
+///
+/// let files = [
+///     ("Patient.1.ndjson", "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n"),
+///     ("Patient.2.ndjson", "{\"resourceType\":\"Patient\",\"id\":\"b\",\"gender\":\"female\"}\n"),
+/// ];
+/// // Opened one after the other (a failure to open one is an error of the run).
+/// let sources = || files.iter().map(|(name, text)| Ok((name.to_string(), text.as_bytes())));
+/// let mode = TableMode::default();
+/// let mut inference = SchemaInference::new(&mode);
+/// infer_readers(sources(), &mut inference)?;
+/// let mut rows = 0;
+/// let summary = decode_readers(sources(), inference.schema(), &mode, DecodeOptions::default(), |batch| {
+///     assert_eq!(batch.num_columns(), 3); // resourceType, id, gender
+///     rows += batch.num_rows();
+///     Ok(())
+/// })?;
+/// assert_eq!((rows, summary.rows), (2, 2));
+/// # Ok::<(), fhirflight::Error>(())
+/// ```
+pub fn decode_readers<R: Read>(
+    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
+    schema: SchemaRef,
+    mode: &TableMode,
+    options: DecodeOptions,
+    on_batch: impl FnMut(RecordBatch) -> crate::Result<()>,
+) -> crate::Result<DecodeSummary> {
+    decode_chunks(sources, schema, mode, options, on_batch, CHUNK)
+}
+
+pub(super) fn decode_chunks<R: Read>(
+    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
     schema: SchemaRef,
     mode: &TableMode,
     options: DecodeOptions,
@@ -90,13 +142,12 @@ pub(super) fn decode_chunks(
     Decoder::new(Arc::clone(&schema), mode, options.clone())?;
     let mut summary = DecodeSummary::default();
     run_chunks(
-        reader,
+        sources,
         chunk_size,
-        &options.source,
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
         || Decoder::new(Arc::clone(&schema), mode, options.clone()),
         |decoder, chunk| {
-            decoder.restart(chunk.index > 0);
+            decoder.restart(&chunk.source, !chunk.starts_source);
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
             while !bytes.is_empty() {
@@ -128,19 +179,26 @@ pub(super) fn decode_chunks(
     Ok(summary)
 }
 
-/// A piece of the stream that ends at a line end (or at the end of the stream).
+/// A piece of a source that ends at a line end (or at the end of the source).
 pub(crate) struct Chunk {
     pub(crate) bytes: Vec<u8>,
-    /// Its place in the stream, from 0.
-    pub(crate) index: usize,
+    /// The source's name, for errors.
+    pub(crate) source: Arc<str>,
+    /// Whether it is the first of its source.
+    pub(crate) starts_source: bool,
+    /// Its place among the chunks of all sources, from 0.
+    index: usize,
     ledger: Arc<Ledger>,
     counted: bool,
 }
 
 impl Chunk {
-    /// The number of its first line in the stream, from 1. It is known once the chunks before
+    /// The number of its first line in its source, from 1. It is known once the chunks before
     /// it are counted, so this may wait for them: only errors need it.
     pub(crate) fn first_line(&self) -> u64 {
+        if self.starts_source {
+            return 1;
+        }
         let mut state = self.ledger.state.lock().expect("no worker panicked");
         loop {
             if let Some(first) = state.first_line(self.index) {
@@ -155,7 +213,7 @@ impl Chunk {
     pub(crate) fn counted(&mut self, lines: u64) {
         if !std::mem::replace(&mut self.counted, true) {
             let mut state = self.ledger.state.lock().expect("no worker panicked");
-            state.count(self.index, lines);
+            state.count(self.index, lines, self.starts_source);
             self.ledger.counted.notify_all();
         }
     }
@@ -197,7 +255,7 @@ impl Drop for Chunk {
     }
 }
 
-/// The line count of each chunk, for the line numbers of errors.
+/// The line count of each chunk, for the line numbers of errors (from 1 in each source).
 ///
 /// Counting a chunk's lines before its work would cost a pass over its bytes on the reader's
 /// thread (5% of a conversion); the workers count them on the way instead.
@@ -207,8 +265,9 @@ struct Ledger {
 }
 
 struct LedgerState {
-    /// Line counts of chunks counted before a chunk ahead of them.
-    early: BTreeMap<usize, u64>,
+    /// Line counts of chunks counted before a chunk ahead of them, and whether each starts a
+    /// source.
+    early: BTreeMap<usize, (u64, bool)>,
     /// Chunks `..summed` are counted; `next_line` is the first line of chunk `summed`.
     summed: usize,
     next_line: u64,
@@ -217,9 +276,12 @@ struct LedgerState {
 }
 
 impl LedgerState {
-    fn count(&mut self, index: usize, lines: u64) {
-        self.early.insert(index, lines);
-        while let Some(lines) = self.early.remove(&self.summed) {
+    fn count(&mut self, index: usize, lines: u64, starts_source: bool) {
+        self.early.insert(index, (lines, starts_source));
+        while let Some((lines, starts_source)) = self.early.remove(&self.summed) {
+            if starts_source {
+                self.next_line = 1;
+            }
             self.first_lines.insert(self.summed, self.next_line);
             self.next_line += lines;
             self.summed += 1;
@@ -239,14 +301,13 @@ impl LedgerState {
     }
 }
 
-/// Runs `work` on chunks of `reader` in worker threads (each with its own state from `init`) and
-/// `emit`s the results in stream order, with at most two chunks per worker in flight (memory stays
-/// bounded). Chunk buffers go back to the reader for reuse: fresh memory costs the kernel a page
-/// fault and a page clearing per 4 KiB.
-pub(crate) fn run_chunks<S, T: Send>(
-    mut reader: impl Read,
+/// Runs `work` on chunks of the `sources`, read one after the other, in worker threads (each with
+/// its own state from `init`) and `emit`s the results in order, with at most two chunks per
+/// worker in flight (memory stays bounded). Chunk buffers go back to the reader for reuse: fresh
+/// memory costs the kernel a page fault and a page clearing per 4 KiB.
+pub(crate) fn run_chunks<R: Read, S, T: Send>(
+    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
     chunk_size: usize,
-    source: &str,
     init: impl Fn() -> crate::Result<S> + Sync,
     work: impl Fn(&mut S, &mut Chunk) -> crate::Result<T> + Sync,
     mut emit: impl FnMut(T) -> crate::Result<()>,
@@ -309,31 +370,38 @@ pub(crate) fn run_chunks<S, T: Send>(
             Ok::<(), crate::Error>(())
         };
         let mut carry = Vec::new();
-        loop {
-            let buffer = free_rx.try_recv().unwrap_or_default();
-            let Some(bytes) = next_chunk(&mut reader, buffer, chunk_size, &mut carry, source)?
-            else {
-                break;
-            };
-            let chunk = Chunk {
-                bytes,
-                index: sent,
-                ledger: Arc::clone(&ledger),
-                counted: false,
-            };
-            while sent - emitted >= in_flight {
-                let (index, result) = done_rx.recv().expect("workers outlive their jobs");
-                done.insert(index, result);
+        for source in sources {
+            let (name, mut reader) = source?;
+            let name: Arc<str> = name.into();
+            let mut starts_source = true;
+            loop {
+                let buffer = free_rx.try_recv().unwrap_or_default();
+                let Some(bytes) = next_chunk(&mut reader, buffer, chunk_size, &mut carry, &name)?
+                else {
+                    break;
+                };
+                let chunk = Chunk {
+                    bytes,
+                    source: Arc::clone(&name),
+                    starts_source: std::mem::take(&mut starts_source),
+                    index: sent,
+                    ledger: Arc::clone(&ledger),
+                    counted: false,
+                };
+                while sent - emitted >= in_flight {
+                    let (index, result) = done_rx.recv().expect("workers outlive their jobs");
+                    done.insert(index, result);
+                    emit_ready(&mut done, &mut emitted)?;
+                }
+                job_tx
+                    .send((sent, chunk))
+                    .expect("workers outlive the job queue");
+                sent += 1;
+                while let Ok((index, result)) = done_rx.try_recv() {
+                    done.insert(index, result);
+                }
                 emit_ready(&mut done, &mut emitted)?;
             }
-            job_tx
-                .send((sent, chunk))
-                .expect("workers outlive the job queue");
-            sent += 1;
-            while let Ok((index, result)) = done_rx.try_recv() {
-                done.insert(index, result);
-            }
-            emit_ready(&mut done, &mut emitted)?;
         }
         drop(job_tx);
         while emitted < sent {
@@ -410,13 +478,20 @@ mod tests {
             first_lines: BTreeMap::new(),
         };
         assert_eq!(state.first_line(0), Some(1));
-        state.count(2, 7);
-        state.count(1, 5);
+        state.count(2, 7, false);
+        state.count(1, 5, false);
         assert_eq!((state.first_line(1), state.first_line(2)), (None, None));
-        state.count(0, 3);
+        state.count(0, 3, true);
         let firsts: Vec<_> = (0..4).map(|i| state.first_line(i)).collect();
         assert_eq!(firsts, [Some(1), Some(4), Some(9), Some(16)]);
         state.forget_before(2);
         assert_eq!((state.first_line(1), state.first_line(2)), (None, Some(9)));
+        // A chunk that starts a source starts its numbering again.
+        state.count(4, 2, false);
+        state.count(3, 4, true);
+        assert_eq!(
+            (state.first_line(4), state.first_line(5)),
+            (Some(5), Some(7))
+        );
     }
 }

@@ -581,7 +581,7 @@ fn parallel_decode_matches_the_sequential_decoder() {
         .with_strictness(Strictness::Lenient)
         .with_batch_size(300);
     let mut inference = SchemaInference::with_options(&mode, options.clone());
-    parallel::infer_chunks(input.as_bytes(), &mut inference, 1000).unwrap();
+    parallel::infer_chunks(one(&input), &mut inference, 1000).unwrap();
     assert_eq!(
         inference.schema(),
         infer(
@@ -614,7 +614,7 @@ fn parallel_decode_matches_the_sequential_decoder() {
     .unwrap();
     let mut batches = Vec::new();
     let summary = parallel::decode_chunks(
-        input.as_bytes(),
+        one(&input),
         inference.schema(),
         &mode,
         options,
@@ -639,7 +639,7 @@ fn parallel_decode_matches_the_sequential_decoder() {
 
     // Strict: the first bad line in file order is the error.
     let err = decode_error(parallel::decode_chunks(
-        input.as_bytes(),
+        one(&input),
         inference.schema(),
         &mode,
         DecodeOptions::default(),
@@ -647,4 +647,82 @@ fn parallel_decode_matches_the_sequential_decoder() {
         1000,
     ));
     assert_eq!(err.line, 501);
+}
+
+/// `text` as the one source of a chunk runner.
+fn one(text: &str) -> [crate::Result<(String, &[u8])>; 1] {
+    [Ok(("<stream>".to_owned(), text.as_bytes()))]
+}
+
+/// Many small files run as one pipeline: the same batches as each file decoded alone, a BOM
+/// opening any file, and errors naming each file and its own line numbers.
+#[test]
+fn many_files_decode_as_one_run_with_their_own_names_and_lines() {
+    let files: Vec<(String, String)> = (0..7)
+        .map(|f| {
+            let mut text = String::from("\u{feff}");
+            for i in 0..120 {
+                text.push_str(&format!(
+                    "{{\"resourceType\":\"Observation\",\"id\":\"f{f}-{i}\",\"v{}\":{i}}}\n",
+                    f % 3
+                ));
+                if i == 40 + f {
+                    text.push_str("{oops\n");
+                }
+            }
+            (format!("file{f}.ndjson"), text)
+        })
+        .collect();
+    let sources = || files.iter().map(|(n, t)| Ok((n.clone(), t.as_bytes())));
+    let mode = flat();
+    let options = DecodeOptions::default()
+        .with_strictness(Strictness::Lenient)
+        .with_batch_size(50);
+    let mut inference = SchemaInference::with_options(&mode, options.clone());
+    parallel::infer_chunks(sources(), &mut inference, 1000).unwrap();
+    let schema = inference.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["resourceType", "id", "v0", "v1", "v2"]);
+    let skipped = |errors: &[DecodeError]| -> Vec<String> {
+        errors
+            .iter()
+            .map(|e| format!("{}:{}", e.source_name, e.line))
+            .collect()
+    };
+    let want: Vec<String> = (0..7)
+        .map(|f| format!("file{f}.ndjson:{}", 42 + f))
+        .collect();
+    assert_eq!(skipped(inference.skipped()), want);
+
+    let mut batches = Vec::new();
+    let summary = parallel::decode_chunks(
+        sources(),
+        Arc::clone(&schema),
+        &mode,
+        options.clone(),
+        |b| {
+            batches.push(b);
+            Ok(())
+        },
+        1000,
+    )
+    .unwrap();
+    assert_eq!((summary.rows, summary.skipped_count), (7 * 120, 7));
+    assert_eq!(skipped(&summary.skipped), want);
+    let mut alone = Vec::new();
+    for (name, text) in &files {
+        let (batches, _) = decode_cut(
+            Arc::clone(&schema),
+            &mode,
+            options.clone().with_source(name),
+            text.as_bytes(),
+            &[],
+        )
+        .unwrap();
+        alone.extend(batches);
+    }
+    assert_eq!(
+        arrow::compute::concat_batches(&schema, &batches).unwrap(),
+        arrow::compute::concat_batches(&schema, &alone).unwrap()
+    );
 }

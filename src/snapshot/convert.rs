@@ -12,7 +12,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
-    DecodeOptions, SchemaInference, Strictness, TableMode, decode_reader, infer_reader,
+    DecodeOptions, SchemaInference, Strictness, TableMode, decode_readers, infer_readers,
 };
 use crate::{Error, Result};
 
@@ -70,10 +70,13 @@ pub fn convert_raw(
             .with_source(path.display().to_string())
     };
 
+    // All files in one run of chunks: servers often cut an export into many small files.
+    let sources = || {
+        raw.iter()
+            .map(|p| Ok((p.display().to_string(), open_raw(p)?)))
+    };
     let mut inference = SchemaInference::with_options(mode, options(Path::new(resource_type)));
-    for path in raw {
-        infer_reader(open_raw(path)?, &mut inference)?;
-    }
+    infer_readers(sources(), &mut inference)?;
     let mut schema = inference.schema();
     if schema.fields().is_empty() {
         // No resources: still a readable table with the columns every resource has.
@@ -91,19 +94,15 @@ pub fn convert_raw(
     let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
     let mut writer =
         ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, &e))?;
-    let (mut rows, mut skipped_lines, mut errors) = (0u64, 0u64, Vec::new());
-    for path in raw {
-        let summary = decode_reader(
-            open_raw(path)?,
-            Arc::clone(&schema),
-            mode,
-            options(path),
-            |batch| writer.write(&batch).map_err(|e| err(&out, &e)),
-        )?;
-        rows += summary.rows;
-        skipped_lines += summary.skipped_count;
-        errors.extend(summary.skipped.iter().map(ToString::to_string));
-    }
+    let summary = decode_readers(
+        sources(),
+        Arc::clone(&schema),
+        mode,
+        options(Path::new(resource_type)),
+        |batch| writer.write(&batch).map_err(|e| err(&out, &e)),
+    )?;
+    let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
+    let errors = summary.skipped.iter().map(ToString::to_string).collect();
     let file = writer.into_inner().map_err(|e| err(&out, &e))?;
     file.sync_all().map_err(|e| Error::io(&out, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();

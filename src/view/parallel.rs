@@ -44,9 +44,8 @@ fn run_view_chunks(
 ) -> Result<u64> {
     let mut rows = 0;
     run_chunks(
-        reader,
+        [Ok((source.to_owned(), reader))],
         chunk_size,
-        source,
         || Ok(()),
         |(), chunk| run_chunk(view, source, batch_size, chunk),
         |batches| {
