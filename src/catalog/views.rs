@@ -34,7 +34,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::{CatalogOptions, FhirCatalog, to_datafusion};
 use crate::snapshot::{Snapshot, open_raw};
-use crate::view::{ViewDefinition, run_reader};
+use crate::view::{ViewDefinition, run_readers};
 use crate::{Error, Result};
 
 /// The views of a catalog, shared by its clones and its browsing twin.
@@ -255,12 +255,13 @@ fn write_view(
             .build();
         let mut writer = ArrowWriter::try_new(file, view.schema(), Some(props))
             .map_err(|e| parquet_error(&e))?;
-        for raw in snapshot.raw_paths() {
-            let source = raw.display().to_string();
-            run_reader(view, open_raw(&raw)?, &source, batch_size, |batch| {
-                writer.write(&batch).map_err(|e| parquet_error(&e))
-            })?;
-        }
+        let raw = snapshot.raw_paths();
+        let sources = raw
+            .iter()
+            .map(|p| Ok((p.display().to_string(), open_raw(p)?)));
+        run_readers(view, sources, batch_size, |batch| {
+            writer.write(&batch).map_err(|e| parquet_error(&e))
+        })?;
         let file = writer.into_inner().map_err(|e| parquet_error(&e))?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
         match fs::rename(&tmp, dir) {

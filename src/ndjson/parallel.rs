@@ -36,7 +36,8 @@ pub fn infer_reader(reader: impl Read, inference: &mut SchemaInference) -> crate
 }
 
 /// Reads the files of `sources` (each a name for its errors and a reader, opened in turn) into
-/// `inference` on all cores, as [`infer_reader`] reads one.
+/// `inference` on all cores, as [`infer_reader`] reads one. Each reader's name stands in for the
+/// inference's source in its errors.
 ///
 /// The chunks of consecutive files are worked on at once: an export cut into many small files
 /// (a thousand resources each, say) keeps every core busy, where one file at a time would leave
@@ -97,7 +98,8 @@ pub fn decode_reader(
 
 /// Decodes the files of `sources` (each a name for its errors and a reader, opened in turn) on
 /// all cores, as [`decode_reader`] decodes one, into one run of batches in file order; the
-/// chunks of consecutive files are worked on at once (see [`infer_readers`]).
+/// chunks of consecutive files are worked on at once (see [`infer_readers`]). Each reader's name
+/// stands in for `options`' source in its errors.
 ///
 /// ```
 /// use fhirflight::ndjson::{DecodeOptions, SchemaInference, TableMode, decode_readers, infer_readers};

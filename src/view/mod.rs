@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use crate::fhirpath::FhirPath;
 use crate::{Error, Result};
 
-pub use parallel::run_reader;
+pub use parallel::{run_reader, run_readers};
 pub use runner::ViewRunner;
 
 /// A validated, compiled SQL on FHIR ViewDefinition.

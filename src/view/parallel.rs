@@ -31,23 +31,39 @@ pub fn run_reader(
     batch_size: usize,
     on_batch: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<u64> {
-    run_view_chunks(view, reader, source, batch_size, CHUNK, on_batch)
+    run_readers(
+        view,
+        [Ok((source.to_owned(), reader))],
+        batch_size,
+        on_batch,
+    )
 }
 
-fn run_view_chunks(
+/// [`run_reader`] over the files of `sources` (each a name for its errors and a reader, opened in
+/// turn) as one stream: the chunks of consecutive files are worked on at once, so many small
+/// files keep every core busy (see [`crate::ndjson::infer_readers`]).
+pub fn run_readers<R: Read>(
     view: &Arc<ViewDefinition>,
-    reader: impl Read,
-    source: &str,
+    sources: impl IntoIterator<Item = Result<(String, R)>>,
+    batch_size: usize,
+    on_batch: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<u64> {
+    run_view_chunks(view, sources, batch_size, CHUNK, on_batch)
+}
+
+fn run_view_chunks<R: Read>(
+    view: &Arc<ViewDefinition>,
+    sources: impl IntoIterator<Item = Result<(String, R)>>,
     batch_size: usize,
     chunk_size: usize,
     mut on_batch: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<u64> {
     let mut rows = 0;
     run_chunks(
-        [Ok((source.to_owned(), reader))],
+        sources,
         chunk_size,
         || Ok(()),
-        |(), chunk| run_chunk(view, source, batch_size, chunk),
+        |(), chunk| run_chunk(view, batch_size, chunk),
         |batches| {
             for batch in batches {
                 rows += batch.num_rows() as u64;
@@ -59,15 +75,15 @@ fn run_view_chunks(
     Ok(rows)
 }
 
-/// The view's rows of `chunk`. Its first line's number in the stream is known only once the
+/// The view's rows of `chunk`. Its first line's number in its file is known only once the
 /// chunks before it are counted, so the lines are numbered from 1, and a failed chunk is run
 /// again from its real first line for the error to name the right one.
 fn run_chunk(
     view: &Arc<ViewDefinition>,
-    source: &str,
     batch_size: usize,
     chunk: &Chunk,
 ) -> Result<Vec<RecordBatch>> {
+    let source = &chunk.source;
     run_lines(view, source, batch_size, &chunk.bytes, 1)
         .or_else(|_| run_lines(view, source, batch_size, &chunk.bytes, chunk.first_line()))
 }
@@ -105,24 +121,36 @@ mod tests {
             .collect();
         let view = Arc::new(ViewDefinition::from_paths("Patient", &[("id", "id")]).unwrap());
         let mut ids = Vec::new();
-        let rows = run_view_chunks(&view, lines.as_bytes(), "x.ndjson", 100, 1000, |b| {
-            assert!(b.num_rows() <= 100);
-            ids.extend(
-                b.column(0)
-                    .as_string::<i32>()
-                    .iter()
-                    .map(|s| s.unwrap().to_owned()),
-            );
-            Ok(())
-        })
+        let rows = run_view_chunks(
+            &view,
+            [Ok(("x.ndjson".into(), lines.as_bytes()))],
+            100,
+            1000,
+            |b| {
+                assert!(b.num_rows() <= 100);
+                ids.extend(
+                    b.column(0)
+                        .as_string::<i32>()
+                        .iter()
+                        .map(|s| s.unwrap().to_owned()),
+                );
+                Ok(())
+            },
+        )
         .unwrap();
         let expected: Vec<String> = (0..3000).map(|i| format!("p{i}")).collect();
         assert_eq!((rows, ids), (3000, expected));
 
         let bad = format!("{lines}{{oops\n");
-        let err = run_view_chunks(&view, bad.as_bytes(), "x.ndjson", 100, 1000, |_| Ok(()))
-            .unwrap_err()
-            .to_string();
+        let err = run_view_chunks(
+            &view,
+            [Ok(("x.ndjson".into(), bad.as_bytes()))],
+            100,
+            1000,
+            |_| Ok(()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("view Patient: x.ndjson line 6001: not a JSON resource"),
             "{err}"
