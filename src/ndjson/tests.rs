@@ -428,14 +428,7 @@ fn lenient_inference_leaves_no_trace_of_bad_lines() {
         fields(&inference.schema()),
         ["a:Int64", "resourceType:Utf8", "c:Utf8"]
     );
-    assert_eq!(
-        inference
-            .skipped()
-            .iter()
-            .map(|e| e.line)
-            .collect::<Vec<_>>(),
-        [2]
-    );
+    assert_eq!(lines(inference.skipped()), [2]);
 
     let mut strict = SchemaInference::new(&flat());
     let err = decode_error(strict.push(input));
@@ -595,14 +588,7 @@ fn parallel_decode_matches_the_sequential_decoder() {
         )
     );
     assert_eq!(inference.skipped_count(), 4);
-    assert_eq!(
-        inference
-            .skipped()
-            .iter()
-            .map(|e| e.line)
-            .collect::<Vec<_>>(),
-        [501, 1002, 1503, 2004]
-    );
+    assert_eq!(lines(inference.skipped()), [501, 1002, 1503, 2004]);
 
     let (sequential, decoder) = decode_cut(
         Arc::clone(&inference.schema()),
@@ -632,10 +618,7 @@ fn parallel_decode_matches_the_sequential_decoder() {
     );
     assert_eq!((summary.rows, summary.skipped_count), (2000, 4));
     assert_eq!(summary.skipped, decoder.skipped());
-    assert_eq!(
-        summary.skipped.iter().map(|e| e.line).collect::<Vec<_>>(),
-        [501, 1002, 1503, 2004]
-    );
+    assert_eq!(lines(&summary.skipped), [501, 1002, 1503, 2004]);
 
     // Strict: the first bad line in file order is the error.
     let err = decode_error(parallel::decode_chunks(
@@ -647,6 +630,11 @@ fn parallel_decode_matches_the_sequential_decoder() {
         1000,
     ));
     assert_eq!(err.line, 501);
+}
+
+/// The line numbers of `errors`.
+fn lines(errors: &[DecodeError]) -> Vec<u64> {
+    errors.iter().map(|e| e.line).collect()
 }
 
 /// `text` as the one source of a chunk runner.
