@@ -22,6 +22,8 @@ pub(crate) struct FlatInference {
     trie: Trie,
     kinds: Kinds,
     max_list_items: Option<usize>,
+    /// The columns before this one are in parts taken ([`FlatInference::take_part`]).
+    taken: usize,
 }
 
 #[derive(Debug)]
@@ -32,6 +34,8 @@ struct Kinds {
     undo: Vec<(u32, u8)>,
     /// Nodes whose column the current line created, forgotten again if the line is bad.
     new_nodes: Vec<u32>,
+    /// Columns whose kinds good lines widened since the last part was taken.
+    widened: Vec<u32>,
     resource_type: ResourceTypeCheck,
 }
 
@@ -81,13 +85,34 @@ impl FlatInference {
             columns: Vec::new(),
             undo: Vec::new(),
             new_nodes: Vec::new(),
+            widened: Vec::new(),
             resource_type: ResourceTypeCheck::new(resource_type),
         };
         FlatInference {
             trie: Trie::with_columns([]),
             kinds,
             max_list_items,
+            taken: 0,
         }
+    }
+
+    /// What was inferred since the last part was taken, as an inference to [`merge`] into
+    /// another in stream order: the columns new since then in first-seen order, then the older
+    /// ones whose kinds widened. The paths stay: a wide type has a thousand and more, and
+    /// building them again for every chunk cost a tenth of its conversion.
+    ///
+    /// [`merge`]: FlatInference::merge
+    pub(crate) fn take_part(&mut self) -> FlatInference {
+        let k = &mut self.kinds;
+        let mut columns = k.columns[self.taken..].to_vec();
+        k.widened.sort_unstable();
+        k.widened.dedup();
+        let older = k.widened.drain(..).filter(|&c| (c as usize) < self.taken);
+        columns.extend(older.map(|c| k.columns[c as usize].clone()));
+        self.taken = k.columns.len();
+        let mut part = FlatInference::new(self.max_list_items, None);
+        part.kinds.columns = columns;
+        part
     }
 
     /// Merges the columns and kinds of the line that `line` starts with ([`Walker`]); a bad line
@@ -106,6 +131,8 @@ impl FlatInference {
             for &node in &k.new_nodes {
                 self.trie.forget_column(node);
             }
+        } else {
+            k.widened.extend(k.undo.iter().map(|&(column, _)| column));
         }
         k.undo.clear();
         k.new_nodes.clear();

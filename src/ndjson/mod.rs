@@ -203,10 +203,6 @@ impl DecodeOptions {
         }
     }
 
-    fn mid_stream(self, mid_stream: bool) -> Self {
-        DecodeOptions { mid_stream, ..self }
-    }
-
     /// Rows per record batch at most.
     pub fn batch_size(&self) -> usize {
         self.batch_size
@@ -538,6 +534,39 @@ impl SchemaInference {
     /// The first bad lines skipped so far (at most 100; lenient mode).
     pub fn skipped(&self) -> &[DecodeError] {
         &self.lines.skipped
+    }
+
+    /// Starts over (after [`SchemaInference::end_stream`]) on a piece of file `source`,
+    /// `mid_stream` unless it is the start ([`DecodeOptions::mid_stream`]).
+    fn restart(&mut self, source: &str, mid_stream: bool) {
+        debug_assert!(self.lines.pending.is_empty());
+        self.lines.options.source.replace_range(.., source);
+        self.lines.options.mid_stream = mid_stream;
+        self.lines.seen = 0;
+    }
+
+    /// What was read since the last part was taken (a chunk), as an inference to [`merge`] into
+    /// another in stream order, with the lines it skipped. The flattened mode keeps its paths for
+    /// the next chunk (see `FlatInference::take_part`); the nested mode starts afresh.
+    ///
+    /// [`merge`]: SchemaInference::merge
+    fn take_part(&mut self) -> SchemaInference {
+        let options = &self.lines.options;
+        let inner = match &mut self.inner {
+            Inference::Flat(f) => Inference::Flat(f.take_part()),
+            Inference::Nested(n) => Inference::Nested(std::mem::replace(
+                n,
+                NestedInference::new(options.resource_type.clone()),
+            )),
+        };
+        let mut lines = Lines::new(options.clone());
+        lines.skipped_count = std::mem::take(&mut self.lines.skipped_count);
+        lines.skipped = std::mem::take(&mut self.lines.skipped);
+        SchemaInference {
+            mode: self.mode.clone(),
+            inner,
+            lines,
+        }
     }
 
     /// Adds what `other` (same mode) inferred from later bytes: new columns go after ours.

@@ -58,18 +58,18 @@ pub(super) fn infer_chunks<R: Read>(
     run_chunks(
         sources,
         chunk_size,
-        || Ok(()),
-        |(), chunk| {
-            // A part per chunk, merged in file order: columns keep their first-seen order.
-            let options = options
-                .clone()
-                .with_source(&*chunk.source)
-                .mid_stream(!chunk.starts_source);
-            let mut part = SchemaInference::with_options(&mode, options);
-            part.push(&chunk.bytes)
+        // An inference per worker, kept from chunk to chunk: its paths carry over.
+        || Ok(SchemaInference::with_options(&mode, options.clone())),
+        |worker, chunk| {
+            worker.restart(&chunk.source, !chunk.starts_source);
+            worker
+                .push(&chunk.bytes)
                 .map_err(|e| chunk.renumber_error(e))?;
-            chunk.counted(part.lines.seen);
-            part.end_stream().map_err(|e| chunk.renumber_error(e))?;
+            chunk.counted(worker.lines.seen);
+            worker.end_stream().map_err(|e| chunk.renumber_error(e))?;
+            // A part per chunk, merged in file order: columns keep their first-seen order (a
+            // column new to this worker but seen in an earlier chunk is known by then).
+            let mut part = worker.take_part();
             chunk.renumber(&mut part.lines.skipped);
             Ok(part)
         },
