@@ -439,8 +439,6 @@ impl Exporter {
     }
 }
 
-/// A caller waiting for a job. The last one to go away before the job ends aborts it (a
-/// dropped query, a disconnected client): the job ends [`ExportState::Cancelled`].
 /// `types` wanted whole: without pushdown ([`Exporter::ensure_pushed`]).
 pub(crate) fn full(types: &[String]) -> Vec<(String, Pushdown)> {
     types
@@ -449,6 +447,8 @@ pub(crate) fn full(types: &[String]) -> Vec<(String, Pushdown)> {
         .collect()
 }
 
+/// A caller waiting for a job. The last one to go away before the job ends aborts it (a
+/// dropped query, a disconnected client): the job ends [`ExportState::Cancelled`].
 struct Waiter {
     exporter: Arc<Exporter>,
     job: Arc<Job>,

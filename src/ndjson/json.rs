@@ -137,13 +137,12 @@ impl Trie {
         self.hot[node as usize].column
     }
 
-    /// The column of `node`, assigning `next` (the sink's next new column) if its name is new.
-    /// Returns the column and whether it is new.
+    /// The column of `node`, which has none yet ([`Trie::column`]): that of another node of the
+    /// same name, or `next` (the sink's next new column). Returns the column and whether it is
+    /// new.
     pub(crate) fn column_or_insert(&mut self, node: u32, next: u32) -> (u32, bool) {
         let hot = &mut self.hot[node as usize];
-        if hot.column != NO_COLUMN {
-            return (hot.column, false);
-        }
+        debug_assert_eq!(hot.column, NO_COLUMN);
         let mut new = false;
         let name = &self.nodes[node as usize].name;
         let column = *self.columns.entry(name.clone()).or_insert_with(|| {

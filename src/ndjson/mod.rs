@@ -364,6 +364,15 @@ impl Lines {
         }
     }
 
+    /// Starts over, after the end of a stream, on a piece of file `source` (the chunk runner),
+    /// `mid_stream` unless it is the start ([`DecodeOptions::mid_stream`]).
+    fn restart(&mut self, source: &str, mid_stream: bool) {
+        debug_assert!(self.pending.is_empty());
+        self.options.source.replace_range(.., source);
+        self.options.mid_stream = mid_stream;
+        self.seen = 0;
+    }
+
     /// Hands complete lines of `bytes` to `line` while `more()` holds; returns the bytes consumed.
     ///
     /// `line` gets a line's bytes and returns where the line ends. With `in_place`, it may be
@@ -536,15 +545,6 @@ impl SchemaInference {
         &self.lines.skipped
     }
 
-    /// Starts over (after [`SchemaInference::end_stream`]) on a piece of file `source`,
-    /// `mid_stream` unless it is the start ([`DecodeOptions::mid_stream`]).
-    fn restart(&mut self, source: &str, mid_stream: bool) {
-        debug_assert!(self.lines.pending.is_empty());
-        self.lines.options.source.replace_range(.., source);
-        self.lines.options.mid_stream = mid_stream;
-        self.lines.seen = 0;
-    }
-
     /// What was read since the last part was taken (a chunk), as an inference to [`merge`] into
     /// another in stream order, with the lines it skipped. The flattened mode keeps its paths for
     /// the next chunk (see `FlatInference::take_part`); the nested mode starts afresh.
@@ -698,15 +698,6 @@ impl Decoder {
     /// The first bad lines skipped so far (at most 100; lenient mode).
     pub fn skipped(&self) -> &[DecodeError] {
         &self.lines.skipped
-    }
-
-    /// Starts over (after [`Decoder::finish`]) on a piece of file `source`, `mid_stream` unless
-    /// it is the start ([`DecodeOptions::mid_stream`]).
-    fn restart(&mut self, source: &str, mid_stream: bool) {
-        debug_assert!(self.lines.pending.is_empty() && self.inner.rows() == 0);
-        self.lines.options.source.replace_range(.., source);
-        self.lines.options.mid_stream = mid_stream;
-        self.lines.seen = 0;
     }
 }
 

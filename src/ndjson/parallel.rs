@@ -61,7 +61,7 @@ pub(super) fn infer_chunks<R: Read>(
         // An inference per worker, kept from chunk to chunk: its paths carry over.
         || Ok(SchemaInference::with_options(&mode, options.clone())),
         |worker, chunk| {
-            worker.restart(&chunk.source, !chunk.starts_source);
+            worker.lines.restart(&chunk.source, !chunk.starts_source);
             worker
                 .push(&chunk.bytes)
                 .map_err(|e| chunk.renumber_error(e))?;
@@ -149,7 +149,7 @@ pub(super) fn decode_chunks<R: Read>(
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
         || Decoder::new(Arc::clone(&schema), mode, options.clone()),
         |decoder, chunk| {
-            decoder.restart(&chunk.source, !chunk.starts_source);
+            decoder.lines.restart(&chunk.source, !chunk.starts_source);
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
             while !bytes.is_empty() {
@@ -221,7 +221,7 @@ impl Chunk {
     }
 
     /// Renumbers errors of lines numbered from 1 within the chunk
-    /// ([`super::DecodeOptions::mid_stream`]) in the stream.
+    /// ([`super::DecodeOptions::mid_stream`]) as lines of its source.
     fn renumber(&self, errors: &mut [DecodeError]) {
         if let Some(first) = errors.first().map(|_| self.first_line()) {
             for e in errors {
@@ -278,6 +278,15 @@ struct LedgerState {
 }
 
 impl LedgerState {
+    fn new() -> Self {
+        LedgerState {
+            early: BTreeMap::new(),
+            summed: 0,
+            next_line: 1,
+            first_lines: BTreeMap::new(),
+        }
+    }
+
     fn count(&mut self, index: usize, lines: u64, starts_source: bool) {
         self.early.insert(index, (lines, starts_source));
         while let Some((lines, starts_source)) = self.early.remove(&self.summed) {
@@ -321,12 +330,7 @@ pub(crate) fn run_chunks<R: Read, S, T: Send>(
     let (done_tx, done_rx) = channel();
     let (free_tx, free_rx) = channel::<Vec<u8>>();
     let ledger = Arc::new(Ledger {
-        state: Mutex::new(LedgerState {
-            early: BTreeMap::new(),
-            summed: 0,
-            next_line: 1,
-            first_lines: BTreeMap::new(),
-        }),
+        state: Mutex::new(LedgerState::new()),
         counted: Condvar::new(),
     });
     std::thread::scope(|scope| {
@@ -473,12 +477,7 @@ mod tests {
 
     #[test]
     fn first_lines_are_known_once_the_chunks_before_are_counted_in_any_order() {
-        let mut state = LedgerState {
-            early: BTreeMap::new(),
-            summed: 0,
-            next_line: 1,
-            first_lines: BTreeMap::new(),
-        };
+        let mut state = LedgerState::new();
         assert_eq!(state.first_line(0), Some(1));
         state.count(2, 7, false);
         state.count(1, 5, false);

@@ -62,20 +62,18 @@ pub fn convert_raw(
     let err = |path: &Path, e: &dyn std::fmt::Display| {
         Error::Snapshot(format!("{}: {e}", path.display()))
     };
-    let options = |path: &Path| {
-        DecodeOptions::default()
-            .with_batch_size(batch_size)
-            .with_strictness(Strictness::Lenient)
-            .with_resource_type(resource_type)
-            .with_source(path.display().to_string())
-    };
+    // Each file's path names it in errors.
+    let options = DecodeOptions::default()
+        .with_batch_size(batch_size)
+        .with_strictness(Strictness::Lenient)
+        .with_resource_type(resource_type);
 
-    // All files in one run of chunks: servers often cut an export into many small files.
+    // All files in one run of chunks: an export may come as many small files.
     let sources = || {
         raw.iter()
             .map(|p| Ok((p.display().to_string(), open_raw(p)?)))
     };
-    let mut inference = SchemaInference::with_options(mode, options(Path::new(resource_type)));
+    let mut inference = SchemaInference::with_options(mode, options.clone());
     infer_readers(sources(), &mut inference)?;
     let mut schema = inference.schema();
     if schema.fields().is_empty() {
@@ -94,13 +92,9 @@ pub fn convert_raw(
     let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
     let mut writer =
         ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, &e))?;
-    let summary = decode_readers(
-        sources(),
-        Arc::clone(&schema),
-        mode,
-        options(Path::new(resource_type)),
-        |batch| writer.write(&batch).map_err(|e| err(&out, &e)),
-    )?;
+    let summary = decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
+        writer.write(&batch).map_err(|e| err(&out, &e))
+    })?;
     let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
     let errors = summary.skipped.iter().map(ToString::to_string).collect();
     let file = writer.into_inner().map_err(|e| err(&out, &e))?;
