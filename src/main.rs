@@ -17,6 +17,7 @@ use fhirflight::bulk::{
 };
 use fhirflight::catalog::{
     self, BulkSource, CatalogOptions, ExportState, FhirCatalog, FhirSource, Freshness, LocalFolder,
+    QueryRuntime,
 };
 use fhirflight::demo::{DemoConfig, DemoServer};
 use fhirflight::flight::{FhirExportControl, FlightSqlServer, Users};
@@ -398,11 +399,14 @@ async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     let fhir = fhir.as_ref().and_then(|c| c.downcast_ref::<FhirCatalog>());
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let reporter = fhir.map(|c| tokio::spawn(report_exports(c.clone(), stopped)));
-    let batches = async {
-        let df = catalog::sql_with_freshness(&session.ctx, &args.query, freshness).await?;
-        df.collect().await
-    }
-    .await;
+    // Planned and run on query threads, whose stack holds the deepest statement accepted.
+    let (ctx, query) = (session.ctx.clone(), args.query.clone());
+    let batches = QueryRuntime::try_default()?
+        .run(async move {
+            let df = catalog::sql_with_freshness(&ctx, &query, freshness).await?;
+            df.collect().await
+        })
+        .await;
     let _ = stop.send(());
     if let Some(reporter) = reporter {
         let _ = reporter.await;

@@ -43,8 +43,10 @@
 
 mod exports;
 mod factory;
+mod nesting;
 mod pushdown;
 mod refresh;
+mod runtime;
 mod source;
 mod table;
 mod views;
@@ -64,11 +66,14 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::TableType;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
 pub use exports::{ExportState, ExportStatus};
 pub use factory::FhirTableFactory;
+pub use nesting::MAX_STATEMENT_DEPTH;
 pub use pushdown::{Pushdown, SEARCH_PARAMS};
 pub use refresh::RefreshFunction;
+pub use runtime::QueryRuntime;
 pub use source::{
     BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder,
 };
@@ -553,7 +558,9 @@ tokio::task_local! {
 /// Runs `sql` in `ctx` like `ctx.sql`, first bringing every FHIR table it references up to
 /// date with ONE export per catalog (see the [module docs](self)). Browsing statements
 /// (`SHOW TABLES`, `information_schema`) never export and are executed here (their results are
-/// small).
+/// small). A statement nested deeper than [`MAX_STATEMENT_DEPTH`] is refused; those below it need
+/// a deeper stack than a tokio worker's 2 MiB (a 2,000-term sum overflows it), which a
+/// [`QueryRuntime`]'s threads have: plan and run statements from untrusted users there.
 pub async fn sql(ctx: &SessionContext, sql: &str) -> DfResult<DataFrame> {
     run_sql(ctx, sql, None).await
 }
@@ -574,8 +581,7 @@ async fn run_sql(
 ) -> DfResult<DataFrame> {
     let started = SystemTime::now();
     let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let statement = state.sql_to_statement(sql, &dialect)?;
+    let statement = parse_statement(&state, sql)?;
     let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {
         // Browsing runs in a session whose FHIR catalogs never export (information_schema
         // resolves every table while executing, possibly in other tasks).
@@ -606,6 +612,17 @@ async fn run_sql(
         pushdowns: Arc::new(pushdowns),
     };
     SCOPE.scope(scope, ctx.sql(sql)).await
+}
+
+/// Parses one statement of `sql`, refusing it first when it nests deeper than
+/// [`MAX_STATEMENT_DEPTH`] (see [`nesting`]).
+pub(crate) fn parse_statement(state: &SessionState, sql: &str) -> DfResult<Statement> {
+    let dialect = state.config().options().sql_parser.dialect;
+    // An unknown dialect is left to `sql_to_statement` to report.
+    if let Some(tokens) = dialect_from_str(dialect) {
+        nesting::check(sql, tokens.as_ref(), MAX_STATEMENT_DEPTH)?;
+    }
+    state.sql_to_statement(sql, &dialect)
 }
 
 /// Brings the FHIR tables that `statement` references up to date: one export per catalog for

@@ -305,15 +305,31 @@ fn ident_len(s: &str) -> usize {
         .unwrap_or(s.len())
 }
 
+/// The longest expression text accepted (a view column is a line or two; 64 KiB is generous).
+pub(crate) const MAX_LEN: usize = 64 * 1024;
+
+/// The deepest expression tree accepted. Evaluation recurses once per level, on whatever stack
+/// the caller has, so the bound is checked while parsing, before a deep tree exists.
+pub(crate) const MAX_DEPTH: usize = 256;
+
 /// Parses a whole expression.
 pub(crate) fn parse(src: &str) -> Result<Expr> {
+    if src.len() > MAX_LEN {
+        let shown: String = src.chars().take(40).collect();
+        return Err(Error::FhirPath {
+            expr: format!("{shown}..."),
+            pos: None,
+            msg: format!("{} bytes, more than the {MAX_LEN} allowed", src.len()),
+        });
+    }
     let mut p = Parser {
         lex: Lexer { src, pos: 0 },
         tok: Tok::Eof,
         at: 0,
+        open: 0,
     };
     p.bump()?;
-    let expr = p.expr(0)?;
+    let (expr, _) = p.expr(0)?;
     match p.tok {
         Tok::Eof => Ok(expr),
         _ => Err(syntax(src, p.at, "unexpected token")),
@@ -324,6 +340,9 @@ struct Parser<'s> {
     lex: Lexer<'s>,
     tok: Tok,
     at: usize,
+    /// Calls of [`Parser::expr`] and [`Parser::unary`] under way: the parser's own recursion,
+    /// bounded before it descends (a node's depth is only known on the way back).
+    open: usize,
 }
 
 impl Parser<'_> {
@@ -372,25 +391,60 @@ impl Parser<'_> {
         })
     }
 
-    /// Precedence climbing over binary operators binding tighter than `min`.
-    fn expr(&mut self, min: u8) -> Result<Expr> {
-        let mut lhs = self.unary()?;
-        while let Some(op) = self.binop().filter(|op| op.precedence() > min) {
-            self.bump()?;
-            let rhs = self.expr(op.precedence())?;
-            lhs = Expr::Binary(op, Box::new(lhs), Box::new(rhs));
+    /// The depth of a node over children of depth `below`, or an error past [`MAX_DEPTH`].
+    fn deeper(&self, below: usize) -> Result<usize> {
+        if below < MAX_DEPTH {
+            Ok(below + 1)
+        } else {
+            Err(self.too_deep())
         }
-        Ok(lhs)
     }
 
-    fn unary(&mut self) -> Result<Expr> {
+    fn too_deep(&self) -> Error {
+        self.error(&format!("nested more than {MAX_DEPTH} levels deep"))
+    }
+
+    // Each parsing function returns the node with its depth, so that neither the parser's
+    // recursion nor a left-deep chain (`1+1+...`, `a.b.c...`) can grow past MAX_DEPTH.
+
+    /// Runs `parse` one recursion level down, or fails past [`MAX_DEPTH`] levels.
+    fn descend<T>(&mut self, parse: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.open += 1;
+        let result = match self.open {
+            open if open > MAX_DEPTH => Err(self.too_deep()),
+            _ => parse(self),
+        };
+        self.open -= 1;
+        result
+    }
+
+    /// Precedence climbing over binary operators binding tighter than `min`.
+    fn expr(&mut self, min: u8) -> Result<(Expr, usize)> {
+        self.descend(|p| {
+            let (mut lhs, mut depth) = p.unary()?;
+            while let Some(op) = p.binop().filter(|op| op.precedence() > min) {
+                p.bump()?;
+                let (rhs, rhs_depth) = p.expr(op.precedence())?;
+                depth = p.deeper(depth.max(rhs_depth))?;
+                lhs = Expr::Binary(op, Box::new(lhs), Box::new(rhs));
+            }
+            Ok((lhs, depth))
+        })
+    }
+
+    fn unary(&mut self) -> Result<(Expr, usize)> {
+        self.descend(Self::unary_here)
+    }
+
+    fn unary_here(&mut self) -> Result<(Expr, usize)> {
         match self.tok {
             Tok::Op("-") => {
                 self.bump()?;
-                Ok(match self.unary()? {
-                    Expr::Int(i) => Expr::Int(-i),
-                    Expr::Dec(d) => Expr::Dec(-d),
-                    e => Expr::Neg(Box::new(e)),
+                let (operand, depth) = self.unary()?;
+                Ok(match operand {
+                    Expr::Int(i) => (Expr::Int(-i), depth),
+                    Expr::Dec(d) => (Expr::Dec(-d), depth),
+                    e => (Expr::Neg(Box::new(e)), self.deeper(depth)?),
                 })
             }
             Tok::Op("+") => {
@@ -404,61 +458,76 @@ impl Parser<'_> {
         }
     }
 
-    fn term(&mut self) -> Result<Expr> {
+    fn term(&mut self) -> Result<(Expr, usize)> {
         let at = self.at;
         Ok(match self.bump()? {
-            Tok::Int(i) => Expr::Int(i),
-            Tok::Dec(d) => Expr::Dec(d),
-            Tok::Str(s) => Expr::Str(s.into()),
-            Tok::This => Expr::This,
-            Tok::Ext(name) if name == "rowIndex" => Expr::RowIndex,
-            Tok::Ext(name) => Expr::Constant(name.into()),
-            Tok::Ident(name) if name == "true" || name == "false" => Expr::Bool(name == "true"),
-            Tok::Ident(name) => self.member_or_call(Expr::This, name, at)?,
+            Tok::Int(i) => (Expr::Int(i), 1),
+            Tok::Dec(d) => (Expr::Dec(d), 1),
+            Tok::Str(s) => (Expr::Str(s.into()), 1),
+            Tok::This => (Expr::This, 1),
+            Tok::Ext(name) if name == "rowIndex" => (Expr::RowIndex, 1),
+            Tok::Ext(name) => (Expr::Constant(name.into()), 1),
+            Tok::Ident(name) if name == "true" || name == "false" => {
+                (Expr::Bool(name == "true"), 1)
+            }
+            Tok::Ident(name) => self.member_or_call((Expr::This, 1), name, at)?,
             Tok::Op("(") => {
-                let inner = self.expr(0)?;
+                let (inner, depth) = self.expr(0)?;
                 self.expect(")")?;
-                inner
+                // Parentheses add no node, but the parser recursed for them.
+                (inner, self.deeper(depth)?)
             }
             Tok::Op("{") => {
                 self.expect("}")?;
-                Expr::Empty
+                (Expr::Empty, 1)
             }
             _ => return Err(syntax(self.lex.src, at, "expected an expression")),
         })
     }
 
-    fn postfix(&mut self, mut expr: Expr) -> Result<Expr> {
+    fn postfix(&mut self, mut node: (Expr, usize)) -> Result<(Expr, usize)> {
         loop {
             match self.tok {
                 Tok::Op(".") => {
                     self.bump()?;
                     let at = self.at;
                     match self.bump()? {
-                        Tok::Ident(name) => expr = self.member_or_call(expr, name, at)?,
+                        Tok::Ident(name) => node = self.member_or_call(node, name, at)?,
                         _ => return Err(syntax(self.lex.src, at, "expected a name after '.'")),
                     }
                 }
                 Tok::Op("[") => {
                     self.bump()?;
-                    let index = self.expr(0)?;
+                    let (index, index_depth) = self.expr(0)?;
                     self.expect("]")?;
-                    expr = Expr::Index(Box::new(expr), Box::new(index));
+                    let (base, depth) = node;
+                    node = (
+                        Expr::Index(Box::new(base), Box::new(index)),
+                        self.deeper(depth.max(index_depth))?,
+                    );
                 }
-                _ => return Ok(expr),
+                _ => return Ok(node),
             }
         }
     }
 
-    fn member_or_call(&mut self, base: Expr, name: String, at: usize) -> Result<Expr> {
+    fn member_or_call(
+        &mut self,
+        (base, base_depth): (Expr, usize),
+        name: String,
+        at: usize,
+    ) -> Result<(Expr, usize)> {
         if self.tok != Tok::Op("(") {
-            return Ok(Expr::Member(Box::new(base), name.into()));
+            let depth = self.deeper(base_depth)?;
+            return Ok((Expr::Member(Box::new(base), name.into()), depth));
         }
         self.bump()?;
-        let mut args = Vec::new();
+        let (mut args, mut depth) = (Vec::new(), base_depth);
         if self.tok != Tok::Op(")") {
             loop {
-                args.push(self.expr(0)?);
+                let (arg, arg_depth) = self.expr(0)?;
+                args.push(arg);
+                depth = depth.max(arg_depth);
                 if self.tok != Tok::Op(",") {
                     break;
                 }
@@ -466,8 +535,9 @@ impl Parser<'_> {
             }
         }
         self.expect(")")?;
+        let depth = self.deeper(depth)?;
         let func = Func::resolve(&name, &mut args, at, self.lex.src)?;
-        Ok(Expr::Call(Box::new(base), func, args))
+        Ok((Expr::Call(Box::new(base), func, args), depth))
     }
 }
 
@@ -543,5 +613,42 @@ mod tests {
         );
         assert!(msg("'abc").contains("unterminated string"));
         assert!(msg("a b").contains("position 2: unexpected token"));
+    }
+
+    #[test]
+    fn depth_and_length_are_bounded_before_the_tree_exists() {
+        let chain = |n: usize, op: &str| vec!["1"; n].join(op);
+        assert!(parse(&chain(MAX_DEPTH, " + ")).is_ok());
+        for deep in [
+            chain(MAX_DEPTH + 1, "+"),
+            chain(MAX_DEPTH + 1, " and "),
+            vec!["a"; MAX_DEPTH + 1].join("."),
+            format!(
+                "{}1{}",
+                "(".repeat(MAX_DEPTH + 1),
+                ")".repeat(MAX_DEPTH + 1)
+            ),
+            format!("{}x", "-".repeat(MAX_DEPTH + 1)),
+            format!("{}1{}", "a.where(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH)),
+        ] {
+            let err = parse(&deep).unwrap_err().to_string();
+            assert!(err.contains("nested more than 256 levels"), "{err}");
+        }
+        // Opening without closing fails on the way down, before the parser's stack is deep.
+        for open in ["(", "-", "a.where(", "a["] {
+            let err = parse(&open.repeat(MAX_LEN / open.len()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nested more than"), "{open}: {err}");
+        }
+        // 100,000 terms (the reported abort) fail on the way, long before the text's end.
+        let err = parse(&chain(MAX_LEN / 2 - 1, "+")).unwrap_err().to_string();
+        assert!(err.contains("nested more than"), "{err}");
+        let err = parse(&chain(100_000, "+")).unwrap_err().to_string();
+        assert!(
+            err.contains("199999 bytes, more than the 65536 allowed"),
+            "{err}"
+        );
+        assert!(err.len() < 200, "the whole text is not echoed: {err}");
     }
 }

@@ -12,8 +12,10 @@
 //!   [`Users`]); anonymous access only when asked for and only on a loopback address. TLS from
 //!   PEM files. Graceful shutdown.
 //! - Statements go through [`crate::catalog::sql`]: ONE export per statement for all the FHIR
-//!   tables it reads, run in the RPC's own task, so a client that drops GetFlightInfo or DoGet
-//!   drops its wait on the export. Browsing (GetTables, GetDbSchemas...) never exports.
+//!   tables it reads. They are planned and run on a [`QueryRuntime`] of their own, so a statement
+//!   busy on every core leaves logins, other statements and shutdown answered, and a client
+//!   that drops GetFlightInfo or DoGet stops its statement (and drops its wait on the export).
+//!   Browsing (GetTables, GetDbSchemas...) never exports.
 //! - Custom actions `ListExports`, `ListSnapshots`, `RefreshTable`, `CancelExport`, `AddView`
 //!   (messages in [`proto`]), answered by an [`ExportControl`] ([`FhirExportControl`] over the
 //!   session's FHIR catalogs).
@@ -61,6 +63,7 @@ pub use actions::ExportControl;
 pub use auth::Users;
 pub use control::FhirExportControl;
 
+use crate::catalog::QueryRuntime;
 use crate::{Error, Result};
 
 /// fhirflight's own protobuf messages (`proto/fhirflight.proto`): statement handles and the
@@ -78,6 +81,8 @@ pub struct FlightSqlServer {
     tls: Option<(PathBuf, PathBuf)>,
     exports: Option<Arc<dyn ExportControl>>,
     token_ttl: Duration,
+    queries: Option<QueryRuntime>,
+    shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for FlightSqlServer {
@@ -89,6 +94,8 @@ impl std::fmt::Debug for FlightSqlServer {
             .field("tls", &self.tls)
             .field("exports", &self.exports)
             .field("token_ttl", &self.token_ttl)
+            .field("queries", &self.queries)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
 }
@@ -103,6 +110,8 @@ impl FlightSqlServer {
             tls: None,
             exports: None,
             token_ttl: Duration::from_secs(3600),
+            queries: None,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 
@@ -137,7 +146,26 @@ impl FlightSqlServer {
         Self { token_ttl, ..self }
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets running calls finish.
+    /// Plans and runs statements on `queries` (by default a runtime of its own with a thread per
+    /// core, made when serving starts).
+    pub fn with_query_runtime(self, queries: QueryRuntime) -> Self {
+        Self {
+            queries: Some(queries),
+            ..self
+        }
+    }
+
+    /// How long running calls may go on after shutdown was asked for (10 s by default); then
+    /// they are stopped, their statements cancelled.
+    pub fn with_shutdown_grace(self, shutdown_grace: Duration) -> Self {
+        Self {
+            shutdown_grace,
+            ..self
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets running calls finish for the
+    /// [shutdown grace](Self::with_shutdown_grace) at most.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -167,16 +195,39 @@ impl FlightSqlServer {
             self.anonymous,
             self.token_ttl,
         ));
-        let service = service::FhirFlightService::new(self.ctx, Arc::clone(&auth), self.exports);
+        let queries = match self.queries {
+            Some(queries) => queries,
+            None => QueryRuntime::try_default()?,
+        };
+        let service = service::FhirFlightService::new(
+            self.ctx,
+            queries.clone(),
+            Arc::clone(&auth),
+            self.exports,
+        );
         let service = FlightServiceServer::with_interceptor(service, auth::AuthInterceptor(auth));
         tracing::info!(%local_addr, tls = self.tls.is_some(), "Flight SQL server listening");
-        builder
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown,
-            )
-            .await?;
+        let (asked, stopping) = oneshot::channel::<()>();
+        let serving = builder.add_service(service).serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.await;
+                let _ = asked.send(());
+            },
+        );
+        let grace = self.shutdown_grace;
+        tokio::select! {
+            served = serving => served?,
+            () = async move {
+                if stopping.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "calls still running after the shutdown grace: cancelled");
+                queries.stop();
+            }
+        }
         Ok(())
     }
 

@@ -40,7 +40,7 @@ use super::metadata;
 use super::proto::StatementHandle;
 use super::statement::{parameter_schema, plan_sql};
 use super::status::status;
-use crate::catalog::Freshness;
+use crate::catalog::{Freshness, QueryRuntime};
 
 type DoGetStream = <FhirFlightService as FlightService>::DoGetStream;
 
@@ -52,6 +52,8 @@ const TABLE_TYPES: [&str; 3] = ["LOCAL TEMPORARY", "TABLE", "VIEW"];
 #[derive(Clone)]
 pub(crate) struct FhirFlightService {
     ctx: SessionContext,
+    /// Where statements are planned and run, apart from the RPCs' own runtime.
+    queries: QueryRuntime,
     auth: Arc<Authenticator>,
     exports: Option<Arc<dyn ExportControl>>,
     sql_info: Arc<SqlInfoData>,
@@ -71,12 +73,14 @@ impl std::fmt::Debug for FhirFlightService {
 impl FhirFlightService {
     pub(crate) fn new(
         ctx: SessionContext,
+        queries: QueryRuntime,
         auth: Arc<Authenticator>,
         exports: Option<Arc<dyn ExportControl>>,
     ) -> Self {
         let sql_info = Arc::new(metadata::sql_info(&ctx));
         Self {
             ctx,
+            queries,
             auth,
             exports,
             sql_info,
@@ -91,21 +95,30 @@ impl FhirFlightService {
         handle: StatementHandle,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = handle.plan(&self.ctx, None).await.map_err(status)?;
+        let ctx = self.ctx.clone();
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
         };
-        flight_info(
-            df.schema().as_arrow(),
-            ticket.as_any().encode_to_vec(),
-            descriptor,
-        )
+        let schema = self
+            .queries
+            .run(async move {
+                let df = handle.plan(&ctx, None).await?;
+                Ok(df.schema().as_arrow().clone())
+            })
+            .await
+            .map_err(status)?;
+        flight_info(&schema, ticket.as_any().encode_to_vec(), descriptor)
     }
 
-    /// Runs a statement handle or ticket, streaming.
+    /// Runs a statement handle or ticket on the query runtime, streaming.
     async fn run(&self, handle: &[u8]) -> Result<Response<DoGetStream>, Status> {
         let handle = StatementHandle::decode_handle(handle).map_err(status)?;
-        let stream = handle.execute(&self.ctx).await.map_err(status)?;
+        let ctx = self.ctx.clone();
+        let stream = self
+            .queries
+            .execute(async move { handle.execute(&ctx).await })
+            .await
+            .map_err(status)?;
         Ok(Response::new(record_batches(stream)))
     }
 
@@ -351,13 +364,19 @@ impl FlightSqlService for FhirFlightService {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         // Only the schemas are needed: missing tables are exported, present ones are not
         // refreshed here (GetFlightInfo applies the catalog's freshness, once).
-        let df = plan_sql(&self.ctx, &query.query, Some(Freshness::Never))
+        let (ctx, sql) = (self.ctx.clone(), query.query.clone());
+        let (dataset, parameters) = self
+            .queries
+            .run(async move {
+                let df = plan_sql(&ctx, &sql, Some(Freshness::Never)).await?;
+                let parameters = parameter_schema(df.logical_plan())?;
+                Ok((df.schema().as_arrow().clone(), parameters))
+            })
             .await
             .map_err(status)?;
-        let parameters = parameter_schema(df.logical_plan()).map_err(status)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: StatementHandle::new(query.query).encode_to_vec().into(),
-            dataset_schema: ipc_schema(df.schema().as_arrow())?,
+            dataset_schema: ipc_schema(&dataset)?,
             parameter_schema: ipc_schema(&parameters)?,
         })
     }

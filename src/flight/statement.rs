@@ -126,9 +126,7 @@ pub(crate) async fn plan_sql(
     sql: &str,
     freshness: Option<Freshness>,
 ) -> DfResult<DataFrame> {
-    let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let mut statement = state.sql_to_statement(sql, &dialect)?;
+    let mut statement = catalog::parse_statement(&ctx.state(), sql)?;
     // Checked before anything runs: `catalog::sql` executes DDL while planning it.
     if !read_only(&statement) {
         return Err(DataFusionError::Plan(format!(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::mpsc::{channel, sync_channel};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -312,10 +312,48 @@ impl LedgerState {
     }
 }
 
+/// The worker threads of all runs in the process at once: one per core. Concurrent conversions
+/// (queries of several users, a view beside an export) share them instead of each starting a
+/// thread per core, which would multiply the threads, and each one's memory in flight, by the
+/// number of runs.
+static WORKERS: LazyLock<Workers> = LazyLock::new(|| Workers {
+    free: Mutex::new(std::thread::available_parallelism().map_or(2, usize::from)),
+    freed: Condvar::new(),
+});
+
+struct Workers {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// Worker threads taken from [`WORKERS`], given back when dropped.
+struct Taken(usize);
+
+impl Workers {
+    /// Up to `wanted` of the free workers, waiting until at least one is free.
+    fn take(&self, wanted: usize) -> Taken {
+        let mut free = self.free.lock().expect("no thread panics holding it");
+        while *free == 0 {
+            free = self.freed.wait(free).expect("no thread panics holding it");
+        }
+        let taken = wanted.clamp(1, *free);
+        *free -= taken;
+        Taken(taken)
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        *WORKERS.free.lock().expect("no thread panics holding it") += self.0;
+        WORKERS.freed.notify_all();
+    }
+}
+
 /// Runs `work` on chunks of the `sources`, read one after the other, in worker threads (each with
 /// its own state from `init`) and `emit`s the results in order, with at most two chunks per
 /// worker in flight (memory stays bounded). Chunk buffers go back to the reader for reuse: fresh
-/// memory costs the kernel a page fault and a page clearing per 4 KiB.
+/// memory costs the kernel a page fault and a page clearing per 4 KiB. The workers are those
+/// free in the process-wide pool (at least one, waited for), so concurrent runs share the cores.
 pub(crate) fn run_chunks<R: Read, S, T: Send>(
     sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
     chunk_size: usize,
@@ -323,7 +361,8 @@ pub(crate) fn run_chunks<R: Read, S, T: Send>(
     work: impl Fn(&mut S, &mut Chunk) -> crate::Result<T> + Sync,
     mut emit: impl FnMut(T) -> crate::Result<()>,
 ) -> crate::Result<()> {
-    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    let taken = WORKERS.take(usize::MAX);
+    let workers = taken.0;
     let in_flight = 2 * workers;
     let (job_tx, job_rx) = sync_channel::<(usize, Chunk)>(in_flight);
     let job_rx = Mutex::new(job_rx);
@@ -473,6 +512,40 @@ mod tests {
         assert_eq!(texts.concat(), text);
         assert!(texts.iter().any(|t| t.len() == 101), "{texts:?}");
         assert!(texts[..texts.len() - 1].iter().all(|t| t.ends_with('\n')));
+    }
+
+    #[test]
+    fn concurrent_runs_share_one_worker_per_core() {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let (busy, most) = (Mutex::new(0usize), Mutex::new(0usize));
+        let text = "x\n".repeat(64);
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    let sources = [Ok(("t".to_owned(), text.as_bytes()))];
+                    let work = |_: &mut (), _: &mut Chunk| {
+                        let now = {
+                            let mut busy = busy.lock().unwrap();
+                            *busy += 1;
+                            *busy
+                        };
+                        let mut most = most.lock().unwrap();
+                        *most = (*most).max(now);
+                        drop(most);
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        *busy.lock().unwrap() -= 1;
+                        Ok(())
+                    };
+                    run_chunks(sources, 8, || Ok(()), work, |()| Ok(())).unwrap();
+                });
+            }
+        });
+        let most = *most.lock().unwrap();
+        // Other tests' runs share the pool too, so this may be fewer, never more.
+        assert!(
+            (1..=cores).contains(&most),
+            "{most} workers at once on {cores} cores"
+        );
     }
 
     #[test]

@@ -732,6 +732,123 @@ async fn a_client_that_disconnects_stops_its_query() {
     server.shutdown().await.unwrap();
 }
 
+/// `n` copies of `term` joined by `op`.
+fn chain(n: usize, term: &str, op: &str) -> String {
+    vec![term; n].join(op)
+}
+
+#[tokio::test]
+async fn deep_statements_are_answered_or_refused_and_the_server_keeps_serving() {
+    let server = start(FlightSqlServer::new(fhir_context()).with_users(users())).await;
+    let mut client = login(&server).await;
+    // The chains BI tools generate, which aborted the process: answered.
+    let sum = format!("SELECT {} AS n", chain(2_000, "1", " + "));
+    assert!(query(&mut client, &sum).await.contains("| 2000 |"));
+    let or = format!(
+        "SELECT count(*) AS n FROM Patient WHERE {}",
+        chain(2_000, "id = 'pat-1'", " OR ")
+    );
+    assert!(query(&mut client, &or).await.contains("| 1 |"));
+    let union = format!(
+        "SELECT count(*) AS n FROM ({})",
+        chain(3_000, "SELECT 1", " UNION ALL ")
+    );
+    assert!(query(&mut client, &union).await.contains("| 3000 |"));
+    // Deeper than the bound: refused before parsing, with what to do.
+    let token = client.token().unwrap().clone();
+    let deep = format!(
+        "SELECT {}",
+        chain(fhirflight::catalog::MAX_STATEMENT_DEPTH + 2, "1", "+")
+    );
+    let err = statement_status(&server, Some(&token), &deep).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("nested more than"),
+        "{}",
+        err.message()
+    );
+    let deep = chain(100_000, "SELECT 1", " UNION ALL ");
+    let err = statement_status(&server, Some(&token), &deep).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Still serving.
+    assert!(
+        query(&mut client, "SELECT count(*) AS n FROM Patient")
+            .await
+            .contains("| 3 |")
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_query_busy_on_every_core_leaves_the_server_answering() {
+    let queries = fhirflight::catalog::QueryRuntime::try_default().unwrap();
+    let server = FlightSqlServer::new(fhir_context())
+        .with_users(users())
+        .with_query_runtime(queries.clone())
+        .with_shutdown_grace(std::time::Duration::from_millis(100));
+    let server = start(server).await;
+    // A 3-way cross join that would run for days, on every core.
+    let mut heavy = login(&server).await;
+    let info = heavy
+        .execute(
+            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b, \
+             generate_series(1, 100000) c"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let running = tokio::spawn(async move {
+        let stream = heavy.do_get(ticket).await;
+        let _ = stream.unwrap().try_collect::<Vec<_>>().await;
+    });
+    crate::until("the heavy query runs", || queries.active_tasks() > 0).await;
+    // Logins and small statements are answered meanwhile (a bounded wait: a hang fails).
+    let small = async {
+        let mut client = login(&server).await;
+        query(&mut client, "SELECT 1 AS one").await
+    };
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(60), small)
+        .await
+        .expect("a small query is answered while the heavy one runs");
+    assert!(answered.contains("| 1   |"), "{answered}");
+    // The client goes away: its query stops, and burns no more CPU.
+    running.abort();
+    let _ = running.await;
+    crate::until("the heavy query stops", || queries.active_tasks() == 0).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_stops_running_statements_after_the_grace() {
+    let queries = fhirflight::catalog::QueryRuntime::try_default().unwrap();
+    let server = FlightSqlServer::new(fhir_context())
+        .with_users(users())
+        .with_query_runtime(queries.clone())
+        .with_shutdown_grace(std::time::Duration::from_millis(100));
+    let server = start(server).await;
+    let mut client = login(&server).await;
+    let info = client
+        .execute(
+            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let running = tokio::spawn(async move { client.do_get(ticket).await.map(drop) });
+    crate::until("the query runs", || queries.active_tasks() > 0).await;
+    // Without the grace, shutdown would wait for the query: hours.
+    tokio::time::timeout(std::time::Duration::from_secs(60), server.shutdown())
+        .await
+        .expect("shutdown ends after its grace")
+        .unwrap();
+    crate::until("the query is stopped", || queries.active_tasks() == 0).await;
+    running.abort();
+}
+
 /// A schema whose table `t` takes forever to resolve (like a table waiting for its export),
 /// reporting when it starts and when its resolution is dropped.
 #[derive(Debug)]

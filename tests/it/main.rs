@@ -3,6 +3,7 @@
 mod bulk;
 mod catalog;
 mod catalog_views;
+mod cli;
 mod demo;
 mod flight;
 mod ndjson;

@@ -1,0 +1,72 @@
+//! The `fhirflight` binary as a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `fhirflight sql --folder <folder> <query>` with its cache in `folder`.
+fn sql(folder: &Path, query: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["sql", "--cache-dir"])
+        .arg(folder.join("cache"))
+        .arg("--folder")
+        .arg(folder)
+        .arg(query)
+        .output()
+        .unwrap()
+}
+
+fn chain(n: usize, term: &str, op: &str) -> String {
+    vec![term; n].join(op)
+}
+
+#[test]
+fn deep_statements_and_expressions_are_errors_not_aborts() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("Patient.ndjson"),
+        r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#,
+    )
+    .unwrap();
+    // Deep, but within the bound: answered (this overflowed a 2 MiB stack).
+    let out = sql(
+        folder.path(),
+        &format!("SELECT {} AS n", chain(2_000, "1", "+")),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| 2000 |"), "{stdout}");
+    // 10,000 terms aborted the process: now a clear error.
+    let out = sql(
+        folder.path(),
+        &format!("SELECT {}", chain(10_000, "1", "+")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nested more than 5000 levels"), "{stderr}");
+    // A FHIRPath expression of 60,000 `+` in a view added from SQL (as long as one argument may
+    // be), likewise.
+    let view = serde_json::json!({
+        "resource": "Patient",
+        "select": [{"column": [{"name": "n", "path": chain(60_000, "1", "+")}]}],
+    });
+    let out = sql(
+        folder.path(),
+        &format!("SELECT * FROM fhir_add_view('fhir', '{view}')"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("more than the 65536 allowed"), "{stderr}");
+    let deep = chain(1_000, "1", "+");
+    let view = view.to_string().replace(&chain(60_000, "1", "+"), &deep);
+    let out = sql(
+        folder.path(),
+        &format!("SELECT * FROM fhir_add_view('fhir', '{view}')"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nested more than 256 levels"), "{stderr}");
+}
