@@ -5,6 +5,7 @@ mod catalog;
 mod catalog_views;
 mod demo;
 mod flight;
+mod hostile;
 mod ndjson;
 mod smart;
 mod snapshot;
