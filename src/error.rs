@@ -137,6 +137,19 @@ pub enum Error {
     Shared(std::sync::Arc<Error>),
 }
 
+/// How many characters of a remote string [`quoted`] shows.
+const QUOTED_CHARS: usize = 80;
+
+/// `text` for an error message or a log line when it comes from outside (a server, a file):
+/// quoted and escaped (`{:?}`), so it cannot forge lines or terminal escapes, and cut after
+/// [`QUOTED_CHARS`] characters, so it cannot flood them.
+pub(crate) fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((end, _)) => format!("{:?}…", &text[..end]),
+        None => format!("{text:?}"),
+    }
+}
+
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

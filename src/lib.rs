@@ -13,6 +13,7 @@ pub mod error;
 pub mod fhirpath;
 pub mod flight;
 pub mod ndjson;
+pub mod r4;
 pub mod smart;
 pub mod snapshot;
 pub mod view;

@@ -22,6 +22,7 @@ use fhirflight::catalog::{
 use fhirflight::demo::{DemoConfig, DemoServer};
 use fhirflight::flight::{FhirExportControl, FlightSqlServer, Users};
 use fhirflight::ndjson::TableMode;
+use fhirflight::r4::check_type_name;
 use fhirflight::smart::{SigningKey, SmartConfig};
 use fhirflight::view::ViewDefinition;
 use fhirflight::{Error, Result};
@@ -109,7 +110,7 @@ struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// Resource types (`_type`), comma separated; all when omitted.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_type)]
     types: Vec<String>,
     /// `system`, `patient` or `group:<id>`.
     #[arg(long, default_value = "system", value_parser = parse_level)]
@@ -282,6 +283,13 @@ impl Config {
         toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
     }
+}
+
+/// A resource type name ([`check_type_name`]): a typo or a path is refused before any request.
+fn parse_type(text: &str) -> std::result::Result<String, String> {
+    check_type_name(text)
+        .map(str::to_owned)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_level(text: &str) -> std::result::Result<ExportLevel, String> {

@@ -18,6 +18,8 @@ use super::{
     ClientOptions, DownloadedFile, ExportOutcome, ExportPhase, ExportProgress, ExportRequest,
     Manifest, OutputFile, deleted_resources,
 };
+use crate::error::quoted;
+use crate::r4::check_type_name;
 use crate::smart::http::{self, outcome_text, redact_url};
 use crate::smart::{SmartAuth, SmartConfig, join};
 use crate::{Error, Result};
@@ -112,7 +114,9 @@ impl BulkClient {
         self.inner.auth.as_ref()
     }
 
-    /// The resource types the server's CapabilityStatement lists (`rest.resource[].type`).
+    /// The resource types the server's CapabilityStatement lists (`rest.resource[].type`). A type
+    /// that is not a resource type name ([`check_type_name`]) is left out with a warning: it
+    /// would become a table and a folder, and one bad entry need not cost the others.
     pub async fn resource_types(&self) -> Result<Vec<String>> {
         let url = join(&self.inner.base, "metadata")?;
         let response = self
@@ -128,6 +132,17 @@ impl BulkClient {
             .flatten()
             .flat_map(|rest| rest["resource"].as_array().into_iter().flatten())
             .filter_map(|resource| resource["type"].as_str())
+            .filter(|t| {
+                let valid = check_type_name(t).is_ok();
+                if !valid {
+                    tracing::warn!(
+                        url = %redact_url(&url),
+                        "the CapabilityStatement lists the type {}, which is not a resource type name: ignored",
+                        quoted(t)
+                    );
+                }
+                valid
+            })
             .filter(|t| seen.insert(*t))
             .map(str::to_string)
             .collect())
@@ -290,9 +305,11 @@ impl BulkClient {
                 Err(error) => return Err(error),
             }
         };
+        // A manifest refused here ends the job (the guard deletes it): resuming would meet it again.
+        let plan = plan_files(&manifest, dir)?;
         let manifest_json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
         write_atomically(&dir.join(MANIFEST_FILE), &manifest_json).await?;
-        match self.download_all(&manifest, dir, resumed, progress).await {
+        match self.download_all(&manifest, plan, resumed, progress).await {
             Ok(outcome) => {
                 progress.send_modify(|p| p.phase = ExportPhase::CleaningUp);
                 if let Err(e) = self.delete_job(&guard.status_url).await {
@@ -374,15 +391,15 @@ impl BulkClient {
         Ok(status_url)
     }
 
-    /// Downloads every file of `manifest` into `dir`, `parallel_downloads` at a time.
+    /// Downloads the files of `manifest` as `plan` says ([`plan_files`]), `parallel_downloads`
+    /// at a time.
     async fn download_all(
         &self,
         manifest: &Manifest,
-        dir: &Path,
+        plan: Vec<(FileKind, &OutputFile, PathBuf)>,
         resumed: bool,
         progress: &watch::Sender<ExportProgress>,
     ) -> Result<ExportOutcome> {
-        let plan = plan_files(manifest, dir)?;
         progress.send_modify(|p| {
             p.phase = ExportPhase::Downloading;
             p.files_total = plan.len();
@@ -519,6 +536,10 @@ impl Drop for JobGuard {
 }
 
 /// Each file of the manifest with its kind and its path in `dir`.
+///
+/// Every entry's type must be a resource type name ([`check_type_name`]), in all three lists,
+/// or the export fails naming the entry: a server that sends a path-like type is broken or
+/// hostile, and skipping the entry would quietly give a table without its data.
 fn plan_files<'m>(
     manifest: &'m Manifest,
     dir: &Path,
@@ -526,27 +547,26 @@ fn plan_files<'m>(
     let mut counters: HashMap<String, usize> = HashMap::new();
     let mut plan = Vec::new();
     let lists = [
-        (FileKind::Output, &manifest.output),
-        (FileKind::Deleted, &manifest.deleted),
-        (FileKind::Error, &manifest.error),
+        ("output", FileKind::Output, &manifest.output),
+        ("deleted", FileKind::Deleted, &manifest.deleted),
+        ("error", FileKind::Error, &manifest.error),
     ];
-    for (kind, files) in lists {
-        for file in files {
-            let stem = match kind {
-                FileKind::Output => file.resource_type.as_str(),
-                FileKind::Deleted => "deleted",
-                FileKind::Error => "error",
-            };
-            // The type names a file: it must not be able to climb out of `dir`.
-            if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    for (list, kind, files) in lists {
+        for (index, file) in files.iter().enumerate() {
+            if check_type_name(&file.resource_type).is_err() {
                 return Err(Error::Protocol {
                     url: manifest.request.clone(),
                     message: format!(
-                        "manifest file type {:?} is not a resource type",
-                        file.resource_type
+                        "manifest {list}[{index}] ({}) has the type {}, which is not a resource type name: export refused",
+                        redact_url(&file.url),
+                        quoted(&file.resource_type)
                     ),
                 });
             }
+            let stem = match kind {
+                FileKind::Output => file.resource_type.as_str(),
+                FileKind::Deleted | FileKind::Error => list,
+            };
             let counter = counters.entry(stem.to_string()).or_default();
             plan.push((kind, file, dir.join(format!("{stem}.{counter}.ndjson"))));
             *counter += 1;

@@ -334,7 +334,7 @@ impl Exporter {
         progress: &watch::Sender<FetchProgress>,
     ) -> Result<()> {
         let started = SystemTime::now();
-        let staging = self.store.staging_dir(&job_key(request));
+        let staging = self.store.staging_dir(&job_key(request))?;
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         // One process at a time per request: another one waits, then finds its snapshots.
         let lock_path = staging.with_extension("lock");

@@ -14,6 +14,7 @@ use super::{
 use crate::Error;
 use crate::bulk::{BulkClient, ClientOptions};
 use crate::ndjson::TableMode;
+use crate::r4::check_type_name;
 
 /// Creates FHIR tables from SQL: `CREATE EXTERNAL TABLE obs STORED AS FHIR LOCATION
 /// '../data/synthea-100' OPTIONS ('type' 'Observation', 'mode' 'nested', 'freshness' '1h',
@@ -99,6 +100,7 @@ impl TableProviderFactory for FhirTableFactory {
                 }
             }
         }
+        check_type_name(&resource_type).map_err(to_datafusion)?;
         let location = cmd.locations.first().ok_or_else(|| {
             to_datafusion(Error::Config("STORED AS FHIR needs a LOCATION".into()))
         })?;

@@ -80,7 +80,9 @@ pub use source::{
 pub use table::{FhirScanExec, FhirTable};
 pub use views::{AddViewFunction, load_views};
 
+use crate::error::quoted;
 use crate::ndjson::TableMode;
+use crate::r4::check_type_name;
 use crate::snapshot::{Snapshot, SnapshotStore, mode_key};
 use crate::view::ViewDefinition;
 use crate::{Error, Result};
@@ -197,7 +199,8 @@ impl CatalogOptions {
         Self { mode, ..self }
     }
 
-    /// The resource types shown as tables, instead of asking the source.
+    /// The resource types shown as tables, instead of asking the source. Each must be a resource
+    /// type name ([`crate::r4::check_type_name`]), or making the catalog fails.
     pub fn with_resource_types(self, types: Vec<String>) -> Self {
         Self {
             resource_types: Some(types),
@@ -281,10 +284,31 @@ pub struct FhirCatalog {
 
 impl FhirCatalog {
     /// A catalog over `source`; asks it for its resource types unless they are configured.
+    ///
+    /// A type becomes a table name and a folder of the snapshot store, so only resource type
+    /// names ([`check_type_name`]) are taken: a configured one that is not fails, one the source
+    /// lists is dropped with a warning (a server should not make the catalog unusable).
     pub async fn try_new(source: Arc<dyn FhirSource>, options: CatalogOptions) -> Result<Self> {
         let mut types = match &options.resource_types {
-            Some(types) => types.clone(),
-            None => source.resource_types().await?,
+            Some(types) => types
+                .iter()
+                .map(|t| check_type_name(t).map(str::to_owned))
+                .collect::<Result<_>>()?,
+            None => {
+                let mut types = source.resource_types().await?;
+                types.retain(|t| {
+                    let valid = check_type_name(t).is_ok();
+                    if !valid {
+                        tracing::warn!(
+                            source = source.location(),
+                            "{} is not a resource type name: no table",
+                            quoted(t)
+                        );
+                    }
+                    valid
+                });
+                types
+            }
         };
         types.sort();
         types.dedup();

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::bulk::{BulkClient, ExportLevel, ExportProgress, ExportRequest};
+use crate::r4::check_type_name;
 use crate::{Error, Result};
 
 /// What the catalog asks a source for.
@@ -69,7 +70,8 @@ pub struct FetchProgress {
 /// 1. [`FhirSource::location`] names the source: it keys the snapshot store and is recorded in
 ///    every manifest, so it must be stable across runs (a base URL, a canonical folder path).
 /// 2. [`FhirSource::resource_types`] lists the types the catalog shows as tables. It may do I/O
-///    (a CapabilityStatement request) and is called once, when the catalog is created.
+///    (a CapabilityStatement request) and is called once, when the catalog is created. A name
+///    that is not a resource type name ([`check_type_name`]) is dropped by the catalog.
 /// 3. [`FhirSource::fetch`] writes or finds the NDJSON of the requested types. It gets a folder
 ///    that survives a crash of the process: a source that can resume (a Bulk Data job) keeps its
 ///    state there, and the next fetch with the same request resumes it.
@@ -91,7 +93,8 @@ pub trait FhirSource: Debug + Send + Sync {
 }
 
 /// A folder of NDJSON files from an earlier export: `<Type>.ndjson`, `<Type>.<n>.ndjson`, each
-/// optionally gzip-compressed (`.ndjson.gz`). Reading it needs no server; `_since` and
+/// optionally gzip-compressed (`.ndjson.gz`); other files, and names whose `<Type>` is not a
+/// resource type name ([`check_type_name`]), are ignored. Reading it needs no server; `_since` and
 /// `_typeFilter` are ignored (every fetch is complete).
 #[derive(Debug, Clone)]
 pub struct LocalFolder {
@@ -128,9 +131,7 @@ impl LocalFolder {
                 continue;
             };
             let resource_type = stem.split('.').next().unwrap_or_default();
-            if resource_type.starts_with(|c: char| c.is_ascii_uppercase())
-                && resource_type.chars().all(|c| c.is_ascii_alphanumeric())
-            {
+            if check_type_name(resource_type).is_ok() {
                 files.push(FetchedFile {
                     resource_type: resource_type.to_owned(),
                     path: path.clone(),

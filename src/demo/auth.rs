@@ -242,7 +242,7 @@ struct Scope {
 /// Parses one `system/` scope, SMART v1 (`.read`, `.write`, `.*`) or v2 (`.cruds` subsets).
 fn parse_scope(scope: &str) -> Option<Scope> {
     let (resource_type, permissions) = scope.strip_prefix("system/")?.split_once('.')?;
-    let type_ok = resource_type == "*" || super::export::is_resource_type(resource_type);
+    let type_ok = resource_type == "*" || crate::r4::is_resource_type(resource_type);
     let read = match permissions {
         "read" | "*" => true,
         "write" => false,

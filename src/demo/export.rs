@@ -9,41 +9,12 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::generate::Resource;
-use super::server::{Faults, KickoffLevel, Outcome};
+use super::server::{Faults, HOSTILE_TYPES, KickoffLevel, Outcome};
 use super::time::{format_instant, parse_instant};
-
-/// Every FHIR R4 resource type: `_type` naming anything else is an error, a listed type the
-/// server holds nothing of simply has no output.
-const R4_TYPES: &str = "Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse \
-AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle CapabilityStatement CarePlan CareTeam \
-CatalogEntry ChargeItem ChargeItemDefinition Claim ClaimResponse ClinicalImpression CodeSystem Communication \
-CommunicationRequest CompartmentDefinition Composition ConceptMap Condition Consent Contract Coverage \
-CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device DeviceDefinition DeviceMetric \
-DeviceRequest DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference EffectEvidenceSynthesis \
-Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceVariable \
-ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group GuidanceResponse \
-HealthcareService ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation \
-ImplementationGuide InsurancePlan Invoice Library Linkage List Location Measure MeasureReport Media Medication \
-MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest MedicationStatement \
-MedicinalProduct MedicinalProductAuthorization MedicinalProductContraindication MedicinalProductIndication \
-MedicinalProductIngredient MedicinalProductInteraction MedicinalProductManufactured MedicinalProductPackaged \
-MedicinalProductPharmaceutical MedicinalProductUndesirableEffect MessageDefinition MessageHeader \
-MolecularSequence NamingSystem NutritionOrder Observation ObservationDefinition OperationDefinition \
-OperationOutcome Organization OrganizationAffiliation Parameters Patient PaymentNotice PaymentReconciliation \
-Person PlanDefinition Practitioner PractitionerRole Procedure Provenance Questionnaire QuestionnaireResponse \
-RelatedPerson RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject \
-RiskAssessment RiskEvidenceSynthesis Schedule SearchParameter ServiceRequest Slot Specimen SpecimenDefinition \
-StructureDefinition StructureMap Subscription Substance SubstanceNucleicAcid SubstancePolymer SubstanceProtein \
-SubstanceReferenceInformation SubstanceSourceMaterial SubstanceSpecification SupplyDelivery SupplyRequest Task \
-TerminologyCapabilities TestReport TestScript ValueSet VerificationResult VisionPrescription";
+use crate::r4::is_resource_type;
 
 /// Types outside the Patient compartment among those the demo holds.
 const NOT_IN_PATIENT_COMPARTMENT: [&str; 3] = ["Organization", "Practitioner", "Group"];
-
-/// Whether `name` is a FHIR R4 resource type.
-pub(crate) fn is_resource_type(name: &str) -> bool {
-    R4_TYPES.split_whitespace().any(|t| t == name)
-}
 
 /// The `_outputFormat` values the spec requires servers to accept.
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
@@ -561,6 +532,12 @@ pub(crate) fn run(
         let line = &file.lines[0];
         file.lines[0] = line[..line.len() / 2].into();
         file.len = file.lines.iter().map(|l| l.len() as u64 + 1).sum();
+    }
+    if faults.hostile_type_names {
+        let lines = files.first().map(|f| f.lines.clone()).unwrap_or_default();
+        for resource_type in HOSTILE_TYPES {
+            files.push(JobFile::new(FileKind::Output, resource_type, lines.clone()));
+        }
     }
     if request.since.is_some() {
         let deleted: Vec<Arc<str>> = snapshot

@@ -24,4 +24,6 @@ mod tls;
 
 pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};
 pub use generate::{Population, Resource, generate};
-pub use server::{DemoConfig, DemoServer, DemoStats, Faults, KickoffLevel, KickoffRecord};
+pub use server::{
+    DemoConfig, DemoServer, DemoStats, Faults, HOSTILE_TYPES, KickoffLevel, KickoffRecord,
+};

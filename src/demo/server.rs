@@ -181,7 +181,14 @@ pub struct Faults {
     pub download_token_revoked: u32,
     /// Wait this long before each body chunk (64 KiB) of a download: a slow network.
     pub download_chunk_delay: Option<Duration>,
+    /// Behave like a hostile server: list [`HOSTILE_TYPES`] in the CapabilityStatement, and add
+    /// an output file of each to the manifest (jobs kicked off while set), trying to make the
+    /// client write outside its folders.
+    pub hostile_type_names: bool,
 }
+
+/// The path-like resource types of the `hostile_type_names` fault.
+pub const HOSTILE_TYPES: [&str; 2] = ["../../../victim", "Patient/../x"];
 
 /// Export level of a kick-off.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,7 +491,7 @@ impl DemoServer {
         let resource =
             Resource::from_value(resource, at).expect("upsert needs resourceType and id");
         assert!(
-            export::is_resource_type(resource.resource_type()),
+            crate::r4::is_resource_type(resource.resource_type()),
             "upsert: not a FHIR R4 resource type"
         );
         let resources = store.resources_mut(resource.resource_type());
@@ -648,7 +655,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
     let base = state.origin.join("fhir").expect("static");
     let store = state.store.read().expect("store");
-    let resources: Vec<Value> = store
+    let mut resources: Vec<Value> = store
         .types
         .iter()
         .map(|(ty, _)| {
@@ -665,6 +672,9 @@ async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
             resource
         })
         .collect();
+    if state.faults.lock().expect("faults").hostile_type_names {
+        resources.extend(HOSTILE_TYPES.map(|t| json!({ "type": t })));
+    }
     let mut rest = json!({ "mode": "server" });
     if state.config.require_auth {
         rest["security"] = json!({

@@ -22,6 +22,12 @@
 //!   .lock                                held while committing
 //! ```
 //!
+//! Every path the store builds stays inside its folder: a `<Type>` is a resource type name
+//! ([`crate::r4::check_type_name`]), a filtered snapshot's name, a snapshot id, a job key and a
+//! file path listed in a manifest each pass a strict rule of their own before they are joined
+//! (a manifest on disk may have been tampered with), and garbage collection removes only
+//! folders whose names it made.
+//!
 //! Another engine reads a table by reading `<Type>/manifest.json` and then the files it lists
 //! under `tables.<mode>.files` (paths relative to the snapshot folder), for example in DuckDB
 //! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet')`,
@@ -60,6 +66,8 @@ use arrow::datatypes::SchemaRef;
 use datafusion::parquet;
 use serde::{Deserialize, Serialize};
 
+use crate::error::quoted;
+use crate::r4::check_type_name;
 use crate::{Error, Result};
 
 pub(crate) use convert::open_raw;
@@ -108,8 +116,21 @@ impl SnapshotStore {
     }
 
     /// The folder where an export of the given key keeps its downloads (so a killed run resumes).
-    pub fn staging_dir(&self, job_key: &str) -> PathBuf {
-        self.dir.join("staging").join(job_key)
+    /// A key is ASCII letters, digits, `_` and `-` (at most 100), so it names a folder of
+    /// `staging/` and nothing else.
+    pub fn staging_dir(&self, job_key: &str) -> Result<PathBuf> {
+        let valid = !job_key.is_empty()
+            && job_key.len() <= 100
+            && job_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        match valid {
+            true => Ok(self.dir.join("staging").join(job_key)),
+            false => Err(Error::Snapshot(format!(
+                "{} is not a staging folder name",
+                quoted(job_key)
+            ))),
+        }
     }
 
     /// The current snapshot named `name` (a resource type, or a filtered snapshot's name), if one
@@ -126,7 +147,7 @@ impl SnapshotStore {
             },
             false => None,
         };
-        let path = self.manifest_path(name);
+        let path = self.manifest_path(name)?;
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -134,7 +155,9 @@ impl SnapshotStore {
         };
         let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
-        let dir = self.dir.join(name).join(&manifest.snapshot);
+        check_manifest_paths(&manifest)
+            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        let dir = self.named_dir(name)?.join(&manifest.snapshot);
         Ok(Some(Snapshot {
             dir,
             manifest,
@@ -145,7 +168,7 @@ impl SnapshotStore {
     /// A lease on the filtered snapshot `name`, recording its use; `None` when it does not
     /// exist or is being evicted.
     fn lease(&self, name: &str) -> Result<Option<Lease>> {
-        let path = self.dir.join(name).join(LEASE_FILE);
+        let path = self.named_dir(name)?.join(LEASE_FILE);
         // Eviction may remove the folder between our open and our lock, and a new export may
         // make it again: the lock counts only on the file the path names now.
         for _ in 0..3 {
@@ -180,15 +203,15 @@ impl SnapshotStore {
     /// until a later eviction). The type's full snapshot is never touched. Returns the names
     /// evicted.
     pub fn evict_filtered(&self, resource_type: &str, keep: usize) -> Result<Vec<String>> {
+        let prefix = format!("{}@", check_type_name(resource_type)?);
         let _lock = self.lock()?;
-        let prefix = format!("{resource_type}@");
         let mut filtered: Vec<(SystemTime, String)> = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && entry.path().is_dir() {
+            if name.starts_with(&prefix) && is_filtered_name(&name) && entry.path().is_dir() {
                 let dir = entry.path();
-                let used = [dir.join(LEASE_FILE), self.manifest_path(&name), dir]
+                let used = [dir.join(LEASE_FILE), self.manifest_path(&name)?, dir]
                     .iter()
                     .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
                     .max()
@@ -199,7 +222,7 @@ impl SnapshotStore {
         filtered.sort_by(|a, b| b.cmp(a));
         let mut evicted = Vec::new();
         for (_, name) in filtered.into_iter().skip(keep) {
-            let dir = self.dir.join(&name);
+            let dir = self.named_dir(&name)?;
             let path = dir.join(LEASE_FILE);
             let Ok(lock) = File::options()
                 .create(true)
@@ -214,10 +237,11 @@ impl SnapshotStore {
                 continue; // being read
             }
             // Unpublished first: a crash leaves a folder without a manifest, evicted later.
-            match fs::remove_file(self.manifest_path(&name)) {
+            let manifest = self.manifest_path(&name)?;
+            match fs::remove_file(&manifest) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(self.manifest_path(&name), e)),
+                Err(e) => return Err(Error::io(manifest, e)),
             }
             fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             drop(lock);
@@ -232,7 +256,7 @@ impl SnapshotStore {
         for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.contains('@') && entry.path().join("manifest.json").is_file() {
+            if check_type_name(&name).is_ok() && entry.path().join("manifest.json").is_file() {
                 types.push(name);
             }
         }
@@ -248,6 +272,8 @@ impl SnapshotStore {
     /// Starts writing a snapshot of `resource_type` to be committed under another `name` (a
     /// filtered export's, which must not replace the type's full snapshot).
     pub fn begin_named(&self, name: &str, resource_type: &str) -> Result<SnapshotWriter> {
+        check_name(name)?;
+        check_type_name(resource_type)?;
         let id = new_snapshot_id();
         let dir = self.dir.join("tmp").join(&id);
         fs::create_dir_all(dir.join("raw")).map_err(|e| Error::io(&dir, e))?;
@@ -289,7 +315,7 @@ impl SnapshotStore {
         let mut manifest = snapshot.manifest.clone();
         manifest.tables.insert(key.clone(), table.relative_to(&key));
         let name = snapshot.name();
-        let path = self.manifest_path(&name);
+        let path = self.manifest_path(&name)?;
         let current = self.current(&name)?;
         if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
             write_atomic(&path, &to_json(&manifest)?)?;
@@ -301,8 +327,14 @@ impl SnapshotStore {
         })
     }
 
-    fn manifest_path(&self, name: &str) -> PathBuf {
-        self.dir.join(name).join("manifest.json")
+    /// The folder of the snapshots named `name` (a type's, or a filtered export's): checked by
+    /// [`check_name`], so never a path outside the store.
+    fn named_dir(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.dir.join(check_name(name)?))
+    }
+
+    fn manifest_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.named_dir(name)?.join("manifest.json"))
     }
 
     /// Exclusive lock of the store, released on drop (also when the process dies).
@@ -318,34 +350,36 @@ impl SnapshotStore {
         Ok(file)
     }
 
-    /// Removes snapshot folders of `name` other than `keep`, and temporary folders older than a
-    /// day (a crashed writer's).
-    fn collect_garbage(&self, name: &str, keep: &[&str]) {
-        let type_dir = self.dir.join(name);
+    /// Removes snapshot folders in `type_dir` other than `keep`, and temporary folders older
+    /// than a day (a crashed writer's). Only folders named like snapshot ids are touched: the
+    /// store made those, whatever else lies there is not its own.
+    fn collect_garbage(&self, type_dir: &Path, keep: &[&str]) {
         let stale = |p: &Path| {
             p.metadata()
                 .and_then(|m| m.modified())
                 .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86_400))
                 .unwrap_or(false)
         };
-        let dirs = fs::read_dir(&type_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path());
-        for path in dirs.filter(|p| p.is_dir()) {
+        let snapshot_dirs = |dir: &Path| {
+            fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(is_snapshot_id))
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect::<Vec<_>>()
+        };
+        for path in snapshot_dirs(type_dir) {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             if !keep.contains(&name.as_ref()) {
                 let _ = fs::remove_dir_all(&path);
             }
         }
-        let tmps = fs::read_dir(self.dir.join("tmp"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path());
-        for path in tmps.filter(|p| stale(p)) {
-            let _ = fs::remove_dir_all(&path);
+        for path in snapshot_dirs(&self.dir.join("tmp")) {
+            if stale(&path) {
+                let _ = fs::remove_dir_all(&path);
+            }
         }
     }
 }
@@ -411,19 +445,19 @@ impl SnapshotWriter {
             .as_millis() as u64;
 
         let store = &self.store;
-        let type_dir = store.dir.join(&self.name);
+        let type_dir = store.named_dir(&self.name)?;
         let _lock = store.lock()?;
         // Under the lock: eviction removes filtered snapshots' folders under it too.
         fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
         let previous = store.current(&self.name)?.map(|s| s.manifest.snapshot);
         let target = type_dir.join(&self.id);
         fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
-        write_atomic(&store.manifest_path(&self.name), &to_json(&manifest)?)?;
+        write_atomic(&store.manifest_path(&self.name)?, &to_json(&manifest)?)?;
         let keep: Vec<&str> = [Some(self.id.as_str()), previous.as_deref()]
             .into_iter()
             .flatten()
             .collect();
-        store.collect_garbage(&self.name, &keep);
+        store.collect_garbage(&type_dir, &keep);
         let lease = match is_filtered(&self.name) {
             true => store.lease(&self.name)?,
             false => None,
@@ -455,6 +489,80 @@ pub struct Lease {
 /// Whether `name` is a filtered snapshot's (`<Type>@<filters>-<hash>`).
 fn is_filtered(name: &str) -> bool {
     name.contains('@')
+}
+
+/// `name` when it may name a folder of the store: a resource type name, or a filtered
+/// snapshot's name.
+fn check_name(name: &str) -> Result<&str> {
+    let valid = match is_filtered(name) {
+        false => check_type_name(name).is_ok(),
+        true => is_filtered_name(name),
+    };
+    match valid {
+        true => Ok(name),
+        false => Err(Error::Snapshot(format!(
+            "{} is neither a resource type name nor a filtered snapshot name",
+            quoted(name)
+        ))),
+    }
+}
+
+/// Whether `name` has the shape `Pushdown::snapshot_name` gives: a resource type name, `@`,
+/// at most 80 of `A-Za-z0-9-_.=`, `-`, then 8 lowercase hex digits.
+fn is_filtered_name(name: &str) -> bool {
+    let Some((resource_type, rest)) = name.split_once('@') else {
+        return false;
+    };
+    let Some((filters, hash)) = rest.rsplit_once('-') else {
+        return false;
+    };
+    check_type_name(resource_type).is_ok()
+        && filters.len() <= 80
+        && filters
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
+        && is_lower_hex(hash, 8)
+}
+
+/// Whether `id` has the shape [`new_snapshot_id`] gives: 17 digits, `-`, 8 lowercase hex digits.
+fn is_snapshot_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(stamp, rand)| {
+        stamp.len() == 17 && stamp.bytes().all(|b| b.is_ascii_digit()) && is_lower_hex(rand, 8)
+    })
+}
+
+fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks what a manifest read from disk makes paths of: its snapshot id, and its files, which
+/// must be relative paths of plain names (`A-Za-z0-9_.-`, not starting with `.`) inside the
+/// snapshot folder.
+fn check_manifest_paths(manifest: &SnapshotManifest) -> std::result::Result<(), String> {
+    if !is_snapshot_id(&manifest.snapshot) {
+        return Err(format!(
+            "snapshot {} is not a snapshot id",
+            quoted(&manifest.snapshot)
+        ));
+    }
+    let raw = manifest.raw.iter().map(|r| &r.path);
+    let tables = manifest.tables.values().flat_map(|t| &t.files);
+    for path in raw.chain(tables.map(|f| &f.path)) {
+        let plain = |part: &str| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        };
+        if !path.split('/').all(plain) {
+            return Err(format!(
+                "file {} is not a path inside the snapshot",
+                quoted(path)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `file` is the file `path` names now.
@@ -537,7 +645,13 @@ impl Snapshot {
                 self.dir.display()
             ))
         })?;
-        let path = self.dir.join(&table.files[0].path);
+        let first = table.files.first().ok_or_else(|| {
+            Error::Snapshot(format!(
+                "snapshot {} lists no {mode} file",
+                self.dir.display()
+            ))
+        })?;
+        let path = self.dir.join(&first.path);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
@@ -774,34 +888,139 @@ mod tests {
     fn eviction_removes_the_least_recently_used_filtered_snapshots_not_leased_ones() {
         let cache = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
-        for name in ["Patient", "Patient@a-1", "Patient@b-2", "Patient@c-3"] {
+        for name in [
+            "Patient",
+            "Patient@a-0000000a",
+            "Patient@b-0000000b",
+            "Patient@c-0000000c",
+        ] {
             commit(&store, name);
         }
-        let held = store.current("Patient@a-1").unwrap().unwrap();
+        let held = store.current("Patient@a-0000000a").unwrap().unwrap();
         assert!(held.lease().is_some());
-        store.current("Patient@c-3").unwrap().unwrap(); // used last
+        store.current("Patient@c-0000000c").unwrap().unwrap(); // used last
         // `a` is beyond the one kept but leased; `b` goes.
-        assert_eq!(store.evict_filtered("Patient", 1).unwrap(), ["Patient@b-2"]);
-        assert!(store.current("Patient@b-2").unwrap().is_none());
-        assert!(!store.dir().join("Patient@b-2").exists());
+        assert_eq!(
+            store.evict_filtered("Patient", 1).unwrap(),
+            ["Patient@b-0000000b"]
+        );
+        assert!(store.current("Patient@b-0000000b").unwrap().is_none());
+        assert!(!store.dir().join("Patient@b-0000000b").exists());
         assert_eq!(held.schema("flattened").unwrap().fields().len(), 2);
         drop(held);
-        assert_eq!(store.evict_filtered("Patient", 1).unwrap(), ["Patient@a-1"]);
+        assert_eq!(
+            store.evict_filtered("Patient", 1).unwrap(),
+            ["Patient@a-0000000a"]
+        );
         // The full snapshot is not a filtered one.
         assert!(store.current("Patient").unwrap().unwrap().lease().is_none());
-        assert_eq!(store.evict_filtered("Patient", 0).unwrap(), ["Patient@c-3"]);
+        assert_eq!(
+            store.evict_filtered("Patient", 0).unwrap(),
+            ["Patient@c-0000000c"]
+        );
         assert!(store.current("Patient").unwrap().is_some());
 
         // One being evicted (its lock held exclusively) is absent to readers.
-        commit(&store, "Patient@d-4");
+        commit(&store, "Patient@d-0000000d");
         let evicting = File::options()
             .write(true)
-            .open(store.dir().join("Patient@d-4").join(LEASE_FILE))
+            .open(store.dir().join("Patient@d-0000000d").join(LEASE_FILE))
             .unwrap();
         evicting.lock().unwrap();
-        assert!(store.current("Patient@d-4").unwrap().is_none());
+        assert!(store.current("Patient@d-0000000d").unwrap().is_none());
         drop(evicting);
-        assert!(store.current("Patient@d-4").unwrap().is_some());
+        assert!(store.current("Patient@d-0000000d").unwrap().is_some());
+    }
+
+    #[test]
+    fn names_of_the_store_are_checked() {
+        for name in [
+            "Patient",
+            "Patient@gender=female-0a1b2c3d",
+            "Patient@-0a1b2c3d",
+        ] {
+            assert_eq!(check_name(name).unwrap(), name);
+        }
+        let rejected = [
+            "",
+            "..",
+            "../../../victim",
+            "Patient/..",
+            "Patient@../../x-0a1b2c3d",
+            "Patient@a/b-0a1b2c3d",
+            "Patient@a-0A1B2C3D",
+            "Patient@a-123",
+            "../x@a-0a1b2c3d",
+            "Patient@a",
+        ];
+        for name in rejected {
+            assert!(check_name(name).is_err(), "{name:?} accepted");
+        }
+        assert!(is_snapshot_id(&new_snapshot_id()));
+        for id in ["", "..", "20240101000000000-../../x", "2024-0a1b2c3d", "x"] {
+            assert!(!is_snapshot_id(id), "{id:?}");
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        assert!(store.begin("../../../victim").is_err());
+        assert!(
+            store
+                .begin_named("Patient@../x-0a1b2c3d", "Patient")
+                .is_err()
+        );
+        assert!(store.current("../../../victim").is_err());
+        assert!(store.evict_filtered("../x", 0).is_err());
+        assert!(store.staging_dir("../x").is_err());
+        assert_eq!(
+            cache.path().read_dir().unwrap().count(),
+            1,
+            "only the store's folder"
+        );
+    }
+
+    #[test]
+    fn a_tampered_manifest_names_no_path_outside_its_snapshot() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        commit(&store, "Patient");
+        let path = store.manifest_path("Patient").unwrap();
+        let good: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let tamper = |pointer: &str, value: &str| {
+            let mut manifest = good.clone();
+            *manifest.pointer_mut(pointer).unwrap() = value.into();
+            fs::write(&path, manifest.to_string()).unwrap();
+            store.current("Patient").unwrap_err().to_string()
+        };
+        let err = tamper("/snapshot", "../../..");
+        assert!(
+            err.contains(r#"snapshot "../../.." is not a snapshot id"#),
+            "{err}"
+        );
+        let err = tamper("/raw/0/path", "../../../../etc/passwd");
+        assert!(
+            err.contains(r#"file "../../../../etc/passwd" is not a path"#),
+            "{err}"
+        );
+        let err = tamper("/tables/flattened/files/0/path", "/etc/passwd");
+        assert!(err.contains("is not a path inside the snapshot"), "{err}");
+    }
+
+    #[test]
+    fn garbage_collection_removes_only_snapshot_folders() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        commit(&store, "Patient");
+        let foreign = store.dir().join("Patient").join("not-ours");
+        fs::create_dir_all(&foreign).unwrap();
+        commit(&store, "Patient");
+        commit(&store, "Patient");
+        assert!(foreign.is_dir(), "a folder the store did not make stays");
+        let snapshots = fs::read_dir(store.dir().join("Patient"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_snapshot_id))
+            .count();
+        assert_eq!(snapshots, 2, "the current snapshot and the one before");
     }
 
     #[test]

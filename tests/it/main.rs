@@ -6,6 +6,7 @@ mod catalog_views;
 mod cli;
 mod demo;
 mod flight;
+mod hostile;
 mod ndjson;
 mod smart;
 mod snapshot;

@@ -1,0 +1,120 @@
+//! What fhirflight knows of FHIR R4 itself, shipped with the crate (never fetched at run time):
+//! the resource types, and the rule a type name from outside must pass before it names anything.
+//!
+//! A resource type name from a server, a manifest, a folder, the configuration or SQL becomes a
+//! table name and a folder of the snapshot store, so [`check_type_name`] admits only the shape
+//! of a resource type name (`^[A-Z][A-Za-z]{0,63}$`): no separator, dot or other character that
+//! could make a path. It does not insist on [`RESOURCE_TYPES`], since servers of other FHIR
+//! versions and custom types are served too.
+
+mod resource_types;
+
+pub use resource_types::RESOURCE_TYPES;
+
+use crate::error::quoted;
+use crate::{Error, Result};
+
+/// The longest resource type name accepted (the longest of R4 has 33 letters).
+pub const MAX_TYPE_NAME_LEN: usize = 64;
+
+/// Whether `name` is an R4 resource type (`Patient`; not `patient`, nor the abstract
+/// `DomainResource`).
+pub fn is_resource_type(name: &str) -> bool {
+    RESOURCE_TYPES.binary_search(&name).is_ok()
+}
+
+/// `name` when it has the shape of a resource type name: an ASCII capital letter, then up to
+/// 63 ASCII letters (`^[A-Z][A-Za-z]{0,63}$`). Anything else, a path above all, is an
+/// [`Error::Config`] quoting it (escaped and cut, as it may come from a remote server).
+pub fn check_type_name(name: &str) -> Result<&str> {
+    let bytes = name.as_bytes();
+    let valid = bytes.len() <= MAX_TYPE_NAME_LEN
+        && bytes.first().is_some_and(u8::is_ascii_uppercase)
+        && bytes.iter().all(u8::is_ascii_alphabetic);
+    match valid {
+        true => Ok(name),
+        false => Err(Error::Config(format!(
+            "{} is not a resource type name (a capital letter, then at most {} letters)",
+            quoted(name),
+            MAX_TYPE_NAME_LEN - 1
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_is_r4s_concrete_resource_types_sorted() {
+        assert_eq!(RESOURCE_TYPES.len(), 146);
+        assert!(
+            RESOURCE_TYPES.is_sorted_by(|a, b| a < b),
+            "sorted, no duplicates"
+        );
+        for t in [
+            "Patient",
+            "ExplanationOfBenefit",
+            "MedicinalProductPharmaceutical",
+        ] {
+            assert!(is_resource_type(t), "{t}");
+        }
+        for t in [
+            "Resource",
+            "DomainResource",
+            "BackboneElement",
+            "patient",
+            "",
+        ] {
+            assert!(!is_resource_type(t), "{t}");
+        }
+        // Every R4 type passes the rule for names from outside.
+        for t in RESOURCE_TYPES {
+            check_type_name(t).unwrap();
+        }
+    }
+
+    #[test]
+    fn type_names_are_a_capital_then_letters() {
+        let longest = format!("A{}", "b".repeat(63));
+        for name in ["Patient", "X", "MyCustomType", longest.as_str()] {
+            assert_eq!(check_type_name(name).unwrap(), name);
+        }
+        let too_long = format!("A{}", "b".repeat(64));
+        let rejected = [
+            "",
+            "patient",
+            "Pat1ent",
+            "Patient/..",
+            "../../../victim",
+            "Patient/../x",
+            "..",
+            "Patient.ndjson",
+            "Patient ",
+            "Patient\0",
+            "Pätient",
+            "Ünicode",
+            "PatientＡ", // a fullwidth letter
+            too_long.as_str(),
+        ];
+        for name in rejected {
+            assert!(check_type_name(name).is_err(), "{name:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_error_quotes_the_name_escaped_and_cut() {
+        let err = check_type_name("../../../victim").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "configuration: \"../../../victim\" is not a resource type name \
+             (a capital letter, then at most 63 letters)"
+        );
+        let err = check_type_name("a\nb\u{1b}[31m").unwrap_err().to_string();
+        assert!(err.contains(r#""a\nb\u{1b}[31m""#), "{err}");
+        let long = "x".repeat(10_000);
+        let err = check_type_name(&long).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        assert!(err.contains("…"), "{err}");
+    }
+}
