@@ -24,4 +24,7 @@ mod tls;
 
 pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};
 pub use generate::{Population, Resource, generate};
-pub use server::{DemoConfig, DemoServer, DemoStats, Faults, KickoffLevel, KickoffRecord};
+pub use server::{
+    DemoConfig, DemoServer, DemoStats, Faults, ForeignOrigin, ForeignRequest, KickoffLevel,
+    KickoffRecord,
+};
