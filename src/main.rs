@@ -100,6 +100,10 @@ struct ServerArgs {
     /// Files downloaded at once.
     #[arg(long)]
     parallel_downloads: Option<usize>,
+    /// An origin besides the FHIR server's that gets the access token (repeatable), e.g.
+    /// `https://files.example.org`; other origins are asked without it.
+    #[arg(long = "token-origin", value_name = "ORIGIN")]
+    token_origins: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +276,8 @@ struct ServerConfig {
     ca_bundle: Option<PathBuf>,
     proxy: Option<Url>,
     parallel_downloads: Option<usize>,
+    #[serde(default)]
+    token_origins: Vec<String>,
 }
 
 impl Config {
@@ -541,6 +547,11 @@ impl ServerArgs {
             ca_bundle: self.ca_bundle.or(config.ca_bundle),
             parallel_downloads: self.parallel_downloads.or(config.parallel_downloads),
             proxy: self.proxy.or(config.proxy),
+            token_origins: if self.token_origins.is_empty() {
+                config.token_origins
+            } else {
+                self.token_origins
+            },
         };
         let insecure = self.insecure_skip_tls_verify;
         if self.demo {
@@ -563,8 +574,9 @@ impl ServerArgs {
 
 impl ServerConfig {
     fn client_options(&self, insecure_skip_tls_verify: bool) -> ClientOptions {
-        let mut options =
-            ClientOptions::default().with_danger_accept_invalid_certs(insecure_skip_tls_verify);
+        let mut options = ClientOptions::default()
+            .with_danger_accept_invalid_certs(insecure_skip_tls_verify)
+            .with_token_origins(self.token_origins.clone());
         if let Some(n) = self.parallel_downloads {
             options = options.with_parallel_downloads(n);
         }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use super::download::{self, Fetcher, count_file, remove_quietly};
+use super::origins::TokenOrigins;
 use super::{
     ClientOptions, DownloadedFile, ExportOutcome, ExportPhase, ExportProgress, ExportRequest,
     Manifest, OutputFile, deleted_resources,
@@ -60,6 +61,7 @@ struct Inner {
     base: Url,
     http: reqwest::Client,
     auth: Option<SmartAuth>,
+    origins: TokenOrigins,
     options: ClientOptions,
 }
 
@@ -82,15 +84,24 @@ enum FileKind {
 impl BulkClient {
     /// A client for the FHIR server at `base_url`. With `auth`, SMART Backend Services is set up
     /// (the token endpoint discovered unless given); without, the server is taken to be open.
+    ///
+    /// The access token goes only to the origin of `base_url` and to the options'
+    /// [token origins](ClientOptions::with_token_origins); with an https `base_url`, no request
+    /// (token endpoint, status, manifest pages, files, redirects) may use plain http.
     pub async fn try_new(
         base_url: Url,
         auth: Option<SmartConfig>,
         options: ClientOptions,
     ) -> Result<Self> {
+        let origins = TokenOrigins::try_new(&base_url, &options.token_origins)?;
         let http = options.http_client()?;
         let auth = match auth {
             Some(config) => {
-                Some(SmartAuth::try_new_with(&base_url, config, http.clone(), options.retry).await?)
+                let auth =
+                    SmartAuth::try_new_with(&base_url, config, http.clone(), options.retry).await?;
+                // The token comes back from its endpoint: that must not be plain http either.
+                origins.token_allowed(auth.token_endpoint())?;
+                Some(auth)
             }
             None => None,
         };
@@ -99,6 +110,7 @@ impl BulkClient {
                 base: base_url,
                 http,
                 auth,
+                origins,
                 options,
             }),
         })
@@ -237,6 +249,11 @@ impl BulkClient {
             let page = Manifest::parse(&self.read_bytes(&next, response).await?, &next)?;
             manifest.link = page.link.clone();
             manifest.append_page(page);
+        }
+        // A file URL that may not be requested fails the job now, before any download.
+        let files = manifest.output.iter().chain(&manifest.deleted);
+        for file in files.chain(&manifest.error) {
+            self.inner.origins.token_allowed(&file.url)?;
         }
         Ok(manifest)
     }
@@ -413,6 +430,7 @@ impl BulkClient {
             } else {
                 None
             },
+            origins: &self.inner.origins,
             on_bytes: &on_bytes,
         };
         let fetcher = &fetcher;
@@ -468,7 +486,8 @@ impl BulkClient {
         Ok(outcome)
     }
 
-    /// One request with the client's retry policy, the bearer token, and the request timeout.
+    /// One request with the client's retry policy, the bearer token where it may go, and the
+    /// request timeout.
     async fn send(
         &self,
         method: Method,
@@ -478,13 +497,15 @@ impl BulkClient {
         let Inner {
             http,
             auth,
+            origins,
             options,
             ..
         } = &*self.inner;
-        http::send(http, &options.retry, auth.as_ref(), method, url, |r| {
-            Ok(build(r.timeout(options.request_timeout)))
-        })
-        .await
+        origins
+            .send(http, &options.retry, auth.as_ref(), method, url, |r| {
+                Ok(build(r.timeout(options.request_timeout)))
+            })
+            .await
     }
 
     async fn read_bytes(&self, url: &Url, response: reqwest::Response) -> Result<bytes::Bytes> {

@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use url::Url;
 
 use super::OutputFile;
+use super::origins::TokenOrigins;
 use crate::smart::SmartAuth;
-use crate::smart::http::{self, RetryPolicy, redact_url, transport_error, transport_retryable};
+use crate::smart::http::{RetryPolicy, redact_url, transport_error, transport_retryable};
 use crate::{Error, Result};
 
 /// Counts NDJSON lines in a byte stream split anywhere: newlines, plus a last line without one.
@@ -48,6 +49,8 @@ pub(crate) struct Fetcher<'a> {
     pub(crate) retry: &'a RetryPolicy,
     /// The token source when the manifest says `requiresAccessToken`.
     pub(crate) auth: Option<&'a SmartAuth>,
+    /// Which file URLs may get the token.
+    pub(crate) origins: &'a TokenOrigins,
     /// Called with the number of new bytes as they arrive.
     pub(crate) on_bytes: &'a (dyn Fn(u64) + Sync),
 }
@@ -147,25 +150,27 @@ async fn fetch_into(
     part: &Path,
     resume_from: u64,
 ) -> Result<(u64, u64), Fetch> {
-    let response = http::send(
-        fetcher.http,
-        fetcher.retry,
-        fetcher.auth,
-        Method::GET,
-        url,
-        |r| {
-            let r = r.header(ACCEPT, "application/fhir+ndjson");
-            Ok(if resume_from > 0 {
-                // Byte offsets must count the stored (identity) bytes, not a compressed encoding.
-                r.header(RANGE, format!("bytes={resume_from}-"))
-                    .header(ACCEPT_ENCODING, "identity")
-            } else {
-                r
-            })
-        },
-    )
-    .await
-    .map_err(Fetch::Fatal)?;
+    let response = fetcher
+        .origins
+        .send(
+            fetcher.http,
+            fetcher.retry,
+            fetcher.auth,
+            Method::GET,
+            url,
+            |r| {
+                let r = r.header(ACCEPT, "application/fhir+ndjson");
+                Ok(if resume_from > 0 {
+                    // Byte offsets must count the stored (identity) bytes, not a compressed encoding.
+                    r.header(RANGE, format!("bytes={resume_from}-"))
+                        .header(ACCEPT_ENCODING, "identity")
+                } else {
+                    r
+                })
+            },
+        )
+        .await
+        .map_err(Fetch::Fatal)?;
     let io = |e| Fetch::Fatal(Error::io(part, e));
     let resumed = resume_from > 0
         && response.status() == StatusCode::PARTIAL_CONTENT

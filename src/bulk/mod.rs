@@ -9,6 +9,7 @@ mod client;
 mod download;
 mod manifest;
 mod options;
+mod origins;
 mod progress;
 mod request;
 

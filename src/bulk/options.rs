@@ -36,6 +36,7 @@ pub struct ClientOptions {
     pub(crate) danger_accept_invalid_certs: bool,
     pub(crate) proxy: Option<ProxyUrl>,
     pub(crate) user_agent: String,
+    pub(crate) token_origins: Vec<String>,
 }
 
 /// A proxy URL, whose password `Debug` does not show.
@@ -60,6 +61,7 @@ impl Default for ClientOptions {
             danger_accept_invalid_certs: false,
             proxy: None,
             user_agent: concat!("fhirflight/", env!("CARGO_PKG_VERSION")).into(),
+            token_origins: Vec::new(),
         }
     }
 }
@@ -158,12 +160,27 @@ impl ClientOptions {
         }
     }
 
+    /// Origins besides the FHIR server's own that get the access token, e.g.
+    /// `https://files.example.org` (`scheme://host[:port]`, https when the server is; checked by
+    /// [`BulkClient::try_new`](super::BulkClient::try_new)). Status URLs, manifest pages and
+    /// files on any other origin are requested without it, like the presigned storage URLs
+    /// Bulk Data allows.
+    pub fn with_token_origins<S: Into<String>>(self, origins: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            token_origins: origins.into_iter().map(Into::into).collect(),
+            ..self
+        }
+    }
+
     /// The HTTP client these options describe.
     pub(crate) fn http_client(&self) -> Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder()
             .user_agent(&self.user_agent)
             .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout);
+            .read_timeout(self.read_timeout)
+            .redirect(reqwest::redirect::Policy::custom(follow_redirect))
+            // The previous URL may hold presigned-URL secrets: the next origin does not get it.
+            .referer(false);
         if let Some(path) = &self.ca_bundle {
             let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
@@ -198,6 +215,28 @@ impl ClientOptions {
         builder
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+    }
+}
+
+/// Follows at most 10 redirects, none from https to plain http. A hop to another host or port
+/// loses the `Authorization` header in reqwest itself (0.12 `redirect::remove_sensitive_headers`;
+/// the integration test `the_token_goes_to_files_only_when_required_and_never_to_another_origin`
+/// pins it); with downgrades refused, the one other change of origin left is http to https on the
+/// same host and port, which exposes nothing new.
+fn follow_redirect(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let from_https = attempt
+        .previous()
+        .last()
+        .is_some_and(|url| url.scheme() == "https");
+    if from_https && attempt.url().scheme() == "http" {
+        let to = redact_url(attempt.url());
+        attempt.error(format!(
+            "refused a redirect from https to plain http ({to})"
+        ))
+    } else if attempt.previous().len() > 10 {
+        attempt.error("too many redirects")
+    } else {
+        attempt.follow()
     }
 }
 

@@ -25,5 +25,6 @@ mod tls;
 pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};
 pub use generate::{Population, Resource, generate};
 pub use server::{
-    DemoConfig, DemoServer, DemoStats, Faults, HOSTILE_TYPES, KickoffLevel, KickoffRecord,
+    DemoConfig, DemoServer, DemoStats, Faults, ForeignOrigin, ForeignRequest, HOSTILE_TYPES,
+    KickoffLevel, KickoffRecord,
 };

@@ -185,6 +185,37 @@ pub struct Faults {
     /// an output file of each to the manifest (jobs kicked off while set), trying to make the
     /// client write outside its folders.
     pub hostile_type_names: bool,
+    /// Put parts of jobs kicked off while set on another origin (presigned storage URLs).
+    pub foreign_origin: Option<ForeignOrigin>,
+}
+
+/// Another origin that reaches the same demo server, such as `http://localhost:PORT/` for one
+/// listening on `127.0.0.1:PORT`: where [`Faults::foreign_origin`] puts a job's status URL,
+/// manifest pages or files, as servers that hand out presigned storage URLs do. Requests that come
+/// through it are recorded in [`DemoStats::foreign_requests`].
+#[derive(Debug, Clone)]
+pub struct ForeignOrigin {
+    /// The origin (`scheme://host:port/`).
+    pub url: Url,
+    /// The status URL (`Content-Location`) is there.
+    pub status: bool,
+    /// The manifest's `next` links are there.
+    pub pages: bool,
+    /// The output, deleted and error files are there.
+    pub files: bool,
+    /// Requests there need the bearer token too; else whoever has the URL gets in.
+    pub requires_auth: bool,
+}
+
+/// A request that came through [`Faults::foreign_origin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignRequest {
+    /// `GET`, `DELETE`.
+    pub method: String,
+    /// The URL path, e.g. `/files/{job}/0.ndjson`.
+    pub path: String,
+    /// Whether it carried an `Authorization` header.
+    pub authorization: bool,
 }
 
 /// The path-like resource types of the `hostile_type_names` fault.
@@ -237,6 +268,8 @@ pub struct DemoStats {
     pub tokens_issued: usize,
     /// Requests refused for a missing, unknown or expired bearer token.
     pub unauthorized: usize,
+    /// Requests that came through [`Faults::foreign_origin`], in order.
+    pub foreign_requests: Vec<ForeignRequest>,
 }
 
 /// An OperationOutcome error response.
@@ -587,7 +620,28 @@ fn router(state: Shared) -> Router {
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             Outcome::not_found(format!("no route for {method} {}", uri.path()))
         })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            record_foreign,
+        ))
         .with_state(state)
+}
+
+/// Records the requests that come through [`Faults::foreign_origin`].
+async fn record_foreign(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.foreign_origin(request.headers()).is_some() {
+        let record = ForeignRequest {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            authorization: request.headers().contains_key(header::AUTHORIZATION),
+        };
+        state.stats().foreign_requests.push(record);
+    }
+    next.run(request).await
 }
 
 impl ServerState {
@@ -595,9 +649,21 @@ impl ServerState {
         self.stats.lock().expect("stats")
     }
 
-    /// The grant of the request's bearer token (everything, on an open server).
+    /// Whether the request came through [`Faults::foreign_origin`]: `Some(requires_auth)` if so.
+    /// Told by `Host` (the demo speaks HTTP/1.1 only); as with a presigned URL, whoever has the
+    /// URL gets through.
+    fn foreign_origin(&self, headers: &HeaderMap) -> Option<bool> {
+        let faults = self.faults.lock().expect("faults");
+        let foreign = faults.foreign_origin.as_ref()?;
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let authority = &foreign.url[url::Position::BeforeHost..url::Position::AfterPort];
+        (host == authority).then_some(foreign.requires_auth)
+    }
+
+    /// The grant of the request's bearer token (everything, on an open server or an open
+    /// foreign origin).
     fn authorize(&self, headers: &HeaderMap) -> Result<Option<Grant>, Outcome> {
-        if !self.config.require_auth {
+        if !self.config.require_auth || self.foreign_origin(headers) == Some(false) {
             return Ok(None);
         }
         let result = match bearer(headers) {
@@ -905,15 +971,17 @@ fn accept_kickoff(
     let faults = state.faults.lock().expect("faults").clone();
     let (page_size, requires_token) = (state.config.page_size, state.config.require_auth);
     let manifest_page_size = state.config.manifest_page_size;
-    let file_base = state
-        .origin
-        .join(&format!("files/{id}/"))
-        .expect("valid path");
-    let location = state
-        .origin
-        .join(&format!("jobs/{id}"))
-        .expect("valid path");
-    let status_url = location.clone();
+    // Each part of the job on the server's own origin, or the foreign one the fault names.
+    let served_at = |foreign_part: fn(&ForeignOrigin) -> bool, path: String| {
+        let origin = match &faults.foreign_origin {
+            Some(foreign) if foreign_part(foreign) => &foreign.url,
+            _ => &state.origin,
+        };
+        origin.join(&path).expect("valid path")
+    };
+    let file_base = served_at(|f| f.files, format!("files/{id}/"));
+    let location = served_at(|f| f.status, format!("jobs/{id}"));
+    let pages = served_at(|f| f.pages, format!("jobs/{id}/manifest/"));
     tokio::task::spawn_blocking(move || {
         let files = export::run(
             &request,
@@ -936,7 +1004,7 @@ fn accept_kickoff(
                 };
                 format!("{file_base}{kind}{i}.ndjson")
             },
-            |page| format!("{status_url}/manifest/{page}"),
+            |page| format!("{pages}{page}"),
         );
         let _ = job
             .output

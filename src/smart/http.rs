@@ -190,9 +190,19 @@ async fn read_capped(mut response: Response, cap: usize) -> Vec<u8> {
     body
 }
 
-/// An [`Error::Transport`] without the URL reqwest puts in its messages, or an [`Error::Tls`]
-/// saying what TLS refused (reqwest's own message says only "error sending request").
+/// An [`Error::Transport`] without the URL reqwest puts in its messages, an [`Error::Tls`]
+/// saying what TLS refused (reqwest's own message says only "error sending request"), or an
+/// [`Error::Protocol`] saying why a redirect was not followed.
 pub(crate) fn transport_error(method: &Method, url: &Url, error: reqwest::Error) -> Error {
+    // A redirect the policy refused: reqwest's message ("error following redirect") hides why.
+    if error.is_redirect()
+        && let Some(why) = std::error::Error::source(&error)
+    {
+        return Error::Protocol {
+            url: redact_url(url),
+            message: why.to_string(),
+        };
+    }
     if let Some(tls) = tls_failure(&error) {
         let hint = match tls {
             rustls::Error::InvalidCertificate(_) => {

@@ -1,6 +1,6 @@
 //! The Bulk Data export client end to end: against the demo server (levels, methods, parameters,
-//! faults, resume, cancel) and against small axum mocks for what the demo does not do (redirects
-//! to another origin, paged manifests, open files).
+//! faults, resume, cancel, parts of a job on another origin) and against small mocks for what the
+//! demo does not do (redirects to another origin or to plain http, paged manifests, open files).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,9 @@ use fhirflight::bulk::{
     BulkClient, ClientOptions, ExportLevel, ExportOutcome, ExportPhase, ExportProgress,
     ExportRequest, KickoffMethod,
 };
-use fhirflight::demo::{DemoConfig, DemoServer, Faults, KickoffLevel, generate};
+use fhirflight::demo::{
+    DemoConfig, DemoServer, Faults, ForeignOrigin, ForeignRequest, KickoffLevel, generate,
+};
 use fhirflight::smart::{SigningKey, SmartConfig};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -959,6 +961,254 @@ async fn skipping_verification_reaches_an_untrusted_server() {
     let request = ExportRequest::new(ExportLevel::System).with_types(["Condition"]);
     let (outcome, _) = export(&client, &request, dir.path()).await;
     assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
+}
+
+/// A demo server (files of 3 resources, manifest pages of 2 files) that puts the parts of each
+/// job `foreign` picks on `http://localhost:PORT/`: the same listener under another host name,
+/// so another origin serving the same content.
+async fn foreign_demo(
+    config: DemoConfig,
+    foreign: impl FnOnce(Url) -> ForeignOrigin,
+) -> DemoServer {
+    let server = demo(config.with_page_size(3).with_manifest_page_size(2)).await;
+    let url = Url::parse(&format!("http://localhost:{}/", server.local_addr().port())).unwrap();
+    server.set_faults(Faults {
+        foreign_origin: Some(foreign(url)),
+        ..Faults::default()
+    });
+    server
+}
+
+/// A Patient and Condition export from `server` into `dir`.
+async fn try_export(
+    server: &DemoServer,
+    options: ClientOptions,
+    dir: &Path,
+) -> fhirflight::Result<ExportOutcome> {
+    let client = BulkClient::try_new(server.base_url(), Some(rs384(server)), options).await?;
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
+    let (progress, _) = watch::channel(ExportProgress::default());
+    client.export_to_dir(&request, dir, &progress).await
+}
+
+/// Checks that an export brought everything, and returns the requests that came through the
+/// foreign origin, after checking there were some, all to paths starting with `prefix`.
+async fn exported_through_foreign(
+    server: &DemoServer,
+    options: ClientOptions,
+    prefix: &str,
+) -> Vec<ForeignRequest> {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = try_export(server, options, dir.path()).await.unwrap();
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
+    let stats = server.stats();
+    // The server's own origin demands the token and refused nothing: it got the token.
+    assert_eq!((stats.kickoffs[0].status, stats.unauthorized), (202, 0));
+    let seen = stats.foreign_requests;
+    assert!(!seen.is_empty(), "nothing came through the foreign origin");
+    assert!(seen.iter().all(|r| r.path.starts_with(prefix)), "{seen:?}");
+    seen
+}
+
+#[tokio::test]
+async fn files_on_another_origin_are_fetched_without_the_token() {
+    let server = foreign_demo(DemoConfig::default(), |url| ForeignOrigin {
+        url,
+        status: false,
+        pages: false,
+        files: true,
+        requires_auth: false,
+    })
+    .await;
+    let seen = exported_through_foreign(&server, options(), "/files/").await;
+    assert!(
+        seen.iter().all(|r| r.method == "GET" && !r.authorization),
+        "{seen:?}"
+    );
+    assert!(server.stats().status_polls > 0 && server.stats().deletes == 1);
+}
+
+#[tokio::test]
+async fn a_listed_token_origin_gets_the_token() {
+    let server = foreign_demo(DemoConfig::default(), |url| ForeignOrigin {
+        url,
+        status: false,
+        pages: false,
+        files: true,
+        requires_auth: true,
+    })
+    .await;
+    let origin = format!("http://localhost:{}", server.local_addr().port());
+    let seen =
+        exported_through_foreign(&server, options().with_token_origins([origin]), "/files/").await;
+    assert!(seen.iter().all(|r| r.authorization), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_status_url_on_another_origin_is_polled_and_deleted_without_the_token() {
+    let server = foreign_demo(DemoConfig::default().with_status_polls(2), |url| {
+        ForeignOrigin {
+            url,
+            status: true,
+            pages: false,
+            files: false,
+            requires_auth: false,
+        }
+    })
+    .await;
+    let seen = exported_through_foreign(&server, options(), "/jobs/").await;
+    let (delete, polls) = seen.split_last().unwrap();
+    assert_eq!(delete.method, "DELETE", "{seen:?}");
+    assert!(
+        polls.len() >= 3 && polls.iter().all(|r| r.method == "GET"),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|r| !r.authorization), "{seen:?}");
+}
+
+#[tokio::test]
+async fn manifest_pages_on_another_origin_are_fetched_without_the_token() {
+    let server = foreign_demo(DemoConfig::default(), |url| ForeignOrigin {
+        url,
+        status: false,
+        pages: true,
+        files: false,
+        requires_auth: false,
+    })
+    .await;
+    let seen = exported_through_foreign(&server, options(), "/jobs/").await;
+    assert!(seen.len() > 1, "several pages: {seen:?}");
+    assert!(
+        seen.iter()
+            .all(|r| r.path.contains("/manifest/") && !r.authorization),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn another_origin_that_demands_the_token_fails_the_export_saying_why() {
+    let server = foreign_demo(DemoConfig::default(), |url| ForeignOrigin {
+        url,
+        status: false,
+        pages: false,
+        files: true,
+        requires_auth: true,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = try_export(&server, options(), dir.path())
+        .await
+        .unwrap_err();
+    let origin = format!("http://localhost:{}", server.local_addr().port());
+    assert!(
+        matches!(&err, Error::Http { status: 401, url, .. } if url.starts_with(&format!("{origin}/files/"))),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("GET {origin}/files/")) && text.ends_with(&format!(
+            ".ndjson: HTTP 401: error (login): this server requires a bearer token (SMART Backend \
+             Services) (no access token was sent: {origin} is not the FHIR server's origin; list \
+             it in token_origins if it should get the token)"
+        )),
+        "{text}"
+    );
+    let seen = server.stats().foreign_requests;
+    assert!(seen.iter().all(|r| !r.authorization), "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_https_server_pointing_at_plain_http_is_refused() {
+    let tls = DemoConfig::default().with_tls(
+        include_str!("../fixtures/tls/server.pem"),
+        include_str!("../fixtures/tls/server.key"),
+    );
+    let refusal = "refused: plain http, and the FHIR server is https: nothing of an export falls \
+                   back to http";
+    for (status, files, path) in [(false, true, "files"), (true, false, "jobs")] {
+        let server = foreign_demo(tls.clone(), |url| ForeignOrigin {
+            url,
+            status,
+            pages: false,
+            files,
+            requires_auth: false,
+        })
+        .await;
+        assert_eq!(server.base_url().scheme(), "https");
+        let dir = tempfile::tempdir().unwrap();
+        let err = try_export(&server, options().with_ca_bundle(TEST_CA), dir.path())
+            .await
+            .unwrap_err()
+            .to_string();
+        let origin = format!("http://localhost:{}", server.local_addr().port());
+        assert!(
+            err.starts_with(&format!("{origin}/{path}/")) && err.ends_with(refusal),
+            "{err}"
+        );
+        assert_eq!(
+            server.stats().foreign_requests,
+            [],
+            "nothing went over http"
+        );
+    }
+}
+
+/// An https server that answers every request with a redirect to plain http.
+async fn redirecting_to_http() -> Url {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(include_bytes!(
+        "../fixtures/tls/server.pem"
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(include_bytes!(
+        "../fixtures/tls/server.key"
+    ))
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("https://{}/fhir", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let mut head = [0u8; 4096];
+            let _ = tls.read(&mut head).await;
+            let response = "HTTP/1.1 307 Temporary Redirect\r\nLocation: \
+                            http://127.0.0.1:9/metadata?sig=secret\r\nContent-Length: 0\r\n\r\n";
+            let _ = tls.write_all(response.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_redirect_from_https_to_plain_http_is_refused() {
+    let base = redirecting_to_http().await;
+    let client = BulkClient::try_new(base.clone(), None, options().with_ca_bundle(TEST_CA))
+        .await
+        .unwrap();
+    let err = client.resource_types().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{base}/metadata: refused a redirect from https to plain http \
+             (http://127.0.0.1:9/metadata?sig=***)"
+        )
+    );
 }
 
 /// A minimal HTTP proxy on 127.0.0.1:0: forwards absolute-form requests (one per connection,
