@@ -14,6 +14,7 @@ pub mod fhirpath;
 pub mod flight;
 pub mod ndjson;
 pub mod r4;
+mod redacted;
 pub mod smart;
 pub mod snapshot;
 pub mod view;

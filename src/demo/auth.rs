@@ -15,6 +15,8 @@ use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::redacted::Redacted;
+
 /// Demo-only key pairs, shipped as fixtures: generating RSA-2048 in a debug build takes seconds, and
 /// every test starts a server. They are public by design and only ever trusted by the demo server.
 const RS384_PEM: &str = include_str!("keys/rs384.pem");
@@ -23,23 +25,13 @@ const ES384_PEM: &str = include_str!("keys/es384.pem");
 /// Client id of the client every demo server registers.
 pub const DEMO_CLIENT_ID: &str = "fhirflight-demo";
 
-/// A string whose `Debug` prints `***`.
-#[derive(Clone)]
-struct Redacted(String);
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 /// One private signing key of the demo client, in the two formats clients load.
 #[derive(Debug, Clone)]
 pub struct DemoKey {
     alg: &'static str,
     kid: &'static str,
-    private_pem: Redacted,
-    private_jwk: Redacted,
+    private_pem: Redacted<String>,
+    private_jwk: Redacted<String>,
     public_jwk: Value,
 }
 

@@ -6,7 +6,6 @@
 //! clients that get `UNAUTHENTICATED` do the Handshake again.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
+use crate::redacted::Redacted;
 use crate::{Error, Result};
 
 /// The users allowed to connect, with their passwords (kept only as SHA-256 digests).
@@ -28,8 +28,8 @@ use crate::{Error, Result};
 /// let users = Users::parse("alice:wonderland,bob:builder").unwrap();
 /// assert_eq!(users.len(), 2);
 /// ```
-#[derive(Clone, Default)]
-pub struct Users(HashMap<String, [u8; 32]>);
+#[derive(Debug, Clone, Default)]
+pub struct Users(HashMap<String, Redacted<[u8; 32]>>);
 
 impl Users {
     /// No users.
@@ -39,7 +39,8 @@ impl Users {
 
     /// Adds a user (replacing one of the same name).
     pub fn with_user(mut self, name: impl Into<String>, password: impl AsRef<str>) -> Self {
-        self.0.insert(name.into(), digest(password.as_ref()));
+        self.0
+            .insert(name.into(), Redacted(digest(password.as_ref())));
         self
     }
 
@@ -69,18 +70,7 @@ impl Users {
     }
 
     fn verify(&self, name: &str, password: &str) -> bool {
-        self.0.get(name).is_some_and(|d| *d == digest(password))
-    }
-}
-
-impl fmt::Debug for Users {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<_> = self.0.keys().collect();
-        names.sort();
-        f.debug_struct("Users")
-            .field("names", &names)
-            .field("passwords", &"***")
-            .finish()
+        self.0.get(name).is_some_and(|d| **d == digest(password))
     }
 }
 
@@ -110,23 +100,13 @@ struct Claims {
 }
 
 /// Checks credentials and mints tokens.
+#[derive(Debug)]
 pub(crate) struct Authenticator {
     users: Users,
     anonymous: bool,
     token_ttl: Duration,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-}
-
-impl fmt::Debug for Authenticator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("users", &self.users)
-            .field("anonymous", &self.anonymous)
-            .field("token_ttl", &self.token_ttl)
-            .field("key", &"***")
-            .finish()
-    }
+    encoding: Redacted<EncodingKey>,
+    decoding: Redacted<DecodingKey>,
 }
 
 impl Authenticator {
@@ -136,8 +116,8 @@ impl Authenticator {
             users,
             anonymous,
             token_ttl,
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
+            encoding: Redacted(EncodingKey::from_secret(&key)),
+            decoding: Redacted(DecodingKey::from_secret(&key)),
         }
     }
 

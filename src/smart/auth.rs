@@ -13,6 +13,7 @@ use url::Url;
 
 use super::SigningKey;
 use super::http::{self, RetryPolicy, redact_url};
+use crate::redacted::Redacted;
 use crate::{Error, Result};
 
 /// The client assertion type of SMART Backend Services (RFC 7523).
@@ -88,7 +89,7 @@ impl SmartConfig {
 /// A bearer token and when it expires. `Debug` never shows the token.
 #[derive(Clone)]
 pub struct AccessToken {
-    secret: Arc<str>,
+    secret: Redacted<Arc<str>>,
     expires_at: Instant,
     refresh_at: Instant,
     scope: Option<String>,
@@ -97,7 +98,7 @@ pub struct AccessToken {
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccessToken")
-            .field("token", &"***")
+            .field("token", &self.secret)
             .field(
                 "expires_in",
                 &self.expires_at.saturating_duration_since(Instant::now()),
@@ -302,7 +303,7 @@ impl SmartAuth {
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(300));
         let now = Instant::now();
         Ok(AccessToken {
-            secret: body.access_token.into(),
+            secret: Redacted(body.access_token.into()),
             expires_at: now + lifetime,
             refresh_at: now + lifetime - REFRESH_MARGIN.min(lifetime / 2),
             scope: body.scope,

@@ -1,6 +1,5 @@
 //! The private key that signs client assertions.
 
-use std::fmt;
 use std::path::Path;
 
 use base64::Engine;
@@ -11,6 +10,7 @@ use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
 use serde_json::Value;
 
+use crate::redacted::Redacted;
 use crate::{Error, Result};
 
 /// A private key for SMART Backend Services client assertions, with its algorithm and key id.
@@ -28,9 +28,9 @@ use crate::{Error, Result};
 /// let key = SigningKey::from_jwk_file("jwks.json", Some("key-1"))?; // alg and kid from the JWK
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SigningKey {
-    key: EncodingKey,
+    key: Redacted<EncodingKey>,
     curve: Option<EcCurve>,
     alg: Algorithm,
     kid: String,
@@ -48,16 +48,6 @@ impl EcCurve {
             EcCurve::P256 => Algorithm::ES256,
             EcCurve::P384 => Algorithm::ES384,
         }
-    }
-}
-
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("alg", &self.alg)
-            .field("kid", &self.kid)
-            .field("key", &"***")
-            .finish()
     }
 }
 
@@ -307,7 +297,7 @@ impl SigningKey {
             Jwk::from_encoding_key(&key, alg).map_err(|e| Error::Auth(format!("key: {e}")))?;
         let kid = jwk.thumbprint(ThumbprintHash::SHA256);
         Ok(Self {
-            key,
+            key: Redacted(key),
             curve,
             alg,
             kid,
@@ -514,7 +504,10 @@ mod tests {
         assert!(SigningKey::from_jwk(r#"{"kty":"oct","k":"AA","d":"x"}"#, None).is_err());
         let key = SigningKey::from_pem(RSA_PKCS1).unwrap().with_kid("k");
         let debug = format!("{key:?}");
-        assert_eq!(debug, "SigningKey { alg: RS384, kid: \"k\", key: \"***\" }");
+        assert_eq!(
+            debug,
+            "SigningKey { key: ***, curve: None, alg: RS384, kid: \"k\" }"
+        );
     }
 
     #[test]
