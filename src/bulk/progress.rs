@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::{DeletedResource, Manifest};
 
 /// Where an export is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ExportPhase {
     /// Sending the kick-off request.
     #[default]

@@ -12,7 +12,7 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::watch;
 
 use super::pushdown::Pushdown;
-use super::source::{FetchOutcome, FetchProgress, FetchRequest, FhirSource};
+use super::source::{FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FhirSource};
 use super::{CatalogOptions, Freshness};
 use crate::snapshot::{
     Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, resource_ids, write_raw,
@@ -265,7 +265,6 @@ impl Exporter {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(FetchProgress {
-            phase: "starting".into(),
             ..FetchProgress::default()
         });
         let this = Arc::clone(self);
@@ -370,7 +369,7 @@ impl Exporter {
         };
 
         let outcome = self.source.fetch(&request, &staging, progress).await?;
-        progress.send_modify(|p| p.phase = "converting".into());
+        progress.send_modify(|p| p.phase = FetchPhase::Converting);
         let mut filtered: Vec<String> = targets
             .iter()
             .filter(|t| !t.pushdown.is_empty())

@@ -75,7 +75,8 @@ pub use pushdown::{Pushdown, SEARCH_PARAMS};
 pub use refresh::RefreshFunction;
 pub use runtime::QueryRuntime;
 pub use source::{
-    BulkSource, FetchOutcome, FetchProgress, FetchRequest, FetchedFile, FhirSource, LocalFolder,
+    BulkSource, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile, FhirSource,
+    LocalFolder,
 };
 pub use table::{FhirScanExec, FhirTable};
 pub use views::{AddViewFunction, load_views};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::bulk::{BulkClient, ExportLevel, ExportProgress, ExportRequest};
+use crate::bulk::{BulkClient, ExportLevel, ExportPhase, ExportProgress, ExportRequest};
 use crate::r4::check_type_name;
 use crate::{Error, Result};
 
@@ -50,11 +50,52 @@ pub struct FetchedFile {
     pub path: PathBuf,
 }
 
+/// What a fetch is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum FetchPhase {
+    /// Not begun yet.
+    #[default]
+    Starting,
+    /// Reading files already on disk (a local folder).
+    Reading,
+    /// A Bulk Data export, in this phase.
+    Export(ExportPhase),
+    /// Converting the NDJSON into a snapshot.
+    Converting,
+}
+
+impl FetchPhase {
+    /// Whether data is moving (downloaded or converted), as opposed to waiting on the server.
+    pub fn is_transferring(self) -> bool {
+        matches!(
+            self,
+            FetchPhase::Export(ExportPhase::Downloading) | FetchPhase::Converting
+        )
+    }
+}
+
+impl std::fmt::Display for FetchPhase {
+    /// One word, as `ListExports` reports it: `starting`, `reading`, `kickoff`, `waiting`,
+    /// `downloading`, `cleaningup`, `done`, `converting`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FetchPhase::Starting => "starting",
+            FetchPhase::Reading => "reading",
+            FetchPhase::Export(ExportPhase::KickOff) => "kickoff",
+            FetchPhase::Export(ExportPhase::Waiting) => "waiting",
+            FetchPhase::Export(ExportPhase::Downloading) => "downloading",
+            FetchPhase::Export(ExportPhase::CleaningUp) => "cleaningup",
+            FetchPhase::Export(ExportPhase::Done) => "done",
+            FetchPhase::Converting => "converting",
+        })
+    }
+}
+
 /// How far a fetch has come, for progress bars and the Flight server's export listing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FetchProgress {
-    /// What is happening now ("kick-off", "in progress", "downloading", "converting").
-    pub phase: String,
+    /// What is happening now.
+    pub phase: FetchPhase,
     /// The server's `X-Progress`, when it sent a percentage.
     pub percent: Option<f32>,
     /// Files to fetch, once known (0 before the manifest arrives).
@@ -174,7 +215,7 @@ impl FhirSource for LocalFolder {
             .map(|m| m.len())
             .sum();
         progress.send_replace(FetchProgress {
-            phase: "read".into(),
+            phase: FetchPhase::Reading,
             percent: Some(100.0),
             files_total: files.len() as u64,
             files: files.len() as u64,
@@ -262,7 +303,7 @@ impl FhirSource for BulkSource {
                 Ok(()) = rx.changed() => {
                     let p = rx.borrow_and_update().clone();
                     progress.send_replace(FetchProgress {
-                        phase: format!("{:?}", p.phase).to_lowercase(),
+                        phase: FetchPhase::Export(p.phase),
                         percent: p.server_progress.as_deref().and_then(parse_percent),
                         files_total: p.files_total as u64,
                         files: p.files_done as u64,

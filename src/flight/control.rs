@@ -111,9 +111,7 @@ fn millis(time: SystemTime) -> i64 {
 fn export_status(catalog: &str, export: catalog::ExportStatus) -> proto::ExportStatus {
     let progress = &export.progress;
     let (state, error) = match export.state {
-        catalog::ExportState::Running
-            if matches!(progress.phase.as_str(), "downloading" | "converting") =>
-        {
+        catalog::ExportState::Running if progress.phase.is_transferring() => {
             (ExportState::Downloading, String::new())
         }
         catalog::ExportState::Running => (ExportState::Running, String::new()),
@@ -123,7 +121,7 @@ fn export_status(catalog: &str, export: catalog::ExportStatus) -> proto::ExportS
     };
     let progress_text = match progress.percent {
         Some(percent) => format!("{} {percent:.0}%", progress.phase),
-        None => progress.phase.clone(),
+        None => progress.phase.to_string(),
     };
     proto::ExportStatus {
         id: format!("{catalog}/{}", export.id),
