@@ -413,7 +413,7 @@ impl BulkClient {
     async fn download_all(
         &self,
         manifest: &Manifest,
-        plan: Vec<(FileKind, &OutputFile, PathBuf)>,
+        plan: Vec<(FileKind, OutputFile, PathBuf)>,
         resumed: bool,
         progress: &watch::Sender<ExportProgress>,
     ) -> Result<ExportOutcome> {
@@ -441,7 +441,7 @@ impl BulkClient {
                     (fetcher.on_bytes)(bytes);
                     download::Downloaded { path, lines, bytes }
                 } else {
-                    download::download(fetcher, file, &path).await?
+                    download::download(fetcher, &file, &path).await?
                 };
                 progress.send_modify(|p| {
                     p.files_done += 1;
@@ -561,10 +561,10 @@ impl Drop for JobGuard {
 /// Every entry's type must be a resource type name ([`check_type_name`]), in all three lists,
 /// or the export fails naming the entry: a server that sends a path-like type is broken or
 /// hostile, and skipping the entry would quietly give a table without its data.
-fn plan_files<'m>(
-    manifest: &'m Manifest,
-    dir: &Path,
-) -> Result<Vec<(FileKind, &'m OutputFile, PathBuf)>> {
+///
+/// The entries are owned: borrowed ones, captured by the download closures, make the export
+/// future not provably `Send` (a rustc limitation with higher-ranked lifetimes).
+fn plan_files(manifest: &Manifest, dir: &Path) -> Result<Vec<(FileKind, OutputFile, PathBuf)>> {
     let mut counters: HashMap<String, usize> = HashMap::new();
     let mut plan = Vec::new();
     let lists = [
@@ -589,7 +589,8 @@ fn plan_files<'m>(
                 FileKind::Deleted | FileKind::Error => list,
             };
             let counter = counters.entry(stem.to_string()).or_default();
-            plan.push((kind, file, dir.join(format!("{stem}.{counter}.ndjson"))));
+            let path = dir.join(format!("{stem}.{counter}.ndjson"));
+            plan.push((kind, file.clone(), path));
             *counter += 1;
         }
     }

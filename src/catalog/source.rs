@@ -280,20 +280,16 @@ impl FhirSource for BulkSource {
             export = export.with_since(since.clone());
         }
         let (tx, mut rx) = watch::channel(ExportProgress::default());
-        // The bulk client's future is not provably `Send` here (a rustc limitation with
-        // higher-ranked closures), so it runs on its own thread, driven by this runtime. Dropping
+        // The export runs as a task of its own, so progress is relayed while it runs. Dropping
         // this fetch drops `stop`, which drops the export future (the client then DELETEs the job).
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (done, result) = tokio::sync::oneshot::channel();
         let (client, dir) = (self.client.clone(), dir.to_path_buf());
-        let runtime = tokio::runtime::Handle::current();
-        std::thread::spawn(move || {
-            runtime.block_on(async move {
-                tokio::select! {
-                    outcome = client.export_to_dir(&export, &dir, &tx) => { let _ = done.send(outcome); }
-                    _ = stopped => {}
-                }
-            })
+        tokio::spawn(async move {
+            tokio::select! {
+                outcome = client.export_to_dir(&export, &dir, &tx) => { let _ = done.send(outcome); }
+                _ = stopped => {}
+            }
         });
         let _stop = stop;
         tokio::pin!(result);
