@@ -171,13 +171,22 @@ impl FlightSqlServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        self.start(listener, shutdown)?.await
+    }
+
+    /// Checks the configuration and sets everything up (TLS files read, threads started), then
+    /// returns the future that serves: a server that cannot serve fails here, before anyone is
+    /// told it listens.
+    fn start(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<impl Future<Output = Result<()>> + Send> {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("Flight SQL listener", e))?;
         if self.anonymous && !local_addr.ip().is_loopback() {
-            return Err(Error::Config(format!(
-                "anonymous access is only allowed on a loopback address, not {local_addr}"
-            )));
+            return Err(anonymous_off_loopback(&local_addr));
         }
         if !self.anonymous && self.users.is_empty() {
             return Err(Error::Config(
@@ -206,49 +215,69 @@ impl FlightSqlServer {
             self.exports,
         );
         let service = FlightServiceServer::with_interceptor(service, auth::AuthInterceptor(auth));
-        tracing::info!(%local_addr, tls = self.tls.is_some(), "Flight SQL server listening");
-        let (asked, stopping) = oneshot::channel::<()>();
-        let serving = builder.add_service(service).serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                let _ = asked.send(());
-            },
-        );
-        let grace = self.shutdown_grace;
-        tokio::select! {
-            served = serving => served?,
-            () = async move {
-                if stopping.await.is_err() {
-                    std::future::pending::<()>().await;
+        let (tls, grace) = (self.tls.is_some(), self.shutdown_grace);
+        Ok(async move {
+            tracing::info!(%local_addr, tls, "Flight SQL server listening");
+            let (asked, stopping) = oneshot::channel::<()>();
+            let serving = builder.add_service(service).serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    shutdown.await;
+                    let _ = asked.send(());
+                },
+            );
+            tokio::select! {
+                served = serving => served?,
+                () = async move {
+                    if stopping.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(grace).await;
+                } => {
+                    tracing::warn!(?grace, "calls still running after the shutdown grace: cancelled");
+                    queries.stop();
                 }
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!(?grace, "calls still running after the shutdown grace: cancelled");
-                queries.stop();
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// Binds `addr` (port 0 picks a free port) and serves in the background.
+    /// Binds `addr` (port 0 picks a free port) and serves in the background. Whatever keeps it
+    /// from serving (a TLS file, anonymous access off loopback, no users) is an error here.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RunningServer> {
-        let listener = TcpListener::bind(addr)
+        let failed = |e| Error::io("Flight SQL listen address", e);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
             .await
-            .map_err(|e| Error::io("Flight SQL listen address", e))?;
+            .map_err(failed)?
+            .collect();
+        // Checked before binding, so that a refused address is never listened on, even briefly.
+        if let Some(open) = addrs
+            .iter()
+            .find(|a| self.anonymous && !a.ip().is_loopback())
+        {
+            return Err(anonymous_off_loopback(open));
+        }
+        let listener = TcpListener::bind(&addrs[..]).await.map_err(failed)?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("Flight SQL listener", e))?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(self.serve(listener, async move {
+        let serving = self.start(listener, async move {
             let _ = stopped.await;
-        }));
+        })?;
+        let task = tokio::spawn(serving);
         Ok(RunningServer {
             local_addr,
             stop,
             task,
         })
     }
+}
+
+fn anonymous_off_loopback(addr: &SocketAddr) -> Error {
+    Error::Config(format!(
+        "anonymous access is only allowed on a loopback address, not {addr}"
+    ))
 }
 
 /// A server started by [`FlightSqlServer::bind`].

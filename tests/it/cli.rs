@@ -70,3 +70,35 @@ fn deep_statements_and_expressions_are_errors_not_aborts() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nested more than 256 levels"), "{stderr}");
 }
+
+#[test]
+fn serve_fails_before_announcing_when_it_cannot_serve() {
+    let folder = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--users",
+            "alice:wonderland",
+        ])
+        .args([
+            "--tls-cert",
+            "no/such/cert.pem",
+            "--tls-key",
+            "no/such/key.pem",
+        ])
+        .arg("--folder")
+        .arg(folder.path())
+        .arg("--cache-dir")
+        .arg(folder.path().join("cache"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    assert!(stderr.contains("no/such/cert.pem"), "{stderr}");
+}

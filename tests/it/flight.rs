@@ -927,24 +927,30 @@ async fn anonymous_access_only_when_asked_and_on_loopback() {
     assert!(table.contains("| 4 |"), "{table}");
     server.shutdown().await.unwrap();
 
+    // Refused when binding (before anything is announced), and 0.0.0.0 is never listened on.
     let err = FlightSqlServer::new(fhir_context())
         .with_anonymous(true)
         .bind("0.0.0.0:0")
         .await
-        .unwrap();
-    let err = err.shutdown().await.unwrap_err();
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("only allowed on a loopback address"),
         "{err}"
     );
 
-    let nobody = FlightSqlServer::new(fhir_context())
+    let err = FlightSqlServer::new(fhir_context())
         .bind("127.0.0.1:0")
         .await
-        .unwrap();
-    let err = nobody.shutdown().await.unwrap_err();
+        .unwrap_err();
     assert!(err.to_string().contains("no users configured"), "{err}");
+    let err = FlightSqlServer::new(fhir_context())
+        .with_users(users())
+        .with_tls("no/such/cert.pem", "no/such/key.pem")
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no/such/cert.pem"), "{err}");
 }
 
 #[tokio::test]
