@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod fhirpath;
 pub mod flight;
+mod http;
 pub mod ndjson;
 pub mod r4;
 mod redacted;

@@ -20,8 +20,8 @@ use super::{
     Manifest, OutputFile, deleted_resources,
 };
 use crate::error::quoted;
+use crate::http::{self, outcome_text, redact_url};
 use crate::r4::check_type_name;
-use crate::smart::http::{self, outcome_text, redact_url};
 use crate::smart::{SmartAuth, SmartConfig, join};
 use crate::{Error, Result};
 

@@ -11,8 +11,8 @@ use url::Url;
 
 use super::OutputFile;
 use super::origins::TokenOrigins;
+use crate::http::{RetryPolicy, redact_url, transport_error, transport_retryable};
 use crate::smart::SmartAuth;
-use crate::smart::http::{RetryPolicy, redact_url, transport_error, transport_retryable};
 use crate::{Error, Result};
 
 /// Counts NDJSON lines in a byte stream split anywhere: newlines, plus a last line without one.

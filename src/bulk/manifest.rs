@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use crate::smart::http::redact_url;
+use crate::http::redact_url;
 use crate::{Error, Result};
 
 /// The manifest a server returns when an export is complete (Bulk Data v2 "Response - Complete

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::smart::http::{RetryPolicy, redact_url};
+use crate::http::{RetryPolicy, redact_url};
 use crate::{Error, Result};
 
 /// How the export client talks to the network.

@@ -7,8 +7,8 @@
 use reqwest::{Method, RequestBuilder, Response};
 use url::{Origin, Url};
 
+use crate::http::{self, RetryPolicy, TokenSource, redact_url};
 use crate::smart::SmartAuth;
-use crate::smart::http::{self, RetryPolicy, redact_url};
 use crate::{Error, Result};
 
 /// The origins the bearer token may be sent to, and whether plain http is refused.
@@ -77,7 +77,7 @@ impl TokenOrigins {
         build: impl Fn(RequestBuilder) -> Result<RequestBuilder>,
     ) -> Result<Response> {
         let withheld = !self.token_allowed(url)? && auth.is_some();
-        let auth = auth.filter(|_| !withheld);
+        let auth = auth.filter(|_| !withheld).map(|a| a as &dyn TokenSource);
         http::send(client, policy, auth, method, url, build)
             .await
             .map_err(|error| match error {

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::SigningKey;
-use super::http::{self, RetryPolicy, redact_url};
+use crate::http::{self, RetryPolicy, TokenSource, redact_url};
 use crate::redacted::Redacted;
 use crate::{Error, Result};
 
@@ -252,13 +252,7 @@ impl SmartAuth {
     /// Forgets `rejected` (a server answered 401 to it) so the next [`SmartAuth::token`] fetches
     /// a new one; a no-op when another task already replaced it.
     pub async fn invalidate(&self, rejected: &AccessToken) {
-        let mut cached = self.inner.token.lock().await;
-        if cached
-            .as_ref()
-            .is_some_and(|t| Arc::ptr_eq(&t.secret, &rejected.secret))
-        {
-            *cached = None;
-        }
+        self.refused(&rejected.secret).await;
     }
 
     async fn request_token(&self) -> Result<AccessToken> {
@@ -398,4 +392,21 @@ pub(crate) fn join(base: &Url, path: &str) -> Result<Url> {
     folder
         .join(path)
         .map_err(|e| Error::Config(format!("{base} + {path}: {e}")))
+}
+
+#[async_trait::async_trait]
+impl TokenSource for SmartAuth {
+    async fn bearer(&self) -> Result<Redacted<Arc<str>>> {
+        Ok(self.token().await?.secret)
+    }
+
+    async fn refused(&self, rejected: &Redacted<Arc<str>>) {
+        let mut cached = self.inner.token.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(&t.secret, rejected))
+        {
+            *cached = None;
+        }
+    }
 }

@@ -6,7 +6,6 @@
 //! [`SmartAuth`] does the whole exchange and keeps the token fresh for every request sharing it.
 
 mod auth;
-pub(crate) mod http;
 mod key;
 
 pub(crate) use auth::join;

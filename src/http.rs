@@ -1,7 +1,8 @@
-//! HTTP plumbing shared by the SMART and Bulk Data clients: one request loop with retries
-//! (`Retry-After` or backoff with jitter), token refresh on 401, and errors that carry the server's
-//! OperationOutcome text and a URL without query secrets.
+//! HTTP plumbing below the SMART and Bulk Data clients: one request loop with retries
+//! (`Retry-After` or backoff with jitter), token refresh on 401 (from any [`TokenSource`]), and
+//! errors that carry the server's OperationOutcome text and a URL without query secrets.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
@@ -10,8 +11,18 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 use url::Url;
 
-use super::SmartAuth;
+use crate::redacted::Redacted;
 use crate::{Error, Result};
+
+/// Where a request's bearer token comes from ([`crate::smart::SmartAuth`]): a token believed
+/// valid, and forgetting one that a server refused.
+#[async_trait::async_trait]
+pub(crate) trait TokenSource: Send + Sync {
+    /// The token to send, cached while fresh.
+    async fn bearer(&self) -> Result<Redacted<Arc<str>>>;
+    /// `rejected` was answered 401: the next [`TokenSource::bearer`] gets a new one.
+    async fn refused(&self, rejected: &Redacted<Arc<str>>);
+}
 
 /// Query parameters whose values are safe to show in errors and logs (the Bulk Data ones).
 const PUBLIC_PARAMS: &[&str] = &[
@@ -262,7 +273,7 @@ pub(crate) fn transport_retryable(error: &reqwest::Error) -> bool {
 pub(crate) async fn send(
     client: &reqwest::Client,
     policy: &RetryPolicy,
-    auth: Option<&SmartAuth>,
+    auth: Option<&dyn TokenSource>,
     method: Method,
     url: &Url,
     build: impl Fn(RequestBuilder) -> Result<RequestBuilder>,
@@ -271,19 +282,19 @@ pub(crate) async fn send(
     let mut refreshed = false;
     loop {
         let token = match auth {
-            Some(auth) => Some(auth.token().await?),
+            Some(auth) => Some(auth.bearer().await?),
             None => None,
         };
         let mut request = build(client.request(method.clone(), url.clone()))?;
         if let Some(token) = &token {
-            request = request.bearer_auth(token.secret());
+            request = request.bearer_auth(&***token);
         }
         let (failure, wait) = match request.send().await {
             Ok(response) if response.status().is_success() => return Ok(response),
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !refreshed => {
                 if let (Some(auth), Some(token)) = (auth, &token) {
                     tracing::debug!(url = %redact_url(url), "401: refreshing the access token");
-                    auth.invalidate(token).await;
+                    auth.refused(token).await;
                     refreshed = true;
                     continue;
                 }
