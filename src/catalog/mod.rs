@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod effect;
 mod exports;
 mod factory;
 mod nesting;
