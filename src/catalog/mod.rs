@@ -1,10 +1,13 @@
 //! DataFusion integration: [`FhirCatalog`], [`FhirSchema`], [`FhirTable`], the `STORED AS FHIR`
-//! table factory and the `fhir_refresh` table function.
+//! table factory and the `fhir_refresh` and `fhir_add_view` table functions.
 //!
 //! Every resource type of a source is a table. Resolving a table finds a fresh snapshot (see
 //! [`crate::snapshot`]) or runs the export; browsing (`SHOW TABLES`, `information_schema`, table
 //! names) never does. SQL on FHIR views are tables too ([`FhirCatalog::add_view`],
 //! [`CatalogOptions::with_views`], `fhir_add_view`), read from the snapshot of their resource type.
+//!
+//! Planning has no side effects: `fhir_refresh` and `fhir_add_view` check their arguments when
+//! planned and act when executed (a `FhirEffectExec`), so `EXPLAIN` of them exports or adds nothing.
 //!
 //! # One export per statement
 //!
@@ -41,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod effect;
 mod exports;
 mod factory;
 mod nesting;

@@ -7,17 +7,21 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{ScalarValue, plan_err};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::effect::{Effect, FhirEffectExec};
 use super::{FhirCatalog, to_datafusion};
+use crate::snapshot::{Snapshot, SnapshotManifest};
 
 /// `SELECT * FROM fhir_refresh('<catalog>' [, 'Patient,Condition'])` exports the types again
 /// (all of the catalog's types that have a snapshot when none are given), incrementally when the
 /// catalog allows it, and returns one row per type: `resource_type`, `resources`, `changed`,
-/// `deleted`, `transaction_time`, `snapshot`. The refresh runs when the statement is planned.
+/// `deleted`, `transaction_time`, `snapshot`. The arguments and types are checked when the
+/// statement is planned, and the types to refresh chosen then; the refresh runs when it is
+/// executed: `EXPLAIN` exports nothing and shows
+/// `FhirEffectExec: action=refresh, catalog=<catalog>, types=[<Type>, ...]`.
 #[derive(Debug)]
 pub struct RefreshFunction;
 
@@ -42,21 +46,34 @@ impl TableFunctionImpl for RefreshFunction {
         let Some(catalog) = catalog.downcast_ref::<FhirCatalog>() else {
             return plan_err!("fhir_refresh: {name} is not a FHIR catalog");
         };
-        let types: Vec<String> = rest
+        let names: Vec<String> = rest
             .iter()
             .flat_map(|s| s.split(','))
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .collect();
+        let types = if names.is_empty() {
+            catalog
+                .snapshots()
+                .map_err(to_datafusion)?
+                .iter()
+                .map(|s| s.manifest().resource_type.clone())
+                .collect()
+        } else {
+            catalog.known_types(&names).map_err(to_datafusion)?
+        };
         Ok(Arc::new(RefreshTable {
+            name: name.clone(),
             catalog: catalog.clone(),
             types,
         }))
     }
 }
 
+/// The refresh of `types` (resolved resource types) of the catalog registered as `name`.
 #[derive(Debug)]
 struct RefreshTable {
+    name: String,
     catalog: FhirCatalog,
     types: Vec<String>,
 }
@@ -72,6 +89,32 @@ fn refresh_schema() -> SchemaRef {
         utf8("transaction_time"),
         utf8("snapshot"),
     ]))
+}
+
+/// One row per refreshed snapshot.
+fn refresh_batch(snapshots: &[Snapshot]) -> DfResult<RecordBatch> {
+    let manifests: Vec<_> = snapshots.iter().map(|s| s.manifest()).collect();
+    let strings = |f: &dyn Fn(&SnapshotManifest) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            manifests.iter().map(|m| f(m)),
+        ))
+    };
+    let counts = |f: &dyn Fn(&SnapshotManifest) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(
+            manifests.iter().map(|m| f(m)),
+        ))
+    };
+    Ok(RecordBatch::try_new(
+        refresh_schema(),
+        vec![
+            strings(&|m| m.resource_type.clone()),
+            counts(&|m| m.resources()),
+            counts(&|m| m.incremental.as_ref().map_or(m.resources(), |i| i.changed)),
+            counts(&|m| m.incremental.as_ref().map_or(0, |i| i.deleted.len() as u64)),
+            strings(&|m| m.transaction_time.clone()),
+            strings(&|m| m.snapshot.clone()),
+        ],
+    )?)
 }
 
 #[async_trait]
@@ -91,43 +134,20 @@ impl TableProvider for RefreshTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let types = if self.types.is_empty() {
-            self.catalog
-                .snapshots()
-                .map_err(to_datafusion)?
-                .iter()
-                .map(|s| s.manifest().resource_type.clone())
-                .collect()
-        } else {
-            self.types.clone()
-        };
-        let snapshots = self.catalog.refresh(&types).await.map_err(to_datafusion)?;
-        let manifests: Vec<_> = snapshots.iter().map(|s| s.manifest()).collect();
-        let strings = |f: &dyn Fn(&crate::snapshot::SnapshotManifest) -> String| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(
-                manifests.iter().map(|m| f(m)),
-            ))
-        };
-        let counts = |f: &dyn Fn(&crate::snapshot::SnapshotManifest) -> u64| -> ArrayRef {
-            Arc::new(UInt64Array::from_iter_values(
-                manifests.iter().map(|m| f(m)),
-            ))
-        };
-        let batch = RecordBatch::try_new(
-            refresh_schema(),
-            vec![
-                strings(&|m| m.resource_type.clone()),
-                counts(&|m| m.resources()),
-                counts(&|m| m.incremental.as_ref().map_or(m.resources(), |i| i.changed)),
-                counts(&|m| m.incremental.as_ref().map_or(0, |i| i.deleted.len() as u64)),
-                strings(&|m| m.transaction_time.clone()),
-                strings(&|m| m.snapshot.clone()),
-            ],
-        )?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            refresh_schema(),
-            projection.cloned(),
-        )?)
+        let (catalog, types) = (self.catalog.clone(), self.types.clone());
+        let effect: Effect = Arc::new(move || {
+            let (catalog, types) = (catalog.clone(), types.clone());
+            Box::pin(async move {
+                let snapshots = catalog.refresh(&types).await.map_err(to_datafusion)?;
+                refresh_batch(&snapshots)
+            })
+        });
+        let details = vec![
+            ("catalog", self.name.clone()),
+            ("types", format!("[{}]", self.types.join(", "))),
+        ];
+        let plan =
+            FhirEffectExec::try_new("refresh", details, &refresh_schema(), projection, effect)?;
+        Ok(Arc::new(plan))
     }
 }

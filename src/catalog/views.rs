@@ -24,7 +24,6 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -32,6 +31,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::effect::{Effect, FhirEffectExec};
 use super::{CatalogOptions, FhirCatalog, to_datafusion};
 use crate::snapshot::{Snapshot, open_raw};
 use crate::view::{ViewDefinition, run_readers};
@@ -74,9 +74,16 @@ impl Views {
 
 impl FhirCatalog {
     /// Checks that `view` can be a table of this catalog and adds it (replacing a view of that
-    /// name): it needs a name that is an identifier and no resource type, and must read one of
-    /// the catalog's resource types.
+    /// name).
     pub(super) fn insert_view(&self, view: Arc<ViewDefinition>) -> Result<()> {
+        self.check_view(&view)?;
+        self.schema.views.insert(view);
+        Ok(())
+    }
+
+    /// Checks that `view` can be a table of this catalog: it needs a name that is an identifier
+    /// and no resource type, and must read one of the catalog's resource types.
+    fn check_view(&self, view: &ViewDefinition) -> Result<()> {
         let error = |msg: String| Error::View {
             view: view.name().unwrap_or_else(|| view.resource()).to_owned(),
             msg,
@@ -101,7 +108,6 @@ impl FhirCatalog {
                 self.exporter.source.location()
             )));
         }
-        self.schema.views.insert(view);
         Ok(())
     }
 
@@ -279,7 +285,9 @@ fn write_view(
 /// `SELECT * FROM fhir_add_view('<catalog>', '<ViewDefinition JSON>')` adds a view to a FHIR
 /// catalog (replacing one of that name) and returns one row: `view`, `resource`, `columns`
 /// (`name type` pairs). The view is checked when the statement is planned and added when it
-/// runs; it lasts as long as the catalog (add it to a views folder to keep it).
+/// runs (`EXPLAIN` adds nothing and shows
+/// `FhirEffectExec: action=add_view, catalog=<catalog>, view=<name>, resource=<Type>`); it
+/// lasts as long as the catalog (add it to a views folder to keep it).
 #[derive(Debug)]
 pub struct AddViewFunction;
 
@@ -307,15 +315,19 @@ impl TableFunctionImpl for AddViewFunction {
         let json: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| datafusion::error::DataFusionError::Plan(format!("fhir_add_view: {e}")))?;
         let view = ViewDefinition::from_json(&json).map_err(to_datafusion)?;
+        catalog.check_view(&view).map_err(to_datafusion)?;
         Ok(Arc::new(AddViewTable {
+            name: name.clone(),
             catalog: catalog.clone(),
             view: Arc::new(view),
         }))
     }
 }
 
+/// The addition of a checked `view` to the catalog registered as `name`.
 #[derive(Debug)]
 struct AddViewTable {
+    name: String,
     catalog: FhirCatalog,
     view: Arc<ViewDefinition>,
 }
@@ -345,9 +357,6 @@ impl TableProvider for AddViewTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.catalog
-            .insert_view(Arc::clone(&self.view))
-            .map_err(to_datafusion)?;
         let view = &self.view;
         let columns: Vec<String> = view
             .schema()
@@ -364,10 +373,21 @@ impl TableProvider for AddViewTable {
                 column(&columns.join(", ")),
             ],
         )?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            add_view_schema(),
-            projection.cloned(),
-        )?)
+        let details = vec![
+            ("catalog", self.name.clone()),
+            ("view", view.name().unwrap_or_default().to_owned()),
+            ("resource", view.resource().to_owned()),
+        ];
+        let (catalog, view) = (self.catalog.clone(), Arc::clone(view));
+        let effect: Effect = Arc::new(move || {
+            let result = catalog
+                .insert_view(Arc::clone(&view))
+                .map_err(to_datafusion)
+                .map(|()| batch.clone());
+            Box::pin(std::future::ready(result))
+        });
+        let plan =
+            FhirEffectExec::try_new("add_view", details, &add_view_schema(), projection, effect)?;
+        Ok(Arc::new(plan))
     }
 }

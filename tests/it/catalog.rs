@@ -282,6 +282,73 @@ async fn freshness_always_exports_for_every_statement_once() {
     assert_eq!(fetches[1].since.as_deref(), Some("6"));
 }
 
+/// `fhir_refresh` exports when its plan runs, never when it is planned: `EXPLAIN` and physical
+/// planning fetch nothing, every run of the plan refreshes again (as DataFusion's sinks write
+/// again), and a run dropped mid-export withdraws from it (cancelled, no one else waits).
+#[tokio::test]
+async fn fhir_refresh_exports_when_run_never_when_planned() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = Arc::new(MemorySource::gated());
+    let gate = source.gate.as_ref().unwrap();
+    source.upsert(patient("p1", "female"));
+    let (ctx, fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+    gate.add_permits(1);
+    assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await, ["p1"]);
+
+    for (sql, types) in [
+        ("SELECT * FROM fhir_refresh('src', 'patient')", "[Patient]"),
+        ("SELECT resources FROM fhir_refresh('src')", "[Patient]"),
+        ("SELECT * FROM fhir_refresh('src', '')", "[Patient]"),
+    ] {
+        let plan = rows(&ctx, &format!("EXPLAIN {sql}")).await.join("\n");
+        let node = format!("FhirEffectExec: action=refresh, catalog=src, types={types}");
+        assert!(plan.contains(&node), "{plan}");
+    }
+    assert_eq!((source.fetches().len(), fhir.exports().len()), (1, 1));
+    let err = catalog::sql(&ctx, "EXPLAIN SELECT * FROM fhir_refresh('src', 'Nope')")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Nope is not a resource type"), "{err}");
+
+    let plan = catalog::sql(
+        &ctx,
+        "SELECT resource_type, resources FROM fhir_refresh('src', 'Patient')",
+    )
+    .await
+    .unwrap()
+    .create_physical_plan()
+    .await
+    .unwrap();
+    assert_eq!(source.fetches().len(), 1);
+    source.upsert(patient("p2", "male"));
+    gate.add_permits(2);
+    for fetches in [2, 3] {
+        let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        let got: Vec<String> = batches.iter().flat_map(crate::row_strings).collect();
+        assert_eq!(got, ["Patient|2"]);
+        assert_eq!(source.fetches().len(), fetches);
+    }
+
+    let run = tokio::spawn(datafusion::physical_plan::collect(
+        Arc::clone(&plan),
+        ctx.task_ctx(),
+    ));
+    crate::until("the refresh's fetch", || source.fetches().len() == 4).await;
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    crate::until("the export's cancellation", || {
+        fhir.exports().last().unwrap().state == ExportState::Cancelled
+    })
+    .await;
+    assert_eq!(
+        rows(&ctx, "SELECT id FROM src.fhir.patient").await,
+        ["p1", "p2"]
+    );
+}
+
 #[tokio::test]
 async fn browsing_never_exports() {
     let cache = tempfile::tempdir().unwrap();
@@ -719,6 +786,54 @@ async fn explain_over_flight_names_the_pushed_filters() {
 }
 
 /// The filtered snapshots of `resource_type` in the store, sorted.
+/// Over Flight too, `EXPLAIN` of `fhir_refresh` exports nothing, and running it exports once:
+/// GetFlightInfo only plans it, DoGet runs it.
+#[tokio::test]
+async fn fhir_refresh_over_flight_exports_only_when_run() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use fhirflight::flight::{FlightSqlServer, Users};
+    use futures::TryStreamExt;
+
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    let (ctx, _fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+    assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await.len(), 3);
+    let server = FlightSqlServer::new(ctx)
+        .with_users(Users::new().with_user("alice", "wonderland"))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake("alice", "wonderland").await.unwrap();
+    let mut query = async |sql: &str| {
+        let info = client.execute(sql.to_owned(), None).await.unwrap();
+        let mut out = Vec::new();
+        for endpoint in info.endpoint {
+            let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+            for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
+                out.extend(crate::row_strings(&batch));
+            }
+        }
+        out.join("\n")
+    };
+    let plan = query("EXPLAIN SELECT * FROM fhir_refresh('src', 'Patient')").await;
+    assert!(
+        plan.contains("FhirEffectExec: action=refresh, catalog=src, types=[Patient]"),
+        "{plan}"
+    );
+    assert_eq!(source.fetches().len(), 1);
+    let refreshed =
+        query("SELECT resource_type, changed FROM fhir_refresh('src', 'Patient')").await;
+    assert_eq!(refreshed, "Patient|0");
+    assert_eq!(source.fetches().len(), 2);
+    server.shutdown().await.unwrap();
+}
+
 fn filtered_snapshots(fhir: &FhirCatalog, resource_type: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fhir.store().dir())
         .unwrap()

@@ -260,6 +260,54 @@ async fn fhir_add_view_makes_a_table_from_sql() {
     );
 }
 
+/// `fhir_add_view` is checked when planned and adds its view only when run: `EXPLAIN` of it
+/// adds nothing (and a malformed view still fails it).
+#[tokio::test]
+async fn explain_of_fhir_add_view_adds_nothing() {
+    let server = demo().await;
+    let cache = tempfile::tempdir().unwrap();
+    let options = CatalogOptions::default().with_cache_dir(cache.path());
+    let (ctx, fhir) = session(&server, options).await.unwrap();
+    let add = format!(
+        "SELECT view, resource FROM fhir_add_view('src', '{}')",
+        patient_names().to_string().replace('\'', "''")
+    );
+    let plan = rows(&ctx, &format!("EXPLAIN {add}")).await.join("\n");
+    assert!(
+        plan.contains(
+            "FhirEffectExec: action=add_view, catalog=src, view=patient_names, resource=Patient"
+        ),
+        "{plan}"
+    );
+    assert!(fhir.views().is_empty());
+    let missing = try_rows(&ctx, "SELECT count(*) FROM patient_names")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("patient_names"), "{missing}");
+    let taken = json!({"name": "patient", "resource": "Patient",
+        "select": [{"column": [{"name": "id", "path": "id"}]}]});
+    let err = try_rows(
+        &ctx,
+        &format!("EXPLAIN SELECT * FROM fhir_add_view('src', '{taken}')"),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("is taken by the resource type Patient"),
+        "{err}"
+    );
+
+    assert_eq!(rows(&ctx, &add).await, ["patient_names|Patient"]);
+    assert_eq!(fhir.views().len(), 1);
+    assert_ne!(
+        rows(&ctx, "SELECT count(*) FROM patient_names").await,
+        ["0"]
+    );
+    assert_eq!(kickoff_types(&server), [["Patient"]]);
+}
+
 #[tokio::test]
 async fn a_folder_of_views_becomes_tables() {
     let server = demo().await;
