@@ -88,7 +88,7 @@
 
 mod flat;
 mod nested;
-pub(crate) mod parallel;
+mod parallel;
 mod trie;
 mod walker;
 
