@@ -8,6 +8,7 @@
 
 pub mod bulk;
 pub mod catalog;
+mod chunks;
 pub mod demo;
 pub mod error;
 pub mod fhirpath;

@@ -6,7 +6,8 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray
 use arrow::buffer::{BooleanBuffer, Buffer, MutableBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{ArrowNativeType, DataType, Field, Schema, SchemaRef};
 
-use super::json::{Leaf, NO_COLUMN, RESOURCE_TYPE, Sink, Trie, Walker};
+use super::trie::{NO_COLUMN, RESOURCE_TYPE, Trie};
+use super::walker::{Leaf, Sink, Walker};
 use super::{DecodeErrorKind, LineError, ResourceTypeCheck};
 
 const NULL: u8 = 1;

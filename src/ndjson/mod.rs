@@ -87,9 +87,10 @@
 //! ```
 
 mod flat;
-mod json;
 mod nested;
-pub(crate) mod parallel;
+mod parallel;
+mod trie;
+mod walker;
 
 use std::fmt;
 
@@ -99,8 +100,8 @@ use arrow::record_batch::RecordBatch;
 pub use parallel::{DecodeSummary, decode_reader, decode_readers, infer_reader, infer_readers};
 
 use flat::{FlatDecoder, FlatInference};
-use json::Leaf;
 use nested::{NestedDecoder, NestedInference};
+use walker::Leaf;
 
 /// How resources become columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,7 +377,7 @@ impl Lines {
     /// Hands complete lines of `bytes` to `line` while `more()` holds; returns the bytes consumed.
     ///
     /// `line` gets a line's bytes and returns where the line ends. With `in_place`, it may be
-    /// given bytes that hold more lines after it (see [`json::Walker`]), so that finding the end
+    /// given bytes that hold more lines after it (see [`walker::Walker`]), so that finding the end
     /// of a line is left to the walk that reads it; lines it fails on are cut and given again.
     fn push(
         &mut self,

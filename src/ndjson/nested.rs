@@ -177,8 +177,8 @@ fn parse(
     resource_type.start_line();
     if let Some(rt) = object.get("resourceType") {
         let leaf = match rt {
-            Value::String(s) => super::json::Leaf::Str(s.as_str()),
-            _ => super::json::Leaf::Null,
+            Value::String(s) => super::walker::Leaf::Str(s.as_str()),
+            _ => super::walker::Leaf::Null,
         };
         resource_type.check(&leaf)?;
     }

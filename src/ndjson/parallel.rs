@@ -1,20 +1,15 @@
-//! Whole streams on all cores: the bytes are cut at line ends into chunks, each chunk is inferred
-//! or decoded on its own by a worker, and the results are put back in order.
+//! The decoder's runs over whole streams on all cores: each line-aligned chunk
+//! ([`crate::chunks`]) is inferred or decoded on its own by a worker, and the results are put back
+//! in order, with the line numbers of errors counted in their source.
 
-use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::mpsc::{channel, sync_channel};
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use super::{DecodeError, DecodeOptions, Decoder, SchemaInference, TableMode};
-
-/// Bytes per chunk (cut at the last line end within). Small enough that the chunks in flight stay
-/// in the last-level cache between the reader's copy and the worker's walk, and that the buffers
-/// are few (fresh ones cost page faults): 2 MiB took 7% less CPU than 8 MiB on Observation.
-pub(crate) const CHUNK: usize = 2 << 20;
+use crate::chunks::{CHUNK, Chunk, run_chunks};
 
 /// What [`decode_reader`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,13 +59,13 @@ pub(super) fn infer_chunks<R: Read>(
             worker.lines.restart(&chunk.source, !chunk.starts_source);
             worker
                 .push(&chunk.bytes)
-                .map_err(|e| chunk.renumber_error(e))?;
+                .map_err(|e| renumber_error(chunk, e))?;
             chunk.counted(worker.lines.seen);
-            worker.end_stream().map_err(|e| chunk.renumber_error(e))?;
+            worker.end_stream().map_err(|e| renumber_error(chunk, e))?;
             // A part per chunk, merged in file order: columns keep their first-seen order (a
             // column new to this worker but seen in an earlier chunk is known by then).
             let mut part = worker.take_part();
-            chunk.renumber(&mut part.lines.skipped);
+            renumber(chunk, &mut part.lines.skipped);
             Ok(part)
         },
         |part| {
@@ -153,14 +148,16 @@ pub(super) fn decode_chunks<R: Read>(
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
             while !bytes.is_empty() {
-                let n = decoder.decode(bytes).map_err(|e| chunk.renumber_error(e))?;
+                let n = decoder
+                    .decode(bytes)
+                    .map_err(|e| renumber_error(chunk, e))?;
                 bytes = &bytes[n..];
                 batches.extend(decoder.flush()?);
             }
             chunk.counted(decoder.lines.seen);
-            batches.extend(decoder.finish().map_err(|e| chunk.renumber_error(e))?);
+            batches.extend(decoder.finish().map_err(|e| renumber_error(chunk, e))?);
             let mut skipped = std::mem::take(&mut decoder.lines.skipped);
-            chunk.renumber(&mut skipped);
+            renumber(chunk, &mut skipped);
             Ok((
                 batches,
                 std::mem::take(&mut decoder.lines.skipped_count),
@@ -181,391 +178,22 @@ pub(super) fn decode_chunks<R: Read>(
     Ok(summary)
 }
 
-/// A piece of a source that ends at a line end (or at the end of the source).
-pub(crate) struct Chunk {
-    pub(crate) bytes: Vec<u8>,
-    /// The source's name, for errors.
-    pub(crate) source: Arc<str>,
-    /// Whether it is the first of its source.
-    pub(crate) starts_source: bool,
-    /// Its place among the chunks of all sources, from 0.
-    index: usize,
-    ledger: Arc<Ledger>,
-    counted: bool,
-}
-
-impl Chunk {
-    /// The number of its first line in its source, from 1. It is known once the chunks before
-    /// it are counted, so this may wait for them: only errors need it.
-    pub(crate) fn first_line(&self) -> u64 {
-        if self.starts_source {
-            return 1;
-        }
-        let mut state = self.ledger.state.lock().expect("no worker panicked");
-        loop {
-            if let Some(first) = state.first_line(self.index) {
-                return first;
-            }
-            state = self.ledger.counted.wait(state).expect("no worker panicked");
-        }
-    }
-
-    /// Tells the line ends in `bytes`, which a worker that walked every line knows, so that they
-    /// need not be counted again. Chunks not told of are counted after their work.
-    pub(crate) fn counted(&mut self, lines: u64) {
-        if !std::mem::replace(&mut self.counted, true) {
-            let mut state = self.ledger.state.lock().expect("no worker panicked");
-            state.count(self.index, lines, self.starts_source);
-            self.ledger.counted.notify_all();
-        }
-    }
-
-    /// Renumbers errors of lines numbered from 1 within the chunk
-    /// ([`super::DecodeOptions::mid_stream`]) as lines of its source.
-    fn renumber(&self, errors: &mut [DecodeError]) {
-        if let Some(first) = errors.first().map(|_| self.first_line()) {
-            for e in errors {
-                e.line += first - 1;
-            }
-        }
-    }
-
-    fn renumber_error(&self, e: crate::Error) -> crate::Error {
-        match e {
-            crate::Error::Ndjson(mut e) => {
-                self.renumber(std::slice::from_mut(&mut e));
-                crate::Error::Ndjson(e)
-            }
-            other => other,
-        }
-    }
-
-    /// Counts the chunk's lines unless a worker told them.
-    fn settle(&mut self) {
-        if !self.counted {
-            let lines = memchr::memchr_iter(b'\n', &self.bytes).count();
-            self.counted(lines as u64);
+/// Renumbers errors of lines numbered from 1 within `chunk` ([`DecodeOptions::mid_stream`]) as
+/// lines of its source.
+fn renumber(chunk: &Chunk, errors: &mut [DecodeError]) {
+    if let Some(first) = errors.first().map(|_| chunk.first_line()) {
+        for e in errors {
+            e.line += first - 1;
         }
     }
 }
 
-impl Drop for Chunk {
-    /// A chunk dropped uncounted (its work failed, panicked or never ran) is counted here, so
-    /// that no worker waits for it in [`Chunk::first_line`].
-    fn drop(&mut self) {
-        self.settle();
-    }
-}
-
-/// The line count of each chunk, for the line numbers of errors (from 1 in each source).
-///
-/// Counting a chunk's lines before its work would cost a pass over its bytes on the reader's
-/// thread (5% of a conversion); the workers count them on the way instead.
-struct Ledger {
-    state: Mutex<LedgerState>,
-    counted: Condvar,
-}
-
-struct LedgerState {
-    /// Line counts of chunks counted before a chunk ahead of them, and whether each starts a
-    /// source.
-    early: BTreeMap<usize, (u64, bool)>,
-    /// Chunks `..summed` are counted; `next_line` is the first line of chunk `summed`.
-    summed: usize,
-    next_line: u64,
-    /// First lines of the counted chunks not yet emitted.
-    first_lines: BTreeMap<usize, u64>,
-}
-
-impl LedgerState {
-    fn new() -> Self {
-        LedgerState {
-            early: BTreeMap::new(),
-            summed: 0,
-            next_line: 1,
-            first_lines: BTreeMap::new(),
+fn renumber_error(chunk: &Chunk, e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Ndjson(mut e) => {
+            renumber(chunk, std::slice::from_mut(&mut e));
+            crate::Error::Ndjson(e)
         }
-    }
-
-    fn count(&mut self, index: usize, lines: u64, starts_source: bool) {
-        self.early.insert(index, (lines, starts_source));
-        while let Some((lines, starts_source)) = self.early.remove(&self.summed) {
-            if starts_source {
-                self.next_line = 1;
-            }
-            self.first_lines.insert(self.summed, self.next_line);
-            self.next_line += lines;
-            self.summed += 1;
-        }
-    }
-
-    fn first_line(&self, index: usize) -> Option<u64> {
-        if index == self.summed {
-            return Some(self.next_line);
-        }
-        self.first_lines.get(&index).copied()
-    }
-
-    /// Chunks before `index` are emitted: their workers are done with them.
-    fn forget_before(&mut self, index: usize) {
-        self.first_lines = self.first_lines.split_off(&index);
-    }
-}
-
-/// The worker threads of all runs in the process at once: one per core. Concurrent conversions
-/// (queries of several users, a view beside an export) share them instead of each starting a
-/// thread per core, which would multiply the threads, and each one's memory in flight, by the
-/// number of runs.
-static WORKERS: LazyLock<Workers> = LazyLock::new(|| Workers {
-    free: Mutex::new(std::thread::available_parallelism().map_or(2, usize::from)),
-    freed: Condvar::new(),
-});
-
-struct Workers {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-/// Worker threads taken from [`WORKERS`], given back when dropped.
-struct Taken(usize);
-
-impl Workers {
-    /// Up to `wanted` of the free workers, waiting until at least one is free.
-    fn take(&self, wanted: usize) -> Taken {
-        let mut free = self.free.lock().expect("no thread panics holding it");
-        while *free == 0 {
-            free = self.freed.wait(free).expect("no thread panics holding it");
-        }
-        let taken = wanted.clamp(1, *free);
-        *free -= taken;
-        Taken(taken)
-    }
-}
-
-impl Drop for Taken {
-    fn drop(&mut self) {
-        *WORKERS.free.lock().expect("no thread panics holding it") += self.0;
-        WORKERS.freed.notify_all();
-    }
-}
-
-/// Runs `work` on chunks of the `sources`, read one after the other, in worker threads (each with
-/// its own state from `init`) and `emit`s the results in order, with at most two chunks per
-/// worker in flight (memory stays bounded). Chunk buffers go back to the reader for reuse: fresh
-/// memory costs the kernel a page fault and a page clearing per 4 KiB. The workers are those
-/// free in the process-wide pool (at least one, waited for), so concurrent runs share the cores.
-pub(crate) fn run_chunks<R: Read, S, T: Send>(
-    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
-    chunk_size: usize,
-    init: impl Fn() -> crate::Result<S> + Sync,
-    work: impl Fn(&mut S, &mut Chunk) -> crate::Result<T> + Sync,
-    mut emit: impl FnMut(T) -> crate::Result<()>,
-) -> crate::Result<()> {
-    let taken = WORKERS.take(usize::MAX);
-    let workers = taken.0;
-    let in_flight = 2 * workers;
-    let (job_tx, job_rx) = sync_channel::<(usize, Chunk)>(in_flight);
-    let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = channel();
-    let (free_tx, free_rx) = channel::<Vec<u8>>();
-    let ledger = Arc::new(Ledger {
-        state: Mutex::new(LedgerState::new()),
-        counted: Condvar::new(),
-    });
-    std::thread::scope(|scope| {
-        // Dropped when this closure returns, early or not: the workers then stop.
-        let (job_tx, done_rx) = (job_tx, done_rx);
-        for _ in 0..workers {
-            let (job_rx, done_tx, free_tx) = (&job_rx, done_tx.clone(), free_tx.clone());
-            let (init, work) = (&init, &work);
-            scope.spawn(move || {
-                let mut state = None;
-                loop {
-                    // The lock is held only while waiting for the next job.
-                    let job = job_rx.lock().expect("no worker panicked").recv();
-                    let Ok((index, mut chunk)) = job else { break };
-                    let result = match &mut state {
-                        Some(state) => work(state, &mut chunk),
-                        None => init().and_then(|s| work(state.insert(s), &mut chunk)),
-                    };
-                    if result.is_err() {
-                        // A failed chunk may leave the state half-way: start afresh.
-                        state = None;
-                    }
-                    chunk.settle();
-                    // The reader may have stopped; then the buffer is simply dropped.
-                    let _ = free_tx.send(std::mem::take(&mut chunk.bytes));
-                    if done_tx.send((index, result)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop((done_tx, free_tx));
-
-        let mut done = BTreeMap::new();
-        let (mut sent, mut emitted) = (0, 0);
-        let mut emit_ready = |done: &mut BTreeMap<usize, crate::Result<T>>, emitted: &mut usize| {
-            while let Some(result) = done.remove(emitted) {
-                *emitted += 1;
-                emit(result?)?;
-            }
-            let mut state = ledger.state.lock().expect("no worker panicked");
-            state.forget_before(*emitted);
-            Ok::<(), crate::Error>(())
-        };
-        let mut carry = Vec::new();
-        for source in sources {
-            let (name, mut reader) = source?;
-            let name: Arc<str> = name.into();
-            let mut starts_source = true;
-            loop {
-                let buffer = free_rx.try_recv().unwrap_or_default();
-                let Some(bytes) = next_chunk(&mut reader, buffer, chunk_size, &mut carry, &name)?
-                else {
-                    break;
-                };
-                let chunk = Chunk {
-                    bytes,
-                    source: Arc::clone(&name),
-                    starts_source: std::mem::take(&mut starts_source),
-                    index: sent,
-                    ledger: Arc::clone(&ledger),
-                    counted: false,
-                };
-                while sent - emitted >= in_flight {
-                    let (index, result) = done_rx.recv().expect("workers outlive their jobs");
-                    done.insert(index, result);
-                    emit_ready(&mut done, &mut emitted)?;
-                }
-                job_tx
-                    .send((sent, chunk))
-                    .expect("workers outlive the job queue");
-                sent += 1;
-                while let Ok((index, result)) = done_rx.try_recv() {
-                    done.insert(index, result);
-                }
-                emit_ready(&mut done, &mut emitted)?;
-            }
-        }
-        drop(job_tx);
-        while emitted < sent {
-            let (index, result) = done_rx.recv().expect("workers outlive their jobs");
-            done.insert(index, result);
-            emit_ready(&mut done, &mut emitted)?;
-        }
-        Ok(())
-    })
-}
-
-/// The next chunk of about `chunk_size` bytes ending at a line end; `carry` holds the bytes after it.
-/// `bytes` is an empty or used buffer to fill.
-fn next_chunk(
-    reader: &mut impl Read,
-    mut bytes: Vec<u8>,
-    chunk_size: usize,
-    carry: &mut Vec<u8>,
-    source: &str,
-) -> crate::Result<Option<Vec<u8>>> {
-    bytes.clear();
-    bytes.extend_from_slice(carry);
-    carry.clear();
-    bytes.reserve(chunk_size);
-    let cut = loop {
-        let start = bytes.len();
-        let want = chunk_size.saturating_sub(start).max(chunk_size / 4).max(1) as u64;
-        let n = reader
-            .by_ref()
-            .take(want)
-            .read_to_end(&mut bytes)
-            .map_err(|e| crate::Error::io(source, e))?;
-        if n == 0 {
-            break bytes.len();
-        }
-        // A line longer than a chunk: keep reading until it ends.
-        if bytes.len() >= chunk_size
-            && let Some(i) = memchr::memrchr(b'\n', &bytes)
-        {
-            break i + 1;
-        }
-    };
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    carry.extend_from_slice(&bytes[cut..]);
-    bytes.truncate(cut);
-    Ok(Some(bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_end_at_line_ends_and_keep_long_lines_whole() {
-        let text = format!("a\n{}\nb\nc", "x".repeat(100));
-        let (mut reader, mut carry) = (text.as_bytes(), Vec::new());
-        let mut texts = Vec::new();
-        while let Some(bytes) = next_chunk(&mut reader, Vec::new(), 8, &mut carry, "t").unwrap() {
-            texts.push(String::from_utf8(bytes).unwrap());
-        }
-        assert_eq!(texts.concat(), text);
-        assert!(texts.iter().any(|t| t.len() == 101), "{texts:?}");
-        assert!(texts[..texts.len() - 1].iter().all(|t| t.ends_with('\n')));
-    }
-
-    #[test]
-    fn concurrent_runs_share_one_worker_per_core() {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        let (busy, most) = (Mutex::new(0usize), Mutex::new(0usize));
-        let text = "x\n".repeat(64);
-        std::thread::scope(|scope| {
-            for _ in 0..3 {
-                scope.spawn(|| {
-                    let sources = [Ok(("t".to_owned(), text.as_bytes()))];
-                    let work = |_: &mut (), _: &mut Chunk| {
-                        let now = {
-                            let mut busy = busy.lock().unwrap();
-                            *busy += 1;
-                            *busy
-                        };
-                        let mut most = most.lock().unwrap();
-                        *most = (*most).max(now);
-                        drop(most);
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                        *busy.lock().unwrap() -= 1;
-                        Ok(())
-                    };
-                    run_chunks(sources, 8, || Ok(()), work, |()| Ok(())).unwrap();
-                });
-            }
-        });
-        let most = *most.lock().unwrap();
-        // Other tests' runs share the pool too, so this may be fewer, never more.
-        assert!(
-            (1..=cores).contains(&most),
-            "{most} workers at once on {cores} cores"
-        );
-    }
-
-    #[test]
-    fn first_lines_are_known_once_the_chunks_before_are_counted_in_any_order() {
-        let mut state = LedgerState::new();
-        assert_eq!(state.first_line(0), Some(1));
-        state.count(2, 7, false);
-        state.count(1, 5, false);
-        assert_eq!((state.first_line(1), state.first_line(2)), (None, None));
-        state.count(0, 3, true);
-        let firsts: Vec<_> = (0..4).map(|i| state.first_line(i)).collect();
-        assert_eq!(firsts, [Some(1), Some(4), Some(9), Some(16)]);
-        state.forget_before(2);
-        assert_eq!((state.first_line(1), state.first_line(2)), (None, Some(9)));
-        // A chunk that starts a source starts its numbering again.
-        state.count(4, 2, false);
-        state.count(3, 4, true);
-        assert_eq!(
-            (state.first_line(4), state.first_line(5)),
-            (Some(5), Some(7))
-        );
+        other => other,
     }
 }

@@ -1,5 +1,6 @@
-//! A view over a whole NDJSON stream on all cores: the bytes are cut at line ends into chunks,
-//! each chunk is run by a worker, and the batches are handed on in stream order.
+//! A view over a whole NDJSON stream on all cores: the bytes are cut at line ends into chunks
+//! ([`crate::chunks`]), each chunk is run by a worker, and the batches are handed on in stream
+//! order.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::{ViewDefinition, ViewRunner};
 use crate::Result;
-use crate::ndjson::parallel::{CHUNK, Chunk, run_chunks};
+use crate::chunks::{CHUNK, Chunk, run_chunks};
 
 /// Runs `view` over all of `reader` (NDJSON, one resource per line) on all cores and hands its
 /// record batches to `on_batch` in stream order; returns the number of rows. `source` names the

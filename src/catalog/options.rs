@@ -1,0 +1,216 @@
+//! The options of a catalog: [`CatalogOptions`] (also the defaults of `STORED AS FHIR` tables) and
+//! [`Freshness`], when a snapshot is good enough for a query.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ndjson::TableMode;
+use crate::view::ViewDefinition;
+use crate::{Error, Result};
+
+/// The name of the one schema of a [`FhirCatalog`](super::FhirCatalog) unless configured otherwise.
+pub const DEFAULT_SCHEMA: &str = "fhir";
+
+/// When a snapshot is good enough for a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Younger than this.
+    MaxAge(Duration),
+    /// Never: every statement exports again (incrementally when it can).
+    Always,
+    /// Any snapshot, however old; export only when there is none.
+    Never,
+}
+
+impl Freshness {
+    /// Whether a snapshot of this age may be used.
+    pub fn accepts(&self, age: Duration) -> bool {
+        match self {
+            Freshness::MaxAge(max) => age <= *max,
+            Freshness::Always => false,
+            Freshness::Never => true,
+        }
+    }
+}
+
+impl std::str::FromStr for Freshness {
+    type Err = Error;
+
+    /// `always`, `never`, or a maximum age: `90s`, `15m`, `1h`, `7d` (a bare number is seconds).
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "always" => return Ok(Freshness::Always),
+            "never" => return Ok(Freshness::Never),
+            _ => {}
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let unit = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => 0,
+        };
+        match number.parse::<u64>() {
+            Ok(n) if unit > 0 => Ok(Freshness::MaxAge(Duration::from_secs(n * unit))),
+            _ => Err(Error::Config(format!(
+                "freshness {s:?}: expected always, never or an age like 90s, 15m, 1h, 7d"
+            ))),
+        }
+    }
+}
+
+/// Options of a [`FhirCatalog`](super::FhirCatalog) (and defaults of `STORED AS FHIR` tables).
+#[derive(Debug, Clone)]
+pub struct CatalogOptions {
+    pub(super) cache_dir: PathBuf,
+    pub(super) freshness: Freshness,
+    pub(super) mode: TableMode,
+    pub(super) resource_types: Option<Vec<String>>,
+    pub(super) batch_size: usize,
+    pub(super) schema_name: String,
+    pub(super) incremental: bool,
+    pub(super) max_filtered_snapshots: usize,
+    pub(super) views: Vec<Arc<ViewDefinition>>,
+    pub(super) view_dirs: Vec<PathBuf>,
+}
+
+/// How many filtered snapshots per resource type a catalog keeps unless configured
+/// ([`CatalogOptions::with_max_filtered_snapshots`]).
+pub const DEFAULT_MAX_FILTERED_SNAPSHOTS: usize = 8;
+
+impl Default for CatalogOptions {
+    fn default() -> Self {
+        Self {
+            cache_dir: crate::snapshot::default_cache_dir(),
+            freshness: Freshness::MaxAge(Duration::from_secs(3600)),
+            mode: TableMode::default(),
+            resource_types: None,
+            batch_size: 8192,
+            schema_name: DEFAULT_SCHEMA.to_owned(),
+            incremental: true,
+            max_filtered_snapshots: DEFAULT_MAX_FILTERED_SNAPSHOTS,
+            views: Vec::new(),
+            view_dirs: Vec::new(),
+        }
+    }
+}
+
+impl CatalogOptions {
+    /// Where snapshots are kept (default [`crate::snapshot::default_cache_dir`]).
+    pub fn with_cache_dir(self, cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            ..self
+        }
+    }
+
+    /// When a snapshot is fresh enough (default: younger than an hour).
+    pub fn with_freshness(self, freshness: Freshness) -> Self {
+        Self { freshness, ..self }
+    }
+
+    /// How resources become columns: flattened as the notebook did (default), or nested (one
+    /// column per top-level element, structs and lists).
+    pub fn with_mode(self, mode: TableMode) -> Self {
+        Self { mode, ..self }
+    }
+
+    /// The resource types shown as tables, instead of asking the source. Each must be a resource
+    /// type name ([`crate::r4::check_type_name`]), or making the catalog fails.
+    pub fn with_resource_types(self, types: Vec<String>) -> Self {
+        Self {
+            resource_types: Some(types),
+            ..self
+        }
+    }
+
+    /// Rows per record batch when converting (default 8192).
+    pub fn with_batch_size(self, batch_size: usize) -> Self {
+        Self { batch_size, ..self }
+    }
+
+    /// The name of the catalog's schema (default [`DEFAULT_SCHEMA`]).
+    pub fn with_schema_name(self, name: impl Into<String>) -> Self {
+        Self {
+            schema_name: name.into(),
+            ..self
+        }
+    }
+
+    /// Refresh with `_since` and merge (default), or export everything again.
+    pub fn with_incremental(self, incremental: bool) -> Self {
+        Self {
+            incremental,
+            ..self
+        }
+    }
+
+    /// Adds `view` as a table (see [`FhirCatalog::add_view`](super::FhirCatalog::add_view)); the
+    /// notebook's shorthand is [`ViewDefinition::from_paths`] with [`ViewDefinition::with_name`].
+    ///
+    /// ```
+    /// # use fhirflight::catalog::CatalogOptions;
+    /// # use fhirflight::view::ViewDefinition;
+    /// let patients = ViewDefinition::from_paths(
+    ///     "Patient",
+    ///     &[("id", "identifier[0].value"), ("marital_status", "maritalStatus.coding[0].code")],
+    /// )?;
+    /// let options = CatalogOptions::default().with_view(patients.with_name("patients"));
+    /// # Ok::<(), fhirflight::Error>(())
+    /// ```
+    pub fn with_view(mut self, view: ViewDefinition) -> Self {
+        self.views.push(Arc::new(view));
+        self
+    }
+
+    /// Makes every ViewDefinition JSON file of `dir` a table (see
+    /// [`load_views`](super::load_views)); read when the catalog is made, which fails naming a
+    /// malformed file.
+    pub fn with_views(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.view_dirs.push(dir.into());
+        self
+    }
+
+    /// How many filtered snapshots (made by exports with filters pushed down, one per distinct
+    /// `_typeFilter` and `_since`) to keep per resource type, at least 1 (default
+    /// [`DEFAULT_MAX_FILTERED_SNAPSHOTS`]). After each filtered export, the least recently used
+    /// beyond this number are removed, except those a query (of any process) is reading. Full
+    /// snapshots are not counted and never removed this way.
+    pub fn with_max_filtered_snapshots(self, max: usize) -> Self {
+        Self {
+            max_filtered_snapshots: max.max(1),
+            ..self
+        }
+    }
+
+    /// The mode of the tables.
+    pub fn mode(&self) -> &TableMode {
+        &self.mode
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_parses() {
+        assert_eq!("always".parse::<Freshness>().unwrap(), Freshness::Always);
+        assert_eq!("NEVER".parse::<Freshness>().unwrap(), Freshness::Never);
+        assert_eq!(
+            "15m".parse::<Freshness>().unwrap(),
+            Freshness::MaxAge(Duration::from_secs(900))
+        );
+        assert_eq!(
+            "90".parse::<Freshness>().unwrap(),
+            Freshness::MaxAge(Duration::from_secs(90))
+        );
+        assert!("soon".parse::<Freshness>().is_err());
+        assert!(Freshness::MaxAge(Duration::from_secs(60)).accepts(Duration::from_secs(59)));
+        assert!(!Freshness::MaxAge(Duration::from_secs(60)).accepts(Duration::from_secs(61)));
+    }
+}

@@ -1,0 +1,138 @@
+//! [`FhirSchema`]: the tables of a catalog as DataFusion resolves them, each from a snapshot fresh
+//! enough for the statement being planned (its [`Scope`], set by [`sql`](super::sql)), or, when
+//! browsing, from the committed one.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::TableType;
+
+use super::exports::Exporter;
+use super::{FhirTable, Freshness, Pushdown, to_datafusion, views};
+use crate::Result;
+use crate::snapshot::{Snapshot, mode_key};
+
+/// The schema of a [`FhirCatalog`](super::FhirCatalog): one table per resource type.
+#[derive(Debug)]
+pub struct FhirSchema {
+    pub(super) exporter: Arc<Exporter>,
+    pub(super) browse: bool,
+    pub(super) views: Arc<views::Views>,
+}
+
+#[async_trait]
+impl SchemaProvider for FhirSchema {
+    fn table_names(&self) -> Vec<String> {
+        let views = self.views.all();
+        let views = views.iter().filter_map(|v| v.name().map(str::to_owned));
+        self.exporter.types.iter().cloned().chain(views).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(view) = self.views.get(name) {
+            let snapshot = self.snapshot(view.resource()).await?;
+            let batch_size = self.exporter.options.batch_size;
+            return views::view_table(&self.views, view, snapshot, !self.browse, batch_size)
+                .await
+                .map(Some);
+        }
+        let Some(resource_type) = self.exporter.resource_type(name) else {
+            return Ok(None);
+        };
+        let Some(snapshot) = self.snapshot(resource_type).await? else {
+            return Ok(None);
+        };
+        let exporter = &self.exporter;
+        let table = tokio::task::spawn_blocking({
+            let exporter = Arc::clone(exporter);
+            move || exporter.table(snapshot)
+        })
+        .await
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+        .map_err(to_datafusion)?;
+        Ok(Some(Arc::new(table)))
+    }
+
+    async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
+        Ok(match self.exporter.resource_type(name) {
+            Some(_) => Some(TableType::Base),
+            None => self.views.get(name).map(|_| TableType::View),
+        })
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.exporter.resource_type(name).is_some() || self.views.get(name).is_some()
+    }
+}
+
+impl FhirSchema {
+    /// The snapshot a table of `resource_type` reads: when browsing, the committed one (none
+    /// without one, never an export); else one fresh enough for the statement, exporting.
+    async fn snapshot(&self, resource_type: &str) -> DfResult<Option<Snapshot>> {
+        let exporter = &self.exporter;
+        if self.browse {
+            return exporter.store.current(resource_type).map_err(to_datafusion);
+        }
+        let mut snapshots = match SCOPE.try_with(Clone::clone).ok() {
+            Some(Scope {
+                started,
+                freshness,
+                pushdowns,
+            }) => {
+                let freshness = freshness.unwrap_or(exporter.options.freshness);
+                let pushdown = pushdowns
+                    .iter()
+                    .find(|(e, t, _)| Arc::ptr_eq(e, exporter) && t == resource_type)
+                    .map(|(_, _, p)| p.clone())
+                    .unwrap_or_default();
+                exporter
+                    .ensure_pushed(
+                        &[(resource_type.to_owned(), pushdown)],
+                        &freshness,
+                        Some(started),
+                    )
+                    .await
+            }
+            None => {
+                let freshness = exporter.options.freshness;
+                exporter
+                    .ensure(&[resource_type.to_owned()], &freshness, None)
+                    .await
+            }
+        }
+        .map_err(to_datafusion)?;
+        Ok(Some(snapshots.remove(0)))
+    }
+}
+
+impl Exporter {
+    /// The table of a snapshot in the catalog's mode, converting the raw NDJSON when the snapshot
+    /// lacks that mode (made by a catalog in the other mode).
+    pub(super) fn table(&self, snapshot: Snapshot) -> Result<FhirTable> {
+        let mode = &self.options.mode;
+        let snapshot = match snapshot.table(&mode_key(mode)) {
+            Some(_) => snapshot,
+            None => self
+                .store
+                .add_table(&snapshot, mode, self.options.batch_size)?,
+        };
+        FhirTable::try_new(snapshot, mode)
+    }
+}
+
+/// A statement prepared by [`sql`](super::sql), being planned: its types were brought up to date
+/// when it started (a task-local, as planning runs in the caller's task).
+#[derive(Debug, Clone)]
+pub(super) struct Scope {
+    pub(super) started: SystemTime,
+    pub(super) freshness: Option<Freshness>,
+    /// What the statement pushes into the export of each (catalog, type).
+    pub(super) pushdowns: Arc<Vec<(Arc<Exporter>, String, Pushdown)>>,
+}
+
+tokio::task_local! {
+    pub(super) static SCOPE: Scope;
+}

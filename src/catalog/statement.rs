@@ -1,0 +1,193 @@
+//! Statement-level SQL: [`sql`] reads a statement's table references and filters first and brings
+//! every FHIR table it needs up to date with ONE export per catalog before DataFusion plans it;
+//! [`register_functions`] adds the `STORED AS FHIR` factory and the `fhir_*` table functions.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::dataframe::DataFrame;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
+
+use super::exports::Exporter;
+use super::schema::{SCOPE, Scope};
+use super::{
+    AddViewFunction, CatalogOptions, FhirCatalog, FhirTableFactory, Freshness, MAX_STATEMENT_DEPTH,
+    Pushdown, RefreshFunction, nesting, pushdown, to_datafusion,
+};
+
+/// Runs `sql` in `ctx` like `ctx.sql`, first bringing every FHIR table it references up to
+/// date with ONE export per catalog (see the [module docs](super)). Browsing statements
+/// (`SHOW TABLES`, `information_schema`) never export and are executed here (their results are
+/// small). A statement nested deeper than [`MAX_STATEMENT_DEPTH`] is refused; those below it need
+/// a deeper stack than a tokio worker's 2 MiB (a 2,000-term sum overflows it), which a
+/// [`QueryRuntime`](super::QueryRuntime)'s threads have: plan and run statements from untrusted
+/// users there.
+pub async fn sql(ctx: &SessionContext, sql: &str) -> DfResult<DataFrame> {
+    run_sql(ctx, sql, None).await
+}
+
+/// [`sql`] with a freshness for this statement instead of each catalog's.
+pub async fn sql_with_freshness(
+    ctx: &SessionContext,
+    sql: &str,
+    freshness: Freshness,
+) -> DfResult<DataFrame> {
+    run_sql(ctx, sql, Some(freshness)).await
+}
+
+async fn run_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    freshness: Option<Freshness>,
+) -> DfResult<DataFrame> {
+    let started = SystemTime::now();
+    let state = ctx.state();
+    let statement = parse_statement(&state, sql)?;
+    let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {
+        // Browsing runs in a session whose FHIR catalogs never export (information_schema
+        // resolves every table while executing, possibly in other tasks).
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        for name in state.catalog_list().catalog_names() {
+            let Some(catalog) = state.catalog_list().catalog(&name) else {
+                continue;
+            };
+            let catalog = match catalog.downcast_ref::<FhirCatalog>() {
+                Some(fhir) => Arc::new(fhir.browsing()) as Arc<dyn CatalogProvider>,
+                None => catalog,
+            };
+            catalogs.register_catalog(name, catalog);
+        }
+        let browse = SessionStateBuilder::new_from_existing(state)
+            .with_catalog_list(catalogs)
+            .build();
+        let batches = SessionContext::new_with_state(browse)
+            .sql(sql)
+            .await?
+            .collect()
+            .await?;
+        return ctx.read_batches(batches);
+    };
+    let scope = Scope {
+        started,
+        freshness,
+        pushdowns: Arc::new(pushdowns),
+    };
+    SCOPE.scope(scope, ctx.sql(sql)).await
+}
+
+/// Parses one statement of `sql`, refusing it first when it nests deeper than
+/// [`MAX_STATEMENT_DEPTH`] (see [`nesting`]).
+pub(crate) fn parse_statement(state: &SessionState, sql: &str) -> DfResult<Statement> {
+    let dialect = state.config().options().sql_parser.dialect;
+    // An unknown dialect is left to `sql_to_statement` to report.
+    if let Some(tokens) = dialect_from_str(dialect) {
+        nesting::check(sql, tokens.as_ref(), MAX_STATEMENT_DEPTH)?;
+    }
+    state.sql_to_statement(sql, &dialect)
+}
+
+/// Brings the FHIR tables that `statement` references up to date: one export per catalog for
+/// all its types, restricted by the filters it can push. Returns what was pushed per table, or
+/// `None`, doing nothing, when the statement browses `information_schema`.
+async fn prefetch(
+    state: &SessionState,
+    statement: &Statement,
+    freshness: Option<Freshness>,
+) -> DfResult<Option<Vec<(Arc<Exporter>, String, Pushdown)>>> {
+    let options = state.config().options();
+    let (default_catalog, default_schema) = (
+        &options.catalog.default_catalog,
+        &options.catalog.default_schema,
+    );
+    let filters = pushdown::Filters::of(
+        statement,
+        options.sql_parser.enable_ident_normalization,
+        default_catalog,
+        default_schema,
+    );
+    let mut wanted: Vec<(FhirCatalog, Vec<(String, Pushdown)>)> = Vec::new();
+    for reference in state.resolve_table_references(statement)? {
+        let r = reference.resolve(default_catalog, default_schema);
+        if r.schema.as_ref() == "information_schema" {
+            return Ok(None);
+        }
+        let Some(catalog) = state.catalog_list().catalog(&r.catalog) else {
+            continue;
+        };
+        let Some(fhir) = catalog.downcast_ref::<FhirCatalog>() else {
+            continue;
+        };
+        let Some(t) = fhir
+            .table_resource_type(&r.table)
+            .filter(|_| r.schema.as_ref() == fhir.schema_name())
+        else {
+            continue;
+        };
+        // A view's columns are not the type's: only a resource type's own table pushes filters.
+        let pushdown = match fhir.exporter.resource_type(&r.table) {
+            Some(_) => Pushdown::from_conjuncts(&t, filters.conjuncts(&r)),
+            None => Pushdown::default(),
+        };
+        match wanted
+            .iter_mut()
+            .find(|(c, _)| Arc::ptr_eq(&c.exporter, &fhir.exporter))
+        {
+            Some((_, types)) => types.push((t, pushdown)),
+            None => wanted.push((fhir.clone(), vec![(t, pushdown)])),
+        }
+    }
+    // A type read twice (a view and its type's table, say) is read whole: one snapshot serves both.
+    for (_, types) in &mut wanted {
+        let mixed: Vec<String> = types
+            .iter()
+            .filter(|(t, p)| types.iter().any(|(u, q)| u == t && q != p))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for (t, p) in types.iter_mut() {
+            if mixed.contains(t) {
+                *p = Pushdown::default();
+            }
+        }
+        types.sort();
+        types.dedup();
+    }
+    let exports = wanted.iter().map(|(catalog, types)| {
+        let freshness = freshness.unwrap_or(catalog.exporter.options.freshness);
+        async move {
+            catalog
+                .exporter
+                .ensure_pushed(types, &freshness, None)
+                .await
+        }
+    });
+    futures::future::try_join_all(exports)
+        .await
+        .map_err(to_datafusion)?;
+    Ok(Some(
+        wanted
+            .into_iter()
+            .flat_map(|(catalog, types)| {
+                types
+                    .into_iter()
+                    .map(move |(t, p)| (Arc::clone(&catalog.exporter), t, p))
+            })
+            .collect(),
+    ))
+}
+
+/// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with
+/// `defaults` for its options) and the `fhir_refresh` and `fhir_add_view` table functions.
+pub fn register_functions(ctx: &SessionContext, defaults: CatalogOptions) {
+    ctx.state_ref().write().table_factories_mut().insert(
+        "FHIR".to_owned(),
+        Arc::new(FhirTableFactory::new(defaults.without_views())),
+    );
+    ctx.register_udtf("fhir_refresh", Arc::new(RefreshFunction));
+    ctx.register_udtf("fhir_add_view", Arc::new(AddViewFunction));
+}

@@ -1,0 +1,72 @@
+//! Leases: a reader's hold on a filtered snapshot, a shared lock on its `.readers` file that
+//! eviction ([`SnapshotStore::evict_filtered`](super::SnapshotStore::evict_filtered)) respects,
+//! in any process.
+
+use std::fs::{self, File};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::{Error, Result};
+
+/// The file whose shared lock a reader of a filtered snapshot holds (see [`Lease`]).
+pub(super) const LEASE_FILE: &str = ".readers";
+
+/// A hold on a filtered snapshot (a shared lock on its `.readers` file): while one exists in
+/// any process, [`SnapshotStore::evict_filtered`](super::SnapshotStore::evict_filtered) leaves
+/// that snapshot alone. Cloning shares it; the lock is released when the last clone is dropped
+/// (or the process ends).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    _locked: Arc<File>,
+}
+
+impl Lease {
+    /// A lease on the [`LEASE_FILE`] at `path` (in a filtered snapshot's folder), recording its
+    /// use; `None` when it does not exist or is being evicted.
+    pub(super) fn take(path: &Path) -> Result<Option<Lease>> {
+        // Eviction may remove the folder between our open and our lock, and a new export may
+        // make it again: the lock counts only on the file the path names now.
+        for _ in 0..3 {
+            let file = match File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io(path, e)),
+            };
+            match file.try_lock_shared() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, e)),
+            }
+            if same_file(&file, path) {
+                // The last use orders eviction; failing to record it only makes eviction earlier.
+                let _ = file.set_modified(SystemTime::now());
+                return Ok(Some(Lease {
+                    _locked: Arc::new(file),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether `file` is the file `path` names now.
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), path.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `file` is the file `path` names now (elsewhere an open file cannot be removed).
+#[cfg(not(unix))]
+fn same_file(_file: &File, path: &Path) -> bool {
+    path.exists()
+}

@@ -1,0 +1,502 @@
+//! [`SnapshotStore`]: the snapshots of one source in one cache folder (opening it, the current
+//! snapshot of a name, adding a mode's table, eviction of filtered snapshots, garbage
+//! collection), and [`Snapshot`], a committed one as the store hands it out.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::datatypes::SchemaRef;
+use datafusion::parquet;
+
+use super::lease::LEASE_FILE;
+use super::manifest::{to_json, write_atomic};
+use super::names::{
+    check_manifest_paths, check_name, is_filtered, is_filtered_name, is_snapshot_id,
+    new_snapshot_id, source_key,
+};
+use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
+use crate::error::quoted;
+use crate::ndjson::TableMode;
+use crate::r4::check_type_name;
+use crate::{Error, Result};
+
+/// The default cache root: `<user cache dir>/fhirflight` (for example `~/.cache/fhirflight`).
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("fhirflight")
+}
+
+/// The snapshots of one data source (a FHIR server or a local folder), in one cache folder.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    /// Opens (creating it if needed) the store of `source` (a base URL or a folder path) under
+    /// `cache_root`. The folder name is readable and unique: host or folder name plus a hash.
+    pub fn open(cache_root: &Path, source: &str) -> Result<Self> {
+        let dir = cache_root.join(source_key(source));
+        for sub in ["tmp", "staging"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+        }
+        let info = dir.join("source.json");
+        if !info.exists() {
+            write_atomic(&info, &to_json(&serde_json::json!({ "source": source }))?)?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// The store's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The folder where an export of the given key keeps its downloads (so a killed run resumes).
+    /// A key is ASCII letters, digits, `_` and `-` (at most 100), so it names a folder of
+    /// `staging/` and nothing else.
+    pub fn staging_dir(&self, job_key: &str) -> Result<PathBuf> {
+        let valid = !job_key.is_empty()
+            && job_key.len() <= 100
+            && job_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        match valid {
+            true => Ok(self.dir.join("staging").join(job_key)),
+            false => Err(Error::Snapshot(format!(
+                "{} is not a staging folder name",
+                quoted(job_key)
+            ))),
+        }
+    }
+
+    /// The current snapshot named `name` (a resource type, or a filtered snapshot's name), if one
+    /// was committed.
+    ///
+    /// A filtered snapshot comes with a [`Lease`] (taken before its manifest is read), so it is
+    /// not evicted while the returned snapshot, or a table or scan made from it, lives. One
+    /// being evicted is absent.
+    pub fn current(&self, name: &str) -> Result<Option<Snapshot>> {
+        let lease = match is_filtered(name) {
+            true => match self.lease(name)? {
+                Some(lease) => Some(lease),
+                None => return Ok(None),
+            },
+            false => None,
+        };
+        let path = self.manifest_path(name)?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        check_manifest_paths(&manifest)
+            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        let dir = self.named_dir(name)?.join(&manifest.snapshot);
+        Ok(Some(Snapshot {
+            dir,
+            manifest,
+            lease,
+        }))
+    }
+
+    /// A lease on the filtered snapshot `name`, recording its use; `None` when it does not
+    /// exist or is being evicted.
+    pub(super) fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        Lease::take(&self.named_dir(name)?.join(LEASE_FILE))
+    }
+
+    /// Evicts the filtered snapshots of `resource_type` (`<Type>@...`) beyond the `keep` most
+    /// recently used, skipping those somebody holds a [`Lease`] on (they may stay above `keep`
+    /// until a later eviction). The type's full snapshot is never touched. Returns the names
+    /// evicted.
+    pub fn evict_filtered(&self, resource_type: &str, keep: usize) -> Result<Vec<String>> {
+        let prefix = format!("{}@", check_type_name(resource_type)?);
+        let _lock = self.lock()?;
+        let mut filtered: Vec<(SystemTime, String)> = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && is_filtered_name(&name) && entry.path().is_dir() {
+                let dir = entry.path();
+                let used = [dir.join(LEASE_FILE), self.manifest_path(&name)?, dir]
+                    .iter()
+                    .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
+                    .max()
+                    .unwrap_or(UNIX_EPOCH);
+                filtered.push((used, name));
+            }
+        }
+        filtered.sort_by(|a, b| b.cmp(a));
+        let mut evicted = Vec::new();
+        for (_, name) in filtered.into_iter().skip(keep) {
+            let dir = self.named_dir(&name)?;
+            let path = dir.join(LEASE_FILE);
+            let Ok(lock) = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            else {
+                continue;
+            };
+            // Held until the folder is gone, so that no reader leases it in between.
+            if lock.try_lock().is_err() {
+                continue; // being read
+            }
+            // Unpublished first: a crash leaves a folder without a manifest, evicted later.
+            let manifest = self.manifest_path(&name)?;
+            match fs::remove_file(&manifest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(manifest, e)),
+            }
+            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            drop(lock);
+            evicted.push(name);
+        }
+        Ok(evicted)
+    }
+
+    /// Resource types that have a committed (full) snapshot, sorted.
+    pub fn resource_types(&self) -> Result<Vec<String>> {
+        let mut types = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if check_type_name(&name).is_ok() && entry.path().join("manifest.json").is_file() {
+                types.push(name);
+            }
+        }
+        types.sort();
+        Ok(types)
+    }
+
+    /// Starts writing a new snapshot of `resource_type` in a private temporary folder.
+    pub fn begin(&self, resource_type: &str) -> Result<SnapshotWriter> {
+        self.begin_named(resource_type, resource_type)
+    }
+
+    /// Starts writing a snapshot of `resource_type` to be committed under another `name` (a
+    /// filtered export's, which must not replace the type's full snapshot).
+    pub fn begin_named(&self, name: &str, resource_type: &str) -> Result<SnapshotWriter> {
+        check_name(name)?;
+        check_type_name(resource_type)?;
+        let id = new_snapshot_id();
+        let dir = self.dir.join("tmp").join(&id);
+        fs::create_dir_all(dir.join("raw")).map_err(|e| Error::io(&dir, e))?;
+        Ok(SnapshotWriter {
+            store: self.clone(),
+            name: name.to_owned(),
+            resource_type: resource_type.to_owned(),
+            id,
+            dir,
+        })
+    }
+
+    /// Adds the Parquet table of `mode` to a committed snapshot that lacks it (switching mode
+    /// reads the snapshot's raw NDJSON again; no export). Returns the updated snapshot.
+    pub fn add_table(
+        &self,
+        snapshot: &Snapshot,
+        mode: &TableMode,
+        batch_size: usize,
+    ) -> Result<Snapshot> {
+        let key = mode_key(mode);
+        let tmp = snapshot
+            .dir
+            .join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
+        let (table, _) = convert_raw(
+            &snapshot.raw_paths(),
+            &snapshot.manifest.resource_type,
+            mode,
+            batch_size,
+            &tmp,
+        )?;
+        let _lock = self.lock()?;
+        // Someone else may have committed a newer snapshot meanwhile: only touch ours.
+        let target = snapshot.dir.join(&key);
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+        }
+        fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+        let mut manifest = snapshot.manifest.clone();
+        manifest.tables.insert(key.clone(), table.relative_to(&key));
+        let name = snapshot.name();
+        let path = self.manifest_path(&name)?;
+        let current = self.current(&name)?;
+        if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
+            write_atomic(&path, &to_json(&manifest)?)?;
+        }
+        Ok(Snapshot {
+            dir: snapshot.dir.clone(),
+            manifest,
+            lease: snapshot.lease.clone(),
+        })
+    }
+
+    /// The folder of the snapshots named `name` (a type's, or a filtered export's): checked by
+    /// [`check_name`], so never a path outside the store.
+    pub(super) fn named_dir(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.dir.join(check_name(name)?))
+    }
+
+    pub(super) fn manifest_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.named_dir(name)?.join("manifest.json"))
+    }
+
+    /// Exclusive lock of the store, released on drop (also when the process dies).
+    pub(super) fn lock(&self) -> Result<File> {
+        let path = self.dir.join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(file)
+    }
+
+    /// Removes snapshot folders in `type_dir` other than `keep`, and temporary folders older
+    /// than a day (a crashed writer's). Only folders named like snapshot ids are touched: the
+    /// store made those, whatever else lies there is not its own.
+    pub(super) fn collect_garbage(&self, type_dir: &Path, keep: &[&str]) {
+        let stale = |p: &Path| {
+            p.metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86_400))
+                .unwrap_or(false)
+        };
+        let snapshot_dirs = |dir: &Path| {
+            fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(is_snapshot_id))
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect::<Vec<_>>()
+        };
+        for path in snapshot_dirs(type_dir) {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !keep.contains(&name.as_ref()) {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+        for path in snapshot_dirs(&self.dir.join("tmp")) {
+            if stale(&path) {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+/// A committed snapshot of one resource type.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub(super) dir: PathBuf,
+    pub(super) manifest: SnapshotManifest,
+    pub(super) lease: Option<Lease>,
+}
+
+impl Snapshot {
+    /// The snapshot's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &SnapshotManifest {
+        &self.manifest
+    }
+
+    /// The name it is committed under: its resource type, or a filtered export's name.
+    pub fn name(&self) -> String {
+        let parent = self.dir.parent().and_then(Path::file_name);
+        parent.map_or_else(
+            || self.manifest.resource_type.clone(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// When the snapshot was committed.
+    pub fn created(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.manifest.created_unix_ms)
+    }
+
+    /// The lease held on it (filtered snapshots only).
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// Time since the snapshot was committed.
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.created())
+            .unwrap_or_default()
+    }
+
+    /// Absolute paths of the raw NDJSON (gzip) files.
+    pub fn raw_paths(&self) -> Vec<PathBuf> {
+        self.manifest
+            .raw
+            .iter()
+            .map(|r| self.dir.join(&r.path))
+            .collect()
+    }
+
+    /// The Parquet table of `mode`, if this snapshot has it.
+    pub fn table(&self, mode: &str) -> Option<&TableFiles> {
+        self.manifest.tables.get(mode)
+    }
+
+    /// The folder holding the Parquet files of `mode`.
+    pub fn table_dir(&self, mode: &str) -> PathBuf {
+        self.dir.join(mode)
+    }
+
+    /// The Arrow schema of the table of `mode`, read from its first Parquet footer.
+    pub fn schema(&self, mode: &str) -> Result<SchemaRef> {
+        let table = self.table(mode).ok_or_else(|| {
+            Error::Snapshot(format!(
+                "snapshot {} has no {mode} table",
+                self.dir.display()
+            ))
+        })?;
+        let first = table.files.first().ok_or_else(|| {
+            Error::Snapshot(format!(
+                "snapshot {} lists no {mode} file",
+                self.dir.display()
+            ))
+        })?;
+        let path = self.dir.join(&first.path);
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        Ok(builder.schema().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{RawFile, write_raw};
+
+    /// Commits a snapshot named `name` of Patient with one resource.
+    fn commit(store: &SnapshotStore, name: &str) {
+        let input = store.dir().join(format!("{name}.ndjson"));
+        fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n").unwrap();
+        let writer = store.begin_named(name, "Patient").unwrap();
+        let (path, rel) = writer.raw_path(0);
+        let (resources, bytes) = write_raw(&[input], None, &path).unwrap();
+        let manifest = SnapshotManifest {
+            raw: vec![RawFile {
+                path: rel,
+                resources,
+                bytes,
+            }],
+            ..SnapshotManifest::default()
+        };
+        writer
+            .commit(manifest, &[TableMode::default()], 64)
+            .unwrap();
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_filtered_snapshots_not_leased_ones() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        for name in [
+            "Patient",
+            "Patient@a-0000000a",
+            "Patient@b-0000000b",
+            "Patient@c-0000000c",
+        ] {
+            commit(&store, name);
+        }
+        let held = store.current("Patient@a-0000000a").unwrap().unwrap();
+        assert!(held.lease().is_some());
+        store.current("Patient@c-0000000c").unwrap().unwrap(); // used last
+        // `a` is beyond the one kept but leased; `b` goes.
+        assert_eq!(
+            store.evict_filtered("Patient", 1).unwrap(),
+            ["Patient@b-0000000b"]
+        );
+        assert!(store.current("Patient@b-0000000b").unwrap().is_none());
+        assert!(!store.dir().join("Patient@b-0000000b").exists());
+        assert_eq!(held.schema("flattened").unwrap().fields().len(), 2);
+        drop(held);
+        assert_eq!(
+            store.evict_filtered("Patient", 1).unwrap(),
+            ["Patient@a-0000000a"]
+        );
+        // The full snapshot is not a filtered one.
+        assert!(store.current("Patient").unwrap().unwrap().lease().is_none());
+        assert_eq!(
+            store.evict_filtered("Patient", 0).unwrap(),
+            ["Patient@c-0000000c"]
+        );
+        assert!(store.current("Patient").unwrap().is_some());
+
+        // One being evicted (its lock held exclusively) is absent to readers.
+        commit(&store, "Patient@d-0000000d");
+        let evicting = File::options()
+            .write(true)
+            .open(store.dir().join("Patient@d-0000000d").join(LEASE_FILE))
+            .unwrap();
+        evicting.lock().unwrap();
+        assert!(store.current("Patient@d-0000000d").unwrap().is_none());
+        drop(evicting);
+        assert!(store.current("Patient@d-0000000d").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_tampered_manifest_names_no_path_outside_its_snapshot() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        commit(&store, "Patient");
+        let path = store.manifest_path("Patient").unwrap();
+        let good: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let tamper = |pointer: &str, value: &str| {
+            let mut manifest = good.clone();
+            *manifest.pointer_mut(pointer).unwrap() = value.into();
+            fs::write(&path, manifest.to_string()).unwrap();
+            store.current("Patient").unwrap_err().to_string()
+        };
+        let err = tamper("/snapshot", "../../..");
+        assert!(
+            err.contains(r#"snapshot "../../.." is not a snapshot id"#),
+            "{err}"
+        );
+        let err = tamper("/raw/0/path", "../../../../etc/passwd");
+        assert!(
+            err.contains(r#"file "../../../../etc/passwd" is not a path"#),
+            "{err}"
+        );
+        let err = tamper("/tables/flattened/files/0/path", "/etc/passwd");
+        assert!(err.contains("is not a path inside the snapshot"), "{err}");
+    }
+
+    #[test]
+    fn garbage_collection_removes_only_snapshot_folders() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        commit(&store, "Patient");
+        let foreign = store.dir().join("Patient").join("not-ours");
+        fs::create_dir_all(&foreign).unwrap();
+        commit(&store, "Patient");
+        commit(&store, "Patient");
+        assert!(foreign.is_dir(), "a folder the store did not make stays");
+        let snapshots = fs::read_dir(store.dir().join("Patient"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_snapshot_id))
+            .count();
+        assert_eq!(snapshots, 2, "the current snapshot and the one before");
+    }
+}

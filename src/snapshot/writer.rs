@@ -1,0 +1,100 @@
+//! [`SnapshotWriter`]: a snapshot being written aside, converted to Parquet and committed
+//! atomically (renamed into place, then its manifest replaced, under the store's lock).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::manifest::{to_json, write_atomic};
+use super::names::is_filtered;
+use super::{
+    MANIFEST_FORMAT, Snapshot, SnapshotManifest, SnapshotStore, convert_raw, mode_key, rfc3339,
+};
+use crate::ndjson::TableMode;
+use crate::{Error, Result};
+
+/// A snapshot being written; nothing is visible until [`SnapshotWriter::commit`].
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    pub(super) store: SnapshotStore,
+    pub(super) name: String,
+    pub(super) resource_type: String,
+    pub(super) id: String,
+    pub(super) dir: PathBuf,
+}
+
+impl SnapshotWriter {
+    /// The folder the snapshot is written in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path for the `n`th raw file of this snapshot (relative path as stored in the manifest).
+    pub fn raw_path(&self, n: usize) -> (PathBuf, String) {
+        let rel = format!("raw/{}.{n:03}.ndjson.gz", self.resource_type);
+        (self.dir.join(&rel), rel)
+    }
+
+    /// Converts the raw files to the Parquet tables of `modes`, then commits: the new snapshot
+    /// replaces the current one atomically. `manifest.snapshot`, `resource_type`, `tables` and
+    /// `created_at` are filled in here.
+    pub fn commit(
+        self,
+        mut manifest: SnapshotManifest,
+        modes: &[TableMode],
+        batch_size: usize,
+    ) -> Result<Snapshot> {
+        let raw: Vec<PathBuf> = manifest
+            .raw
+            .iter()
+            .map(|r| self.dir.join(&r.path))
+            .collect();
+        for mode in modes {
+            let key = mode_key(mode);
+            let (table, errors) = convert_raw(
+                &raw,
+                &self.resource_type,
+                mode,
+                batch_size,
+                &self.dir.join(&key),
+            )?;
+            manifest.tables.insert(key.clone(), table.relative_to(&key));
+            if manifest.errors.is_empty() {
+                manifest.errors.extend(errors);
+            }
+        }
+        manifest.format = MANIFEST_FORMAT;
+        manifest.resource_type = self.resource_type.clone();
+        manifest.snapshot = self.id.clone();
+        let now = SystemTime::now();
+        manifest.created_at = rfc3339(now);
+        manifest.created_unix_ms = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+
+        let store = &self.store;
+        let type_dir = store.named_dir(&self.name)?;
+        let _lock = store.lock()?;
+        // Under the lock: eviction removes filtered snapshots' folders under it too.
+        fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
+        let previous = store.current(&self.name)?.map(|s| s.manifest.snapshot);
+        let target = type_dir.join(&self.id);
+        fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
+        write_atomic(&store.manifest_path(&self.name)?, &to_json(&manifest)?)?;
+        let keep: Vec<&str> = [Some(self.id.as_str()), previous.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        store.collect_garbage(&type_dir, &keep);
+        let lease = match is_filtered(&self.name) {
+            true => store.lease(&self.name)?,
+            false => None,
+        };
+        Ok(Snapshot {
+            dir: target,
+            manifest,
+            lease,
+        })
+    }
+}
