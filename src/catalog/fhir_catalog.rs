@@ -171,7 +171,7 @@ impl FhirCatalog {
     }
 
     /// Resolves names case-insensitively to resource types; unknown names are an error.
-    fn known_types(&self, names: &[String]) -> Result<Vec<String>> {
+    pub(super) fn known_types(&self, names: &[String]) -> Result<Vec<String>> {
         names
             .iter()
             .map(|n| {
