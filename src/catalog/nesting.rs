@@ -14,7 +14,7 @@ use datafusion::sql::sqlparser::dialect::Dialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
-/// The deepest statement accepted, as estimated by [`check`]: far beyond what people write and
+/// The deepest statement accepted, as estimated from its tokens: far beyond what people write and
 /// beyond the chains BI tools generate (a 2,000-term `OR`, a 3,000-arm `UNION ALL`), well within
 /// what [`super::QueryRuntime`]'s threads can plan and run.
 pub const MAX_STATEMENT_DEPTH: usize = 5_000;
