@@ -32,6 +32,12 @@ else
   echo "note: ../shared not found: the checks on Synthea data and the SQL on FHIR suite are skipped"
 fi
 
+step "feature checks (the library alone, then with each feature)"
+for features in "" flight demo config cli; do
+  echo "cargo check --lib --no-default-features${features:+ --features $features}"
+  cargo check --quiet --lib --no-default-features ${features:+--features "$features"}
+done
+
 step "cargo test"
 cargo test
 

@@ -125,6 +125,8 @@ pub enum Error {
     InvalidRequest(String),
 
     /// The Flight SQL server's transport (listener, TLS setup) failed.
+    #[cfg(feature = "flight")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "flight")))]
     #[error("Flight SQL server: {0}")]
     FlightTransport(#[from] tonic::transport::Error),
 

@@ -17,4 +17,4 @@ pub use client::BulkClient;
 pub use manifest::{DeletedResource, Manifest, ManifestLink, OutputFile, deleted_resources};
 pub use options::ClientOptions;
 pub use progress::{DownloadedFile, ExportOutcome, ExportPhase, ExportProgress};
-pub use request::{ExportLevel, ExportRequest, KickoffMethod};
+pub use request::{ExportLevel, ExportRequest, KickoffMethod, ParseExportLevelError};

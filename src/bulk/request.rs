@@ -18,6 +18,34 @@ pub enum ExportLevel {
     Group(String),
 }
 
+impl std::str::FromStr for ExportLevel {
+    type Err = ParseExportLevelError;
+
+    /// `system`, `patient` or `group:<id>`.
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text {
+            "system" => Ok(ExportLevel::System),
+            "patient" => Ok(ExportLevel::Patient),
+            _ => match text.strip_prefix("group:") {
+                Some(id) if !id.is_empty() => Ok(ExportLevel::Group(id.to_owned())),
+                _ => Err(ParseExportLevelError(text.to_owned())),
+            },
+        }
+    }
+}
+
+/// A text that is none of `system`, `patient` and `group:<id>` ([`ExportLevel`]'s `FromStr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseExportLevelError(String);
+
+impl std::fmt::Display for ParseExportLevelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: expected system, patient or group:<id>", self.0)
+    }
+}
+
+impl std::error::Error for ParseExportLevelError {}
+
 /// How the kick-off request is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KickoffMethod {
@@ -243,6 +271,21 @@ fn encode_segment(segment: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn levels_parse_from_their_cli_spelling() {
+        use super::ExportLevel;
+        assert_eq!("system".parse(), Ok(ExportLevel::System));
+        assert_eq!("patient".parse(), Ok(ExportLevel::Patient));
+        assert_eq!("group:g-1".parse(), Ok(ExportLevel::Group("g-1".into())));
+        for bad in ["group:", "System", "", "group"] {
+            let error = bad.parse::<ExportLevel>().unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("`{bad}`: expected system, patient or group:<id>")
+            );
+        }
+    }
+
     use super::*;
 
     fn base() -> Url {

@@ -1,0 +1,200 @@
+//! One function per subcommand: each takes its flags and the config file, calls the library and
+//! prints what the user asked for.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fhirflight::bulk::{ExportProgress, ExportRequest, KickoffMethod};
+use fhirflight::catalog::{self, FhirCatalog, Freshness, QueryRuntime};
+use fhirflight::config::Config;
+use fhirflight::demo::{DemoConfig, DemoServer};
+use fhirflight::flight::{FhirExportControl, FlightSqlServer, Users};
+use fhirflight::{Error, Result};
+use tokio::sync::watch;
+
+use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs};
+use crate::output::write_batches;
+use crate::progress::{report_exports, report_progress};
+use crate::signal::{ctrl_c, let_background_tasks_finish, shutdown_signal};
+
+pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
+    let freshness = if args.refresh {
+        Freshness::Always
+    } else {
+        args.catalog.freshness
+    };
+    let session = args.catalog.session_builder(config).build().await?;
+    // Ctrl-C ends the process as is: a running export's job and downloads stay in the cache's
+    // staging folder, and the next run resumes them.
+    let fhir = session.context().catalog("fhir");
+    let fhir = fhir.as_ref().and_then(|c| c.downcast_ref::<FhirCatalog>());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let reporter = fhir.map(|c| tokio::spawn(report_exports(c.clone(), stopped)));
+    // Planned and run on query threads, whose stack holds the deepest statement accepted.
+    let (ctx, query) = (session.context().clone(), args.query.clone());
+    let batches = QueryRuntime::try_default()?
+        .run(async move {
+            let df = catalog::sql_with_freshness(&ctx, &query, freshness).await?;
+            df.collect().await
+        })
+        .await;
+    let _ = stop.send(());
+    if let Some(reporter) = reporter {
+        let _ = reporter.await;
+    }
+    write_batches(&batches?, args.format, args.output.as_ref())
+}
+
+pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
+    let users = match &args.users {
+        Some(spec) => Users::parse(spec)?,
+        None => Users::new(),
+    };
+    if users.is_empty() && !args.anonymous {
+        return Err(Error::Config(
+            "no users: pass --users name:password (or FHIRFLIGHT_USERS), or --anonymous on a loopback address".into(),
+        ));
+    }
+    let scheme = if args.tls_cert.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
+    let session = args.catalog.session_builder(config).build().await?;
+    let control = FhirExportControl::from_session(session.context());
+    let mut server = FlightSqlServer::new(session.context().clone())
+        .with_users(users)
+        .with_anonymous(args.anonymous)
+        .with_export_control(Arc::new(control));
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        server = server.with_tls(cert, key);
+    }
+    let running = server.bind(args.listen).await?;
+    let addr = running.local_addr();
+    println!("fhirflight Flight SQL server listening on {scheme}://{addr}");
+    println!(
+        "  Python:  adbc_driver_flightsql.dbapi.connect(\"{scheme}://{addr}\", db_kwargs={{\"username\": ..., \"password\": ...}})"
+    );
+    println!(
+        "  JDBC:    jdbc:arrow-flight-sql://{addr}?useEncryption={}",
+        scheme == "grpc+tls"
+    );
+    println!(
+        "  catalogs: {}",
+        session.context().catalog_names().join(", ")
+    );
+    println!("  tables:   SELECT table_catalog, table_name FROM information_schema.tables");
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+pub(crate) async fn export(args: ExportArgs, config: Config) -> Result<()> {
+    let request = ExportRequest::new(args.level)
+        .with_types(args.types)
+        .with_type_filters(args.type_filter)
+        .with_elements(args.elements)
+        .with_patients(args.patient)
+        .with_include_associated_data(args.include_associated_data)
+        .with_method(if args.post {
+            KickoffMethod::Post
+        } else {
+            KickoffMethod::Auto
+        });
+    let request = ExportRequest {
+        since: args.since,
+        until: args.until,
+        output_format: args.output_format,
+        ..request
+    };
+    let connection = args.server.session_builder(config).connect().await?;
+    let (progress, updates) = watch::channel(ExportProgress::default());
+    let reporter = tokio::spawn(report_progress(updates));
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let tasks_before = runtime.num_alive_tasks();
+    let outcome = tokio::select! {
+        outcome = connection.client.export_to_dir(&request, &args.out, &progress) => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping the export made its guard DELETE the job in a background task: let that
+            // finish (bounded) before the process exits.
+            eprintln!("interrupted: cancelling the export job on the server");
+            reporter.abort();
+            let_background_tasks_finish(&runtime, tasks_before).await;
+            return Err(Error::Cancelled);
+        }
+    };
+    drop(progress);
+    let _ = reporter.await;
+    let outcome = outcome?;
+    for warning in &outcome.warnings {
+        tracing::warn!("server reported: {warning}");
+    }
+    let resources: u64 = outcome.files.iter().map(|f| f.lines).sum();
+    let bytes: u64 = outcome.files.iter().map(|f| f.bytes).sum();
+    println!(
+        "exported {resources} resources in {} files ({:.1} MB), {} deletions, transactionTime {} -> {}",
+        outcome.files.len(),
+        bytes as f64 / 1e6,
+        outcome.deleted.len(),
+        outcome.manifest.transaction_time,
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub(crate) async fn demo_server(args: DemoServerArgs) -> Result<()> {
+    let mut config = DemoConfig::default()
+        .with_patients(args.patients)
+        .with_seed(args.seed);
+    if let Some(page_size) = args.page_size {
+        config = config.with_page_size(page_size);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
+        config = config.with_tls(read(cert)?, read(key)?);
+    }
+    let server = DemoServer::bind(args.listen, config).await?;
+    let keys_dir = match args.keys_dir {
+        Some(dir) => dir,
+        None => {
+            std::env::temp_dir().join(format!("fhirflight-demo-{}", server.local_addr().port()))
+        }
+    };
+    std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
+    let creds = server.credentials();
+    let mut key_files = Vec::new();
+    for key in [creds.rs384(), creds.es384()] {
+        let path = keys_dir.join(format!("demo-client-{}.jwk.json", key.alg()));
+        write_private(&path, key.private_jwk())?;
+        key_files.push(path);
+    }
+    println!("demo FHIR Bulk Data server: {}", server.base_url());
+    println!("  client id:      {}", creds.client_id());
+    println!("  token endpoint: {}", creds.token_endpoint());
+    for path in &key_files {
+        println!("  private key:    {}", path.display());
+    }
+    println!(
+        "try: fhirflight export --server {} --client-id {} --key-file {} --types Patient,Condition --out ./export",
+        server.base_url(),
+        creds.client_id(),
+        key_files[0].display()
+    );
+    ctrl_c().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,598 @@
+//! The configuration model and the session assembly shared by the CLI and embedders.
+//!
+//! [`Config`] is the TOML file of the README's configuration reference: `[server]` (the catalog
+//! `fhir`), one `[servers.<name>]` per further FHIR server (the catalog `<name>`) and
+//! `[views.<name>]` (view tables of the default catalog). [`SessionBuilder`] turns it into the
+//! [`SessionContext`] every query of the `fhirflight` command runs in, so an application gets
+//! exactly the catalogs, views and functions the CLI has:
+//!
+//! ```no_run
+//! # async fn demo() -> fhirflight::Result<()> {
+//! use fhirflight::catalog::{self, CatalogOptions, Freshness};
+//! use fhirflight::config::{Config, SessionBuilder};
+//!
+//! let config: Config = r#"
+//!     [server]
+//!     url = "https://ehr.example.org/fhir"
+//!     client_id = "my-client"
+//!     key_file = "/secure/key.jwks.json"
+//!
+//!     [views.patients]
+//!     resource = "Patient"
+//!     columns = [["id", "id"], ["gender", "gender"]]
+//! "#
+//! .parse()?;
+//! let options = CatalogOptions::default().with_freshness(Freshness::Always);
+//! let session = SessionBuilder::new(config).with_catalog_options(options).build().await?;
+//! catalog::sql(session.context(), "SELECT gender, count(*) FROM patients GROUP BY gender")
+//!     .await?
+//!     .show()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The command line maps its flags and environment onto this model ([`ServerConfig::or`]: flags
+//! and environment win over the file) and then calls the same builder.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::Deserialize;
+use url::Url;
+
+use crate::bulk::{BulkClient, ClientOptions};
+use crate::catalog::{self, BulkSource, CatalogOptions, FhirCatalog, FhirSource, LocalFolder};
+#[cfg(feature = "demo")]
+use crate::demo::{DemoConfig, DemoServer};
+use crate::smart::{SigningKey, SmartConfig};
+use crate::view::ViewDefinition;
+use crate::{Error, Result};
+
+/// The name of the catalog of `[server]` (or of a folder, or of the demo server).
+pub const PRIMARY_CATALOG: &str = "fhir";
+
+/// The configuration file: `[server]`, `[servers.<name>]` and `[views.<name>]`.
+///
+/// Unknown keys are refused, so that a typo does not silently fall back to a default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[server]`: the FHIR server of the catalog `fhir`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[servers.<name>]`: more FHIR servers, each served as the catalog of its name (lower case
+    /// letters, digits and `_`, and not `fhir`).
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerConfig>,
+    /// `[views.<name>]`: view tables of the default catalog.
+    #[serde(default)]
+    pub views: BTreeMap<String, ViewConfig>,
+}
+
+/// `[views.<name>]`: the notebook's shorthand for a view, a table of `[column, FHIRPath]` pairs over
+/// one resource type, each column holding its path's first value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ViewConfig {
+    /// The resource type the view reads (`Patient`).
+    pub resource: String,
+    /// `(column name, FHIRPath)` pairs, in column order.
+    pub columns: Vec<(String, String)>,
+}
+
+impl ViewConfig {
+    /// A view of `resource` with `columns` (`(name, FHIRPath)` pairs).
+    pub fn new(resource: impl Into<String>, columns: Vec<(String, String)>) -> Self {
+        Self {
+            resource: resource.into(),
+            columns,
+        }
+    }
+
+    /// The ViewDefinition named `name`; errors name the section `[views.<name>]`.
+    pub fn definition(&self, name: &str) -> Result<ViewDefinition> {
+        let columns: Vec<(&str, &str)> = self
+            .columns
+            .iter()
+            .map(|(column, path)| (column.as_str(), path.as_str()))
+            .collect();
+        let definition = ViewDefinition::from_paths(&self.resource, &columns)
+            .map_err(|e| Error::Config(format!("[views.{name}]: {e}")))?;
+        Ok(definition.with_name(name))
+    }
+}
+
+/// `[server]` and `[servers.<name>]`: a FHIR Bulk Data server and how to reach it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The FHIR base URL.
+    pub url: Option<Url>,
+    /// SMART Backend Services client id (none for an open server).
+    pub client_id: Option<String>,
+    /// The private key: PEM (PKCS#1, PKCS#8, SEC1) or JWK/JWKS JSON.
+    pub key_file: Option<PathBuf>,
+    /// Key id (`kid`) when the key file does not name one.
+    pub kid: Option<String>,
+    /// OAuth scope.
+    pub scope: Option<String>,
+    /// Token endpoint; discovered from the server when none.
+    pub token_endpoint: Option<Url>,
+    /// Extra CA bundle (PEM) for a private certificate authority.
+    pub ca_bundle: Option<PathBuf>,
+    /// HTTP proxy for every request to this server.
+    pub proxy: Option<Url>,
+    /// Files downloaded at once.
+    pub parallel_downloads: Option<usize>,
+    /// Origins besides the server's that get the access token.
+    #[serde(default)]
+    pub token_origins: Vec<String>,
+}
+
+impl Config {
+    /// Reads the TOML file at `path`; errors name the file.
+    #[cfg(feature = "config")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse_toml(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// The configuration in TOML `text` (also `text.parse::<Config>()`).
+    #[cfg(feature = "config")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+    pub fn from_toml(text: &str) -> Result<Self> {
+        Self::parse_toml(text).map_err(|e| Error::Config(e.message().to_owned()))
+    }
+
+    #[cfg(feature = "config")]
+    fn parse_toml(text: &str) -> std::result::Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The session of this configuration with default catalog options: see [`SessionBuilder`].
+    pub async fn session(self) -> Result<Session> {
+        SessionBuilder::new(self).build().await
+    }
+}
+
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+impl std::str::FromStr for Config {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Self::from_toml(text)
+    }
+}
+
+impl ServerConfig {
+    /// A server at `url`, everything else unset.
+    pub fn new(url: Url) -> Self {
+        Self {
+            url: Some(url),
+            ..Self::default()
+        }
+    }
+
+    /// Each key of `self`, else that of `fallback`; `token_origins` are `self`'s unless it has
+    /// none. The command line puts its flags and environment over the file's `[server]` so.
+    pub fn or(self, fallback: ServerConfig) -> ServerConfig {
+        ServerConfig {
+            url: self.url.or(fallback.url),
+            client_id: self.client_id.or(fallback.client_id),
+            key_file: self.key_file.or(fallback.key_file),
+            kid: self.kid.or(fallback.kid),
+            scope: self.scope.or(fallback.scope),
+            token_endpoint: self.token_endpoint.or(fallback.token_endpoint),
+            ca_bundle: self.ca_bundle.or(fallback.ca_bundle),
+            proxy: self.proxy.or(fallback.proxy),
+            parallel_downloads: self.parallel_downloads.or(fallback.parallel_downloads),
+            token_origins: if self.token_origins.is_empty() {
+                fallback.token_origins
+            } else {
+                self.token_origins
+            },
+        }
+    }
+
+    /// The HTTP client options of this server (CA bundle, proxy, parallel downloads, token
+    /// origins); `insecure_skip_tls_verify` turns certificate checks off (logged on every use).
+    pub fn client_options(&self, insecure_skip_tls_verify: bool) -> ClientOptions {
+        let mut options = ClientOptions::default()
+            .with_danger_accept_invalid_certs(insecure_skip_tls_verify)
+            .with_token_origins(self.token_origins.clone());
+        if let Some(n) = self.parallel_downloads {
+            options = options.with_parallel_downloads(n);
+        }
+        if let Some(ca) = &self.ca_bundle {
+            options = options.with_ca_bundle(ca.clone());
+        }
+        if let Some(proxy) = &self.proxy {
+            options = options.with_proxy(proxy.clone());
+        }
+        options
+    }
+
+    /// A client for this server (SMART Backend Services when a client id and a key file are
+    /// set); `what` names it in errors (`FHIR server`, `[servers.x]`).
+    pub async fn connect(self, what: &str, insecure_skip_tls_verify: bool) -> Result<BulkClient> {
+        let options = self.client_options(insecure_skip_tls_verify);
+        let base = self.url.ok_or_else(|| {
+            Error::Config(format!(
+                "{what}: no URL (pass --server URL or FHIRFLIGHT_SERVER, set url in the config file, or use --demo)"
+            ))
+        })?;
+        let auth = match (self.client_id, self.key_file) {
+            (Some(client_id), Some(key_file)) => {
+                let key = SigningKey::from_file(&key_file, self.kid.as_deref())?;
+                let mut auth = SmartConfig::new(client_id, key);
+                if let Some(scope) = self.scope {
+                    auth = auth.with_scope(scope);
+                }
+                if let Some(endpoint) = self.token_endpoint {
+                    auth = auth.with_token_endpoint(endpoint);
+                }
+                Some(auth)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(format!(
+                    "{what}: SMART Backend Services needs both a client id and a key file"
+                )));
+            }
+        };
+        BulkClient::try_new(base, auth, options).await
+    }
+}
+
+/// Where the catalog `fhir` reads from.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum PrimarySource {
+    /// The server of `[server]` (the default); no catalog `fhir` when it has no URL and
+    /// `[servers.<name>]` name others.
+    #[default]
+    Server,
+    /// A folder of NDJSON(.gz) files from an earlier export.
+    Folder(PathBuf),
+    /// The embedded demo Bulk Data server, started in-process; `[server]`'s client options
+    /// (parallel downloads, proxy, CA bundle, token origins) still apply.
+    #[cfg(feature = "demo")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "demo")))]
+    Demo(DemoConfig),
+}
+
+/// Builds the session the `fhirflight` command runs its queries in from a [`Config`].
+///
+/// 1. The catalog `fhir` reads the [`PrimarySource`]: `[server]`, a folder or the demo server.
+///    It exists unless the source is `[server]` without a URL and `[servers.<name>]` name others.
+/// 2. Each `[servers.<name>]` becomes the catalog `<name>`; its `proxy` and `ca_bundle` default to
+///    those given by [`with_default_proxy`](Self::with_default_proxy) and
+///    [`with_default_ca_bundle`](Self::with_default_ca_bundle).
+/// 3. The default catalog is `fhir`, else the first named server (alphabetically), with the
+///    schema `fhir`, so `SELECT * FROM Patient` works.
+/// 4. Views (`[views.<name>]`, [`with_views_dir`](Self::with_views_dir)) are tables of the default
+///    catalog.
+/// 5. [`catalog::register_functions`] adds `STORED AS FHIR` and `fhir_refresh`.
+#[derive(Debug)]
+pub struct SessionBuilder {
+    config: Config,
+    source: PrimarySource,
+    options: CatalogOptions,
+    views_dir: Option<PathBuf>,
+    insecure_skip_tls_verify: bool,
+    proxy: Option<Url>,
+    ca_bundle: Option<PathBuf>,
+}
+
+impl SessionBuilder {
+    /// A builder for `config`, reading `[server]`, with default [`CatalogOptions`].
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            source: PrimarySource::Server,
+            options: CatalogOptions::default(),
+            views_dir: None,
+            insecure_skip_tls_verify: false,
+            proxy: None,
+            ca_bundle: None,
+        }
+    }
+
+    /// Where the catalog `fhir` reads from instead of `[server]`.
+    pub fn with_source(self, source: PrimarySource) -> Self {
+        Self { source, ..self }
+    }
+
+    /// The options of every catalog (cache folder, freshness, table mode, ...).
+    pub fn with_catalog_options(self, options: CatalogOptions) -> Self {
+        Self { options, ..self }
+    }
+
+    /// A folder of SQL on FHIR ViewDefinition JSON files: views of the default catalog.
+    pub fn with_views_dir(self, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            views_dir: Some(dir.into()),
+            ..self
+        }
+    }
+
+    /// Do not verify TLS certificates, on any server. Dangerous: logged on every client built.
+    pub fn with_danger_accept_invalid_certs(self, insecure: bool) -> Self {
+        Self {
+            insecure_skip_tls_verify: insecure,
+            ..self
+        }
+    }
+
+    /// The proxy of every server whose section sets none.
+    pub fn with_default_proxy(self, proxy: Option<Url>) -> Self {
+        Self { proxy, ..self }
+    }
+
+    /// The CA bundle of every server whose section sets none.
+    pub fn with_default_ca_bundle(self, ca_bundle: Option<PathBuf>) -> Self {
+        Self { ca_bundle, ..self }
+    }
+
+    /// `server` with the network defaults filled in.
+    fn network(&self, server: ServerConfig) -> ServerConfig {
+        ServerConfig {
+            proxy: server.proxy.or_else(|| self.proxy.clone()),
+            ca_bundle: server.ca_bundle.or_else(|| self.ca_bundle.clone()),
+            ..server
+        }
+    }
+
+    /// A Bulk Data client for the primary server only (`[server]` or the demo server), as
+    /// `fhirflight export` uses it. A folder source is refused.
+    pub async fn connect(self) -> Result<Connection> {
+        let insecure = self.insecure_skip_tls_verify;
+        let server = self.network(self.config.server.clone());
+        match self.source {
+            PrimarySource::Server => Ok(Connection {
+                client: server.connect("FHIR server", insecure).await?,
+                #[cfg(feature = "demo")]
+                demo: None,
+            }),
+            PrimarySource::Folder(folder) => Err(Error::Config(format!(
+                "{}: a folder is not a Bulk Data server",
+                folder.display()
+            ))),
+            #[cfg(feature = "demo")]
+            PrimarySource::Demo(demo) => {
+                let demo = DemoServer::start(demo).await?;
+                let creds = demo.credentials();
+                let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
+                let auth = SmartConfig::new(creds.client_id(), key);
+                let options = server.client_options(insecure);
+                let client = BulkClient::try_new(demo.base_url(), Some(auth), options).await?;
+                Ok(Connection {
+                    client,
+                    demo: Some(demo),
+                })
+            }
+        }
+    }
+
+    /// The session: connects to every server (discovery, no export) and opens the catalogs.
+    pub async fn build(mut self) -> Result<Session> {
+        let options = self.options.clone();
+        // Views are tables of the default catalog.
+        let mut viewed = options.clone();
+        if let Some(dir) = self.views_dir.take() {
+            viewed = viewed.with_views(dir);
+        }
+        for (name, view) in std::mem::take(&mut self.config.views) {
+            viewed = viewed.with_view(view.definition(&name)?);
+        }
+        let servers = std::mem::take(&mut self.config.servers);
+        let primary = match &self.source {
+            PrimarySource::Server => self.config.server.url.is_some() || servers.is_empty(),
+            _ => true,
+        };
+        let insecure = self.insecure_skip_tls_verify;
+        let mut named = Vec::new();
+        for (name, server) in servers {
+            let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid || name == PRIMARY_CATALOG {
+                return Err(Error::Config(format!(
+                    "[servers.{name}]: a catalog name is lower case letters, digits and _, and not fhir"
+                )));
+            }
+            named.push((name, self.network(server)));
+        }
+        let mut catalogs: Vec<(String, Arc<dyn FhirSource>)> = Vec::new();
+        #[cfg(feature = "demo")]
+        let mut demo = None;
+        if primary {
+            let source: Arc<dyn FhirSource> = match &self.source {
+                PrimarySource::Folder(folder) => Arc::new(LocalFolder::try_new(folder.clone())?),
+                _ => {
+                    let connection = self.connect().await?;
+                    #[cfg(feature = "demo")]
+                    {
+                        demo = connection.demo;
+                    }
+                    Arc::new(BulkSource::new(connection.client))
+                }
+            };
+            catalogs.push((PRIMARY_CATALOG.to_owned(), source));
+        }
+        for (name, server) in named {
+            let client = server
+                .connect(&format!("[servers.{name}]"), insecure)
+                .await?;
+            catalogs.push((name, Arc::new(BulkSource::new(client))));
+        }
+        let default = catalogs[0].0.clone();
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new()
+                .with_information_schema(true)
+                .with_default_catalog_and_schema(&default, catalog::DEFAULT_SCHEMA),
+        );
+        for (name, source) in catalogs {
+            let options = if name == default { &viewed } else { &options };
+            let fhir = FhirCatalog::try_new(source, options.clone()).await?;
+            ctx.register_catalog(name, Arc::new(fhir));
+        }
+        catalog::register_functions(&ctx, options);
+        Ok(Session {
+            ctx,
+            #[cfg(feature = "demo")]
+            demo,
+        })
+    }
+}
+
+/// A connected Bulk Data client, and the demo server behind it when one was started.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Connection {
+    /// The client.
+    pub client: BulkClient,
+    /// The demo server the client talks to, kept alive as long as this is.
+    #[cfg(feature = "demo")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "demo")))]
+    pub demo: Option<DemoServer>,
+}
+
+/// A session built by [`SessionBuilder`]: the [`SessionContext`], and the demo server its catalog
+/// `fhir` reads when one was started (shut down when this is dropped).
+pub struct Session {
+    ctx: SessionContext,
+    #[cfg(feature = "demo")]
+    demo: Option<DemoServer>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("Session");
+        debug.field("session_id", &self.ctx.session_id());
+        debug.field("catalogs", &self.ctx.catalog_names());
+        #[cfg(feature = "demo")]
+        debug.field("demo", &self.demo);
+        debug.finish()
+    }
+}
+
+impl Session {
+    /// The session context: catalogs, views and functions registered.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The demo server started for the catalog `fhir`, if any.
+    #[cfg(feature = "demo")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "demo")))]
+    pub fn demo(&self) -> Option<&DemoServer> {
+        self.demo.as_ref()
+    }
+}
+
+#[cfg(all(test, feature = "config"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_reference_parses() {
+        let config: Config = r#"
+            [server]
+            url = "https://ehr.example.org/fhir"
+            client_id = "my-client"
+            key_file = "/secure/key.jwks.json"
+            kid = "key-1"
+            scope = "system/*.read"
+            token_endpoint = "https://ehr.example.org/oauth2/token"
+            ca_bundle = "/etc/hospital/ca.pem"
+            proxy = "http://proxy.example.org:3128"
+            parallel_downloads = 4
+            token_origins = ["https://files.example.org"]
+
+            [views.patients]
+            resource = "Patient"
+            columns = [["id", "id"], ["gender", "gender"]]
+
+            [servers.hospital_b]
+            url = "https://fhir.hospital-b.example/r4"
+        "#
+        .parse()
+        .unwrap();
+        assert_eq!(config.server.parallel_downloads, Some(4));
+        assert_eq!(config.server.token_origins, ["https://files.example.org"]);
+        assert_eq!(config.views["patients"].columns.len(), 2);
+        assert_eq!(
+            config.servers["hospital_b"].url.as_ref().unwrap().as_str(),
+            "https://fhir.hospital-b.example/r4"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = Config::from_toml("[server]\nurll = \"https://x\"\n").unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `urll`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = ServerConfig {
+            url: Some(Url::parse("https://file.example").unwrap()),
+            scope: Some("system/*.read".into()),
+            token_origins: vec!["https://a.example".into()],
+            ..ServerConfig::default()
+        };
+        let flags = ServerConfig {
+            url: Some(Url::parse("https://flag.example").unwrap()),
+            ..ServerConfig::default()
+        };
+        let merged = flags.or(file);
+        assert_eq!(merged.url.unwrap().as_str(), "https://flag.example/");
+        assert_eq!(merged.scope.as_deref(), Some("system/*.read"));
+        assert_eq!(merged.token_origins, ["https://a.example"]);
+    }
+
+    #[tokio::test]
+    async fn a_bad_catalog_name_is_named_by_its_section() {
+        let config =
+            Config::from_toml("[servers.Hospital]\nurl = \"https://x.example\"\n").unwrap();
+        let error = config.session().await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "configuration: [servers.Hospital]: a catalog name is lower case letters, digits and _, and not fhir"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_view_is_named_by_its_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(
+            "[views.broken]\nresource = \"Patient\"\ncolumns = [[\"x\", \"name.(\"]]\n",
+        )
+        .unwrap();
+        let error = SessionBuilder::new(config)
+            .with_source(PrimarySource::Folder(dir.path().to_owned()))
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("configuration: [views.broken]: "),
+            "{error}"
+        );
+    }
+}
