@@ -2,7 +2,9 @@
 # Runs every test of fhirflight on a fresh machine that has only the Rust toolchain and python3:
 # the Rust unit and integration tests, the real-client tests (Python ADBC, flightsql-dbapi, Apache's
 # flight_sql_client), and, where ../shared is present, the checks against real Synthea data and the
-# official SQL on FHIR suite. Installs what it needs into caches under ~/.cache/fhirflight.
+# official SQL on FHIR suite; before them fmt, clippy and rustdoc with warnings denied, and the
+# library built with each cargo feature alone. Installs what it needs into caches under
+# ~/.cache/fhirflight.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,11 @@ if [ -d "$shared/data/synthea-100" ]; then
 else
   echo "note: ../shared not found: the checks on Synthea data and the SQL on FHIR suite are skipped"
 fi
+
+step "cargo fmt --check, clippy -D warnings, doc -D warnings"
+cargo fmt --check
+cargo clippy --quiet --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --lib
 
 step "feature checks (the library alone, then with each feature)"
 for features in "" flight demo config cli; do
