@@ -779,31 +779,40 @@ async fn deep_statements_are_answered_or_refused_and_the_server_keeps_serving() 
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_query_busy_on_every_core_leaves_the_server_answering() {
+/// A server with a query runtime of its own and a shutdown grace of 100 ms, and a client whose
+/// DoGet of `sql` (a cross join that would run for days) runs in a task, started.
+async fn running_heavy_query(
+    sql: &str,
+) -> (
+    RunningServer,
+    fhirflight::catalog::QueryRuntime,
+    tokio::task::JoinHandle<()>,
+) {
     let queries = fhirflight::catalog::QueryRuntime::try_default().unwrap();
     let server = FlightSqlServer::new(fhir_context())
         .with_users(users())
         .with_query_runtime(queries.clone())
         .with_shutdown_grace(std::time::Duration::from_millis(100));
     let server = start(server).await;
-    // A 3-way cross join that would run for days, on every core.
-    let mut heavy = login(&server).await;
-    let info = heavy
-        .execute(
-            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b, \
-             generate_series(1, 100000) c"
-                .into(),
-            None,
-        )
-        .await
-        .unwrap();
+    let mut client = login(&server).await;
+    let info = client.execute(sql.into(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let running = tokio::spawn(async move {
-        let stream = heavy.do_get(ticket).await;
-        let _ = stream.unwrap().try_collect::<Vec<_>>().await;
+        if let Ok(stream) = client.do_get(ticket).await {
+            let _ = stream.try_collect::<Vec<_>>().await;
+        }
     });
     crate::until("the heavy query runs", || queries.active_tasks() > 0).await;
+    (server, queries, running)
+}
+
+#[tokio::test]
+async fn a_query_busy_on_every_core_leaves_the_server_answering() {
+    let (server, queries, running) = running_heavy_query(
+        "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b, \
+         generate_series(1, 100000) c",
+    )
+    .await;
     // Logins and small statements are answered meanwhile (a bounded wait: a hang fails).
     let small = async {
         let mut client = login(&server).await;
@@ -822,24 +831,10 @@ async fn a_query_busy_on_every_core_leaves_the_server_answering() {
 
 #[tokio::test]
 async fn shutdown_stops_running_statements_after_the_grace() {
-    let queries = fhirflight::catalog::QueryRuntime::try_default().unwrap();
-    let server = FlightSqlServer::new(fhir_context())
-        .with_users(users())
-        .with_query_runtime(queries.clone())
-        .with_shutdown_grace(std::time::Duration::from_millis(100));
-    let server = start(server).await;
-    let mut client = login(&server).await;
-    let info = client
-        .execute(
-            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b"
-                .into(),
-            None,
-        )
-        .await
-        .unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let running = tokio::spawn(async move { client.do_get(ticket).await.map(drop) });
-    crate::until("the query runs", || queries.active_tasks() > 0).await;
+    let (server, queries, running) = running_heavy_query(
+        "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b",
+    )
+    .await;
     // Without the grace, shutdown would wait for the query: hours.
     tokio::time::timeout(std::time::Duration::from_secs(60), server.shutdown())
         .await

@@ -60,7 +60,7 @@ pub(crate) async fn report_exports(
             }
             (None, false, false) => {
                 for e in &running {
-                    if logged.insert((e.id, e.progress.phase.clone())) {
+                    if logged.insert((e.id, e.progress.phase)) {
                         tracing::info!(
                             "export {}: {}",
                             e.request.types.join(","),
