@@ -292,22 +292,24 @@ impl FhirSource for BulkSource {
             }
         });
         let _stop = stop;
+        let relay = |p: &ExportProgress| {
+            progress.send_replace(FetchProgress {
+                phase: FetchPhase::Export(p.phase),
+                percent: p.server_progress.as_deref().and_then(parse_percent),
+                files_total: p.files_total as u64,
+                files: p.files_done as u64,
+                bytes: p.bytes_downloaded,
+            });
+        };
         tokio::pin!(result);
         let outcome = loop {
             tokio::select! {
                 outcome = &mut result => break outcome.map_err(|_| Error::Cancelled)??,
-                Ok(()) = rx.changed() => {
-                    let p = rx.borrow_and_update().clone();
-                    progress.send_replace(FetchProgress {
-                        phase: FetchPhase::Export(p.phase),
-                        percent: p.server_progress.as_deref().and_then(parse_percent),
-                        files_total: p.files_total as u64,
-                        files: p.files_done as u64,
-                        bytes: p.bytes_downloaded,
-                    });
-                }
+                Ok(()) = rx.changed() => relay(&rx.borrow_and_update()),
             }
         };
+        // The export may end before its last progress was relayed.
+        relay(&rx.borrow());
         Ok(FetchOutcome {
             request: outcome.manifest.request.clone(),
             transaction_time: outcome.manifest.transaction_time.clone(),

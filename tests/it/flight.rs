@@ -950,7 +950,7 @@ async fn anonymous_access_only_when_asked_and_on_loopback() {
 
 #[tokio::test]
 async fn tls_with_certificate_files() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
     let server = FlightSqlServer::new(fhir_context())
         .with_users(users())
         .with_tls(format!("{dir}/server.pem"), format!("{dir}/server.key"));
