@@ -24,8 +24,8 @@ use super::{
 /// Runs `sql` in `ctx` like `ctx.sql`, first bringing every FHIR table it references up to
 /// date with ONE export per catalog (see the [module docs](super)). Browsing statements
 /// (`SHOW TABLES`, `information_schema`) never export and are executed here (their results are
-/// small). A statement nested deeper than [`MAX_STATEMENT_DEPTH`] is refused; those below it need
-/// a deeper stack than a tokio worker's 2 MiB (a 2,000-term sum overflows it), which a
+/// small). A statement nested deeper than [`MAX_STATEMENT_DEPTH`] is refused; those below it may need
+/// a deeper stack than a tokio worker's 2 MiB (reported to overflow at 2,000 terms), which a
 /// [`QueryRuntime`](super::QueryRuntime)'s threads have: plan and run statements from untrusted
 /// users there.
 pub async fn sql(ctx: &SessionContext, sql: &str) -> DfResult<DataFrame> {

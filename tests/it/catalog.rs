@@ -740,100 +740,88 @@ async fn explain_names_the_filters_pushed_into_the_export_and_the_parquet_scan_k
     assert!(scan_lines(&plan).1.contains("DynamicFilter"), "{plan}");
 }
 
+/// A Flight SQL server over `ctx` and a client logged in to it; `query` runs a statement and
+/// returns its rows as `|`-joined lines.
+struct FlightFixture {
+    server: fhirflight::flight::RunningServer,
+    client: arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+}
+
+impl FlightFixture {
+    async fn over(ctx: datafusion::prelude::SessionContext) -> Self {
+        use fhirflight::flight::{FlightSqlServer, Users};
+        let server = FlightSqlServer::new(ctx)
+            .with_users(Users::new().with_user("alice", "wonderland"))
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap();
+        let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        client.handshake("alice", "wonderland").await.unwrap();
+        Self { server, client }
+    }
+
+    async fn query(&mut self, sql: &str) -> String {
+        use futures::TryStreamExt;
+        let info = self.client.execute(sql.to_owned(), None).await.unwrap();
+        let mut out = Vec::new();
+        for endpoint in info.endpoint {
+            let stream = self.client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+            for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
+                out.extend(crate::row_strings(&batch));
+            }
+        }
+        out.join("\n")
+    }
+}
+
 #[tokio::test]
 async fn explain_over_flight_names_the_pushed_filters() {
-    use arrow_flight::sql::client::FlightSqlServiceClient;
-    use fhirflight::flight::{FlightSqlServer, Users};
-    use futures::TryStreamExt;
-
     let cache = tempfile::tempdir().unwrap();
     let (ctx, _fhir) = context(seeded() as _, cache.path(), Freshness::Never).await;
-    let server = FlightSqlServer::new(ctx)
-        .with_users(Users::new().with_user("alice", "wonderland"))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlightSqlServiceClient::new(channel);
-    client.handshake("alice", "wonderland").await.unwrap();
-    let info = client
-        .execute(
-            "EXPLAIN SELECT id FROM src.fhir.condition WHERE code_coding_0_code = '44054006'"
-                .to_owned(),
-            None,
-        )
-        .await
-        .unwrap();
-    let mut plan = Vec::new();
-    for endpoint in info.endpoint {
-        let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
-        for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
-            plan.extend(crate::row_strings(&batch));
-        }
-    }
-    let plan = plan.join("\n");
+    let mut flight = FlightFixture::over(ctx).await;
+    let plan = flight
+        .query("EXPLAIN SELECT id FROM src.fhir.condition WHERE code_coding_0_code = '44054006'")
+        .await;
     assert!(
         scan_lines(&plan)
             .0
             .ends_with(", pushed=[_typeFilter=Condition?code=44054006]"),
         "{plan}"
     );
-    server.shutdown().await.unwrap();
+    flight.server.shutdown().await.unwrap();
 }
 
-/// The filtered snapshots of `resource_type` in the store, sorted.
 /// Over Flight too, `EXPLAIN` of `fhir_refresh` exports nothing, and running it exports once:
 /// GetFlightInfo only plans it, DoGet runs it.
 #[tokio::test]
 async fn fhir_refresh_over_flight_exports_only_when_run() {
-    use arrow_flight::sql::client::FlightSqlServiceClient;
-    use fhirflight::flight::{FlightSqlServer, Users};
-    use futures::TryStreamExt;
-
     let cache = tempfile::tempdir().unwrap();
     let source = seeded();
     let (ctx, _fhir) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
     assert_eq!(rows(&ctx, "SELECT id FROM src.fhir.patient").await.len(), 3);
-    let server = FlightSqlServer::new(ctx)
-        .with_users(Users::new().with_user("alice", "wonderland"))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlightSqlServiceClient::new(channel);
-    client.handshake("alice", "wonderland").await.unwrap();
-    let mut query = async |sql: &str| {
-        let info = client.execute(sql.to_owned(), None).await.unwrap();
-        let mut out = Vec::new();
-        for endpoint in info.endpoint {
-            let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
-            for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
-                out.extend(crate::row_strings(&batch));
-            }
-        }
-        out.join("\n")
-    };
-    let plan = query("EXPLAIN SELECT * FROM fhir_refresh('src', 'Patient')").await;
+    let mut flight = FlightFixture::over(ctx).await;
+    let plan = flight
+        .query("EXPLAIN SELECT * FROM fhir_refresh('src', 'Patient')")
+        .await;
     assert!(
         plan.contains("FhirEffectExec: action=refresh, catalog=src, types=[Patient]"),
         "{plan}"
     );
     assert_eq!(source.fetches().len(), 1);
-    let refreshed =
-        query("SELECT resource_type, changed FROM fhir_refresh('src', 'Patient')").await;
+    let refreshed = flight
+        .query("SELECT resource_type, changed FROM fhir_refresh('src', 'Patient')")
+        .await;
     assert_eq!(refreshed, "Patient|0");
     assert_eq!(source.fetches().len(), 2);
-    server.shutdown().await.unwrap();
+    flight.server.shutdown().await.unwrap();
 }
 
+/// The filtered snapshots of `resource_type` in the store, sorted.
 fn filtered_snapshots(fhir: &FhirCatalog, resource_type: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fhir.store().dir())
         .unwrap()
