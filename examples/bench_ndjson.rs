@@ -146,7 +146,7 @@ fn worker(path: &Path, rtype: &str, mode: &TableMode) -> fhirflight::Result<()> 
         options,
         |batch| {
             std::hint::black_box(batch);
-            Ok(())
+            Ok::<_, fhirflight::Error>(())
         },
     )?;
     let seconds = start.elapsed().as_secs_f64();

@@ -101,7 +101,7 @@ impl ViewConfig {
             .map(|(column, path)| (column.as_str(), path.as_str()))
             .collect();
         let definition = ViewDefinition::from_paths(&self.resource, &columns)
-            .map_err(|e| Error::Config(format!("[views.{name}]: {e}")))?;
+            .map_err(|e| Error::config_with(format!("[views.{name}]"), e))?;
         Ok(definition.with_name(name))
     }
 }
@@ -142,14 +142,14 @@ impl Config {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse_toml(&text)
-            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))
     }
 
     /// The configuration in TOML `text` (also `text.parse::<Config>()`).
     #[cfg(feature = "config")]
     #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
     pub fn from_toml(text: &str) -> Result<Self> {
-        Self::parse_toml(text).map_err(|e| Error::Config(e.message().to_owned()))
+        Self::parse_toml(text).map_err(|e| Error::config(e.message().to_owned()))
     }
 
     #[cfg(feature = "config")]
@@ -226,7 +226,7 @@ impl ServerConfig {
     pub async fn connect(self, what: &str, insecure_skip_tls_verify: bool) -> Result<BulkClient> {
         let options = self.client_options(insecure_skip_tls_verify);
         let base = self.url.ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "{what}: no URL (pass --server URL or FHIRFLIGHT_SERVER, set url in the config file, or use --demo)"
             ))
         })?;
@@ -244,7 +244,7 @@ impl ServerConfig {
             }
             (None, None) => None,
             _ => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "{what}: SMART Backend Services needs both a client id and a key file"
                 )));
             }
@@ -363,7 +363,7 @@ impl SessionBuilder {
                 #[cfg(feature = "demo")]
                 demo: None,
             }),
-            PrimarySource::Folder(folder) => Err(Error::Config(format!(
+            PrimarySource::Folder(folder) => Err(Error::config(format!(
                 "{}: a folder is not a Bulk Data server",
                 folder.display()
             ))),
@@ -407,7 +407,7 @@ impl SessionBuilder {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !valid || name == PRIMARY_CATALOG {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "[servers.{name}]: a catalog name is lower case letters, digits and _, and not fhir"
                 )));
             }

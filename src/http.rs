@@ -212,6 +212,7 @@ pub(crate) fn transport_error(method: &Method, url: &Url, error: reqwest::Error)
         return Error::Protocol {
             url: redact_url(url),
             message: why.to_string(),
+            source: None,
         };
     }
     if let Some(tls) = tls_failure(&error) {

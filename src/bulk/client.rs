@@ -182,6 +182,7 @@ impl BulkClient {
         let protocol = |message: String| Error::Protocol {
             url: redact_url(&url),
             message,
+            source: None,
         };
         if response.status() != StatusCode::ACCEPTED {
             return Err(protocol(format!(
@@ -194,9 +195,13 @@ impl BulkClient {
             .get(CONTENT_LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| protocol("202 Accepted without a Content-Location header".into()))?;
-        let status_url = url
-            .join(location)
-            .map_err(|e| protocol(format!("bad Content-Location {location:?}: {e}")))?;
+        let status_url = url.join(location).map_err(|e| {
+            Error::protocol_with(
+                redact_url(&url),
+                format!("bad Content-Location {location:?}"),
+                e,
+            )
+        })?;
         tracing::info!(status = %redact_url(&status_url), "export kicked off with {method} {}", redact_url(&url));
         Ok(status_url)
     }
@@ -231,6 +236,7 @@ impl BulkClient {
             return Err(Error::Protocol {
                 url: redact_url(status_url),
                 message: format!("status answered {}; expected 202 or 200", response.status()),
+                source: None,
             });
         }
         let mut manifest =
@@ -241,6 +247,7 @@ impl BulkClient {
                 return Err(Error::Protocol {
                     url: redact_url(&next),
                     message: "manifest pages loop".into(),
+                    source: None,
                 });
             }
             let response = self
@@ -517,10 +524,8 @@ impl BulkClient {
 
     async fn read_json(&self, url: &Url, response: reqwest::Response) -> Result<Value> {
         let bytes = self.read_bytes(url, response).await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
-            url: redact_url(url),
-            message: format!("not JSON: {e}"),
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::protocol_with(redact_url(url), "not JSON", e))
     }
 }
 
@@ -582,6 +587,7 @@ fn plan_files(manifest: &Manifest, dir: &Path) -> Result<Vec<(FileKind, OutputFi
                         redact_url(&file.url),
                         quoted(&file.resource_type)
                     ),
+                    source: None,
                 });
             }
             let stem = match kind {

@@ -108,6 +108,7 @@ pub(crate) async fn download(
                         message: format!(
                             "downloaded {lines} lines, the manifest says count = {count}"
                         ),
+                        source: None,
                     });
                 }
                 _ => {

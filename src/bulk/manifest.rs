@@ -72,10 +72,8 @@ pub struct DeletedResource {
 impl Manifest {
     /// Parses a manifest served at `url`.
     pub fn parse(json: &[u8], url: &Url) -> Result<Self> {
-        serde_json::from_slice(json).map_err(|e| Error::Protocol {
-            url: redact_url(url),
-            message: format!("bad manifest: {e}"),
-        })
+        serde_json::from_slice(json)
+            .map_err(|e| Error::protocol_with(redact_url(url), "bad manifest", e))
     }
 
     /// The next page of a paged manifest.

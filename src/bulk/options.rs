@@ -184,13 +184,13 @@ impl ClientOptions {
         if let Some(path) = &self.ca_bundle {
             let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Config(format!(
-                    "{}: not a PEM certificate bundle: {e}",
-                    path.display()
-                ))
+                Error::config_with(
+                    format!("{}: not a PEM certificate bundle", path.display()),
+                    e,
+                )
             })?;
             if certs.is_empty() {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "{}: no certificates in the bundle",
                     path.display()
                 )));
@@ -200,7 +200,7 @@ impl ClientOptions {
             }
         }
         if let Some(ProxyUrl(proxy)) = &self.proxy {
-            let bad = |e| Error::Config(format!("proxy {}: {e}", redact_url(proxy)));
+            let bad = |e| Error::config_with(format!("proxy {}", redact_url(proxy)), e);
             let proxy_all = reqwest::Proxy::all(proxy.as_str()).map_err(bad)?;
             builder = builder.proxy(proxy_all.no_proxy(reqwest::NoProxy::from_env()));
             tracing::debug!(proxy = %redact_url(proxy), "requests go through the proxy");
@@ -214,7 +214,7 @@ impl ClientOptions {
         }
         builder
             .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+            .map_err(|e| Error::config_with("HTTP client", e))
     }
 }
 

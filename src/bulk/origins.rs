@@ -50,6 +50,7 @@ impl TokenOrigins {
         let refuse = |why: &str| Error::Protocol {
             url: redact_url(url),
             message: format!("refused: {why}"),
+            source: None,
         };
         match url.scheme() {
             "https" => {}
@@ -104,8 +105,8 @@ impl TokenOrigins {
 /// One `token_origins` entry: `scheme://host[:port]`, and https when the FHIR server is.
 fn parse_origin(entry: &str, https: bool) -> Result<Origin> {
     let url =
-        Url::parse(entry).map_err(|e| Error::Config(format!("token origin {entry:?}: {e}")))?;
-    let bad = |why: &str| Error::Config(format!("token origin {:?}: {why}", redact_url(&url)));
+        Url::parse(entry).map_err(|e| Error::config_with(format!("token origin {entry:?}"), e))?;
+    let bad = |why: &str| Error::config(format!("token origin {:?}: {why}", redact_url(&url)));
     match url.scheme() {
         "https" => {}
         "http" if !https => {}

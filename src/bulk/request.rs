@@ -199,8 +199,8 @@ impl ExportRequest {
         let mut url = join(base, &path)?;
         if !self.uses_post() {
             if !self.patients.is_empty() {
-                return Err(Error::Config(
-                    "the `patient` parameter needs a POST kick-off".into(),
+                return Err(Error::config(
+                    "the `patient` parameter needs a POST kick-off",
                 ));
             }
             let params = self.parameters();
@@ -366,7 +366,10 @@ mod tests {
             ]})
         );
         let get = request.clone().with_method(KickoffMethod::Get);
-        assert!(matches!(get.kickoff_url(&base()), Err(Error::Config(_))));
+        assert!(matches!(
+            get.kickoff_url(&base()),
+            Err(Error::Config { .. })
+        ));
         assert!(
             ExportRequest::new(ExportLevel::System)
                 .with_method(KickoffMethod::Post)

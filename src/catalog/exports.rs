@@ -242,7 +242,7 @@ impl Exporter {
             .map(|n| {
                 self.store
                     .current(n)?
-                    .ok_or_else(|| Error::Snapshot(format!("export of {n} committed no snapshot")))
+                    .ok_or_else(|| Error::snapshot(format!("export of {n} committed no snapshot")))
             })
             .collect::<Result<_>>()?;
         Ok((snapshots, exports))
@@ -283,9 +283,10 @@ impl Exporter {
             .map(move |r| match r {
                 Ok(r) => r.map_err(Arc::new),
                 Err(e) if e.is_cancelled() => Err(Arc::new(Error::Cancelled)),
-                Err(e) => Err(Arc::new(Error::Snapshot(format!(
-                    "export of {what} panicked: {e}"
-                )))),
+                Err(e) => Err(Arc::new(Error::snapshot_with(
+                    format!("export of {what} panicked"),
+                    e,
+                ))),
             })
             .boxed()
             .shared();
@@ -348,7 +349,7 @@ impl Exporter {
             Ok::<_, Error>(file)
         })
         .await
-        .map_err(|e| Error::Snapshot(format!("lock task failed: {e}")))??;
+        .map_err(|e| Error::snapshot_with("lock task failed", e))??;
         targets.retain(|t| {
             self.store
                 .current(&t.name)
@@ -393,7 +394,7 @@ impl Exporter {
         }
         for task in tasks {
             task.await
-                .map_err(|e| Error::Snapshot(format!("conversion task failed: {e}")))??;
+                .map_err(|e| Error::snapshot_with("conversion task failed", e))??;
         }
         let _ = std::fs::remove_dir_all(&staging);
         // Housekeeping: the snapshots are committed, a failure here fails no query.

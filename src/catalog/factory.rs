@@ -53,8 +53,7 @@ impl FhirTableFactory {
         // A server without SMART auth; an authenticated one is registered as a catalog.
         let source: Arc<dyn FhirSource> =
             if location.starts_with("http://") || location.starts_with("https://") {
-                let url = url::Url::parse(location)
-                    .map_err(|e| Error::Config(format!("{location}: {e}")))?;
+                let url = url::Url::parse(location).map_err(|e| Error::config_with(location, e))?;
                 Arc::new(BulkSource::new(
                     BulkClient::try_new(url, None, ClientOptions::default()).await?,
                 ))
@@ -83,7 +82,7 @@ impl TableProviderFactory for FhirTableFactory {
                     "flattened" => options = options.with_mode(TableMode::default()),
                     "nested" => options = options.with_mode(TableMode::Nested),
                     _ => {
-                        return Err(to_datafusion(Error::Config(format!(
+                        return Err(to_datafusion(Error::config(format!(
                             "mode {value:?}: expected flattened or nested"
                         ))));
                     }
@@ -94,16 +93,17 @@ impl TableProviderFactory for FhirTableFactory {
                 }
                 "cache_dir" => options = options.with_cache_dir(value),
                 _ => {
-                    return Err(to_datafusion(Error::Config(format!(
+                    return Err(to_datafusion(Error::config(format!(
                         "unknown FHIR table option {key:?}"
                     ))));
                 }
             }
         }
         check_type_name(&resource_type).map_err(to_datafusion)?;
-        let location = cmd.locations.first().ok_or_else(|| {
-            to_datafusion(Error::Config("STORED AS FHIR needs a LOCATION".into()))
-        })?;
+        let location = cmd
+            .locations
+            .first()
+            .ok_or_else(|| to_datafusion(Error::config("STORED AS FHIR needs a LOCATION")))?;
         let catalog = self
             .catalog(location, options)
             .await

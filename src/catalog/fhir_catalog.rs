@@ -179,7 +179,7 @@ impl FhirCatalog {
                     .resource_type(n)
                     .map(str::to_owned)
                     .ok_or_else(|| {
-                        Error::Config(format!(
+                        Error::config(format!(
                             "{n} is not a resource type of {}",
                             self.exporter.source.location()
                         ))

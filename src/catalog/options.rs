@@ -56,7 +56,7 @@ impl std::str::FromStr for Freshness {
         };
         match number.parse::<u64>() {
             Ok(n) if unit > 0 => Ok(Freshness::MaxAge(Duration::from_secs(n * unit))),
-            _ => Err(Error::Config(format!(
+            _ => Err(Error::config(format!(
                 "freshness {s:?}: expected always, never or an age like 90s, 15m, 1h, 7d"
             ))),
         }

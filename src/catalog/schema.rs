@@ -8,12 +8,15 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::TableType;
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use super::exports::Exporter;
 use super::{FhirTable, Freshness, Pushdown, to_datafusion, views};
-use crate::Result;
 use crate::snapshot::{Snapshot, mode_key};
+use crate::{Error, Result};
 
 /// The schema of a [`FhirCatalog`](super::FhirCatalog): one table per resource type.
 #[derive(Debug)]
@@ -120,6 +123,65 @@ impl Exporter {
                 .add_table(&snapshot, mode, self.options.batch_size)?,
         };
         FhirTable::try_new(snapshot, mode)
+    }
+}
+
+/// Fails with a typed [`Error::NotFound`] (`table 'c.s.t' not found`, the text DataFusion would
+/// give) when `statement` is a query that reads a table that does not exist, so that a missing
+/// table is known by its kind, not by the text of a planning error like any other.
+///
+/// Only queries and `EXPLAIN` of one are checked: every relation they name (besides table
+/// functions) must be a table. Other statements name tables that need not exist yet (`CREATE
+/// TABLE t AS ...`); DataFusion judges those. The lookups are DataFusion's own when it plans: a
+/// missing catalog or schema, else the schema's table; a FHIR schema answers from its types and
+/// views (`table_exist`), never exporting.
+pub(super) async fn check_tables_exist(
+    state: &SessionState,
+    statement: &Statement,
+) -> DfResult<()> {
+    if !is_query(statement) {
+        return Ok(());
+    }
+    let options = state.config().options();
+    let (catalog, schema) = (
+        &options.catalog.default_catalog,
+        &options.catalog.default_schema,
+    );
+    for reference in state.resolve_table_references(statement)? {
+        if reference.schema().is_none() && state.table_functions().contains_key(reference.table()) {
+            continue;
+        }
+        let resolved = reference.clone().resolve(catalog, schema);
+        let exists = match state.schema_for_ref(reference) {
+            Err(_) => false,
+            Ok(provider) if provider.table_exist(&resolved.table) => true,
+            Ok(provider) if provider.downcast_ref::<FhirSchema>().is_some() => false,
+            // Some schemas make tables on demand (a URL table): ask for it, as DataFusion will.
+            Ok(provider) => provider.table(&resolved.table).await?.is_some(),
+        };
+        if !exists {
+            return Err(to_datafusion(Error::not_found(
+                "table",
+                format!("'{resolved}'"),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `statement` is a query, or `EXPLAIN` of one.
+fn is_query(statement: &Statement) -> bool {
+    fn sql(statement: &SqlStatement) -> bool {
+        match statement {
+            SqlStatement::Query(_) => true,
+            SqlStatement::Explain { statement, .. } => sql(statement),
+            _ => false,
+        }
+    }
+    match statement {
+        Statement::Statement(s) => sql(s),
+        Statement::Explain(e) => is_query(&e.statement),
+        _ => false,
     }
 }
 

@@ -151,7 +151,7 @@ impl LocalFolder {
             .canonicalize()
             .map_err(|e| Error::io(dir.as_ref(), e))?;
         if !dir.is_dir() {
-            return Err(Error::Config(format!("{} is not a folder", dir.display())));
+            return Err(Error::config(format!("{} is not a folder", dir.display())));
         }
         Ok(Self {
             location: dir.display().to_string(),

@@ -49,6 +49,7 @@ async fn run_sql(
     let started = SystemTime::now();
     let state = ctx.state();
     let statement = parse_statement(&state, sql)?;
+    super::schema::check_tables_exist(&state, &statement).await?;
     let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {
         // Browsing runs in a session whose FHIR catalogs never export (information_schema
         // resolves every table while executing, possibly in other tasks).

@@ -57,7 +57,7 @@ impl FhirTable {
         let mode = mode_key(mode);
         let schema = snapshot.schema(&mode)?;
         let listing = listing_table(&snapshot, &mode, Arc::clone(&schema))
-            .map_err(|e| crate::Error::Snapshot(format!("{}: {e}", snapshot.dir().display())))?;
+            .map_err(|e| crate::Error::snapshot_with(snapshot.dir().display().to_string(), e))?;
         Ok(Self {
             snapshot,
             mode,

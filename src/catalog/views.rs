@@ -28,11 +28,13 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::effect::{Effect, FhirEffectExec};
 use super::{CatalogOptions, FhirCatalog, to_datafusion};
+use crate::error::BoxError;
 use crate::snapshot::{Snapshot, open_raw};
 use crate::view::{ViewDefinition, run_readers};
 use crate::{Error, Result};
@@ -87,6 +89,7 @@ impl FhirCatalog {
         let error = |msg: String| Error::View {
             view: view.name().unwrap_or_else(|| view.resource()).to_owned(),
             msg,
+            source: None,
         };
         let name = view
             .name()
@@ -129,7 +132,7 @@ impl FhirCatalog {
         for dir in &options.view_dirs {
             for (path, view) in read_view_dir(dir)? {
                 self.insert_view(Arc::new(view))
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| Error::config_with(path.display().to_string(), e))?;
             }
         }
         for view in &options.views {
@@ -172,10 +175,14 @@ fn read_view_dir(dir: &Path) -> Result<Vec<(PathBuf, ViewDefinition)>> {
     paths.sort();
     let mut views: Vec<(PathBuf, ViewDefinition)> = Vec::with_capacity(paths.len());
     for path in paths {
-        let in_file = |e: &dyn std::fmt::Display| Error::Config(format!("{}: {e}", path.display()));
+        let in_file = |e: BoxError| Error::Config {
+            message: path.display().to_string(),
+            source: Some(e),
+        };
         let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| in_file(&e))?;
-        let mut view = ViewDefinition::from_json(&json).map_err(|e| in_file(&e))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| in_file(e.into()))?;
+        let mut view = ViewDefinition::from_json(&json).map_err(|e| in_file(e.into()))?;
         if view.name().is_none() {
             let stem = path.file_stem().unwrap_or_default().to_string_lossy();
             view = view.with_name(stem);
@@ -185,8 +192,11 @@ fn read_view_dir(dir: &Path) -> Result<Vec<(PathBuf, ViewDefinition)>> {
             .iter()
             .find(|(_, v)| v.name().is_some_and(|n| n.eq_ignore_ascii_case(name)))
         {
-            let msg = format!("view {name} is also defined in {}", other.display());
-            return Err(in_file(&msg));
+            return Err(Error::config(format!(
+                "{}: view {name} is also defined in {}",
+                path.display(),
+                other.display()
+            )));
         }
         views.push((path, view));
     }
@@ -252,23 +262,22 @@ fn write_view(
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let result = (|| {
         let path = tmp.join("part-0.parquet");
-        let parquet_error =
-            |e: &dyn std::fmt::Display| Error::Snapshot(format!("{}: {e}", path.display()));
+        let parquet_error = |e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(64 * 1024))
             .build();
-        let mut writer = ArrowWriter::try_new(file, view.schema(), Some(props))
-            .map_err(|e| parquet_error(&e))?;
+        let mut writer =
+            ArrowWriter::try_new(file, view.schema(), Some(props)).map_err(parquet_error)?;
         let raw = snapshot.raw_paths();
         let sources = raw
             .iter()
             .map(|p| Ok((p.display().to_string(), open_raw(p)?)));
         run_readers(view, sources, batch_size, |batch| {
-            writer.write(&batch).map_err(|e| parquet_error(&e))
+            writer.write(&batch).map_err(parquet_error)
         })?;
-        let file = writer.into_inner().map_err(|e| parquet_error(&e))?;
+        let file = writer.into_inner().map_err(parquet_error)?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
         match fs::rename(&tmp, dir) {
             Ok(()) => Ok(()),
@@ -312,8 +321,12 @@ impl TableFunctionImpl for AddViewFunction {
         let Some(catalog) = catalog.downcast_ref::<FhirCatalog>() else {
             return plan_err!("fhir_add_view: {name} is not a FHIR catalog");
         };
-        let json: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| datafusion::error::DataFusionError::Plan(format!("fhir_add_view: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+            to_datafusion(Error::invalid_request_with(
+                "fhir_add_view: the ViewDefinition is not JSON",
+                e,
+            ))
+        })?;
         let view = ViewDefinition::from_json(&json).map_err(to_datafusion)?;
         catalog.check_view(&view).map_err(to_datafusion)?;
         Ok(Arc::new(AddViewTable {

@@ -174,8 +174,9 @@ pub(crate) struct RegisteredClient {
 
 impl RegisteredClient {
     pub(crate) fn new(client_id: String, jwks: &Value) -> crate::Result<Self> {
-        let jwks = serde_json::from_value(jwks.clone())
-            .map_err(|e| crate::Error::Config(format!("JWKS of demo client {client_id}: {e}")))?;
+        let jwks = serde_json::from_value(jwks.clone()).map_err(|e| {
+            crate::Error::config_with(format!("JWKS of demo client {client_id}"), e)
+        })?;
         Ok(Self { client_id, jwks })
     }
 }

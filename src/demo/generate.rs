@@ -59,7 +59,7 @@ impl Resource {
                 .and_then(Value::as_str)
                 .map(Arc::<str>::from)
         };
-        let bad = |what: &str| crate::Error::Config(format!("demo resource without {what}"));
+        let bad = |what: &str| crate::Error::config(format!("demo resource without {what}"));
         let resource_type = field("resourceType").ok_or_else(|| bad("resourceType"))?;
         let id = field("id").ok_or_else(|| bad("id"))?;
         let patient = if &*resource_type == "Patient" {

@@ -427,14 +427,14 @@ impl DemoServer {
     pub async fn bind(addr: SocketAddr, config: DemoConfig) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::Config(format!("demo server cannot listen on {addr}: {e}")))?;
+            .map_err(|e| Error::config_with(format!("demo server cannot listen on {addr}"), e))?;
         let local = listener
             .local_addr()
-            .map_err(|e| Error::Config(format!("demo server address: {e}")))?;
+            .map_err(|e| Error::config_with("demo server address", e))?;
         let acceptor = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let origin = Url::parse(&format!("{scheme}://{local}/"))
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::config_with("demo server origin", e))?;
         let token_endpoint = origin.join("auth/token").expect("static path");
         let credentials = DemoCredentials::new(token_endpoint.clone());
         let mut clients = vec![RegisteredClient::new(
@@ -447,7 +447,7 @@ impl DemoServer {
         let (seed, patients) = (config.seed, config.patients);
         let population = tokio::task::spawn_blocking(move || generate::shared(seed, patients))
             .await
-            .map_err(|e| Error::Config(format!("demo population generation failed: {e}")))?;
+            .map_err(|e| Error::config_with("demo population generation failed", e))?;
         let store = Store {
             types: Arc::unwrap_or_clone(population).into_types(),
             deleted: Vec::new(),
@@ -475,7 +475,7 @@ impl DemoServer {
             None => spawn_serve(listener, app, stopped),
             Some(acceptor) => {
                 let listener = TlsListener::new(listener, acceptor)
-                    .map_err(|e| Error::Config(format!("demo server address: {e}")))?;
+                    .map_err(|e| Error::config_with("demo server address", e))?;
                 spawn_serve(listener, app, stopped)
             }
         };

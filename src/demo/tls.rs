@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::error::BoxError;
 use crate::{Error, Result};
 
 /// A certificate chain and its private key, both PEM: the identity of a demo server that
@@ -32,24 +33,27 @@ impl fmt::Debug for TlsIdentity {
 impl TlsIdentity {
     /// A rustls acceptor (ring, TLS 1.2 and 1.3, HTTP/1.1 by ALPN) serving this identity.
     pub(crate) fn acceptor(&self) -> Result<TlsAcceptor> {
-        let bad = |what: &str, e: &dyn fmt::Display| {
-            Error::Config(format!("demo server TLS {what}: {e}"))
+        let bad = |what: &str, e: BoxError| Error::Config {
+            message: format!("demo server TLS {what}"),
+            source: Some(e),
         };
         let certs = CertificateDer::pem_slice_iter(self.cert_chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate chain", &e))?;
+            .map_err(|e| bad("certificate chain", e.into()))?;
         if certs.is_empty() {
-            return Err(bad("certificate chain", &"no certificate in the PEM"));
+            return Err(Error::config(
+                "demo server TLS certificate chain: no certificate in the PEM",
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| bad("private key", &e))?;
+            .map_err(|e| bad("private key", e.into()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| bad("setup", &e))?
+            .map_err(|e| bad("setup", e.into()))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| bad("certificate", &e))?;
+            .map_err(|e| bad("certificate", e.into()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }

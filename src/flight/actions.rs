@@ -113,7 +113,7 @@ impl CustomAction {
     /// Runs the action with its encoded request `body`; returns the encoded result.
     pub(crate) async fn run(self, control: &dyn ExportControl, body: &[u8]) -> Result<Vec<u8>> {
         let invalid = |e: prost::DecodeError| {
-            Error::InvalidRequest(format!("{} request body: {e}", self.name()))
+            Error::invalid_request_with(format!("{} request body", self.name()), e)
         };
         Ok(match self {
             Self::ListExports => ListExportsResult {
@@ -127,7 +127,7 @@ impl CustomAction {
             Self::RefreshTable => {
                 let request = RefreshTableRequest::decode(body).map_err(invalid)?;
                 if request.table.is_empty() {
-                    return Err(Error::InvalidRequest("RefreshTable needs a table".into()));
+                    return Err(Error::invalid_request("RefreshTable needs a table"));
                 }
                 RefreshTableResult {
                     export: Some(control.refresh(&request.table).await?),

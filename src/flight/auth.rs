@@ -52,7 +52,7 @@ impl Users {
             .filter(|pair| !pair.is_empty())
             .try_fold(Self::new(), |users, pair| match pair.split_once(':') {
                 Some((name, password)) if !name.is_empty() => Ok(users.with_user(name, password)),
-                _ => Err(Error::Config(format!(
+                _ => Err(Error::config(format!(
                     "users: expected `name:password` pairs separated by commas, got an entry without a name or `:` (entry starts with {:?})",
                     pair.chars().take(3).collect::<String>()
                 ))),
@@ -127,14 +127,14 @@ impl Authenticator {
             return if self.anonymous {
                 Ok(Caller::Anonymous)
             } else {
-                Err(Error::Unauthenticated(
-                    "no credentials: do a Handshake with HTTP Basic username and password, then send `authorization: Bearer <token>`".into(),
+                Err(Error::unauthenticated(
+                    "no credentials: do a Handshake with HTTP Basic username and password, then send `authorization: Bearer <token>`",
                 ))
             };
         };
         let header = header
             .to_str()
-            .map_err(|_| Error::Unauthenticated("authorization header is not ASCII".into()))?;
+            .map_err(|_| Error::unauthenticated("authorization header is not ASCII"))?;
         let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             let decoded = BASE64
@@ -142,17 +142,13 @@ impl Authenticator {
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| {
-                    Error::Unauthenticated(
-                        "Basic credentials are not base64 of `user:password`".into(),
-                    )
+                    Error::unauthenticated("Basic credentials are not base64 of `user:password`")
                 })?;
             let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
             if self.users.verify(user, password) {
                 Ok(Caller::User(user.to_owned()))
             } else {
-                Err(Error::Unauthenticated(
-                    "invalid username or password".into(),
-                ))
+                Err(Error::unauthenticated("invalid username or password"))
             }
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let claims = jsonwebtoken::decode::<Claims>(
@@ -160,15 +156,14 @@ impl Authenticator {
                 &self.decoding,
                 &Validation::new(Algorithm::HS256),
             )
-            .map_err(|e| {
-                Error::Unauthenticated(format!(
-                    "invalid bearer token ({e}): do the Handshake again for a new one"
-                ))
+            .map_err(|e| Error::Unauthenticated {
+                message: "invalid bearer token (do the Handshake again for a new one)".into(),
+                source: Some(Box::new(e)),
             })?
             .claims;
             Ok(Caller::User(claims.sub))
         } else {
-            Err(Error::Unauthenticated(format!(
+            Err(Error::unauthenticated(format!(
                 "unsupported authorization scheme {scheme:?}: use Basic or Bearer"
             )))
         }
@@ -184,7 +179,7 @@ impl Authenticator {
             exp: (now + self.token_ttl).as_secs(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| Error::Config(format!("signing a bearer token: {e}")))
+            .map_err(|e| Error::config_with("signing a bearer token", e))
     }
 }
 
@@ -240,11 +235,11 @@ mod tests {
         );
         assert!(matches!(
             auth.authenticate(&basic("alice", "a")),
-            Err(Error::Unauthenticated(_))
+            Err(Error::Unauthenticated { .. })
         ));
         assert!(matches!(
             auth.authenticate(&MetadataMap::new()),
-            Err(Error::Unauthenticated(_))
+            Err(Error::Unauthenticated { .. })
         ));
 
         let token = auth.token("alice").unwrap();

@@ -71,9 +71,11 @@ impl FhirExportControl {
             .map(|(_, c)| c)
             .ok_or_else(|| {
                 let names: Vec<&str> = self.catalogs.iter().map(|(n, _)| n.as_str()).collect();
-                Error::NotFound(format!(
-                    "FHIR catalog {name:?} (the FHIR catalogs are {names:?})"
-                ))
+                Error::NotFound {
+                    what: "FHIR catalog",
+                    name: format!("{name:?}"),
+                    reason: Some(format!("the FHIR catalogs are {names:?}")),
+                }
             })
     }
 
@@ -86,7 +88,11 @@ impl FhirExportControl {
             .iter()
             .find(|(n, _)| n == catalog_name)
             .map(|(n, c)| (n.as_str(), c))
-            .ok_or_else(|| Error::NotFound(format!("table {table:?}: no FHIR catalog")))?;
+            .ok_or_else(|| Error::NotFound {
+                what: "table",
+                name: format!("{table:?}"),
+                reason: Some("no FHIR catalog".into()),
+            })?;
         let wrong_schema = reference
             .schema()
             .is_some_and(|schema| schema != catalog.schema_name());
@@ -95,8 +101,10 @@ impl FhirExportControl {
             .iter()
             .find(|t| t.eq_ignore_ascii_case(reference.table()))
             .filter(|_| !wrong_schema)
-            .ok_or_else(|| {
-                Error::NotFound(format!("table {table:?}: not a resource type of {name}"))
+            .ok_or_else(|| Error::NotFound {
+                what: "table",
+                name: format!("{table:?}"),
+                reason: Some(format!("not a resource type of {name}")),
             })?;
         Ok((name, catalog, resource_type.clone()))
     }
@@ -180,7 +188,7 @@ impl ExportControl for FhirExportControl {
             .exports()
             .into_iter()
             .find(|e| ids.contains(&e.id))
-            .ok_or_else(|| Error::Snapshot(format!("refresh of {table}: no export recorded")))?;
+            .ok_or_else(|| Error::snapshot(format!("refresh of {table}: no export recorded")))?;
         let mut status = export_status(name, export);
         // Committed: the listing records that a moment later, in the export's own task.
         status.set_state(ExportState::Completed);
@@ -188,7 +196,11 @@ impl ExportControl for FhirExportControl {
     }
 
     async fn cancel(&self, id: &str) -> Result<proto::ExportStatus> {
-        let unknown = || Error::NotFound(format!("export {id:?}: ids are <catalog>/<number>"));
+        let unknown = || Error::NotFound {
+            what: "export",
+            name: format!("{id:?}"),
+            reason: Some("ids are <catalog>/<number>".into()),
+        };
         let (name, number) = id.rsplit_once('/').ok_or_else(unknown)?;
         let number: u64 = number.parse().map_err(|_| unknown())?;
         let catalog = self.catalog(name).map_err(|_| unknown())?;
@@ -226,11 +238,11 @@ impl ExportControl for FhirExportControl {
         };
         let fhir = self.catalog(catalog_name)?;
         let json: serde_json::Value = serde_json::from_str(view_definition)
-            .map_err(|e| Error::InvalidRequest(format!("ViewDefinition JSON: {e}")))?;
+            .map_err(|e| Error::invalid_request_with("ViewDefinition JSON", e))?;
         let view = ViewDefinition::from_json(&json)?;
         let name = view
             .name()
-            .ok_or_else(|| Error::InvalidRequest("the ViewDefinition needs a name".into()))?
+            .ok_or_else(|| Error::invalid_request("the ViewDefinition needs a name"))?
             .to_owned();
         fhir.add_view(view)?;
         Ok(format!("{catalog_name}.{}.{name}", fhir.schema_name()))

@@ -189,8 +189,8 @@ impl FlightSqlServer {
             return Err(anonymous_off_loopback(&local_addr));
         }
         if !self.anonymous && self.users.is_empty() {
-            return Err(Error::Config(
-                "no users configured and anonymous access not enabled: nobody could connect".into(),
+            return Err(Error::config(
+                "no users configured and anonymous access not enabled: nobody could connect",
             ));
         }
         let mut builder = Server::builder();
@@ -275,7 +275,7 @@ impl FlightSqlServer {
 }
 
 fn anonymous_off_loopback(addr: &SocketAddr) -> Error {
-    Error::Config(format!(
+    Error::config(format!(
         "anonymous access is only allowed on a loopback address, not {addr}"
     ))
 }
@@ -299,6 +299,6 @@ impl RunningServer {
         let _ = self.stop.send(());
         self.task
             .await
-            .map_err(|e| Error::Config(format!("Flight SQL server task: {e}")))?
+            .map_err(|e| Error::config_with("Flight SQL server task", e))?
     }
 }

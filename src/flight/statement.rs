@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::common::{ParamValues, ScalarValue};
@@ -36,9 +37,8 @@ impl StatementHandle {
 
     /// Decodes a handle or ticket that this server handed out.
     pub(crate) fn decode_handle(bytes: &[u8]) -> Result<Self> {
-        Self::decode(bytes).map_err(|e| {
-            Error::InvalidRequest(format!("not a statement handle from this server: {e}"))
-        })
+        Self::decode(bytes)
+            .map_err(|e| Error::invalid_request_with("not a statement handle from this server", e))
     }
 
     /// This handle with `batch` (one row) bound as the parameter values; an empty batch unbinds.
@@ -47,13 +47,14 @@ impl StatementHandle {
             None => Vec::new(),
             Some(b) if b.num_rows() == 0 => Vec::new(),
             Some(b) if b.num_rows() > 1 => {
-                return Err(Error::InvalidRequest(format!(
+                return Err(Error::invalid_request(format!(
                     "{} parameter rows bound; a query takes one row of parameters",
                     b.num_rows()
                 )));
             }
-            Some(b) => ipc_bytes(&b)
-                .map_err(|e| Error::InvalidRequest(format!("encoding parameters: {e}")))?,
+            Some(b) => {
+                ipc_bytes(&b).map_err(|e| Error::invalid_request_with("encoding parameters", e))?
+            }
         };
         Ok(Self { parameters, ..self })
     }
@@ -63,19 +64,21 @@ impl StatementHandle {
         if self.parameters.is_empty() {
             return Ok(None);
         }
-        let invalid =
-            |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("bound parameters: {e}"));
-        let mut reader = StreamReader::try_new(Cursor::new(&self.parameters[..]), None)
-            .map_err(|e| invalid(&e))?;
+        let invalid = |e: ArrowError| Error::invalid_request_with("bound parameters", e);
+        let mut reader =
+            StreamReader::try_new(Cursor::new(&self.parameters[..]), None).map_err(invalid)?;
         let batch = reader
             .next()
             .transpose()
-            .map_err(|e| invalid(&e))?
-            .ok_or_else(|| invalid(&"no row"))?;
+            .map_err(invalid)?
+            .ok_or_else(|| Error::invalid_request("bound parameters: no row"))?;
         batch
             .columns()
             .iter()
-            .map(|column| ScalarValue::try_from_array(column, 0).map_err(|e| invalid(&e)))
+            .map(|column| {
+                ScalarValue::try_from_array(column, 0)
+                    .map_err(|e| Error::invalid_request_with("bound parameters", e))
+            })
             .collect::<Result<_>>()
             .map(Some)
     }

@@ -83,8 +83,16 @@
 //! assert_eq!(decoder.decode(ndjson)?, ndjson.len());
 //! let batch = decoder.finish()?.expect("two rows");
 //! assert_eq!(batch.num_rows(), 2);
-//! # Ok::<(), fhirflight::Error>(())
+//! # Ok::<(), fhirflight::ndjson::DecodeError>(())
 //! ```
+//!
+//! # Errors
+//!
+//! The module has its own errors and knows nothing of the crate's [`Error`](crate::Error) (which
+//! converts from them): the push API fails with a [`DecodeError`]; [`infer_reader`] with a
+//! [`ReadError`] (a bad line, or a [`SourceError`] reading the file); the runs over several
+//! readers with the caller's error type, the one its sources and its batch handler fail with,
+//! built from a [`DecodeError`] or a [`SourceError`].
 
 mod flat;
 mod nested;
@@ -97,7 +105,10 @@ use std::fmt;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-pub use parallel::{DecodeSummary, decode_reader, decode_readers, infer_reader, infer_readers};
+pub use crate::chunks::SourceError;
+pub use parallel::{
+    DecodeSummary, ReadError, decode_reader, decode_readers, infer_reader, infer_readers,
+};
 
 use flat::{FlatDecoder, FlatInference};
 use nested::{NestedDecoder, NestedInference};
@@ -385,7 +396,7 @@ impl Lines {
         mut more: impl FnMut() -> bool,
         in_place: bool,
         mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
-    ) -> crate::Result<usize> {
+    ) -> Result<usize, DecodeError> {
         let whole = match in_place && self.pending.is_empty() {
             true => memchr::memrchr(b'\n', bytes).map_or(0, |i| i + 1),
             false => 0,
@@ -425,7 +436,7 @@ impl Lines {
     fn end(
         &mut self,
         mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
-    ) -> crate::Result<()> {
+    ) -> Result<(), DecodeError> {
         let pending = std::mem::take(&mut self.pending);
         let result = if pending.is_empty() {
             Ok(())
@@ -440,7 +451,7 @@ impl Lines {
         &mut self,
         mut bytes: &[u8],
         line: &mut impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
-    ) -> crate::Result<()> {
+    ) -> Result<(), DecodeError> {
         self.seen += 1;
         if self.seen == 1 && !self.options.mid_stream {
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -459,7 +470,7 @@ impl Lines {
             message,
         };
         match self.options.strictness {
-            Strictness::Strict => Err(error.into()),
+            Strictness::Strict => Err(error),
             Strictness::Lenient => {
                 self.skipped_count += 1;
                 if self.skipped.len() < KEEP_SKIPPED {
@@ -510,7 +521,7 @@ impl SchemaInference {
     }
 
     /// Reads `bytes`, the next piece of the current file.
-    pub fn push(&mut self, bytes: &[u8]) -> crate::Result<()> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
         let inner = &mut self.inner;
         let in_place = matches!(inner, Inference::Flat(_));
         self.lines.push(
@@ -523,7 +534,7 @@ impl SchemaInference {
     }
 
     /// Ends the current file (reads a last line without newline); later bytes start a new file.
-    pub fn end_stream(&mut self) -> crate::Result<()> {
+    pub fn end_stream(&mut self) -> Result<(), DecodeError> {
         let inner = &mut self.inner;
         self.lines.end(|line, scratch| inner.line(line, scratch))
     }
@@ -631,7 +642,11 @@ impl Decoder {
     /// A decoder of `mode` into `schema` (normally from a [`SchemaInference`] of the same mode).
     ///
     /// Fails if the schema has a type that `mode` does not produce.
-    pub fn new(schema: SchemaRef, mode: &TableMode, options: DecodeOptions) -> crate::Result<Self> {
+    pub fn new(
+        schema: SchemaRef,
+        mode: &TableMode,
+        options: DecodeOptions,
+    ) -> Result<Self, DecodeError> {
         let resource_type = options.resource_type.clone();
         let inner = match mode {
             TableMode::Flattened(f) => {
@@ -654,7 +669,7 @@ impl Decoder {
     /// Decodes complete lines of `bytes` (keeping a trailing partial line for the next call) until
     /// a batch is full. Returns the bytes consumed: fewer than given when a batch is full, then
     /// [`flush`](Decoder::flush) and call again with the rest.
-    pub fn decode(&mut self, bytes: &[u8]) -> crate::Result<usize> {
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<usize, DecodeError> {
         let batch_size = self.lines.options.batch_size;
         let inner = &mut self.inner;
         let rows = std::cell::Cell::new(inner.rows());
@@ -672,7 +687,7 @@ impl Decoder {
     }
 
     /// The rows decoded so far as a batch, or `None` if there are none.
-    pub fn flush(&mut self) -> crate::Result<Option<RecordBatch>> {
+    pub fn flush(&mut self) -> Result<Option<RecordBatch>, DecodeError> {
         if self.inner.rows() == 0 {
             return Ok(None);
         }
@@ -685,7 +700,7 @@ impl Decoder {
     }
 
     /// Ends the stream: decodes a last line without newline and flushes.
-    pub fn finish(&mut self) -> crate::Result<Option<RecordBatch>> {
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, DecodeError> {
         let inner = &mut self.inner;
         self.lines.end(|line, scratch| inner.line(line, scratch))?;
         self.flush()

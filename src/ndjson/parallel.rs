@@ -9,7 +9,19 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use super::{DecodeError, DecodeOptions, Decoder, SchemaInference, TableMode};
-use crate::chunks::{CHUNK, Chunk, run_chunks};
+use crate::chunks::{CHUNK, Chunk, SourceError, run_chunks};
+
+/// What stops [`infer_reader`]: a bad line (strict mode), or the reader failing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A bad line, or a schema the decoder cannot fill.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The reader failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
 
 /// What [`decode_reader`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,37 +37,44 @@ pub struct DecodeSummary {
 /// Reads all of `reader` (one file) into `inference` on all cores, as if pushed and ended there.
 ///
 /// The inference's options (strictness, resource type, source name) apply to the file.
-pub fn infer_reader(reader: impl Read, inference: &mut SchemaInference) -> crate::Result<()> {
+pub fn infer_reader(reader: impl Read, inference: &mut SchemaInference) -> Result<(), ReadError> {
     let source = inference.lines.options.source.clone();
     infer_readers([Ok((source, reader))], inference)
 }
 
 /// Reads the files of `sources` (each a name for its errors and a reader, opened in turn) into
 /// `inference` on all cores, as [`infer_reader`] reads one. Each reader's name stands in for the
-/// inference's source in its errors.
+/// inference's source in its errors. The run fails with the error type `E` of `sources` (the
+/// failure to open one), which a bad line or a failing reader converts into.
 ///
 /// The chunks of consecutive files are worked on at once: an export cut into many small files
 /// (a thousand resources each, say) keeps every core busy, where one file at a time would leave
 /// all but one idle.
-pub fn infer_readers<R: Read>(
-    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
+pub fn infer_readers<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<(String, R), E>>,
     inference: &mut SchemaInference,
-) -> crate::Result<()> {
+) -> Result<(), E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
     infer_chunks(sources, inference, CHUNK)
 }
 
-pub(super) fn infer_chunks<R: Read>(
-    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
+pub(super) fn infer_chunks<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<(String, R), E>>,
     inference: &mut SchemaInference,
     chunk_size: usize,
-) -> crate::Result<()> {
+) -> Result<(), E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
     let (mode, options) = (inference.mode.clone(), inference.lines.options.clone());
     run_chunks(
         sources,
         chunk_size,
         // An inference per worker, kept from chunk to chunk: its paths carry over.
         || Ok(SchemaInference::with_options(&mode, options.clone())),
-        |worker, chunk| {
+        |worker, chunk| -> Result<SchemaInference, E> {
             worker.lines.restart(&chunk.source, !chunk.starts_source);
             worker
                 .push(&chunk.bytes)
@@ -79,14 +98,18 @@ pub(super) fn infer_chunks<R: Read>(
 /// in file order.
 ///
 /// Batches hold at most `options.batch_size` rows (fewer at the end of each 2 MiB chunk). In
-/// strict mode the first bad line in file order is the error.
-pub fn decode_reader(
+/// strict mode the first bad line in file order is the error. The run fails with the error type
+/// `E` of `on_batch`, which a bad line or a failing reader converts into.
+pub fn decode_reader<E>(
     reader: impl Read,
     schema: SchemaRef,
     mode: &TableMode,
     options: DecodeOptions,
-    on_batch: impl FnMut(RecordBatch) -> crate::Result<()>,
-) -> crate::Result<DecodeSummary> {
+    on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
+) -> Result<DecodeSummary, E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
     let source = options.source.clone();
     decode_readers([Ok((source, reader))], schema, mode, options, on_batch)
 }
@@ -94,7 +117,8 @@ pub fn decode_reader(
 /// Decodes the files of `sources` (each a name for its errors and a reader, opened in turn) on
 /// all cores, as [`decode_reader`] decodes one, into one run of batches in file order; the
 /// chunks of consecutive files are worked on at once (see [`infer_readers`]). Each reader's name
-/// stands in for `options`' source in its errors.
+/// stands in for `options`' source in its errors. The run fails with the error type `E` of
+/// `sources` and `on_batch`, which a bad line or a failing reader converts into.
 ///
 /// ```
 /// use fhirflight::ndjson::{DecodeOptions, SchemaInference, TableMode, decode_readers, infer_readers};
@@ -104,7 +128,11 @@ pub fn decode_reader(
 ///     ("Patient.2.ndjson", "{\"resourceType\":\"Patient\",\"id\":\"b\",\"gender\":\"female\"}\n"),
 /// ];
 /// // Opened one after the other (a failure to open one is an error of the run).
-/// let sources = || files.iter().map(|(name, text)| Ok((name.to_string(), text.as_bytes())));
+/// let sources = || {
+///     files
+///         .iter()
+///         .map(|(name, text)| Ok::<_, fhirflight::Error>((name.to_string(), text.as_bytes())))
+/// };
 /// let mode = TableMode::default();
 /// let mut inference = SchemaInference::new(&mode);
 /// infer_readers(sources(), &mut inference)?;
@@ -117,24 +145,30 @@ pub fn decode_reader(
 /// assert_eq!((rows, summary.rows), (2, 2));
 /// # Ok::<(), fhirflight::Error>(())
 /// ```
-pub fn decode_readers<R: Read>(
-    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
+pub fn decode_readers<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<(String, R), E>>,
     schema: SchemaRef,
     mode: &TableMode,
     options: DecodeOptions,
-    on_batch: impl FnMut(RecordBatch) -> crate::Result<()>,
-) -> crate::Result<DecodeSummary> {
+    on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
+) -> Result<DecodeSummary, E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
     decode_chunks(sources, schema, mode, options, on_batch, CHUNK)
 }
 
-pub(super) fn decode_chunks<R: Read>(
-    sources: impl IntoIterator<Item = crate::Result<(String, R)>>,
+pub(super) fn decode_chunks<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<(String, R), E>>,
     schema: SchemaRef,
     mode: &TableMode,
     options: DecodeOptions,
-    mut on_batch: impl FnMut(RecordBatch) -> crate::Result<()>,
+    mut on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
     chunk_size: usize,
-) -> crate::Result<DecodeSummary> {
+) -> Result<DecodeSummary, E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
     // Fail on a bad schema before reading anything.
     Decoder::new(Arc::clone(&schema), mode, options.clone())?;
     let mut summary = DecodeSummary::default();
@@ -142,8 +176,8 @@ pub(super) fn decode_chunks<R: Read>(
         sources,
         chunk_size,
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
-        || Decoder::new(Arc::clone(&schema), mode, options.clone()),
-        |decoder, chunk| {
+        || Ok(Decoder::new(Arc::clone(&schema), mode, options.clone())?),
+        |decoder, chunk| -> Result<_, E> {
             decoder.lines.restart(&chunk.source, !chunk.starts_source);
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
@@ -188,12 +222,8 @@ fn renumber(chunk: &Chunk, errors: &mut [DecodeError]) {
     }
 }
 
-fn renumber_error(chunk: &Chunk, e: crate::Error) -> crate::Error {
-    match e {
-        crate::Error::Ndjson(mut e) => {
-            renumber(chunk, std::slice::from_mut(&mut e));
-            crate::Error::Ndjson(e)
-        }
-        other => other,
-    }
+/// `e`, of a line numbered from 1 within `chunk`, as an error of its source's line.
+fn renumber_error(chunk: &Chunk, mut e: DecodeError) -> DecodeError {
+    renumber(chunk, std::slice::from_mut(&mut e));
+    e
 }

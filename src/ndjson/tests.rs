@@ -25,7 +25,7 @@ fn decode_cut(
     options: DecodeOptions,
     input: &[u8],
     cuts: &[usize],
-) -> crate::Result<(Vec<RecordBatch>, Decoder)> {
+) -> Result<(Vec<RecordBatch>, Decoder), DecodeError> {
     let mut decoder = Decoder::new(schema, mode, options)?;
     let mut batches = Vec::new();
     let mut start = 0;
@@ -46,7 +46,7 @@ fn decode(
     mode: &TableMode,
     options: DecodeOptions,
     input: &[u8],
-) -> crate::Result<(Vec<RecordBatch>, Decoder)> {
+) -> Result<(Vec<RecordBatch>, Decoder), DecodeError> {
     decode_cut(infer(mode, input), mode, options, input, &[])
 }
 
@@ -62,9 +62,9 @@ fn fields(schema: &Schema) -> Vec<String> {
         .collect()
 }
 
-fn decode_error(result: crate::Result<impl std::fmt::Debug>) -> DecodeError {
-    match result {
-        Err(crate::Error::Ndjson(e)) => e,
+fn decode_error<E: Into<ReadError>>(result: Result<impl std::fmt::Debug, E>) -> DecodeError {
+    match result.map_err(Into::into) {
+        Err(ReadError::Decode(e)) => e,
         other => panic!("expected a decode error, got {other:?}"),
     }
 }
@@ -638,7 +638,7 @@ fn lines(errors: &[DecodeError]) -> Vec<u64> {
 }
 
 /// `text` as the one source of a chunk runner.
-fn one(text: &str) -> [crate::Result<(String, &[u8])>; 1] {
+fn one(text: &str) -> [Result<(String, &[u8]), ReadError>; 1] {
     [Ok(("<stream>".to_owned(), text.as_bytes()))]
 }
 
@@ -661,7 +661,11 @@ fn many_files_decode_as_one_run_with_their_own_names_and_lines() {
             (format!("file{f}.ndjson"), text)
         })
         .collect();
-    let sources = || files.iter().map(|(n, t)| Ok((n.clone(), t.as_bytes())));
+    let sources = || {
+        files
+            .iter()
+            .map(|(n, t)| Ok::<_, ReadError>((n.clone(), t.as_bytes())))
+    };
     let mode = flat();
     let options = DecodeOptions::default()
         .with_strictness(Strictness::Lenient)

@@ -33,7 +33,7 @@ pub fn check_type_name(name: &str) -> Result<&str> {
         && bytes.iter().all(u8::is_ascii_alphabetic);
     match valid {
         true => Ok(name),
-        false => Err(Error::Config(format!(
+        false => Err(Error::config(format!(
             "{} is not a resource type name (a capital letter, then at most {} letters)",
             quoted(name),
             MAX_TYPE_NAME_LEN - 1

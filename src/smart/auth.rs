@@ -163,10 +163,10 @@ pub(crate) fn client_assertion(
         jti: uuid::Uuid::new_v4().to_string(),
     };
     jsonwebtoken::encode(&header, &claims, key.encoding_key()).map_err(|e| {
-        Error::Auth(format!(
-            "cannot sign the client assertion with {}: {e}",
-            key.alg()
-        ))
+        Error::auth_with(
+            format!("cannot sign the client assertion with {}", key.alg()),
+            e,
+        )
     })
 }
 
@@ -280,19 +280,20 @@ impl SmartAuth {
             Ok(r.header(ACCEPT, "application/json").form(&form))
         })
         .await;
-        let response = response.map_err(|e| Error::Auth(format!("token request failed: {e}")))?;
+        let response = response.map_err(|e| Error::Token {
+            message: "token request failed".into(),
+            source: Some(Box::new(e)),
+        })?;
         let url = redact_url(token_endpoint);
-        let body: TokenResponse = response.json().await.map_err(|e| {
-            Error::Auth(format!(
-                "{url}: unreadable token response: {}",
-                e.without_url()
-            ))
+        let body: TokenResponse = response.json().await.map_err(|e| Error::Token {
+            message: format!("{url}: unreadable token response"),
+            source: Some(Box::new(e.without_url())),
         })?;
         if !body.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(Error::Auth(format!(
-                "{url}: token_type {:?}, expected bearer",
-                body.token_type
-            )));
+            return Err(Error::Token {
+                message: format!("{url}: token_type {:?}, expected bearer", body.token_type),
+                source: None,
+            });
         }
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(300));
         let now = Instant::now();
@@ -326,10 +327,10 @@ async fn discover(
             Ok(r.header(ACCEPT, "application/json"))
         })
         .await?;
-        response.json::<Value>().await.map_err(|e| Error::Protocol {
-            url: redact_url(&url),
-            message: format!("not JSON: {}", e.without_url()),
-        })
+        response
+            .json::<Value>()
+            .await
+            .map_err(|e| Error::protocol_with(redact_url(&url), "not JSON", e.without_url()))
     };
     match get_json(well_known.clone()).await {
         Ok(config) => {
@@ -368,7 +369,7 @@ async fn discover(
         });
     match endpoint {
         Some(endpoint) => parse_endpoint(&metadata, endpoint),
-        None => Err(Error::Config(format!(
+        None => Err(Error::config(format!(
             "no token endpoint: neither {} nor {} names one; give it explicitly",
             redact_url(&well_known),
             redact_url(&metadata)
@@ -377,9 +378,12 @@ async fn discover(
 }
 
 fn parse_endpoint(source: &Url, endpoint: &str) -> Result<Url> {
-    source.join(endpoint).map_err(|e| Error::Protocol {
-        url: redact_url(source),
-        message: format!("bad token endpoint {endpoint:?}: {e}"),
+    source.join(endpoint).map_err(|e| {
+        Error::protocol_with(
+            redact_url(source),
+            format!("bad token endpoint {endpoint:?}"),
+            e,
+        )
     })
 }
 
@@ -391,7 +395,7 @@ pub(crate) fn join(base: &Url, path: &str) -> Result<Url> {
     }
     folder
         .join(path)
-        .map_err(|e| Error::Config(format!("{base} + {path}: {e}")))
+        .map_err(|e| Error::config_with(format!("{base} + {path}"), e))
 }
 
 #[async_trait::async_trait]

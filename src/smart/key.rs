@@ -52,7 +52,12 @@ impl EcCurve {
 }
 
 fn key_error(what: &str) -> impl Fn(String) -> Error + '_ {
-    move |detail| Error::Auth(format!("{what}: {detail}"))
+    move |detail| Error::auth(format!("{what}: {detail}"))
+}
+
+/// An [`Error::Auth`] about `what` (`PEM key`, `JWK`), caused by the key crate's `error`.
+fn key_source(what: &str, error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::auth_with(what, error)
 }
 
 impl SigningKey {
@@ -65,7 +70,7 @@ impl SigningKey {
         })?;
         match label {
             "RSA PRIVATE KEY" => {
-                let key = rsa::RsaPrivateKey::from_pkcs1_pem(block).map_err(|e| err(e.to_string()))?;
+                let key = rsa::RsaPrivateKey::from_pkcs1_pem(block).map_err(|e| key_source("PEM key", e))?;
                 Self::from_rsa(&key)
             }
             "EC PRIVATE KEY" => {
@@ -98,7 +103,7 @@ impl SigningKey {
     pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_pem(&text).map_err(|e| Error::Auth(format!("{}: {e}", path.display())))
+        Self::from_pem(&text).map_err(|e| Error::auth_with(path.display().to_string(), e))
     }
 
     /// Loads a private key from a JWK or a JWK Set (`{"keys": [...]}`, the format SMART launchers
@@ -107,7 +112,7 @@ impl SigningKey {
     /// `kid` (else the thumbprint).
     pub fn from_jwk(json: &str, kid: Option<&str>) -> Result<Self> {
         let err = key_error("JWK");
-        let value: Value = serde_json::from_str(json).map_err(|e| err(e.to_string()))?;
+        let value: Value = serde_json::from_str(json).map_err(|e| key_source("JWK", e))?;
         let keys = match value.get("keys") {
             Some(Value::Array(keys)) => keys.iter().collect(),
             _ => vec![&value],
@@ -126,7 +131,7 @@ impl SigningKey {
                 .ok_or_else(|| err(format!("missing `{name}`")))?;
             URL_SAFE_NO_PAD
                 .decode(text.trim_end_matches('='))
-                .map_err(|e| err(format!("`{name}`: {e}")))
+                .map_err(|e| key_source(&format!("JWK: `{name}`"), e))
         };
         let mut key = match jwk["kty"].as_str() {
             Some("RSA") => {
@@ -140,7 +145,7 @@ impl SigningKey {
                 };
                 let key =
                     rsa::RsaPrivateKey::from_components(int("n")?, int("e")?, int("d")?, primes)
-                        .map_err(|e| err(e.to_string()))?;
+                        .map_err(|e| key_source("JWK", e))?;
                 Self::from_rsa(&key)?
             }
             Some("EC") => {
@@ -149,13 +154,13 @@ impl SigningKey {
                     .to_string();
                 match jwk["crv"].as_str() {
                     Some("P-384") => {
-                        let key =
-                            p384::SecretKey::from_jwk_str(&text).map_err(|e| err(e.to_string()))?;
+                        let key = p384::SecretKey::from_jwk_str(&text)
+                            .map_err(|e| key_source("JWK", e))?;
                         Self::from_ec(key.to_pkcs8_der(), EcCurve::P384)?
                     }
                     Some("P-256") => {
-                        let key =
-                            p256::SecretKey::from_jwk_str(&text).map_err(|e| err(e.to_string()))?;
+                        let key = p256::SecretKey::from_jwk_str(&text)
+                            .map_err(|e| key_source("JWK", e))?;
                         Self::from_ec(key.to_pkcs8_der(), EcCurve::P256)?
                     }
                     other => {
@@ -184,7 +189,7 @@ impl SigningKey {
     pub fn from_jwk_file(path: impl AsRef<Path>, kid: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_jwk(&text, kid).map_err(|e| Error::Auth(format!("{}: {e}", path.display())))
+        Self::from_jwk(&text, kid).map_err(|e| Error::auth_with(path.display().to_string(), e))
     }
 
     /// Loads a key file, telling JWK/JWKS (JSON) from PEM by its content.
@@ -199,14 +204,14 @@ impl SigningKey {
                 None => key,
             })
         };
-        key.map_err(|e| Error::Auth(format!("{}: {e}", path.display())))
+        key.map_err(|e| Error::auth_with(path.display().to_string(), e))
     }
 
     /// Sets the signing algorithm (`RS384`, `ES384`, `RS256`, `PS384`, ...); it must suit the key.
     pub fn with_alg(self, alg: &str) -> Result<Self> {
         let parsed: Algorithm = alg
             .parse()
-            .map_err(|_| Error::Auth(format!("unknown signing algorithm {alg:?}")))?;
+            .map_err(|_| Error::auth(format!("unknown signing algorithm {alg:?}")))?;
         let fits = match self.curve {
             Some(curve) => parsed == curve.alg(),
             None => matches!(
@@ -224,7 +229,7 @@ impl SigningKey {
                 Some(curve) => format!("an EC {curve:?} key"),
                 None => "an RSA key".into(),
             };
-            return Err(Error::Auth(format!(
+            return Err(Error::auth(format!(
                 "algorithm {alg} cannot sign with {kind}"
             )));
         }
@@ -255,9 +260,9 @@ impl SigningKey {
     /// The public half as a JWK (with `alg` and `kid`), to register with a server.
     pub fn public_jwk(&self) -> Result<Value> {
         let mut jwk = Jwk::from_encoding_key(&self.key, self.alg)
-            .map_err(|e| Error::Auth(format!("public key: {e}")))?;
+            .map_err(|e| Error::auth_with("public key", e))?;
         jwk.common.key_id = Some(self.kid.clone());
-        serde_json::to_value(jwk).map_err(|e| Error::Auth(format!("public key: {e}")))
+        serde_json::to_value(jwk).map_err(|e| Error::auth_with("public key", e))
     }
 
     pub(crate) fn encoding_key(&self) -> &EncodingKey {
@@ -271,7 +276,7 @@ impl SigningKey {
     fn from_rsa(key: &rsa::RsaPrivateKey) -> Result<Self> {
         let der = key
             .to_pkcs1_der()
-            .map_err(|e| Error::Auth(format!("RSA key: {e}")))?;
+            .map_err(|e| Error::auth_with("RSA key", e))?;
         Self::finish(
             EncodingKey::from_rsa_der(der.as_bytes()),
             None,
@@ -283,7 +288,7 @@ impl SigningKey {
         der: p256::pkcs8::Result<p256::pkcs8::SecretDocument>,
         curve: EcCurve,
     ) -> Result<Self> {
-        let der = der.map_err(|e| Error::Auth(format!("EC key: {e}")))?;
+        let der = der.map_err(|e| Error::auth_with("EC key", e))?;
         Self::finish(
             EncodingKey::from_ec_der(der.as_bytes()),
             Some(curve),
@@ -293,8 +298,7 @@ impl SigningKey {
 
     /// Completes a key with its default kid, the RFC 7638 thumbprint of the public key.
     fn finish(key: EncodingKey, curve: Option<EcCurve>, alg: Algorithm) -> Result<Self> {
-        let jwk =
-            Jwk::from_encoding_key(&key, alg).map_err(|e| Error::Auth(format!("key: {e}")))?;
+        let jwk = Jwk::from_encoding_key(&key, alg).map_err(|e| Error::auth_with("key", e))?;
         let kid = jwk.thumbprint(ThumbprintHash::SHA256);
         Ok(Self {
             key: Redacted(key),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
 use super::{Column, TableFile, TableFiles};
@@ -59,9 +60,7 @@ pub fn convert_raw(
     out_dir: &Path,
 ) -> Result<(TableFiles, Vec<String>)> {
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let err = |path: &Path, e: &dyn std::fmt::Display| {
-        Error::Snapshot(format!("{}: {e}", path.display()))
-    };
+    let err = |path: &Path, e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
     // Each file's path names it in errors.
     let options = DecodeOptions::default()
         .with_batch_size(batch_size)
@@ -71,7 +70,7 @@ pub fn convert_raw(
     // All files in one run of chunks: an export may come as many small files.
     let sources = || {
         raw.iter()
-            .map(|p| Ok((p.display().to_string(), open_raw(p)?)))
+            .map(|p| Ok::<_, Error>((p.display().to_string(), open_raw(p)?)))
     };
     let mut inference = SchemaInference::with_options(mode, options.clone());
     infer_readers(sources(), &mut inference)?;
@@ -91,13 +90,13 @@ pub fn convert_raw(
         .build();
     let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
     let mut writer =
-        ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, &e))?;
+        ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, e))?;
     let summary = decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
-        writer.write(&batch).map_err(|e| err(&out, &e))
+        writer.write(&batch).map_err(|e| err(&out, e))
     })?;
     let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
     let errors = summary.skipped.iter().map(ToString::to_string).collect();
-    let file = writer.into_inner().map_err(|e| err(&out, &e))?;
+    let file = writer.into_inner().map_err(|e| err(&out, e))?;
     file.sync_all().map_err(|e| Error::io(&out, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
     let table = TableFiles {

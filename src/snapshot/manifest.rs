@@ -142,7 +142,7 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 pub(super) fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::Snapshot(format!("cannot serialise manifest: {e}")))
+        .map_err(|e| Error::snapshot_with("cannot serialise manifest", e))
 }
 
 /// `time` as RFC 3339 in UTC with milliseconds (`2024-01-31T12:00:00.000Z`).

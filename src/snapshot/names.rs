@@ -24,7 +24,7 @@ pub(super) fn check_name(name: &str) -> Result<&str> {
     };
     match valid {
         true => Ok(name),
-        false => Err(Error::Snapshot(format!(
+        false => Err(Error::snapshot(format!(
             "{} is neither a resource type name nor a filtered snapshot name",
             quoted(name)
         ))),

@@ -65,7 +65,7 @@ impl SnapshotStore {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         match valid {
             true => Ok(self.dir.join("staging").join(job_key)),
-            false => Err(Error::Snapshot(format!(
+            false => Err(Error::snapshot(format!(
                 "{} is not a staging folder name",
                 quoted(job_key)
             ))),
@@ -93,9 +93,9 @@ impl SnapshotStore {
             Err(e) => return Err(Error::io(path, e)),
         };
         let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
         check_manifest_paths(&manifest)
-            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+            .map_err(|why| Error::snapshot(format!("{}: {why}", path.display())))?;
         let dir = self.named_dir(name)?.join(&manifest.snapshot);
         Ok(Some(Snapshot {
             dir,
@@ -363,13 +363,13 @@ impl Snapshot {
     /// The Arrow schema of the table of `mode`, read from its first Parquet footer.
     pub fn schema(&self, mode: &str) -> Result<SchemaRef> {
         let table = self.table(mode).ok_or_else(|| {
-            Error::Snapshot(format!(
+            Error::snapshot(format!(
                 "snapshot {} has no {mode} table",
                 self.dir.display()
             ))
         })?;
         let first = table.files.first().ok_or_else(|| {
-            Error::Snapshot(format!(
+            Error::snapshot(format!(
                 "snapshot {} lists no {mode} file",
                 self.dir.display()
             ))
@@ -377,7 +377,7 @@ impl Snapshot {
         let path = self.dir.join(&first.path);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
         Ok(builder.schema().clone())
     }
 }

@@ -133,6 +133,7 @@ impl Builder {
         Error::View {
             view: self.view.clone(),
             msg: format!("{at}: {msg}"),
+            source: None,
         }
     }
 
@@ -344,6 +345,7 @@ impl ViewDefinition {
         let obj = value.as_object().ok_or_else(|| Error::View {
             view: "?".into(),
             msg: "a ViewDefinition must be a JSON object".into(),
+            source: None,
         })?;
         let name = obj.get("name").and_then(Value::as_str).map(str::to_owned);
         let label = name.clone().unwrap_or_else(|| "?".into());
@@ -353,6 +355,7 @@ impl ViewDefinition {
                 return Err(Error::View {
                     view: label,
                     msg: "resource: expected a resource type".into(),
+                    source: None,
                 });
             }
         };
@@ -360,6 +363,7 @@ impl ViewDefinition {
         let view_error = |msg: String| Error::View {
             view: label.clone(),
             msg,
+            source: None,
         };
 
         let mut constants = Map::new();

@@ -10,6 +10,7 @@ use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
 use super::{Cardinality, ColumnType, Iterate, Kind, Select, ViewDefinition};
+use crate::error::BoxError;
 use crate::fhirpath::{Collection, EvalContext, Item};
 use crate::{Error, Result};
 
@@ -86,17 +87,17 @@ impl ViewRunner {
                     Some(true) => {}
                     Some(false) => return Ok(()),
                     None => {
-                        return Err(view.error(format!(
-                            "where `{}` returned a non-boolean value",
-                            filter.source()
-                        )));
+                        return Err(view.error(
+                            format!("where `{}` returned a non-boolean value", filter.source()),
+                            None,
+                        ));
                     }
                 },
                 _ => {
-                    return Err(view.error(format!(
-                        "where `{}` returned several values",
-                        filter.source()
-                    )));
+                    return Err(view.error(
+                        format!("where `{}` returned several values", filter.source()),
+                        None,
+                    ));
                 }
             }
         }
@@ -104,7 +105,8 @@ impl ViewRunner {
         for row in rows {
             for (index, (builder, values)) in self.builders.iter_mut().zip(row).enumerate() {
                 append(builder.as_mut(), view.columns[index], &values).map_err(|msg| {
-                    view.error(format!("column {}: {msg}", view.schema.field(index).name()))
+                    let name = view.schema.field(index).name();
+                    view.error(format!("column {name}: {msg}"), None)
                 })?;
             }
             self.rows += 1;
@@ -145,26 +147,29 @@ impl ViewRunner {
                 continue;
             }
             // std's UTF-8 check, then serde_json's `str` reader, is faster than its byte reader.
-            let resource: Value = std::str::from_utf8(line)
-                .map_err(|e| e.to_string())
-                .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string()))
-                .map_err(|e| self.line_error(format!("not a JSON resource: {e}")))?;
+            let not_json = |e: BoxError| self.line_error("not a JSON resource", Some(e));
+            let text = std::str::from_utf8(line).map_err(|e| not_json(e.into()))?;
+            let resource: Value = serde_json::from_str(text).map_err(|e| not_json(e.into()))?;
             self.push(&resource).map_err(|e| match e {
-                Error::View { msg, .. } => self.line_error(msg),
-                other => self.line_error(other.to_string()),
+                Error::View { msg, source, .. } => self.line_error(&msg, source),
+                other => self.line_error("", Some(other.into())),
             })?;
         }
         Ok(pos)
     }
 
-    /// An error about the line just read.
-    fn line_error(&self, msg: String) -> Error {
+    /// An error about the line just read: `msg` (may be empty), caused by `source`.
+    fn line_error(&self, msg: &str, source: Option<BoxError>) -> Error {
         let at = match self.source.as_str() {
             "" => String::new(),
             source => format!("{source} "),
         };
-        self.view
-            .error(format!("{at}line {}: {msg}", self.line - 1))
+        let line = self.line - 1;
+        let msg = match msg {
+            "" => format!("{at}line {line}"),
+            msg => format!("{at}line {line}: {msg}"),
+        };
+        self.view.error(msg, source)
     }
 
     /// Number of rows buffered.
@@ -184,17 +189,20 @@ impl ViewRunner {
         }
         self.rows = 0;
         let columns: Vec<ArrayRef> = self.builders.iter_mut().map(|b| b.finish()).collect();
-        let batch = RecordBatch::try_new(self.view.schema(), columns)
-            .map_err(|e| self.view.error(e.to_string()))?;
+        let batch = RecordBatch::try_new(self.view.schema(), columns).map_err(|e| {
+            self.view
+                .error("cannot build the record batch".into(), Some(e.into()))
+        })?;
         Ok(Some(batch))
     }
 }
 
 impl ViewDefinition {
-    fn error(&self, msg: String) -> Error {
+    fn error(&self, msg: String, source: Option<BoxError>) -> Error {
         Error::View {
             view: self.name.clone().unwrap_or_else(|| self.resource.clone()),
             msg,
+            source,
         }
     }
 }
@@ -279,7 +287,7 @@ impl Select {
                         "column {name}: `{}` returned {} values but the column is not a collection",
                         col.path.source(),
                         values.len()
-                    )));
+                    ), None));
                 }
                 Cardinality::First => values.truncate(1),
                 _ => {}

@@ -5,6 +5,7 @@ mod catalog;
 mod catalog_views;
 mod cli;
 mod demo;
+mod errors;
 mod flight;
 mod hostile;
 mod ndjson;

@@ -41,7 +41,7 @@ fn convert(path: &Path, resource_type: &str) -> RecordBatch {
         options,
         |b| {
             batches.push(b);
-            Ok(())
+            Ok::<_, fhirflight::Error>(())
         },
     )
     .unwrap();

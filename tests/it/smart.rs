@@ -176,7 +176,7 @@ async fn no_token_endpoint_anywhere_is_a_clear_error() {
     .await
     .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, Error::Config(_)), "{text}");
+    assert!(matches!(err, Error::Config { .. }), "{text}");
     assert!(
         text.contains("/r4/.well-known/smart-configuration") && text.contains("/r4/metadata"),
         "{text}"

@@ -217,10 +217,8 @@ pub(crate) struct DemoServerArgs {
 }
 
 /// A resource type name ([`check_type_name`]): a typo or a path is refused before any request.
-fn parse_type(text: &str) -> std::result::Result<String, String> {
-    check_type_name(text)
-        .map(str::to_owned)
-        .map_err(|e| e.to_string())
+fn parse_type(text: &str) -> fhirflight::Result<String> {
+    check_type_name(text).map(str::to_owned)
 }
 
 impl ServerArgs {

@@ -51,8 +51,8 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         None => Users::new(),
     };
     if users.is_empty() && !args.anonymous {
-        return Err(Error::Config(
-            "no users: pass --users name:password (or FHIRFLIGHT_USERS), or --anonymous on a loopback address".into(),
+        return Err(Error::config(
+            "no users: pass --users name:password (or FHIRFLIGHT_USERS), or --anonymous on a loopback address",
         ));
     }
     let scheme = if args.tls_cert.is_some() {

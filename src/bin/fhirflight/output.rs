@@ -47,8 +47,8 @@ pub(crate) fn write_batches(
             writer.finish()?;
         }
         OutputFormat::Parquet => {
-            let path = output
-                .ok_or_else(|| Error::Config("--format parquet needs --output FILE".into()))?;
+            let path =
+                output.ok_or_else(|| Error::config("--format parquet needs --output FILE"))?;
             let schema = batches
                 .first()
                 .map(|b| b.schema())

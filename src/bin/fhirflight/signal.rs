@@ -7,7 +7,7 @@ use tokio::runtime::RuntimeMetrics;
 
 /// Ctrl-C, or SIGTERM on Unix (a service manager, a test harness).
 pub(crate) async fn shutdown_signal() -> Result<()> {
-    let failed = |e: std::io::Error| Error::Config(format!("waiting for a shutdown signal: {e}"));
+    let failed = |e: std::io::Error| Error::config_with("waiting for a shutdown signal", e);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -25,7 +25,7 @@ pub(crate) async fn shutdown_signal() -> Result<()> {
 pub(crate) async fn ctrl_c() -> Result<()> {
     tokio::signal::ctrl_c()
         .await
-        .map_err(|e| Error::Config(format!("waiting for Ctrl-C: {e}")))
+        .map_err(|e| Error::config_with("waiting for Ctrl-C", e))
 }
 
 /// Waits, at most 10 s, until fewer than `before` tasks are alive on the runtime of `metrics`: a
