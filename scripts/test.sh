@@ -34,8 +34,9 @@ else
   echo "note: ../shared not found: the checks on Synthea data and the SQL on FHIR suite are skipped"
 fi
 
-step "cargo fmt --check, clippy -D warnings, doc -D warnings"
+step "cargo fmt --check, module layers, clippy -D warnings, doc -D warnings"
 cargo fmt --check
+python3 scripts/module_layers.py
 cargo clippy --quiet --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --lib
 

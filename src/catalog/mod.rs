@@ -72,6 +72,7 @@ pub use source::{
     BulkSource, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile, FhirSource,
     LocalFolder,
 };
+#[cfg(feature = "flight")]
 pub(crate) use statement::parse_statement;
 pub use statement::{register_functions, sql, sql_with_freshness};
 pub(crate) use table::to_datafusion;
