@@ -16,7 +16,6 @@
 //! ```
 
 mod auth;
-mod export;
 mod generate;
 mod server;
 mod time;

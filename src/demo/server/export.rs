@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::generate::Resource;
-use super::server::{Faults, HOSTILE_TYPES, KickoffLevel, Outcome};
-use super::time::{format_instant, parse_instant};
+use super::{Faults, HOSTILE_TYPES, KickoffLevel, Outcome};
+use crate::demo::generate::Resource;
+use crate::demo::time::{format_instant, parse_instant};
 use crate::r4::is_resource_type;
 
 /// Types outside the Patient compartment among those the demo holds.
