@@ -18,7 +18,6 @@
 mod auth;
 mod generate;
 mod server;
-mod time;
 mod tls;
 
 pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};

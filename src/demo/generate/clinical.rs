@@ -12,7 +12,7 @@ use super::datatypes::{
 use super::patient::PatientLife;
 use super::tables::{CONDITIONS, ENCOUNTER_KINDS};
 use super::{DAY_MS, POPULATION_END_MS, YEAR_MS};
-use crate::demo::time::format_instant;
+use crate::time::format_instant;
 
 /// The clinical event an encounter produced, for its Claim and ExplanationOfBenefit.
 pub(super) struct Billed {

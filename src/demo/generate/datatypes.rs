@@ -3,29 +3,23 @@
 
 use serde_json::{Value, json};
 
-use super::DAY_MS;
-use crate::demo::time::{civil_from_days, format_instant};
+use crate::time::{format_instant, format_local_date, format_local_date_time};
 
 pub(super) fn meta(last_updated: i64) -> Value {
     json!({ "lastUpdated": format_instant(last_updated) })
 }
 
+/// The UTC offset of Synthea's local times (`-05:00`).
+const LOCAL_OFFSET_SECS: i32 = -5 * 3600;
+
 /// A Synthea-style local date-time (`1985-06-18T17:30:49-05:00`).
 pub(super) fn date_time(ms: i64) -> String {
-    let local = ms - 5 * 3_600_000;
-    let (days, rem) = (local.div_euclid(DAY_MS), local.rem_euclid(DAY_MS) / 1000);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}-05:00",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format_local_date_time(ms, LOCAL_OFFSET_SECS)
 }
 
+/// A Synthea-style local date (`1985-06-18`).
 pub(super) fn date(ms: i64) -> String {
-    let (y, m, d) = civil_from_days((ms - 5 * 3_600_000).div_euclid(DAY_MS));
-    format!("{y:04}-{m:02}-{d:02}")
+    format_local_date(ms, LOCAL_OFFSET_SECS)
 }
 
 pub(super) fn coding(system: &str, code: &str, display: &str) -> Value {

@@ -137,7 +137,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::demo::time::format_instant;
+    use crate::time::format_instant;
 
     #[test]
     fn deterministic_and_seed_sensitive() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::GENERATED_TYPES;
-use crate::demo::time::format_instant;
+use crate::time::format_instant;
 
 /// One stored resource: its identity, the patient whose compartment it is in, and its JSON line.
 #[derive(Debug, Clone, PartialEq)]

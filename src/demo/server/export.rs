@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use super::{Faults, HOSTILE_TYPES, KickoffLevel, Outcome};
 use crate::demo::generate::Resource;
-use crate::demo::time::{format_instant, parse_instant};
 use crate::r4::is_resource_type;
+use crate::time::{format_instant, parse_instant};
 
 /// Types outside the Patient compartment among those the demo holds.
 const NOT_IN_PATIENT_COMPARTMENT: [&str; 3] = ["Organization", "Practitioner", "Group"];

@@ -48,8 +48,8 @@ pub use stats::{DemoStats, ForeignRequest, KickoffRecord};
 
 use super::auth::{DEMO_CLIENT_ID, DemoCredentials, RegisteredClient, TokenStore};
 use super::generate::{self, Resource};
-use super::time::now_ms;
 use super::tls::{TlsIdentity, TlsListener};
+use crate::time::now_ms;
 use crate::{Error, Result};
 use export::{Deletion, JobFile};
 
