@@ -80,6 +80,7 @@ pub mod fhirpath;
 #[cfg_attr(docsrs, doc(cfg(feature = "flight")))]
 pub mod flight;
 mod http;
+mod lock_file;
 pub mod ndjson;
 pub mod r4;
 mod redacted;
