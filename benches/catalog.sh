@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SQL over a folder of FHIR NDJSON beside DuckDB, like for like, on the same files. Per type:
-#   first_s    fhirflight in-process (examples/bench_catalog.rs): the first query, which converts
+#   first_s    fhirflight in-process (benches/catalog.rs): the first query, which converts
 #              the NDJSON to a Parquet snapshot, then answers
 #   repeat_s   the same query again in that process, on the snapshot (median of REPS)
 #   plan_s     the planning part of repeat_s (snapshot lookup, table, physical plan)
@@ -36,9 +36,16 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import duckdb' 2>/dev
 fi
 PY=$VENV/bin/python
 flag=(); [ "$PROFILE" = release ] && flag=(--release)
-cargo build -q "${flag[@]}" --bin fhirflight --example bench_catalog
+# The executable of a bench target, built with the given cargo flags (cargo names bench binaries
+# with a hash, so it is read from cargo's messages). Run by hand: cargo bench --bench NAME -- ARGS.
+bench_exe() {
+  cargo build -q "$@" --message-format=json-render-diagnostics \
+    | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+}
+cargo build -q "${flag[@]}" --bin fhirflight
 BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
-EX=$CARGO_TARGET_DIR/$PROFILE/examples/bench_catalog
+EX=$(bench_exe "${flag[@]}" --bench catalog)
+[ -x "$EX" ] || { echo "no bench binary for benches/catalog.rs" >&2; exit 1; }
 
 mkdir -p "$WORK/s100"
 for f in "$DATA_SRC"/*.ndjson.gz; do

@@ -22,9 +22,16 @@ fi
 if [ ! -x .venv-bench/bin/python ]; then
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -q fhirpathpy
 fi
-cargo build --release --example fhirpath_patient_bench
+# The executable of a bench target, built with the given cargo flags (cargo names bench binaries
+# with a hash, so it is read from cargo's messages). Run by hand: cargo bench --bench NAME -- ARGS.
+bench_exe() {
+  cargo build -q "$@" --message-format=json-render-diagnostics \
+    | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+}
+exe=$(bench_exe --release --bench fhirpath_patient)
+[ -x "$exe" ] || { echo "no bench binary for benches/fhirpath_patient.rs" >&2; exit 1; }
 py=$(.venv-bench/bin/python "$shared/bench/b_fhirpath_patient.py" "$data" --types Patient --reps "$reps" | tee /dev/stderr | awk '$1 == "fhirpathpy_patient"')
-rs=$("${CARGO_TARGET_DIR:-target}/release/examples/fhirpath_patient_bench" "$data" --reps "$reps" | tee /dev/stderr)
+rs=$("$exe" "$data" --reps "$reps" | tee /dev/stderr)
 py_eval=$(sed -n 's/.*eval_res_per_s=\([0-9]*\).*/\1/p' <<< "$py")
 py_total=$(awk '{print $7}' <<< "$py")
 # fhirpathpy's end-to-end figure (file read, json.loads, four evaluations per resource) is the

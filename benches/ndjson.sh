@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # NDJSON -> Arrow conversion beside the baselines, in one run on the same files:
 # the notebook pipeline (pandas + flatten_json), DuckDB read_json_auto count(*), and fhirflight's
-# flattened mode (examples/bench_ndjson.rs, release build) beside the JSON-parsing floor (serde_json
+# flattened mode (benches/ndjson.rs, release build) beside the JSON-parsing floor (serde_json
 # into IgnoredAny, same bytes, all cores). Prints each tool's harness lines, then per type
 # fhirflight's MB/s ratio to each baseline and to the floor, and its peak RSS ratio to DuckDB's.
 # The machine's load is printed with each run: the ratios hold only between runs of one script.
@@ -13,7 +13,7 @@
 # Env:   PY (python with pandas flatten_json duckdb; default .venv/bin/python)
 #        TYPES (default ExplanationOfBenefit,Observation,Claim,Encounter), REPS (default 3),
 #        MULT (copies for the scale run, default 11: about 540 MB in all), WORK (default /tmp/fhirflight-bench)
-#        BIN (a bench_ndjson binary to use instead of building it with cargo --release)
+#        BIN (a binary of benches/ndjson.rs to use instead of building it with cargo --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-${FHIRFLIGHT_PYTHON:-.venv/bin/python}}
@@ -24,9 +24,15 @@ WORK=${WORK:-/tmp/fhirflight-bench}
 BENCH=../shared/bench
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
 
+# The executable of a bench target, built with the given cargo flags (cargo names bench binaries
+# with a hash, so it is read from cargo's messages). Run by hand: cargo bench --bench NAME -- ARGS.
+bench_exe() {
+  cargo build -q "$@" --message-format=json-render-diagnostics \
+    | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+}
 if [ -z "${BIN:-}" ]; then
-  cargo build --release --example bench_ndjson
-  BIN=$CARGO_TARGET_DIR/release/examples/bench_ndjson
+  BIN=$(bench_exe --release --bench ndjson)
+  [ -x "$BIN" ] || { echo "no bench binary for benches/ndjson.rs" >&2; exit 1; }
 fi
 
 mkdir -p "$WORK/s100"

@@ -80,11 +80,13 @@ pub mod fhirpath;
 #[cfg_attr(docsrs, doc(cfg(feature = "flight")))]
 pub mod flight;
 mod http;
+mod lock_file;
 pub mod ndjson;
 pub mod r4;
 mod redacted;
 pub mod smart;
 pub mod snapshot;
+mod time;
 pub mod view;
 
 pub use bulk::{BulkClient, ExportLevel, ExportRequest};

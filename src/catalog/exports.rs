@@ -339,14 +339,7 @@ impl Exporter {
         // One process at a time per request: another one waits, then finds its snapshots.
         let lock_path = staging.with_extension("lock");
         let _lock = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(|e| Error::io(&lock_path, e))?;
-            file.lock().map_err(|e| Error::io(&lock_path, e))?;
-            Ok::<_, Error>(file)
+            crate::lock_file::lock_exclusive(&lock_path).map_err(|e| Error::io(&lock_path, e))
         })
         .await
         .map_err(|e| Error::snapshot_with("lock task failed", e))??;

@@ -1,6 +1,6 @@
 //! Synthetic FHIR R4 generator and the embedded demo Bulk Data server.
 //!
-//! [`generate`] makes a deterministic population shaped like Synthea R4 output; [`DemoServer`]
+//! [`generate()`] makes a deterministic population shaped like Synthea R4 output; [`DemoServer`]
 //! serves it the way a strict FHIR Bulk Data v2 server with SMART Backend Services does, so that
 //! fhirflight runs on a fresh machine and every test has a real server to talk to.
 //!
@@ -16,10 +16,8 @@
 //! ```
 
 mod auth;
-mod export;
 mod generate;
 mod server;
-mod time;
 mod tls;
 
 pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};

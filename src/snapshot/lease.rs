@@ -2,11 +2,12 @@
 //! eviction ([`SnapshotStore::evict_filtered`](super::SnapshotStore::evict_filtered)) respects,
 //! in any process.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::lock_file;
 use crate::{Error, Result};
 
 /// The file whose shared lock a reader of a filtered snapshot holds (see [`Lease`]).
@@ -28,21 +29,12 @@ impl Lease {
         // Eviction may remove the folder between our open and our lock, and a new export may
         // make it again: the lock counts only on the file the path names now.
         for _ in 0..3 {
-            let file = match File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
-            {
-                Ok(f) => f,
+            let file = match lock_file::try_lock_shared(path) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(None),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(Error::io(path, e)),
             };
-            match file.try_lock_shared() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => return Ok(None),
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, e)),
-            }
             if same_file(&file, path) {
                 // The last use orders eviction; failing to record it only makes eviction earlier.
                 let _ = file.set_modified(SystemTime::now());

@@ -17,6 +17,7 @@ use super::names::{
 };
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
+use crate::lock_file;
 use crate::ndjson::TableMode;
 use crate::r4::check_type_name;
 use crate::{Error, Result};
@@ -136,18 +137,10 @@ impl SnapshotStore {
         for (_, name) in filtered.into_iter().skip(keep) {
             let dir = self.named_dir(&name)?;
             let path = dir.join(LEASE_FILE);
-            let Ok(lock) = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-            else {
-                continue;
-            };
             // Held until the folder is gone, so that no reader leases it in between.
-            if lock.try_lock().is_err() {
+            let Ok(Some(lock)) = lock_file::try_lock_exclusive(&path) else {
                 continue; // being read
-            }
+            };
             // Unpublished first: a crash leaves a folder without a manifest, evicted later.
             let manifest = self.manifest_path(&name)?;
             match fs::remove_file(&manifest) {
@@ -252,14 +245,7 @@ impl SnapshotStore {
     /// Exclusive lock of the store, released on drop (also when the process dies).
     pub(super) fn lock(&self) -> Result<File> {
         let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        file.lock().map_err(|e| Error::io(&path, e))?;
-        Ok(file)
+        lock_file::lock_exclusive(&path).map_err(|e| Error::io(&path, e))
     }
 
     /// Removes snapshot folders in `type_dir` other than `keep`, and temporary folders older
@@ -445,11 +431,9 @@ mod tests {
 
         // One being evicted (its lock held exclusively) is absent to readers.
         commit(&store, "Patient@d-0000000d");
-        let evicting = File::options()
-            .write(true)
-            .open(store.dir().join("Patient@d-0000000d").join(LEASE_FILE))
-            .unwrap();
-        evicting.lock().unwrap();
+        let evicting =
+            lock_file::lock_exclusive(&store.dir().join("Patient@d-0000000d").join(LEASE_FILE))
+                .unwrap();
         assert!(store.current("Patient@d-0000000d").unwrap().is_none());
         drop(evicting);
         assert!(store.current("Patient@d-0000000d").unwrap().is_some());

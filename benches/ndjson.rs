@@ -4,7 +4,8 @@
 //!
 //! `tool type bytes resources seconds_median MB/s res/s columns peak_rss_MB extra | rep_seconds`
 //!
-//! Usage: `bench_ndjson DATA_DIR [--types T1,T2] [--reps N] [--nested]`. Every repetition runs in
+//! Usage: `cargo bench --bench ndjson -- DATA_DIR [--types T1,T2] [--reps N] [--nested]` (the
+//! script runs the built binary with the same arguments). Every repetition runs in
 //! a fresh process (so peak RSS is per type); the time covers reading the file, inference and
 //! decoding into record batches (which are then dropped).
 //!
@@ -21,7 +22,11 @@ use fhirflight::ndjson::{DecodeOptions, SchemaInference, TableMode, decode_reade
 use serde::de::IgnoredAny;
 
 fn main() -> fhirflight::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` adds `--bench`; the driver's own arguments are the others.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let nested = args.iter().any(|a| a == "--nested");
     let mode = if nested {
         TableMode::Nested
@@ -33,10 +38,9 @@ fn main() -> fhirflight::Result<()> {
         Some("--floor") => return floor(Path::new(&args[1])),
         _ => {}
     }
-    let dir = PathBuf::from(
-        args.first()
-            .expect("usage: bench_ndjson DATA_DIR [--types T1,T2] [--reps N] [--nested]"),
-    );
+    let dir = PathBuf::from(args.first().expect(
+        "usage: cargo bench --bench ndjson -- DATA_DIR [--types T1,T2] [--reps N] [--nested]",
+    ));
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)

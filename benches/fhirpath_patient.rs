@@ -3,7 +3,7 @@
 //! gets: NDJSON bytes -> Arrow record batches through the view runner, and the view as a table.
 //!
 //! ```text
-//! cargo run --release --example fhirpath_patient_bench -- <folder with Patient.ndjson> [--reps N]
+//! cargo bench --bench fhirpath_patient -- <folder with Patient.ndjson> [--reps N]
 //! ```
 //!
 //! Prints one line per measurement: `fhirflight_<name> Patient <resources> <seconds> <res/s>`
@@ -43,11 +43,14 @@ const PATHS: [(&str, &str); 4] = [
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = PathBuf::from(
-        args.first()
-            .expect("usage: fhirpath_patient_bench <folder with Patient.ndjson> [--reps N]"),
-    );
+    // `cargo bench` adds `--bench`; the driver's own arguments are the others.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let dir = PathBuf::from(args.first().expect(
+        "usage: cargo bench --bench fhirpath_patient -- <folder with Patient.ndjson> [--reps N]",
+    ));
     let reps: usize = args
         .iter()
         .position(|a| a == "--reps")

@@ -9,9 +9,10 @@
 //! type: `fhirflight_catalog type first_s repeat_s plan_s groups total` (`groups` = rows returned,
 //! `total` = the sum of the `n` column, to compare with DuckDB's result).
 //!
-//! Usage: `bench_catalog FOLDER --cache DIR [--types T1,T2] [--reps N]`, or
-//! `bench_catalog --query TYPE` to print a type's SQL (the aggregates of
-//! `../shared/bench/b_duckdb.py --query agg`, over the flattened columns).
+//! Usage: `cargo bench --bench catalog -- FOLDER --cache DIR [--types T1,T2] [--reps N]`, or
+//! `cargo bench --bench catalog -- --query TYPE` to print a type's SQL (the aggregates of
+//! `../shared/bench/b_duckdb.py --query agg`, over the flattened columns). The script runs the
+//! built binary with the same arguments.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +42,11 @@ fn query(resource_type: &str) -> Option<&'static str> {
 
 #[tokio::main]
 async fn main() -> fhirflight::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` adds `--bench`; the driver's own arguments are the others.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -51,7 +56,8 @@ async fn main() -> fhirflight::Result<()> {
         println!("{}", query(&t).expect("a type with a query"));
         return Ok(());
     }
-    let usage = "usage: bench_catalog FOLDER --cache DIR [--types T1,T2] [--reps N]";
+    let usage =
+        "usage: cargo bench --bench catalog -- FOLDER --cache DIR [--types T1,T2] [--reps N]";
     let folder = PathBuf::from(args.first().expect(usage));
     let cache = PathBuf::from(flag("--cache").expect(usage));
     let types = flag("--types").unwrap_or_else(|| "Observation,Condition,Patient".into());

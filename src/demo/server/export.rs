@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::generate::Resource;
-use super::server::{Faults, HOSTILE_TYPES, KickoffLevel, Outcome};
-use super::time::{format_instant, parse_instant};
+use super::{Faults, HOSTILE_TYPES, KickoffLevel, Outcome};
+use crate::demo::generate::Resource;
 use crate::r4::is_resource_type;
+use crate::time::{format_instant, parse_instant};
 
 /// Types outside the Patient compartment among those the demo holds.
 const NOT_IN_PATIENT_COMPARTMENT: [&str; 3] = ["Organization", "Practitioner", "Group"];

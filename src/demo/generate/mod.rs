@@ -1,0 +1,223 @@
+//! A deterministic synthetic FHIR R4 population shaped like Synthea output.
+//!
+//! Every patient gets a life of encounters (wellness visits, symptoms, emergencies, admissions), and
+//! each encounter the resources Synthea would write for it: vital signs and labs, conditions,
+//! prescriptions, procedures, immunizations, a Claim and a wide ExplanationOfBenefit. A patient's
+//! record comes from its own random stream seeded by `(seed, patient number)`, so the same seed and
+//! count give byte-identical NDJSON on every machine. Resources are kept as serialized NDJSON lines:
+//! a gigabyte population costs about a gigabyte of memory, not a tree of `Value`s.
+//!
+//! This file runs a population ([`generate`], [`shared`]); the rest is split by job:
+//!
+//! - [`population`]: what comes out ([`Population`], [`Resource`]) and the builder that
+//!   serialises each resource once, as it is made;
+//! - [`rng`]: the random stream (fixed forever, so output never changes with a dependency);
+//! - [`patient`]: one patient's life: the Patient, allergies, and the encounters in time order;
+//! - [`clinical`]: what an encounter writes (Encounter, Condition, MedicationRequest,
+//!   Immunization, Procedure, Observation, DiagnosticReport);
+//! - [`billing`]: the Claim and ExplanationOfBenefit of an encounter;
+//! - [`administrative`]: Organizations, Practitioners and the Groups of patients;
+//! - [`datatypes`]: FHIR datatypes (Coding, CodeableConcept, Reference, Money, dates) and code
+//!   systems; [`tables`]: the names, places, conditions and encounter kinds drawn from.
+
+mod administrative;
+mod billing;
+mod clinical;
+mod datatypes;
+mod patient;
+mod population;
+mod rng;
+mod tables;
+
+use std::sync::{Arc, Mutex, Weak};
+
+pub use population::{Population, Resource};
+
+use administrative::{Cohorts, Provider};
+use patient::PatientLife;
+use population::Builder;
+use rng::Rng;
+
+/// The resource types the generator writes, in export order.
+pub(crate) const GENERATED_TYPES: [&str; 14] = [
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "Procedure",
+    "Immunization",
+    "AllergyIntolerance",
+    "DiagnosticReport",
+    "Claim",
+    "ExplanationOfBenefit",
+    "Organization",
+    "Practitioner",
+    "Group",
+];
+
+/// "Now" of every generated population: clinical history ends here and `meta.lastUpdated` values lie
+/// before it, so output never depends on the wall clock.
+const POPULATION_END_MS: i64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
+const DAY_MS: i64 = 86_400_000;
+const YEAR_MS: i64 = 365 * DAY_MS + DAY_MS / 4;
+
+/// Generates `patients` patients and everything around them from `seed`.
+///
+/// Same arguments, same bytes. Organizations, Practitioners and three Groups (`all-patients`,
+/// `diabetes`, `seniors`) come with them. About 0.4 MB of NDJSON per patient.
+pub fn generate(seed: u64, patients: usize) -> Population {
+    let mut out = Builder::new();
+    let mut rng = Rng::new(seed);
+    let providers: Vec<Provider> = (0..3 + patients / 8)
+        .map(|i| Provider::new(&mut rng, i, &mut out))
+        .collect();
+    // Patients are independent: contiguous ranges on all cores, joined in patient order, give the
+    // same bytes as one thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = patients.div_ceil(threads).max(1);
+    let parts: Vec<(Builder, Cohorts)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..patients)
+            .step_by(per_thread)
+            .map(|first| {
+                let providers = &providers;
+                scope.spawn(move || {
+                    let (mut out, mut cohorts) = (Builder::new(), Cohorts::default());
+                    for n in first..(first + per_thread).min(patients) {
+                        let mut rng =
+                            Rng::new(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let provider = &providers[rng.below(providers.len())];
+                        PatientLife::generate(&mut rng, provider, &mut out, &mut cohorts);
+                    }
+                    (out, cohorts)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("generator thread"))
+            .collect()
+    });
+    let mut cohorts = Cohorts::default();
+    for (part, part_cohorts) in parts {
+        for ((_, all), (_, more)) in out.types.iter_mut().zip(part.types) {
+            all.extend(more);
+        }
+        cohorts.all.extend(part_cohorts.all);
+        cohorts.diabetes.extend(part_cohorts.diabetes);
+        cohorts.seniors.extend(part_cohorts.seniors);
+    }
+    cohorts.write(&mut out);
+    Population { types: out.types }
+}
+
+/// [`generate`], shared by everyone in the process asking for the same population while it lives:
+/// tests start many servers over the same data.
+pub(crate) fn shared(seed: u64, patients: usize) -> Arc<Population> {
+    type Cache = Mutex<Vec<((u64, usize), Weak<Population>)>>;
+    static CACHE: Cache = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().expect("population cache");
+    cache.retain(|(_, weak)| weak.strong_count() > 0);
+    if let Some(population) = cache
+        .iter()
+        .find(|(key, _)| *key == (seed, patients))
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return population;
+    }
+    let population = Arc::new(generate(seed, patients));
+    cache.push(((seed, patients), Arc::downgrade(&population)));
+    population
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::time::format_instant;
+
+    #[test]
+    fn deterministic_and_seed_sensitive() {
+        let a = generate(7, 4);
+        assert_eq!(a, generate(7, 4));
+        assert_ne!(
+            a.resources("Patient")[0].json(),
+            generate(8, 4).resources("Patient")[0].json()
+        );
+        let mut first = Vec::new();
+        a.write_ndjson("Observation", &mut first).unwrap();
+        let mut again = Vec::new();
+        generate(7, 4)
+            .write_ndjson("Observation", &mut again)
+            .unwrap();
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn shaped_like_synthea() {
+        let population = generate(42, 12);
+        assert_eq!(population.resources("Patient").len(), 12);
+        assert_eq!(
+            population.group_ids(),
+            ["all-patients", "diabetes", "seniors"]
+        );
+        let patients: HashMap<&str, ()> = population
+            .resources("Patient")
+            .iter()
+            .map(|p| (p.id(), ()))
+            .collect();
+        for ty in GENERATED_TYPES {
+            assert!(!population.resources(ty).is_empty(), "{ty}");
+            for r in population.resources(ty) {
+                let v: Value = serde_json::from_str(r.json()).unwrap();
+                assert_eq!(v["resourceType"], ty);
+                assert_eq!(v["id"], r.id());
+                assert_eq!(v["meta"]["lastUpdated"], format_instant(r.last_updated()));
+                assert!(r.last_updated() < POPULATION_END_MS);
+                if let Some(p) = r.patient_id() {
+                    assert!(patients.contains_key(p));
+                }
+            }
+        }
+        let obs: Vec<Value> = population
+            .resources("Observation")
+            .iter()
+            .map(|r| serde_json::from_str(r.json()).unwrap())
+            .collect();
+        let values: Vec<&Value> = obs
+            .iter()
+            .filter_map(|o| o.pointer("/valueQuantity/value"))
+            .collect();
+        assert!(values.iter().any(|v| v.is_i64()) && values.iter().any(|v| v.is_f64()));
+        assert!(obs.iter().any(|o| o.get("valueCodeableConcept").is_some()));
+        assert!(
+            obs.iter()
+                .any(|o| o["component"].as_array().is_some_and(|c| c.len() == 2))
+        );
+        let patient: Value =
+            serde_json::from_str(population.resources("Patient")[0].json()).unwrap();
+        assert_eq!(
+            patient["extension"][0]["extension"][0]["url"],
+            "ombCategory"
+        );
+        assert!(
+            patient
+                .pointer("/address/0/extension/0/extension/1/valueDecimal")
+                .is_some_and(Value::is_f64)
+        );
+        assert!(patient["identifier"].as_array().unwrap().len() >= 3);
+        let eob_items = population
+            .resources("ExplanationOfBenefit")
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<Value>(r.json()).unwrap()["item"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            });
+        assert!(eob_items.max().unwrap() >= 3);
+    }
+}

@@ -1,0 +1,305 @@
+//! The catalog over the demo Bulk Data server: pushdown (`_typeFilter`, `_since`) returns the same
+//! rows, a dropped query cancels its export, a killed process leaves the cache usable, the
+//! embedding example runs, and a join starts one export while a refresh merges changes.
+
+use super::*;
+use fhirflight::bulk::{BulkClient, ClientOptions};
+use fhirflight::catalog::BulkSource;
+use fhirflight::demo::{DemoConfig, DemoServer, Faults};
+use fhirflight::smart::{SigningKey, SmartConfig};
+use std::time::Duration;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../examples/embed.rs"]
+mod embed;
+
+async fn demo_catalog(cache: &Path) -> (DemoServer, SessionContext, FhirCatalog) {
+    let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
+        .await
+        .unwrap();
+    let (ctx, fhir) = catalog_of(&server, cache).await;
+    (server, ctx, fhir)
+}
+
+async fn catalog_of(server: &DemoServer, cache: &Path) -> (SessionContext, FhirCatalog) {
+    let creds = server.credentials();
+    let key = SigningKey::from_pem(creds.rs384().private_pem())
+        .unwrap()
+        .with_kid(creds.rs384().kid());
+    let auth = SmartConfig::new(creds.client_id(), key);
+    let options = ClientOptions::default()
+        .with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20));
+    let client = BulkClient::try_new(server.base_url(), Some(auth), options)
+        .await
+        .unwrap();
+    context(Arc::new(BulkSource::new(client)), cache, Freshness::Never).await
+}
+
+fn type_filters(server: &DemoServer, kickoff: usize) -> Vec<String> {
+    let kickoffs = server.stats().kickoffs;
+    kickoffs[kickoff]
+        .params
+        .iter()
+        .filter(|(k, _)| k == "_typeFilter" || k == "_since")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn pushdown_sends_type_filter_and_since_and_returns_the_same_rows() {
+    let (pushed_cache, full_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server, ctx, _fhir) = demo_catalog(pushed_cache.path()).await;
+    let (full_ctx, _) = catalog_of(&server, full_cache.path()).await;
+    server.upsert(json!({"resourceType": "Patient", "id": "late", "gender": "female"}));
+    let since =
+        fhirflight::snapshot::rfc3339(std::time::SystemTime::now() - Duration::from_secs(3600));
+    let queries = [
+        "SELECT id FROM src.fhir.patient WHERE gender = 'female'".to_owned(),
+        "SELECT o.id, o.status FROM src.fhir.observation o \
+         WHERE o.code_coding_0_code = '8867-4' AND o.status = 'final'"
+            .to_owned(),
+        format!("SELECT id FROM src.fhir.patient WHERE \"meta_lastUpdated\" >= '{since}'"),
+    ];
+    let mut pushed = Vec::new();
+    for (i, query) in queries.iter().enumerate() {
+        pushed.push(rows(&ctx, query).await);
+        assert_eq!(server.stats().kickoffs.len(), i + 1);
+    }
+    assert!(
+        pushed[0].contains(&"late".to_owned()) && pushed[0].len() < 13,
+        "{:?}",
+        pushed[0]
+    );
+    assert!(
+        !pushed[1].is_empty(),
+        "the demo has heart-rate observations"
+    );
+    assert!(pushed[2].contains(&"late".to_owned()), "{:?}", pushed[2]);
+    assert_eq!(
+        type_filters(&server, 0),
+        ["_typeFilter=Patient?gender=female"]
+    );
+    assert_eq!(
+        type_filters(&server, 1),
+        ["_typeFilter=Observation?code=8867-4&status=final"]
+    );
+    let sent = type_filters(&server, 2);
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].starts_with("_since="), "{sent:?}");
+
+    let plan = rows(&ctx, &format!("EXPLAIN {}", queries[1]))
+        .await
+        .join("\n");
+    assert!(
+        plan.contains("Observation@code=8867-4_status=final-"),
+        "EXPLAIN names the filtered snapshot: {plan}"
+    );
+    assert!(
+        scan_lines(&plan)
+            .0
+            .ends_with("pushed=[_typeFilter=Observation?code=8867-4&status=final]"),
+        "{plan}"
+    );
+    let plan = rows(&ctx, &format!("EXPLAIN {}", queries[2]))
+        .await
+        .join("\n");
+    assert!(
+        scan_lines(&plan)
+            .0
+            .ends_with(&format!("pushed=[{}]", sent[0])),
+        "EXPLAIN shows the _since sent: {plan}"
+    );
+    assert_eq!(
+        server.stats().kickoffs.len(),
+        3,
+        "EXPLAIN reuses the snapshot"
+    );
+
+    // The same queries over full snapshots (another cache): the same rows.
+    for table in ["patient", "observation"] {
+        rows(&full_ctx, &format!("SELECT count(*) FROM src.fhir.{table}")).await;
+    }
+    for (query, pushed) in queries.iter().zip(&pushed) {
+        assert_eq!(&rows(&full_ctx, query).await, pushed, "{query}");
+    }
+    let kickoffs = server.stats().kickoffs;
+    assert!(
+        kickoffs[3..]
+            .iter()
+            .all(|k| k.params.iter().all(|(k, _)| k != "_typeFilter"))
+    );
+}
+
+#[tokio::test]
+async fn a_query_dropped_while_its_export_runs_cancels_the_export() {
+    let cache = tempfile::tempdir().unwrap();
+    // Every export takes 40 status polls (each 1 to 20 ms apart).
+    let server = DemoServer::start(
+        DemoConfig::default()
+            .with_seed(7)
+            .with_patients(12)
+            .with_status_polls(40)
+            .with_retry_after(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let (ctx, fhir) = catalog_of(&server, cache.path()).await;
+    let query = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { rows(&ctx, "SELECT id FROM src.fhir.patient").await }
+    });
+    crate::until("a status poll", || server.stats().status_polls > 0).await;
+    query.abort();
+    assert!(query.await.unwrap_err().is_cancelled());
+    crate::until("the export's cancellation", || {
+        fhir.exports()[0].state != ExportState::Running && server.stats().deletes > 0
+    })
+    .await;
+    assert_eq!(fhir.exports()[0].state, ExportState::Cancelled);
+    assert_eq!(server.stats().deletes, 1, "the server job is deleted");
+    assert!(fhir.store().current("Patient").unwrap().is_none());
+
+    // A later query exports again and completes.
+    assert_eq!(
+        rows(&ctx, "SELECT id FROM src.fhir.patient").await.len(),
+        12
+    );
+    let exports = fhir.exports();
+    assert_eq!(exports.len(), 2);
+    assert_eq!(exports[1].state, ExportState::Done);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_during_download_leaves_the_cache_usable() {
+    let cache = tempfile::tempdir().unwrap();
+    let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
+        .await
+        .unwrap();
+    server.set_faults(Faults {
+        download_chunk_delay: Some(Duration::from_secs(600)),
+        ..Faults::default()
+    });
+    let creds = server.credentials();
+    let key_file = cache.path().join("key.jwk.json");
+    std::fs::write(&key_file, creds.rs384().private_jwk()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["sql", "SELECT count(*) FROM patient", "--server"])
+        .arg(server.base_url().as_str())
+        .args(["--client-id", creds.client_id(), "--key-file"])
+        .arg(&key_file)
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::until("a download", || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "fhirflight ended early"
+        );
+        server.stats().downloads > 0
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL, mid-download
+    child.wait().unwrap();
+    server.set_faults(Faults::default());
+
+    let (ctx, fhir) = catalog_of(&server, cache.path()).await;
+    let store = fhir.store();
+    assert!(
+        store.current("Patient").unwrap().is_none(),
+        "no half snapshot"
+    );
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["12"]
+    );
+    assert_eq!(
+        server.stats().kickoffs.len(),
+        1,
+        "the next run resumed the killed run's job"
+    );
+    let snapshot = store.current("Patient").unwrap().unwrap();
+    assert_eq!(snapshot.table("flattened").unwrap().rows, 12);
+    // No folder left behind (a lock file beside a finished job's folder is harmless).
+    let folders = |sub: &str| {
+        std::fs::read_dir(store.dir().join(sub))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count()
+    };
+    assert_eq!((folders("tmp"), folders("staging")), (0, 0));
+}
+
+#[tokio::test]
+async fn the_embedding_example_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
+        .await
+        .unwrap();
+    let batches = embed::conditions_per_gender(&server, cache.path())
+        .await
+        .unwrap();
+    let (ctx, _) = catalog_of(&server, cache.path()).await;
+    let expected = rows(
+        &ctx,
+        "SELECT p.gender, count(*) FROM src.fhir.patient p \
+         JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id) GROUP BY p.gender",
+    )
+    .await;
+    let got: Vec<String> = batches.iter().flat_map(crate::row_strings).collect();
+    assert!(!got.is_empty());
+    assert_eq!(got, expected);
+    assert_eq!(
+        server.stats().kickoffs.len(),
+        1,
+        "the example's snapshot is reused"
+    );
+}
+
+#[tokio::test]
+async fn join_starts_one_export_on_the_server_and_refresh_merges_changes() {
+    let cache = tempfile::tempdir().unwrap();
+    let (server, ctx, _fhir) = demo_catalog(cache.path()).await;
+    let join = "SELECT count(*) FROM src.fhir.patient p \
+        JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id)";
+    let first = rows(&ctx, join).await;
+    let kickoffs = server.stats().kickoffs;
+    assert_eq!(kickoffs.len(), 1, "{kickoffs:?}");
+    let mut types = kickoffs[0].types.clone();
+    types.sort();
+    assert_eq!(types, ["Condition", "Patient"]);
+    assert_eq!(rows(&ctx, join).await, first);
+    assert_eq!(
+        server.stats().kickoffs.len(),
+        1,
+        "the second query reuses the snapshot"
+    );
+
+    let patients = rows(&ctx, "SELECT id FROM src.fhir.patient").await;
+    assert_eq!(patients.len(), 12);
+    server.upsert(json!({"resourceType": "Patient", "id": "new-one", "gender": "unknown"}));
+    server.delete("Patient", &patients[0]);
+    let refreshed = rows(
+        &ctx,
+        "SELECT resources, deleted FROM fhir_refresh('src', 'Patient')",
+    )
+    .await;
+    assert_eq!(refreshed, ["12|1"]);
+    let kickoffs = server.stats().kickoffs;
+    assert!(
+        kickoffs[1].params.iter().any(|(k, _)| k == "_since"),
+        "{:?}",
+        kickoffs[1]
+    );
+    let after = rows(
+        &ctx,
+        &format!(
+            "SELECT id, gender FROM src.fhir.patient WHERE id IN ('new-one', '{}')",
+            patients[0]
+        ),
+    )
+    .await;
+    assert_eq!(after, ["new-one|unknown"]);
+}
