@@ -49,7 +49,7 @@ async fn run(megabytes: u64) {
     );
     let creds = server.credentials();
     let key = SigningKey::from_pem(creds.es384().private_pem())
-        .unwrap()
+        .expect("the demo key is valid PEM")
         .with_kid(creds.es384().kid());
     let client = BulkClient::try_new(
         server.base_url(),

@@ -34,16 +34,23 @@ else
   echo "note: ../shared not found: the checks on Synthea data and the SQL on FHIR suite are skipped"
 fi
 
+step "MSRV: the toolchain is Cargo.toml's rust-version (rust-toolchain.toml pins it)"
+msrv="$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)"
+case "$(rustc --version)" in
+  "rustc $msrv"[.\ ]*) rustc --version ;;
+  *) echo "MSRV check: $(rustc --version) is not rust-version $msrv" >&2; exit 1 ;;
+esac
+
 step "cargo fmt --check, module layers, clippy -D warnings, doc -D warnings"
 cargo fmt --check
 python3 scripts/module_layers.py
 cargo clippy --quiet --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --lib
 
-step "feature checks (the library alone, then with each feature)"
+step "feature checks (the library alone, then with each feature; lints denied in each)"
 for features in "" flight demo config cli; do
-  echo "cargo check --lib --no-default-features${features:+ --features $features}"
-  cargo check --quiet --lib --no-default-features ${features:+--features "$features"}
+  echo "cargo clippy --lib --no-default-features${features:+ --features $features}"
+  cargo clippy --quiet --lib --no-default-features ${features:+--features "$features"} -- -D warnings
 done
 
 step "cargo test"

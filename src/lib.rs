@@ -64,7 +64,6 @@
 //!   session assembly are always there.
 //! - `cli`: the `fhirflight` binary (clap, indicatif, tracing-subscriber); implies the three
 //!   above.
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bulk;

@@ -364,7 +364,7 @@ impl Snapshot {
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
-        Ok(builder.schema().clone())
+        Ok(std::sync::Arc::clone(builder.schema()))
     }
 }
 
