@@ -256,6 +256,42 @@ pub(crate) fn quoted(text: &str) -> String {
     }
 }
 
+/// The pair of constructors of a `{ message, source }` variant: `$plain(message)` and
+/// `$with(message, source)`.
+macro_rules! message_constructors {
+    ($($variant:ident: $plain:ident, $with:ident;)*) => {
+        impl Error {
+            $(
+                #[doc = concat!("An [`Error::", stringify!($variant), "`] without a source.")]
+                pub fn $plain(message: impl Into<String>) -> Self {
+                    Error::$variant {
+                        message: message.into(),
+                        source: None,
+                    }
+                }
+
+                #[doc = concat!("An [`Error::", stringify!($variant), "`] caused by `source`.")]
+                pub fn $with(
+                    message: impl Into<String>,
+                    source: impl StdError + Send + Sync + 'static,
+                ) -> Self {
+                    Error::$variant {
+                        message: message.into(),
+                        source: Some(Box::new(source)),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+message_constructors! {
+    Config: config, config_with;
+    Auth: auth, auth_with;
+    Snapshot: snapshot, snapshot_with;
+    InvalidRequest: invalid_request, invalid_request_with;
+}
+
 /// Constructors that keep call sites on one line: `Error::config("...")` where the message is the
 /// whole story, `Error::config_with("...", e)` where an error `e` lies behind it.
 impl Error {
@@ -264,82 +300,6 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
-        }
-    }
-
-    /// An [`Error::Config`] without a source.
-    pub fn config(message: impl Into<String>) -> Self {
-        Error::Config {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An [`Error::Config`] caused by `source`.
-    pub fn config_with(
-        message: impl Into<String>,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Error::Config {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    /// An [`Error::Auth`] without a source.
-    pub fn auth(message: impl Into<String>) -> Self {
-        Error::Auth {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An [`Error::Auth`] caused by `source`.
-    pub fn auth_with(
-        message: impl Into<String>,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Error::Auth {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    /// An [`Error::Snapshot`] without a source.
-    pub fn snapshot(message: impl Into<String>) -> Self {
-        Error::Snapshot {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An [`Error::Snapshot`] caused by `source`.
-    pub fn snapshot_with(
-        message: impl Into<String>,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Error::Snapshot {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    /// An [`Error::InvalidRequest`] without a source.
-    pub fn invalid_request(message: impl Into<String>) -> Self {
-        Error::InvalidRequest {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An [`Error::InvalidRequest`] caused by `source`.
-    pub fn invalid_request_with(
-        message: impl Into<String>,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Error::InvalidRequest {
-            message: message.into(),
-            source: Some(Box::new(source)),
         }
     }
 
