@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod flight;
 mod hostile;
+mod idents;
 mod ndjson;
 mod smart;
 mod snapshot;
