@@ -27,14 +27,14 @@ use fhirflight::catalog::{self, CatalogOptions, FhirCatalog, Freshness, LocalFol
 fn query(resource_type: &str) -> Option<&'static str> {
     Some(match resource_type {
         "Condition" => {
-            "SELECT code_coding_0_code AS code, count(*) AS n FROM condition GROUP BY 1 ORDER BY n DESC"
+            "SELECT code_coding_0_code AS code, count(*) AS n FROM Condition GROUP BY 1 ORDER BY n DESC"
         }
         "Observation" => {
-            "SELECT code_coding_0_code AS code, avg(\"valueQuantity_value\") AS avg_v, count(*) AS n \
-             FROM observation WHERE \"valueQuantity_value\" IS NOT NULL GROUP BY 1"
+            "SELECT code_coding_0_code AS code, avg(valueQuantity_value) AS avg_v, count(*) AS n \
+             FROM Observation WHERE valueQuantity_value IS NOT NULL GROUP BY 1"
         }
         "Patient" => {
-            "SELECT gender, count(*) AS n, min(\"birthDate\") AS oldest FROM patient GROUP BY 1"
+            "SELECT gender, count(*) AS n, min(birthDate) AS oldest FROM Patient GROUP BY 1"
         }
         _ => return None,
     })

@@ -39,8 +39,8 @@ pub async fn conditions_per_gender(
     let df = catalog::sql(
         &ctx,
         "SELECT p.gender, count(*) AS conditions
-         FROM ehr.fhir.patient p
-         JOIN ehr.fhir.condition c ON c.subject_reference = concat('Patient/', p.id)
+         FROM ehr.fhir.Patient p
+         JOIN ehr.fhir.Condition c ON c.subject_reference = concat('Patient/', p.id)
          GROUP BY p.gender ORDER BY p.gender",
     )
     .await?;

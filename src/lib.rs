@@ -32,7 +32,7 @@
 //! let ctx = SessionContext::new();
 //! ctx.register_catalog("ehr", Arc::new(fhir));
 //! catalog::register_functions(&ctx, options); // STORED AS FHIR, fhir_refresh
-//! catalog::sql(&ctx, "SELECT gender, count(*) FROM ehr.fhir.patient GROUP BY gender")
+//! catalog::sql(&ctx, "SELECT gender, count(*) FROM ehr.fhir.Patient GROUP BY gender")
 //!     .await?
 //!     .show()
 //!     .await?;
@@ -46,7 +46,7 @@
 //! # #[cfg(feature = "config")]
 //! # async fn demo() -> fhirflight::Result<()> {
 //! let session = fhirflight::Config::load("fhirflight.toml")?.session().await?;
-//! fhirflight::catalog::sql(session.context(), "SELECT count(*) FROM patient")
+//! fhirflight::catalog::sql(session.context(), "SELECT count(*) FROM Patient")
 //!     .await?
 //!     .show()
 //!     .await?;

@@ -39,7 +39,7 @@
 //! let fhir = FhirCatalog::try_new(source, CatalogOptions::default()).await?;
 //! ctx.register_catalog("synthea", Arc::new(fhir));
 //! catalog::register_functions(&ctx, CatalogOptions::default());
-//! let df = catalog::sql(&ctx, "SELECT gender, count(*) FROM synthea.fhir.patient GROUP BY gender").await?;
+//! let df = catalog::sql(&ctx, "SELECT gender, count(*) FROM synthea.fhir.Patient GROUP BY gender").await?;
 //! df.show().await?;
 //! # Ok(()) }
 //! ```
@@ -48,6 +48,7 @@ mod effect;
 mod exports;
 mod factory;
 mod fhir_catalog;
+mod idents;
 mod nesting;
 mod options;
 mod pushdown;

@@ -2,7 +2,8 @@
 //! enough for the statement being planned (its [`Scope`], set by [`sql`](super::sql)), or, when
 //! browsing, from the committed one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -35,6 +36,41 @@ impl SchemaProvider for FhirSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        // Within a statement, a table resolves once: to read its columns (the statement's
+        // identifiers, see `sql`), then to plan it.
+        let tables = SCOPE.try_with(|s| Arc::clone(&s.tables)).ok();
+        let key = (
+            Arc::as_ptr(&self.exporter) as usize,
+            self.browse,
+            name.to_owned(),
+        );
+        if let Some(tables) = &tables
+            && let Some(table) = lock(tables).get(&key)
+        {
+            return Ok(Some(Arc::clone(table)));
+        }
+        let table = self.resolve(name).await?;
+        if let (Some(tables), Some(table)) = (&tables, &table) {
+            lock(tables).insert(key, Arc::clone(table));
+        }
+        Ok(table)
+    }
+
+    async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
+        Ok(match self.exporter.resource_type(name) {
+            Some(_) => Some(TableType::Base),
+            None => self.views.get(name).map(|_| TableType::View),
+        })
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.exporter.resource_type(name).is_some() || self.views.get(name).is_some()
+    }
+}
+
+impl FhirSchema {
+    /// The table `name`, resolved afresh.
+    async fn resolve(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(view) = self.views.get(name) {
             let snapshot = self.snapshot(view.resource()).await?;
             let batch_size = self.exporter.options.batch_size;
@@ -59,19 +95,6 @@ impl SchemaProvider for FhirSchema {
         Ok(Some(Arc::new(table)))
     }
 
-    async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
-        Ok(match self.exporter.resource_type(name) {
-            Some(_) => Some(TableType::Base),
-            None => self.views.get(name).map(|_| TableType::View),
-        })
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        self.exporter.resource_type(name).is_some() || self.views.get(name).is_some()
-    }
-}
-
-impl FhirSchema {
     /// The snapshot a table of `resource_type` reads: when browsing, the committed one (none
     /// without one, never an export); else one fresh enough for the statement, exporting.
     async fn snapshot(&self, resource_type: &str) -> DfResult<Option<Snapshot>> {
@@ -84,6 +107,7 @@ impl FhirSchema {
                 started,
                 freshness,
                 pushdowns,
+                ..
             }) => {
                 let freshness = freshness.unwrap_or(exporter.options.freshness);
                 let pushdown = pushdowns
@@ -193,6 +217,30 @@ pub(super) struct Scope {
     pub(super) freshness: Option<Freshness>,
     /// What the statement pushes into the export of each (catalog, type).
     pub(super) pushdowns: Arc<Vec<(Arc<Exporter>, String, Pushdown)>>,
+    /// The tables resolved so far, by (catalog, browsing, name).
+    pub(super) tables: Arc<Mutex<HashMap<TableKey, Arc<dyn TableProvider>>>>,
+}
+
+/// A FHIR table of a statement: its catalog (the exporter's address), whether browsing, name.
+pub(super) type TableKey = (usize, bool, String);
+
+impl Scope {
+    pub(super) fn new(
+        started: SystemTime,
+        freshness: Option<Freshness>,
+        pushdowns: Vec<(Arc<Exporter>, String, Pushdown)>,
+    ) -> Self {
+        Self {
+            started,
+            freshness,
+            pushdowns: Arc::new(pushdowns),
+            tables: Arc::default(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 tokio::task_local! {

@@ -1,5 +1,6 @@
 //! Statement-level SQL: [`sql`] reads a statement's table references and filters first and brings
-//! every FHIR table it needs up to date with ONE export per catalog before DataFusion plans it;
+//! every FHIR table it needs up to date with ONE export per catalog before DataFusion plans it,
+//! with identifiers matched case-insensitively (see [`idents`](super::idents));
 //! [`register_functions`] adds the `STORED AS FHIR` factory and the `fhir_*` table functions.
 
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use datafusion::dataframe::DataFrame;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
 use super::exports::Exporter;
+use super::idents;
 use super::schema::{SCOPE, Scope};
 use super::{
     AddViewFunction, CatalogOptions, FhirCatalog, FhirTableFactory, Freshness, MAX_STATEMENT_DEPTH,
@@ -22,7 +25,10 @@ use super::{
 };
 
 /// Runs `sql` in `ctx` like `ctx.sql`, first bringing every FHIR table it references up to
-/// date with ONE export per catalog (see the [module docs](super)). Browsing statements
+/// date with ONE export per catalog (see the [module docs](super)). Unquoted identifiers match
+/// tables, columns and aliases case-insensitively and keep their case (`birthdate`, `BIRTHDATE`
+/// and `birthDate` all name the column `birthDate`; two names differing only by case make an
+/// unquoted reference ambiguous); quoted ones match exactly. Browsing statements
 /// (`SHOW TABLES`, `information_schema`) never export and are executed here (their results are
 /// small). A statement nested deeper than [`MAX_STATEMENT_DEPTH`] is refused; those below it may need
 /// a deeper stack than a tokio worker's 2 MiB (reported to overflow at 2,000 terms), which a
@@ -48,7 +54,8 @@ async fn run_sql(
 ) -> DfResult<DataFrame> {
     let started = SystemTime::now();
     let state = ctx.state();
-    let statement = parse_statement(&state, sql)?;
+    let mut statement = parse_statement(&state, sql)?;
+    idents::resolve_tables(&state, &mut statement)?;
     super::schema::check_tables_exist(&state, &statement).await?;
     let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {
         // Browsing runs in a session whose FHIR catalogs never export (information_schema
@@ -67,19 +74,29 @@ async fn run_sql(
         let browse = SessionStateBuilder::new_from_existing(state)
             .with_catalog_list(catalogs)
             .build();
+        let scope = Scope::new(started, freshness, Vec::new());
+        let plan = SCOPE.scope(scope, plan(&browse, statement)).await?;
         let batches = SessionContext::new_with_state(browse)
-            .sql(sql)
+            .execute_logical_plan(plan)
             .await?
             .collect()
             .await?;
         return ctx.read_batches(batches);
     };
-    let scope = Scope {
-        started,
-        freshness,
-        pushdowns: Arc::new(pushdowns),
-    };
-    SCOPE.scope(scope, ctx.sql(sql)).await
+    let scope = Scope::new(started, freshness, pushdowns);
+    SCOPE
+        .scope(scope, async {
+            let plan = plan(&state, statement).await?;
+            ctx.execute_logical_plan(plan).await
+        })
+        .await
+}
+
+/// Plans `statement` (its tables up to date) with its identifiers resolved as [`idents`] says.
+/// Run it in a [`Scope`]: the tables DataFusion resolves are those [`idents`] read.
+async fn plan(state: &SessionState, mut statement: Statement) -> DfResult<LogicalPlan> {
+    idents::resolve_columns(state, &mut statement).await?;
+    state.statement_to_plan(statement).await
 }
 
 /// Parses one statement of `sql`, refusing it first when it nests deeper than

@@ -40,20 +40,13 @@ pub(crate) fn sql_info(ctx: &SessionContext) -> SqlInfoData {
     for key in [SqlDdlCatalog, SqlDdlSchema, SqlDdlTable] {
         b.append(key, false);
     }
-    // Unquoted identifiers are folded to lower case unless the session keeps them as written
-    // (FHIR's camelCase columns read better that way); quoted ones are always kept.
-    let identifier_case = if ctx
-        .state()
-        .config()
-        .options()
-        .sql_parser
-        .enable_ident_normalization
-    {
-        SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase
-    } else {
-        SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive
-    };
-    b.append(SqlIdentifierCase, identifier_case as i32);
+    // Statements go through `catalog::sql`: unquoted identifiers match case-insensitively (and
+    // keep their case); quoted ones keep their case too (and match exactly, which the protocol
+    // has no value for).
+    b.append(
+        SqlIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive as i32,
+    );
     b.append(SqlIdentifierQuoteChar, "\"");
     b.append(
         SqlQuotedIdentifierCase,

@@ -11,6 +11,7 @@ mod demo;
 mod errors;
 mod flight;
 mod hostile;
+mod idents;
 mod ndjson;
 mod smart;
 mod snapshot;

@@ -35,6 +35,18 @@ def test_query_into_dataframe(conn, expected):
     assert df["patients"].sum() == 20
 
 
+def test_readme_query_with_camel_case_columns(conn, expected):
+    """The README's example as written: FHIR's camelCase columns unquoted."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, gender, birthDate, maritalStatus_coding_0_code FROM Patient")
+        patients = cur.fetch_df()
+    assert list(patients.columns) == ["id", "gender", "birthDate", "maritalStatus_coding_0_code"]
+    want = expected("SELECT id, BIRTHDATE FROM patient ORDER BY id")
+    assert sorted(patients["id"]) == [r["id"] for r in want]
+    births = {i: str(b) for i, b in zip(patients["id"], patients["birthDate"])}
+    assert [births[r["id"]] for r in want] == [r["birthDate"] for r in want]
+
+
 def test_query_with_parameters_into_dataframe(conn, expected):
     sql = "SELECT id FROM patient WHERE gender = ? ORDER BY id"
     with conn.cursor() as cur:
