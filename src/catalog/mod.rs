@@ -74,7 +74,7 @@ pub use source::{
     LocalFolder,
 };
 #[cfg(feature = "flight")]
-pub(crate) use statement::parse_statement;
+pub(crate) use statement::{parse_statement, sql_statement};
 pub use statement::{register_functions, sql, sql_with_freshness};
 pub(crate) use table::to_datafusion;
 pub use table::{FhirScanExec, FhirTable};

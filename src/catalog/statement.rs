@@ -53,8 +53,27 @@ async fn run_sql(
     freshness: Option<Freshness>,
 ) -> DfResult<DataFrame> {
     let started = SystemTime::now();
+    let statement = parse_statement(&ctx.state(), sql)?;
+    run_statement(ctx, statement, started, freshness).await
+}
+
+/// [`sql`] of a statement [`parse_statement`] gave (the Flight side reads it before it runs).
+#[cfg(feature = "flight")]
+pub(crate) async fn sql_statement(
+    ctx: &SessionContext,
+    statement: Statement,
+    freshness: Option<Freshness>,
+) -> DfResult<DataFrame> {
+    run_statement(ctx, statement, SystemTime::now(), freshness).await
+}
+
+async fn run_statement(
+    ctx: &SessionContext,
+    mut statement: Statement,
+    started: SystemTime,
+    freshness: Option<Freshness>,
+) -> DfResult<DataFrame> {
     let state = ctx.state();
-    let mut statement = parse_statement(&state, sql)?;
     idents::resolve_tables(&state, &mut statement)?;
     super::schema::check_tables_exist(&state, &statement).await?;
     let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {

@@ -136,17 +136,10 @@ pub(crate) async fn plan_sql(
             "only queries are served (SELECT, EXPLAIN, SHOW), not: {sql}"
         )));
     }
-    let sql = if let DfStatement::Statement(s) = &mut statement
-        && number_question_marks(s)
-    {
-        s.to_string()
-    } else {
-        sql.to_owned()
-    };
-    match freshness {
-        Some(freshness) => catalog::sql_with_freshness(ctx, &sql, freshness).await,
-        None => catalog::sql(ctx, &sql).await,
+    if let DfStatement::Statement(s) = &mut statement {
+        number_question_marks(s);
     }
+    catalog::sql_statement(ctx, statement, freshness).await
 }
 
 /// Whether `statement` only reads: a query (without `SELECT INTO`), `EXPLAIN` of one, `SHOW`.
@@ -184,9 +177,9 @@ fn read_only(statement: &DfStatement) -> bool {
     }
 }
 
-/// Rewrites anonymous `?` placeholders (JDBC, ODBC) to DataFusion's positional `$n`; false when
-/// there were none.
-fn number_question_marks(statement: &mut SqlStatement) -> bool {
+/// Rewrites anonymous `?` placeholders (JDBC, ODBC) to DataFusion's positional `$n`, numbered in
+/// the order they appear in the text.
+fn number_question_marks(statement: &mut SqlStatement) {
     let mut positions = Vec::new();
     let _ = visit_expressions(statement, |expr| {
         if let Expr::Value(v) = expr
@@ -210,7 +203,6 @@ fn number_question_marks(statement: &mut SqlStatement) -> bool {
         }
         ControlFlow::<()>::Continue(())
     });
-    !sorted.is_empty()
 }
 
 /// The parameters a plan expects, `$1` first, typed where DataFusion could infer the type
