@@ -7,14 +7,13 @@ use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray};
-use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::prelude::SessionContext;
 use fhirflight::catalog::{self, CatalogOptions, Freshness};
 use fhirflight::config::{Config, PrimarySource, Session, SessionBuilder};
 use fhirflight::demo::{DemoConfig, generate};
-use fhirflight::flight::{FlightSqlServer, Users};
-use futures::TryStreamExt;
 use serde_json::Value;
+
+use crate::FlightFixture;
 
 const SEED: u64 = 42;
 const PATIENTS: usize = 8;
@@ -239,27 +238,20 @@ fn the_readme_query_runs_in_the_cli() {
 async fn flight_sql_statements_prepared_statements_and_browsing_match_any_case() {
     let cache = tempfile::tempdir().unwrap();
     let session = demo_session(cache.path()).await;
-    let server = FlightSqlServer::new(session.context().clone())
-        .with_users(Users::new().with_user("alice", "wonderland"))
-        .bind("127.0.0.1:0")
+    let mut flight = FlightFixture::over(session.context().clone()).await;
+    let info = flight
+        .client
+        .execute(README_QUERY.to_owned(), None)
         .await
         .unwrap();
-    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlightSqlServiceClient::new(channel);
-    client.handshake("alice", "wonderland").await.unwrap();
-
-    let info = client.execute(README_QUERY.to_owned(), None).await.unwrap();
-    let (header, mut rows) = fetch(&mut client, info).await;
+    let (header, mut rows) = flight.fetch(info).await;
     rows.sort();
     assert_eq!(header, "id|gender|birthDate");
     assert_eq!(rows, patients());
 
     // A prepared statement with a parameter.
-    let mut statement = client
+    let mut statement = flight
+        .client
         .prepare(
             "SELECT ID, BirthDate FROM patient WHERE GENDER = ? ORDER BY id".into(),
             None,
@@ -274,7 +266,7 @@ async fn flight_sql_statements_prepared_statements_and_browsing_match_any_case()
     .unwrap();
     statement.set_parameters(female).unwrap();
     let info = statement.execute().await.unwrap();
-    let (header, rows) = fetch(&mut client, info).await;
+    let (header, rows) = flight.fetch(info).await;
     let expected: Vec<String> = patients()
         .iter()
         .filter(|row| row.contains("|female|"))
@@ -285,7 +277,8 @@ async fn flight_sql_statements_prepared_statements_and_browsing_match_any_case()
     statement.close().await.unwrap();
 
     // Browsing: information_schema in upper case, SHOW COLUMNS of a table named in lower case.
-    let info = client
+    let info = flight
+        .client
         .execute(
             "SELECT TABLE_NAME, Table_Type FROM INFORMATION_SCHEMA.TABLES \
              WHERE TABLE_NAME = 'Patient'"
@@ -295,45 +288,22 @@ async fn flight_sql_statements_prepared_statements_and_browsing_match_any_case()
         .await
         .unwrap();
     assert_eq!(
-        fetch(&mut client, info).await,
+        flight.fetch(info).await,
         (
             "table_name|table_type".to_owned(),
             vec!["Patient|BASE TABLE".to_owned()]
         )
     );
-    let info = client
+    let info = flight
+        .client
         .execute("SHOW COLUMNS FROM patient".to_owned(), None)
         .await
         .unwrap();
-    let (_, columns) = fetch(&mut client, info).await;
+    let (_, columns) = flight.fetch(info).await;
     assert!(
         columns.iter().any(|c| c.contains("|Patient|birthDate|")),
         "{columns:?}"
     );
     assert_eq!(kickoffs(&session), 1);
-    server.shutdown().await.unwrap();
-}
-
-/// The header and rows of a statement's endpoints, `|`-joined.
-async fn fetch(
-    client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
-    info: arrow_flight::FlightInfo,
-) -> (String, Vec<String>) {
-    let header = info
-        .clone()
-        .try_decode_schema()
-        .unwrap()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect::<Vec<_>>()
-        .join("|");
-    let mut rows = Vec::new();
-    for endpoint in info.endpoint {
-        let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
-        for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
-            rows.extend(crate::row_strings(&batch));
-        }
-    }
-    (header, rows)
+    flight.server.shutdown().await.unwrap();
 }

@@ -41,3 +41,56 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
         .await
         .unwrap_or_else(|_| panic!("still waiting after 30 s for {what}"));
 }
+
+/// A Flight SQL server over `ctx` and a client logged in to it as `alice`.
+struct FlightFixture {
+    server: fhirflight::flight::RunningServer,
+    client: arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+}
+
+impl FlightFixture {
+    async fn over(ctx: datafusion::prelude::SessionContext) -> Self {
+        use fhirflight::flight::{FlightSqlServer, Users};
+        let server = FlightSqlServer::new(ctx)
+            .with_users(Users::new().with_user("alice", "wonderland"))
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap();
+        let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        client.handshake("alice", "wonderland").await.unwrap();
+        Self { server, client }
+    }
+
+    /// The rows of `sql` as `|`-joined lines.
+    async fn query(&mut self, sql: &str) -> String {
+        let info = self.client.execute(sql.to_owned(), None).await.unwrap();
+        self.fetch(info).await.1.join("\n")
+    }
+
+    /// The header and rows of a statement's endpoints, `|`-joined.
+    async fn fetch(&mut self, info: arrow_flight::FlightInfo) -> (String, Vec<String>) {
+        use futures::TryStreamExt;
+        let header = info
+            .clone()
+            .try_decode_schema()
+            .unwrap()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+            .join("|");
+        let mut rows = Vec::new();
+        for endpoint in info.endpoint {
+            let stream = self.client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+            for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
+                rows.extend(row_strings(&batch));
+            }
+        }
+        (header, rows)
+    }
+}

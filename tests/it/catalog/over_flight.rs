@@ -6,45 +6,7 @@ use std::sync::Arc;
 use fhirflight::catalog::Freshness;
 
 use super::{context, rows, scan_lines, seeded};
-
-/// A Flight SQL server over `ctx` and a client logged in to it; `query` runs a statement and
-/// returns its rows as `|`-joined lines.
-struct FlightFixture {
-    server: fhirflight::flight::RunningServer,
-    client: arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
-}
-
-impl FlightFixture {
-    async fn over(ctx: datafusion::prelude::SessionContext) -> Self {
-        use fhirflight::flight::{FlightSqlServer, Users};
-        let server = FlightSqlServer::new(ctx)
-            .with_users(Users::new().with_user("alice", "wonderland"))
-            .bind("127.0.0.1:0")
-            .await
-            .unwrap();
-        let channel = tonic::transport::Endpoint::new(format!("http://{}", server.local_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
-        client.handshake("alice", "wonderland").await.unwrap();
-        Self { server, client }
-    }
-
-    async fn query(&mut self, sql: &str) -> String {
-        use futures::TryStreamExt;
-        let info = self.client.execute(sql.to_owned(), None).await.unwrap();
-        let mut out = Vec::new();
-        for endpoint in info.endpoint {
-            let stream = self.client.do_get(endpoint.ticket.unwrap()).await.unwrap();
-            for batch in stream.try_collect::<Vec<_>>().await.unwrap() {
-                out.extend(crate::row_strings(&batch));
-            }
-        }
-        out.join("\n")
-    }
-}
+use crate::FlightFixture;
 
 #[tokio::test]
 async fn explain_over_flight_names_the_pushed_filters() {
