@@ -87,6 +87,7 @@ pub mod smart;
 pub mod snapshot;
 mod time;
 pub mod view;
+pub mod warning;
 
 pub use bulk::{BulkClient, ExportLevel, ExportRequest};
 pub use catalog::{CatalogOptions, FhirCatalog, Freshness};

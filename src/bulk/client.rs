@@ -23,6 +23,7 @@ use crate::error::quoted;
 use crate::http::{self, outcome_text, redact_url};
 use crate::r4::check_type_name;
 use crate::smart::{SmartAuth, SmartConfig, join};
+use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// The job-state file: written right after kick-off, removed once the job is deleted.
@@ -481,7 +482,10 @@ impl BulkClient {
                 }
                 FileKind::Error => {
                     for_each_line(&done.path, |line| {
-                        outcome.warnings.extend(outcome_text(line))
+                        outcome.warnings.extend(
+                            outcome_text(line)
+                                .map(|text| Warning::new(WarningKind::ServerError, text)),
+                        )
                     })
                     .await?;
                 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::{DeletedResource, Manifest};
+use crate::warning::Warning;
 
 /// Where an export is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -63,6 +64,6 @@ pub struct ExportOutcome {
     pub files: Vec<DownloadedFile>,
     /// Resources the server reports deleted since `_since`.
     pub deleted: Vec<DeletedResource>,
-    /// The texts of the OperationOutcomes in the manifest's `error` files.
-    pub warnings: Vec<String>,
+    /// What the export finished despite: the OperationOutcomes of the manifest's `error` files.
+    pub warnings: Vec<Warning>,
 }

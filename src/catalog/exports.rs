@@ -17,12 +17,13 @@ use super::{CatalogOptions, Freshness};
 use crate::snapshot::{
     Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, resource_ids, write_raw,
 };
+use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// How many finished exports [`Exporter::exports`] remembers.
 const FINISHED_KEPT: usize = 32;
 
-type Done = Shared<BoxFuture<'static, Result<(), Arc<Error>>>>;
+type Done = Shared<BoxFuture<'static, Result<Arc<[Warning]>, Arc<Error>>>>;
 
 /// The state of an export, as listed by [`super::FhirCatalog::exports`].
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,8 @@ pub struct ExportStatus {
     pub progress: FetchProgress,
     /// Where it stands.
     pub state: ExportState,
+    /// What it finished despite (once done): the server's OperationOutcomes, skipped lines.
+    pub warnings: Vec<Warning>,
 }
 
 #[derive(Debug)]
@@ -60,6 +63,7 @@ struct Job {
     started: SystemTime,
     progress: watch::Receiver<FetchProgress>,
     state: Mutex<ExportState>,
+    warnings: Mutex<Arc<[Warning]>>,
     abort: tokio::task::AbortHandle,
     done: Done,
     /// Callers waiting for it: when the last one goes away, the export is aborted.
@@ -298,6 +302,7 @@ impl Exporter {
             started: SystemTime::now(),
             progress: rx,
             state: Mutex::new(ExportState::Running),
+            warnings: Mutex::default(),
             abort,
             done: done.clone(),
         });
@@ -316,7 +321,10 @@ impl Exporter {
         let job_ref = Arc::clone(&job);
         tokio::spawn(async move {
             let state = match done.await {
-                Ok(()) => ExportState::Done,
+                Ok(warnings) => {
+                    *job_ref.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
+                    ExportState::Done
+                }
                 Err(e) if matches!(*e, Error::Cancelled) => ExportState::Cancelled,
                 Err(e) => ExportState::Failed(e.to_string()),
             };
@@ -332,7 +340,7 @@ impl Exporter {
         request: &FetchRequest,
         mut targets: Vec<Target>,
         progress: &watch::Sender<FetchProgress>,
-    ) -> Result<()> {
+    ) -> Result<Arc<[Warning]>> {
         let started = SystemTime::now();
         let staging = self.store.staging_dir(&job_key(request))?;
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
@@ -351,7 +359,7 @@ impl Exporter {
                 .is_none_or(|s| s.created() < started)
         });
         if targets.is_empty() {
-            return Ok(());
+            return Ok(Arc::default());
         }
         let request = FetchRequest {
             types: targets.iter().map(|t| t.resource_type.clone()).collect(),
@@ -385,9 +393,13 @@ impl Exporter {
                 commit_type(&store, &options, &location, &outcome, &t, previous.as_ref())
             }));
         }
+        let mut warnings = outcome.warnings.clone();
         for task in tasks {
-            task.await
+            let snapshot = task
+                .await
                 .map_err(|e| Error::snapshot_with("conversion task failed", e))??;
+            let skipped = |w: &&Warning| w.kind == WarningKind::SkippedLines;
+            warnings.extend(snapshot.manifest().warnings.iter().filter(skipped).cloned());
         }
         let _ = std::fs::remove_dir_all(&staging);
         // Housekeeping: the snapshots are committed, a failure here fails no query.
@@ -402,7 +414,7 @@ impl Exporter {
                 Err(e) => tracing::warn!("evicting filtered snapshots: task failed: {e}"),
             }
         }
-        Ok(())
+        Ok(warnings.into())
     }
 
     /// Running and recently finished exports, oldest first.
@@ -416,6 +428,11 @@ impl Exporter {
                 started: j.started,
                 progress: j.progress.borrow().clone(),
                 state: j.state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                warnings: j
+                    .warnings
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .to_vec(),
             })
             .collect()
     }
@@ -513,7 +530,12 @@ fn commit_type(
         source: location.to_owned(),
         request: outcome.request.clone(),
         transaction_time: outcome.transaction_time.clone(),
-        errors: outcome.errors.clone(),
+        warnings: outcome
+            .warnings
+            .iter()
+            .filter(|w| w.concerns(resource_type))
+            .cloned()
+            .collect(),
         pushdown: target.pushdown.clone(),
         ..SnapshotManifest::default()
     };

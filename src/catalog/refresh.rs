@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{
+    ArrayRef, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
@@ -18,7 +20,8 @@ use crate::snapshot::{Snapshot, SnapshotManifest};
 /// `SELECT * FROM fhir_refresh('<catalog>' [, 'Patient,Condition'])` exports the types again
 /// (all of the catalog's types that have a snapshot when none are given), incrementally when the
 /// catalog allows it, and returns one row per type: `resource_type`, `resources`, `changed`,
-/// `deleted`, `transaction_time`, `snapshot`. The arguments and types are checked when the
+/// `deleted`, `transaction_time`, `snapshot`, `warnings` (what the export and conversion of the type
+/// finished despite, as text: the server's OperationOutcomes, skipped lines). The arguments and types are checked when the
 /// statement is planned, and the types to refresh chosen then; the refresh runs when it is
 /// executed: `EXPLAIN` exports nothing and shows
 /// `FhirEffectExec: action=refresh, catalog=<catalog>, types=[<Type>, ...]`.
@@ -88,6 +91,11 @@ fn refresh_schema() -> SchemaRef {
         count("deleted"),
         utf8("transaction_time"),
         utf8("snapshot"),
+        Field::new(
+            "warnings",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, false))),
+            false,
+        ),
     ]))
 }
 
@@ -113,8 +121,23 @@ fn refresh_batch(snapshots: &[Snapshot]) -> DfResult<RecordBatch> {
             counts(&|m| m.incremental.as_ref().map_or(0, |i| i.deleted.len() as u64)),
             strings(&|m| m.transaction_time.clone()),
             strings(&|m| m.snapshot.clone()),
+            Arc::new(warning_lists(&manifests)),
         ],
     )?)
+}
+
+/// Each manifest's warnings as a list of texts.
+fn warning_lists(manifests: &[&SnapshotManifest]) -> ListArray {
+    let values = StringBuilder::new();
+    let mut lists =
+        ListBuilder::new(values).with_field(Arc::new(Field::new_list_field(DataType::Utf8, false)));
+    for m in manifests {
+        for w in &m.warnings {
+            lists.values().append_value(w.to_string());
+        }
+        lists.append(true);
+    }
+    lists.finish()
 }
 
 #[async_trait]

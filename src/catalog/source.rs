@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::bulk::{BulkClient, ExportLevel, ExportPhase, ExportProgress, ExportRequest};
 use crate::r4::check_type_name;
+use crate::warning::Warning;
 use crate::{Error, Result};
 
 /// What the catalog asks a source for.
@@ -34,8 +35,8 @@ pub struct FetchOutcome {
     pub files: Vec<FetchedFile>,
     /// Tombstones (`deleted[]` of the manifest): `(resource type, id)`.
     pub deleted: Vec<(String, String)>,
-    /// Errors the server reported (OperationOutcome texts).
-    pub errors: Vec<String>,
+    /// What the fetch finished despite (the server's OperationOutcomes, ...).
+    pub warnings: Vec<Warning>,
     /// True when `files` hold every resource of the types (the source ignored `since`), so the
     /// snapshot is replaced rather than merged.
     pub complete: bool,
@@ -326,7 +327,7 @@ impl FhirSource for BulkSource {
                 .into_iter()
                 .map(|d| (d.resource_type, d.id))
                 .collect(),
-            errors: outcome.warnings,
+            warnings: outcome.warnings,
             complete: false,
         })
     }

@@ -142,6 +142,16 @@ fn export_status(catalog: &str, export: catalog::ExportStatus) -> proto::ExportS
         started_at_ms: millis(export.started),
         error,
         catalog: catalog.to_owned(),
+        warnings: export
+            .warnings
+            .into_iter()
+            .map(|w| proto::Warning {
+                kind: w.kind.to_string(),
+                resource_type: w.resource_type.unwrap_or_default(),
+                message: w.message,
+                count: w.count,
+            })
+            .collect(),
     }
 }
 

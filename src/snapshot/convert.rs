@@ -15,6 +15,7 @@ use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
     DecodeOptions, SchemaInference, Strictness, TableMode, decode_readers, infer_readers,
 };
+use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// Rows per Parquet row group: small enough for row-group pruning on filters to matter.
@@ -48,17 +49,21 @@ pub fn mode_key(mode: &TableMode) -> String {
     }
 }
 
+/// Skipped lines a warning names (all are counted).
+const SKIPPED_SHOWN: usize = 5;
+
 /// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
 /// (created): one pass infers the schema over all files, a second decodes against it, both on all
-/// cores. Bad lines are skipped and counted (lenient decoding); their errors are returned with
-/// the table. Paths in the result are relative to `out_dir`.
+/// cores. Bad lines are skipped and counted (lenient decoding): a [`WarningKind::SkippedLines`]
+/// warning naming the first few comes with the table. Paths in the result are relative to
+/// `out_dir`.
 pub fn convert_raw(
     raw: &[PathBuf],
     resource_type: &str,
     mode: &TableMode,
     batch_size: usize,
     out_dir: &Path,
-) -> Result<(TableFiles, Vec<String>)> {
+) -> Result<(TableFiles, Option<Warning>)> {
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let err = |path: &Path, e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
     // Each file's path names it in errors.
@@ -95,7 +100,25 @@ pub fn convert_raw(
         writer.write(&batch).map_err(|e| err(&out, e))
     })?;
     let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
-    let errors = summary.skipped.iter().map(ToString::to_string).collect();
+    let skipped = (skipped_lines > 0).then(|| {
+        let first: Vec<String> = summary
+            .skipped
+            .iter()
+            .take(SKIPPED_SHOWN)
+            .map(ToString::to_string)
+            .collect();
+        let more = if skipped_lines > first.len() as u64 {
+            "; ..."
+        } else {
+            ""
+        };
+        Warning::new(
+            WarningKind::SkippedLines,
+            format!("{skipped_lines} lines skipped: {}{more}", first.join("; ")),
+        )
+        .with_resource_type(resource_type)
+        .with_count(skipped_lines)
+    });
     let file = writer.into_inner().map_err(|e| err(&out, e))?;
     file.sync_all().map_err(|e| Error::io(&out, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
@@ -117,5 +140,5 @@ pub fn convert_raw(
             })
             .collect(),
     };
-    Ok((table, errors))
+    Ok((table, skipped))
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use crate::time::rfc3339;
+use crate::warning::Warning;
 use crate::{Error, Result};
 
 /// Version of the manifest format written by this crate.
@@ -45,9 +46,14 @@ pub struct SnapshotManifest {
     /// Set when this snapshot was merged from the previous one and an export `_since` it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<Incremental>,
-    /// Errors the server reported for this type (OperationOutcome texts), and skipped lines.
-    #[serde(default)]
-    pub errors: Vec<String>,
+    /// What the export and the conversion of this type finished despite: the server's
+    /// OperationOutcomes, skipped lines. (Manifests of earlier versions call it `errors`.)
+    #[serde(
+        default,
+        alias = "errors",
+        deserialize_with = "crate::warning::deserialize_list"
+    )]
+    pub warnings: Vec<Warning>,
 }
 
 impl SnapshotManifest {

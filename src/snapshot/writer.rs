@@ -11,6 +11,7 @@ use super::{
     MANIFEST_FORMAT, Snapshot, SnapshotManifest, SnapshotStore, convert_raw, mode_key, rfc3339,
 };
 use crate::ndjson::TableMode;
+use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// A snapshot being written; nothing is visible until [`SnapshotWriter::commit`].
@@ -51,7 +52,7 @@ impl SnapshotWriter {
             .collect();
         for mode in modes {
             let key = mode_key(mode);
-            let (table, errors) = convert_raw(
+            let (table, skipped) = convert_raw(
                 &raw,
                 &self.resource_type,
                 mode,
@@ -59,8 +60,10 @@ impl SnapshotWriter {
                 &self.dir.join(&key),
             )?;
             manifest.tables.insert(key.clone(), table.relative_to(&key));
-            if manifest.errors.is_empty() {
-                manifest.errors.extend(errors);
+            // Every mode skips the same lines: one warning says so.
+            let noted = |w: &Warning| w.kind == WarningKind::SkippedLines;
+            if !manifest.warnings.iter().any(noted) {
+                manifest.warnings.extend(skipped);
             }
         }
         manifest.format = MANIFEST_FORMAT;

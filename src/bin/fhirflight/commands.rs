@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs};
 use crate::output::write_batches;
-use crate::progress::{report_exports, report_progress};
+use crate::progress::{print_warnings, report_exports, report_progress};
 use crate::signal::{ctrl_c, let_background_tasks_finish, shutdown_signal};
 
 pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
@@ -126,9 +126,7 @@ pub(crate) async fn export(args: ExportArgs, config: Config) -> Result<()> {
     drop(progress);
     let _ = reporter.await;
     let outcome = outcome?;
-    for warning in &outcome.warnings {
-        tracing::warn!("server reported: {warning}");
-    }
+    print_warnings(&outcome.warnings);
     let resources: u64 = outcome.files.iter().map(|f| f.lines).sum();
     let bytes: u64 = outcome.files.iter().map(|f| f.bytes).sum();
     println!(

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fhirflight::bulk::{ExportPhase, ExportProgress};
 use fhirflight::catalog::{ExportState, FhirCatalog};
+use fhirflight::warning::Warning;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
@@ -74,6 +75,16 @@ pub(crate) async fn report_exports(
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    for export in catalog.exports() {
+        print_warnings(&export.warnings);
+    }
+}
+
+/// Prints each warning on standard error as `warning: <warning>`.
+pub(crate) fn print_warnings(warnings: &[Warning]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
     }
 }
 

@@ -5,6 +5,7 @@
 use fhirflight::Error;
 use fhirflight::bulk::{BulkClient, ExportLevel, ExportProgress, ExportRequest};
 use fhirflight::demo::{DemoConfig, Faults};
+use fhirflight::warning::WarningKind;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -142,7 +143,8 @@ async fn error_files_become_warnings_and_malformed_lines_are_kept_as_served() {
     assert_eq!(outcome.manifest.error.len(), 1);
     assert_eq!(outcome.warnings.len(), 1);
     assert!(
-        outcome.warnings[0].starts_with("error ("),
+        outcome.warnings[0].kind == WarningKind::ServerError
+            && outcome.warnings[0].message.starts_with("error ("),
         "{}",
         outcome.warnings[0]
     );
