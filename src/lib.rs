@@ -85,7 +85,7 @@ pub mod r4;
 mod redacted;
 pub mod smart;
 pub mod snapshot;
-mod time;
+pub mod time;
 pub mod view;
 pub mod warning;
 

@@ -5,10 +5,41 @@
 //! or [`SystemTime`]s.
 //!
 //! HTTP-dates (`Retry-After`, `Expires`) are the `httpdate` crate's job, not this module's.
+//! Durations as people write them on a command line or in a config file: [`parse_duration`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+
+/// A duration as people write it: a whole number with the unit `ms`, `s`, `m`, `h` or `d`, or
+/// none for seconds (`250ms`, `90s`, `15m`, `1h`, `7d`, `30`); `None` for anything else.
+///
+/// ```
+/// use std::time::Duration;
+/// use fhirflight::time::parse_duration;
+/// assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+/// assert_eq!(parse_duration(" 250MS "), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_duration("1.5h"), None);
+/// ```
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim().to_ascii_lowercase();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let millis: u64 = match unit {
+        "" => 1000,
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    let n: u64 = number.parse().ok()?;
+    Some(Duration::from_millis(n.checked_mul(millis)?))
+}
 
 /// The date-time `ms` milliseconds after the Unix epoch, clamped to what chrono can hold
 /// (±262,000 years).

@@ -45,21 +45,13 @@ impl std::str::FromStr for Freshness {
             "never" => return Ok(Freshness::Never),
             _ => {}
         }
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let unit = match unit {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => 0,
-        };
-        match number.parse::<u64>() {
-            Ok(n) if unit > 0 => Ok(Freshness::MaxAge(Duration::from_secs(n * unit))),
-            _ => Err(Error::config(format!(
-                "freshness {s:?}: expected always, never or an age like 90s, 15m, 1h, 7d"
-            ))),
-        }
+        crate::time::parse_duration(&s)
+            .map(Freshness::MaxAge)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "freshness {s:?}: expected always, never or an age like 90s, 15m, 1h, 7d"
+                ))
+            })
     }
 }
 

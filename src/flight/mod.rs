@@ -40,6 +40,7 @@
 mod actions;
 mod auth;
 mod control;
+mod limits;
 mod metadata;
 mod service;
 mod statement;
@@ -56,7 +57,6 @@ use datafusion::prelude::SessionContext;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use actions::ExportControl;
@@ -65,6 +65,7 @@ pub use control::FhirExportControl;
 
 use crate::catalog::QueryRuntime;
 use crate::{Error, Result};
+use limits::{Limits, StatementSlots};
 
 /// fhirflight's own protobuf messages (`proto/fhirflight.proto`): statement handles and the
 /// custom actions' requests and results.
@@ -83,6 +84,7 @@ pub struct FlightSqlServer {
     token_ttl: Duration,
     queries: Option<QueryRuntime>,
     shutdown_grace: Duration,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for FlightSqlServer {
@@ -96,6 +98,7 @@ impl std::fmt::Debug for FlightSqlServer {
             .field("token_ttl", &self.token_ttl)
             .field("queries", &self.queries)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -112,6 +115,7 @@ impl FlightSqlServer {
             token_ttl: Duration::from_secs(3600),
             queries: None,
             shutdown_grace: Duration::from_secs(10),
+            limits: Limits::default(),
         }
     }
 
@@ -164,6 +168,59 @@ impl FlightSqlServer {
         }
     }
 
+    /// Statements that may run at once, over all users (default 8 per core). One more is
+    /// refused with `RESOURCE_EXHAUSTED`. A statement counts while GetFlightInfo plans it (which
+    /// may wait for an export) and while DoGet streams its results.
+    pub fn with_max_statements(self, max: usize) -> Self {
+        let limits = Limits {
+            max_statements: max.max(1),
+            ..self.limits
+        };
+        Self { limits, ..self }
+    }
+
+    /// Statements one user may run at once (default 2 per core; anonymous callers count as one
+    /// user). One more is refused with `RESOURCE_EXHAUSTED`.
+    pub fn with_max_statements_per_user(self, max: usize) -> Self {
+        let limits = Limits {
+            max_statements_per_user: max.max(1),
+            ..self.limits
+        };
+        Self { limits, ..self }
+    }
+
+    /// How long each call of a statement may take: planning it (with the wait for its export)
+    /// in GetFlightInfo, running it and streaming its results in DoGet. Past it, the statement
+    /// is stopped and the client gets `DEADLINE_EXCEEDED`; an export it waited for runs on.
+    /// Default: none.
+    pub fn with_query_timeout(self, timeout: Option<Duration>) -> Self {
+        let limits = Limits {
+            query_timeout: timeout,
+            ..self.limits
+        };
+        Self { limits, ..self }
+    }
+
+    /// Connections open at once (default 512); one more is closed as soon as it is accepted.
+    pub fn with_max_connections(self, max: usize) -> Self {
+        let limits = Limits {
+            max_connections: max.max(1),
+            ..self.limits
+        };
+        Self { limits, ..self }
+    }
+
+    /// How long a connection may stay silent before it is closed (default 2 min). The server
+    /// pings every 30 s and clients answer, so a live client is never closed; a socket opened
+    /// and left (or a client gone without a word) is.
+    pub fn with_idle_timeout(self, idle_timeout: Duration) -> Self {
+        let limits = Limits {
+            idle_timeout,
+            ..self.limits
+        };
+        Self { limits, ..self }
+    }
+
     /// Serves on `listener` until `shutdown` completes, then lets running calls finish for the
     /// [shutdown grace](Self::with_shutdown_grace) at most.
     pub async fn serve(
@@ -193,7 +250,9 @@ impl FlightSqlServer {
                 "no users configured and anonymous access not enabled: nobody could connect",
             ));
         }
-        let mut builder = Server::builder();
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(self.limits.keepalive_interval()))
+            .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT));
         if let Some((cert, key)) = &self.tls {
             let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Error::io(path, e));
             let identity = Identity::from_pem(read(cert)?, read(key)?);
@@ -213,19 +272,21 @@ impl FlightSqlServer {
             queries.clone(),
             Arc::clone(&auth),
             self.exports,
+            Arc::new(StatementSlots::new(self.limits.clone())),
         );
         let service = FlightServiceServer::with_interceptor(service, auth::AuthInterceptor(auth));
         let (tls, grace) = (self.tls.is_some(), self.shutdown_grace);
+        let incoming = limits::incoming(listener, &self.limits);
         Ok(async move {
             tracing::info!(%local_addr, tls, "Flight SQL server listening");
             let (asked, stopping) = oneshot::channel::<()>();
-            let serving = builder.add_service(service).serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    shutdown.await;
-                    let _ = asked.send(());
-                },
-            );
+            let serving =
+                builder
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        shutdown.await;
+                        let _ = asked.send(());
+                    });
             tokio::select! {
                 served = serving => served?,
                 () = async move {

@@ -30,12 +30,13 @@ use datafusion::common::TableReference;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::TableType;
 use datafusion::prelude::SessionContext;
-use futures::{Stream, TryStreamExt, stream};
+use futures::{Stream, TryFutureExt, TryStreamExt, stream};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::actions::{CustomAction, ExportControl};
 use super::auth::{Authenticator, Caller};
+use super::limits::StatementSlots;
 use super::metadata;
 use super::proto::StatementHandle;
 use super::statement::{parameter_schema, plan_sql};
@@ -56,6 +57,7 @@ pub(crate) struct FhirFlightService {
     queries: QueryRuntime,
     auth: Arc<Authenticator>,
     exports: Option<Arc<dyn ExportControl>>,
+    slots: Arc<StatementSlots>,
     sql_info: Arc<SqlInfoData>,
     xdbc_type_info: Arc<XdbcTypeInfoData>,
 }
@@ -76,6 +78,7 @@ impl FhirFlightService {
         queries: QueryRuntime,
         auth: Arc<Authenticator>,
         exports: Option<Arc<dyn ExportControl>>,
+        slots: Arc<StatementSlots>,
     ) -> Self {
         let sql_info = Arc::new(metadata::sql_info(&ctx));
         Self {
@@ -83,6 +86,7 @@ impl FhirFlightService {
             queries,
             auth,
             exports,
+            slots,
             sql_info,
             xdbc_type_info: Arc::new(metadata::xdbc_type_info()),
         }
@@ -93,33 +97,40 @@ impl FhirFlightService {
     async fn statement_info(
         &self,
         handle: StatementHandle,
-        descriptor: FlightDescriptor,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let slot = self.slots.take(request.extensions().get::<Caller>())?;
         let ctx = self.ctx.clone();
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
         };
-        let schema = self
-            .queries
-            .run(async move {
-                let df = handle.plan(&ctx, None).await?;
-                Ok(df.schema().as_arrow().clone())
-            })
-            .await
-            .map_err(status)?;
-        flight_info(&schema, ticket.as_any().encode_to_vec(), descriptor)
+        let planning = self.queries.run(async move {
+            let df = handle.plan(&ctx, None).await?;
+            Ok(df.schema().as_arrow().clone())
+        });
+        let schema = slot.bound(planning.map_err(status)).await?;
+        flight_info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
-    /// Runs a statement handle or ticket on the query runtime, streaming.
-    async fn run(&self, handle: &[u8]) -> Result<Response<DoGetStream>, Status> {
+    /// Runs a statement handle or ticket on the query runtime, streaming; the statement holds a
+    /// slot until its results end.
+    async fn run(
+        &self,
+        handle: &[u8],
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let slot = self.slots.take(request.extensions().get::<Caller>())?;
         let handle = StatementHandle::decode_handle(handle).map_err(status)?;
         let ctx = self.ctx.clone();
-        let stream = self
+        let execution = self
             .queries
-            .execute(async move { handle.execute(&ctx).await })
-            .await
-            .map_err(status)?;
-        Ok(Response::new(record_batches(stream)))
+            .execute(async move { handle.execute(&ctx).await });
+        let stream = slot.bound(execution.map_err(status)).await?;
+        Ok(Response::new(Box::pin(slot.hold(record_batches(stream)))))
     }
 
     /// The tables matching a GetTables request, with their schemas when asked for.
@@ -327,7 +338,7 @@ impl FlightSqlService for FhirFlightService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(StatementHandle::new(query.query), request.into_inner())
+        self.statement_info(StatementHandle::new(query.query), request)
             .await
     }
 
@@ -338,42 +349,40 @@ impl FlightSqlService for FhirFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         let handle =
             StatementHandle::decode_handle(&query.prepared_statement_handle).map_err(status)?;
-        self.statement_info(handle, request.into_inner()).await
+        self.statement_info(handle, request).await
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run(&ticket.statement_handle).await
+        self.run(&ticket.statement_handle, request).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run(&query.prepared_statement_handle).await
+        self.run(&query.prepared_statement_handle, request).await
     }
 
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let slot = self.slots.take(request.extensions().get::<Caller>())?;
         // Only the schemas are needed: missing tables are exported, present ones are not
         // refreshed here (GetFlightInfo applies the catalog's freshness, once).
         let (ctx, sql) = (self.ctx.clone(), query.query.clone());
-        let (dataset, parameters) = self
-            .queries
-            .run(async move {
-                let df = plan_sql(&ctx, &sql, Some(Freshness::Never)).await?;
-                let parameters = parameter_schema(df.logical_plan())?;
-                Ok((df.schema().as_arrow().clone(), parameters))
-            })
-            .await
-            .map_err(status)?;
+        let planning = self.queries.run(async move {
+            let df = plan_sql(&ctx, &sql, Some(Freshness::Never)).await?;
+            let parameters = parameter_schema(df.logical_plan())?;
+            Ok((df.schema().as_arrow().clone(), parameters))
+        });
+        let (dataset, parameters) = slot.bound(planning.map_err(status)).await?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: StatementHandle::new(query.query).encode_to_vec().into(),
             dataset_schema: ipc_schema(&dataset)?,

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fhirflight::bulk::ExportLevel;
@@ -188,6 +189,31 @@ pub(crate) struct ServeArgs {
     /// TLS private key (PEM); with --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Longest time one call of a statement may take (planning with its export wait, or
+    /// streaming its results): `30s`, `15m`, `2h`. Past it the client gets DEADLINE_EXCEEDED.
+    /// Default: no limit.
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) query_timeout: Option<Duration>,
+    /// Statements running at once over all users (default: 8 per core); one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long)]
+    pub(crate) max_statements: Option<usize>,
+    /// Statements one user may run at once (default: 2 per core).
+    #[arg(long)]
+    pub(crate) max_statements_per_user: Option<usize>,
+    /// Connections open at once; one more is closed at once.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) max_connections: usize,
+    /// Close a connection whose client sent nothing for this long (live clients answer the
+    /// server's pings every 30 s).
+    #[arg(long, value_parser = parse_duration, default_value = "2m")]
+    pub(crate) idle_timeout: Duration,
+}
+
+/// A duration flag: `250ms`, `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    fhirflight::time::parse_duration(text)
+        .ok_or_else(|| format!("{text:?}: expected a duration like 90s, 15m, 2h"))
 }
 
 #[derive(Debug, Args)]

@@ -65,7 +65,16 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     let mut server = FlightSqlServer::new(session.context().clone())
         .with_users(users)
         .with_anonymous(args.anonymous)
-        .with_export_control(Arc::new(control));
+        .with_export_control(Arc::new(control))
+        .with_query_timeout(args.query_timeout)
+        .with_max_connections(args.max_connections)
+        .with_idle_timeout(args.idle_timeout);
+    if let Some(max) = args.max_statements {
+        server = server.with_max_statements(max);
+    }
+    if let Some(max) = args.max_statements_per_user {
+        server = server.with_max_statements_per_user(max);
+    }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         server = server.with_tls(cert, key);
     }

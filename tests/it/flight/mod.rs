@@ -11,6 +11,7 @@
 mod access;
 mod fhir;
 mod jdbc;
+mod limits;
 mod resilience;
 mod sql;
 
