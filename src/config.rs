@@ -35,9 +35,12 @@
 //! and environment win over the file) and then calls the same builder.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Deserialize;
 use url::Url;
@@ -282,6 +285,10 @@ pub enum PrimarySource {
 /// 4. Views (`[views.<name>]`, [`with_views_dir`](Self::with_views_dir)) are tables of the default
 ///    catalog.
 /// 5. [`catalog::register_functions`] adds `STORED AS FHIR` and `fhir_refresh`.
+/// 6. Statements share a memory pool of [`with_memory_limit`](Self::with_memory_limit)
+///    (default: [`default_memory_limit`]); sorts, joins and aggregates spill to temporary files
+///    beyond it, and what cannot spill fails with "Resources exhausted" (`RESOURCE_EXHAUSTED`
+///    over Flight) instead of taking the machine's memory.
 #[derive(Debug)]
 pub struct SessionBuilder {
     config: Config,
@@ -291,6 +298,19 @@ pub struct SessionBuilder {
     insecure_skip_tls_verify: bool,
     proxy: Option<Url>,
     ca_bundle: Option<PathBuf>,
+    memory_limit: Option<usize>,
+}
+
+/// The default memory limit of a session: half the machine's memory (Linux `MemTotal`), or
+/// 4 GiB where that cannot be read.
+pub fn default_memory_limit() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        });
+    total_kib.map_or(4 << 30, |kib| kib.saturating_mul(1024) / 2)
 }
 
 impl SessionBuilder {
@@ -304,6 +324,15 @@ impl SessionBuilder {
             insecure_skip_tls_verify: false,
             proxy: None,
             ca_bundle: None,
+            memory_limit: Some(default_memory_limit()),
+        }
+    }
+
+    /// The bytes all statements of the session may hold at once (`None`: no limit).
+    pub fn with_memory_limit(self, memory_limit: Option<usize>) -> Self {
+        Self {
+            memory_limit,
+            ..self
         }
     }
 
@@ -399,7 +428,7 @@ impl SessionBuilder {
             PrimarySource::Server => self.config.server.url.is_some() || servers.is_empty(),
             _ => true,
         };
-        let insecure = self.insecure_skip_tls_verify;
+        let (insecure, memory_limit) = (self.insecure_skip_tls_verify, self.memory_limit);
         let mut named = Vec::new();
         for (name, server) in servers {
             let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -437,10 +466,17 @@ impl SessionBuilder {
             catalogs.push((name, Arc::new(BulkSource::new(client))));
         }
         let default = catalogs[0].0.clone();
-        let ctx = SessionContext::new_with_config(
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = memory_limit {
+            let pool = FairSpillPool::new(limit);
+            let top = NonZeroUsize::new(5).expect("5 is not zero");
+            runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(pool, top)));
+        }
+        let ctx = SessionContext::new_with_config_rt(
             SessionConfig::new()
                 .with_information_schema(true)
                 .with_default_catalog_and_schema(&default, catalog::DEFAULT_SCHEMA),
+            runtime.build_arc()?,
         );
         for (name, source) in catalogs {
             let options = if name == default { &viewed } else { &options };

@@ -151,6 +151,42 @@ pub(crate) struct CatalogArgs {
     /// A folder of SQL on FHIR ViewDefinition JSON files: each becomes a table named after it.
     #[arg(long, env = "FHIRFLIGHT_VIEWS")]
     pub(crate) views: Option<PathBuf>,
+    /// Memory all statements may hold at once, e.g. `512M`, `4G` (K, M, G, T: powers of 1024),
+    /// or `none`; beyond it sorts, joins and aggregates spill to disk and the rest fails with
+    /// "Resources exhausted". Default: half the machine's memory.
+    #[arg(long, value_parser = parse_memory_limit, env = "FHIRFLIGHT_MEMORY_LIMIT")]
+    pub(crate) memory_limit: Option<MemoryLimit>,
+}
+
+/// A `--memory-limit`: bytes, or `None` for no limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryLimit(Option<usize>);
+
+fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
+    let text = text.trim().to_ascii_uppercase();
+    if text == "NONE" {
+        return Ok(MemoryLimit(None));
+    }
+    let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let shift = match text[number.len()..]
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => 64,
+    };
+    number
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|_| shift < 64)
+        .and_then(|n| n.checked_mul(1 << shift))
+        .map(|bytes| MemoryLimit(Some(bytes)))
+        .ok_or_else(|| format!("{text:?}: expected a size like 512M, 4G, or none"))
 }
 
 #[derive(Debug, Args)]
@@ -301,6 +337,26 @@ impl CatalogArgs {
         if let Some(dir) = self.views {
             builder = builder.with_views_dir(dir);
         }
+        if let Some(MemoryLimit(limit)) = self.memory_limit {
+            builder = builder.with_memory_limit(limit);
+        }
         builder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limits_read_as_people_write_them() {
+        let bytes = |text: &str| parse_memory_limit(text).map(|MemoryLimit(b)| b);
+        assert_eq!(bytes("512M"), Ok(Some(512 << 20)));
+        assert_eq!(bytes(" 4gib "), Ok(Some(4 << 30)));
+        assert_eq!(bytes("2GB"), Ok(Some(2 << 30)));
+        assert_eq!(bytes("1000"), Ok(Some(1000)));
+        assert_eq!(bytes("none"), Ok(None));
+        assert!(bytes("4X").unwrap_err().contains("expected a size"));
+        assert!(bytes("99999999999T").is_err(), "overflow is refused");
     }
 }

@@ -9,6 +9,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
 use arrow_flight::{FlightDescriptor, FlightInfo};
 use datafusion::prelude::SessionContext;
+use fhirflight::config::{Config, PrimarySource, SessionBuilder};
 use fhirflight::flight::{FlightSqlServer, RunningServer};
 use futures::StreamExt;
 use prost::Message;
@@ -126,6 +127,36 @@ async fn a_statement_past_the_query_timeout_is_stopped_and_the_server_answers() 
         query(&mut alice, "SELECT 2 AS two")
             .await
             .contains("| 2   |")
+    );
+}
+
+#[tokio::test]
+async fn a_statement_over_the_memory_limit_fails_and_the_server_answers() {
+    let folder = tempfile::tempdir().unwrap();
+    let session = SessionBuilder::new(Config::default())
+        .with_source(PrimarySource::Folder(folder.path().to_owned()))
+        .with_memory_limit(Some(64 << 20))
+        .build()
+        .await
+        .unwrap();
+    let server = start(FlightSqlServer::new(session.context().clone()).with_users(users())).await;
+    let mut alice = login(&server).await;
+    // About 1 GB of text in one aggregate, which cannot spill.
+    let hog = "SELECT length(string_agg(repeat('x', 1000), ',')) FROM generate_series(1, 1000000)";
+    let info = alice.execute(hog.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut results = alice.do_get(ticket).await.unwrap();
+    let failed = results.next().await.unwrap().unwrap_err().to_string();
+    assert!(
+        failed.contains("Some resource has been exhausted")
+            && failed.contains("Resources exhausted")
+            && failed.contains("pool_size: 64.0 MB"),
+        "{failed}"
+    );
+    assert!(
+        query(&mut alice, "SELECT 3 AS three")
+            .await
+            .contains("| 3     |")
     );
 }
 
