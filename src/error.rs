@@ -170,6 +170,13 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A client may not do what it asked (its role does not allow it).
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// What was refused, and which role it needs.
+        message: String,
+    },
+
     /// A request named something that does not exist (a table, a catalog, an export).
     #[error("{what} {name} not found{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     NotFound {
@@ -308,6 +315,13 @@ impl Error {
         Error::Unauthenticated {
             message: message.into(),
             source: None,
+        }
+    }
+
+    /// An [`Error::PermissionDenied`].
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Error::PermissionDenied {
+            message: message.into(),
         }
     }
 

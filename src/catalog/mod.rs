@@ -73,9 +73,11 @@ pub use source::{
     BulkSource, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile, FhirSource,
     LocalFolder,
 };
+pub use statement::{
+    ADD_VIEW_FUNCTION, REFRESH_FUNCTION, register_functions, sql, sql_with_freshness,
+};
 #[cfg(feature = "flight")]
 pub(crate) use statement::{parse_statement, sql_statement};
-pub use statement::{register_functions, sql, sql_with_freshness};
 pub(crate) use table::to_datafusion;
 pub use table::{FhirScanExec, FhirTable};
 pub use views::{AddViewFunction, load_views};

@@ -218,6 +218,11 @@ async fn prefetch(
     ))
 }
 
+/// The table function that exports tables again ([`super::RefreshFunction`]).
+pub const REFRESH_FUNCTION: &str = "fhir_refresh";
+/// The table function that adds a view ([`super::AddViewFunction`]).
+pub const ADD_VIEW_FUNCTION: &str = "fhir_add_view";
+
 /// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with
 /// `defaults` for its options) and the `fhir_refresh` and `fhir_add_view` table functions.
 pub fn register_functions(ctx: &SessionContext, defaults: CatalogOptions) {
@@ -225,6 +230,6 @@ pub fn register_functions(ctx: &SessionContext, defaults: CatalogOptions) {
         "FHIR".to_owned(),
         Arc::new(FhirTableFactory::new(defaults.without_views())),
     );
-    ctx.register_udtf("fhir_refresh", Arc::new(RefreshFunction));
-    ctx.register_udtf("fhir_add_view", Arc::new(AddViewFunction));
+    ctx.register_udtf(REFRESH_FUNCTION, Arc::new(RefreshFunction));
+    ctx.register_udtf(ADD_VIEW_FUNCTION, Arc::new(AddViewFunction));
 }

@@ -1,5 +1,6 @@
 //! Custom Flight actions that show and steer exports; their messages are in `proto/`.
 
+use super::auth::Caller;
 use std::fmt;
 
 use arrow::datatypes::SchemaRef;
@@ -110,8 +111,20 @@ impl CustomAction {
             .collect()
     }
 
-    /// Runs the action with its encoded request `body`; returns the encoded result.
-    pub(crate) async fn run(self, control: &dyn ExportControl, body: &[u8]) -> Result<Vec<u8>> {
+    /// Runs the action for `caller` with its encoded request `body`; returns the encoded
+    /// result. Those that change the server's tables or exports need the admin role.
+    pub(crate) async fn run(
+        self,
+        control: &dyn ExportControl,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Vec<u8>> {
+        if matches!(
+            self,
+            Self::RefreshTable | Self::CancelExport | Self::AddView
+        ) {
+            caller.require_admin(self.name())?;
+        }
         let invalid = |e: prost::DecodeError| {
             Error::invalid_request_with(format!("{} request body", self.name()), e)
         };

@@ -22,11 +22,11 @@ use crate::{Error, Result};
 /// ```no_run
 /// # async fn run(ctx: datafusion::prelude::SessionContext) -> fhirflight::Result<()> {
 /// use std::sync::Arc;
-/// use fhirflight::flight::{FhirExportControl, FlightSqlServer, Users};
+/// use fhirflight::flight::{FhirExportControl, FlightSqlServer, Role, Users};
 ///
 /// let control = FhirExportControl::from_session(&ctx);
 /// let server = FlightSqlServer::new(ctx)
-///     .with_users(Users::new().with_user("alice", "wonderland"))
+///     .with_users(Users::new().with_user("alice", "wonderland", Role::Admin)?)
 ///     .with_export_control(Arc::new(control))
 ///     .bind("127.0.0.1:0")
 ///     .await?;

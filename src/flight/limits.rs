@@ -106,10 +106,7 @@ impl StatementSlots {
                 limits.max_statements
             ))
         })?;
-        let name = match caller {
-            Some(Caller::User(name)) => name.as_str(),
-            Some(Caller::Anonymous) | None => "",
-        };
+        let name = caller.map_or("", Caller::name);
         let user = {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
             let per_user = limits.max_statements_per_user;
@@ -313,7 +310,11 @@ mod tests {
     #[test]
     fn caps_count_all_statements_and_each_users() {
         let slots = StatementSlots::new(limits(3, 2));
-        let (alice, bob) = (Caller::User("alice".into()), Caller::User("bob".into()));
+        let user = |name: &str| Caller::User {
+            name: name.into(),
+            role: crate::flight::Role::Read,
+        };
+        let (alice, bob) = (user("alice"), user("bob"));
         let a1 = slots.take(Some(&alice)).unwrap();
         let _a2 = slots.take(Some(&alice)).unwrap();
         let refused = slots.take(Some(&alice)).unwrap_err();

@@ -8,9 +8,12 @@
 //!   per-statement state, so handles never leak or expire.
 //! - Metadata with real values: GetSqlInfo (every key of the spec), catalogs, schemas, tables
 //!   (with Arrow schemas on request), table types, XDBC type info; key listings are empty.
-//! - Authentication: HTTP Basic on the Handshake returns a signed bearer token (see
-//!   [`Users`]); anonymous access only when asked for and only on a loopback address. TLS from
-//!   PEM files. Graceful shutdown.
+//! - Authentication: HTTP Basic on the Handshake (only there) returns a signed bearer token;
+//!   users have salted Argon2id password hashes and a [`Role`] (see [`Users`]); failed logins
+//!   are logged and make their address wait. Anonymous access only when asked for and only on a
+//!   loopback address. TLS from PEM files. Graceful shutdown.
+//! - Limits: statements at once (over all users and per user), a query timeout, a memory pool
+//!   (the session's), connections at once and an idle timeout (see the `with_*` setters).
 //! - Statements go through [`crate::catalog::sql`]: ONE export per statement for all the FHIR
 //!   tables it reads. They are planned and run on a [`QueryRuntime`] of their own, so a statement
 //!   busy on every core leaves logins, other statements and shutdown answered, and a client
@@ -26,10 +29,12 @@
 //! ```no_run
 //! # async fn run() -> fhirflight::Result<()> {
 //! use datafusion::prelude::SessionContext;
-//! use fhirflight::flight::{FlightSqlServer, Users};
+//! use fhirflight::flight::{FlightSqlServer, Role, Users};
 //!
+//! let users = Users::from_file("/etc/fhirflight/users")?
+//!     .with_user("alice", "wonderland", Role::Read)?;
 //! let server = FlightSqlServer::new(SessionContext::new())
-//!     .with_users(Users::new().with_user("alice", "wonderland"))
+//!     .with_users(users)
 //!     .bind("127.0.0.1:50051")
 //!     .await?;
 //! println!("listening on {}", server.local_addr());
@@ -45,6 +50,7 @@ mod metadata;
 mod service;
 mod statement;
 mod status;
+mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,8 +66,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use actions::ExportControl;
-pub use auth::Users;
 pub use control::FhirExportControl;
+pub use users::{Role, Users};
 
 use crate::catalog::QueryRuntime;
 use crate::{Error, Result};
@@ -253,6 +259,12 @@ impl FlightSqlServer {
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(self.limits.keepalive_interval()))
             .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT));
+        if self.tls.is_none() && !self.users.is_empty() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "passwords and tokens cross the network in clear: serve TLS (--tls-cert, --tls-key) on a non-loopback address"
+            );
+        }
         if let Some((cert, key)) = &self.tls {
             let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Error::io(path, e));
             let identity = Identity::from_pem(read(cert)?, read(key)?);
@@ -274,19 +286,19 @@ impl FlightSqlServer {
             self.exports,
             Arc::new(StatementSlots::new(self.limits.clone())),
         );
-        let service = FlightServiceServer::with_interceptor(service, auth::AuthInterceptor(auth));
+        let service = FlightServiceServer::new(service);
         let (tls, grace) = (self.tls.is_some(), self.shutdown_grace);
         let incoming = limits::incoming(listener, &self.limits);
         Ok(async move {
             tracing::info!(%local_addr, tls, "Flight SQL server listening");
             let (asked, stopping) = oneshot::channel::<()>();
-            let serving =
-                builder
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        shutdown.await;
-                        let _ = asked.send(());
-                    });
+            let serving = builder
+                .layer(auth::AuthLayer(auth))
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    shutdown.await;
+                    let _ = asked.send(());
+                });
             tokio::select! {
                 served = serving => served?,
                 () = async move {

@@ -26,7 +26,9 @@ use arrow_flight::{
     Action, ActionType, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
     HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::TableReference;
+use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::TableType;
 use datafusion::prelude::SessionContext;
@@ -41,7 +43,9 @@ use super::metadata;
 use super::proto::StatementHandle;
 use super::statement::{parameter_schema, plan_sql};
 use super::status::status;
-use crate::catalog::{Freshness, QueryRuntime};
+use super::users::Role;
+use crate::Error;
+use crate::catalog::{self, Freshness, QueryRuntime};
 
 type DoGetStream = <FhirFlightService as FlightService>::DoGetStream;
 
@@ -49,10 +53,13 @@ type DoGetStream = <FhirFlightService as FlightService>::DoGetStream;
 const TABLE_TYPES: [&str; 3] = ["LOCAL TEMPORARY", "TABLE", "VIEW"];
 
 /// Serves a DataFusion session over Flight SQL; every call has been authenticated by
-/// [`super::auth::AuthInterceptor`] before it arrives here.
+/// [`super::auth::AuthLayer`] before it arrives here.
 #[derive(Clone)]
 pub(crate) struct FhirFlightService {
     ctx: SessionContext,
+    /// The session as read users see it: the same catalogs, with the SQL functions that change
+    /// them refusing ([`readers_context`]).
+    readers: SessionContext,
     /// Where statements are planned and run, apart from the RPCs' own runtime.
     queries: QueryRuntime,
     auth: Arc<Authenticator>,
@@ -82,6 +89,7 @@ impl FhirFlightService {
     ) -> Self {
         let sql_info = Arc::new(metadata::sql_info(&ctx));
         Self {
+            readers: readers_context(&ctx),
             ctx,
             queries,
             auth,
@@ -92,6 +100,14 @@ impl FhirFlightService {
         }
     }
 
+    /// The session a statement of `caller` runs in: by role.
+    fn context(&self, caller: Option<&Caller>) -> &SessionContext {
+        match caller.map(Caller::role) {
+            Some(Role::Admin) => &self.ctx,
+            Some(Role::Read) | None => &self.readers,
+        }
+    }
+
     /// The FlightInfo of a statement: planned here (so bad SQL fails now, not at DoGet), run by
     /// DoGet with the handle itself as the ticket.
     async fn statement_info(
@@ -99,8 +115,9 @@ impl FhirFlightService {
         handle: StatementHandle,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let slot = self.slots.take(request.extensions().get::<Caller>())?;
-        let ctx = self.ctx.clone();
+        let caller = request.extensions().get::<Caller>();
+        let slot = self.slots.take(caller)?;
+        let ctx = self.context(caller).clone();
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
         };
@@ -123,9 +140,10 @@ impl FhirFlightService {
         handle: &[u8],
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let slot = self.slots.take(request.extensions().get::<Caller>())?;
+        let caller = request.extensions().get::<Caller>();
+        let slot = self.slots.take(caller)?;
         let handle = StatementHandle::decode_handle(handle).map_err(status)?;
-        let ctx = self.ctx.clone();
+        let ctx = self.context(caller).clone();
         let execution = self
             .queries
             .execute(async move { handle.execute(&ctx).await });
@@ -233,6 +251,33 @@ impl FhirFlightService {
     }
 }
 
+/// `ctx` for read users: the same state (catalogs, tables, views are shared), with each of
+/// [`ADMIN_FUNCTIONS`] replaced by one that refuses with `PERMISSION_DENIED`.
+fn readers_context(ctx: &SessionContext) -> SessionContext {
+    let readers = SessionContext::new_with_state(ctx.state());
+    for name in ADMIN_FUNCTIONS {
+        readers.register_udtf(name, Arc::new(AdminOnly(name)));
+    }
+    readers
+}
+
+/// The table functions that change the server's tables or start exports: admins only.
+const ADMIN_FUNCTIONS: [&str; 2] = [catalog::REFRESH_FUNCTION, catalog::ADD_VIEW_FUNCTION];
+
+/// A table function a read user may not call.
+#[derive(Debug)]
+struct AdminOnly(&'static str);
+
+impl TableFunctionImpl for AdminOnly {
+    fn call_with_args(
+        &self,
+        _args: TableFunctionArgs,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        let denied = Error::permission_denied(format!("{} needs the admin role", self.0));
+        Err(DataFusionError::External(Box::new(denied)))
+    }
+}
+
 fn table_type_name(table_type: TableType) -> &'static str {
     match table_type {
         TableType::Base => "TABLE",
@@ -312,7 +357,7 @@ impl FlightSqlService for FhirFlightService {
         Status,
     > {
         let token = match request.extensions().get::<Caller>() {
-            Some(Caller::User(name)) => self.auth.token(name).map_err(status)?,
+            Some(Caller::User { name, role }) => self.auth.token(name, *role).map_err(status)?,
             Some(Caller::Anonymous) => String::new(),
             None => {
                 return Err(Status::internal(
@@ -373,10 +418,11 @@ impl FlightSqlService for FhirFlightService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let slot = self.slots.take(request.extensions().get::<Caller>())?;
+        let caller = request.extensions().get::<Caller>();
+        let slot = self.slots.take(caller)?;
         // Only the schemas are needed: missing tables are exported, present ones are not
         // refreshed here (GetFlightInfo applies the catalog's freshness, once).
-        let (ctx, sql) = (self.ctx.clone(), query.query.clone());
+        let (ctx, sql) = (self.context(caller).clone(), query.query.clone());
         let planning = self.queries.run(async move {
             let df = plan_sql(&ctx, &sql, Some(Freshness::Never)).await?;
             let parameters = parameter_schema(df.logical_plan())?;
@@ -612,6 +658,9 @@ impl FlightSqlService for FhirFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = caller
+            .ok_or_else(|| Status::internal("an action reached the service unauthenticated"))?;
         let action = request.into_inner();
         let Some(custom) = CustomAction::parse(&action.r#type) else {
             return Err(Status::invalid_argument(format!(
@@ -626,7 +675,7 @@ impl FlightSqlService for FhirFlightService {
             )));
         };
         let body = custom
-            .run(exports.as_ref(), &action.body)
+            .run(exports.as_ref(), &caller, &action.body)
             .await
             .map_err(status)?;
         let result = arrow_flight::Result { body: body.into() };

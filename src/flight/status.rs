@@ -8,6 +8,7 @@
 //! | failure | code | what the client can do |
 //! | --- | --- | --- |
 //! | [`Error::Unauthenticated`] | `UNAUTHENTICATED` | log in again |
+//! | [`Error::PermissionDenied`] (a read user adding a view, refreshing, cancelling) | `PERMISSION_DENIED` | ask an admin |
 //! | [`Error::NotFound`] (a table, a catalog, an export) | `NOT_FOUND` | name something that exists |
 //! | [`Error::InvalidRequest`], [`Error::View`], [`Error::FhirPath`]; DataFusion `SQL`, `SchemaError`, `Plan` | `INVALID_ARGUMENT` | fix the request |
 //! | DataFusion `NotImplemented` | `UNIMPLEMENTED` | ask something else |
@@ -88,6 +89,7 @@ fn code_of(err: &(dyn StdError + 'static)) -> Option<Code> {
 fn crate_code(e: &Error) -> Option<Code> {
     match e {
         Error::Unauthenticated { .. } => Some(Code::Unauthenticated),
+        Error::PermissionDenied { .. } => Some(Code::PermissionDenied),
         Error::NotFound { .. } => Some(Code::NotFound),
         Error::InvalidRequest { .. } | Error::View { .. } | Error::FhirPath { .. } => {
             Some(Code::InvalidArgument)

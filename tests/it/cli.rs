@@ -102,3 +102,50 @@ fn serve_fails_before_announcing_when_it_cannot_serve() {
     assert!(!stdout.contains("listening"), "{stdout}");
     assert!(stderr.contains("no/such/cert.pem"), "{stderr}");
 }
+
+#[test]
+fn users_add_prints_a_users_file_line_that_serve_accepts() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["users", "add", "carol", "--role", "read"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long passphrase\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with("carol:read:$argon2id$"), "{line}");
+    assert!(!line.contains("passphrase"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    std::fs::write(&file, &line).unwrap();
+    assert_eq!(
+        fhirflight::flight::Users::from_file(&file).unwrap().len(),
+        1
+    );
+
+    // An empty password is refused, with no line printed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["users", "add", "dave"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("an empty password is not allowed"),
+        "{stderr}"
+    );
+}

@@ -52,7 +52,11 @@ impl FlightFixture {
     async fn over(ctx: datafusion::prelude::SessionContext) -> Self {
         use fhirflight::flight::{FlightSqlServer, Users};
         let server = FlightSqlServer::new(ctx)
-            .with_users(Users::new().with_user("alice", "wonderland"))
+            .with_users(
+                Users::new()
+                    .with_user("alice", "wonderland", fhirflight::flight::Role::Admin)
+                    .unwrap(),
+            )
             .bind("127.0.0.1:0")
             .await
             .unwrap();

@@ -10,6 +10,7 @@ use fhirflight::bulk::ExportLevel;
 use fhirflight::catalog::{CatalogOptions, Freshness};
 use fhirflight::config::{Config, PrimarySource, ServerConfig, SessionBuilder};
 use fhirflight::demo::DemoConfig;
+use fhirflight::flight::Role;
 use fhirflight::ndjson::TableMode;
 use fhirflight::r4::check_type_name;
 use url::Url;
@@ -41,6 +42,26 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Run the embedded demo Bulk Data server (synthetic FHIR R4 data, SMART Backend Services).
     DemoServer(DemoServerArgs),
+    /// Manage the users file of `serve --users-file`.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UsersCommand {
+    /// Print the users-file line of a user (`name:role:hash`, Argon2id with a fresh salt),
+    /// reading the password from the first line of standard input; append it to the file:
+    /// `fhirflight users add carol --role read >> users.txt`.
+    Add(UsersAddArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UsersAddArgs {
+    /// The user name (letters, digits and `._@-`).
+    pub(crate) name: String,
+    /// `read` (queries and browsing) or `admin` (also views, refreshes, cancelling exports).
+    #[arg(long, default_value = "read")]
+    pub(crate) role: Role,
 }
 
 /// Which FHIR server to talk to and how to authenticate.
@@ -213,9 +234,14 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:50051", env = "FHIRFLIGHT_LISTEN")]
     pub(crate) listen: SocketAddr,
-    /// Users as `name:password` pairs separated by commas.
+    /// Users as `name:password` pairs separated by commas, all admins: the quick form for a
+    /// local or demo server (a password on the command line is visible to other local users;
+    /// prefer --users-file or the environment variable).
     #[arg(long, env = "FHIRFLIGHT_USERS", hide_env_values = true)]
     pub(crate) users: Option<String>,
+    /// The users file: `name:role:hash` lines made by `fhirflight users add`.
+    #[arg(long, env = "FHIRFLIGHT_USERS_FILE", conflicts_with = "users")]
+    pub(crate) users_file: Option<PathBuf>,
     /// Allow clients without credentials (only on a loopback address).
     #[arg(long)]
     pub(crate) anonymous: bool,

@@ -12,7 +12,7 @@ use fhirflight::flight::{FhirExportControl, FlightSqlServer, Users};
 use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
-use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs};
+use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
 use crate::output::write_batches;
 use crate::progress::{print_warnings, report_exports, report_progress};
 use crate::signal::{ctrl_c, let_background_tasks_finish, shutdown_signal};
@@ -46,13 +46,14 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
 }
 
 pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
-    let users = match &args.users {
-        Some(spec) => Users::parse(spec)?,
-        None => Users::new(),
+    let users = match (&args.users, &args.users_file) {
+        (Some(spec), _) => Users::parse(spec)?,
+        (None, Some(path)) => Users::from_file(path)?,
+        (None, None) => Users::new(),
     };
     if users.is_empty() && !args.anonymous {
         return Err(Error::config(
-            "no users: pass --users name:password (or FHIRFLIGHT_USERS), or --anonymous on a loopback address",
+            "no users: pass --users-file FILE (lines from `fhirflight users add`), --users name:password, or --anonymous on a loopback address",
         ));
     }
     let scheme = if args.tls_cert.is_some() {
@@ -190,6 +191,20 @@ pub(crate) async fn demo_server(args: DemoServerArgs) -> Result<()> {
     ctrl_c().await?;
     server.shutdown().await;
     Ok(())
+}
+
+pub(crate) fn users(command: UsersCommand) -> Result<()> {
+    match command {
+        UsersCommand::Add(args) => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| Error::io("standard input", e))?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            println!("{}", Users::entry(&args.name, password, args.role)?);
+            Ok(())
+        }
+    }
 }
 
 /// Writes a private key readable by its owner only.

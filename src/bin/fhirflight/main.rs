@@ -36,6 +36,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sql(args) => commands::sql(args, config).await,
         Command::Export(args) => commands::export(args, config).await,
         Command::DemoServer(args) => commands::demo_server(args).await,
+        Command::Users(command) => commands::users(command),
     }
 }
 

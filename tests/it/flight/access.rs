@@ -1,8 +1,12 @@
 //! Who gets in and how: anonymous access only when asked and only on loopback, and TLS with
 //! certificate files.
 
+use arrow_flight::FlightDescriptor;
+use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
+use base64::Engine;
 use fhirflight::flight::FlightSqlServer;
+use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::{PASSWORD, USER, channel, fhir_context, query, start, users};
@@ -77,5 +81,38 @@ async fn tls_with_certificate_files() {
         let mut client = FlightSqlServiceClient::new(plain);
         assert!(client.handshake(USER, PASSWORD).await.is_err());
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn basic_credentials_only_on_the_handshake_and_failed_logins_wait() {
+    let server = start(FlightSqlServer::new(fhir_context()).with_users(users())).await;
+    let basic = base64::prelude::BASE64_STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let mut raw = FlightServiceClient::new(channel(&server).await);
+    let mut request = tonic::Request::new(FlightDescriptor::new_cmd(b"x".to_vec()));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Basic {basic}").parse().unwrap());
+    let err = raw.get_flight_info(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("on the Handshake only"), "{err}");
+
+    // A wrong password, then the right one from the same address: it must wait.
+    let mut client = FlightSqlServiceClient::new(channel(&server).await);
+    let wrong = client
+        .handshake(USER, "guess")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(wrong.contains("invalid username or password"), "{wrong}");
+    let waiting = client
+        .handshake(USER, PASSWORD)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        waiting.contains("too many failed logins from this address"),
+        "{waiting}"
+    );
     server.shutdown().await.unwrap();
 }

@@ -500,3 +500,51 @@ async fn a_fhir_server_that_is_down_is_unavailable_and_the_server_keeps_serving(
     );
     f.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_read_user_queries_but_changes_nothing() {
+    let f = fixture(demo_config()).await;
+    let mut carol = FlightSqlServiceClient::new(channel(&f.server).await);
+    carol.handshake(READER, PASSWORD).await.unwrap();
+    let patients = population_count(SEED, PATIENTS, "Patient");
+    let counted = query(&mut carol, "SELECT count(*) AS n FROM Patient").await;
+    assert!(counted.contains(&format!("| {patients} |")), "{counted}");
+    assert!(action(&mut carol, "ListExports", Vec::new()).await.is_ok());
+
+    let view = r#"{"resourceType": "ViewDefinition", "name": "v", "resource": "Patient",
+        "select": [{"column": [{"name": "id", "path": "id"}]}]}"#;
+    let add = AddViewRequest {
+        catalog: String::new(),
+        view_definition: view.into(),
+    };
+    let refresh = RefreshTableRequest {
+        table: "Patient".into(),
+    };
+    for (name, body) in [
+        ("AddView", add.encode_to_vec()),
+        ("RefreshTable", refresh.encode_to_vec()),
+    ] {
+        let err = action(&mut carol, name, body).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        assert!(
+            err.message().contains(&format!(
+                "{name} needs the admin role; carol has the read role"
+            )),
+            "{err}"
+        );
+    }
+    let token = carol.token().unwrap().clone();
+    for sql in [
+        "SELECT * FROM fhir_refresh('fhir', 'Patient')",
+        "SELECT * FROM fhir_add_view('fhir', '{}')",
+    ] {
+        let err = statement_status(&f.server, Some(&token), sql).await;
+        assert_eq!(err.code(), Code::PermissionDenied, "{sql}: {err}");
+    }
+    assert_eq!(
+        f.demo.stats().kickoffs.len(),
+        1,
+        "only the first query exported"
+    );
+    f.server.shutdown().await.unwrap();
+}

@@ -43,7 +43,7 @@ use fhirflight::flight::proto::{
     CancelExportRequest, CancelExportResult, ExportState, ExportStatus, ListExportsResult,
     ListSnapshotsResult, RefreshTableRequest, RefreshTableResult,
 };
-use fhirflight::flight::{FlightSqlServer, RunningServer, Users};
+use fhirflight::flight::{FlightSqlServer, Role, RunningServer, Users};
 use futures::TryStreamExt;
 use prost::Message;
 use tokio::sync::oneshot;
@@ -52,6 +52,8 @@ use tonic::{Code, Status};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
+/// A user with the read role (same password).
+const READER: &str = "carol";
 
 /// `fhir.r4.Patient` and `fhir.r4.Condition` in memory, plus `fhir.r4.Numbers` (endless) and
 /// `fhir.r4.Remote` (its FHIR server is down). Identifiers keep their case, as FHIR columns do.
@@ -225,7 +227,11 @@ async fn start(server: FlightSqlServer) -> RunningServer {
 }
 
 fn users() -> Users {
-    Users::new().with_user(USER, PASSWORD)
+    Users::new()
+        .with_user(USER, PASSWORD, Role::Admin)
+        .unwrap()
+        .with_user(READER, PASSWORD, Role::Read)
+        .unwrap()
 }
 
 async fn channel(server: &RunningServer) -> Channel {

@@ -45,6 +45,8 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     )
     .unwrap();
     let server = start(FlightSqlServer::new(ctx).with_users(users())).await;
+    // Logged in before the wrong password below makes this address wait.
+    let mut client = login(&server).await;
 
     // Wrong password.
     let mut raw = FlightServiceClient::new(channel(&server).await);
@@ -77,7 +79,6 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
         err.message()
     );
 
-    let client = login(&server).await;
     let token = client.token().unwrap().clone();
     // Malformed SQL.
     let err = statement_status(&server, Some(&token), "SELEC id FROM Patient").await;
@@ -101,7 +102,6 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // The FHIR server behind a table is down: the error comes while streaming.
-    let mut client = login(&server).await;
     let info = client
         .execute("SELECT n FROM Observation".into(), None)
         .await
