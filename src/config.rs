@@ -45,8 +45,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Deserialize;
 use url::Url;
 
-use crate::bulk::{BulkClient, ClientOptions};
-use crate::catalog::{self, BulkSource, CatalogOptions, FhirCatalog, FhirSource, LocalFolder};
+use crate::bulk::{BulkClient, ClientOptions, ExportLevel};
+use crate::catalog::{
+    self, BulkSource, CatalogOptions, FhirCatalog, FhirSource, LocalFolder, PushdownMode,
+};
 #[cfg(feature = "demo")]
 use crate::demo::{DemoConfig, DemoServer};
 use crate::smart::{SigningKey, SmartConfig};
@@ -135,6 +137,28 @@ pub struct ServerConfig {
     /// Origins besides the server's that get the access token.
     #[serde(default)]
     pub token_origins: Vec<String>,
+    /// The export level of the catalog's exports: `system` (the default), `patient` or
+    /// `group:<id>`. Each level (and group, and patient list) keeps its own snapshots.
+    #[serde(default, deserialize_with = "deserialize_level")]
+    pub level: Option<ExportLevel>,
+    /// `patient` references (`Patient/123` or bare ids) that exports at the patient or group
+    /// level are restricted to (sent by POST).
+    #[serde(default)]
+    pub patient: Vec<String>,
+    /// The only resource types that are tables; when unset, every resource type is one and
+    /// browsing lists those the server declares and those exported.
+    pub types: Option<Vec<String>>,
+    /// Which filters are pushed into exports: `auto` (the default: those the server declares
+    /// it supports), `on` or `off`.
+    pub pushdown: Option<PushdownMode>,
+}
+
+/// `level = "group:g1"`, parsed as `--level` is.
+fn deserialize_level<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<ExportLevel>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 impl Config {
@@ -203,7 +227,34 @@ impl ServerConfig {
             } else {
                 self.token_origins
             },
+            level: self.level.or(fallback.level),
+            patient: if self.patient.is_empty() {
+                fallback.patient
+            } else {
+                self.patient
+            },
+            types: self.types.or(fallback.types),
+            pushdown: self.pushdown.or(fallback.pushdown),
         }
+    }
+
+    /// `options` with this server's `types` and `pushdown`, when set.
+    pub fn catalog_options(&self, options: CatalogOptions) -> CatalogOptions {
+        let options = match &self.types {
+            Some(types) => options.with_resource_types(types.clone()),
+            None => options,
+        };
+        match self.pushdown {
+            Some(pushdown) => options.with_pushdown(pushdown),
+            None => options,
+        }
+    }
+
+    /// The Bulk Data source of this server over `client`: its `level` and `patient` list.
+    pub fn source(&self, client: BulkClient) -> BulkSource {
+        BulkSource::new(client)
+            .with_level(self.level.clone().unwrap_or(ExportLevel::System))
+            .with_patients(self.patient.clone())
     }
 
     /// The HTTP client options of this server (CA bundle, proxy, parallel downloads, token
@@ -412,17 +463,16 @@ impl SessionBuilder {
         }
     }
 
-    /// The session: connects to every server (discovery, no export) and opens the catalogs.
+    /// The session: makes a client of every server and opens the catalogs (no export, and no
+    /// request the clients do not make when built).
     pub async fn build(mut self) -> Result<Session> {
         let options = self.options.clone();
         // Views are tables of the default catalog.
-        let mut viewed = options.clone();
-        if let Some(dir) = self.views_dir.take() {
-            viewed = viewed.with_views(dir);
-        }
-        for (name, view) in std::mem::take(&mut self.config.views) {
-            viewed = viewed.with_view(view.definition(&name)?);
-        }
+        let mut views_dir = self.views_dir.take();
+        let mut views = std::mem::take(&mut self.config.views)
+            .into_iter()
+            .map(|(name, view)| view.definition(&name))
+            .collect::<Result<Vec<_>>>()?;
         let servers = std::mem::take(&mut self.config.servers);
         let primary = match &self.source {
             PrimarySource::Server => self.config.server.url.is_some() || servers.is_empty(),
@@ -442,28 +492,42 @@ impl SessionBuilder {
             }
             named.push((name, self.network(server)));
         }
-        let mut catalogs: Vec<(String, Arc<dyn FhirSource>)> = Vec::new();
+        let mut catalogs: Vec<(String, Arc<dyn FhirSource>, CatalogOptions)> = Vec::new();
         #[cfg(feature = "demo")]
         let mut demo = None;
         if primary {
+            let server = self.config.server.clone();
             let source: Arc<dyn FhirSource> = match &self.source {
-                PrimarySource::Folder(folder) => Arc::new(LocalFolder::try_new(folder.clone())?),
+                PrimarySource::Folder(folder) => {
+                    if server.level.is_some() || !server.patient.is_empty() {
+                        tracing::warn!(
+                            "{}: a folder has no export level; level and patient are ignored",
+                            folder.display()
+                        );
+                    }
+                    Arc::new(LocalFolder::try_new(folder.clone())?)
+                }
                 _ => {
                     let connection = self.connect().await?;
                     #[cfg(feature = "demo")]
                     {
                         demo = connection.demo;
                     }
-                    Arc::new(BulkSource::new(connection.client))
+                    Arc::new(server.source(connection.client))
                 }
             };
-            catalogs.push((PRIMARY_CATALOG.to_owned(), source));
+            let options = server.catalog_options(options.clone());
+            catalogs.push((PRIMARY_CATALOG.to_owned(), source, options));
         }
         for (name, server) in named {
-            let client = server
-                .connect(&format!("[servers.{name}]"), insecure)
-                .await?;
-            catalogs.push((name, Arc::new(BulkSource::new(client))));
+            let source = server.source(
+                server
+                    .clone()
+                    .connect(&format!("[servers.{name}]"), insecure)
+                    .await?,
+            );
+            let options = server.catalog_options(options.clone());
+            catalogs.push((name, Arc::new(source), options));
         }
         let default = catalogs[0].0.clone();
         let mut runtime = RuntimeEnvBuilder::new();
@@ -478,9 +542,16 @@ impl SessionBuilder {
                 .with_default_catalog_and_schema(&default, catalog::DEFAULT_SCHEMA),
             runtime.build_arc()?,
         );
-        for (name, source) in catalogs {
-            let options = if name == default { &viewed } else { &options };
-            let fhir = FhirCatalog::try_new(source, options.clone()).await?;
+        for (name, source, mut own) in catalogs {
+            if name == default {
+                if let Some(dir) = views_dir.take() {
+                    own = own.with_views(dir);
+                }
+                for view in std::mem::take(&mut views) {
+                    own = own.with_view(view);
+                }
+            }
+            let fhir = FhirCatalog::try_new(source, own).await?;
             ctx.register_catalog(name, Arc::new(fhir));
         }
         catalog::register_functions(&ctx, options);
@@ -555,6 +626,10 @@ mod tests {
             proxy = "http://proxy.example.org:3128"
             parallel_downloads = 4
             token_origins = ["https://files.example.org"]
+            level = "group:cohort-1"
+            patient = ["Patient/1"]
+            types = ["Patient", "Condition"]
+            pushdown = "auto"
 
             [views.patients]
             resource = "Patient"
@@ -567,6 +642,23 @@ mod tests {
         .unwrap();
         assert_eq!(config.server.parallel_downloads, Some(4));
         assert_eq!(config.server.token_origins, ["https://files.example.org"]);
+        assert_eq!(
+            config.server.level,
+            Some(ExportLevel::Group("cohort-1".into()))
+        );
+        assert_eq!(config.server.patient, ["Patient/1"]);
+        assert_eq!(
+            config.server.types.as_deref(),
+            Some(&["Patient".to_owned(), "Condition".to_owned()][..])
+        );
+        assert_eq!(config.server.pushdown, Some(PushdownMode::Auto));
+        let error = Config::from_toml("[server]\nlevel = \"group:\"\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("expected system, patient or group:<id>"),
+            "{error}"
+        );
         assert_eq!(config.views["patients"].columns.len(), 2);
         assert_eq!(
             config.servers["hospital_b"].url.as_ref().unwrap().as_str(),

@@ -151,7 +151,7 @@ pub enum Error {
     },
     /// A query failed in DataFusion (planning or execution).
     #[error(transparent)]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    DataFusion(datafusion::error::DataFusionError),
 
     /// Arrow could not build or write a record batch.
     #[error(transparent)]
@@ -297,6 +297,21 @@ message_constructors! {
     Auth: auth, auth_with;
     Snapshot: snapshot, snapshot_with;
     InvalidRequest: invalid_request, invalid_request_with;
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    /// The DataFusion error, or the crate's own error it carries: a failed export reaches a
+    /// query as DataFusion's `External`, and unwrapped it shows once, with its own kind.
+    fn from(error: datafusion::error::DataFusionError) -> Self {
+        use datafusion::error::DataFusionError;
+        match error {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(own) => *own,
+                Err(other) => Error::DataFusion(DataFusionError::External(other)),
+            },
+            other => Error::DataFusion(other),
+        }
+    }
 }
 
 /// Constructors that keep call sites on one line: `Error::config("...")` where the message is the

@@ -127,6 +127,17 @@ impl BulkClient {
         self.inner.auth.as_ref()
     }
 
+    /// The server's CapabilityStatement (`GET [base]/metadata`), as JSON.
+    pub async fn capability_statement(&self) -> Result<Value> {
+        let url = join(&self.inner.base, "metadata")?;
+        let response = self
+            .send(Method::GET, &url, |r| {
+                r.header(ACCEPT, "application/fhir+json")
+            })
+            .await?;
+        self.read_json(&url, response).await
+    }
+
     /// The resource types the server's CapabilityStatement lists (`rest.resource[].type`). A type
     /// that is not a resource type name ([`check_type_name`]) is left out with a warning: it
     /// would become a table and a folder, and one bad entry need not cost the others.

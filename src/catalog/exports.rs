@@ -11,8 +11,10 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::watch;
 
-use super::pushdown::Pushdown;
-use super::source::{FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FhirSource};
+use super::pushdown::{Conjunct, Pushdown, PushdownMode};
+use super::source::{
+    Capabilities, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FhirSource,
+};
 use super::{CatalogOptions, Freshness};
 use crate::snapshot::{
     Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, resource_ids, write_raw,
@@ -97,8 +99,10 @@ pub(crate) struct Exporter {
     pub(crate) source: Arc<dyn FhirSource>,
     pub(crate) store: SnapshotStore,
     pub(crate) options: CatalogOptions,
-    /// The resource types (table names).
-    pub(crate) types: Vec<String>,
+    /// The configured resource types: the only tables when set.
+    pinned: Option<Vec<String>>,
+    /// What the source declares, asked once when first needed (never when the catalog is made).
+    capabilities: tokio::sync::OnceCell<Arc<Capabilities>>,
     jobs: Mutex<Jobs>,
     next_id: AtomicU64,
 }
@@ -108,13 +112,14 @@ impl Exporter {
         source: Arc<dyn FhirSource>,
         store: SnapshotStore,
         options: CatalogOptions,
-        types: Vec<String>,
+        pinned: Option<Vec<String>>,
     ) -> Self {
         Self {
             source,
             store,
             options,
-            types,
+            pinned,
+            capabilities: tokio::sync::OnceCell::new(),
             jobs: Mutex::default(),
             next_id: AtomicU64::new(1),
         }
@@ -124,12 +129,120 @@ impl Exporter {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The resource type named `name` (matched case-insensitively: SQL folds unquoted names).
-    pub(crate) fn resource_type(&self, name: &str) -> Option<&str> {
-        self.types
-            .iter()
+    /// The resource type named `name` (matched case-insensitively: SQL folds unquoted names),
+    /// without I/O: a configured type when types are configured; else an R4 resource type, a
+    /// type the source declared (once asked), or one exported before.
+    pub(crate) fn resource_type(&self, name: &str) -> Option<String> {
+        let find = |types: &[String]| types.iter().find(|t| t.eq_ignore_ascii_case(name)).cloned();
+        if let Some(pinned) = &self.pinned {
+            return find(pinned);
+        }
+        let r4 = crate::r4::RESOURCE_TYPES.iter();
+        r4.copied()
             .find(|t| t.eq_ignore_ascii_case(name))
-            .map(String::as_str)
+            .map(str::to_owned)
+            .or_else(|| find(&self.capabilities.get()?.resource_types))
+            .or_else(|| find(&self.exported()))
+    }
+
+    /// The types that have a committed full snapshot (none when the store cannot be read).
+    fn exported(&self) -> Vec<String> {
+        self.store.resource_types().unwrap_or_else(|e| {
+            tracing::warn!("listing the snapshots of {}: {e}", self.source.location());
+            Vec::new()
+        })
+    }
+
+    /// What the source declares: kept in the store (`capabilities.json`) once asked, so that
+    /// statements answered from snapshots need no request even when their pushdown depends on
+    /// it; asked of the source when the store has none (a failure is not kept: the next call
+    /// asks again). Clearing the cache asks again.
+    pub(crate) async fn capabilities(&self) -> Result<Arc<Capabilities>> {
+        let path = self.store.dir().join("capabilities.json");
+        self.capabilities
+            .get_or_try_init(|| async {
+                if let Ok(bytes) = std::fs::read(&path)
+                    && let Ok(kept) = serde_json::from_slice(&bytes)
+                {
+                    return Ok(Arc::new(kept));
+                }
+                let declared = self.source.capabilities().await?;
+                let json = serde_json::to_vec(&declared)
+                    .map_err(|e| Error::snapshot_with("capabilities", e))?;
+                let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+                let written =
+                    std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    tracing::warn!("keeping {}: {e}", path.display());
+                }
+                Ok(Arc::new(declared))
+            })
+            .await
+            .map(Arc::clone)
+    }
+
+    /// What a statement with `conjuncts` on `resource_type` pushes into its export, following
+    /// the catalog's [`PushdownMode`]. Nothing when the type's full snapshot satisfies
+    /// `freshness` (no export is needed, so the source is not asked what it supports).
+    pub(crate) async fn pushdown(
+        &self,
+        resource_type: &str,
+        conjuncts: &[Conjunct],
+        freshness: &Freshness,
+    ) -> Result<Pushdown> {
+        let fresh = self
+            .store
+            .current(resource_type)?
+            .is_some_and(|s| freshness.accepts(s.age()));
+        let all = Pushdown::from_conjuncts(resource_type, conjuncts, &|_| true);
+        Ok(match self.options.pushdown {
+            _ if fresh => Pushdown::default(),
+            PushdownMode::Off => Pushdown::default(),
+            PushdownMode::On => all,
+            PushdownMode::Auto if all.type_filter.is_none() => all,
+            PushdownMode::Auto => match self.capabilities().await {
+                Ok(declared) => Pushdown::from_conjuncts(resource_type, conjuncts, &|param| {
+                    declared.supports_filter(resource_type, param)
+                }),
+                Err(e) => {
+                    tracing::warn!(
+                        "what {} supports is unknown, no search is pushed: {e}",
+                        self.source.location()
+                    );
+                    Pushdown::from_conjuncts(resource_type, conjuncts, &|_| false)
+                }
+            },
+        })
+    }
+
+    /// The tables browsing lists, without I/O: the configured types, else the union of those the
+    /// source declared (when asked before, see [`Exporter::declare`]) and those exported.
+    pub(crate) fn listed_types(&self) -> Vec<String> {
+        if let Some(pinned) = &self.pinned {
+            return pinned.clone();
+        }
+        let mut types = self.exported();
+        if let Some(declared) = self.capabilities.get() {
+            types.extend(declared.resource_types.iter().cloned());
+        }
+        types.sort();
+        types.dedup();
+        types
+    }
+
+    /// Asks the source what it declares, unless types are configured or it was asked before,
+    /// so that browsing lists the declared types; a failure is logged and browsing lists the
+    /// exported types only.
+    pub(crate) async fn declare(&self) {
+        if self.pinned.is_some() {
+            return;
+        }
+        if let Err(e) = self.capabilities().await {
+            tracing::warn!(
+                "the resource types {} declares are unknown, only exported ones are listed: {e}",
+                self.source.location()
+            );
+        }
     }
 
     /// [`Exporter::ensure_pushed`] without pushdown: the full snapshots of `types`.

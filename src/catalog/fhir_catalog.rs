@@ -8,7 +8,6 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider};
 
 use super::exports::{self, Exporter};
 use super::{CatalogOptions, ExportStatus, FhirSchema, FhirSource, FhirTable, Freshness};
-use crate::error::quoted;
 use crate::r4::check_type_name;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::view::ViewDefinition;
@@ -25,37 +24,28 @@ pub struct FhirCatalog {
 }
 
 impl FhirCatalog {
-    /// A catalog over `source`; asks it for its resource types unless they are configured.
+    /// A catalog over `source`. Nothing is asked of the source here: every resource type name
+    /// of R4 (and any the source declares) is a table, the source rejecting what it cannot
+    /// export; types configured ([`CatalogOptions::with_resource_types`]) are the only tables.
     ///
     /// A type becomes a table name and a folder of the snapshot store, so only resource type
     /// names ([`check_type_name`]) are taken: a configured one that is not fails, one the source
-    /// lists is dropped with a warning (a server should not make the catalog unusable).
+    /// declares is dropped with a warning (a server should not make the catalog unusable).
     pub async fn try_new(source: Arc<dyn FhirSource>, options: CatalogOptions) -> Result<Self> {
-        let mut types = match &options.resource_types {
-            Some(types) => types
-                .iter()
-                .map(|t| check_type_name(t).map(str::to_owned))
-                .collect::<Result<_>>()?,
-            None => {
-                let mut types = source.resource_types().await?;
-                types.retain(|t| {
-                    let valid = check_type_name(t).is_ok();
-                    if !valid {
-                        tracing::warn!(
-                            source = source.location(),
-                            "{} is not a resource type name: no table",
-                            quoted(t)
-                        );
-                    }
-                    valid
-                });
-                types
+        let pinned = match &options.resource_types {
+            Some(types) => {
+                let mut types = types
+                    .iter()
+                    .map(|t| check_type_name(t).map(str::to_owned))
+                    .collect::<Result<Vec<_>>>()?;
+                types.sort();
+                types.dedup();
+                Some(types)
             }
+            None => None,
         };
-        types.sort();
-        types.dedup();
         let store = SnapshotStore::open(&options.cache_dir, source.location())?;
-        let exporter = Arc::new(Exporter::new(source, store, options, types));
+        let exporter = Arc::new(Exporter::new(source, store, options, pinned));
         let schema = Arc::new(FhirSchema {
             exporter: Arc::clone(&exporter),
             browse: false,
@@ -80,9 +70,19 @@ impl FhirCatalog {
         }
     }
 
-    /// The resource types (table names).
-    pub fn resource_types(&self) -> &[String] {
-        &self.exporter.types
+    /// The resource types browsing lists as tables: the configured ones, else those the source
+    /// declares (asked once; on failure, logged and left out) and those exported. Any other
+    /// resource type name resolves as a table too ([`FhirCatalog::resource_type`]).
+    pub async fn resource_types(&self) -> Vec<String> {
+        self.exporter.declare().await;
+        self.exporter.listed_types()
+    }
+
+    /// The resource type a table name names (case-insensitively), without I/O: see
+    /// [`FhirCatalog::try_new`]. A type only the source declares resolves once it was asked
+    /// ([`FhirCatalog::resource_types`]).
+    pub fn resource_type(&self, name: &str) -> Option<String> {
+        self.exporter.resource_type(name)
     }
 
     /// The name of the catalog's schema.
@@ -128,7 +128,7 @@ impl FhirCatalog {
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let store = &self.exporter.store;
         self.exporter
-            .types
+            .listed_types()
             .iter()
             .filter_map(|t| store.current(t).transpose())
             .collect()
@@ -175,15 +175,12 @@ impl FhirCatalog {
         names
             .iter()
             .map(|n| {
-                self.exporter
-                    .resource_type(n)
-                    .map(str::to_owned)
-                    .ok_or_else(|| {
-                        Error::config(format!(
-                            "{n} is not a resource type of {}",
-                            self.exporter.source.location()
-                        ))
-                    })
+                self.exporter.resource_type(n).ok_or_else(|| {
+                    Error::config(format!(
+                        "{n} is not a resource type of {}",
+                        self.exporter.source.location()
+                    ))
+                })
             })
             .collect()
     }

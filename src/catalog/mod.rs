@@ -1,9 +1,13 @@
 //! DataFusion integration: [`FhirCatalog`], [`FhirSchema`], [`FhirTable`], the `STORED AS FHIR`
 //! table factory and the `fhir_refresh` and `fhir_add_view` table functions.
 //!
-//! Every resource type of a source is a table. Resolving a table finds a fresh snapshot (see
-//! [`crate::snapshot`]) or runs the export; browsing (`SHOW TABLES`, `information_schema`, table
-//! names) never does. SQL on FHIR views are tables too ([`FhirCatalog::add_view`],
+//! Every resource type is a table: any R4 resource type name, and any the source declares,
+//! though its CapabilityStatement omits it (the server rejects what it cannot export); unless
+//! types are configured ([`CatalogOptions::with_resource_types`]), which are then the only ones.
+//! Resolving a table finds a fresh snapshot (see [`crate::snapshot`]) or runs the export;
+//! browsing (`SHOW TABLES`, `information_schema`, table names) never does, and lists the types
+//! the source declares (asked once, when first needed) and those exported. Making a catalog
+//! asks nothing of its source, and a statement answered from fresh snapshots makes no request. SQL on FHIR views are tables too ([`FhirCatalog::add_view`],
 //! [`CatalogOptions::with_views`], `fhir_add_view`), read from the snapshot of their resource type.
 //!
 //! Planning has no side effects: `fhir_refresh` and `fhir_add_view` check their arguments when
@@ -23,7 +27,8 @@
 //!
 //! [`sql`] also reads simple `WHERE` conjuncts from the statement and restricts the export with
 //! them (`_typeFilter`, `_since`; see [`Pushdown`] and [`SEARCH_PARAMS`]) when no full snapshot
-//! is fresh. DataFusion applies the filters again, so servers that ignore them give the same rows.
+//! is fresh, as far as the server declares it supports them ([`PushdownMode`]). DataFusion
+//! applies the filters again, so servers that ignore them give the same rows.
 //! `EXPLAIN` shows what the export of each scanned snapshot was restricted by ([`FhirScanExec`]).
 //! Each distinct pushdown makes its own filtered snapshot; the least recently used beyond
 //! [`CatalogOptions::with_max_filtered_snapshots`] per type are evicted (never one being read).
@@ -65,14 +70,16 @@ pub use factory::FhirTableFactory;
 pub use fhir_catalog::FhirCatalog;
 pub use nesting::MAX_STATEMENT_DEPTH;
 pub use options::{CatalogOptions, DEFAULT_MAX_FILTERED_SNAPSHOTS, DEFAULT_SCHEMA, Freshness};
-pub use pushdown::{Pushdown, SEARCH_PARAMS};
+pub use pushdown::{Pushdown, PushdownMode, SEARCH_PARAMS};
 pub use refresh::RefreshFunction;
 pub use runtime::QueryRuntime;
 pub use schema::FhirSchema;
 pub use source::{
-    BulkSource, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile, FhirSource,
-    LocalFolder,
+    BulkSource, Capabilities, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile,
+    FhirSource, LocalFolder,
 };
+#[cfg(feature = "flight")]
+pub(crate) use statement::declare_types;
 pub use statement::{
     ADD_VIEW_FUNCTION, REFRESH_FUNCTION, register_functions, sql, sql_with_freshness,
 };

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::PushdownMode;
 use crate::ndjson::TableMode;
 use crate::view::ViewDefinition;
 use crate::{Error, Result};
@@ -68,6 +69,7 @@ pub struct CatalogOptions {
     pub(super) max_filtered_snapshots: usize,
     pub(super) views: Vec<Arc<ViewDefinition>>,
     pub(super) view_dirs: Vec<PathBuf>,
+    pub(super) pushdown: PushdownMode,
 }
 
 /// How many filtered snapshots per resource type a catalog keeps unless configured
@@ -87,6 +89,7 @@ impl Default for CatalogOptions {
             max_filtered_snapshots: DEFAULT_MAX_FILTERED_SNAPSHOTS,
             views: Vec::new(),
             view_dirs: Vec::new(),
+            pushdown: PushdownMode::default(),
         }
     }
 }
@@ -111,8 +114,9 @@ impl CatalogOptions {
         Self { mode, ..self }
     }
 
-    /// The resource types shown as tables, instead of asking the source. Each must be a resource
-    /// type name ([`crate::r4::check_type_name`]), or making the catalog fails.
+    /// The only resource types that are tables (pins the list: browsing lists them, nothing else
+    /// resolves, and the source is never asked for its types). Each must be a resource type name
+    /// ([`crate::r4::check_type_name`]), or making the catalog fails.
     pub fn with_resource_types(self, types: Vec<String>) -> Self {
         Self {
             resource_types: Some(types),
@@ -177,6 +181,12 @@ impl CatalogOptions {
             max_filtered_snapshots: max.max(1),
             ..self
         }
+    }
+
+    /// Which filters are pushed into exports (default [`PushdownMode::Auto`]: those the server
+    /// declares it supports).
+    pub fn with_pushdown(self, pushdown: PushdownMode) -> Self {
+        Self { pushdown, ..self }
     }
 
     /// The mode of the tables.

@@ -10,8 +10,14 @@
 //! * `column = 'value'` on a column of [`SEARCH_PARAMS`] becomes `_typeFilter`, all such
 //!   conjuncts of a type joined in one query: `Observation?code=8867-4&status=final`.
 //!
-//! The server may ignore or honour them: DataFusion applies every filter again on the snapshot,
-//! so results are the same either way. A filtered export is kept as its own snapshot
+//! What reaches the server depends on the catalog's [`PushdownMode`]: `auto` (the default) pushes a
+//! search parameter only when the server declares both it (the type's `searchParam`) and
+//! `_typeFilter` (see [`Capabilities`](super::Capabilities)), and asks the server only when a
+//! statement needs an export and has such a filter; `on` pushes every one; `off` none (nor
+//! `_since`). `_since`, which the Bulk Data spec requires of every server, is pushed by `auto`.
+//! A server that accepts a filter it does not implement (returning no resources) could make a
+//! wrong answer; one that ignores it cannot: DataFusion applies every filter again on the
+//! snapshot. A filtered export is kept as its own snapshot
 //! (`<Type>@<filters>-<hash>`, see [`Pushdown::snapshot_name`]), used only by statements with the
 //! same pushdown; a fresh full snapshot is always preferred and needs no export. `EXPLAIN` shows
 //! what the scanned snapshot's export was restricted by (`FhirScanExec: ..., pushed=[...]`).
@@ -72,6 +78,36 @@ const LAST_UPDATED: &str = "meta_lastUpdated";
 /// -12:00 to +14:00 and SQL compares them as text.
 const SINCE_MARGIN: Duration = Duration::from_secs(2 * 86_400);
 
+/// Which filters a catalog pushes into its exports (per server: `pushdown = "auto" | "on" |
+/// "off"`, `--pushdown`); see the [module docs](self).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushdownMode {
+    /// `_since`, and the search parameters the server declares along with `_typeFilter`.
+    #[default]
+    Auto,
+    /// Every filter that can be pushed, declared or not.
+    On,
+    /// None: every export is a full one.
+    Off,
+}
+
+impl std::str::FromStr for PushdownMode {
+    type Err = crate::Error;
+
+    /// `auto`, `on` or `off`.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(crate::Error::config(format!(
+                "pushdown {s:?}: expected auto, on or off"
+            ))),
+        }
+    }
+}
+
 /// What an export of one resource type is restricted to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pushdown {
@@ -87,9 +123,13 @@ impl Pushdown {
         self.since.is_none() && self.type_filter.is_none()
     }
 
-    /// The pushdown of `conjuncts` (all on a table of `resource_type`); the ones that cannot be
-    /// pushed are left to DataFusion.
-    pub(crate) fn from_conjuncts(resource_type: &str, conjuncts: &[Conjunct]) -> Self {
+    /// The pushdown of `conjuncts` (all on a table of `resource_type`), with only the search
+    /// parameters `supported` admits; the ones that cannot be pushed are left to DataFusion.
+    pub(crate) fn from_conjuncts(
+        resource_type: &str,
+        conjuncts: &[Conjunct],
+        supported: &dyn Fn(&str) -> bool,
+    ) -> Self {
         let mut since: Option<u64> = None;
         let mut params: Vec<String> = Vec::new();
         for c in conjuncts {
@@ -112,7 +152,7 @@ impl Pushdown {
             let param = SEARCH_PARAMS.iter().find(|(t, column, _)| {
                 (*t == "*" || *t == resource_type) && column.eq_ignore_ascii_case(&c.column)
             });
-            if let Some((_, _, param)) = param {
+            if let Some((_, _, param)) = param.filter(|(_, _, p)| supported(p)) {
                 let value: String =
                     url::form_urlencoded::byte_serialize(c.value.as_bytes()).collect();
                 let param = format!("{param}={value}");
@@ -397,7 +437,7 @@ mod tests {
                 let table = TableReference::bare(t.to_lowercase()).resolve("src", "fhir");
                 (
                     t.to_string(),
-                    Pushdown::from_conjuncts(t, filters.conjuncts(&table)),
+                    Pushdown::from_conjuncts(t, filters.conjuncts(&table), &|_| true),
                 )
             })
             .filter(|(_, p)| !p.is_empty())
@@ -459,6 +499,25 @@ mod tests {
             let sql = format!("SELECT * FROM observation WHERE code_coding_0_code = '{value}'");
             assert_eq!(pushdowns(&sql), [], "{value}");
         }
+    }
+
+    #[test]
+    fn only_supported_parameters_are_pushed() {
+        let statement = DFParser::parse_sql(
+            "SELECT id FROM observation WHERE code_coding_0_code = 'x' AND status = 'final'",
+        )
+        .unwrap()
+        .pop_front()
+        .unwrap();
+        let filters = Filters::of(&statement, true, "src", "fhir");
+        let table = TableReference::bare("observation").resolve("src", "fhir");
+        let conjuncts = filters.conjuncts(&table);
+        let code_only = Pushdown::from_conjuncts("Observation", conjuncts, &|p| p == "code");
+        assert_eq!(code_only, filter("Observation?code=x"));
+        assert!(Pushdown::from_conjuncts("Observation", conjuncts, &|_| false).is_empty());
+        assert_eq!("auto".parse::<PushdownMode>().unwrap(), PushdownMode::Auto);
+        assert_eq!("off".parse::<PushdownMode>().unwrap(), PushdownMode::Off);
+        assert!("yes".parse::<PushdownMode>().is_err());
     }
 
     #[test]

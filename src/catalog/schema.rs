@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
@@ -32,7 +33,11 @@ impl SchemaProvider for FhirSchema {
     fn table_names(&self) -> Vec<String> {
         let views = self.views.all();
         let views = views.iter().filter_map(|v| v.name().map(str::to_owned));
-        self.exporter.types.iter().cloned().chain(views).collect()
+        self.exporter
+            .listed_types()
+            .into_iter()
+            .chain(views)
+            .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
@@ -81,13 +86,16 @@ impl FhirSchema {
         let Some(resource_type) = self.exporter.resource_type(name) else {
             return Ok(None);
         };
-        let Some(snapshot) = self.snapshot(resource_type).await? else {
+        let Some(snapshot) = self.snapshot(&resource_type).await? else {
             return Ok(None);
         };
+        let named = SCOPE
+            .try_with(|s| Arc::clone(&s.identifiers))
+            .unwrap_or_default();
         let exporter = &self.exporter;
         let table = tokio::task::spawn_blocking({
             let exporter = Arc::clone(exporter);
-            move || exporter.table(snapshot)
+            move || exporter.table_naming(snapshot, &named)
         })
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
@@ -139,15 +147,93 @@ impl Exporter {
     /// The table of a snapshot in the catalog's mode, converting the raw NDJSON when the snapshot
     /// lacks that mode (made by a catalog in the other mode).
     pub(super) fn table(&self, snapshot: Snapshot) -> Result<FhirTable> {
+        self.table_naming(snapshot, &[])
+    }
+
+    /// [`Exporter::table`] for a statement that names the identifiers `named`.
+    ///
+    /// Its columns are the type's ([`SnapshotStore::columns`](crate::snapshot::SnapshotStore::columns): every column any snapshot of the
+    /// type had, and a filtered snapshot's full one has), missing ones reading as null. Over an
+    /// empty or filtered snapshot, which may lack columns the type has, an identifier that is no
+    /// column is one more null column when its first segment (up to `_`) is an element of the
+    /// resource type in R4 (`gender`, `valueQuantity_value`): a query over no resources gives
+    /// no rows rather than an error, while a misspelt column is still an error.
+    pub(super) fn table_naming(&self, snapshot: Snapshot, named: &[String]) -> Result<FhirTable> {
         let mode = &self.options.mode;
-        let snapshot = match snapshot.table(&mode_key(mode)) {
+        let key = mode_key(mode);
+        let snapshot = match snapshot.table(&key) {
             Some(_) => snapshot,
             None => self
                 .store
                 .add_table(&snapshot, mode, self.options.batch_size)?,
         };
-        FhirTable::try_new(snapshot, mode)
+        let resource_type = snapshot.manifest().resource_type.clone();
+        let filtered = !snapshot.manifest().pushdown.is_empty();
+        let mut schemas = vec![snapshot.schema(&key)?];
+        if filtered
+            && let Some(full) = self.store.current(&resource_type)?
+            && full.table(&key).is_some()
+        {
+            schemas.push(full.schema(&key)?);
+        }
+        let schema = self.store.columns(&resource_type, &key, &schemas)?;
+        let empty = snapshot.table(&key).is_none_or(|t| t.rows == 0);
+        let schema = match filtered || empty {
+            true => with_named_elements(&schema, &resource_type, named),
+            false => schema,
+        };
+        FhirTable::try_new_with_schema(snapshot, mode, schema)
     }
+}
+
+/// `schema` with a null text column for each of `named` that is no column of it (ignoring case)
+/// and whose first segment is an element of `resource_type` (spelt as the element is).
+fn with_named_elements(schema: &SchemaRef, resource_type: &str, named: &[String]) -> SchemaRef {
+    let mut fields: Vec<FieldRef> = schema.fields().iter().cloned().collect();
+    for name in named {
+        if fields.iter().any(|f| f.name().eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let first = name.split('_').next().unwrap_or_default();
+        if let Some(element) = crate::r4::element(resource_type, first) {
+            let column = format!("{element}{}", &name[first.len()..]);
+            fields.push(Arc::new(Field::new(column, DataType::Utf8, true)));
+        }
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Every identifier `statement` names (each part of a compound one, as written): the columns a
+/// table of it may need to have.
+fn identifiers(statement: &Statement) -> Vec<String> {
+    use datafusion::sql::parser::CopyToSource;
+    use datafusion::sql::sqlparser::ast::{Expr, visit_expressions};
+    let mut names = Vec::new();
+    let mut collect = |expr: &Expr| {
+        match expr {
+            Expr::Identifier(ident) => names.push(ident.value.clone()),
+            Expr::CompoundIdentifier(parts) => {
+                names.extend(parts.iter().map(|p| p.value.clone()));
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    };
+    match statement {
+        Statement::Statement(s) => {
+            let _ = visit_expressions(s.as_ref(), &mut collect);
+        }
+        Statement::Explain(e) => return identifiers(&e.statement),
+        Statement::CopyTo(c) => {
+            if let CopyToSource::Query(q) = &c.source {
+                let _ = visit_expressions(q.as_ref(), &mut collect);
+            }
+        }
+        _ => {}
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Fails with a typed [`Error::NotFound`] (`table 'c.s.t' not found`, the text DataFusion would
@@ -219,6 +305,8 @@ pub(super) struct Scope {
     pub(super) pushdowns: Arc<Vec<(Arc<Exporter>, String, Pushdown)>>,
     /// The tables resolved so far, by (catalog, browsing, name).
     pub(super) tables: Arc<Mutex<HashMap<TableKey, Arc<dyn TableProvider>>>>,
+    /// The identifiers the statement names (see [`Exporter::table_naming`]).
+    pub(super) identifiers: Arc<[String]>,
 }
 
 /// A FHIR table of a statement: its catalog (the exporter's address), whether browsing, name.
@@ -235,6 +323,15 @@ impl Scope {
             freshness,
             pushdowns: Arc::new(pushdowns),
             tables: Arc::default(),
+            identifiers: Arc::new([]),
+        }
+    }
+
+    /// This scope for `statement`, whose identifiers it records.
+    pub(super) fn with_identifiers(self, statement: &Statement) -> Self {
+        Self {
+            identifiers: identifiers(statement).into(),
+            ..self
         }
     }
 }

@@ -75,10 +75,13 @@ async fn run_statement(
 ) -> DfResult<DataFrame> {
     let state = ctx.state();
     idents::resolve_tables(&state, &mut statement)?;
+    declare_unknown_types(&state, &statement).await?;
     super::schema::check_tables_exist(&state, &statement).await?;
     let Some(pushdowns) = prefetch(&state, &statement, freshness).await? else {
         // Browsing runs in a session whose FHIR catalogs never export (information_schema
-        // resolves every table while executing, possibly in other tasks).
+        // resolves every table while executing, possibly in other tasks); they list the types
+        // their sources declare.
+        declare_types(state.catalog_list().as_ref()).await;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         for name in state.catalog_list().catalog_names() {
             let Some(catalog) = state.catalog_list().catalog(&name) else {
@@ -102,7 +105,7 @@ async fn run_statement(
             .await?;
         return ctx.read_batches(batches);
     };
-    let scope = Scope::new(started, freshness, pushdowns);
+    let scope = Scope::new(started, freshness, pushdowns).with_identifiers(&statement);
     SCOPE
         .scope(scope, async {
             let plan = plan(&state, statement).await?;
@@ -168,7 +171,13 @@ async fn prefetch(
         };
         // A view's columns are not the type's: only a resource type's own table pushes filters.
         let pushdown = match fhir.exporter.resource_type(&r.table) {
-            Some(_) => Pushdown::from_conjuncts(&t, filters.conjuncts(&r)),
+            Some(_) => {
+                let freshness = freshness.unwrap_or(fhir.exporter.options.freshness);
+                fhir.exporter
+                    .pushdown(&t, filters.conjuncts(&r), &freshness)
+                    .await
+                    .map_err(to_datafusion)?
+            }
             None => Pushdown::default(),
         };
         match wanted
@@ -222,6 +231,39 @@ async fn prefetch(
 pub const REFRESH_FUNCTION: &str = "fhir_refresh";
 /// The table function that adds a view ([`super::AddViewFunction`]).
 pub const ADD_VIEW_FUNCTION: &str = "fhir_add_view";
+
+/// Asks the source of every FHIR catalog of `catalogs` what it declares (once per catalog), so
+/// that browsing lists those types (see [`FhirCatalog::resource_types`]).
+pub(crate) async fn declare_types(catalogs: &dyn CatalogProviderList) {
+    for name in catalogs.catalog_names() {
+        if let Some(catalog) = catalogs.catalog(&name)
+            && let Some(fhir) = catalog.downcast_ref::<FhirCatalog>()
+        {
+            fhir.exporter.declare().await;
+        }
+    }
+}
+
+/// Asks the source of a FHIR catalog what it declares when `statement` names a table of it that
+/// is no known type (a type only the server declares), and only then.
+async fn declare_unknown_types(state: &SessionState, statement: &Statement) -> DfResult<()> {
+    let options = state.config().options();
+    let (catalog, schema) = (
+        &options.catalog.default_catalog,
+        &options.catalog.default_schema,
+    );
+    for reference in state.resolve_table_references(statement)? {
+        let r = reference.resolve(catalog, schema);
+        if let Some(catalog) = state.catalog_list().catalog(&r.catalog)
+            && let Some(fhir) = catalog.downcast_ref::<FhirCatalog>()
+            && r.schema.as_ref() == fhir.schema_name()
+            && fhir.table_resource_type(&r.table).is_none()
+        {
+            fhir.exporter.declare().await;
+        }
+    }
+    Ok(())
+}
 
 /// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with
 /// `defaults` for its options) and the `fhir_refresh` and `fhir_add_view` table functions.

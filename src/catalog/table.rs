@@ -52,10 +52,20 @@ pub struct FhirTable {
 }
 
 impl FhirTable {
-    /// The table of `mode` of `snapshot`, which must have it.
+    /// The table of `mode` of `snapshot`, which must have it, with the snapshot's own columns.
     pub fn try_new(snapshot: Snapshot, mode: &TableMode) -> crate::Result<Self> {
+        let schema = snapshot.schema(&mode_key(mode))?;
+        Self::try_new_with_schema(snapshot, mode, schema)
+    }
+
+    /// The table of `mode` of `snapshot` with the columns of `schema`: the snapshot's own (with
+    /// their types), and others, which read as null.
+    pub(crate) fn try_new_with_schema(
+        snapshot: Snapshot,
+        mode: &TableMode,
+        schema: SchemaRef,
+    ) -> crate::Result<Self> {
         let mode = mode_key(mode);
-        let schema = snapshot.schema(&mode)?;
         let listing = listing_table(&snapshot, &mode, Arc::clone(&schema))
             .map_err(|e| crate::Error::snapshot_with(snapshot.dir().display().to_string(), e))?;
         Ok(Self {

@@ -104,7 +104,7 @@ impl FhirCatalog {
                 "name {name:?} is taken by the resource type {t}"
             )));
         }
-        if !self.exporter.types.iter().any(|t| t == view.resource()) {
+        if self.exporter.resource_type(view.resource()).as_deref() != Some(view.resource()) {
             return Err(error(format!(
                 "resource {} is not a resource type of {}",
                 view.resource(),
@@ -117,7 +117,7 @@ impl FhirCatalog {
     /// The resource type a statement naming `table` needs: its own, or the one its view reads.
     pub(super) fn table_resource_type(&self, table: &str) -> Option<String> {
         match self.exporter.resource_type(table) {
-            Some(t) => Some(t.to_owned()),
+            Some(t) => Some(t),
             None => self
                 .schema
                 .views

@@ -97,16 +97,14 @@ impl FhirExportControl {
             .schema()
             .is_some_and(|schema| schema != catalog.schema_name());
         let resource_type = catalog
-            .resource_types()
-            .iter()
-            .find(|t| t.eq_ignore_ascii_case(reference.table()))
+            .resource_type(reference.table())
             .filter(|_| !wrong_schema)
             .ok_or_else(|| Error::NotFound {
                 what: "table",
                 name: format!("{table:?}"),
                 reason: Some(format!("not a resource type of {name}")),
             })?;
-        Ok((name, catalog, resource_type.clone()))
+        Ok((name, catalog, resource_type))
     }
 }
 

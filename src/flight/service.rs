@@ -162,6 +162,8 @@ impl FhirFlightService {
         }
         .into_builder();
         let empty = Schema::empty();
+        // FHIR catalogs list the types their servers declare, asked once.
+        crate::catalog::declare_types(self.ctx.state().catalog_list().as_ref()).await;
         for catalog_name in self.ctx.catalog_names() {
             let Some(catalog) = self.ctx.catalog(&catalog_name) else {
                 continue;

@@ -1,5 +1,5 @@
 //! What fhirflight knows of FHIR R4 itself, shipped with the crate (never fetched at run time):
-//! the resource types, and the rule a type name from outside must pass before it names anything.
+//! the resource types, their top-level elements, and the rule a type name from outside must pass before it names anything.
 //!
 //! A resource type name from a server, a manifest, a folder, the configuration or SQL becomes a
 //! table name and a folder of the snapshot store, so [`check_type_name`] admits only the shape
@@ -7,8 +7,10 @@
 //! could make a path. It does not insist on [`RESOURCE_TYPES`], since servers of other FHIR
 //! versions and custom types are served too.
 
+mod elements;
 mod resource_types;
 
+pub use elements::ELEMENTS;
 pub use resource_types::RESOURCE_TYPES;
 
 use crate::error::quoted;
@@ -21,6 +23,23 @@ pub const MAX_TYPE_NAME_LEN: usize = 64;
 /// `DomainResource`).
 pub fn is_resource_type(name: &str) -> bool {
     RESOURCE_TYPES.binary_search(&name).is_ok()
+}
+
+/// The top-level element of the R4 resource type `resource_type` that `name` spells, ignoring
+/// ASCII case (`birthdate` -> `birthDate`; choice elements expanded: `valueQuantity`), or `None`
+/// (also for a type that is not R4's).
+pub fn element(resource_type: &str, name: &str) -> Option<&'static str> {
+    let i = ELEMENTS
+        .binary_search_by(|(t, _)| t.cmp(&resource_type))
+        .ok()?;
+    let elements = ELEMENTS[i].1;
+    match elements.binary_search(&name) {
+        Ok(j) => Some(elements[j]),
+        Err(_) => elements
+            .iter()
+            .copied()
+            .find(|e| e.eq_ignore_ascii_case(name)),
+    }
 }
 
 /// `name` when it has the shape of a resource type name: an ASCII capital letter, then up to
@@ -72,6 +91,28 @@ mod tests {
         for t in RESOURCE_TYPES {
             check_type_name(t).unwrap();
         }
+    }
+
+    #[test]
+    fn elements_are_each_types_own_with_choices_expanded() {
+        assert_eq!(ELEMENTS.len(), RESOURCE_TYPES.len());
+        assert!(ELEMENTS.iter().map(|(t, _)| t).eq(RESOURCE_TYPES.iter()));
+        for (t, elements) in ELEMENTS {
+            assert!(elements.is_sorted_by(|a, b| a < b), "{t}");
+            for inherited in ["id", "meta", "implicitRules", "language"] {
+                assert!(elements.contains(&inherited), "{t}.{inherited}");
+            }
+        }
+        assert_eq!(element("Patient", "gender"), Some("gender"));
+        assert_eq!(element("Patient", "BIRTHDATE"), Some("birthDate"));
+        assert_eq!(
+            element("Observation", "valueQuantity"),
+            Some("valueQuantity")
+        );
+        assert_eq!(element("Observation", "value"), None);
+        assert_eq!(element("Patient", "gendr"), None);
+        assert_eq!(element("Patient", "status"), None);
+        assert_eq!(element("NotAType", "id"), None);
     }
 
     #[test]

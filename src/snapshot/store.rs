@@ -169,6 +169,64 @@ impl SnapshotStore {
         Ok(types)
     }
 
+    /// The columns of `resource_type`'s tables of `mode` (a [`mode_key`]): `schemas[0]` (a
+    /// snapshot's own, whose fields come first and keep their types), then every other column of
+    /// `schemas` and of every earlier call for this type and mode, which are kept in
+    /// `columns/<Type>.<mode>.arrow`. So a type's columns never shrink: a snapshot without one
+    /// (an empty or filtered export) reads it as null. A column with two types keeps the first.
+    pub fn columns(
+        &self,
+        resource_type: &str,
+        mode: &str,
+        schemas: &[SchemaRef],
+    ) -> Result<SchemaRef> {
+        use arrow::datatypes::{Fields, Schema};
+        let check = |c: char| c.is_ascii_alphanumeric() || c == '-';
+        if !mode.chars().all(check) {
+            return Err(Error::snapshot(format!("{} is not a mode", quoted(mode))));
+        }
+        let dir = self.dir.join("columns");
+        let path = dir.join(format!("{}.{mode}.arrow", check_type_name(resource_type)?));
+        let _lock = self.lock()?;
+        let kept = match fs::File::open(&path) {
+            Ok(file) => arrow::ipc::reader::FileReader::try_new(file, None)
+                .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?
+                .schema(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SchemaRef::new(Schema::empty()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let union = |schemas: &mut dyn Iterator<Item = &SchemaRef>| {
+            let mut fields: Vec<arrow::datatypes::FieldRef> = Vec::new();
+            for field in schemas.flat_map(|s| s.fields().iter()) {
+                if !fields.iter().any(|f| f.name() == field.name()) {
+                    fields.push(std::sync::Arc::clone(field));
+                }
+            }
+            Fields::from(fields)
+        };
+        let all = union(&mut std::iter::once(&kept).chain(schemas));
+        if all.len() > kept.fields().len() {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let schema = Schema::new(all.clone());
+            let mut bytes = Vec::new();
+            let written = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &schema)
+                .and_then(|mut w| w.finish());
+            written.map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
+            write_atomic(&path, &bytes)?;
+        }
+        let own = schemas
+            .first()
+            .map(|s| s.fields().clone())
+            .unwrap_or_default();
+        let mut fields: Vec<arrow::datatypes::FieldRef> = own.iter().cloned().collect();
+        for field in all.iter().filter(|f| own.find(f.name()).is_none()) {
+            fields.push(std::sync::Arc::new(
+                field.as_ref().clone().with_nullable(true),
+            ));
+        }
+        Ok(SchemaRef::new(Schema::new(fields)))
+    }
+
     /// Starts writing a new snapshot of `resource_type` in a private temporary folder.
     pub fn begin(&self, resource_type: &str) -> Result<SnapshotWriter> {
         self.begin_named(resource_type, resource_type)

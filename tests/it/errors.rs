@@ -155,8 +155,8 @@ async fn a_refused_token_request_keeps_the_servers_answer_as_its_source() {
 
 #[tokio::test]
 async fn a_refused_token_request_is_unavailable_to_a_flight_client() {
-    // One token for the catalog's CapabilityStatement; the export's token request is refused.
-    let (base, token_endpoint) = fhir_server(1).await;
+    // The catalog asks nothing when made: the export's token request, the first, is refused.
+    let (base, token_endpoint) = fhir_server(0).await;
     let cache = tempfile::tempdir().unwrap();
     let server = flight_server(&base, &token_endpoint, &cache).await;
     let status = query_status(&server, "SELECT count(*) FROM Patient").await;

@@ -118,9 +118,10 @@ async fn a_hostile_server_gets_no_table_and_no_path_outside_the_cache() {
     let before = home.outside(&home.cache());
 
     // The CapabilityStatement's path-like types are dropped, the others kept.
-    assert!(fhir.resource_types().contains(&"Patient".to_owned()));
+    let types = fhir.resource_types().await;
+    assert!(types.contains(&"Patient".to_owned()));
     for hostile in HOSTILE_TYPES {
-        assert!(!fhir.resource_types().contains(&hostile.to_owned()));
+        assert!(!types.contains(&hostile.to_owned()));
     }
     let config = SessionConfig::new()
         .with_information_schema(true)
@@ -215,7 +216,7 @@ async fn path_like_types_from_a_folder_the_configuration_or_sql_are_refused() {
     let fhir = FhirCatalog::try_new(Arc::clone(&source) as _, options.clone())
         .await
         .unwrap();
-    assert_eq!(fhir.resource_types(), ["Patient"]);
+    assert_eq!(fhir.resource_types().await, ["Patient"]);
 
     let configured = options
         .clone()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fhirflight::bulk::ExportLevel;
-use fhirflight::catalog::{CatalogOptions, Freshness};
+use fhirflight::catalog::{CatalogOptions, Freshness, PushdownMode};
 use fhirflight::config::{Config, PrimarySource, ServerConfig, SessionBuilder};
 use fhirflight::demo::DemoConfig;
 use fhirflight::flight::Role;
@@ -172,6 +172,22 @@ pub(crate) struct CatalogArgs {
     /// A folder of SQL on FHIR ViewDefinition JSON files: each becomes a table named after it.
     #[arg(long, env = "FHIRFLIGHT_VIEWS")]
     pub(crate) views: Option<PathBuf>,
+    /// Export level: `system`, `patient` or `group:<id>` (default: the config's `level`, else
+    /// system). Each level, group and patient list keeps its own snapshots.
+    #[arg(long)]
+    pub(crate) level: Option<ExportLevel>,
+    /// `patient` references (`Patient/123`), comma separated, that patient or group exports are
+    /// restricted to (sent by POST).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) patient: Vec<String>,
+    /// The only resource types that are tables, comma separated (default: every resource type;
+    /// browsing lists those the server declares and those exported).
+    #[arg(long, value_delimiter = ',', value_parser = parse_type)]
+    pub(crate) types: Option<Vec<String>>,
+    /// Which filters are pushed into exports: `auto` (those the server declares it supports),
+    /// `on` or `off` (default: the config's `pushdown`, else auto).
+    #[arg(long)]
+    pub(crate) pushdown: Option<PushdownMode>,
     /// Memory all statements may hold at once, e.g. `512M`, `4G` (K, M, G, T: powers of 1024),
     /// or `none`; beyond it sorts, joins and aggregates spill to disk and the rest fails with
     /// "Resources exhausted". Default: half the machine's memory.
@@ -344,8 +360,15 @@ impl ServerArgs {
 }
 
 impl CatalogArgs {
-    /// The session of `config` with these flags (see [`ServerArgs::session_builder`]).
-    pub(crate) fn session_builder(self, config: Config) -> SessionBuilder {
+    /// The session of `config` with these flags (see [`ServerArgs::session_builder`]); the
+    /// catalog flags (`--level`, `--patient`, `--types`, `--pushdown`) win over `[server]`.
+    pub(crate) fn session_builder(self, mut config: Config) -> SessionBuilder {
+        let mut flags = ServerConfig::default();
+        flags.level = self.level;
+        flags.patient = self.patient;
+        flags.types = self.types;
+        flags.pushdown = self.pushdown;
+        config.server = flags.or(config.server);
         let mut options = CatalogOptions::default().with_freshness(self.freshness);
         if let Some(dir) = self.cache_dir {
             options = options.with_cache_dir(dir);

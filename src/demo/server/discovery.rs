@@ -5,17 +5,30 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::export::search_params;
 use super::outcome::{Outcome, fhir_json};
 use super::{HOSTILE_TYPES, Shared};
 
+/// The CapabilityStatement: the stored types (less [`Faults::capability_omits`](super::Faults)),
+/// each with the search parameters `_typeFilter` evaluates, and `_typeFilter` named in the
+/// `export` operation's documentation (none of which with `filters_overfilter`).
 pub(super) async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
     let base = state.origin.join("fhir").expect("static");
     let store = state.store.read().expect("store");
+    let faults = state.faults.lock().expect("faults").clone();
+    let declares_search = !faults.filters_overfilter;
     let mut resources: Vec<Value> = store
         .types
         .iter()
+        .filter(|(ty, _)| !faults.capability_omits.iter().any(|o| o == &**ty))
         .map(|(ty, _)| {
             let mut resource = json!({ "type": &**ty });
+            if declares_search {
+                let params: Vec<Value> = search_params(ty)
+                    .map(|name| json!({ "name": name, "type": "token" }))
+                    .collect();
+                resource["searchParam"] = json!(params);
+            }
             let definition = match &**ty {
                 "Patient" => Some("patient-export"),
                 "Group" => Some("group-export"),
@@ -28,7 +41,7 @@ pub(super) async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
             resource
         })
         .collect();
-    if state.faults.lock().expect("faults").hostile_type_names {
+    if faults.hostile_type_names {
         resources.extend(HOSTILE_TYPES.map(|t| json!({ "type": t })));
     }
     let mut rest = json!({ "mode": "server" });
@@ -41,7 +54,12 @@ pub(super) async fn metadata(State(state): State<Shared>) -> impl IntoResponse {
         });
     }
     rest["resource"] = json!(resources);
-    rest["operation"] = json!([{ "name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export" }]);
+    let mut export = json!({ "name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export" });
+    if declares_search {
+        export["documentation"] =
+            json!("Supports _since, _type, _elements, patient and _typeFilter.");
+    }
+    rest["operation"] = json!([export]);
     fhir_json(&json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

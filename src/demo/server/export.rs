@@ -129,12 +129,15 @@ impl TypeFilter {
 }
 
 fn supported_params(resource_type: &str) -> String {
-    let names: Vec<&str> = SEARCH_PARAMS
+    search_params(resource_type).collect::<Vec<_>>().join(", ")
+}
+
+/// The `_typeFilter` search parameters of `resource_type` (the CapabilityStatement declares them).
+pub(super) fn search_params(resource_type: &str) -> impl Iterator<Item = &'static str> {
+    SEARCH_PARAMS
         .iter()
-        .filter(|(t, _, _)| *t == "*" || *t == resource_type)
+        .filter(move |(t, _, _)| *t == "*" || *t == resource_type)
         .map(|(_, n, _)| *n)
-        .collect();
-    names.join(", ")
 }
 
 /// (system, code) pairs of a code, Coding, CodeableConcept or a list of them.
@@ -489,8 +492,14 @@ pub(crate) fn run(
         let filters: Vec<&TypeFilter> = request
             .filters
             .iter()
-            .filter(|f| f.resource_type == resource_type)
+            .filter(|f| f.resource_type == resource_type && !faults.filters_ignored)
             .collect();
+        // The over-filtering fault: a filtered type gets nothing.
+        let overfiltered = faults.filters_overfilter
+            && request
+                .filters
+                .iter()
+                .any(|f| f.resource_type == resource_type);
         let elements: Vec<&str> = request
             .elements
             .iter()
@@ -498,7 +507,7 @@ pub(crate) fn run(
             .map(|(_, e)| e.as_str())
             .collect();
         let mut lines = Vec::new();
-        for resource in resources {
+        for resource in resources.iter().filter(|_| !overfiltered) {
             if !in_scope(
                 resource_type,
                 resource.patient_id(),

@@ -45,6 +45,16 @@ pub struct Faults {
     pub hostile_type_names: bool,
     /// Put parts of jobs kicked off while set on another origin (presigned storage URLs).
     pub foreign_origin: Option<ForeignOrigin>,
+    // Real-server faults (issue 14, catalog)
+    /// Resource types the CapabilityStatement leaves out, though they are exported.
+    pub capability_omits: Vec<String>,
+    /// Over-filter: declare no search support (no `searchParam`, no `_typeFilter`), yet accept
+    /// `_typeFilter` and answer it with no resource of the filtered type (jobs kicked off while
+    /// set), as a real server did.
+    pub filters_overfilter: bool,
+    /// Declare search support, yet ignore `_typeFilter` (every resource of the type is exported;
+    /// jobs kicked off while set).
+    pub filters_ignored: bool,
 }
 
 /// Another origin that reaches the same demo server, such as `http://localhost:PORT/` for one

@@ -47,7 +47,7 @@ async fn local_folder_and_create_external_table_stored_as_fhir() {
     );
     let folder = Arc::new(LocalFolder::try_new(data.path()).unwrap());
     assert_eq!(
-        folder.resource_types().await.unwrap(),
+        folder.capabilities().await.unwrap().resource_types,
         ["Condition", "Patient"]
     );
 
@@ -98,7 +98,7 @@ async fn synthea_folder_gives_the_notebook_counts() {
         Freshness::Never,
     )
     .await;
-    assert_eq!(fhir.resource_types().len(), 17);
+    assert_eq!(fhir.resource_types().await.len(), 17);
     let patients = catalog::sql(
         &ctx,
         "SELECT id, gender, \"birthDate\" FROM src.fhir.patient",

@@ -14,6 +14,7 @@ mod explain;
 mod exports;
 mod folders;
 mod over_flight;
+mod real_servers;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use fhirflight::catalog::{
-    self, CatalogOptions, ExportState, FetchOutcome, FetchProgress, FetchRequest, FetchedFile,
-    FhirCatalog, FhirSource, Freshness,
+    self, Capabilities, CatalogOptions, ExportState, FetchOutcome, FetchProgress, FetchRequest,
+    FetchedFile, FhirCatalog, FhirSource, Freshness,
 };
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
@@ -83,12 +84,24 @@ impl FhirSource for MemorySource {
         "memory://test"
     }
 
-    async fn resource_types(&self) -> fhirflight::Result<Vec<String>> {
-        Ok(vec![
-            "Condition".into(),
-            "Observation".into(),
-            "Patient".into(),
-        ])
+    /// Declares its types, and every search of [`catalog::SEARCH_PARAMS`] with `_typeFilter`.
+    async fn capabilities(&self) -> fhirflight::Result<Capabilities> {
+        let types = ["Condition", "Observation", "Patient"];
+        let search_params = types
+            .iter()
+            .map(|t| {
+                let params = catalog::SEARCH_PARAMS
+                    .iter()
+                    .filter(|(of, _, _)| *of == "*" || of == t)
+                    .map(|(_, _, param)| param.to_string());
+                (t.to_string(), params.collect())
+            })
+            .collect();
+        Ok(Capabilities {
+            resource_types: types.map(String::from).to_vec(),
+            search_params,
+            type_filter: true,
+        })
     }
 
     async fn fetch(
