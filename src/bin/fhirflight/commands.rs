@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs};
 use crate::output::write_batches;
 use crate::progress::{print_warnings, report_exports, report_progress};
-use crate::signal::{ctrl_c, let_background_tasks_finish, shutdown_signal};
+use crate::signal::{ctrl_c, shutdown_signal};
 
 pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     let freshness = if args.refresh {
@@ -90,12 +90,27 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
 }
 
 pub(crate) async fn export(args: ExportArgs, config: Config) -> Result<()> {
+    let connection = args.server.session_builder(config).connect().await?;
+    let client = connection.client.with_strict_counts(args.strict_counts);
+    if args.cancel {
+        return match client.cancel_export(&args.out).await? {
+            true => {
+                println!("export job cancelled; {} cleared", args.out.display());
+                Ok(())
+            }
+            false => Err(Error::config(format!(
+                "{}: no export job to cancel",
+                args.out.display()
+            ))),
+        };
+    }
     let request = ExportRequest::new(args.level)
         .with_types(args.types)
         .with_type_filters(args.type_filter)
         .with_elements(args.elements)
         .with_patients(args.patient)
         .with_include_associated_data(args.include_associated_data)
+        .with_allow_partial_manifests(args.allow_partial_manifests)
         .with_method(if args.post {
             KickoffMethod::Post
         } else {
@@ -107,19 +122,18 @@ pub(crate) async fn export(args: ExportArgs, config: Config) -> Result<()> {
         output_format: args.output_format,
         ..request
     };
-    let connection = args.server.session_builder(config).connect().await?;
     let (progress, updates) = watch::channel(ExportProgress::default());
     let reporter = tokio::spawn(report_progress(updates));
-    let runtime = tokio::runtime::Handle::current().metrics();
-    let tasks_before = runtime.num_alive_tasks();
     let outcome = tokio::select! {
-        outcome = connection.client.export_to_dir(&request, &args.out, &progress) => outcome,
+        outcome = client.export_to_dir(&request, &args.out, &progress) => outcome,
         _ = tokio::signal::ctrl_c() => {
-            // Dropping the export made its guard DELETE the job in a background task: let that
-            // finish (bounded) before the process exits.
-            eprintln!("interrupted: cancelling the export job on the server");
+            // The job stays on the server and its state in the folder: an export is expensive,
+            // and only an explicit cancel throws it away.
             reporter.abort();
-            let_background_tasks_finish(&runtime, tasks_before).await;
+            eprintln!(
+                "interrupted: the export job is kept on the server; run the same command again to resume it, or cancel it with `fhirflight export --cancel --out {}`",
+                args.out.display()
+            );
             return Err(Error::Cancelled);
         }
     };

@@ -1,9 +1,6 @@
-//! Signals: the end of `serve` and `demo-server`, and the interruption of `export`.
-
-use std::time::Duration;
+//! Signals: the end of `serve` and `demo-server`.
 
 use fhirflight::{Error, Result};
-use tokio::runtime::RuntimeMetrics;
 
 /// Ctrl-C, or SIGTERM on Unix (a service manager, a test harness).
 pub(crate) async fn shutdown_signal() -> Result<()> {
@@ -26,16 +23,4 @@ pub(crate) async fn ctrl_c() -> Result<()> {
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| Error::config_with("waiting for Ctrl-C", e))
-}
-
-/// Waits, at most 10 s, until fewer than `before` tasks are alive on the runtime of `metrics`: a
-/// dropped export's guard DELETEs the job in a background task, which should finish before the
-/// process exits.
-pub(crate) async fn let_background_tasks_finish(metrics: &RuntimeMetrics, before: usize) {
-    for _ in 0..100 {
-        if metrics.num_alive_tasks() < before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
