@@ -712,6 +712,7 @@ impl BulkClient {
         let mut types = request.types.clone();
         if types.is_empty() {
             types.extend(manifest.output.iter().map(|f| f.resource_type.clone()));
+            types.sort();
             types.dedup();
         }
         let mut outcome = ExportOutcome {
