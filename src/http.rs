@@ -3,7 +3,7 @@
 //! errors that carry the server's OperationOutcome text and a URL without query secrets.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -97,6 +97,11 @@ pub(crate) struct RetryPolicy {
     pub(crate) max: Duration,
     /// Retries allowed for one request before its error is final.
     pub(crate) budget: u32,
+    /// Total time one request may spend on retries of transient failures.
+    pub(crate) deadline: Duration,
+    /// Total time one request may spend on retries of connect-level failures (connection
+    /// refused, no such host): a server that is down is reported in seconds, not minutes.
+    pub(crate) connect_deadline: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -105,15 +110,26 @@ impl Default for RetryPolicy {
             min: Duration::from_secs(1),
             max: Duration::from_secs(120),
             budget: 10,
+            deadline: Duration::from_secs(600),
+            connect_deadline: Duration::from_secs(5),
         }
     }
 }
 
 impl RetryPolicy {
-    /// The server's `Retry-After` clamped to the bounds, else exponential backoff with jitter.
+    /// The server's `Retry-After` within the bounds (a wait above `max` is logged as capped),
+    /// else exponential backoff with jitter.
     pub(crate) fn wait(&self, headers: &HeaderMap, attempt: u32) -> Duration {
         match retry_after(headers, SystemTime::now()) {
-            Some(wait) => wait.clamp(self.min, self.max),
+            Some(asked) if asked > self.max => {
+                tracing::info!(
+                    "the server asks to wait {}; capped at {} (the retry policy's maximum)",
+                    seconds(asked),
+                    seconds(self.max)
+                );
+                self.max
+            }
+            Some(asked) => asked.max(self.min),
             None => self.backoff(attempt),
         }
     }
@@ -130,11 +146,90 @@ impl RetryPolicy {
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+/// The retries of one request: counts attempts against the budget and time against the
+/// deadlines of a [`RetryPolicy`].
+#[derive(Debug)]
+pub(crate) struct Retries<'a> {
+    policy: &'a RetryPolicy,
+    started: Instant,
+    attempt: u32,
+}
+
+impl<'a> Retries<'a> {
+    pub(crate) fn new(policy: &'a RetryPolicy) -> Self {
+        Self {
+            policy,
+            started: Instant::now(),
+            attempt: 0,
+        }
+    }
+
+    /// Retries used so far.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether another attempt after `wait` is allowed, counting it if so; `connect` picks the
+    /// short deadline of connect-level failures. When not, logs why `error` is final.
+    pub(crate) fn next(&mut self, wait: Duration, connect: bool, error: &Error) -> bool {
+        let (deadline, which) = if connect {
+            (self.policy.connect_deadline, "connect retry deadline")
+        } else {
+            (self.policy.deadline, "retry deadline")
+        };
+        let elapsed = self.started.elapsed();
+        let limit = if self.attempt >= self.policy.budget {
+            format!("retry budget of {}", self.policy.budget)
+        } else if elapsed + wait > deadline {
+            format!("{which} of {}", seconds(deadline))
+        } else {
+            self.attempt += 1;
+            tracing::warn!("{error}; retrying in {}", seconds(wait));
+            return true;
+        };
+        if self.attempt > 0 {
+            tracing::warn!(
+                "giving up after {} attempts in {} ({limit} reached)",
+                self.attempt + 1,
+                seconds(elapsed)
+            );
+        }
+        false
+    }
+}
+
+/// A duration for logs and errors: `1.5 s`, `20 ms`, `2 h`.
+pub(crate) fn seconds(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
+    if secs < 1.0 {
+        format!("{} ms", duration.as_millis())
+    } else if secs >= 7200.0 && secs % 3600.0 == 0.0 {
+        format!("{} h", secs / 3600.0)
+    } else if secs >= 120.0 && secs % 60.0 == 0.0 {
+        format!("{} min", secs / 60.0)
+    } else {
+        format!("{:.1} s", secs)
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3). A number larger than the
+/// current epoch time is an absolute instant, as some servers send on 429: epoch milliseconds
+/// when it is that large, else epoch seconds.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if let Ok(number) = value.parse::<u64>() {
+        let epoch = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        if number <= epoch.as_secs() {
+            return Some(Duration::from_secs(number));
+        }
+        let at = if number > epoch.as_secs().saturating_mul(100) {
+            Duration::from_millis(number)
+        } else {
+            Duration::from_secs(number)
+        };
+        return Some(at.saturating_sub(epoch));
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
@@ -255,6 +350,29 @@ fn tls_failure(error: &reqwest::Error) -> Option<&rustls::Error> {
     None
 }
 
+/// What a connect-level failure was, in a word: `connection refused`, `no such host`,
+/// `connection timed out`; `None` when the connection was made (or TLS refused it).
+pub(crate) fn connect_cause(error: &reqwest::Error) -> Option<&'static str> {
+    if !error.is_connect() || tls_failure(error).is_some() {
+        return None;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return Some("connection refused"),
+                std::io::ErrorKind::TimedOut => return Some("connection timed out"),
+                _ => {}
+            }
+        }
+        if error.to_string().starts_with("dns error") {
+            return Some("no such host");
+        }
+        cause = error.source();
+    }
+    Some("cannot connect")
+}
+
 /// Whether a transport error may go away on its own: a refused or broken connection, a
 /// timeout. A TLS refusal or a bad URL fails the same way every time.
 pub(crate) fn transport_retryable(error: &reqwest::Error) -> bool {
@@ -268,9 +386,11 @@ pub(crate) fn transport_retryable(error: &reqwest::Error) -> bool {
 
 /// Sends a request until it succeeds (2xx) or fails for good.
 ///
-/// `build` makes the request afresh for every attempt (so it may sign a fresh assertion). With `auth`, a bearer token is attached,
-/// and a 401 refreshes it once. 429, transient OperationOutcomes, 5xx and broken connections are
-/// retried within the policy's budget, honouring `Retry-After`.
+/// `build` makes the request afresh for every attempt (so it may sign a fresh assertion). With
+/// `auth`, a bearer token is attached, and a 401 refreshes it once. 429, transient
+/// OperationOutcomes, 5xx and broken connections are retried within the policy's budget and
+/// deadline, honouring `Retry-After`; connect-level failures (connection refused, no such host)
+/// only within its short connect deadline.
 pub(crate) async fn send(
     client: &reqwest::Client,
     policy: &RetryPolicy,
@@ -279,7 +399,7 @@ pub(crate) async fn send(
     url: &Url,
     build: impl Fn(RequestBuilder) -> Result<RequestBuilder>,
 ) -> Result<Response> {
-    let mut attempt = 0;
+    let mut retries = Retries::new(policy);
     let mut refreshed = false;
     loop {
         let token = match auth {
@@ -290,7 +410,7 @@ pub(crate) async fn send(
         if let Some(token) = &token {
             request = request.bearer_auth(&***token);
         }
-        let (failure, wait) = match request.send().await {
+        let (failure, wait, connect) = match request.send().await {
             Ok(response) if response.status().is_success() => return Ok(response),
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !refreshed => {
                 if let (Some(auth), Some(token)) = (auth, &token) {
@@ -300,29 +420,29 @@ pub(crate) async fn send(
                     continue;
                 }
                 let failure = http_failure(&method, url, response).await;
-                (failure, Duration::ZERO)
+                (failure, Duration::ZERO, false)
             }
             Ok(response) => {
-                let wait = policy.wait(response.headers(), attempt);
-                (http_failure(&method, url, response).await, wait)
+                let wait = policy.wait(response.headers(), retries.attempt());
+                (http_failure(&method, url, response).await, wait, false)
             }
             Err(error) => {
                 let retry = transport_retryable(&error);
-                (
-                    Failure {
-                        error: transport_error(&method, url, error),
-                        retry,
-                    },
-                    policy.backoff(attempt),
-                )
+                let cause = connect_cause(&error);
+                if let Some(cause) = cause {
+                    tracing::debug!(url = %redact_url(url), "{cause}");
+                }
+                let failure = Failure {
+                    error: transport_error(&method, url, error),
+                    retry,
+                };
+                (failure, policy.backoff(retries.attempt()), cause.is_some())
             }
         };
-        if !failure.retry || attempt >= policy.budget {
+        if !failure.retry || !retries.next(wait, connect, &failure.error) {
             return Err(failure.error);
         }
-        tracing::warn!("{}; retrying in {:.1} s", failure.error, wait.as_secs_f64());
         tokio::time::sleep(wait).await;
-        attempt += 1;
     }
 }
 
@@ -416,11 +536,60 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_beyond_the_epoch_time_is_an_absolute_instant() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        let mut at = |value: String| {
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(&value).unwrap());
+            retry_after(&headers, now)
+        };
+        assert_eq!(at("1700000030".into()), Some(Duration::from_secs(30)));
+        assert_eq!(
+            at("1700000002500".into()),
+            Some(Duration::from_millis(2500))
+        );
+        // An instant just passed (clocks differ) is no wait; a plain delay stays a delay.
+        assert_eq!(at("1700000000001".into()), Some(Duration::from_millis(1)));
+        assert_eq!(
+            at("1699999999".into()),
+            Some(Duration::from_secs(1_699_999_999))
+        );
+        assert_eq!(at("120".into()), Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn retries_stop_at_the_budget_or_the_deadline() {
+        let policy = RetryPolicy {
+            budget: 2,
+            deadline: Duration::from_secs(10),
+            connect_deadline: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        let error = Error::config("x");
+        let mut retries = Retries::new(&policy);
+        assert!(retries.next(Duration::from_secs(3), false, &error));
+        // The deadline counts from the first attempt: a wait ending past it is not taken.
+        assert!(
+            !retries.next(Duration::from_secs(11), false, &error),
+            "past the deadline"
+        );
+        assert!(retries.next(Duration::from_secs(1), false, &error));
+        assert!(!retries.next(Duration::ZERO, false, &error), "budget spent");
+        let mut connect = Retries::new(&policy);
+        assert!(!connect.next(Duration::from_secs(2), true, &error));
+        assert_eq!(seconds(Duration::from_millis(20)), "20 ms");
+        assert_eq!(seconds(Duration::from_secs(86400)), "24 h");
+        assert_eq!(seconds(Duration::from_secs(300)), "5 min");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+    }
+
+    #[test]
     fn waits_are_clamped_and_backoff_grows_with_jitter() {
         let policy = RetryPolicy {
             min: Duration::from_millis(100),
             max: Duration::from_secs(2),
             budget: 3,
+            ..RetryPolicy::default()
         };
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("3600"));

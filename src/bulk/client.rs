@@ -1,7 +1,8 @@
-//! The export client: kick-off, status polling, manifest, parallel downloads, job lifecycle.
+//! The export client: kick-off, status polling (partial manifests too), downloads that start
+//! as files are listed, the job's lifecycle across runs.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -10,17 +11,19 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use url::Url;
 
-use super::download::{self, Fetcher, count_file, remove_quietly};
+use super::download::{self, Downloaded, Fetcher, count_file, remove_quietly};
+use super::error_file::outcome_warning;
 use super::origins::TokenOrigins;
+use super::pages::{Collector, FileKind, PlannedFile};
 use super::{
     ClientOptions, DownloadedFile, ExportOutcome, ExportPhase, ExportProgress, ExportRequest,
-    Manifest, OutputFile, deleted_resources,
+    Manifest, deleted_resources,
 };
 use crate::error::quoted;
-use crate::http::{self, outcome_text, redact_url};
+use crate::http::{self, redact_url, seconds};
 use crate::r4::check_type_name;
 use crate::smart::{SmartAuth, SmartConfig, join};
 use crate::warning::{Warning, WarningKind};
@@ -28,8 +31,14 @@ use crate::{Error, Result};
 
 /// The job-state file: written right after kick-off, removed once the job is deleted.
 const JOB_FILE: &str = ".fhirflight-job.json";
-/// The manifest as the server gave it (pages merged).
+/// The manifest as the server gave it (pages merged), once every file is in the folder.
 const MANIFEST_FILE: &str = "manifest.json";
+/// The complete manifest while its files download: a resumed run reads it instead of asking
+/// the server again, and it becomes [`MANIFEST_FILE`] when the export is done, so that a
+/// folder's `manifest.json` never lists files that are not there.
+const PENDING_MANIFEST_FILE: &str = ".fhirflight-manifest.json";
+/// What an export that fails and keeps its job says.
+const RESUME_HINT: &str = "the export job is kept on the server: run again with the same folder to resume it, or cancel it (fhirflight export --cancel)";
 
 /// A FHIR Bulk Data client for one server.
 ///
@@ -43,6 +52,7 @@ const MANIFEST_FILE: &str = "manifest.json";
 /// let key = SigningKey::from_file("jwks.json", None)?;
 /// let auth = SmartConfig::new("my-client", key);
 /// let base = url::Url::parse("https://fhir.example/r4/").unwrap();
+/// // No request yet: discovery and the first token happen on first use.
 /// let client = BulkClient::try_new(base, Some(auth), ClientOptions::default()).await?;
 /// let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
 /// let (progress, _watch) = tokio::sync::watch::channel(Default::default());
@@ -57,7 +67,7 @@ pub struct BulkClient {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Inner {
     base: Url,
     http: reqwest::Client,
@@ -74,17 +84,65 @@ struct JobState {
     status_url: String,
 }
 
-/// Which list of the manifest a file comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FileKind {
-    Output,
-    Deleted,
-    Error,
+/// What becomes of the job when its export fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Kept on the server with its state, so that the next run resumes it: the failure may go
+    /// away (a network failure, a server error, a time limit of the client's).
+    Keep,
+    /// DELETEd and forgotten: the server refused something for good (4xx other than 408 and
+    /// 429, a manifest that breaks the protocol), and resuming would only meet it again.
+    Delete,
+    /// The job or its files are gone (404, 410 Gone: the files expired): DELETE it and start a
+    /// new export, once.
+    Restart,
+}
+
+/// An export's failure and what it means for the job.
+#[derive(Debug)]
+struct JobError {
+    error: Error,
+    fate: Fate,
+}
+
+impl From<Error> for JobError {
+    fn from(error: Error) -> Self {
+        let fate = match &error {
+            Error::Http {
+                status: 408 | 429, ..
+            } => Fate::Keep,
+            Error::Http {
+                status: 400..=499, ..
+            }
+            | Error::Protocol { .. } => Fate::Delete,
+            _ => Fate::Keep,
+        };
+        Self { error, fate }
+    }
+}
+
+impl JobError {
+    /// A failure of the job itself or of its files: 404 and 410 mean they are gone.
+    fn gone(error: Error) -> Self {
+        match error {
+            Error::Http {
+                status: 404 | 410, ..
+            } => Self {
+                error,
+                fate: Fate::Restart,
+            },
+            error => error.into(),
+        }
+    }
 }
 
 impl BulkClient {
     /// A client for the FHIR server at `base_url`. With `auth`, SMART Backend Services is set up
     /// (the token endpoint discovered unless given); without, the server is taken to be open.
+    ///
+    /// Does no network I/O: discovery and the first token happen on the first request, so a
+    /// caller that answers from a cache never calls the server, and one that is down fails the
+    /// first request (naming the cause), not the setup.
     ///
     /// The access token goes only to the origin of `base_url` and to the options'
     /// [token origins](ClientOptions::with_token_origins); with an https `base_url`, no request
@@ -98,11 +156,18 @@ impl BulkClient {
         let http = options.http_client()?;
         let auth = match auth {
             Some(config) => {
-                let auth =
-                    SmartAuth::try_new_with(&base_url, config, http.clone(), options.retry).await?;
                 // The token comes back from its endpoint: that must not be plain http either.
-                origins.token_allowed(auth.token_endpoint())?;
-                Some(auth)
+                if let Some(endpoint) = &config.token_endpoint {
+                    origins.token_allowed(endpoint)?;
+                }
+                let check = origins.clone();
+                Some(SmartAuth::try_new_with(
+                    &base_url,
+                    config,
+                    http.clone(),
+                    options.retry,
+                    Box::new(move |endpoint| check.token_allowed(endpoint).map(drop)),
+                ))
             }
             None => None,
         };
@@ -115,6 +180,16 @@ impl BulkClient {
                 options,
             }),
         })
+    }
+
+    /// The same client (connection pool, token) with
+    /// [`ClientOptions::with_strict_counts`] set as `strict` says.
+    pub fn with_strict_counts(self, strict: bool) -> Self {
+        let inner = Inner::clone(&self.inner);
+        let options = inner.options.clone().with_strict_counts(strict);
+        Self {
+            inner: Arc::new(Inner { options, ..inner }),
+        }
     }
 
     /// The FHIR base URL.
@@ -218,65 +293,6 @@ impl BulkClient {
         Ok(status_url)
     }
 
-    /// Polls `status_url` until the export is complete and returns its manifest, all pages
-    /// merged. Waits as `Retry-After` says (clamped), or with growing backoff when it is silent.
-    pub async fn wait_for_manifest(
-        &self,
-        status_url: &Url,
-        progress: &watch::Sender<ExportProgress>,
-    ) -> Result<Manifest> {
-        let mut polls = 0;
-        let response = loop {
-            let response = self
-                .send(Method::GET, status_url, |r| {
-                    r.header(ACCEPT, "application/json")
-                })
-                .await?;
-            polls += 1;
-            if response.status() != StatusCode::ACCEPTED {
-                break response;
-            }
-            let server_progress = header_text(response.headers(), "x-progress");
-            progress.send_modify(|p| {
-                p.status_polls += 1;
-                p.server_progress = server_progress;
-            });
-            let wait = self.inner.options.retry.wait(response.headers(), polls - 1);
-            tokio::time::sleep(wait).await;
-        };
-        if response.status() != StatusCode::OK {
-            return Err(Error::Protocol {
-                url: redact_url(status_url),
-                message: format!("status answered {}; expected 202 or 200", response.status()),
-                source: None,
-            });
-        }
-        let mut manifest =
-            Manifest::parse(&self.read_bytes(status_url, response).await?, status_url)?;
-        let mut seen = HashSet::from([status_url.clone()]);
-        while let Some(next) = manifest.next_page().cloned() {
-            if !seen.insert(next.clone()) {
-                return Err(Error::Protocol {
-                    url: redact_url(&next),
-                    message: "manifest pages loop".into(),
-                    source: None,
-                });
-            }
-            let response = self
-                .send(Method::GET, &next, |r| r.header(ACCEPT, "application/json"))
-                .await?;
-            let page = Manifest::parse(&self.read_bytes(&next, response).await?, &next)?;
-            manifest.link = page.link.clone();
-            manifest.append_page(page);
-        }
-        // A file URL that may not be requested fails the job now, before any download.
-        let files = manifest.output.iter().chain(&manifest.deleted);
-        for file in files.chain(&manifest.error) {
-            self.inner.origins.token_allowed(&file.url)?;
-        }
-        Ok(manifest)
-    }
-
     /// Deletes the job at `status_url` (cancels it, or tells the server its files may go).
     pub async fn delete_job(&self, status_url: &Url) -> Result<()> {
         self.send(Method::DELETE, status_url, |r| {
@@ -287,19 +303,101 @@ impl BulkClient {
         Ok(())
     }
 
+    /// Cancels the export whose job `dir` holds (an interrupted [`export_to_dir`](Self::export_to_dir)):
+    /// DELETEs the job on the server, then removes the job state, the saved manifest and the
+    /// files downloaded so far. Returns whether `dir` held a job; a job the server no longer
+    /// knows counts as cancelled.
+    ///
+    /// ```no_run
+    /// # async fn run(client: fhirflight::bulk::BulkClient) -> fhirflight::Result<()> {
+    /// if !client.cancel_export("out".as_ref()).await? {
+    ///     println!("no export job in out/");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel_export(&self, dir: &Path) -> Result<bool> {
+        let state_path = dir.join(JOB_FILE);
+        let Some(state) = read_state(&state_path).await? else {
+            return Ok(false);
+        };
+        let status_url = Url::parse(&state.status_url).ok();
+        match status_url {
+            Some(url) if state.base_url == self.inner.base.as_str() => {
+                match self.delete_job(&url).await {
+                    Ok(())
+                    | Err(Error::Http {
+                        status: 404 | 410, ..
+                    }) => {}
+                    Err(error) => return Err(error),
+                }
+                tracing::info!(status = %redact_url(&url), "export job cancelled");
+            }
+            Some(_) => {
+                return Err(Error::config(format!(
+                    "{}: the export job there belongs to another FHIR server than {}",
+                    state_path.display(),
+                    redact_url(&self.inner.base)
+                )));
+            }
+            None => tracing::warn!("{}: no valid status URL", state_path.display()),
+        }
+        remove_quietly(&state_path).await;
+        clear_earlier_export(dir).await?;
+        Ok(true)
+    }
+
     /// Runs an export into `dir`: kick off (or resume the job whose state `dir` holds), poll,
-    /// download every file in parallel, DELETE the job.
+    /// download every file in parallel as soon as it is listed, DELETE the job.
     ///
     /// `dir` gets `<Type>.<n>.ndjson` per output file (`n` counts that type's files from 0, the
     /// bytes as served), `deleted.<n>.ndjson` and `error.<n>.ndjson` for the other two lists,
-    /// `manifest.json`, and while the job lives `.fhirflight-job.json`. A new export first removes
-    /// the NDJSON files and manifest of an earlier one from `dir`.
+    /// and, only once every file is there, the server's `manifest.json` (all pages merged).
+    /// While the job lives, `dir` also holds `.fhirflight-job.json` (the job) and, once the
+    /// manifest is complete, `.fhirflight-manifest.json`. A new export first removes the NDJSON
+    /// files and manifests of an earlier one from `dir`.
     ///
-    /// * A restarted process finds the job file and resumes polling instead of starting anew;
-    ///   finished files are kept and partial ones resume with `Range`.
-    /// * If the future is dropped (Ctrl-C, a timeout), the job is DELETEd in the background.
-    /// * If a download fails, the job and its state are kept, so running again resumes.
+    /// * With [`ExportRequest::with_allow_partial_manifests`], files listed while the export
+    ///   still runs are downloaded at once; the export ends with the final manifest.
+    /// * Counts are advisory: a data file with another number of lines than its `count` is
+    ///   downloaded once more, then taken with a [`WarningKind::CountMismatch`] warning (or
+    ///   refused, with [`ClientOptions::with_strict_counts`]). The OperationOutcomes of the
+    ///   `error` files become [`WarningKind::ServerError`] warnings; deletions are reported once
+    ///   each, however many `deleted` files list them.
+    /// * Interrupted (the future dropped: Ctrl-C, a cancelled statement, a client gone) or
+    ///   failed for a reason that may go away (network, 5xx, a time limit), the job and its
+    ///   state are kept: running again with the same folder resumes it, keeping finished files
+    ///   and resuming partial ones with `Range`. Only [`cancel_export`](Self::cancel_export)
+    ///   cancels it.
+    /// * A failure known to be permanent (4xx other than 408/429, a manifest that is refused)
+    ///   DELETEs the job and forgets it. Files gone (404, 410: they expired) DELETE the job and
+    ///   start a new export, once.
+    /// * The whole export may take [`ClientOptions::with_export_deadline`]; status polls
+    ///   without progress are limited by [`ClientOptions::with_max_polls_without_progress`].
     pub async fn export_to_dir(
+        &self,
+        request: &ExportRequest,
+        dir: &Path,
+        progress: &watch::Sender<ExportProgress>,
+    ) -> Result<ExportOutcome> {
+        let deadline = self.inner.options.export_deadline;
+        match tokio::time::timeout(deadline, self.export_in(request, dir, progress)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!("{RESUME_HINT}");
+                Err(Error::Protocol {
+                    url: redact_url(&request.kickoff_url(&self.inner.base)?),
+                    message: format!(
+                        "the export took longer than its deadline of {} (export_deadline, \
+                         ClientOptions::with_export_deadline); the job is kept on the server",
+                        seconds(deadline)
+                    ),
+                    source: None,
+                })
+            }
+        }
+    }
+
+    async fn export_in(
         &self,
         request: &ExportRequest,
         dir: &Path,
@@ -309,9 +407,10 @@ impl BulkClient {
             .await
             .map_err(|e| Error::io(dir, e))?;
         let state_path = dir.join(JOB_FILE);
-        let mut pending = self.read_job(&state_path, request).await?;
-        let (mut guard, manifest, resumed) = loop {
-            let (status_url, resumed) = match pending.take() {
+        let mut saved = self.read_job(&state_path, request).await?;
+        let mut restarted = false;
+        loop {
+            let (status_url, resumed) = match saved.take() {
                 Some(status_url) => (status_url, true),
                 None => (
                     self.start_job(request, dir, &state_path, progress).await?,
@@ -322,58 +421,395 @@ impl BulkClient {
                 p.phase = ExportPhase::Waiting;
                 p.resumed = resumed;
             });
-            let guard = JobGuard {
-                client: self.clone(),
-                status_url,
-                state_path: state_path.clone(),
-                armed: true,
+            let failure = match self
+                .run_job(request, dir, &status_url, resumed, progress)
+                .await
+            {
+                Ok(outcome) => {
+                    self.finish_job(dir, &status_url, progress).await?;
+                    return Ok(outcome);
+                }
+                Err(failure) => failure,
             };
-            match self.wait_for_manifest(&guard.status_url, progress).await {
-                Ok(manifest) => break (guard, manifest, resumed),
-                Err(Error::Http {
-                    status: 404 | 410, ..
-                }) if resumed => {
+            match failure.fate {
+                Fate::Restart if !restarted => {
+                    restarted = true;
                     tracing::warn!(
-                        "the saved export job is gone from the server; starting a new export"
+                        "{}: the export job or its files are gone (expired); deleting the job and starting a new export",
+                        failure.error
                     );
+                    self.forget_job(&status_url, &state_path).await;
+                    progress.send_modify(|p| *p = ExportProgress::default());
                 }
-                // The job failed on the server: the guard deletes it and forgets the state.
-                Err(error) => return Err(error),
-            }
-        };
-        // A manifest refused here ends the job (the guard deletes it): resuming would meet it again.
-        let plan = plan_files(&manifest, dir)?;
-        let manifest_json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
-        write_atomically(&dir.join(MANIFEST_FILE), &manifest_json).await?;
-        match self.download_all(&manifest, plan, resumed, progress).await {
-            Ok(outcome) => {
-                progress.send_modify(|p| p.phase = ExportPhase::CleaningUp);
-                if let Err(e) = self.delete_job(&guard.status_url).await {
-                    tracing::warn!("export done, but deleting the job failed: {e}");
+                Fate::Keep => {
+                    tracing::warn!("{RESUME_HINT}");
+                    return Err(failure.error);
                 }
-                guard.armed = false;
-                remove_quietly(&state_path).await;
-                progress.send_modify(|p| p.phase = ExportPhase::Done);
-                Ok(outcome)
-            }
-            Err(error) => {
-                guard.armed = false;
-                tracing::warn!(
-                    "export job kept on the server; run again with the same folder to resume"
-                );
-                Err(error)
+                Fate::Delete | Fate::Restart => {
+                    tracing::warn!(
+                        "the export failed for good: its job is deleted on the server, there is nothing to resume"
+                    );
+                    self.forget_job(&status_url, &state_path).await;
+                    return Err(failure.error);
+                }
             }
         }
     }
 
-    /// The status URL saved in `state_path` for this same server and request, if any.
-    async fn read_job(&self, state_path: &Path, request: &ExportRequest) -> Result<Option<Url>> {
-        let text = match tokio::fs::read(state_path).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(state_path, e)),
+    /// Polls the job at `status_url` and downloads its files as they are listed: from the saved
+    /// complete manifest when a resumed run has one, else from the server's status responses.
+    async fn run_job(
+        &self,
+        request: &ExportRequest,
+        dir: &Path,
+        status_url: &Url,
+        resumed: bool,
+        progress: &watch::Sender<ExportProgress>,
+    ) -> Result<ExportOutcome, JobError> {
+        let (files, planned) = mpsc::unbounded_channel();
+        let pending = dir.join(PENDING_MANIFEST_FILE);
+        let listing = async move {
+            let mut collector = Collector::new(dir, &self.inner.origins, progress, files);
+            let saved = match resumed {
+                true => read_manifest(&pending).await,
+                false => None,
+            };
+            if let Some(manifest) = &saved {
+                tracing::info!(
+                    "resuming the downloads of the manifest saved in {}",
+                    pending.display()
+                );
+                collector.add(manifest)?;
+            } else {
+                self.poll_job(request, status_url, &mut collector, progress)
+                    .await?;
+            }
+            let manifest = collector.finish().expect("a finished job has a manifest");
+            if saved.is_none() {
+                let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+                write_atomically(&pending, &json).await?;
+            }
+            Ok::<_, JobError>(manifest)
         };
-        let state = serde_json::from_slice::<JobState>(&text).ok();
+        let downloads = self.download_files(planned, resumed, progress);
+        let (manifest, downloaded) = tokio::try_join!(listing, downloads)?;
+        Ok(self.outcome(request, manifest, downloaded).await?)
+    }
+
+    /// Polls `status_url` until the export is complete, handing the files of partial manifests
+    /// (when asked for) and of the final one, all pages, to `collector`. Waits as `Retry-After`
+    /// says (within the policy's bounds), or with growing backoff when it is silent.
+    async fn poll_job(
+        &self,
+        request: &ExportRequest,
+        status_url: &Url,
+        collector: &mut Collector<'_>,
+        progress: &watch::Sender<ExportProgress>,
+    ) -> Result<(), JobError> {
+        let limit = self.inner.options.max_polls_without_progress;
+        let mut known_pages = KnownPages::default();
+        let (mut polls, mut idle, mut last_progress) = (0u32, 0u32, None);
+        loop {
+            let response = self
+                .send(Method::GET, status_url, |r| {
+                    r.header(ACCEPT, "application/json")
+                })
+                .await
+                .map_err(JobError::gone)?;
+            polls += 1;
+            let status = response.status();
+            if status != StatusCode::OK && status != StatusCode::ACCEPTED {
+                return Err(Error::Protocol {
+                    url: redact_url(status_url),
+                    message: format!("status answered {status}; expected 202 or 200"),
+                    source: None,
+                }
+                .into());
+            }
+            let server_progress = header_text(response.headers(), "x-progress");
+            let wait = self.inner.options.retry.wait(response.headers(), polls - 1);
+            let body = self.read_bytes(status_url, response).await?;
+            let complete = status == StatusCode::OK;
+            // In progress, a server asked for partial manifests may list the files ready so far.
+            let partial = !complete && request.allow_partial_manifests && is_manifest(&body);
+            let new_files = if complete || partial {
+                let page = Manifest::parse(&body, status_url)?;
+                self.read_pages(page, status_url, collector, &mut known_pages)
+                    .await?
+            } else {
+                false
+            };
+            if complete {
+                return Ok(());
+            }
+            progress.send_modify(|p| {
+                p.status_polls += 1;
+                p.server_progress.clone_from(&server_progress);
+            });
+            idle = if new_files || server_progress != last_progress {
+                0
+            } else {
+                idle + 1
+            };
+            if idle >= limit {
+                return Err(JobError {
+                    error: Error::Protocol {
+                        url: redact_url(status_url),
+                        message: format!(
+                            "no progress in {idle} status polls in a row (X-Progress {}); the limit \
+                             is {limit} (max_polls_without_progress, \
+                             ClientOptions::with_max_polls_without_progress); the job is kept on the server",
+                            server_progress.as_deref().map_or("absent".into(), quoted)
+                        ),
+                        source: None,
+                    },
+                    fate: Fate::Keep,
+                });
+            }
+            last_progress = server_progress;
+            tracing::debug!(status = %redact_url(status_url), "export in progress; next status poll in {}", seconds(wait));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Hands the files of `first` (a status response's manifest) and of the pages it links to
+    /// `collector`; whether any was new. A page known to link on is not asked for again (a
+    /// server may add a `link` to a page it served, nothing else); the last one is, on every
+    /// call, until it links on too.
+    async fn read_pages(
+        &self,
+        first: Manifest,
+        status_url: &Url,
+        collector: &mut Collector<'_>,
+        known: &mut KnownPages,
+    ) -> Result<bool> {
+        let mut new = collector.add(&first)?;
+        let mut next = first.next_page().cloned();
+        let mut seen = HashSet::from([status_url.clone()]);
+        while let Some(url) = next {
+            if !seen.insert(url.clone()) {
+                return Err(Error::Protocol {
+                    url: redact_url(&url),
+                    message: "manifest pages loop".into(),
+                    source: None,
+                });
+            }
+            if let Some(after) = known.links.iter().find(|(page, _)| *page == url) {
+                next = Some(after.1.clone());
+                continue;
+            }
+            let response = self
+                .send(Method::GET, &url, |r| r.header(ACCEPT, "application/json"))
+                .await?;
+            let page = Manifest::parse(&self.read_bytes(&url, response).await?, &url)?;
+            new |= collector.add(&page)?;
+            next = page.next_page().cloned();
+            if let Some(after) = &next {
+                known.links.push((url, after.clone()));
+            }
+        }
+        Ok(new)
+    }
+
+    /// Downloads the files that arrive on `planned`, `parallel_downloads` at a time, until the
+    /// listing ends; in any order, each with what it finished despite.
+    async fn download_files(
+        &self,
+        planned: mpsc::UnboundedReceiver<PlannedFile>,
+        resumed: bool,
+        progress: &watch::Sender<ExportProgress>,
+    ) -> Result<Vec<(PlannedFile, Downloaded, Option<Warning>)>, JobError> {
+        let on_bytes = |n: u64| progress.send_modify(|p| p.bytes_downloaded += n);
+        let on_bytes = &on_bytes;
+        let planned = futures::stream::unfold(planned, |mut rx| async move {
+            rx.recv().await.map(|file| (file, rx))
+        });
+        planned
+            .map(|file| async move {
+                let fetcher = Fetcher {
+                    http: &self.inner.http,
+                    retry: &self.inner.options.retry,
+                    auth: self.inner.auth.as_ref().filter(|_| file.requires_token),
+                    origins: &self.inner.origins,
+                    on_bytes,
+                };
+                progress.send_modify(|p| p.phase = ExportPhase::Downloading);
+                let (done, warning) = self.fetch_file(&fetcher, &file, resumed).await?;
+                progress.send_modify(|p| {
+                    p.files_done += 1;
+                    p.lines_downloaded += done.lines;
+                });
+                Ok::<_, JobError>((file, done, warning))
+            })
+            .buffer_unordered(self.inner.options.parallel_downloads)
+            .try_collect()
+            .await
+    }
+
+    /// One file into the folder (kept when a resumed run finds it there), its line count
+    /// checked against the manifest's advisory `count`: on a mismatch it is downloaded once
+    /// more, then taken with a warning, or refused with strict counts.
+    async fn fetch_file(
+        &self,
+        fetcher: &Fetcher<'_>,
+        planned: &PlannedFile,
+        resumed: bool,
+    ) -> Result<(Downloaded, Option<Warning>), JobError> {
+        let PlannedFile {
+            kind, file, path, ..
+        } = planned;
+        let done = if resumed && tokio::fs::try_exists(path).await.unwrap_or(false) {
+            let (lines, bytes) = count_file(path).await?;
+            (fetcher.on_bytes)(bytes);
+            Downloaded {
+                path: path.clone(),
+                lines,
+                bytes,
+            }
+        } else {
+            download::download(fetcher, &file.url, path)
+                .await
+                .map_err(JobError::gone)?
+        };
+        // Counts of `deleted` and `error` files count Bundles and OperationOutcomes, and are
+        // no check of anything the export keeps.
+        let count = file.count.filter(|_| *kind == FileKind::Output);
+        let Some(count) = count.filter(|count| *count != done.lines) else {
+            return Ok((done, None));
+        };
+        let url = redact_url(&file.url);
+        tracing::warn!(
+            "{url}: {} lines, the manifest says count = {count}; downloading it again",
+            done.lines
+        );
+        remove_quietly(path).await;
+        let done = download::download(fetcher, &file.url, path)
+            .await
+            .map_err(JobError::gone)?;
+        if done.lines == count {
+            return Ok((done, None));
+        }
+        let message = format!(
+            "{url}: downloaded twice with {} lines, the manifest says count = {count}",
+            done.lines
+        );
+        if self.inner.options.strict_counts {
+            remove_quietly(path).await;
+            return Err(Error::Protocol {
+                url,
+                message: format!(
+                    "downloaded twice with {} lines, the manifest says count = {count} (strict counts)",
+                    done.lines
+                ),
+                source: None,
+            }
+            .into());
+        }
+        let warning = Warning::new(WarningKind::CountMismatch, message)
+            .with_resource_type(&file.resource_type);
+        Ok((done, Some(warning)))
+    }
+
+    /// The outcome of a finished job: its data files in manifest order, each deletion once,
+    /// the warnings of the count checks and of the `error` files.
+    async fn outcome(
+        &self,
+        request: &ExportRequest,
+        manifest: Manifest,
+        mut downloaded: Vec<(PlannedFile, Downloaded, Option<Warning>)>,
+    ) -> Result<ExportOutcome> {
+        downloaded.sort_by_key(|(file, ..)| file.index);
+        // The types an error file may concern: those asked for, else those exported.
+        let mut types = request.types.clone();
+        if types.is_empty() {
+            types.extend(manifest.output.iter().map(|f| f.resource_type.clone()));
+            types.sort();
+            types.dedup();
+        }
+        let mut outcome = ExportOutcome {
+            manifest,
+            files: Vec::new(),
+            deleted: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let mut deleted = HashSet::new();
+        for (planned, done, warning) in downloaded {
+            outcome.warnings.extend(warning);
+            match planned.kind {
+                FileKind::Output => outcome.files.push(DownloadedFile {
+                    resource_type: planned.file.resource_type,
+                    path: done.path,
+                    lines: done.lines,
+                    bytes: done.bytes,
+                }),
+                // A server may list the same tombstone in two files.
+                FileKind::Deleted => {
+                    for_each_line(&done.path, |line| {
+                        let fresh = deleted_resources(line)
+                            .into_iter()
+                            .filter(|d| deleted.insert(d.clone()));
+                        outcome.deleted.extend(fresh);
+                    })
+                    .await?
+                }
+                FileKind::Error => {
+                    for_each_line(&done.path, |line| {
+                        outcome.warnings.extend(outcome_warning(line, &types))
+                    })
+                    .await?
+                }
+            }
+        }
+        for warning in &outcome.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(outcome)
+    }
+
+    /// A finished export: its manifest takes its public name, the job is DELETEd (the server may
+    /// drop the files) and forgotten.
+    async fn finish_job(
+        &self,
+        dir: &Path,
+        status_url: &Url,
+        progress: &watch::Sender<ExportProgress>,
+    ) -> Result<()> {
+        let pending = dir.join(PENDING_MANIFEST_FILE);
+        let manifest = dir.join(MANIFEST_FILE);
+        tokio::fs::rename(&pending, &manifest)
+            .await
+            .map_err(|e| Error::io(&manifest, e))?;
+        progress.send_modify(|p| p.phase = ExportPhase::CleaningUp);
+        if let Err(e) = self.delete_job(status_url).await {
+            tracing::warn!("export done, but deleting the job failed: {e}");
+        }
+        remove_quietly(&dir.join(JOB_FILE)).await;
+        progress.send_modify(|p| p.phase = ExportPhase::Done);
+        Ok(())
+    }
+
+    /// DELETEs a job that is of no more use and removes its state (its data stays until the
+    /// next export into the folder clears it).
+    async fn forget_job(&self, status_url: &Url, state_path: &Path) {
+        if let Err(e) = self.delete_job(status_url).await {
+            tracing::warn!("deleting the export job failed: {e}");
+        }
+        remove_quietly(state_path).await;
+        if let Some(dir) = state_path.parent() {
+            remove_quietly(&dir.join(PENDING_MANIFEST_FILE)).await;
+        }
+    }
+
+    /// The status URL saved in `state_path` for this same server and request, if any; the job
+    /// of another export saved there is cancelled.
+    async fn read_job(&self, state_path: &Path, request: &ExportRequest) -> Result<Option<Url>> {
+        let state = match read_state(state_path).await {
+            Ok(None) => return Ok(None),
+            Ok(Some(state)) => Some(state),
+            Err(error @ Error::Io { .. }) => return Err(error),
+            // Unreadable: whatever job it held cannot be found again.
+            Err(_) => None,
+        };
         let status_url = state.as_ref().and_then(|s| Url::parse(&s.status_url).ok());
         match (state, status_url) {
             (Some(state), Some(url))
@@ -427,87 +863,6 @@ impl BulkClient {
         Ok(status_url)
     }
 
-    /// Downloads the files of `manifest` as `plan` says ([`plan_files`]), `parallel_downloads`
-    /// at a time.
-    async fn download_all(
-        &self,
-        manifest: &Manifest,
-        plan: Vec<(FileKind, OutputFile, PathBuf)>,
-        resumed: bool,
-        progress: &watch::Sender<ExportProgress>,
-    ) -> Result<ExportOutcome> {
-        progress.send_modify(|p| {
-            p.phase = ExportPhase::Downloading;
-            p.files_total = plan.len();
-        });
-        let on_bytes = |n: u64| progress.send_modify(|p| p.bytes_downloaded += n);
-        let fetcher = Fetcher {
-            http: &self.inner.http,
-            retry: &self.inner.options.retry,
-            auth: if manifest.requires_access_token {
-                self.inner.auth.as_ref()
-            } else {
-                None
-            },
-            origins: &self.inner.origins,
-            on_bytes: &on_bytes,
-        };
-        let fetcher = &fetcher;
-        let results: Vec<(FileKind, String, download::Downloaded)> = futures::stream::iter(plan)
-            .map(|(kind, file, path)| async move {
-                let done = if resumed && tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                    let (lines, bytes) = count_file(&path).await?;
-                    (fetcher.on_bytes)(bytes);
-                    download::Downloaded { path, lines, bytes }
-                } else {
-                    download::download(fetcher, &file, &path).await?
-                };
-                progress.send_modify(|p| {
-                    p.files_done += 1;
-                    p.lines_downloaded += done.lines;
-                });
-                Ok::<_, Error>((kind, file.resource_type.clone(), done))
-            })
-            .buffered(self.inner.options.parallel_downloads)
-            .try_collect()
-            .await?;
-        let mut outcome = ExportOutcome {
-            manifest: manifest.clone(),
-            files: Vec::new(),
-            deleted: Vec::new(),
-            warnings: Vec::new(),
-        };
-        for (kind, resource_type, done) in results {
-            match kind {
-                FileKind::Output => outcome.files.push(DownloadedFile {
-                    resource_type,
-                    path: done.path,
-                    lines: done.lines,
-                    bytes: done.bytes,
-                }),
-                FileKind::Deleted => {
-                    for_each_line(&done.path, |line| {
-                        outcome.deleted.extend(deleted_resources(line))
-                    })
-                    .await?
-                }
-                FileKind::Error => {
-                    for_each_line(&done.path, |line| {
-                        outcome.warnings.extend(
-                            outcome_text(line)
-                                .map(|text| Warning::new(WarningKind::ServerError, text)),
-                        )
-                    })
-                    .await?;
-                }
-            }
-        }
-        for warning in &outcome.warnings {
-            tracing::warn!("server: {warning}");
-        }
-        Ok(outcome)
-    }
-
     /// One request with the client's retry policy, the bearer token where it may go, and the
     /// request timeout.
     async fn send(
@@ -544,81 +899,40 @@ impl BulkClient {
     }
 }
 
-/// Deletes the job if an export is abandoned (its future dropped) before it ends.
-struct JobGuard {
-    client: BulkClient,
-    status_url: Url,
-    state_path: PathBuf,
-    armed: bool,
+/// Manifest pages known to link on: (page, its `next`), in the order met.
+#[derive(Default)]
+struct KnownPages {
+    links: Vec<(Url, Url)>,
 }
 
-impl Drop for JobGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if let Err(e) = std::fs::remove_file(&self.state_path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("cannot remove {}: {e}", self.state_path.display());
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(status = %redact_url(&self.status_url), "export abandoned outside a runtime; job not deleted");
-            return;
-        };
-        let (client, status_url) = (self.client.clone(), self.status_url.clone());
-        tracing::info!(status = %redact_url(&status_url), "export abandoned; deleting the job");
-        runtime.spawn(async move {
-            if let Err(e) = client.delete_job(&status_url).await {
-                tracing::warn!("deleting the abandoned export job failed: {e}");
-            }
-        });
-    }
+/// Whether an in-progress status body is a (partial) manifest rather than nothing or an
+/// OperationOutcome.
+fn is_manifest(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("transactionTime").is_some())
 }
 
-/// Each file of the manifest with its kind and its path in `dir`.
-///
-/// Every entry's type must be a resource type name ([`check_type_name`]), in all three lists,
-/// or the export fails naming the entry: a server that sends a path-like type is broken or
-/// hostile, and skipping the entry would quietly give a table without its data.
-///
-/// The entries are owned: borrowed ones, captured by the download closures, make the export
-/// future not provably `Send` (a rustc limitation with higher-ranked lifetimes).
-fn plan_files(manifest: &Manifest, dir: &Path) -> Result<Vec<(FileKind, OutputFile, PathBuf)>> {
-    let mut counters: HashMap<String, usize> = HashMap::new();
-    let mut plan = Vec::new();
-    let lists = [
-        ("output", FileKind::Output, &manifest.output),
-        ("deleted", FileKind::Deleted, &manifest.deleted),
-        ("error", FileKind::Error, &manifest.error),
-    ];
-    for (list, kind, files) in lists {
-        for (index, file) in files.iter().enumerate() {
-            if check_type_name(&file.resource_type).is_err() {
-                return Err(Error::Protocol {
-                    url: manifest.request.clone(),
-                    message: format!(
-                        "manifest {list}[{index}] ({}) has the type {}, which is not a resource type name: export refused",
-                        redact_url(&file.url),
-                        quoted(&file.resource_type)
-                    ),
-                    source: None,
-                });
-            }
-            let stem = match kind {
-                FileKind::Output => file.resource_type.as_str(),
-                FileKind::Deleted | FileKind::Error => list,
-            };
-            let counter = counters.entry(stem.to_string()).or_default();
-            let path = dir.join(format!("{stem}.{counter}.ndjson"));
-            plan.push((kind, file.clone(), path));
-            *counter += 1;
-        }
-    }
-    Ok(plan)
+/// The job state saved in `path`: `None` when there is none; an error when it cannot be read
+/// or is not a job state.
+async fn read_state(path: &Path) -> Result<Option<JobState>> {
+    let text = match tokio::fs::read(path).await {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| Error::config_with(format!("{}: not an export job state", path.display()), e))
 }
 
-/// Removes what an earlier export left in `dir` (NDJSON files, parts, manifest).
+/// The complete manifest an earlier run saved in `path`, if it is there and readable.
+async fn read_manifest(path: &Path) -> Option<Manifest> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    serde_json::from_slice(&bytes)
+        .inspect_err(|e| tracing::warn!("{}: ignored, not a manifest: {e}", path.display()))
+        .ok()
+}
+
+/// Removes what an earlier export left in `dir` (NDJSON files, parts, manifests).
 async fn clear_earlier_export(dir: &Path) -> Result<()> {
     let mut entries = tokio::fs::read_dir(dir)
         .await
@@ -626,7 +940,8 @@ async fn clear_earlier_export(dir: &Path) -> Result<()> {
     while let Some(entry) = entries.next_entry().await.map_err(|e| Error::io(dir, e))? {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.ends_with(".ndjson") || name.ends_with(".ndjson.part") || name == MANIFEST_FILE {
+        let manifest = name == MANIFEST_FILE || name == PENDING_MANIFEST_FILE;
+        if name.ends_with(".ndjson") || name.ends_with(".ndjson.part") || manifest {
             remove_quietly(&entry.path()).await;
         }
     }

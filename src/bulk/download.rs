@@ -1,5 +1,5 @@
 //! Streaming download of one manifest file into a folder: temporary name, `Range` resume, line
-//! count check, rename when complete.
+//! count, rename when complete.
 
 use std::path::{Path, PathBuf};
 
@@ -9,9 +9,8 @@ use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use url::Url;
 
-use super::OutputFile;
 use super::origins::TokenOrigins;
-use crate::http::{RetryPolicy, redact_url, transport_error, transport_retryable};
+use crate::http::{Retries, RetryPolicy, redact_url, transport_error, transport_retryable};
 use crate::smart::SmartAuth;
 use crate::{Error, Result};
 
@@ -72,68 +71,41 @@ pub(crate) async fn count_file(path: &Path) -> Result<(u64, u64)> {
     }
 }
 
-/// Downloads `file` to `path` (via `.{name}.part` beside it), resuming a part left by an earlier
-/// attempt or run with `Range` when the server allows, and checking the line count against the
-/// manifest's `count`.
-pub(crate) async fn download(
-    fetcher: &Fetcher<'_>,
-    file: &OutputFile,
-    path: &Path,
-) -> Result<Downloaded> {
+/// Downloads `url` to `path` (via `.{name}.part` beside it), resuming a part left by an earlier
+/// attempt or run with `Range` when the server allows. Broken streams are resumed within the
+/// retry policy's budget and deadline.
+pub(crate) async fn download(fetcher: &Fetcher<'_>, url: &Url, path: &Path) -> Result<Downloaded> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let part = path.with_file_name(format!(".{name}.part"));
-    let url = &file.url;
-    let mut failures = 0;
-    // One restart from zero is allowed when a resumed file ends with the wrong line count.
-    let mut may_restart = true;
+    let mut retries = Retries::new(fetcher.retry);
     loop {
         let resume_from = match tokio::fs::metadata(&part).await {
             Ok(meta) => meta.len(),
             Err(_) => 0,
         };
         match fetch_into(fetcher, url, &part, resume_from).await {
-            Ok((lines, bytes)) => match file.count {
-                Some(count) if count != lines => {
-                    remove_quietly(&part).await;
-                    if resume_from > 0 && may_restart {
-                        tracing::warn!(
-                            "{}: resumed file has {lines} lines, manifest says {count}; restarting it",
-                            redact_url(url)
-                        );
-                        may_restart = false;
-                        continue;
-                    }
-                    return Err(Error::Protocol {
-                        url: redact_url(url),
-                        message: format!(
-                            "downloaded {lines} lines, the manifest says count = {count}"
-                        ),
-                        source: None,
-                    });
-                }
-                _ => {
-                    tokio::fs::rename(&part, path)
-                        .await
-                        .map_err(|e| Error::io(path, e))?;
-                    return Ok(Downloaded {
-                        path: path.to_path_buf(),
-                        lines,
-                        bytes,
-                    });
-                }
-            },
+            Ok((lines, bytes)) => {
+                tokio::fs::rename(&part, path)
+                    .await
+                    .map_err(|e| Error::io(path, e))?;
+                return Ok(Downloaded {
+                    path: path.to_path_buf(),
+                    lines,
+                    bytes,
+                });
+            }
             // The part was already whole (a run stopped before renaming it): fetch it afresh.
             Err(Fetch::Fatal(Error::Http { status: 416, .. })) if resume_from > 0 => {
                 remove_quietly(&part).await
             }
             Err(Fetch::Fatal(error)) => return Err(error),
-            Err(Fetch::Broken(error)) if failures < fetcher.retry.budget => {
-                let wait = fetcher.retry.backoff(failures);
-                tracing::warn!("{error}; resuming in {:.1} s", wait.as_secs_f64());
+            Err(Fetch::Broken(error)) => {
+                let wait = fetcher.retry.backoff(retries.attempt());
+                if !retries.next(wait, false, &error) {
+                    return Err(error);
+                }
                 tokio::time::sleep(wait).await;
-                failures += 1;
             }
-            Err(Fetch::Broken(error)) => return Err(error),
         }
     }
 }

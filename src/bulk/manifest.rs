@@ -83,13 +83,6 @@ impl Manifest {
             .find(|l| l.relation == "next")
             .map(|l| &l.url)
     }
-
-    /// Appends the files of a following page.
-    pub(crate) fn append_page(&mut self, page: Manifest) {
-        self.output.extend(page.output);
-        self.deleted.extend(page.deleted);
-        self.error.extend(page.error);
-    }
 }
 
 /// The resources a `deleted` Bundle lists: its entries' `request.url` (`Type/id`, possibly
@@ -203,21 +196,6 @@ mod tests {
             err.starts_with("https://fhir.example/status/1: bad manifest: bad URL \"x\""),
             "{err}"
         );
-    }
-
-    #[test]
-    fn pages_merge() {
-        let url = Url::parse("https://f/s").unwrap();
-        let page = |n: u32| {
-            let text = format!(
-                r#"{{"transactionTime":"t","request":"r","output":[{{"type":"Patient","url":"https://f/{n}"}}],"error":[]}}"#
-            );
-            Manifest::parse(text.as_bytes(), &url).unwrap()
-        };
-        let mut first = page(1);
-        first.append_page(page(2));
-        let urls: Vec<&str> = first.output.iter().map(|f| f.url.as_str()).collect();
-        assert_eq!(urls, ["https://f/1", "https://f/2"]);
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //!
 //! Implements the client side of [FHIR Bulk Data Access v2](https://hl7.org/fhir/uv/bulkdata/):
 //! [`BulkClient::export_to_dir`] runs a whole `$export` into a folder of NDJSON files, streaming
-//! every file to disk, retrying what is worth retrying and cleaning the job up on the server.
+//! every file to disk as soon as the server lists it, retrying what is worth retrying, keeping
+//! the job for the next run when the failure may go away and cleaning it up on the server when
+//! the export is done (or cannot succeed).
 //! No Arrow here: the output is the server's NDJSON bytes and its [`Manifest`].
 
 mod client;
 mod download;
+mod error_file;
 mod manifest;
 mod options;
 mod origins;
+mod pages;
 mod progress;
 mod request;
 

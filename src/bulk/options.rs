@@ -22,6 +22,8 @@ use crate::{Error, Result};
 /// let options = ClientOptions::default()
 ///     .with_parallel_downloads(8)
 ///     .with_retry_after_bounds(Duration::from_secs(2), Duration::from_secs(60))
+///     .with_export_deadline(Duration::from_secs(6 * 3600))
+///     .with_strict_counts(true)
 ///     .with_ca_bundle("/etc/hospital/ca.pem")
 ///     .with_proxy("http://proxy.hospital.example:3128".parse().unwrap());
 /// ```
@@ -37,6 +39,9 @@ pub struct ClientOptions {
     pub(crate) proxy: Option<ProxyUrl>,
     pub(crate) user_agent: String,
     pub(crate) token_origins: Vec<String>,
+    pub(crate) strict_counts: bool,
+    pub(crate) export_deadline: Duration,
+    pub(crate) max_polls_without_progress: u32,
 }
 
 /// A proxy URL, whose password `Debug` does not show.
@@ -62,6 +67,9 @@ impl Default for ClientOptions {
             proxy: None,
             user_agent: concat!("fhirflight/", env!("CARGO_PKG_VERSION")).into(),
             token_origins: Vec::new(),
+            strict_counts: false,
+            export_deadline: Duration::from_secs(24 * 3600),
+            max_polls_without_progress: 1000,
         }
     }
 }
@@ -114,13 +122,69 @@ impl ClientOptions {
     }
 
     /// Retries one request may use on 429, 5xx, transient errors and broken connections before
-    /// the export fails (default 10).
+    /// the export fails (default 10); see also [`with_retry_deadline`](Self::with_retry_deadline).
     pub fn with_retry_budget(self, budget: u32) -> Self {
         Self {
             retry: RetryPolicy {
                 budget,
                 ..self.retry
             },
+            ..self
+        }
+    }
+
+    /// Total time one request may spend retrying 429s, 5xx, transient errors and broken
+    /// connections, besides the [retry budget](Self::with_retry_budget) (default 10 min).
+    pub fn with_retry_deadline(self, deadline: Duration) -> Self {
+        Self {
+            retry: RetryPolicy {
+                deadline,
+                ..self.retry
+            },
+            ..self
+        }
+    }
+
+    /// Total time one request may spend retrying connect-level failures (connection refused,
+    /// no such host) before the error names the cause (default 5 s): a server that is down is
+    /// reported at once.
+    pub fn with_connect_retry_deadline(self, deadline: Duration) -> Self {
+        Self {
+            retry: RetryPolicy {
+                connect_deadline: deadline,
+                ..self.retry
+            },
+            ..self
+        }
+    }
+
+    /// Time a whole export may take, from kick-off (or resume) to the last file (default 24 h).
+    /// When it is reached the export fails naming this limit, and the job is kept on the server
+    /// so that a later run resumes it.
+    pub fn with_export_deadline(self, deadline: Duration) -> Self {
+        Self {
+            export_deadline: deadline,
+            ..self
+        }
+    }
+
+    /// Status polls in a row that may answer "in progress" without any progress (the same
+    /// `X-Progress` text, no new files of a partial manifest) before the export fails naming
+    /// this limit (default 1000, at least 1). The job is kept on the server.
+    pub fn with_max_polls_without_progress(self, polls: u32) -> Self {
+        Self {
+            max_polls_without_progress: polls.max(1),
+            ..self
+        }
+    }
+
+    /// Whether a file whose line count differs from the manifest's `count` fails the export
+    /// (default: no). The specification makes `count` advisory: by default such a file is
+    /// downloaded once more and then accepted with a
+    /// [`CountMismatch`](crate::warning::WarningKind::CountMismatch) warning.
+    pub fn with_strict_counts(self, strict: bool) -> Self {
+        Self {
+            strict_counts: strict,
             ..self
         }
     }

@@ -89,6 +89,10 @@ pub struct ExportRequest {
     pub output_format: Option<String>,
     /// GET, POST or chosen by the parameters.
     pub method: KickoffMethod,
+    /// `allowPartialManifests`: the server may list files while the export still runs, and the
+    /// client downloads them at once (Bulk Data v3).
+    #[serde(default)]
+    pub allow_partial_manifests: bool,
 }
 
 impl ExportRequest {
@@ -105,6 +109,7 @@ impl ExportRequest {
             include_associated_data: Vec::new(),
             output_format: None,
             method: KickoffMethod::Auto,
+            allow_partial_manifests: false,
         }
     }
 
@@ -180,6 +185,24 @@ impl ExportRequest {
         Self { method, ..self }
     }
 
+    /// Sets `allowPartialManifests`: the server may hand out files while the export runs (in
+    /// manifests of "in progress" status responses, linked by `next`), and
+    /// [`export_to_dir`](super::BulkClient::export_to_dir) starts downloading them at once. A
+    /// server that does not know the parameter may refuse the kick-off.
+    ///
+    /// ```
+    /// use fhirflight::bulk::{ExportLevel, ExportRequest};
+    /// let request = ExportRequest::new(ExportLevel::System).with_allow_partial_manifests(true);
+    /// let url = request.kickoff_url(&"https://fhir.example/r4/".parse().unwrap()).unwrap();
+    /// assert_eq!(url.query(), Some("allowPartialManifests=true"));
+    /// ```
+    pub fn with_allow_partial_manifests(self, allow: bool) -> Self {
+        Self {
+            allow_partial_manifests: allow,
+            ..self
+        }
+    }
+
     /// Whether the kick-off is a POST.
     pub fn uses_post(&self) -> bool {
         match self.method {
@@ -219,6 +242,7 @@ impl ExportRequest {
             .into_iter()
             .map(|(name, value)| match name {
                 "_since" | "_until" => json!({"name": name, "valueInstant": value}),
+                "allowPartialManifests" => json!({"name": name, "valueBoolean": value == "true"}),
                 _ => json!({"name": name, "valueString": value}),
             })
             .collect();
@@ -257,6 +281,9 @@ impl ExportRequest {
                 "includeAssociatedData",
                 self.include_associated_data.join(","),
             ));
+        }
+        if self.allow_partial_manifests {
+            params.push(("allowPartialManifests", "true".into()));
         }
         params
     }
@@ -353,7 +380,8 @@ mod tests {
         let request = ExportRequest::new(ExportLevel::Patient)
             .with_types(["Condition"])
             .with_since("2024-01-01T00:00:00Z")
-            .with_patients(["Patient/1", "2"]);
+            .with_patients(["Patient/1", "2"])
+            .with_allow_partial_manifests(true);
         assert!(request.uses_post());
         assert_eq!(request.kickoff_url(&base()).unwrap().query(), None);
         assert_eq!(
@@ -361,6 +389,7 @@ mod tests {
             json!({"resourceType": "Parameters", "parameter": [
                 {"name": "_type", "valueString": "Condition"},
                 {"name": "_since", "valueInstant": "2024-01-01T00:00:00Z"},
+                {"name": "allowPartialManifests", "valueBoolean": true},
                 {"name": "patient", "valueReference": {"reference": "Patient/1"}},
                 {"name": "patient", "valueReference": {"reference": "Patient/2"}},
             ]})

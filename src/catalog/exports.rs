@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -68,8 +68,6 @@ struct Job {
     warnings: Mutex<Arc<[Warning]>>,
     abort: tokio::task::AbortHandle,
     done: Done,
-    /// Callers waiting for it: when the last one goes away, the export is aborted.
-    waiters: AtomicUsize,
 }
 
 /// One snapshot an export commits.
@@ -261,7 +259,8 @@ impl Exporter {
     /// pushdown when it does, else one made by an export. ONE export for all types without a
     /// snapshot, one incremental export per previous `transactionTime` for stale ones, one per
     /// `_since` pushed; exports already running for a snapshot are joined. Dropping the returned
-    /// future withdraws from the exports it waits for; one left without waiters is cancelled.
+    /// future withdraws from the exports it waits for, which run on and commit their snapshots
+    /// (an export is expensive: only [`Exporter::cancel`] stops one).
     pub(crate) async fn ensure_pushed(
         self: &Arc<Self>,
         wanted: &[(String, Pushdown)],
@@ -282,7 +281,7 @@ impl Exporter {
         let fresh = |s: &Snapshot| {
             not_before.is_some_and(|nb| s.created() >= nb) || freshness.accepts(s.age())
         };
-        let mut waits: Vec<Waiter> = Vec::new();
+        let mut waits: Vec<Arc<Job>> = Vec::new();
         let mut names = Vec::with_capacity(wanted.len());
         {
             let mut jobs = self.jobs();
@@ -295,7 +294,7 @@ impl Exporter {
                 // A full snapshot serves every pushdown: a fresh one, or one being exported.
                 if full_fresh || (full_running.is_some() && !pushdown.is_empty()) {
                     if let Some(job) = full_running.filter(|_| !full_fresh) {
-                        waits.push(Waiter::join(self, job));
+                        waits.push(Arc::clone(job));
                     }
                     names.push(t.clone());
                     continue;
@@ -303,7 +302,7 @@ impl Exporter {
                 let name = pushdown.snapshot_name(t);
                 names.push(name.clone());
                 if let Some(job) = jobs.by_name.get(&name) {
-                    waits.push(Waiter::join(self, job));
+                    waits.push(Arc::clone(job));
                     continue;
                 }
                 if groups.values().flatten().any(|target| target.name == name) {
@@ -346,14 +345,13 @@ impl Exporter {
             }
             for ((since, _), targets) in groups {
                 let job = self.start(&mut jobs, since, targets);
-                waits.push(Waiter::join(self, &job));
+                waits.push(job);
             }
         }
-        for wait in &waits {
-            wait.job.done.clone().await.map_err(Error::Shared)?;
+        for job in &waits {
+            job.done.clone().await.map_err(Error::Shared)?;
         }
-        let exports = waits.iter().map(|w| w.job.id).collect();
-        drop(waits);
+        let exports = waits.iter().map(|job| job.id).collect();
         let snapshots = names
             .iter()
             .map(|n| {
@@ -411,7 +409,6 @@ impl Exporter {
             id,
             request,
             targets,
-            waiters: AtomicUsize::new(0),
             started: SystemTime::now(),
             progress: rx,
             state: Mutex::new(ExportState::Running),
@@ -550,15 +547,33 @@ impl Exporter {
             .collect()
     }
 
-    /// Cancels a running export; queries waiting on it fail with [`Error::Cancelled`]. The staging
-    /// folder is kept, so a later export of the same types resumes the server-side job.
-    pub(crate) fn cancel(&self, id: u64) -> bool {
+    /// Cancels a running export: queries waiting on it fail with [`Error::Cancelled`], and once
+    /// its task has stopped the source cancels what it keeps for a resume (a Bulk Data job is
+    /// DELETEd on the server, its staged files removed). False when no such export runs.
+    pub(crate) fn cancel(self: &Arc<Self>, id: u64) -> bool {
         let jobs = self.jobs();
-        let job = jobs
+        let Some(job) = jobs
             .all
             .iter()
-            .find(|j| j.id == id && j.done.peek().is_none());
-        job.inspect(|j| j.abort.abort()).is_some()
+            .find(|j| j.id == id && j.done.peek().is_none())
+        else {
+            return false;
+        };
+        job.abort.abort();
+        let (this, job) = (Arc::clone(self), Arc::clone(job));
+        tokio::spawn(async move {
+            // The task writes into the staging folder until it has stopped.
+            let _ = job.done.clone().await;
+            let staging = match this.store.staging_dir(&job_key(&job.request)) {
+                Ok(staging) => staging,
+                Err(e) => return tracing::warn!("cancelling export {}: {e}", job.id),
+            };
+            match this.source.cancel(&staging).await {
+                Ok(()) => tracing::info!(export = job.id, "export cancelled"),
+                Err(e) => tracing::warn!("cancelling export {} at its source: {e}", job.id),
+            }
+        });
+        true
     }
 }
 
@@ -568,38 +583,6 @@ pub(crate) fn full(types: &[String]) -> Vec<(String, Pushdown)> {
         .iter()
         .map(|t| (t.clone(), Pushdown::default()))
         .collect()
-}
-
-/// A caller waiting for a job. The last one to go away before the job ends aborts it (a
-/// dropped query, a disconnected client): the job ends [`ExportState::Cancelled`].
-struct Waiter {
-    exporter: Arc<Exporter>,
-    job: Arc<Job>,
-}
-
-impl Waiter {
-    /// Joins `job` (the caller holds the jobs lock, so a job being abandoned is not joined).
-    fn join(exporter: &Arc<Exporter>, job: &Arc<Job>) -> Self {
-        job.waiters.fetch_add(1, Ordering::SeqCst);
-        Self {
-            exporter: Arc::clone(exporter),
-            job: Arc::clone(job),
-        }
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        let mut jobs = self.exporter.jobs();
-        if self.job.waiters.fetch_sub(1, Ordering::SeqCst) == 1 && self.job.done.peek().is_none() {
-            tracing::info!(
-                export = self.job.id,
-                "no query waits for the export any more; cancelling it"
-            );
-            self.job.abort.abort();
-            jobs.by_name.retain(|_, j| j.id != self.job.id);
-        }
-    }
 }
 
 /// Removes a job from `by_name` when its task ends (normally, by error or aborted).

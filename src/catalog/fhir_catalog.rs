@@ -139,7 +139,10 @@ impl FhirCatalog {
         self.exporter.exports()
     }
 
-    /// Cancels a running export by id; false when it is not running.
+    /// Cancels a running export by id: queries waiting for it fail with [`Error::Cancelled`]
+    /// and, once it has stopped, its Bulk Data job is DELETEd on the server and its staged
+    /// files removed (a query that is dropped, by contrast, leaves its export running). False
+    /// when it is not running.
     pub fn cancel(&self, export_id: u64) -> bool {
         self.exporter.cancel(export_id)
     }

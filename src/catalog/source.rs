@@ -226,6 +226,14 @@ pub trait FhirSource: Debug + Send + Sync {
         dir: &Path,
         progress: &watch::Sender<FetchProgress>,
     ) -> Result<FetchOutcome>;
+
+    /// Cancels for good what a fetch that stopped keeps in `dir` for its resume (a Bulk Data
+    /// job: DELETEd on the server, its files removed). Called by an explicit cancel only; a
+    /// fetch that is merely dropped stays resumable. Nothing to do by default.
+    async fn cancel(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// The longest first line [`LocalFolder`] reads to find a file's `resourceType`.
@@ -551,6 +559,10 @@ impl FhirSource for BulkSource {
         Ok(Capabilities::from_statement(&statement, &what))
     }
 
+    async fn cancel(&self, dir: &Path) -> Result<()> {
+        self.client.cancel_export(dir).await.map(|_| ())
+    }
+
     async fn fetch(
         &self,
         request: &FetchRequest,
@@ -566,7 +578,7 @@ impl FhirSource for BulkSource {
         }
         let (tx, mut rx) = watch::channel(ExportProgress::default());
         // The export runs as a task of its own, so progress is relayed while it runs. Dropping
-        // this fetch drops `stop`, which drops the export future (the client then DELETEs the job).
+        // this fetch drops `stop`, which drops the export future (the job stays resumable).
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (done, result) = tokio::sync::oneshot::channel();
         let (client, dir) = (self.client.clone(), dir.to_path_buf());

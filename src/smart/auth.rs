@@ -8,7 +8,7 @@ use reqwest::Method;
 use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 use url::Url;
 
 use super::SigningKey;
@@ -178,11 +178,17 @@ pub struct SmartAuth {
     inner: Arc<Inner>,
 }
 
+/// Refuses a token endpoint the token may not come back from (see [`SmartAuth::try_new_with`]).
+pub(crate) type EndpointCheck = Box<dyn Fn(&Url) -> Result<()> + Send + Sync>;
+
 struct Inner {
     http: reqwest::Client,
     retry: RetryPolicy,
     config: SmartConfig,
-    token_endpoint: Url,
+    fhir_base: Url,
+    /// Given, or discovered on first use.
+    token_endpoint: OnceCell<Url>,
+    endpoint_check: EndpointCheck,
     token: Mutex<Option<AccessToken>>,
 }
 
@@ -190,7 +196,10 @@ impl fmt::Debug for SmartAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmartAuth")
             .field("client_id", &self.inner.config.client_id)
-            .field("token_endpoint", &self.inner.token_endpoint.as_str())
+            .field(
+                "token_endpoint",
+                &self.inner.token_endpoint.get().map(Url::as_str),
+            )
             .field("scope", &self.inner.config.scope)
             .finish_non_exhaustive()
     }
@@ -200,40 +209,68 @@ impl SmartAuth {
     /// Authorization for the FHIR server at `fhir_base`, over `http`. Without an explicit token
     /// endpoint, it is discovered from `{fhir_base}/.well-known/smart-configuration`, falling back
     /// to the CapabilityStatement's oauth-uris extension.
+    ///
+    /// Does no network I/O: discovery and the first token happen on first use, so a caller that
+    /// never needs the server (answers from a cache) never calls it, and a server that is down
+    /// fails the first request, not the setup.
     pub async fn try_new(
         fhir_base: &Url,
         config: SmartConfig,
         http: reqwest::Client,
     ) -> Result<Self> {
-        Self::try_new_with(fhir_base, config, http, RetryPolicy::default()).await
+        Ok(Self::try_new_with(
+            fhir_base,
+            config,
+            http,
+            RetryPolicy::default(),
+            Box::new(|_| Ok(())),
+        ))
     }
 
-    pub(crate) async fn try_new_with(
+    /// [`SmartAuth::try_new`] with a retry policy, and `endpoint_check` run on the token endpoint
+    /// (given or discovered) before any token request goes there.
+    pub(crate) fn try_new_with(
         fhir_base: &Url,
         config: SmartConfig,
         http: reqwest::Client,
         retry: RetryPolicy,
-    ) -> Result<Self> {
-        let token_endpoint = match &config.token_endpoint {
-            Some(url) => url.clone(),
-            None => discover(&http, &retry, fhir_base, &config.key).await?,
-        };
-        tracing::debug!(token_endpoint = %redact_url(&token_endpoint), "SMART token endpoint");
+        endpoint_check: EndpointCheck,
+    ) -> Self {
         let inner = Inner {
             http,
             retry,
+            token_endpoint: OnceCell::new_with(config.token_endpoint.clone()),
             config,
-            token_endpoint,
+            fhir_base: fhir_base.clone(),
+            endpoint_check,
             token: Mutex::new(None),
         };
-        Ok(Self {
+        Self {
             inner: Arc::new(inner),
-        })
+        }
     }
 
-    /// The token endpoint in use.
-    pub fn token_endpoint(&self) -> &Url {
-        &self.inner.token_endpoint
+    /// The token endpoint: the one given, or the one discovered from the FHIR server (on the
+    /// first call; concurrent callers share one discovery).
+    pub async fn token_endpoint(&self) -> Result<Url> {
+        let Inner {
+            http,
+            retry,
+            config,
+            fhir_base,
+            token_endpoint,
+            endpoint_check,
+            ..
+        } = &*self.inner;
+        let endpoint = token_endpoint
+            .get_or_try_init(|| async {
+                let endpoint = discover(http, retry, fhir_base, &config.key).await?;
+                tracing::debug!(token_endpoint = %redact_url(&endpoint), "SMART token endpoint discovered");
+                Ok::<_, Error>(endpoint)
+            })
+            .await?;
+        endpoint_check(endpoint)?;
+        Ok(endpoint.clone())
     }
 
     /// A token valid for at least the refresh margin: the cached one, or a new one. Concurrent
@@ -256,11 +293,11 @@ impl SmartAuth {
     }
 
     async fn request_token(&self) -> Result<AccessToken> {
+        let token_endpoint = &self.token_endpoint().await?;
         let Inner {
             http,
             retry,
             config,
-            token_endpoint,
             ..
         } = &*self.inner;
         // A fresh assertion (new jti) for every attempt: servers reject a replayed one.
@@ -347,6 +384,8 @@ async fn discover(
                 return parse_endpoint(&well_known, endpoint);
             }
         }
+        // The server cannot be reached: asking it for its CapabilityStatement cannot help.
+        Err(e @ (Error::Transport { .. } | Error::Tls { .. })) => return Err(e),
         Err(e) => {
             tracing::debug!("SMART configuration unavailable ({e}); trying the CapabilityStatement")
         }

@@ -4,6 +4,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -46,6 +47,25 @@ pub fn mode_key(mode: &TableMode) -> String {
             Some(n) => format!("flattened-max{n}"),
         },
         TableMode::Nested => "nested".to_owned(),
+    }
+}
+
+/// Set by [`stop_writes`]: snapshot writes in progress end with [`Error::Cancelled`].
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Stops every snapshot write of the process at its next batch or line: the conversions and raw
+/// copies end with [`Error::Cancelled`] and their writers remove their temporary folders, so a
+/// process that exits on a signal leaves nothing half-written behind. Nothing already committed
+/// is touched, and there is no way back: call it when the process is about to exit.
+pub fn stop_writes() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// [`Error::Cancelled`] once [`stop_writes`] was called.
+pub(super) fn check_stopping() -> Result<()> {
+    match STOPPING.load(Ordering::Relaxed) {
+        true => Err(Error::Cancelled),
+        false => Ok(()),
     }
 }
 
@@ -97,6 +117,7 @@ pub fn convert_raw(
     let mut writer =
         ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, e))?;
     let summary = decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
+        check_stopping()?;
         writer.write(&batch).map_err(|e| err(&out, e))
     })?;
     let (rows, skipped_lines) = (summary.rows, summary.skipped_count);

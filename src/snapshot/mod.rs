@@ -61,11 +61,11 @@ mod store;
 mod writer;
 
 pub(crate) use convert::open_raw;
-pub use convert::{convert_raw, mode_key};
+pub use convert::{convert_raw, mode_key, stop_writes};
 pub use lease::Lease;
 pub use manifest::{
     Column, Incremental, MANIFEST_FORMAT, RawFile, SnapshotManifest, TableFile, TableFiles, rfc3339,
 };
 pub use raw::{resource_ids, write_raw};
 pub use store::{Snapshot, SnapshotStore, default_cache_dir};
-pub use writer::SnapshotWriter;
+pub use writer::{SnapshotWriter, writes_in_progress};

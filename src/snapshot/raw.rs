@@ -74,14 +74,19 @@ pub fn write_raw(
         Compression::fast(),
     );
     let mut resources = 0u64;
-    for_each_line(inputs, |line| {
+    let copied = for_each_line(inputs, |line| {
+        if super::convert::check_stopping().is_err() {
+            return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+        }
         if drop.is_some_and(|d| line_id(line).is_some_and(|id| d.contains(&id))) {
             return Ok(());
         }
         resources += 1;
         gz.write_all(line)?;
         gz.write_all(b"\n")
-    })?;
+    });
+    super::convert::check_stopping()?;
+    copied?;
     let file = gz
         .finish()
         .and_then(|w| w.into_inner().map_err(|e| e.into_error()))

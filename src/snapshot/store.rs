@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
@@ -15,6 +16,7 @@ use super::names::{
     check_manifest_paths, check_name, is_filtered, is_filtered_name, is_snapshot_id,
     new_snapshot_id, source_key,
 };
+use super::writer::{WRITERS, owner_lock};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
 use crate::lock_file;
@@ -47,6 +49,7 @@ impl SnapshotStore {
         if !info.exists() {
             write_atomic(&info, &to_json(&serde_json::json!({ "source": source }))?)?;
         }
+        remove_orphans(&dir.join("tmp"));
         Ok(Self { dir })
     }
 
@@ -239,13 +242,18 @@ impl SnapshotStore {
         check_type_name(resource_type)?;
         let id = new_snapshot_id();
         let dir = self.dir.join("tmp").join(&id);
+        // Locked before the folder exists, so no sweep ever takes a live writer's folder.
+        let lock = owner_lock(&dir);
+        let owner = lock_file::lock_exclusive(&lock).map_err(|e| Error::io(&lock, e))?;
         fs::create_dir_all(dir.join("raw")).map_err(|e| Error::io(&dir, e))?;
+        WRITERS.fetch_add(1, Ordering::SeqCst);
         Ok(SnapshotWriter {
             store: self.clone(),
             name: name.to_owned(),
             resource_type: resource_type.to_owned(),
             id,
             dir,
+            _owner: owner,
         })
     }
 
@@ -340,6 +348,28 @@ impl SnapshotStore {
     }
 }
 
+/// Removes the temporary folders of `tmp` whose writer is gone (a process killed or interrupted
+/// mid-write): those whose owner lock ([`owner_lock`]) nobody holds.
+fn remove_orphans(tmp: &Path) {
+    let locks = fs::read_dir(tmp).into_iter().flatten().flatten();
+    for lock in locks.map(|e| e.path()) {
+        let Some(id) = lock.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if lock.extension().is_none_or(|e| e != "lock") || !is_snapshot_id(id) {
+            continue;
+        }
+        if let Ok(Some(_free)) = lock_file::try_lock_exclusive(&lock) {
+            let dir = tmp.join(id);
+            if dir.exists() {
+                tracing::info!("removing {}, left by a writer that is gone", dir.display());
+                let _ = fs::remove_dir_all(&dir);
+            }
+            let _ = fs::remove_file(&lock);
+        }
+    }
+}
+
 /// A committed snapshot of one resource type.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -430,6 +460,26 @@ impl Snapshot {
 mod tests {
     use super::*;
     use crate::snapshot::{RawFile, write_raw};
+
+    #[test]
+    fn a_dead_writers_folder_goes_a_live_or_dropped_ones_never_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(root.path(), "https://fhir.example/r4").unwrap();
+        let tmp = store.dir().join("tmp");
+        let live = store.begin("Patient").unwrap();
+        // A writer of a process that died: its folder and an unlocked owner lock.
+        let dead = tmp.join(new_snapshot_id());
+        fs::create_dir_all(dead.join("raw")).unwrap();
+        fs::write(owner_lock(&dead), "").unwrap();
+
+        SnapshotStore::open(root.path(), "https://fhir.example/r4").unwrap();
+        assert!(!dead.exists() && !owner_lock(&dead).exists());
+        assert!(live.dir().exists(), "a live writer's folder is kept");
+        let dropped = live.dir().to_owned();
+        drop(live);
+        assert!(!dropped.exists() && !owner_lock(&dropped).exists());
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
 
     /// Commits a snapshot named `name` of Patient with one resource.
     fn commit(store: &SnapshotStore, name: &str) {

@@ -1,8 +1,9 @@
 //! [`SnapshotWriter`]: a snapshot being written aside, converted to Parquet and committed
 //! atomically (renamed into place, then its manifest replaced, under the store's lock).
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::manifest::{to_json, write_atomic};
@@ -22,6 +23,37 @@ pub struct SnapshotWriter {
     pub(super) resource_type: String,
     pub(super) id: String,
     pub(super) dir: PathBuf,
+    /// Held while this writer lives: a folder of `tmp/` whose lock nobody holds belongs to a
+    /// process that died ([`SnapshotStore::open`] removes it).
+    pub(super) _owner: File,
+}
+
+/// Writers alive in the process ([`writes_in_progress`]).
+pub(super) static WRITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Snapshot writers alive in the process: a process about to exit calls
+/// [`stop_writes`](super::stop_writes) and waits for this to reach 0, so that no half-written
+/// folder stays behind.
+pub fn writes_in_progress() -> usize {
+    WRITERS.load(Ordering::SeqCst)
+}
+
+impl Drop for SnapshotWriter {
+    /// A snapshot not committed (an error, an interrupted conversion) leaves nothing behind.
+    fn drop(&mut self) {
+        WRITERS.fetch_sub(1, Ordering::SeqCst);
+        if self.dir.exists()
+            && let Err(e) = fs::remove_dir_all(&self.dir)
+        {
+            tracing::warn!("cannot remove {}: {e}", self.dir.display());
+        }
+        let _ = fs::remove_file(owner_lock(&self.dir));
+    }
+}
+
+/// The lock file that says a live writer owns the temporary folder `dir`.
+pub(super) fn owner_lock(dir: &Path) -> PathBuf {
+    dir.with_extension("lock")
 }
 
 impl SnapshotWriter {

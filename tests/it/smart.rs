@@ -100,13 +100,22 @@ async fn concurrent_callers_share_one_token_request() {
         .await
         .unwrap();
     assert_eq!(
-        auth.token_endpoint().as_str(),
-        origin.join("auth/token").unwrap().as_str()
+        counters.well_known.load(Ordering::SeqCst),
+        0,
+        "discovery waits for first use"
     );
-    assert_eq!(counters.well_known.load(Ordering::SeqCst), 1);
 
     let tokens = futures::future::join_all((0..10).map(|_| auth.token())).await;
     assert_eq!(counters.token.load(Ordering::SeqCst), 1, "single flight");
+    assert_eq!(
+        counters.well_known.load(Ordering::SeqCst),
+        1,
+        "one discovery"
+    );
+    assert_eq!(
+        auth.token_endpoint().await.unwrap().as_str(),
+        origin.join("auth/token").unwrap().as_str()
+    );
     assert!(
         tokens
             .iter()
@@ -143,9 +152,14 @@ async fn discovery_falls_back_to_the_capability_statement() {
     )
     .await
     .unwrap();
-    assert_eq!(auth.token_endpoint().path(), "/auth/token");
+    assert_eq!(auth.token_endpoint().await.unwrap().path(), "/auth/token");
     assert_eq!(counters.metadata.load(Ordering::SeqCst), 1);
     assert_eq!(auth.token().await.unwrap().secret(), "token-1");
+    assert_eq!(
+        counters.metadata.load(Ordering::SeqCst),
+        1,
+        "discovered once"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +171,8 @@ async fn explicit_token_endpoint_skips_discovery() {
     let auth = SmartAuth::try_new(&origin.join("r4").unwrap(), config, reqwest::Client::new())
         .await
         .unwrap();
-    assert_eq!(auth.token_endpoint(), &endpoint);
+    assert_eq!(auth.token_endpoint().await.unwrap(), endpoint);
+    assert_eq!(auth.token().await.unwrap().secret(), "token-1");
     assert_eq!(
         counters.well_known.load(Ordering::SeqCst) + counters.metadata.load(Ordering::SeqCst),
         0
@@ -168,13 +183,14 @@ async fn explicit_token_endpoint_skips_discovery() {
 async fn no_token_endpoint_anywhere_is_a_clear_error() {
     let counters = Arc::new(Counters::default());
     let origin = serve(mock_auth_server(&counters, false, false)).await;
-    let err = SmartAuth::try_new(
+    let auth = SmartAuth::try_new(
         &origin.join("r4").unwrap(),
         config(),
         reqwest::Client::new(),
     )
     .await
-    .unwrap_err();
+    .unwrap();
+    let err = auth.token().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Config { .. }), "{text}");
     assert!(
@@ -260,7 +276,10 @@ async fn demo_server_accepts_rs384_and_es384_assertions() {
             let auth = SmartAuth::try_new(&server.base_url(), config, reqwest::Client::new())
                 .await
                 .unwrap();
-            assert_eq!(auth.token_endpoint(), creds.token_endpoint());
+            assert_eq!(
+                &auth.token_endpoint().await.unwrap(),
+                creds.token_endpoint()
+            );
             assert!(!auth.token().await.unwrap().secret().is_empty());
         }
     }

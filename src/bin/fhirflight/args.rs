@@ -116,7 +116,9 @@ pub(crate) struct ServerArgs {
 pub(crate) struct ExportArgs {
     #[command(flatten)]
     pub(crate) server: ServerArgs,
-    /// Folder for the NDJSON files and `manifest.json`; an interrupted export resumes from it.
+    /// Folder for the NDJSON files and `manifest.json` (written once the export is complete).
+    /// An interrupted or failed export keeps its job on the server: the same command resumes
+    /// it, `--cancel` cancels it.
     #[arg(long)]
     pub(crate) out: PathBuf,
     /// Resource types (`_type`), comma separated; all when omitted.
@@ -149,6 +151,18 @@ pub(crate) struct ExportArgs {
     /// Kick off by POST with a `Parameters` body (default: GET unless a parameter needs POST).
     #[arg(long)]
     pub(crate) post: bool,
+    /// Fail when a file's line count differs from the manifest's `count` (default: download
+    /// it once more, then keep it with a warning).
+    #[arg(long)]
+    pub(crate) strict_counts: bool,
+    /// Ask for `allowPartialManifests`: files the server lists while the export runs are
+    /// downloaded at once.
+    #[arg(long)]
+    pub(crate) allow_partial_manifests: bool,
+    /// Cancel the export job saved in `--out` (DELETE it on the server) and remove its files,
+    /// instead of exporting.
+    #[arg(long)]
+    pub(crate) cancel: bool,
 }
 
 /// Where the tables come from and how they are kept.

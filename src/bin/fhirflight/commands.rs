@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
 use crate::output::write_batches;
 use crate::progress::{print_warnings, report_exports, report_progress};
-use crate::signal::{ctrl_c, let_background_tasks_finish, shutdown_signal};
+use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
 
 pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     let freshness = if args.refresh {
@@ -24,20 +24,28 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
         args.catalog.freshness
     };
     let session = args.catalog.session_builder(config).build().await?;
-    // Ctrl-C ends the process as is: a running export's job and downloads stay in the cache's
-    // staging folder, and the next run resumes them.
     let fhir = session.context().catalog("fhir");
     let fhir = fhir.as_ref().and_then(|c| c.downcast_ref::<FhirCatalog>());
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let reporter = fhir.map(|c| tokio::spawn(report_exports(c.clone(), stopped)));
     // Planned and run on query threads, whose stack holds the deepest statement accepted.
     let (ctx, query) = (session.context().clone(), args.query.clone());
-    let batches = QueryRuntime::try_default()?
-        .run(async move {
-            let df = catalog::sql_with_freshness(&ctx, &query, freshness).await?;
-            df.collect().await
-        })
-        .await;
+    let queries = QueryRuntime::try_default()?;
+    let running = queries.run(async move {
+        let df = catalog::sql_with_freshness(&ctx, &query, freshness).await?;
+        df.collect().await
+    });
+    let batches = tokio::select! {
+        batches = running => batches,
+        _ = tokio::signal::ctrl_c() => {
+            // A running export's job and downloads stay in the cache's staging folder, and the
+            // next run resumes them; a conversion in progress is stopped and cleaned up.
+            let _ = stop.send(());
+            stop_snapshot_writes().await;
+            eprintln!("interrupted: a running export is kept (its job on the server, its downloads in the cache); the next run resumes it");
+            return Err(Error::Cancelled);
+        }
+    };
     let _ = stop.send(());
     if let Some(reporter) = reporter {
         let _ = reporter.await;
@@ -95,17 +103,34 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     );
     println!("  tables:   SELECT table_catalog, table_name FROM information_schema.tables");
     shutdown_signal().await?;
-    tracing::info!("shutting down");
-    running.shutdown().await
+    tracing::info!("shutting down; running exports are kept for the next start");
+    let served = running.shutdown().await;
+    stop_snapshot_writes().await;
+    served
 }
 
 pub(crate) async fn export(args: ExportArgs, config: Config) -> Result<()> {
+    let connection = args.server.session_builder(config).connect().await?;
+    let client = connection.client.with_strict_counts(args.strict_counts);
+    if args.cancel {
+        return match client.cancel_export(&args.out).await? {
+            true => {
+                println!("export job cancelled; {} cleared", args.out.display());
+                Ok(())
+            }
+            false => Err(Error::config(format!(
+                "{}: no export job to cancel",
+                args.out.display()
+            ))),
+        };
+    }
     let request = ExportRequest::new(args.level)
         .with_types(args.types)
         .with_type_filters(args.type_filter)
         .with_elements(args.elements)
         .with_patients(args.patient)
         .with_include_associated_data(args.include_associated_data)
+        .with_allow_partial_manifests(args.allow_partial_manifests)
         .with_method(if args.post {
             KickoffMethod::Post
         } else {
@@ -117,19 +142,18 @@ pub(crate) async fn export(args: ExportArgs, config: Config) -> Result<()> {
         output_format: args.output_format,
         ..request
     };
-    let connection = args.server.session_builder(config).connect().await?;
     let (progress, updates) = watch::channel(ExportProgress::default());
     let reporter = tokio::spawn(report_progress(updates));
-    let runtime = tokio::runtime::Handle::current().metrics();
-    let tasks_before = runtime.num_alive_tasks();
     let outcome = tokio::select! {
-        outcome = connection.client.export_to_dir(&request, &args.out, &progress) => outcome,
+        outcome = client.export_to_dir(&request, &args.out, &progress) => outcome,
         _ = tokio::signal::ctrl_c() => {
-            // Dropping the export made its guard DELETE the job in a background task: let that
-            // finish (bounded) before the process exits.
-            eprintln!("interrupted: cancelling the export job on the server");
+            // The job stays on the server and its state in the folder: an export is expensive,
+            // and only an explicit cancel throws it away.
             reporter.abort();
-            let_background_tasks_finish(&runtime, tasks_before).await;
+            eprintln!(
+                "interrupted: the export job is kept on the server; run the same command again to resume it, or cancel it with `fhirflight export --cancel --out {}`",
+                args.out.display()
+            );
             return Err(Error::Cancelled);
         }
     };

@@ -19,6 +19,8 @@ async fn main() -> std::process::ExitCode {
     init_logging(cli.log.as_deref());
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Interrupted (Ctrl-C): the command said what it keeps; 130 as a shell reports SIGINT.
+        Err(fhirflight::Error::Cancelled) => std::process::ExitCode::from(130),
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE

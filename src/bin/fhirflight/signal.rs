@@ -1,9 +1,6 @@
-//! Signals: the end of `serve` and `demo-server`, and the interruption of `export`.
-
-use std::time::Duration;
+//! Signals: the end of `serve` and `demo-server`, and what an interrupted process leaves.
 
 use fhirflight::{Error, Result};
-use tokio::runtime::RuntimeMetrics;
 
 /// Ctrl-C, or SIGTERM on Unix (a service manager, a test harness).
 pub(crate) async fn shutdown_signal() -> Result<()> {
@@ -28,14 +25,13 @@ pub(crate) async fn ctrl_c() -> Result<()> {
         .map_err(|e| Error::config_with("waiting for Ctrl-C", e))
 }
 
-/// Waits, at most 10 s, until fewer than `before` tasks are alive on the runtime of `metrics`: a
-/// dropped export's guard DELETEs the job in a background task, which should finish before the
-/// process exits.
-pub(crate) async fn let_background_tasks_finish(metrics: &RuntimeMetrics, before: usize) {
-    for _ in 0..100 {
-        if metrics.num_alive_tasks() < before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Stops the snapshot writes in progress and waits (10 s at most) until their writers have
+/// removed what they had written: a process that exits on a signal leaves no half-written
+/// folder. Exports keep their jobs and downloads for the next run.
+pub(crate) async fn stop_snapshot_writes() {
+    fhirflight::snapshot::stop_writes();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fhirflight::snapshot::writes_in_progress() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct ExportRequest {
     /// `_elements`: (type it applies to, or every type; element name).
     elements: Vec<(Option<String>, String)>,
     patients: Option<Vec<String>>,
+    /// `allowPartialManifests=true`: the job's manifest pages are released while it runs.
+    pub(crate) partial_manifests: bool,
 }
 
 /// One `_typeFilter` query: every parameter must match (AND), any value of one parameter may (OR).
@@ -185,12 +187,16 @@ pub(crate) fn params_from_body(body: &[u8]) -> Result<Params, Outcome> {
             "_since" | "_until" => ["valueInstant", "valueDateTime", "valueString"]
                 .iter()
                 .find_map(|field| parameter[field].as_str()),
+            "allowPartialManifests" => parameter["valueBoolean"]
+                .as_bool()
+                .map(|b| if b { "true" } else { "false" }),
             _ => parameter["valueString"].as_str(),
         };
         let value = value.ok_or_else(|| {
             let expected = match name {
                 "patient" => "valueReference",
                 "_since" | "_until" => "valueInstant",
+                "allowPartialManifests" => "valueBoolean",
                 _ => "valueString",
             };
             Outcome::invalid(format!("parameter `{name}` needs a {expected}"))
@@ -215,6 +221,7 @@ pub(crate) fn parse_request(
         filters: Vec::new(),
         elements: Vec::new(),
         patients: None,
+        partial_manifests: false,
     };
     let instant = |name: &str, value: &str| {
         parse_instant(value).ok_or_else(|| {
@@ -298,6 +305,17 @@ pub(crate) fn parse_request(
                     .get_or_insert_with(Vec::new)
                     .push(id.to_owned());
             }
+            "allowPartialManifests" => {
+                request.partial_manifests = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(Outcome::invalid(format!(
+                            "allowPartialManifests `{value}` is not a boolean"
+                        )));
+                    }
+                }
+            }
             "includeAssociatedData" => {
                 // The demo holds no Provenance: supported values add nothing; others are refused.
                 for v in value.split(',') {
@@ -368,6 +386,10 @@ pub(crate) struct JobFile {
     pub(crate) len: u64,
     /// Whether the download-break fault already hit this file.
     pub(crate) broken: AtomicBool,
+    /// Whether a download of it was started.
+    pub(crate) fetched: AtomicBool,
+    /// Added to its line count in the manifest ([`Faults::count_off_by_one`]).
+    count_error: u64,
 }
 
 impl JobFile {
@@ -379,6 +401,8 @@ impl JobFile {
             lines,
             len,
             broken: AtomicBool::new(false),
+            fetched: AtomicBool::new(false),
+            count_error: 0,
         }
     }
 
@@ -542,6 +566,14 @@ pub(crate) fn run(
         file.lines[0] = line[..line.len() / 2].into();
         file.len = file.lines.iter().map(|l| l.len() as u64 + 1).sum();
     }
+    if let Some(failed) = &faults.failed_type {
+        files.retain(|f| f.resource_type != *failed);
+    }
+    if faults.count_off_by_one
+        && let Some(file) = files.first_mut()
+    {
+        file.count_error = 1;
+    }
     if faults.hostile_type_names {
         let lines = files.first().map(|f| f.lines.clone()).unwrap_or_default();
         for resource_type in HOSTILE_TYPES {
@@ -563,6 +595,18 @@ pub(crate) fn run(
         for page in deleted.chunks(page_size.max(1)) {
             files.push(JobFile::new(FileKind::Deleted, "Bundle", page.to_vec()));
         }
+        if faults.duplicate_tombstones && !deleted.is_empty() {
+            files.push(JobFile::new(FileKind::Deleted, "Bundle", deleted));
+        }
+    }
+    if let Some(failed) = &faults.failed_type {
+        let outcome = json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error", "code": "exception",
+            "diagnostics": format!("demo fault: the {failed} resources could not be exported"), "expression": [failed] }] });
+        files.push(JobFile::new(
+            FileKind::Error,
+            "OperationOutcome",
+            vec![outcome.to_string().into()],
+        ));
     }
     if faults.error_file {
         let outcome = json!({ "resourceType": "OperationOutcome", "issue": [{ "severity": "error", "code": "processing",
@@ -617,8 +661,8 @@ pub(crate) fn manifest_pages(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let entry =
-                json!({ "type": f.resource_type, "url": file_url(i), "count": f.lines.len() });
+            let count = f.lines.len() as u64 + f.count_error;
+            let entry = json!({ "type": f.resource_type, "url": file_url(i), "count": count });
             (f.kind, entry)
         })
         .collect();

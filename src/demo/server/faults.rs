@@ -55,6 +55,25 @@ pub struct Faults {
     /// Declare search support, yet ignore `_typeFilter` (every resource of the type is exported;
     /// jobs kicked off while set).
     pub filters_ignored: bool,
+
+    // Real-server faults (issue 14, bulk client)
+    /// List the first output file in the manifest with a `count` one more than its lines
+    /// (jobs kicked off while set).
+    pub count_off_by_one: bool,
+    /// Fail this type: leave its output files out and add an error file whose OperationOutcome
+    /// names it (in `expression` and the diagnostics), as a server does when one type of an
+    /// export fails (jobs kicked off while set).
+    pub failed_type: Option<String>,
+    /// The files of the next job kicked off answer 410 Gone, as expired files do; the fault
+    /// then clears itself, so the job after it is served normally.
+    pub files_gone_once: bool,
+    /// Status polls answer 202 forever, always with the same `X-Progress`: a stuck job.
+    pub status_stuck: bool,
+    /// In-progress status responses carry `Retry-After` as an absolute time in epoch seconds,
+    /// this many seconds from now, as some servers send.
+    pub retry_after_epoch: Option<u64>,
+    /// List every tombstone of `deleted[]` again in one more file (jobs kicked off while set).
+    pub duplicate_tombstones: bool,
 }
 
 /// Another origin that reaches the same demo server, such as `http://localhost:PORT/` for one

@@ -37,12 +37,24 @@ pub(super) async fn download(
             .and_then(|n| n.parse().ok())
             .ok_or_else(missing)?;
         let output = state.job(&job)?;
+        if output.files_gone {
+            return Err(Outcome::new(
+                StatusCode::GONE,
+                "expired",
+                format!("the files of export job `{job}` have expired; export again"),
+            ));
+        }
         let file = output
             .output
             .get()
             .and_then(|(files, _)| files.get(index))
             .cloned()
             .ok_or_else(missing)?;
+        file.fetched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if !output.complete.load(std::sync::atomic::Ordering::SeqCst) {
+            state.stats().downloads_while_running += 1;
+        }
         Ok::<_, Outcome>(serve_file(&state, &file, &headers))
     })();
     result.unwrap_or_else(IntoResponse::into_response)

@@ -4,7 +4,7 @@
 //! makes in the background. Every kick-off is recorded in [`DemoStats::kickoffs`](super::DemoStats::kickoffs).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
@@ -160,9 +160,14 @@ fn accept_kickoff(
         "{:016x}",
         state.next_job.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>() << 16
     );
+    let files_gone = std::mem::take(&mut state.faults.lock().expect("faults").files_gone_once);
     let job = Arc::new(Job {
         output: OnceLock::new(),
         polls: AtomicU32::new(0),
+        partial_manifests: request.partial_manifests,
+        released: AtomicUsize::new(0),
+        complete: AtomicBool::new(false),
+        files_gone,
     });
     state
         .jobs

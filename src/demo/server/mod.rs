@@ -28,7 +28,7 @@ mod token;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -83,6 +83,14 @@ struct Job {
     /// Set when the job's files are ready: the files and the manifest's pages.
     output: OnceLock<(Vec<Arc<JobFile>>, Vec<Value>)>,
     polls: AtomicU32,
+    /// The kick-off asked for `allowPartialManifests`: pages are released while the job runs.
+    partial_manifests: bool,
+    /// Manifest pages released so far (with `partial_manifests`; all once complete).
+    released: AtomicUsize,
+    /// Whether the status URL has answered with the complete manifest.
+    complete: AtomicBool,
+    /// The files answer 410 Gone ([`Faults::files_gone_once`]).
+    files_gone: bool,
 }
 
 /// What every route of one server shares.
@@ -324,6 +332,10 @@ fn router(state: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             faults::record_foreign,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            stats::count_request,
         ))
         .with_state(state)
 }

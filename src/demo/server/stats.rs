@@ -1,6 +1,19 @@
 //! [`DemoStats`]: what a demo server has been asked, for tests to assert on.
 
-use super::KickoffLevel;
+use axum::extract::State;
+use axum::response::Response;
+
+use super::{KickoffLevel, Shared};
+
+/// Counts every request in [`DemoStats::requests`].
+pub(super) async fn count_request(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    state.stats().requests += 1;
+    next.run(request).await
+}
 
 /// One kick-off request as the server saw it.
 #[derive(Debug, Clone)]
@@ -40,6 +53,11 @@ pub struct DemoStats {
     pub unauthorized: usize,
     /// Requests that came through [`Faults::foreign_origin`](super::Faults::foreign_origin), in order.
     pub foreign_requests: Vec<ForeignRequest>,
+    /// Every request, of any kind and answer.
+    pub requests: usize,
+    /// File downloads started while their job was still running (the files of partial
+    /// manifests, with `allowPartialManifests`).
+    pub downloads_while_running: usize,
 }
 
 /// A request that came through [`Faults::foreign_origin`](super::Faults::foreign_origin).

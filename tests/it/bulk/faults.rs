@@ -1,11 +1,13 @@
 //! A server that misbehaves: transient errors and 429s are retried, errors name the method, URL,
 //! status and the OperationOutcome's text, broken downloads resume (with `Range`) or restart
-//! (without), and error files and malformed lines reach the caller as they were served.
+//! (without), and error files and malformed lines reach the caller as they were served; counts
+//! are advisory, a failed type is a warning, expired files start a new export, and a tombstone
+//! listed twice is one deletion.
 
 use fhirflight::Error;
 use fhirflight::bulk::{BulkClient, ExportLevel, ExportProgress, ExportRequest};
 use fhirflight::demo::{DemoConfig, Faults};
-use fhirflight::warning::WarningKind;
+use fhirflight::warning::{Warning, WarningKind};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -156,4 +158,135 @@ async fn error_files_become_warnings_and_malformed_lines_are_kept_as_served() {
         "the broken line is stored as served"
     );
     assert_eq!(text.lines().count(), expected("Patient").lines().count());
+}
+
+#[tokio::test]
+async fn a_count_mismatch_is_downloaded_again_then_kept_with_a_warning() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        count_off_by_one: true,
+        ..Faults::default()
+    });
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
+    let first = &outcome.manifest.output[0];
+    let lines = expected("Patient").lines().count() as u64;
+    assert_eq!(first.count, Some(lines + 1));
+    let warning = Warning::new(
+        WarningKind::CountMismatch,
+        format!(
+            "{}: downloaded twice with {lines} lines, the manifest says count = {}",
+            first.url,
+            lines + 1
+        ),
+    )
+    .with_resource_type("Patient");
+    assert_eq!(outcome.warnings, [warning]);
+    let stats = server.stats();
+    assert_eq!(stats.downloads, outcome.files.len() + 1, "one file twice");
+    assert_eq!(stats.deletes, 1);
+
+    // Strict counts fail instead, for good: the job is deleted and forgotten.
+    let strict = client.with_strict_counts(true);
+    let dir = tempfile::tempdir().unwrap();
+    let (progress, _) = watch::channel(ExportProgress::default());
+    let err = strict
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap_err();
+    let Error::Protocol { url, message, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(url.contains("/files/"), "{url}");
+    assert_eq!(
+        message,
+        &format!(
+            "downloaded twice with {lines} lines, the manifest says count = {} (strict counts)",
+            lines + 1
+        )
+    );
+    assert_eq!(server.stats().deletes, 2);
+    assert!(!dir.path().join(".fhirflight-job.json").exists());
+    assert!(!dir.path().join("manifest.json").exists());
+}
+
+#[tokio::test]
+async fn an_error_file_naming_a_type_is_its_warning_and_the_other_types_succeed() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        failed_type: Some("Condition".into()),
+        ..Faults::default()
+    });
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    assert!(outcome.files.iter().all(|f| f.resource_type == "Patient"));
+    let warning = Warning::new(
+        WarningKind::ServerError,
+        "error (exception): demo fault: the Condition resources could not be exported",
+    )
+    .with_resource_type("Condition");
+    assert_eq!(outcome.warnings, [warning]);
+    assert_eq!(server.stats().deletes, 1);
+}
+
+#[tokio::test]
+async fn expired_files_delete_the_job_and_export_once_more() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        files_gone_once: true,
+        ..Faults::default()
+    });
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    let (outcome, progress) = export(&client, &request, dir.path()).await;
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    assert!(!progress.resumed, "a new job, not the dead one resumed");
+    let stats = server.stats();
+    assert_eq!(stats.kickoffs.len(), 2, "one new export");
+    assert_eq!(stats.deletes, 2, "the expired job, then the finished one");
+    assert!(dir.path().join("manifest.json").exists());
+    assert!(!dir.path().join(".fhirflight-job.json").exists());
+}
+
+#[tokio::test]
+async fn a_tombstone_listed_twice_is_one_deletion() {
+    let server = demo(DemoConfig::default()).await;
+    let client = client(&server, rs384(&server)).await;
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (full, _) = export(&client, &request, dir.path()).await;
+    let patients = super::ids(&downloaded(&full, "Patient"));
+    server.delete("Patient", &patients[0]);
+    server.delete("Patient", &patients[1]);
+    server.set_faults(Faults {
+        duplicate_tombstones: true,
+        ..Faults::default()
+    });
+    let since = request.with_since(full.manifest.transaction_time.clone());
+    let (delta, _) = export(&client, &since, dir.path()).await;
+    assert_eq!(
+        delta.manifest.deleted.len(),
+        2,
+        "the same tombstones in two files"
+    );
+    let deleted: Vec<(&str, &str)> = delta
+        .deleted
+        .iter()
+        .map(|d| (d.resource_type.as_str(), d.id.as_str()))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            ("Patient", patients[0].as_str()),
+            ("Patient", patients[1].as_str())
+        ]
+    );
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use fhirflight::bulk::{BulkClient, ExportLevel, ExportOutcome, ExportProgress, ExportRequest};
 use fhirflight::smart::SmartConfig;
+use fhirflight::warning::{Warning, WarningKind};
 use serde_json::json;
 use tokio::sync::watch;
 use url::Url;
@@ -137,10 +138,11 @@ async fn the_token_goes_to_files_only_when_required_and_never_to_another_origin(
     assert!(seen.iter().all(|(_, auth)| auth.is_none()), "{seen:?}");
 }
 
-/// A file shorter than the manifest's `count` is an error naming both numbers, and neither a
-/// final nor a partial file is left behind.
+/// A file shorter than the manifest's `count` is downloaded again, then kept with a warning
+/// naming both numbers; with strict counts it is an error, and neither a final nor a partial
+/// file is left behind.
 #[tokio::test]
-async fn a_line_count_short_of_the_manifest_count_fails_the_export() {
+async fn a_line_count_short_of_the_manifest_count_is_a_warning_or_a_strict_error() {
     let origin = Arc::new(Mutex::new(None::<Url>));
     let origin_for_status = Arc::clone(&origin);
     let app = Router::new()
@@ -163,19 +165,32 @@ async fn a_line_count_short_of_the_manifest_count_fails_the_export() {
     let client = BulkClient::try_new(base.join("fhir").unwrap(), None, options())
         .await
         .unwrap();
+    let request = ExportRequest::new(ExportLevel::System);
     let dir = tempfile::tempdir().unwrap();
     let (progress, _) = watch::channel(ExportProgress::default());
+    let outcome = client
+        .export_to_dir(&request, dir.path(), &progress)
+        .await
+        .unwrap();
+    let message =
+        format!("{base}p.ndjson: downloaded twice with 1 lines, the manifest says count = 2");
+    assert_eq!(
+        outcome.warnings,
+        [Warning::new(WarningKind::CountMismatch, message).with_resource_type("Patient")]
+    );
+    assert_eq!(outcome.files[0].lines, 1);
+
+    let dir = tempfile::tempdir().unwrap();
     let err = client
-        .export_to_dir(
-            &ExportRequest::new(ExportLevel::System),
-            dir.path(),
-            &progress,
-        )
+        .with_strict_counts(true)
+        .export_to_dir(&request, dir.path(), &progress)
         .await
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("{base}p.ndjson: downloaded 1 lines, the manifest says count = 2")
+        format!(
+            "{base}p.ndjson: downloaded twice with 1 lines, the manifest says count = 2 (strict counts)"
+        )
     );
     assert!(!dir.path().join("Patient.0.ndjson").exists());
     assert!(!dir.path().join(".Patient.0.ndjson.part").exists());

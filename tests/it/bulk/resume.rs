@@ -1,6 +1,8 @@
 //! An export's lifecycle across runs: a restarted process resumes polling the saved job, a
-//! failed download keeps the job for the next run, every page of a paged manifest is downloaded
-//! and resumed, and dropping the export deletes the job on the server.
+//! failed download keeps the job for the next run (and the folder lists no file it lacks),
+//! every page of a paged manifest is downloaded and resumed, the files of partial manifests are
+//! downloaded while the export runs, dropping the export keeps the job for the next run, and
+//! only an explicit cancel deletes it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -79,6 +81,10 @@ async fn fail_on_a_broken_download(server: &DemoServer, request: &ExportRequest,
         dir.join(".fhirflight-job.json").exists(),
         "job kept for the next run"
     );
+    assert!(
+        !dir.join("manifest.json").exists(),
+        "the folder's manifest waits for the export to be complete"
+    );
 }
 
 #[tokio::test]
@@ -118,7 +124,6 @@ async fn every_page_of_a_paged_manifest_is_downloaded_and_resumed() {
     let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
     // A first run fails on a broken download, keeping the job; the second resumes it.
     fail_on_a_broken_download(&server, &request, dir.path()).await;
-    let pages_first_run = server.stats().manifest_pages;
 
     let client = client(&server, rs384(&server)).await;
     let (outcome, progress) = export(&client, &request, dir.path()).await;
@@ -135,33 +140,136 @@ async fn every_page_of_a_paged_manifest_is_downloaded_and_resumed() {
         assert_eq!(Some(file.lines), listed.count, "{}", file.path.display());
     }
     let stats = server.stats();
-    assert_eq!(pages_first_run, pages - 1, "the first run read every page");
-    assert_eq!(
-        stats.manifest_pages,
-        2 * (pages - 1),
-        "so did the resumed run"
+    assert!(
+        stats.manifest_pages <= 2 * (pages - 1),
+        "each run reads each page once at most"
     );
     assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
+    let manifest: fhirflight::bulk::Manifest =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest, outcome.manifest);
+    assert!(!dir.path().join(".fhirflight-manifest.json").exists());
 }
 
 #[tokio::test]
-async fn dropping_the_export_deletes_the_job() {
+async fn partial_manifests_are_downloaded_while_the_export_runs() {
+    let server = demo(
+        DemoConfig::default()
+            .with_page_size(3)
+            .with_manifest_page_size(2),
+    )
+    .await;
+    let client = client(&server, rs384(&server)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System)
+        .with_types(["Patient", "Condition"])
+        .with_allow_partial_manifests(true);
+    let (outcome, _) = export(&client, &request, dir.path()).await;
+    for ty in ["Patient", "Condition"] {
+        assert_eq!(downloaded(&outcome, ty), expected(ty), "{ty}");
+    }
+    let files = outcome.manifest.output.len();
+    let pages = files.div_ceil(2);
+    assert!(pages > 2, "{files} files on {pages} pages");
+    assert_eq!(outcome.files.len(), files, "each file once");
+    let stats = server.stats();
+    assert!(
+        stats.kickoffs[0]
+            .params
+            .contains(&("allowPartialManifests".into(), "true".into())),
+        "{:?}",
+        stats.kickoffs[0].params
+    );
+    // The demo releases every page but the last while the job runs, and completes once their
+    // files were fetched: all of those were downloaded before the final manifest.
+    assert_eq!(stats.downloads_while_running, 2 * (pages - 1));
+    assert_eq!(stats.downloads, files);
+    assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
+    assert!(dir.path().join("manifest.json").exists());
+}
+
+#[tokio::test]
+async fn an_export_with_partial_manifests_resumes_after_a_broken_download() {
+    let server = demo(
+        DemoConfig::default()
+            .with_page_size(3)
+            .with_manifest_page_size(2),
+    )
+    .await;
+    server.set_faults(Faults {
+        break_download_after: Some(500),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System)
+        .with_types(["Patient", "Condition"])
+        .with_allow_partial_manifests(true);
+    fail_on_a_broken_download(&server, &request, dir.path()).await;
+
+    let client = client(&server, rs384(&server)).await;
+    let (outcome, progress) = export(&client, &request, dir.path()).await;
+    assert!(progress.resumed);
+    for ty in ["Patient", "Condition"] {
+        assert_eq!(downloaded(&outcome, ty), expected(ty), "{ty}");
+    }
+    assert_eq!(outcome.files.len(), outcome.manifest.output.len());
+    let stats = server.stats();
+    assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
+}
+
+/// Runs an export of `request` until it polls, then drops it, as Ctrl-C, a cancelled statement
+/// or a client gone do.
+async fn interrupt(client: &BulkClient, request: &ExportRequest, dir: &Path) {
+    let (progress, mut watcher) = watch::channel(ExportProgress::default());
+    let mut export = Box::pin(client.export_to_dir(request, dir, &progress));
+    run_until(&mut export, &mut watcher, ExportPhase::Waiting).await;
+    drop(export);
+}
+
+#[tokio::test]
+async fn dropping_the_export_keeps_the_job_for_the_next_run() {
     let server = demo(DemoConfig::default().with_status_polls(20)).await;
     let client = client(&server, rs384(&server)).await;
     let dir = tempfile::tempdir().unwrap();
     let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
-    let (progress, mut watcher) = watch::channel(ExportProgress::default());
-    let mut export = Box::pin(client.export_to_dir(&request, dir.path(), &progress));
-    run_until(&mut export, &mut watcher, ExportPhase::Waiting).await;
-    drop(export); // what Ctrl-C or a timeout does
-    assert!(!dir.path().join(".fhirflight-job.json").exists());
-    // The DELETE runs on a spawned task: wait for the server to see it.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while server.stats().deletes == 0 {
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("DELETE sent");
+    interrupt(&client, &request, dir.path()).await;
+    assert!(dir.path().join(".fhirflight-job.json").exists());
+    assert!(!dir.path().join("manifest.json").exists());
+    assert_eq!(
+        server.stats().deletes,
+        0,
+        "nothing deletes the job behind our back"
+    );
+
+    let (outcome, progress) = export(&client, &request, dir.path()).await;
+    assert!(progress.resumed);
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    let stats = server.stats();
+    assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
+}
+
+#[tokio::test]
+async fn only_an_explicit_cancel_deletes_the_job_and_clears_the_folder() {
+    let server = demo(DemoConfig::default()).await;
+    server.set_faults(Faults {
+        break_download_after: Some(1500),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Observation"]);
+    fail_on_a_broken_download(&server, &request, dir.path()).await;
+    assert_eq!(server.stats().deletes, 0);
+    let parts = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(parts > 1, "the job state and a partial file");
+
+    let client = client(&server, rs384(&server)).await;
+    assert!(client.cancel_export(dir.path()).await.unwrap());
+    assert_eq!(server.stats().deletes, 1);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        !client.cancel_export(dir.path()).await.unwrap(),
+        "nothing left to cancel"
+    );
+    assert_eq!(server.stats().deletes, 1);
 }

@@ -80,8 +80,14 @@ async fn a_token_refused_mid_download_is_refreshed_once() {
         matches!(&err, Error::Http { status: 401, message, .. } if message.contains("not valid")),
         "{err}"
     );
+    // A 401 is final: the job is deleted (the DELETE refreshing the token once more).
     let stats = server.stats();
-    assert_eq!((stats.unauthorized, stats.tokens_issued), (3, 3));
+    assert_eq!((stats.unauthorized, stats.tokens_issued), (4, 4));
+    assert_eq!(
+        stats.deletes, 3,
+        "the first, then one refused and one with a fresh token"
+    );
+    assert!(!dir.path().join(".fhirflight-job.json").exists());
 }
 
 #[tokio::test]

@@ -27,16 +27,17 @@ async fn tls_demo() -> DemoServer {
 async fn a_private_certificate_authority_needs_its_bundle() {
     let server = tls_demo().await;
     assert_eq!(server.base_url().scheme(), "https");
-    let err = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options())
+    let untrusting = BulkClient::try_new(server.base_url(), Some(rs384(&server)), options())
         .await
-        .unwrap_err();
+        .unwrap();
+    let err = untrusting.resource_types().await.unwrap_err();
     assert!(matches!(err, Error::Tls { .. }), "{err}");
     assert_eq!(
         err.to_string(),
         format!(
-            "GET {}/metadata: TLS: invalid peer certificate: UnknownIssuer; if the server's certificate \
-             comes from a private certificate authority, trust its PEM bundle (--ca-bundle, \
-             ClientOptions::with_ca_bundle)",
+            "GET {}/.well-known/smart-configuration: TLS: invalid peer certificate: UnknownIssuer; \
+             if the server's certificate comes from a private certificate authority, trust its PEM \
+             bundle (--ca-bundle, ClientOptions::with_ca_bundle)",
             server.base_url()
         )
     );

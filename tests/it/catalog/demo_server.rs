@@ -1,5 +1,5 @@
 //! The catalog over the demo Bulk Data server: pushdown (`_typeFilter`, `_since`) returns the same
-//! rows, a dropped query cancels its export, a killed process leaves the cache usable, the
+//! rows, a dropped query leaves its export running while only a cancel deletes it, a killed process leaves the cache usable, the
 //! embedding example runs, and a join starts one export while a refresh merges changes.
 
 use super::*;
@@ -131,7 +131,7 @@ async fn pushdown_sends_type_filter_and_since_and_returns_the_same_rows() {
 }
 
 #[tokio::test]
-async fn a_query_dropped_while_its_export_runs_cancels_the_export() {
+async fn a_dropped_query_detaches_from_its_export_and_only_a_cancel_deletes_the_job() {
     let cache = tempfile::tempdir().unwrap();
     // Every export takes 40 status polls (each 1 to 20 ms apart).
     let server = DemoServer::start(
@@ -151,26 +151,55 @@ async fn a_query_dropped_while_its_export_runs_cancels_the_export() {
     crate::until("a status poll", || server.stats().status_polls > 0).await;
     query.abort();
     assert!(query.await.unwrap_err().is_cancelled());
-    crate::until("the export's cancellation", || {
-        fhir.exports()[0].state != ExportState::Running && server.stats().deletes > 0
+    // The export runs on without its query and commits: the next query needs no export.
+    crate::until("the export's end", || {
+        fhir.exports()[0].state != ExportState::Running
     })
     .await;
-    assert_eq!(fhir.exports()[0].state, ExportState::Cancelled);
-    assert_eq!(server.stats().deletes, 1, "the server job is deleted");
-    assert!(fhir.store().current("Patient").unwrap().is_none());
-
-    // A later query exports again and completes.
+    assert_eq!(fhir.exports()[0].state, ExportState::Done);
     assert_eq!(
         rows(&ctx, "SELECT id FROM src.fhir.patient").await.len(),
         12
     );
-    let exports = fhir.exports();
-    assert_eq!(exports.len(), 2);
-    assert_eq!(exports[1].state, ExportState::Done);
+    assert_eq!(server.stats().kickoffs.len(), 1);
+    assert_eq!(server.stats().deletes, 1, "a finished job is deleted");
+
+    // An explicit cancel stops the export and DELETEs its job on the server.
+    let query = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let df = catalog::sql(&ctx, "SELECT id FROM src.fhir.condition").await?;
+            df.collect().await
+        }
+    });
+    crate::until("the second export's status poll", || {
+        server.stats().kickoffs.len() == 2 && fhir.exports().len() == 2
+    })
+    .await;
+    assert!(fhir.cancel(fhir.exports()[1].id));
+    let failed = query.await.unwrap().unwrap_err().to_string();
+    assert!(
+        failed.contains("cancelled"),
+        "the waiting query fails: {failed}"
+    );
+    crate::until("the job's deletion", || server.stats().deletes == 2).await;
+    assert_eq!(fhir.exports()[1].state, ExportState::Cancelled);
+    assert!(fhir.store().current("Condition").unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_killed_during_download_leaves_the_cache_usable() {
+    a_process_stopped_during_download_leaves_the_cache_usable(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_download_exits_130_and_the_next_run_resumes() {
+    a_process_stopped_during_download_leaves_the_cache_usable(Some("-INT")).await;
+}
+
+/// `fhirflight sql` stopped mid-download by SIGKILL (`signal` none) or by `kill <signal>`; the
+/// next run resumes the job and leaves no folder behind.
+async fn a_process_stopped_during_download_leaves_the_cache_usable(signal: Option<&str>) {
     let cache = tempfile::tempdir().unwrap();
     let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
         .await
@@ -190,7 +219,7 @@ async fn a_process_killed_during_download_leaves_the_cache_usable() {
         .arg("--cache-dir")
         .arg(cache.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     crate::until("a download", || {
@@ -201,8 +230,23 @@ async fn a_process_killed_during_download_leaves_the_cache_usable() {
         server.stats().downloads > 0
     })
     .await;
-    child.kill().unwrap(); // SIGKILL, mid-download
-    child.wait().unwrap();
+    match signal {
+        None => child.kill().unwrap(), // SIGKILL, mid-download
+        Some(signal) => {
+            let sent = std::process::Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    if signal.is_some() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{stderr}");
+        assert!(stderr.contains("the next run resumes it"), "{stderr}");
+    }
     server.set_faults(Faults::default());
 
     let (ctx, fhir) = catalog_of(&server, cache.path()).await;
