@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -151,6 +152,33 @@ pub struct ServerConfig {
     /// Which filters are pushed into exports: `auto` (the default: those the server declares
     /// it supports), `on` or `off`.
     pub pushdown: Option<PushdownMode>,
+    /// Fail an export whose file has another number of resources than the manifest's `count`
+    /// (default: keep it with a warning, as the count is advisory).
+    pub strict_counts: Option<bool>,
+    /// Ask for `allowPartialManifests` and download the files of partial manifests while the
+    /// export runs (default: no).
+    pub allow_partial_manifests: Option<bool>,
+    /// How long one request may keep being retried on transient failures (`10m` by default).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub retry_deadline: Option<Duration>,
+    /// How long a server that refuses connections (or has no address) is retried (`5s`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub connect_retry_deadline: Option<Duration>,
+    /// How long a whole export may take (`24h`); the job is kept when it is exceeded.
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub export_deadline: Option<Duration>,
+    /// Status polls in a row without progress before an export is given up (1000).
+    pub max_polls_without_progress: Option<u32>,
+}
+
+/// `retry_deadline = "10m"`, parsed as the duration flags are ([`crate::time::parse_duration`]).
+fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::time::parse_duration(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("{text:?}: expected a duration like 90s, 10m, 24h"))
+    })
 }
 
 /// `level = "group:g1"`, parsed as `--level` is.
@@ -235,6 +263,18 @@ impl ServerConfig {
             },
             types: self.types.or(fallback.types),
             pushdown: self.pushdown.or(fallback.pushdown),
+            strict_counts: self.strict_counts.or(fallback.strict_counts),
+            allow_partial_manifests: self
+                .allow_partial_manifests
+                .or(fallback.allow_partial_manifests),
+            retry_deadline: self.retry_deadline.or(fallback.retry_deadline),
+            connect_retry_deadline: self
+                .connect_retry_deadline
+                .or(fallback.connect_retry_deadline),
+            export_deadline: self.export_deadline.or(fallback.export_deadline),
+            max_polls_without_progress: self
+                .max_polls_without_progress
+                .or(fallback.max_polls_without_progress),
         }
     }
 
@@ -250,19 +290,35 @@ impl ServerConfig {
         }
     }
 
-    /// The Bulk Data source of this server over `client`: its `level` and `patient` list.
+    /// The Bulk Data source of this server over `client`: its `level`, `patient` list and
+    /// `allow_partial_manifests`.
     pub fn source(&self, client: BulkClient) -> BulkSource {
         BulkSource::new(client)
             .with_level(self.level.clone().unwrap_or(ExportLevel::System))
             .with_patients(self.patient.clone())
+            .with_allow_partial_manifests(self.allow_partial_manifests.unwrap_or(false))
     }
 
-    /// The HTTP client options of this server (CA bundle, proxy, parallel downloads, token
-    /// origins); `insecure_skip_tls_verify` turns certificate checks off (logged on every use).
+    /// The client options of this server (CA bundle, proxy, parallel downloads, token origins,
+    /// strict counts, time limits); `insecure_skip_tls_verify` turns certificate checks off
+    /// (logged on every use).
     pub fn client_options(&self, insecure_skip_tls_verify: bool) -> ClientOptions {
         let mut options = ClientOptions::default()
             .with_danger_accept_invalid_certs(insecure_skip_tls_verify)
-            .with_token_origins(self.token_origins.clone());
+            .with_token_origins(self.token_origins.clone())
+            .with_strict_counts(self.strict_counts.unwrap_or(false));
+        if let Some(deadline) = self.retry_deadline {
+            options = options.with_retry_deadline(deadline);
+        }
+        if let Some(deadline) = self.connect_retry_deadline {
+            options = options.with_connect_retry_deadline(deadline);
+        }
+        if let Some(deadline) = self.export_deadline {
+            options = options.with_export_deadline(deadline);
+        }
+        if let Some(polls) = self.max_polls_without_progress {
+            options = options.with_max_polls_without_progress(polls);
+        }
         if let Some(n) = self.parallel_downloads {
             options = options.with_parallel_downloads(n);
         }
@@ -614,39 +670,28 @@ mod tests {
 
     #[test]
     fn the_readme_reference_parses() {
-        let config: Config = r#"
-            [server]
-            url = "https://ehr.example.org/fhir"
-            client_id = "my-client"
-            key_file = "/secure/key.jwks.json"
-            kid = "key-1"
-            scope = "system/*.read"
-            token_endpoint = "https://ehr.example.org/oauth2/token"
-            ca_bundle = "/etc/hospital/ca.pem"
-            proxy = "http://proxy.example.org:3128"
-            parallel_downloads = 4
-            token_origins = ["https://files.example.org"]
-            level = "group:cohort-1"
-            patient = ["Patient/1"]
-            types = ["Patient", "Condition"]
-            pushdown = "auto"
-
-            [views.patients]
-            resource = "Patient"
-            columns = [["id", "id"], ["gender", "gender"]]
-
-            [servers.hospital_b]
-            url = "https://fhir.hospital-b.example/r4"
-        "#
-        .parse()
-        .unwrap();
+        // The block of the README's configuration reference, as users copy it.
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Configuration reference").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let config: Config = block.parse().unwrap();
         assert_eq!(config.server.parallel_downloads, Some(4));
         assert_eq!(config.server.token_origins, ["https://files.example.org"]);
         assert_eq!(
             config.server.level,
             Some(ExportLevel::Group("cohort-1".into()))
         );
-        assert_eq!(config.server.patient, ["Patient/1"]);
+        assert_eq!(config.server.patient, ["Patient/123"]);
+        assert_eq!(config.server.strict_counts, Some(false));
+        assert_eq!(config.server.retry_deadline, Some(Duration::from_secs(600)));
+        assert_eq!(
+            config.server.export_deadline,
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(config.server.max_polls_without_progress, Some(1000));
+        let error = Config::from_toml("[server]\nexport_deadline = \"1 day\"\n").unwrap_err();
+        assert!(error.to_string().contains("expected a duration"), "{error}");
         assert_eq!(
             config.server.types.as_deref(),
             Some(&["Patient".to_owned(), "Condition".to_owned()][..])
@@ -659,7 +704,7 @@ mod tests {
                 .contains("expected system, patient or group:<id>"),
             "{error}"
         );
-        assert_eq!(config.views["patients"].columns.len(), 2);
+        assert_eq!(config.views["patients"].columns.len(), 4);
         assert_eq!(
             config.servers["hospital_b"].url.as_ref().unwrap().as_str(),
             "https://fhir.hospital-b.example/r4"

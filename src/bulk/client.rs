@@ -67,7 +67,7 @@ pub struct BulkClient {
     inner: Arc<Inner>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Inner {
     base: Url,
     http: reqwest::Client,
@@ -180,16 +180,6 @@ impl BulkClient {
                 options,
             }),
         })
-    }
-
-    /// The same client (connection pool, token) with
-    /// [`ClientOptions::with_strict_counts`] set as `strict` says.
-    pub fn with_strict_counts(self, strict: bool) -> Self {
-        let inner = Inner::clone(&self.inner);
-        let options = inner.options.clone().with_strict_counts(strict);
-        Self {
-            inner: Arc::new(Inner { options, ..inner }),
-        }
     }
 
     /// The FHIR base URL.

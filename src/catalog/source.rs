@@ -500,6 +500,7 @@ pub struct BulkSource {
     client: BulkClient,
     level: ExportLevel,
     patients: Vec<String>,
+    allow_partial_manifests: bool,
     location: String,
 }
 
@@ -511,6 +512,7 @@ impl BulkSource {
             client,
             level: ExportLevel::System,
             patients: Vec::new(),
+            allow_partial_manifests: false,
             location,
         }
     }
@@ -518,6 +520,15 @@ impl BulkSource {
     /// Exports at `level` (`Patient`, `Group(id)`) instead of system level.
     pub fn with_level(self, level: ExportLevel) -> Self {
         Self { level, ..self }.located()
+    }
+
+    /// Asks for `allowPartialManifests`: the files of partial manifests are downloaded while
+    /// the export runs.
+    pub fn with_allow_partial_manifests(self, allow: bool) -> Self {
+        Self {
+            allow_partial_manifests: allow,
+            ..self
+        }
     }
 
     /// Restricts exports to these patients (`Patient/123` or a bare id; the `patient`
@@ -572,7 +583,8 @@ impl FhirSource for BulkSource {
         let mut export = ExportRequest::new(self.level.clone())
             .with_types(request.types.clone())
             .with_type_filters(request.type_filters.clone())
-            .with_patients(self.patients.clone());
+            .with_patients(self.patients.clone())
+            .with_allow_partial_manifests(self.allow_partial_manifests);
         if let Some(since) = &request.since {
             export = export.with_since(since.clone());
         }

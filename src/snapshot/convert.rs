@@ -92,11 +92,12 @@ pub fn convert_raw(
         .with_strictness(Strictness::Lenient)
         .with_resource_type(resource_type);
 
-    // All files in one run of chunks: an export may come as many small files.
-    let sources = || {
-        raw.iter()
-            .map(|p| Ok::<_, Error>((p.display().to_string(), open_raw(p)?)))
-    };
+    // All files in one run of chunks: an export may come as many small files. Each is named
+    // in errors as the snapshot lists it (`raw/Patient.000.ndjson.gz`): the folder it is
+    // written in is temporary.
+    let base = out_dir.parent().unwrap_or(out_dir);
+    let name = |p: &Path| p.strip_prefix(base).unwrap_or(p).display().to_string();
+    let sources = || raw.iter().map(|p| Ok::<_, Error>((name(p), open_raw(p)?)));
     let mut inference = SchemaInference::with_options(mode, options.clone());
     infer_readers(sources(), &mut inference)?;
     let mut schema = inference.schema();
@@ -135,7 +136,11 @@ pub fn convert_raw(
         };
         Warning::new(
             WarningKind::SkippedLines,
-            format!("{skipped_lines} lines skipped: {}{more}", first.join("; ")),
+            format!(
+                "{skipped_lines} {} skipped: {}{more}",
+                if skipped_lines == 1 { "line" } else { "lines" },
+                first.join("; ")
+            ),
         )
         .with_resource_type(resource_type)
         .with_count(skipped_lines)

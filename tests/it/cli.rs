@@ -149,3 +149,48 @@ fn users_add_prints_a_users_file_line_that_serve_accepts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_notebooks_patient_level_export_runs_from_sql() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args([
+            "sql",
+            "--demo",
+            "--demo-patients",
+            "7",
+            "--level",
+            "patient",
+        ])
+        .args(["--format", "csv", "--cache-dir"])
+        .arg(cache.path())
+        .arg("SELECT count(*) AS n FROM Patient")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n7\n");
+    assert!(
+        stderr.contains("/Patient/$export"),
+        "a patient-level kick-off: {stderr}"
+    );
+}
+
+#[test]
+fn skipped_lines_are_a_warning_on_the_terminal() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("Patient.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\n",
+    )
+    .unwrap();
+    let out = sql(folder.path(), "SELECT count(*) AS n FROM Patient");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: Patient: skipped-lines: 1 line skipped: raw/Patient.000.ndjson.gz line 2: invalid JSON"
+        ),
+        "{stderr}"
+    );
+}

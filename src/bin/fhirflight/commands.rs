@@ -109,9 +109,12 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     served
 }
 
-pub(crate) async fn export(args: ExportArgs, config: Config) -> Result<()> {
+pub(crate) async fn export(args: ExportArgs, mut config: Config) -> Result<()> {
+    if args.strict_counts {
+        config.server.strict_counts = Some(true);
+    }
     let connection = args.server.session_builder(config).connect().await?;
-    let client = connection.client.with_strict_counts(args.strict_counts);
+    let client = connection.client;
     if args.cancel {
         return match client.cancel_export(&args.out).await? {
             true => {

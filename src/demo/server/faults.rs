@@ -52,6 +52,9 @@ pub struct Faults {
     /// `_typeFilter` and answer it with no resource of the filtered type (jobs kicked off while
     /// set), as a real server did.
     pub filters_overfilter: bool,
+    /// Refuse kick-offs that ask for one of these types with 400 and an OperationOutcome of
+    /// code `not-supported`, as a server does for a type it cannot export.
+    pub refused_types: Vec<String>,
     /// Declare search support, yet ignore `_typeFilter` (every resource of the type is exported;
     /// jobs kicked off while set).
     pub filters_ignored: bool,

@@ -146,6 +146,19 @@ fn accept_kickoff(
         }
     }
     let request = export::parse_request(level, &params?, post, lenient)?;
+    let refused = state.faults.lock().expect("faults").refused_types.clone();
+    if let Some(ty) = request
+        .types
+        .iter()
+        .flatten()
+        .find(|ty| refused.contains(ty))
+    {
+        return Err(Outcome::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            format!("this server cannot export {ty}"),
+        ));
+    }
     let readable = |ty: &str| grant.as_ref().is_none_or(|g| g.can_read(ty));
     if let Some(ty) = request.types.iter().flatten().find(|ty| !readable(ty)) {
         return Err(Outcome::new(

@@ -191,7 +191,13 @@ async fn a_count_mismatch_is_downloaded_again_then_kept_with_a_warning() {
     assert_eq!(stats.deletes, 1);
 
     // Strict counts fail instead, for good: the job is deleted and forgotten.
-    let strict = client.with_strict_counts(true);
+    let strict = BulkClient::try_new(
+        server.base_url(),
+        Some(rs384(&server)),
+        options().with_strict_counts(true),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (progress, _) = watch::channel(ExportProgress::default());
     let err = strict

@@ -181,8 +181,11 @@ async fn a_line_count_short_of_the_manifest_count_is_a_warning_or_a_strict_error
     assert_eq!(outcome.files[0].lines, 1);
 
     let dir = tempfile::tempdir().unwrap();
+    let strict = options().with_strict_counts(true);
+    let client = BulkClient::try_new(base.join("fhir").unwrap(), None, strict)
+        .await
+        .unwrap();
     let err = client
-        .with_strict_counts(true)
         .export_to_dir(&request, dir.path(), &progress)
         .await
         .unwrap_err();

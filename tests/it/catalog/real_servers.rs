@@ -161,6 +161,18 @@ async fn every_exported_type_is_a_table_though_the_capability_statement_omits_it
     assert!(err.contains("not found"), "{err}");
     assert_eq!(server.stats().kickoffs.len(), kickoffs);
 
+    // A type the server cannot export: its OperationOutcome is the error.
+    server.set_faults(Faults {
+        refused_types: vec!["Basic".into()],
+        ..Faults::default()
+    });
+    let err = error(&ctx, "SELECT * FROM basic").await;
+    assert!(
+        err.contains("HTTP 400")
+            && err.contains("(not-supported): this server cannot export Basic"),
+        "{err}"
+    );
+
     // Pinned types are the only tables.
     let pinned = options(cache.path()).with_resource_types(vec!["Patient".into()]);
     let (ctx, _) = session(BulkSource::new(client(&server).await), pinned).await;
@@ -427,4 +439,66 @@ async fn a_folder_of_a_real_export_is_read_as_it_is() {
             "{expected}: {warnings:#?}"
         );
     }
+}
+
+#[tokio::test]
+async fn what_an_export_finished_despite_reaches_every_reporter() {
+    let cache = tempfile::tempdir().unwrap();
+    let server = open_server().await;
+    server.set_faults(Faults {
+        failed_type: Some("Patient".into()),
+        malformed_line: true,
+        ..Faults::default()
+    });
+    let (ctx, fhir) = session(
+        BulkSource::new(client(&server).await),
+        options(cache.path()),
+    )
+    .await;
+    // Condition succeeds though Patient failed on the server.
+    let joined = rows(&ctx, "SELECT count(*) FROM patient, condition").await;
+    assert_eq!(joined, ["0"], "no Patient was exported");
+    assert_ne!(rows(&ctx, "SELECT count(*) FROM condition").await, ["0"]);
+    let export = &fhir.exports()[0];
+    let kinds: Vec<(WarningKind, Option<&str>)> = export
+        .warnings
+        .iter()
+        .map(|w| (w.kind, w.resource_type.as_deref()))
+        .collect();
+    assert!(
+        kinds.contains(&(WarningKind::ServerError, Some("Patient"))),
+        "{:?}",
+        export.warnings
+    );
+    let skipped = export
+        .warnings
+        .iter()
+        .find(|w| w.kind == WarningKind::SkippedLines)
+        .unwrap_or_else(|| panic!("the broken line is a warning: {:?}", export.warnings));
+    assert_eq!(skipped.count, 1);
+    assert!(
+        skipped
+            .message
+            .starts_with("1 line skipped: raw/Condition.000.ndjson.gz line 1: invalid JSON"),
+        "{skipped}"
+    );
+    // The snapshot keeps its type's warnings, and fhir_refresh returns them.
+    let condition = fhir.store().current("Condition").unwrap().unwrap();
+    let kept = &condition.manifest().warnings;
+    assert!(
+        kept.iter().all(|w| w.concerns("Condition"))
+            && kept.iter().any(|w| w.kind == WarningKind::SkippedLines),
+        "{kept:?}"
+    );
+    let refreshed = rows(
+        &ctx,
+        "SELECT resource_type, array_length(warnings) FROM fhir_refresh('src', 'Patient')",
+    )
+    .await;
+    assert_eq!(refreshed.len(), 1);
+    assert_eq!(
+        refreshed,
+        ["Patient|1"],
+        "the server's error for Patient is listed"
+    );
 }
