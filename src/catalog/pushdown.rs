@@ -79,7 +79,8 @@ const LAST_UPDATED: &str = "meta_lastUpdated";
 const SINCE_MARGIN: Duration = Duration::from_secs(2 * 86_400);
 
 /// Which filters a catalog pushes into its exports (per server: `pushdown = "auto" | "on" |
-/// "off"`, `--pushdown`); see the [module docs](self).
+/// "off"`, `--pushdown`): `_since` on `meta_lastUpdated`, and `_typeFilter` for equality on the
+/// columns of [`SEARCH_PARAMS`](super::SEARCH_PARAMS).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PushdownMode {
