@@ -342,62 +342,6 @@ mod tests {
         );
     }
 
-    /// What a client build logs, as plain text.
-    fn logs_of(build: impl FnOnce()) -> String {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().write(bytes)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        tracing::subscriber::with_default(subscriber, build);
-        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
-    }
-
-    #[test]
-    fn skipping_tls_verification_warns_every_time_a_client_is_built() {
-        let insecure = ClientOptions::default().with_danger_accept_invalid_certs(true);
-        let logs = logs_of(|| {
-            insecure.http_client().unwrap();
-            insecure.http_client().unwrap();
-            ClientOptions::default().http_client().unwrap();
-        });
-        let warnings: Vec<&str> = logs
-            .lines()
-            .filter(|l| l.contains("TLS certificate verification is OFF"))
-            .collect();
-        assert_eq!(warnings.len(), 2, "{logs}");
-        assert!(warnings.iter().all(|l| l.contains("WARN")), "{logs}");
-    }
-
-    #[test]
-    fn proxy_credentials_stay_out_of_debug_and_logs() {
-        let proxy = Url::parse("http://alice:s3cret@proxy.example:3128/").unwrap();
-        let options = ClientOptions::default().with_proxy(proxy);
-        let logs = logs_of(|| {
-            options.http_client().unwrap();
-        });
-        assert!(logs.contains("proxy.example:3128"), "{logs}");
-        let debug = format!("{options:?}");
-        assert!(
-            debug.contains("proxy: Some(http://proxy.example:3128/)"),
-            "{debug}"
-        );
-        assert!(!debug.contains("s3cret") && !logs.contains("s3cret"));
-    }
-
     #[test]
     fn bounds_and_parallelism_stay_sane() {
         let options = ClientOptions::default()

@@ -194,3 +194,39 @@ fn skipped_lines_are_a_warning_on_the_terminal() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_listens_though_the_fhir_server_is_down() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let cache = tempfile::tempdir().unwrap();
+    // A FHIR server that is down: a port bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/fhir", closed.local_addr().unwrap());
+    drop(closed);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--anonymous",
+            "--server",
+            &url,
+        ])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        first.starts_with("fhirflight Flight SQL server listening on grpc://127.0.0.1:"),
+        "{first}"
+    );
+}

@@ -3,7 +3,6 @@
 //! instant (and a wait above the maximum is logged as capped), a refused connection fails fast
 //! naming the cause, and building a client asks the server nothing.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fhirflight::Error;
@@ -11,7 +10,7 @@ use fhirflight::bulk::{BulkClient, ClientOptions, ExportLevel, ExportProgress, E
 use fhirflight::demo::{DemoConfig, Faults};
 use tokio::sync::watch;
 
-use super::{client, demo, downloaded, expected, export, options, rs384};
+use super::{client, demo, downloaded, expected, export, logs_of, options, rs384};
 
 fn patients() -> ExportRequest {
     ExportRequest::new(ExportLevel::System).with_types(["Patient"])
@@ -92,33 +91,6 @@ async fn the_export_deadline_names_itself_and_keeps_the_job() {
     );
     assert_eq!(server.stats().deletes, 0);
     assert!(dir.path().join(".fhirflight-job.json").exists());
-}
-
-/// The text of what `run` logs on this thread (debug and up).
-async fn logs_of<F: Future>(run: F) -> (F::Output, String) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().write(bytes)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let output = {
-        let _guard = tracing::subscriber::set_default(subscriber);
-        run.await
-    };
-    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    (output, logs)
 }
 
 /// The waits (seconds) of the lines of `logs` that end with `<prefix><N> s` or `<N> ms`.

@@ -20,6 +20,7 @@ mod tokens;
 mod transport;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fhirflight::bulk::{
@@ -136,4 +137,31 @@ async fn try_export(
     let request = ExportRequest::new(ExportLevel::System).with_types(["Patient", "Condition"]);
     let (progress, _) = watch::channel(ExportProgress::default());
     client.export_to_dir(&request, dir, &progress).await
+}
+
+/// The text of what `run` logs on this thread (debug and up).
+async fn logs_of<F: Future>(run: F) -> (F::Output, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(bytes)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let output = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        run.await
+    };
+    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (output, logs)
 }

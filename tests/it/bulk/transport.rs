@@ -9,7 +9,9 @@ use fhirflight::bulk::{BulkClient, ExportLevel, ExportRequest};
 use fhirflight::demo::{DemoConfig, DemoServer, ForeignOrigin};
 use url::Url;
 
-use super::{demo, downloaded, expected, export, foreign_demo, options, rs384, try_export};
+use super::{
+    demo, downloaded, expected, export, foreign_demo, logs_of, options, rs384, try_export,
+};
 
 /// The test CA of `tests/fixtures/tls/` (see its README).
 const TEST_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
@@ -403,4 +405,38 @@ async fn env_proxy_child() {
     let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
     let (outcome, _) = export(&client, &request, dir.path()).await;
     assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+}
+
+#[tokio::test]
+async fn skipping_tls_verification_warns_every_time_a_client_is_built() {
+    let base = Url::parse("https://fhir.example/r4/").unwrap();
+    let insecure = options().with_danger_accept_invalid_certs(true);
+    let build = |options| BulkClient::try_new(base.clone(), None, options);
+    let (_, logs) = logs_of(async {
+        build(insecure.clone()).await.unwrap();
+        build(insecure.clone()).await.unwrap();
+        build(options()).await.unwrap();
+    })
+    .await;
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("TLS certificate verification is OFF"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{logs}");
+    assert!(warnings.iter().all(|l| l.contains("WARN")), "{logs}");
+}
+
+#[tokio::test]
+async fn proxy_credentials_stay_out_of_debug_and_logs() {
+    let proxy = Url::parse("http://alice:s3cret@proxy.example:3128/").unwrap();
+    let options = options().with_proxy(proxy);
+    let base = Url::parse("https://fhir.example/r4/").unwrap();
+    let (_, logs) = logs_of(BulkClient::try_new(base, None, options.clone())).await;
+    assert!(logs.contains("proxy.example:3128"), "{logs}");
+    let debug = format!("{options:?}");
+    assert!(
+        debug.contains("proxy: Some(http://proxy.example:3128/)"),
+        "{debug}"
+    );
+    assert!(!debug.contains("s3cret") && !logs.contains("s3cret"));
 }

@@ -347,3 +347,26 @@ async fn join_starts_one_export_on_the_server_and_refresh_merges_changes() {
     .await;
     assert_eq!(after, ["new-one|unknown"]);
 }
+
+#[tokio::test]
+async fn a_query_answered_from_fresh_snapshots_makes_no_request() {
+    let cache = tempfile::tempdir().unwrap();
+    let (server, ctx, _) = demo_catalog(cache.path()).await;
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["12"]
+    );
+    // A new process over the same cache: its catalog, SMART client and query ask nothing.
+    let before = server.stats();
+    let (ctx, _) = catalog_of(&server, cache.path()).await;
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["12"]
+    );
+    let after = server.stats();
+    assert_eq!(
+        after.requests, before.requests,
+        "no .well-known, token, metadata or export"
+    );
+    assert_eq!(after.token_requests, before.token_requests);
+}
