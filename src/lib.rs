@@ -81,6 +81,7 @@ pub mod flight;
 mod http;
 mod lock_file;
 pub mod ndjson;
+mod private_dir;
 pub mod r4;
 mod redacted;
 pub mod smart;

@@ -393,9 +393,8 @@ impl BulkClient {
         dir: &Path,
         progress: &watch::Sender<ExportProgress>,
     ) -> Result<ExportOutcome> {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| Error::io(dir, e))?;
+        // A new folder is the owner's only: it will hold patient data.
+        crate::private_dir::create(dir).map_err(|e| Error::io(dir, e))?;
         let state_path = dir.join(JOB_FILE);
         let mut saved = self.read_job(&state_path, request).await?;
         let mut restarted = false;

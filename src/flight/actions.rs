@@ -67,7 +67,7 @@ impl CustomAction {
         Self::AddView,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::ListExports => "ListExports",
             Self::ListSnapshots => "ListSnapshots",

@@ -27,6 +27,7 @@ use tonic::codegen::Service;
 use tonic::codegen::http;
 use tonic::transport::server::TcpConnectInfo;
 
+use super::audit::{AuditLog, AuditRecord};
 use super::users::{Role, Users};
 use crate::redacted::Redacted;
 use crate::{Error, Result};
@@ -103,10 +104,16 @@ pub(crate) struct Authenticator {
     encoding: Redacted<EncodingKey>,
     decoding: Redacted<DecodingKey>,
     throttle: Throttle,
+    audit: Option<AuditLog>,
 }
 
 impl Authenticator {
-    pub(crate) fn new(users: Users, anonymous: bool, token_ttl: Duration) -> Self {
+    pub(crate) fn new(
+        users: Users,
+        anonymous: bool,
+        token_ttl: Duration,
+        audit: Option<AuditLog>,
+    ) -> Self {
         let key: [u8; 32] = rand::random();
         Self {
             users: Arc::new(users),
@@ -115,6 +122,7 @@ impl Authenticator {
             encoding: Redacted(EncodingKey::from_secret(&key)),
             decoding: Redacted(DecodingKey::from_secret(&key)),
             throttle: Throttle::default(),
+            audit,
         }
     }
 
@@ -201,6 +209,10 @@ impl Authenticator {
             }
             (name, None) => {
                 let wait = self.throttle.failed(address);
+                if let Some(log) = &self.audit {
+                    let reason = "invalid username or password";
+                    log.record(&AuditRecord::failed_login(&name, client, reason));
+                }
                 tracing::warn!(
                     user = %crate::error::quoted(&name),
                     client = ?client,
@@ -360,7 +372,7 @@ mod tests {
 
     fn alice() -> Authenticator {
         let users = Users::parse("alice:a:b").unwrap();
-        Authenticator::new(users, false, Duration::from_secs(60))
+        Authenticator::new(users, false, Duration::from_secs(60), None)
     }
 
     fn admin(name: &str) -> Caller {
@@ -405,7 +417,7 @@ mod tests {
         );
 
         // A token from another server (another key) is refused.
-        let other = Authenticator::new(Users::new(), false, Duration::from_secs(60));
+        let other = Authenticator::new(Users::new(), false, Duration::from_secs(60), None);
         let foreign = format!("Bearer {}", other.token("alice", Role::Admin).unwrap());
         let err = auth
             .authenticate(Some(&foreign), false, None)
@@ -451,7 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_tokens_are_refused() {
-        let auth = Authenticator::new(Users::new(), false, Duration::ZERO);
+        let auth = Authenticator::new(Users::new(), false, Duration::ZERO, None);
         let claims = Claims {
             sub: "alice".into(),
             role: "read".into(),
@@ -468,7 +480,7 @@ mod tests {
 
     #[tokio::test]
     async fn anonymous_only_without_credentials() {
-        let auth = Authenticator::new(Users::new(), true, Duration::from_secs(60));
+        let auth = Authenticator::new(Users::new(), true, Duration::from_secs(60), None);
         assert_eq!(
             auth.authenticate(None, false, None).await.unwrap(),
             Caller::Anonymous

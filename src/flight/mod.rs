@@ -43,6 +43,7 @@
 //! ```
 
 mod actions;
+mod audit;
 mod auth;
 mod control;
 mod limits;
@@ -66,6 +67,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use actions::ExportControl;
+pub use audit::AuditLog;
 pub use control::FhirExportControl;
 pub use users::{Role, Users};
 
@@ -91,6 +93,7 @@ pub struct FlightSqlServer {
     queries: Option<QueryRuntime>,
     shutdown_grace: Duration,
     limits: Limits,
+    audit: Option<AuditLog>,
 }
 
 impl std::fmt::Debug for FlightSqlServer {
@@ -105,6 +108,7 @@ impl std::fmt::Debug for FlightSqlServer {
             .field("queries", &self.queries)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("limits", &self.limits)
+            .field("audit", &self.audit)
             .finish()
     }
 }
@@ -122,6 +126,15 @@ impl FlightSqlServer {
             queries: None,
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
+            audit: None,
+        }
+    }
+
+    /// Records every statement, action and login in `audit` (see [`AuditLog`]).
+    pub fn with_audit_log(self, audit: AuditLog) -> Self {
+        Self {
+            audit: Some(audit),
+            ..self
         }
     }
 
@@ -274,6 +287,7 @@ impl FlightSqlServer {
             self.users,
             self.anonymous,
             self.token_ttl,
+            self.audit.clone(),
         ));
         let queries = match self.queries {
             Some(queries) => queries,
@@ -285,6 +299,7 @@ impl FlightSqlServer {
             Arc::clone(&auth),
             self.exports,
             Arc::new(StatementSlots::new(self.limits.clone())),
+            self.audit,
         );
         let service = FlightServiceServer::new(service);
         let (tls, grace) = (self.tls.is_some(), self.shutdown_grace);

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef};
@@ -37,6 +38,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::actions::{CustomAction, ExportControl};
+use super::audit::{self, AuditLog, AuditRecord, StreamAudit};
 use super::auth::{Authenticator, Caller};
 use super::limits::StatementSlots;
 use super::metadata;
@@ -65,6 +67,7 @@ pub(crate) struct FhirFlightService {
     auth: Arc<Authenticator>,
     exports: Option<Arc<dyn ExportControl>>,
     slots: Arc<StatementSlots>,
+    audit: Option<AuditLog>,
     sql_info: Arc<SqlInfoData>,
     xdbc_type_info: Arc<XdbcTypeInfoData>,
 }
@@ -86,6 +89,7 @@ impl FhirFlightService {
         auth: Arc<Authenticator>,
         exports: Option<Arc<dyn ExportControl>>,
         slots: Arc<StatementSlots>,
+        audit: Option<AuditLog>,
     ) -> Self {
         let sql_info = Arc::new(metadata::sql_info(&ctx));
         Self {
@@ -95,9 +99,34 @@ impl FhirFlightService {
             auth,
             exports,
             slots,
+            audit,
             sql_info,
             xdbc_type_info: Arc::new(metadata::xdbc_type_info()),
         }
+    }
+
+    /// Plans a statement to prepare (CreatePreparedStatement) and returns its handle and
+    /// schemas.
+    async fn prepare(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        caller: Option<&Caller>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let slot = self.slots.take(caller)?;
+        // Only the schemas are needed: missing tables are exported, present ones are not
+        // refreshed here (GetFlightInfo applies the catalog's freshness, once).
+        let (ctx, sql) = (self.context(caller).clone(), query.query.clone());
+        let planning = self.queries.run(async move {
+            let df = plan_sql(&ctx, &sql, Some(Freshness::Never)).await?;
+            let parameters = parameter_schema(df.logical_plan())?;
+            Ok((df.schema().as_arrow().clone(), parameters))
+        });
+        let (dataset, parameters) = slot.bound(planning.map_err(status)).await?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: StatementHandle::new(query.query).encode_to_vec().into(),
+            dataset_schema: ipc_schema(&dataset)?,
+            parameter_schema: ipc_schema(&parameters)?,
+        })
     }
 
     /// The session a statement of `caller` runs in: by role.
@@ -115,17 +144,32 @@ impl FhirFlightService {
         handle: StatementHandle,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let started = Instant::now();
         let caller = request.extensions().get::<Caller>();
-        let slot = self.slots.take(caller)?;
-        let ctx = self.context(caller).clone();
+        let record = AuditRecord::new("GetFlightInfo", caller, request.remote_addr())
+            .with_statement(handle.sql.clone());
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
         };
-        let planning = self.queries.run(async move {
-            let df = handle.plan(&ctx, None).await?;
-            Ok(df.schema().as_arrow().clone())
-        });
-        let schema = slot.bound(planning.map_err(status)).await?;
+        let planned = async {
+            let slot = self.slots.take(caller)?;
+            let ctx = self.context(caller).clone();
+            let planning = self.queries.run(async move {
+                let df = handle.plan(&ctx, None).await?;
+                Ok((
+                    df.schema().as_arrow().clone(),
+                    audit::tables(df.logical_plan(), &ctx),
+                ))
+            });
+            slot.bound(planning.map_err(status)).await
+        }
+        .await;
+        if let Some(log) = &self.audit {
+            let tables = planned.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
+            let record = record.with_tables(tables).with_outcome(&planned);
+            log.record(&record.ended(started));
+        }
+        let (schema, _) = planned?;
         flight_info(
             &schema,
             ticket.as_any().encode_to_vec(),
@@ -140,15 +184,50 @@ impl FhirFlightService {
         handle: &[u8],
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let started = Instant::now();
         let caller = request.extensions().get::<Caller>();
-        let slot = self.slots.take(caller)?;
         let handle = StatementHandle::decode_handle(handle).map_err(status)?;
-        let ctx = self.context(caller).clone();
-        let execution = self
-            .queries
-            .execute(async move { handle.execute(&ctx).await });
-        let stream = slot.bound(execution.map_err(status)).await?;
-        Ok(Response::new(Box::pin(slot.hold(record_batches(stream)))))
+        let record = AuditRecord::new("DoGet", caller, request.remote_addr())
+            .with_statement(handle.sql.clone());
+        let scanned = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let started_stream = async {
+            let slot = self.slots.take(caller)?;
+            let ctx = self.context(caller).clone();
+            let tables = Arc::clone(&scanned);
+            let execution = self.queries.execute(async move {
+                let df = handle.plan_run(&ctx).await?;
+                *tables.lock().unwrap_or_else(|e| e.into_inner()) =
+                    audit::tables(df.logical_plan(), &ctx);
+                df.execute_stream().await
+            });
+            let stream = slot.bound(execution.map_err(status)).await?;
+            Ok::<_, Status>((slot, stream))
+        }
+        .await;
+        let tables = std::mem::take(&mut *scanned.lock().unwrap_or_else(|e| e.into_inner()));
+        let record = record.with_tables(tables);
+        let (slot, stream) = match started_stream {
+            Ok(started) => started,
+            Err(refused) => {
+                if let Some(log) = &self.audit {
+                    let failed: Result<(), _> = Err(refused.clone());
+                    log.record(&record.with_outcome(&failed).ended(started));
+                }
+                return Err(refused);
+            }
+        };
+        let response: DoGetStream = match &self.audit {
+            Some(log) => {
+                let audit = StreamAudit::new(log.clone(), record, started);
+                let stream = audit::counting_rows(stream, &audit);
+                Box::pin(audit::audited(
+                    Box::pin(slot.hold(record_batches(stream))),
+                    audit,
+                ))
+            }
+            None => Box::pin(slot.hold(record_batches(stream))),
+        };
+        Ok(Response::new(response))
     }
 
     /// The tables matching a GetTables request, with their schemas when asked for.
@@ -358,7 +437,8 @@ impl FlightSqlService for FhirFlightService {
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        let token = match request.extensions().get::<Caller>() {
+        let caller = request.extensions().get::<Caller>();
+        let token = match caller {
             Some(Caller::User { name, role }) => self.auth.token(name, *role).map_err(status)?,
             Some(Caller::Anonymous) => String::new(),
             None => {
@@ -367,6 +447,10 @@ impl FlightSqlService for FhirFlightService {
                 ));
             }
         };
+        if let Some(log) = &self.audit {
+            let record = AuditRecord::new("Handshake", caller, request.remote_addr());
+            log.record(&record.ended(Instant::now()));
+        }
         let response = HandshakeResponse {
             protocol_version: 0,
             payload: token.clone().into(),
@@ -420,22 +504,15 @@ impl FlightSqlService for FhirFlightService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let started = Instant::now();
         let caller = request.extensions().get::<Caller>();
-        let slot = self.slots.take(caller)?;
-        // Only the schemas are needed: missing tables are exported, present ones are not
-        // refreshed here (GetFlightInfo applies the catalog's freshness, once).
-        let (ctx, sql) = (self.context(caller).clone(), query.query.clone());
-        let planning = self.queries.run(async move {
-            let df = plan_sql(&ctx, &sql, Some(Freshness::Never)).await?;
-            let parameters = parameter_schema(df.logical_plan())?;
-            Ok((df.schema().as_arrow().clone(), parameters))
-        });
-        let (dataset, parameters) = slot.bound(planning.map_err(status)).await?;
-        Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: StatementHandle::new(query.query).encode_to_vec().into(),
-            dataset_schema: ipc_schema(&dataset)?,
-            parameter_schema: ipc_schema(&parameters)?,
-        })
+        let record = AuditRecord::new("CreatePreparedStatement", caller, request.remote_addr())
+            .with_statement(query.query.clone());
+        let prepared = self.prepare(query, caller).await;
+        if let Some(log) = &self.audit {
+            log.record(&record.with_outcome(&prepared).ended(started));
+        }
+        prepared
     }
 
     async fn do_put_prepared_statement_query(
@@ -660,6 +737,8 @@ impl FlightSqlService for FhirFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let started = Instant::now();
+        let client = request.remote_addr();
         let caller = request.extensions().get::<Caller>().cloned();
         let caller = caller
             .ok_or_else(|| Status::internal("an action reached the service unauthenticated"))?;
@@ -676,10 +755,15 @@ impl FlightSqlService for FhirFlightService {
                 action.r#type
             )));
         };
-        let body = custom
+        let ran = custom
             .run(exports.as_ref(), &caller, &action.body)
             .await
-            .map_err(status)?;
+            .map_err(status);
+        if let Some(log) = &self.audit {
+            let record = AuditRecord::new(custom.name(), Some(&caller), client);
+            log.record(&record.with_outcome(&ran).ended(started));
+        }
+        let body = ran?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
     }

@@ -12,7 +12,6 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
@@ -100,17 +99,13 @@ impl StatementHandle {
         }
     }
 
-    /// Runs the statement (DoGet): batches come as DataFusion produces them; dropping the stream
-    /// stops the query. It reads the current snapshots (freshness `never`), normally those its
-    /// GetFlightInfo brought up to date: no second export with freshness `always`. A snapshot
-    /// committed in between (another query, a refresh) is read instead, and its schema may
-    /// differ from the FlightInfo's. A ticket never planned exports what has no snapshot.
-    pub(crate) async fn execute(
-        &self,
-        ctx: &SessionContext,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let df = self.plan(ctx, Some(Freshness::Never)).await?;
-        df.execute_stream().await
+    /// Plans the statement for DoGet, to be run with `execute_stream`: it reads the current
+    /// snapshots (freshness `never`), normally those its GetFlightInfo brought up to date: no
+    /// second export with freshness `always`. A snapshot committed in between (another query, a
+    /// refresh) is read instead, and its schema may differ from the FlightInfo's. A ticket never
+    /// planned exports what has no snapshot.
+    pub(crate) async fn plan_run(&self, ctx: &SessionContext) -> DfResult<DataFrame> {
+        self.plan(ctx, Some(Freshness::Never)).await
     }
 }
 

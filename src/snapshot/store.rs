@@ -19,10 +19,10 @@ use super::names::{
 use super::writer::{WRITERS, owner_lock};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
-use crate::lock_file;
 use crate::ndjson::TableMode;
 use crate::r4::check_type_name;
 use crate::{Error, Result};
+use crate::{lock_file, private_dir};
 
 /// The default cache root: `<user cache dir>/fhirflight` (for example `~/.cache/fhirflight`).
 pub fn default_cache_dir() -> PathBuf {
@@ -43,7 +43,12 @@ impl SnapshotStore {
     pub fn open(cache_root: &Path, source: &str) -> Result<Self> {
         let dir = cache_root.join(source_key(source));
         for sub in ["tmp", "staging"] {
-            fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+            private_dir::create(&dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+        }
+        // Everything of the source lies in `dir`: owner only, also when an earlier version
+        // made it with the default mode.
+        if let Err(e) = private_dir::restrict(&dir) {
+            tracing::warn!("{} stays readable by others: {e}", dir.display());
         }
         let info = dir.join("source.json");
         if !info.exists() {

@@ -296,6 +296,10 @@ pub(crate) struct ServeArgs {
     /// Connections open at once; one more is closed at once.
     #[arg(long, default_value_t = 512)]
     pub(crate) max_connections: usize,
+    /// Record every statement, action and login as a JSON line in this file (appended; `-` for
+    /// standard error).
+    #[arg(long, env = "FHIRFLIGHT_AUDIT_LOG")]
+    pub(crate) audit_log: Option<PathBuf>,
     /// Close a connection whose client sent nothing for this long (live clients answer the
     /// server's pings every 30 s).
     #[arg(long, value_parser = parse_duration, default_value = "2m")]

@@ -8,7 +8,7 @@ use fhirflight::bulk::{ExportProgress, ExportRequest, KickoffMethod};
 use fhirflight::catalog::{self, FhirCatalog, Freshness, QueryRuntime};
 use fhirflight::config::Config;
 use fhirflight::demo::{DemoConfig, DemoServer};
-use fhirflight::flight::{FhirExportControl, FlightSqlServer, Users};
+use fhirflight::flight::{AuditLog, FhirExportControl, FlightSqlServer, Users};
 use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
@@ -83,6 +83,13 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     }
     if let Some(max) = args.max_statements_per_user {
         server = server.with_max_statements_per_user(max);
+    }
+    match args.audit_log.as_deref() {
+        Some(path) if path == Path::new("-") => {
+            server = server.with_audit_log(AuditLog::to_writer(std::io::stderr()))
+        }
+        Some(path) => server = server.with_audit_log(AuditLog::to_file(path)?),
+        None => {}
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         server = server.with_tls(cert, key);

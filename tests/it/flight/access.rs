@@ -116,3 +116,66 @@ async fn basic_credentials_only_on_the_handshake_and_failed_logins_wait() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_statement_and_login_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = fhirflight::flight::AuditLog::to_file(&path).unwrap();
+    let server = start(
+        FlightSqlServer::new(fhir_context())
+            .with_users(users())
+            .with_audit_log(audit),
+    )
+    .await;
+    let mut alice = super::login(&server).await;
+    let mut client = FlightSqlServiceClient::new(channel(&server).await);
+    assert!(client.handshake(USER, "guess").await.is_err());
+    let table = query(
+        &mut alice,
+        "SELECT count(*) AS n FROM Condition WHERE id <> 'x'",
+    )
+    .await;
+    assert!(table.contains("| 4 |"), "{table}");
+
+    let records = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    crate::until("the DoGet record", || records().len() == 4).await;
+    let records = records();
+    let calls: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default();
+            (text("call"), text("user"), text("outcome"))
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("Handshake", USER, "ok"),
+            (
+                "Handshake",
+                USER,
+                "Unauthenticated: invalid username or password"
+            ),
+            ("GetFlightInfo", USER, "ok"),
+            ("DoGet", USER, "ok"),
+        ]
+    );
+    let get = &records[3];
+    assert_eq!(
+        get["statement"],
+        "SELECT count(*) AS n FROM Condition WHERE id <> 'x'"
+    );
+    assert_eq!(get["tables"], serde_json::json!(["fhir.r4.Condition"]));
+    assert_eq!(get["rows"], 1);
+    assert!(get["bytes"].as_u64().unwrap() > 0);
+    assert!(get["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(get["time"].as_str().unwrap().ends_with('Z'));
+    server.shutdown().await.unwrap();
+}
