@@ -555,6 +555,9 @@ fn scan16(block: &[u8; 16]) -> (u32, u32) {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
