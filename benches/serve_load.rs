@@ -2,10 +2,11 @@
 //!
 //! A Flight SQL server on loopback with a memory limit serves `SMALL_CLIENTS` clients that each
 //! run a small query (`SELECT count(*)` over 1,000 rows) in a loop. First alone for `SECONDS`,
-//! then as long again beside `HEAVY_CLIENTS` clients that each run a heavy query in a loop (a
-//! sort of 20 million rows, which must spill past the memory limit, and an aggregate over 500
-//! million rows, alternately). Printed: the small queries' latency percentiles in both phases
-//! and their ratio, the heavy queries finished and how they ended (ok or the gRPC code).
+//! then as long again beside `HEAVY_CLIENTS` clients that each run a heavy query in a loop,
+//! alternately: the top 10 million of 20 million rows (a heap that cannot spill: past the memory
+//! limit it ends with `RESOURCE_EXHAUSTED`) and an aggregate over 500 million rows (CPU for
+//! seconds). Printed: the small queries' latency percentiles in both phases and their ratio,
+//! the heavy queries and how they ended (ok or the gRPC code).
 //!
 //! `cargo bench --bench serve_load` (release). Environment: `FHIRFLIGHT_BENCH_SECONDS` (10),
 //! `FHIRFLIGHT_BENCH_SMALL_CLIENTS` (8), `FHIRFLIGHT_BENCH_HEAVY_CLIENTS` (2),
