@@ -108,14 +108,19 @@ async fn a_failed_download_keeps_the_job_and_the_next_run_finishes_it() {
     assert_eq!((stats.kickoffs.len(), stats.deletes), (1, 1));
 }
 
-#[tokio::test]
-async fn every_page_of_a_paged_manifest_is_downloaded_and_resumed() {
-    let server = demo(
+/// A demo server of many small files (3 resources each) listed on manifest pages of 2.
+async fn paged_demo() -> DemoServer {
+    demo(
         DemoConfig::default()
             .with_page_size(3)
             .with_manifest_page_size(2),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn every_page_of_a_paged_manifest_is_downloaded_and_resumed() {
+    let server = paged_demo().await;
     server.set_faults(Faults {
         break_download_after: Some(500),
         ..Faults::default()
@@ -153,12 +158,7 @@ async fn every_page_of_a_paged_manifest_is_downloaded_and_resumed() {
 
 #[tokio::test]
 async fn partial_manifests_are_downloaded_while_the_export_runs() {
-    let server = demo(
-        DemoConfig::default()
-            .with_page_size(3)
-            .with_manifest_page_size(2),
-    )
-    .await;
+    let server = paged_demo().await;
     let client = client(&server, rs384(&server)).await;
     let dir = tempfile::tempdir().unwrap();
     let request = ExportRequest::new(ExportLevel::System)
@@ -190,12 +190,7 @@ async fn partial_manifests_are_downloaded_while_the_export_runs() {
 
 #[tokio::test]
 async fn an_export_with_partial_manifests_resumes_after_a_broken_download() {
-    let server = demo(
-        DemoConfig::default()
-            .with_page_size(3)
-            .with_manifest_page_size(2),
-    )
-    .await;
+    let server = paged_demo().await;
     server.set_faults(Faults {
         break_download_after: Some(500),
         ..Faults::default()

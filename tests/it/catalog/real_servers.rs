@@ -43,6 +43,11 @@ async fn session(source: BulkSource, options: CatalogOptions) -> (SessionContext
     (ctx, fhir)
 }
 
+/// The session of [`session`] over the whole of `server`, with [`options`].
+async fn server_session(server: &DemoServer, cache: &Path) -> (SessionContext, FhirCatalog) {
+    session(BulkSource::new(client(server).await), options(cache)).await
+}
+
 fn options(cache: &Path) -> CatalogOptions {
     CatalogOptions::default()
         .with_cache_dir(cache)
@@ -70,11 +75,7 @@ fn type_filters(server: &DemoServer) -> Vec<String> {
 async fn group_and_patient_level_exports_are_sources_of_their_own() {
     let cache = tempfile::tempdir().unwrap();
     let server = open_server().await;
-    let (system, _) = session(
-        BulkSource::new(client(&server).await),
-        options(cache.path()),
-    )
-    .await;
+    let (system, _) = server_session(&server, cache.path()).await;
     let seniors = rows(
         &system,
         "SELECT quantity FROM \"Group\" WHERE id = 'seniors'",
@@ -127,11 +128,7 @@ async fn every_exported_type_is_a_table_though_the_capability_statement_omits_it
         capability_omits: vec!["Condition".into()],
         ..Faults::default()
     });
-    let (ctx, fhir) = session(
-        BulkSource::new(client(&server).await),
-        options(cache.path()),
-    )
-    .await;
+    let (ctx, fhir) = server_session(&server, cache.path()).await;
     let tables = |ctx: SessionContext| async move {
         rows(
             &ctx,
@@ -186,11 +183,7 @@ async fn fresh_snapshots_answer_without_the_server() {
     let cache = tempfile::tempdir().unwrap();
     let server = open_server().await;
     let base = server.base_url();
-    let (ctx, _) = session(
-        BulkSource::new(client(&server).await),
-        options(cache.path()),
-    )
-    .await;
+    let (ctx, _) = server_session(&server, cache.path()).await;
     let patients = rows(
         &ctx,
         "SELECT id, gender FROM patient WHERE gender = 'female'",
@@ -218,11 +211,7 @@ async fn fresh_snapshots_answer_without_the_server() {
 async fn an_empty_or_filtered_export_never_poisons_a_table() {
     let cache = tempfile::tempdir().unwrap();
     let server = open_server().await;
-    let (ctx, _) = session(
-        BulkSource::new(client(&server).await),
-        options(cache.path()),
-    )
-    .await;
+    let (ctx, _) = server_session(&server, cache.path()).await;
 
     // Pushed down (`_id` is declared), the export is empty: no rows, not an error.
     let none = rows(
@@ -314,11 +303,7 @@ async fn an_over_filtering_server_gets_no_filter_it_does_not_declare() {
     });
 
     let cache = tempfile::tempdir().unwrap();
-    let (ctx, _) = session(
-        BulkSource::new(client(&server).await),
-        options(cache.path()),
-    )
-    .await;
+    let (ctx, _) = server_session(&server, cache.path()).await;
     assert_eq!(rows(&ctx, sql).await, full);
     assert!(type_filters(&server).is_empty());
 
@@ -340,11 +325,7 @@ async fn a_server_that_ignores_filters_gives_the_same_answer() {
         ..Faults::default()
     });
     let cache = tempfile::tempdir().unwrap();
-    let (ctx, _) = session(
-        BulkSource::new(client(&server).await),
-        options(cache.path()),
-    )
-    .await;
+    let (ctx, _) = server_session(&server, cache.path()).await;
     assert_eq!(rows(&ctx, sql).await, full);
     assert_eq!(type_filters(&server), ["Patient?gender=male"]);
 }
@@ -450,11 +431,7 @@ async fn what_an_export_finished_despite_reaches_every_reporter() {
         malformed_line: true,
         ..Faults::default()
     });
-    let (ctx, fhir) = session(
-        BulkSource::new(client(&server).await),
-        options(cache.path()),
-    )
-    .await;
+    let (ctx, fhir) = server_session(&server, cache.path()).await;
     // Condition succeeds though Patient failed on the server.
     let joined = rows(&ctx, "SELECT count(*) FROM patient, condition").await;
     assert_eq!(joined, ["0"], "no Patient was exported");
