@@ -669,6 +669,7 @@ fn commit_type(
         manifest,
         std::slice::from_ref(options.mode()),
         options.batch_size,
+        options.strictness,
     )
 }
 

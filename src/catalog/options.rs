@@ -1,6 +1,7 @@
 //! The options of a catalog: [`CatalogOptions`] (also the defaults of `STORED AS FHIR` tables) and
 //! [`Freshness`], when a snapshot is good enough for a query.
 
+use crate::ndjson::Strictness;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,7 @@ pub struct CatalogOptions {
     pub(super) views: Vec<Arc<ViewDefinition>>,
     pub(super) view_dirs: Vec<PathBuf>,
     pub(super) pushdown: PushdownMode,
+    pub(super) strictness: Strictness,
 }
 
 /// How many filtered snapshots per resource type a catalog keeps unless configured
@@ -90,6 +92,7 @@ impl Default for CatalogOptions {
             views: Vec::new(),
             view_dirs: Vec::new(),
             pushdown: PushdownMode::default(),
+            strictness: Strictness::Lenient,
         }
     }
 }
@@ -122,6 +125,17 @@ impl CatalogOptions {
             resource_types: Some(types),
             ..self
         }
+    }
+
+    /// Whether an export with a bad line fails (strict: the error names the file and line, and
+    /// no snapshot is committed) instead of committing the good lines with a
+    /// `skipped-lines` warning (the default).
+    pub fn with_strict(self, strict: bool) -> Self {
+        let strictness = match strict {
+            true => Strictness::Strict,
+            false => Strictness::Lenient,
+        };
+        Self { strictness, ..self }
     }
 
     /// Rows per record batch when converting (default 8192).

@@ -74,14 +74,15 @@ const SKIPPED_SHOWN: usize = 5;
 
 /// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
 /// (created): one pass infers the schema over all files, a second decodes against it, both on all
-/// cores. Bad lines are skipped and counted (lenient decoding): a [`WarningKind::SkippedLines`]
-/// warning naming the first few comes with the table. Paths in the result are relative to
-/// `out_dir`.
+/// cores. With [`Strictness::Lenient`], bad lines are skipped and counted: a [`WarningKind::SkippedLines`]
+/// warning naming the first few comes with the table; [`Strictness::Strict`] fails on the first
+/// instead, naming its file and line. Paths in the result are relative to `out_dir`.
 pub fn convert_raw(
     raw: &[PathBuf],
     resource_type: &str,
     mode: &TableMode,
     batch_size: usize,
+    strictness: Strictness,
     out_dir: &Path,
 ) -> Result<(TableFiles, Option<Warning>)> {
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
@@ -89,7 +90,7 @@ pub fn convert_raw(
     // Each file's path names it in errors.
     let options = DecodeOptions::default()
         .with_batch_size(batch_size)
-        .with_strictness(Strictness::Lenient)
+        .with_strictness(strictness)
         .with_resource_type(resource_type);
 
     // All files in one run of chunks: an export may come as many small files. Each is named

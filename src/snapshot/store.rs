@@ -19,7 +19,7 @@ use super::names::{
 use super::writer::{WRITERS, owner_lock};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
-use crate::ndjson::TableMode;
+use crate::ndjson::{Strictness, TableMode};
 use crate::r4::check_type_name;
 use crate::{Error, Result};
 use crate::{lock_file, private_dir};
@@ -274,11 +274,13 @@ impl SnapshotStore {
         let tmp = snapshot
             .dir
             .join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
+        // The snapshot was committed with its bad lines skipped (or none): the same again.
         let (table, _) = convert_raw(
             &snapshot.raw_paths(),
             &snapshot.manifest.resource_type,
             mode,
             batch_size,
+            Strictness::Lenient,
             &tmp,
         )?;
         let _lock = self.lock()?;
@@ -502,7 +504,7 @@ mod tests {
             ..SnapshotManifest::default()
         };
         writer
-            .commit(manifest, &[TableMode::default()], 64)
+            .commit(manifest, &[TableMode::default()], 64, Strictness::Lenient)
             .unwrap();
     }
 

@@ -11,7 +11,7 @@ use super::names::is_filtered;
 use super::{
     MANIFEST_FORMAT, Snapshot, SnapshotManifest, SnapshotStore, convert_raw, mode_key, rfc3339,
 };
-use crate::ndjson::TableMode;
+use crate::ndjson::{Strictness, TableMode};
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
@@ -76,6 +76,7 @@ impl SnapshotWriter {
         mut manifest: SnapshotManifest,
         modes: &[TableMode],
         batch_size: usize,
+        strictness: Strictness,
     ) -> Result<Snapshot> {
         let raw: Vec<PathBuf> = manifest
             .raw
@@ -89,6 +90,7 @@ impl SnapshotWriter {
                 &self.resource_type,
                 mode,
                 batch_size,
+                strictness,
                 &self.dir.join(&key),
             )?;
             manifest.tables.insert(key.clone(), table.relative_to(&key));

@@ -230,3 +230,35 @@ fn serve_listens_though_the_fhir_server_is_down() {
         "{first}"
     );
 }
+
+#[test]
+fn strict_fails_on_a_bad_line_and_commits_nothing() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("Patient.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\n",
+    )
+    .unwrap();
+    let strict = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["sql", "--strict", "--cache-dir"])
+        .arg(folder.path().join("cache"))
+        .arg("--folder")
+        .arg(folder.path())
+        .arg("SELECT count(*) AS n FROM Patient")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert_eq!(strict.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("raw/Patient.000.ndjson.gz line 2: invalid JSON"),
+        "{stderr}"
+    );
+    // Nothing was committed: without --strict the same cache converts again, with a warning.
+    let lenient = sql(folder.path(), "SELECT count(*) AS n FROM Patient");
+    let stderr = String::from_utf8_lossy(&lenient.stderr);
+    assert!(lenient.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: Patient: skipped-lines"),
+        "{stderr}"
+    );
+}

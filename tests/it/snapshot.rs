@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use fhirflight::ndjson::TableMode;
+use fhirflight::ndjson::{Strictness, TableMode};
 use fhirflight::snapshot::{RawFile, SnapshotManifest, SnapshotStore, write_raw};
 
 fn ndjson(dir: &std::path::Path, name: &str, ids: &[&str]) -> PathBuf {
@@ -35,7 +35,7 @@ fn commit(
         ..SnapshotManifest::default()
     };
     writer
-        .commit(manifest, &[TableMode::default()], 1024)
+        .commit(manifest, &[TableMode::default()], 1024, Strictness::Lenient)
         .unwrap()
 }
 

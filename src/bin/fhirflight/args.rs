@@ -183,6 +183,10 @@ pub(crate) struct CatalogArgs {
     /// Nested tables (Struct/List columns) instead of the flattened ones.
     #[arg(long)]
     pub(crate) nested: bool,
+    /// Fail an export with a bad NDJSON line (the error names the file and line; no snapshot
+    /// is committed) instead of skipping the line with a warning.
+    #[arg(long)]
+    pub(crate) strict: bool,
     /// A folder of SQL on FHIR ViewDefinition JSON files: each becomes a table named after it.
     #[arg(long, env = "FHIRFLIGHT_VIEWS")]
     pub(crate) views: Option<PathBuf>,
@@ -387,7 +391,9 @@ impl CatalogArgs {
         flags.types = self.types;
         flags.pushdown = self.pushdown;
         config.server = flags.or(config.server);
-        let mut options = CatalogOptions::default().with_freshness(self.freshness);
+        let mut options = CatalogOptions::default()
+            .with_freshness(self.freshness)
+            .with_strict(self.strict);
         if let Some(dir) = self.cache_dir {
             options = options.with_cache_dir(dir);
         }
