@@ -52,7 +52,8 @@
 //! | not JSON (also `NaN`, lone surrogates `\ud800`, control characters in strings) | [`DecodeErrorKind::InvalidJson`] |
 //! | JSON that is not an object | [`DecodeErrorKind::NotAnObject`] |
 //! | `resourceType` other than [`DecodeOptions::with_resource_type`], or missing | [`DecodeErrorKind::WrongResourceType`] |
-//! | the same key twice in one object (or two keys flattening to one name) | [`DecodeErrorKind::DuplicateKey`] (flattened mode) |
+//! | the same key twice in one object | [`DecodeErrorKind::DuplicateKey`] (both modes: flattening cannot keep both values, and nested keeps to the same rule) |
+//! | two keys flattening to one name (`a_b` and `a.b`) | [`DecodeErrorKind::DuplicateKey`] (flattened mode) |
 //! | a value the schema has no place for (unknown column, number too large for an `Int64` column, a string in a `Float64` column) | [`DecodeErrorKind::DoesNotFitSchema`] |
 //!
 //! An integer too large for Int64 is a decimal to schema inference, so its column is `Float64`.

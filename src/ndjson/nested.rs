@@ -153,6 +153,79 @@ impl NestedInference {
     }
 }
 
+/// The start of the error a [`Unique`] gives for a key met twice in one object.
+const DUPLICATE: &str = "duplicate key ";
+
+/// A JSON value read as serde_json reads it, except that a key met twice in one object is an
+/// error (serde_json keeps the last).
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Unique(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                // Quoted, and cut: the key comes from the data.
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format!("{DUPLICATE}{shown:?}")));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 /// Parses one line into an object with the expected resourceType.
 fn parse(
     line: &[u8],
@@ -162,12 +235,26 @@ fn parse(
         let message = format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1);
         return Err(LineError::new(DecodeErrorKind::InvalidUtf8, message));
     }
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
-        LineError::new(
-            DecodeErrorKind::InvalidJson,
-            format!("invalid JSON at byte {}: {e}", e.column()),
-        )
-    })?;
+    let value = match serde_json::from_slice::<Unique>(line) {
+        Ok(Unique(value)) => value,
+        Err(e) => {
+            let text = e.to_string();
+            return Err(match text.strip_prefix(DUPLICATE) {
+                // One rule in both modes: the flattened one cannot keep both values either.
+                Some(key) => LineError::new(
+                    DecodeErrorKind::DuplicateKey,
+                    format!(
+                        "duplicate key: {}",
+                        key.split(" at line").next().unwrap_or(key)
+                    ),
+                ),
+                None => LineError::new(
+                    DecodeErrorKind::InvalidJson,
+                    format!("invalid JSON at byte {}: {e}", e.column()),
+                ),
+            });
+        }
+    };
     let Value::Object(object) = value else {
         return Err(LineError::new(
             DecodeErrorKind::NotAnObject,

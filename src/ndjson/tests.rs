@@ -718,3 +718,21 @@ fn many_files_decode_as_one_run_with_their_own_names_and_lines() {
         arrow::compute::concat_batches(&schema, &alone).unwrap()
     );
 }
+
+#[test]
+fn a_duplicate_key_is_one_rule_in_both_modes() {
+    let input = b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\",\"gender\":\"x\",\"gender\":\"y\"}\n";
+    for mode in [flat(), TableMode::Nested] {
+        let options = DecodeOptions::default().with_strictness(Strictness::Lenient);
+        let mut inference = SchemaInference::with_options(&mode, options.clone());
+        inference.push(input).unwrap();
+        inference.end_stream().unwrap();
+        let (batches, decoder) =
+            decode_cut(inference.schema(), &mode, options, input, &[]).unwrap();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let skipped = decoder.skipped();
+        assert_eq!((rows, skipped.len()), (1, 1), "{mode:?}");
+        assert_eq!(skipped[0].kind, DecodeErrorKind::DuplicateKey, "{mode:?}");
+        assert!(skipped[0].to_string().contains("gender"), "{}", skipped[0]);
+    }
+}
