@@ -146,8 +146,12 @@ impl FhirFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         let started = Instant::now();
         let caller = request.extensions().get::<Caller>();
-        let record = AuditRecord::new("GetFlightInfo", caller, request.remote_addr())
-            .with_statement(handle.sql.clone());
+        // Audit work (the statement's text, its tables) only when there is an audit log.
+        let record = self.audit.as_ref().map(|_| {
+            AuditRecord::new("GetFlightInfo", caller, request.remote_addr())
+                .with_statement(handle.sql.clone())
+        });
+        let audited = record.is_some();
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
         };
@@ -156,15 +160,16 @@ impl FhirFlightService {
             let ctx = self.context(caller).clone();
             let planning = self.queries.run(async move {
                 let df = handle.plan(&ctx, None).await?;
-                Ok((
-                    df.schema().as_arrow().clone(),
-                    audit::tables(df.logical_plan(), &ctx),
-                ))
+                let tables = match audited {
+                    true => audit::tables(df.logical_plan(), &ctx),
+                    false => Vec::new(),
+                };
+                Ok((df.schema().as_arrow().clone(), tables))
             });
             slot.bound(planning.map_err(status)).await
         }
         .await;
-        if let Some(log) = &self.audit {
+        if let (Some(log), Some(record)) = (&self.audit, record) {
             let tables = planned.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
             let record = record.with_tables(tables).with_outcome(&planned);
             log.record(&record.ended(started));
@@ -187,8 +192,11 @@ impl FhirFlightService {
         let started = Instant::now();
         let caller = request.extensions().get::<Caller>();
         let handle = StatementHandle::decode_handle(handle).map_err(status)?;
-        let record = AuditRecord::new("DoGet", caller, request.remote_addr())
-            .with_statement(handle.sql.clone());
+        let record = self.audit.as_ref().map(|_| {
+            AuditRecord::new("DoGet", caller, request.remote_addr())
+                .with_statement(handle.sql.clone())
+        });
+        let audited = record.is_some();
         let scanned = Arc::new(std::sync::Mutex::new(Vec::new()));
         let started_stream = async {
             let slot = self.slots.take(caller)?;
@@ -196,8 +204,10 @@ impl FhirFlightService {
             let tables = Arc::clone(&scanned);
             let execution = self.queries.execute(async move {
                 let df = handle.plan_run(&ctx).await?;
-                *tables.lock().unwrap_or_else(|e| e.into_inner()) =
-                    audit::tables(df.logical_plan(), &ctx);
+                if audited {
+                    *tables.lock().unwrap_or_else(|e| e.into_inner()) =
+                        audit::tables(df.logical_plan(), &ctx);
+                }
                 df.execute_stream().await
             });
             let stream = slot.bound(execution.map_err(status)).await?;
@@ -205,19 +215,19 @@ impl FhirFlightService {
         }
         .await;
         let tables = std::mem::take(&mut *scanned.lock().unwrap_or_else(|e| e.into_inner()));
-        let record = record.with_tables(tables);
+        let record = record.map(|r| r.with_tables(tables));
         let (slot, stream) = match started_stream {
             Ok(started) => started,
             Err(refused) => {
-                if let Some(log) = &self.audit {
+                if let (Some(log), Some(record)) = (&self.audit, record) {
                     let failed: Result<(), _> = Err(refused.clone());
                     log.record(&record.with_outcome(&failed).ended(started));
                 }
                 return Err(refused);
             }
         };
-        let response: DoGetStream = match &self.audit {
-            Some(log) => {
+        let response: DoGetStream = match (&self.audit, record) {
+            (Some(log), Some(record)) => {
                 let audit = StreamAudit::new(log.clone(), record, started);
                 let stream = audit::counting_rows(stream, &audit);
                 Box::pin(audit::audited(
@@ -225,7 +235,7 @@ impl FhirFlightService {
                     audit,
                 ))
             }
-            None => Box::pin(slot.hold(record_batches(stream))),
+            _ => Box::pin(slot.hold(record_batches(stream))),
         };
         Ok(Response::new(response))
     }
@@ -506,10 +516,12 @@ impl FlightSqlService for FhirFlightService {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let started = Instant::now();
         let caller = request.extensions().get::<Caller>();
-        let record = AuditRecord::new("CreatePreparedStatement", caller, request.remote_addr())
-            .with_statement(query.query.clone());
+        let record = self.audit.as_ref().map(|_| {
+            AuditRecord::new("CreatePreparedStatement", caller, request.remote_addr())
+                .with_statement(query.query.clone())
+        });
         let prepared = self.prepare(query, caller).await;
-        if let Some(log) = &self.audit {
+        if let (Some(log), Some(record)) = (&self.audit, record) {
             log.record(&record.with_outcome(&prepared).ended(started));
         }
         prepared

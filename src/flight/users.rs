@@ -32,11 +32,7 @@ impl std::str::FromStr for Role {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        match text {
-            "read" => Ok(Role::Read),
-            "admin" => Ok(Role::Admin),
-            _ => Err(Error::config("a role is `read` or `admin`")),
-        }
+        role(text).map_err(Error::config)
     }
 }
 
@@ -87,21 +83,14 @@ impl Users {
     /// Adds a user (replacing one of the same name), hashing `password`. A name is letters,
     /// digits and `._@-`; an empty password is refused.
     pub fn with_user(
-        mut self,
+        self,
         name: impl Into<String>,
         password: impl AsRef<str>,
         role: Role,
     ) -> Result<Self> {
-        let name = checked_name(name.into())?;
-        let hash = hash(password.as_ref())?;
-        self.0.insert(
-            name,
-            User {
-                hash: Redacted(hash),
-                role,
-            },
-        );
-        Ok(self)
+        let name = checked_name(name.into()).map_err(Error::config)?;
+        let hash = hash(password.as_ref()).map_err(Error::config)?;
+        Ok(self.with_hash(name, hash, role))
     }
 
     /// The quick form of `--users` and `FHIRFLIGHT_USERS`: `name:password` pairs separated by
@@ -118,9 +107,10 @@ impl Users {
                 let (name, password) = pair
                     .split_once(':')
                     .ok_or_else(|| entry("is not `name:password`"))?;
-                users
-                    .with_user(name, password, Role::Admin)
-                    .map_err(|e| entry(&format!("is refused: {}", e.reason())))
+                let refused = |reason: String| entry(&format!("is refused: {reason}"));
+                let name = checked_name(name.to_owned()).map_err(refused)?;
+                let hash = hash(password).map_err(refused)?;
+                Ok(users.with_hash(name, hash, Role::Admin))
             })
     }
 
@@ -145,8 +135,8 @@ impl Users {
             else {
                 return Err(at("expected `name:role:hash`".into()));
             };
-            let name = checked_name(name.to_owned()).map_err(|e| at(e.reason()))?;
-            let role = role.parse::<Role>().map_err(|e| at(e.reason()))?;
+            let name = checked_name(name.to_owned()).map_err(at)?;
+            let role = self::role(role).map_err(|e| at(e.to_owned()))?;
             let valid = PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str() == "argon2id");
             if !valid {
                 return Err(at(
@@ -154,21 +144,23 @@ impl Users {
                         .into(),
                 ));
             }
-            users.0.insert(
-                name,
-                User {
-                    hash: Redacted(hash.to_owned()),
-                    role,
-                },
-            );
+            users = users.with_hash(name, hash.to_owned(), role);
         }
         Ok(users)
     }
 
+    /// `self` with a user whose name and hash are checked.
+    fn with_hash(mut self, name: String, hash: String, role: Role) -> Self {
+        let hash = Redacted(hash);
+        self.0.insert(name, User { hash, role });
+        self
+    }
+
     /// The users-file line of a user: `name:role:hash`, with a fresh salt.
     pub fn entry(name: &str, password: &str, role: Role) -> Result<String> {
-        let name = checked_name(name.to_owned())?;
-        Ok(format!("{name}:{role}:{}", hash(password)?))
+        let name = checked_name(name.to_owned()).map_err(Error::config)?;
+        let hash = hash(password).map_err(Error::config)?;
+        Ok(format!("{name}:{role}:{hash}"))
     }
 
     /// The number of users.
@@ -194,20 +186,22 @@ impl Users {
     }
 }
 
+// The checks below return the reason alone: each caller says where (an entry, a file's line).
+
 /// The Argon2id PHC string of `password` with a random salt (the OWASP parameters, argon2's
 /// defaults: 19 MiB, 2 passes).
-fn hash(password: &str) -> Result<String> {
+fn hash(password: &str) -> std::result::Result<String, String> {
     if password.is_empty() {
-        return Err(Error::config("an empty password is not allowed"));
+        return Err("an empty password is not allowed".into());
     }
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| Error::config(format!("hashing a password: {e}")))
+        .map_err(|e| format!("hashing a password: {e}"))
 }
 
-fn checked_name(name: String) -> Result<String> {
+fn checked_name(name: String) -> std::result::Result<String, String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -215,19 +209,15 @@ fn checked_name(name: String) -> Result<String> {
             .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
     match valid {
         true => Ok(name),
-        false => Err(Error::config(
-            "a user name is 1 to 64 letters, digits and `._@-`",
-        )),
+        false => Err("a user name is 1 to 64 letters, digits and `._@-`".into()),
     }
 }
 
-impl Error {
-    /// The message of a configuration error without its `configuration: ` prefix.
-    fn reason(&self) -> String {
-        match self {
-            Error::Config { message, .. } => message.clone(),
-            other => other.to_string(),
-        }
+fn role(text: &str) -> std::result::Result<Role, &'static str> {
+    match text {
+        "read" => Ok(Role::Read),
+        "admin" => Ok(Role::Admin),
+        _ => Err("a role is `read` or `admin`"),
     }
 }
 

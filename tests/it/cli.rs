@@ -196,7 +196,7 @@ fn skipped_lines_are_a_warning_on_the_terminal() {
 }
 
 #[test]
-fn serve_listens_though_the_fhir_server_is_down() {
+fn serve_listens_though_the_fhir_server_is_down_and_sigterm_stops_it_with_0() {
     use std::io::BufRead;
     use std::process::Stdio;
     let cache = tempfile::tempdir().unwrap();
@@ -220,11 +220,15 @@ fn serve_listens_though_the_fhir_server_is_down() {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
+    // Kept open until the end: the server prints more lines after the first.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
         .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(sent.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0), "a graceful stop");
     assert!(
         first.starts_with("fhirflight Flight SQL server listening on grpc://127.0.0.1:"),
         "{first}"

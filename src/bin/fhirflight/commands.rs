@@ -94,6 +94,8 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         server = server.with_tls(cert, key);
     }
+    // Listening for signals before announcing: one sent right after is a graceful stop.
+    let stop = shutdown_signal()?;
     let running = server.bind(args.listen).await?;
     let addr = running.local_addr();
     println!("fhirflight Flight SQL server listening on {scheme}://{addr}");
@@ -109,7 +111,7 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         session.context().catalog_names().join(", ")
     );
     println!("  tables:   SELECT table_catalog, table_name FROM information_schema.tables");
-    shutdown_signal().await?;
+    stop.await;
     tracing::info!("shutting down; running exports are kept for the next start");
     let served = running.shutdown().await;
     stop_snapshot_writes().await;

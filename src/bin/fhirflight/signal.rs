@@ -2,20 +2,30 @@
 
 use fhirflight::{Error, Result};
 
-/// Ctrl-C, or SIGTERM on Unix (a service manager, a test harness).
-pub(crate) async fn shutdown_signal() -> Result<()> {
+/// Ctrl-C, or SIGTERM on Unix (a service manager, a test harness). The handlers are installed
+/// when this is called, not when the future is first polled: a signal that comes right after
+/// the server announces itself stops it gracefully instead of killing it.
+pub(crate) fn shutdown_signal() -> Result<impl Future<Output = ()>> {
     let failed = |e: std::io::Error| Error::config_with("waiting for a shutdown signal", e);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(failed)?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map_err(failed),
-            _ = term.recv() => Ok(()),
-        }
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(failed)?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.map_err(failed)
+    {
+        let _ = failed;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 /// Ctrl-C.

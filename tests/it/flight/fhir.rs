@@ -421,7 +421,9 @@ async fn a_dropped_get_flight_info_leaves_its_export_running() {
     assert_eq!(still.id, running.id);
     assert_eq!(f.demo.stats().kickoffs.len(), 1);
     assert_eq!(f.demo.stats().deletes, 0, "the job is kept");
+    // A server that stops (SIGTERM of `serve`) keeps the job too, for its next start.
     f.server.shutdown().await.unwrap();
+    assert_eq!(f.demo.stats().deletes, 0, "the job is kept after shutdown");
 }
 
 #[tokio::test]
