@@ -76,6 +76,68 @@ pub struct Config {
     /// `[views.<name>]`: view tables of the default catalog.
     #[serde(default)]
     pub views: BTreeMap<String, ViewConfig>,
+    /// `[limits]`: bounds on what servers and files may make the process hold or download.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: bounds on what a FHIR server or an NDJSON file may make fhirflight download or
+/// hold, for every server of the file. Sizes are bytes or `"64MiB"`-like text
+/// ([`crate::size::parse_size`]). An unset key keeps its default, which real data stays far
+/// below; an error past a bound names its key.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsConfig {
+    /// The largest JSON response: status, manifest page, CapabilityStatement, token, discovery
+    /// (64 MiB).
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub max_response_bytes: Option<u64>,
+    /// The largest NDJSON file downloaded, decompressed (32 GiB).
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub max_file_bytes: Option<u64>,
+    /// The most bytes one export downloads over all its files, decompressed (1 TiB).
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub max_export_bytes: Option<u64>,
+    /// How many times its compressed size a gzip file may inflate to (200).
+    pub max_gzip_ratio: Option<u64>,
+}
+
+impl LimitsConfig {
+    /// `options` with the bounds set here.
+    pub fn client_options(&self, mut options: ClientOptions) -> ClientOptions {
+        if let Some(max) = self.max_response_bytes {
+            options = options.with_max_response_bytes(max);
+        }
+        if let Some(max) = self.max_file_bytes {
+            options = options.with_max_file_bytes(max);
+        }
+        if let Some(max) = self.max_export_bytes {
+            options = options.with_max_export_bytes(max);
+        }
+        if let Some(ratio) = self.max_gzip_ratio {
+            options = options.with_max_gzip_ratio(ratio);
+        }
+        options
+    }
+}
+
+/// `max_file_bytes = "32GiB"` or `= 34359738368`.
+fn deserialize_size<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(bytes) => Ok(Some(bytes)),
+        Size::Text(text) => crate::size::parse_size(&text).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("{text:?}: expected a size like 64MiB, 32GiB"))
+        }),
+    }
 }
 
 /// `[views.<name>]`: the notebook's shorthand for a view, a table of `[column, FHIRPath]` pairs over
@@ -331,10 +393,9 @@ impl ServerConfig {
         options
     }
 
-    /// A client for this server (SMART Backend Services when a client id and a key file are
-    /// set); `what` names it in errors (`FHIR server`, `[servers.x]`).
-    pub async fn connect(self, what: &str, insecure_skip_tls_verify: bool) -> Result<BulkClient> {
-        let options = self.client_options(insecure_skip_tls_verify);
+    /// A client for this server with `options` (SMART Backend Services when a client id and a
+    /// key file are set); `what` names it in errors (`FHIR server`, `[servers.x]`).
+    pub async fn connect(self, what: &str, options: ClientOptions) -> Result<BulkClient> {
         let base = self.url.ok_or_else(|| {
             Error::config(format!(
                 "{what}: no URL (pass --server URL or FHIRFLIGHT_SERVER, set url in the config file, or use --demo)"
@@ -479,6 +540,12 @@ impl SessionBuilder {
         Self { ca_bundle, ..self }
     }
 
+    /// The client options of `server`, within `[limits]`.
+    fn client_options(&self, server: &ServerConfig) -> ClientOptions {
+        let options = server.client_options(self.insecure_skip_tls_verify);
+        self.config.limits.client_options(options)
+    }
+
     /// `server` with the network defaults filled in.
     fn network(&self, server: ServerConfig) -> ServerConfig {
         ServerConfig {
@@ -491,11 +558,11 @@ impl SessionBuilder {
     /// A Bulk Data client for the primary server only (`[server]` or the demo server), as
     /// `fhirflight export` uses it. A folder source is refused.
     pub async fn connect(self) -> Result<Connection> {
-        let insecure = self.insecure_skip_tls_verify;
         let server = self.network(self.config.server.clone());
+        let options = self.client_options(&server);
         match self.source {
             PrimarySource::Server => Ok(Connection {
-                client: server.connect("FHIR server", insecure).await?,
+                client: server.connect("FHIR server", options).await?,
                 #[cfg(feature = "demo")]
                 demo: None,
             }),
@@ -509,7 +576,6 @@ impl SessionBuilder {
                 let creds = demo.credentials();
                 let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
                 let auth = SmartConfig::new(creds.client_id(), key);
-                let options = server.client_options(insecure);
                 let client = BulkClient::try_new(demo.base_url(), Some(auth), options).await?;
                 Ok(Connection {
                     client,
@@ -534,7 +600,7 @@ impl SessionBuilder {
             PrimarySource::Server => self.config.server.url.is_some() || servers.is_empty(),
             _ => true,
         };
-        let (insecure, memory_limit) = (self.insecure_skip_tls_verify, self.memory_limit);
+        let memory_limit = self.memory_limit;
         let mut named = Vec::new();
         for (name, server) in servers {
             let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -546,7 +612,9 @@ impl SessionBuilder {
                     "[servers.{name}]: a catalog name is lower case letters, digits and _, and not fhir"
                 )));
             }
-            named.push((name, self.network(server)));
+            let server = self.network(server);
+            let client_options = self.client_options(&server);
+            named.push((name, server, client_options));
         }
         let mut catalogs: Vec<(String, Arc<dyn FhirSource>, CatalogOptions)> = Vec::new();
         #[cfg(feature = "demo")]
@@ -575,13 +643,12 @@ impl SessionBuilder {
             let options = server.catalog_options(options.clone());
             catalogs.push((PRIMARY_CATALOG.to_owned(), source, options));
         }
-        for (name, server) in named {
-            let source = server.source(
-                server
-                    .clone()
-                    .connect(&format!("[servers.{name}]"), insecure)
-                    .await?,
-            );
+        for (name, server, client_options) in named {
+            let client = server
+                .clone()
+                .connect(&format!("[servers.{name}]"), client_options)
+                .await?;
+            let source = server.source(client);
             let options = server.catalog_options(options.clone());
             catalogs.push((name, Arc::new(source), options));
         }

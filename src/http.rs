@@ -296,6 +296,36 @@ async fn read_capped(mut response: Response, cap: usize) -> Vec<u8> {
     body
 }
 
+/// The whole body of a JSON response (a manifest, a status, a token, a discovery document), read
+/// chunk by chunk and refused past `max` bytes: decompressed bytes, so a gzip bomb ends at `max`
+/// too.
+pub(crate) async fn read_body(url: &Url, mut response: Response, max: u64) -> Result<Vec<u8>> {
+    let declared = response.content_length().unwrap_or(0);
+    let too_large = || Error::Protocol {
+        url: redact_url(url),
+        message: format!(
+            "response larger than {} (limits.max_response_bytes)",
+            crate::size::display(max)
+        ),
+        source: None,
+    };
+    if declared > max {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared as usize);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(&Method::GET, url, e))?
+    {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// An [`Error::Transport`] without the URL reqwest puts in its messages, an [`Error::Tls`]
 /// saying what TLS refused (reqwest's own message says only "error sending request"), or an
 /// [`Error::Protocol`] saying why a redirect was not followed.

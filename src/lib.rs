@@ -84,6 +84,7 @@ pub mod ndjson;
 mod private_dir;
 pub mod r4;
 mod redacted;
+pub mod size;
 pub mod smart;
 pub mod snapshot;
 pub mod time;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{ACCEPT, CONTENT_LOCATION, CONTENT_TYPE, HeaderMap};
@@ -71,6 +72,9 @@ pub struct BulkClient {
 struct Inner {
     base: Url,
     http: reqwest::Client,
+    /// The client of file downloads: it hands over gzip bodies as they come, so that their
+    /// expansion is bounded ([`ClientOptions::with_max_gzip_ratio`]).
+    files_http: reqwest::Client,
     auth: Option<SmartAuth>,
     origins: TokenOrigins,
     options: ClientOptions,
@@ -153,7 +157,7 @@ impl BulkClient {
         options: ClientOptions,
     ) -> Result<Self> {
         let origins = TokenOrigins::try_new(&base_url, &options.token_origins)?;
-        let http = options.http_client()?;
+        let (http, files_http) = options.http_clients()?;
         let auth = match auth {
             Some(config) => {
                 // The token comes back from its endpoint: that must not be plain http either.
@@ -166,6 +170,7 @@ impl BulkClient {
                     config,
                     http.clone(),
                     options.retry,
+                    options.max_response_bytes,
                     Box::new(move |endpoint| check.token_allowed(endpoint).map(drop)),
                 ))
             }
@@ -175,6 +180,7 @@ impl BulkClient {
             inner: Arc::new(Inner {
                 base: base_url,
                 http,
+                files_http,
                 auth,
                 origins,
                 options,
@@ -610,17 +616,19 @@ impl BulkClient {
     ) -> Result<Vec<(PlannedFile, Downloaded, Option<Warning>)>, JobError> {
         let on_bytes = |n: u64| progress.send_modify(|p| p.bytes_downloaded += n);
         let on_bytes = &on_bytes;
+        let export_bytes = &AtomicU64::new(0);
         let planned = futures::stream::unfold(planned, |mut rx| async move {
             rx.recv().await.map(|file| (file, rx))
         });
         planned
             .map(|file| async move {
                 let fetcher = Fetcher {
-                    http: &self.inner.http,
-                    retry: &self.inner.options.retry,
+                    http: &self.inner.files_http,
+                    options: &self.inner.options,
                     auth: self.inner.auth.as_ref().filter(|_| file.requires_token),
                     origins: &self.inner.origins,
                     on_bytes,
+                    export_bytes,
                 };
                 progress.send_modify(|p| p.phase = ExportPhase::Downloading);
                 let (done, warning) = self.fetch_file(&fetcher, &file, resumed).await?;
@@ -648,11 +656,11 @@ impl BulkClient {
             kind, file, path, ..
         } = planned;
         let done = if resumed && tokio::fs::try_exists(path).await.unwrap_or(false) {
-            let (lines, bytes) = count_file(path).await?;
-            (fetcher.on_bytes)(bytes);
+            let (counter, bytes) = count_file(path).await?;
+            fetcher.keep(bytes, &file.url)?;
             Downloaded {
                 path: path.clone(),
-                lines,
+                lines: counter.lines(),
                 bytes,
             }
         } else {
@@ -874,11 +882,8 @@ impl BulkClient {
             .await
     }
 
-    async fn read_bytes(&self, url: &Url, response: reqwest::Response) -> Result<bytes::Bytes> {
-        response
-            .bytes()
-            .await
-            .map_err(|e| http::transport_error(&Method::GET, url, e))
+    async fn read_bytes(&self, url: &Url, response: reqwest::Response) -> Result<Vec<u8>> {
+        http::read_body(url, response, self.inner.options.max_response_bytes).await
     }
 
     async fn read_json(&self, url: &Url, response: reqwest::Response) -> Result<Value> {

@@ -1,36 +1,49 @@
-//! Streaming download of one manifest file into a folder: temporary name, `Range` resume, line
-//! count, rename when complete.
+//! Streaming download of one manifest file into a folder: temporary name, `Range` resume, gzip
+//! inflated here (so that its expansion is bounded), resource count, bounds on the bytes of a
+//! file and of an export, rename when complete.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use reqwest::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_RANGE, RANGE};
+use reqwest::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_RANGE, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use url::Url;
 
+use super::ClientOptions;
 use super::origins::TokenOrigins;
-use crate::http::{Retries, RetryPolicy, redact_url, transport_error, transport_retryable};
+use crate::http::{Retries, redact_url, transport_error, transport_retryable};
 use crate::smart::SmartAuth;
 use crate::{Error, Result};
 
-/// Counts NDJSON lines in a byte stream split anywhere: newlines, plus a last line without one.
+/// Counts the resources of an NDJSON byte stream split anywhere: lines that are not blank (a
+/// blank line holds only spaces, tabs or `\r`; the decoder skips them), the last one with or
+/// without its newline.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LineCounter {
-    newlines: u64,
+    lines: u64,
+    /// The line not ended yet has a byte that is not blank.
     open_line: bool,
 }
 
 impl LineCounter {
-    pub(crate) fn feed(&mut self, bytes: &[u8]) {
-        self.newlines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-        if let Some(&last) = bytes.last() {
-            self.open_line = last != b'\n';
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+        // A resource line starts with `{`: `is_blank` stops at its first byte.
+        let is_blank = |line: &[u8]| line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'));
+        while let Some(end) = memchr::memchr(b'\n', bytes) {
+            if self.open_line || !is_blank(&bytes[..end]) {
+                self.lines += 1;
+            }
+            self.open_line = false;
+            bytes = &bytes[end + 1..];
         }
+        self.open_line |= !is_blank(bytes);
     }
 
     pub(crate) fn lines(&self) -> u64 {
-        self.newlines + u64::from(self.open_line)
+        self.lines + u64::from(self.open_line)
     }
 }
 
@@ -44,18 +57,48 @@ pub(crate) struct Downloaded {
 
 /// Everything one download needs from the client.
 pub(crate) struct Fetcher<'a> {
+    /// A client that does not inflate gzip itself ([`ClientOptions::http_client`]).
     pub(crate) http: &'a reqwest::Client,
-    pub(crate) retry: &'a RetryPolicy,
+    /// Retries and the bounds on files.
+    pub(crate) options: &'a ClientOptions,
     /// The token source when the manifest says `requiresAccessToken`.
     pub(crate) auth: Option<&'a SmartAuth>,
     /// Which file URLs may get the token.
     pub(crate) origins: &'a TokenOrigins,
     /// Called with the number of new bytes as they arrive.
     pub(crate) on_bytes: &'a (dyn Fn(u64) + Sync),
+    /// The bytes the export's downloads have kept so far, against
+    /// [`ClientOptions::with_max_export_bytes`].
+    pub(crate) export_bytes: &'a AtomicU64,
 }
 
-/// Counts the lines and bytes of a finished file (a resumed export reports what it already has).
-pub(crate) async fn count_file(path: &Path) -> Result<(u64, u64)> {
+impl Fetcher<'_> {
+    /// Counts `n` more bytes kept by the export: an error past its bound.
+    pub(crate) fn keep(&self, n: u64, url: &Url) -> Result<()> {
+        let max = self.options.max_export_bytes;
+        if self.export_bytes.fetch_add(n, Ordering::Relaxed) + n > max {
+            return Err(too_large(url, "the export is", max, "max_export_bytes"));
+        }
+        (self.on_bytes)(n);
+        Ok(())
+    }
+}
+
+/// The error of a download past one of its bounds, naming the setting.
+fn too_large(url: &Url, what: &str, max: u64, setting: &str) -> Error {
+    Error::Protocol {
+        url: redact_url(url),
+        message: format!(
+            "{what} larger than {} (limits.{setting}); the download was stopped",
+            crate::size::display(max)
+        ),
+        source: None,
+    }
+}
+
+/// Counts the resources and bytes of a file (a finished one that a resumed export reports, or a
+/// part that a download resumes).
+pub(crate) async fn count_file(path: &Path) -> Result<(LineCounter, u64)> {
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| Error::io(path, e))?;
@@ -64,7 +107,7 @@ pub(crate) async fn count_file(path: &Path) -> Result<(u64, u64)> {
     loop {
         let n = file.read(&mut buf).await.map_err(|e| Error::io(path, e))?;
         if n == 0 {
-            return Ok((counter.lines(), bytes));
+            return Ok((counter, bytes));
         }
         counter.feed(&buf[..n]);
         bytes += n as u64;
@@ -77,7 +120,7 @@ pub(crate) async fn count_file(path: &Path) -> Result<(u64, u64)> {
 pub(crate) async fn download(fetcher: &Fetcher<'_>, url: &Url, path: &Path) -> Result<Downloaded> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let part = path.with_file_name(format!(".{name}.part"));
-    let mut retries = Retries::new(fetcher.retry);
+    let mut retries = Retries::new(&fetcher.options.retry);
     loop {
         let resume_from = match tokio::fs::metadata(&part).await {
             Ok(meta) => meta.len(),
@@ -99,8 +142,13 @@ pub(crate) async fn download(fetcher: &Fetcher<'_>, url: &Url, path: &Path) -> R
                 remove_quietly(&part).await
             }
             Err(Fetch::Fatal(error)) => return Err(error),
+            // What was kept is the start of a body past a bound: nothing to resume.
+            Err(Fetch::Refused(error)) => {
+                remove_quietly(&part).await;
+                return Err(error);
+            }
             Err(Fetch::Broken(error)) => {
-                let wait = fetcher.retry.backoff(retries.attempt());
+                let wait = fetcher.options.retry.backoff(retries.attempt());
                 if !retries.next(wait, false, &error) {
                     return Err(error);
                 }
@@ -110,10 +158,12 @@ pub(crate) async fn download(fetcher: &Fetcher<'_>, url: &Url, path: &Path) -> R
     }
 }
 
-/// How one attempt failed: `Broken` streams are resumed, `Fatal` errors end the download.
+/// How one attempt failed: `Broken` streams are resumed, `Fatal` errors end the download, and
+/// `Refused` bodies (past a bound) end it and remove the part.
 enum Fetch {
     Broken(Error),
     Fatal(Error),
+    Refused(Error),
 }
 
 /// One GET of `url` appended to `part` from byte `resume_from`; returns the part's lines and bytes.
@@ -127,7 +177,7 @@ async fn fetch_into(
         .origins
         .send(
             fetcher.http,
-            fetcher.retry,
+            &fetcher.options.retry,
             fetcher.auth,
             Method::GET,
             url,
@@ -138,7 +188,7 @@ async fn fetch_into(
                     r.header(RANGE, format!("bytes={resume_from}-"))
                         .header(ACCEPT_ENCODING, "identity")
                 } else {
-                    r
+                    r.header(ACCEPT_ENCODING, "gzip")
                 })
             },
         )
@@ -148,14 +198,27 @@ async fn fetch_into(
     let resumed = resume_from > 0
         && response.status() == StatusCode::PARTIAL_CONTENT
         && content_range_start(response.headers()) == Some(resume_from);
-    let (mut counter, mut bytes, file) = if resumed {
+    let mut inflate = match response
+        .headers()
+        .get(CONTENT_ENCODING)
+        .map(|v| v.as_bytes())
+    {
+        None | Some(b"identity") => None,
+        Some(b"gzip" | b"x-gzip") => Some(flate2::write::MultiGzDecoder::new(Vec::new())),
+        Some(other) => {
+            return Err(Fetch::Fatal(Error::Protocol {
+                url: redact_url(url),
+                message: format!(
+                    "Content-Encoding {:?} was not asked for (gzip or none)",
+                    String::from_utf8_lossy(other)
+                ),
+                source: None,
+            }));
+        }
+    };
+    let (counter, bytes, file) = if resumed {
         tracing::debug!("{}: resuming at byte {resume_from}", redact_url(url));
-        let (lines, bytes) = count_file(part).await.map_err(Fetch::Fatal)?;
-        let open_line = lines > 0 && last_byte(part).await.map_err(io)? != Some(b'\n');
-        let counter = LineCounter {
-            newlines: lines - u64::from(open_line),
-            open_line,
-        };
+        let (counter, bytes) = count_file(part).await.map_err(Fetch::Fatal)?;
         let file = tokio::fs::OpenOptions::new()
             .append(true)
             .open(part)
@@ -163,19 +226,25 @@ async fn fetch_into(
             .map_err(io)?;
         (counter, bytes, file)
     } else {
-        (
-            LineCounter::default(),
-            0,
-            tokio::fs::File::create(part).await.map_err(io)?,
-        )
+        let file = tokio::fs::File::create(part).await.map_err(io)?;
+        (LineCounter::default(), 0, file)
     };
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let mut sink = Sink {
+        fetcher,
+        url,
+        part,
+        out: BufWriter::with_capacity(256 * 1024, file),
+        counter,
+        bytes,
+        wire: 0,
+        kept: 0,
+    };
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(error) => {
-                out.flush().await.map_err(io)?;
+                sink.out.flush().await.map_err(io)?;
                 let retry = transport_retryable(&error);
                 let error = transport_error(&Method::GET, url, error);
                 return Err(if retry {
@@ -185,14 +254,94 @@ async fn fetch_into(
                 });
             }
         };
-        out.write_all(&chunk).await.map_err(io)?;
-        counter.feed(&chunk);
-        bytes += chunk.len() as u64;
-        (fetcher.on_bytes)(chunk.len() as u64);
+        sink.wire += chunk.len() as u64;
+        match &mut inflate {
+            None => sink.write(&chunk).await?,
+            // In small steps: one step inflates to at most about 1000 times its input.
+            Some(decoder) => {
+                for piece in chunk.chunks(INFLATE_STEP) {
+                    // Flushed, so that a broken stream leaves all it inflated to resume from.
+                    let inflated = decoder.write_all(piece).and_then(|()| decoder.flush());
+                    inflated.map_err(|e| sink.corrupt(e))?;
+                    sink.write(decoder.get_ref()).await?;
+                    decoder.get_mut().clear();
+                }
+            }
+        }
     }
-    out.flush().await.map_err(io)?;
-    out.into_inner().sync_all().await.map_err(io)?;
-    Ok((counter.lines(), bytes))
+    if let Some(mut decoder) = inflate {
+        decoder.try_finish().map_err(|e| sink.corrupt(e))?;
+        sink.write(decoder.get_ref()).await?;
+    }
+    sink.out.flush().await.map_err(io)?;
+    sink.out.into_inner().sync_all().await.map_err(io)?;
+    Ok((sink.counter.lines(), sink.bytes))
+}
+
+/// Compressed bytes inflated at a time.
+const INFLATE_STEP: usize = 8 * 1024;
+
+/// Bytes inflated before [`ClientOptions::with_max_gzip_ratio`] is checked.
+const RATIO_GRACE: u64 = 1 << 20;
+
+/// Where the bytes of one response go: the part file, checked against the bounds on files.
+struct Sink<'a, 'f> {
+    fetcher: &'a Fetcher<'f>,
+    url: &'a Url,
+    part: &'a Path,
+    out: BufWriter<tokio::fs::File>,
+    counter: LineCounter,
+    /// Bytes in the part, with those of earlier attempts.
+    bytes: u64,
+    /// Bytes of this response as they came over the wire, and as kept (inflated).
+    wire: u64,
+    kept: u64,
+}
+
+impl Sink<'_, '_> {
+    async fn write(&mut self, data: &[u8]) -> Result<(), Fetch> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let n = data.len() as u64;
+        let options = self.fetcher.options;
+        if self.bytes + n > options.max_file_bytes {
+            return Err(Fetch::Refused(too_large(
+                self.url,
+                "the file is",
+                options.max_file_bytes,
+                "max_file_bytes",
+            )));
+        }
+        self.kept += n;
+        if self.kept > RATIO_GRACE && self.kept > self.wire.saturating_mul(options.max_gzip_ratio) {
+            return Err(Fetch::Refused(Error::Protocol {
+                url: redact_url(self.url),
+                message: format!(
+                    "gzip body inflated more than {} times its size (limits.max_gzip_ratio); \
+                     the download was stopped",
+                    options.max_gzip_ratio
+                ),
+                source: None,
+            }));
+        }
+        self.fetcher.keep(n, self.url).map_err(Fetch::Refused)?;
+        self.out
+            .write_all(data)
+            .await
+            .map_err(|e| Fetch::Fatal(Error::io(self.part, e)))?;
+        self.counter.feed(data);
+        self.bytes += n;
+        Ok(())
+    }
+
+    fn corrupt(&self, error: std::io::Error) -> Fetch {
+        Fetch::Refused(Error::protocol_with(
+            redact_url(self.url),
+            "the gzip body is corrupt",
+            error,
+        ))
+    }
 }
 
 /// The first byte position of a `Content-Range: bytes FIRST-LAST/LENGTH` header.
@@ -205,18 +354,6 @@ fn content_range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-async fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
-    use tokio::io::AsyncSeekExt;
-    let mut file = tokio::fs::File::open(path).await?;
-    if file.metadata().await?.len() == 0 {
-        return Ok(None);
-    }
-    file.seek(std::io::SeekFrom::End(-1)).await?;
-    let mut byte = [0u8];
-    file.read_exact(&mut byte).await?;
-    Ok(Some(byte[0]))
 }
 
 pub(crate) async fn remove_quietly(path: &Path) {
@@ -245,6 +382,17 @@ mod tests {
         counter.feed(b"");
         assert_eq!(counter.lines(), 1);
         assert_eq!(LineCounter::default().lines(), 0);
+    }
+
+    #[test]
+    fn blank_lines_are_not_resources() {
+        let text = b"\n{\"a\":1}\r\n \t\r\n\n{\"b\":2}\n  ";
+        for split in 0..text.len() {
+            let mut counter = LineCounter::default();
+            counter.feed(&text[..split]);
+            counter.feed(&text[split..]);
+            assert_eq!(counter.lines(), 2, "split at {split}");
+        }
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct ClientOptions {
     pub(crate) strict_counts: bool,
     pub(crate) export_deadline: Duration,
     pub(crate) max_polls_without_progress: u32,
+    pub(crate) max_response_bytes: u64,
+    pub(crate) max_file_bytes: u64,
+    pub(crate) max_export_bytes: u64,
+    pub(crate) max_gzip_ratio: u64,
 }
 
 /// A proxy URL, whose password `Debug` does not show.
@@ -70,6 +74,10 @@ impl Default for ClientOptions {
             strict_counts: false,
             export_deadline: Duration::from_secs(24 * 3600),
             max_polls_without_progress: 1000,
+            max_response_bytes: 64 << 20,
+            max_file_bytes: 32 << 30,
+            max_export_bytes: 1 << 40,
+            max_gzip_ratio: 200,
         }
     }
 }
@@ -178,6 +186,44 @@ impl ClientOptions {
         }
     }
 
+    /// The largest JSON response read (a status, a manifest page, the CapabilityStatement, a
+    /// token or discovery document), counted after decompression (default 64 MiB; a manifest
+    /// of 10,000 files is about 2 MiB). A larger one fails the request naming this limit.
+    pub fn with_max_response_bytes(self, max: u64) -> Self {
+        Self {
+            max_response_bytes: max,
+            ..self
+        }
+    }
+
+    /// The largest NDJSON file downloaded, decompressed (default 32 GiB): a server that
+    /// streams without end fails the export naming this limit instead of filling the disk.
+    pub fn with_max_file_bytes(self, max: u64) -> Self {
+        Self {
+            max_file_bytes: max,
+            ..self
+        }
+    }
+
+    /// The most bytes one export run downloads over all its files, decompressed (default
+    /// 1 TiB).
+    pub fn with_max_export_bytes(self, max: u64) -> Self {
+        Self {
+            max_export_bytes: max,
+            ..self
+        }
+    }
+
+    /// How many times its compressed size a gzip-encoded file may inflate to (default 200;
+    /// FHIR NDJSON compresses 3x to 25x, a gzip bomb about 1000x). Checked once a file has
+    /// inflated past 1 MiB, so that small files with long runs pass.
+    pub fn with_max_gzip_ratio(self, ratio: u64) -> Self {
+        Self {
+            max_gzip_ratio: ratio.max(1),
+            ..self
+        }
+    }
+
     /// Whether a file whose line count differs from the manifest's `count` fails the export
     /// (default: no). The specification makes `count` advisory: by default such a file is
     /// downloaded once more and then accepted with a
@@ -236,9 +282,22 @@ impl ClientOptions {
         }
     }
 
-    /// The HTTP client these options describe.
-    pub(crate) fn http_client(&self) -> Result<reqwest::Client> {
+    /// The HTTP clients these options describe: one that inflates gzip responses as they are
+    /// read (JSON responses, whose inflated size is what is bounded), and one that hands them
+    /// over compressed (file downloads, which bound the expansion too).
+    pub(crate) fn http_clients(&self) -> Result<(reqwest::Client, reqwest::Client)> {
+        if self.danger_accept_invalid_certs {
+            tracing::warn!(
+                "TLS certificate verification is OFF (danger_accept_invalid_certs): \
+                 data and tokens can be read by anyone between here and the server"
+            );
+        }
+        Ok((self.http_client(true)?, self.http_client(false)?))
+    }
+
+    fn http_client(&self, inflate: bool) -> Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder()
+            .gzip(inflate)
             .user_agent(&self.user_agent)
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
@@ -270,10 +329,6 @@ impl ClientOptions {
             tracing::debug!(proxy = %redact_url(proxy), "requests go through the proxy");
         }
         if self.danger_accept_invalid_certs {
-            tracing::warn!(
-                "TLS certificate verification is OFF (danger_accept_invalid_certs): \
-                 data and tokens can be read by anyone between here and the server"
-            );
             builder = builder.danger_accept_invalid_certs(true);
         }
         builder
@@ -315,7 +370,7 @@ mod tests {
         std::fs::write(&empty, "").unwrap();
         let err = ClientOptions::default()
             .with_ca_bundle(&empty)
-            .http_client()
+            .http_clients()
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -328,7 +383,7 @@ mod tests {
         let missing = dir.path().join("missing.pem");
         let err = ClientOptions::default()
             .with_ca_bundle(&missing)
-            .http_client()
+            .http_clients()
             .unwrap_err();
         assert!(
             matches!(err, Error::Io { ref path, .. } if *path == missing),
@@ -337,7 +392,7 @@ mod tests {
         assert!(
             ClientOptions::default()
                 .with_danger_accept_invalid_certs(true)
-                .http_client()
+                .http_clients()
                 .is_ok()
         );
     }

@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, OnceCell};
 use url::Url;
 
 use super::SigningKey;
+use crate::error::BoxError;
 use crate::http::{self, RetryPolicy, TokenSource, redact_url};
 use crate::redacted::Redacted;
 use crate::{Error, Result};
@@ -184,6 +185,8 @@ pub(crate) type EndpointCheck = Box<dyn Fn(&Url) -> Result<()> + Send + Sync>;
 struct Inner {
     http: reqwest::Client,
     retry: RetryPolicy,
+    /// The largest token or discovery response read.
+    max_response_bytes: u64,
     config: SmartConfig,
     fhir_base: Url,
     /// Given, or discovered on first use.
@@ -223,22 +226,26 @@ impl SmartAuth {
             config,
             http,
             RetryPolicy::default(),
+            crate::bulk::ClientOptions::default().max_response_bytes,
             Box::new(|_| Ok(())),
         ))
     }
 
-    /// [`SmartAuth::try_new`] with a retry policy, and `endpoint_check` run on the token endpoint
-    /// (given or discovered) before any token request goes there.
+    /// [`SmartAuth::try_new`] with a retry policy, a bound on response sizes, and
+    /// `endpoint_check` run on the token endpoint (given or discovered) before any token request
+    /// goes there.
     pub(crate) fn try_new_with(
         fhir_base: &Url,
         config: SmartConfig,
         http: reqwest::Client,
         retry: RetryPolicy,
+        max_response_bytes: u64,
         endpoint_check: EndpointCheck,
     ) -> Self {
         let inner = Inner {
             http,
             retry,
+            max_response_bytes,
             token_endpoint: OnceCell::new_with(config.token_endpoint.clone()),
             config,
             fhir_base: fhir_base.clone(),
@@ -256,6 +263,7 @@ impl SmartAuth {
         let Inner {
             http,
             retry,
+            max_response_bytes,
             config,
             fhir_base,
             token_endpoint,
@@ -264,7 +272,8 @@ impl SmartAuth {
         } = &*self.inner;
         let endpoint = token_endpoint
             .get_or_try_init(|| async {
-                let endpoint = discover(http, retry, fhir_base, &config.key).await?;
+                let endpoint =
+                    discover(http, retry, *max_response_bytes, fhir_base, &config.key).await?;
                 tracing::debug!(token_endpoint = %redact_url(&endpoint), "SMART token endpoint discovered");
                 Ok::<_, Error>(endpoint)
             })
@@ -297,6 +306,7 @@ impl SmartAuth {
         let Inner {
             http,
             retry,
+            max_response_bytes,
             config,
             ..
         } = &*self.inner;
@@ -322,10 +332,15 @@ impl SmartAuth {
             source: Some(Box::new(e)),
         })?;
         let url = redact_url(token_endpoint);
-        let body: TokenResponse = response.json().await.map_err(|e| Error::Token {
+        let unreadable = |source: BoxError| Error::Token {
             message: format!("{url}: unreadable token response"),
-            source: Some(Box::new(e.without_url())),
-        })?;
+            source: Some(source),
+        };
+        let body = http::read_body(token_endpoint, response, *max_response_bytes)
+            .await
+            .map_err(|e| unreadable(Box::new(e)))?;
+        let body: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| unreadable(Box::new(e)))?;
         if !body.token_type.eq_ignore_ascii_case("bearer") {
             return Err(Error::Token {
                 message: format!("{url}: token_type {:?}, expected bearer", body.token_type),
@@ -355,6 +370,7 @@ struct TokenResponse {
 async fn discover(
     http: &reqwest::Client,
     retry: &RetryPolicy,
+    max_response_bytes: u64,
     base: &Url,
     key: &SigningKey,
 ) -> Result<Url> {
@@ -364,10 +380,9 @@ async fn discover(
             Ok(r.header(ACCEPT, "application/json"))
         })
         .await?;
-        response
-            .json::<Value>()
-            .await
-            .map_err(|e| Error::protocol_with(redact_url(&url), "not JSON", e.without_url()))
+        let body = http::read_body(&url, response, max_response_bytes).await?;
+        serde_json::from_slice::<Value>(&body)
+            .map_err(|e| Error::protocol_with(redact_url(&url), "not JSON", e))
     };
     match get_json(well_known.clone()).await {
         Ok(config) => {

@@ -218,28 +218,11 @@ pub(crate) struct CatalogArgs {
 pub(crate) struct MemoryLimit(Option<usize>);
 
 fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
-    let text = text.trim().to_ascii_uppercase();
-    if text == "NONE" {
+    if text.trim().eq_ignore_ascii_case("none") {
         return Ok(MemoryLimit(None));
     }
-    let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let shift = match text[number.len()..]
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => 64,
-    };
-    number
-        .trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|_| shift < 64)
-        .and_then(|n| n.checked_mul(1 << shift))
+    fhirflight::size::parse_size(text)
+        .and_then(|bytes| usize::try_from(bytes).ok())
         .map(|bytes| MemoryLimit(Some(bytes)))
         .ok_or_else(|| format!("{text:?}: expected a size like 512M, 4G, or none"))
 }

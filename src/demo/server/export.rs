@@ -394,16 +394,29 @@ pub(crate) struct JobFile {
 
 impl JobFile {
     fn new(kind: FileKind, resource_type: &str, lines: Vec<Arc<str>>) -> Self {
-        let len = lines.iter().map(|l| l.len() as u64 + 1).sum();
-        Self {
+        let mut file = Self {
             kind,
             resource_type: resource_type.to_owned(),
-            lines,
-            len,
+            lines: Vec::new(),
+            len: 0,
             broken: AtomicBool::new(false),
             fetched: AtomicBool::new(false),
             count_error: 0,
-        }
+        };
+        file.set_lines(lines);
+        file
+    }
+
+    fn set_lines(&mut self, lines: Vec<Arc<str>>) {
+        self.len = lines.iter().map(|l| l.len() as u64 + 1).sum();
+        self.lines = lines;
+    }
+
+    /// What the manifest's `count` says: its resources (blank lines are none), off by the
+    /// count fault.
+    fn count(&self) -> u64 {
+        let resources = self.lines.iter().filter(|l| !l.trim().is_empty()).count();
+        resources as u64 + self.count_error
     }
 
     /// Claims the one break this file gets under the `break_download_after` fault.
@@ -562,9 +575,19 @@ pub(crate) fn run(
         && let Some(file) = files.first_mut()
     {
         // Same line count, one line cut short: the client must report file and line.
-        let line = &file.lines[0];
-        file.lines[0] = line[..line.len() / 2].into();
-        file.len = file.lines.iter().map(|l| l.len() as u64 + 1).sum();
+        let mut lines = file.lines.clone();
+        lines[0] = lines[0][..lines[0].len() / 2].into();
+        file.set_lines(lines);
+    }
+    if faults.blank_lines {
+        let blank: Arc<str> = " \r".into();
+        for file in files.iter_mut().filter(|f| f.kind == FileKind::Output) {
+            let lines = file
+                .lines
+                .iter()
+                .flat_map(|l| [Arc::clone(l), Arc::clone(&blank)]);
+            file.set_lines(lines.collect());
+        }
     }
     if let Some(failed) = &faults.failed_type {
         files.retain(|f| f.resource_type != *failed);
@@ -661,8 +684,7 @@ pub(crate) fn manifest_pages(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let count = f.lines.len() as u64 + f.count_error;
-            let entry = json!({ "type": f.resource_type, "url": file_url(i), "count": count });
+            let entry = json!({ "type": f.resource_type, "url": file_url(i), "count": f.count() });
             (f.kind, entry)
         })
         .collect();

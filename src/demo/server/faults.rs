@@ -77,6 +77,19 @@ pub struct Faults {
     pub retry_after_epoch: Option<u64>,
     /// List every tombstone of `deleted[]` again in one more file (jobs kicked off while set).
     pub duplicate_tombstones: bool,
+
+    // Hostile data: responses and files (issue 12, item 4)
+    /// The complete status response is a gzip bomb: its manifest after this many spaces (valid
+    /// JSON, all of it), gzip-compressed whatever the client accepts.
+    pub bomb_manifest: Option<u64>,
+    /// Output file downloads never end: the file's lines, over and over.
+    pub endless_files: bool,
+    /// Output file downloads are gzip bombs: the file's lines and then this many newlines,
+    /// gzip-compressed whatever the client accepts.
+    pub bomb_files: Option<u64>,
+    /// A blank line (`" \r"`) after every resource of the output files (jobs kicked off while
+    /// set); the manifest's `count` counts resources.
+    pub blank_lines: bool,
 }
 
 /// Another origin that reaches the same demo server, such as `http://localhost:PORT/` for one

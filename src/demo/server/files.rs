@@ -85,17 +85,26 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
         }
     };
     // A range is served as is: its offsets count the identity bytes the client already holds.
-    let gzip = status == StatusCode::OK
-        && headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|e| e.trim() == "gzip" || e.trim().starts_with("gzip;") && !e.contains("q=0"));
-    let mut chunks: Box<dyn Iterator<Item = Bytes> + Send> = Box::new(file.chunks(start, end));
+    let gzip = status == StatusCode::OK && (accepts_gzip(headers) || faults.bomb_files.is_some());
+    let endless = faults.endless_files && status == StatusCode::OK;
+    let mut chunks: Box<dyn Iterator<Item = Bytes> + Send> = match endless {
+        true => {
+            let file = Arc::clone(file);
+            Box::new(std::iter::repeat(()).flat_map(move |()| file.chunks(0, len)))
+        }
+        false => Box::new(file.chunks(start, end)),
+    };
+    if let Some(newlines) = faults.bomb_files {
+        chunks = Box::new(chunks.chain(filler(b'\n', newlines)));
+    }
     if gzip {
         state.stats().gzip_downloads += 1;
-        chunks = Box::new(gzip_chunks(chunks));
+        // A bomb packs its padding as tightly as gzip can (about 1000 to 1).
+        let level = match faults.bomb_files {
+            Some(_) => flate2::Compression::best(),
+            None => flate2::Compression::fast(),
+        };
+        chunks = Box::new(gzip_chunks(chunks, level));
     }
     // The break needs bytes left to break off; a body that fits whole is served whole.
     let cut = faults
@@ -141,7 +150,7 @@ fn serve_file(state: &ServerState, file: &Arc<JobFile>, headers: &HeaderMap) -> 
     if gzip {
         out.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         out.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    } else {
+    } else if !endless {
         out.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     }
     if status == StatusCode::PARTIAL_CONTENT {
@@ -189,13 +198,30 @@ fn parse_range(value: &str, len: u64) -> RangeRequest {
     }
 }
 
-/// Gzip-compresses a stream of chunks as it goes.
-fn gzip_chunks(chunks: impl Iterator<Item = Bytes>) -> impl Iterator<Item = Bytes> {
+/// Whether the request accepts a gzip body.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.trim() == "gzip" || e.trim().starts_with("gzip;") && !e.contains("q=0"))
+}
+
+/// `count` bytes `byte`, in chunks of 64 KiB: the padding of a gzip bomb.
+pub(super) fn filler(byte: u8, count: u64) -> impl Iterator<Item = Bytes> + Send {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![byte; CHUNK as usize]);
+    (0..count.div_ceil(CHUNK)).map(move |i| chunk.slice(..(count - i * CHUNK).min(CHUNK) as usize))
+}
+
+/// Gzip-compresses a stream of chunks as it goes, at `level`.
+pub(super) fn gzip_chunks(
+    chunks: impl Iterator<Item = Bytes>,
+    level: flate2::Compression,
+) -> impl Iterator<Item = Bytes> {
     use std::io::Write;
-    let mut encoder = Some(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
+    let mut encoder = Some(flate2::write::GzEncoder::new(Vec::new(), level));
     let mut chunks = chunks.fuse();
     std::iter::from_fn(move || {
         loop {
@@ -261,7 +287,9 @@ mod tests {
         use std::io::Read;
         let chunks = (0..100).map(|i| Bytes::from(format!("line {i}\n").repeat(200)));
         let expected: Vec<u8> = chunks.clone().flatten().collect();
-        let compressed: Vec<u8> = gzip_chunks(chunks).flatten().collect();
+        let compressed: Vec<u8> = gzip_chunks(chunks, flate2::Compression::fast())
+            .flatten()
+            .collect();
         let mut plain = Vec::new();
         flate2::read::GzDecoder::new(&compressed[..])
             .read_to_end(&mut plain)

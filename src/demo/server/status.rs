@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::files::{filler, gzip_chunks};
 use super::outcome::{Outcome, fhir_json};
 use super::{Faults, ServerState, Shared};
 use crate::time::now_ms;
@@ -47,7 +48,10 @@ pub(super) async fn status(
             if polls >= state.config.status_polls && fetched {
                 job.released.store(pages.len(), Ordering::SeqCst);
                 job.complete.store(true, Ordering::SeqCst);
-                return Ok(manifest_response(&pages[0]));
+                return Ok(match faults.bomb_manifest {
+                    Some(spaces) => bomb_response(&pages[0], spaces),
+                    None => manifest_response(&pages[0]),
+                });
             }
             if released > 0 {
                 let page = released_page(&pages[0], 0, released);
@@ -111,6 +115,22 @@ fn released_page(page: &Value, n: usize, released: usize) -> Value {
 fn manifest_response(page: &Value) -> Response {
     let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
     ([(header::EXPIRES, expires)], axum::Json(page)).into_response()
+}
+
+/// A manifest after `spaces` spaces, gzip-compressed: what [`Faults::bomb_manifest`] serves.
+fn bomb_response(page: &Value, spaces: u64) -> Response {
+    let manifest = axum::body::Bytes::from(page.to_string());
+    let padded = filler(b' ', spaces).chain(std::iter::once(manifest));
+    let body = gzip_chunks(padded, flate2::Compression::best());
+    let body = futures::stream::iter(body.map(Ok::<_, std::io::Error>));
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// Page `n` (from 1; page 0 is the status response) of a finished job's paged manifest.

@@ -5,11 +5,13 @@
 //! This file holds the shared setup (a demo server, SMART configurations, a client, one export,
 //! what was downloaded and what the population holds); the tests are grouped by topic:
 //! [`levels`] (levels, methods, parameters, `_since`), [`faults`] (a server that misbehaves),
+//! [`bounds`] (a server that sends too much: gzip bombs, endless files; blank lines),
 //! [`limits`] (time limits, a server that is down or not needed),
 //! [`tokens`] (renewal, a token refused mid-download, open servers), [`resume`] (restarts,
 //! failed downloads, paged and partial manifests, interrupts, cancel), [`mock`] (what the demo server does not do),
 //! [`origins`] (parts of a job on another origin) and [`transport`] (TLS, plain http, proxies).
 
+mod bounds;
 mod faults;
 mod levels;
 mod limits;
