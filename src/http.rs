@@ -32,6 +32,12 @@ const PUBLIC_PARAMS: &[&str] = &[
     "allowPartialManifests",
 ];
 
+/// Whether a query parameter is safe to show: a FHIR search parameter (`_type`, `_since`) or a
+/// Bulk Data one.
+fn is_public_param(key: &str) -> bool {
+    key.starts_with('_') || PUBLIC_PARAMS.contains(&key)
+}
+
 /// `url` for errors and logs: no user info, and the value of every query parameter that may be a
 /// secret (presigned-URL signatures, tokens) replaced by `***`.
 pub(crate) fn redact_url(url: &Url) -> String {
@@ -42,16 +48,23 @@ pub(crate) fn redact_url(url: &Url) -> String {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let public = k.starts_with('_') || PUBLIC_PARAMS.contains(&k.as_ref());
-                (
-                    k.into_owned(),
-                    if public { v.into_owned() } else { "***".into() },
-                )
+                let value = match is_public_param(&k) {
+                    true => v.into_owned(),
+                    false => "***".into(),
+                };
+                (k.into_owned(), value)
             })
             .collect();
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
+}
+
+/// Whether [`redact_url`] hides something of `url`.
+pub(crate) fn has_secrets(url: &Url) -> bool {
+    !url.username().is_empty()
+        || url.password().is_some()
+        || url.query_pairs().any(|(k, _)| !is_public_param(&k))
 }
 
 /// The human text of an OperationOutcome: each issue's severity, code and diagnostics or details.

@@ -466,7 +466,14 @@ impl BulkClient {
         let listing = async move {
             let mut collector = Collector::new(dir, &self.inner.origins, progress, files);
             let saved = match resumed {
-                true => read_manifest(&pending).await,
+                true => read_manifest(&pending).await.filter(|saved| {
+                    // Stored without its URLs' signatures: the server hands them out again.
+                    let whole = saved.is_whole();
+                    if !whole {
+                        tracing::info!("the saved manifest's file URLs had secrets, not stored; asking the server for them again");
+                    }
+                    whole
+                }),
                 false => None,
             };
             if let Some(manifest) = &saved {
@@ -481,7 +488,8 @@ impl BulkClient {
             }
             let manifest = collector.finish().expect("a finished job has a manifest");
             if saved.is_none() {
-                let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+                let stored = manifest.without_secrets();
+                let json = serde_json::to_vec_pretty(&stored).expect("a manifest serializes");
                 write_atomically(&pending, &json).await?;
             }
             Ok::<_, JobError>(manifest)

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use crate::http::redact_url;
+use crate::http::{has_secrets, redact_url};
 use crate::{Error, Result};
 
 /// The manifest a server returns when an export is complete (Bulk Data v2 "Response - Complete
@@ -74,6 +74,32 @@ impl Manifest {
     pub fn parse(json: &[u8], url: &Url) -> Result<Self> {
         serde_json::from_slice(json)
             .map_err(|e| Error::protocol_with(redact_url(url), "bad manifest", e))
+    }
+
+    /// The manifest as it may be stored: every file and page URL without the secrets of its
+    /// query (a presigned URL's signature) and user info, as errors show it
+    /// ([`Manifest::is_whole`] tells whether anything was taken).
+    pub(crate) fn without_secrets(&self) -> Manifest {
+        let redact = |url: &Url| Url::parse(&redact_url(url)).unwrap_or_else(|_| url.clone());
+        let mut manifest = self.clone();
+        let files = manifest.output.iter_mut().chain(&mut manifest.deleted);
+        for file in files.chain(&mut manifest.error) {
+            file.url = redact(&file.url);
+        }
+        for link in &mut manifest.link {
+            link.url = redact(&link.url);
+        }
+        manifest
+    }
+
+    /// Whether every URL is whole, so that the files can be downloaded from this manifest: no
+    /// URL had a secret for [`Manifest::without_secrets`] to take.
+    pub(crate) fn is_whole(&self) -> bool {
+        let files = self.output.iter().chain(&self.deleted).chain(&self.error);
+        !files
+            .map(|f| &f.url)
+            .chain(self.link.iter().map(|l| &l.url))
+            .any(has_secrets)
     }
 
     /// The next page of a paged manifest.

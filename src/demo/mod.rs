@@ -24,5 +24,5 @@ pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};
 pub use generate::{Population, Resource, generate};
 pub use server::{
     DemoConfig, DemoServer, DemoStats, Faults, ForeignOrigin, ForeignRequest, HOSTILE_TYPES,
-    KickoffLevel, KickoffRecord,
+    KickoffLevel, KickoffRecord, presigned,
 };

@@ -106,8 +106,19 @@ pub struct ForeignOrigin {
     pub pages: bool,
     /// The output, deleted and error files are there.
     pub files: bool,
-    /// Requests there need the bearer token too; else whoever has the URL gets in.
+    /// Requests there need the bearer token too; else whoever has the URL gets in, and file
+    /// URLs there are presigned: they carry a signature ([`presigned`]) without which the
+    /// file is refused (403).
     pub requires_auth: bool,
+}
+
+/// The query of a presigned file URL of job `job` (a signature, as storage services put in
+/// theirs): what a client must send, and must never store.
+pub fn presigned(job: &str) -> String {
+    use sha2::Digest;
+    let signature = sha2::Sha256::digest(format!("demo presigned URL of job {job}"));
+    let hex: String = signature[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("X-Amz-Expires=3600&X-Amz-Signature={hex}")
 }
 
 /// The path-like resource types of the `hostile_type_names` fault.

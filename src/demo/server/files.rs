@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::export::JobFile;
-use super::faults::take;
+use super::faults::{presigned, take};
 use super::outcome::Outcome;
 use super::token::bearer;
 use super::{ServerState, Shared};
@@ -18,6 +18,7 @@ use super::{ServerState, Shared};
 pub(super) async fn download(
     State(state): State<Shared>,
     Path((job, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     state.stats().downloads += 1;
@@ -27,6 +28,14 @@ pub(super) async fn download(
             state.tokens.lock().expect("tokens").revoke(token);
         }
         state.authorize(&headers)?;
+        // On a foreign origin without the token, the URL's signature is the credential.
+        if state.foreign_origin(&headers) == Some(false) && query != Some(presigned(&job)) {
+            return Err(Outcome::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the presigned URL's signature is missing or wrong",
+            ));
+        }
         let missing = || Outcome::not_found(format!("no file `{file}` in export job `{job}`"));
         let index: usize = file
             .strip_suffix(".ndjson")

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::export::{self, ExportRequest, FileKind, Snapshot};
+use super::faults::presigned;
 use super::outcome::{Outcome, fhir_json};
 use super::{ForeignOrigin, Job, KickoffRecord, ServerState, Shared};
 
@@ -206,6 +207,11 @@ fn accept_kickoff(
         origin.join(&path).expect("valid path")
     };
     let file_base = served_at(|f| f.files, format!("files/{id}/"));
+    let presigned = faults
+        .foreign_origin
+        .as_ref()
+        .filter(|f| f.files && !f.requires_auth)
+        .map(|_| presigned(&id));
     let location = served_at(|f| f.status, format!("jobs/{id}"));
     let pages = served_at(|f| f.pages, format!("jobs/{id}/manifest/"));
     tokio::task::spawn_blocking(move || {
@@ -228,7 +234,11 @@ fn accept_kickoff(
                     FileKind::Deleted => "deleted-",
                     FileKind::Error => "error-",
                 };
-                format!("{file_base}{kind}{i}.ndjson")
+                let mut url = file_base
+                    .join(&format!("{kind}{i}.ndjson"))
+                    .expect("valid path");
+                url.set_query(presigned.as_deref());
+                url.to_string()
             },
             |page| format!("{pages}{page}"),
         );

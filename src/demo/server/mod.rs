@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 pub use config::DemoConfig;
-pub use faults::{Faults, ForeignOrigin, HOSTILE_TYPES};
+pub use faults::{Faults, ForeignOrigin, HOSTILE_TYPES, presigned};
 pub use kickoff::KickoffLevel;
 pub(crate) use outcome::Outcome;
 pub use stats::{DemoStats, ForeignRequest, KickoffRecord};

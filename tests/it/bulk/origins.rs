@@ -2,9 +2,12 @@
 //! pages there are fetched without the token unless the origin is listed, and an origin that
 //! demands the token fails the export saying why.
 
+use std::time::Duration;
+
 use fhirflight::Error;
 use fhirflight::bulk::ClientOptions;
-use fhirflight::demo::{DemoConfig, DemoServer, ForeignOrigin, ForeignRequest};
+use fhirflight::demo::{DemoConfig, DemoServer, Faults, ForeignOrigin, ForeignRequest, presigned};
+use url::Url;
 
 use super::{downloaded, expected, foreign_demo, options, try_export};
 
@@ -133,4 +136,64 @@ async fn another_origin_that_demands_the_token_fails_the_export_saying_why() {
     );
     let seen = server.stats().foreign_requests;
     assert!(seen.iter().all(|r| !r.authorization), "{seen:?}");
+}
+
+/// The text of every file in `dir`.
+fn stored_text(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn presigned_signatures_are_never_stored_and_a_resumed_run_asks_for_them_again() {
+    let presigned_files = |url| ForeignOrigin {
+        url,
+        status: false,
+        pages: false,
+        files: true,
+        requires_auth: false,
+    };
+    let server = foreign_demo(DemoConfig::default(), presigned_files).await;
+    let foreign = Url::parse(&format!("http://localhost:{}/", server.local_addr().port())).unwrap();
+    let faults = |download_chunk_delay| Faults {
+        foreign_origin: Some(presigned_files(foreign.clone())),
+        download_chunk_delay,
+        ..Faults::default()
+    };
+    // A run stopped once the manifest is saved, its downloads slowed down to still be running.
+    server.set_faults(faults(Some(Duration::from_secs(5))));
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join(".fhirflight-manifest.json");
+    let export = try_export(&server, options(), dir.path());
+    tokio::select! {
+        _ = export => panic!("the export finished before its manifest was saved"),
+        () = async {
+            while !saved.exists() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } => {}
+    }
+    // `/files/{job}/{file}`, as the first download asked for it.
+    let path = server.stats().foreign_requests[0].path.clone();
+    let job = path.split('/').nth(2).unwrap();
+    let query = presigned(job);
+    let signature = query.split("Signature=").nth(1).unwrap();
+    let saved = std::fs::read_to_string(&saved).unwrap();
+    assert!(saved.contains("X-Amz-Signature=***"), "{saved}");
+    assert!(!stored_text(dir.path()).contains(signature));
+
+    // The next run cannot download from the stored URLs: it asks the job for them again.
+    server.set_faults(faults(None));
+    let polls = server.stats().status_polls;
+    let outcome = try_export(&server, options(), dir.path()).await.unwrap();
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    assert_eq!(downloaded(&outcome, "Condition"), expected("Condition"));
+    let stats = server.stats();
+    assert_eq!(stats.kickoffs.len(), 1, "the job was resumed");
+    assert!(stats.status_polls > polls);
+    assert!(!stored_text(dir.path()).contains(signature));
+    let manifest = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();
+    assert!(manifest.contains("X-Amz-Signature=***"), "{manifest}");
 }
