@@ -3,8 +3,9 @@
 //! dropped, and by the operating system when the process dies, so a crash never leaves one
 //! behind. The file itself is never truncated or removed here: another process may hold it.
 //!
-//! Used by the snapshot store (its `.lock`, a filtered snapshot's `.readers` file for leases and
-//! eviction) and by the catalog's exports (one process at a time per request's staging folder).
+//! Used by the snapshot store (its `.lock`, the `.readers` files of the leases that eviction and
+//! garbage collection respect, writers' owner locks) and by the catalog's exports (one process
+//! at a time per request's staging folder).
 //! The callers say what a failure means (their errors name the path).
 
 use std::fs::{File, TryLockError};
@@ -25,6 +26,33 @@ pub(crate) fn lock_exclusive(path: &Path) -> io::Result<File> {
     let file = open(path)?;
     file.lock()?;
     Ok(file)
+}
+
+/// [`lock_exclusive`], on the file `path` names once it is locked: one who removes a lock file
+/// does so holding its lock, so the file opened before the removal may be locked after it.
+pub(crate) fn lock_exclusive_named(path: &Path) -> io::Result<File> {
+    loop {
+        let file = lock_exclusive(path)?;
+        if same_file(&file, path) {
+            return Ok(file);
+        }
+    }
+}
+
+/// Whether `file` is the file `path` names now.
+#[cfg(unix)]
+pub(crate) fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), path.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `file` is the file `path` names now (elsewhere an open file cannot be removed).
+#[cfg(not(unix))]
+pub(crate) fn same_file(_file: &File, path: &Path) -> bool {
+    path.exists()
 }
 
 /// The lock file at `path`, locked exclusively; `None` while another holder has it.

@@ -457,7 +457,7 @@ impl Exporter {
         // One process at a time per request: another one waits, then finds its snapshots.
         let lock_path = staging.with_extension("lock");
         let _lock = tokio::task::spawn_blocking(move || {
-            crate::lock_file::lock_exclusive(&lock_path).map_err(|e| Error::io(&lock_path, e))
+            crate::lock_file::lock_exclusive_named(&lock_path).map_err(|e| Error::io(&lock_path, e))
         })
         .await
         .map_err(|e| Error::snapshot_with("lock task failed", e))??;

@@ -23,8 +23,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A lease on the [`LEASE_FILE`] at `path` (in a filtered snapshot's folder), recording its
-    /// use; `None` when it does not exist or is being evicted.
+    /// A lease on the [`LEASE_FILE`] at `path` (in a filtered snapshot's named folder, or in a
+    /// snapshot's own folder), recording its use; `None` when the folder does not exist or is
+    /// being removed.
     pub(super) fn take(path: &Path) -> Result<Option<Lease>> {
         // Eviction may remove the folder between our open and our lock, and a new export may
         // make it again: the lock counts only on the file the path names now.
@@ -35,7 +36,7 @@ impl Lease {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(Error::io(path, e)),
             };
-            if same_file(&file, path) {
+            if lock_file::same_file(&file, path) {
                 // The last use orders eviction; failing to record it only makes eviction earlier.
                 let _ = file.set_modified(SystemTime::now());
                 return Ok(Some(Lease {
@@ -45,20 +46,4 @@ impl Lease {
         }
         Ok(None)
     }
-}
-
-/// Whether `file` is the file `path` names now.
-#[cfg(unix)]
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), path.metadata()) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-/// Whether `file` is the file `path` names now (elsewhere an open file cannot be removed).
-#[cfg(not(unix))]
-fn same_file(_file: &File, path: &Path) -> bool {
-    path.exists()
 }

@@ -11,6 +11,7 @@
 //!   source.json                          {"source": "<base url or folder>"}
 //!   <Type>/manifest.json                 THE commit point: names the current snapshot of <Type>
 //!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson.gz      raw resources, the source of truth
+//!   <Type>/<snapshot-id>/.readers        held (shared lock) by whoever reads that snapshot
 //!   <Type>/<snapshot-id>/<mode>/part-<n>.parquet       one table per mode (flattened, nested)
 //!   <Type>@<filters>-<hash>/...          the same for an export restricted by filter pushdown
 //!                                        (`_typeFilter`, `_since`): a subset of the type, used
@@ -18,7 +19,9 @@
 //!   <Type>@<filters>-<hash>/.readers     held (shared lock) by whoever reads that snapshot;
 //!                                        its modification time is the snapshot's last use
 //!   staging/<job-key>/                   downloads of an export in progress (resumable)
+//!   staging/<job-key>.lock               held by the process exporting into it
 //!   tmp/<snapshot-id>/                   a snapshot being written
+//!   tmp/<snapshot-id>.lock               held by its writer
 //!   .lock                                held while committing
 //! ```
 //!
@@ -40,8 +43,10 @@
 //! when `<Type>/manifest.json` is replaced (written aside, synced, renamed). A crash at any moment
 //! leaves the old manifest (and snapshot) or the new one; leftovers are removed by later commits.
 //! Commits take an exclusive lock on `.lock`, so processes sharing a cache folder serialise their
-//! commits; the previous snapshot's files are kept one generation so a query planned on it in
-//! another process can still read them.
+//! commits. Every [`Snapshot`] handed out holds a shared lock on its folder's `.readers` file
+//! (and every table and scan made from it keeps it): a superseded snapshot is removed only once
+//! nobody reads it, in any process, by the next commit of its name or by
+//! [`SnapshotStore::clean`] (`fhirflight cache gc`, whose policy it documents).
 //!
 //! # Filtered snapshots are bounded
 //!
@@ -67,5 +72,5 @@ pub use manifest::{
     Column, Incremental, MANIFEST_FORMAT, RawFile, SnapshotManifest, TableFile, TableFiles, rfc3339,
 };
 pub use raw::{resource_ids, write_raw};
-pub use store::{Snapshot, SnapshotStore, default_cache_dir};
+pub use store::{Snapshot, SnapshotStore, clean_cache, default_cache_dir};
 pub use writer::{SnapshotWriter, writes_in_progress};

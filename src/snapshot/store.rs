@@ -96,21 +96,32 @@ impl SnapshotStore {
             false => None,
         };
         let path = self.manifest_path(name)?;
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
-        check_manifest_paths(&manifest)
-            .map_err(|why| Error::snapshot(format!("{}: {why}", path.display())))?;
-        let dir = self.named_dir(name)?.join(&manifest.snapshot);
-        Ok(Some(Snapshot {
-            dir,
-            manifest,
-            lease,
-        }))
+        // A commit may supersede (and garbage-collect) the snapshot between the manifest read
+        // and the hold on its folder: then the manifest names a newer one.
+        for _ in 0..3 {
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io(path, e)),
+            };
+            let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
+            check_manifest_paths(&manifest)
+                .map_err(|why| Error::snapshot(format!("{}: {why}", path.display())))?;
+            let dir = self.named_dir(name)?.join(&manifest.snapshot);
+            if let Some(reading) = Lease::take(&dir.join(LEASE_FILE))? {
+                return Ok(Some(Snapshot {
+                    dir,
+                    manifest,
+                    lease: lease.clone(),
+                    _reading: reading,
+                }));
+            }
+        }
+        Err(Error::snapshot(format!(
+            "{}: replaced three times while being opened",
+            path.display()
+        )))
     }
 
     /// A lease on the filtered snapshot `name`, recording its use; `None` when it does not
@@ -302,6 +313,7 @@ impl SnapshotStore {
             dir: snapshot.dir.clone(),
             manifest,
             lease: snapshot.lease.clone(),
+            _reading: snapshot._reading.clone(),
         })
     }
 
@@ -321,43 +333,157 @@ impl SnapshotStore {
         lock_file::lock_exclusive(&path).map_err(|e| Error::io(&path, e))
     }
 
-    /// Removes snapshot folders in `type_dir` other than `keep`, and temporary folders older
-    /// than a day (a crashed writer's). Only folders named like snapshot ids are touched: the
-    /// store made those, whatever else lies there is not its own.
-    pub(super) fn collect_garbage(&self, type_dir: &Path, keep: &[&str]) {
-        let stale = |p: &Path| {
-            p.metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86_400))
-                .unwrap_or(false)
-        };
-        let snapshot_dirs = |dir: &Path| {
-            fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(is_snapshot_id))
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect::<Vec<_>>()
-        };
-        for path in snapshot_dirs(type_dir) {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if !keep.contains(&name.as_ref()) {
-                let _ = fs::remove_dir_all(&path);
+    /// Removes the snapshot folders in `type_dir` other than `keep` that nobody reads (whose
+    /// `.readers` lock it can take exclusively; one being read stays for a later collection),
+    /// and the temporary folders of writers that are gone. Only folders named like snapshot ids
+    /// are touched: the store made those, whatever else lies there is not its own. Returns
+    /// the folders removed and their bytes.
+    pub(super) fn collect_garbage(&self, type_dir: &Path, keep: &[&str]) -> Vec<(PathBuf, u64)> {
+        let superseded = fs::read_dir(type_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| is_snapshot_id(n) && !keep.contains(&n))
+            })
+            .map(|e| e.path())
+            .filter(|p| p.is_dir());
+        let mut removed = Vec::new();
+        for path in superseded {
+            // Held until the folder is gone, so that no reader takes it in between.
+            let Ok(Some(_unread)) = lock_file::try_lock_exclusive(&path.join(LEASE_FILE)) else {
+                continue;
+            };
+            let bytes = folder_bytes(&path);
+            match fs::remove_dir_all(&path) {
+                Ok(()) => removed.push((path, bytes)),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
             }
         }
-        for path in snapshot_dirs(&self.dir.join("tmp")) {
-            if stale(&path) {
-                let _ = fs::remove_dir_all(&path);
-            }
-        }
+        removed.extend(remove_orphans(&self.dir.join("tmp")));
+        removed
     }
 }
 
+impl SnapshotStore {
+    /// The cleanup policy, as `fhirflight cache gc` applies it; it never removes what a running
+    /// process reads, writes or exports into:
+    /// 1. snapshot folders superseded by a newer commit of their name, once nobody reads them
+    ///    (commits do this too);
+    /// 2. `tmp/` folders of writers that are gone (opening the store does this too);
+    /// 3. `staging/` folders (the downloads a stopped export keeps for its resume) that no
+    ///    export holds and that nothing touched for `staging_max_age`: by then the server's
+    ///    files have expired and the job cannot be resumed; and lock files left without their
+    ///    folder.
+    ///
+    /// Returns each folder removed with its bytes.
+    pub fn clean(&self, staging_max_age: Duration) -> Result<Vec<(PathBuf, u64)>> {
+        let _lock = self.lock()?;
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if check_name(&name).is_err() || !entry.path().is_dir() {
+                continue;
+            }
+            // The manifest names the current snapshot; without one, none is current.
+            let current = fs::read(self.manifest_path(&name)?)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SnapshotManifest>(&b).ok())
+                .map(|m| m.snapshot);
+            let keep: Vec<&str> = current.as_deref().into_iter().collect();
+            removed.extend(self.collect_garbage(&entry.path(), &keep));
+        }
+        removed.extend(remove_orphans(&self.dir.join("tmp")));
+        removed.extend(self.clean_staging(staging_max_age));
+        Ok(removed)
+    }
+
+    /// Point 3 of [`SnapshotStore::clean`].
+    fn clean_staging(&self, max_age: Duration) -> Vec<(PathBuf, u64)> {
+        let staging = self.dir.join("staging");
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&staging).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Some(key) = path.file_stem().and_then(|k| k.to_str()) else {
+                continue;
+            };
+            let Ok(dir) = self.staging_dir(key) else {
+                continue;
+            };
+            let lock = dir.with_extension("lock");
+            // Held while an export runs there; held here until the folder is gone.
+            let Ok(Some(_idle)) = lock_file::try_lock_exclusive(&lock) else {
+                continue;
+            };
+            if dir.is_dir() {
+                if last_touched(&dir).elapsed().unwrap_or_default() < max_age {
+                    continue;
+                }
+                let bytes = folder_bytes(&dir);
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => removed.push((dir, bytes)),
+                    Err(e) => {
+                        tracing::warn!("cannot remove {}: {e}", dir.display());
+                        continue;
+                    }
+                }
+            }
+            let _ = fs::remove_file(&lock);
+        }
+        removed
+    }
+}
+
+/// Removes what [`SnapshotStore::clean`] would in every store of `cache_root` (each folder
+/// holding a `source.json`); returns each folder removed with its bytes.
+pub fn clean_cache(cache_root: &Path, staging_max_age: Duration) -> Result<Vec<(PathBuf, u64)>> {
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(cache_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io(cache_root, e)),
+    };
+    for entry in entries {
+        let dir = entry.map_err(|e| Error::io(cache_root, e))?.path();
+        if dir.join("source.json").is_file() {
+            removed.extend(SnapshotStore { dir }.clean(staging_max_age)?);
+        }
+    }
+    Ok(removed)
+}
+
+/// When anything in `dir` (the folder or an entry of it) last changed.
+fn last_touched(dir: &Path) -> SystemTime {
+    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    let entries = fs::read_dir(dir).into_iter().flatten().flatten();
+    entries
+        .filter_map(|e| modified(&e.path()))
+        .chain(modified(dir))
+        .max()
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// The bytes of the files under `path`.
+fn folder_bytes(path: &Path) -> u64 {
+    fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => folder_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 /// Removes the temporary folders of `tmp` whose writer is gone (a process killed or interrupted
-/// mid-write): those whose owner lock ([`owner_lock`]) nobody holds.
-fn remove_orphans(tmp: &Path) {
+/// mid-write): those whose owner lock ([`owner_lock`]) nobody holds. Returns them with their
+/// bytes.
+fn remove_orphans(tmp: &Path) -> Vec<(PathBuf, u64)> {
+    let mut removed = Vec::new();
     let locks = fs::read_dir(tmp).into_iter().flatten().flatten();
     for lock in locks.map(|e| e.path()) {
         let Some(id) = lock.file_stem().and_then(|s| s.to_str()) else {
@@ -370,11 +496,15 @@ fn remove_orphans(tmp: &Path) {
             let dir = tmp.join(id);
             if dir.exists() {
                 tracing::info!("removing {}, left by a writer that is gone", dir.display());
-                let _ = fs::remove_dir_all(&dir);
+                let bytes = folder_bytes(&dir);
+                if fs::remove_dir_all(&dir).is_ok() {
+                    removed.push((dir, bytes));
+                }
             }
             let _ = fs::remove_file(&lock);
         }
     }
+    removed
 }
 
 /// A committed snapshot of one resource type.
@@ -383,6 +513,9 @@ pub struct Snapshot {
     pub(super) dir: PathBuf,
     pub(super) manifest: SnapshotManifest,
     pub(super) lease: Option<Lease>,
+    /// The hold on its folder ([`SnapshotStore::current`]): garbage collection passes it by
+    /// while this snapshot, or a table or scan made from it, lives.
+    pub(super) _reading: Lease,
 }
 
 impl Snapshot {
@@ -582,20 +715,70 @@ mod tests {
     }
 
     #[test]
-    fn garbage_collection_removes_only_snapshot_folders() {
+    fn garbage_collection_removes_only_snapshot_folders_nobody_reads() {
         let cache = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        let snapshots = || {
+            let mut ids: Vec<String> = fs::read_dir(store.dir().join("Patient"))
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| is_snapshot_id(n))
+                .collect();
+            ids.sort();
+            ids
+        };
         commit(&store, "Patient");
         let foreign = store.dir().join("Patient").join("not-ours");
         fs::create_dir_all(&foreign).unwrap();
+        // A reader holds the first snapshot (a query planned on it, in any process).
+        let read = store.current("Patient").unwrap().unwrap();
         commit(&store, "Patient");
         commit(&store, "Patient");
         assert!(foreign.is_dir(), "a folder the store did not make stays");
-        let snapshots = fs::read_dir(store.dir().join("Patient"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_str().is_some_and(is_snapshot_id))
-            .count();
-        assert_eq!(snapshots, 2, "the current snapshot and the one before");
+        let current = store.current("Patient").unwrap().unwrap();
+        let first = read.manifest().snapshot.clone();
+        let mut expected = vec![first.clone(), current.manifest().snapshot.clone()];
+        expected.sort();
+        assert_eq!(snapshots(), expected, "the one read and the current one");
+        assert!(read.raw_paths().iter().all(|p| p.exists()));
+
+        // Read no more: the next collection takes it, and reports what it freed.
+        drop(read);
+        let removed = store.clean(Duration::from_secs(3600)).unwrap();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert!(removed[0].0.ends_with(&first) && removed[0].1 > 0);
+        assert_eq!(snapshots(), vec![current.manifest().snapshot.clone()]);
+    }
+
+    #[test]
+    fn staging_goes_when_no_export_holds_it_and_it_is_old_enough() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        let staging = |key: &str| {
+            let dir = store.staging_dir(key).unwrap();
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("Patient.0.ndjson"), "{}\n").unwrap();
+            dir
+        };
+        let (running, stopped) = (staging("running"), staging("stopped"));
+        let _export = lock_file::lock_exclusive(&running.with_extension("lock")).unwrap();
+        fs::write(stopped.with_extension("lock"), "").unwrap();
+        let leftover_lock = store.staging_dir("gone").unwrap().with_extension("lock");
+        fs::write(&leftover_lock, "").unwrap();
+
+        // Young: a stopped export keeps its downloads for the resume.
+        assert_eq!(
+            clean_cache(cache.path(), Duration::from_secs(3600))
+                .unwrap()
+                .len(),
+            0
+        );
+        assert!(stopped.is_dir() && !leftover_lock.exists());
+
+        let removed = clean_cache(cache.path(), Duration::ZERO).unwrap();
+        assert_eq!(removed, vec![(stopped.clone(), 3)]);
+        assert!(!stopped.exists() && !stopped.with_extension("lock").exists());
+        assert!(running.is_dir(), "an export holds it");
     }
 }

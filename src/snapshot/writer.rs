@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::lease::LEASE_FILE;
 use super::manifest::{to_json, write_atomic};
 use super::names::is_filtered;
 use super::{
-    MANIFEST_FORMAT, Snapshot, SnapshotManifest, SnapshotStore, convert_raw, mode_key, rfc3339,
+    Lease, MANIFEST_FORMAT, Snapshot, SnapshotManifest, SnapshotStore, convert_raw, mode_key,
+    rfc3339,
 };
 use crate::ndjson::{Strictness, TableMode};
 use crate::warning::{Warning, WarningKind};
@@ -115,15 +117,14 @@ impl SnapshotWriter {
         let _lock = store.lock()?;
         // Under the lock: eviction removes filtered snapshots' folders under it too.
         fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
-        let previous = store.current(&self.name)?.map(|s| s.manifest.snapshot);
         let target = type_dir.join(&self.id);
         fs::rename(&self.dir, &target).map_err(|e| Error::io(&target, e))?;
+        // Held before it is published, so that no collection takes it from under us.
+        let reading = Lease::take(&target.join(LEASE_FILE))?
+            .ok_or_else(|| Error::snapshot(format!("{}: not readable", target.display())))?;
         write_atomic(&store.manifest_path(&self.name)?, &to_json(&manifest)?)?;
-        let keep: Vec<&str> = [Some(self.id.as_str()), previous.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        store.collect_garbage(&type_dir, &keep);
+        // The snapshots it supersedes go once nobody reads them.
+        store.collect_garbage(&type_dir, &[self.id.as_str()]);
         let lease = match is_filtered(&self.name) {
             true => store.lease(&self.name)?,
             false => None,
@@ -132,6 +133,7 @@ impl SnapshotWriter {
             dir: target,
             manifest,
             lease,
+            _reading: reading,
         })
     }
 }

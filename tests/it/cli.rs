@@ -266,3 +266,65 @@ fn strict_fails_on_a_bad_line_and_commits_nothing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cache_gc_removes_what_nobody_needs_and_keeps_the_snapshots() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("Patient.ndjson"),
+        r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#,
+    )
+    .unwrap();
+    let query = "SELECT count(*) AS n FROM Patient";
+    assert!(sql(folder.path(), query).status.success());
+    let cache = folder.path().join("cache");
+    let store = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // What a killed run left: a writer's folder, and downloads no export holds, a week old.
+    let orphan = store.join("tmp").join("20261206000000000-0badc0de");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.with_extension("lock"), "").unwrap();
+    let stopped = store.join("staging").join("stopped-export");
+    std::fs::create_dir_all(&stopped).unwrap();
+    let download = stopped.join("Patient.0.ndjson");
+    std::fs::write(&download, "{}\n").unwrap();
+    let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 86_400);
+    for path in [&download, &stopped] {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(week_ago)
+            .unwrap();
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["cache", "gc", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("removed {} (3 bytes)", stopped.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("removed {} (0 bytes)", orphan.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("folders removed: 2, freed: 3 bytes\n"),
+        "{stdout}"
+    );
+    assert!(!stopped.exists() && !orphan.exists());
+    // The snapshot stays: the query is answered from the cache.
+    let out = sql(folder.path(), query);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| 1 |"));
+}

@@ -45,6 +45,28 @@ pub(crate) enum Command {
     /// Manage the users file of `serve --users-file`.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Look after the snapshot cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// Remove what nobody needs any more: snapshots superseded by newer ones once nobody reads
+    /// them, the folders of writers that are gone, and the downloads of stopped exports that no
+    /// export holds and nothing touched for `--staging-older-than` (they can no longer be
+    /// resumed). Never what a running process reads, writes or exports into.
+    Gc(CacheGcArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheGcArgs {
+    /// Snapshot cache folder (default: the user's cache folder).
+    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// How long the downloads of a stopped export are kept for its resume.
+    #[arg(long, value_parser = parse_duration, default_value = "7d")]
+    pub(crate) staging_older_than: Duration,
 }
 
 #[derive(Debug, Subcommand)]

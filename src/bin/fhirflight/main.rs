@@ -39,6 +39,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => commands::export(args, config).await,
         Command::DemoServer(args) => commands::demo_server(args).await,
         Command::Users(command) => commands::users(command),
+        Command::Cache(command) => commands::cache(command),
     }
 }
 
