@@ -298,7 +298,9 @@ impl FlightSqlServer {
     /// ```no_run
     /// # async fn run() -> fhirflight::Result<()> {
     /// # use fhirflight::flight::FlightSqlServer;
-    /// let metrics = tokio::net::TcpListener::bind("127.0.0.1:9464").await?;
+    /// let metrics = tokio::net::TcpListener::bind("127.0.0.1:9464")
+    ///     .await
+    ///     .map_err(|e| fhirflight::Error::io("metrics listen address", e))?;
     /// let server = FlightSqlServer::new(datafusion::prelude::SessionContext::new())
     ///     .with_anonymous(true)
     ///     .with_metrics(metrics)
