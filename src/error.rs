@@ -212,6 +212,13 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A limit of this server was reached (exports started per user): not now, later.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// Which limit, and when the request may be made again.
+        message: String,
+    },
+
     /// An export shared by several queries failed; each of them gets this error.
     #[error("{0}")]
     Shared(#[source] std::sync::Arc<Error>),

@@ -148,9 +148,11 @@ impl ExecutionPlan for FhirEffectExec {
             return internal_err!("FhirEffectExec has one partition, got partition {partition}");
         }
         let (effect, projection) = (Arc::clone(&self.effect), self.projection.clone());
+        // The stream is polled later, outside the statement's task: it keeps its export gate.
+        let gate = super::gate::current();
         // The effect starts when the stream is polled, not when it is made.
         let stream = futures::stream::once(async move {
-            let batch = effect().await?;
+            let batch = super::gate::carried(gate, effect()).await?;
             Ok(match projection {
                 Some(p) => batch.project(&p)?,
                 None => batch,

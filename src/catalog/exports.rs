@@ -343,6 +343,8 @@ impl Exporter {
                 };
                 groups.entry(key).or_default().push(target);
             }
+            // The one place an export starts: the statement's gate decides, all or none.
+            super::gate::admit(groups.len())?;
             for ((since, _), targets) in groups {
                 let job = self.start(&mut jobs, since, targets);
                 waits.push(job);

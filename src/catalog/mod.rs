@@ -21,7 +21,9 @@
 //! up to date with ONE export per catalog, then plans as usual. Plain `ctx.sql` works too, with
 //! one export per missing type. Queries that need a type already being exported wait for that
 //! export (it is shared), whoever started it; an export whose every waiting query went away (a
-//! dropped future, a disconnected Flight client) is cancelled.
+//! dropped future, a disconnected Flight client) is cancelled. A caller that limits who may
+//! start exports (the Flight SQL server, per user) runs the statement [`with_export_gate`]: only
+//! a statement that would START an export asks its [`ExportGate`].
 //!
 //! # Filters pushed into the export
 //!
@@ -53,6 +55,7 @@ mod effect;
 mod exports;
 mod factory;
 mod fhir_catalog;
+mod gate;
 mod idents;
 mod nesting;
 mod options;
@@ -68,6 +71,7 @@ mod views;
 pub use exports::{ExportState, ExportStatus};
 pub use factory::FhirTableFactory;
 pub use fhir_catalog::FhirCatalog;
+pub use gate::{ExportGate, with_export_gate};
 pub use nesting::MAX_STATEMENT_DEPTH;
 pub use options::{CatalogOptions, DEFAULT_MAX_FILTERED_SNAPSHOTS, DEFAULT_SCHEMA, Freshness};
 pub use pushdown::{Pushdown, PushdownMode, SEARCH_PARAMS};

@@ -22,9 +22,10 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::auth::Caller;
+use super::metrics::Metrics;
 use crate::{Error, Result};
 
 /// Where audit records go: a file (appended to, created readable by its owner only) or any
@@ -188,65 +189,75 @@ pub(crate) fn tables(plan: &LogicalPlan, ctx: &SessionContext) -> Vec<String> {
     tables
 }
 
-/// The record of a DoGet while its results stream: counts rows and bytes, and is written when
-/// the stream ends or is dropped (`cancelled` if the client left first).
+/// What a DoGet returns, counted while its results stream and reported once, when the stream
+/// ends (before the client can see the end) or is dropped: to the [`Metrics`] always, to the
+/// audit log when there is one (`cancelled` if the client left first).
 #[derive(Debug)]
-pub(crate) struct StreamAudit {
-    log: AuditLog,
-    record: AuditRecord,
+pub(crate) struct StreamTally {
+    metrics: Arc<Metrics>,
+    audit: Option<(AuditLog, AuditRecord)>,
     started: Instant,
-    pub(crate) rows: Arc<AtomicU64>,
+    rows: Arc<AtomicU64>,
     bytes: u64,
-    ended: bool,
+    reported: bool,
 }
 
-impl StreamAudit {
-    pub(crate) fn new(log: AuditLog, record: AuditRecord, started: Instant) -> Self {
+impl StreamTally {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        audit: Option<(AuditLog, AuditRecord)>,
+        started: Instant,
+    ) -> Self {
         Self {
-            log,
-            record,
+            metrics,
+            audit,
             started,
             rows: Arc::default(),
             bytes: 0,
-            ended: false,
+            reported: false,
         }
     }
 
-    /// Counts a chunk of the response, or its end with an error.
-    pub(crate) fn observe(&mut self, item: &std::result::Result<FlightData, Status>) {
+    /// Counts a chunk of the response; an error ends it (the client gets no more).
+    fn observe(&mut self, item: &std::result::Result<FlightData, Status>) {
         match item {
             Ok(data) => self.bytes += (data.data_header.len() + data.data_body.len()) as u64,
-            Err(status) => {
-                self.record.outcome = outcome(status);
-                self.ended = true;
-            }
+            Err(status) => self.report(status.code(), outcome(status)),
         }
     }
 
-    /// The stream ended normally.
-    pub(crate) fn finish(&mut self) {
-        self.ended = true;
+    /// Reports how the stream ended, the first time only.
+    fn report(&mut self, code: Code, outcome: String) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        let rows = self.rows.load(Ordering::Relaxed);
+        self.metrics.statement_ended(code);
+        self.metrics.returned(rows, self.bytes);
+        if let Some((log, record)) = self.audit.take() {
+            let record = AuditRecord {
+                rows: Some(rows),
+                bytes: Some(self.bytes),
+                outcome,
+                ..record.ended(self.started)
+            };
+            log.record(&record);
+        }
     }
 }
 
-impl Drop for StreamAudit {
+impl Drop for StreamTally {
     fn drop(&mut self) {
-        let mut record = self.record.clone().ended(self.started);
-        if !self.ended {
-            record.outcome = "cancelled".into();
-        }
-        record.rows = Some(self.rows.load(Ordering::Relaxed));
-        record.bytes = Some(self.bytes);
-        self.log.record(&record);
+        self.report(Code::Cancelled, "cancelled".into());
     }
 }
 
-/// `stream` with its rows counted into `audit` and the response it becomes ([`audited`]).
+/// `stream` with its rows counted into `tally` (see [`tallied`]).
 pub(crate) fn counting_rows(
     stream: SendableRecordBatchStream,
-    audit: &StreamAudit,
+    tally: &StreamTally,
 ) -> SendableRecordBatchStream {
-    let rows = Arc::clone(&audit.rows);
+    let rows = Arc::clone(&tally.rows);
     let schema = stream.schema();
     let counted = stream.inspect_ok(move |batch| {
         rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -254,22 +265,22 @@ pub(crate) fn counting_rows(
     Box::pin(RecordBatchStreamAdapter::new(schema, counted))
 }
 
-/// `response`, audited by `audit`: its bytes counted, its end (or drop) recorded.
-pub(crate) fn audited<S>(
+/// `response`, counted by `tally`: its bytes counted, its end (or drop) reported.
+pub(crate) fn tallied<S>(
     response: S,
-    audit: StreamAudit,
+    tally: StreamTally,
 ) -> impl Stream<Item = S::Item> + Send + use<S>
 where
     S: Stream<Item = std::result::Result<FlightData, Status>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold((response, audit), |(mut response, mut audit)| async move {
+    futures::stream::unfold((response, tally), |(mut response, mut tally)| async move {
         match response.next().await {
             Some(item) => {
-                audit.observe(&item);
-                Some((item, (response, audit)))
+                tally.observe(&item);
+                Some((item, (response, tally)))
             }
             None => {
-                audit.finish();
+                tally.report(Code::Ok, "ok".into());
                 None
             }
         }

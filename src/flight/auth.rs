@@ -28,6 +28,7 @@ use tonic::codegen::http;
 use tonic::transport::server::TcpConnectInfo;
 
 use super::audit::{AuditLog, AuditRecord};
+use super::metrics::Metrics;
 use super::users::{Role, Users};
 use crate::redacted::Redacted;
 use crate::{Error, Result};
@@ -40,6 +41,10 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// The gRPC path of the Handshake, the one call that takes Basic credentials.
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
+
+/// The gRPC path prefix of the standard health service: load balancers probe it without
+/// credentials, and it tells nothing but SERVING or NOT_SERVING.
+const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 /// Addresses whose failed logins are remembered; beyond it, expired entries go first.
 const THROTTLED_ADDRESSES: usize = 10_000;
@@ -105,6 +110,7 @@ pub(crate) struct Authenticator {
     decoding: Redacted<DecodingKey>,
     throttle: Throttle,
     audit: Option<AuditLog>,
+    metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
@@ -113,6 +119,7 @@ impl Authenticator {
         anonymous: bool,
         token_ttl: Duration,
         audit: Option<AuditLog>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let key: [u8; 32] = rand::random();
         Self {
@@ -123,6 +130,7 @@ impl Authenticator {
             decoding: Redacted(DecodingKey::from_secret(&key)),
             throttle: Throttle::default(),
             audit,
+            metrics,
         }
     }
 
@@ -209,6 +217,7 @@ impl Authenticator {
             }
             (name, None) => {
                 let wait = self.throttle.failed(address);
+                self.metrics.login_failed();
                 if let Some(log) = &self.audit {
                     let reason = "invalid username or password";
                     log.record(&AuditRecord::failed_login(&name, client, reason));
@@ -329,6 +338,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let auth = Arc::clone(&self.auth);
         Box::pin(async move {
+            if request.uri().path().starts_with(HEALTH_PATH_PREFIX) {
+                return inner.call(request).await;
+            }
             let handshake = request.uri().path() == HANDSHAKE_PATH;
             let client = request
                 .extensions()
@@ -372,7 +384,7 @@ mod tests {
 
     fn alice() -> Authenticator {
         let users = Users::parse("alice:a:b").unwrap();
-        Authenticator::new(users, false, Duration::from_secs(60), None)
+        Authenticator::new(users, false, Duration::from_secs(60), None, Arc::default())
     }
 
     fn admin(name: &str) -> Caller {
@@ -417,7 +429,13 @@ mod tests {
         );
 
         // A token from another server (another key) is refused.
-        let other = Authenticator::new(Users::new(), false, Duration::from_secs(60), None);
+        let other = Authenticator::new(
+            Users::new(),
+            false,
+            Duration::from_secs(60),
+            None,
+            Arc::default(),
+        );
         let foreign = format!("Bearer {}", other.token("alice", Role::Admin).unwrap());
         let err = auth
             .authenticate(Some(&foreign), false, None)
@@ -463,7 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_tokens_are_refused() {
-        let auth = Authenticator::new(Users::new(), false, Duration::ZERO, None);
+        let auth = Authenticator::new(Users::new(), false, Duration::ZERO, None, Arc::default());
         let claims = Claims {
             sub: "alice".into(),
             role: "read".into(),
@@ -480,7 +498,13 @@ mod tests {
 
     #[tokio::test]
     async fn anonymous_only_without_credentials() {
-        let auth = Authenticator::new(Users::new(), true, Duration::from_secs(60), None);
+        let auth = Authenticator::new(
+            Users::new(),
+            true,
+            Duration::from_secs(60),
+            None,
+            Arc::default(),
+        );
         assert_eq!(
             auth.authenticate(None, false, None).await.unwrap(),
             Caller::Anonymous

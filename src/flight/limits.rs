@@ -4,13 +4,19 @@
 //!   each call of a statement may run. A call over a cap is refused at once with
 //!   `RESOURCE_EXHAUSTED` (a BI tool retries; queueing would hide the overload), one over its
 //!   time ends with `DEADLINE_EXCEEDED` and its statement is stopped.
+//! - [`ExportBudget`]: exports each user may START upstream per period ([`ExportRate`]), the
+//!   [`ExportGate`] of their statements and refreshes. An export hits the FHIR server (the
+//!   EHR) for minutes; one client kicking off dozens would load it for everyone. Reading fresh
+//!   snapshots or joining an export already running costs nothing; over the budget the
+//!   statement is refused with `RESOURCE_EXHAUSTED`, saying when the next export may start.
 //! - [`incoming`]: the accepted connections, at most so many at once, each closed when its
 //!   client sends nothing for the idle timeout. A live client always sends: the server pings
 //!   it several times per idle timeout and HTTP/2 clients answer, so only connections that never
 //!   spoke (or stopped answering) are closed, and idle sockets cannot exhaust the server's file
 //!   descriptors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -27,6 +33,8 @@ use tonic::Status;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::auth::Caller;
+use crate::catalog::ExportGate;
+use crate::{Error, Result};
 
 /// How often the server pings a connection at most (HTTP/2 PING; more often when the idle
 /// timeout is short, see [`Limits::keepalive_interval`]); a client that does not answer within
@@ -44,6 +52,7 @@ pub(crate) struct Limits {
     pub(crate) query_timeout: Option<Duration>,
     pub(crate) max_connections: usize,
     pub(crate) idle_timeout: Duration,
+    pub(crate) exports_per_user: ExportRate,
 }
 
 impl Default for Limits {
@@ -55,6 +64,7 @@ impl Default for Limits {
             query_timeout: None,
             max_connections: 512,
             idle_timeout: Duration::from_secs(120),
+            exports_per_user: ExportRate::default(),
         }
     }
 }
@@ -95,6 +105,11 @@ impl StatementSlots {
             users: Mutex::default(),
             limits,
         }
+    }
+
+    /// Statements holding a slot now.
+    pub(crate) fn running(&self) -> usize {
+        self.limits.max_statements - self.all.available_permits()
     }
 
     /// A slot for a statement of `caller`, or `RESOURCE_EXHAUSTED` when a cap is reached.
@@ -179,6 +194,158 @@ impl Slot {
         })
         .filter_map(std::future::ready);
         stopped.chain(tail)
+    }
+}
+
+/// How many exports one user may start upstream within a sliding period: `10/15m` (the
+/// default), `4/1m`, `1/30s`. Parsed from and shown as that text (`serve --exports-per-user`).
+///
+/// The default lets a session open a dozen new tables at once (a BI tool showing several
+/// tables starts an export for each) while keeping one client from kicking off more than 40
+/// exports an hour against the EHR; statements on fresh snapshots are not counted.
+///
+/// ```
+/// use std::time::Duration;
+/// use fhirflight::flight::ExportRate;
+///
+/// let rate: ExportRate = "4/1m".parse().unwrap();
+/// assert_eq!(rate, ExportRate::new(4, Duration::from_secs(60)));
+/// assert_eq!(rate.to_string(), "4/1m");
+/// assert_eq!(ExportRate::default().to_string(), "10/15m");
+/// assert!("0/1m".parse::<ExportRate>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportRate {
+    exports: usize,
+    period: Duration,
+}
+
+impl ExportRate {
+    /// `exports` (at least 1) per `period` (at least 1 ms).
+    pub fn new(exports: usize, period: Duration) -> Self {
+        Self {
+            exports: exports.max(1),
+            period: period.max(Duration::from_millis(1)),
+        }
+    }
+}
+
+impl Default for ExportRate {
+    fn default() -> Self {
+        Self::new(10, Duration::from_secs(15 * 60))
+    }
+}
+
+impl std::str::FromStr for ExportRate {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid = || {
+            Error::config(format!(
+                "export rate {}: expected EXPORTS/PERIOD with EXPORTS >= 1, like 10/15m or 4/1m",
+                crate::error::quoted(text)
+            ))
+        };
+        let (exports, period) = text.split_once('/').ok_or_else(invalid)?;
+        let exports: usize = exports.trim().parse().map_err(|_| invalid())?;
+        let period = crate::time::parse_duration(period).ok_or_else(invalid)?;
+        if exports == 0 || period.is_zero() {
+            return Err(invalid());
+        }
+        Ok(Self::new(exports, period))
+    }
+}
+
+impl fmt::Display for ExportRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.exports, Period(self.period))
+    }
+}
+
+/// A duration as `--exports-per-user` takes it: `15m`, `2h`, `30s`, `1500ms`.
+struct Period(Duration);
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            _ if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+/// The exports each user started within the last period, against an [`ExportRate`].
+#[derive(Debug)]
+pub(crate) struct ExportBudget {
+    rate: ExportRate,
+    /// When each user's recent exports started, oldest first (authenticated names only, so
+    /// bounded by the users file; anonymous callers share one).
+    started: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl ExportBudget {
+    pub(crate) fn new(rate: ExportRate) -> Self {
+        Self {
+            rate,
+            started: Mutex::default(),
+        }
+    }
+
+    /// The gate of `caller`'s statements: it spends this budget.
+    pub(crate) fn gate(self: &Arc<Self>, caller: Option<&Caller>) -> Arc<dyn ExportGate> {
+        Arc::new(UserExports {
+            budget: Arc::clone(self),
+            user: caller.map_or("", Caller::name).to_owned(),
+        })
+    }
+
+    /// Counts `exports` starting at `now` for `user` if they have started fewer than the rate's
+    /// within its period; else says when the next may start.
+    fn admit(&self, user: &str, exports: usize, now: Instant) -> Result<()> {
+        let ExportRate {
+            exports: max,
+            period,
+        } = self.rate;
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = started.entry(user.to_owned()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= period)
+        {
+            recent.pop_front();
+        }
+        if recent.len() < max {
+            recent.extend(std::iter::repeat_n(now, exports));
+            return Ok(());
+        }
+        // The next may start once all but `max - 1` of the recent ones are older than the period.
+        let freed = recent[recent.len() - max] + period;
+        let wait = freed.duration_since(now).as_secs() + 1;
+        Err(Error::ResourceExhausted {
+            message: format!(
+                "you started {} exports upstream within {} (this server's limit is {} per user): \
+                 the next may start in {wait} s; statements on fresh snapshots run meanwhile",
+                recent.len(),
+                Period(period),
+                self.rate,
+            ),
+        })
+    }
+}
+
+/// The [`ExportGate`] of one user's statements.
+#[derive(Debug)]
+struct UserExports {
+    budget: Arc<ExportBudget>,
+    user: String,
+}
+
+impl ExportGate for UserExports {
+    fn admit(&self, exports: usize) -> Result<()> {
+        self.budget.admit(&self.user, exports, Instant::now())
     }
 }
 
@@ -328,6 +495,29 @@ mod tests {
             slots.take(Some(&bob)).is_ok(),
             "a finished statement frees its slot"
         );
+    }
+
+    #[test]
+    fn exports_are_counted_per_user_within_the_period() {
+        let budget = ExportBudget::new(ExportRate::new(2, Duration::from_secs(60)));
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        budget.admit("alice", 1, at(0)).unwrap();
+        budget.admit("alice", 1, at(0)).unwrap();
+        let refused = budget.admit("alice", 1, at(0)).unwrap_err();
+        assert!(
+            matches!(refused, Error::ResourceExhausted { .. }),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.to_string(),
+            "you started 2 exports upstream within 1m (this server's limit is 2/1m per user): \
+             the next may start in 61 s; statements on fresh snapshots run meanwhile"
+        );
+        budget.admit("bob", 2, at(0)).unwrap();
+        let later = budget.admit("alice", 1, at(30)).unwrap_err().to_string();
+        assert!(later.contains("the next may start in 31 s"), "{later}");
+        budget.admit("alice", 2, at(60)).unwrap();
     }
 
     #[tokio::test]

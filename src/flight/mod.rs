@@ -13,7 +13,11 @@
 //!   are logged and make their address wait. Anonymous access only when asked for and only on a
 //!   loopback address. TLS from PEM files. Graceful shutdown.
 //! - Limits: statements at once (over all users and per user), a query timeout, a memory pool
-//!   (the session's), connections at once and an idle timeout (see the `with_*` setters).
+//!   (the session's), connections at once, an idle timeout, and exports each user may start
+//!   upstream per period ([`ExportRate`]; see the `with_*` setters).
+//! - Operation: the standard `grpc.health.v1.Health` service on the same port, without
+//!   credentials (SERVING while up, NOT_SERVING once shutdown starts), and Prometheus
+//!   [metrics](self#metrics) on a listener of their own ([`FlightSqlServer::with_metrics`]).
 //! - Statements go through [`crate::catalog::sql`]: ONE export per statement for all the FHIR
 //!   tables it reads. They are planned and run on a [`QueryRuntime`] of their own, so a statement
 //!   busy on every core leaves logins, other statements and shutdown answered, and a client
@@ -24,7 +28,25 @@
 //!   session's FHIR catalogs).
 //!
 //! Errors become gRPC statuses in one place: malformed SQL `INVALID_ARGUMENT`, an unknown table
-//! `NOT_FOUND`, bad credentials `UNAUTHENTICATED`, an unreachable FHIR server `UNAVAILABLE`.
+//! `NOT_FOUND`, bad credentials `UNAUTHENTICATED`, an unreachable FHIR server `UNAVAILABLE`, an
+//! export budget spent `RESOURCE_EXHAUSTED`. A client's message never carries this server's
+//! file paths or the FHIR server's URLs: it says what failed (the HTTP status and the server's
+//! OperationOutcome text, the table, the SQL error, the bad NDJSON line) and carries an error id
+//! that finds the whole error in the server log.
+//!
+//! # Metrics
+//!
+//! They hold counts and ages only, never patient data, SQL text or user names:
+//!
+//! | metric | type | what |
+//! | --- | --- | --- |
+//! | `fhirflight_statements_total{code}` | counter | statements ended, by gRPC code (`OK`, `INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`...): once each, by an error planning it (GetFlightInfo, CreatePreparedStatement) or by the end of its DoGet (`CANCELLED` when the client left) |
+//! | `fhirflight_statements_running` | gauge | statements holding a slot (planning or streaming) |
+//! | `fhirflight_rows_returned_total`, `fhirflight_bytes_returned_total` | counter | rows and Arrow IPC bytes sent by DoGet |
+//! | `fhirflight_logins_failed_total` | counter | Handshakes with a wrong name or password |
+//! | `fhirflight_exports{state}` | gauge | exports the catalogs list (running and recently finished), by state |
+//! | `fhirflight_snapshot_age_seconds{catalog,table}` | gauge | age of each table's committed snapshot |
+//! | `fhirflight_memory_pool_reserved_bytes`, `fhirflight_memory_pool_limit_bytes` | gauge | the session's memory pool (the limit only when it has one) |
 //!
 //! ```no_run
 //! # async fn run() -> fhirflight::Result<()> {
@@ -48,6 +70,7 @@ mod auth;
 mod control;
 mod limits;
 mod metadata;
+mod metrics;
 mod service;
 mod statement;
 mod status;
@@ -69,11 +92,13 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 pub use actions::ExportControl;
 pub use audit::AuditLog;
 pub use control::FhirExportControl;
+pub use limits::ExportRate;
 pub use users::{Role, Users};
 
 use crate::catalog::QueryRuntime;
 use crate::{Error, Result};
-use limits::{Limits, StatementSlots};
+use limits::Limits;
+use metrics::Metrics;
 
 /// fhirflight's own protobuf messages (`proto/fhirflight.proto`): statement handles and the
 /// custom actions' requests and results.
@@ -94,6 +119,7 @@ pub struct FlightSqlServer {
     shutdown_grace: Duration,
     limits: Limits,
     audit: Option<AuditLog>,
+    metrics: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for FlightSqlServer {
@@ -109,6 +135,10 @@ impl std::fmt::Debug for FlightSqlServer {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("limits", &self.limits)
             .field("audit", &self.audit)
+            .field(
+                "metrics",
+                &self.metrics.as_ref().map(|l| l.local_addr().ok()),
+            )
             .finish()
     }
 }
@@ -127,6 +157,7 @@ impl FlightSqlServer {
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
             audit: None,
+            metrics: None,
         }
     }
 
@@ -240,6 +271,51 @@ impl FlightSqlServer {
         Self { limits, ..self }
     }
 
+    /// Exports each user may START upstream per period (default [`ExportRate::default`],
+    /// `10/15m`; anonymous callers count as one user). A statement or `RefreshTable` that would
+    /// start one more is refused with `RESOURCE_EXHAUSTED`, saying when the next may start;
+    /// statements on fresh snapshots, or joining an export already running, are not counted.
+    ///
+    /// ```
+    /// # use fhirflight::flight::{ExportRate, FlightSqlServer};
+    /// let server = FlightSqlServer::new(datafusion::prelude::SessionContext::new())
+    ///     .with_exports_per_user("4/1h".parse::<ExportRate>().unwrap());
+    /// ```
+    pub fn with_exports_per_user(self, rate: ExportRate) -> Self {
+        let limits = Limits {
+            exports_per_user: rate,
+            ..self.limits
+        };
+        Self { limits, ..self }
+    }
+
+    /// Serves Prometheus metrics (text format 0.0.4) on `GET /metrics` of `listener` while the
+    /// server runs: statements by gRPC code, statements running, rows and bytes returned,
+    /// failed logins, exports by state, snapshot ages, the memory pool (see the table in
+    /// [metrics](crate::flight#metrics)). They hold counts and ages, no patient data, SQL or user
+    /// names, and the listener asks for no credentials: bind it where your scraper reaches it.
+    ///
+    /// ```no_run
+    /// # async fn run() -> fhirflight::Result<()> {
+    /// # use fhirflight::flight::FlightSqlServer;
+    /// let metrics = tokio::net::TcpListener::bind("127.0.0.1:9464")
+    ///     .await
+    ///     .map_err(|e| fhirflight::Error::io("metrics listen address", e))?;
+    /// let server = FlightSqlServer::new(datafusion::prelude::SessionContext::new())
+    ///     .with_anonymous(true)
+    ///     .with_metrics(metrics)
+    ///     .bind("127.0.0.1:50051")
+    ///     .await?;
+    /// # server.shutdown().await
+    /// # }
+    /// ```
+    pub fn with_metrics(self, listener: TcpListener) -> Self {
+        Self {
+            metrics: Some(listener),
+            ..self
+        }
+    }
+
     /// Serves on `listener` until `shutdown` completes, then lets running calls finish for the
     /// [shutdown grace](Self::with_shutdown_grace) at most.
     pub async fn serve(
@@ -283,11 +359,13 @@ impl FlightSqlServer {
             let identity = Identity::from_pem(read(cert)?, read(key)?);
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
         }
+        let metrics = Arc::new(Metrics::default());
         let auth = Arc::new(auth::Authenticator::new(
             self.users,
             self.anonymous,
             self.token_ttl,
             self.audit.clone(),
+            Arc::clone(&metrics),
         ));
         let queries = match self.queries {
             Some(queries) => queries,
@@ -298,20 +376,39 @@ impl FlightSqlServer {
             queries.clone(),
             Arc::clone(&auth),
             self.exports,
-            Arc::new(StatementSlots::new(self.limits.clone())),
+            &self.limits,
             self.audit,
+            metrics,
         );
+        let scraping = self.metrics.map(|listener| {
+            let metrics_addr = listener.local_addr().ok();
+            let router = metrics::router(service.scrape());
+            async move {
+                tracing::info!(?metrics_addr, "Prometheus metrics on /metrics");
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!("the metrics listener failed: {e}");
+                }
+            }
+        });
         let service = FlightServiceServer::new(service);
+        let (mut health, health_service) = tonic_health::server::health_reporter();
         let (tls, grace) = (self.tls.is_some(), self.shutdown_grace);
         let incoming = limits::incoming(listener, &self.limits);
         Ok(async move {
             tracing::info!(%local_addr, tls, "Flight SQL server listening");
+            health
+                .set_serving::<FlightServiceServer<service::FhirFlightService>>()
+                .await;
+            // Stopped with the server (dropping the handle would leave it running).
+            let scraping = scraping.map(tokio::spawn);
             let (asked, stopping) = oneshot::channel::<()>();
             let serving = builder
                 .layer(auth::AuthLayer(auth))
+                .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     shutdown.await;
+                    stop_serving(&mut health).await;
                     let _ = asked.send(());
                 });
             tokio::select! {
@@ -325,6 +422,9 @@ impl FlightSqlServer {
                     tracing::warn!(?grace, "calls still running after the shutdown grace: cancelled");
                     queries.stop();
                 }
+            }
+            if let Some(scraping) = scraping {
+                scraping.abort();
             }
             Ok(())
         })
@@ -359,6 +459,20 @@ impl FlightSqlServer {
             stop,
             task,
         })
+    }
+}
+
+/// Reports NOT_SERVING for the whole server and the Flight service, then ends the health
+/// watches: a load balancer watching sees NOT_SERVING and its stream end, rather than holding
+/// the shutdown for its grace.
+async fn stop_serving(health: &mut tonic_health::server::HealthReporter) {
+    let flight =
+        <FlightServiceServer<service::FhirFlightService> as tonic::server::NamedService>::NAME;
+    for name in ["", flight] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+        health.clear_service_status(name).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Flight SQL service: statements, prepared statements, metadata, handshake, actions.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,10 +39,11 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::actions::{CustomAction, ExportControl};
-use super::audit::{self, AuditLog, AuditRecord, StreamAudit};
+use super::audit::{self, AuditLog, AuditRecord, StreamTally};
 use super::auth::{Authenticator, Caller};
-use super::limits::StatementSlots;
+use super::limits::{ExportBudget, Limits, StatementSlots};
 use super::metadata;
+use super::metrics::{Metrics, Scrape};
 use super::proto::StatementHandle;
 use super::statement::{parameter_schema, plan_sql};
 use super::status::status;
@@ -67,7 +69,10 @@ pub(crate) struct FhirFlightService {
     auth: Arc<Authenticator>,
     exports: Option<Arc<dyn ExportControl>>,
     slots: Arc<StatementSlots>,
+    /// The exports each user may start (the gate of their statements and refreshes).
+    budget: Arc<ExportBudget>,
     audit: Option<AuditLog>,
+    metrics: Arc<Metrics>,
     sql_info: Arc<SqlInfoData>,
     xdbc_type_info: Arc<XdbcTypeInfoData>,
 }
@@ -88,8 +93,9 @@ impl FhirFlightService {
         queries: QueryRuntime,
         auth: Arc<Authenticator>,
         exports: Option<Arc<dyn ExportControl>>,
-        slots: Arc<StatementSlots>,
+        limits: &Limits,
         audit: Option<AuditLog>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let sql_info = Arc::new(metadata::sql_info(&ctx));
         Self {
@@ -98,11 +104,41 @@ impl FhirFlightService {
             queries,
             auth,
             exports,
-            slots,
+            slots: Arc::new(StatementSlots::new(limits.clone())),
+            budget: Arc::new(ExportBudget::new(limits.exports_per_user)),
             audit,
+            metrics,
             sql_info,
             xdbc_type_info: Arc::new(metadata::xdbc_type_info()),
         }
+    }
+
+    /// What the metrics listener reads of this service.
+    pub(crate) fn scrape(&self) -> Scrape {
+        Scrape {
+            metrics: Arc::clone(&self.metrics),
+            slots: Arc::clone(&self.slots),
+            exports: self.exports.clone(),
+            memory: Arc::clone(&self.ctx.runtime_env().memory_pool),
+        }
+    }
+
+    /// `call` with `caller`'s export budget as the gate of the exports it would start.
+    fn gated<F: Future>(
+        &self,
+        caller: Option<&Caller>,
+        call: F,
+    ) -> impl Future<Output = F::Output> + use<F> {
+        // Boxed: a statement's planning future is large, and it is moved between tasks.
+        Box::pin(catalog::with_export_gate(self.budget.gate(caller), call))
+    }
+
+    /// Counts a statement that failed before any DoGet streamed it.
+    fn failed<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.metrics.statement_ended(status.code());
+        }
+        result
     }
 
     /// Plans a statement to prepare (CreatePreparedStatement) and returns its handle and
@@ -116,11 +152,11 @@ impl FhirFlightService {
         // Only the schemas are needed: missing tables are exported, present ones are not
         // refreshed here (GetFlightInfo applies the catalog's freshness, once).
         let (ctx, sql) = (self.context(caller).clone(), query.query.clone());
-        let planning = self.queries.run(async move {
+        let planning = self.queries.run(self.gated(caller, async move {
             let df = plan_sql(&ctx, &sql, Some(Freshness::Never)).await?;
             let parameters = parameter_schema(df.logical_plan())?;
             Ok((df.schema().as_arrow().clone(), parameters))
-        });
+        }));
         let (dataset, parameters) = slot.bound(planning.map_err(status)).await?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: StatementHandle::new(query.query).encode_to_vec().into(),
@@ -158,17 +194,18 @@ impl FhirFlightService {
         let planned = async {
             let slot = self.slots.take(caller)?;
             let ctx = self.context(caller).clone();
-            let planning = self.queries.run(async move {
+            let planning = self.queries.run(self.gated(caller, async move {
                 let df = handle.plan(&ctx, None).await?;
                 let tables = match audited {
                     true => audit::tables(df.logical_plan(), &ctx),
                     false => Vec::new(),
                 };
                 Ok((df.schema().as_arrow().clone(), tables))
-            });
+            }));
             slot.bound(planning.map_err(status)).await
         }
         .await;
+        let planned = self.failed(planned);
         if let (Some(log), Some(record)) = (&self.audit, record) {
             let tables = planned.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
             let record = record.with_tables(tables).with_outcome(&planned);
@@ -202,18 +239,19 @@ impl FhirFlightService {
             let slot = self.slots.take(caller)?;
             let ctx = self.context(caller).clone();
             let tables = Arc::clone(&scanned);
-            let execution = self.queries.execute(async move {
+            let execution = self.queries.execute(self.gated(caller, async move {
                 let df = handle.plan_run(&ctx).await?;
                 if audited {
                     *tables.lock().unwrap_or_else(|e| e.into_inner()) =
                         audit::tables(df.logical_plan(), &ctx);
                 }
                 df.execute_stream().await
-            });
+            }));
             let stream = slot.bound(execution.map_err(status)).await?;
             Ok::<_, Status>((slot, stream))
         }
         .await;
+        let started_stream = self.failed(started_stream);
         let tables = std::mem::take(&mut *scanned.lock().unwrap_or_else(|e| e.into_inner()));
         let record = record.map(|r| r.with_tables(tables));
         let (slot, stream) = match started_stream {
@@ -226,18 +264,11 @@ impl FhirFlightService {
                 return Err(refused);
             }
         };
-        let response: DoGetStream = match (&self.audit, record) {
-            (Some(log), Some(record)) => {
-                let audit = StreamAudit::new(log.clone(), record, started);
-                let stream = audit::counting_rows(stream, &audit);
-                Box::pin(audit::audited(
-                    Box::pin(slot.hold(record_batches(stream))),
-                    audit,
-                ))
-            }
-            _ => Box::pin(slot.hold(record_batches(stream))),
-        };
-        Ok(Response::new(response))
+        let audit = self.audit.clone().zip(record);
+        let tally = StreamTally::new(Arc::clone(&self.metrics), audit, started);
+        let stream = audit::counting_rows(stream, &tally);
+        let response = Box::pin(slot.hold(record_batches(stream)));
+        Ok(Response::new(Box::pin(audit::tallied(response, tally))))
     }
 
     /// The tables matching a GetTables request, with their schemas when asked for.
@@ -520,7 +551,7 @@ impl FlightSqlService for FhirFlightService {
             AuditRecord::new("CreatePreparedStatement", caller, request.remote_addr())
                 .with_statement(query.query.clone())
         });
-        let prepared = self.prepare(query, caller).await;
+        let prepared = self.failed(self.prepare(query, caller).await);
         if let (Some(log), Some(record)) = (&self.audit, record) {
             log.record(&record.with_outcome(&prepared).ended(started));
         }
@@ -767,8 +798,11 @@ impl FlightSqlService for FhirFlightService {
                 action.r#type
             )));
         };
-        let ran = custom
-            .run(exports.as_ref(), &caller, &action.body)
+        let ran = self
+            .gated(
+                Some(&caller),
+                custom.run(exports.as_ref(), &caller, &action.body),
+            )
             .await
             .map_err(status);
         if let Some(log) = &self.audit {

@@ -10,7 +10,7 @@ use fhirflight::bulk::ExportLevel;
 use fhirflight::catalog::{CatalogOptions, Freshness, PushdownMode};
 use fhirflight::config::{Config, PrimarySource, ServerConfig, SessionBuilder};
 use fhirflight::demo::DemoConfig;
-use fhirflight::flight::Role;
+use fhirflight::flight::{ExportRate, Role};
 use fhirflight::ndjson::TableMode;
 use fhirflight::r4::check_type_name;
 use url::Url;
@@ -313,6 +313,17 @@ pub(crate) struct ServeArgs {
     /// server's pings every 30 s).
     #[arg(long, value_parser = parse_duration, default_value = "2m")]
     pub(crate) idle_timeout: Duration,
+    /// Exports one user may start upstream within a sliding period, as EXPORTS/PERIOD (`4/1m`,
+    /// `20/1h`). A statement or refresh that would start one more gets RESOURCE_EXHAUSTED
+    /// saying when the next may start; reading fresh snapshots or joining a running export is
+    /// free.
+    #[arg(long, default_value = "10/15m", value_name = "EXPORTS/PERIOD")]
+    pub(crate) exports_per_user: ExportRate,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (off by default). They hold counts
+    /// and ages only (statements, errors by code, exports, snapshot ages, memory), no patient
+    /// data, and ask for no credentials.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 /// A duration flag: `250ms`, `90s`, `15m`, `2h`, `1d` (a bare number is seconds).

@@ -77,7 +77,21 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         .with_export_control(Arc::new(control))
         .with_query_timeout(args.query_timeout)
         .with_max_connections(args.max_connections)
-        .with_idle_timeout(args.idle_timeout);
+        .with_idle_timeout(args.idle_timeout)
+        .with_exports_per_user(args.exports_per_user);
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io("metrics listen address", e))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Error::io("metrics listener", e))?;
+            server = server.with_metrics(listener);
+            Some(addr)
+        }
+        None => None,
+    };
     if let Some(max) = args.max_statements {
         server = server.with_max_statements(max);
     }
@@ -111,6 +125,9 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         session.context().catalog_names().join(", ")
     );
     println!("  tables:   SELECT table_catalog, table_name FROM information_schema.tables");
+    if let Some(addr) = metrics {
+        println!("  metrics:  http://{addr}/metrics");
+    }
     stop.await;
     tracing::info!("shutting down; running exports are kept for the next start");
     let served = running.shutdown().await;

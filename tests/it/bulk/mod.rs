@@ -142,7 +142,7 @@ async fn try_export(
 }
 
 /// The text of what `run` logs on this thread (debug and up).
-async fn logs_of<F: Future>(run: F) -> (F::Output, String) {
+pub(crate) async fn logs_of<F: Future>(run: F) -> (F::Output, String) {
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Buffer {

@@ -12,6 +12,7 @@ mod access;
 mod fhir;
 mod jdbc;
 mod limits;
+mod ops;
 mod resilience;
 mod sql;
 

@@ -57,9 +57,10 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
         .insert("authorization", format!("Basic {basic}").parse().unwrap());
     let err = raw.handshake(request).await.expect_err("wrong password");
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert_eq!(
-        err.message(),
-        "unauthenticated: invalid username or password"
+    assert!(
+        err.message()
+            .starts_with("unauthenticated: invalid username or password [error id "),
+        "{err}"
     );
 
     // No token.
@@ -119,7 +120,7 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     };
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
-        status.message().contains("error sending request"),
+        status.message().starts_with("could not connect: "),
         "{}",
         status.message()
     );
