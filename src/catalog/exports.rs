@@ -28,16 +28,26 @@ const FINISHED_KEPT: usize = 32;
 type Done = Shared<BoxFuture<'static, Result<Arc<[Warning]>, Arc<Error>>>>;
 
 /// The state of an export, as listed by [`super::FhirCatalog::exports`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum ExportState {
     /// Fetching or converting.
     Running,
     /// Committed.
     Done,
-    /// Failed with this error.
-    Failed(String),
+    /// Failed with this error (kept whole: a Flight client reads only its own part of it).
+    Failed(Arc<Error>),
     /// Cancelled.
     Cancelled,
+}
+
+/// States are equal when their kinds are, failures when their texts are too.
+impl PartialEq for ExportState {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ExportState::Failed(a), ExportState::Failed(b)) => a.to_string() == b.to_string(),
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
 }
 
 /// One export of a catalog: running or recently finished.
@@ -438,7 +448,7 @@ impl Exporter {
                     ExportState::Done
                 }
                 Err(e) if matches!(*e, Error::Cancelled) => ExportState::Cancelled,
-                Err(e) => ExportState::Failed(e.to_string()),
+                Err(e) => ExportState::Failed(e),
             };
             *job_ref.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
         });

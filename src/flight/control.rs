@@ -11,6 +11,7 @@ use datafusion::prelude::SessionContext;
 
 use super::actions::ExportControl;
 use super::proto::{self, ExportState};
+use super::status;
 use crate::catalog::{self, FhirCatalog};
 use crate::view::ViewDefinition;
 use crate::{Error, Result};
@@ -122,7 +123,7 @@ fn export_status(catalog: &str, export: catalog::ExportStatus) -> proto::ExportS
         }
         catalog::ExportState::Running => (ExportState::Running, String::new()),
         catalog::ExportState::Done => (ExportState::Completed, String::new()),
-        catalog::ExportState::Failed(error) => (ExportState::Failed, error),
+        catalog::ExportState::Failed(error) => (ExportState::Failed, status::told(error.as_ref())),
         catalog::ExportState::Cancelled => (ExportState::Cancelled, String::new()),
     };
     let progress_text = match progress.percent {

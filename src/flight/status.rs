@@ -64,7 +64,7 @@ pub(crate) fn status<E: StdError + 'static>(err: E) -> Status {
 }
 
 /// What a client may read of `err` (see the [module docs](self)).
-fn told(err: &(dyn StdError + 'static)) -> String {
+pub(crate) fn told(err: &(dyn StdError + 'static)) -> String {
     if let Some(e) = err.downcast_ref::<Error>() {
         return told_crate(e);
     }

@@ -327,8 +327,8 @@ fn endless_export() -> DemoConfig {
         .with_retry_after(Duration::from_secs(1))
 }
 
-/// Polls ListExports until `done` holds for the only export (bounded: a hang is a failure).
-async fn wait_for_export(
+/// Polls ListExports until `done` holds for an export (bounded: a hang is a failure).
+pub(super) async fn wait_for_export(
     client: &mut FlightSqlServiceClient<Channel>,
     done: impl Fn(&ExportStatus) -> bool,
 ) -> ExportStatus {

@@ -108,7 +108,7 @@ fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 #[tokio::test]
 async fn clients_read_what_failed_without_urls_or_paths_and_the_log_has_it_all() {
     let ops = ops(|server| server).await;
-    let (_, token) = login_as(&ops.server, USER).await;
+    let (mut client, token) = login_as(&ops.server, USER).await;
     let upstream = ops.demo.base_url();
     let host = format!(
         "{}:{}",
@@ -143,6 +143,14 @@ async fn clients_read_what_failed_without_urls_or_paths_and_the_log_has_it_all()
     assert!(
         logged.contains("this server cannot export Condition"),
         "{logged}"
+    );
+    // ListExports tells the failure the same way.
+    let failed =
+        super::fhir::wait_for_export(&mut client, |e| e.state() == ExportState::Failed).await;
+    assert!(failed.error.contains("HTTP 400"), "{failed:?}");
+    assert!(
+        !failed.error.contains(&host) && !failed.error.contains("http://"),
+        "{failed:?}"
     );
 
     // (b) A snapshot file gone from the cache: the OS's words, not the path.
