@@ -11,6 +11,7 @@ use super::{CatalogOptions, ExportStatus, FhirSchema, FhirSource, FhirTable, Fre
 use crate::r4::check_type_name;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::view::ViewDefinition;
+use crate::error::quoted;
 use crate::{Error, Result};
 
 /// A DataFusion catalog whose one schema holds a table per resource type of a [`FhirSource`].
@@ -178,12 +179,13 @@ impl FhirCatalog {
         names
             .iter()
             .map(|n| {
-                self.exporter.resource_type(n).ok_or_else(|| {
-                    Error::config(format!(
-                        "{n} is not a resource type of {}",
-                        self.exporter.source.location()
-                    ))
-                })
+                self.exporter
+                    .resource_type(n)
+                    .ok_or_else(|| Error::NotFound {
+                        what: "resource type",
+                        name: quoted(n),
+                        reason: Some("not a table of this catalog".into()),
+                    })
             })
             .collect()
     }

@@ -146,7 +146,10 @@ async fn fhir_refresh_exports_when_run_never_when_planned() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("Nope is not a resource type"), "{err}");
+    assert!(
+        err.contains("resource type \"Nope\" not found: not a table of this catalog"),
+        "{err}"
+    );
 
     let plan = catalog::sql(
         &ctx,
