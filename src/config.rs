@@ -757,6 +757,29 @@ mod tests {
             Some(Duration::from_secs(86_400))
         );
         assert_eq!(config.server.max_polls_without_progress, Some(1000));
+        // The README states the defaults of [limits].
+        let (stated, default) = (
+            config.limits.client_options(ClientOptions::default()),
+            ClientOptions::default(),
+        );
+        assert_eq!(
+            (
+                stated.max_response_bytes,
+                stated.max_file_bytes,
+                stated.max_export_bytes,
+                stated.max_gzip_ratio
+            ),
+            (
+                default.max_response_bytes,
+                default.max_file_bytes,
+                default.max_export_bytes,
+                default.max_gzip_ratio
+            )
+        );
+        let limits = Config::from_toml("[limits]\nmax_file_bytes = 1048576\n").unwrap();
+        assert_eq!(limits.limits.max_file_bytes, Some(1 << 20));
+        let error = Config::from_toml("[limits]\nmax_file_bytes = \"lots\"\n").unwrap_err();
+        assert!(error.to_string().contains("expected a size"), "{error}");
         let error = Config::from_toml("[server]\nexport_deadline = \"1 day\"\n").unwrap_err();
         assert!(error.to_string().contains("expected a duration"), "{error}");
         assert_eq!(

@@ -8,10 +8,10 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider};
 
 use super::exports::{self, Exporter};
 use super::{CatalogOptions, ExportStatus, FhirSchema, FhirSource, FhirTable, Freshness};
+use crate::error::quoted;
 use crate::r4::check_type_name;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::view::ViewDefinition;
-use crate::error::quoted;
 use crate::{Error, Result};
 
 /// A DataFusion catalog whose one schema holds a table per resource type of a [`FhirSource`].
