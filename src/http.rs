@@ -309,6 +309,10 @@ async fn read_capped(mut response: Response, cap: usize) -> Vec<u8> {
     body
 }
 
+/// The default bound on a JSON response ([`read_body`]): a manifest of 10,000 files is about
+/// 2 MiB.
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
 /// The whole body of a JSON response (a manifest, a status, a token, a discovery document), read
 /// chunk by chunk and refused past `max` bytes: decompressed bytes, so a gzip bomb ends at `max`
 /// too.

@@ -74,7 +74,7 @@ impl Default for ClientOptions {
             strict_counts: false,
             export_deadline: Duration::from_secs(24 * 3600),
             max_polls_without_progress: 1000,
-            max_response_bytes: 64 << 20,
+            max_response_bytes: crate::http::DEFAULT_MAX_RESPONSE_BYTES,
             max_file_bytes: 32 << 30,
             max_export_bytes: 1 << 40,
             max_gzip_ratio: 200,

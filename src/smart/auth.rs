@@ -226,7 +226,7 @@ impl SmartAuth {
             config,
             http,
             RetryPolicy::default(),
-            crate::bulk::ClientOptions::default().max_response_bytes,
+            http::DEFAULT_MAX_RESPONSE_BYTES,
             Box::new(|_| Ok(())),
         ))
     }
