@@ -638,7 +638,7 @@ fn commit_type(
     let mut add_raw =
         |inputs: &[PathBuf], drop: Option<&std::collections::HashSet<String>>| -> Result<u64> {
             let (path, rel) = writer.raw_path(manifest.raw.len());
-            let (resources, bytes) = write_raw(inputs, drop, &path)?;
+            let (resources, bytes) = write_raw(inputs, drop, options.max_line_bytes, &path)?;
             manifest.raw.push(RawFile {
                 path: rel,
                 resources,
@@ -648,7 +648,7 @@ fn commit_type(
         };
     match previous {
         Some(prev) => {
-            let mut replaced = resource_ids(&files)?;
+            let mut replaced = resource_ids(&files, options.max_line_bytes)?;
             replaced.extend(deleted.iter().cloned());
             add_raw(&prev.raw_paths(), Some(&replaced))?;
             let changed = add_raw(&files, Some(&deleted))?;
@@ -668,8 +668,7 @@ fn commit_type(
     writer.commit(
         manifest,
         std::slice::from_ref(options.mode()),
-        options.batch_size,
-        options.strictness,
+        &options.decode_options(),
     )
 }
 
