@@ -508,8 +508,21 @@ impl Exporter {
             let snapshot = task
                 .await
                 .map_err(|e| Error::snapshot_with("conversion task failed", e))??;
-            let skipped = |w: &&Warning| w.kind == WarningKind::SkippedLines;
-            warnings.extend(snapshot.manifest().warnings.iter().filter(skipped).cloned());
+            // The conversion's own warnings: the export's are in `outcome` already.
+            let converted = |w: &&Warning| {
+                matches!(
+                    w.kind,
+                    WarningKind::SkippedLines | WarningKind::WideResources
+                )
+            };
+            warnings.extend(
+                snapshot
+                    .manifest()
+                    .warnings
+                    .iter()
+                    .filter(converted)
+                    .cloned(),
+            );
         }
         let _ = std::fs::remove_dir_all(&staging);
         // Housekeeping: the snapshots are committed, a failure here fails no query.

@@ -234,8 +234,9 @@ struct Columns {
     columns: Vec<Column>,
     rows: usize,
     resource_type: ResourceTypeCheck,
-    /// The schema's [`OVERFLOW_COLUMN`], if it has one.
-    overflow: Option<Overflow>,
+    /// The schema's [`OVERFLOW_COLUMN`], if it has one (boxed: rarely used, it stays out of the
+    /// way of the columns).
+    overflow: Option<Box<Overflow>>,
 }
 
 /// The paths of the current line that the schema has no column for, bound for the overflow column.
@@ -298,11 +299,11 @@ impl FlatDecoder {
         let mut trie = Trie::with_columns(schema.fields().iter().map(|f| f.name().as_str()));
         let overflow = schema.index_of(OVERFLOW_COLUMN).ok().map(|column| {
             trie.forget_name(OVERFLOW_COLUMN);
-            Overflow {
+            Box::new(Overflow {
                 column,
                 text: Vec::new(),
                 names: HashSet::new(),
-            }
+            })
         });
         if overflow
             .as_ref()

@@ -145,7 +145,7 @@ impl Default for TableMode {
 pub const DEFAULT_MAX_LINE_BYTES: usize = 128 << 20;
 
 /// The most flattened columns unless configured ([`FlattenOptions::with_max_columns`]): far above
-/// the 6,249 of the widest real types (Synthea's ExplanationOfBenefit), so real data never meets it.
+/// the 6,249 that the widest real types reach, so real data never meets it.
 pub const DEFAULT_MAX_COLUMNS: usize = 50_000;
 
 /// The flattened column of the paths beyond [`FlattenOptions::max_columns`]: a resource's values
@@ -619,7 +619,8 @@ pub struct SchemaInference {
 
 #[derive(Debug)]
 enum Inference {
-    Flat(FlatInference),
+    /// Boxed: the flattened state is large, and one pointer per line costs nothing.
+    Flat(Box<FlatInference>),
     Nested(NestedInference),
 }
 
@@ -633,7 +634,9 @@ impl SchemaInference {
     pub fn with_options(mode: &TableMode, options: DecodeOptions) -> Self {
         let resource_type = options.resource_type.clone();
         let inner = match mode {
-            TableMode::Flattened(f) => Inference::Flat(FlatInference::new(f, resource_type)),
+            TableMode::Flattened(f) => {
+                Inference::Flat(Box::new(FlatInference::new(f, resource_type)))
+            }
             TableMode::Nested => Inference::Nested(NestedInference::new(resource_type)),
         };
         SchemaInference {
@@ -688,7 +691,7 @@ impl SchemaInference {
     fn take_part(&mut self) -> SchemaInference {
         let options = &self.lines.options;
         let inner = match &mut self.inner {
-            Inference::Flat(f) => Inference::Flat(f.take_part()),
+            Inference::Flat(f) => Inference::Flat(Box::new(f.take_part())),
             Inference::Nested(n) => Inference::Nested(std::mem::replace(
                 n,
                 NestedInference::new(options.resource_type.clone()),
