@@ -106,7 +106,8 @@ async fn main() -> Result<()> {
     report("ndjson->arrow_all_cores", n, reps, || {
         let reader = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
         let mut married = 0;
-        run_reader(&view, reader, "Patient.ndjson", 8192, |batch| {
+        let max_line = fhirflight::ndjson::DEFAULT_MAX_LINE_BYTES;
+        run_reader(&view, reader, "Patient.ndjson", 8192, max_line, |batch| {
             married += non_null(&batch);
             Ok(())
         })?;

@@ -177,9 +177,14 @@ impl Drop for Taken {
 /// worker in flight (memory stays bounded). Chunk buffers go back to the reader for reuse: fresh
 /// memory costs the kernel a page fault and a page clearing per 4 KiB. The workers are those
 /// free in the process-wide pool (at least one, waited for), so concurrent runs share the cores.
+///
+/// A line of more than `max_line` bytes comes cut to its first `max_line + 1` bytes, or whole
+/// if one read of about a chunk held it (see [`next_chunk`]): the work tells it too long by its
+/// length, and a chunk holds at most the bound and a chunk of it, however long it is.
 pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
     sources: impl IntoIterator<Item = Result<(String, R), E>>,
     chunk_size: usize,
+    max_line: usize,
     init: impl Fn() -> Result<S, E> + Sync,
     work: impl Fn(&mut S, &mut Chunk) -> Result<T, E> + Sync,
     mut emit: impl FnMut(T) -> Result<(), E>,
@@ -244,7 +249,8 @@ pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
             let mut starts_source = true;
             loop {
                 let buffer = free_rx.try_recv().unwrap_or_default();
-                let Some(bytes) = next_chunk(&mut reader, buffer, chunk_size, &mut carry, &name)?
+                let Some(bytes) =
+                    next_chunk(&mut reader, buffer, chunk_size, max_line, &mut carry, &name)?
                 else {
                     break;
                 };
@@ -282,37 +288,52 @@ pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
 }
 
 /// The next chunk of about `chunk_size` bytes ending at a line end; `carry` holds the bytes after it.
-/// `bytes` is an empty or used buffer to fill.
+/// `bytes` is an empty or used buffer to fill. A line longer than `max_line` that does not end
+/// within the bytes read is cut to its first `max_line + 1` bytes and its newline, the rest read
+/// past unkept.
 fn next_chunk(
     reader: &mut impl Read,
     mut bytes: Vec<u8>,
     chunk_size: usize,
+    max_line: usize,
     carry: &mut Vec<u8>,
     source: &str,
 ) -> Result<Option<Vec<u8>>, SourceError> {
+    let failed = |e| SourceError {
+        source_name: source.to_owned(),
+        source: e,
+    };
     bytes.clear();
     bytes.extend_from_slice(carry);
     carry.clear();
     bytes.reserve(chunk_size);
+    // Where the last line starts (the carry of a line cut short may hold whole lines).
+    let mut line_start = memchr::memrchr(b'\n', &bytes).map_or(0, |i| i + 1);
     let cut = loop {
+        if bytes.len() - line_start > max_line {
+            bytes.truncate(line_start + max_line + 1);
+            if skip_line(reader, carry).map_err(failed)? {
+                bytes.push(b'\n');
+            }
+            break bytes.len();
+        }
+        // A line longer than a chunk (and within the bound): keep reading until it ends.
+        if bytes.len() >= chunk_size && line_start > 0 {
+            break line_start;
+        }
         let start = bytes.len();
         let want = chunk_size.saturating_sub(start).max(chunk_size / 4).max(1) as u64;
         let n = reader
             .by_ref()
             .take(want)
             .read_to_end(&mut bytes)
-            .map_err(|e| SourceError {
-                source_name: source.to_owned(),
-                source: e,
-            })?;
+            .map_err(failed)?;
         if n == 0 {
             break bytes.len();
         }
-        // A line longer than a chunk: keep reading until it ends.
-        if bytes.len() >= chunk_size
-            && let Some(i) = memchr::memrchr(b'\n', &bytes)
-        {
-            break i + 1;
+        // Searching back stops at the last line end: about a line's bytes per read.
+        if let Some(i) = memchr::memrchr(b'\n', &bytes[start..]) {
+            line_start = start + i + 1;
         }
     };
     if bytes.is_empty() {
@@ -321,6 +342,24 @@ fn next_chunk(
     carry.extend_from_slice(&bytes[cut..]);
     bytes.truncate(cut);
     Ok(Some(bytes))
+}
+
+/// Reads past the rest of a line, keeping none of it; the bytes read after its end go to
+/// `carry`. Returns whether the line ended (else the source did).
+fn skip_line(reader: &mut impl Read, carry: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(i) = memchr::memchr(b'\n', &buffer[..n]) {
+            carry.extend_from_slice(&buffer[i + 1..n]);
+            return Ok(true);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -332,12 +371,51 @@ mod tests {
         let text = format!("a\n{}\nb\nc", "x".repeat(100));
         let (mut reader, mut carry) = (text.as_bytes(), Vec::new());
         let mut texts = Vec::new();
-        while let Some(bytes) = next_chunk(&mut reader, Vec::new(), 8, &mut carry, "t").unwrap() {
+        let next = |reader: &mut &[u8], carry: &mut Vec<u8>| {
+            next_chunk(reader, Vec::new(), 8, usize::MAX, carry, "t").unwrap()
+        };
+        while let Some(bytes) = next(&mut reader, &mut carry) {
             texts.push(String::from_utf8(bytes).unwrap());
         }
         assert_eq!(texts.concat(), text);
         assert!(texts.iter().any(|t| t.len() == 101), "{texts:?}");
         assert!(texts[..texts.len() - 1].iter().all(|t| t.ends_with('\n')));
+    }
+
+    /// Lines beyond the bound are cut to one byte beyond it, or (whole within one read, so
+    /// bounded by the chunk size) left for the decoder to tell too long: either way a line, at
+    /// its place, that is too long.
+    #[test]
+    fn lines_beyond_the_bound_stay_too_long_lines_in_bounded_chunks() {
+        let text = format!("a\n{}\nb\n{}", "x".repeat(100_000), "y".repeat(1000));
+        let want: Vec<&str> = text.split('\n').collect();
+        for (chunk_size, max_line) in [(8, 10), (4096, 10), (8, 0), (4096, 2000)] {
+            let (mut reader, mut carry) = (text.as_bytes(), Vec::new());
+            let mut chunks = Vec::new();
+            while let Some(bytes) = next_chunk(
+                &mut reader,
+                Vec::new(),
+                chunk_size,
+                max_line,
+                &mut carry,
+                "t",
+            )
+            .unwrap()
+            {
+                // At most a chunk, a read beyond it, a bound and the rest of a skip's read.
+                assert!(bytes.len() <= 2 * chunk_size + max_line + 1 + (1 << 16));
+                chunks.push(String::from_utf8(bytes).unwrap());
+            }
+            let text = chunks.concat();
+            let got: Vec<&str> = text.split('\n').collect();
+            assert_eq!(got.len(), want.len(), "{chunk_size} {max_line}");
+            for (got, want) in got.iter().zip(&want) {
+                match want.len() > max_line {
+                    true => assert!(got.len() > max_line && want.starts_with(got)),
+                    false => assert_eq!(got, want),
+                }
+            }
+        }
     }
 
     #[test]
@@ -362,7 +440,7 @@ mod tests {
                         *busy.lock().unwrap() -= 1;
                         Ok(())
                     };
-                    run_chunks(sources, 8, || Ok(()), work, |()| Ok(())).unwrap();
+                    run_chunks(sources, 8, usize::MAX, || Ok(()), work, |()| Ok(())).unwrap();
                 });
             }
         });

@@ -2,7 +2,8 @@
 //!
 //! A [`Warning`] is recorded wherever a run goes on past something a user should know of: the
 //! server's OperationOutcomes in the manifest's `error[]` files, a file whose line count differs
-//! from the manifest's advisory `count`, skipped NDJSON lines. Every part reports the same
+//! from the manifest's advisory `count`, skipped NDJSON lines, resources too wide for a flattened
+//! table. Every part reports the same
 //! values: the export's outcome, the snapshot's manifest (`warnings`), the Flight action
 //! `ListExports` and the CLI, which prints each as `warning: <Display>`.
 
@@ -27,11 +28,15 @@ pub enum WarningKind {
     SkippedFile,
     /// A condition of the client's own, such as a server's wait longer than allowed.
     Client,
+    /// Resources had more flattened paths than a table may have columns
+    /// ([`FlattenOptions::with_max_columns`](crate::ndjson::FlattenOptions::with_max_columns)):
+    /// the paths beyond are JSON text in one column, `_overflow`.
+    WideResources,
 }
 
 impl WarningKind {
     /// The kind's name as serialized: `server-error`, `count-mismatch`, `skipped-lines`,
-    /// `skipped-file`, `client`.
+    /// `skipped-file`, `client`, `wide-resources`.
     pub fn as_str(self) -> &'static str {
         match self {
             WarningKind::ServerError => "server-error",
@@ -39,6 +44,7 @@ impl WarningKind {
             WarningKind::SkippedLines => "skipped-lines",
             WarningKind::SkippedFile => "skipped-file",
             WarningKind::Client => "client",
+            WarningKind::WideResources => "wide-resources",
         }
     }
 }

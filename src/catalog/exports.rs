@@ -520,8 +520,21 @@ impl Exporter {
             let snapshot = task
                 .await
                 .map_err(|e| Error::snapshot_with("conversion task failed", e))??;
-            let skipped = |w: &&Warning| w.kind == WarningKind::SkippedLines;
-            warnings.extend(snapshot.manifest().warnings.iter().filter(skipped).cloned());
+            // The conversion's own warnings: the export's are in `outcome` already.
+            let converted = |w: &&Warning| {
+                matches!(
+                    w.kind,
+                    WarningKind::SkippedLines | WarningKind::WideResources
+                )
+            };
+            warnings.extend(
+                snapshot
+                    .manifest()
+                    .warnings
+                    .iter()
+                    .filter(converted)
+                    .cloned(),
+            );
         }
         let _ = std::fs::remove_dir_all(&staging);
         // Housekeeping: the snapshots are committed, a failure here fails no query.
@@ -650,7 +663,7 @@ fn commit_type(
     let mut add_raw =
         |inputs: &[PathBuf], drop: Option<&std::collections::HashSet<String>>| -> Result<u64> {
             let (path, rel) = writer.raw_path(manifest.raw.len());
-            let (resources, bytes) = write_raw(inputs, drop, &path)?;
+            let (resources, bytes) = write_raw(inputs, drop, options.max_line_bytes, &path)?;
             manifest.raw.push(RawFile {
                 path: rel,
                 resources,
@@ -660,7 +673,7 @@ fn commit_type(
         };
     match previous {
         Some(prev) => {
-            let mut replaced = resource_ids(&files)?;
+            let mut replaced = resource_ids(&files, options.max_line_bytes)?;
             replaced.extend(deleted.iter().cloned());
             add_raw(&prev.raw_paths(), Some(&replaced))?;
             let changed = add_raw(&files, Some(&deleted))?;
@@ -680,8 +693,7 @@ fn commit_type(
     writer.commit(
         manifest,
         std::slice::from_ref(options.mode()),
-        options.batch_size,
-        options.strictness,
+        &options.decode_options(),
     )
 }
 

@@ -1,13 +1,14 @@
 //! The options of a catalog: [`CatalogOptions`] (also the defaults of `STORED AS FHIR` tables) and
 //! [`Freshness`], when a snapshot is good enough for a query.
 
-use crate::ndjson::Strictness;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::PushdownMode;
-use crate::ndjson::TableMode;
+use crate::ndjson::{
+    DEFAULT_MAX_COLUMNS, DEFAULT_MAX_LINE_BYTES, DecodeOptions, Strictness, TableMode,
+};
 use crate::view::ViewDefinition;
 use crate::{Error, Result};
 
@@ -72,6 +73,8 @@ pub struct CatalogOptions {
     pub(super) view_dirs: Vec<PathBuf>,
     pub(super) pushdown: PushdownMode,
     pub(super) strictness: Strictness,
+    pub(super) max_line_bytes: usize,
+    pub(super) max_columns: usize,
 }
 
 /// How many filtered snapshots per resource type a catalog keeps unless configured
@@ -93,6 +96,8 @@ impl Default for CatalogOptions {
             view_dirs: Vec::new(),
             pushdown: PushdownMode::default(),
             strictness: Strictness::Lenient,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_columns: DEFAULT_MAX_COLUMNS,
         }
     }
 }
@@ -112,9 +117,48 @@ impl CatalogOptions {
     }
 
     /// How resources become columns: flattened as the notebook did (default), or nested (one
-    /// column per top-level element, structs and lists).
+    /// column per top-level element, structs and lists). The width bound of a flattened mode is
+    /// the catalog's ([`CatalogOptions::with_max_columns`]), whatever `mode` says.
     pub fn with_mode(self, mode: TableMode) -> Self {
+        let mode = bounded(mode, self.max_columns);
         Self { mode, ..self }
+    }
+
+    /// The longest NDJSON line read, in bytes without its newline (default
+    /// [`DEFAULT_MAX_LINE_BYTES`], 128 MiB), in both modes and in views. A longer line is never
+    /// held whole: it is a bad line, skipped with a `skipped-lines` warning (or an error naming
+    /// its file and line with [`CatalogOptions::with_strict`]).
+    pub fn with_max_line_bytes(self, max: usize) -> Self {
+        Self {
+            max_line_bytes: max,
+            ..self
+        }
+    }
+
+    /// The most columns of a flattened table (default [`DEFAULT_MAX_COLUMNS`], 50,000; real types
+    /// have up to about 6,000): paths beyond go into one JSON text column `_overflow` with a
+    /// `wide-resources` warning (see [`FlattenOptions::with_max_columns`](crate::ndjson::FlattenOptions::with_max_columns)).
+    /// The nested mode has a column per top-level element and no such bound.
+    ///
+    /// ```
+    /// # use fhirflight::catalog::CatalogOptions;
+    /// let options = CatalogOptions::default().with_max_columns(10_000).with_max_line_bytes(16 << 20);
+    /// ```
+    pub fn with_max_columns(self, max: usize) -> Self {
+        let mode = bounded(self.mode, max);
+        Self {
+            mode,
+            max_columns: max,
+            ..self
+        }
+    }
+
+    /// What the decoder of this catalog's conversions is given: batch size, strictness, line bound.
+    pub(crate) fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions::default()
+            .with_batch_size(self.batch_size)
+            .with_strictness(self.strictness)
+            .with_max_line_bytes(self.max_line_bytes)
     }
 
     /// The only resource types that are tables (pins the list: browsing lists them, nothing else
@@ -206,6 +250,14 @@ impl CatalogOptions {
     /// The mode of the tables.
     pub fn mode(&self) -> &TableMode {
         &self.mode
+    }
+}
+
+/// `mode` with the width bound `max_columns` if it is flattened.
+fn bounded(mode: TableMode, max_columns: usize) -> TableMode {
+    match mode {
+        TableMode::Flattened(f) => TableMode::Flattened(f.with_max_columns(max_columns)),
+        TableMode::Nested => TableMode::Nested,
     }
 }
 

@@ -78,8 +78,8 @@ impl FhirSchema {
     async fn resolve(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(view) = self.views.get(name) {
             let snapshot = self.snapshot(view.resource()).await?;
-            let batch_size = self.exporter.options.batch_size;
-            return views::view_table(&self.views, view, snapshot, !self.browse, batch_size)
+            let decode = self.exporter.options.decode_options();
+            return views::view_table(&self.views, view, snapshot, !self.browse, decode)
                 .await
                 .map(Some);
         }
@@ -165,7 +165,7 @@ impl Exporter {
             Some(_) => snapshot,
             None => self
                 .store
-                .add_table(&snapshot, mode, self.options.batch_size)?,
+                .add_table(&snapshot, mode, self.options.decode_options())?,
         };
         let resource_type = snapshot.manifest().resource_type.clone();
         let filtered = !snapshot.manifest().pushdown.is_empty();

@@ -35,6 +35,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::effect::{Effect, FhirEffectExec};
 use super::{CatalogOptions, FhirCatalog, to_datafusion};
 use crate::error::BoxError;
+use crate::ndjson::DecodeOptions;
 use crate::snapshot::{Snapshot, open_raw};
 use crate::view::{ViewDefinition, run_readers};
 use crate::{Error, Result};
@@ -204,13 +205,14 @@ fn read_view_dir(dir: &Path) -> Result<Vec<(PathBuf, ViewDefinition)>> {
 }
 
 /// The table of `view` over `snapshot`: its Parquet copy, written first when `build` (else, when
-/// browsing, an empty table of the view's schema until a query writes it).
+/// browsing, an empty table of the view's schema until a query writes it), read with the batch
+/// size and line bound of `decode`.
 pub(super) async fn view_table(
     views: &Views,
     view: Arc<ViewDefinition>,
     snapshot: Option<Snapshot>,
     build: bool,
-    batch_size: usize,
+    decode: DecodeOptions,
 ) -> DfResult<Arc<dyn TableProvider>> {
     let Some(snapshot) = snapshot else {
         return Ok(Arc::new(EmptyTable::new(view.schema())));
@@ -223,7 +225,7 @@ pub(super) async fn view_table(
         let _building = views.build.lock().await;
         if !dir.is_dir() {
             let (view, dir) = (Arc::clone(&view), dir.clone());
-            tokio::task::spawn_blocking(move || write_view(&view, &snapshot, batch_size, &dir))
+            tokio::task::spawn_blocking(move || write_view(&view, &snapshot, &decode, &dir))
                 .await
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
                 .map_err(to_datafusion)?;
@@ -254,7 +256,7 @@ fn cache_dir(snapshot: &Snapshot, view: &ViewDefinition) -> PathBuf {
 fn write_view(
     view: &Arc<ViewDefinition>,
     snapshot: &Snapshot,
-    batch_size: usize,
+    decode: &DecodeOptions,
     dir: &Path,
 ) -> Result<()> {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
@@ -274,7 +276,8 @@ fn write_view(
         let sources = raw
             .iter()
             .map(|p| Ok((p.display().to_string(), open_raw(p)?)));
-        run_readers(view, sources, batch_size, |batch| {
+        let (batch_size, max_line) = (decode.batch_size(), decode.max_line_bytes());
+        run_readers(view, sources, batch_size, max_line, |batch| {
             writer.write(&batch).map_err(parquet_error)
         })?;
         let file = writer.into_inner().map_err(parquet_error)?;

@@ -1,5 +1,6 @@
 //! Flattened mode: one column per flattened path, as `flatten_json.flatten` + `pandas.json_normalize`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
@@ -8,7 +9,7 @@ use arrow::datatypes::{ArrowNativeType, DataType, Field, Schema, SchemaRef};
 
 use super::trie::{NO_COLUMN, RESOURCE_TYPE, Trie};
 use super::walker::{Leaf, Sink, Walker};
-use super::{DecodeErrorKind, LineError, ResourceTypeCheck};
+use super::{DecodeErrorKind, FlattenOptions, LineError, OVERFLOW_COLUMN, ResourceTypeCheck};
 
 const NULL: u8 = 1;
 const BOOL: u8 = 2;
@@ -38,6 +39,13 @@ struct Kinds {
     /// Columns whose kinds good lines widened since the last part was taken.
     widened: Vec<u32>,
     resource_type: ResourceTypeCheck,
+    /// Columns at most ([`FlattenOptions::max_columns`]).
+    max_columns: usize,
+    /// Whether the current line has paths beyond the bound.
+    line_overflows: bool,
+    /// Whether a good line had paths beyond the bound (since the last part was taken): the
+    /// schema then has the overflow column.
+    overflow: bool,
 }
 
 impl Sink for Kinds {
@@ -48,7 +56,11 @@ impl Sink for Kinds {
         }
         let mut column = trie.column(node);
         if column == NO_COLUMN {
-            column = self.new_column(trie, node);
+            let Some(new) = self.new_column(trie, node) else {
+                self.line_overflows = true;
+                return Ok(());
+            };
+            column = new;
         }
         let kind = match leaf {
             Leaf::Null => NULL,
@@ -68,31 +80,40 @@ impl Sink for Kinds {
 }
 
 impl Kinds {
-    /// The column of `node`, which has none yet: a known name's, or a new one.
+    /// The column of `node`, which has none yet: a known name's, or a new one while there is
+    /// room, or none (the path goes to the overflow column, as does a path named like it).
     #[cold]
-    fn new_column(&mut self, trie: &mut Trie, node: u32) -> u32 {
-        let (column, new) = trie.column_or_insert(node, self.columns.len() as u32);
+    fn new_column(&mut self, trie: &mut Trie, node: u32) -> Option<u32> {
+        if trie.name(node) == OVERFLOW_COLUMN {
+            return None;
+        }
+        let room = self.columns.len() < self.max_columns;
+        let next = room.then_some(self.columns.len() as u32);
+        let (column, new) = trie.column_or_insert(node, next)?;
         if new {
             self.columns.push((trie.name(node).to_owned(), 0));
             self.new_nodes.push(node);
         }
-        column
+        Some(column)
     }
 }
 
 impl FlatInference {
-    pub(crate) fn new(max_list_items: Option<usize>, resource_type: Option<String>) -> Self {
+    pub(crate) fn new(options: &FlattenOptions, resource_type: Option<String>) -> Self {
         let kinds = Kinds {
             columns: Vec::new(),
             undo: Vec::new(),
             new_nodes: Vec::new(),
             widened: Vec::new(),
             resource_type: ResourceTypeCheck::new(resource_type),
+            max_columns: options.max_columns,
+            line_overflows: false,
+            overflow: false,
         };
         FlatInference {
             trie: Trie::with_columns([]),
             kinds,
-            max_list_items,
+            max_list_items: options.max_list_items,
             taken: 0,
         }
     }
@@ -111,8 +132,13 @@ impl FlatInference {
         let older = k.widened.drain(..).filter(|&c| (c as usize) < self.taken);
         columns.extend(older.map(|c| k.columns[c as usize].clone()));
         self.taken = k.columns.len();
-        let mut part = FlatInference::new(self.max_list_items, None);
+        let options = FlattenOptions {
+            max_list_items: self.max_list_items,
+            max_columns: k.max_columns,
+        };
+        let mut part = FlatInference::new(&options, None);
         part.kinds.columns = columns;
+        part.kinds.overflow = std::mem::take(&mut k.overflow);
         part
     }
 
@@ -121,6 +147,7 @@ impl FlatInference {
     pub(crate) fn line(&mut self, line: &[u8], scratch: &mut Vec<u8>) -> Result<usize, LineError> {
         let k = &mut self.kinds;
         k.resource_type.start_line();
+        k.line_overflows = false;
         let result = Walker::new(line, scratch, self.max_list_items)
             .walk(&mut self.trie, k)
             .and_then(|end| k.resource_type.end_line().map(|()| end));
@@ -134,30 +161,43 @@ impl FlatInference {
             }
         } else {
             k.widened.extend(k.undo.iter().map(|&(column, _)| column));
+            k.overflow |= k.line_overflows;
         }
         k.undo.clear();
         k.new_nodes.clear();
         result
     }
 
-    /// Adds `other`'s columns: known names merge their kinds, new names go last in `other`'s order.
+    /// Adds `other`'s columns: known names merge their kinds, new names go last in `other`'s order
+    /// while there is room, and to the overflow column beyond.
+    ///
+    /// Parts merged in stream order give the columns of one inference over the whole stream: a
+    /// worker meets a path with fewer columns before it than the stream has before its first
+    /// place, so it runs out of room no sooner.
     pub(crate) fn merge(&mut self, other: &FlatInference) {
-        let columns = &mut self.kinds.columns;
+        let k = &mut self.kinds;
         for (name, kinds) in &other.kinds.columns {
-            let next = columns.len() as u32;
-            let column = self.trie.column_by_name(name, next);
+            let next = k.columns.len() as u32;
+            let room = k.columns.len() < k.max_columns;
+            let Some(column) = self.trie.column_by_name(name, room.then_some(next)) else {
+                k.overflow = true;
+                continue;
+            };
             if column == next {
-                columns.push((name.clone(), 0));
+                k.columns.push((name.clone(), 0));
             }
-            columns[column as usize].1 |= kinds;
+            k.columns[column as usize].1 |= kinds;
         }
+        k.overflow |= other.kinds.overflow;
     }
 
     pub(crate) fn schema(&self) -> SchemaRef {
-        let fields = self
-            .kinds
+        let k = &self.kinds;
+        let overflow = k.overflow.then(|| (OVERFLOW_COLUMN.to_owned(), TEXT));
+        let fields = k
             .columns
             .iter()
+            .chain(&overflow)
             .map(|(name, kinds)| Field::new(name, data_type(*kinds), true));
         Arc::new(Schema::new(fields.collect::<Vec<_>>()))
     }
@@ -184,6 +224,8 @@ pub(crate) struct FlatDecoder {
     trie: Trie,
     columns: Columns,
     max_list_items: Option<usize>,
+    /// Rows with values in the overflow column, decoded so far.
+    pub(crate) overflowed: u64,
 }
 
 #[derive(Debug)]
@@ -192,6 +234,19 @@ struct Columns {
     columns: Vec<Column>,
     rows: usize,
     resource_type: ResourceTypeCheck,
+    /// The schema's [`OVERFLOW_COLUMN`], if it has one (boxed: rarely used, it stays out of the
+    /// way of the columns).
+    overflow: Option<Box<Overflow>>,
+}
+
+/// The paths of the current line that the schema has no column for, bound for the overflow column.
+#[derive(Debug)]
+struct Overflow {
+    column: usize,
+    /// The members of a JSON object so far: `{"name":value,"name":value` (empty if none).
+    text: Vec<u8>,
+    /// Their names: two keys flattening to one name are a duplicate key here as in columns.
+    names: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -241,17 +296,33 @@ impl FlatDecoder {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let trie = Trie::with_columns(schema.fields().iter().map(|f| f.name().as_str()));
+        let mut trie = Trie::with_columns(schema.fields().iter().map(|f| f.name().as_str()));
+        let overflow = schema.index_of(OVERFLOW_COLUMN).ok().map(|column| {
+            trie.forget_name(OVERFLOW_COLUMN);
+            Box::new(Overflow {
+                column,
+                text: Vec::new(),
+                names: HashSet::new(),
+            })
+        });
+        if overflow
+            .as_ref()
+            .is_some_and(|o| schema.field(o.column).data_type() != &DataType::Utf8)
+        {
+            return Err(format!("flattened column {OVERFLOW_COLUMN} must be Utf8"));
+        }
         let columns = Columns {
             schema,
             columns,
             rows: 0,
             resource_type: ResourceTypeCheck::new(resource_type),
+            overflow,
         };
         Ok(FlatDecoder {
             trie,
             columns,
             max_list_items,
+            overflowed: 0,
         })
     }
 
@@ -267,6 +338,14 @@ impl FlatDecoder {
         let result = Walker::new(line, scratch, self.max_list_items)
             .walk(&mut self.trie, c)
             .and_then(|end| c.resource_type.end_line().map(|()| end));
+        let result = match &mut c.overflow {
+            Some(o) if !o.text.is_empty() => result.and_then(|end| {
+                o.finish(&mut c.columns[o.column], c.rows)?;
+                self.overflowed += 1;
+                Ok(end)
+            }),
+            _ => result,
+        };
         let rows = c.rows;
         match result {
             Ok(_) => c.rows += 1,
@@ -275,6 +354,10 @@ impl FlatDecoder {
             Err(_) => {
                 for column in c.columns.iter_mut().filter(|c| c.len > rows) {
                     column.truncate(rows);
+                }
+                if let Some(o) = &mut c.overflow {
+                    o.text.clear();
+                    o.names.clear();
                 }
             }
         }
@@ -309,7 +392,10 @@ impl Sink for Columns {
         }
         // A node without a column (`NO_COLUMN`) has no index.
         let Some(column) = self.columns.get_mut(trie.column(node) as usize) else {
-            return Err(misfit(trie, node, "is not in the schema".into()));
+            return match &mut self.overflow {
+                Some(overflow) => overflow.add(trie.name(node), leaf),
+                None => Err(misfit(trie, node, "is not in the schema".into())),
+            };
         };
         if column.len > self.rows {
             // Python's json.loads would keep the last of duplicate keys: refuse to guess.
@@ -320,6 +406,52 @@ impl Sink for Columns {
             column.push_nulls(self.rows - column.len);
         }
         column.push(leaf).map_err(|found| misfit(trie, node, found))
+    }
+}
+
+impl Overflow {
+    /// Adds a path without a column and its value to the line's object.
+    #[cold]
+    fn add(&mut self, name: &str, leaf: Leaf<'_>) -> Result<(), LineError> {
+        if !self.names.insert(name.to_owned()) {
+            let message = format!("duplicate key: {name} given twice");
+            return Err(LineError::new(DecodeErrorKind::DuplicateKey, message));
+        }
+        let text = &mut self.text;
+        text.push(if text.is_empty() { b'{' } else { b',' });
+        let json = |text: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(text, s).expect("writing to a Vec never fails");
+        };
+        json(text, name);
+        text.push(b':');
+        match leaf {
+            Leaf::Null => text.extend_from_slice(b"null"),
+            Leaf::Bool(b) => text.extend_from_slice(if b { b"true" } else { b"false" }),
+            Leaf::Int(s) | Leaf::Float(s) => text.extend_from_slice(s.as_bytes()),
+            Leaf::Str(s) => json(text, s),
+            Leaf::EmptyList => text.extend_from_slice(b"[]"),
+            Leaf::ListTail(s) => {
+                text.push(b'[');
+                text.extend_from_slice(s.as_bytes());
+                text.push(b']');
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the line's object as row `row` of the overflow `column`, and starts over.
+    #[cold]
+    fn finish(&mut self, column: &mut Column, row: usize) -> Result<(), LineError> {
+        self.text.push(b'}');
+        self.names.clear();
+        let text = std::str::from_utf8(&self.text).expect("JSON text made of strs");
+        column.push_nulls(row - column.len);
+        let result = column.push(Leaf::Str(text));
+        self.text.clear();
+        result.map_err(|what| {
+            let message = format!("column {OVERFLOW_COLUMN}: {what}");
+            LineError::new(DecodeErrorKind::DoesNotFitSchema, message)
+        })
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! Both are push-style and do no I/O: the caller owns the bytes (a file, an HTTP body, a gzip
 //! stream) and may split them anywhere, inside a line or inside a UTF-8 sequence. Memory is bounded
-//! by the batch size, the schema and the longest line, never by the size of the file.
+//! by the batch size, the schema and the line bound ([`DecodeOptions::with_max_line_bytes`]), never
+//! by the size of the file or of a line.
 //! [`infer_reader`] and [`decode_reader`] run both steps over a whole [`Read`](std::io::Read) on
 //! all cores; [`infer_readers`] and [`decode_readers`] over many files as one run (an export is
 //! often cut into many small files).
@@ -34,6 +35,15 @@
 //!   value (flatten_json keeps it, json_normalize drops it).
 //! - [`FlattenOptions::with_max_list_items`] bounds the width: list positions from N on are not
 //!   flattened but kept, as JSON text of a list, in one column `<list>_more`.
+//! - [`FlattenOptions::with_max_columns`] bounds the width of the table (default
+//!   [`DEFAULT_MAX_COLUMNS`], far above the 6,249 columns of the widest real types): columns are
+//!   made in first-seen order up to the bound, and the paths of a resource that have none are kept
+//!   in one more Utf8 column, [`OVERFLOW_COLUMN`] (`_overflow`), as the JSON text of an object of
+//!   flattened names and values, `{"code_coding_7_code":"x","code_coding_7_system":"y"}`, in the
+//!   order of the resource (null for a resource without such paths). A key `_overflow` in a
+//!   resource is never a column: it goes there too. A decoder whose schema has that column puts
+//!   every path the schema lacks there instead of failing the line, and counts the resources it
+//!   did it for ([`Decoder::overflowed_count`]).
 //!
 //! [`TableMode::Nested`] gives one field per top-level element, `Struct` and `List` as the JSON
 //! nests, merged over all resources (choice types such as `valueQuantity` and
@@ -54,7 +64,8 @@
 //! | `resourceType` other than [`DecodeOptions::with_resource_type`], or missing | [`DecodeErrorKind::WrongResourceType`] |
 //! | the same key twice in one object | [`DecodeErrorKind::DuplicateKey`] (both modes: flattening cannot keep both values, and nested keeps to the same rule) |
 //! | two keys flattening to one name (`a_b` and `a.b`) | [`DecodeErrorKind::DuplicateKey`] (flattened mode) |
-//! | a value the schema has no place for (unknown column, number too large for an `Int64` column, a string in a `Float64` column) | [`DecodeErrorKind::DoesNotFitSchema`] |
+//! | a value the schema has no place for (unknown column, number too large for an `Int64` column, a string in a `Float64` column) | [`DecodeErrorKind::DoesNotFitSchema`] (an unknown column goes to [`OVERFLOW_COLUMN`] when the schema has it) |
+//! | a line of more than [`DecodeOptions::max_line_bytes`] (default [`DEFAULT_MAX_LINE_BYTES`], 128 MiB, without its newline; blank or not) | [`DecodeErrorKind::LineTooLong`]: never held whole, its bytes are dropped up to the next newline |
 //!
 //! An integer too large for Int64 is a decimal to schema inference, so its column is `Float64`.
 //! With [`Strictness::Strict`] (the default) the first bad line fails the decode with a
@@ -130,10 +141,35 @@ impl Default for TableMode {
     }
 }
 
+/// The longest line read unless configured ([`DecodeOptions::with_max_line_bytes`]): 128 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 128 << 20;
+
+/// The most flattened columns unless configured ([`FlattenOptions::with_max_columns`]): far above
+/// the 6,249 that the widest real types reach, so real data never meets it.
+pub const DEFAULT_MAX_COLUMNS: usize = 50_000;
+
+/// The flattened column of the paths beyond [`FlattenOptions::max_columns`]: a resource's values
+/// there as the JSON text of one object, `{"<flattened name>": <value>, ...}`.
+///
+/// No path is ever named so: FHIR names start with a letter, or with `_` and a letter for the
+/// extensions of a primitive element `x` (`_x`), and R4 has no element `overflow`; a resource
+/// that has a key `_overflow` all the same has its value put in this column, under that name.
+pub const OVERFLOW_COLUMN: &str = "_overflow";
+
 /// Options of the flattened mode. The default is faithful to the notebook.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlattenOptions {
     max_list_items: Option<usize>,
+    max_columns: usize,
+}
+
+impl Default for FlattenOptions {
+    fn default() -> Self {
+        FlattenOptions {
+            max_list_items: None,
+            max_columns: DEFAULT_MAX_COLUMNS,
+        }
+    }
 }
 
 impl FlattenOptions {
@@ -143,12 +179,40 @@ impl FlattenOptions {
     pub fn with_max_list_items(self, max: Option<usize>) -> Self {
         FlattenOptions {
             max_list_items: max,
+            ..self
         }
     }
 
     /// The bound set by [`FlattenOptions::with_max_list_items`].
     pub fn max_list_items(&self) -> Option<usize> {
         self.max_list_items
+    }
+
+    /// Bounds the columns of a table (default [`DEFAULT_MAX_COLUMNS`]): the first `max` paths
+    /// met are columns, and a resource's paths beyond them go, as one JSON object, into one more
+    /// column [`OVERFLOW_COLUMN`] (see the [module docs](self)). One resource with a list of
+    /// 200,000 elements would otherwise make 200,000 columns.
+    ///
+    /// ```
+    /// use fhirflight::ndjson::{FlattenOptions, SchemaInference, TableMode};
+    ///
+    /// let mode = TableMode::Flattened(FlattenOptions::default().with_max_columns(2));
+    /// let mut inference = SchemaInference::new(&mode);
+    /// inference.push(b"{\"resourceType\":\"Basic\",\"id\":\"a\",\"code\":{\"text\":\"t\"}}\n")?;
+    /// let names: Vec<String> = inference.schema().fields().iter().map(|f| f.name().clone()).collect();
+    /// assert_eq!(names, ["resourceType", "id", "_overflow"]); // _overflow: {"code_text":"t"}
+    /// # Ok::<(), fhirflight::ndjson::DecodeError>(())
+    /// ```
+    pub fn with_max_columns(self, max: usize) -> Self {
+        FlattenOptions {
+            max_columns: max,
+            ..self
+        }
+    }
+
+    /// The bound set by [`FlattenOptions::with_max_columns`].
+    pub fn max_columns(&self) -> usize {
+        self.max_columns
     }
 }
 
@@ -169,6 +233,7 @@ pub struct DecodeOptions {
     strictness: Strictness,
     resource_type: Option<String>,
     source: String,
+    max_line_bytes: usize,
     /// The bytes continue a stream (a chunk of a file decoded in parallel): its first line has no
     /// BOM. Lines are numbered from 1 all the same; the chunk runner renumbers their errors.
     mid_stream: bool,
@@ -181,6 +246,7 @@ impl Default for DecodeOptions {
             strictness: Strictness::default(),
             resource_type: None,
             source: "<stream>".to_owned(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             mid_stream: false,
         }
     }
@@ -214,6 +280,22 @@ impl DecodeOptions {
             source: source.into(),
             ..self
         }
+    }
+
+    /// The longest line read, in bytes without its newline (default [`DEFAULT_MAX_LINE_BYTES`]).
+    /// A longer line is a bad line ([`DecodeErrorKind::LineTooLong`]) that is never held whole:
+    /// its bytes are dropped up to the next newline, so memory stays bounded by this, not by the
+    /// line (a 1.5 GB line would otherwise cost 1.5 GB).
+    pub fn with_max_line_bytes(self, max: usize) -> Self {
+        DecodeOptions {
+            max_line_bytes: max,
+            ..self
+        }
+    }
+
+    /// The longest line read.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes
     }
 
     /// Rows per record batch at most.
@@ -280,6 +362,8 @@ pub enum DecodeErrorKind {
     DoesNotFitSchema,
     /// The schema given to [`Decoder::new`] has a type the mode does not produce.
     UnsupportedSchema,
+    /// The line is longer than [`DecodeOptions::max_line_bytes`].
+    LineTooLong,
 }
 
 /// What is wrong with one line, before the decoder adds where it is.
@@ -355,6 +439,8 @@ struct Lines {
     options: DecodeOptions,
     /// The start of a line whose end has not arrived yet.
     pending: Vec<u8>,
+    /// The line whose end has not arrived yet is longer than the bound: its bytes are dropped.
+    overlong: bool,
     /// Lines seen so far in this stream.
     seen: u64,
     scratch: Vec<u8>,
@@ -370,6 +456,7 @@ impl Lines {
         Lines {
             options,
             pending: Vec::new(),
+            overlong: false,
             seen: 0,
             scratch: Vec::new(),
             skipped_count: 0,
@@ -391,6 +478,7 @@ impl Lines {
     /// `line` gets a line's bytes and returns where the line ends. With `in_place`, it may be
     /// given bytes that hold more lines after it (see [`walker::Walker`]), so that finding the end
     /// of a line is left to the walk that reads it; lines it fails on are cut and given again.
+    /// A line longer than the bound is not given at all ([`Lines::too_long`]).
     fn push(
         &mut self,
         bytes: &[u8],
@@ -398,14 +486,27 @@ impl Lines {
         in_place: bool,
         mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
     ) -> Result<usize, DecodeError> {
+        let max = self.options.max_line_bytes;
+        let mut consumed = 0;
+        if self.overlong {
+            let Some(end) = memchr::memchr(b'\n', bytes) else {
+                return Ok(bytes.len());
+            };
+            self.overlong = false;
+            consumed = end + 1;
+            self.too_long()?;
+        }
         let whole = match in_place && self.pending.is_empty() {
             true => memchr::memrchr(b'\n', bytes).map_or(0, |i| i + 1),
             false => 0,
         };
-        let mut consumed = 0;
+        // Lines walked in place end within `max` bytes, as the bound wants: from here on the
+        // bytes left before `whole` are too few for a longer one.
+        let in_place_from = whole.saturating_sub(max.saturating_add(1));
         while consumed < bytes.len() && more() {
             // A line opening with '{' has no BOM and is not blank: `line` takes it as it is.
             if consumed < whole
+                && consumed >= in_place_from
                 && bytes[consumed] == b'{'
                 && let Ok(end) = line(&bytes[consumed..whole], &mut self.scratch)
             {
@@ -415,11 +516,19 @@ impl Lines {
             }
             let rest = &bytes[consumed..];
             let Some(end) = memchr::memchr(b'\n', rest) else {
-                self.pending.extend_from_slice(rest);
+                if self.pending.len() + rest.len() > max {
+                    self.pending.clear();
+                    self.overlong = true;
+                } else {
+                    self.pending.extend_from_slice(rest);
+                }
                 return Ok(bytes.len());
             };
             consumed += end + 1;
-            if self.pending.is_empty() {
+            if self.pending.len() + end > max {
+                self.pending.clear();
+                self.too_long()?;
+            } else if self.pending.is_empty() {
                 self.one(&rest[..end], &mut line)?;
             } else {
                 let mut pending = std::mem::take(&mut self.pending);
@@ -439,7 +548,9 @@ impl Lines {
         mut line: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, LineError>,
     ) -> Result<(), DecodeError> {
         let pending = std::mem::take(&mut self.pending);
-        let result = if pending.is_empty() {
+        let result = if std::mem::take(&mut self.overlong) {
+            self.too_long()
+        } else if pending.is_empty() {
             Ok(())
         } else {
             self.one(&pending, &mut line)
@@ -460,9 +571,22 @@ impl Lines {
         if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             return Ok(());
         }
-        let Err(LineError(parts)) = line(bytes, &mut self.scratch) else {
-            return Ok(());
-        };
+        match line(bytes, &mut self.scratch) {
+            Ok(_) => Ok(()),
+            Err(e) => self.bad(e),
+        }
+    }
+
+    /// The next line, which is longer than the bound: a bad line whose bytes were dropped.
+    #[cold]
+    fn too_long(&mut self) -> Result<(), DecodeError> {
+        self.seen += 1;
+        let message = format!("line of more than {} bytes", self.options.max_line_bytes);
+        self.bad(LineError::new(DecodeErrorKind::LineTooLong, message))
+    }
+
+    /// Line `seen` is bad: an error in strict mode, skipped and counted in lenient mode.
+    fn bad(&mut self, LineError(parts): LineError) -> Result<(), DecodeError> {
         let LineErrorParts { kind, message } = *parts;
         let error = DecodeError {
             source_name: self.options.source.clone(),
@@ -495,7 +619,8 @@ pub struct SchemaInference {
 
 #[derive(Debug)]
 enum Inference {
-    Flat(FlatInference),
+    /// Boxed: the flattened state is large, and one pointer per line costs nothing.
+    Flat(Box<FlatInference>),
     Nested(NestedInference),
 }
 
@@ -510,7 +635,7 @@ impl SchemaInference {
         let resource_type = options.resource_type.clone();
         let inner = match mode {
             TableMode::Flattened(f) => {
-                Inference::Flat(FlatInference::new(f.max_list_items, resource_type))
+                Inference::Flat(Box::new(FlatInference::new(f, resource_type)))
             }
             TableMode::Nested => Inference::Nested(NestedInference::new(resource_type)),
         };
@@ -566,7 +691,7 @@ impl SchemaInference {
     fn take_part(&mut self) -> SchemaInference {
         let options = &self.lines.options;
         let inner = match &mut self.inner {
-            Inference::Flat(f) => Inference::Flat(f.take_part()),
+            Inference::Flat(f) => Inference::Flat(Box::new(f.take_part())),
             Inference::Nested(n) => Inference::Nested(std::mem::replace(
                 n,
                 NestedInference::new(options.resource_type.clone()),
@@ -715,6 +840,15 @@ impl Decoder {
     /// The first bad lines skipped so far (at most 100; lenient mode).
     pub fn skipped(&self) -> &[DecodeError] {
         &self.lines.skipped
+    }
+
+    /// Resources decoded so far with paths the schema has no column for, put in its
+    /// [`OVERFLOW_COLUMN`] (flattened mode).
+    pub fn overflowed_count(&self) -> u64 {
+        match &self.inner {
+            Decoding::Flat(f) => f.overflowed,
+            Decoding::Nested(_) => 0,
+        }
     }
 }
 

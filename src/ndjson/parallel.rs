@@ -32,6 +32,8 @@ pub struct DecodeSummary {
     pub skipped_count: u64,
     /// The first bad lines skipped (at most 100).
     pub skipped: Vec<DecodeError>,
+    /// Rows with paths beyond the width bound, in the [`OVERFLOW_COLUMN`](super::OVERFLOW_COLUMN).
+    pub overflowed: u64,
 }
 
 /// Reads all of `reader` (one file) into `inference` on all cores, as if pushed and ended there.
@@ -72,6 +74,7 @@ where
     run_chunks(
         sources,
         chunk_size,
+        options.max_line_bytes,
         // An inference per worker, kept from chunk to chunk: its paths carry over.
         || Ok(SchemaInference::with_options(&mode, options.clone())),
         |worker, chunk| -> Result<SchemaInference, E> {
@@ -175,10 +178,12 @@ where
     run_chunks(
         sources,
         chunk_size,
+        options.max_line_bytes,
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
         || Ok(Decoder::new(Arc::clone(&schema), mode, options.clone())?),
         |decoder, chunk| -> Result<_, E> {
             decoder.lines.restart(&chunk.source, !chunk.starts_source);
+            let overflowed_before = decoder.overflowed_count();
             let mut batches = Vec::new();
             let mut bytes = &chunk.bytes[..];
             while !bytes.is_empty() {
@@ -192,14 +197,17 @@ where
             batches.extend(decoder.finish().map_err(|e| renumber_error(chunk, e))?);
             let mut skipped = std::mem::take(&mut decoder.lines.skipped);
             renumber(chunk, &mut skipped);
+            let overflowed = decoder.overflowed_count() - overflowed_before;
             Ok((
                 batches,
                 std::mem::take(&mut decoder.lines.skipped_count),
                 skipped,
+                overflowed,
             ))
         },
-        |(batches, skipped_count, skipped)| {
+        |(batches, skipped_count, skipped, overflowed)| {
             summary.skipped_count += skipped_count;
+            summary.overflowed += overflowed;
             let room = super::KEEP_SKIPPED.saturating_sub(summary.skipped.len());
             summary.skipped.extend(skipped.into_iter().take(room));
             for batch in batches {

@@ -736,3 +736,266 @@ fn a_duplicate_key_is_one_rule_in_both_modes() {
         assert!(skipped[0].to_string().contains("gender"), "{}", skipped[0]);
     }
 }
+
+/// Good lines around a 10 MB line (a valid resource but for its length) and a bad line after it.
+fn with_long_line() -> String {
+    let good = |i: usize| format!("{{\"resourceType\":\"Basic\",\"id\":\"b{i}\"}}\n");
+    let long = format!(
+        "{{\"resourceType\":\"Basic\",\"id\":\"long\",\"note\":\"{}\"}}\n",
+        "x".repeat(10_000_000)
+    );
+    format!("{}{long}{}{{oops\n{}", good(1), good(3), good(5))
+}
+
+const BOUND: usize = 1024;
+
+#[test]
+fn a_line_beyond_the_bound_is_a_bad_line_wherever_it_is_split() {
+    let input = with_long_line();
+    let long_start = input.find("\n").unwrap() + 1;
+    let long_end = long_start + input[long_start..].find('\n').unwrap();
+    let mode = flat();
+    let options = DecodeOptions::default()
+        .with_strictness(Strictness::Lenient)
+        .with_max_line_bytes(BOUND);
+    let schema = infer(&mode, b"{\"resourceType\":\"Basic\",\"id\":\"b\"}");
+    let splits: [&[usize]; 5] = [
+        &[],
+        &[long_start + 10],
+        &[long_start + BOUND, long_start + BOUND + 1, long_end - 1],
+        &[long_end, long_end + 1],
+        &[
+            7,
+            long_start + 3_000_000,
+            long_start + 6_000_000,
+            long_end + 5,
+        ],
+    ];
+    for cuts in splits {
+        let mut decoder = Decoder::new(Arc::clone(&schema), &mode, options.clone()).unwrap();
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain([input.len()].iter()) {
+            let mut piece = &input.as_bytes()[start..end];
+            while !piece.is_empty() {
+                let n = decoder.decode(piece).unwrap();
+                piece = &piece[n..];
+                // Never more than the bound of the long line is kept.
+                assert!(decoder.lines.pending.capacity() <= 4 * BOUND, "{cuts:?}");
+            }
+            start = end;
+        }
+        let batch = decoder.finish().unwrap().unwrap();
+        ids.extend(batch.column(1).as_string::<i32>().iter().flatten());
+        assert_eq!(ids, ["b1", "b3", "b5"], "{cuts:?}");
+        let skipped: Vec<_> = decoder
+            .skipped()
+            .iter()
+            .map(|e| (e.line, e.kind, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            skipped[0],
+            (
+                2,
+                DecodeErrorKind::LineTooLong,
+                "line of more than 1024 bytes"
+            ),
+            "{cuts:?}"
+        );
+        assert_eq!(lines(decoder.skipped()), [2, 4], "{cuts:?}");
+    }
+
+    // Strict: an error naming the line; a last line without newline too.
+    let strict = DecodeOptions::default().with_max_line_bytes(BOUND);
+    let err = decode_cut(
+        Arc::clone(&schema),
+        &mode,
+        strict.clone(),
+        input.as_bytes(),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!((err.line, err.kind), (2, DecodeErrorKind::LineTooLong));
+    assert_eq!(
+        err.to_string(),
+        "<stream> line 2: line of more than 1024 bytes"
+    );
+    let last = &input.as_bytes()[..long_end];
+    let err = decode_cut(Arc::clone(&schema), &mode, strict.clone(), last, &[10]).unwrap_err();
+    assert_eq!((err.line, err.kind), (2, DecodeErrorKind::LineTooLong));
+
+    // A line of exactly the bound is read, in place or not; the nested mode keeps the bound too.
+    let exact = format!(
+        "{{\"resourceType\":\"Basic\",\"id\":\"{}\"}}",
+        "y".repeat(BOUND - 32)
+    );
+    assert_eq!(exact.len(), BOUND);
+    let text = format!("{exact}\n{exact}\n");
+    let (batches, _) =
+        decode_cut(Arc::clone(&schema), &mode, strict, text.as_bytes(), &[]).unwrap();
+    assert_eq!(batches[0].num_rows(), 2);
+    let nested = TableMode::Nested;
+    let mut inference = SchemaInference::with_options(&nested, options.clone());
+    inference.push(input.as_bytes()).unwrap();
+    inference.end_stream().unwrap();
+    assert_eq!(lines(inference.skipped()), [2, 4]);
+    assert_eq!(
+        fields(&inference.schema()),
+        ["resourceType:Utf8", "id:Utf8"]
+    );
+}
+
+#[test]
+fn a_line_beyond_the_bound_is_never_a_whole_chunk() {
+    let input = with_long_line();
+    let mode = flat();
+    let options = DecodeOptions::default()
+        .with_strictness(Strictness::Lenient)
+        .with_max_line_bytes(BOUND);
+    for chunk in [100, 4096, 1 << 20] {
+        let mut inference = SchemaInference::with_options(&mode, options.clone());
+        parallel::infer_chunks(one(&input), &mut inference, chunk).unwrap();
+        assert_eq!(
+            fields(&inference.schema()),
+            ["resourceType:Utf8", "id:Utf8"]
+        );
+        assert_eq!(lines(inference.skipped()), [2, 4], "chunk {chunk}");
+        let mut rows = 0;
+        let summary = parallel::decode_chunks(
+            one(&input),
+            inference.schema(),
+            &mode,
+            options.clone(),
+            |b| {
+                rows += b.num_rows();
+                Ok(())
+            },
+            chunk,
+        )
+        .unwrap();
+        assert_eq!((rows, summary.skipped_count), (3, 2), "chunk {chunk}");
+        assert_eq!(summary.skipped[0].kind, DecodeErrorKind::LineTooLong);
+        assert_eq!(lines(&summary.skipped), [2, 4], "chunk {chunk}");
+        let err = decode_error(parallel::decode_chunks(
+            one(&input),
+            inference.schema(),
+            &mode,
+            options.clone().with_strictness(Strictness::Strict),
+            |_| Ok(()),
+            chunk,
+        ));
+        assert_eq!((err.line, err.kind), (2, DecodeErrorKind::LineTooLong));
+    }
+}
+
+/// Resources whose paths number more than the width bound, in the decoder's flattened names.
+const WIDE: &str = concat!(
+    r#"{"resourceType":"Basic","id":"a","code":{"text":"t"}}"#,
+    "\n",
+    r#"{"resourceType":"Basic","id":"b","item":[1,"x\"y",true,null,[],{"z":1.5}],"_overflow":"mine"}"#,
+    "\n",
+    r#"{"resourceType":"Basic","id":"c","code":{"text":"u"},"item":[2]}"#,
+    "\n",
+);
+
+#[test]
+fn paths_beyond_max_columns_go_to_the_overflow_column() {
+    let mode = TableMode::Flattened(FlattenOptions::default().with_max_columns(3));
+    let schema = infer(&mode, WIDE.as_bytes());
+    assert_eq!(
+        fields(&schema),
+        [
+            "resourceType:Utf8",
+            "id:Utf8",
+            "code_text:Utf8",
+            "_overflow:Utf8"
+        ]
+    );
+    let (batches, decoder) = decode(&mode, DecodeOptions::default(), WIDE.as_bytes()).unwrap();
+    assert_eq!(decoder.overflowed_count(), 2);
+    let overflow: Vec<Option<&str>> = batches[0].column(3).as_string::<i32>().iter().collect();
+    assert_eq!(
+        overflow,
+        [
+            None,
+            Some(
+                r#"{"item_0":1,"item_1":"x\"y","item_2":true,"item_3":null,"item_4":[],"item_5_z":1.5,"_overflow":"mine"}"#
+            ),
+            Some(r#"{"item_0":2}"#),
+        ]
+    );
+    // Every value is JSON.
+    for text in overflow.into_iter().flatten() {
+        serde_json::from_str::<serde_json::Value>(text).unwrap();
+    }
+
+    // In parallel, the merged schema is the same, whichever worker met a path first.
+    let many: String = (0..200).map(|_| WIDE).collect();
+    let mut inference = SchemaInference::new(&mode);
+    parallel::infer_chunks(one(&many), &mut inference, 64).unwrap();
+    assert_eq!(inference.schema(), schema);
+    let (sequential, _) = decode_cut(
+        Arc::clone(&schema),
+        &mode,
+        DecodeOptions::default(),
+        many.as_bytes(),
+        &[],
+    )
+    .unwrap();
+    let mut batches = Vec::new();
+    let summary = parallel::decode_chunks(
+        one(&many),
+        Arc::clone(&schema),
+        &mode,
+        DecodeOptions::default(),
+        |b| {
+            batches.push(b);
+            Ok(())
+        },
+        64,
+    )
+    .unwrap();
+    assert_eq!(summary.overflowed, 400);
+    assert_eq!(
+        arrow::compute::concat_batches(&schema, &batches).unwrap(),
+        arrow::compute::concat_batches(&schema, &sequential).unwrap()
+    );
+
+    // The overflow keeps the duplicate-key rule; a bad line leaves nothing in it.
+    let options = DecodeOptions::default().with_strictness(Strictness::Lenient);
+    let input = concat!(
+        r#"{"resourceType":"Basic","id":"d","item_0":1,"item":[2]}"#,
+        "\n",
+        r#"{"resourceType":"Basic","id":"e","item":[3],"x":bad}"#,
+        "\n",
+        r#"{"resourceType":"Basic","id":"f"}"#,
+        "\n",
+    );
+    let (batches, decoder) =
+        decode_cut(Arc::clone(&schema), &mode, options, input.as_bytes(), &[]).unwrap();
+    let kinds: Vec<_> = decoder.skipped().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [DecodeErrorKind::DuplicateKey, DecodeErrorKind::InvalidJson]
+    );
+    assert_eq!(table(&batches).matches("item").count(), 0);
+    assert_eq!(decoder.overflowed_count(), 0);
+
+    // Without the overflow column, an unknown path is still a misfit.
+    let bare = Arc::new(Schema::new(schema.fields()[..3].to_vec()));
+    let err = decode_cut(bare, &mode, DecodeOptions::default(), WIDE.as_bytes(), &[]).unwrap_err();
+    assert_eq!((err.line, err.kind), (2, DecodeErrorKind::DoesNotFitSchema));
+}
+
+#[test]
+fn the_default_width_bound_leaves_narrower_tables_alone() {
+    let unbounded = TableMode::Flattened(FlattenOptions::default().with_max_columns(usize::MAX));
+    assert_eq!(
+        infer(&flat(), WIDE.as_bytes()),
+        infer(&unbounded, WIDE.as_bytes())
+    );
+    assert_eq!(
+        FlattenOptions::default().max_columns(),
+        super::DEFAULT_MAX_COLUMNS
+    );
+}

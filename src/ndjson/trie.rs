@@ -81,9 +81,17 @@ impl Trie {
         trie
     }
 
-    /// The column of `name`, `next` if it is new (merging inference states).
-    pub(crate) fn column_by_name(&mut self, name: &str, next: u32) -> u32 {
-        *self.columns.entry(name.to_owned()).or_insert(next)
+    /// The column of `name`, else `next` (merging inference states), else none.
+    pub(crate) fn column_by_name(&mut self, name: &str, next: Option<u32>) -> Option<u32> {
+        match self.columns.get(name) {
+            Some(&column) => Some(column),
+            None => Some(*self.columns.entry(name.to_owned()).or_insert(next?)),
+        }
+    }
+
+    /// Makes `name` no column's: its nodes have none (the overflow column, which no path fills).
+    pub(crate) fn forget_name(&mut self, name: &str) {
+        self.columns.remove(name);
     }
 
     /// Forgets the column of `node` (assigned by a line that turned out bad).
@@ -104,19 +112,22 @@ impl Trie {
     }
 
     /// The column of `node`, which has none yet ([`Trie::column`]): that of another node of the
-    /// same name, or `next` (the sink's next new column). Returns the column and whether it is
-    /// new.
-    pub(crate) fn column_or_insert(&mut self, node: u32, next: u32) -> (u32, bool) {
+    /// same name, else `next` (the sink's next new column, if it has room), else none. Returns
+    /// the column and whether it is new.
+    pub(crate) fn column_or_insert(&mut self, node: u32, next: Option<u32>) -> Option<(u32, bool)> {
         let hot = &mut self.hot[node as usize];
         debug_assert_eq!(hot.column, NO_COLUMN);
-        let mut new = false;
         let name = &self.nodes[node as usize].name;
-        let column = *self.columns.entry(name.clone()).or_insert_with(|| {
-            new = true;
-            next
-        });
-        hot.column = column;
-        (column, new)
+        let column = match self.columns.get(name) {
+            Some(&column) => (column, false),
+            None => {
+                let next = next?;
+                self.columns.insert(name.clone(), next);
+                (next, true)
+            }
+        };
+        hot.column = column.0;
+        Some(column)
     }
 
     /// `child`, found by a lookup: the guess for the lookup after the last one.

@@ -14,7 +14,8 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
-    DecodeOptions, SchemaInference, Strictness, TableMode, decode_readers, infer_readers,
+    DEFAULT_MAX_COLUMNS, DecodeOptions, OVERFLOW_COLUMN, SchemaInference, TableMode,
+    decode_readers, infer_readers,
 };
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
@@ -38,14 +39,21 @@ pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     })
 }
 
-/// The name of a mode's table in a snapshot: `flattened`, `flattened-max<N>` (bounded width),
-/// `nested`.
+/// The name of a mode's table in a snapshot: `flattened`, `flattened-max<N>` (bounded lists),
+/// `flattened-cols<N>` (a width bound other than [`DEFAULT_MAX_COLUMNS`]), both
+/// (`flattened-max<N>-cols<M>`), `nested`.
 pub fn mode_key(mode: &TableMode) -> String {
     match mode {
-        TableMode::Flattened(o) => match o.max_list_items() {
-            None => "flattened".to_owned(),
-            Some(n) => format!("flattened-max{n}"),
-        },
+        TableMode::Flattened(o) => {
+            let mut key = "flattened".to_owned();
+            if let Some(n) = o.max_list_items() {
+                key.push_str(&format!("-max{n}"));
+            }
+            if o.max_columns() != DEFAULT_MAX_COLUMNS {
+                key.push_str(&format!("-cols{}", o.max_columns()));
+            }
+            key
+        }
         TableMode::Nested => "nested".to_owned(),
     }
 }
@@ -74,24 +82,23 @@ const SKIPPED_SHOWN: usize = 5;
 
 /// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
 /// (created): one pass infers the schema over all files, a second decodes against it, both on all
-/// cores. With [`Strictness::Lenient`], bad lines are skipped and counted: a [`WarningKind::SkippedLines`]
-/// warning naming the first few comes with the table; [`Strictness::Strict`] fails on the first
-/// instead, naming its file and line. Paths in the result are relative to `out_dir`.
+/// cores, in batches and with the strictness and line bound of `options`. With
+/// [`Strictness::Lenient`](crate::ndjson::Strictness::Lenient), bad lines are skipped and counted:
+/// a [`WarningKind::SkippedLines`] warning naming the first few comes with the table;
+/// [`Strictness::Strict`](crate::ndjson::Strictness::Strict) fails on the first instead, naming
+/// its file and line. Resources with paths beyond the width bound of a flattened `mode` come with
+/// a [`WarningKind::WideResources`] warning. Paths in the result are relative to `out_dir`.
 pub fn convert_raw(
     raw: &[PathBuf],
     resource_type: &str,
     mode: &TableMode,
-    batch_size: usize,
-    strictness: Strictness,
+    options: &DecodeOptions,
     out_dir: &Path,
-) -> Result<(TableFiles, Option<Warning>)> {
+) -> Result<(TableFiles, Vec<Warning>)> {
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let err = |path: &Path, e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
     // Each file's path names it in errors.
-    let options = DecodeOptions::default()
-        .with_batch_size(batch_size)
-        .with_strictness(strictness)
-        .with_resource_type(resource_type);
+    let options = options.clone().with_resource_type(resource_type);
 
     // All files in one run of chunks: an export may come as many small files. Each is named
     // in errors as the snapshot lists it (`raw/Patient.000.ndjson.gz`): the folder it is
@@ -146,6 +153,14 @@ pub fn convert_raw(
         .with_resource_type(resource_type)
         .with_count(skipped_lines)
     });
+    let wide = match mode {
+        TableMode::Flattened(o) if summary.overflowed > 0 => Some(wide_resources(
+            resource_type,
+            o.max_columns(),
+            summary.overflowed,
+        )),
+        _ => None,
+    };
     let file = writer.into_inner().map_err(|e| err(&out, e))?;
     file.sync_all().map_err(|e| Error::io(&out, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
@@ -167,5 +182,21 @@ pub fn convert_raw(
             })
             .collect(),
     };
-    Ok((table, skipped))
+    Ok((table, skipped.into_iter().chain(wide).collect()))
+}
+
+/// The warning that `resources` of `resource_type` had paths beyond `max_columns` columns.
+fn wide_resources(resource_type: &str, max_columns: usize, resources: u64) -> Warning {
+    let message = format!(
+        "{resources} {} more paths than the {max_columns} columns the table may have: those \
+         beyond are in column {OVERFLOW_COLUMN}, as JSON text",
+        if resources == 1 {
+            "resource has"
+        } else {
+            "resources have"
+        },
+    );
+    Warning::new(WarningKind::WideResources, message)
+        .with_resource_type(resource_type)
+        .with_count(resources)
 }

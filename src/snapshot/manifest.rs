@@ -47,7 +47,8 @@ pub struct SnapshotManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<Incremental>,
     /// What the export and the conversion of this type finished despite: the server's
-    /// OperationOutcomes, skipped lines. (Manifests of earlier versions call it `errors`.)
+    /// OperationOutcomes, skipped lines, wide resources. (Manifests of earlier versions call it
+    /// `errors`.)
     #[serde(
         default,
         alias = "errors",
@@ -60,6 +61,16 @@ impl SnapshotManifest {
     /// Number of resources in the snapshot.
     pub fn resources(&self) -> u64 {
         self.raw.iter().map(|r| r.resources).sum()
+    }
+
+    /// Adds the warnings of converting a table, those of a kind not yet noted: every mode skips
+    /// the same lines, and one table's wide resources are those of another flattened one.
+    pub(super) fn add_conversion_warnings(&mut self, warnings: Vec<Warning>) {
+        for warning in warnings {
+            if !self.warnings.iter().any(|w| w.kind == warning.kind) {
+                self.warnings.push(warning);
+            }
+        }
     }
 }
 

@@ -27,33 +27,59 @@ fn line_id(line: &[u8]) -> Option<String> {
         .map(Cow::into_owned)
 }
 
-/// Calls `f` on every non-blank line of the NDJSON files (gzip or plain), without the newline.
-fn for_each_line(paths: &[PathBuf], mut f: impl FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+/// Calls `f` on every non-blank line of the NDJSON files (gzip or plain), without the newline
+/// and trimmed. A line of more than `max_line` bytes is given cut to its first `max_line + 1`
+/// bytes, untrimmed: never held whole, it stays a line that the decoder tells too long, at its
+/// place.
+fn for_each_line(
+    paths: &[PathBuf],
+    max_line: usize,
+    mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<()> {
     let mut line = Vec::with_capacity(1 << 14);
     for path in paths {
         let mut reader = open_raw(path)?;
-        loop {
-            line.clear();
-            if reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| Error::io(path, e))?
-                == 0
-            {
-                break;
-            }
-            let trimmed = line.trim_ascii();
-            if !trimmed.is_empty() {
-                f(trimmed).map_err(|e| Error::io(path, e))?;
+        while read_line(&mut reader, &mut line, max_line).map_err(|e| Error::io(path, e))? {
+            let line = match line.len() > max_line {
+                true => &line[..],
+                false => line.trim_ascii(),
+            };
+            if !line.is_empty() {
+                f(line).map_err(|e| Error::io(path, e))?;
             }
         }
     }
     Ok(())
 }
 
-/// The ids of the resources in the NDJSON files.
-pub fn resource_ids(paths: &[PathBuf]) -> Result<HashSet<String>> {
+/// Reads the next line into `line`, without its newline, keeping at most `max + 1` bytes of it.
+/// Returns false at the end of `reader`.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> std::io::Result<bool> {
+    line.clear();
+    let mut read = false;
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(read);
+        }
+        read = true;
+        let (end, found) = match memchr::memchr(b'\n', buffer) {
+            Some(i) => (i, true),
+            None => (buffer.len(), false),
+        };
+        let keep = end.min(max.saturating_add(1).saturating_sub(line.len()));
+        line.extend_from_slice(&buffer[..keep]);
+        reader.consume(end + usize::from(found));
+        if found {
+            return Ok(true);
+        }
+    }
+}
+
+/// The ids of the resources in the NDJSON files (lines of at most `max_line` bytes).
+pub fn resource_ids(paths: &[PathBuf], max_line: usize) -> Result<HashSet<String>> {
     let mut ids = HashSet::new();
-    for_each_line(paths, |line| {
+    for_each_line(paths, max_line, |line| {
         ids.extend(line_id(line));
         Ok(())
     })?;
@@ -62,10 +88,13 @@ pub fn resource_ids(paths: &[PathBuf]) -> Result<HashSet<String>> {
 
 /// Writes the resources of `inputs` (NDJSON, gzip or plain) as one gzip NDJSON file `out`,
 /// leaving out those whose id is in `drop` (lines without a readable id are kept, so the decoder
-/// reports them). Returns the number of resources and the file size; the file is synced.
+/// reports them). A line of more than `max_line` bytes is copied cut to `max_line + 1` bytes, so
+/// that the decoder still reports it as too long (and it is never held whole). Returns the number
+/// of resources and the file size; the file is synced.
 pub fn write_raw(
     inputs: &[PathBuf],
     drop: Option<&HashSet<String>>,
+    max_line: usize,
     out: &Path,
 ) -> Result<(u64, u64)> {
     let file = File::create(out).map_err(|e| Error::io(out, e))?;
@@ -74,7 +103,7 @@ pub fn write_raw(
         Compression::fast(),
     );
     let mut resources = 0u64;
-    let copied = for_each_line(inputs, |line| {
+    let copied = for_each_line(inputs, max_line, |line| {
         if super::convert::check_stopping().is_err() {
             return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
         }
@@ -107,10 +136,34 @@ mod tests {
         std::fs::write(&input, "{\"id\":\"a\",\"x\":1}\n\r\n{\"id\":\"b\"}\r\n{\"nested\":{\"id\":\"c\"},\"id\":\"d\"}").unwrap();
         let out = dir.path().join("out.ndjson.gz");
         let drop: HashSet<String> = ["b".to_owned()].into();
-        let (n, bytes) = write_raw(std::slice::from_ref(&input), Some(&drop), &out).unwrap();
+        let max = usize::MAX;
+        let (n, bytes) = write_raw(std::slice::from_ref(&input), Some(&drop), max, &out).unwrap();
         assert_eq!(n, 2);
         assert_eq!(bytes, std::fs::metadata(&out).unwrap().len());
-        let ids = resource_ids(&[out]).unwrap();
+        let ids = resource_ids(&[out], max).unwrap();
         assert_eq!(ids, ["a".to_owned(), "d".to_owned()].into());
+    }
+
+    #[test]
+    fn long_lines_are_copied_cut_to_one_byte_beyond_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.ndjson");
+        let long = format!("{{\"id\":\"{}\"}}", "x".repeat(100_000));
+        std::fs::write(
+            &input,
+            format!("{{\"id\":\"a\"}}\n{long}\n{{\"id\":\"b\"}}"),
+        )
+        .unwrap();
+        let out = dir.path().join("out.ndjson.gz");
+        let (n, _) = write_raw(std::slice::from_ref(&input), None, 1000, &out).unwrap();
+        assert_eq!(n, 3);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut open_raw(&out).unwrap(), &mut text).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "{\"id\":\"a\"}");
+        assert_eq!(lines[1], &long[..1001]);
+        assert_eq!(lines[2], "{\"id\":\"b\"}");
+        let ids = resource_ids(&[out], 1000).unwrap();
+        assert_eq!(ids, ["a".to_owned(), "b".to_owned()].into());
     }
 }

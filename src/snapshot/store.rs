@@ -19,7 +19,7 @@ use super::names::{
 use super::writer::{WRITERS, owner_lock};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
-use crate::ndjson::{Strictness, TableMode};
+use crate::ndjson::{DecodeOptions, Strictness, TableMode};
 use crate::r4::check_type_name;
 use crate::{Error, Result};
 use crate::{lock_file, private_dir};
@@ -274,24 +274,24 @@ impl SnapshotStore {
     }
 
     /// Adds the Parquet table of `mode` to a committed snapshot that lacks it (switching mode
-    /// reads the snapshot's raw NDJSON again; no export). Returns the updated snapshot.
+    /// reads the snapshot's raw NDJSON again; no export), with the batch size and line bound of
+    /// `options`. Returns the updated snapshot.
     pub fn add_table(
         &self,
         snapshot: &Snapshot,
         mode: &TableMode,
-        batch_size: usize,
+        options: DecodeOptions,
     ) -> Result<Snapshot> {
         let key = mode_key(mode);
         let tmp = snapshot
             .dir
             .join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
         // The snapshot was committed with its bad lines skipped (or none): the same again.
-        let (table, _) = convert_raw(
+        let (table, warnings) = convert_raw(
             &snapshot.raw_paths(),
             &snapshot.manifest.resource_type,
             mode,
-            batch_size,
-            Strictness::Lenient,
+            &options.with_strictness(Strictness::Lenient),
             &tmp,
         )?;
         let _lock = self.lock()?;
@@ -303,6 +303,7 @@ impl SnapshotStore {
         fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
         let mut manifest = snapshot.manifest.clone();
         manifest.tables.insert(key.clone(), table.relative_to(&key));
+        manifest.add_conversion_warnings(warnings);
         let name = snapshot.name();
         let path = self.manifest_path(&name)?;
         let current = self.current(&name)?;
@@ -627,7 +628,7 @@ mod tests {
         fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n").unwrap();
         let writer = store.begin_named(name, "Patient").unwrap();
         let (path, rel) = writer.raw_path(0);
-        let (resources, bytes) = write_raw(&[input], None, &path).unwrap();
+        let (resources, bytes) = write_raw(&[input], None, usize::MAX, &path).unwrap();
         let manifest = SnapshotManifest {
             raw: vec![RawFile {
                 path: rel,
@@ -636,8 +637,11 @@ mod tests {
             }],
             ..SnapshotManifest::default()
         };
+        let options = DecodeOptions::default()
+            .with_batch_size(64)
+            .with_strictness(Strictness::Lenient);
         writer
-            .commit(manifest, &[TableMode::default()], 64, Strictness::Lenient)
+            .commit(manifest, &[TableMode::default()], &options)
             .unwrap();
     }
 

@@ -13,8 +13,7 @@ use super::{
     Lease, MANIFEST_FORMAT, Snapshot, SnapshotManifest, SnapshotStore, convert_raw, mode_key,
     rfc3339,
 };
-use crate::ndjson::{Strictness, TableMode};
-use crate::warning::{Warning, WarningKind};
+use crate::ndjson::{DecodeOptions, TableMode};
 use crate::{Error, Result};
 
 /// A snapshot being written; nothing is visible until [`SnapshotWriter::commit`].
@@ -70,15 +69,15 @@ impl SnapshotWriter {
         (self.dir.join(&rel), rel)
     }
 
-    /// Converts the raw files to the Parquet tables of `modes`, then commits: the new snapshot
-    /// replaces the current one atomically. `manifest.snapshot`, `resource_type`, `tables` and
-    /// `created_at` are filled in here.
+    /// Converts the raw files to the Parquet tables of `modes` (with the batch size, strictness
+    /// and line bound of `options`), then commits: the new snapshot replaces the current one
+    /// atomically. `manifest.snapshot`, `resource_type`, `tables` and `created_at` are filled in
+    /// here, and the conversions' warnings added to `warnings`.
     pub fn commit(
         self,
         mut manifest: SnapshotManifest,
         modes: &[TableMode],
-        batch_size: usize,
-        strictness: Strictness,
+        options: &DecodeOptions,
     ) -> Result<Snapshot> {
         let raw: Vec<PathBuf> = manifest
             .raw
@@ -87,20 +86,15 @@ impl SnapshotWriter {
             .collect();
         for mode in modes {
             let key = mode_key(mode);
-            let (table, skipped) = convert_raw(
+            let (table, warnings) = convert_raw(
                 &raw,
                 &self.resource_type,
                 mode,
-                batch_size,
-                strictness,
+                options,
                 &self.dir.join(&key),
             )?;
             manifest.tables.insert(key.clone(), table.relative_to(&key));
-            // Every mode skips the same lines: one warning says so.
-            let noted = |w: &Warning| w.kind == WarningKind::SkippedLines;
-            if !manifest.warnings.iter().any(noted) {
-                manifest.warnings.extend(skipped);
-            }
+            manifest.add_conversion_warnings(warnings);
         }
         manifest.format = MANIFEST_FORMAT;
         manifest.resource_type = self.resource_type.clone();

@@ -29,6 +29,7 @@ pub struct ViewRunner {
     /// Where [`ViewRunner::push_ndjson`]'s lines come from, and the number of the next one.
     source: String,
     line: u64,
+    max_line_bytes: usize,
 }
 
 impl std::fmt::Debug for ViewRunner {
@@ -51,6 +52,17 @@ impl ViewRunner {
             rows: 0,
             source: String::new(),
             line: 1,
+            max_line_bytes: crate::ndjson::DEFAULT_MAX_LINE_BYTES,
+        }
+    }
+
+    /// The longest line [`ViewRunner::push_ndjson`] reads, in bytes without its newline (default
+    /// [`DEFAULT_MAX_LINE_BYTES`](crate::ndjson::DEFAULT_MAX_LINE_BYTES)); a longer one is an
+    /// error, as in the decoder ([`DecodeOptions::with_max_line_bytes`](crate::ndjson::DecodeOptions::with_max_line_bytes)).
+    pub fn with_max_line_bytes(self, max: usize) -> Self {
+        Self {
+            max_line_bytes: max,
+            ..self
         }
     }
 
@@ -117,8 +129,9 @@ impl ViewRunner {
     /// Evaluates the view on the NDJSON lines at the start of `ndjson` until the runner
     /// [is full](Self::is_full) or the bytes end, and returns the number of bytes consumed: then
     /// [`flush`](Self::flush) and push the rest. `ndjson` holds whole lines (the last one may lack its
-    /// newline); blank lines are skipped. A line that is not JSON, or whose resource breaks the view,
-    /// is an error naming the source and line number.
+    /// newline); blank lines are skipped. A line that is not JSON, longer than
+    /// [`ViewRunner::with_max_line_bytes`], or whose resource breaks the view, is an error naming
+    /// the source and line number.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -139,10 +152,16 @@ impl ViewRunner {
     pub fn push_ndjson(&mut self, ndjson: &[u8]) -> Result<usize> {
         let mut pos = 0;
         while pos < ndjson.len() && !self.is_full() {
-            let end = memchr::memchr(b'\n', &ndjson[pos..]).map_or(ndjson.len(), |i| pos + i + 1);
-            let line = ndjson[pos..end].trim_ascii();
-            pos = end;
+            let (end, next) = memchr::memchr(b'\n', &ndjson[pos..])
+                .map_or((ndjson.len(), ndjson.len()), |i| (pos + i, pos + i + 1));
+            let line = &ndjson[pos..end];
+            pos = next;
             self.line += 1;
+            if line.len() > self.max_line_bytes {
+                let max = self.max_line_bytes;
+                return Err(self.line_error(&format!("line of more than {max} bytes"), None));
+            }
+            let line = line.trim_ascii();
             if line.is_empty() {
                 continue;
             }

@@ -11,6 +11,7 @@ mod demo;
 mod errors;
 mod flight;
 mod hostile;
+mod hostile_data;
 mod idents;
 mod ndjson;
 mod smart;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use fhirflight::ndjson::{Strictness, TableMode};
+use fhirflight::ndjson::{DecodeOptions, Strictness, TableMode};
 use fhirflight::snapshot::{RawFile, SnapshotManifest, SnapshotStore, write_raw};
 
 fn ndjson(dir: &std::path::Path, name: &str, ids: &[&str]) -> PathBuf {
@@ -23,7 +23,7 @@ fn commit(
 ) -> fhirflight::snapshot::Snapshot {
     let writer = store.begin("Patient").unwrap();
     let (path, rel) = writer.raw_path(0);
-    let (resources, bytes) = write_raw(&[input], None, &path).unwrap();
+    let (resources, bytes) = write_raw(&[input], None, usize::MAX, &path).unwrap();
     let manifest = SnapshotManifest {
         source: "test".into(),
         transaction_time: transaction_time.into(),
@@ -35,7 +35,13 @@ fn commit(
         ..SnapshotManifest::default()
     };
     writer
-        .commit(manifest, &[TableMode::default()], 1024, Strictness::Lenient)
+        .commit(
+            manifest,
+            &[TableMode::default()],
+            &DecodeOptions::default()
+                .with_batch_size(1024)
+                .with_strictness(Strictness::Lenient),
+        )
         .unwrap()
 }
 
