@@ -101,6 +101,12 @@ pub struct LimitsConfig {
     pub max_export_bytes: Option<u64>,
     /// How many times its compressed size a gzip file may inflate to (200).
     pub max_gzip_ratio: Option<u64>,
+    /// The longest NDJSON line read (128 MiB): a longer one is a skipped bad line.
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub max_line_bytes: Option<u64>,
+    /// The most columns of a flattened table (50,000); a resource's paths beyond them go into
+    /// its `_overflow` column.
+    pub max_columns: Option<usize>,
 }
 
 impl LimitsConfig {
@@ -117,6 +123,17 @@ impl LimitsConfig {
         }
         if let Some(ratio) = self.max_gzip_ratio {
             options = options.with_max_gzip_ratio(ratio);
+        }
+        options
+    }
+
+    /// `options` with the bounds on lines and columns set here.
+    pub fn catalog_options(&self, mut options: CatalogOptions) -> CatalogOptions {
+        if let Some(max) = self.max_line_bytes {
+            options = options.with_max_line_bytes(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        if let Some(max) = self.max_columns {
+            options = options.with_max_columns(max);
         }
         options
     }
@@ -588,7 +605,7 @@ impl SessionBuilder {
     /// The session: makes a client of every server and opens the catalogs (no export, and no
     /// request the clients do not make when built).
     pub async fn build(mut self) -> Result<Session> {
-        let options = self.options.clone();
+        let options = self.config.limits.catalog_options(self.options.clone());
         // Views are tables of the default catalog.
         let mut views_dir = self.views_dir.take();
         let mut views = std::mem::take(&mut self.config.views)
@@ -774,6 +791,13 @@ mod tests {
                 default.max_file_bytes,
                 default.max_export_bytes,
                 default.max_gzip_ratio
+            )
+        );
+        assert_eq!(
+            (config.limits.max_line_bytes, config.limits.max_columns),
+            (
+                Some(crate::ndjson::DEFAULT_MAX_LINE_BYTES as u64),
+                Some(crate::ndjson::DEFAULT_MAX_COLUMNS)
             )
         );
         let limits = Config::from_toml("[limits]\nmax_file_bytes = 1048576\n").unwrap();

@@ -328,3 +328,33 @@ fn cache_gc_removes_what_nobody_needs_and_keeps_the_snapshots() {
     let out = sql(folder.path(), query);
     assert!(String::from_utf8_lossy(&out.stdout).contains("| 1 |"));
 }
+
+#[test]
+fn the_configs_limits_reach_the_tables() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("Patient.ndjson"),
+        r#"{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1970-01-01"}"#,
+    )
+    .unwrap();
+    let config = folder.path().join("fhirflight.toml");
+    std::fs::write(&config, "[limits]\nmax_columns = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .arg("--config")
+        .arg(&config)
+        .args(["sql", "--format", "csv", "--cache-dir"])
+        .arg(folder.path().join("cache"))
+        .arg("--folder")
+        .arg(folder.path())
+        .arg("SELECT * FROM Patient")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        "resourceType,id,gender,_overflow\nPatient,p1,female,\"{\"\"birthDate\"\":\"\"1970-01-01\"\"}\"\n"
+    );
+    assert!(stderr.contains("wide-resources"), "{stderr}");
+}
