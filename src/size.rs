@@ -45,7 +45,7 @@ pub fn display(bytes: u64) -> String {
     const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
     UNITS
         .iter()
-        .find(|(shift, _)| bytes != 0 && bytes % (1 << shift) == 0)
+        .find(|(shift, _)| bytes != 0 && bytes.is_multiple_of(1 << shift))
         .map_or_else(
             || format!("{bytes} bytes"),
             |(shift, unit)| format!("{} {unit}", bytes >> shift),
