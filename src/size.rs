@@ -2,7 +2,8 @@
 //! as errors show them: [`display`].
 
 /// Parses a size: a whole number of bytes with an optional unit `K`, `M`, `G` or `T` (powers
-/// of 1024; `KiB`, `KB` and lower case mean the same), spaces allowed before the unit. `None`
+/// of 1024; `KiB`, `KB` and lower case mean the same) or `bytes`, spaces allowed before the
+/// unit. `None`
 /// for anything else or a size beyond `u64`.
 ///
 /// ```
@@ -15,11 +16,13 @@
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim().to_ascii_uppercase();
     let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let shift = match text[number.len()..]
+    let unit = &text[number.len()..];
+    let shift = match unit
         .strip_suffix("IB")
-        .or_else(|| text[number.len()..].strip_suffix('B'))
-        .unwrap_or(&text[number.len()..])
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(unit)
     {
+        _ if unit == "BYTES" => 0,
         "" => 0,
         "K" => 10,
         "M" => 20,

@@ -358,3 +358,65 @@ fn the_configs_limits_reach_the_tables() {
     );
     assert!(stderr.contains("wide-resources"), "{stderr}");
 }
+
+#[tokio::test]
+async fn ctrl_c_during_conversion_exits_130_and_leaves_nothing_half_written() {
+    use std::io::Write;
+    let folder = tempfile::tempdir().unwrap();
+    let mut ndjson = std::io::BufWriter::new(
+        std::fs::File::create(folder.path().join("Patient.ndjson")).unwrap(),
+    );
+    for i in 0..2_000_000 {
+        writeln!(
+            ndjson,
+            r#"{{"resourceType":"Patient","id":"p{i}","name":[{{"given":["Ann"]}}]}}"#
+        )
+        .unwrap();
+    }
+    ndjson.flush().unwrap();
+    let cache = folder.path().join("cache");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["sql", "--cache-dir"])
+        .arg(&cache)
+        .arg("--folder")
+        .arg(folder.path())
+        .arg("SELECT count(*) FROM Patient")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A snapshot being written: a folder in the store's tmp/.
+    let writing = || {
+        let stores = std::fs::read_dir(&cache).into_iter().flatten().flatten();
+        stores
+            .flat_map(|s| {
+                std::fs::read_dir(s.path().join("tmp"))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .any(|e| e.path().is_dir())
+    };
+    crate::until("a conversion", || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "fhirflight ended early"
+        );
+        writing()
+    })
+    .await;
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(!writing(), "the writer removed its folder");
+    let committed = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .any(|s| s.path().join("Patient").join("manifest.json").exists());
+    assert!(!committed, "no snapshot committed");
+}

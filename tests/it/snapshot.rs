@@ -86,8 +86,11 @@ fn commit_makes_a_snapshot_visible_only_when_complete() {
         "flattened/part-0.parquet"
     );
 
-    // A newer commit replaces it; the previous folder is kept one generation, older ones go.
+    // A newer commit replaces it; a folder goes once nobody holds its snapshot.
     let second = commit(&store, ndjson(data.path(), "b.ndjson", &["3"]), "t2");
+    assert!(first.dir().exists(), "still read");
+    let first_dir = first.dir().to_owned();
+    drop((first, current));
     let third = commit(
         &store,
         ndjson(data.path(), "c.ndjson", &["4", "5", "6"]),
@@ -102,8 +105,13 @@ fn commit_makes_a_snapshot_visible_only_when_complete() {
             .transaction_time,
         "t3"
     );
-    assert!(!first.dir().exists());
+    assert!(!first_dir.exists());
     assert!(second.dir().exists() && third.dir().exists());
+    let second_dir = second.dir().to_owned();
+    drop(second);
+    let removed = store.clean(std::time::Duration::from_secs(3600)).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert!(!second_dir.exists() && third.dir().exists());
 }
 
 #[test]
