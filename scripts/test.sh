@@ -9,7 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${FHIRFLIGHT_CACHE:-$HOME/.cache/fhirflight}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}"
+# The README's `cargo run` builds into ./target: the tests share that build. CI keeps a warm
+# target dir outside its clean clone.
+if [ "${CI:-}" = true ]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}"
+else
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+fi
 mkdir -p "$cache"
 
 step() { printf '\n==> %s\n' "$*"; }
