@@ -262,21 +262,42 @@ pub(super) async fn check_tables_exist(
             continue;
         }
         let resolved = reference.clone().resolve(catalog, schema);
-        let exists = match state.schema_for_ref(reference) {
-            Err(_) => false,
-            Ok(provider) if provider.table_exist(&resolved.table) => true,
-            Ok(provider) if provider.downcast_ref::<FhirSchema>().is_some() => false,
+        let provider = state.schema_for_ref(reference).ok();
+        let exists = match &provider {
+            None => false,
+            Some(provider) if provider.table_exist(&resolved.table) => true,
+            Some(provider) if provider.downcast_ref::<FhirSchema>().is_some() => false,
             // Some schemas make tables on demand (a URL table): ask for it, as DataFusion will.
-            Ok(provider) => provider.table(&resolved.table).await?.is_some(),
+            Some(provider) => provider.table(&resolved.table).await?.is_some(),
         };
         if !exists {
-            return Err(to_datafusion(Error::not_found(
-                "table",
-                format!("'{resolved}'"),
-            )));
+            let closest = provider.and_then(|p| closest_table(p.as_ref(), &resolved.table));
+            return Err(to_datafusion(Error::NotFound {
+                what: "table",
+                name: format!("'{resolved}'"),
+                reason: closest.map(|name| format!("did you mean {name}?")),
+            }));
         }
     }
     Ok(())
+}
+
+/// The table of `schema` whose name is closest to the mistyped `name` (case aside), if one is
+/// close enough to be what was meant: a FHIR schema's tables are every R4 resource type and its
+/// views.
+fn closest_table(schema: &dyn SchemaProvider, name: &str) -> Option<String> {
+    use datafusion::common::utils::datafusion_strsim::levenshtein;
+    let mut names = schema.table_names();
+    if schema.downcast_ref::<FhirSchema>().is_some() {
+        names.extend(crate::r4::RESOURCE_TYPES.iter().map(|t| t.to_string()));
+    }
+    let name = name.to_lowercase();
+    names
+        .into_iter()
+        .map(|candidate| (levenshtein(&name, &candidate.to_lowercase()), candidate))
+        .filter(|(distance, _)| *distance <= (name.chars().count() / 3).max(1))
+        .min()
+        .map(|(_, candidate)| candidate)
 }
 
 /// Whether `statement` is a query, or `EXPLAIN` of one.

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::dataframe::DataFrame;
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
@@ -68,6 +68,53 @@ pub(crate) async fn sql_statement(
 }
 
 async fn run_statement(
+    ctx: &SessionContext,
+    statement: Statement,
+    started: SystemTime,
+    freshness: Option<Freshness>,
+) -> DfResult<DataFrame> {
+    plan_statement(ctx, statement, started, freshness)
+        .await
+        .map_err(few_valid_fields)
+}
+
+/// FHIR tables have hundreds of columns: a column not found names the few closest, not all.
+fn few_valid_fields(error: DataFusionError) -> DataFusionError {
+    use datafusion::common::SchemaError;
+    use datafusion::common::utils::datafusion_strsim::levenshtein;
+    const SHOWN: usize = 5;
+    let DataFusionError::SchemaError(schema_error, _) = error.find_root() else {
+        return error;
+    };
+    let SchemaError::FieldNotFound {
+        field,
+        valid_fields,
+    } = schema_error.as_ref()
+    else {
+        return error;
+    };
+    if valid_fields.len() <= SHOWN {
+        return error;
+    }
+    let wanted = field.name().to_lowercase();
+    let mut closest: Vec<_> = valid_fields
+        .iter()
+        .map(|f| (levenshtein(&wanted, &f.name().to_lowercase()), f))
+        .collect();
+    closest.sort_by_key(|(distance, _)| *distance);
+    let names: Vec<String> = closest[..SHOWN]
+        .iter()
+        .map(|(_, f)| f.quoted_flat_name())
+        .collect();
+    DataFusionError::Plan(format!(
+        "No field named {}. The closest of the {} columns in scope: {}",
+        field.quoted_flat_name(),
+        valid_fields.len(),
+        names.join(", ")
+    ))
+}
+
+async fn plan_statement(
     ctx: &SessionContext,
     mut statement: Statement,
     started: SystemTime,

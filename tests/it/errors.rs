@@ -243,3 +243,42 @@ async fn the_command_line_prints_the_whole_error_once() {
     assert!(error.contains(": HTTP 401: invalid_client: "), "{stderr}");
     assert_eq!(stderr.matches(REFUSAL).count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn a_mistyped_table_or_column_names_the_closest() {
+    use fhirflight::config::{Config, PrimarySource, SessionBuilder};
+    let folder = tempfile::tempdir().unwrap();
+    let patient = json!({"resourceType": "Patient", "id": "p1", "gender": "female",
+        "birthDate": "1970-01-01", "active": true, "language": "en",
+        "name": [{"family": "Chalmers", "given": ["Peter", "James"]}]});
+    std::fs::write(folder.path().join("Patient.ndjson"), patient.to_string()).unwrap();
+    let session = SessionBuilder::new(Config::default())
+        .with_source(PrimarySource::Folder(folder.path().to_owned()))
+        .with_catalog_options(CatalogOptions::default().with_cache_dir(folder.path().join("cache")))
+        .build()
+        .await
+        .unwrap();
+    let ctx = session.context();
+    let error =
+        |sql: &'static str| async move { catalog::sql(ctx, sql).await.unwrap_err().to_string() };
+    let err = error("SELECT * FROM patinet").await;
+    assert!(
+        err.ends_with("table 'fhir.fhir.patinet' not found: did you mean Patient?"),
+        "{err}"
+    );
+    let err = error("SELECT * FROM Nothing").await;
+    assert!(
+        err.ends_with("table 'fhir.fhir.nothing' not found"),
+        "{err}"
+    );
+    // 9 columns: the 5 closest are named, not all of them.
+    let err = error("SELECT name_0_givn_0 FROM Patient").await;
+    assert!(
+        err.ends_with(
+            "No field named name_0_givn_0. The closest of the 9 columns in scope: \"Patient\".name_0_given_0, \
+             \"Patient\".name_0_given_1, \"Patient\".name_0_family, \"Patient\".active, \
+             \"Patient\".language"
+        ),
+        "{err}"
+    );
+}
