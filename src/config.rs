@@ -59,6 +59,9 @@ use crate::{Error, Result};
 /// The name of the catalog of `[server]` (or of a folder, or of the demo server).
 pub const PRIMARY_CATALOG: &str = "fhir";
 
+/// How errors name the server of `[server]` and the flags.
+const PRIMARY_SERVER: &str = "FHIR server";
+
 /// The configuration file: `[server]`, `[servers.<name>]` and `[views.<name>]`.
 ///
 /// Unknown keys are refused, so that a typo does not silently fall back to a default.
@@ -420,7 +423,13 @@ impl ServerConfig {
         })?;
         let auth = match (self.client_id, self.key_file) {
             (Some(client_id), Some(key_file)) => {
-                let key = SigningKey::from_file(&key_file, self.kid.as_deref())?;
+                // Named as the setting it came from: flags apply to [server] only.
+                let setting = match what {
+                    PRIMARY_SERVER => "--key-file / key_file",
+                    _ => "key_file",
+                };
+                let key = SigningKey::from_file(&key_file, self.kid.as_deref())
+                    .map_err(|e| Error::config_with(format!("{what}: {setting}"), e))?;
                 let mut auth = SmartConfig::new(client_id, key);
                 if let Some(scope) = self.scope {
                     auth = auth.with_scope(scope);
@@ -579,7 +588,7 @@ impl SessionBuilder {
         let options = self.client_options(&server);
         match self.source {
             PrimarySource::Server => Ok(Connection {
-                client: server.connect("FHIR server", options).await?,
+                client: server.connect(PRIMARY_SERVER, options).await?,
                 #[cfg(feature = "demo")]
                 demo: None,
             }),

@@ -421,27 +421,16 @@ mod tests {
         let Error::Auth { message, source } = &err else {
             panic!("{err:?}")
         };
-        assert_eq!(message, &path.display().to_string());
-        // The chain: the file, the PEM key in it, the PEM parser's own error.
-        let key = source.as_deref().expect("the key's error is the source");
-        let Some(Error::Auth {
-            message,
-            source: Some(parser),
-        }) = key.downcast_ref::<Error>()
-        else {
-            panic!("{key:?}")
-        };
-        assert_eq!(message, "PEM key");
+        assert_eq!(message, &format!("{}: PEM key", path.display()));
+        // The chain: the file's PEM key, the PEM parser's own error.
+        let parser = source.as_deref().expect("the parser's error is the source");
         assert!(parser.downcast_ref::<Error>().is_none(), "{parser:?}");
         assert!(err.source().is_some());
         // Printed whole, each cause once.
         let text = err.to_string();
         let parser_text = parser.to_string();
         assert!(
-            text.starts_with(&format!(
-                "SMART auth: {}: SMART auth: PEM key: ",
-                path.display()
-            )),
+            text.starts_with(&format!("SMART auth: {}: PEM key: ", path.display())),
             "{text}"
         );
         assert_eq!(text.matches(&parser_text).count(), 1, "{text}");

@@ -204,7 +204,14 @@ impl SigningKey {
                 None => key,
             })
         };
-        key.map_err(|e| Error::auth_with(path.display().to_string(), e))
+        // One "SMART auth:" in the text: the key's error takes the file's name.
+        key.map_err(|e| match e {
+            Error::Auth { message, source } => Error::Auth {
+                message: format!("{}: {message}", path.display()),
+                source,
+            },
+            other => Error::auth_with(path.display().to_string(), other),
+        })
     }
 
     /// Sets the signing algorithm (`RS384`, `ES384`, `RS256`, `PS384`, ...); it must suit the key.

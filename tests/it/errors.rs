@@ -282,3 +282,50 @@ async fn a_mistyped_table_or_column_names_the_closest() {
         "{err}"
     );
 }
+
+#[test]
+fn a_key_file_is_named_by_its_setting_and_each_prefix_comes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let public_only = dir.path().join("public.jwk.json");
+    std::fs::write(&public_only, r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#).unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (key, expected) in [
+        (
+            &missing,
+            format!(
+                "error: configuration: FHIR server: --key-file / key_file: {}: No such file or directory",
+                missing.display()
+            ),
+        ),
+        (
+            &public_only,
+            format!(
+                "error: configuration: FHIR server: --key-file / key_file: SMART auth: {}: JWK: ",
+                public_only.display()
+            ),
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+            .args([
+                "sql",
+                "--server",
+                "https://127.0.0.1:1/fhir",
+                "--client-id",
+                "c",
+            ])
+            .arg("--key-file")
+            .arg(key)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .arg("SELECT 1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert_eq!(
+            stderr.matches("SMART auth:").count(),
+            usize::from(key == &public_only)
+        );
+    }
+}
