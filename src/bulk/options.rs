@@ -305,16 +305,20 @@ impl ClientOptions {
             // The previous URL may hold presigned-URL secrets: the next origin does not get it.
             .referer(false);
         if let Some(path) = &self.ca_bundle {
-            let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::config_with(CA_BUNDLE, Error::io(path, e)))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::config_with(
-                    format!("{}: not a PEM certificate bundle", path.display()),
+                    format!(
+                        "{CA_BUNDLE}: {}: not a PEM certificate bundle",
+                        path.display()
+                    ),
                     e,
                 )
             })?;
             if certs.is_empty() {
                 return Err(Error::config(format!(
-                    "{}: no certificates in the bundle",
+                    "{CA_BUNDLE}: {}: no certificates in the bundle",
                     path.display()
                 )));
             }
@@ -336,6 +340,9 @@ impl ClientOptions {
             .map_err(|e| Error::config_with("HTTP client", e))
     }
 }
+
+/// How errors name the CA bundle: as the settings that give it.
+const CA_BUNDLE: &str = "ca_bundle (--ca-bundle)";
 
 /// Follows at most 10 redirects, none from https to plain http. A hop to another host or port
 /// loses the `Authorization` header in reqwest itself (0.12 `redirect::remove_sensitive_headers`;
@@ -376,7 +383,7 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "configuration: {}: no certificates in the bundle",
+                "configuration: ca_bundle (--ca-bundle): {}: no certificates in the bundle",
                 empty.display()
             )
         );
@@ -386,7 +393,10 @@ mod tests {
             .http_clients()
             .unwrap_err();
         assert!(
-            matches!(err, Error::Io { ref path, .. } if *path == missing),
+            err.to_string().starts_with(&format!(
+                "configuration: ca_bundle (--ca-bundle): {}: ",
+                missing.display()
+            )),
             "{err}"
         );
         assert!(
