@@ -3,16 +3,20 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `fhirflight sql --folder <folder> <query>` with its cache in `folder`.
-fn sql(folder: &Path, query: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+/// `fhirflight sql --folder <folder>` with its cache in `folder`; flags and the query follow.
+fn sql_command(folder: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fhirflight"));
+    command
         .args(["sql", "--cache-dir"])
         .arg(folder.join("cache"))
         .arg("--folder")
-        .arg(folder)
-        .arg(query)
-        .output()
-        .unwrap()
+        .arg(folder);
+    command
+}
+
+/// Runs `fhirflight sql --folder <folder> <query>` with its cache in `folder`.
+fn sql(folder: &Path, query: &str) -> Output {
+    sql_command(folder).arg(query).output().unwrap()
 }
 
 fn chain(n: usize, term: &str, op: &str) -> String {
@@ -419,4 +423,301 @@ async fn ctrl_c_during_conversion_exits_130_and_leaves_nothing_half_written() {
         .flatten()
         .any(|s| s.path().join("Patient").join("manifest.json").exists());
     assert!(!committed, "no snapshot committed");
+}
+
+/// Two patients with gaps (nulls), a number, and a name that CSV must quote.
+fn patients(folder: &Path) {
+    std::fs::write(
+        folder.join("Patient.ndjson"),
+        concat!(
+            r#"{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1970-01-01","multipleBirthInteger":2}"#,
+            "\n",
+            r#"{"resourceType":"Patient","id":"p2","birthDate":"1980-02-02","name":[{"family":"O'Brien, \"Ann\""}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+}
+
+const PATIENTS: &str = "SELECT id, gender, birthDate, multipleBirthInteger, name_0_family \
+                        FROM Patient ORDER BY id";
+
+/// The standard output of a successful `fhirflight sql` with `flags`.
+fn stdout_of(folder: &Path, flags: &[&str], query: &str) -> String {
+    let out = sql_command(folder).args(flags).arg(query).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{flags:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sql_formats_write_nulls_and_empty_results_keep_their_header() {
+    let folder = tempfile::tempdir().unwrap();
+    let folder = folder.path();
+    patients(folder);
+    let text = |format: &str, query: &str| stdout_of(folder, &["--format", format], query);
+    assert_eq!(
+        text("csv", PATIENTS),
+        "id,gender,birthDate,multipleBirthInteger,name_0_family\n\
+         p1,female,1970-01-01,2,\n\
+         p2,,1980-02-02,,\"O'Brien, \"\"Ann\"\"\"\n"
+    );
+    assert_eq!(
+        text("tsv", PATIENTS),
+        "id\tgender\tbirthDate\tmultipleBirthInteger\tname_0_family\n\
+         p1\tfemale\t1970-01-01\t2\t\n\
+         p2\t\t1980-02-02\t\t\"O'Brien, \"\"Ann\"\"\"\n"
+    );
+    let p1 = r#"{"id":"p1","gender":"female","birthDate":"1970-01-01","multipleBirthInteger":2,"name_0_family":null}"#;
+    let p2 = r#"{"id":"p2","gender":null,"birthDate":"1980-02-02","multipleBirthInteger":null,"name_0_family":"O'Brien, \"Ann\""}"#;
+    assert_eq!(text("json", PATIENTS), format!("[{p1},{p2}]\n"));
+    assert_eq!(text("ndjson", PATIENTS), format!("{p1}\n{p2}\n"));
+    assert_eq!(
+        text("nd-json", PATIENTS),
+        format!("{p1}\n{p2}\n"),
+        "datafusion-cli's name"
+    );
+
+    let none = "SELECT id, gender FROM Patient WHERE id = 'nobody'";
+    assert_eq!(text("csv", none), "id,gender\n");
+    assert_eq!(text("tsv", none), "id\tgender\n");
+    assert_eq!(text("json", none), "[]\n");
+    assert_eq!(text("ndjson", none), "");
+    let border = "+----+--------+\n";
+    assert_eq!(
+        text("table", none),
+        format!("{border}| id | gender |\n{border}{border}")
+    );
+    let parquet = folder.join("none.parquet");
+    let arrow = folder.join("none.arrows");
+    for (format, path) in [("parquet", &parquet), ("arrow", &arrow)] {
+        let flags = ["--format", format, "--output", path.to_str().unwrap()];
+        assert_eq!(stdout_of(folder, &flags, none), "");
+    }
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&parquet).unwrap(),
+        )
+        .unwrap();
+    let names = |schema: &arrow::datatypes::Schema| {
+        let names: Vec<_> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        names.join(",")
+    };
+    assert_eq!(names(reader.schema()), "id,gender");
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::fs::File::open(&arrow).unwrap(), None)
+            .unwrap();
+    assert_eq!(names(&reader.schema()), "id,gender");
+
+    // A failed query leaves no file that looks whole.
+    let failed = folder.join("failed.csv");
+    let out = sql_command(folder)
+        .args(["--format", "csv", "--output", failed.to_str().unwrap()])
+        .arg("SELECT CAST(id AS INT) FROM Patient")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!failed.exists());
+}
+
+/// Reads files given as `format=path` with pandas (pyarrow for the Arrow IPC stream) and prints
+/// each as `{"format": [[columns], [row], ...]}`, missing values as null, whole floats as ints.
+const READ_BACK: &str = r#"
+import json, math, sys
+import pandas as pd, pyarrow as pa, pyarrow.ipc
+read = {
+    "csv": pd.read_csv,
+    "tsv": lambda p: pd.read_csv(p, sep="\t"),
+    "json": lambda p: pd.read_json(p, convert_dates=False),
+    "ndjson": lambda p: pd.read_json(p, lines=True, convert_dates=False),
+    "parquet": pd.read_parquet,
+    "arrow": lambda p: pa.ipc.open_stream(open(p, "rb")).read_all().to_pandas(),
+}
+def plain(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+tables = {}
+for arg in sys.argv[1:]:
+    format, path = arg.split("=", 1)
+    df = read[format](path)
+    tables[format] = [list(df.columns)] + [[plain(v) for v in row] for row in df.itertuples(index=False)]
+print(json.dumps(tables))
+"#;
+
+#[test]
+fn sql_formats_round_trip_through_pandas_and_pyarrow() {
+    let Some(python) = crate::python() else {
+        eprintln!(
+            "SKIPPED sql_formats_round_trip_through_pandas_and_pyarrow: needs FHIRFLIGHT_PYTHON or .venv/bin/python with pandas and pyarrow"
+        );
+        return;
+    };
+    let folder = tempfile::tempdir().unwrap();
+    let folder = folder.path();
+    patients(folder);
+    let mut read_back = Command::new(python);
+    read_back.arg("-c").arg(READ_BACK);
+    for format in ["csv", "tsv", "json", "ndjson", "parquet", "arrow"] {
+        let path = folder.join(format!("patients.{format}"));
+        let flags = ["--format", format, "--output", path.to_str().unwrap()];
+        assert_eq!(stdout_of(folder, &flags, PATIENTS), "");
+        read_back.arg(format!("{format}={}", path.display()));
+    }
+    let out = read_back.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tables: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = serde_json::json!([
+        [
+            "id",
+            "gender",
+            "birthDate",
+            "multipleBirthInteger",
+            "name_0_family"
+        ],
+        ["p1", "female", "1970-01-01", 2, null],
+        ["p2", null, "1980-02-02", null, "O'Brien, \"Ann\""],
+    ]);
+    for (format, table) in tables.as_object().unwrap() {
+        assert_eq!(table, &expected, "{format}");
+    }
+    assert_eq!(tables.as_object().unwrap().len(), 6);
+}
+
+#[test]
+fn output_flags_are_checked_before_any_export() {
+    let folder = tempfile::tempdir().unwrap();
+    // A FHIR server that is down: a flag checked after the export would fail on it instead.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/fhir", closed.local_addr().unwrap());
+    drop(closed);
+    let no_dir = folder.path().join("no/such/dir/out.csv");
+    for (flags, error) in [
+        (
+            vec!["--format", "parquet"],
+            "--format parquet needs --output FILE",
+        ),
+        (
+            vec!["--format", "csv", "--maxrows", "5"],
+            "--maxrows applies to --format table, not csv",
+        ),
+        (
+            vec!["--format", "csv", "--output", no_dir.to_str().unwrap()],
+            "no/such/dir/out.csv",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+            .args(["sql", "--server", &url, "--cache-dir"])
+            .arg(folder.path().join("cache"))
+            .args(&flags)
+            .arg("SELECT count(*) FROM Patient")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(stderr.contains(error), "{flags:?}: {stderr}");
+        assert!(!stderr.contains(&url), "no request was made: {stderr}");
+    }
+    assert!(
+        !folder.path().join("cache").exists(),
+        "no session was built"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_query_quietly_with_0() {
+    let folder = tempfile::tempdir().unwrap();
+    patients(folder.path());
+    // An endless result: only streaming gets its first rows to `head`, and only the closed pipe
+    // ends the query.
+    let endless = "SELECT value FROM generate_series(1, 9223372036854775806)";
+    for format in ["table", "csv", "json", "arrow"] {
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(r#"set -o pipefail; "$0" sql --cache-dir "$1" --folder "$2" --format "$3" "$4" | head -c 100 >/dev/null"#)
+            .arg(env!("CARGO_BIN_EXE_fhirflight"))
+            .arg(folder.path().join("cache"))
+            .arg(folder.path())
+            .args([format, endless])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("--format {format}: still running after `head` left");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "--format {format}: {stderr}");
+        assert!(!stderr.contains("error"), "--format {format}: {stderr}");
+    }
+}
+
+#[test]
+fn a_table_is_a_screenful_on_a_terminal_and_whole_otherwise() {
+    let folder = tempfile::tempdir().unwrap();
+    patients(folder.path());
+    let long = "x".repeat(100);
+    let query = format!("SELECT value AS n, '{long}' AS long FROM generate_series(1, 100)");
+
+    // Piped: every row, every value whole; the footer on standard error.
+    let out = sql(folder.path(), &query);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.matches(&long).count(), 100, "{stdout}");
+    assert!(stderr.contains("100 rows, "), "{stderr}");
+    assert!(!stderr.contains("shown") && !stdout.contains("rows"));
+
+    // A terminal (util-linux `script` gives the command one), 40 columns wide.
+    let script = Command::new("script").arg("--version").output();
+    if !script.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIPPED the terminal half of a_table_is_a_screenful_on_a_terminal_and_whole_otherwise: needs util-linux `script`"
+        );
+        return;
+    }
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let on_terminal = |flags: &str| {
+        let command = format!(
+            "{} sql --cache-dir {} --folder {} {flags} {}",
+            quote(env!("CARGO_BIN_EXE_fhirflight")),
+            quote(folder.path().join("cache").to_str().unwrap()),
+            quote(folder.path().to_str().unwrap()),
+            quote(&query),
+        );
+        let out = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("COLUMNS", "40")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flags}");
+        String::from_utf8(out.stdout).unwrap().replace("\r\n", "\n")
+    };
+    let screen = on_terminal("");
+    let rows: Vec<&str> = screen.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 41, "a header and 40 rows: {screen}");
+    assert_eq!(rows[40], format!("| 40 | {}… |", "x".repeat(30)));
+    assert!(screen.lines().all(|l| l.chars().count() <= 40), "{screen}");
+    assert!(screen.contains("\n100 rows, 40 shown, "), "{screen}");
+    let two = on_terminal("--maxrows 2");
+    assert!(two.contains("| 2 |") && !two.contains("| 3 |"), "{two}");
+    assert!(two.contains("100 rows, 2 shown, "), "{two}");
+    let asked = on_terminal("--format table");
+    assert_eq!(asked.matches(&long).count(), 100, "{asked}");
 }

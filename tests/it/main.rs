@@ -30,6 +30,17 @@ fn row_strings(batch: &arrow::array::RecordBatch) -> impl Iterator<Item = String
     })
 }
 
+/// The Python of the checks against pandas and pyarrow: `FHIRFLIGHT_PYTHON`, else `.venv/bin/python`
+/// in the repository (`scripts/test.sh` makes one from `tests/python/requirements.txt`); `None`
+/// when absent, and the test says it skipped.
+fn python() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("FHIRFLIGHT_PYTHON").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+        std::path::PathBuf::from,
+    );
+    python.exists().then_some(python)
+}
+
 /// Waits until `done()` holds, checking every few milliseconds; fails after 30 s, naming `what`,
 /// so that a regression fails the test instead of hanging the run.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {

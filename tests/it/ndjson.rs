@@ -4,7 +4,7 @@
 //! Needs `../shared` and a Python with `flatten_json pandas` (`FHIRFLIGHT_PYTHON`, else
 //! `.venv/bin/python` in the repository); skipped with a notice when either is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use arrow::array::{Array, AsArray};
@@ -15,12 +15,6 @@ use serde_json::Value;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("FHIRFLIGHT_PYTHON")
-        .map_or_else(|| repo().join(".venv/bin/python"), PathBuf::from);
-    python.exists().then_some(python)
 }
 
 /// fhirflight's flattened table of one `<Type>.ndjson.gz`, decoded on all cores.
@@ -109,7 +103,7 @@ fn dtype_matches(ours: &DataType, pandas: &str, values: &[Value]) -> bool {
 #[test]
 fn flattened_tables_equal_the_notebook_pipeline() {
     let data = repo().join("../shared/data/synthea-100");
-    let (Some(python), true) = (python(), data.is_dir()) else {
+    let (Some(python), true) = (crate::python(), data.is_dir()) else {
         eprintln!(
             "SKIPPED flattened_tables_equal_the_notebook_pipeline: needs {} and FHIRFLIGHT_PYTHON or .venv/bin/python with flatten_json and pandas",
             data.display()

@@ -57,6 +57,6 @@ def expected(cache_dir):
         cmd = [fhirflight(), "sql", "--demo", "--demo-patients", PATIENTS, "--format", "json",
                "--cache-dir", str(cache_dir / "sql"), sql]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        return json.loads(out)
 
     return run

@@ -15,7 +15,7 @@ use fhirflight::ndjson::TableMode;
 use fhirflight::r4::check_type_name;
 use url::Url;
 
-use crate::output::OutputFormat;
+use crate::output::{MaxRows, Output, OutputFormat, stdout_terminal_width};
 
 #[derive(Debug, Parser)]
 #[command(name = "fhirflight", version, about = "SQL over FHIR Bulk Data")]
@@ -258,12 +258,29 @@ pub(crate) struct SqlArgs {
     /// Export again before the query, whatever the snapshot's age.
     #[arg(long)]
     pub(crate) refresh: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub(crate) format: OutputFormat,
-    /// Write to this file instead of standard output (required for parquet).
+    /// Output format (default: table). Asked for, it is the whole result, however wide or long.
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<OutputFormat>,
+    /// Write to this file instead of standard output (needed for parquet, and for arrow unless
+    /// standard output is a file or a pipe).
     #[arg(long)]
     pub(crate) output: Option<PathBuf>,
+    /// Rows a table shows, or `inf`; the footer counts them all (default: 40 on a terminal, every
+    /// row with --format, --output or a pipe).
+    #[arg(long, value_name = "N|inf")]
+    pub(crate) maxrows: Option<MaxRows>,
+}
+
+impl SqlArgs {
+    /// What to write and where: the output flags, checked before any session or export.
+    pub(crate) fn output(&self) -> fhirflight::Result<Output> {
+        Output::new(
+            self.format,
+            self.output.clone(),
+            self.maxrows,
+            stdout_terminal_width(),
+        )
+    }
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use fhirflight::bulk::{ExportProgress, ExportRequest, KickoffMethod};
 use fhirflight::catalog::{self, FhirCatalog, Freshness, QueryRuntime};
@@ -13,11 +14,13 @@ use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
 use crate::args::{CacheCommand, DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
-use crate::output::write_batches;
 use crate::progress::{print_warnings, report_exports, report_progress};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
 
 pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
+    // Before the session: a flag or a file that cannot work costs no export.
+    let output = args.output()?;
+    let destination = output.open()?;
     let freshness = if args.refresh {
         Freshness::Always
     } else {
@@ -28,15 +31,22 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     let fhir = fhir.as_ref().and_then(|c| c.downcast_ref::<FhirCatalog>());
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let reporter = fhir.map(|c| tokio::spawn(report_exports(c.clone(), stopped)));
-    // Planned and run on query threads, whose stack holds the deepest statement accepted.
+    let started = Instant::now();
+    // Planned and run on query threads, whose stack holds the deepest statement accepted; the
+    // batches are written here as they come.
     let (ctx, query) = (session.context().clone(), args.query.clone());
     let queries = QueryRuntime::try_default()?;
-    let running = queries.run(async move {
-        let df = catalog::sql_with_freshness(&ctx, &query, freshness).await?;
-        df.collect().await
-    });
-    let batches = tokio::select! {
-        batches = running => batches,
+    let running = async {
+        let stream = queries
+            .execute(async move {
+                let df = catalog::sql_with_freshness(&ctx, &query, freshness).await?;
+                df.execute_stream().await
+            })
+            .await?;
+        output.write(stream, destination).await
+    };
+    let written = tokio::select! {
+        written = running => written,
         _ = tokio::signal::ctrl_c() => {
             // A running export's job and downloads stay in the cache's staging folder, and the
             // next run resumes them; a conversion in progress is stopped and cleaned up.
@@ -50,7 +60,10 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     if let Some(reporter) = reporter {
         let _ = reporter.await;
     }
-    write_batches(&batches?, args.format, args.output.as_ref())
+    if let Some(footer) = written?.and_then(|rows| output.footer(rows, started.elapsed())) {
+        eprintln!("{footer}");
+    }
+    Ok(())
 }
 
 pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
