@@ -659,11 +659,18 @@ impl SessionBuilder {
                 }
                 _ => {
                     let connection = self.connect().await?;
+                    let source = server.source(connection.client);
+                    // The demo server's port changes every run, its population does not.
                     #[cfg(feature = "demo")]
-                    {
-                        demo = connection.demo;
-                    }
-                    Arc::new(server.source(connection.client))
+                    let source = match connection.demo {
+                        Some(server) => {
+                            let named = source.with_name(server.source_name());
+                            demo = Some(server);
+                            named
+                        }
+                        None => source,
+                    };
+                    Arc::new(source)
                 }
             };
             let options = server.catalog_options(options.clone());

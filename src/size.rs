@@ -1,5 +1,8 @@
 //! Byte sizes as people write them on a command line or in a config file: [`parse_size`], and
-//! as errors show them: [`display`].
+//! as errors show them: [`display`], and as listings round them: [`display_rounded`].
+
+/// The binary units, largest first: (power of two, name).
+const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
 
 /// Parses a size: a whole number of bytes with an optional unit `K`, `M`, `G` or `T` (powers
 /// of 1024; `KiB`, `KB` and lower case mean the same) or `bytes`, spaces allowed before the
@@ -45,7 +48,6 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// assert_eq!(fhirflight::size::display(1500), "1500 bytes");
 /// ```
 pub fn display(bytes: u64) -> String {
-    const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
     UNITS
         .iter()
         .find(|(shift, _)| bytes != 0 && bytes.is_multiple_of(1 << shift))
@@ -53,6 +55,20 @@ pub fn display(bytes: u64) -> String {
             || format!("{bytes} bytes"),
             |(shift, unit)| format!("{} {unit}", bytes >> shift),
         )
+}
+
+/// `bytes` rounded to one decimal in the largest binary unit not above it, for listings
+/// (`1.5 KiB`, `12.0 MiB`, `900 bytes`).
+///
+/// ```
+/// assert_eq!(fhirflight::size::display_rounded(1536), "1.5 KiB");
+/// assert_eq!(fhirflight::size::display_rounded(900), "900 bytes");
+/// ```
+pub fn display_rounded(bytes: u64) -> String {
+    match UNITS.iter().find(|(shift, _)| bytes >= 1 << shift) {
+        Some((shift, unit)) => format!("{:.1} {unit}", bytes as f64 / (1u64 << shift) as f64),
+        None => format!("{bytes} bytes"),
+    }
 }
 
 #[cfg(test)]

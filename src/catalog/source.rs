@@ -501,6 +501,7 @@ pub struct BulkSource {
     level: ExportLevel,
     patients: Vec<String>,
     allow_partial_manifests: bool,
+    name: Option<String>,
     location: String,
 }
 
@@ -513,8 +514,17 @@ impl BulkSource {
             level: ExportLevel::System,
             patients: Vec::new(),
             allow_partial_manifests: false,
+            name: None,
             location,
         }
+    }
+
+    /// Names the source `name` instead of its base URL in its [`location`](FhirSource::location),
+    /// for a server whose URL changes between runs while its data does not: the demo server on
+    /// a free port is named by its population (`demo:seed=42,patients=100`).
+    pub fn with_name(self, name: impl Into<String>) -> Self {
+        let name = Some(name.into());
+        Self { name, ..self }.located()
     }
 
     /// Exports at `level` (`Patient`, `Group(id)`) instead of system level.
@@ -538,7 +548,7 @@ impl BulkSource {
         Self { patients, ..self }.located()
     }
 
-    /// `self` with its location recomputed from the base URL, level and patients.
+    /// `self` with its location recomputed from the base URL (or name), level and patients.
     fn located(self) -> Self {
         let level = match &self.level {
             ExportLevel::System => "system".to_owned(),
@@ -548,9 +558,12 @@ impl BulkSource {
         let mut patients = self.patients.clone();
         patients.sort();
         patients.dedup();
-        let base = self.client.base_url();
+        let base = match &self.name {
+            Some(name) => name.clone(),
+            None => self.client.base_url().to_string(),
+        };
         let location = match (level.as_str(), patients.is_empty()) {
-            ("system", true) => base.to_string(),
+            ("system", true) => base,
             (_, true) => format!("{base} [{level}]"),
             _ => format!("{base} [{level}; patient={}]", patients.join(",")),
         };

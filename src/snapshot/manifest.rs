@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::names::check_manifest_paths;
+
 pub use crate::time::rfc3339;
 use crate::warning::Warning;
 use crate::{Error, Result};
@@ -145,6 +147,21 @@ pub struct Incremental {
     pub changed: u64,
     /// Ids removed by `deleted[]` tombstones.
     pub deleted: Vec<String>,
+}
+
+/// The manifest at `path`, with its paths checked ([`check_manifest_paths`]); `None` when there
+/// is none. Errors name the file.
+pub(super) fn read_manifest(path: &Path) -> Result<Option<SnapshotManifest>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
+    check_manifest_paths(&manifest)
+        .map_err(|why| Error::snapshot(format!("{}: {why}", path.display())))?;
+    Ok(Some(manifest))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed.

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! <cache>/<source-key>/                  e.g. 127.0.0.1_8080-3f2a9c1e5b7d0a46
-//!   source.json                          {"source": "<base url or folder>"}
+//!   source.json                          {"source": "<base url, folder or demo population>"}
 //!   <Type>/manifest.json                 THE commit point: names the current snapshot of <Type>
 //!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson.gz      raw resources, the source of truth
 //!   <Type>/<snapshot-id>/.readers        held (shared lock) by whoever reads that snapshot
@@ -34,8 +34,10 @@
 //! Another engine reads a table by reading `<Type>/manifest.json` and then the files it lists
 //! under `tables.<mode>.files` (paths relative to the snapshot folder), for example in DuckDB
 //! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet')`,
-//! or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened')`. The Arrow schema is in
-//! each Parquet footer; the manifest repeats it as `columns` for people.
+//! or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened')`; [`list_cache`] gives
+//! those files as absolute paths (`fhirflight cache path`). A glob over every snapshot
+//! (`Patient/*/flattened/*.parquet`) is wrong: a superseded snapshot stays while it is read. The
+//! Arrow schema is in each Parquet footer; the manifest repeats it as `columns` for people.
 //!
 //! # Atomicity
 //!
@@ -59,6 +61,7 @@
 
 mod convert;
 mod lease;
+mod listing;
 mod manifest;
 mod names;
 mod raw;
@@ -68,9 +71,10 @@ mod writer;
 pub(crate) use convert::open_raw;
 pub use convert::{convert_raw, mode_key, stop_writes};
 pub use lease::Lease;
+pub use listing::{CachedSnapshot, CachedSource, CachedTable, list_cache};
 pub use manifest::{
     Column, Incremental, MANIFEST_FORMAT, RawFile, SnapshotManifest, TableFile, TableFiles, rfc3339,
 };
 pub use raw::{resource_ids, write_raw};
-pub use store::{Snapshot, SnapshotStore, clean_cache, default_cache_dir};
+pub use store::{Cleared, Snapshot, SnapshotStore, clean_cache, default_cache_dir};
 pub use writer::{SnapshotWriter, writes_in_progress};

@@ -11,10 +11,9 @@ use arrow::datatypes::SchemaRef;
 use datafusion::parquet;
 
 use super::lease::LEASE_FILE;
-use super::manifest::{to_json, write_atomic};
+use super::manifest::{read_manifest, to_json, write_atomic};
 use super::names::{
-    check_manifest_paths, check_name, is_filtered, is_filtered_name, is_snapshot_id,
-    new_snapshot_id, source_key,
+    check_name, is_filtered, is_filtered_name, is_snapshot_id, new_snapshot_id, source_key,
 };
 use super::writer::{WRITERS, owner_lock};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
@@ -58,6 +57,11 @@ impl SnapshotStore {
         Ok(Self { dir })
     }
 
+    /// The store in `dir`, a folder [`SnapshotStore::open`] made.
+    pub(super) fn at(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
     /// The store's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -99,15 +103,9 @@ impl SnapshotStore {
         // A commit may supersede (and garbage-collect) the snapshot between the manifest read
         // and the hold on its folder: then the manifest names a newer one.
         for _ in 0..3 {
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io(path, e)),
+            let Some(manifest) = read_manifest(&path)? else {
+                return Ok(None);
             };
-            let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
-            check_manifest_paths(&manifest)
-                .map_err(|why| Error::snapshot(format!("{}: {why}", path.display())))?;
             let dir = self.named_dir(name)?.join(&manifest.snapshot);
             if let Some(reading) = Lease::take(&dir.join(LEASE_FILE))? {
                 return Ok(Some(Snapshot {
@@ -438,20 +436,135 @@ impl SnapshotStore {
     }
 }
 
+/// What [`SnapshotStore::clear`] removed, and what it left to running processes.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Cleared {
+    /// Each folder or file removed, with its bytes.
+    pub removed: Vec<(PathBuf, u64)>,
+    /// Snapshot folders a running process reads: no longer current, they go once unread (at
+    /// the next commit of their name, or [`SnapshotStore::clean`]).
+    pub kept: Vec<PathBuf>,
+}
+
+impl SnapshotStore {
+    /// Removes the snapshots of `resource_type` (its full and filtered ones, and the columns
+    /// kept for it) or, with `None`, all the store holds: also the folders of writers that are
+    /// gone and the downloads of stopped exports no export holds (they are not resumed then).
+    ///
+    /// It never removes what a running process reads or exports into: each manifest goes first,
+    /// so no new reader takes its snapshot (the next query exports again), then every snapshot
+    /// folder nobody reads; one still read is [kept](Cleared::kept). The store's folder stays,
+    /// as a running process may have the store open.
+    ///
+    /// ```
+    /// # fn main() -> fhirflight::Result<()> {
+    /// let cache = tempfile::tempdir().unwrap();
+    /// let store = fhirflight::snapshot::SnapshotStore::open(cache.path(), "https://fhir.example/r4")?;
+    /// let cleared = store.clear(Some("Patient"))?;
+    /// assert!(cleared.removed.is_empty() && cleared.kept.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn clear(&self, resource_type: Option<&str>) -> Result<Cleared> {
+        let resource_type = resource_type.map(check_type_name).transpose()?;
+        // `Patient` and `Patient@...`, its columns `Patient.<mode>.arrow`; or everything.
+        let of_type = |name: &str, separator: char| {
+            resource_type.is_none_or(|t| {
+                name.strip_prefix(t)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(separator))
+            })
+        };
+        let _lock = self.lock()?;
+        let mut cleared = Cleared::default();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if check_name(&name).is_ok() && entry.path().is_dir() && of_type(&name, '@') {
+                self.clear_name(&name, &mut cleared)?;
+            }
+        }
+        let columns = self.dir.join("columns");
+        for entry in fs::read_dir(&columns).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".arrow") && of_type(&name, '.') {
+                let bytes = entry.metadata().map_or(0, |m| m.len());
+                fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+                cleared.removed.push((entry.path(), bytes));
+            }
+        }
+        if resource_type.is_none() {
+            cleared
+                .removed
+                .extend(remove_orphans(&self.dir.join("tmp")));
+            cleared.removed.extend(self.clean_staging(Duration::ZERO));
+        }
+        Ok(cleared)
+    }
+
+    /// Unpublishes the snapshots named `name` and removes those nobody reads; the named folder
+    /// goes too once empty.
+    fn clear_name(&self, name: &str, cleared: &mut Cleared) -> Result<()> {
+        let dir = self.named_dir(name)?;
+        // Every reader of a filtered snapshot also holds its named folder's lease: taken here,
+        // nobody reads any of it, and nobody leases it before it is gone.
+        let unleased = match is_filtered(name) {
+            true => lock_file::try_lock_exclusive(&dir.join(LEASE_FILE))
+                .ok()
+                .flatten(),
+            false => None,
+        };
+        let manifest = dir.join("manifest.json");
+        let bytes = manifest.metadata().map_or(0, |m| m.len());
+        match fs::remove_file(&manifest) {
+            Ok(()) => cleared.removed.push((manifest, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(manifest, e)),
+        }
+        cleared.removed.extend(self.collect_garbage(&dir, &[]));
+        let read: Vec<PathBuf> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_snapshot_id))
+            .map(|e| e.path())
+            .collect();
+        if read.is_empty() && (unleased.is_some() || !is_filtered(name)) {
+            if unleased.is_some() {
+                let _ = fs::remove_file(dir.join(LEASE_FILE));
+            }
+            // Not empty when it holds what the store did not make: then it stays.
+            let _ = fs::remove_dir(&dir);
+        }
+        cleared.kept.extend(read);
+        Ok(())
+    }
+}
+
+/// The stores of `cache_root`: its folders holding a `source.json`, sorted; none when it does
+/// not exist.
+pub(super) fn store_dirs(cache_root: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(cache_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(cache_root, e)),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let dir = entry.map_err(|e| Error::io(cache_root, e))?.path();
+        if dir.join("source.json").is_file() {
+            dirs.push(dir);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
 /// Removes what [`SnapshotStore::clean`] would in every store of `cache_root` (each folder
 /// holding a `source.json`); returns each folder removed with its bytes.
 pub fn clean_cache(cache_root: &Path, staging_max_age: Duration) -> Result<Vec<(PathBuf, u64)>> {
     let mut removed = Vec::new();
-    let entries = match fs::read_dir(cache_root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => return Err(Error::io(cache_root, e)),
-    };
-    for entry in entries {
-        let dir = entry.map_err(|e| Error::io(cache_root, e))?.path();
-        if dir.join("source.json").is_file() {
-            removed.extend(SnapshotStore { dir }.clean(staging_max_age)?);
-        }
+    for dir in store_dirs(cache_root)? {
+        removed.extend(SnapshotStore { dir }.clean(staging_max_age)?);
     }
     Ok(removed)
 }
@@ -598,7 +711,7 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::snapshot::{RawFile, write_raw};
 
@@ -623,7 +736,7 @@ mod tests {
     }
 
     /// Commits a snapshot named `name` of Patient with one resource.
-    fn commit(store: &SnapshotStore, name: &str) {
+    pub(in crate::snapshot) fn commit(store: &SnapshotStore, name: &str) {
         let input = store.dir().join(format!("{name}.ndjson"));
         fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n").unwrap();
         let writer = store.begin_named(name, "Patient").unwrap();
@@ -753,6 +866,51 @@ mod tests {
         assert_eq!(removed.len(), 1, "{removed:?}");
         assert!(removed[0].0.ends_with(&first) && removed[0].1 > 0);
         assert_eq!(snapshots(), vec![current.manifest().snapshot.clone()]);
+    }
+
+    #[test]
+    fn clearing_removes_a_types_snapshots_but_not_what_a_process_reads() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        commit(&store, "Patient");
+        let read = store.current("Patient").unwrap().unwrap();
+        commit(&store, "Patient");
+        commit(&store, "Patient@a-0000000a");
+        commit(&store, "Observation");
+        let columns = store.dir().join("columns");
+        fs::create_dir_all(&columns).unwrap();
+        for name in ["Patient.flattened.arrow", "Observation.flattened.arrow"] {
+            fs::write(columns.join(name), "").unwrap();
+        }
+        assert!(store.clear(Some("../x")).is_err());
+
+        let cleared = store.clear(Some("Patient")).unwrap();
+        assert_eq!(cleared.kept, [read.dir().to_owned()], "read by a query");
+        assert!(read.raw_paths().iter().all(|p| p.exists()));
+        assert!(
+            store.current("Patient").unwrap().is_none(),
+            "no longer current"
+        );
+        assert!(!store.dir().join("Patient@a-0000000a").exists());
+        assert!(!columns.join("Patient.flattened.arrow").exists());
+        assert!(cleared.removed.iter().all(|(p, _)| !p.exists()));
+        assert!(cleared.removed.iter().map(|(_, b)| b).sum::<u64>() > 0);
+        assert!(
+            store.current("Observation").unwrap().is_some(),
+            "another type"
+        );
+        assert!(columns.join("Observation.flattened.arrow").exists());
+
+        drop(read);
+        let cleared = store.clear(None).unwrap();
+        assert!(cleared.kept.is_empty());
+        assert!(!store.dir().join("Patient").exists());
+        assert!(!store.dir().join("Observation").exists());
+        assert!(store.resource_types().unwrap().is_empty());
+        assert!(
+            store.dir().join("source.json").is_file(),
+            "the store stays open"
+        );
     }
 
     #[test]

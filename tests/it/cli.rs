@@ -721,3 +721,272 @@ fn a_table_is_a_screenful_on_a_terminal_and_whole_otherwise() {
     let asked = on_terminal("--format table");
     assert_eq!(asked.matches(&long).count(), 100, "{asked}");
 }
+
+/// Runs `fhirflight cache <args> --cache-dir <cache>`; fails the test unless it succeeds, and
+/// returns its standard output.
+fn cache_command(cache: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .arg("cache")
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cache {args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `fhirflight cache list --format json`, parsed.
+fn cache_listing(cache: &Path) -> serde_json::Value {
+    serde_json::from_str(&cache_command(cache, &["list", "--format", "json"])).unwrap()
+}
+
+/// Runs `fhirflight sql --refresh` over `folder` (cache in `folder/cache`); fails unless it
+/// succeeds.
+fn refresh(folder: &Path, query: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["sql", "--refresh", "--cache-dir"])
+        .arg(folder.join("cache"))
+        .arg("--folder")
+        .arg(folder)
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Rows in the Parquet files at `paths`.
+fn parquet_rows(paths: &[&str]) -> usize {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut rows = 0;
+    for path in paths {
+        let file = std::fs::File::open(path).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
+    }
+    rows
+}
+
+/// Patients of these ids, nothing else.
+fn patients_with_ids(folder: &Path, ids: &[&str]) {
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|id| format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#))
+        .collect();
+    std::fs::write(folder.join("Patient.ndjson"), lines.join("\n")).unwrap();
+}
+
+#[test]
+fn cache_path_gives_the_current_snapshots_rows_where_a_glob_takes_a_held_one_too() {
+    let folder = tempfile::tempdir().unwrap();
+    let cache = folder.path().join("cache");
+    patients_with_ids(folder.path(), &["a"]);
+    refresh(folder.path(), "SELECT count(*) FROM Patient");
+    let first = cache_command(&cache, &["path", "Patient"]);
+    // Another process still reads the first snapshot when the second is committed.
+    let first_dir = Path::new(first.trim()).parent().unwrap().parent().unwrap();
+    let readers = std::fs::File::open(first_dir.join(".readers")).unwrap();
+    readers.lock_shared().unwrap();
+    patients_with_ids(folder.path(), &["a", "b"]);
+    refresh(folder.path(), "SELECT count(*) FROM Patient");
+
+    let listing = cache_listing(&cache);
+    let source = &listing[0];
+    let canonical = folder.path().canonicalize().unwrap();
+    assert_eq!(source["source"], canonical.display().to_string());
+    let patient = &source["snapshots"][0];
+    assert_eq!(patient["name"], "Patient");
+    assert_eq!(patient["resources"], 2);
+    let type_dir = Path::new(source["dir"].as_str().unwrap()).join("Patient");
+    let glob: Vec<String> = std::fs::read_dir(&type_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("flattened").join("part-0.parquet"))
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    let glob: Vec<&str> = glob.iter().map(String::as_str).collect();
+    assert_eq!(
+        parquet_rows(&glob),
+        3,
+        "Patient/*/flattened/*.parquet: {glob:?}"
+    );
+
+    let lines = cache_command(&cache, &["path", "Patient"]);
+    let paths: Vec<&str> = lines.lines().collect();
+    assert_eq!(parquet_rows(&paths), 2, "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.starts_with(&*first_dir.to_string_lossy()))
+    );
+    let listed: Vec<&str> = patient["tables"]["flattened"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(listed, paths);
+    // The same with the source named, by its folder or its cache folder's name.
+    let key = type_dir
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    for source in [canonical.to_str().unwrap(), key] {
+        assert_eq!(cache_command(&cache, &["path", source, "Patient"]), lines);
+    }
+    assert_eq!(
+        cache_command(&cache, &["path", "Patient", "--format", "duckdb"]),
+        format!("SELECT * FROM read_parquet(['{}']);\n", paths.join("', '"))
+    );
+
+    let text = cache_command(&cache, &[]);
+    assert!(
+        text.starts_with(&format!("{}  (", canonical.display())),
+        "{text}"
+    );
+    let header: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["TYPE", "ROWS", "SIZE", "AGE", "TRANSACTION", "TIME"]
+    );
+    let row = text.lines().find(|l| l.starts_with("  Patient ")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "2", "{row}");
+    assert_eq!(
+        cells[5],
+        patient["transactionTime"].as_str().unwrap(),
+        "{row}"
+    );
+    drop(readers);
+}
+
+#[test]
+fn cache_clear_removes_a_type_keeps_what_is_read_and_names_what_exists() {
+    let folder = tempfile::tempdir().unwrap();
+    let cache = folder.path().join("cache");
+    patients_with_ids(folder.path(), &["a"]);
+    std::fs::write(
+        folder.path().join("Observation.ndjson"),
+        r#"{"resourceType":"Observation","id":"o","status":"final"}"#,
+    )
+    .unwrap();
+    refresh(folder.path(), "SELECT count(*) FROM Patient, Observation");
+    let names = |listing: &serde_json::Value| -> Vec<String> {
+        let snapshots = listing[0]["snapshots"].as_array().unwrap();
+        snapshots
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&cache_listing(&cache)), ["Observation", "Patient"]);
+
+    let out = cache_command(&cache, &["clear", "Patient"]);
+    assert!(out.contains("/Patient/manifest.json ("), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .starts_with("removed: 3, freed: "),
+        "{out}"
+    );
+    assert_eq!(names(&cache_listing(&cache)), ["Observation"]);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args([
+            "cache",
+            "clear",
+            "https://elsewhere.example/fhir",
+            "--cache-dir",
+        ])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let canonical = folder.path().canonicalize().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "no source https://elsewhere.example/fhir in {}; cached: {} (",
+            cache.display(),
+            canonical.display()
+        )) && stderr.contains("): Observation"),
+        "{stderr}"
+    );
+
+    // A query of another process reads Observation: it stays, and is no longer current.
+    let observation = cache_command(&cache, &["path", "Observation"]);
+    let held = Path::new(observation.trim())
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap();
+    let readers = std::fs::File::open(held.join(".readers")).unwrap();
+    readers.lock_shared().unwrap();
+    let out = cache_command(&cache, &["clear", canonical.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!(
+            "kept {}: a running process reads it",
+            held.display()
+        )),
+        "{out}"
+    );
+    assert!(held.is_dir());
+    assert!(names(&cache_listing(&cache)).is_empty());
+    drop(readers);
+    let out = cache_command(&cache, &["gc"]);
+    assert!(
+        out.contains(&format!("removed {} (", held.display())),
+        "{out}"
+    );
+    assert!(!held.exists());
+}
+
+#[test]
+fn a_second_demo_run_answers_from_the_cache_and_other_settings_keep_their_own() {
+    let cache = tempfile::tempdir().unwrap();
+    let demo = |patients: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+            .args(["sql", "--demo", "--demo-patients", patients])
+            .args(["--log", "info", "--format", "csv", "--cache-dir"])
+            .arg(cache.path())
+            .arg("SELECT count(*) AS n FROM Patient")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("n\n{patients}\n")
+        );
+        stderr.contains("$export")
+    };
+    assert!(demo("5"), "the first run exports");
+    let created = |listing: &serde_json::Value| listing[0]["snapshots"][0]["createdAt"].clone();
+    let first = cache_listing(cache.path());
+    assert!(!demo("5"), "the second run reads the first one's snapshot");
+    assert_eq!(created(&cache_listing(cache.path())), created(&first));
+    assert!(demo("6"), "another population is another source");
+    let listing = cache_listing(cache.path());
+    let sources: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        ["demo:seed=42,patients=5", "demo:seed=42,patients=6"]
+    );
+}

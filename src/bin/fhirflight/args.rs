@@ -45,13 +45,33 @@ pub(crate) enum Command {
     /// Manage the users file of `serve --users-file`.
     #[command(subcommand)]
     Users(UsersCommand),
-    /// Look after the snapshot cache.
+    /// Look after the snapshot cache: what it holds (the default), what another engine reads,
+    /// removing snapshots.
+    Cache(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct CacheArgs {
     #[command(subcommand)]
-    Cache(CacheCommand),
+    pub(crate) command: Option<CacheCommand>,
+    /// Without a subcommand: `list`.
+    #[command(flatten)]
+    pub(crate) list: CacheListArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CacheCommand {
+    /// List each source's current snapshots: type, rows, size, age, transaction time.
+    List(CacheListArgs),
+    /// Print the Parquet files of a type's current snapshot, one absolute path per line: what
+    /// another engine reads (a glob over the type's folder may also take older snapshots that
+    /// a running query still holds).
+    Path(CachePathArgs),
+    /// Remove a type's snapshots (with SOURCE TYPE or TYPE: in every source), a source's (with
+    /// SOURCE), or all (without arguments). What a running process reads or exports into stays;
+    /// it is no longer current, and `cache gc` removes it once unread.
+    Clear(CacheClearArgs),
     /// Remove what nobody needs any more: snapshots superseded by newer ones once nobody reads
     /// them, the folders of writers that are gone, and the downloads of stopped exports that no
     /// export holds and nothing touched for `--staging-older-than` (they can no longer be
@@ -59,11 +79,72 @@ pub(crate) enum CacheCommand {
     Gc(CacheGcArgs),
 }
 
+/// The cache folder of the `cache` subcommands.
 #[derive(Debug, Args)]
-pub(crate) struct CacheGcArgs {
+pub(crate) struct CacheDir {
     /// Snapshot cache folder (default: the user's cache folder).
     #[arg(long, env = "FHIRFLIGHT_CACHE_DIR")]
-    pub(crate) cache_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl CacheDir {
+    pub(crate) fn root(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(fhirflight::snapshot::default_cache_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheListArgs {
+    #[command(flatten)]
+    pub(crate) cache: CacheDir,
+    /// `text` (a table per source) or `json` (sources, snapshots, tables with their files).
+    #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+    pub(crate) format: ListFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ListFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CachePathArgs {
+    #[command(flatten)]
+    pub(crate) cache: CacheDir,
+    /// `TYPE` (when one source holds it) or `SOURCE TYPE`. A source is named by its URL,
+    /// folder or demo population, or by its cache folder's name, as `cache list` shows them.
+    #[arg(value_name = "SOURCE|TYPE", num_args = 1..=2, required = true)]
+    pub(crate) names: Vec<String>,
+    /// The table: `flattened`, `nested`, or another mode `cache list --format json` shows.
+    #[arg(long, default_value = "flattened")]
+    pub(crate) mode: String,
+    /// `lines` (one path per line) or `duckdb` (a `SELECT * FROM read_parquet([...])`).
+    #[arg(long, value_enum, default_value_t = PathFormat::Lines)]
+    pub(crate) format: PathFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum PathFormat {
+    Lines,
+    Duckdb,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheClearArgs {
+    #[command(flatten)]
+    pub(crate) cache: CacheDir,
+    /// Nothing (all), `SOURCE`, `TYPE` (in every source) or `SOURCE TYPE`.
+    #[arg(value_name = "SOURCE|TYPE", num_args = 0..=2)]
+    pub(crate) names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheGcArgs {
+    #[command(flatten)]
+    pub(crate) cache: CacheDir,
     /// How long the downloads of a stopped export are kept for its resume.
     #[arg(long, value_parser = parse_duration, default_value = "7d")]
     pub(crate) staging_older_than: Duration,

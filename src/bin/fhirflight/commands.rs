@@ -13,7 +13,7 @@ use fhirflight::flight::{AuditLog, FhirExportControl, FlightSqlServer, Users};
 use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
-use crate::args::{CacheCommand, DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
+use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
 use crate::progress::{print_warnings, report_exports, report_progress};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
 
@@ -268,31 +268,6 @@ pub(crate) fn users(command: UsersCommand) -> Result<()> {
                 .map_err(|e| Error::io("standard input", e))?;
             let password = password.trim_end_matches(['\r', '\n']);
             println!("{}", Users::entry(&args.name, password, args.role)?);
-            Ok(())
-        }
-    }
-}
-
-pub(crate) fn cache(command: CacheCommand) -> Result<()> {
-    match command {
-        CacheCommand::Gc(args) => {
-            let root = args
-                .cache_dir
-                .unwrap_or_else(fhirflight::snapshot::default_cache_dir);
-            let removed = fhirflight::snapshot::clean_cache(&root, args.staging_older_than)?;
-            for (path, bytes) in &removed {
-                println!(
-                    "removed {} ({})",
-                    path.display(),
-                    fhirflight::size::display(*bytes)
-                );
-            }
-            let total = removed.iter().map(|(_, bytes)| bytes).sum();
-            println!(
-                "folders removed: {}, freed: {}",
-                removed.len(),
-                fhirflight::size::display(total)
-            );
             Ok(())
         }
     }

@@ -3,6 +3,7 @@
 //! `fhirflight --help` lists the commands.
 
 mod args;
+mod cache;
 mod commands;
 mod output;
 mod progress;
@@ -39,7 +40,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => commands::export(args, config).await,
         Command::DemoServer(args) => commands::demo_server(args).await,
         Command::Users(command) => commands::users(command),
-        Command::Cache(command) => commands::cache(command),
+        Command::Cache(args) => cache::run(args),
     }
 }
 

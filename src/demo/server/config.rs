@@ -137,4 +137,17 @@ impl DemoConfig {
     pub fn seed(&self) -> u64 {
         self.seed
     }
+
+    /// The name of the population, `demo:seed=<seed>,patients=<patients>`: what the data depends
+    /// on (unlike the server's port), so it keys the snapshot store of a demo session and a
+    /// second run with the same settings reads the first one's snapshots.
+    ///
+    /// ```
+    /// use fhirflight::demo::DemoConfig;
+    /// let config = DemoConfig::default().with_patients(5);
+    /// assert_eq!(config.source_name(), "demo:seed=42,patients=5");
+    /// ```
+    pub fn source_name(&self) -> String {
+        format!("demo:seed={},patients={}", self.seed, self.patients)
+    }
 }

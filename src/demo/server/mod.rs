@@ -199,6 +199,11 @@ impl DemoServer {
         self.state.origin.join("fhir").expect("static path")
     }
 
+    /// The name of its population ([`DemoConfig::source_name`]), stable across runs.
+    pub fn source_name(&self) -> String {
+        self.state.config.source_name()
+    }
+
     /// The socket address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

@@ -1,0 +1,226 @@
+//! `fhirflight cache`: what the snapshot cache holds (`list`), what another engine reads for a
+//! type (`path`), and removing snapshots (`clear`, `gc`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fhirflight::size::{display, display_rounded};
+use fhirflight::snapshot::{CachedSnapshot, CachedSource, clean_cache, list_cache};
+use fhirflight::{Error, Result};
+
+use crate::args::{
+    CacheArgs, CacheClearArgs, CacheCommand, CacheListArgs, CachePathArgs, ListFormat, PathFormat,
+};
+
+pub(crate) fn run(args: CacheArgs) -> Result<()> {
+    match args.command.unwrap_or(CacheCommand::List(args.list)) {
+        CacheCommand::List(args) => list(args),
+        CacheCommand::Path(args) => path(args),
+        CacheCommand::Clear(args) => clear(args),
+        CacheCommand::Gc(args) => {
+            let removed = clean_cache(&args.cache.root(), args.staging_older_than)?;
+            print_removed(&removed, "folders removed");
+            Ok(())
+        }
+    }
+}
+
+fn list(args: CacheListArgs) -> Result<()> {
+    let root = args.cache.root();
+    let sources = list_cache(&root)?;
+    if let ListFormat::Json = args.format {
+        let json = serde_json::to_string_pretty(&sources)
+            .map_err(|e| Error::snapshot_with("cannot serialise the listing", e))?;
+        println!("{json}");
+        return Ok(());
+    }
+    if sources.is_empty() {
+        println!("no snapshots in {}", root.display());
+        return Ok(());
+    }
+    for source in &sources {
+        println!("{}  ({})", source.source, source.dir.display());
+        if source.snapshots.is_empty() {
+            println!("  no snapshots");
+            continue;
+        }
+        let width = source.snapshots.iter().map(|s| s.name.len()).max();
+        let width = width.unwrap_or(0).max("TYPE".len());
+        println!(
+            "  {:<width$}  {:>10}  {:>10}  {:>5}  TRANSACTION TIME",
+            "TYPE", "ROWS", "SIZE", "AGE"
+        );
+        for s in &source.snapshots {
+            println!(
+                "  {:<width$}  {:>10}  {:>10}  {:>5}  {}",
+                s.name,
+                s.resources,
+                display_rounded(s.bytes()),
+                age(s.age()),
+                s.transaction_time
+            );
+        }
+    }
+    println!(
+        "another engine reads a type's current Parquet files: fhirflight cache path [SOURCE] TYPE"
+    );
+    Ok(())
+}
+
+fn path(args: CachePathArgs) -> Result<()> {
+    let root = args.cache.root();
+    let sources = list_cache(&root)?;
+    let (source, name) = match args.names.as_slice() {
+        [source, name] => (named_source(&sources, source, &root)?, name),
+        [name] => {
+            let holding: Vec<&CachedSource> = sources
+                .iter()
+                .filter(|s| s.snapshot(name).is_some())
+                .collect();
+            match holding.as_slice() {
+                [source] => (*source, name),
+                [] => {
+                    return Err(Error::config(format!(
+                        "no snapshot of {name} in {}; {}",
+                        root.display(),
+                        cached(&sources)
+                    )));
+                }
+                _ => {
+                    return Err(Error::config(format!(
+                        "{name} is cached for several sources, name one (fhirflight cache path SOURCE {name}); {}",
+                        cached(holding.iter().copied())
+                    )));
+                }
+            }
+        }
+        _ => unreachable!("clap takes one or two names"),
+    };
+    let snapshot = source.snapshot(name).ok_or_else(|| {
+        Error::config(format!(
+            "no snapshot of {name} for {}; it has: {}",
+            source.source,
+            names(&source.snapshots)
+        ))
+    })?;
+    let table = snapshot.tables.get(&args.mode).ok_or_else(|| {
+        let modes: Vec<&str> = snapshot.tables.keys().map(String::as_str).collect();
+        Error::config(format!(
+            "the snapshot of {name} for {} has no {} table; it has: {}",
+            source.source,
+            args.mode,
+            modes.join(", ")
+        ))
+    })?;
+    match args.format {
+        PathFormat::Lines => {
+            for file in &table.files {
+                println!("{}", file.display());
+            }
+        }
+        PathFormat::Duckdb => {
+            let quote = |p: &PathBuf| format!("'{}'", p.display().to_string().replace('\'', "''"));
+            let files: Vec<String> = table.files.iter().map(quote).collect();
+            println!("SELECT * FROM read_parquet([{}]);", files.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn clear(args: CacheClearArgs) -> Result<()> {
+    let root = args.cache.root();
+    let sources = list_cache(&root)?;
+    // A lone name is a source when one is named so, else a type of every source.
+    let (selected, resource_type): (Vec<&CachedSource>, Option<&str>) = match args.names.as_slice()
+    {
+        [] => (sources.iter().collect(), None),
+        [source, name] => (vec![named_source(&sources, source, &root)?], Some(name)),
+        [name] => match sources.iter().find(|s| s.is_named(name)) {
+            Some(source) => (vec![source], None),
+            None if fhirflight::r4::check_type_name(name).is_ok() => {
+                (sources.iter().collect(), Some(name))
+            }
+            None => return Err(no_source(name, &sources, &root)),
+        },
+        _ => unreachable!("clap takes at most two names"),
+    };
+    let mut removed = Vec::new();
+    for source in selected {
+        let cleared = source.store().clear(resource_type)?;
+        for kept in &cleared.kept {
+            println!(
+                "kept {}: a running process reads it (`fhirflight cache gc` removes it once unread)",
+                kept.display()
+            );
+        }
+        removed.extend(cleared.removed);
+    }
+    print_removed(&removed, "removed");
+    Ok(())
+}
+
+/// Prints each path removed with its bytes, then the totals (`<what>: <count>, freed: <bytes>`).
+fn print_removed(removed: &[(PathBuf, u64)], what: &str) {
+    for (path, bytes) in removed {
+        println!("removed {} ({})", path.display(), display(*bytes));
+    }
+    let total = removed.iter().map(|(_, bytes)| bytes).sum();
+    println!("{what}: {}, freed: {}", removed.len(), display(total));
+}
+
+/// The source of `sources` named `text` ([`CachedSource::is_named`]).
+fn named_source<'a>(
+    sources: &'a [CachedSource],
+    text: &str,
+    root: &Path,
+) -> Result<&'a CachedSource> {
+    sources
+        .iter()
+        .find(|s| s.is_named(text))
+        .ok_or_else(|| no_source(text, sources, root))
+}
+
+fn no_source(text: &str, sources: &[CachedSource], root: &Path) -> Error {
+    Error::config(format!(
+        "no source {text} in {}; {}",
+        root.display(),
+        cached(sources)
+    ))
+}
+
+/// What `sources` hold, for errors: `cached: <source> (<folder>): <names>; ...`.
+fn cached<'a>(sources: impl IntoIterator<Item = &'a CachedSource>) -> String {
+    let each: Vec<String> = sources
+        .into_iter()
+        .map(|s| {
+            let key = s.dir.file_name().unwrap_or_default().to_string_lossy();
+            format!("{} ({key}): {}", s.source, names(&s.snapshots))
+        })
+        .collect();
+    match each.is_empty() {
+        true => "the cache is empty".to_owned(),
+        false => format!("cached: {}", each.join("; ")),
+    }
+}
+
+fn names(snapshots: &[CachedSnapshot]) -> String {
+    match snapshots.is_empty() {
+        true => "no snapshots".to_owned(),
+        false => snapshots
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// A snapshot's age in its largest whole unit: `42s`, `5m`, `3h`, `2d`.
+fn age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
