@@ -806,7 +806,8 @@ impl BulkClient {
     }
 
     /// The status URL saved in `state_path` for this same server and request, if any; the job
-    /// of another export saved there is cancelled.
+    /// of another export of this server saved there is cancelled, that of another server (a
+    /// demo server of an earlier run, on another port) forgotten without a request.
     async fn read_job(&self, state_path: &Path, request: &ExportRequest) -> Result<Option<Url>> {
         let state = match read_state(state_path).await {
             Ok(None) => return Ok(None),
@@ -823,12 +824,14 @@ impl BulkClient {
                 tracing::info!(status = %redact_url(&url), "resuming the export job saved in {}", state_path.display());
                 Ok(Some(url))
             }
-            (_, url) => {
+            (state, url) => {
+                let ours = state.is_some_and(|s| s.base_url == self.inner.base.as_str());
                 tracing::warn!(
-                    "{} belongs to another export; that job is cancelled",
-                    state_path.display()
+                    "{} belongs to another export; that job is {}",
+                    state_path.display(),
+                    if ours { "cancelled" } else { "forgotten" }
                 );
-                if let Some(url) = url
+                if let Some(url) = url.filter(|_| ours)
                     && let Err(e) = self.delete_job(&url).await
                 {
                     tracing::warn!("cancelling the earlier job failed: {e}");

@@ -268,3 +268,29 @@ async fn only_an_explicit_cancel_deletes_the_job_and_clears_the_folder() {
     );
     assert_eq!(server.stats().deletes, 1);
 }
+
+#[tokio::test]
+async fn a_job_saved_for_another_server_is_forgotten_without_asking_it() {
+    // A demo server of an earlier run (another port), whose job was interrupted.
+    let earlier = demo(DemoConfig::default().with_status_polls(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = ExportRequest::new(ExportLevel::System).with_types(["Patient"]);
+    interrupt(
+        &client(&earlier, rs384(&earlier)).await,
+        &request,
+        dir.path(),
+    )
+    .await;
+    let requests = earlier.stats().requests;
+
+    let server = demo(DemoConfig::default()).await;
+    let (outcome, progress) =
+        export(&client(&server, rs384(&server)).await, &request, dir.path()).await;
+    assert!(!progress.resumed);
+    assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
+    assert_eq!(
+        earlier.stats().requests,
+        requests,
+        "the earlier server was not asked"
+    );
+}
