@@ -14,6 +14,7 @@ mod hostile;
 mod hostile_data;
 mod idents;
 mod ndjson;
+mod readme;
 mod smart;
 mod snapshot;
 mod view;
