@@ -511,8 +511,13 @@ impl Exporter {
             let (store, options, outcome) =
                 (self.store.clone(), self.options.clone(), outcome.clone());
             let location = self.source.location().to_owned();
+            let progress = progress.clone();
             tasks.push(tokio::task::spawn_blocking(move || {
-                commit_type(&store, &options, &location, &outcome, &t, previous.as_ref())
+                let on_rows = |n| progress.send_modify(|p| p.rows_converted += n);
+                let previous = previous.as_ref();
+                commit_type(
+                    &store, &options, &location, &outcome, &t, previous, &on_rows,
+                )
             }));
         }
         let mut warnings = outcome.warnings.clone();
@@ -624,7 +629,7 @@ impl Drop for Unregister {
 
 /// Builds and commits the snapshot of `resource_type` from a fetch: a full copy of the fetched
 /// files, or (incremental) the previous snapshot's resources with the changed ones replaced and
-/// the deleted ones removed.
+/// the deleted ones removed. `on_rows` is told the rows converted as they are.
 fn commit_type(
     store: &SnapshotStore,
     options: &CatalogOptions,
@@ -632,6 +637,7 @@ fn commit_type(
     outcome: &FetchOutcome,
     target: &Target,
     previous: Option<&Snapshot>,
+    on_rows: &dyn Fn(u64),
 ) -> Result<Snapshot> {
     let resource_type = target.resource_type.as_str();
     let files: Vec<PathBuf> = outcome
@@ -694,6 +700,7 @@ fn commit_type(
         manifest,
         std::slice::from_ref(options.mode()),
         &options.decode_options(),
+        on_rows,
     )
 }
 

@@ -192,6 +192,22 @@ pub struct FetchProgress {
     pub files: u64,
     /// Bytes downloaded so far.
     pub bytes: u64,
+    /// Resources (rows) converted into snapshots so far.
+    pub rows_converted: u64,
+}
+
+impl From<&ExportProgress> for FetchProgress {
+    /// A Bulk Data export's progress; the `X-Progress` text only when it is a percentage.
+    fn from(p: &ExportProgress) -> Self {
+        FetchProgress {
+            phase: FetchPhase::Export(p.phase),
+            percent: p.server_progress.as_deref().and_then(parse_percent),
+            files_total: p.files_total as u64,
+            files: p.files_done as u64,
+            bytes: p.bytes_downloaded,
+            ..FetchProgress::default()
+        }
+    }
 }
 
 /// The array `value[key]`, empty when it is none.
@@ -477,6 +493,7 @@ impl FhirSource for LocalFolder {
             files_total: files.len() as u64,
             files: files.len() as u64,
             bytes,
+            ..FetchProgress::default()
         });
         Ok(FetchOutcome {
             request: format!("{} ({})", self.location, request.types.join(",")),
@@ -615,13 +632,7 @@ impl FhirSource for BulkSource {
         });
         let _stop = stop;
         let relay = |p: &ExportProgress| {
-            progress.send_replace(FetchProgress {
-                phase: FetchPhase::Export(p.phase),
-                percent: p.server_progress.as_deref().and_then(parse_percent),
-                files_total: p.files_total as u64,
-                files: p.files_done as u64,
-                bytes: p.bytes_downloaded,
-            });
+            progress.send_replace(p.into());
         };
         tokio::pin!(result);
         let outcome = loop {

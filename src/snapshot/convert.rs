@@ -88,12 +88,14 @@ const SKIPPED_SHOWN: usize = 5;
 /// [`Strictness::Strict`](crate::ndjson::Strictness::Strict) fails on the first instead, naming
 /// its file and line. Resources with paths beyond the width bound of a flattened `mode` come with
 /// a [`WarningKind::WideResources`] warning. Paths in the result are relative to `out_dir`.
+/// `on_rows` is told the rows of each batch written, for progress lines.
 pub fn convert_raw(
     raw: &[PathBuf],
     resource_type: &str,
     mode: &TableMode,
     options: &DecodeOptions,
     out_dir: &Path,
+    on_rows: &dyn Fn(u64),
 ) -> Result<(TableFiles, Vec<Warning>)> {
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let err = |path: &Path, e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
@@ -127,7 +129,9 @@ pub fn convert_raw(
         ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, e))?;
     let summary = decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
         check_stopping()?;
-        writer.write(&batch).map_err(|e| err(&out, e))
+        writer.write(&batch).map_err(|e| err(&out, e))?;
+        on_rows(batch.num_rows() as u64);
+        Ok(())
     })?;
     let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
     let skipped = (skipped_lines > 0).then(|| {

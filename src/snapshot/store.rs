@@ -291,6 +291,7 @@ impl SnapshotStore {
             mode,
             &options.with_strictness(Strictness::Lenient),
             &tmp,
+            &|_| {},
         )?;
         let _lock = self.lock()?;
         // Someone else may have committed a newer snapshot meanwhile: only touch ours.
@@ -754,7 +755,7 @@ pub(super) mod tests {
             .with_batch_size(64)
             .with_strictness(Strictness::Lenient);
         writer
-            .commit(manifest, &[TableMode::default()], &options)
+            .commit(manifest, &[TableMode::default()], &options, &|_| {})
             .unwrap();
     }
 

@@ -72,12 +72,14 @@ impl SnapshotWriter {
     /// Converts the raw files to the Parquet tables of `modes` (with the batch size, strictness
     /// and line bound of `options`), then commits: the new snapshot replaces the current one
     /// atomically. `manifest.snapshot`, `resource_type`, `tables` and `created_at` are filled in
-    /// here, and the conversions' warnings added to `warnings`.
+    /// here, and the conversions' warnings added to `warnings`. `on_rows` is told the rows
+    /// converted as they are ([`convert_raw`]).
     pub fn commit(
         self,
         mut manifest: SnapshotManifest,
         modes: &[TableMode],
         options: &DecodeOptions,
+        on_rows: &dyn Fn(u64),
     ) -> Result<Snapshot> {
         let raw: Vec<PathBuf> = manifest
             .raw
@@ -92,6 +94,7 @@ impl SnapshotWriter {
                 mode,
                 options,
                 &self.dir.join(&key),
+                on_rows,
             )?;
             manifest.tables.insert(key.clone(), table.relative_to(&key));
             manifest.add_conversion_warnings(warnings);

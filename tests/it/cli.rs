@@ -166,7 +166,8 @@ fn the_notebooks_patient_level_export_runs_from_sql() {
             "--level",
             "patient",
         ])
-        .args(["--format", "csv", "--cache-dir"])
+        // The kick-off is logged at info; `sql` logs warnings only by default.
+        .args(["--log", "info", "--format", "csv", "--cache-dir"])
         .arg(cache.path())
         .arg("SELECT count(*) AS n FROM Patient")
         .output()
@@ -988,5 +989,276 @@ fn a_second_demo_run_answers_from_the_cache_and_other_settings_keep_their_own() 
     assert_eq!(
         sources,
         ["demo:seed=42,patients=5", "demo:seed=42,patients=6"]
+    );
+}
+
+/// Whether util-linux `script` can give a command a terminal; says which test skips without.
+fn script_available(test: &str) -> bool {
+    let found = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED {test}: needs util-linux `script` for a terminal");
+    }
+    found
+}
+
+/// Runs `fhirflight <args>` on a terminal (`script`), returning what the terminal shows: standard
+/// output and error together, escape sequences and carriage returns kept.
+fn on_a_terminal(args: &[&str]) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let command: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_fhirflight"))
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect();
+    let out = Command::new("script")
+        .args(["-qec", &command.join(" "), "/dev/null"])
+        .env("COLUMNS", "160")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {shown}");
+    shown
+}
+
+/// A bad line in a folder: the skipped-lines warning every run must show.
+fn folder_with_a_bad_line() -> tempfile::TempDir {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("Patient.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\n",
+    )
+    .unwrap();
+    folder
+}
+
+#[test]
+fn a_piped_sql_run_shows_its_result_and_warnings_without_colours_or_info_lines() {
+    let folder = folder_with_a_bad_line();
+    let out = sql(folder.path(), "SELECT count(*) AS n FROM Patient");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| 1 |"));
+    assert!(
+        !stderr.contains("\x1b["),
+        "no ANSI codes in a pipe: {stderr:?}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("warning: Patient: skipped-lines: 1 line skipped"),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with("1 row, "), "the footer: {stderr}");
+    // --quiet: the same, warnings included.
+    let quiet = sql_command(folder.path())
+        .args(["--quiet", "--refresh", "SELECT count(*) AS n FROM Patient"])
+        .output()
+        .unwrap();
+    let quiet = String::from_utf8_lossy(&quiet.stderr);
+    assert!(
+        quiet.starts_with("warning: Patient: skipped-lines: 1 line skipped"),
+        "{quiet}"
+    );
+}
+
+/// The demo server with `patients` in files of 2 and `faults`, and a key file of its client in
+/// `dir`: the flags `sql` and `export` reach it with, downloading one file at a time.
+async fn demo_server_of_small_files(
+    dir: &Path,
+    patients: usize,
+    faults: fhirflight::demo::Faults,
+) -> (fhirflight::demo::DemoServer, Vec<String>) {
+    use fhirflight::demo::{DemoConfig, DemoServer};
+    let config = DemoConfig::default()
+        .with_patients(patients)
+        .with_page_size(2);
+    let server = DemoServer::start(config).await.unwrap();
+    server.set_faults(faults);
+    let creds = server.credentials();
+    let key_file = dir.join("key.jwk.json");
+    std::fs::write(&key_file, creds.rs384().private_jwk()).unwrap();
+    let flags = [
+        "--server",
+        server.base_url().as_str(),
+        "--client-id",
+        creds.client_id(),
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "--parallel-downloads",
+        "1",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    (server, flags)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_line_counts_files_bytes_and_a_rate_and_quiet_hides_it_but_not_warnings() {
+    const TEST: &str =
+        "the_progress_line_counts_files_bytes_and_a_rate_and_quiet_hides_it_but_not_warnings";
+    if !script_available(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 6 files of one type, one at a time, each over 400 ms; a bad line for a warning.
+    let faults = fhirflight::demo::Faults {
+        download_chunk_delay: Some(std::time::Duration::from_millis(400)),
+        malformed_line: true,
+        ..Default::default()
+    };
+    let (_server, flags) = demo_server_of_small_files(dir.path(), 12, faults).await;
+    let cache = dir.path().join("cache");
+    let run = move |extra: &'static [&'static str]| {
+        let mut args = vec!["sql", "SELECT count(*) AS n FROM Patient", "--cache-dir"];
+        args.push(cache.to_str().unwrap());
+        args.extend(flags.iter().map(String::as_str));
+        args.extend(extra);
+        on_a_terminal(&args)
+    };
+    let run = std::sync::Arc::new(run);
+    let shown = {
+        let run = std::sync::Arc::clone(&run);
+        tokio::task::spawn_blocking(move || run(&[])).await.unwrap()
+    };
+    let lines: Vec<&str> = shown.split(['\r', '\n']).collect();
+    let downloading: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("fhir Patient: downloading ["))
+        .collect();
+    assert!(
+        downloading.iter().any(|l| l.contains("/6 files, ")),
+        "a bar over the manifest's 6 files: {shown:?}"
+    );
+    assert!(
+        downloading
+            .iter()
+            .any(|l| l.contains("B/s") && l.contains(", ETA ")),
+        "bytes, their rate and an ETA: {shown:?}"
+    );
+    assert!(
+        downloading.iter().all(|l| !l.contains('%')),
+        "no percentage of the waiting phase: {shown:?}"
+    );
+    let result = shown.find("| n  |").expect("the result");
+    assert!(
+        !shown[result..].contains("fhir Patient:"),
+        "the lines end before the result: {shown:?}"
+    );
+    assert!(
+        shown.contains("warning: Patient: skipped-lines"),
+        "{shown:?}"
+    );
+
+    let quiet = tokio::task::spawn_blocking(move || run(&["--quiet", "--refresh"]))
+        .await
+        .unwrap();
+    assert!(!quiet.contains("fhir Patient:"), "no progress: {quiet:?}");
+    assert!(
+        quiet.contains("warning: Patient: skipped-lines"),
+        "warnings stay: {quiet:?}"
+    );
+    assert!(quiet.contains("| n  |"), "{quiet:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_a_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, flags) = demo_server_of_small_files(dir.path(), 4, Default::default()).await;
+    let out_dir = dir.path().join("export");
+    let mut export = Command::new(env!("CARGO_BIN_EXE_fhirflight"));
+    export
+        .args([
+            "--log-format",
+            "json",
+            "export",
+            "--types",
+            "Patient",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .args(&flags);
+    let out = tokio::task::spawn_blocking(move || export.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let messages: Vec<String> = stderr
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(event["level"].is_string() && event["timestamp"].is_string());
+            event["fields"]["message"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("export kicked off with GET")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_server_says_what_it_generates_and_what_to_run_next() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let keys = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["demo-server", "--listen", "127.0.0.1:0", "--patients", "5"])
+        .arg("--keys-dir")
+        .arg(keys.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut shown = String::new();
+    while !shown.contains("key_file = ") {
+        assert!(stdout.read_line(&mut shown).unwrap() > 0, "{shown}");
+    }
+    let line = |start: &str| {
+        let found = shown.lines().find(|l| l.trim_start().starts_with(start));
+        found
+            .unwrap_or_else(|| panic!("no {start:?}: {shown}"))
+            .trim_start()
+    };
+    assert!(line("fhirflight serve --server http://127.0.0.1:").ends_with(" --anonymous"));
+    // The printed `sql` command and config snippet work as they are.
+    let sql = line("fhirflight sql --server http://127.0.0.1:");
+    let cache = keys.path().join("cache");
+    let run = |command: &str| {
+        let command = command.replacen("fhirflight", env!("CARGO_BIN_EXE_fhirflight"), 1);
+        let out = Command::new("sh")
+            .args(["-c", &command])
+            .env("FHIRFLIGHT_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(run(sql).contains("| gender "), "{sql}");
+    let snippet: String = shown
+        .lines()
+        .skip_while(|l| l.trim() != "[server]")
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
+    let config = keys.path().join("fhirflight.toml");
+    std::fs::write(&config, &snippet).unwrap();
+    let counted = run(&format!(
+        "fhirflight --config '{}' sql 'SELECT count(*) AS n FROM Patient'",
+        config.display()
+    ));
+    assert!(counted.contains("| 5 |"), "{snippet}\n{counted}");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("generating 5 patients (seed 1)...") && stderr.contains("generated in "),
+        "{stderr}"
     );
 }

@@ -41,6 +41,7 @@ fn commit(
             &DecodeOptions::default()
                 .with_batch_size(1024)
                 .with_strictness(Strictness::Lenient),
+            &|_| {},
         )
         .unwrap()
 }

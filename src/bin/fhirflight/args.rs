@@ -20,14 +20,27 @@ use crate::output::{MaxRows, Output, OutputFormat, stdout_terminal_width};
 #[derive(Debug, Parser)]
 #[command(name = "fhirflight", version, about = "SQL over FHIR Bulk Data")]
 pub(crate) struct Cli {
-    /// Log filter, e.g. `info` or `fhirflight=debug` (default: `RUST_LOG`, else `info`).
+    /// Log filter, e.g. `info` or `fhirflight=debug` (default: `warn` with --quiet, else
+    /// `RUST_LOG`, else `warn` for `sql` and `info` for the others).
     #[arg(long, global = true, env = "FHIRFLIGHT_LOG")]
     pub(crate) log: Option<String>,
+    /// Log lines as `text`, or as `json` objects (one a line) for a service's log collector.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FHIRFLIGHT_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
+    /// No progress lines, and only warnings and errors in the log (warnings are always printed).
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
     /// TOML configuration file (see the README's configuration reference).
     #[arg(long, global = true, env = "FHIRFLIGHT_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 // Parsed once per process: the size of the largest variant does not matter.

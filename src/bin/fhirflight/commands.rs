@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fhirflight::bulk::{ExportProgress, ExportRequest, KickoffMethod};
-use fhirflight::catalog::{self, FhirCatalog, Freshness, QueryRuntime};
+use fhirflight::catalog::{self, Freshness, QueryRuntime};
 use fhirflight::config::Config;
 use fhirflight::demo::{DemoConfig, DemoServer};
 use fhirflight::flight::{AuditLog, FhirExportControl, FlightSqlServer, Users};
@@ -14,7 +14,7 @@ use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
 use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
-use crate::progress::{print_warnings, report_exports, report_progress};
+use crate::progress::{ExportsReport, print_warnings, report_progress};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
 
 pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
@@ -27,10 +27,7 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
         args.catalog.freshness
     };
     let session = args.catalog.session_builder(config).build().await?;
-    let fhir = session.context().catalog("fhir");
-    let fhir = fhir.as_ref().and_then(|c| c.downcast_ref::<FhirCatalog>());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let reporter = fhir.map(|c| tokio::spawn(report_exports(c.clone(), stopped)));
+    let report = ExportsReport::start(session.context().clone());
     let started = Instant::now();
     // Planned and run on query threads, whose stack holds the deepest statement accepted; the
     // batches are written here as they come.
@@ -43,6 +40,9 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
                 df.execute_stream().await
             })
             .await?;
+        // Planning ran the statement's exports: their lines end before the result is written
+        // to the terminal they are drawn on.
+        report.finish().await;
         output.write(stream, destination).await
     };
     let written = tokio::select! {
@@ -50,16 +50,13 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {
             // A running export's job and downloads stay in the cache's staging folder, and the
             // next run resumes them; a conversion in progress is stopped and cleaned up.
-            let _ = stop.send(());
+            report.finish().await;
             stop_snapshot_writes().await;
             eprintln!("interrupted: a running export is kept (its job on the server, its downloads in the cache); the next run resumes it");
             return Err(Error::Cancelled);
         }
     };
-    let _ = stop.send(());
-    if let Some(reporter) = reporter {
-        let _ = reporter.await;
-    }
+    report.finish().await;
     if let Some(footer) = written?.and_then(|rows| output.footer(rows, started.elapsed())) {
         eprintln!("{footer}");
     }
@@ -227,7 +224,14 @@ pub(crate) async fn demo_server(args: DemoServerArgs) -> Result<()> {
         let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
         config = config.with_tls(read(cert)?, read(key)?);
     }
+    tracing::info!(
+        "generating {} patients (seed {})...",
+        args.patients,
+        args.seed
+    );
+    let started = Instant::now();
     let server = DemoServer::bind(args.listen, config).await?;
+    tracing::info!("generated in {:.1?}", started.elapsed());
     let keys_dir = match args.keys_dir {
         Some(dir) => dir,
         None => {
@@ -242,18 +246,37 @@ pub(crate) async fn demo_server(args: DemoServerArgs) -> Result<()> {
         write_private(&path, key.private_jwk())?;
         key_files.push(path);
     }
-    println!("demo FHIR Bulk Data server: {}", server.base_url());
-    println!("  client id:      {}", creds.client_id());
+    let (url, client_id, key_file) = (server.base_url(), creds.client_id(), &key_files[0]);
+    println!("demo FHIR Bulk Data server: {url}");
+    println!("  client id:      {client_id}");
     println!("  token endpoint: {}", creds.token_endpoint());
     for path in &key_files {
         println!("  private key:    {}", path.display());
     }
-    println!(
-        "try: fhirflight export --server {} --client-id {} --key-file {} --types Patient,Condition --out ./export",
-        server.base_url(),
-        creds.client_id(),
-        key_files[0].display()
+    // What to run next, in another terminal: the flags of this server, then the same as a
+    // config file.
+    let flags = format!(
+        "--server {url} --client-id {client_id} --key-file {}{}",
+        key_file.display(),
+        if args.tls_cert.is_some() {
+            " --ca-bundle <the CA of --tls-cert>"
+        } else {
+            ""
+        }
     );
+    println!("next, in another terminal:");
+    println!("  fhirflight sql {flags} \"SELECT gender, count(*) FROM Patient GROUP BY gender\"");
+    println!("  fhirflight serve {flags} --anonymous");
+    println!("  fhirflight export {flags} --types Patient,Condition --out ./export");
+    println!("or put the server in a config file (fhirflight --config FILE sql ...):");
+    println!("  [server]");
+    for (key, value) in [
+        ("url", url.as_str()),
+        ("client_id", client_id),
+        ("key_file", key_file.display().to_string().as_str()),
+    ] {
+        println!("  {key} = {}", toml::Value::from(value));
+    }
     ctrl_c().await?;
     server.shutdown().await;
     Ok(())

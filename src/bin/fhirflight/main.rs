@@ -12,12 +12,12 @@ mod signal;
 use clap::Parser;
 use fhirflight::{Config, Result};
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, LogFormat};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    init_logging(&cli);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // Interrupted (Ctrl-C): the command said what it keeps; 130 as a shell reports SIGINT.
@@ -44,15 +44,30 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Logs to standard error, filtered by `--log` (`FHIRFLIGHT_LOG`), else `RUST_LOG`, else `info`.
-fn init_logging(filter: Option<&str>) {
+/// Logs to standard error through the progress lines ([`progress::LogWriter`]), with colours on
+/// a terminal only. The filter is `--log`, else `warn` with `--quiet`, else `RUST_LOG`, else the
+/// command's: a successful `sql` shows its result and the progress line, nothing more.
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = match filter {
-        Some(filter) => EnvFilter::new(filter),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    if cli.quiet {
+        progress::bars().set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let default = match cli.command {
+        Command::Sql(_) => "warn",
+        _ => "info",
     };
-    tracing_subscriber::fmt()
+    let filter = match cli.log.as_deref() {
+        Some(filter) => EnvFilter::new(filter),
+        None if cli.quiet => EnvFilter::new("warn"),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+    };
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(|| progress::LogWriter)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().init(),
+    }
 }
