@@ -61,6 +61,33 @@ pub(crate) enum Command {
     /// Look after the snapshot cache: what it holds (the default), what another engine reads,
     /// removing snapshots.
     Cache(CacheArgs),
+    /// List the exports of a running `fhirflight serve` (its ListExports action): running and
+    /// recently finished, with their progress, errors and warnings.
+    Exports(ExportsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportsArgs {
+    /// The server, as `serve` announces it: `grpc://HOST:PORT` or `grpc+tls://HOST:PORT`.
+    #[arg(long, default_value = "grpc://127.0.0.1:50051")]
+    pub(crate) connect: String,
+    /// Log in as this user; the password is read from `FHIRFLIGHT_PASSWORD`, else from the
+    /// first line of standard input. Without it, the call is anonymous.
+    #[arg(long)]
+    pub(crate) user: Option<String>,
+    /// PEM file of the certificate authority that signed a `grpc+tls://` server's certificate.
+    #[arg(long)]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// `table` or `json` (an array of objects).
+    #[arg(long, value_enum, default_value_t = ExportsFormat::Table)]
+    pub(crate) format: ExportsFormat,
+}
+
+/// `fhirflight exports --format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ExportsFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]

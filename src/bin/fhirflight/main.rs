@@ -5,6 +5,7 @@
 mod args;
 mod cache;
 mod commands;
+mod exports;
 mod output;
 mod progress;
 mod signal;
@@ -41,6 +42,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::DemoServer(args) => commands::demo_server(args).await,
         Command::Users(command) => commands::users(command),
         Command::Cache(args) => cache::run(args),
+        Command::Exports(args) => exports::run(args).await,
     }
 }
 

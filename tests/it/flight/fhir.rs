@@ -566,3 +566,58 @@ async fn a_read_user_queries_but_changes_nothing() {
     );
     f.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exports_command_lists_a_servers_exports_without_the_proto() {
+    let f = fixture(demo_config()).await;
+    let mut client = login(&f.server).await;
+    query(&mut client, "SELECT count(*) FROM Patient").await;
+    let exports = |format: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+            .args(["exports", "--user", USER, "--format", format, "--connect"])
+            .arg(format!("grpc://{}", f.server.local_addr()))
+            .env("FHIRFLIGHT_PASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| exports("json"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let export = &listed[0];
+    assert_eq!(
+        (&export["id"], &export["state"], &export["resourceTypes"]),
+        (
+            &serde_json::json!("fhir/1"),
+            &serde_json::json!("completed"),
+            &serde_json::json!(["Patient"])
+        )
+    );
+    assert!(export["filesDone"].as_u64().unwrap() >= 1, "{export}");
+    let out = tokio::task::block_in_place(|| exports("table"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID ") && lines[0].ends_with(" TYPES"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("fhir/1 ")
+            && lines[1].contains(" completed ")
+            && lines[1].ends_with(" Patient"),
+        "{table}"
+    );
+    // A wrong password is refused, saying so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["exports", "--user", USER, "--connect"])
+        .arg(format!("grpc://{}", f.server.local_addr()))
+        .env("FHIRFLIGHT_PASSWORD", "not it")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("login refused"), "{stderr}");
+}
