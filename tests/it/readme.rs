@@ -202,22 +202,23 @@ async fn the_python_example_of_the_readme_runs() {
     stdout.read_line(&mut first).unwrap();
     let address = first.trim().rsplit("grpc://").next().unwrap().to_owned();
     let script = example.replace("127.0.0.1:50051", &address)
-        + "print(len(patients), len(women), list(patients.columns))\n";
+        + "print(len(patients), len(women), list(patients.columns), conditions['n'].sum() > 0)\n";
     let out = tokio::task::block_in_place(|| {
         Command::new(python).args(["-c", &script]).output().unwrap()
     });
     serve.kill().unwrap();
     serve.wait().unwrap();
     drop(stdout);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
+    assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.starts_with("10 ")
-            && stdout.contains("['id', 'gender', 'birthDate', 'maritalStatus_coding_0_code']"),
+            && stdout
+                .ends_with("['id', 'gender', 'birthDate', 'maritalStatus_coding_0_code'] True\n"),
         "{stdout}"
     );
+    assert!(stderr.is_empty(), "no warning: {stderr}");
 }
