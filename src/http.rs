@@ -361,7 +361,7 @@ pub(crate) fn transport_error(method: &Method, url: &Url, error: reqwest::Error)
         let hint = match tls {
             rustls::Error::InvalidCertificate(_) => {
                 "; if the server's certificate comes from a private certificate authority, trust \
-                 its PEM bundle (--ca-bundle, ClientOptions::with_ca_bundle)"
+                 its PEM bundle (--ca-bundle, ca_bundle)"
             }
             _ => "",
         };

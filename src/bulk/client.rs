@@ -383,8 +383,8 @@ impl BulkClient {
                 Err(Error::Protocol {
                     url: redact_url(&request.kickoff_url(&self.inner.base)?),
                     message: format!(
-                        "the export took longer than its deadline of {} (export_deadline, \
-                         ClientOptions::with_export_deadline); the job is kept on the server",
+                        "the export took longer than its deadline of {} (export_deadline); \
+                         the job is kept on the server",
                         seconds(deadline)
                     ),
                     source: None,
@@ -560,8 +560,7 @@ impl BulkClient {
                         url: redact_url(status_url),
                         message: format!(
                             "no progress in {idle} status polls in a row (X-Progress {}); the limit \
-                             is {limit} (max_polls_without_progress, \
-                             ClientOptions::with_max_polls_without_progress); the job is kept on the server",
+                             is {limit} (max_polls_without_progress); the job is kept on the server",
                             server_progress.as_deref().map_or("absent".into(), quoted)
                         ),
                         source: None,

@@ -39,7 +39,7 @@ async fn a_private_certificate_authority_needs_its_bundle() {
         format!(
             "GET {}/.well-known/smart-configuration: TLS: invalid peer certificate: UnknownIssuer; \
              if the server's certificate comes from a private certificate authority, trust its PEM \
-             bundle (--ca-bundle, ClientOptions::with_ca_bundle)",
+             bundle (--ca-bundle, ca_bundle)",
             server.base_url()
         )
     );
