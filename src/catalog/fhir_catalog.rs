@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use datafusion::catalog::{CatalogProvider, SchemaProvider};
+use datafusion::prelude::SessionContext;
 
 use super::exports::{self, Exporter};
 use super::{CatalogOptions, ExportStatus, FhirSchema, FhirSource, FhirTable, Freshness};
@@ -132,6 +133,23 @@ impl FhirCatalog {
             .listed_types()
             .iter()
             .filter_map(|t| store.current(t).transpose())
+            .collect()
+    }
+
+    /// The FHIR catalogs registered in `ctx` now, with their names.
+    ///
+    /// ```
+    /// # use datafusion::prelude::SessionContext;
+    /// # use fhirflight::catalog::FhirCatalog;
+    /// assert!(FhirCatalog::all_in(&SessionContext::new()).is_empty());
+    /// ```
+    pub fn all_in(ctx: &SessionContext) -> Vec<(String, FhirCatalog)> {
+        ctx.catalog_names()
+            .into_iter()
+            .filter_map(|name| {
+                let fhir = ctx.catalog(&name)?.downcast_ref::<FhirCatalog>()?.clone();
+                Some((name, fhir))
+            })
             .collect()
     }
 

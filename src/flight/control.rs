@@ -43,15 +43,7 @@ pub struct FhirExportControl {
 impl FhirExportControl {
     /// The FHIR catalogs registered in `ctx` now (catalogs registered later are not seen).
     pub fn from_session(ctx: &SessionContext) -> Self {
-        let catalogs = ctx
-            .catalog_names()
-            .into_iter()
-            .filter_map(|name| {
-                let catalog = ctx.catalog(&name)?;
-                let fhir = catalog.downcast_ref::<FhirCatalog>()?.clone();
-                Some((name, fhir))
-            })
-            .collect();
+        let catalogs = FhirCatalog::all_in(ctx);
         let default_catalog = ctx
             .state()
             .config()

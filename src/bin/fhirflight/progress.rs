@@ -65,15 +65,7 @@ impl ExportsReport {
 
 /// Shows the running exports of `ctx`'s FHIR catalogs until `stop`, then prints their warnings.
 async fn report_exports(ctx: SessionContext, stop: CancellationToken) {
-    let catalogs: Vec<(String, FhirCatalog)> = ctx
-        .catalog_names()
-        .into_iter()
-        .filter_map(|name| {
-            let catalog = ctx.catalog(&name)?;
-            let fhir = catalog.downcast_ref::<FhirCatalog>()?.clone();
-            Some((name, fhir))
-        })
-        .collect();
+    let catalogs = FhirCatalog::all_in(&ctx);
     let mut lines = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(150));
     loop {
