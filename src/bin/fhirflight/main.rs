@@ -7,6 +7,7 @@ mod cache;
 mod commands;
 mod output;
 mod progress;
+mod repl;
 mod signal;
 
 use clap::Parser;
