@@ -21,6 +21,11 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     // Before the session: a flag or a file that cannot work costs no export.
     let output = args.output()?;
     let input = Input::new(args.query, args.commands, args.files, args.output.is_some())?;
+    if args.output.is_some() {
+        // Created and removed again (it is not finished): a path that cannot be written fails
+        // here; the statement creates it anew.
+        drop(output.open()?);
+    }
     let freshness = if args.refresh {
         Freshness::Always
     } else {

@@ -17,6 +17,7 @@ use datafusion::prelude::SessionContext;
 use fhirflight::catalog::{self, ExportState, FhirCatalog, Freshness, QueryRuntime};
 use fhirflight::config::Session;
 use fhirflight::{Error, Result};
+use futures::StreamExt as _;
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use tokio::io::AsyncBufReadExt as _;
@@ -239,13 +240,21 @@ impl Shell {
         // it; an export it waited for runs on.
         let (ctx, sql, freshness) = (self.ctx().clone(), sql.to_owned(), self.freshness);
         let running = async {
-            let stream = self
+            let mut stream = self
                 .queries
                 .execute(async move {
                     let df = catalog::sql_with_freshness(&ctx, &sql, freshness).await?;
                     df.execute_stream().await
                 })
                 .await?;
+            if stream.schema().fields().is_empty() {
+                // A statement without a result (SET, DDL): no table to draw; the footer says
+                // it ran, as datafusion-cli's "0 row(s) fetched".
+                while let Some(batch) = stream.next().await {
+                    batch?;
+                }
+                return Ok(Some(0));
+            }
             self.output.write(stream, destination).await
         };
         let written = tokio::select! {
