@@ -1262,3 +1262,195 @@ fn demo_server_says_what_it_generates_and_what_to_run_next() {
         "{stderr}"
     );
 }
+
+/// The view a statement of the shell tests adds at run time.
+const GENDERS_VIEW: &str = r#"SELECT * FROM fhir_add_view('fhir', '{"name": "genders", "resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}, {"name": "gender", "path": "gender"}]}]}');"#;
+
+/// `fhirflight sql` over `folder` with `flags` and `stdin` piped in.
+fn sql_with_stdin(folder: &Path, flags: &[&str], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = sql_command(folder)
+        .args(flags)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sql_runs_the_statements_of_stdin_in_one_session_and_stops_at_the_first_error() {
+    let folder = tempfile::tempdir().unwrap();
+    patients(folder.path());
+    let input = format!(
+        "{GENDERS_VIEW}\n\\d\n\\d genders\nSELECT id, gender FROM genders\n  ORDER BY id; SELECT 'second' AS s;\n\\d Condition\n\\d Nope\nSELECT 'not reached';\n"
+    );
+    let out = sql_with_stdin(folder.path(), &[], &input);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    // The view added by the first statement is a table for the later ones.
+    assert!(
+        stdout.contains("| fhir          | fhir         | genders    | VIEW"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| fhir          | gender      | Utf8      | YES"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| p1 | female |"), "{stdout}");
+    assert!(stdout.contains("| second |"), "{stdout}");
+    assert!(stdout.contains("Condition: not exported yet"), "{stdout}");
+    assert!(!stdout.contains("not reached"), "{stdout}");
+    assert!(
+        stderr.contains("stopped at standard input, line 7: \\d Nope\nerror: table Nope not found"),
+        "{stderr}"
+    );
+    assert!(
+        !folder.path().join("cache").read_dir().unwrap().any(|d| {
+            let dir = d.unwrap().path();
+            dir.join("Condition").exists()
+        }),
+        "describing exports nothing"
+    );
+}
+
+#[test]
+fn sql_runs_repeated_c_and_f_files_in_order_and_names_the_failing_line() {
+    let folder = tempfile::tempdir().unwrap();
+    patients(folder.path());
+    let out = sql_command(folder.path())
+        .args(["-c", "SELECT count(*) AS n FROM Patient; SELECT 'two' AS t"])
+        .args(["-c", "\\d Patient"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let n = stdout.find("| 2 |").expect("the count");
+    let two = stdout.find("| two |").expect("the second statement");
+    let described = stdout
+        .find("| birthDate ")
+        .expect("the columns, once exported");
+    assert!(n < two && two < described, "{stdout}");
+
+    let file = folder.path().join("queries.sql");
+    std::fs::write(
+        &file,
+        "-- a comment;\nSELECT 'a;b' AS x;\n\nSELECT nope\n  FROM Patient;\nSELECT 'not reached';\n",
+    )
+    .unwrap();
+    let out = sql_command(folder.path())
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stdout.contains("| a;b |") && !stdout.contains("not reached"),
+        "{stdout}"
+    );
+    let named = format!(
+        "stopped at {}, line 4: SELECT nope …\nerror: ",
+        file.display()
+    );
+    assert!(stderr.contains(&named), "{stderr}");
+    assert!(stderr.contains("No field named nope"), "{stderr}");
+
+    // An --output file holds one result: two statements are refused before any export.
+    let out = sql_command(folder.path())
+        .args(["--output", "x.csv", "-c", "SELECT 1; SELECT 2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("--output holds the result of one statement"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_shell_on_a_terminal_completes_names_runs_a_statement_and_ends_with_ctrl_d() {
+    use std::io::{Read as _, Write as _};
+    let script = Command::new("script").arg("--version").output();
+    if !script.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED the_shell_on_a_terminal_...: needs util-linux `script` for a terminal");
+        return;
+    }
+    let folder = tempfile::tempdir().unwrap();
+    patients(folder.path());
+    // A snapshot, so that Tab completes the columns of Patient.
+    assert!(sql(folder.path(), "SELECT 1 FROM Patient").status.success());
+    let history = folder.path().join("data").join("history");
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let command = format!(
+        "{} sql --cache-dir {} --folder {}",
+        quote(env!("CARGO_BIN_EXE_fhirflight")),
+        quote(folder.path().join("cache").to_str().unwrap()),
+        quote(folder.path().to_str().unwrap()),
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("FHIRFLIGHT_HISTORY", &history)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut terminal = child.stdout.take().unwrap();
+    let (screen_tx, screen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buffer = [0; 4096];
+        while let Ok(n @ 1..) = terminal.read(&mut buffer) {
+            let _ = screen_tx.send(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    });
+    let mut shown = String::new();
+    let mut seen = 0;
+    // Waits until the terminal shows `text` after what was waited for before (the editor
+    // redraws a line, its prompt included, as keys come).
+    let mut wait_for = |text: &str| {
+        while !shown[seen..].contains(text) {
+            let more = screen.recv_timeout(std::time::Duration::from_secs(60));
+            shown.push_str(&more.unwrap_or_else(|_| panic!("waiting for {text:?}: {shown}")));
+        }
+        seen += shown[seen..].find(text).unwrap() + text.len();
+        shown.clone()
+    };
+    let mut keys = child.stdin.take().unwrap();
+    wait_for("fhirflight> ");
+    // Tab completes a column, then a table; the statement goes on on a second line.
+    keys.write_all(b"SELECT birthD\t FROM Pat\t\n").unwrap();
+    wait_for("...> ");
+    keys.write_all(b"WHERE id = 'p1';\n").unwrap();
+    wait_for("1 row, ");
+    let screen = wait_for("fhirflight> ");
+    keys.write_all(b"\x04").unwrap();
+    assert!(child.wait().unwrap().success(), "{screen}");
+    assert!(screen.contains("| 1970-01-01 |"), "{screen}");
+    assert!(screen.contains("1 row, "), "{screen}");
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert!(saved.contains("SELECT birthDate FROM Patient"), "{saved}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&history).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "statements hold patient ids");
+    }
+}

@@ -4,7 +4,8 @@
 //! client id for `ID`, its private JWKS as `key.jwks.json`, one of its groups for `cohort-1`;
 //! listeners take port 0; `../shared` is `FHIRFLIGHT_SHARED` and `python` is
 //! `FHIRFLIGHT_PYTHON` (an example needing either is skipped, saying why, when it is absent);
-//! `fhirflight.toml` is the `[views.patients]` section of the README's configuration reference.
+//! `fhirflight.toml` is the `[views.patients]` section of the README's configuration reference,
+//! `report.sql` a statement and a meta command, also given as standard input.
 //! A server (`serve`, `demo-server`) passes once it announces its address; everything else must exit
 //! 0 with output.
 
@@ -94,6 +95,10 @@ impl Workspace {
         )
         .unwrap();
         std::fs::write(dir.path().join("fhirflight.toml"), views_section()).unwrap();
+        // What `-f report.sql` runs, and standard input (the shell's, when no query is given).
+        let report =
+            "SELECT gender, count(*) AS patients FROM Patient GROUP BY gender;\n\\d Patient\n";
+        std::fs::write(dir.path().join("report.sql"), report).unwrap();
         std::fs::create_dir(dir.path().join("views")).unwrap();
         Self { dir }
     }
@@ -105,8 +110,10 @@ impl Workspace {
             std::env::var("PATH").unwrap_or_default()
         );
         let mut command = Command::new("bash");
+        let stdin = std::fs::File::open(self.dir.path().join("report.sql")).unwrap();
         command
             .args(["-o", "pipefail", "-c", &format!("exec {text}")])
+            .stdin(stdin)
             .current_dir(self.dir.path())
             .env("PATH", path)
             .env("FHIRFLIGHT_CACHE_DIR", self.cache())

@@ -49,7 +49,8 @@ pub(crate) enum LogFormat {
 pub(crate) enum Command {
     /// Serve the FHIR catalog over Arrow Flight SQL (ADBC, JDBC/DBeaver, any Flight SQL client).
     Serve(ServeArgs),
-    /// Run one SQL query over the FHIR catalog and print the result.
+    /// Run SQL over the FHIR catalog and print the results; without a query, the interactive
+    /// shell.
     Sql(SqlArgs),
     /// Run a Bulk Data export and write the NDJSON files and the manifest to a folder.
     Export(ExportArgs),
@@ -372,11 +373,29 @@ fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
 
 #[derive(Debug, Args)]
 pub(crate) struct SqlArgs {
-    /// The SQL statement; tables are resource types (`Patient`, `Condition`, ...).
-    pub(crate) query: String,
+    /// SQL statements, `;` between them; tables are resource types (`Patient`, `Condition`,
+    /// ...). Without QUERY, -c or -f the statements are read from standard input: on a
+    /// terminal, the interactive shell (`\?` lists its meta commands).
+    pub(crate) query: Option<String>,
+    /// SQL statements or a meta command line (`\d Patient`), run in order; repeatable.
+    #[arg(short = 'c', long = "command", value_name = "SQL", conflicts_with_all = ["query", "files"])]
+    pub(crate) commands: Vec<String>,
+    /// A file of SQL statements and meta command lines, run in order; repeatable.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "query"
+    )]
+    pub(crate) files: Vec<PathBuf>,
+    /// The interactive shell's history file, written readable by its owner only (it holds
+    /// statements, so patient ids) [default: fhirflight/history in the user's data folder,
+    /// ~/.local/share on Linux].
+    #[arg(long, value_name = "FILE", env = "FHIRFLIGHT_HISTORY")]
+    pub(crate) history: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) catalog: CatalogArgs,
-    /// Export again before the query, whatever the snapshot's age.
+    /// Export again before each statement, whatever the snapshot's age.
     #[arg(long)]
     pub(crate) refresh: bool,
     /// Output format (default: table). Asked for, it is the whole result, however wide or long.

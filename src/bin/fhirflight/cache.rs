@@ -215,7 +215,7 @@ fn names(snapshots: &[CachedSnapshot]) -> String {
 }
 
 /// A snapshot's age in its largest whole unit: `42s`, `5m`, `3h`, `2d`.
-fn age(age: Duration) -> String {
+pub(crate) fn age(age: Duration) -> String {
     let secs = age.as_secs();
     match secs {
         0..60 => format!("{secs}s"),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fhirflight::bulk::{ExportProgress, ExportRequest, KickoffMethod};
-use fhirflight::catalog::{self, Freshness, QueryRuntime};
+use fhirflight::catalog::Freshness;
 use fhirflight::config::Config;
 use fhirflight::demo::{DemoConfig, DemoServer};
 use fhirflight::flight::{AuditLog, FhirExportControl, FlightSqlServer, Users};
@@ -14,53 +14,29 @@ use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
 use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
-use crate::progress::{ExportsReport, print_warnings, report_progress};
+use crate::progress::{print_warnings, report_progress};
+use crate::repl::{Input, Shell, default_history};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
 
 pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
     // Before the session: a flag or a file that cannot work costs no export.
     let output = args.output()?;
-    let destination = output.open()?;
+    let input = Input::new(args.query, args.commands, args.files, args.output.is_some())?;
+    if args.output.is_some() {
+        // Created and removed again (it is not finished): a path that cannot be written fails
+        // here; the statement creates it anew.
+        drop(output.open()?);
+    }
     let freshness = if args.refresh {
         Freshness::Always
     } else {
         args.catalog.freshness
     };
     let session = args.catalog.session_builder(config).build().await?;
-    let report = ExportsReport::start(session.context().clone());
-    let started = Instant::now();
-    // Planned and run on query threads, whose stack holds the deepest statement accepted; the
-    // batches are written here as they come.
-    let (ctx, query) = (session.context().clone(), args.query.clone());
-    let queries = QueryRuntime::try_default()?;
-    let running = async {
-        let stream = queries
-            .execute(async move {
-                let df = catalog::sql_with_freshness(&ctx, &query, freshness).await?;
-                df.execute_stream().await
-            })
-            .await?;
-        // Planning ran the statement's exports: their lines end before the result is written
-        // to the terminal they are drawn on.
-        report.finish().await;
-        output.write(stream, destination).await
-    };
-    let written = tokio::select! {
-        written = running => written,
-        _ = tokio::signal::ctrl_c() => {
-            // A running export's job and downloads stay in the cache's staging folder, and the
-            // next run resumes them; a conversion in progress is stopped and cleaned up.
-            report.finish().await;
-            stop_snapshot_writes().await;
-            eprintln!("interrupted: a running export is kept (its job on the server, its downloads in the cache); the next run resumes it");
-            return Err(Error::Cancelled);
-        }
-    };
-    report.finish().await;
-    if let Some(footer) = written?.and_then(|rows| output.footer(rows, started.elapsed())) {
-        eprintln!("{footer}");
-    }
-    Ok(())
+    let history = args.history.or_else(default_history);
+    Shell::new(session, output, freshness, history)?
+        .run(input)
+        .await
 }
 
 pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {

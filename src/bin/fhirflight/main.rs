@@ -8,6 +8,7 @@ mod commands;
 mod exports;
 mod output;
 mod progress;
+mod repl;
 mod signal;
 
 use clap::Parser;

@@ -63,9 +63,16 @@ impl ExportsReport {
     }
 }
 
-/// Shows the running exports of `ctx`'s FHIR catalogs until `stop`, then prints their warnings.
+/// Shows the running exports of `ctx`'s FHIR catalogs until `stop`, then prints the warnings of
+/// those that finished meanwhile (a shell's earlier statements printed theirs).
 async fn report_exports(ctx: SessionContext, stop: CancellationToken) {
     let catalogs = FhirCatalog::all_in(&ctx);
+    let finished_before: std::collections::HashSet<(String, u64)> = catalogs
+        .iter()
+        .flat_map(|(name, catalog)| catalog.exports().into_iter().map(move |e| (name, e)))
+        .filter(|(_, e)| e.state != ExportState::Running)
+        .map(|(name, e)| (name.clone(), e.id))
+        .collect();
     let mut lines = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(150));
     loop {
@@ -91,9 +98,11 @@ async fn report_exports(ctx: SessionContext, stop: CancellationToken) {
         }
     }
     drop(lines);
-    for (_, catalog) in &catalogs {
+    for (name, catalog) in &catalogs {
         for export in catalog.exports() {
-            print_warnings(&export.warnings);
+            if !finished_before.contains(&(name.clone(), export.id)) {
+                print_warnings(&export.warnings);
+            }
         }
     }
 }

@@ -35,6 +35,14 @@ pub(crate) async fn ctrl_c() -> Result<()> {
         .map_err(|e| Error::config_with("waiting for Ctrl-C", e))
 }
 
+/// Installs the Ctrl-C handler of [`tokio::signal::ctrl_c`] now, which no longer ends the
+/// process: the interactive shell reads Ctrl-C itself.
+pub(crate) fn catch_ctrl_c() {
+    use futures::FutureExt as _;
+    // The first poll installs the handler for the life of the process.
+    let _ = tokio::signal::ctrl_c().now_or_never();
+}
+
 /// Stops the snapshot writes in progress and waits (10 s at most) until their writers have
 /// removed what they had written: a process that exits on a signal leaves no half-written
 /// folder. Exports keep their jobs and downloads for the next run.
