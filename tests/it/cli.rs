@@ -1454,3 +1454,33 @@ fn the_shell_on_a_terminal_completes_names_runs_a_statement_and_ends_with_ctrl_d
         assert_eq!(mode & 0o777, 0o600, "statements hold patient ids");
     }
 }
+
+#[test]
+fn help_groups_the_options_and_shows_examples() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["sql", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    let headings = [
+        "FHIR server:",
+        "SMART Backend Services:",
+        "Cache:",
+        "Tables and exports:",
+        "Output:",
+        "Examples:",
+    ];
+    let at: Vec<usize> = headings
+        .iter()
+        .map(|h| {
+            help.find(&format!("\n{h}\n"))
+                .unwrap_or_else(|| panic!("{h}\n{help}"))
+        })
+        .collect();
+    assert!(at.is_sorted(), "{help}");
+    assert!(
+        help.contains("  fhirflight sql --demo -f report.sql"),
+        "{help}"
+    );
+}

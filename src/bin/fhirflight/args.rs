@@ -48,11 +48,24 @@ pub(crate) enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Serve the FHIR catalog over Arrow Flight SQL (ADBC, JDBC/DBeaver, any Flight SQL client).
+    #[command(after_help = "Examples:
+  fhirflight serve --demo --users alice:wonderland
+  fhirflight serve --server https://ehr.example.org/fhir --client-id ID --key-file key.jwks.json \\
+      --users-file users.txt --listen 0.0.0.0:50051 --tls-cert cert.pem --tls-key key.pem")]
     Serve(ServeArgs),
     /// Run SQL over the FHIR catalog and print the results; without a query, the interactive
     /// shell.
+    #[command(after_help = "Examples:
+  fhirflight sql --demo \"SELECT gender, count(*) AS patients FROM Patient GROUP BY gender\"
+  fhirflight sql --folder ./export --format csv --output patients.csv \"SELECT id, birthDate FROM Patient\"
+  fhirflight sql --server https://ehr.example.org/fhir --client-id ID --key-file key.jwks.json
+  fhirflight sql --demo -f report.sql")]
     Sql(SqlArgs),
     /// Run a Bulk Data export and write the NDJSON files and the manifest to a folder.
+    #[command(after_help = "Examples:
+  fhirflight export --demo --types Patient,Condition --out ./export
+  fhirflight export --server https://ehr.example.org/fhir --client-id ID --key-file key.jwks.json \\
+      --level group:cohort-1 --since 2024-01-01T00:00:00Z --out ./export")]
     Export(ExportArgs),
     /// Run the embedded demo Bulk Data server (synthetic FHIR R4 data, SMART Backend Services).
     DemoServer(DemoServerArgs),
@@ -212,47 +225,67 @@ pub(crate) struct UsersAddArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
     /// Start the embedded demo Bulk Data server in-process and use it.
-    #[arg(long, conflicts_with = "server")]
+    #[arg(long, conflicts_with = "server", help_heading = "FHIR server")]
     pub(crate) demo: bool,
     /// Patients in the demo population.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, help_heading = "FHIR server")]
     pub(crate) demo_patients: usize,
     /// FHIR base URL of the Bulk Data server.
-    #[arg(long, env = "FHIRFLIGHT_SERVER")]
+    #[arg(long, env = "FHIRFLIGHT_SERVER", help_heading = "FHIR server")]
     pub(crate) server: Option<Url>,
     /// SMART Backend Services client id (omit for an open server).
-    #[arg(long, env = "FHIRFLIGHT_CLIENT_ID")]
+    #[arg(
+        long,
+        env = "FHIRFLIGHT_CLIENT_ID",
+        help_heading = "SMART Backend Services"
+    )]
     pub(crate) client_id: Option<String>,
     /// Private key: PEM (PKCS#1, PKCS#8, SEC1) or JWK/JWKS JSON.
-    #[arg(long, env = "FHIRFLIGHT_KEY_FILE")]
+    #[arg(
+        long,
+        env = "FHIRFLIGHT_KEY_FILE",
+        help_heading = "SMART Backend Services"
+    )]
     pub(crate) key_file: Option<PathBuf>,
     /// Key id (`kid`) when the key file does not name one.
-    #[arg(long, env = "FHIRFLIGHT_KID")]
+    #[arg(long, env = "FHIRFLIGHT_KID", help_heading = "SMART Backend Services")]
     pub(crate) kid: Option<String>,
     /// OAuth scope.
-    #[arg(long, env = "FHIRFLIGHT_SCOPE")]
+    #[arg(
+        long,
+        env = "FHIRFLIGHT_SCOPE",
+        help_heading = "SMART Backend Services"
+    )]
     pub(crate) scope: Option<String>,
     /// Token endpoint; discovered from the server when omitted.
-    #[arg(long, env = "FHIRFLIGHT_TOKEN_ENDPOINT")]
+    #[arg(
+        long,
+        env = "FHIRFLIGHT_TOKEN_ENDPOINT",
+        help_heading = "SMART Backend Services"
+    )]
     pub(crate) token_endpoint: Option<Url>,
     /// Extra CA bundle (PEM) for a private certificate authority (also for `[servers.<name>]`
     /// that set none).
-    #[arg(long, env = "FHIRFLIGHT_CA_BUNDLE")]
+    #[arg(long, env = "FHIRFLIGHT_CA_BUNDLE", help_heading = "FHIR server")]
     pub(crate) ca_bundle: Option<PathBuf>,
     /// Do not verify TLS certificates. Dangerous: logs a warning on every run.
-    #[arg(long)]
+    #[arg(long, help_heading = "FHIR server")]
     pub(crate) insecure_skip_tls_verify: bool,
     /// HTTP proxy for every request, to every server (a `[servers.<name>]` may set its own), e.g.
     /// `http://user:pw@proxy:3128` (default: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; hosts in NO_PROXY
     /// are always reached directly).
-    #[arg(long)]
+    #[arg(long, help_heading = "FHIR server")]
     pub(crate) proxy: Option<Url>,
     /// Files downloaded at once.
-    #[arg(long)]
+    #[arg(long, help_heading = "FHIR server")]
     pub(crate) parallel_downloads: Option<usize>,
     /// An origin besides the FHIR server's that gets the access token (repeatable), e.g.
     /// `https://files.example.org`; other origins are asked without it.
-    #[arg(long = "token-origin", value_name = "ORIGIN")]
+    #[arg(
+        long = "token-origin",
+        value_name = "ORIGIN",
+        help_heading = "FHIR server"
+    )]
     pub(crate) token_origins: Vec<String>,
 }
 
@@ -315,45 +348,45 @@ pub(crate) struct CatalogArgs {
     #[command(flatten)]
     pub(crate) server: ServerArgs,
     /// A folder of NDJSON(.gz) files from an earlier export instead of a server.
-    #[arg(long, conflicts_with_all = ["server", "demo"])]
+    #[arg(long, conflicts_with_all = ["server", "demo"], help_heading = "FHIR server")]
     pub(crate) folder: Option<PathBuf>,
     /// Snapshot cache folder (default: the user's cache folder).
-    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR")]
+    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR", help_heading = "Cache")]
     pub(crate) cache_dir: Option<PathBuf>,
     /// How old a snapshot may be before a query exports again: `always`, `never` or an age
     /// such as `15m`, `1h`, `7d`.
-    #[arg(long, default_value = "1h")]
+    #[arg(long, default_value = "1h", help_heading = "Cache")]
     pub(crate) freshness: Freshness,
     /// Nested tables (Struct/List columns) instead of the flattened ones.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tables and exports")]
     pub(crate) nested: bool,
     /// Fail an export with a bad NDJSON line (the error names the file and line; no snapshot
     /// is committed) instead of skipping the line with a warning.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tables and exports")]
     pub(crate) strict: bool,
     /// A folder of SQL on FHIR ViewDefinition JSON files: each becomes a table named after it.
-    #[arg(long, env = "FHIRFLIGHT_VIEWS")]
+    #[arg(long, env = "FHIRFLIGHT_VIEWS", help_heading = "Tables and exports")]
     pub(crate) views: Option<PathBuf>,
     /// Export level: `system`, `patient` or `group:<id>` (default: the config's `level`, else
     /// system). Each level, group and patient list keeps its own snapshots.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tables and exports")]
     pub(crate) level: Option<ExportLevel>,
     /// `patient` references (`Patient/123`), comma separated, that patient or group exports are
     /// restricted to (sent by POST).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', help_heading = "Tables and exports")]
     pub(crate) patient: Vec<String>,
     /// The only resource types that are tables, comma separated (default: every resource type;
     /// browsing lists those the server declares and those exported).
-    #[arg(long, value_delimiter = ',', value_parser = parse_type)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_type, help_heading = "Tables and exports")]
     pub(crate) types: Option<Vec<String>>,
     /// Which filters are pushed into exports: `auto` (those the server declares it supports),
     /// `on` or `off` (default: the config's `pushdown`, else auto).
-    #[arg(long)]
+    #[arg(long, help_heading = "Tables and exports")]
     pub(crate) pushdown: Option<PushdownMode>,
     /// Memory all statements may hold at once, e.g. `512M`, `4G` (K, M, G, T: powers of 1024),
     /// or `none`; beyond it sorts, joins and aggregates spill to disk and the rest fails with
     /// "Resources exhausted". Default: half the machine's memory.
-    #[arg(long, value_parser = parse_memory_limit, env = "FHIRFLIGHT_MEMORY_LIMIT")]
+    #[arg(long, value_parser = parse_memory_limit, env = "FHIRFLIGHT_MEMORY_LIMIT", help_heading = "Tables and exports")]
     pub(crate) memory_limit: Option<MemoryLimit>,
 }
 
@@ -399,15 +432,15 @@ pub(crate) struct SqlArgs {
     #[arg(long)]
     pub(crate) refresh: bool,
     /// Output format (default: table). Asked for, it is the whole result, however wide or long.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Output")]
     pub(crate) format: Option<OutputFormat>,
     /// Write to this file instead of standard output (needed for parquet, and for arrow unless
     /// standard output is a file or a pipe).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub(crate) output: Option<PathBuf>,
     /// Rows a table shows, or `inf`; the footer counts them all (default: 40 on a terminal, every
     /// row with --format, --output or a pipe).
-    #[arg(long, value_name = "N|inf")]
+    #[arg(long, value_name = "N|inf", help_heading = "Output")]
     pub(crate) maxrows: Option<MaxRows>,
 }
 
