@@ -1484,3 +1484,41 @@ fn help_groups_the_options_and_shows_examples() {
         "{help}"
     );
 }
+
+#[test]
+fn prefetch_exports_the_types_a_run_reads_in_one_export() {
+    // The kick-offs of a run over a fresh cache, as their `_type`.
+    let kickoffs = |prefetch: &[&str]| {
+        let cache = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+            .args(["sql", "--demo", "--demo-patients", "5"])
+            .args(prefetch)
+            .args(["-c", "SELECT count(*) AS n FROM Patient"])
+            .args(["-c", "SELECT count(*) AS n FROM Condition"])
+            .args(["--log", "info", "--format", "csv", "--cache-dir"])
+            .arg(cache.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("n\n5\nn\n"));
+        let types = stderr
+            .lines()
+            .filter_map(|l| l.split("export kicked off").nth(1))
+            .map(|l| {
+                l.split("_type=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            });
+        types.collect::<Vec<_>>()
+    };
+    assert_eq!(kickoffs(&[]), ["Patient", "Condition"]);
+    assert_eq!(
+        kickoffs(&["--prefetch", "Patient,Condition"]),
+        ["Patient%2CCondition"]
+    );
+}

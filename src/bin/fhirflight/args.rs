@@ -431,6 +431,11 @@ pub(crate) struct SqlArgs {
     /// Export again before each statement, whatever the snapshot's age.
     #[arg(long)]
     pub(crate) refresh: bool,
+    /// Types the statements will read, comma separated (`Patient,Condition`): brought up to
+    /// date in ONE export before the first statement, as the notebook's one export of them did
+    /// (statements that each read one type would otherwise export one at a time).
+    #[arg(long, value_delimiter = ',', value_parser = parse_type, value_name = "TYPES")]
+    pub(crate) prefetch: Vec<String>,
     /// Output format (default: table). Asked for, it is the whole result, however wide or long.
     #[arg(long, value_enum, help_heading = "Output")]
     pub(crate) format: Option<OutputFormat>,

@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::prelude::SessionContext;
 use fhirflight::bulk::{ExportProgress, ExportRequest, KickoffMethod};
-use fhirflight::catalog::Freshness;
-use fhirflight::config::Config;
+use fhirflight::catalog::{FhirCatalog, Freshness};
+use fhirflight::config::{Config, PRIMARY_CATALOG};
 use fhirflight::demo::{DemoConfig, DemoServer};
 use fhirflight::flight::{AuditLog, FhirExportControl, FlightSqlServer, Users};
 use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
 use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
-use crate::progress::{print_warnings, report_progress};
+use crate::progress::{ExportsReport, print_warnings, report_progress};
 use crate::repl::{Input, Shell, default_history};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
 
@@ -33,10 +34,33 @@ pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
         args.catalog.freshness
     };
     let session = args.catalog.session_builder(config).build().await?;
+    if !args.prefetch.is_empty() {
+        prefetch(session.context(), &args.prefetch, freshness).await?;
+    }
     let history = args.history.or_else(default_history);
     Shell::new(session, output, freshness, history)?
         .run(input)
         .await
+}
+
+/// `--prefetch`: `types` of the catalog `fhir` up to date in one export, its progress shown;
+/// Ctrl-C keeps the export for the next run, as during a statement.
+async fn prefetch(ctx: &SessionContext, types: &[String], freshness: Freshness) -> Result<()> {
+    let fhir = FhirCatalog::all_in(ctx)
+        .into_iter()
+        .find(|(name, _)| name == PRIMARY_CATALOG)
+        .map(|(_, fhir)| fhir)
+        .ok_or_else(|| Error::config("--prefetch: there is no catalog fhir (no [server] url)"))?;
+    let report = ExportsReport::start(ctx.clone());
+    let fetched = tokio::select! {
+        fetched = fhir.prefetch(types, Some(freshness)) => fetched.map(drop),
+        _ = tokio::signal::ctrl_c() => {
+            stop_snapshot_writes().await;
+            Err(Error::Cancelled)
+        }
+    };
+    report.finish().await;
+    fetched
 }
 
 pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
