@@ -20,12 +20,14 @@ pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim().to_ascii_uppercase();
     let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[number.len()..];
-    let shift = match unit
-        .strip_suffix("IB")
-        .or_else(|| unit.strip_suffix('B'))
-        .unwrap_or(unit)
-    {
-        _ if unit == "BYTES" => 0,
+    let prefix = match unit {
+        "BYTES" => "",
+        _ => unit
+            .strip_suffix("IB")
+            .or_else(|| unit.strip_suffix('B'))
+            .unwrap_or(unit),
+    };
+    let shift = match prefix {
         "" => 0,
         "K" => 10,
         "M" => 20,

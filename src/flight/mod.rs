@@ -348,7 +348,7 @@ impl FlightSqlServer {
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(self.limits.keepalive_interval()))
             .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT));
-        if self.tls.is_none() && !self.users.is_empty() && !local_addr.ip().is_loopback() {
+        if crosses_in_clear(self.tls.is_some(), !self.users.is_empty(), &local_addr) {
             tracing::warn!(
                 %local_addr,
                 "passwords and tokens cross the network in clear: serve TLS (--tls-cert, --tls-key) on a non-loopback address"
@@ -502,5 +502,36 @@ impl RunningServer {
         self.task
             .await
             .map_err(|e| Error::config_with("Flight SQL server task", e))?
+    }
+}
+
+/// Whether passwords (and the tokens they buy) would cross a network in clear: users, no TLS,
+/// and an address other hosts reach.
+fn crosses_in_clear(tls: bool, users: bool, address: &SocketAddr) -> bool {
+    users && !tls && !address.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_clear_off_loopback_are_told_apart() {
+        let (lan, local): (SocketAddr, SocketAddr) = (
+            "10.1.2.3:50051".parse().unwrap(),
+            "127.0.0.1:50051".parse().unwrap(),
+        );
+        assert!(crosses_in_clear(false, true, &lan));
+        assert!(!crosses_in_clear(true, true, &lan), "TLS");
+        assert!(
+            !crosses_in_clear(false, false, &lan),
+            "anonymous: no password"
+        );
+        assert!(!crosses_in_clear(false, true, &local), "loopback");
+        assert!(!crosses_in_clear(
+            false,
+            true,
+            &"[::1]:50051".parse().unwrap()
+        ));
     }
 }

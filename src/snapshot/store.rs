@@ -388,11 +388,15 @@ impl SnapshotStore {
             if check_name(&name).is_err() || !entry.path().is_dir() {
                 continue;
             }
-            // The manifest names the current snapshot; without one, none is current.
-            let current = fs::read(self.manifest_path(&name)?)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<SnapshotManifest>(&b).ok())
-                .map(|m| m.snapshot);
+            // The manifest names the current snapshot; without one, none is current. One that
+            // cannot be read names nothing for certain: its folders stay.
+            let current = match read_manifest(&self.manifest_path(&name)?) {
+                Ok(manifest) => manifest.map(|m| m.snapshot),
+                Err(e) => {
+                    tracing::warn!("{name} left as it is: {e}");
+                    continue;
+                }
+            };
             let keep: Vec<&str> = current.as_deref().into_iter().collect();
             removed.extend(self.collect_garbage(&entry.path(), &keep));
         }
@@ -867,6 +871,12 @@ pub(super) mod tests {
         assert_eq!(removed.len(), 1, "{removed:?}");
         assert!(removed[0].0.ends_with(&first) && removed[0].1 > 0);
         assert_eq!(snapshots(), vec![current.manifest().snapshot.clone()]);
+
+        // A manifest that cannot be read names no current snapshot for certain: nothing goes.
+        drop(current);
+        fs::write(store.manifest_path("Patient").unwrap(), "{not json").unwrap();
+        assert!(store.clean(Duration::ZERO).unwrap().is_empty());
+        assert_eq!(snapshots().len(), 1);
     }
 
     #[test]

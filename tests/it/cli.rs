@@ -248,11 +248,8 @@ fn strict_fails_on_a_bad_line_and_commits_nothing() {
         "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\n",
     )
     .unwrap();
-    let strict = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
-        .args(["sql", "--strict", "--cache-dir"])
-        .arg(folder.path().join("cache"))
-        .arg("--folder")
-        .arg(folder.path())
+    let strict = sql_command(folder.path())
+        .arg("--strict")
         .arg("SELECT count(*) AS n FROM Patient")
         .output()
         .unwrap();
@@ -344,14 +341,10 @@ fn the_configs_limits_reach_the_tables() {
     .unwrap();
     let config = folder.path().join("fhirflight.toml");
     std::fs::write(&config, "[limits]\nmax_columns = 3\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+    let out = sql_command(folder.path())
         .arg("--config")
         .arg(&config)
-        .args(["sql", "--format", "csv", "--cache-dir"])
-        .arg(folder.path().join("cache"))
-        .arg("--folder")
-        .arg(folder.path())
-        .arg("SELECT * FROM Patient")
+        .args(["--format", "csv", "SELECT * FROM Patient"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -380,11 +373,7 @@ async fn ctrl_c_during_conversion_exits_130_and_leaves_nothing_half_written() {
     }
     ndjson.flush().unwrap();
     let cache = folder.path().join("cache");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
-        .args(["sql", "--cache-dir"])
-        .arg(&cache)
-        .arg("--folder")
-        .arg(folder.path())
+    let mut child = sql_command(folder.path())
         .arg("SELECT count(*) FROM Patient")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -746,12 +735,8 @@ fn cache_listing(cache: &Path) -> serde_json::Value {
 /// Runs `fhirflight sql --refresh` over `folder` (cache in `folder/cache`); fails unless it
 /// succeeds.
 fn refresh(folder: &Path, query: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
-        .args(["sql", "--refresh", "--cache-dir"])
-        .arg(folder.join("cache"))
-        .arg("--folder")
-        .arg(folder)
-        .arg(query)
+    let out = sql_command(folder)
+        .args(["--refresh", query])
         .output()
         .unwrap();
     assert!(
