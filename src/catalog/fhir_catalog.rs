@@ -52,6 +52,7 @@ impl FhirCatalog {
             exporter: Arc::clone(&exporter),
             browse: false,
             views: Arc::default(),
+            created: Arc::default(),
         });
         let catalog = Self { exporter, schema };
         catalog.add_configured_views()?;
@@ -65,6 +66,7 @@ impl FhirCatalog {
             exporter: Arc::clone(&self.exporter),
             browse: true,
             views: Arc::clone(&self.schema.views),
+            created: Arc::clone(&self.schema.created),
         });
         Self {
             exporter: Arc::clone(&self.exporter),

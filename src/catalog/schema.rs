@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
-use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::TableType;
@@ -20,12 +20,16 @@ use super::{FhirTable, Freshness, Pushdown, to_datafusion, views};
 use crate::snapshot::{Snapshot, mode_key};
 use crate::{Error, Result};
 
-/// The schema of a [`FhirCatalog`](super::FhirCatalog): one table per resource type.
+/// The schema of a [`FhirCatalog`](super::FhirCatalog): one table per resource type, its views,
+/// and the tables a session creates in it (`CREATE VIEW`, `CREATE TABLE ... AS`), kept in memory
+/// for the catalog's life and never named as a resource type or view is.
 #[derive(Debug)]
 pub struct FhirSchema {
     pub(super) exporter: Arc<Exporter>,
     pub(super) browse: bool,
     pub(super) views: Arc<views::Views>,
+    /// Shared with the browsing twin of the catalog.
+    pub(super) created: Arc<MemorySchemaProvider>,
 }
 
 #[async_trait]
@@ -37,10 +41,14 @@ impl SchemaProvider for FhirSchema {
             .listed_types()
             .into_iter()
             .chain(views)
+            .chain(self.created.table_names())
             .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(created) = self.created.table(name).await? {
+            return Ok(Some(created));
+        }
         // Within a statement, a table resolves once: to read its columns (the statement's
         // identifiers, see `sql`), then to plan it.
         let tables = SCOPE.try_with(|s| Arc::clone(&s.tables)).ok();
@@ -62,6 +70,9 @@ impl SchemaProvider for FhirSchema {
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
+        if let Some(created) = self.created.table_type(name).await? {
+            return Ok(Some(created));
+        }
         Ok(match self.exporter.resource_type(name) {
             Some(_) => Some(TableType::Base),
             None => self.views.get(name).map(|_| TableType::View),
@@ -69,11 +80,52 @@ impl SchemaProvider for FhirSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.exporter.resource_type(name).is_some() || self.views.get(name).is_some()
+        self.created.table_exist(name) || self.is_fhir_table(name)
+    }
+
+    /// Keeps a table a statement creates (`CREATE VIEW women AS ...`); a resource type or a
+    /// view of the catalog cannot be replaced this way.
+    fn register_table(
+        &self,
+        name: String,
+        table: Arc<dyn TableProvider>,
+    ) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        self.refuse_fhir_table(&name)?;
+        self.created.register_table(name, table)
+    }
+
+    /// Forgets a table a statement created (`DROP VIEW`); a resource type or a view of the
+    /// catalog cannot be dropped this way.
+    fn deregister_table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if self.created.table_exist(name) {
+            return self.created.deregister_table(name);
+        }
+        self.refuse_fhir_table(name)?;
+        Ok(None)
     }
 }
 
 impl FhirSchema {
+    /// Whether `name` is a resource type (ignoring case) or a view of the catalog.
+    fn is_fhir_table(&self, name: &str) -> bool {
+        self.exporter.resource_type(name).is_some() || self.views.get(name).is_some()
+    }
+
+    /// An error when `name` is a resource type or view of the catalog, which statements do not
+    /// create, replace or drop.
+    fn refuse_fhir_table(&self, name: &str) -> DfResult<()> {
+        if !self.is_fhir_table(name) {
+            return Ok(());
+        }
+        let kind = match self.exporter.resource_type(name) {
+            Some(resource_type) => format!("the resource type {resource_type}"),
+            None => "a view of the catalog (fhir_add_view)".to_owned(),
+        };
+        Err(datafusion::error::DataFusionError::Plan(format!(
+            "'{name}' is {kind}, which a statement cannot create, replace or drop"
+        )))
+    }
+
     /// The table `name`, resolved afresh.
     async fn resolve(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if let Some(view) = self.views.get(name) {

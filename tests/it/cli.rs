@@ -1507,3 +1507,55 @@ fn prefetch_exports_the_types_a_run_reads_in_one_export() {
         ["Patient%2CCondition"]
     );
 }
+
+#[test]
+fn c_and_f_run_in_command_line_order_in_one_session_where_statements_create_views() {
+    let folder = tempfile::tempdir().unwrap();
+    patients(folder.path());
+    let scripts = tempfile::tempdir().unwrap();
+    let file = scripts.path().join("count.sql");
+    std::fs::write(&file, "SELECT count(*) AS women FROM WOMEN;\n").unwrap();
+    let out = sql_command(folder.path())
+        .args(["--quiet", "--format", "csv"])
+        .args([
+            "-c",
+            "CREATE VIEW Women AS SELECT id FROM Patient WHERE gender = 'female'",
+        ])
+        .arg("-f")
+        .arg(&file)
+        .args(["-c", "DROP VIEW women"])
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // The view answers the first file and is gone for the second.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stdout, "women\n1\n");
+    let second = format!("stopped at {}, line 1: ", file.display());
+    assert!(stderr.contains(&second), "{stderr}");
+    assert!(
+        stderr.contains("table 'fhir.fhir.women' not found"),
+        "{stderr}"
+    );
+
+    // A resource type is no name a statement may take; --quiet leaves out the table's footer.
+    let out = sql_command(folder.path())
+        .args(["--quiet", "-c", "SELECT 1 AS one"])
+        .args(["-c", "CREATE OR REPLACE VIEW patient AS SELECT 1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| one |"));
+    assert!(!stderr.contains("1 row"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "'Patient' is the resource type Patient, which a statement cannot create, replace or drop"
+        ),
+        "{stderr}"
+    );
+}

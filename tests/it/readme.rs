@@ -229,3 +229,51 @@ async fn the_python_example_of_the_readme_runs() {
     );
     assert!(stderr.is_empty(), "no warning: {stderr}");
 }
+
+/// The SQL statements the README's prose quotes (`SELECT ... FROM Patient ...`), run in one
+/// `sql --demo` process as the shell examples are; a statement with a placeholder (`<name>`) or
+/// another engine's function (DuckDB's `read_parquet`) is skipped, saying why.
+#[test]
+fn every_inline_statement_of_the_readme_runs() {
+    let mut statements = Vec::new();
+    for (index, line) in README.lines().enumerate() {
+        // Inline code spans: the odd pieces between backticks.
+        for span in line.split('`').skip(1).step_by(2) {
+            let keyword = span.split_whitespace().next().unwrap_or_default();
+            if !["SELECT", "WITH", "EXPLAIN"].contains(&keyword) || !span.contains(" FROM ") {
+                continue;
+            }
+            let skipped = match () {
+                _ if span.contains('<') => "a placeholder",
+                _ if span.contains("read_parquet") => "DuckDB's SQL",
+                _ => {
+                    statements.push((index + 1, span));
+                    continue;
+                }
+            };
+            eprintln!("README line {}: skipped: {skipped}: {span}", index + 1);
+        }
+    }
+    assert!(
+        statements.len() >= 3,
+        "{} statements found",
+        statements.len()
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fhirflight"));
+    let cache = tempfile::tempdir().unwrap();
+    command
+        .args(["sql", "--demo", "--demo-patients", "10", "--cache-dir"])
+        .arg(cache.path());
+    for (_, statement) in &statements {
+        command.args(["-c", statement]);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A failure names the statement (`stopped at -c #N`): its README line is the Nth found.
+    let lines: Vec<String> = statements
+        .iter()
+        .enumerate()
+        .map(|(i, (line, _))| format!("-c #{}: README line {line}", i + 1))
+        .collect();
+    assert!(out.status.success(), "{stderr}\n{lines:#?}");
+}

@@ -404,16 +404,30 @@ fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
         .ok_or_else(|| format!("{text:?}: expected a size like 512M, 4G, or none"))
 }
 
+/// A `-c` command or a `-f` file of `sql`.
+#[derive(Debug, Clone)]
+pub(crate) enum Script {
+    Command(String),
+    File(PathBuf),
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct SqlArgs {
     /// SQL statements, `;` between them; tables are resource types (`Patient`, `Condition`,
     /// ...). Without QUERY, -c or -f the statements are read from standard input: on a
     /// terminal, the interactive shell (`\?` lists its meta commands).
     pub(crate) query: Option<String>,
-    /// SQL statements or a meta command line (`\d Patient`), run in order; repeatable.
-    #[arg(short = 'c', long = "command", value_name = "SQL", conflicts_with_all = ["query", "files"])]
+    /// SQL statements or a meta command line (`\d Patient`); repeatable, and run in the order
+    /// of the command line with the -f files.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SQL",
+        conflicts_with = "query"
+    )]
     pub(crate) commands: Vec<String>,
-    /// A file of SQL statements and meta command lines, run in order; repeatable.
+    /// A file of SQL statements and meta command lines; repeatable, and run in the order of the
+    /// command line with the -c commands.
     #[arg(
         short = 'f',
         long = "file",
@@ -421,6 +435,9 @@ pub(crate) struct SqlArgs {
         conflicts_with = "query"
     )]
     pub(crate) files: Vec<PathBuf>,
+    /// The -c commands and -f files in the order of the command line (set by [`SqlArgs::order_scripts`]).
+    #[arg(skip)]
+    pub(crate) scripts: Vec<Script>,
     /// The interactive shell's history file, written readable by its owner only (it holds
     /// statements, so patient ids) [default: fhirflight/history in the user's data folder,
     /// ~/.local/share on Linux].
@@ -450,6 +467,20 @@ pub(crate) struct SqlArgs {
 }
 
 impl SqlArgs {
+    /// Sets [`SqlArgs::scripts`]: the -c commands and -f files in the order of the command line,
+    /// as psql and duckdb run them, from the parser's `matches` of `sql`.
+    pub(crate) fn order_scripts(&mut self, matches: &clap::ArgMatches) {
+        let at = |id| matches.indices_of(id).into_iter().flatten();
+        let commands = self.commands.iter().cloned().map(Script::Command);
+        let files = self.files.iter().cloned().map(Script::File);
+        let mut scripts: Vec<_> = at("commands")
+            .zip(commands)
+            .chain(at("files").zip(files))
+            .collect();
+        scripts.sort_by_key(|(index, _)| *index);
+        self.scripts = scripts.into_iter().map(|(_, script)| script).collect();
+    }
+
     /// What to write and where: the output flags, checked before any session or export.
     pub(crate) fn output(&self) -> fhirflight::Result<Output> {
         Output::new(

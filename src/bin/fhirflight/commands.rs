@@ -19,10 +19,10 @@ use crate::progress::{ExportsReport, print_warnings, report_progress};
 use crate::repl::{Input, Shell, default_history};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
 
-pub(crate) async fn sql(args: SqlArgs, config: Config) -> Result<()> {
+pub(crate) async fn sql(args: SqlArgs, config: Config, quiet: bool) -> Result<()> {
     // Before the session: a flag or a file that cannot work costs no export.
-    let output = args.output()?;
-    let input = Input::new(args.query, args.commands, args.files, args.output.is_some())?;
+    let output = args.output()?.with_footer(!quiet);
+    let input = Input::new(args.query, &args.scripts, args.output.is_some())?;
     if args.output.is_some() {
         // Created and removed again (it is not finished): a path that cannot be written fails
         // here; the statement creates it anew.

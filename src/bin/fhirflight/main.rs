@@ -11,14 +11,18 @@ mod progress;
 mod repl;
 mod signal;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use fhirflight::{Config, Result};
 
 use crate::args::{Cli, Command, LogFormat};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Sql(args), Some(("sql", sql))) = (&mut cli.command, matches.subcommand()) {
+        args.order_scripts(sql);
+    }
     init_logging(&cli);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -38,7 +42,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Serve(args) => commands::serve(args, config).await,
-        Command::Sql(args) => commands::sql(args, config).await,
+        Command::Sql(args) => commands::sql(args, config, cli.quiet).await,
         Command::Export(args) => commands::export(args, config).await,
         Command::DemoServer(args) => commands::demo_server(args).await,
         Command::Users(command) => commands::users(command),

@@ -104,6 +104,8 @@ pub(crate) struct Output {
     max_rows: Option<usize>,
     /// The width a table is fitted to, its wide values cut; `None`: values are written whole.
     width: Option<usize>,
+    /// Whether a table has its footer (`--quiet` leaves it out, as datafusion-cli's does).
+    footer: bool,
 }
 
 impl Output {
@@ -139,6 +141,7 @@ impl Output {
                 },
                 width: screen_width,
                 path,
+                footer: true,
             }),
         }
     }
@@ -222,11 +225,16 @@ impl Output {
         }
     }
 
+    /// This output with or without the line under a table.
+    pub(crate) fn with_footer(self, footer: bool) -> Self {
+        Self { footer, ..self }
+    }
+
     /// The line under a table, `3 rows, 0.012 s` or `50 rows, 40 shown, 0.012 s`, for standard
     /// error: standard output holds the result alone, whether it goes to a screen, a file or a
     /// pipe. None for the other formats, which are read by programs.
     pub(crate) fn footer(&self, rows: usize, elapsed: Duration) -> Option<String> {
-        if self.format != OutputFormat::Table {
+        if self.format != OutputFormat::Table || !self.footer {
             return None;
         }
         let noun = if rows == 1 { "row" } else { "rows" };

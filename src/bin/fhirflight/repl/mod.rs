@@ -25,6 +25,7 @@ use tokio::io::AsyncBufReadExt as _;
 use self::complete::Names;
 use self::meta::{Meta, NAMES_QUERY};
 use self::statements::{Entry, StatementReader};
+use crate::args::Script;
 use crate::output::Output;
 use crate::progress::ExportsReport;
 use crate::signal::{catch_ctrl_c, stop_snapshot_writes};
@@ -47,15 +48,10 @@ pub(crate) struct Text {
 }
 
 impl Input {
-    /// The input of `sql`'s arguments: `query`, else the `commands` (`-c`), else the `files`
-    /// (`-f`), else standard input. With an `--output` file it must be one statement, whose
+    /// The input of `sql`'s arguments: `query`, else the `scripts` (`-c` and `-f`, in the order
+    /// given), else standard input. With an `--output` file it must be one statement, whose
     /// result the file holds.
-    pub(crate) fn new(
-        query: Option<String>,
-        commands: Vec<String>,
-        files: Vec<PathBuf>,
-        to_file: bool,
-    ) -> Result<Self> {
+    pub(crate) fn new(query: Option<String>, scripts: &[Script], to_file: bool) -> Result<Self> {
         use std::io::IsTerminal as _;
         let split = |name: String, text: &str| {
             let mut reader = StatementReader::new();
@@ -67,12 +63,18 @@ impl Input {
             .map(|q| split("the query".into(), &q))
             .into_iter()
             .collect();
-        for (i, command) in commands.iter().enumerate() {
-            texts.push(split(format!("-c #{}", i + 1), command));
-        }
-        for path in &files {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            texts.push(split(path.display().to_string(), &text));
+        let mut commands = 0;
+        for script in scripts {
+            texts.push(match script {
+                Script::Command(command) => {
+                    commands += 1;
+                    split(format!("-c #{commands}"), command)
+                }
+                Script::File(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+                    split(path.display().to_string(), &text)
+                }
+            });
         }
         if texts.is_empty() {
             if to_file {
