@@ -67,7 +67,7 @@ impl FhirExportControl {
                 Error::NotFound {
                     what: "FHIR catalog",
                     name: format!("{name:?}"),
-                    reason: Some(format!("the FHIR catalogs are {names:?}")),
+                    reason: Some(format!("the FHIR catalogs are {}", names.join(", "))),
                 }
             })
     }

@@ -391,8 +391,10 @@ async fn discover(
                     config["token_endpoint_auth_signing_alg_values_supported"].as_array()
                     && !algs.iter().any(|a| a.as_str() == Some(&key.alg()))
                 {
+                    let algs: Vec<&str> = algs.iter().filter_map(|a| a.as_str()).collect();
                     tracing::warn!(
-                        "the server lists signing algorithms {algs:?}; the key signs with {}",
+                        "the server lists signing algorithms {}; the key signs with {}",
+                        algs.join(", "),
                         key.alg()
                     );
                 }

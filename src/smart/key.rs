@@ -43,6 +43,14 @@ enum EcCurve {
 }
 
 impl EcCurve {
+    /// The curve's name in a JWK (`crv`).
+    fn name(self) -> &'static str {
+        match self {
+            EcCurve::P256 => "P-256",
+            EcCurve::P384 => "P-384",
+        }
+    }
+
     fn alg(self) -> Algorithm {
         match self {
             EcCurve::P256 => Algorithm::ES256,
@@ -233,7 +241,7 @@ impl SigningKey {
         };
         if !fits {
             let kind = match self.curve {
-                Some(curve) => format!("an EC {curve:?} key"),
+                Some(curve) => format!("an EC {} key", curve.name()),
                 None => "an RSA key".into(),
             };
             return Err(Error::auth(format!(
