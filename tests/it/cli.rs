@@ -1559,3 +1559,51 @@ fn c_and_f_run_in_command_line_order_in_one_session_where_statements_create_view
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exports_of_every_catalog_have_a_progress_line() {
+    const TEST: &str = "the_exports_of_every_catalog_have_a_progress_line";
+    if !script_available(TEST) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let slow = || fhirflight::demo::Faults {
+        download_chunk_delay: Some(std::time::Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let (_first, flags) = demo_server_of_small_files(dir.path(), 8, slow()).await;
+    // The second server is the catalog `hospital_b` of the config file.
+    let second_dir = dir.path().join("b");
+    std::fs::create_dir(&second_dir).unwrap();
+    let (_second, second) = demo_server_of_small_files(&second_dir, 6, slow()).await;
+    let config = dir.path().join("fhirflight.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[servers.hospital_b]\nurl = {:?}\nclient_id = {:?}\nkey_file = {:?}\n",
+            second[1], second[3], second[5]
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let shown = tokio::task::spawn_blocking(move || {
+        let query = "SELECT (SELECT count(*) FROM Patient) AS a, \
+                     (SELECT count(*) FROM hospital_b.fhir.Patient) AS b";
+        let mut args = vec!["sql", query, "--cache-dir", cache.to_str().unwrap()];
+        args.extend(["--config", config.to_str().unwrap()]);
+        args.extend(flags.iter().map(String::as_str));
+        on_a_terminal(&args)
+    })
+    .await
+    .unwrap();
+    for catalog in ["fhir", "hospital_b"] {
+        let line = format!("{catalog} Patient: downloading [");
+        assert!(shown.contains(&line), "{line}: {shown:?}");
+    }
+    let result = shown.find("| a ").expect("the result");
+    assert!(
+        !shown[result..].contains(" Patient: "),
+        "the lines end before the result: {shown:?}"
+    );
+    assert!(shown[result..].contains("| 8 | 6 |"), "{shown:?}");
+}
