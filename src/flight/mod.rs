@@ -381,7 +381,10 @@ impl FlightSqlServer {
             metrics,
         );
         let scraping = self.metrics.map(|listener| {
-            let metrics_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let metrics_addr = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             let router = metrics::router(service.scrape());
             async move {
                 tracing::info!(%metrics_addr, "Prometheus metrics on /metrics");

@@ -674,41 +674,33 @@ fn a_table_is_a_screenful_on_a_terminal_and_whole_otherwise() {
     assert!(!stderr.contains("shown") && !stdout.contains("rows"));
 
     // A terminal (util-linux `script` gives the command one), 40 columns wide.
-    let script = Command::new("script").arg("--version").output();
-    if !script.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED the terminal half of a_table_is_a_screenful_on_a_terminal_and_whole_otherwise: needs util-linux `script`"
-        );
+    if !script_available("the terminal half of a_table_is_a_screenful_on_a_terminal_...") {
         return;
     }
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let on_terminal = |flags: &str| {
-        let command = format!(
-            "{} sql --cache-dir {} --folder {} {flags} {}",
-            quote(env!("CARGO_BIN_EXE_fhirflight")),
-            quote(folder.path().join("cache").to_str().unwrap()),
-            quote(folder.path().to_str().unwrap()),
-            quote(&query),
-        );
-        let out = Command::new("script")
-            .args(["-qec", &command, "/dev/null"])
+    let (cache, data) = (folder.path().join("cache"), folder.path());
+    let on_terminal = |flags: &[&str]| {
+        let mut args = vec!["sql", "--cache-dir", cache.to_str().unwrap()];
+        args.extend(["--folder", data.to_str().unwrap()]);
+        args.extend(flags);
+        args.push(&query);
+        let out = script_command(&args)
             .env("COLUMNS", "40")
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{flags}");
+        assert!(out.status.success(), "{flags:?}");
         String::from_utf8(out.stdout).unwrap().replace("\r\n", "\n")
     };
-    let screen = on_terminal("");
+    let screen = on_terminal(&[]);
     let rows: Vec<&str> = screen.lines().filter(|l| l.starts_with("| ")).collect();
     assert_eq!(rows.len(), 41, "a header and 40 rows: {screen}");
     assert_eq!(rows[40], format!("| 40 | {}… |", "x".repeat(30)));
     assert!(screen.lines().all(|l| l.chars().count() <= 40), "{screen}");
     assert!(screen.contains("\n100 rows, 40 shown, "), "{screen}");
-    let two = on_terminal("--maxrows 2");
+    let two = on_terminal(&["--maxrows", "2"]);
     assert!(two.contains("| 2 |") && !two.contains("| 3 |"), "{two}");
     assert!(two.contains("100 rows, 2 shown, "), "{two}");
-    let asked = on_terminal("--format table");
+    let asked = on_terminal(&["--format", "table"]);
     assert_eq!(asked.matches(&long).count(), 100, "{asked}");
 }
 
@@ -989,16 +981,22 @@ fn script_available(test: &str) -> bool {
     found
 }
 
-/// Runs `fhirflight <args>` on a terminal (`script`), returning what the terminal shows: standard
-/// output and error together, escape sequences and carriage returns kept.
-fn on_a_terminal(args: &[&str]) -> String {
+/// `fhirflight <args>` on a terminal: util-linux `script` runs it on a pseudo-terminal of its own.
+fn script_command(args: &[&str]) -> Command {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let command: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_fhirflight"))
         .chain(args.iter().copied())
         .map(quote)
         .collect();
-    let out = Command::new("script")
-        .args(["-qec", &command.join(" "), "/dev/null"])
+    let mut script = Command::new("script");
+    script.args(["-qec", &command.join(" "), "/dev/null"]);
+    script
+}
+
+/// Runs `fhirflight <args>` on a terminal (`script`), returning what the terminal shows: standard
+/// output and error together, escape sequences and carriage returns kept.
+fn on_a_terminal(args: &[&str]) -> String {
+    let out = script_command(args)
         .env("COLUMNS", "160")
         .stdin(std::process::Stdio::null())
         .output()
@@ -1370,12 +1368,74 @@ fn sql_runs_repeated_c_and_f_files_in_order_and_names_the_failing_line() {
     );
 }
 
+/// `fhirflight <args>` on a terminal (`script`) that a test types into and reads.
+struct Terminal {
+    child: std::process::Child,
+    keys: std::process::ChildStdin,
+    screen: std::sync::mpsc::Receiver<String>,
+    /// Everything shown so far, and how much of it was waited for.
+    shown: String,
+    seen: usize,
+}
+
+impl Terminal {
+    fn start(args: &[&str], env: &[(&str, &Path)]) -> Self {
+        use std::io::Read as _;
+        let mut child = script_command(args)
+            .env("TERM", "xterm")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut terminal = child.stdout.take().unwrap();
+        let (screen_tx, screen) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0; 4096];
+            while let Ok(n @ 1..) = terminal.read(&mut buffer) {
+                let _ = screen_tx.send(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            }
+        });
+        let keys = child.stdin.take().unwrap();
+        Self {
+            child,
+            keys,
+            screen,
+            shown: String::new(),
+            seen: 0,
+        }
+    }
+
+    /// Waits until the terminal shows `text` after what was waited for before (the editor
+    /// redraws a line, its prompt included, as keys come); returns the whole screen.
+    fn wait_for(&mut self, text: &str) -> String {
+        while !self.shown[self.seen..].contains(text) {
+            let more = self.screen.recv_timeout(std::time::Duration::from_secs(60));
+            let shown = &self.shown;
+            self.shown
+                .push_str(&more.unwrap_or_else(|_| panic!("waiting for {text:?}: {shown}")));
+        }
+        self.seen += self.shown[self.seen..].find(text).unwrap() + text.len();
+        self.shown.clone()
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write as _;
+        self.keys.write_all(keys).unwrap();
+    }
+
+    /// Ctrl-D at the prompt: the shell ends with status 0.
+    fn quit(mut self) -> String {
+        self.type_keys(b"\x04");
+        let screen = self.shown.clone();
+        assert!(self.child.wait().unwrap().success(), "{screen}");
+        screen
+    }
+}
+
 #[test]
 fn the_shell_on_a_terminal_completes_names_runs_a_statement_and_ends_with_ctrl_d() {
-    use std::io::{Read as _, Write as _};
-    let script = Command::new("script").arg("--version").output();
-    if !script.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED the_shell_on_a_terminal_...: needs util-linux `script` for a terminal");
+    if !script_available("the_shell_on_a_terminal_...") {
         return;
     }
     let folder = tempfile::tempdir().unwrap();
@@ -1383,51 +1443,25 @@ fn the_shell_on_a_terminal_completes_names_runs_a_statement_and_ends_with_ctrl_d
     // A snapshot, so that Tab completes the columns of Patient.
     assert!(sql(folder.path(), "SELECT 1 FROM Patient").status.success());
     let history = folder.path().join("data").join("history");
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let command = format!(
-        "{} sql --cache-dir {} --folder {}",
-        quote(env!("CARGO_BIN_EXE_fhirflight")),
-        quote(folder.path().join("cache").to_str().unwrap()),
-        quote(folder.path().to_str().unwrap()),
+    let (cache, data) = (folder.path().join("cache"), folder.path());
+    let mut terminal = Terminal::start(
+        &[
+            "sql",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--folder",
+            data.to_str().unwrap(),
+        ],
+        &[("FHIRFLIGHT_HISTORY", &history)],
     );
-    let mut child = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("TERM", "xterm")
-        .env("FHIRFLIGHT_HISTORY", &history)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut terminal = child.stdout.take().unwrap();
-    let (screen_tx, screen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buffer = [0; 4096];
-        while let Ok(n @ 1..) = terminal.read(&mut buffer) {
-            let _ = screen_tx.send(String::from_utf8_lossy(&buffer[..n]).into_owned());
-        }
-    });
-    let mut shown = String::new();
-    let mut seen = 0;
-    // Waits until the terminal shows `text` after what was waited for before (the editor
-    // redraws a line, its prompt included, as keys come).
-    let mut wait_for = |text: &str| {
-        while !shown[seen..].contains(text) {
-            let more = screen.recv_timeout(std::time::Duration::from_secs(60));
-            shown.push_str(&more.unwrap_or_else(|_| panic!("waiting for {text:?}: {shown}")));
-        }
-        seen += shown[seen..].find(text).unwrap() + text.len();
-        shown.clone()
-    };
-    let mut keys = child.stdin.take().unwrap();
-    wait_for("fhirflight> ");
+    terminal.wait_for("fhirflight> ");
     // Tab completes a column, then a table; the statement goes on on a second line.
-    keys.write_all(b"SELECT birthD\t FROM Pat\t\n").unwrap();
-    wait_for("...> ");
-    keys.write_all(b"WHERE id = 'p1';\n").unwrap();
-    wait_for("1 row, ");
-    let screen = wait_for("fhirflight> ");
-    keys.write_all(b"\x04").unwrap();
-    assert!(child.wait().unwrap().success(), "{screen}");
+    terminal.type_keys(b"SELECT birthD\t FROM Pat\t\n");
+    terminal.wait_for("...> ");
+    terminal.type_keys(b"WHERE id = 'p1';\n");
+    terminal.wait_for("1 row, ");
+    terminal.wait_for("fhirflight> ");
+    let screen = terminal.quit();
     assert!(screen.contains("| 1970-01-01 |"), "{screen}");
     assert!(screen.contains("1 row, "), "{screen}");
     let saved = std::fs::read_to_string(&history).unwrap();
@@ -1606,4 +1640,47 @@ async fn the_exports_of_every_catalog_have_a_progress_line() {
         "the lines end before the result: {shown:?}"
     );
     assert!(shown[result..].contains("| 8 | 6 |"), "{shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_in_the_shell_cancels_the_statement_and_the_export_runs_on_for_the_next() {
+    if !script_available("ctrl_c_in_the_shell_cancels_the_statement_...") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let faults = fhirflight::demo::Faults {
+        download_chunk_delay: Some(std::time::Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let (server, flags) = demo_server_of_small_files(dir.path(), 8, faults).await;
+    let (cache, history) = (dir.path().join("cache"), dir.path().join("history"));
+    let shown = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["sql", "--cache-dir", cache.to_str().unwrap()];
+        args.extend(flags.iter().map(String::as_str));
+        let mut terminal = Terminal::start(&args, &[("FHIRFLIGHT_HISTORY", &history)]);
+        terminal.wait_for("fhirflight> ");
+        terminal.type_keys(b"SELECT count(*) AS n FROM Patient;\n");
+        terminal.wait_for("fhir Patient: downloading [");
+        terminal.type_keys(b"\x03");
+        terminal.wait_for("cancelled; an export it waited for runs on");
+        terminal.wait_for("fhirflight> ");
+        terminal.type_keys(b"\\exports\n");
+        terminal.wait_for("| Patient |");
+        let listed = terminal.wait_for("fhirflight> ");
+        let row = listed
+            .lines()
+            .rev()
+            .find(|l| l.contains("| Patient |"))
+            .unwrap();
+        assert!(!row.contains("cancel") && !row.contains("fail"), "{row}");
+        // The same statement again waits for the export that ran on.
+        terminal.type_keys(b"SELECT count(*) AS n FROM Patient;\n");
+        terminal.wait_for("1 row, ");
+        terminal.wait_for("fhirflight> ");
+        terminal.quit()
+    })
+    .await
+    .unwrap();
+    assert!(shown.contains("| 8 |"), "{shown}");
+    assert_eq!(server.stats().kickoffs.len(), 1, "one export: {shown}");
 }
