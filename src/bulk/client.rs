@@ -1,8 +1,8 @@
 //! The export client: kick-off, status polling (partial manifests too), downloads that start
 //! as files are listed, the job's lifecycle across runs.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -78,6 +78,9 @@ struct Inner {
     auth: Option<SmartAuth>,
     origins: TokenOrigins,
     options: ClientOptions,
+    /// By export folder: held by a kick-off from its request until its job state is saved, and
+    /// taken by a cancel before it reads that state ([`BulkClient::kick_off_lock`]).
+    kick_offs: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What a restarted process needs to pick the job up again.
@@ -184,6 +187,7 @@ impl BulkClient {
                 auth,
                 origins,
                 options,
+                kick_offs: Default::default(),
             }),
         })
     }
@@ -312,6 +316,8 @@ impl BulkClient {
     /// # Ok(()) }
     /// ```
     pub async fn cancel_export(&self, dir: &Path) -> Result<bool> {
+        // A kick-off under way (its export being aborted) saves its job first.
+        let _kick_off = self.kick_off_lock(dir).lock_owned().await;
         let state_path = dir.join(JOB_FILE);
         let Some(state) = read_state(&state_path).await? else {
             return Ok(false);
@@ -851,6 +857,21 @@ impl BulkClient {
     ) -> Result<Url> {
         progress.send_modify(|p| p.phase = ExportPhase::KickOff);
         clear_earlier_export(dir).await?;
+        // Kicked off and saved by a task of its own, which an aborted export does not stop, under
+        // the lock a cancel takes: a job the server has is always in the state file, where the
+        // cancel finds it and DELETEs it.
+        let kick_off = self.kick_off_lock(dir).lock_owned().await;
+        let (this, request, state_path) = (self.clone(), request.clone(), state_path.to_owned());
+        let saved = tokio::spawn(async move {
+            let _kick_off = kick_off;
+            this.kick_off_and_save(&request, &state_path).await
+        });
+        saved
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    async fn kick_off_and_save(&self, request: &ExportRequest, state_path: &Path) -> Result<Url> {
         let status_url = self.kick_off(request).await?;
         let state = JobState {
             base_url: self.inner.base.to_string(),
@@ -868,6 +889,14 @@ impl BulkClient {
             return Err(error);
         }
         Ok(status_url)
+    }
+
+    /// The lock of the export folder `dir` between a kick-off and a cancel (idle ones are
+    /// forgotten).
+    fn kick_off_lock(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.kick_offs.lock().expect("kick-off locks");
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry(dir.to_owned()).or_default())
     }
 
     /// One request with the client's retry policy, the bearer token where it may go, and the

@@ -22,6 +22,9 @@ pub struct Faults {
     pub kickoff_transient: u32,
     /// Kick-offs answered 429 (`Retry-After: 0`).
     pub kickoff_429: u32,
+    /// Answer an accepted kick-off this much later, its job made (and the kick-off recorded)
+    /// before: a slow server, or a slow way back.
+    pub kickoff_delay: Option<Duration>,
     /// Status polls answered 503 with an OperationOutcome of code `transient`.
     pub status_transient: u32,
     /// Status polls answered 429 (`Retry-After: 0`).

@@ -96,6 +96,10 @@ async fn kickoff(
     };
     record.status = response.status().as_u16();
     state.stats().kickoffs.push(record);
+    let delay = state.faults.lock().expect("faults").kickoff_delay;
+    if let Some(delay) = delay.filter(|_| response.status().is_success()) {
+        tokio::time::sleep(delay).await;
+    }
     response
 }
 

@@ -162,7 +162,8 @@ async fn presigned_signatures_are_never_stored_and_a_resumed_run_asks_for_them_a
         download_chunk_delay,
         ..Faults::default()
     };
-    // A run stopped once the manifest is saved, its downloads slowed down to still be running.
+    // A run stopped once the manifest is saved and a download asked for, its downloads slowed
+    // down to still be running.
     server.set_faults(faults(Some(Duration::from_secs(5))));
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join(".fhirflight-manifest.json");
@@ -170,7 +171,7 @@ async fn presigned_signatures_are_never_stored_and_a_resumed_run_asks_for_them_a
     tokio::select! {
         _ = export => panic!("the export finished before its manifest was saved"),
         () = async {
-            while !saved.exists() {
+            while !saved.exists() || server.stats().foreign_requests.is_empty() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         } => {}

@@ -370,3 +370,25 @@ async fn a_query_answered_from_fresh_snapshots_makes_no_request() {
     );
     assert_eq!(after.token_requests, before.token_requests);
 }
+
+/// A cancel that comes while the kick-off is under way (the server has made the job, its answer
+/// is on its way) still DELETEs the job: the kick-off saves it first.
+#[tokio::test]
+async fn a_cancel_during_the_kick_off_deletes_the_job_the_server_made() {
+    let cache = tempfile::tempdir().unwrap();
+    let (server, _ctx, fhir) = demo_catalog(cache.path()).await;
+    server.set_faults(Faults {
+        kickoff_delay: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    let refresh = tokio::spawn({
+        let fhir = fhir.clone();
+        async move { fhir.refresh(&["Patient".to_owned()]).await }
+    });
+    crate::until("the kick-off", || server.stats().kickoffs.len() == 1).await;
+    assert!(fhir.cancel(fhir.exports()[0].id));
+    let failed = refresh.await.unwrap().unwrap_err().to_string();
+    assert!(failed.contains("cancelled"), "{failed}");
+    crate::until("the job's deletion", || server.stats().deletes == 1).await;
+    assert_eq!(fhir.exports()[0].state, ExportState::Cancelled);
+}
