@@ -15,7 +15,8 @@
 #        PROFILE=debug WIDTHS=500,1000 REPS=1 benches/wide.sh   (a quick check)
 # Env:   PROFILE (release|debug), WIDTHS (default 1000,2000,4000,6000), PATIENTS (rows, default 100),
 #        REPS (default 3), WORK (default /tmp/fhirflight-bench), VENV (python venv with pandas and
-#        flatten_json; made on first use, default ~/.cache/fhirflight/venv)
+#        flatten_json; default ~/.cache/fhirflight/venv, the tests' one, else
+#        ~/.cache/fhirflight/bench-venv, made on first use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
@@ -23,13 +24,15 @@ WIDTHS=${WIDTHS:-1000,2000,4000,6000}
 PATIENTS=${PATIENTS:-100}
 REPS=${REPS:-3}
 WORK=${WORK:-/tmp/fhirflight-bench}
+# The test venv (scripts/test.sh) has pandas and flatten_json; otherwise the bench venv gets them.
 VENV=${VENV:-$HOME/.cache/fhirflight/venv}
 BENCH=$(realpath "${FHIRFLIGHT_SHARED:-../shared}/bench")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
 
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pandas, flatten_json' 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q pandas flatten_json
+  VENV=$HOME/.cache/fhirflight/bench-venv
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -c 'import pandas, flatten_json' 2>/dev/null || "$VENV/bin/pip" install -q pandas flatten_json
 fi
 PY=$VENV/bin/python
 flag=(); [ "$PROFILE" = release ] && flag=(--release)
