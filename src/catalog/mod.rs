@@ -67,6 +67,7 @@ mod source;
 mod statement;
 mod table;
 mod views;
+mod wildcard;
 
 pub use exports::{ExportState, ExportStatus};
 pub use factory::FhirTableFactory;

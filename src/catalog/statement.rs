@@ -17,12 +17,12 @@ use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
 use super::exports::Exporter;
-use super::idents;
 use super::schema::{SCOPE, Scope};
 use super::{
     AddViewFunction, CatalogOptions, FhirCatalog, FhirTableFactory, Freshness, MAX_STATEMENT_DEPTH,
     Pushdown, RefreshFunction, nesting, pushdown, to_datafusion,
 };
+use super::{idents, wildcard};
 
 /// Runs `sql` in `ctx` like `ctx.sql`, first bringing every FHIR table it references up to
 /// date with ONE export per catalog (see the [module docs](super)). Unquoted identifiers match
@@ -161,11 +161,15 @@ async fn plan_statement(
         .await
 }
 
-/// Plans `statement` (its tables up to date) with its identifiers resolved as [`idents`] says.
-/// Run it in a [`Scope`]: the tables DataFusion resolves are those [`idents`] read.
+/// Plans `statement` (its tables up to date) with its identifiers resolved as [`idents`] says,
+/// `SELECT *` over one table as [`wildcard`] says. Run it in a [`Scope`]: the tables DataFusion
+/// resolves are those [`idents`] read.
 async fn plan(state: &SessionState, mut statement: Statement) -> DfResult<LogicalPlan> {
     idents::resolve_columns(state, &mut statement).await?;
-    state.statement_to_plan(statement).await
+    match wildcard::plan(state, &statement).await? {
+        Some(plan) => Ok(plan),
+        None => state.statement_to_plan(statement).await,
+    }
 }
 
 /// Parses one statement of `sql`, refusing it first when it nests deeper than

@@ -21,7 +21,9 @@ mod server;
 mod tls;
 
 pub use auth::{DEMO_CLIENT_ID, DemoCredentials, DemoKey};
-pub use generate::{Population, Resource, generate};
+pub use generate::{
+    GenerateOptions, MAX_PROVENANCE_TARGETS, Population, Resource, generate, generate_with,
+};
 pub use server::{
     DemoConfig, DemoServer, DemoStats, Faults, ForeignOrigin, ForeignRequest, HOSTILE_TYPES,
     KickoffLevel, KickoffRecord, presigned,

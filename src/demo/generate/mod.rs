@@ -7,6 +7,9 @@
 //! count give byte-identical NDJSON on every machine. Resources are kept as serialized NDJSON lines:
 //! a gigabyte population costs about a gigabyte of memory, not a tree of `Value`s.
 //!
+//! [`generate_with`] adds what a default population leaves out: a wide Provenance per patient
+//! ([`GenerateOptions::with_provenance_targets`]) for testing and benchmarking wide tables.
+//!
 //! This file runs a population ([`generate`], [`shared`]); the rest is split by job:
 //!
 //! - [`population`]: what comes out ([`Population`], [`Resource`]) and the builder that
@@ -34,7 +37,7 @@ use std::sync::{Arc, Mutex, Weak};
 pub use population::{Population, Resource};
 
 use administrative::{Cohorts, Provider};
-use patient::PatientLife;
+use patient::{PatientLife, provenance};
 use population::Builder;
 use rng::Rng;
 
@@ -56,6 +59,36 @@ pub(crate) const GENERATED_TYPES: [&str; 14] = [
     "Group",
 ];
 
+/// The most targets [`GenerateOptions::with_provenance_targets`] takes: the catalog's default
+/// width bound (50,000 columns) is near.
+pub const MAX_PROVENANCE_TARGETS: usize = 40_000;
+
+/// What a population holds besides the records of [`generate`] (its default).
+///
+/// ```
+/// use fhirflight::demo::{GenerateOptions, generate_with};
+///
+/// let population = generate_with(7, 2, GenerateOptions::default().with_provenance_targets(1_000));
+/// assert_eq!(population.resources("Provenance").len(), 2);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct GenerateOptions {
+    provenance_targets: usize,
+}
+
+impl GenerateOptions {
+    /// Adds one Provenance per patient, as Synthea writes one per record, with `targets` targets
+    /// (at most [`MAX_PROVENANCE_TARGETS`]): references to the patient's resources in export
+    /// order, a record with fewer resources targeted again from its start. Each target is a
+    /// flattened column (`target_0_reference`, ...), so the type is as wide as real ones
+    /// (Synthea's Provenance has thousands). 0, the default, writes no Provenance.
+    pub fn with_provenance_targets(self, targets: usize) -> Self {
+        Self {
+            provenance_targets: targets.min(MAX_PROVENANCE_TARGETS),
+        }
+    }
+}
+
 /// "Now" of every generated population: clinical history ends here and `meta.lastUpdated` values lie
 /// before it, so output never depends on the wall clock.
 const POPULATION_END_MS: i64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
@@ -67,7 +100,14 @@ const YEAR_MS: i64 = 365 * DAY_MS + DAY_MS / 4;
 /// Same arguments, same bytes. Organizations, Practitioners and three Groups (`all-patients`,
 /// `diabetes`, `seniors`) come with them. About 0.4 MB of NDJSON per patient.
 pub fn generate(seed: u64, patients: usize) -> Population {
-    let mut out = Builder::new();
+    generate_with(seed, patients, GenerateOptions::default())
+}
+
+/// [`generate`] with what `options` adds; the default options give the same bytes as [`generate`].
+pub fn generate_with(seed: u64, patients: usize, options: GenerateOptions) -> Population {
+    let targets = options.provenance_targets;
+    let extra: &[&str] = if targets > 0 { &["Provenance"] } else { &[] };
+    let mut out = Builder::new(extra);
     let mut rng = Rng::new(seed);
     let providers: Vec<Provider> = (0..3 + patients / 8)
         .map(|i| Provider::new(&mut rng, i, &mut out))
@@ -82,12 +122,16 @@ pub fn generate(seed: u64, patients: usize) -> Population {
             .map(|first| {
                 let providers = &providers;
                 scope.spawn(move || {
-                    let (mut out, mut cohorts) = (Builder::new(), Cohorts::default());
+                    let (mut out, mut cohorts) = (Builder::new(extra), Cohorts::default());
                     for n in first..(first + per_thread).min(patients) {
                         let mut rng =
                             Rng::new(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                         let provider = &providers[rng.below(providers.len())];
+                        let written: Vec<usize> = out.types.iter().map(|(_, r)| r.len()).collect();
                         PatientLife::generate(&mut rng, provider, &mut out, &mut cohorts);
+                        if targets > 0 {
+                            provenance(&mut rng, provider, &mut out, &written, targets);
+                        }
                     }
                     (out, cohorts)
                 })
@@ -154,6 +198,38 @@ mod tests {
             .write_ndjson("Observation", &mut again)
             .unwrap();
         assert_eq!(first, again);
+    }
+
+    #[test]
+    fn wide_provenance_is_opt_in_and_leaves_the_records_as_they_are() {
+        let plain = generate(7, 3);
+        assert_eq!(plain.resource_types().count(), GENERATED_TYPES.len());
+        assert!(plain.resources("Provenance").is_empty());
+        let wide = generate_with(
+            7,
+            3,
+            GenerateOptions::default().with_provenance_targets(2_500),
+        );
+        for ty in GENERATED_TYPES {
+            assert_eq!(wide.resources(ty), plain.resources(ty), "{ty}");
+        }
+        let ids: HashMap<String, Option<&str>> = plain
+            .resource_types()
+            .flat_map(|t| plain.resources(t))
+            .map(|r| (format!("{}/{}", r.resource_type(), r.id()), r.patient_id()))
+            .collect();
+        let provenance = wide.resources("Provenance");
+        assert_eq!(provenance.len(), 3);
+        for p in provenance {
+            let v: Value = serde_json::from_str(p.json()).unwrap();
+            let targets = v["target"].as_array().unwrap();
+            assert_eq!(targets.len(), 2_500);
+            for target in targets {
+                let reference = target["reference"].as_str().unwrap();
+                assert_eq!(ids[reference], p.patient_id(), "{reference}");
+            }
+            assert_eq!(v["agent"][0]["type"]["coding"][0]["code"], "author");
+        }
     }
 
     #[test]

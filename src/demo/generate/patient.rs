@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::administrative::{Cohorts, Provider};
-use super::datatypes::{SNOMED, coding, concept, date, date_time, meta, reference};
-use super::population::Builder;
+use super::datatypes::{SNOMED, coding, concept, date, date_time, meta, reference, referenced};
+use super::population::{Builder, Resource};
 use super::rng::Rng;
 use super::tables::{CITIES, FAMILY, GIVEN_FEMALE, GIVEN_MALE, RACES, STREETS};
 use super::{DAY_MS, POPULATION_END_MS, YEAR_MS};
@@ -251,4 +251,52 @@ impl<'a> PatientLife<'a> {
         });
         self.push(&id, updated, value);
     }
+}
+
+/// The Provenance of a patient's record (Synthea writes one per patient): `targets` references to
+/// the resources the record wrote since each type held `written[i]` resources, in export order and
+/// round again when there are fewer, recorded by the patient's provider.
+pub(super) fn provenance(
+    rng: &mut Rng,
+    provider: &Provider,
+    out: &mut Builder,
+    written: &[usize],
+    targets: usize,
+) {
+    let record: Vec<(&str, &Resource)> = out
+        .types
+        .iter()
+        .zip(written)
+        .flat_map(|((t, resources), &from)| resources[from..].iter().map(|r| (&**t, &**r)))
+        .collect();
+    let Some(patient) = record.iter().find_map(|(_, r)| r.patient_id()) else {
+        return;
+    };
+    let patient = Arc::<str>::from(patient);
+    let updated = record
+        .iter()
+        .map(|(_, r)| r.last_updated())
+        .max()
+        .unwrap_or(0);
+    let target: Vec<Value> = record
+        .iter()
+        .cycle()
+        .take(targets)
+        .map(|(t, r)| reference(t, r.id()))
+        .collect();
+    let role = |code: &str, display: &str| json!({ "coding": [coding("http://terminology.hl7.org/CodeSystem/provenance-participant-type", code, display)], "text": display });
+    let id = rng.uuid();
+    let value = json!({
+        "resourceType": "Provenance", "id": &*id, "meta": meta(updated),
+        "target": target,
+        "recorded": date_time(updated),
+        "agent": [
+            { "type": role("author", "Author"),
+              "who": referenced("Practitioner", &provider.practitioner_id, &provider.practitioner_name),
+              "onBehalfOf": referenced("Organization", &provider.org_id, &provider.org_name) },
+            { "type": role("transmitter", "Transmitter"),
+              "who": referenced("Organization", &provider.org_id, &provider.org_name) },
+        ],
+    });
+    out.push(&id, Some(&patient), updated, value);
 }

@@ -149,9 +149,11 @@ pub(super) struct Builder {
 }
 
 impl Builder {
-    pub(super) fn new() -> Self {
+    /// A builder of [`GENERATED_TYPES`] and the `extra` types, in that order.
+    pub(super) fn new(extra: &[&str]) -> Self {
         let types = GENERATED_TYPES
             .iter()
+            .chain(extra)
             .map(|t| (Arc::from(*t), Vec::new()))
             .collect();
         Self {

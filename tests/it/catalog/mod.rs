@@ -6,7 +6,8 @@
 //! the rows of a statement, the scan lines of an `EXPLAIN`); the tests are grouped by topic:
 //! [`exports`] (when the catalog exports and when not), [`explain`] (what `EXPLAIN` shows, filters
 //! pushed into the export), [`folders`] (local folders, Synthea), [`over_flight`] (the same over
-//! Flight SQL), [`eviction`] (filtered snapshots kept within bounds) and [`demo_server`].
+//! Flight SQL), [`eviction`] (filtered snapshots kept within bounds), [`wide`] (`SELECT *` on
+//! thousands of columns) and [`demo_server`].
 
 mod demo_server;
 mod eviction;
@@ -15,6 +16,7 @@ mod exports;
 mod folders;
 mod over_flight;
 mod real_servers;
+mod wide;
 
 use std::collections::BTreeMap;
 use std::path::Path;
