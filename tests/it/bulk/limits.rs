@@ -142,7 +142,9 @@ async fn retry_after_as_epoch_seconds_is_an_instant_and_long_waits_are_capped() 
     assert_eq!(downloaded(&outcome, "Patient"), expected("Patient"));
     let asked = waits(&logs, "the server asks to wait ");
     assert_eq!(asked.len(), 2, "{logs}");
-    assert!(asked.iter().all(|w| (28.0..=30.0).contains(w)), "{asked:?}");
+    // An HTTP date has whole seconds, and a loaded machine may take seconds between the
+    // server's answer and the client's reading of it: some 30 s, never decades.
+    assert!(asked.iter().all(|w| (20.0..=30.0).contains(w)), "{asked:?}");
     assert_eq!(
         logs.matches("; capped at 20 ms (the retry policy's maximum)")
             .count(),
