@@ -284,7 +284,7 @@ mod tests {
         let file = File::create(&path).unwrap();
         let props = WriterProperties::builder().build();
         let (written, _) = write_parquet(file, &path, Arc::clone(&schema), props, 100, |sink| {
-            batches.iter().try_for_each(|b| sink(b))?;
+            batches.iter().try_for_each(sink)?;
             Ok(batches.len())
         })
         .unwrap();
