@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
-use super::parquet::{RowGroups, write_parquet};
+use super::parquet::write_parquet;
 use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
     DEFAULT_MAX_COLUMNS, DecodeOptions, OVERFLOW_COLUMN, SchemaInference, TableMode,
@@ -19,13 +19,8 @@ use crate::ndjson::{
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
-/// Parquet row groups: at most 64 Ki rows, small enough for row-group pruning on filters to
-/// matter, and 64 MiB of Arrow data, so that the encoded columns held until a group ends stay
-/// few on wide types (an ExplanationOfBenefit row is some 5 KB).
-const ROW_GROUPS: RowGroups = RowGroups {
-    rows: 64 * 1024,
-    bytes: 64 << 20,
-};
+/// Rows per Parquet row group: small enough for row-group pruning on filters to matter.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Whether the file at `path` is gzip (by its magic bytes).
 pub(crate) fn is_gzip(path: &Path) -> Result<bool> {
@@ -139,15 +134,21 @@ pub fn convert_raw(
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
     let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
-    let (summary, file) =
-        write_parquet(file, &out, Arc::clone(&schema), props, ROW_GROUPS, |sink| {
+    let (summary, file) = write_parquet(
+        file,
+        &out,
+        Arc::clone(&schema),
+        props,
+        ROW_GROUP_ROWS,
+        |sink| {
             decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
                 check_stopping()?;
                 sink(&batch)?;
                 on_rows(batch.num_rows() as u64);
                 Ok(())
             })
-        })?;
+        },
+    )?;
     file.sync_all().map_err(|e| Error::io(&out, e))?;
     tracing::debug!(
         "{resource_type}: {} rows, {} columns to {}: schema inferred in {:.3} s, decoded and \

@@ -42,18 +42,8 @@ struct Encoder<'scope> {
     thread: ScopedJoinHandle<'scope, std::result::Result<(), ParquetError>>,
 }
 
-/// How big a row group grows before it is written out.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RowGroups {
-    /// Rows at most.
-    pub(super) rows: usize,
-    /// Arrow memory of its rows: reached, the group ends. Its encoded columns are held until
-    /// then, so this bounds the memory of wide tables, whose rows are few but large.
-    pub(super) bytes: usize,
-}
-
 /// Writes the batches `fill` hands to its sink into `file` as Parquet of `schema` with `props`
-/// (in `row_groups`), encoding the columns on all cores; returns what `fill`
+/// (row groups of `row_group_rows` rows), encoding the columns on all cores; returns what `fill`
 /// returned and the file, complete (footer written) but not synced. `path` names the file in
 /// errors.
 pub(super) fn write_parquet<T>(
@@ -61,7 +51,7 @@ pub(super) fn write_parquet<T>(
     path: &Path,
     schema: SchemaRef,
     props: WriterProperties,
-    row_groups: RowGroups,
+    row_group_rows: usize,
     fill: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<T>,
 ) -> Result<(T, File)> {
     let err = |e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
@@ -86,23 +76,16 @@ pub(super) fn write_parquet<T>(
             owners: &owners,
             factory: &factory,
             rows: 0,
-            bytes: 0,
             started: false,
             index: 0,
         };
         let mut sink = |batch: &RecordBatch| -> Result<()> {
-            let (rows, size) = (batch.num_rows(), batch.get_array_memory_size());
-            let mut offset = 0;
-            while offset < rows {
-                let take = (rows - offset).min(row_groups.rows - group.rows);
-                group.bytes += size * take / rows;
-                let part = match take == rows {
-                    true => batch.clone(),
-                    false => batch.slice(offset, take),
-                };
-                group.push(part).map_err(err)?;
-                offset += take;
-                if group.rows == row_groups.rows || group.bytes >= row_groups.bytes {
+            let mut rest = batch.clone();
+            while rest.num_rows() > 0 {
+                let take = rest.num_rows().min(row_group_rows - group.rows);
+                group.push(rest.slice(0, take)).map_err(err)?;
+                rest = rest.slice(take, rest.num_rows() - take);
+                if group.rows == row_group_rows {
                     group.close(&mut file_writer).map_err(err)?;
                 }
             }
@@ -126,9 +109,8 @@ struct Group<'a, 'scope> {
     encoders: Vec<Encoder<'scope>>,
     owners: &'a [usize],
     factory: &'a ArrowRowGroupWriterFactory,
-    /// Rows sent to the encoders in this group, and their Arrow memory.
+    /// Rows sent to the encoders in this group.
     rows: usize,
-    bytes: usize,
     /// Whether the encoders have their writers for this group.
     started: bool,
     /// The group's index in the file.
@@ -177,7 +159,7 @@ impl Group<'_, '_> {
             chunk.append_to_row_group(&mut row_group)?;
         }
         row_group.close()?;
-        (self.rows, self.bytes, self.index) = (0, 0, self.index + 1);
+        (self.rows, self.index) = (0, self.index + 1);
         Ok(())
     }
 
@@ -301,21 +283,10 @@ mod tests {
             .collect();
         let file = File::create(&path).unwrap();
         let props = WriterProperties::builder().build();
-        let row_groups = RowGroups {
-            rows: 100,
-            bytes: usize::MAX,
-        };
-        let (written, _) = write_parquet(
-            file,
-            &path,
-            Arc::clone(&schema),
-            props,
-            row_groups,
-            |sink| {
-                batches.iter().try_for_each(sink)?;
-                Ok(batches.len())
-            },
-        )
+        let (written, _) = write_parquet(file, &path, Arc::clone(&schema), props, 100, |sink| {
+            batches.iter().try_for_each(sink)?;
+            Ok(batches.len())
+        })
         .unwrap();
         assert_eq!(written, 10);
 
@@ -336,73 +307,21 @@ mod tests {
     }
 
     #[test]
-    fn a_row_group_ends_at_its_bytes() {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.parquet");
-        let file = File::create(&path).unwrap();
-        let rows = |n| {
-            let column = Arc::new(Int64Array::from_iter_values(0..n));
-            RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap()
-        };
-        let (small, big) = (rows(10), rows(1000));
-        let row_groups = RowGroups {
-            rows: 600,
-            bytes: big.get_array_memory_size() * 2 / 5,
-        };
-        let props = WriterProperties::builder().build();
-        write_parquet(
-            file,
-            &path,
-            Arc::clone(&schema),
-            props,
-            row_groups,
-            |sink| [&small, &big, &small].into_iter().try_for_each(sink),
-        )
-        .unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
-        let groups: Vec<i64> = reader
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|g| g.num_rows())
-            .collect();
-        // 10 + 590 rows (the row bound), then 410 rows pass 2/5 of the big batch's bytes.
-        assert_eq!(groups, [600, 410, 10]);
-    }
-
-    #[test]
     fn an_error_of_the_batches_fails_the_write() {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
         let file = File::create(&path).unwrap();
         let props = WriterProperties::builder().build();
-        let row_groups = RowGroups {
-            rows: 10,
-            bytes: 1 << 20,
-        };
-        let failed = write_parquet(
-            file,
-            &path,
-            Arc::clone(&schema),
-            props,
-            row_groups,
-            |sink| {
-                let rows = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![Arc::new(Int64Array::from_iter_values(0..25))],
-                )
-                .unwrap();
-                sink(&rows)?;
-                Err::<(), _>(Error::snapshot("the source broke"))
-            },
-        );
-        assert!(
-            failed
-                .unwrap_err()
-                .to_string()
-                .ends_with("the source broke")
-        );
+        let failed = write_parquet(file, &path, Arc::clone(&schema), props, 10, |sink| {
+            let rows = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from_iter_values(0..25))],
+            )
+            .unwrap();
+            sink(&rows)?;
+            Err::<(), _>(Error::snapshot("the source broke"))
+        });
+        assert!(failed.unwrap_err().to_string().ends_with("the source broke"));
     }
 }
