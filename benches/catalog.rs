@@ -36,6 +36,10 @@ fn query(resource_type: &str) -> Option<&'static str> {
         "Patient" => {
             "SELECT gender, count(*) AS n, min(birthDate) AS oldest FROM Patient GROUP BY 1"
         }
+        "ExplanationOfBenefit" => {
+            "SELECT type_coding_0_code AS t, count(*) AS n, sum(payment_amount_value) AS paid \
+             FROM ExplanationOfBenefit GROUP BY 1"
+        }
         _ => return None,
     })
 }

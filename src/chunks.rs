@@ -135,6 +135,35 @@ impl LedgerState {
     }
 }
 
+/// Counts the resources of an NDJSON byte stream split anywhere: lines that are not blank (a
+/// blank line holds only spaces, tabs or `\r`; the decoder skips them), the last one with or
+/// without its newline.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LineCounter {
+    lines: u64,
+    /// The line not ended yet has a byte that is not blank.
+    open_line: bool,
+}
+
+impl LineCounter {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+        // A resource line starts with `{`: `is_blank` stops at its first byte.
+        let is_blank = |line: &[u8]| line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'));
+        while let Some(end) = memchr::memchr(b'\n', bytes) {
+            if self.open_line || !is_blank(&bytes[..end]) {
+                self.lines += 1;
+            }
+            self.open_line = false;
+            bytes = &bytes[end + 1..];
+        }
+        self.open_line |= !is_blank(bytes);
+    }
+
+    pub(crate) fn lines(&self) -> u64 {
+        self.lines + u64::from(self.open_line)
+    }
+}
+
 /// The worker threads of all runs in the process at once: one per core. Concurrent conversions
 /// (queries of several users, a view beside an export) share them instead of each starting a
 /// thread per core, which would multiply the threads, and each one's memory in flight, by the
@@ -365,6 +394,33 @@ fn skip_line(reader: &mut impl Read, carry: &mut Vec<u8>) -> std::io::Result<boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_counter_handles_any_split() {
+        let text = b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}";
+        for split in 0..text.len() {
+            let mut counter = LineCounter::default();
+            counter.feed(&text[..split]);
+            counter.feed(&text[split..]);
+            assert_eq!(counter.lines(), 3, "split at {split}");
+        }
+        let mut counter = LineCounter::default();
+        counter.feed(b"x\n");
+        counter.feed(b"");
+        assert_eq!(counter.lines(), 1);
+        assert_eq!(LineCounter::default().lines(), 0);
+    }
+
+    #[test]
+    fn blank_lines_are_not_resources() {
+        let text = b"\n{\"a\":1}\r\n \t\r\n\n{\"b\":2}\n  ";
+        for split in 0..text.len() {
+            let mut counter = LineCounter::default();
+            counter.feed(&text[..split]);
+            counter.feed(&text[split..]);
+            assert_eq!(counter.lines(), 2, "split at {split}");
+        }
+    }
 
     #[test]
     fn chunks_end_at_line_ends_and_keep_long_lines_whole() {

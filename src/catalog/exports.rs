@@ -668,7 +668,7 @@ fn commit_type(
     };
     let mut add_raw =
         |inputs: &[PathBuf], drop: Option<&std::collections::HashSet<String>>| -> Result<u64> {
-            let (path, rel) = writer.raw_path(manifest.raw.len());
+            let (path, rel) = writer.raw_path(manifest.raw.len(), true);
             let (resources, bytes) = write_raw(inputs, drop, options.max_line_bytes, &path)?;
             manifest.raw.push(RawFile {
                 path: rel,
@@ -692,8 +692,12 @@ fn commit_type(
                 deleted,
             });
         }
+        // A full snapshot keeps the fetched files as they are.
         None => {
-            add_raw(&files, None)?;
+            for file in &files {
+                let raw = writer.copy_raw(manifest.raw.len(), file)?;
+                manifest.raw.push(raw);
+            }
         }
     }
     writer.commit(

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
+use super::parquet::write_parquet;
 use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
     DEFAULT_MAX_COLUMNS, DecodeOptions, OVERFLOW_COLUMN, SchemaInference, TableMode,
@@ -23,19 +22,27 @@ use crate::{Error, Result};
 /// Rows per Parquet row group: small enough for row-group pruning on filters to matter.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
 
+/// Whether the file at `path` is gzip (by its magic bytes).
+pub(crate) fn is_gzip(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 2];
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    Ok(n == 2 && magic == GZIP_MAGIC)
+}
+
+/// The first bytes of a gzip stream.
+pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
 /// Opens a raw NDJSON file, decompressing it when it is gzip (detected by its magic bytes).
 pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut magic = [0u8; 2];
-    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    let gzip = is_gzip(path)?;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    Ok(if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(BufReader::with_capacity(
+    Ok(match gzip {
+        true => Box::new(BufReader::with_capacity(
             1 << 16,
             flate2::read::MultiGzDecoder::new(file),
-        ))
-    } else {
-        Box::new(BufReader::with_capacity(1 << 16, file))
+        )),
+        false => Box::new(BufReader::with_capacity(1 << 16, file)),
     })
 }
 
@@ -82,7 +89,8 @@ const SKIPPED_SHOWN: usize = 5;
 
 /// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
 /// (created): one pass infers the schema over all files, a second decodes against it, both on all
-/// cores, in batches and with the strictness and line bound of `options`. With
+/// cores, in batches and with the strictness and line bound of `options`, while the Parquet
+/// columns are encoded on all cores too ([`write_parquet`]). With
 /// [`Strictness::Lenient`](crate::ndjson::Strictness::Lenient), bad lines are skipped and counted:
 /// a [`WarningKind::SkippedLines`] warning naming the first few comes with the table;
 /// [`Strictness::Strict`](crate::ndjson::Strictness::Strict) fails on the first instead, naming
@@ -97,8 +105,8 @@ pub fn convert_raw(
     out_dir: &Path,
     on_rows: &dyn Fn(u64),
 ) -> Result<(TableFiles, Vec<Warning>)> {
+    let started = std::time::Instant::now();
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let err = |path: &Path, e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
     // Each file's path names it in errors.
     let options = options.clone().with_resource_type(resource_type);
 
@@ -119,20 +127,38 @@ pub fn convert_raw(
         ]));
     }
 
+    let inferred = started.elapsed();
+
     let out = out_dir.join("part-0.parquet");
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
     let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
-    let mut writer =
-        ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| err(&out, e))?;
-    let summary = decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
-        check_stopping()?;
-        writer.write(&batch).map_err(|e| err(&out, e))?;
-        on_rows(batch.num_rows() as u64);
-        Ok(())
-    })?;
+    let (summary, file) = write_parquet(
+        file,
+        &out,
+        Arc::clone(&schema),
+        props,
+        ROW_GROUP_ROWS,
+        |sink| {
+            decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
+                check_stopping()?;
+                sink(&batch)?;
+                on_rows(batch.num_rows() as u64);
+                Ok(())
+            })
+        },
+    )?;
+    file.sync_all().map_err(|e| Error::io(&out, e))?;
+    tracing::debug!(
+        "{resource_type}: {} rows, {} columns to {}: schema inferred in {:.3} s, decoded and \
+         written in {:.3} s",
+        summary.rows,
+        schema.fields().len(),
+        out.display(),
+        inferred.as_secs_f64(),
+        (started.elapsed() - inferred).as_secs_f64(),
+    );
     let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
     let skipped = (skipped_lines > 0).then(|| {
         let first: Vec<String> = summary
@@ -165,8 +191,6 @@ pub fn convert_raw(
         )),
         _ => None,
     };
-    let file = writer.into_inner().map_err(|e| err(&out, e))?;
-    file.sync_all().map_err(|e| Error::io(&out, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
     let table = TableFiles {
         files: vec![TableFile {

@@ -1,4 +1,4 @@
-//! Local snapshot store: raw NDJSON (gzip) + Parquet + a manifest per resource type, committed
+//! Local snapshot store: raw NDJSON (as fetched, plain or gzip) + Parquet + a manifest per resource type, committed
 //! atomically, merged incrementally.
 //!
 //! # Layout
@@ -10,7 +10,9 @@
 //! <cache>/<source-key>/                  e.g. 127.0.0.1_8080-3f2a9c1e5b7d0a46
 //!   source.json                          {"source": "<base url, folder or demo population>"}
 //!   <Type>/manifest.json                 THE commit point: names the current snapshot of <Type>
-//!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson.gz      raw resources, the source of truth
+//!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson[.gz]    raw resources, the source of truth:
+//!                                        copies of the fetched files as they are (gzip
+//!                                        when they were), a merge's gzip
 //!   <Type>/<snapshot-id>/.readers        held (shared lock) by whoever reads that snapshot
 //!   <Type>/<snapshot-id>/<mode>/part-<n>.parquet       one table per mode (flattened, nested)
 //!   <Type>@<filters>-<hash>/...          the same for an export restricted by filter pushdown
@@ -64,6 +66,7 @@ mod lease;
 mod listing;
 mod manifest;
 mod names;
+mod parquet;
 mod raw;
 mod store;
 mod writer;
@@ -75,6 +78,6 @@ pub use listing::{CachedSnapshot, CachedSource, CachedTable, list_cache};
 pub use manifest::{
     Column, Incremental, MANIFEST_FORMAT, RawFile, SnapshotManifest, TableFile, TableFiles, rfc3339,
 };
-pub use raw::{resource_ids, write_raw};
+pub use raw::{copy_raw, resource_ids, write_raw};
 pub use store::{Cleared, Snapshot, SnapshotStore, clean_cache, default_cache_dir};
 pub use writer::{SnapshotWriter, writes_in_progress};

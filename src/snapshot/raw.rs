@@ -1,16 +1,18 @@
-//! Raw NDJSON files of a snapshot: gzip copies, and the merge of an incremental export.
+//! Raw NDJSON files of a snapshot: copies of the fetched files as they are, and the merge of an
+//! incremental export.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
 
-use super::convert::open_raw;
+use super::convert::{GZIP_MAGIC, check_stopping, open_raw};
+use crate::chunks::LineCounter;
 use crate::{Error, Result};
 
 #[derive(Deserialize)]
@@ -90,21 +92,21 @@ pub fn resource_ids(paths: &[PathBuf], max_line: usize) -> Result<HashSet<String
 /// leaving out those whose id is in `drop` (lines without a readable id are kept, so the decoder
 /// reports them). A line of more than `max_line` bytes is copied cut to `max_line + 1` bytes, so
 /// that the decoder still reports it as too long (and it is never held whole). Returns the number
-/// of resources and the file size; the file is synced.
+/// of resources and the file size; the file is not synced (a snapshot's commit syncs it).
 pub fn write_raw(
     inputs: &[PathBuf],
     drop: Option<&HashSet<String>>,
     max_line: usize,
     out: &Path,
 ) -> Result<(u64, u64)> {
-    let file = File::create(out).map_err(|e| Error::io(out, e))?;
+    let file = create_private(out).map_err(|e| Error::io(out, e))?;
     let mut gz = GzEncoder::new(
         std::io::BufWriter::with_capacity(1 << 16, file),
         Compression::fast(),
     );
     let mut resources = 0u64;
     let copied = for_each_line(inputs, max_line, |line| {
-        if super::convert::check_stopping().is_err() {
+        if check_stopping().is_err() {
             return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
         }
         if drop.is_some_and(|d| line_id(line).is_some_and(|id| d.contains(&id))) {
@@ -114,14 +116,76 @@ pub fn write_raw(
         gz.write_all(line)?;
         gz.write_all(b"\n")
     });
-    super::convert::check_stopping()?;
+    check_stopping()?;
     copied?;
     let file = gz
         .finish()
         .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
         .map_err(|e| Error::io(out, e))?;
-    file.sync_all().map_err(|e| Error::io(out, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(out, e))?.len();
+    Ok((resources, bytes))
+}
+
+/// Creates `path` for writing, readable and writable by its owner only (patient data: the
+/// folders are too, see [`crate::private_dir`]); it must not exist.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// A [`Write`] that counts the resources of what it is given.
+struct Counting(LineCounter);
+
+impl Write for Counting {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.feed(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Copies the NDJSON file `input` (gzip or plain) into `out` as it is, byte for byte: the
+/// snapshot keeps its own copy (the input may change once read, a user's folder as much as a
+/// download) without compressing anew what the source compressed or not. The copy is readable by
+/// its owner only, not synced (a snapshot's commit syncs it). Returns the number of resources (lines that are not blank,
+/// counted on the way, inflated when gzip) and the size of the copy.
+pub fn copy_raw(input: &Path, out: &Path) -> Result<(u64, u64)> {
+    let mut reader = File::open(input).map_err(|e| Error::io(input, e))?;
+    let mut file = create_private(out).map_err(|e| Error::io(out, e))?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut plain, mut gzip) = (LineCounter::default(), None);
+    let mut bytes = 0u64;
+    loop {
+        check_stopping()?;
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(input, e)),
+        };
+        let read = &buffer[..n];
+        if bytes == 0 && read.starts_with(&GZIP_MAGIC) {
+            gzip = Some(flate2::write::MultiGzDecoder::new(Counting(
+                LineCounter::default(),
+            )));
+        }
+        bytes += n as u64;
+        file.write_all(read).map_err(|e| Error::io(out, e))?;
+        match &mut gzip {
+            Some(inflate) => inflate.write_all(read).map_err(|e| Error::io(input, e))?,
+            None => plain.feed(read),
+        }
+    }
+    let resources = match gzip {
+        Some(inflate) => inflate.finish().map_err(|e| Error::io(input, e))?.0.lines(),
+        None => plain.lines(),
+    };
     Ok((resources, bytes))
 }
 
@@ -142,6 +206,32 @@ mod tests {
         assert_eq!(bytes, std::fs::metadata(&out).unwrap().len());
         let ids = resource_ids(&[out], max).unwrap();
         assert_eq!(ids, ["a".to_owned(), "d".to_owned()].into());
+    }
+
+    #[test]
+    fn copies_are_byte_for_byte_owner_only_and_count_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "{\"id\":\"a\"}\n\r\n{\"id\":\"b\"}\n \n{\"id\":\"c\"}";
+        let plain = dir.path().join("in.ndjson");
+        std::fs::write(&plain, text).unwrap();
+        let gzip = dir.path().join("in.ndjson.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
+        for input in [plain, gzip] {
+            let out = dir.path().join("copy");
+            let (resources, bytes) = copy_raw(&input, &out).unwrap();
+            let copied = std::fs::read(&out).unwrap();
+            assert_eq!(copied, std::fs::read(&input).unwrap());
+            assert_eq!((resources, bytes), (3, copied.len() as u64));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
+            std::fs::remove_file(&out).unwrap();
+        }
     }
 
     #[test]

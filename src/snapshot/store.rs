@@ -745,7 +745,7 @@ pub(super) mod tests {
         let input = store.dir().join(format!("{name}.ndjson"));
         fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n").unwrap();
         let writer = store.begin_named(name, "Patient").unwrap();
-        let (path, rel) = writer.raw_path(0);
+        let (path, rel) = writer.raw_path(0, true);
         let (resources, bytes) = write_raw(&[input], None, usize::MAX, &path).unwrap();
         let manifest = SnapshotManifest {
             raw: vec![RawFile {

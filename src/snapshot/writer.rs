@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::convert::is_gzip;
 use super::lease::LEASE_FILE;
 use super::manifest::{to_json, write_atomic};
 use super::names::is_filtered;
 use super::{
-    Lease, MANIFEST_FORMAT, Snapshot, SnapshotManifest, SnapshotStore, convert_raw, mode_key,
-    rfc3339,
+    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, convert_raw,
+    copy_raw, mode_key, rfc3339,
 };
 use crate::ndjson::{DecodeOptions, TableMode};
 use crate::{Error, Result};
@@ -52,6 +53,13 @@ impl Drop for SnapshotWriter {
     }
 }
 
+/// Makes the file at `path` durable.
+fn sync(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
 /// The lock file that says a live writer owns the temporary folder `dir`.
 pub(super) fn owner_lock(dir: &Path) -> PathBuf {
     dir.with_extension("lock")
@@ -63,10 +71,24 @@ impl SnapshotWriter {
         &self.dir
     }
 
-    /// Path for the `n`th raw file of this snapshot (relative path as stored in the manifest).
-    pub fn raw_path(&self, n: usize) -> (PathBuf, String) {
-        let rel = format!("raw/{}.{n:03}.ndjson.gz", self.resource_type);
+    /// Path for the `n`th raw file of this snapshot (relative path as stored in the manifest):
+    /// `raw/<Type>.<n>.ndjson`, with `.gz` when `gzip`.
+    pub fn raw_path(&self, n: usize, gzip: bool) -> (PathBuf, String) {
+        let gz = if gzip { ".gz" } else { "" };
+        let rel = format!("raw/{}.{n:03}.ndjson{gz}", self.resource_type);
         (self.dir.join(&rel), rel)
+    }
+
+    /// Copies the NDJSON file `input` (gzip or plain) as it is into the snapshot as its raw
+    /// file `n` ([`copy_raw`]), and describes it for the manifest.
+    pub fn copy_raw(&self, n: usize, input: &Path) -> Result<RawFile> {
+        let (path, rel) = self.raw_path(n, is_gzip(input)?);
+        let (resources, bytes) = copy_raw(input, &path)?;
+        Ok(RawFile {
+            path: rel,
+            resources,
+            bytes,
+        })
     }
 
     /// Converts the raw files to the Parquet tables of `modes` (with the batch size, strictness
@@ -86,19 +108,27 @@ impl SnapshotWriter {
             .iter()
             .map(|r| self.dir.join(&r.path))
             .collect();
-        for mode in modes {
-            let key = mode_key(mode);
-            let (table, warnings) = convert_raw(
-                &raw,
-                &self.resource_type,
-                mode,
-                options,
-                &self.dir.join(&key),
-                on_rows,
-            )?;
-            manifest.tables.insert(key.clone(), table.relative_to(&key));
-            manifest.add_conversion_warnings(warnings);
-        }
+        // The raw files reach the disk while the conversion keeps the cores busy: both must
+        // be durable before the commit.
+        std::thread::scope(|scope| {
+            let syncing = scope.spawn(|| raw.iter().try_for_each(|path| sync(path)));
+            for mode in modes {
+                let key = mode_key(mode);
+                let (table, warnings) = convert_raw(
+                    &raw,
+                    &self.resource_type,
+                    mode,
+                    options,
+                    &self.dir.join(&key),
+                    on_rows,
+                )?;
+                manifest.tables.insert(key.clone(), table.relative_to(&key));
+                manifest.add_conversion_warnings(warnings);
+            }
+            syncing
+                .join()
+                .map_err(|_| Error::snapshot("syncing the raw files panicked"))?
+        })?;
         manifest.format = MANIFEST_FORMAT;
         manifest.resource_type = self.resource_type.clone();
         manifest.snapshot = self.id.clone();

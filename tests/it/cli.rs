@@ -194,7 +194,7 @@ fn skipped_lines_are_a_warning_on_the_terminal() {
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "warning: Patient: skipped-lines: 1 line skipped: raw/Patient.000.ndjson.gz line 2: invalid JSON"
+            "warning: Patient: skipped-lines: 1 line skipped: raw/Patient.000.ndjson line 2: invalid JSON"
         ),
         "{stderr}"
     );
@@ -256,7 +256,7 @@ fn strict_fails_on_a_bad_line_and_commits_nothing() {
     let stderr = String::from_utf8_lossy(&strict.stderr);
     assert_eq!(strict.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("raw/Patient.000.ndjson.gz line 2: invalid JSON"),
+        stderr.contains("raw/Patient.000.ndjson line 2: invalid JSON"),
         "{stderr}"
     );
     // Nothing was committed: without --strict the same cache converts again, with a warning.

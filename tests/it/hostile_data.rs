@@ -126,7 +126,7 @@ async fn a_line_beyond_the_bound_is_skipped_or_fails_strict_naming_its_line() {
     assert_eq!(skipped.count, 1);
     assert_eq!(
         skipped.message,
-        "1 line skipped: raw/Patient.000.ndjson.gz line 2: line of more than 65536 bytes"
+        "1 line skipped: raw/Patient.000.ndjson line 2: line of more than 65536 bytes"
     );
 
     let cache = tempfile::tempdir().unwrap();
@@ -137,7 +137,7 @@ async fn a_line_beyond_the_bound_is_skipped_or_fails_strict_naming_its_line() {
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains("raw/Patient.000.ndjson.gz line 2: line of more than 65536 bytes"),
+        err.contains("raw/Patient.000.ndjson line 2: line of more than 65536 bytes"),
         "{err}"
     );
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use fhirflight::ndjson::{DecodeOptions, Strictness, TableMode};
-use fhirflight::snapshot::{RawFile, SnapshotManifest, SnapshotStore, write_raw};
+use fhirflight::snapshot::{SnapshotManifest, SnapshotStore};
 
 fn ndjson(dir: &std::path::Path, name: &str, ids: &[&str]) -> PathBuf {
     let path = dir.join(name);
@@ -22,16 +22,11 @@ fn commit(
     transaction_time: &str,
 ) -> fhirflight::snapshot::Snapshot {
     let writer = store.begin("Patient").unwrap();
-    let (path, rel) = writer.raw_path(0);
-    let (resources, bytes) = write_raw(&[input], None, usize::MAX, &path).unwrap();
+    let raw = writer.copy_raw(0, &input).unwrap();
     let manifest = SnapshotManifest {
         source: "test".into(),
         transaction_time: transaction_time.into(),
-        raw: vec![RawFile {
-            path: rel,
-            resources,
-            bytes,
-        }],
+        raw: vec![raw],
         ..SnapshotManifest::default()
     };
     writer
@@ -137,4 +132,55 @@ fn concurrent_commits_leave_one_complete_snapshot() {
     let expected = current.manifest().resources();
     assert_eq!(current.table("flattened").unwrap().rows, expected);
     assert!(current.raw_paths().iter().all(|p| p.exists()));
+}
+
+#[test]
+fn a_failed_conversion_leaves_the_committed_snapshot_which_owns_its_raw_copy() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(cache.path(), "folder").unwrap();
+    let input = ndjson(data.path(), "a.ndjson", &["1", "2"]);
+    let first = commit(&store, input.clone(), "t1");
+    let raw = &first.raw_paths()[0];
+    assert_eq!(std::fs::read(raw).unwrap(), std::fs::read(&input).unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(raw).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "patient data: the owner's only");
+    }
+    // The user's file changes: the snapshot's copy does not.
+    std::fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"9\"}\n").unwrap();
+    assert_eq!(first.manifest().resources(), 2);
+    assert!(
+        std::fs::read_to_string(raw)
+            .unwrap()
+            .contains("\"id\":\"2\"")
+    );
+
+    // A conversion that fails (a bad line, strictly decoded) commits nothing and leaves no
+    // folder behind: the old snapshot stays current.
+    let bad = data.path().join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        "{\"resourceType\":\"Patient\",\"id\":\"3\"}\n{not json\n",
+    )
+    .unwrap();
+    let writer = store.begin("Patient").unwrap();
+    let tmp = writer.dir().to_owned();
+    let raw = writer.copy_raw(0, &bad).unwrap();
+    let failed = writer.commit(
+        SnapshotManifest {
+            raw: vec![raw],
+            ..SnapshotManifest::default()
+        },
+        &[TableMode::default()],
+        &DecodeOptions::default().with_strictness(Strictness::Strict),
+        &|_| {},
+    );
+    assert!(failed.unwrap_err().to_string().contains("line 2"));
+    assert!(!tmp.exists());
+    let current = store.current("Patient").unwrap().unwrap();
+    assert_eq!(current.manifest().snapshot, first.manifest().snapshot);
+    assert_eq!(current.table("flattened").unwrap().rows, 2);
 }

@@ -456,7 +456,7 @@ async fn what_an_export_finished_despite_reaches_every_reporter() {
     assert!(
         skipped
             .message
-            .starts_with("1 line skipped: raw/Condition.000.ndjson.gz line 1: invalid JSON"),
+            .starts_with("1 line skipped: raw/Condition.000.ndjson line 1: invalid JSON"),
         "{skipped}"
     );
     // The snapshot keeps its type's warnings, and fhir_refresh returns them.
