@@ -449,10 +449,13 @@ impl<'c, 'a> Eval<'c, 'a> {
             },
             (op, x @ (Val::Int(_) | Val::Dec(_)), y @ (Val::Int(_) | Val::Dec(_))) => {
                 let (x, y) = (x.number().unwrap_or(0.0), y.number().unwrap_or(0.0));
+                // Decimal sums and products have the places of their operands (`1.8 - 1.2` is
+                // `0.6`, not the binary float's `0.6000000000000001`).
+                let (dx, dy) = (decimals(x), decimals(y));
                 match op {
-                    Add => Item::Dec(x + y),
-                    Sub => Item::Dec(x - y),
-                    Mul => Item::Dec(x * y),
+                    Add => Item::Dec(round_to(x + y, dx.max(dy))),
+                    Sub => Item::Dec(round_to(x - y, dx.max(dy))),
+                    Mul => Item::Dec(round_to(x * y, (dx + dy).min(15))),
                     _ if y == 0.0 => return Ok(None),
                     Div => Item::Dec(x / y),
                     IntDiv => Item::Int((x / y).trunc() as i64),
@@ -470,7 +473,11 @@ impl<'c, 'a> Eval<'c, 'a> {
             _ => (None, ty),
         };
         if !known_type(ns, name) {
-            return Err(self.error(format!("unknown type {ty}")));
+            // `System.Patient` names nothing any value can be; a bare unknown name is a mistake.
+            return match ns {
+                Some(_) => Ok(false),
+                None => Err(self.error(format!("unknown type {ty}"))),
+            };
         }
         let (fhir, actual) = type_of(item);
         Ok(match fhir {
@@ -501,8 +508,16 @@ pub(super) fn members<'a>(
     name: &str,
     f: &mut impl FnMut(Item<'a>) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
-    let Item::Node(node) = item else {
-        return ControlFlow::Continue(());
+    let node = match item {
+        Item::Node(node) => node,
+        Item::Type(ns, ty) => {
+            return match name {
+                "namespace" => f(Item::Str(Cow::Borrowed(ns))),
+                "name" => f(Item::Str(Cow::Borrowed(ty))),
+                _ => ControlFlow::Continue(()),
+            };
+        }
+        _ => return ControlFlow::Continue(()),
     };
     let Value::Object(map) = node.value else {
         return ControlFlow::Continue(());
@@ -662,6 +677,7 @@ pub(super) fn type_of(item: &Item<'_>) -> (Option<u16>, &'static str) {
             TemporalKind::Time => "Time",
         },
         Item::Quantity(_) => "Quantity",
+        Item::Type(..) => "TypeInfo",
     };
     (None, system)
 }
@@ -707,6 +723,7 @@ pub(crate) fn value_of<'x>(item: &'x Item<'_>) -> Val<'x> {
         Item::Str(s) => Val::Str(Cow::Borrowed(s)),
         Item::Temporal(t) => Val::Temporal(*t),
         Item::Quantity(q) => Val::Quantity(Cow::Borrowed(&**q)),
+        Item::Type(..) => Val::Other,
         Item::Node(n) => match n.value {
             Value::Bool(b) => Val::Bool(*b),
             Value::Number(num) => {
@@ -800,7 +817,7 @@ pub(crate) fn equivalent(a: &Item<'_>, b: &Item<'_>) -> bool {
             round_to(x, places) == round_to(y, places)
         }
         (Val::Temporal(x), Val::Temporal(y)) => {
-            x.precision() == y.precision() && x.compare(&y) == Some(Ordering::Equal)
+            x.same_precision(&y) && x.compare(&y) == Some(Ordering::Equal)
         }
         (x, y) => matches!(
             compare_values(&x, &y, true),
@@ -901,65 +918,91 @@ pub(crate) fn union<'a>(l: Collection<'a>, r: Collection<'a>) -> Collection<'a> 
     out
 }
 
-/// Strict mode: the leading path of `expr` against the model from `ty`: a path that starts with
-/// another resource type, an element the model does not have, or a choice element named with its
-/// type suffix is an error.
+/// Strict mode: the paths of `expr` against the model from `ty`, as a static checker sees them.
+/// A path that starts with another resource type, an element the model does not have (after
+/// `as` too), a choice element named with its type suffix, or an order-dependent function on
+/// `children()`/`descendants()` (whose order is not defined) is an error.
 pub(super) fn check_strict(expr: &Expr, ty: Option<u16>, source: &str) -> Result<()> {
-    let error = |msg: String| Error::FhirPath {
-        expr: source.to_owned(),
-        pos: None,
-        msg,
-    };
     let mut failure = None;
     visit(expr, &mut |e| {
-        let Expr::Member(base, name) = e else { return };
-        if failure.is_some() || !matches!(**base, Expr::This | Expr::Member(..)) {
+        if failure.is_some() {
             return;
         }
-        let Some(owner) = strict_type(base, ty) else {
-            return;
-        };
-        let node = &TYPES[usize::from(owner)];
-        if name.starts_with(|c: char| c.is_ascii_uppercase()) && matches!(**base, Expr::This) {
-            if r4::is_resource_type(name) && node.key != &**name {
+        match e {
+            Expr::Member(base, name) => {
+                let Some(owner) = strict_type(base, ty) else {
+                    return;
+                };
+                let node = &TYPES[usize::from(owner)];
+                if matches!(**base, Expr::This) && r4::is_resource_type(name) {
+                    if node.key != &**name {
+                        failure = Some(format!(
+                            "{name} is not the type of the input ({})",
+                            node.key
+                        ));
+                    }
+                    return;
+                }
+                let known = node.elements.iter().any(|(e, _)| e == &&**name);
+                let choice = node.elements.iter().any(|(e, _)| is_expansion(e, name));
+                if !(known || choice) || is_choice_with_suffix(node, name) {
+                    failure = Some(format!("{} has no element {name}", node.key));
+                }
+            }
+            Expr::Call(base, func, _) if is_ordered(*func) && unordered(base) => {
                 failure = Some(format!(
-                    "{name} is not the type of the input ({})",
-                    node.key
+                    "{}() on a collection without a defined order",
+                    func.name()
                 ));
             }
-            return;
-        }
-        let known = node.elements.iter().any(|(e, _)| e == &&**name);
-        let choice = node.elements.iter().any(|(e, _)| {
-            e.strip_prefix(&**name)
-                .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
-        });
-        if !(known || choice) || is_choice_with_suffix(node, name) {
-            failure = Some(format!("{} has no element {name}", node.key));
+            Expr::Index(base, _) if unordered(base) => {
+                failure = Some("an indexer on a collection without a defined order".into());
+            }
+            _ => {}
         }
     });
-    failure.map_or(Ok(()), |msg| Err(error(msg)))
+    match failure {
+        None => Ok(()),
+        Some(msg) => Err(Error::FhirPath {
+            expr: source.to_owned(),
+            pos: None,
+            msg,
+        }),
+    }
 }
 
-/// Whether `name` is a choice element named with its type (`valueQuantity`): the model lists it
-/// expanded, and other expansions of the same base exist.
+/// Whether `element` is `base` expanded with a type (`valueQuantity` of `value`).
+fn is_expansion(element: &str, base: &str) -> bool {
+    element
+        .strip_prefix(base)
+        .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
+}
+
+fn is_ordered(func: super::parser::Func) -> bool {
+    use super::parser::Func::*;
+    matches!(func, First | Last | Tail | Skip | Take | Single)
+}
+
+fn unordered(expr: &Expr) -> bool {
+    use super::parser::Func::*;
+    matches!(expr, Expr::Call(_, Children | Descendants, _))
+}
+
+/// Whether `name` is a choice element named with its type (`valueQuantity`): other expansions
+/// of the same base exist.
 fn is_choice_with_suffix(node: &r4::TypeNode, name: &str) -> bool {
     let Some(split) = name.find(|c: char| c.is_ascii_uppercase()) else {
         return false;
     };
     let base = &name[..split];
-    let expansions = node
-        .elements
+    node.elements
         .iter()
-        .filter(|(e, _)| {
-            e.strip_prefix(base)
-                .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
-        })
-        .count();
-    expansions > 1
+        .filter(|(e, _)| is_expansion(e, base))
+        .count()
+        > 1
 }
 
-/// The model type a path prefix reaches from `ty`, when every step is known.
+/// The model type a path reaches from `ty`, when every step is known (`as` names its type).
 fn strict_type(expr: &Expr, ty: Option<u16>) -> Option<u16> {
     match expr {
         Expr::This => ty,
@@ -970,6 +1013,7 @@ fn strict_type(expr: &Expr, ty: Option<u16>) -> Option<u16> {
             }
             r4::element_type(owner, name)
         }
+        Expr::As(_, name) => r4::type_index(name.strip_prefix("FHIR.").unwrap_or(name)),
         _ => None,
     }
 }

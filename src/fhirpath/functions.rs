@@ -511,6 +511,13 @@ impl<'a> Eval<'_, 'a> {
                 Some(item) => vec![Item::Bool(self.is_type(item, type_arg(&args[0]))?)],
             },
             AsFn => self.cast(input, type_arg(&args[0]))?,
+            TypeFn => input
+                .iter()
+                .map(|item| match super::eval::type_of(item) {
+                    (Some(_), name) => Item::Type("FHIR", name),
+                    (None, name) => Item::Type("System", name),
+                })
+                .collect(),
             Sort => self.sort(input, args)?,
 
             // FHIR.
@@ -791,11 +798,13 @@ impl<'a> Eval<'_, 'a> {
         let mut incomparable = false;
         keyed.sort_by(|(a, _), (b, _)| {
             for ((x, desc), (y, _)) in a.iter().zip(b) {
+                // An empty key sorts first either way.
                 let ord = match (x.first(), y.first()) {
                     (None, None) => Ordering::Equal,
                     (None, Some(_)) => Ordering::Less,
                     (Some(_), None) => Ordering::Greater,
                     (Some(x), Some(y)) => match compare(x, y) {
+                        Comparison::Ordered(o) if *desc => o.reverse(),
                         Comparison::Ordered(o) => o,
                         _ => {
                             incomparable = true;
@@ -803,7 +812,6 @@ impl<'a> Eval<'_, 'a> {
                         }
                     },
                 };
-                let ord = if *desc { ord.reverse() } else { ord };
                 if ord.is_ne() {
                     return ord;
                 }
@@ -953,9 +961,34 @@ fn codec(func: Func, s: &str, format: &str) -> Option<String> {
             let quoted = serde_json::to_string(s).ok()?;
             Some(quoted[1..quoted.len() - 1].to_owned())
         }
-        (Func::Unescape, "json") => serde_json::from_str(&format!("\"{s}\"")).ok(),
+        (Func::Unescape, "json") => unescape_json(s),
         _ => None,
     }
+}
+
+/// The JSON string escapes of `s` undone (`\"`, `\n`, `\u00e9` ...); `None` for a bad one.
+fn unescape_json(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next()? {
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'u' => {
+                let hex: String = chars.by_ref().take(4).collect();
+                char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+            }
+            other => other,
+        });
+    }
+    Some(out)
 }
 
 /// The children of a node: every element's items, in document order.

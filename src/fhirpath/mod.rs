@@ -74,6 +74,9 @@ pub enum Item<'a> {
     Temporal(Temporal),
     /// A quantity (literal or computed).
     Quantity(Box<Quantity>),
+    /// The result of `type()`: a namespace (`System`, `FHIR`) and a type name, which expose
+    /// `namespace` and `name` as members.
+    Type(&'static str, &'static str),
 }
 
 impl<'a> Item<'a> {
@@ -162,6 +165,7 @@ impl<'a> Item<'a> {
             Item::Str(s) => Value::String(s.to_string()),
             Item::Temporal(t) => Value::String(t.to_string()),
             Item::Quantity(q) => Value::String(q.to_string()),
+            Item::Type(ns, name) => serde_json::json!({"namespace": ns, "name": name}),
         }
     }
 }

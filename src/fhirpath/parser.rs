@@ -199,6 +199,7 @@ functions! {
     "aggregate" => Aggregate(1, 2),
     "defineVariable" => DefineVariable(1, 2),
     "is" => IsFn(1, 1),
+    "type" => TypeFn(0, 0),
     "as" => AsFn(1, 1),
     "sort" => Sort(0, 8),
     "extension" => Extension(1, 1),
@@ -386,7 +387,12 @@ impl Lexer<'_> {
             let text = &rest[1..len];
             let parsed = match text.strip_prefix('T') {
                 Some(time) => Temporal::parse(time, true),
-                None => Temporal::parse(text.strip_suffix('T').unwrap_or(text), false),
+                // `@2015T` is a DateTime of year precision.
+                None => match text.strip_suffix('T') {
+                    Some(date) => Temporal::parse(date, false)
+                        .map(|t| t.with_kind(super::value::TemporalKind::DateTime)),
+                    None => Temporal::parse(text, false),
+                },
             };
             Tok::Temporal(parsed.ok_or_else(|| {
                 syntax(

@@ -164,12 +164,11 @@ impl Temporal {
     pub fn compare(&self, other: &Temporal) -> Option<Ordering> {
         let norm = |p: u8| if p == MILLI { SECOND } else { p };
         let common = norm(self.precision).min(norm(other.precision));
-        let (a, b) = if self.tz.is_some() != other.tz.is_some() && common > DAY {
-            // One side without an offset: compare as written.
-            (self.strip_tz(), other.strip_tz())
-        } else {
-            (*self, *other)
-        };
+        if self.tz.is_some() != other.tz.is_some() && common > DAY {
+            // One side without an offset: its instant is unknown.
+            return None;
+        }
+        let (a, b) = (*self, *other);
         let cut = |t: &Temporal| -> i64 {
             if common >= SECOND {
                 return t.millis();
@@ -198,6 +197,12 @@ impl Temporal {
 
     fn strip_tz(self) -> Temporal {
         Temporal { tz: None, ..self }
+    }
+
+    /// Whether both have the same precision, seconds and milliseconds counting as one (`~`).
+    pub fn same_precision(&self, other: &Temporal) -> bool {
+        let norm = |p: u8| if p == MILLI { SECOND } else { p };
+        norm(self.precision) == norm(other.precision)
     }
 
     fn from_millis(m: i64, kind: TemporalKind, tz: Option<i32>, precision: u8) -> Temporal {
@@ -252,6 +257,8 @@ impl Temporal {
                     SECOND => 1000,
                     _ => 1,
                 };
+                // Above seconds the decimal part of the amount is ignored (FHIRPath 6.6.1).
+                let amount = if ms > 1000 { amount.trunc() } else { amount };
                 let delta = (amount * ms as f64) as i64;
                 let delta = delta / step * step;
                 if self.kind != TemporalKind::Time && self.precision < DAY {
