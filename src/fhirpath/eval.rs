@@ -19,6 +19,9 @@ use crate::{Error, Result};
 /// `repeat($this + 1)` or a product of nested `select`s long before time or memory run out.
 const BUDGET: u64 = 4_000_000;
 
+/// The longest string an evaluation builds.
+const MAX_STRING_LEN: usize = 1 << 20;
+
 /// Calls `f` on `expr` and every sub-expression.
 pub(super) fn visit<'e>(expr: &'e Expr, f: &mut impl FnMut(&'e Expr)) {
     f(expr);
@@ -100,8 +103,26 @@ impl<'c, 'a> Eval<'c, 'a> {
 
     /// A computed string, charged by its size.
     pub(super) fn string(&self, s: String) -> Result<Item<'a>> {
+        self.check_len(s.len())?;
         self.charge(s.len() as u64 / 64)?;
         Ok(Item::Str(Cow::Owned(s)))
+    }
+
+    /// Fails when a string of `len` bytes would be longer than [`MAX_STRING_LEN`]; functions that
+    /// could build a large string check their estimate before building it.
+    pub(super) fn check_len(&self, len: usize) -> Result<()> {
+        match len > MAX_STRING_LEN {
+            true => Err(self.error(format!(
+                "a string of {len} bytes, more than the {MAX_STRING_LEN} allowed"
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    /// Charges the comparisons of every item of one collection with every item of another
+    /// (`|`, `distinct()`, `intersect()`, ...).
+    pub(super) fn charge_pairs(&self, n: usize, m: usize) -> Result<()> {
+        self.charge((n as u64).saturating_mul(m as u64) / 64)
     }
 
     /// The input of a member or function: the focus itself for `$this`, without copying it.
@@ -116,6 +137,9 @@ impl<'c, 'a> Eval<'c, 'a> {
         }
     }
 
+    /// Evaluates `expr` on `focus`. Every cycle of the evaluator's recursion passes here, so this
+    /// is where the stack grows when a deep expression needs more than the thread has.
+    #[recursive::recursive]
     pub(super) fn eval(&self, expr: &Expr, focus: &[Item<'a>]) -> Result<Collection<'a>> {
         self.charge(1)?;
         let out = match expr {
@@ -188,7 +212,10 @@ impl<'c, 'a> Eval<'c, 'a> {
                 let v = self.eval(inner, focus)?;
                 match self.single(&v)?.map(value_of) {
                     None => Vec::new(),
-                    Some(Val::Int(i)) => vec![Item::Int(-i)],
+                    Some(Val::Int(i)) => vec![Item::Int(
+                        i.checked_neg()
+                            .ok_or_else(|| self.error("integer overflow"))?,
+                    )],
                     Some(Val::Dec(d)) => vec![Item::Dec(-d)],
                     Some(Val::Quantity(q)) => vec![Item::Quantity(Box::new(Quantity {
                         value: -q.value,
@@ -314,6 +341,7 @@ impl<'c, 'a> Eval<'c, 'a> {
                 known(same.map(|s| s == (op == Eq)))
             }
             Equiv | NotEquiv => {
+                self.charge_pairs(l.len(), r.len())?;
                 let same = equivalent_collections(&l, &r);
                 vec![Item::Bool(same == (op == Equiv))]
             }
@@ -341,6 +369,7 @@ impl<'c, 'a> Eval<'c, 'a> {
             }
             In | Contains => {
                 let (item, collection) = if op == In { (&l, &r) } else { (&r, &l) };
+                self.charge_pairs(1, collection.len())?;
                 match self.single(item)? {
                     None => Vec::new(),
                     Some(item) => {
@@ -350,7 +379,10 @@ impl<'c, 'a> Eval<'c, 'a> {
                     }
                 }
             }
-            Union => union(l, r),
+            Union => {
+                self.charge_pairs(l.len() + r.len(), l.len() + r.len())?;
+                union(l, r)
+            }
             Concat => {
                 let text = |c: &[Item<'a>]| -> Result<String> {
                     Ok(self

@@ -32,6 +32,9 @@ impl<'a> Eval<'_, 'a> {
         let name = func.name();
         let one = || single_input(self, input, name);
         let bools = |v: Option<bool>| v.map(Item::Bool).into_iter().collect::<Collection<'a>>();
+        if matches!(func, Distinct | IsDistinct | Repeat) {
+            self.charge_pairs(input.len(), input.len())?;
+        }
         Ok(match func {
             // Existence.
             Empty => vec![Item::Bool(input.is_empty())],
@@ -73,6 +76,7 @@ impl<'a> Eval<'_, 'a> {
             }
             SubsetOf | SupersetOf => {
                 let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                self.charge_pairs(input.len(), other.len())?;
                 let (small, big) = if func == SubsetOf {
                     (input, &other[..])
                 } else {
@@ -105,6 +109,7 @@ impl<'a> Eval<'_, 'a> {
                     let mut next = Vec::new();
                     for (i, item) in frontier.iter().enumerate() {
                         for found in self.lambda(&args[0], item, i)? {
+                            self.charge_pairs(1, out.len())?;
                             if !out.iter().any(|o| equal(o, &found) == Some(true)) {
                                 out.push(found.clone());
                                 next.push(found);
@@ -144,6 +149,7 @@ impl<'a> Eval<'_, 'a> {
             }
             Intersect => {
                 let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                self.charge_pairs(input.len(), other.len() + input.len())?;
                 let common = input
                     .iter()
                     .filter(|i| other.iter().any(|o| equal(i, o) == Some(true)))
@@ -153,6 +159,7 @@ impl<'a> Eval<'_, 'a> {
             }
             Exclude => {
                 let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                self.charge_pairs(input.len(), other.len())?;
                 input
                     .iter()
                     .filter(|i| !other.iter().any(|o| equal(i, o) == Some(true)))
@@ -161,7 +168,12 @@ impl<'a> Eval<'_, 'a> {
             }
 
             // Combining.
-            Union => union(input.to_vec(), self.eval(&args[0], &self.arg_focus(focus))?),
+            Union => {
+                let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                let n = input.len() + other.len();
+                self.charge_pairs(n, n)?;
+                union(input.to_vec(), other)
+            }
             Combine => {
                 let mut out = input.to_vec();
                 out.extend(self.eval(&args[0], &self.arg_focus(focus))?);
@@ -329,6 +341,11 @@ impl<'a> Eval<'_, 'a> {
                 ) else {
                     return Ok(Vec::new());
                 };
+                let times = match pattern.is_empty() {
+                    true => s.chars().count() + 1,
+                    false => s.matches(&*pattern).count(),
+                };
+                self.check_len(s.len().saturating_add(times.saturating_mul(with.len())))?;
                 let out = match pattern.is_empty() {
                     // An empty pattern goes between every character, and around them.
                     true => {
@@ -360,7 +377,8 @@ impl<'a> Eval<'_, 'a> {
                         let Some(with) = self.string_arg(&args[1], focus)? else {
                             return Ok(Vec::new());
                         };
-                        let with = with.replace("$", "$$").replace("$$", "$");
+                        let times = re.find_iter(&s).count();
+                        self.check_len(s.len().saturating_add(times.saturating_mul(with.len())))?;
                         let out = match pattern.is_empty() {
                             true => s.to_string(),
                             false => re.replace_all(&s, with.as_str()).into_owned(),
@@ -390,6 +408,8 @@ impl<'a> Eval<'_, 'a> {
                     None => String::new(),
                 };
                 let parts: Vec<Cow<'_, str>> = input.iter().filter_map(to_string).collect();
+                let len = parts.iter().map(|p| p.len() + sep.len()).sum();
+                self.check_len(len)?;
                 vec![self.string(parts.join(&sep))?]
             }
             Encode | Decode | Escape | Unescape => {

@@ -504,4 +504,30 @@ mod tests {
         let path = FhirPath::compile("name.where(use = %a).family | %b").unwrap();
         assert_eq!(path.constants(), vec!["a", "b"]);
     }
+
+    #[test]
+    fn the_deepest_expressions_evaluate_on_a_default_thread_stack() {
+        let p = patient();
+        let nest = |open: &str, inner: &str, k: usize| {
+            format!("{}{inner}{}", open.repeat(k), ")".repeat(k))
+        };
+        let shapes: [&dyn Fn(usize) -> String; 7] = [
+            &|k| nest("name.where(", "true", k),
+            &|k| nest("(1 + ", "1", k),
+            &|k| vec!["1"; k].join(" + "),
+            &|k| nest("iif(true, ", "1", k),
+            &|k| nest("(1).select(", "$this", k),
+            &|k| nest("name.exists(", "given", k),
+            &|k| nest("-(", "1", k),
+        ];
+        // The deepest tree the parser accepts of each shape evaluates on a test thread's 2 MiB of
+        // stack, as on spawned threads and tokio's workers.
+        for shape in shapes {
+            let path = (1..=parser::MAX_DEPTH)
+                .rev()
+                .find_map(|k| FhirPath::compile(&shape(k)).ok())
+                .unwrap();
+            path.evaluate(&p, &EvalContext::new()).unwrap();
+        }
+    }
 }

@@ -237,12 +237,12 @@ impl Temporal {
                 if self.kind == TemporalKind::Time {
                     return None;
                 }
-                let months = if unit == CalendarUnit::Year {
-                    whole * 12
-                } else {
-                    whole
+                let months = match unit {
+                    CalendarUnit::Year => whole.checked_mul(12)?,
+                    _ => whole,
                 };
-                let total = i64::from(t.parts[0]) * 12 + i64::from(t.parts[1] - 1) + months;
+                let total =
+                    (i64::from(t.parts[0]) * 12 + i64::from(t.parts[1] - 1)).checked_add(months)?;
                 t.parts[0] = i32::try_from(total.div_euclid(12)).ok()?;
                 t.parts[1] = total.rem_euclid(12) as i32 + 1;
                 t.parts[2] = t.parts[2].min(days_in(t.parts[0], t.parts[1]));
@@ -267,7 +267,7 @@ impl Temporal {
                     }
                     return t.add((delta / 86_400_000 / 30) as f64, CalendarUnit::Month);
                 }
-                let m = self.strip_tz().millis() + delta;
+                let m = self.strip_tz().millis().checked_add(delta)?;
                 let m = match self.kind {
                     TemporalKind::Time => m.rem_euclid(86_400_000),
                     _ => m,
