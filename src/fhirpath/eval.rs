@@ -576,7 +576,7 @@ pub(super) fn members<'a>(
                 }
             }
             // A primitive with only extensions: `_name` without `name`.
-            if let Some(ext) = map.get(&format!("_{name}")) {
+            if let Some(ext) = shadow_of(map, name) {
                 children(map, name, &Value::Null, ty_of(name), &mut |c| match ext {
                     Value::Array(exts) => {
                         for e in exts.iter().filter(|e| !e.is_null()) {
@@ -590,6 +590,20 @@ pub(super) fn members<'a>(
         }
     }
     ControlFlow::Continue(())
+}
+
+/// The `_key` sibling of element `key` (a primitive's id and extensions), found without
+/// allocating: this runs for every primitive a path reaches.
+fn shadow_of<'m>(map: &'m serde_json::Map<String, Value>, key: &str) -> Option<&'m Value> {
+    let mut buf = [0u8; 64];
+    match buf.get_mut(1..=key.len()) {
+        Some(rest) => {
+            rest.copy_from_slice(key.as_bytes());
+            buf[0] = b'_';
+            map.get(std::str::from_utf8(&buf[..=key.len()]).ok()?)
+        }
+        None => map.get(&format!("_{key}")),
+    }
 }
 
 fn with_ext<'a>(item: &Item<'a>, ext: &'a Value) -> Item<'a> {
@@ -613,7 +627,7 @@ fn children<'a>(
     let is_primitive = !matches!(value, Value::Object(_))
         && !matches!(value, Value::Array(items) if items.first().is_some_and(Value::is_object));
     let shadow = match is_primitive {
-        true => map.get(&format!("_{key}")),
+        true => shadow_of(map, key),
         false => None,
     };
     let node = |value: &'a Value, ext: Option<&'a Value>| {
