@@ -76,11 +76,6 @@ impl<'c, 'a> Eval<'c, 'a> {
         }
     }
 
-    /// Evaluates the whole expression.
-    pub(super) fn run(&self, expr: &Expr, focus: &[Item<'a>]) -> Result<Collection<'a>> {
-        self.eval(expr, focus)
-    }
-
     pub(super) fn error(&self, msg: impl Into<String>) -> Error {
         Error::FhirPath {
             expr: self.source.to_owned(),
@@ -742,7 +737,7 @@ pub(crate) enum Val<'x> {
 }
 
 impl Val<'_> {
-    fn number(&self) -> Option<f64> {
+    pub(super) fn number(&self) -> Option<f64> {
         match *self {
             Val::Int(i) => Some(i as f64),
             Val::Dec(d) => Some(d),

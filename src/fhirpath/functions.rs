@@ -75,7 +75,7 @@ impl<'a> Eval<'_, 'a> {
                 vec![Item::Bool(result)]
             }
             SubsetOf | SupersetOf => {
-                let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                let other = self.eval(&args[0], focus)?;
                 self.charge_pairs(input.len(), other.len())?;
                 let (small, big) = if func == SubsetOf {
                     (input, &other[..])
@@ -148,7 +148,7 @@ impl<'a> Eval<'_, 'a> {
                 }
             }
             Intersect => {
-                let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                let other = self.eval(&args[0], focus)?;
                 self.charge_pairs(input.len(), other.len() + input.len())?;
                 let common = input
                     .iter()
@@ -158,7 +158,7 @@ impl<'a> Eval<'_, 'a> {
                 union(common, Vec::new())
             }
             Exclude => {
-                let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                let other = self.eval(&args[0], focus)?;
                 self.charge_pairs(input.len(), other.len())?;
                 input
                     .iter()
@@ -169,14 +169,14 @@ impl<'a> Eval<'_, 'a> {
 
             // Combining.
             Union => {
-                let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                let other = self.eval(&args[0], focus)?;
                 let n = input.len() + other.len();
                 self.charge_pairs(n, n)?;
                 union(input.to_vec(), other)
             }
             Combine => {
                 let mut out = input.to_vec();
-                out.extend(self.eval(&args[0], &self.arg_focus(focus))?);
+                out.extend(self.eval(&args[0], focus)?);
                 out
             }
 
@@ -490,7 +490,7 @@ impl<'a> Eval<'_, 'a> {
             Not => bools(self.boolean(input)?.map(|b| !b)),
             Aggregate => {
                 let init = match args.get(1) {
-                    Some(arg) => self.eval(arg, &self.arg_focus(focus))?,
+                    Some(arg) => self.eval(arg, focus)?,
                     None => Vec::new(),
                 };
                 let saved = self.total.replace(Some(init));
@@ -590,7 +590,7 @@ impl<'a> Eval<'_, 'a> {
                     .collect::<Result<_>>()?
             }
             Comparable => {
-                let other = self.eval(&args[0], &self.arg_focus(focus))?;
+                let other = self.eval(&args[0], focus)?;
                 let (Some(a), Some(b)) = (one()?, self.single(&other)?) else {
                     return Ok(Vec::new());
                 };
@@ -637,11 +637,6 @@ impl<'a> Eval<'_, 'a> {
                     .collect()
             }
         })
-    }
-
-    /// The focus an argument that is not a lambda sees: `$this` of the enclosing expression.
-    fn arg_focus(&self, focus: &[Item<'a>]) -> Collection<'a> {
-        focus.to_vec()
     }
 
     /// Evaluates `expr` with `item` as `$this` and `index` as `$index`.
@@ -1043,7 +1038,7 @@ fn boundary<'a>(item: &Item<'a>, high: bool, precision: Option<i64>) -> Option<I
     match value_of(item) {
         v @ (Val::Int(_) | Val::Dec(_)) => {
             let text = to_string(item)?;
-            decimal_boundary(&text, v.clone_number()?, high, precision).map(Item::Dec)
+            decimal_boundary(&text, v.number()?, high, precision).map(Item::Dec)
         }
         Val::Quantity(q) => {
             let text = format_decimal(q.value);
@@ -1107,14 +1102,4 @@ fn decimal_boundary(text: &str, value: f64, high: bool, precision: Option<i64>) 
         true => (edge * scale).ceil() / scale,
         false => (edge * scale).floor() / scale,
     })
-}
-
-impl Val<'_> {
-    fn clone_number(&self) -> Option<f64> {
-        match *self {
-            Val::Int(i) => Some(i as f64),
-            Val::Dec(d) => Some(d),
-            _ => None,
-        }
-    }
 }

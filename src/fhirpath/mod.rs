@@ -313,7 +313,7 @@ impl FhirPath {
         focus: &[Item<'a>],
         ctx: &EvalContext<'a>,
     ) -> Result<Collection<'a>> {
-        eval::Eval::new(ctx, &self.source, focus).run(&self.expr, focus)
+        eval::Eval::new(ctx, &self.source, focus).eval(&self.expr, focus)
     }
 
     /// Checks the expression against the R4 model for `resource`'s type, as a strict engine does
