@@ -506,6 +506,54 @@ mod tests {
     }
 
     #[test]
+    fn the_functions_notebook_users_reach_for() {
+        let p = patient();
+        assert_eq!(eval("iif(active, 'yes', 'no')", &p), vec![json!("yes")]);
+        assert_eq!(
+            eval("name[0].family.substring(1, 3)", &p),
+            vec![json!("mit")]
+        );
+        assert_eq!(
+            eval("name.suffix.startsWith('Sm')", &p),
+            Vec::<Value>::new()
+        );
+        assert_eq!(
+            eval("name[1].family.startsWith('Jo')", &p),
+            vec![json!(true)]
+        );
+        assert_eq!(
+            eval("(name.use | 'x' | 'x').distinct().count()", &p),
+            vec![json!(2)]
+        );
+        assert_eq!(eval("name.given.distinct().count()", &p), vec![json!(3)]);
+        assert_eq!(
+            eval("active.toString() & gender.upper()", &p),
+            vec![json!("trueFEMALE")]
+        );
+        assert_eq!(
+            eval("name.select(family.lower())", &p),
+            vec![json!("smith"), json!("jones")]
+        );
+        assert_eq!(eval("gender.replace('fe', '')", &p), vec![json!("male")]);
+        assert_eq!(eval("birthDate.toDate() < @1971", &p), vec![json!(true)]);
+        assert_eq!(
+            eval("(birthDate.toDate() + 1 month).toString()", &p),
+            vec![json!("1970-07")]
+        );
+        assert_eq!(eval("deceased is boolean", &p), vec![json!(true)]);
+        assert_eq!(eval("gender.type().name", &p), vec![json!("code")]);
+        assert_eq!(
+            eval("5 'mg' < 1 'g' and 2 days = 48 'h'", &p),
+            vec![json!(true)]
+        );
+        assert_eq!(
+            eval("(1 | 2 | 3).aggregate($total + $this, 0)", &p),
+            vec![json!(6)]
+        );
+        assert_eq!(eval("7 div 2 + 7 mod 2 // a comment", &p), vec![json!(4)]);
+    }
+
+    #[test]
     fn the_deepest_expressions_evaluate_on_a_default_thread_stack() {
         let p = patient();
         let nest = |open: &str, inner: &str, k: usize| {
