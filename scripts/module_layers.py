@@ -10,7 +10,7 @@ import sys
 
 # Lowest first. A module may use the modules listed before it, never those after it.
 LAYERS = [
-    "redacted", "time", "size", "warning", "lock_file", "private_dir", "chunks", "ndjson", "error", "fhirpath", "r4",
+    "redacted", "time", "size", "warning", "lock_file", "private_dir", "chunks", "ndjson", "error", "r4", "fhirpath",
     "http", "smart", "bulk", "snapshot", "view", "catalog", "flight", "demo", "config",
 ]
 TEST_MODULE = re.compile(r"^#\[cfg\(test\)\]\s*\nmod tests\b", re.M)

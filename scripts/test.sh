@@ -2,7 +2,7 @@
 # Runs every test of fhirflight on a fresh machine that has only the Rust toolchain and python3:
 # the Rust unit and integration tests, the real-client tests (Python ADBC, flightsql-dbapi, Apache's
 # flight_sql_client), and, where ../shared is present, the checks against real Synthea data and the
-# official SQL on FHIR suite; before them fmt, clippy and rustdoc with warnings denied, and the
+# official SQL on FHIR and FHIRPath suites; before them fmt, clippy and rustdoc with warnings denied, and the
 # library built with each cargo feature alone. Installs what it needs into caches under
 # ~/.cache/fhirflight.
 set -euo pipefail
@@ -71,6 +71,12 @@ step "SQL on FHIR conformance"
 if [ -n "${FHIRFLIGHT_SHARED:-}" ]; then
   "$CARGO_TARGET_DIR/debug/examples/sof_conformance" "$FHIRFLIGHT_SHARED/sql-on-fhir-tests" \
     --report "$CARGO_TARGET_DIR/sof-report.json"
+fi
+
+step "FHIRPath conformance (the HL7 FHIRPath R4 suite)"
+if [ -n "${FHIRFLIGHT_SHARED:-}" ]; then
+  "$CARGO_TARGET_DIR/debug/examples/fhirpath_conformance" "$FHIRFLIGHT_SHARED/fhirpath-tests" \
+    --report "$CARGO_TARGET_DIR/fhirpath-report.json"
 fi
 
 step "done"

@@ -1,15 +1,23 @@
-//! FHIRPath, the subset SQL on FHIR needs, over `serde_json::Value`.
+//! FHIRPath over `serde_json::Value`.
 //!
 //! An expression is parsed once into a small AST ([`FhirPath::compile`]) and evaluated against any
 //! number of resources. Results are [`Collection`]s of [`Item`]s that borrow the resource's JSON nodes,
 //! so navigation never copies the document; only computed values (booleans, arithmetic, `join`) own
 //! data.
 //!
-//! Supported: member navigation (choice types: `value` finds `valueQuantity`, a leading resource type
-//! name is accepted), indexers, `$this`, `%constants`, `%rowIndex`, literals (`'string'`, integer,
-//! decimal, `true`/`false`, `{}`), `where`, `exists`, `empty`, `first`, `last`, `count`, `not`, `join`,
-//! `ofType`, `extension`, `getResourceKey`, `getReferenceKey`, `lowBoundary`, `highBoundary`,
-//! `and`/`or`/`xor`/`implies`, `=`/`!=`/`<`/`<=`/`>`/`>=`, `|`, `+ - * /`, `&`.
+//! The language of the FHIRPath specification (N1, with the 2.1 string functions) over FHIR R4:
+//! member navigation typed by the R4 model shipped in [`crate::r4`] (choice elements: `value`
+//! finds `valueQuantity` as a `Quantity`; primitives keep their FHIR type, so `gender` is a
+//! `code`; `_name` siblings give primitives their extensions), indexers, `$this`, `$index`,
+//! `$total`, `%constants` and the environment (`%resource`, `%context`, `%rootResource`,
+//! `%ucum`, `%sct`, `%loinc`, `` %`vs-name` ``, `` %`ext-name` ``, `%rowIndex`), literals
+//! (strings, numbers, booleans, `@` dates, dateTimes and times of any precision, quantities
+//! `4 'mg'` and `1 year`, `{}`), comments, every operator with the specification's precedence,
+//! empty-collection and conversion rules, and its function library, plus SQL on FHIR's
+//! `getResourceKey` and `getReferenceKey`. See the README for what is not supported.
+//!
+//! Every evaluation runs on a budget of steps, items and string bytes, so no expression can
+//! run for long or exhaust memory whatever its input.
 //!
 //! ```
 //! use fhirflight::fhirpath::{EvalContext, FhirPath};
@@ -21,26 +29,39 @@
 //! ```
 
 mod eval;
+mod functions;
 mod parser;
+mod value;
 
 use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
 use crate::Result;
+use crate::r4;
 use parser::{BinOp, Expr, Func};
+pub use value::{Quantity, Temporal, TemporalKind};
 
 /// The result of an evaluation: an ordered collection of items.
 pub type Collection<'a> = Vec<Item<'a>>;
+
+/// A node of a resource (or of a constant), borrowed, with what the R4 model says of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Node<'a> {
+    /// The JSON value; `null` for a primitive that has only an id or extensions.
+    pub(crate) value: &'a Value,
+    /// The index in [`r4::TYPES`] of its type, when known (`None` for constants and data the
+    /// model does not describe; a resource's type is read from its `resourceType`).
+    pub(crate) ty: Option<u16>,
+    /// For a primitive, its `_name` sibling holding `id` and `extension`.
+    pub(crate) ext: Option<&'a Value>,
+}
 
 /// One item of a [`Collection`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item<'a> {
     /// A node of the resource (or of a constant), borrowed.
-    Json(&'a Value),
-    /// A choice element reached through its base name (`value` for `valueQuantity`): the type suffix
-    /// (`Quantity`) and the node. `ofType` and the boundary functions read the suffix.
-    Choice(&'a str, &'a Value),
+    Node(Node<'a>),
     /// A computed boolean.
     Bool(bool),
     /// A computed integer.
@@ -49,13 +70,29 @@ pub enum Item<'a> {
     Dec(f64),
     /// A computed string (borrowed when it is a slice of the resource, as `getReferenceKey` returns).
     Str(Cow<'a, str>),
+    /// A date, dateTime or time (literal or computed).
+    Temporal(Temporal),
+    /// A quantity (literal or computed).
+    Quantity(Box<Quantity>),
+    /// The result of `type()`: a namespace (`System`, `FHIR`) and a type name, which expose
+    /// `namespace` and `name` as members.
+    Type(&'static str, &'static str),
 }
 
 impl<'a> Item<'a> {
+    /// A JSON node; its R4 type is read from `resourceType` when it is a resource.
+    pub fn json(value: &'a Value) -> Self {
+        Item::Node(Node {
+            value,
+            ty: None,
+            ext: None,
+        })
+    }
+
     /// The JSON node, for items read from the resource.
     pub fn as_json(&self) -> Option<&'a Value> {
         match *self {
-            Item::Json(v) | Item::Choice(_, v) => Some(v),
+            Item::Node(n) => Some(n.value),
             _ => None,
         }
     }
@@ -93,16 +130,57 @@ impl<'a> Item<'a> {
         }
     }
 
+    /// The item as a value and a unit, when it is a Quantity (a literal, or a node of type
+    /// `Quantity` or one derived from it: its `value` and `code`, else `unit`).
+    pub fn as_quantity(&self) -> Option<(f64, Cow<'_, str>)> {
+        match eval::value_of(self) {
+            eval::Val::Quantity(q) => Some((q.value, Cow::Owned(q.unit.clone()))),
+            _ => None,
+        }
+    }
+
+    /// The FHIRPath type of the item: a FHIR type for a node the R4 model describes (`code`,
+    /// `HumanName`, `Patient`; `BackboneElement` for a backbone element), else a System type
+    /// (`Boolean`, `Integer`, `Decimal`, `String`, `Date`, `DateTime`, `Time`, `Quantity`).
+    pub fn type_name(&self) -> &'static str {
+        eval::type_of(self).1
+    }
+
+    /// The item as text: what `toString()` gives for a primitive (`2 'mg'` for a quantity,
+    /// `2014-01-25` for a date), JSON for anything else.
+    pub fn to_text(&self) -> String {
+        match eval::to_string(self) {
+            Some(text) => text.into_owned(),
+            None => self.to_json().to_string(),
+        }
+    }
+
     /// The item as owned JSON.
     pub fn to_json(&self) -> Value {
         match self {
-            Item::Json(v) | Item::Choice(_, v) => (*v).clone(),
+            Item::Node(n) => n.value.clone(),
             Item::Bool(b) => Value::Bool(*b),
             Item::Int(i) => Value::from(*i),
             Item::Dec(d) => Value::from(*d),
             Item::Str(s) => Value::String(s.to_string()),
+            Item::Temporal(t) => Value::String(t.to_string()),
+            Item::Quantity(q) => Value::String(q.to_string()),
+            Item::Type(ns, name) => serde_json::json!({"namespace": ns, "name": name}),
         }
     }
+}
+
+/// A decimal as FHIRPath writes it: no exponent, no trailing `.0` (`1.5`, `3`, `0.0001`).
+pub(crate) fn format_decimal(d: f64) -> String {
+    if d.is_finite() && d == d.trunc() && d.abs() < 1e15 {
+        return format!("{}", d as i64);
+    }
+    let s = format!("{d}");
+    if !s.contains('e') {
+        return s;
+    }
+    let s = format!("{d:.15}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// What an expression may refer to besides the resource: `%constants` and `%rowIndex`.
@@ -141,7 +219,8 @@ pub struct FhirPath {
 
 impl FhirPath {
     /// Parses `expr`. Syntax errors and unknown functions are [`crate::Error::FhirPath`] with the byte
-    /// position in the expression.
+    /// position in the expression; an expression longer than 64 KiB or nested deeper than 256
+    /// levels is refused before its tree is built.
     pub fn compile(expr: &str) -> Result<Self> {
         Ok(Self {
             source: expr.to_owned(),
@@ -154,11 +233,14 @@ impl FhirPath {
         &self.source
     }
 
-    /// The names of the `%constants` the expression uses (not `%rowIndex`), to validate them early.
+    /// The names of the `%constants` the expression uses (not the environment's own variables
+    /// such as `%resource`, `%rowIndex` or `%ucum`), to validate them early.
     pub fn constants(&self) -> Vec<&str> {
         let mut names = Vec::new();
         eval::visit(&self.expr, &mut |e| {
-            if let Expr::Constant(name) = e {
+            if let Expr::Env(name) = e
+                && !eval::is_builtin_variable(name)
+            {
                 names.push(&**name);
             }
         });
@@ -171,16 +253,47 @@ impl FhirPath {
         use BinOp::*;
         match &self.expr {
             Expr::Bool(_)
-            | Expr::Binary(And | Or | Xor | Implies | Eq | Ne | Lt | Le | Gt | Ge, ..) => {
-                Some("boolean")
-            }
-            Expr::Call(_, Func::Exists | Func::Empty | Func::Not, _) => Some("boolean"),
-            Expr::Int(_) | Expr::RowIndex | Expr::Call(_, Func::Count, _) => Some("integer"),
+            | Expr::Is(..)
+            | Expr::Binary(
+                And | Or | Xor | Implies | Eq | Ne | Equiv | NotEquiv | Lt | Le | Gt | Ge | In
+                | Contains,
+                ..,
+            ) => Some("boolean"),
+            Expr::Call(_, func, _) => match func {
+                Func::Exists
+                | Func::Empty
+                | Func::Not
+                | Func::All
+                | Func::AllTrue
+                | Func::AnyTrue
+                | Func::AllFalse
+                | Func::AnyFalse
+                | Func::IsDistinct
+                | Func::SubsetOf
+                | Func::SupersetOf
+                | Func::StartsWith
+                | Func::EndsWith
+                | Func::ContainsStr
+                | Func::Matches
+                | Func::MatchesFull
+                | Func::HasValue
+                | Func::IsFn => Some("boolean"),
+                Func::Count | Func::Length | Func::IndexOf | Func::LastIndexOf => Some("integer"),
+                Func::Join
+                | Func::ResourceKey
+                | Func::ReferenceKey
+                | Func::ToStringFn
+                | Func::Upper
+                | Func::Lower
+                | Func::Substring
+                | Func::Replace
+                | Func::Trim => Some("string"),
+                _ => None,
+            },
+            Expr::Int(_) => Some("integer"),
+            Expr::Env(name) if &**name == "rowIndex" => Some("integer"),
             Expr::Dec(_) => Some("decimal"),
             Expr::Str(_) | Expr::Binary(Concat, ..) => Some("string"),
-            Expr::Call(_, Func::Join | Func::ResourceKey | Func::ReferenceKey(_), _) => {
-                Some("string")
-            }
             _ => None,
         }
     }
@@ -191,7 +304,7 @@ impl FhirPath {
         resource: &'a Value,
         ctx: &EvalContext<'a>,
     ) -> Result<Collection<'a>> {
-        self.evaluate_on(&[Item::Json(resource)], ctx)
+        self.evaluate_on(&[Item::json(resource)], ctx)
     }
 
     /// Evaluates the expression with `focus` as the input collection (a `forEach` element, say).
@@ -200,11 +313,18 @@ impl FhirPath {
         focus: &[Item<'a>],
         ctx: &EvalContext<'a>,
     ) -> Result<Collection<'a>> {
-        eval::Eval {
-            ctx,
-            source: &self.source,
-        }
-        .eval(&self.expr, focus)
+        eval::Eval::new(ctx, &self.source, focus).eval(&self.expr, focus)
+    }
+
+    /// Checks the expression against the R4 model for `resource`'s type, as a strict engine does
+    /// before evaluating: a path must start at that type (or a member of it) and name only
+    /// elements the model has; a choice element must be named without its type suffix.
+    pub fn check_strict(&self, resource: Option<&Value>) -> Result<()> {
+        let ty = resource
+            .and_then(|r| r.get("resourceType"))
+            .and_then(Value::as_str)
+            .and_then(r4::type_index);
+        eval::check_strict(&self.expr, ty, &self.source)
     }
 }
 
@@ -376,12 +496,86 @@ mod tests {
             err("%nope")
         );
         assert!(
-            err("name.given + 1").contains("expects a single item"),
+            err("name.given + 1").contains("expected a single item"),
             "{}",
             err("name.given + 1")
         );
         assert!(err("name['a']").contains("index"), "{}", err("name['a']"));
         let path = FhirPath::compile("name.where(use = %a).family | %b").unwrap();
         assert_eq!(path.constants(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn the_functions_notebook_users_reach_for() {
+        let p = patient();
+        assert_eq!(eval("iif(active, 'yes', 'no')", &p), vec![json!("yes")]);
+        assert_eq!(
+            eval("name[0].family.substring(1, 3)", &p),
+            vec![json!("mit")]
+        );
+        assert_eq!(
+            eval("name.suffix.startsWith('Sm')", &p),
+            Vec::<Value>::new()
+        );
+        assert_eq!(
+            eval("name[1].family.startsWith('Jo')", &p),
+            vec![json!(true)]
+        );
+        assert_eq!(
+            eval("(name.use | 'x' | 'x').distinct().count()", &p),
+            vec![json!(2)]
+        );
+        assert_eq!(eval("name.given.distinct().count()", &p), vec![json!(3)]);
+        assert_eq!(
+            eval("active.toString() & gender.upper()", &p),
+            vec![json!("trueFEMALE")]
+        );
+        assert_eq!(
+            eval("name.select(family.lower())", &p),
+            vec![json!("smith"), json!("jones")]
+        );
+        assert_eq!(eval("gender.replace('fe', '')", &p), vec![json!("male")]);
+        assert_eq!(eval("birthDate.toDate() < @1971", &p), vec![json!(true)]);
+        assert_eq!(
+            eval("(birthDate.toDate() + 1 month).toString()", &p),
+            vec![json!("1970-07")]
+        );
+        assert_eq!(eval("deceased is boolean", &p), vec![json!(true)]);
+        assert_eq!(eval("gender.type().name", &p), vec![json!("code")]);
+        assert_eq!(
+            eval("5 'mg' < 1 'g' and 2 days = 48 'h'", &p),
+            vec![json!(true)]
+        );
+        assert_eq!(
+            eval("(1 | 2 | 3).aggregate($total + $this, 0)", &p),
+            vec![json!(6)]
+        );
+        assert_eq!(eval("7 div 2 + 7 mod 2 // a comment", &p), vec![json!(4)]);
+    }
+
+    #[test]
+    fn the_deepest_expressions_evaluate_on_a_default_thread_stack() {
+        let p = patient();
+        let nest = |open: &str, inner: &str, k: usize| {
+            format!("{}{inner}{}", open.repeat(k), ")".repeat(k))
+        };
+        let shapes: [&dyn Fn(usize) -> String; 7] = [
+            &|k| nest("name.where(", "true", k),
+            &|k| nest("(1 + ", "1", k),
+            &|k| vec!["1"; k].join(" + "),
+            &|k| nest("iif(true, ", "1", k),
+            &|k| nest("(1).select(", "$this", k),
+            &|k| nest("name.exists(", "given", k),
+            &|k| nest("-(", "1", k),
+        ];
+        // The deepest tree the parser accepts of each shape evaluates on a test thread's 2 MiB of
+        // stack, as on spawned threads and tokio's workers.
+        for shape in shapes {
+            let path = (1..=parser::MAX_DEPTH)
+                .rev()
+                .find_map(|k| FhirPath::compile(&shape(k)).ok())
+                .unwrap();
+            path.evaluate(&p, &EvalContext::new()).unwrap();
+        }
     }
 }

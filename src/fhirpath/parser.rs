@@ -1,5 +1,6 @@
 //! Lexer and precedence-climbing parser: expression text -> [`Expr`].
 
+use super::value::{CalendarUnit, Quantity, Temporal};
 use crate::{Error, Result};
 
 /// A compiled expression node.
@@ -7,16 +8,22 @@ use crate::{Error, Result};
 pub(crate) enum Expr {
     /// The focus: `$this`, or the input of a path that starts with a member name.
     This,
+    /// `$index`, the position of the item in the function iterating.
+    IndexVar,
+    /// `$total`, the accumulator of `aggregate`.
+    Total,
     /// An empty collection, `{}`.
     Empty,
     Bool(bool),
     Int(i64),
     Dec(f64),
     Str(Box<str>),
-    /// `%name`: an external constant.
-    Constant(Box<str>),
-    /// `%rowIndex`.
-    RowIndex,
+    /// `@2014-01-25`, `@2014-01-25T14:30`, `@T14:30`.
+    Temporal(Temporal),
+    /// `4 'mg'`, `1 year`.
+    Quantity(Box<Quantity>),
+    /// `%name`: a variable of the environment or an external constant.
+    Env(Box<str>),
     /// `base.name`; a leading upper-case name may also be the resource type (`Patient.name`).
     Member(Box<Expr>, Box<str>),
     /// `base[index]`.
@@ -25,6 +32,12 @@ pub(crate) enum Expr {
     Call(Box<Expr>, Func, Vec<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Neg(Box<Expr>),
+    /// `base is Type`.
+    Is(Box<Expr>, Box<str>),
+    /// `base as Type`.
+    As(Box<Expr>, Box<str>),
+    /// A type specifier given to `ofType`, `is`, `as`: `Quantity`, `FHIR.code`, `System.String`.
+    TypeName(Box<str>),
 }
 
 /// Binary operators, lowest precedence first in [`BinOp::precedence`].
@@ -34,8 +47,12 @@ pub(crate) enum BinOp {
     Or,
     Xor,
     And,
+    In,
+    Contains,
     Eq,
     Ne,
+    Equiv,
+    NotEquiv,
     Lt,
     Le,
     Gt,
@@ -46,7 +63,12 @@ pub(crate) enum BinOp {
     Concat,
     Mul,
     Div,
+    IntDiv,
+    Mod,
 }
+
+/// The precedence of `is` and `as`: between `|` and `+`.
+const TYPE_OP: u8 = 8;
 
 impl BinOp {
     fn precedence(self) -> u8 {
@@ -54,88 +76,182 @@ impl BinOp {
             BinOp::Implies => 1,
             BinOp::Or | BinOp::Xor => 2,
             BinOp::And => 3,
-            BinOp::Eq | BinOp::Ne => 5,
+            BinOp::In | BinOp::Contains => 4,
+            BinOp::Eq | BinOp::Ne | BinOp::Equiv | BinOp::NotEquiv => 5,
             BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 6,
             BinOp::Union => 7,
             BinOp::Add | BinOp::Sub | BinOp::Concat => 9,
-            BinOp::Mul | BinOp::Div => 10,
+            BinOp::Mul | BinOp::Div | BinOp::IntDiv | BinOp::Mod => 10,
         }
     }
 }
 
-/// The functions this subset knows; a type argument (`ofType(Quantity)`) is resolved at compile time.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Func {
-    Where,
-    Exists,
-    Empty,
-    First,
-    Last,
-    Count,
-    Not,
-    Join,
-    OfType(Box<str>),
-    Extension,
-    ResourceKey,
-    ReferenceKey(Option<Box<str>>),
-    LowBoundary,
-    HighBoundary,
+/// Declares the function library: the name, the variant and the number of arguments.
+macro_rules! functions {
+    ($($name:literal => $variant:ident($min:literal, $max:literal),)*) => {
+        /// The functions of the library (resolved at compile time; arguments are checked then).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum Func {
+            $($variant,)*
+        }
+
+        impl Func {
+            /// The function named `name` with its minimum and maximum argument counts.
+            fn lookup(name: &str) -> Option<(Func, usize, usize)> {
+                Some(match name {
+                    $($name => (Func::$variant, $min, $max),)*
+                    _ => return None,
+                })
+            }
+
+            /// The function's name, for errors.
+            pub(crate) fn name(self) -> &'static str {
+                match self {
+                    $(Func::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+functions! {
+    "empty" => Empty(0, 0),
+    "exists" => Exists(0, 1),
+    "all" => All(1, 1),
+    "allTrue" => AllTrue(0, 0),
+    "anyTrue" => AnyTrue(0, 0),
+    "allFalse" => AllFalse(0, 0),
+    "anyFalse" => AnyFalse(0, 0),
+    "subsetOf" => SubsetOf(1, 1),
+    "supersetOf" => SupersetOf(1, 1),
+    "count" => Count(0, 0),
+    "distinct" => Distinct(0, 0),
+    "isDistinct" => IsDistinct(0, 0),
+    "where" => Where(1, 1),
+    "select" => Select(1, 1),
+    "repeat" => Repeat(1, 1),
+    "ofType" => OfType(1, 1),
+    "single" => Single(0, 0),
+    "first" => First(0, 0),
+    "last" => Last(0, 0),
+    "tail" => Tail(0, 0),
+    "skip" => Skip(1, 1),
+    "take" => Take(1, 1),
+    "intersect" => Intersect(1, 1),
+    "exclude" => Exclude(1, 1),
+    "union" => Union(1, 1),
+    "combine" => Combine(1, 1),
+    "iif" => Iif(2, 3),
+    "toBoolean" => ToBoolean(0, 0),
+    "convertsToBoolean" => ConvertsToBoolean(0, 0),
+    "toInteger" => ToInteger(0, 0),
+    "convertsToInteger" => ConvertsToInteger(0, 0),
+    "toDecimal" => ToDecimal(0, 0),
+    "convertsToDecimal" => ConvertsToDecimal(0, 0),
+    "toString" => ToStringFn(0, 0),
+    "convertsToString" => ConvertsToString(0, 0),
+    "toDate" => ToDate(0, 0),
+    "convertsToDate" => ConvertsToDate(0, 0),
+    "toDateTime" => ToDateTime(0, 0),
+    "convertsToDateTime" => ConvertsToDateTime(0, 0),
+    "toTime" => ToTime(0, 0),
+    "convertsToTime" => ConvertsToTime(0, 0),
+    "toQuantity" => ToQuantity(0, 1),
+    "convertsToQuantity" => ConvertsToQuantity(0, 1),
+    "indexOf" => IndexOf(1, 1),
+    "lastIndexOf" => LastIndexOf(1, 1),
+    "substring" => Substring(1, 2),
+    "startsWith" => StartsWith(1, 1),
+    "endsWith" => EndsWith(1, 1),
+    "contains" => ContainsStr(1, 1),
+    "upper" => Upper(0, 0),
+    "lower" => Lower(0, 0),
+    "replace" => Replace(2, 2),
+    "matches" => Matches(1, 1),
+    "matchesFull" => MatchesFull(1, 1),
+    "replaceMatches" => ReplaceMatches(2, 2),
+    "length" => Length(0, 0),
+    "toChars" => ToChars(0, 0),
+    "trim" => Trim(0, 0),
+    "split" => Split(1, 1),
+    "join" => Join(0, 1),
+    "encode" => Encode(1, 1),
+    "decode" => Decode(1, 1),
+    "escape" => Escape(1, 1),
+    "unescape" => Unescape(1, 1),
+    "abs" => Abs(0, 0),
+    "ceiling" => Ceiling(0, 0),
+    "exp" => Exp(0, 0),
+    "floor" => Floor(0, 0),
+    "ln" => Ln(0, 0),
+    "log" => Log(1, 1),
+    "power" => Power(1, 1),
+    "round" => Round(0, 1),
+    "sqrt" => Sqrt(0, 0),
+    "truncate" => Truncate(0, 0),
+    "children" => Children(0, 0),
+    "descendants" => Descendants(0, 0),
+    "trace" => Trace(1, 2),
+    "now" => Now(0, 0),
+    "timeOfDay" => TimeOfDay(0, 0),
+    "today" => Today(0, 0),
+    "not" => Not(0, 0),
+    "aggregate" => Aggregate(1, 2),
+    "defineVariable" => DefineVariable(1, 2),
+    "is" => IsFn(1, 1),
+    "type" => TypeFn(0, 0),
+    "as" => AsFn(1, 1),
+    "sort" => Sort(0, 8),
+    "extension" => Extension(1, 1),
+    "hasValue" => HasValue(0, 0),
+    "getValue" => GetValue(0, 0),
+    "conformsTo" => ConformsTo(1, 1),
+    "comparable" => Comparable(1, 1),
+    "precision" => Precision(0, 0),
+    "lowBoundary" => LowBoundary(0, 1),
+    "highBoundary" => HighBoundary(0, 1),
+    "getResourceKey" => ResourceKey(0, 0),
+    "getReferenceKey" => ReferenceKey(0, 1),
 }
 
 impl Func {
-    /// Resolves a function name and checks its arguments; `pos` is for errors.
-    fn resolve(name: &str, args: &mut Vec<Expr>, pos: usize, src: &str) -> Result<Func> {
-        let arity = |min: usize, max: usize| {
-            if (min..=max).contains(&args.len()) {
-                Ok(())
-            } else {
-                Err(syntax(
-                    src,
-                    pos,
-                    &format!(
-                        "{name}() takes {min} to {max} arguments, got {}",
-                        args.len()
-                    ),
-                ))
-            }
+    /// Resolves a function name and checks its arguments; `pos` is for errors. A type argument
+    /// (`ofType(Quantity)`) becomes an [`Expr::TypeName`].
+    fn resolve(name: &str, args: &mut [Expr], pos: usize, src: &str) -> Result<Func> {
+        let Some((func, min, max)) = Func::lookup(name) else {
+            return Err(syntax(src, pos, &format!("unknown function {name}()")));
         };
-        let func = match name {
-            "where" => arity(1, 1).map(|_| Func::Where)?,
-            "exists" => arity(0, 1).map(|_| Func::Exists)?,
-            "empty" => arity(0, 0).map(|_| Func::Empty)?,
-            "first" => arity(0, 0).map(|_| Func::First)?,
-            "last" => arity(0, 0).map(|_| Func::Last)?,
-            "count" => arity(0, 0).map(|_| Func::Count)?,
-            "not" => arity(0, 0).map(|_| Func::Not)?,
-            "join" => arity(0, 1).map(|_| Func::Join)?,
-            "extension" => arity(1, 1).map(|_| Func::Extension)?,
-            "getResourceKey" => arity(0, 0).map(|_| Func::ResourceKey)?,
-            "lowBoundary" => arity(0, 1).map(|_| Func::LowBoundary)?,
-            "highBoundary" => arity(0, 1).map(|_| Func::HighBoundary)?,
-            "ofType" => {
-                arity(1, 1)?;
-                Func::OfType(type_name(args.pop(), name, pos, src)?)
-            }
-            "getReferenceKey" => {
-                arity(0, 1)?;
-                Func::ReferenceKey(match args.pop() {
-                    Some(arg) => Some(type_name(Some(arg), name, pos, src)?),
-                    None => None,
-                })
-            }
-            _ => return Err(syntax(src, pos, &format!("unknown function {name}()"))),
-        };
+        if !(min..=max).contains(&args.len()) {
+            let takes = match (min, max) {
+                (a, b) if a == b => format!("{a}"),
+                (a, b) => format!("{a} to {b}"),
+            };
+            let msg = format!("{name}() takes {takes} arguments, got {}", args.len());
+            return Err(syntax(src, pos, &msg));
+        }
+        if matches!(
+            func,
+            Func::OfType | Func::IsFn | Func::AsFn | Func::ReferenceKey
+        ) && let Some(arg) = args.first_mut()
+        {
+            let ty = type_name(arg)
+                .ok_or_else(|| syntax(src, pos, &format!("{name}() expects a type name")))?;
+            *arg = Expr::TypeName(ty.into());
+        }
         Ok(func)
     }
 }
 
 /// The name of a type specifier argument (`Quantity`, `FHIR.Quantity`).
-fn type_name(arg: Option<Expr>, func: &str, pos: usize, src: &str) -> Result<Box<str>> {
+fn type_name(arg: &Expr) -> Option<String> {
     match arg {
-        Some(Expr::Member(base, name)) if matches!(*base, Expr::This | Expr::Member(..)) => {
-            Ok(name)
-        }
-        _ => Err(syntax(src, pos, &format!("{func}() expects a type name"))),
+        Expr::Member(base, name) => match &**base {
+            Expr::This => Some(name.to_string()),
+            Expr::Member(b, ns) if matches!(**b, Expr::This) => Some(format!("{ns}.{name}")),
+            _ => None,
+        },
+        Expr::TypeName(name) => Some(name.to_string()),
+        _ => None,
     }
 }
 
@@ -153,8 +269,11 @@ enum Tok {
     Str(String),
     Int(i64),
     Dec(f64),
+    Temporal(Temporal),
     Ext(String),
     This,
+    IndexVar,
+    Total,
     Op(&'static str),
     Eof,
 }
@@ -164,17 +283,30 @@ struct Lexer<'s> {
     pos: usize,
 }
 
-const OPS: [&str; 20] = [
-    "<=", ">=", "!=", "(", ")", "[", "]", "{", "}", ".", ",", "=", "<", ">", "+", "-", "*", "/",
-    "|", "&",
+const OPS: [&str; 23] = [
+    "<=", ">=", "!=", "!~", "(", ")", "[", "]", "{", "}", ".", ",", "=", "<", ">", "+", "-", "*",
+    "/", "|", "&", "~", "@",
 ];
 
 impl Lexer<'_> {
     /// The next token and its start offset.
     fn next(&mut self) -> Result<(Tok, usize)> {
         let bytes = self.src.as_bytes();
-        while self.pos < bytes.len() && bytes[self.pos].is_ascii_whitespace() {
-            self.pos += 1;
+        loop {
+            while self.pos < bytes.len() && bytes[self.pos].is_ascii_whitespace() {
+                self.pos += 1;
+            }
+            let rest = &self.src[self.pos..];
+            if rest.starts_with("//") {
+                self.pos += rest.find('\n').unwrap_or(rest.len());
+            } else if let Some(comment) = rest.strip_prefix("/*") {
+                let end = comment
+                    .find("*/")
+                    .ok_or_else(|| syntax(self.src, self.pos, "unterminated comment"))?;
+                self.pos += end + 4;
+            } else {
+                break;
+            }
         }
         let start = self.pos;
         let Some(&c) = bytes.get(start) else {
@@ -229,6 +361,8 @@ impl Lexer<'_> {
                 }
                 (b'%', _) => Tok::Ext(name),
                 (_, "this") => Tok::This,
+                (_, "index") => Tok::IndexVar,
+                (_, "total") => Tok::Total,
                 _ => {
                     return Err(syntax(
                         self.src,
@@ -237,6 +371,36 @@ impl Lexer<'_> {
                     ));
                 }
             }
+        } else if c == b'@' {
+            // A date, dateTime or time literal runs to the first character none of them holds.
+            // A `.` belongs to it only before a digit (`@2014.is(Date)` calls a function).
+            let b = rest.as_bytes();
+            let mut len = 1;
+            while len < b.len()
+                && (b[len].is_ascii_digit()
+                    || b"-:TZ+".contains(&b[len])
+                    || (b[len] == b'.' && b.get(len + 1).is_some_and(u8::is_ascii_digit)))
+            {
+                len += 1;
+            }
+            self.pos += len;
+            let text = &rest[1..len];
+            let parsed = match text.strip_prefix('T') {
+                Some(time) => Temporal::parse(time, true),
+                // `@2015T` is a DateTime of year precision.
+                None => match text.strip_suffix('T') {
+                    Some(date) => Temporal::parse(date, false)
+                        .map(|t| t.with_kind(super::value::TemporalKind::DateTime)),
+                    None => Temporal::parse(text, false),
+                },
+            };
+            Tok::Temporal(parsed.ok_or_else(|| {
+                syntax(
+                    self.src,
+                    start,
+                    &format!("invalid date/time literal @{text}"),
+                )
+            })?)
         } else if let Some(op) = OPS.iter().find(|op| rest.starts_with(**op)) {
             self.pos += op.len();
             Tok::Op(op)
@@ -368,6 +532,8 @@ impl Parser<'_> {
             Tok::Op(op) => match *op {
                 "=" => BinOp::Eq,
                 "!=" => BinOp::Ne,
+                "~" => BinOp::Equiv,
+                "!~" => BinOp::NotEquiv,
                 "<" => BinOp::Lt,
                 "<=" => BinOp::Le,
                 ">" => BinOp::Gt,
@@ -385,6 +551,10 @@ impl Parser<'_> {
                 "or" => BinOp::Or,
                 "xor" => BinOp::Xor,
                 "implies" => BinOp::Implies,
+                "in" => BinOp::In,
+                "contains" => BinOp::Contains,
+                "div" => BinOp::IntDiv,
+                "mod" => BinOp::Mod,
                 _ => return None,
             },
             _ => return None,
@@ -422,7 +592,24 @@ impl Parser<'_> {
     fn expr(&mut self, min: u8) -> Result<(Expr, usize)> {
         self.descend(|p| {
             let (mut lhs, mut depth) = p.unary()?;
-            while let Some(op) = p.binop().filter(|op| op.precedence() > min) {
+            loop {
+                if let Tok::Ident(word) = &p.tok
+                    && (word == "is" || word == "as")
+                    && TYPE_OP > min
+                {
+                    let is = word == "is";
+                    p.bump()?;
+                    let ty = p.type_specifier()?;
+                    depth = p.deeper(depth)?;
+                    lhs = match is {
+                        true => Expr::Is(Box::new(lhs), ty.into()),
+                        false => Expr::As(Box::new(lhs), ty.into()),
+                    };
+                    continue;
+                }
+                let Some(op) = p.binop().filter(|op| op.precedence() > min) else {
+                    break;
+                };
                 p.bump()?;
                 let (rhs, rhs_depth) = p.expr(op.precedence())?;
                 depth = p.deeper(depth.max(rhs_depth))?;
@@ -434,6 +621,22 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<(Expr, usize)> {
         self.descend(Self::unary_here)
+    }
+
+    /// `Name` or `Namespace.Name` after `is` / `as`.
+    fn type_specifier(&mut self) -> Result<String> {
+        let at = self.at;
+        let Tok::Ident(mut name) = self.bump()? else {
+            return Err(syntax(self.lex.src, at, "expected a type name"));
+        };
+        if self.tok == Tok::Op(".") {
+            self.bump()?;
+            match self.bump()? {
+                Tok::Ident(inner) => name = format!("{name}.{inner}"),
+                _ => return Err(syntax(self.lex.src, at, "expected a type name")),
+            }
+        }
+        Ok(name)
     }
 
     fn unary_here(&mut self) -> Result<(Expr, usize)> {
@@ -461,12 +664,14 @@ impl Parser<'_> {
     fn term(&mut self) -> Result<(Expr, usize)> {
         let at = self.at;
         Ok(match self.bump()? {
-            Tok::Int(i) => (Expr::Int(i), 1),
-            Tok::Dec(d) => (Expr::Dec(d), 1),
+            Tok::Int(i) => self.quantity(i as f64, Expr::Int(i))?,
+            Tok::Dec(d) => self.quantity(d, Expr::Dec(d))?,
             Tok::Str(s) => (Expr::Str(s.into()), 1),
+            Tok::Temporal(t) => (Expr::Temporal(t), 1),
             Tok::This => (Expr::This, 1),
-            Tok::Ext(name) if name == "rowIndex" => (Expr::RowIndex, 1),
-            Tok::Ext(name) => (Expr::Constant(name.into()), 1),
+            Tok::IndexVar => (Expr::IndexVar, 1),
+            Tok::Total => (Expr::Total, 1),
+            Tok::Ext(name) => (Expr::Env(name.into()), 1),
             Tok::Ident(name) if name == "true" || name == "false" => {
                 (Expr::Bool(name == "true"), 1)
             }
@@ -483,6 +688,17 @@ impl Parser<'_> {
             }
             _ => return Err(syntax(self.lex.src, at, "expected an expression")),
         })
+    }
+
+    /// A number, or a quantity when a unit follows (`4 'mg'`, `1 year`).
+    fn quantity(&mut self, value: f64, number: Expr) -> Result<(Expr, usize)> {
+        let unit = match &self.tok {
+            Tok::Str(unit) => unit.clone(),
+            Tok::Ident(word) if CalendarUnit::from_keyword(word).is_some() => word.clone(),
+            _ => return Ok((number, 1)),
+        };
+        self.bump()?;
+        Ok((Expr::Quantity(Box::new(Quantity::new(value, &unit))), 1))
     }
 
     fn postfix(&mut self, mut node: (Expr, usize)) -> Result<(Expr, usize)> {
@@ -578,13 +794,13 @@ mod tests {
         let e = parse("value.ofType(Quantity).value").unwrap();
         let call = Expr::Call(
             Box::new(member(Expr::This, "value")),
-            Func::OfType("Quantity".into()),
-            vec![],
+            Func::OfType,
+            vec![Expr::TypeName("Quantity".into())],
         );
         assert_eq!(e, member(call, "value"));
         assert!(matches!(
             parse("getReferenceKey()").unwrap(),
-            Expr::Call(_, Func::ReferenceKey(None), _)
+            Expr::Call(_, Func::ReferenceKey, args) if args.is_empty()
         ));
     }
 
@@ -592,8 +808,8 @@ mod tests {
     fn literals_and_escapes() {
         assert_eq!(parse(r"'it\'s'").unwrap(), Expr::Str("it's".into()));
         assert_eq!(parse("-1.50").unwrap(), Expr::Dec(-1.5));
-        assert_eq!(parse("%rowIndex").unwrap(), Expr::RowIndex);
-        assert_eq!(parse("%`a-b`").unwrap(), Expr::Constant("a-b".into()));
+        assert_eq!(parse("%rowIndex").unwrap(), Expr::Env("rowIndex".into()));
+        assert_eq!(parse("%`a-b`").unwrap(), Expr::Env("a-b".into()));
         assert_eq!(parse("`div`").unwrap(), member(Expr::This, "div"));
     }
 

@@ -1,5 +1,5 @@
 //! What fhirflight knows of FHIR R4 itself, shipped with the crate (never fetched at run time):
-//! the resource types, their top-level elements, and the rule a type name from outside must pass before it names anything.
+//! the resource types, their top-level elements, the type model FHIRPath reads, and the rule a type name from outside must pass before it names anything.
 //!
 //! A resource type name from a server, a manifest, a folder, the configuration or SQL becomes a
 //! table name and a folder of the snapshot store, so [`check_type_name`] admits only the shape
@@ -8,9 +8,11 @@
 //! versions and custom types are served too.
 
 mod elements;
+mod model;
 mod resource_types;
 
 pub use elements::ELEMENTS;
+pub use model::TYPES;
 pub use resource_types::RESOURCE_TYPES;
 
 use crate::error::quoted;
@@ -40,6 +42,49 @@ pub fn element(resource_type: &str, name: &str) -> Option<&'static str> {
             .copied()
             .find(|e| e.eq_ignore_ascii_case(name)),
     }
+}
+
+/// A type of the R4 model, or a backbone element (`Patient.contact`), as FHIRPath sees it.
+#[derive(Debug)]
+pub struct TypeNode {
+    /// The type name, or the path of a backbone element.
+    pub key: &'static str,
+    /// The type name (`BackboneElement` for a backbone element).
+    pub name: &'static str,
+    /// The index in [`TYPES`] of the parent type.
+    pub parent: Option<u16>,
+    /// The elements, sorted by name (choice elements expanded), with the index of their type.
+    pub elements: &'static [(&'static str, u16)],
+}
+
+/// The index in [`TYPES`] of the type or backbone element `key`.
+pub fn type_index(key: &str) -> Option<u16> {
+    TYPES
+        .binary_search_by(|t| t.key.cmp(key))
+        .ok()
+        .map(|i| i as u16)
+}
+
+/// The type of element `name` of the type at `ty` in [`TYPES`].
+pub fn element_type(ty: u16, name: &str) -> Option<u16> {
+    let elements = TYPES[usize::from(ty)].elements;
+    let i = elements.binary_search_by(|(e, _)| e.cmp(&name)).ok()?;
+    Some(elements[i].1)
+}
+
+/// Whether the type at `ty` is `name` or derives from it (`Age` is a `Quantity`).
+pub fn derives_from(ty: u16, name: &str) -> bool {
+    let mut at = Some(ty);
+    // The chain is short (Resource is at most four levels up); the bound keeps a cycle harmless.
+    for _ in 0..16 {
+        let Some(t) = at else { return false };
+        let node = &TYPES[usize::from(t)];
+        if node.name == name {
+            return true;
+        }
+        at = node.parent;
+    }
+    false
 }
 
 /// `name` when it has the shape of a resource type name: an ASCII capital letter, then up to
@@ -113,6 +158,25 @@ mod tests {
         assert_eq!(element("Patient", "gendr"), None);
         assert_eq!(element("Patient", "status"), None);
         assert_eq!(element("NotAType", "id"), None);
+    }
+
+    #[test]
+    fn the_model_knows_element_types_backbones_and_parents() {
+        assert!(TYPES.is_sorted_by(|a, b| a.key < b.key));
+        let patient = type_index("Patient").unwrap();
+        let gender = element_type(patient, "gender").unwrap();
+        assert_eq!(TYPES[usize::from(gender)].name, "code");
+        assert!(derives_from(gender, "string") && !derives_from(gender, "uri"));
+        let contact = element_type(patient, "contact").unwrap();
+        assert_eq!(TYPES[usize::from(contact)].key, "Patient.contact");
+        assert!(derives_from(contact, "BackboneElement"));
+        let obs = type_index("Observation").unwrap();
+        let age = element_type(obs, "valueQuantity").unwrap();
+        assert!(derives_from(age, "Quantity"));
+        assert!(derives_from(patient, "DomainResource") && derives_from(patient, "Resource"));
+        // An element defined elsewhere points to that definition.
+        let item = type_index("Questionnaire.item").unwrap();
+        assert_eq!(element_type(item, "item"), Some(item));
     }
 
     #[test]

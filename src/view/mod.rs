@@ -21,6 +21,8 @@
 //! # Ok::<(), fhirflight::Error>(())
 //! ```
 
+#[cfg(test)]
+mod fuzz;
 mod parallel;
 mod runner;
 

@@ -113,7 +113,7 @@ impl ViewRunner {
                 }
             }
         }
-        let rows = view.root.rows(view, &Item::Json(resource), ctx)?;
+        let rows = view.root.rows(view, &Item::json(resource), ctx)?;
         for row in rows {
             for (index, (builder, values)) in self.builders.iter_mut().zip(row).enumerate() {
                 append(builder.as_mut(), view.columns[index], &values).map_err(|msg| {
@@ -416,7 +416,7 @@ fn append_scalar(
                 None => b.append_null(),
                 Some(v) => match v.as_str() {
                     Some(s) => b.append_value(s),
-                    None => b.append_value(v.to_json().to_string()),
+                    None => b.append_value(v.to_text()),
                 },
             }
         }
