@@ -322,6 +322,11 @@ mod tests {
             sink(&rows)?;
             Err::<(), _>(Error::snapshot("the source broke"))
         });
-        assert!(failed.unwrap_err().to_string().ends_with("the source broke"));
+        assert!(
+            failed
+                .unwrap_err()
+                .to_string()
+                .ends_with("the source broke")
+        );
     }
 }
