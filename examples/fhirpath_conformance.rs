@@ -10,41 +10,17 @@
 //! and exits non-zero when a case that passed before fails (`KNOWN_FAILURES` lists the others with
 //! their reason, as the README does), so a regression breaks the test command.
 
+mod conformance;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use fhirflight::fhirpath::{EvalContext, FhirPath, Item};
 use serde_json::{Map, Value, json};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let (mut suite, mut report) = (None, None);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--report" => report = args.next().map(PathBuf::from),
-            _ if suite.is_none() => suite = Some(PathBuf::from(arg)),
-            _ => return usage(&format!("unexpected argument {arg}")),
-        }
-    }
-    let Some(suite) = suite else {
-        return usage("missing the suite folder");
-    };
-    match run(&suite, report.as_deref()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("fhirpath_conformance: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn usage(msg: &str) -> ExitCode {
-    eprintln!(
-        "fhirpath_conformance: {msg}\nusage: fhirpath_conformance <suite folder> [--report <file>]"
-    );
-    ExitCode::from(2)
+    conformance::main("fhirpath_conformance", run)
 }
 
 /// The cases not passed, by group and name, with the reason (the README lists the same).

@@ -8,6 +8,8 @@
 //! (`{"file.json": {"tests": [{"name": ..., "result": {"passed": ..., "reason": ...}}]}}`) and exits
 //! non-zero when any case fails, so a regression breaks the test command.
 
+mod conformance;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,31 +21,7 @@ use fhirflight::view::{ViewDefinition, ViewRunner};
 use serde_json::{Map, Value, json};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let (mut suite, mut report) = (None, None);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--report" => report = args.next().map(PathBuf::from),
-            _ if suite.is_none() => suite = Some(PathBuf::from(arg)),
-            _ => return usage(&format!("unexpected argument {arg}")),
-        }
-    }
-    let Some(suite) = suite else {
-        return usage("missing the suite folder");
-    };
-    match run(&suite, report.as_deref()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("sof_conformance: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("sof_conformance: {msg}\nusage: sof_conformance <suite folder> [--report <file>]");
-    ExitCode::from(2)
+    conformance::main("sof_conformance", run)
 }
 
 /// Runs every `*.json` test file (except the schema) in `suite`; true when all cases pass.
