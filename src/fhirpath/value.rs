@@ -105,7 +105,8 @@ impl Temporal {
         })
     }
 
-    /// A dateTime from its components: `parts` as [`Temporal::parts`], `precision` 1 to 7.
+    /// A dateTime from its components: `parts` year, month, day, hour, minute, second,
+    /// millisecond; `precision` how many are given, 1 (year) to 7.
     pub fn date_time(parts: [i32; 7], precision: u8, tz: Option<i32>) -> Temporal {
         Temporal {
             kind: TemporalKind::DateTime,

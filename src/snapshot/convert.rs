@@ -90,7 +90,7 @@ const SKIPPED_SHOWN: usize = 5;
 /// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
 /// (created): one pass infers the schema over all files, a second decodes against it, both on all
 /// cores, in batches and with the strictness and line bound of `options`, while the Parquet
-/// columns are encoded on all cores too ([`write_parquet`]). With
+/// columns are encoded on all cores too (`snapshot/parquet.rs`). With
 /// [`Strictness::Lenient`](crate::ndjson::Strictness::Lenient), bad lines are skipped and counted:
 /// a [`WarningKind::SkippedLines`] warning naming the first few comes with the table;
 /// [`Strictness::Strict`](crate::ndjson::Strictness::Strict) fails on the first instead, naming
