@@ -20,32 +20,13 @@
 #        VENV (python venv with duckdb; made on first use, default ~/.cache/fhirflight/bench-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PROFILE=${PROFILE:-release}
 TYPES=${TYPES:-Observation,Condition,Patient}
-REPS=${REPS:-3}
 MULT=${MULT:-4}
-WORK=${WORK:-/tmp/fhirflight-bench}
-VENV=${VENV:-$HOME/.cache/fhirflight/bench-venv}
-BENCH=$(realpath "${FHIRFLIGHT_SHARED:-../shared}/bench")
-DATA_SRC=${FHIRFLIGHT_SHARED:-../shared}/data/synthea-100
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import duckdb' 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q duckdb
-fi
-PY=$VENV/bin/python
-flag=(); [ "$PROFILE" = release ] && flag=(--release)
-# The executable of a bench target, built with the given cargo flags (cargo names bench binaries
-# with a hash, so it is read from cargo's messages). Run by hand: cargo bench --bench NAME -- ARGS.
-bench_exe() {
-  cargo build -q "$@" --message-format=json-render-diagnostics \
-    | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
-}
+source benches/common.sh
+bench_python duckdb
 cargo build -q "${flag[@]}" --bin fhirflight
 BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
-EX=$(bench_exe "${flag[@]}" --bench catalog)
-[ -x "$EX" ] || { echo "no bench binary for benches/catalog.rs" >&2; exit 1; }
+EX=$(bench_exe catalog)
 
 mkdir -p "$WORK/s100"
 for f in "$DATA_SRC"/*.ndjson.gz; do

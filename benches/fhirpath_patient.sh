@@ -22,14 +22,8 @@ fi
 if [ ! -x .venv-bench/bin/python ]; then
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -q fhirpathpy
 fi
-# The executable of a bench target, built with the given cargo flags (cargo names bench binaries
-# with a hash, so it is read from cargo's messages). Run by hand: cargo bench --bench NAME -- ARGS.
-bench_exe() {
-  cargo build -q "$@" --message-format=json-render-diagnostics \
-    | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
-}
-exe=$(bench_exe --release --bench fhirpath_patient)
-[ -x "$exe" ] || { echo "no bench binary for benches/fhirpath_patient.rs" >&2; exit 1; }
+source benches/common.sh
+exe=$(bench_exe fhirpath_patient)
 py=$(.venv-bench/bin/python "$shared/bench/b_fhirpath_patient.py" "$data" --types Patient --reps "$reps" | tee /dev/stderr | awk '$1 == "fhirpathpy_patient"')
 rs=$("$exe" "$data" --reps "$reps" | tee /dev/stderr)
 py_eval=$(sed -n 's/.*eval_res_per_s=\([0-9]*\).*/\1/p' <<< "$py")

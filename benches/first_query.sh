@@ -15,27 +15,14 @@
 #        PROFILE (release|debug)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PROFILE=${PROFILE:-release}
 TYPES=${TYPES:-ExplanationOfBenefit,Observation}
 MULTS=${MULTS:-8 11}
-REPS=${REPS:-3}
-WORK=${WORK:-/tmp/fhirflight-bench}
-VENV=${VENV:-$HOME/.cache/fhirflight/bench-venv}
-BENCH=$(realpath "${FHIRFLIGHT_SHARED:-../shared}/bench")
-DATA_SRC=${FHIRFLIGHT_SHARED:-../shared}/data/synthea-100
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import duckdb' 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q duckdb
-fi
-PY=$VENV/bin/python
-flag=(); [ "$PROFILE" = release ] && flag=(--release)
-cargo build -q "${flag[@]}" --bin fhirflight --bench catalog
+source benches/common.sh
+bench_python duckdb
+cargo build -q "${flag[@]}" --bin fhirflight
 BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
 # The bench binary only prints each type's SQL (the flattened twin of DuckDB's aggregate).
-EX=$(cargo build -q "${flag[@]}" --bench catalog --message-format=json-render-diagnostics \
-  | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+EX=$(bench_exe catalog)
 
 mkdir -p "$WORK/s100"
 for f in "$DATA_SRC"/*.ndjson.gz; do

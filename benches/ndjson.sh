@@ -10,33 +10,21 @@
 # repetitions.
 #
 # Usage: benches/ndjson.sh            (from the repository root)
-# Env:   PY (python with pandas flatten_json duckdb; default .venv/bin/python)
+# Env:   VENV (python venv with pandas, flatten_json and duckdb; default
+#        ~/.cache/fhirflight/bench-venv, made on first use), PROFILE (release|debug),
 #        TYPES (default ExplanationOfBenefit,Observation,Claim,Encounter), REPS (default 3),
 #        MULT (copies for the scale run, default 11: about 540 MB in all), WORK (default /tmp/fhirflight-bench)
-#        BIN (a binary of benches/ndjson.rs to use instead of building it with cargo --release)
+#        BIN (a binary of benches/ndjson.rs to use instead of building it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-${FHIRFLIGHT_PYTHON:-.venv/bin/python}}
 TYPES=${TYPES:-ExplanationOfBenefit,Observation,Claim,Encounter}
-REPS=${REPS:-3}
 MULT=${MULT:-11}
-WORK=${WORK:-/tmp/fhirflight-bench}
-BENCH=../shared/bench
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
-
-# The executable of a bench target, built with the given cargo flags (cargo names bench binaries
-# with a hash, so it is read from cargo's messages). Run by hand: cargo bench --bench NAME -- ARGS.
-bench_exe() {
-  cargo build -q "$@" --message-format=json-render-diagnostics \
-    | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
-}
-if [ -z "${BIN:-}" ]; then
-  BIN=$(bench_exe --release --bench ndjson)
-  [ -x "$BIN" ] || { echo "no bench binary for benches/ndjson.rs" >&2; exit 1; }
-fi
+source benches/common.sh
+bench_python duckdb pandas flatten_json
+BIN=${BIN:-$(bench_exe ndjson)}
 
 mkdir -p "$WORK/s100"
-for f in ../shared/data/synthea-100/*.ndjson.gz; do
+for f in "$DATA_SRC"/*.ndjson.gz; do
   out="$WORK/s100/$(basename "$f" .gz)"
   [ -s "$out" ] || gunzip -c "$f" > "$out"
 done

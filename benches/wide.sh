@@ -15,32 +15,15 @@
 #        PROFILE=debug WIDTHS=500,1000 REPS=1 benches/wide.sh   (a quick check)
 # Env:   PROFILE (release|debug), WIDTHS (default 1000,2000,4000,6000), PATIENTS (rows, default 100),
 #        REPS (default 3), WORK (default /tmp/fhirflight-bench), VENV (python venv with pandas and
-#        flatten_json; default ~/.cache/fhirflight/venv, the tests' one, else
-#        ~/.cache/fhirflight/bench-venv, made on first use)
+#        flatten_json; default ~/.cache/fhirflight/bench-venv, made on first use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PROFILE=${PROFILE:-release}
 WIDTHS=${WIDTHS:-1000,2000,4000,6000}
 PATIENTS=${PATIENTS:-100}
-REPS=${REPS:-3}
-WORK=${WORK:-/tmp/fhirflight-bench}
-# The test venv (scripts/test.sh) has pandas and flatten_json; otherwise the bench venv gets them.
-VENV=${VENV:-$HOME/.cache/fhirflight/venv}
-BENCH=$(realpath "${FHIRFLIGHT_SHARED:-../shared}/bench")
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhirflight-target}
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pandas, flatten_json' 2>/dev/null; then
-  VENV=$HOME/.cache/fhirflight/bench-venv
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/python" -c 'import pandas, flatten_json' 2>/dev/null || "$VENV/bin/pip" install -q pandas flatten_json
-fi
-PY=$VENV/bin/python
-flag=(); [ "$PROFILE" = release ] && flag=(--release)
-# The executable of the bench target (cargo names bench binaries with a hash, so it is read from
-# cargo's messages). Run by hand: cargo bench --bench wide -- DIR [--widths ...].
-EX=$(cargo build -q "${flag[@]}" --bench wide --message-format=json-render-diagnostics \
-  | grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
-[ -x "$EX" ] || { echo "no bench binary for benches/wide.rs" >&2; exit 1; }
+source benches/common.sh
+bench_python pandas flatten_json
+# Run by hand: cargo bench --bench wide -- DIR [--widths ...].
+EX=$(bench_exe wide)
 
 dir=$WORK/wide-p$PATIENTS
 mkdir -p "$dir"
