@@ -17,7 +17,9 @@ use std::sync::{Arc, RwLock};
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
-use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::catalog::{
+    SchemaProvider as _, Session, TableFunctionArgs, TableFunctionImpl, TableProvider,
+};
 use datafusion::common::{ScalarValue, plan_err};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -84,8 +86,9 @@ impl FhirCatalog {
         Ok(())
     }
 
-    /// Checks that `view` can be a table of this catalog: it needs a name that is an identifier
-    /// and no resource type, and must read one of the catalog's resource types.
+    /// Checks that `view` can be a table of this catalog: it needs a name that is an identifier,
+    /// no resource type and no table a statement created, and must read one of the catalog's
+    /// resource types.
     fn check_view(&self, view: &ViewDefinition) -> Result<()> {
         let error = |msg: String| Error::View {
             view: view.name().unwrap_or_else(|| view.resource()).to_owned(),
@@ -103,6 +106,11 @@ impl FhirCatalog {
         if let Some(t) = self.exporter.resource_type(name) {
             return Err(error(format!(
                 "name {name:?} is taken by the resource type {t}"
+            )));
+        }
+        if self.schema.created.table_exist(name) {
+            return Err(error(format!(
+                "name {name:?} is taken by a table a statement created (DROP it first)"
             )));
         }
         if self.exporter.resource_type(view.resource()).as_deref() != Some(view.resource()) {

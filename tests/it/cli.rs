@@ -1576,6 +1576,23 @@ fn c_and_f_run_in_command_line_order_in_one_session_where_statements_create_view
         "{stderr}"
     );
 
+    // A view of the catalog cannot take a created table's name.
+    let view = r#"{"resourceType":"ViewDefinition","name":"women","resource":"Patient","select":[{"column":[{"name":"id","path":"id"}]}]}"#;
+    let out = sql_command(folder.path())
+        .args(["-c", "CREATE VIEW women AS SELECT 1 AS one"])
+        .args([
+            "-c",
+            &format!("SELECT * FROM fhir_add_view('fhir', '{view}')"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is taken by a table a statement created"),
+        "{stderr}"
+    );
+
     // A resource type is no name a statement may take; --quiet leaves out the table's footer.
     let out = sql_command(folder.path())
         .args(["--quiet", "-c", "SELECT 1 AS one"])
