@@ -16,8 +16,10 @@ GENDERS = (
 @pytest.fixture
 def conn(server):
     host, port = server
+    # Autocommit as the README connects: fhirflight has no transactions to commit.
     with flightsql.connect(
         f"grpc://{host}:{port}",
+        autocommit=True,
         db_kwargs={DatabaseOptions.USERNAME.value: USER, DatabaseOptions.PASSWORD.value: PASSWORD},
     ) as conn:
         yield conn
