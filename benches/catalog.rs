@@ -14,6 +14,8 @@
 //! `../shared/bench/b_duckdb.py --query agg`, over the flattened columns). The script runs the
 //! built binary with the same arguments.
 
+mod driver;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,26 +48,18 @@ fn query(resource_type: &str) -> Option<&'static str> {
 
 #[tokio::main]
 async fn main() -> fhirflight::Result<()> {
-    // `cargo bench` adds `--bench`; the driver's own arguments are the others.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
+    let args = driver::Args::from_env();
+    let flag = |name: &str| args.flag(name);
     if let Some(t) = flag("--query") {
         println!("{}", query(&t).expect("a type with a query"));
         return Ok(());
     }
     let usage =
         "usage: cargo bench --bench catalog -- FOLDER --cache DIR [--types T1,T2] [--reps N]";
-    let folder = PathBuf::from(args.first().expect(usage));
+    let folder = PathBuf::from(args.all().first().expect(usage));
     let cache = PathBuf::from(flag("--cache").expect(usage));
     let types = flag("--types").unwrap_or_else(|| "Observation,Condition,Patient".into());
-    let reps: usize = flag("--reps").map_or(3, |r| r.parse().expect("--reps N"));
+    let reps = args.number("--reps", 3);
 
     let options = CatalogOptions::default()
         .with_cache_dir(cache)

@@ -28,11 +28,7 @@ cargo build -q "${flag[@]}" --bin fhirflight
 BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
 EX=$(bench_exe catalog)
 
-mkdir -p "$WORK/s100"
-for f in "$DATA_SRC"/*.ndjson.gz; do
-  out="$WORK/s100/$(basename "$f" .gz)"
-  [ -s "$out" ] || gunzip -c "$f" > "$out"
-done
+unzip_sample
 data=$WORK/s100
 if [ "$MULT" -gt 1 ]; then
   data=$WORK/x$MULT

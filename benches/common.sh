@@ -29,3 +29,13 @@ bench_exe() {
   [ -x "$exe" ] || { echo "no bench binary for benches/$1.rs" >&2; return 1; }
   echo "$exe"
 }
+
+# Unzips the shared Synthea sample into $WORK/s100, once.
+unzip_sample() {
+  mkdir -p "$WORK/s100"
+  local file out
+  for file in "$DATA_SRC"/*.ndjson.gz; do
+    out="$WORK/s100/$(basename "$file" .gz)"
+    [ -s "$out" ] || gunzip -c "$file" > "$out"
+  done
+}

@@ -21,6 +21,8 @@
 //!   NDJSON and writes its Parquet copy, later scans read that copy (the snapshot is made first,
 //!   untimed).
 
+mod driver;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,19 +45,11 @@ const PATHS: [(&str, &str); 4] = [
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // `cargo bench` adds `--bench`; the driver's own arguments are the others.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let dir = PathBuf::from(args.first().expect(
+    let args = driver::Args::from_env();
+    let dir = PathBuf::from(args.all().first().expect(
         "usage: cargo bench --bench fhirpath_patient -- <folder with Patient.ndjson> [--reps N]",
     ));
-    let reps: usize = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(3);
+    let reps = args.number("--reps", 3);
     let file = dir.join("Patient.ndjson");
     let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -24,11 +24,7 @@ BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
 # The bench binary only prints each type's SQL (the flattened twin of DuckDB's aggregate).
 EX=$(bench_exe catalog)
 
-mkdir -p "$WORK/s100"
-for f in "$DATA_SRC"/*.ndjson.gz; do
-  out="$WORK/s100/$(basename "$f" .gz)"
-  [ -s "$out" ] || gunzip -c "$f" > "$out"
-done
+unzip_sample
 IFS=, read -ra types <<< "$TYPES"
 echo "# $(nproc) cores; $PROFILE build; REPS=$REPS; $(date -u +%FT%TZ); load $(cut -d' ' -f1-3 /proc/loadavg)"
 

@@ -14,6 +14,8 @@
 //! `time_vs_floor` in fhirflight's line is its time over the floor's: the price of the two passes
 //! (inference, then decoding) and of building the columns.
 
+mod driver;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -22,11 +24,8 @@ use fhirflight::ndjson::{DecodeOptions, SchemaInference, TableMode, decode_reade
 use serde::de::IgnoredAny;
 
 fn main() -> fhirflight::Result<()> {
-    // `cargo bench` adds `--bench`; the driver's own arguments are the others.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let driver = driver::Args::from_env();
+    let args = driver.all();
     let nested = args.iter().any(|a| a == "--nested");
     let mode = if nested {
         TableMode::Nested
@@ -41,14 +40,10 @@ fn main() -> fhirflight::Result<()> {
     let dir = PathBuf::from(args.first().expect(
         "usage: cargo bench --bench ndjson -- DATA_DIR [--types T1,T2] [--reps N] [--nested]",
     ));
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .map(|i| args[i + 1].clone())
-    };
-    let types: Option<Vec<String>> =
-        flag("--types").map(|t| t.split(',').map(str::to_owned).collect());
-    let reps: usize = flag("--reps").map_or(3, |r| r.parse().expect("--reps N"));
+    let types: Option<Vec<String>> = driver
+        .flag("--types")
+        .map(|t| t.split(',').map(str::to_owned).collect());
+    let reps = driver.number("--reps", 3);
     let tool = if nested {
         "fhirflight_nested"
     } else {

@@ -23,11 +23,7 @@ source benches/common.sh
 bench_python duckdb pandas flatten_json
 BIN=${BIN:-$(bench_exe ndjson)}
 
-mkdir -p "$WORK/s100"
-for f in "$DATA_SRC"/*.ndjson.gz; do
-  out="$WORK/s100/$(basename "$f" .gz)"
-  [ -s "$out" ] || gunzip -c "$f" > "$out"
-done
+unzip_sample
 [ -d "$WORK/x$MULT" ] || "$PY" "$BENCH/multiply.py" "$WORK/s100" "$WORK/x$MULT" "$MULT"
 echo "# data: $WORK/s100 $(du -sm "$WORK/s100" | cut -f1) MB, $WORK/x$MULT $(du -sm "$WORK/x$MULT" | cut -f1) MB; $(nproc) cores; $(date -u +%FT%TZ); load $(cut -d' ' -f1-3 /proc/loadavg)"
 

@@ -14,6 +14,8 @@
 //!
 //! Usage: `cargo bench --bench wide -- DIR [--widths 1000,2000] [--patients N] [--reps N]`.
 
+mod driver;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -29,22 +31,14 @@ const SELECT: &str = "SELECT * FROM Provenance";
 
 #[tokio::main]
 async fn main() -> fhirflight::Result<()> {
-    // `cargo bench` adds `--bench`; the driver's own arguments are the others.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
+    let args = driver::Args::from_env();
+    let flag = |name: &str| args.flag(name);
     let usage =
         "usage: cargo bench --bench wide -- DIR [--widths 1000,2000] [--patients N] [--reps N]";
-    let dir = Path::new(args.first().expect(usage));
+    let dir = Path::new(args.all().first().expect(usage));
     let widths = flag("--widths").unwrap_or_else(|| "1000,2000,4000,6000".into());
-    let patients: usize = flag("--patients").map_or(100, |p| p.parse().expect("--patients N"));
-    let reps: usize = flag("--reps").map_or(3, |r| r.parse().expect("--reps N"));
+    let patients = args.number("--patients", 100);
+    let reps = args.number("--reps", 3);
 
     println!("# tool width columns rows first_s plan_s explain_s select_s df_plan_s folder");
     for width in widths.split(',') {
