@@ -14,6 +14,12 @@ fn sql_command(folder: &Path) -> Command {
     command
 }
 
+/// The standard output and error of a finished command, as text.
+fn texts(out: &Output) -> (String, String) {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (text(&out.stdout), text(&out.stderr))
+}
+
 /// Runs `fhirflight sql --folder <folder> <query>` with its cache in `folder`.
 fn sql(folder: &Path, query: &str) -> Output {
     sql_command(folder).arg(query).output().unwrap()
@@ -98,10 +104,7 @@ fn serve_fails_before_announcing_when_it_cannot_serve() {
         .arg(folder.path().join("cache"))
         .output()
         .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stdout.contains("listening"), "{stdout}");
     assert!(stderr.contains("no/such/cert.pem"), "{stderr}");
@@ -664,10 +667,7 @@ fn a_table_is_a_screenful_on_a_terminal_and_whole_otherwise() {
 
     // Piped: every row, every value whole; the footer on standard error.
     let out = sql(folder.path(), &query);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = texts(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.matches(&long).count(), 100, "{stdout}");
     assert!(stderr.contains("100 rows, "), "{stderr}");
@@ -1276,10 +1276,7 @@ fn sql_runs_the_statements_of_stdin_in_one_session_and_stops_at_the_first_error(
         "{GENDERS_VIEW}\n\\d\n\\d genders\nSELECT id, gender FROM genders\n  ORDER BY id; SELECT 'second' AS s;\n\\d Condition\n\\d Nope\nSELECT 'not reached';\n"
     );
     let out = sql_with_stdin(folder.path(), &[], &input);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     // The view added by the first statement is a table for the later ones.
     assert!(
@@ -1316,10 +1313,7 @@ fn sql_runs_repeated_c_and_f_files_in_order_and_names_the_failing_line() {
         .args(["-c", "\\d Patient"])
         .output()
         .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = texts(&out);
     assert!(out.status.success(), "{stderr}");
     let n = stdout.find("| 2 |").expect("the count");
     let two = stdout.find("| two |").expect("the second statement");
@@ -1339,10 +1333,7 @@ fn sql_runs_repeated_c_and_f_files_in_order_and_names_the_failing_line() {
         .arg(&file)
         .output()
         .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stdout.contains("| a;b |") && !stdout.contains("not reached"),
@@ -1562,10 +1553,7 @@ fn c_and_f_run_in_command_line_order_in_one_session_where_statements_create_view
         .arg(&file)
         .output()
         .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = texts(&out);
     // The view answers the first file and is gone for the second.
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stdout, "women\n1\n");
