@@ -1653,22 +1653,30 @@ async fn ctrl_c_in_the_shell_cancels_the_statement_and_the_export_runs_on_for_th
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let faults = fhirflight::demo::Faults {
-        download_chunk_delay: Some(std::time::Duration::from_millis(300)),
+    // The job stays in progress until the statement was cancelled: the Ctrl-C lands in the
+    // statement however slowly this test reads the terminal.
+    let stuck = fhirflight::demo::Faults {
+        status_stuck: true,
         ..Default::default()
     };
-    let (server, flags) = demo_server_of_small_files(dir.path(), 8, faults).await;
+    let (server, flags) = demo_server_of_small_files(dir.path(), 8, stuck).await;
     let (cache, history) = (dir.path().join("cache"), dir.path().join("history"));
-    let shown = tokio::task::spawn_blocking(move || {
+    let mut terminal = tokio::task::spawn_blocking(move || {
         let mut args = vec!["sql", "--cache-dir", cache.to_str().unwrap()];
         args.extend(flags.iter().map(String::as_str));
         let mut terminal = Terminal::start(&args, &[("FHIRFLIGHT_HISTORY", &history)]);
         terminal.wait_for("fhirflight> ");
         terminal.type_keys(b"SELECT count(*) AS n FROM Patient;\n");
-        terminal.wait_for("fhir Patient: downloading [");
+        terminal.wait_for("fhir Patient: waiting for the server");
         terminal.type_keys(b"\x03");
         terminal.wait_for("cancelled; an export it waited for runs on");
         terminal.wait_for("fhirflight> ");
+        terminal
+    })
+    .await
+    .unwrap();
+    server.set_faults(Default::default());
+    let shown = tokio::task::spawn_blocking(move || {
         terminal.type_keys(b"\\exports\n");
         terminal.wait_for("| Patient |");
         let listed = terminal.wait_for("fhirflight> ");
