@@ -222,9 +222,10 @@ impl Authenticator {
                     let reason = "invalid username or password";
                     log.record(&AuditRecord::failed_login(&name, client, reason));
                 }
+                let client = client.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
                 tracing::warn!(
                     user = %crate::error::quoted(&name),
-                    client = ?client,
+                    client = %client,
                     "failed login; this address waits {} s before its next try",
                     wait.as_secs()
                 );
