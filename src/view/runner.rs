@@ -168,7 +168,11 @@ impl ViewRunner {
             // std's UTF-8 check, then serde_json's `str` reader, is faster than its byte reader.
             let not_json = |e: BoxError| self.line_error("not a JSON resource", Some(e));
             let text = std::str::from_utf8(line).map_err(|e| not_json(e.into()))?;
-            let resource: Value = serde_json::from_str(text).map_err(|e| not_json(e.into()))?;
+            let resource = match &self.view.reach {
+                Some(reach) => reach.parse(text),
+                None => serde_json::from_str(text),
+            };
+            let resource = resource.map_err(|e| not_json(e.into()))?;
             self.push(&resource).map_err(|e| match e {
                 Error::View { msg, source, .. } => self.line_error(&msg, source),
                 other => self.line_error("", Some(other.into())),
