@@ -439,6 +439,11 @@ mod tests {
         // What is skipped is still checked as JSON.
         assert!(reach.parse(r#"{"address": [1,]}"#).is_err());
         assert!(reach.parse(r#"{"id": "p"} x"#).is_err());
+        // But not as values: a number out of range or a deep nesting there is not built, so
+        // not refused.
+        let deep = format!(r#"{{"id": {}1e400{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(serde_json::from_str::<Value>(&deep).is_err());
+        assert_eq!(reach.parse(&deep).unwrap(), json!({}));
     }
 
     #[test]
