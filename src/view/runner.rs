@@ -129,7 +129,8 @@ impl ViewRunner {
     /// Evaluates the view on the NDJSON lines at the start of `ndjson` until the runner
     /// [is full](Self::is_full) or the bytes end, and returns the number of bytes consumed: then
     /// [`flush`](Self::flush) and push the rest. `ndjson` holds whole lines (the last one may lack its
-    /// newline); blank lines are skipped. A line that is not JSON, longer than
+    /// newline); blank lines are skipped. A line is built only as far as the view's expressions
+    /// reach (see the README's FHIRPath section). A line that is not JSON, longer than
     /// [`ViewRunner::with_max_line_bytes`], or whose resource breaks the view, is an error naming
     /// the source and line number.
     ///
