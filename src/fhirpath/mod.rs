@@ -31,6 +31,7 @@
 mod eval;
 mod functions;
 mod parser;
+mod reach;
 mod value;
 
 use std::borrow::Cow;
@@ -40,6 +41,7 @@ use serde_json::{Map, Value};
 use crate::Result;
 use crate::r4;
 use parser::{BinOp, Expr, Func};
+pub(crate) use reach::Reach;
 pub use value::{Quantity, Temporal, TemporalKind};
 
 /// The result of an evaluation: an ordered collection of items.

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
+use arrow::record_batch::RecordBatch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::{ViewDefinition, ViewRunner};
+use crate::Result;
 use crate::fhirpath::{EvalContext, FhirPath};
 
 /// Pieces of the language, valid and not, that random expressions are built from.
@@ -295,6 +297,101 @@ fn random_views_return_rows_or_an_error() {
             let _ = runner.flush();
         }
     }
+}
+
+/// Runs `view` over `resources` pushed whole and as NDJSON lines, which the runner parses to what
+/// the view reaches: the rows must be the same, or both runs fail.
+fn same_rows_from_lines(view: ViewDefinition, resources: &[Value]) {
+    let view = Arc::new(view);
+    let whole = || -> Result<Option<RecordBatch>> {
+        let mut runner = ViewRunner::new(Arc::clone(&view), 1024);
+        resources.iter().try_for_each(|r| runner.push(r))?;
+        runner.flush()
+    };
+    let lines: String = resources.iter().map(|r| format!("{r}\n")).collect();
+    let from_lines = || -> Result<Option<RecordBatch>> {
+        let mut runner = ViewRunner::new(Arc::clone(&view), 1024);
+        assert_eq!(runner.push_ndjson(lines.as_bytes())?, lines.len());
+        runner.flush()
+    };
+    let definition = view.definition();
+    match (whole(), from_lines()) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "{definition}"),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("{definition}: whole {a:?}, from lines {b:?}"),
+    }
+}
+
+#[test]
+fn random_views_see_the_same_rows_in_pruned_lines() {
+    let patient = patient();
+    let mut rng = StdRng::seed_from_u64(20);
+    for _ in 0..CASES / 2 {
+        if let Ok(view) = ViewDefinition::from_json(&view(&mut rng)) {
+            same_rows_from_lines(view, std::slice::from_ref(&patient));
+        }
+    }
+    for expr in SEEDS.iter().chain(&[
+        "birthDate.extension.value",
+        "_birthDate.extension.url",
+        "extension.value.code | extension.valueCoding.code",
+        "contact.name.family.first() & %resource.id",
+        "telecom.where(system = 'email').value",
+        "name.exists()",
+        "name.count() + telecom.value.count()",
+        "Patient.name[1].given",
+        "name.given[0]",
+        "getResourceKey() & contact.getReferenceKey()",
+        "%context.gender",
+        "children().count()",
+        "name.select(%resource.telecom.first()).value",
+        "name.where($this.use = 'usual').given",
+        "iif(name.count() > 1, name[1], name[0]).given",
+        "telecom.value.ofType(string)",
+        "(name | contact.name).family",
+        "name.given.combine(contact.name.family)",
+        "contact.name.family.substring(3)",
+        "name.defineVariable('n', given).select(%n)",
+    ]) {
+        let view = ViewDefinition::from_paths("Patient", &[("c", expr)]).unwrap();
+        same_rows_from_lines(view, std::slice::from_ref(&patient));
+    }
+}
+
+/// The views of the SQL on FHIR suite, over its resources: in `FHIRFLIGHT_SHARED` (set by
+/// `scripts/test.sh` when `../shared` is present), else in `../shared` when there.
+#[test]
+fn the_sql_on_fhir_suite_sees_the_same_rows_in_pruned_lines() {
+    let shared = match std::env::var("FHIRFLIGHT_SHARED") {
+        Ok(dir) => dir,
+        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../shared").to_owned(),
+    };
+    let suite = std::path::Path::new(&shared).join("sql-on-fhir-tests");
+    if std::env::var_os("FHIRFLIGHT_SHARED").is_none() && !suite.is_dir() {
+        eprintln!(
+            "note: {} not found, as scripts/test.sh notes",
+            suite.display()
+        );
+        return;
+    }
+    let files = std::fs::read_dir(&suite).unwrap_or_else(|e| panic!("{}: {e}", suite.display()));
+    let mut views = 0;
+    for file in files {
+        let path = file.unwrap().path();
+        if path.extension().is_none_or(|x| x != "json") || path.ends_with("tests.schema.json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let suite: Value = serde_json::from_str(&text).unwrap();
+        let resources = suite["resources"].as_array().unwrap();
+        for case in suite["tests"].as_array().unwrap() {
+            if let Ok(view) = ViewDefinition::from_json(&case["view"]) {
+                same_rows_from_lines(view, resources);
+                views += 1;
+            }
+        }
+    }
+    assert!(views > 100, "{views} views in {}", suite.display());
 }
 
 #[test]

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::{Map, Value};
 
-use crate::fhirpath::FhirPath;
+use crate::fhirpath::{FhirPath, Reach};
 use crate::{Error, Result};
 
 pub use parallel::{run_reader, run_readers};
@@ -49,6 +49,9 @@ pub struct ViewDefinition {
     root: Select,
     columns: Vec<ColumnType>,
     schema: SchemaRef,
+    /// What of a resource the view's expressions can reach, which is all a line's parse needs to
+    /// build; `None` when that cannot be bounded.
+    reach: Option<Reach>,
 }
 
 /// One `select` element: how it iterates and what it produces, in output column order.
@@ -305,6 +308,7 @@ impl Builder {
             }
         }
         let schema = Arc::new(Schema::new(self.fields));
+        let reach = view_reach(&filters, &root);
         Ok(ViewDefinition {
             definition,
             name,
@@ -314,8 +318,39 @@ impl Builder {
             root,
             columns: self.columns,
             schema,
+            reach,
         })
     }
+}
+
+/// What the view's `where` filters and columns reach of a resource: each expression's result is
+/// looked at, so kept whole; `forEach` and `forEachOrNull` only navigate.
+fn view_reach(filters: &[FhirPath], root: &Select) -> Option<Reach> {
+    fn select(sel: &Select, focus: &[usize], reach: &mut Reach) -> Option<()> {
+        let foci = match &sel.iterate {
+            Iterate::Once => focus.to_vec(),
+            Iterate::ForEach(path) | Iterate::ForEachOrNull(path) => path.reach(focus, reach)?,
+            Iterate::Repeat(_) => {
+                reach.whole(focus);
+                focus.to_vec()
+            }
+        };
+        for col in &sel.columns {
+            let out = col.path.reach(&foci, reach)?;
+            reach.whole(&out);
+        }
+        for sel in sel.selects.iter().chain(&sel.union_all) {
+            select(sel, &foci, reach)?;
+        }
+        Some(())
+    }
+    let mut reach = Reach::new();
+    for filter in filters {
+        let out = filter.reach(&[Reach::ROOT], &mut reach)?;
+        reach.whole(&out);
+    }
+    select(root, &[Reach::ROOT], &mut reach)?;
+    Some(reach)
 }
 
 /// Points the columns of a later `unionAll` branch at the first branch's output columns.

@@ -129,7 +129,8 @@ impl ViewRunner {
     /// Evaluates the view on the NDJSON lines at the start of `ndjson` until the runner
     /// [is full](Self::is_full) or the bytes end, and returns the number of bytes consumed: then
     /// [`flush`](Self::flush) and push the rest. `ndjson` holds whole lines (the last one may lack its
-    /// newline); blank lines are skipped. A line that is not JSON, longer than
+    /// newline); blank lines are skipped. A line is built only as far as the view's expressions
+    /// reach (see the README's FHIRPath section). A line that is not JSON, longer than
     /// [`ViewRunner::with_max_line_bytes`], or whose resource breaks the view, is an error naming
     /// the source and line number.
     ///
@@ -168,7 +169,11 @@ impl ViewRunner {
             // std's UTF-8 check, then serde_json's `str` reader, is faster than its byte reader.
             let not_json = |e: BoxError| self.line_error("not a JSON resource", Some(e));
             let text = std::str::from_utf8(line).map_err(|e| not_json(e.into()))?;
-            let resource: Value = serde_json::from_str(text).map_err(|e| not_json(e.into()))?;
+            let resource = match &self.view.reach {
+                Some(reach) => reach.parse(text),
+                None => serde_json::from_str(text),
+            };
+            let resource = resource.map_err(|e| not_json(e.into()))?;
             self.push(&resource).map_err(|e| match e {
                 Error::View { msg, source, .. } => self.line_error(&msg, source),
                 other => self.line_error("", Some(other.into())),
