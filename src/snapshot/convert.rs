@@ -3,8 +3,8 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use std::sync::mpsc::{Receiver, sync_channel};
 
@@ -14,6 +14,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
 use super::parquet::write_parquet;
+use super::raw::{Copied, open_copying};
 use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
     DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, Fitting, FlattenOptions, GrownColumns,
@@ -119,6 +120,33 @@ pub fn convert_raw(
     out_dir: &Path,
     on_rows: &dyn Fn(u64),
 ) -> Result<(TableFiles, Vec<Warning>)> {
+    let raw: Vec<RawInput<'_>> = raw
+        .iter()
+        .map(|path| RawInput {
+            path,
+            copy_of: None,
+        })
+        .collect();
+    convert(&raw, resource_type, mode, options, out_dir, on_rows)
+}
+
+/// A raw file of a conversion: `path`, in the snapshot, or copied there from `copy_of` as the
+/// conversion's first pass reads it ([`open_copying`]: the input is read once for both).
+#[derive(Debug)]
+pub(super) struct RawInput<'a> {
+    pub(super) path: &'a Path,
+    pub(super) copy_of: Option<(&'a Path, Arc<Mutex<Copied>>)>,
+}
+
+/// [`convert_raw`] of `raw`, the files to copy copied by its first pass and checked whole.
+pub(super) fn convert(
+    raw: &[RawInput<'_>],
+    resource_type: &str,
+    mode: &TableMode,
+    options: &DecodeOptions,
+    out_dir: &Path,
+    on_rows: &dyn Fn(u64),
+) -> Result<(TableFiles, Vec<Warning>)> {
     let started = std::time::Instant::now();
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     // Each file's path names it in errors.
@@ -129,13 +157,21 @@ pub fn convert_raw(
     // written in is temporary.
     let base = out_dir.parent().unwrap_or(out_dir);
     let name = |p: &Path| p.strip_prefix(base).unwrap_or(p).display().to_string();
-    let sources = || raw.iter().map(|p| Ok::<_, Error>((name(p), open_raw(p)?)));
+    let open = |r: &RawInput<'_>, first: bool| match (&r.copy_of, first) {
+        (Some((input, copied)), true) => open_copying(input, r.path, Arc::clone(copied)),
+        _ => open_raw(r.path),
+    };
+    // The files as the first pass reads them (copying those to copy), or a later one.
+    let sources = |first: bool| {
+        raw.iter()
+            .map(move |r| Ok::<_, Error>((name(r.path), open(r, first)?)))
+    };
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
     let grown = match mode {
         TableMode::Flattened(flatten) => {
-            convert_growing(sources(), flatten, &options, out_dir, &props, on_rows)?
+            convert_growing(sources(true), flatten, &options, out_dir, &props, on_rows)?
         }
         TableMode::Nested => None,
     };
@@ -150,6 +186,16 @@ pub fn convert_raw(
             convert_inferred(sources, mode, options, out_dir, &props, on_rows)?
         }
     };
+    for (input, copied) in raw.iter().filter_map(|r| r.copy_of.as_ref()) {
+        let len = input.metadata().map_err(|e| Error::io(input, e))?.len();
+        let copied = copied.lock().unwrap_or_else(PoisonError::into_inner).bytes;
+        if copied != len {
+            return Err(Error::snapshot(format!(
+                "{}: {len} bytes, of which {copied} were read: it changed while it was read",
+                input.display()
+            )));
+        }
+    }
     tracing::debug!(
         "{resource_type}: {} rows, {} columns to {} file(s) in {}: {} in {:.3} s",
         summary.rows,
@@ -220,7 +266,7 @@ fn empty_schema() -> SchemaRef {
 }
 
 /// Batches decoded ahead of the Parquet writer.
-const QUEUED_BATCHES: usize = 4;
+const QUEUED_BATCHES: usize = 1;
 
 /// The flattened table of `sources` in one walk of its lines ([`convert_raw`]); `None` on a
 /// conflict (the files written are then left for the caller to remove).
@@ -325,10 +371,10 @@ fn write_grown(
     Ok(Some((files, schema)))
 }
 
-/// The table of `sources` in two passes: the schema inferred over all files, then the files
-/// decoded against it into one Parquet file.
+/// The table of `sources` in two passes: the schema inferred over all files (`sources(true)`,
+/// the first pass), then the files decoded against it into one Parquet file.
 fn convert_inferred<I: IntoIterator<Item = Result<(String, Box<dyn BufRead + Send>)>>>(
-    sources: impl Fn() -> I,
+    sources: impl Fn(bool) -> I,
     mode: &TableMode,
     options: DecodeOptions,
     out_dir: &Path,
@@ -336,13 +382,13 @@ fn convert_inferred<I: IntoIterator<Item = Result<(String, Box<dyn BufRead + Sen
     on_rows: &dyn Fn(u64),
 ) -> Result<Converted> {
     let mut inference = SchemaInference::with_options(mode, options.clone());
-    infer_readers(sources(), &mut inference)?;
+    infer_readers(sources(true), &mut inference)?;
     let mut schema = inference.schema();
     if schema.fields().is_empty() {
         schema = empty_schema();
     }
     let (summary, file) = write_file(out_dir, 0, &schema, props, |sink| {
-        decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
+        decode_readers(sources(false), Arc::clone(&schema), mode, options, |batch| {
             check_stopping()?;
             sink(&batch)?;
             on_rows(batch.num_rows() as u64);
