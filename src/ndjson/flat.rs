@@ -402,7 +402,10 @@ enum Values {
     Bool(Vec<bool>),
     Int(Vec<i64>),
     Float(Vec<f64>),
-    Utf8 { offsets: Vec<i32>, data: Vec<u8> },
+    Utf8 {
+        offsets: Vec<i32>,
+        data: Vec<u8>,
+    },
 }
 
 impl FlatDecoder {
@@ -634,7 +637,12 @@ impl Growth {
     /// A new column for `node`, which has none: its index, or `None` beyond the bound (a
     /// conflict; the value is dropped).
     #[cold]
-    fn add_column(&mut self, trie: &mut Trie, node: u32, columns: &mut Vec<Column>) -> Option<usize> {
+    fn add_column(
+        &mut self,
+        trie: &mut Trie,
+        node: u32,
+        columns: &mut Vec<Column>,
+    ) -> Option<usize> {
         let room = columns.len() < self.max_columns && trie.name(node) != OVERFLOW_COLUMN;
         let Some((index, new)) = trie.column_or_insert(node, room.then_some(columns.len() as u32))
         else {

@@ -1002,7 +1002,11 @@ fn the_default_width_bound_leaves_narrower_tables_alone() {
 
 /// Growing decoders (one walk) over `input` cut in chunks of `chunk` bytes: the batches fitted
 /// to the merged columns, or `None` on a conflict.
-fn grow(input: &str, options: DecodeOptions, chunk: usize) -> Option<(SchemaRef, Vec<RecordBatch>)> {
+fn grow(
+    input: &str,
+    options: DecodeOptions,
+    chunk: usize,
+) -> Option<(SchemaRef, Vec<RecordBatch>)> {
     let flatten = FlattenOptions::default();
     let mut batches = Vec::new();
     let mut columns = GrownColumns::new(&flatten);
@@ -1064,10 +1068,17 @@ fn growing_decoders_give_the_inferred_table() {
     parallel::infer_chunks(one(&input), &mut inference, 1000).unwrap();
     let schema = inference.schema();
     let mut want = Vec::new();
-    parallel::decode_chunks(one(&input), Arc::clone(&schema), &mode, options.clone(), |b| {
-        want.push(b);
-        Ok(())
-    }, 1000)
+    parallel::decode_chunks(
+        one(&input),
+        Arc::clone(&schema),
+        &mode,
+        options.clone(),
+        |b| {
+            want.push(b);
+            Ok(())
+        },
+        1000,
+    )
     .unwrap();
     let want = arrow::compute::concat_batches(&schema, &want).unwrap();
     for chunk in [200, 1000, 1 << 20] {
@@ -1085,14 +1096,19 @@ fn growing_decoders_give_the_inferred_table() {
 /// conflict: the inferred column is Utf8 with the number as written.
 #[test]
 fn growing_decoders_tell_numbers_then_text_as_a_conflict() {
-    let line = |id: usize, v: &str| format!("{{\"resourceType\":\"Observation\",\"id\":\"o{id}\",\"v\":{v}}}\n");
+    let line = |id: usize, v: &str| {
+        format!("{{\"resourceType\":\"Observation\",\"id\":\"o{id}\",\"v\":{v}}}\n")
+    };
     let mut input = String::new();
     for i in 0..100 {
         input.push_str(&line(i, if i == 80 { "\"x\"" } else { "1.50" }));
     }
     let options = DecodeOptions::default().with_batch_size(16);
     for chunk in [300, 1 << 20] {
-        assert!(grow(&input, options.clone(), chunk).is_none(), "chunks of {chunk}");
+        assert!(
+            grow(&input, options.clone(), chunk).is_none(),
+            "chunks of {chunk}"
+        );
     }
     let mixed = format!("{}{}", line(0, "true"), line(1, "2"));
     assert!(grow(&mixed, options, 1 << 20).is_none());

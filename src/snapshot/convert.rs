@@ -202,7 +202,11 @@ pub(super) fn convert(
         schema.fields().len(),
         files.len(),
         out_dir.display(),
-        if one_pass { "one pass" } else { "inferred, then decoded" },
+        if one_pass {
+            "one pass"
+        } else {
+            "inferred, then decoded"
+        },
         started.elapsed().as_secs_f64(),
     );
     let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
@@ -388,12 +392,18 @@ fn convert_inferred<I: IntoIterator<Item = Result<(String, Box<dyn BufRead + Sen
         schema = empty_schema();
     }
     let (summary, file) = write_file(out_dir, 0, &schema, props, |sink| {
-        decode_readers(sources(false), Arc::clone(&schema), mode, options, |batch| {
-            check_stopping()?;
-            sink(&batch)?;
-            on_rows(batch.num_rows() as u64);
-            Ok(())
-        })
+        decode_readers(
+            sources(false),
+            Arc::clone(&schema),
+            mode,
+            options,
+            |batch| {
+                check_stopping()?;
+                sink(&batch)?;
+                on_rows(batch.num_rows() as u64);
+                Ok(())
+            },
+        )
     })?;
     Ok((vec![file], schema, summary))
 }

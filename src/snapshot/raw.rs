@@ -235,7 +235,10 @@ pub(super) fn open_copying(
                 copied,
             },
         )),
-        false => Box::new(BufReader::with_capacity(1 << 16, Counted { inner: tee, copied })),
+        false => Box::new(BufReader::with_capacity(
+            1 << 16,
+            Counted { inner: tee, copied },
+        )),
     })
 }
 

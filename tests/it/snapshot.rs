@@ -224,7 +224,10 @@ fn a_commit_copies_its_inputs_as_it_converts_them() {
     let listed: Vec<(&str, u64)> = raw.iter().map(|r| (r.path.as_str(), r.resources)).collect();
     assert_eq!(
         listed,
-        [("raw/Patient.000.ndjson", 2), ("raw/Patient.001.ndjson.gz", 2)]
+        [
+            ("raw/Patient.000.ndjson", 2),
+            ("raw/Patient.001.ndjson.gz", 2)
+        ]
     );
     for (file, input) in raw.iter().zip([&plain, &gzip]) {
         let copy = snapshot.dir().join(&file.path);

@@ -200,9 +200,7 @@ async fn a_table_of_files_with_growing_columns_reads_as_one() {
             .extend(rest.as_object().unwrap().clone());
         o
     };
-    let pat = |id: &str, extra: Value| {
-        serde_json::json!({"resourceType": "Patient", "id": id, "extra": extra})
-    };
+    let pat = |id: &str, extra: Value| serde_json::json!({"resourceType": "Patient", "id": id, "extra": extra});
     std::fs::write(
         data.path().join("Patient.ndjson"),
         format!(
