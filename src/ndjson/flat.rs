@@ -662,10 +662,10 @@ impl Growth {
         Some(index as usize)
     }
 
-    /// Pushes `leaf` into `column` (number `index`), whose type does not hold it, after widening the type as
-    /// inference would: a first value types a column of nulls, an integer or a decimal makes an
-    /// Int64 column Float64 (each integer read as the decimal it is). Any other change is a
-    /// [conflict](Growth::conflict): a null is pushed instead.
+    /// Pushes `leaf` into `column` (number `index`), whose type does not hold it, after
+    /// widening the type as inference would: a first value types a column of nulls, an integer
+    /// or a decimal makes an Int64 column Float64 (each integer read as the decimal it is). Any
+    /// other change is a [conflict](Growth::conflict): a null is pushed instead.
     #[cold]
     fn widen(&mut self, index: usize, column: &mut Column, leaf: Leaf<'_>) {
         let n = column.len;
