@@ -256,11 +256,15 @@ impl GrownColumns {
                 DataType::Float64 => FLOAT,
                 _ => TEXT,
             };
-            let next = self.columns.len();
-            let column = *self.index.entry(field.name().clone()).or_insert(next);
-            if column == next {
-                self.columns.push((field.name().clone(), 0));
-            }
+            let column = match self.index.get(field.name()) {
+                Some(&column) => column,
+                None => {
+                    let name = field.name().clone();
+                    self.index.insert(name.clone(), self.columns.len());
+                    self.columns.push((name, 0));
+                    self.columns.len() - 1
+                }
+            };
             let kinds = &mut self.columns[column].1;
             *kinds |= kind;
             if conflicting(*kinds) {
