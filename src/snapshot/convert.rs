@@ -169,9 +169,15 @@ pub(super) fn convert(
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
+    // Rows told: a conversion that starts over tells only those beyond.
+    let told = std::cell::Cell::new(0u64);
     let grown = match mode {
         TableMode::Flattened(flatten) => {
-            convert_growing(sources(true), flatten, &options, out_dir, &props, on_rows)?
+            let on_rows = |n: u64| {
+                told.set(told.get() + n);
+                on_rows(n);
+            };
+            convert_growing(sources(true), flatten, &options, out_dir, &props, &on_rows)?
         }
         TableMode::Nested => None,
     };
@@ -183,7 +189,12 @@ pub(super) fn convert(
             fs::remove_dir_all(out_dir)
                 .and_then(|()| fs::create_dir_all(out_dir))
                 .map_err(|e| Error::io(out_dir, e))?;
-            convert_inferred(sources, mode, options, out_dir, &props, on_rows)?
+            let converted = std::cell::Cell::new(0u64);
+            let on_rows = |n: u64| {
+                let before = converted.replace(converted.get() + n);
+                on_rows((before + n).saturating_sub(told.get().max(before)));
+            };
+            convert_inferred(sources, mode, options, out_dir, &props, &on_rows)?
         }
     };
     for (input, copied) in raw.iter().filter_map(|r| r.copy_of.as_ref()) {

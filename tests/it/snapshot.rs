@@ -188,6 +188,7 @@ fn a_failed_conversion_leaves_the_committed_snapshot_which_owns_its_raw_copy() {
 /// The fetched files are copied into the snapshot as the conversion reads them (each read
 /// once): byte for byte, owner only, their resources counted, gzip kept gzip; also when the
 /// one-pass conversion gives up on a conflict (a number, then a string) and infers first.
+/// Progress counts each row once.
 #[test]
 fn a_commit_copies_its_inputs_as_it_converts_them() {
     use std::io::Write;
@@ -211,15 +212,18 @@ fn a_commit_copies_its_inputs_as_it_converts_them() {
     std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
 
     let writer = store.begin("Patient").unwrap();
+    let told = std::cell::Cell::new(0);
     let snapshot = writer
         .commit_copying(
             SnapshotManifest::default(),
             &[plain.clone(), gzip.clone()],
             &[TableMode::default()],
             &DecodeOptions::default().with_batch_size(1),
-            &|_| {},
+            &|n| told.set(told.get() + n),
         )
         .unwrap();
+    // The rows the one pass told before it gave up are not told again.
+    assert_eq!(told.get(), 4);
     let raw = &snapshot.manifest().raw;
     let listed: Vec<(&str, u64)> = raw.iter().map(|r| (r.path.as_str(), r.resources)).collect();
     assert_eq!(
