@@ -999,3 +999,117 @@ fn the_default_width_bound_leaves_narrower_tables_alone() {
         super::DEFAULT_MAX_COLUMNS
     );
 }
+
+/// Growing decoders (one walk) over `input` cut in chunks of `chunk` bytes: the batches fitted
+/// to the merged columns, or `None` on a conflict.
+fn grow(
+    input: &str,
+    options: DecodeOptions,
+    chunk: usize,
+) -> Option<(SchemaRef, Vec<RecordBatch>)> {
+    let flatten = FlattenOptions::default();
+    let mut batches = Vec::new();
+    let mut columns = GrownColumns::new(&flatten);
+    let mut agree = true;
+    let summary = parallel::grow_chunks(
+        one(input),
+        &flatten,
+        options,
+        |b| {
+            agree &= columns.add(&b);
+            batches.push(b);
+            Ok(())
+        },
+        chunk,
+    )
+    .unwrap()?;
+    if !agree {
+        return None;
+    }
+    assert_eq!(
+        summary.rows,
+        batches.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+    );
+    let schema = columns.schema();
+    let mut fitting = Fitting::new(Arc::clone(&schema));
+    let fitted = batches.iter().map(|b| fitting.fit(b).unwrap()).collect();
+    Some((schema, fitted))
+}
+
+/// One walk with growing decoders gives the schema and the rows of an inference and a decode:
+/// columns met late, in other workers, Int64 widened to Float64 by a later decimal (in the same
+/// worker or another), columns of nulls typed by a later value, bad lines (their columns and kinds forgotten).
+#[test]
+fn growing_decoders_give_the_inferred_table() {
+    let mut input = String::new();
+    for i in 0..400 {
+        let mut line = format!("{{\"resourceType\":\"Observation\",\"id\":\"o{i}\"");
+        if i % 3 == 0 {
+            line.push_str(&format!(",\"v\":{i}"));
+        }
+        if i == 250 || i == 390 {
+            line.push_str(",\"v2\":2.5,\"v\":0.5");
+        }
+        if i >= 100 {
+            line.push_str(&format!(",\"late\":[{{\"x\":{}}}]", i % 2 == 0));
+        }
+        line.push_str(if i < 200 { ",\"n\":null" } else { ",\"n\":7" });
+        input.push_str(&line);
+        input.push_str("}\n");
+        if i % 97 == 0 {
+            input.push_str("{\"resourceType\":\"Observation\",\"id\":\"bad\",\"only_bad\":1,}\n");
+        }
+    }
+    let mode = flat();
+    let options = DecodeOptions::default()
+        .with_strictness(Strictness::Lenient)
+        .with_batch_size(64);
+    let mut inference = SchemaInference::with_options(&mode, options.clone());
+    parallel::infer_chunks(one(&input), &mut inference, 1000).unwrap();
+    let schema = inference.schema();
+    let mut want = Vec::new();
+    parallel::decode_chunks(
+        one(&input),
+        Arc::clone(&schema),
+        &mode,
+        options.clone(),
+        |b| {
+            want.push(b);
+            Ok(())
+        },
+        1000,
+    )
+    .unwrap();
+    let want = arrow::compute::concat_batches(&schema, &want).unwrap();
+    for chunk in [200, 1000, 1 << 20] {
+        let (grown, batches) = grow(&input, options.clone(), chunk).expect("no conflict");
+        assert_eq!(grown, schema, "chunks of {chunk}");
+        assert_eq!(
+            arrow::compute::concat_batches(&schema, &batches).unwrap(),
+            want,
+            "chunks of {chunk}"
+        );
+    }
+}
+
+/// A number decoded before a string met in the same column (in one worker or across two) is a
+/// conflict: the inferred column is Utf8 with the number as written.
+#[test]
+fn growing_decoders_tell_numbers_then_text_as_a_conflict() {
+    let line = |id: usize, v: &str| {
+        format!("{{\"resourceType\":\"Observation\",\"id\":\"o{id}\",\"v\":{v}}}\n")
+    };
+    let mut input = String::new();
+    for i in 0..100 {
+        input.push_str(&line(i, if i == 80 { "\"x\"" } else { "1.50" }));
+    }
+    let options = DecodeOptions::default().with_batch_size(16);
+    for chunk in [300, 1 << 20] {
+        assert!(
+            grow(&input, options.clone(), chunk).is_none(),
+            "chunks of {chunk}"
+        );
+    }
+    let mixed = format!("{}{}", line(0, "true"), line(1, "2"));
+    assert!(grow(&mixed, options, 1 << 20).is_none());
+}

@@ -184,3 +184,69 @@ fn a_failed_conversion_leaves_the_committed_snapshot_which_owns_its_raw_copy() {
     assert_eq!(current.manifest().snapshot, first.manifest().snapshot);
     assert_eq!(current.table("flattened").unwrap().rows, 2);
 }
+
+/// The fetched files are copied into the snapshot as the conversion reads them (each read
+/// once): byte for byte, owner only, their resources counted, gzip kept gzip; also when the
+/// one-pass conversion gives up on a conflict (a number, then a string) and infers first.
+/// Progress counts each row once.
+#[test]
+fn a_commit_copies_its_inputs_as_it_converts_them() {
+    use std::io::Write;
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+    let plain = ndjson(data.path(), "p.ndjson", &["1", "2"]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&plain)
+        .unwrap()
+        .write_all(b"\n  \n")
+        .unwrap();
+    let gzip = data.path().join("g.ndjson.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(
+        b"{\"resourceType\":\"Patient\",\"id\":\"3\",\"extra\":1.50}\n\
+          {\"resourceType\":\"Patient\",\"id\":\"4\",\"extra\":\"x\"}\n",
+    )
+    .unwrap();
+    std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
+
+    let writer = store.begin("Patient").unwrap();
+    let told = std::cell::Cell::new(0);
+    let snapshot = writer
+        .commit_copying(
+            SnapshotManifest::default(),
+            &[plain.clone(), gzip.clone()],
+            &[TableMode::default()],
+            &DecodeOptions::default().with_batch_size(1),
+            &|n| told.set(told.get() + n),
+        )
+        .unwrap();
+    // The rows the one pass told before it gave up are not told again.
+    assert_eq!(told.get(), 4);
+    let raw = &snapshot.manifest().raw;
+    let listed: Vec<(&str, u64)> = raw.iter().map(|r| (r.path.as_str(), r.resources)).collect();
+    assert_eq!(
+        listed,
+        [
+            ("raw/Patient.000.ndjson", 2),
+            ("raw/Patient.001.ndjson.gz", 2)
+        ]
+    );
+    for (file, input) in raw.iter().zip([&plain, &gzip]) {
+        let copy = snapshot.dir().join(&file.path);
+        let bytes = std::fs::read(&copy).unwrap();
+        assert_eq!(bytes, std::fs::read(input).unwrap());
+        assert_eq!(file.bytes, bytes.len() as u64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+    let table = snapshot.table("flattened").unwrap();
+    assert_eq!((table.rows, table.files.len()), (4, 1));
+    let extra = table.columns.iter().find(|c| c.name == "extra").unwrap();
+    assert_eq!(extra.data_type, "Utf8");
+}

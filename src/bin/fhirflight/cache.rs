@@ -121,7 +121,9 @@ fn path(args: CachePathArgs) -> Result<()> {
         PathFormat::Duckdb => {
             let quote = |p: &PathBuf| format!("'{}'", p.display().to_string().replace('\'', "''"));
             let files: Vec<String> = table.files.iter().map(quote).collect();
-            println!("SELECT * FROM read_parquet([{}]);", files.join(", "));
+            // A table's files may differ in columns: the last has them all.
+            let files = files.join(", ");
+            println!("SELECT * FROM read_parquet([{files}], union_by_name = true);");
         }
     }
     Ok(())

@@ -183,3 +183,95 @@ async fn synthea_folder_gives_the_notebook_counts() {
         ["active|258", "resolved|381"]
     );
 }
+
+/// A flattened table is converted in one pass into a file per run of batches with the same
+/// columns (batches of one row here, so every new column or wider type begins a file): the scan
+/// reads the columns a file lacks as null and casts its Int64 to the table's Float64. Values
+/// that conflict (a decimal, then a string) make the table in two passes instead, the decimal
+/// kept as written.
+#[tokio::test]
+async fn a_table_of_files_with_growing_columns_reads_as_one() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let obs = |id: &str, rest: Value| {
+        let mut o = serde_json::json!({"resourceType": "Observation", "id": id});
+        o.as_object_mut()
+            .unwrap()
+            .extend(rest.as_object().unwrap().clone());
+        o
+    };
+    let pat = |id: &str, extra: Value| serde_json::json!({"resourceType": "Patient", "id": id, "extra": extra});
+    std::fs::write(
+        data.path().join("Patient.ndjson"),
+        format!(
+            "{}\n{}\n{{\"resourceType\":\"Patient\",\"id\":\"c\",\"extra\":1.50}}\n",
+            pat("a", serde_json::json!(2)),
+            pat("b", serde_json::json!("two")),
+        ),
+    )
+    .unwrap();
+    write_folder(
+        data.path(),
+        &[(
+            "Observation.ndjson",
+            &[
+                obs("a", serde_json::json!({"status": "final"})),
+                obs("b", serde_json::json!({"valueQuantity": {"value": 1}})),
+                obs("c", serde_json::json!({"valueQuantity": {"value": 2.5}})),
+                obs("d", serde_json::json!({"note": [{"text": null}]})),
+            ],
+        )],
+    );
+    let options = CatalogOptions::default()
+        .with_cache_dir(cache.path())
+        .with_batch_size(1);
+    let source = Arc::new(LocalFolder::try_new(data.path()).unwrap());
+    let fhir = catalog::FhirCatalog::try_new(source, options.clone())
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_catalog("src", Arc::new(fhir.clone()));
+    assert_eq!(
+        rows(
+            &ctx,
+            "SELECT id, status, \"valueQuantity_value\", note_0_text FROM src.fhir.observation"
+        )
+        .await,
+        ["a|final||", "b||1.0|", "c||2.5|", "d|||"]
+    );
+    let snapshot = snapshot_of(&fhir, "Observation");
+    let table = snapshot.table("flattened").unwrap();
+    // status; + valueQuantity_value Int64; Float64; then note_0_text (nulls only): a file
+    // without rows that has every column.
+    let files: Vec<u64> = table.files.iter().map(|f| f.rows).collect();
+    assert_eq!(files, [1, 1, 2, 0]);
+    let types: Vec<(String, String)> = table
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.data_type.clone()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("resourceType", "Utf8"),
+            ("id", "Utf8"),
+            ("status", "Utf8"),
+            ("valueQuantity_value", "Float64"),
+            ("note_0_text", "Utf8"),
+        ]
+        .map(|(n, t)| (n.to_owned(), t.to_owned()))
+    );
+
+    assert_eq!(
+        rows(&ctx, "SELECT id, extra FROM src.fhir.patient").await,
+        ["a|2", "b|two", "c|1.50"]
+    );
+    let snapshot = snapshot_of(&fhir, "Patient");
+    assert_eq!(snapshot.table("flattened").unwrap().files.len(), 1);
+}
+
+fn snapshot_of(fhir: &catalog::FhirCatalog, resource_type: &str) -> fhirflight::snapshot::Snapshot {
+    let snapshots = fhir.snapshots().unwrap().into_iter();
+    let mut of_type = snapshots.filter(|s| s.manifest().resource_type == resource_type);
+    of_type.next().unwrap()
+}
