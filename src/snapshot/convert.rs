@@ -95,7 +95,7 @@ const SKIPPED_SHOWN: usize = 5;
 /// (created), on all cores, in batches and with the strictness and line bound of `options`, the
 /// Parquet columns encoded on all cores too (`snapshot/parquet.rs`).
 ///
-/// A flattened table takes one walk of the lines ([`decode_growing`]): each worker makes the
+/// A flattened table takes one walk of the lines (`ndjson::decode_growing`): each worker makes the
 /// columns as it meets them, and the batches go to Parquet files `part-<n>.parquet`, each with
 /// the columns known when it began: a batch with values in a column its file lacks (or of a
 /// wider type) begins the next. The last file has all the table's columns (one without rows

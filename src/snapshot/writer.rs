@@ -97,7 +97,7 @@ impl SnapshotWriter {
     /// and line bound of `options`), then commits: the new snapshot replaces the current one
     /// atomically. `manifest.snapshot`, `resource_type`, `tables` and `created_at` are filled in
     /// here, and the conversions' warnings added to `warnings`. `on_rows` is told the rows
-    /// converted as they are ([`convert_raw`]).
+    /// converted as they are ([`convert_raw`](super::convert_raw)).
     pub fn commit(
         self,
         manifest: SnapshotManifest,
