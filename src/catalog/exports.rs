@@ -677,7 +677,7 @@ fn commit_type(
             });
             Ok(resources)
         };
-    let copied = match previous {
+    match previous {
         Some(prev) => {
             let mut replaced = resource_ids(&files, options.max_line_bytes)?;
             replaced.extend(deleted.iter().cloned());
@@ -691,14 +691,17 @@ fn commit_type(
                 changed,
                 deleted,
             });
-            Vec::new()
         }
-        // A full snapshot keeps the fetched files as they are, copied as they are converted.
-        None => files,
-    };
-    writer.commit_copying(
+        // A full snapshot keeps the fetched files as they are.
+        None => {
+            for file in &files {
+                let raw = writer.copy_raw(manifest.raw.len(), file)?;
+                manifest.raw.push(raw);
+            }
+        }
+    }
+    writer.commit(
         manifest,
-        &copied,
         std::slice::from_ref(options.mode()),
         &options.decode_options(),
         on_rows,

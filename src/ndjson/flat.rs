@@ -1,12 +1,11 @@
 //! Flattened mode: one column per flattened path, as `flatten_json.flatten` + `pandas.json_normalize`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow::buffer::{BooleanBuffer, Buffer, MutableBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{ArrowNativeType, DataType, Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
 
 use super::trie::{NO_COLUMN, RESOURCE_TYPE, Trie};
 use super::walker::{Leaf, Sink, Walker};
@@ -219,143 +218,6 @@ fn data_type(kinds: u8) -> DataType {
     }
 }
 
-/// Whether a column of `kinds` is Utf8 for values that are not all text: their JSON text as
-/// written, which a column decoded with another type before no longer has.
-fn conflicting(kinds: u8) -> bool {
-    data_type(kinds) == DataType::Utf8 && kinds & (BOOL | INT | FLOAT) != 0
-}
-
-/// The columns of the batches of growing decoders ([`FlatDecoder::growing`]) added in stream
-/// order: those of an inference over the same lines, in the same order and of the same types.
-#[derive(Debug)]
-pub(crate) struct GrownColumns {
-    index: HashMap<String, usize>,
-    columns: Vec<(String, u8)>,
-    max_columns: usize,
-}
-
-impl GrownColumns {
-    pub(crate) fn new(options: &FlattenOptions) -> Self {
-        GrownColumns {
-            index: HashMap::new(),
-            columns: Vec::new(),
-            max_columns: options.max_columns,
-        }
-    }
-
-    /// Adds the columns of `batch` and the kinds of their values (a column of nulls only has
-    /// none). False on a conflict: values of kinds that only Utf8 holds together (decoded as
-    /// other types, so not as written), or more columns than the bound.
-    pub(crate) fn add(&mut self, batch: &RecordBatch) -> bool {
-        let schema = batch.schema_ref();
-        for (field, array) in schema.fields().iter().zip(batch.columns()) {
-            let kind = match field.data_type() {
-                _ if array.null_count() == array.len() => NULL,
-                DataType::Boolean => BOOL,
-                DataType::Int64 => INT,
-                DataType::Float64 => FLOAT,
-                _ => TEXT,
-            };
-            let column = match self.index.get(field.name()) {
-                Some(&column) => column,
-                None => {
-                    let name = field.name().clone();
-                    self.index.insert(name.clone(), self.columns.len());
-                    self.columns.push((name, 0));
-                    self.columns.len() - 1
-                }
-            };
-            let kinds = &mut self.columns[column].1;
-            *kinds |= kind;
-            if conflicting(*kinds) {
-                return false;
-            }
-        }
-        self.columns.len() <= self.max_columns
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.columns.is_empty()
-    }
-
-    pub(crate) fn schema(&self) -> SchemaRef {
-        let fields = self.columns.iter();
-        let fields = fields.map(|(name, kinds)| Field::new(name, data_type(*kinds), true));
-        Arc::new(Schema::new(fields.collect::<Vec<_>>()))
-    }
-}
-
-/// Batches of growing decoders in the layout of one `schema` (a [`GrownColumns::schema`]).
-#[derive(Debug)]
-pub(crate) struct Fitting {
-    schema: SchemaRef,
-    index: HashMap<String, usize>,
-    /// The place in `schema` of each column of recent batch schemas (a schema per worker).
-    places: Vec<(SchemaRef, Vec<Option<usize>>)>,
-}
-
-impl Fitting {
-    pub(crate) fn new(schema: SchemaRef) -> Self {
-        let names = schema.fields().iter().enumerate();
-        let index = names.map(|(i, f)| (f.name().clone(), i)).collect();
-        Fitting {
-            schema,
-            index,
-            places: Vec::new(),
-        }
-    }
-
-    /// `batch` with the columns of the schema, those it lacks or has only nulls in as nulls, its
-    /// Int64 columns cast to Float64 where the schema has that (exactly: each integer is the
-    /// decimal it would be decoded as); `None` when the schema lacks a column it has values in or
-    /// has another type for them.
-    pub(crate) fn fit(&mut self, batch: &RecordBatch) -> Option<RecordBatch> {
-        let from = batch.schema();
-        let known = self.places.iter().position(|(s, _)| Arc::ptr_eq(s, &from));
-        let at = match known {
-            Some(at) => at,
-            None => {
-                let places = from.fields().iter();
-                let places = places.map(|f| self.index.get(f.name()).copied()).collect();
-                // Batch schemas change rarely, and one per worker is in use at a time.
-                if self.places.len() == 16 {
-                    self.places.remove(0);
-                }
-                self.places.push((Arc::clone(&from), places));
-                self.places.len() - 1
-            }
-        };
-        let rows = batch.num_rows();
-        let mut columns: Vec<Option<ArrayRef>> = vec![None; self.schema.fields().len()];
-        for (array, &place) in batch.columns().iter().zip(&self.places[at].1) {
-            if array.null_count() == array.len() {
-                continue;
-            }
-            let want = self.schema.field(place?).data_type();
-            columns[place?] = Some(match (array.data_type(), want) {
-                (have, want) if have == want => Arc::clone(array),
-                (DataType::Int64, DataType::Float64) => {
-                    arrow::compute::cast(array, want).expect("Int64 casts to Float64")
-                }
-                _ => return None,
-            });
-        }
-        let mut zeros = None;
-        let arrays = columns.into_iter().zip(self.schema.fields());
-        let arrays = arrays.map(|(array, field)| {
-            array.unwrap_or_else(|| {
-                let zeros = zeros
-                    .get_or_insert_with(|| MutableBuffer::from_len_zeroed((rows + 1) * 8).into());
-                nulls(field.data_type(), rows, zeros)
-            })
-        });
-        let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
-        let arrays = arrays.collect();
-        let fitted = RecordBatch::try_new_with_options(Arc::clone(&self.schema), arrays, &options);
-        Some(fitted.expect("columns made for the schema"))
-    }
-}
-
 /// Decoding against a known flattened schema.
 #[derive(Debug)]
 pub(crate) struct FlatDecoder {
@@ -375,8 +237,6 @@ struct Columns {
     /// The schema's [`OVERFLOW_COLUMN`], if it has one (boxed: rarely used, it stays out of the
     /// way of the columns).
     overflow: Option<Box<Overflow>>,
-    /// Set for a growing decoder ([`FlatDecoder::growing`]; boxed: it is out of the way too).
-    growth: Option<Box<Growth>>,
 }
 
 /// The paths of the current line that the schema has no column for, bound for the overflow column.
@@ -400,16 +260,10 @@ struct Column {
 
 #[derive(Debug)]
 enum Values {
-    /// Only nulls so far: a column a growing decoder made, typed by its first value (Utf8 if
-    /// none comes, as inference types it).
-    Null,
     Bool(Vec<bool>),
     Int(Vec<i64>),
     Float(Vec<f64>),
-    Utf8 {
-        offsets: Vec<i32>,
-        data: Vec<u8>,
-    },
+    Utf8 { offsets: Vec<i32>, data: Vec<u8> },
 }
 
 impl FlatDecoder {
@@ -463,7 +317,6 @@ impl FlatDecoder {
             rows: 0,
             resource_type: ResourceTypeCheck::new(resource_type),
             overflow,
-            growth: None,
         };
         Ok(FlatDecoder {
             trie,
@@ -471,30 +324,6 @@ impl FlatDecoder {
             max_list_items,
             overflowed: 0,
         })
-    }
-
-    /// A decoder without a schema that makes its columns as it meets their paths, typed as
-    /// inference types them (see [`Growth`]): one walk of the lines instead of an inference and a
-    /// decode. Its batches' schemas grow; [`GrownColumns`] merges them in stream order.
-    pub(crate) fn growing(options: &FlattenOptions, resource_type: Option<String>) -> Self {
-        let mut decoder = Self::new(Arc::new(Schema::empty()), None, resource_type)
-            .expect("an empty schema fits");
-        decoder.max_list_items = options.max_list_items;
-        decoder.columns.growth = Some(Box::new(Growth {
-            names: Vec::new(),
-            max_columns: options.max_columns,
-            new_nodes: Vec::new(),
-            widened: false,
-            changed: false,
-            conflict: false,
-        }));
-        decoder
-    }
-
-    /// Whether this growing decoder met values its batches cannot hold as a decode against the
-    /// inferred schema would ([`Growth::conflict`]).
-    pub(crate) fn conflicted(&self) -> bool {
-        self.columns.growth.as_ref().is_some_and(|g| g.conflict)
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -523,16 +352,6 @@ impl FlatDecoder {
             // Bad lines are rare: finding the columns the line wrote costs less than keeping
             // track of them for every line.
             Err(_) => {
-                if let Some(g) = &mut c.growth {
-                    // The columns the line made are the last ones.
-                    c.columns.truncate(c.columns.len() - g.new_nodes.len());
-                    g.names.truncate(c.columns.len());
-                    for &node in &g.new_nodes {
-                        self.trie.forget_column(node);
-                    }
-                    // A type it changed stays changed, which inference would not do.
-                    g.conflict |= g.widened;
-                }
                 for column in c.columns.iter_mut().filter(|c| c.len > rows) {
                     column.truncate(rows);
                 }
@@ -542,10 +361,6 @@ impl FlatDecoder {
                 }
             }
         }
-        if let Some(g) = &mut c.growth {
-            g.new_nodes.clear();
-            g.widened = false;
-        }
         result
     }
 
@@ -553,16 +368,6 @@ impl FlatDecoder {
     /// as many rows again.
     pub(crate) fn flush(&mut self) -> arrow::error::Result<arrow::record_batch::RecordBatch> {
         let c = &mut self.columns;
-        if let Some(g) = &mut c.growth
-            && std::mem::take(&mut g.changed)
-        {
-            let fields = g.names.iter().zip(&c.columns);
-            c.schema = Arc::new(Schema::new(
-                fields
-                    .map(|(name, column)| Field::new(name, column.values.data_type(), true))
-                    .collect::<Vec<_>>(),
-            ));
-        }
         let rows = std::mem::take(&mut c.rows);
         let mut zeros = None;
         let arrays = c
@@ -586,18 +391,12 @@ impl Sink for Columns {
             self.resource_type.check(&leaf)?;
         }
         // A node without a column (`NO_COLUMN`) has no index.
-        let mut index = trie.column(node) as usize;
-        if index >= self.columns.len() {
-            index = match (&mut self.overflow, &mut self.growth) {
-                (_, Some(growth)) => match growth.add_column(trie, node, &mut self.columns) {
-                    Some(index) => index,
-                    None => return Ok(()),
-                },
-                (Some(overflow), None) => return overflow.add(trie.name(node), leaf),
-                (None, None) => return Err(misfit(trie, node, "is not in the schema".into())),
+        let Some(column) = self.columns.get_mut(trie.column(node) as usize) else {
+            return match &mut self.overflow {
+                Some(overflow) => overflow.add(trie.name(node), leaf),
+                None => Err(misfit(trie, node, "is not in the schema".into())),
             };
-        }
-        let column = &mut self.columns[index];
+        };
         if column.len > self.rows {
             // Python's json.loads would keep the last of duplicate keys: refuse to guess.
             let message = format!("duplicate key: column {} given twice", trie.name(node));
@@ -606,100 +405,7 @@ impl Sink for Columns {
         if column.len < self.rows {
             column.push_nulls(self.rows - column.len);
         }
-        column.push(leaf).or_else(|found| match &mut self.growth {
-            Some(growth) => {
-                growth.widen(index, column, leaf);
-                Ok(())
-            }
-            None => Err(misfit(trie, node, found)),
-        })
-    }
-}
-
-/// What a growing decoder ([`FlatDecoder::growing`]) keeps besides its columns.
-#[derive(Debug)]
-struct Growth {
-    /// The names of the columns, in order.
-    names: Vec<String>,
-    /// Columns at most ([`FlattenOptions::max_columns`]).
-    max_columns: usize,
-    /// The nodes of the columns the current line made, forgotten again if the line is bad.
-    new_nodes: Vec<u32>,
-    /// Whether the current line changed the type of a column it did not make.
-    widened: bool,
-    /// Whether the schema changed since the last batch.
-    changed: bool,
-    /// Set once the batches differ from those of a decoder of the inferred schema: values of
-    /// kinds that only Utf8 holds together (a number and a string; inference makes the column
-    /// Utf8 with the JSON text as written, which the numbers decoded before no longer have),
-    /// more columns than the bound (the inferred schema has the overflow column), or a type
-    /// changed by a bad line. The caller then decodes against the inferred schema instead.
-    conflict: bool,
-}
-
-impl Growth {
-    /// A new column for `node`, which has none: its index, or `None` beyond the bound (a
-    /// conflict; the value is dropped).
-    #[cold]
-    fn add_column(
-        &mut self,
-        trie: &mut Trie,
-        node: u32,
-        columns: &mut Vec<Column>,
-    ) -> Option<usize> {
-        let room = columns.len() < self.max_columns && trie.name(node) != OVERFLOW_COLUMN;
-        let Some((index, new)) = trie.column_or_insert(node, room.then_some(columns.len() as u32))
-        else {
-            self.conflict = true;
-            return None;
-        };
-        if new {
-            self.names.push(trie.name(node).to_owned());
-            self.new_nodes.push(node);
-            self.changed = true;
-            columns.push(Column {
-                values: Values::Null,
-                len: 0,
-                valid: Vec::new(),
-            });
-        }
-        Some(index as usize)
-    }
-
-    /// Pushes `leaf` into `column` (number `index`), whose type does not hold it, after
-    /// widening the type as inference would: a first value types a column of nulls, an integer
-    /// or a decimal makes an Int64 column Float64 (each integer read as the decimal it is). Any
-    /// other change is a [conflict](Growth::conflict): a null is pushed instead.
-    #[cold]
-    fn widen(&mut self, index: usize, column: &mut Column, leaf: Leaf<'_>) {
-        let n = column.len;
-        let fits_int = |s: &str| s.len() <= 18 || s.parse::<i64>().is_ok();
-        let values = match (&column.values, leaf) {
-            (Values::Null, Leaf::Bool(_)) => Values::Bool(vec![false; n]),
-            (Values::Null, Leaf::Int(s)) if fits_int(s) => Values::Int(vec![0; n]),
-            (Values::Null, Leaf::Int(_) | Leaf::Float(_)) => Values::Float(vec![0.0; n]),
-            (Values::Null, _) => Values::Utf8 {
-                offsets: vec![0; n + 1],
-                data: Vec::new(),
-            },
-            (Values::Int(v), Leaf::Int(_) | Leaf::Float(_)) => {
-                Values::Float(v.iter().map(|&i| i as f64).collect())
-            }
-            _ => {
-                self.conflict = true;
-                column.push_nulls(1);
-                return;
-            }
-        };
-        column.values = values;
-        self.changed = true;
-        // The columns the line made are the last ones: they go with it if it is bad.
-        self.widened |= index < self.names.len() - self.new_nodes.len();
-        if column.push(leaf).is_err() {
-            // Only an integer beyond Int64 fails a new Int64 column: not possible, see fits_int.
-            self.conflict = true;
-            column.push_nulls(1);
-        }
+        column.push(leaf).map_err(|found| misfit(trie, node, found))
     }
 }
 
@@ -762,7 +468,6 @@ impl Column {
         }
         self.len += n;
         match &mut self.values {
-            Values::Null => {}
             Values::Bool(v) => v.resize(v.len() + n, false),
             Values::Int(v) => v.resize(v.len() + n, 0),
             Values::Float(v) => v.resize(v.len() + n, 0.0),
@@ -805,7 +510,6 @@ impl Column {
             (Values::Bool(v), Leaf::Bool(b)) => v.push(b),
             (values, leaf) => {
                 let want = match values {
-                    Values::Null => "null",
                     Values::Bool(_) => "Boolean",
                     Values::Int(_) => "Int64",
                     _ => "Float64",
@@ -831,7 +535,6 @@ impl Column {
             *last &= (1 << (len % 64)) - 1;
         }
         match &mut self.values {
-            Values::Null => {}
             Values::Bool(v) => v.truncate(len),
             Values::Int(v) => v.truncate(len),
             Values::Float(v) => v.truncate(len),
@@ -866,7 +569,6 @@ impl Column {
             std::mem::replace(v, Vec::with_capacity(rows))
         }
         match &mut self.values {
-            Values::Null => unreachable!("a column of nulls has no valid bits"),
             Values::Bool(v) => Arc::new(BooleanArray::new(take(v, rows).into(), nulls)),
             Values::Int(v) => Arc::new(Int64Array::new(take(v, rows).into(), nulls)),
             Values::Float(v) => Arc::new(Float64Array::new(take(v, rows).into(), nulls)),
@@ -890,36 +592,21 @@ impl Column {
 impl Values {
     /// An array of `rows` nulls of this type, whose buffers are slices of `zeros`.
     fn nulls(&self, rows: usize, zeros: &Buffer) -> ArrayRef {
-        nulls(&self.data_type(), rows, zeros)
-    }
-
-    fn data_type(&self) -> DataType {
-        match self {
-            Values::Bool(_) => DataType::Boolean,
-            Values::Int(_) => DataType::Int64,
-            Values::Float(_) => DataType::Float64,
-            Values::Null | Values::Utf8 { .. } => DataType::Utf8,
+        let bits = || BooleanBuffer::new(zeros.clone(), 0, rows);
+        let nulls = Some(NullBuffer::new(bits()));
+        fn scalars<T: ArrowNativeType>(zeros: &Buffer, len: usize) -> ScalarBuffer<T> {
+            ScalarBuffer::new(zeros.clone(), 0, len)
         }
-    }
-}
-
-/// An array of `rows` nulls of a flattened column's `data_type` (Utf8 for any other), whose
-/// buffers are slices of `zeros`, a zeroed buffer of at least `(rows + 1) * 8` bytes.
-fn nulls(data_type: &DataType, rows: usize, zeros: &Buffer) -> ArrayRef {
-    let bits = || BooleanBuffer::new(zeros.clone(), 0, rows);
-    let nulls = Some(NullBuffer::new(bits()));
-    fn scalars<T: ArrowNativeType>(zeros: &Buffer, len: usize) -> ScalarBuffer<T> {
-        ScalarBuffer::new(zeros.clone(), 0, len)
-    }
-    match data_type {
-        DataType::Boolean => Arc::new(BooleanArray::new(bits(), nulls)),
-        DataType::Int64 => Arc::new(Int64Array::new(scalars(zeros, rows), nulls)),
-        DataType::Float64 => Arc::new(Float64Array::new(scalars(zeros, rows), nulls)),
-        _ => Arc::new(StringArray::new(
-            OffsetBuffer::new(scalars(zeros, rows + 1)),
-            Buffer::from_vec(Vec::<u8>::new()),
-            nulls,
-        )),
+        match self {
+            Values::Bool(_) => Arc::new(BooleanArray::new(bits(), nulls)),
+            Values::Int(_) => Arc::new(Int64Array::new(scalars(zeros, rows), nulls)),
+            Values::Float(_) => Arc::new(Float64Array::new(scalars(zeros, rows), nulls)),
+            Values::Utf8 { .. } => Arc::new(StringArray::new(
+                OffsetBuffer::new(scalars(zeros, rows + 1)),
+                Buffer::from_vec(Vec::<u8>::new()),
+                nulls,
+            )),
+        }
     }
 }
 

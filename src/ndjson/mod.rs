@@ -118,12 +118,10 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 pub use crate::chunks::SourceError;
-pub(crate) use parallel::decode_growing;
 pub use parallel::{
     DecodeSummary, ReadError, decode_reader, decode_readers, infer_reader, infer_readers,
 };
 
-pub(crate) use flat::{Fitting, GrownColumns};
 use flat::{FlatDecoder, FlatInference};
 use nested::{NestedDecoder, NestedInference};
 use walker::Leaf;
@@ -792,28 +790,6 @@ impl Decoder {
             inner,
             lines: Lines::new(options),
         })
-    }
-
-    /// A decoder without a schema that makes the columns of `options` as it meets their paths,
-    /// typed as [`SchemaInference`] types them: one walk of the lines where inference and
-    /// decoding take two. Its batches' schemas grow; where their values conflict it is
-    /// [`conflicted`](Decoder::conflicted).
-    pub(crate) fn growing(options: &FlattenOptions, decode: DecodeOptions) -> Self {
-        let resource_type = decode.resource_type.clone();
-        Decoder {
-            inner: Decoding::Flat(FlatDecoder::growing(options, resource_type)),
-            lines: Lines::new(decode),
-        }
-    }
-
-    /// Whether this [`growing`](Decoder::growing) decoder met values (or more columns than its
-    /// bound) that its batches cannot hold as a decoder of the inferred schema would: its
-    /// batches are then to be thrown away.
-    pub(crate) fn conflicted(&self) -> bool {
-        match &self.inner {
-            Decoding::Flat(f) => f.conflicted(),
-            Decoding::Nested(_) => false,
-        }
     }
 
     /// Decodes complete lines of `bytes` (keeping a trailing partial line for the next call) until

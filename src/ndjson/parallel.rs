@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use super::{DecodeError, DecodeOptions, Decoder, FlattenOptions, SchemaInference, TableMode};
+use super::{DecodeError, DecodeOptions, Decoder, SchemaInference, TableMode};
 use crate::chunks::{CHUNK, Chunk, SourceError, run_chunks};
 
 /// What stops [`infer_reader`]: a bad line (strict mode), or the reader failing.
@@ -166,7 +166,7 @@ pub(super) fn decode_chunks<R: Read, E>(
     schema: SchemaRef,
     mode: &TableMode,
     options: DecodeOptions,
-    on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
+    mut on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
     chunk_size: usize,
 ) -> Result<DecodeSummary, E>
 where
@@ -174,85 +174,14 @@ where
 {
     // Fail on a bad schema before reading anything.
     Decoder::new(Arc::clone(&schema), mode, options.clone())?;
-    let max_line = options.max_line_bytes;
-    let new_decoder = || Decoder::new(Arc::clone(&schema), mode, options.clone());
-    let summary = run_decoders(sources, max_line, new_decoder, on_batch, chunk_size)?;
-    Ok(summary.expect("a decoder of a schema never conflicts"))
-}
-
-/// Decodes the files of `sources` as [`decode_readers`] does, but in one walk of the lines
-/// instead of an inference and a decode: each worker's decoder makes the flattened columns of
-/// `options` as it meets them ([`Decoder::growing`]), so the batches come in schemas that grow
-/// and differ from worker to worker; [`GrownColumns`](super::GrownColumns) merges them, in the
-/// order they come, into the schema an inference would give. `None` once a decoder met values
-/// that it cannot give as a decoder of that schema would ([`Decoder::conflicted`]): the caller
-/// then infers and decodes.
-pub(crate) fn decode_growing<R: Read, E>(
-    sources: impl IntoIterator<Item = Result<(String, R), E>>,
-    options: &FlattenOptions,
-    decode: DecodeOptions,
-    on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
-) -> Result<Option<DecodeSummary>, E>
-where
-    E: From<DecodeError> + From<SourceError> + Send,
-{
-    grow_chunks(sources, options, decode, on_batch, CHUNK)
-}
-
-pub(super) fn grow_chunks<R: Read, E>(
-    sources: impl IntoIterator<Item = Result<(String, R), E>>,
-    options: &FlattenOptions,
-    decode: DecodeOptions,
-    on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
-    chunk_size: usize,
-) -> Result<Option<DecodeSummary>, E>
-where
-    E: From<DecodeError> + From<SourceError> + Send,
-{
-    let max_line = decode.max_line_bytes;
-    let new_decoder = || Ok(Decoder::growing(options, decode.clone()));
-    run_decoders(sources, max_line, new_decoder, on_batch, chunk_size)
-}
-
-/// Why a run of decoders stopped early: its caller's error, or a growing decoder's conflict.
-enum Stop<E> {
-    Failed(E),
-    Conflict,
-}
-
-impl<E: From<SourceError>> From<SourceError> for Stop<E> {
-    fn from(e: SourceError) -> Self {
-        Stop::Failed(e.into())
-    }
-}
-
-impl<E: From<DecodeError>> From<DecodeError> for Stop<E> {
-    fn from(e: DecodeError) -> Self {
-        Stop::Failed(e.into())
-    }
-}
-
-/// Decodes the chunks of `sources` with a decoder from `new_decoder` per worker, handing the
-/// batches to `on_batch` in order; `None` when a decoder [conflicted](Decoder::conflicted).
-fn run_decoders<R: Read, E>(
-    sources: impl IntoIterator<Item = Result<(String, R), E>>,
-    max_line: usize,
-    new_decoder: impl Fn() -> Result<Decoder, DecodeError> + Sync,
-    mut on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
-    chunk_size: usize,
-) -> Result<Option<DecodeSummary>, E>
-where
-    E: From<DecodeError> + From<SourceError> + Send,
-{
     let mut summary = DecodeSummary::default();
-    let sources = sources.into_iter().map(|s| s.map_err(Stop::Failed));
-    let run = run_chunks(
+    run_chunks(
         sources,
         chunk_size,
-        max_line,
+        options.max_line_bytes,
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
-        || Ok(new_decoder()?),
-        |decoder, chunk| -> Result<_, Stop<E>> {
+        || Ok(Decoder::new(Arc::clone(&schema), mode, options.clone())?),
+        |decoder, chunk| -> Result<_, E> {
             decoder.lines.restart(&chunk.source, !chunk.starts_source);
             let overflowed_before = decoder.overflowed_count();
             let mut batches = Vec::new();
@@ -266,9 +195,6 @@ where
             }
             chunk.counted(decoder.lines.seen);
             batches.extend(decoder.finish().map_err(|e| renumber_error(chunk, e))?);
-            if decoder.conflicted() {
-                return Err(Stop::Conflict);
-            }
             let mut skipped = std::mem::take(&mut decoder.lines.skipped);
             renumber(chunk, &mut skipped);
             let overflowed = decoder.overflowed_count() - overflowed_before;
@@ -286,16 +212,12 @@ where
             summary.skipped.extend(skipped.into_iter().take(room));
             for batch in batches {
                 summary.rows += batch.num_rows() as u64;
-                on_batch(batch).map_err(Stop::Failed)?;
+                on_batch(batch)?;
             }
             Ok(())
         },
-    );
-    match run {
-        Ok(()) => Ok(Some(summary)),
-        Err(Stop::Conflict) => Ok(None),
-        Err(Stop::Failed(e)) => Err(e),
-    }
+    )?;
+    Ok(summary)
 }
 
 /// Renumbers errors of lines numbered from 1 within `chunk` ([`DecodeOptions::mid_stream`]) as

@@ -35,16 +35,11 @@
 //!
 //! Another engine reads a table by reading `<Type>/manifest.json` and then the files it lists
 //! under `tables.<mode>.files` (paths relative to the snapshot folder), for example in DuckDB
-//! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet',
-//! union_by_name = true)`, or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened',
-//! schema=pyarrow.parquet.read_schema('<last file>'))`; [`list_cache`] gives those files as
-//! absolute paths (`fhirflight cache path`). A glob over every snapshot
-//! (`Patient/*/flattened/*.parquet`) is wrong: a superseded snapshot stays while it is read. A
-//! table's files may differ in columns (a flattened table is written in one pass, a file per run
-//! of batches with the same columns, see [`convert_raw`]): the last file listed has all the
-//! table's columns and types, the others may lack columns (read them as null) or have Int64
-//! where the table has Float64; hence columns matched by name, not position. The manifest
-//! repeats the table's columns as `columns` for people.
+//! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet')`,
+//! or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened')`; [`list_cache`] gives
+//! those files as absolute paths (`fhirflight cache path`). A glob over every snapshot
+//! (`Patient/*/flattened/*.parquet`) is wrong: a superseded snapshot stays while it is read. The
+//! Arrow schema is in each Parquet footer; the manifest repeats it as `columns` for people.
 //!
 //! # Atomicity
 //!

@@ -4,15 +4,14 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
 
-use super::convert::{GZIP_MAGIC, check_stopping, is_gzip, open_raw};
+use super::convert::{GZIP_MAGIC, check_stopping, open_raw};
 use crate::chunks::LineCounter;
 use crate::{Error, Result};
 
@@ -188,92 +187,6 @@ pub fn copy_raw(input: &Path, out: &Path) -> Result<(u64, u64)> {
         None => plain.lines(),
     };
     Ok((resources, bytes))
-}
-
-/// What a reader of [`open_copying`] copied so far: the bytes, and the resources among them.
-#[derive(Debug, Default)]
-pub(super) struct Copied {
-    pub(super) bytes: u64,
-    lines: LineCounter,
-}
-
-impl Copied {
-    /// Resources (lines that are not blank, inflated when gzip).
-    pub(super) fn resources(&self) -> u64 {
-        self.lines.lines()
-    }
-}
-
-/// Opens the NDJSON file `input` (gzip or plain, inflated for the reader) to be read once for a
-/// conversion and a copy: what is read is copied as it is, byte for byte, into `out` (made
-/// anew, owner only, not synced), as [`copy_raw`] would copy it; `copied` tells the bytes and
-/// resources so far. The copy is whole once the reader has read to the end.
-pub(super) fn open_copying(
-    input: &Path,
-    out: &Path,
-    copied: Arc<Mutex<Copied>>,
-) -> Result<Box<dyn BufRead + Send>> {
-    let gzip = is_gzip(input)?;
-    let file = File::open(input).map_err(|e| Error::io(input, e))?;
-    // A pass given up (a conflict of a one-pass conversion) left a part of the copy.
-    match std::fs::remove_file(out) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(out, e)),
-        _ => {}
-    }
-    let copy = create_private(out).map_err(|e| Error::io(out, e))?;
-    *copied.lock().unwrap_or_else(PoisonError::into_inner) = Copied::default();
-    let tee = Tee {
-        input: file,
-        copy,
-        copied: Arc::clone(&copied),
-    };
-    Ok(match gzip {
-        true => Box::new(BufReader::with_capacity(
-            1 << 16,
-            Counted {
-                inner: flate2::read::MultiGzDecoder::new(tee),
-                copied,
-            },
-        )),
-        false => Box::new(BufReader::with_capacity(
-            1 << 16,
-            Counted { inner: tee, copied },
-        )),
-    })
-}
-
-/// Reads `input`, writing what it reads to `copy`.
-struct Tee {
-    input: File,
-    copy: File,
-    copied: Arc<Mutex<Copied>>,
-}
-
-impl Read for Tee {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.input.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        self.copied
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .bytes += n as u64;
-        Ok(n)
-    }
-}
-
-/// Counts the resources of what it reads.
-struct Counted<R> {
-    inner: R,
-    copied: Arc<Mutex<Copied>>,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut copied = self.copied.lock().unwrap_or_else(PoisonError::into_inner);
-        copied.lines.feed(&buf[..n]);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -693,8 +693,7 @@ impl Snapshot {
         self.dir.join(mode)
     }
 
-    /// The Arrow schema of the table of `mode`, read from the footer of its last Parquet file,
-    /// which has every column (the others may lack some, see [`convert_raw`]).
+    /// The Arrow schema of the table of `mode`, read from its first Parquet footer.
     pub fn schema(&self, mode: &str) -> Result<SchemaRef> {
         let table = self.table(mode).ok_or_else(|| {
             Error::snapshot(format!(
@@ -702,13 +701,13 @@ impl Snapshot {
                 self.dir.display()
             ))
         })?;
-        let last = table.files.last().ok_or_else(|| {
+        let first = table.files.first().ok_or_else(|| {
             Error::snapshot(format!(
                 "snapshot {} lists no {mode} file",
                 self.dir.display()
             ))
         })?;
-        let path = self.dir.join(&last.path);
+        let path = self.dir.join(&first.path);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;

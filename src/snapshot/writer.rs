@@ -4,17 +4,15 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::convert::{RawInput, convert, is_gzip};
+use super::convert::is_gzip;
 use super::lease::LEASE_FILE;
 use super::manifest::{to_json, write_atomic};
 use super::names::is_filtered;
-use super::raw::Copied;
 use super::{
-    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, copy_raw, mode_key,
-    rfc3339,
+    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, convert_raw,
+    copy_raw, mode_key, rfc3339,
 };
 use crate::ndjson::{DecodeOptions, TableMode};
 use crate::{Error, Result};
@@ -97,64 +95,26 @@ impl SnapshotWriter {
     /// and line bound of `options`), then commits: the new snapshot replaces the current one
     /// atomically. `manifest.snapshot`, `resource_type`, `tables` and `created_at` are filled in
     /// here, and the conversions' warnings added to `warnings`. `on_rows` is told the rows
-    /// converted as they are ([`convert_raw`](super::convert_raw)).
+    /// converted as they are ([`convert_raw`]).
     pub fn commit(
         self,
-        manifest: SnapshotManifest,
-        modes: &[TableMode],
-        options: &DecodeOptions,
-        on_rows: &dyn Fn(u64),
-    ) -> Result<Snapshot> {
-        self.commit_copying(manifest, &[], modes, options, on_rows)
-    }
-
-    /// [`commit`](Self::commit), with the NDJSON files `inputs` (gzip or plain) as raw files
-    /// after those of `manifest.raw`, each copied as it is ([`copy_raw`]) while the first table is
-    /// converted from it: a file is read once for both. An input that changes while it is read
-    /// fails the commit.
-    pub fn commit_copying(
-        self,
         mut manifest: SnapshotManifest,
-        inputs: &[PathBuf],
         modes: &[TableMode],
         options: &DecodeOptions,
         on_rows: &dyn Fn(u64),
     ) -> Result<Snapshot> {
-        if modes.is_empty() {
-            // No conversion to read them.
-            for input in inputs {
-                let raw = self.copy_raw(manifest.raw.len(), input)?;
-                manifest.raw.push(raw);
-            }
-            return self.commit_copying(manifest, &[], modes, options, on_rows);
-        }
-        let kept: Vec<PathBuf> = manifest
+        let raw: Vec<PathBuf> = manifest
             .raw
             .iter()
             .map(|r| self.dir.join(&r.path))
             .collect();
-        let mut copies = Vec::with_capacity(inputs.len());
-        for (n, input) in inputs.iter().enumerate() {
-            let (path, rel) = self.raw_path(manifest.raw.len() + n, is_gzip(input)?);
-            copies.push((input, path, rel, Arc::new(Mutex::new(Copied::default()))));
-        }
-        // The raw files kept reach the disk while the conversion keeps the cores busy: they
-        // and the copies (written by the conversion) must be durable before the commit.
+        // The raw files reach the disk while the conversion keeps the cores busy: both must
+        // be durable before the commit.
         std::thread::scope(|scope| {
-            let syncing = scope.spawn(|| kept.iter().try_for_each(|path| sync(path)));
-            for (i, mode) in modes.iter().enumerate() {
+            let syncing = scope.spawn(|| raw.iter().try_for_each(|path| sync(path)));
+            for mode in modes {
                 let key = mode_key(mode);
-                let kept = kept.iter().map(|path| RawInput {
-                    path,
-                    copy_of: None,
-                });
-                // The first conversion reads the inputs and copies them, later ones the copies.
-                let copied = copies.iter().map(|(input, path, _, copied)| RawInput {
-                    path,
-                    copy_of: (i == 0).then(|| (input.as_path(), Arc::clone(copied))),
-                });
-                let raw: Vec<RawInput<'_>> = kept.chain(copied).collect();
-                let (table, warnings) = convert(
+                let (table, warnings) = convert_raw(
                     &raw,
                     &self.resource_type,
                     mode,
@@ -169,15 +129,6 @@ impl SnapshotWriter {
                 .join()
                 .map_err(|_| Error::snapshot("syncing the raw files panicked"))?
         })?;
-        for (_, path, rel, copied) in copies {
-            sync(&path)?;
-            let copied = copied.lock().unwrap_or_else(PoisonError::into_inner);
-            manifest.raw.push(RawFile {
-                path: rel,
-                resources: copied.resources(),
-                bytes: copied.bytes,
-            });
-        }
         manifest.format = MANIFEST_FORMAT;
         manifest.resource_type = self.resource_type.clone();
         manifest.snapshot = self.id.clone();

@@ -121,9 +121,7 @@ fn path(args: CachePathArgs) -> Result<()> {
         PathFormat::Duckdb => {
             let quote = |p: &PathBuf| format!("'{}'", p.display().to_string().replace('\'', "''"));
             let files: Vec<String> = table.files.iter().map(quote).collect();
-            // A table's files may differ in columns: the last has them all.
-            let files = files.join(", ");
-            println!("SELECT * FROM read_parquet([{files}], union_by_name = true);");
+            println!("SELECT * FROM read_parquet([{}]);", files.join(", "));
         }
     }
     Ok(())
