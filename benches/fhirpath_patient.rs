@@ -17,8 +17,8 @@
 //!   reads, parses and evaluates in one process);
 //! - `ndjson->arrow_all_cores`: the same with [`run_reader`], as the catalog builds a view table;
 //! - `catalog_first_scan` / `catalog_cached_scan`: `SELECT count(marital_status)` on the view as a
-//!   table of a catalog over the folder: the first scan runs the view over the snapshot's gzip
-//!   NDJSON and writes its Parquet copy, later scans read that copy (the snapshot is made first,
+//!   table of a catalog over the folder: the first scan runs the view over the snapshot's raw
+//!   NDJSON (copied as read) and writes its Parquet copy, later scans read that copy (the snapshot is made first,
 //!   untimed).
 
 mod driver;
@@ -122,7 +122,7 @@ async fn catalog_scans(dir: &Path, n: usize, reps: usize) -> Result<()> {
     let started = Instant::now();
     let snapshot = fhir.prefetch(&["Patient".into()], None).await?.remove(0);
     println!(
-        "# snapshot of {n} Patients (gzip NDJSON + flattened Parquet) in {:.2} s, untimed below",
+        "# snapshot of {n} Patients (raw NDJSON + flattened Parquet) in {:.2} s, untimed below",
         started.elapsed().as_secs_f64()
     );
     let ctx = SessionContext::new();

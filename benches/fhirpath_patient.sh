@@ -36,6 +36,6 @@ awk -v pe="$py_eval" -v pt="$py_total" '
     $1 == "fhirflight_parse+eval"                   { line("parse+eval:", $5, pt) }
     $1 == "fhirflight_ndjson->arrow"                { line("NDJSON -> Arrow via view, 1 core:", $5, pt) }
     $1 == "fhirflight_ndjson->arrow_all_cores"      { line("NDJSON -> Arrow via view, all cores:", $5, pt) }
-    $1 == "fhirflight_catalog_first_scan"           { line("view table, first scan (gzip):", $5, pt) }
+    $1 == "fhirflight_catalog_first_scan"           { line("view table, first scan:", $5, pt) }
     $1 == "fhirflight_catalog_cached_scan"          { line("view table, cached scan:", $5, pt) }
 ' <<< "$rs"
