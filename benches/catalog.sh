@@ -24,8 +24,7 @@ TYPES=${TYPES:-Observation,Condition,Patient}
 MULT=${MULT:-4}
 source benches/common.sh
 bench_python duckdb
-cargo build -q "${flag[@]}" --bin fhirflight
-BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
+bench_cli
 EX=$(bench_exe catalog)
 
 unzip_sample
@@ -46,7 +45,6 @@ seconds() { # command... -> wall seconds
   t0=$(date +%s.%N); "$@" > /dev/null; t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # DuckDB's result of b_duckdb.py's own query (untimed): "rows sum(n)".
 duck_checksum() {
   "$PY" - "$BENCH" "$data/$1.ndjson" "$1" <<'PY'

@@ -30,6 +30,15 @@ bench_exe() {
   echo "$exe"
 }
 
+# Builds the fhirflight CLI in PROFILE and sets BIN to it.
+bench_cli() {
+  cargo build -q "${flag[@]}" --bin fhirflight
+  BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
+}
+
+# The median of the numbers on standard input, one a line.
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 # Unzips the shared Synthea sample into $WORK/s100, once.
 unzip_sample() {
   mkdir -p "$WORK/s100"

@@ -19,8 +19,7 @@ TYPES=${TYPES:-ExplanationOfBenefit,Observation}
 MULTS=${MULTS:-8 11}
 source benches/common.sh
 bench_python duckdb
-cargo build -q "${flag[@]}" --bin fhirflight
-BIN=$CARGO_TARGET_DIR/$PROFILE/fhirflight
+bench_cli
 # The bench binary only prints each type's SQL (the flattened twin of DuckDB's aggregate).
 EX=$(bench_exe catalog)
 
@@ -28,7 +27,6 @@ unzip_sample
 IFS=, read -ra types <<< "$TYPES"
 echo "# $(nproc) cores; $PROFILE build; REPS=$REPS; $(date -u +%FT%TZ); load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # command... -> "wall_seconds peak_rss_kb"; the command's output goes to $WORK/out.
 measure() {
   /usr/bin/time -f '%e %M' -o "$WORK/time" "$@" > "$WORK/out"
