@@ -212,49 +212,33 @@ impl<'a> Eval<'_, 'a> {
             }
 
             // Conversion.
-            ToBoolean => one()?
-                .and_then(to_boolean)
-                .map(Item::Bool)
-                .into_iter()
-                .collect(),
-            ConvertsToBoolean => self.converts(one()?, |i| to_boolean(i).is_some()),
-            ToInteger => one()?
-                .and_then(to_integer)
-                .map(Item::Int)
-                .into_iter()
-                .collect(),
-            ConvertsToInteger => self.converts(one()?, |i| to_integer(i).is_some()),
-            ToDecimal => one()?
-                .and_then(to_decimal)
-                .map(Item::Dec)
-                .into_iter()
-                .collect(),
-            ConvertsToDecimal => self.converts(one()?, |i| to_decimal(i).is_some()),
+            ToBoolean | ConvertsToBoolean => {
+                converted(one()?, func == ConvertsToBoolean, to_boolean, Item::Bool)
+            }
+            ToInteger | ConvertsToInteger => {
+                converted(one()?, func == ConvertsToInteger, to_integer, Item::Int)
+            }
+            ToDecimal | ConvertsToDecimal => {
+                converted(one()?, func == ConvertsToDecimal, to_decimal, Item::Dec)
+            }
             ToStringFn => match one()?.and_then(to_string) {
                 Some(s) => vec![self.string(s.into_owned())?],
                 None => Vec::new(),
             },
-            ConvertsToString => self.converts(one()?, |i| to_string(i).is_some()),
-            ToDate | ToDateTime | ToTime => {
+            ConvertsToString => converted(
+                one()?,
+                true,
+                |i| to_string(i).map(drop),
+                |()| Item::Bool(true),
+            ),
+            ToDate | ToDateTime | ToTime | ConvertsToDate | ConvertsToDateTime | ConvertsToTime => {
                 let kind = match func {
-                    ToDate => TemporalKind::Date,
-                    ToDateTime => TemporalKind::DateTime,
+                    ToDate | ConvertsToDate => TemporalKind::Date,
+                    ToDateTime | ConvertsToDateTime => TemporalKind::DateTime,
                     _ => TemporalKind::Time,
                 };
-                one()?
-                    .and_then(|i| to_temporal(i, kind))
-                    .map(Item::Temporal)
-                    .into_iter()
-                    .collect()
-            }
-            ConvertsToDate => {
-                self.converts(one()?, |i| to_temporal(i, TemporalKind::Date).is_some())
-            }
-            ConvertsToDateTime => {
-                self.converts(one()?, |i| to_temporal(i, TemporalKind::DateTime).is_some())
-            }
-            ConvertsToTime => {
-                self.converts(one()?, |i| to_temporal(i, TemporalKind::Time).is_some())
+                let test = matches!(func, ConvertsToDate | ConvertsToDateTime | ConvertsToTime);
+                converted(one()?, test, |i| to_temporal(i, kind), Item::Temporal)
             }
             ToQuantity | ConvertsToQuantity => {
                 let unit = match args.first() {
@@ -661,14 +645,6 @@ impl<'a> Eval<'_, 'a> {
         Ok(out)
     }
 
-    fn converts(
-        &self,
-        item: Option<&Item<'a>>,
-        test: impl Fn(&Item<'a>) -> bool,
-    ) -> Collection<'a> {
-        item.map(|i| Item::Bool(test(i))).into_iter().collect()
-    }
-
     /// A string argument: `None` when empty; anything but one string is an error.
     fn string_arg(&self, arg: &Expr, focus: &[Item<'a>]) -> Result<Option<String>> {
         match self.eval(arg, focus)?.as_slice() {
@@ -845,6 +821,23 @@ fn type_arg(arg: &Expr) -> &str {
     match arg {
         Expr::TypeName(name) => name,
         _ => "",
+    }
+}
+
+/// What `toX()` (`test` false) or `convertsToX()` (`test` true) gives for `item` with the
+/// conversion `convert`: the converted item (`into`), or whether there is one; empty on empty.
+fn converted<'a, T>(
+    item: Option<&Item<'a>>,
+    test: bool,
+    convert: impl Fn(&Item<'a>) -> Option<T>,
+    into: impl Fn(T) -> Item<'a>,
+) -> Collection<'a> {
+    let Some(value) = item.map(convert) else {
+        return Vec::new();
+    };
+    match test {
+        true => vec![Item::Bool(value.is_some())],
+        false => value.map(into).into_iter().collect(),
     }
 }
 
