@@ -62,6 +62,12 @@ done
 step "cargo test"
 cargo test
 
+step "the README's cargo run shares this build (nothing left to compile)"
+if cargo build --bin fhirflight 2>&1 | grep Compiling; then
+  echo "the README's cargo run would build again what the tests built" >&2
+  exit 1
+fi
+
 step "real Flight SQL clients against fhirflight serve --demo (Python ADBC + flightsql-dbapi, Apache flight_sql_client)"
 export FHIRFLIGHT_BIN="$CARGO_TARGET_DIR/debug/fhirflight"
 "$venv/bin/python" -m pytest -q tests/python
