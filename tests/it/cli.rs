@@ -988,8 +988,10 @@ fn script_command(args: &[&str]) -> Command {
         .chain(args.iter().copied())
         .map(quote)
         .collect();
+    // `exec`: fhirflight is the terminal's only process whatever `$SHELL` runs the command (a
+    // shell left waiting, as dash is, would take a Ctrl-C typed for fhirflight as its own).
     let mut script = Command::new("script");
-    script.args(["-qec", &command.join(" "), "/dev/null"]);
+    script.args(["-qec", &format!("exec {}", command.join(" ")), "/dev/null"]);
     script
 }
 
@@ -1418,9 +1420,13 @@ impl Terminal {
     /// Ctrl-D at the prompt: the shell ends with status 0.
     fn quit(mut self) -> String {
         self.type_keys(b"\x04");
-        let screen = self.shown.clone();
-        assert!(self.child.wait().unwrap().success(), "{screen}");
-        screen
+        let status = self.child.wait().unwrap();
+        // What the shell showed on its way out belongs to the screen (and to a failure's message).
+        while let Ok(more) = self.screen.recv_timeout(std::time::Duration::from_secs(5)) {
+            self.shown.push_str(&more);
+        }
+        assert!(status.success(), "{status}: {}", self.shown);
+        self.shown
     }
 }
 
