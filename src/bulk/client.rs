@@ -18,7 +18,7 @@ use url::Url;
 use super::download::{self, Downloaded, Fetcher, count_file, remove_quietly};
 use super::error_file::outcome_warning;
 use super::origins::TokenOrigins;
-use super::pages::{Collector, FileKind, PlannedFile};
+use super::pages::{Collector, FileKind, InOrder, PlannedFile};
 use super::{
     ClientOptions, DownloadedFile, ExportOutcome, ExportPhase, ExportProgress, ExportRequest,
     Manifest, deleted_resources,
@@ -381,8 +381,25 @@ impl BulkClient {
         dir: &Path,
         progress: &watch::Sender<ExportProgress>,
     ) -> Result<ExportOutcome> {
+        self.export_to_dir_streaming(request, dir, progress, &mpsc::unbounded_channel().0)
+            .await
+    }
+
+    /// As [`export_to_dir`](Self::export_to_dir), handing each data file to `ready` as soon as
+    /// it and every file listed before it are in the folder (manifest order, the outcome's
+    /// `files`), so that a caller converts them while the rest downloads. An export started
+    /// over (its files had expired) hands over nothing more and says
+    /// [`restarted`](ExportOutcome::restarted): what it handed over before is not its files.
+    pub async fn export_to_dir_streaming(
+        &self,
+        request: &ExportRequest,
+        dir: &Path,
+        progress: &watch::Sender<ExportProgress>,
+        ready: &mpsc::UnboundedSender<DownloadedFile>,
+    ) -> Result<ExportOutcome> {
         let deadline = self.inner.options.export_deadline;
-        match tokio::time::timeout(deadline, self.export_in(request, dir, progress)).await {
+        let export = self.export_in(request, dir, progress, ready);
+        match tokio::time::timeout(deadline, export).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 tracing::warn!("{RESUME_HINT}");
@@ -404,6 +421,7 @@ impl BulkClient {
         request: &ExportRequest,
         dir: &Path,
         progress: &watch::Sender<ExportProgress>,
+        ready: &mpsc::UnboundedSender<DownloadedFile>,
     ) -> Result<ExportOutcome> {
         // A new folder is the owner's only: it will hold patient data.
         crate::private_dir::create(dir).map_err(|e| Error::io(dir, e))?;
@@ -422,12 +440,15 @@ impl BulkClient {
                 p.phase = ExportPhase::Waiting;
                 p.resumed = resumed;
             });
+            let ready = ready.clone();
+            let ready = InOrder::new((!restarted).then_some(ready));
             let failure = match self
-                .run_job(request, dir, &status_url, resumed, progress)
+                .run_job(request, dir, &status_url, resumed, progress, ready)
                 .await
             {
-                Ok(outcome) => {
+                Ok(mut outcome) => {
                     self.finish_job(dir, &status_url, progress).await?;
+                    outcome.restarted = restarted;
                     return Ok(outcome);
                 }
                 Err(failure) => failure,
@@ -466,6 +487,7 @@ impl BulkClient {
         status_url: &Url,
         resumed: bool,
         progress: &watch::Sender<ExportProgress>,
+        ready: InOrder,
     ) -> Result<ExportOutcome, JobError> {
         let (files, planned) = mpsc::unbounded_channel();
         let pending = dir.join(PENDING_MANIFEST_FILE);
@@ -500,7 +522,7 @@ impl BulkClient {
             }
             Ok::<_, JobError>(manifest)
         };
-        let downloads = self.download_files(planned, resumed, progress);
+        let downloads = self.download_files(planned, resumed, progress, ready);
         let (manifest, downloaded) = tokio::try_join!(listing, downloads)?;
         Ok(self.outcome(request, manifest, downloaded).await?)
     }
@@ -620,13 +642,16 @@ impl BulkClient {
     }
 
     /// Downloads the files that arrive on `planned`, `parallel_downloads` at a time, until the
-    /// listing ends; in any order, each with what it finished despite.
+    /// listing ends; in any order, each with what it finished despite. The data files go to
+    /// `ready` in manifest order as they are done.
     async fn download_files(
         &self,
         planned: mpsc::UnboundedReceiver<PlannedFile>,
         resumed: bool,
         progress: &watch::Sender<ExportProgress>,
+        ready: InOrder,
     ) -> Result<Vec<(PlannedFile, Downloaded, Option<Warning>)>, JobError> {
+        let ready = &std::sync::Mutex::new(ready);
         let on_bytes = |n: u64| progress.send_modify(|p| p.bytes_downloaded += n);
         let on_bytes = &on_bytes;
         let export_bytes = &AtomicU64::new(0);
@@ -649,6 +674,12 @@ impl BulkClient {
                     p.files_done += 1;
                     p.lines_downloaded += done.lines;
                 });
+                let data =
+                    (file.kind == FileKind::Output).then(|| DownloadedFile::of(&file, &done));
+                ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .done(file.index, data);
                 Ok::<_, JobError>((file, done, warning))
             })
             .buffer_unordered(self.inner.options.parallel_downloads)
@@ -741,17 +772,13 @@ impl BulkClient {
             files: Vec::new(),
             deleted: Vec::new(),
             warnings: Vec::new(),
+            restarted: false,
         };
         let mut deleted = HashSet::new();
         for (planned, done, warning) in downloaded {
             outcome.warnings.extend(warning);
             match planned.kind {
-                FileKind::Output => outcome.files.push(DownloadedFile {
-                    resource_type: planned.file.resource_type,
-                    path: done.path,
-                    lines: done.lines,
-                    bytes: done.bytes,
-                }),
+                FileKind::Output => outcome.files.push(DownloadedFile::of(&planned, &done)),
                 // A server may list the same tombstone in two files.
                 FileKind::Deleted => {
                     for_each_line(&done.path, |line| {

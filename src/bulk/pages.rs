@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, watch};
 use url::Url;
 
+use super::download::Downloaded;
 use super::origins::TokenOrigins;
-use super::{ExportProgress, Manifest, OutputFile};
+use super::{DownloadedFile, ExportProgress, Manifest, OutputFile};
 use crate::error::quoted;
 use crate::http::redact_url;
 use crate::r4::check_type_name;
@@ -210,5 +211,49 @@ mod tests {
         let merged = collector.finish().unwrap();
         assert_eq!(merged.output.len(), 3);
         assert!(merged.link.is_empty() && merged.requires_access_token);
+    }
+}
+
+/// Hands the data files of an export over in manifest order as their downloads end: a file
+/// waits for every file listed before it (of any kind).
+#[derive(Debug)]
+pub(crate) struct InOrder {
+    next: usize,
+    waiting: std::collections::BTreeMap<usize, Option<DownloadedFile>>,
+    ready: Option<mpsc::UnboundedSender<DownloadedFile>>,
+}
+
+impl InOrder {
+    /// Handing over to `ready`; with `None`, only keeping count.
+    pub(crate) fn new(ready: Option<mpsc::UnboundedSender<DownloadedFile>>) -> Self {
+        Self {
+            next: 0,
+            waiting: Default::default(),
+            ready,
+        }
+    }
+
+    /// The file at `index` (in manifest order) is done: `data` for a data file.
+    pub(crate) fn done(&mut self, index: usize, data: Option<DownloadedFile>) {
+        self.waiting.insert(index, data);
+        while let Some(data) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            if let (Some(ready), Some(file)) = (&self.ready, data) {
+                // Nobody listening is fine: the outcome lists the files too.
+                let _ = ready.send(file);
+            }
+        }
+    }
+}
+
+impl DownloadedFile {
+    /// The data file `planned`, as its download ended.
+    pub(crate) fn of(planned: &PlannedFile, done: &Downloaded) -> Self {
+        Self {
+            resource_type: planned.file.resource_type.clone(),
+            path: done.path.clone(),
+            lines: done.lines,
+            bytes: done.bytes,
+        }
     }
 }

@@ -66,4 +66,8 @@ pub struct ExportOutcome {
     pub deleted: Vec<DeletedResource>,
     /// What the export finished despite: the OperationOutcomes of the manifest's `error` files.
     pub warnings: Vec<Warning>,
+    /// Whether the export was started over once because its files had expired: the files a
+    /// [`BulkClient::export_to_dir_streaming`](super::BulkClient::export_to_dir_streaming)
+    /// handed over before were another export's.
+    pub restarted: bool,
 }

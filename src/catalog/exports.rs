@@ -1,7 +1,7 @@
 //! Keeping snapshots fresh: one export per set of missing types, shared by every query that
 //! needs one of them while it runs, then converted and committed type by type.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,11 +13,12 @@ use tokio::sync::watch;
 
 use super::pushdown::{Conjunct, Pushdown, PushdownMode};
 use super::source::{
-    Capabilities, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FhirSource,
+    Capabilities, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile, FhirSource,
 };
 use super::{CatalogOptions, Freshness};
 use crate::snapshot::{
-    Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, resource_ids, write_raw,
+    Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, SnapshotWriter, resource_ids,
+    write_raw,
 };
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
@@ -492,7 +493,36 @@ impl Exporter {
                 .collect(),
         };
 
-        let outcome = self.source.fetch(&request, &staging, progress).await?;
+        // A full snapshot's files convert while the rest download.
+        let converters = targets
+            .iter()
+            .map(|t| {
+                let start = || Converter::start(&self.store, &self.options, t, progress);
+                (!t.merge).then(start).transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let route = |file: FetchedFile| {
+            let to = converters.iter().flatten();
+            for converter in to.filter(|c| c.resource_type == file.resource_type) {
+                // A converter that stopped (it failed) says why when it is finished.
+                let _ = converter.files.send(file.clone());
+            }
+        };
+        let (ready, mut handed) = tokio::sync::mpsc::unbounded_channel();
+        let outcome = {
+            let fetch = self.source.fetch(&request, &staging, progress, &ready);
+            tokio::pin!(fetch);
+            loop {
+                tokio::select! {
+                    outcome = &mut fetch => break outcome,
+                    Some(file) = handed.recv() => route(file),
+                }
+            }
+        };
+        while let Ok(file) = handed.try_recv() {
+            route(file);
+        }
+        let outcome = outcome?;
         progress.send_modify(|p| p.phase = FetchPhase::Converting);
         let mut filtered: Vec<String> = targets
             .iter()
@@ -502,11 +532,18 @@ impl Exporter {
         filtered.sort();
         filtered.dedup();
         let mut tasks = Vec::new();
-        for t in targets {
-            let previous = if outcome.complete || !t.merge {
-                None
-            } else {
-                self.store.current(&t.name)?
+        for (t, converter) in targets.into_iter().zip(converters) {
+            let converted = match converter {
+                Some(converter) => converter.finish(&outcome).await?,
+                None => None,
+            };
+            let start = match converted {
+                Some(converted) => Start::Converted(converted),
+                None if outcome.complete || !t.merge => Start::Empty,
+                None => match self.store.current(&t.name)? {
+                    Some(current) => Start::Merge(current),
+                    None => Start::Empty,
+                },
             };
             let (store, options, outcome) =
                 (self.store.clone(), self.options.clone(), outcome.clone());
@@ -514,10 +551,7 @@ impl Exporter {
             let progress = progress.clone();
             tasks.push(tokio::task::spawn_blocking(move || {
                 let on_rows = |n| progress.send_modify(|p| p.rows_converted += n);
-                let previous = previous.as_ref();
-                commit_type(
-                    &store, &options, &location, &outcome, &t, previous, &on_rows,
-                )
+                commit_type(&store, &options, &location, &outcome, &t, start, &on_rows)
             }));
         }
         let mut warnings = outcome.warnings.clone();
@@ -636,7 +670,7 @@ fn commit_type(
     location: &str,
     outcome: &FetchOutcome,
     target: &Target,
-    previous: Option<&Snapshot>,
+    start: Start,
     on_rows: &dyn Fn(u64),
 ) -> Result<Snapshot> {
     let resource_type = target.resource_type.as_str();
@@ -646,13 +680,12 @@ fn commit_type(
         .filter(|f| f.resource_type == resource_type)
         .map(|f| f.path.clone())
         .collect();
-    let deleted: std::collections::HashSet<String> = outcome
+    let deleted: HashSet<String> = outcome
         .deleted
         .iter()
         .filter(|(t, _)| t == resource_type)
         .map(|(_, id)| id.clone())
         .collect();
-    let writer = store.begin_named(&target.name, resource_type)?;
     let mut manifest = SnapshotManifest {
         source: location.to_owned(),
         request: outcome.request.clone(),
@@ -666,23 +699,38 @@ fn commit_type(
         pushdown: target.pushdown.clone(),
         ..SnapshotManifest::default()
     };
-    let mut add_raw =
-        |inputs: &[PathBuf], drop: Option<&std::collections::HashSet<String>>| -> Result<u64> {
-            let (path, rel) = writer.raw_path(manifest.raw.len(), true);
-            let (resources, bytes) = write_raw(inputs, drop, options.max_line_bytes, &path)?;
-            manifest.raw.push(RawFile {
-                path: rel,
-                resources,
-                bytes,
-            });
-            Ok(resources)
-        };
-    match previous {
-        Some(prev) => {
+    let writer = match start {
+        Start::Converted(Converted { writer, raw, .. }) => {
+            manifest.raw = raw;
+            writer
+        }
+        // A full snapshot keeps the fetched files as they are.
+        Start::Empty => {
+            let writer = store.begin_named(&target.name, resource_type)?;
+            for file in &files {
+                manifest
+                    .raw
+                    .push(writer.copy_raw(manifest.raw.len(), file)?);
+            }
+            writer
+        }
+        Start::Merge(prev) => {
+            let writer = store.begin_named(&target.name, resource_type)?;
+            let mut add_raw = |inputs: &[PathBuf], drop: &HashSet<String>| -> Result<u64> {
+                let (path, rel) = writer.raw_path(manifest.raw.len(), true);
+                let (resources, bytes) =
+                    write_raw(inputs, Some(drop), options.max_line_bytes, &path)?;
+                manifest.raw.push(RawFile {
+                    path: rel,
+                    resources,
+                    bytes,
+                });
+                Ok(resources)
+            };
             let mut replaced = resource_ids(&files, options.max_line_bytes)?;
             replaced.extend(deleted.iter().cloned());
-            add_raw(&prev.raw_paths(), Some(&replaced))?;
-            let changed = add_raw(&files, Some(&deleted))?;
+            add_raw(&prev.raw_paths(), &replaced)?;
+            let changed = add_raw(&files, &deleted)?;
             let mut deleted: Vec<String> = deleted.into_iter().collect();
             deleted.sort();
             manifest.incremental = Some(Incremental {
@@ -691,21 +739,104 @@ fn commit_type(
                 changed,
                 deleted,
             });
+            writer
         }
-        // A full snapshot keeps the fetched files as they are.
-        None => {
-            for file in &files {
-                let raw = writer.copy_raw(manifest.raw.len(), file)?;
-                manifest.raw.push(raw);
-            }
-        }
-    }
+    };
     writer.commit(
         manifest,
         std::slice::from_ref(options.mode()),
         &options.decode_options(),
         on_rows,
     )
+}
+
+/// What the new snapshot of a type starts from.
+enum Start {
+    /// Nothing: a full snapshot of the fetched files.
+    Empty,
+    /// Its files in a writer, converted while they downloaded.
+    Converted(Converted),
+    /// The current snapshot, which the fetched changes are merged into (`_since`).
+    Merge(Snapshot),
+}
+
+/// The full snapshot of one target converted while its export downloads: a blocking task
+/// that copies each file handed to it into a writer and converts, as the next part of the
+/// table, the files that came while it converted the last.
+struct Converter {
+    resource_type: String,
+    files: std::sync::mpsc::Sender<FetchedFile>,
+    task: tokio::task::JoinHandle<Result<Converted>>,
+}
+
+/// What a [`Converter`] made: the snapshot so far, its raw files, the files it was handed.
+struct Converted {
+    writer: SnapshotWriter,
+    raw: Vec<RawFile>,
+    files: Vec<FetchedFile>,
+}
+
+impl Converter {
+    fn start(
+        store: &SnapshotStore,
+        options: &CatalogOptions,
+        target: &Target,
+        progress: &watch::Sender<FetchProgress>,
+    ) -> Result<Self> {
+        let writer = store.begin_named(&target.name, &target.resource_type)?;
+        let (files, handed) = std::sync::mpsc::channel::<FetchedFile>();
+        let (options, progress) = (options.clone(), progress.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let on_rows = |n| progress.send_modify(|p| p.rows_converted += n);
+            let mode = std::slice::from_ref(options.mode());
+            let mut converted = Converted {
+                writer,
+                raw: Vec::new(),
+                files: Vec::new(),
+            };
+            while let Ok(first) = handed.recv() {
+                let batch: Vec<FetchedFile> =
+                    std::iter::once(first).chain(handed.try_iter()).collect();
+                let from = converted.raw.len();
+                for file in &batch {
+                    let raw = converted.writer.copy_raw(converted.raw.len(), &file.path)?;
+                    converted.raw.push(raw);
+                }
+                let part = &converted.raw[from..];
+                converted
+                    .writer
+                    .convert_part(part, mode, &options.decode_options(), &on_rows)?;
+                converted.files.extend(batch);
+            }
+            Ok(converted)
+        });
+        Ok(Self {
+            resource_type: target.resource_type.clone(),
+            files,
+            task,
+        })
+    }
+
+    /// The conversion, once every file was handed over: kept when it holds exactly the
+    /// outcome's files of its type, in order (else it was of files an export that started
+    /// over left, whatever became of it).
+    async fn finish(self, outcome: &FetchOutcome) -> Result<Option<Converted>> {
+        drop(self.files);
+        let converted = self
+            .task
+            .await
+            .map_err(|e| Error::snapshot_with("conversion task failed", e));
+        if outcome.restarted {
+            return Ok(None);
+        }
+        let converted = converted??;
+        let files = outcome
+            .files
+            .iter()
+            .filter(|f| f.resource_type == self.resource_type);
+        let whole = files.eq(converted.files.iter());
+        Ok(whole.then_some(converted))
+    }
 }
 
 /// The staging folder name of a request: readable and stable across runs.

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::bulk::{BulkClient, ExportLevel, ExportPhase, ExportProgress, ExportRequest};
+use crate::bulk::{
+    BulkClient, DownloadedFile, ExportLevel, ExportPhase, ExportProgress, ExportRequest,
+};
 use crate::error::quoted;
 use crate::r4::check_type_name;
 use crate::warning::{Warning, WarningKind};
@@ -127,10 +129,13 @@ pub struct FetchOutcome {
     /// True when `files` hold every resource of the types (the source ignored `since`), so the
     /// snapshot is replaced rather than merged.
     pub complete: bool,
+    /// True when the fetch started over after handing files to its `ready` channel: those
+    /// were not its files.
+    pub restarted: bool,
 }
 
 /// One NDJSON file of a [`FetchOutcome`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedFile {
     /// Resource type of every line.
     pub resource_type: String,
@@ -235,12 +240,17 @@ pub trait FhirSource: Debug + Send + Sync {
     /// What the source declares (see [`Capabilities`]).
     async fn capabilities(&self) -> Result<Capabilities>;
 
-    /// Fetches the NDJSON of `request.types` into (or found beside) `dir`.
+    /// Fetches the NDJSON of `request.types` into (or found beside) `dir`. A source that
+    /// downloads may hand each file of the outcome's `files` to `ready` as soon as it is
+    /// complete, in their order: the catalog converts them while the rest downloads, and keeps
+    /// that work when what it was handed is `files` exactly and the outcome is not
+    /// [`restarted`](FetchOutcome::restarted).
     async fn fetch(
         &self,
         request: &FetchRequest,
         dir: &Path,
         progress: &watch::Sender<FetchProgress>,
+        ready: &mpsc::UnboundedSender<FetchedFile>,
     ) -> Result<FetchOutcome>;
 
     /// Cancels for good what a fetch that stopped keeps in `dir` for its resume (a Bulk Data
@@ -337,13 +347,29 @@ impl LocalFolder {
         Ok(found)
     }
 
-    /// The files `manifest` lists in `output[]`; the folder's other files are skipped.
+    /// The files `manifest` lists in `output[]`; the folder's other files are skipped. An entry
+    /// is the file its URL names, or the one [`BulkClient::export_to_dir`] saved it as
+    /// (`<Type>.<n>.ndjson`, `deleted.<n>.ndjson`, `error.<n>.ndjson`, `n` counting from 0 in
+    /// the manifest's order), whose `manifest.json` keeps the server's URLs.
     fn listed(&self, manifest: &Value, names: &[String]) -> FolderFiles {
         let mut found = FolderFiles::default();
         let mut used = BTreeSet::from(["manifest.json".to_owned()]);
+        let mut saved_as = std::collections::HashMap::<String, usize>::new();
+        let mut local_name = |stem: &str, url: &str| {
+            let n = saved_as.entry(stem.to_owned()).or_default();
+            let saved = format!("{stem}.{n}.ndjson");
+            *n += 1;
+            // Either is one of the folder's own names, or no file is taken.
+            match file_name(url) {
+                Some(name) if names.contains(&name) => Some(name),
+                _ if names.contains(&saved) => Some(saved),
+                named => named,
+            }
+        };
         for (key, role) in [("error", "an error file"), ("deleted", "a deleted file")] {
             for entry in list(manifest, key) {
-                if let Some(name) = entry["url"].as_str().and_then(file_name)
+                let url = entry["url"].as_str().unwrap_or_default();
+                if let Some(name) = local_name(key, url)
                     && names.contains(&name)
                     && used.insert(name.clone())
                 {
@@ -353,7 +379,8 @@ impl LocalFolder {
         }
         for entry in list(manifest, "output") {
             let url = entry["url"].as_str().unwrap_or_default();
-            let Some(name) = file_name(url) else {
+            let resource_type = entry["type"].as_str().unwrap_or_default();
+            let Some(name) = local_name(resource_type, url) else {
                 found.skip(url, "manifest.json names no plain file name of the folder");
                 continue;
             };
@@ -361,7 +388,6 @@ impl LocalFolder {
                 found.skip(&name, "listed more than once in manifest.json: read once");
                 continue;
             }
-            let resource_type = entry["type"].as_str().unwrap_or_default();
             if let Err(e) = check_type_name(resource_type) {
                 found.skip(&name, format!("manifest.json: {e}"));
                 continue;
@@ -476,6 +502,7 @@ impl FhirSource for LocalFolder {
         request: &FetchRequest,
         _dir: &Path,
         progress: &watch::Sender<FetchProgress>,
+        _ready: &mpsc::UnboundedSender<FetchedFile>,
     ) -> Result<FetchOutcome> {
         let FolderFiles { files, skipped } = self.files()?;
         let files: Vec<FetchedFile> = files
@@ -609,6 +636,7 @@ impl FhirSource for BulkSource {
         request: &FetchRequest,
         dir: &Path,
         progress: &watch::Sender<FetchProgress>,
+        ready: &mpsc::UnboundedSender<FetchedFile>,
     ) -> Result<FetchOutcome> {
         let mut export = ExportRequest::new(self.level.clone())
             .with_types(request.types.clone())
@@ -624,25 +652,44 @@ impl FhirSource for BulkSource {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (done, result) = tokio::sync::oneshot::channel();
         let (client, dir) = (self.client.clone(), dir.to_path_buf());
+        let (downloaded, mut files) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             tokio::select! {
-                outcome = client.export_to_dir(&export, &dir, &tx) => { let _ = done.send(outcome); }
+                outcome = client.export_to_dir_streaming(&export, &dir, &tx, &downloaded) => {
+                    let _ = done.send(outcome);
+                }
                 _ = stopped => {}
             }
         });
         let _stop = stop;
         let relay = |p: &ExportProgress| {
-            progress.send_replace(p.into());
+            // The rows are the catalog's to count: it converts while the export runs.
+            progress.send_modify(|f| {
+                *f = FetchProgress {
+                    rows_converted: f.rows_converted,
+                    ..p.into()
+                }
+            });
+        };
+        let hand_over = |file: DownloadedFile| {
+            let _ = ready.send(FetchedFile {
+                resource_type: file.resource_type,
+                path: file.path,
+            });
         };
         tokio::pin!(result);
         let outcome = loop {
             tokio::select! {
                 outcome = &mut result => break outcome.map_err(|_| Error::Cancelled)??,
                 Ok(()) = rx.changed() => relay(&rx.borrow_and_update()),
+                Some(file) = files.recv() => hand_over(file),
             }
         };
-        // The export may end before its last progress was relayed.
+        // The export may end before its last progress or files were relayed.
         relay(&rx.borrow());
+        while let Ok(file) = files.try_recv() {
+            hand_over(file);
+        }
         Ok(FetchOutcome {
             request: outcome.manifest.request.clone(),
             transaction_time: outcome.manifest.transaction_time.clone(),
@@ -661,6 +708,7 @@ impl FhirSource for BulkSource {
                 .collect(),
             warnings: outcome.warnings,
             complete: false,
+            restarted: outcome.restarted,
         })
     }
 }

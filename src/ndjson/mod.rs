@@ -708,7 +708,7 @@ impl SchemaInference {
     }
 
     /// Adds what `other` (same mode) inferred from later bytes: new columns go after ours.
-    fn merge(&mut self, other: &SchemaInference) {
+    pub(crate) fn merge(&mut self, other: &SchemaInference) {
         match (&mut self.inner, &other.inner) {
             (Inference::Flat(a), Inference::Flat(b)) => a.merge(b),
             (Inference::Nested(a), Inference::Nested(b)) => a.merge(b),

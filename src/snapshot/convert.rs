@@ -13,7 +13,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use super::parquet::write_parquet;
 use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
-    DEFAULT_MAX_COLUMNS, DecodeOptions, OVERFLOW_COLUMN, SchemaInference, TableMode,
+    DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, OVERFLOW_COLUMN, SchemaInference, TableMode,
     decode_readers, infer_readers,
 };
 use crate::warning::{Warning, WarningKind};
@@ -88,11 +88,11 @@ pub(super) fn check_stopping() -> Result<()> {
 const SKIPPED_SHOWN: usize = 5;
 
 /// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
-/// (created): one pass infers the schema over all files, a second decodes against it, both on all
-/// cores, in batches and with the strictness and line bound of `options`, while the Parquet
-/// columns are encoded on all cores too (`snapshot/parquet.rs`). With
-/// [`Strictness::Lenient`](crate::ndjson::Strictness::Lenient), bad lines are skipped and counted:
-/// a [`WarningKind::SkippedLines`] warning naming the first few comes with the table;
+/// (created), as one part (`TableParts`): one pass infers the schema over all files, a second
+/// decodes against it, both on all cores, in batches and with the strictness and line bound of
+/// `options`, while the Parquet columns are encoded on all cores too (`snapshot/parquet.rs`).
+/// With [`Strictness::Lenient`](crate::ndjson::Strictness::Lenient), bad lines are skipped and
+/// counted: a [`WarningKind::SkippedLines`] warning naming the first few comes with the table;
 /// [`Strictness::Strict`](crate::ndjson::Strictness::Strict) fails on the first instead, naming
 /// its file and line. Resources with paths beyond the width bound of a flattened `mode` come with
 /// a [`WarningKind::WideResources`] warning. Paths in the result are relative to `out_dir`.
@@ -105,112 +105,283 @@ pub fn convert_raw(
     out_dir: &Path,
     on_rows: &dyn Fn(u64),
 ) -> Result<(TableFiles, Vec<Warning>)> {
-    let started = std::time::Instant::now();
-    fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    // Each file's path names it in errors.
-    let options = options.clone().with_resource_type(resource_type);
+    let mut parts = TableParts::new(resource_type, mode, options, out_dir)?;
+    parts.add(raw, on_rows)?;
+    parts.finish()
+}
 
-    // All files in one run of chunks: an export may come as many small files. Each is named
-    // in errors as the snapshot lists it (`raw/Patient.000.ndjson.gz`): the folder it is
-    // written in is temporary.
-    let base = out_dir.parent().unwrap_or(out_dir);
-    let name = |p: &Path| p.strip_prefix(base).unwrap_or(p).display().to_string();
-    let sources = || raw.iter().map(|p| Ok::<_, Error>((name(p), open_raw(p)?)));
-    let mut inference = SchemaInference::with_options(mode, options.clone());
-    infer_readers(sources(), &mut inference)?;
-    let mut schema = inference.schema();
-    if schema.fields().is_empty() {
-        // No resources: still a readable table with the columns every resource has.
-        schema = Arc::new(Schema::new(vec![
-            Field::new("resourceType", DataType::Utf8, true),
-            Field::new("id", DataType::Utf8, true),
-        ]));
+/// The Parquet table of one mode built part by part, so that the files of an export are
+/// converted while the rest downloads: each part is a batch of raw files with the schema
+/// inferred from its own lines; [`finish`](Self::finish) merges those into the table's schema
+/// (what one inference over all files gives) and decodes again, against it, only the parts that
+/// typed a column otherwise or sent paths to the overflow column. A part lacking some of the
+/// table's columns is kept: its resources have none of those paths, and a reader fills them
+/// with nulls ([`Snapshot::schema`](super::Snapshot::schema) takes the table's columns from
+/// every part).
+#[derive(Debug)]
+pub(crate) struct TableParts {
+    resource_type: String,
+    mode: TableMode,
+    options: DecodeOptions,
+    out_dir: PathBuf,
+    /// The inference over every part's lines.
+    inference: SchemaInference,
+    parts: Vec<Part>,
+}
+
+/// One part: its raw files, and the Parquet file they were decoded into.
+#[derive(Debug)]
+struct Part {
+    raw: Vec<PathBuf>,
+    file: TableFile,
+    schema: arrow::datatypes::SchemaRef,
+    summary: DecodeSummary,
+}
+
+impl TableParts {
+    /// A table of `mode` written in `out_dir` (created).
+    pub(crate) fn new(
+        resource_type: &str,
+        mode: &TableMode,
+        options: &DecodeOptions,
+        out_dir: &Path,
+    ) -> Result<Self> {
+        fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+        // Each file's path names it in errors.
+        let options = options.clone().with_resource_type(resource_type);
+        Ok(Self {
+            resource_type: resource_type.to_owned(),
+            inference: SchemaInference::with_options(mode, options.clone()),
+            mode: mode.clone(),
+            options,
+            out_dir: out_dir.to_path_buf(),
+            parts: Vec::new(),
+        })
     }
 
-    let inferred = started.elapsed();
+    /// Converts `raw` as the next part: its schema inferred from its lines, then decoded.
+    /// `on_rows` is told the rows of each batch written.
+    pub(crate) fn add(&mut self, raw: &[PathBuf], on_rows: &dyn Fn(u64)) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut inference = SchemaInference::with_options(&self.mode, self.options.clone());
+        infer_readers(self.sources(raw), &mut inference)?;
+        let schema = with_columns(inference.schema());
+        let inferred = started.elapsed();
+        let path = part_name(self.parts.len());
+        let (file, summary) = self.decode(raw, &path, &schema, on_rows)?;
+        tracing::debug!(
+            "{}: {} rows, {} columns to {}: schema inferred in {:.3} s, decoded and written in \
+             {:.3} s",
+            self.resource_type,
+            summary.rows,
+            schema.fields().len(),
+            self.out_dir.join(&path).display(),
+            inferred.as_secs_f64(),
+            (started.elapsed() - inferred).as_secs_f64(),
+        );
+        self.inference.merge(&inference);
+        self.parts.push(Part {
+            raw: raw.to_vec(),
+            file,
+            schema,
+            summary,
+        });
+        Ok(())
+    }
 
-    let out = out_dir.join("part-0.parquet");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
-    let (summary, file) = write_parquet(
-        file,
-        &out,
-        Arc::clone(&schema),
-        props,
-        ROW_GROUP_ROWS,
-        |sink| {
-            decode_readers(sources(), Arc::clone(&schema), mode, options, |batch| {
-                check_stopping()?;
-                sink(&batch)?;
-                on_rows(batch.num_rows() as u64);
-                Ok(())
-            })
-        },
-    )?;
-    file.sync_all().map_err(|e| Error::io(&out, e))?;
-    tracing::debug!(
-        "{resource_type}: {} rows, {} columns to {}: schema inferred in {:.3} s, decoded and \
-         written in {:.3} s",
-        summary.rows,
-        schema.fields().len(),
-        out.display(),
-        inferred.as_secs_f64(),
-        (started.elapsed() - inferred).as_secs_f64(),
-    );
-    let (rows, skipped_lines) = (summary.rows, summary.skipped_count);
-    let skipped = (skipped_lines > 0).then(|| {
-        let first: Vec<String> = summary
-            .skipped
-            .iter()
-            .take(SKIPPED_SHOWN)
-            .map(ToString::to_string)
-            .collect();
-        let more = if skipped_lines > first.len() as u64 {
-            "; ..."
-        } else {
-            ""
+    /// The table: its parts made to agree with the merged schema, and the conversion's warnings.
+    pub(crate) fn finish(mut self) -> Result<(TableFiles, Vec<Warning>)> {
+        if self.parts.is_empty() {
+            self.add(&[], &|_| {})?;
+        }
+        let schema = with_columns(self.inference.schema());
+        let flattened = matches!(self.mode, TableMode::Flattened(_));
+        for n in 0..self.parts.len() {
+            // Without an overflow column of its own, every path of a part's resources is one of
+            // its columns, which the table's column of that name holds as it is.
+            let agrees = self.parts[n].schema.fields().iter().all(|f| {
+                f.name() != OVERFLOW_COLUMN
+                    && schema
+                        .field_with_name(f.name())
+                        .is_ok_and(|g| reads_as(f.data_type(), g.data_type(), flattened))
+            });
+            if agrees {
+                continue;
+            }
+            let part = &self.parts[n];
+            tracing::debug!(
+                "{}: {} decoded again against the table's schema",
+                self.resource_type,
+                part.file.path
+            );
+            let (raw, path) = (part.raw.clone(), part.file.path.clone());
+            let (file, summary) = self.decode(&raw, &path, &schema, &|_| {})?;
+            let part = &mut self.parts[n];
+            (part.file, part.summary, part.schema) = (file, summary, Arc::clone(&schema));
+        }
+        let summaries = || self.parts.iter().map(|p| &p.summary);
+        let rows = summaries().map(|s| s.rows).sum();
+        let skipped_lines = summaries().map(|s| s.skipped_count).sum();
+        let overflowed = summaries().map(|s| s.overflowed).sum();
+        let skipped = (skipped_lines > 0).then(|| {
+            let first: Vec<String> = summaries()
+                .flat_map(|s| &s.skipped)
+                .take(SKIPPED_SHOWN)
+                .map(ToString::to_string)
+                .collect();
+            let more = if skipped_lines > first.len() as u64 {
+                "; ..."
+            } else {
+                ""
+            };
+            Warning::new(
+                WarningKind::SkippedLines,
+                format!(
+                    "{skipped_lines} {} skipped: {}{more}",
+                    if skipped_lines == 1 { "line" } else { "lines" },
+                    first.join("; ")
+                ),
+            )
+            .with_resource_type(&self.resource_type)
+            .with_count(skipped_lines)
+        });
+        let wide = match &self.mode {
+            TableMode::Flattened(o) if overflowed > 0 => Some(wide_resources(
+                &self.resource_type,
+                o.max_columns(),
+                overflowed,
+            )),
+            _ => None,
         };
-        Warning::new(
-            WarningKind::SkippedLines,
-            format!(
-                "{skipped_lines} {} skipped: {}{more}",
-                if skipped_lines == 1 { "line" } else { "lines" },
-                first.join("; ")
-            ),
-        )
-        .with_resource_type(resource_type)
-        .with_count(skipped_lines)
-    });
-    let wide = match mode {
-        TableMode::Flattened(o) if summary.overflowed > 0 => Some(wide_resources(
-            resource_type,
-            o.max_columns(),
-            summary.overflowed,
-        )),
-        _ => None,
-    };
-    let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
-    let table = TableFiles {
-        files: vec![TableFile {
-            path: "part-0.parquet".into(),
-            rows,
-            bytes,
-        }],
-        rows,
-        bytes,
-        skipped_lines,
-        columns: schema
-            .fields()
+        let mut files: Vec<TableFile> = Vec::with_capacity(self.parts.len() + 1);
+        if self
+            .parts
             .iter()
-            .map(|f| Column {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-            })
-            .collect(),
-    };
-    Ok((table, skipped.into_iter().chain(wide).collect()))
+            .any(|p| p.schema.fields() != schema.fields())
+        {
+            files.push(self.schema_part(&schema)?);
+        }
+        files.extend(self.parts.into_iter().map(|p| p.file));
+        let table = TableFiles {
+            rows,
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
+            skipped_lines,
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| Column {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                })
+                .collect(),
+        };
+        Ok((table, skipped.into_iter().chain(wide).collect()))
+    }
+
+    /// Makes room for `part-0.parquet`, no rows and every column of `schema`, ahead of the
+    /// parts (renamed one up): the table's schema is its first file's, for us
+    /// ([`Snapshot::schema`](super::Snapshot::schema)) and for engines that read a folder
+    /// that way (pandas), and each part lacks only columns none of its resources have.
+    fn schema_part(&mut self, schema: &arrow::datatypes::SchemaRef) -> Result<TableFile> {
+        for n in (0..self.parts.len()).rev() {
+            let (from, to) = (part_name(n), part_name(n + 1));
+            let path = self.out_dir.join(&to);
+            fs::rename(self.out_dir.join(&from), &path).map_err(|e| Error::io(&path, e))?;
+            self.parts[n].file.path = to;
+        }
+        let (file, _) = self.decode(&[], &part_name(0), schema, &|_| {})?;
+        Ok(file)
+    }
+
+    /// The raw files, each named in errors as the snapshot lists it (`raw/Patient.000.ndjson.gz`):
+    /// the folder it is written in is temporary.
+    fn sources<'a>(
+        &self,
+        raw: &'a [PathBuf],
+    ) -> impl Iterator<Item = Result<(String, Box<dyn BufRead + Send>)>> + 'a {
+        let base = self.out_dir.parent().unwrap_or(&self.out_dir).to_path_buf();
+        raw.iter().map(move |p| {
+            let name = p.strip_prefix(&base).unwrap_or(p).display().to_string();
+            Ok((name, open_raw(p)?))
+        })
+    }
+
+    /// Decodes `raw` against `schema` into the durable Parquet file `path` (in the table's
+    /// folder, replacing what it held).
+    fn decode(
+        &self,
+        raw: &[PathBuf],
+        path: &str,
+        schema: &arrow::datatypes::SchemaRef,
+        on_rows: &dyn Fn(u64),
+    ) -> Result<(TableFile, DecodeSummary)> {
+        let out = self.out_dir.join(path);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
+        let (summary, file) = write_parquet(
+            file,
+            &out,
+            Arc::clone(schema),
+            props,
+            ROW_GROUP_ROWS,
+            |sink| {
+                decode_readers(
+                    self.sources(raw),
+                    Arc::clone(schema),
+                    &self.mode,
+                    self.options.clone(),
+                    |batch| {
+                        check_stopping()?;
+                        sink(&batch)?;
+                        on_rows(batch.num_rows() as u64);
+                        Ok(())
+                    },
+                )
+            },
+        )?;
+        file.sync_all().map_err(|e| Error::io(&out, e))?;
+        let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
+        let file = TableFile {
+            path: path.to_owned(),
+            rows: summary.rows,
+            bytes,
+        };
+        Ok((file, summary))
+    }
+}
+
+/// Whether a part's column of type `part` reads as the table's of type `table`, cast by the
+/// reader, exactly as decoding it against the table would make it: the same type, or in a
+/// flattened table integers of a decimal column (a JSON integer cast from i64 is the f64 it
+/// parses as; `-0` aside) or text where the table has none (the part saw only nulls there: a
+/// flattened column is text for want of a value, or because it held text, which would make the
+/// table's text too).
+fn reads_as(part: &DataType, table: &DataType, flattened: bool) -> bool {
+    part == table
+        || flattened
+            && matches!(
+                (part, table),
+                (DataType::Int64, DataType::Float64) | (DataType::Utf8, _)
+            )
+}
+
+/// The file name of part `n` of a table.
+fn part_name(n: usize) -> String {
+    format!("part-{n}.parquet")
+}
+
+/// `schema`, or for no resources the columns every resource has: a table is readable even empty.
+fn with_columns(schema: arrow::datatypes::SchemaRef) -> arrow::datatypes::SchemaRef {
+    if !schema.fields().is_empty() {
+        return schema;
+    }
+    Arc::new(Schema::new(vec![
+        Field::new("resourceType", DataType::Utf8, true),
+        Field::new("id", DataType::Utf8, true),
+    ]))
 }
 
 /// The warning that `resources` of `resource_type` had paths beyond `max_columns` columns.

@@ -35,11 +35,13 @@
 //!
 //! Another engine reads a table by reading `<Type>/manifest.json` and then the files it lists
 //! under `tables.<mode>.files` (paths relative to the snapshot folder), for example in DuckDB
-//! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet')`,
-//! or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened')`; [`list_cache`] gives
-//! those files as absolute paths (`fhirflight cache path`). A glob over every snapshot
-//! (`Patient/*/flattened/*.parquet`) is wrong: a superseded snapshot stays while it is read. The
-//! Arrow schema is in each Parquet footer; the manifest repeats it as `columns` for people.
+//! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet',
+//! union_by_name = true)`, or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened')`;
+//! [`list_cache`] gives those files as absolute paths (`fhirflight cache path`). A glob over every
+//! snapshot (`Patient/*/flattened/*.parquet`) is wrong: a superseded snapshot stays while it is
+//! read. The table's Arrow schema is its first file's footer (the manifest repeats it as
+//! `columns` for people): a table converted part by part while its export downloaded has parts
+//! with the columns of their own resources, and then a first part of no rows and every column.
 //!
 //! # Atomicity
 //!

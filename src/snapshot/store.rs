@@ -268,6 +268,8 @@ impl SnapshotStore {
             id,
             dir,
             _owner: owner,
+            tables: Vec::new(),
+            converted: Vec::new(),
         })
     }
 

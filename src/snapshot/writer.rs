@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::convert::TableParts;
 use super::convert::is_gzip;
 use super::lease::LEASE_FILE;
 use super::manifest::{to_json, write_atomic};
 use super::names::is_filtered;
 use super::{
-    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, convert_raw,
-    copy_raw, mode_key, rfc3339,
+    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, copy_raw, mode_key,
+    rfc3339,
 };
 use crate::ndjson::{DecodeOptions, TableMode};
 use crate::{Error, Result};
@@ -28,6 +29,10 @@ pub struct SnapshotWriter {
     /// Held while this writer lives: a folder of `tmp/` whose lock nobody holds belongs to a
     /// process that died ([`SnapshotStore::open`] removes it).
     pub(super) _owner: File,
+    /// The tables converted so far, part by part ([`Self::convert_part`]), by mode key.
+    pub(super) tables: Vec<(String, TableParts)>,
+    /// The raw files (paths relative to the snapshot folder) in those parts.
+    pub(super) converted: Vec<String>,
 }
 
 /// Writers alive in the process ([`writes_in_progress`]).
@@ -91,13 +96,43 @@ impl SnapshotWriter {
         })
     }
 
+    /// Converts `raw` (files of this snapshot, from [`Self::copy_raw`]) now, as the next part of
+    /// the tables of `modes`, with the batch size, strictness and line bound of `options`: an
+    /// export's files are converted while the rest downloads. [`Self::commit`] converts the raw
+    /// files no part holds, then makes the parts one table per mode. `on_rows` is told the rows
+    /// converted as they are.
+    pub fn convert_part(
+        &mut self,
+        raw: &[RawFile],
+        modes: &[TableMode],
+        options: &DecodeOptions,
+        on_rows: &dyn Fn(u64),
+    ) -> Result<()> {
+        let paths: Vec<PathBuf> = raw.iter().map(|r| self.dir.join(&r.path)).collect();
+        for mode in modes {
+            let key = mode_key(mode);
+            let at = match self.tables.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
+                None => {
+                    let parts =
+                        TableParts::new(&self.resource_type, mode, options, &self.dir.join(&key))?;
+                    self.tables.push((key, parts));
+                    self.tables.len() - 1
+                }
+            };
+            self.tables[at].1.add(&paths, on_rows)?;
+        }
+        self.converted.extend(raw.iter().map(|r| r.path.clone()));
+        Ok(())
+    }
+
     /// Converts the raw files to the Parquet tables of `modes` (with the batch size, strictness
-    /// and line bound of `options`), then commits: the new snapshot replaces the current one
-    /// atomically. `manifest.snapshot`, `resource_type`, `tables` and `created_at` are filled in
-    /// here, and the conversions' warnings added to `warnings`. `on_rows` is told the rows
-    /// converted as they are ([`convert_raw`]).
+    /// and line bound of `options`), those of [`Self::convert_part`] aside, then commits: the
+    /// new snapshot replaces the current one atomically. `manifest.snapshot`, `resource_type`,
+    /// `tables` and `created_at` are filled in here, and the conversions' warnings added to
+    /// `warnings`. `on_rows` is told the rows converted as they are.
     pub fn commit(
-        self,
+        mut self,
         mut manifest: SnapshotManifest,
         modes: &[TableMode],
         options: &DecodeOptions,
@@ -108,20 +143,21 @@ impl SnapshotWriter {
             .iter()
             .map(|r| self.dir.join(&r.path))
             .collect();
+        let rest: Vec<RawFile> = manifest
+            .raw
+            .iter()
+            .filter(|r| !self.converted.contains(&r.path))
+            .cloned()
+            .collect();
         // The raw files reach the disk while the conversion keeps the cores busy: both must
         // be durable before the commit.
         std::thread::scope(|scope| {
             let syncing = scope.spawn(|| raw.iter().try_for_each(|path| sync(path)));
-            for mode in modes {
-                let key = mode_key(mode);
-                let (table, warnings) = convert_raw(
-                    &raw,
-                    &self.resource_type,
-                    mode,
-                    options,
-                    &self.dir.join(&key),
-                    on_rows,
-                )?;
+            if !rest.is_empty() || self.tables.is_empty() {
+                self.convert_part(&rest, modes, options, on_rows)?;
+            }
+            for (key, parts) in std::mem::take(&mut self.tables) {
+                let (table, warnings) = parts.finish()?;
                 manifest.tables.insert(key.clone(), table.relative_to(&key));
                 manifest.add_conversion_warnings(warnings);
             }

@@ -826,7 +826,10 @@ fn cache_path_gives_the_current_snapshots_rows_where_a_glob_takes_a_held_one_too
     }
     assert_eq!(
         cache_command(&cache, &["path", "Patient", "--format", "duckdb"]),
-        format!("SELECT * FROM read_parquet(['{}']);\n", paths.join("', '"))
+        format!(
+            "SELECT * FROM read_parquet(['{}'], union_by_name = true);\n",
+            paths.join("', '")
+        )
     );
 
     let text = cache_command(&cache, &[]);

@@ -184,3 +184,97 @@ fn a_failed_conversion_leaves_the_committed_snapshot_which_owns_its_raw_copy() {
     assert_eq!(current.manifest().snapshot, first.manifest().snapshot);
     assert_eq!(current.table("flattened").unwrap().rows, 2);
 }
+
+/// The `SELECT *` of `snapshot`'s flattened table, ordered by id, as text.
+async fn table_text(snapshot: fhirflight::snapshot::Snapshot) -> String {
+    let table = fhirflight::catalog::FhirTable::try_new(snapshot, &TableMode::default()).unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", std::sync::Arc::new(table)).unwrap();
+    let batches = ctx
+        .sql("SELECT * FROM t ORDER BY id")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn parts_converted_as_files_come_make_the_table_one_conversion_makes() {
+    use arrow::datatypes::DataType;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // The third file widens a column (integer, then decimal), the second has only a null in it
+    // (text, for want of a value) and adds a column.
+    let files = [
+        (
+            "a.ndjson",
+            r#"{"resourceType":"Observation","id":"a","valueQuantity":{"value":1}}"#,
+        ),
+        (
+            "b.ndjson",
+            r#"{"resourceType":"Observation","id":"b","status":"final","valueQuantity":{"value":null}}"#,
+        ),
+        (
+            "c.ndjson",
+            r#"{"resourceType":"Observation","id":"c","valueQuantity":{"value":1.5}}"#,
+        ),
+    ]
+    .map(|(name, line)| {
+        let path = data.path().join(name);
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        path
+    });
+    let options = DecodeOptions::default();
+    let mode = [TableMode::default()];
+    let snapshot = |name: &str, parts: &[&[PathBuf]]| {
+        let store = SnapshotStore::open(&cache.path().join(name), "test").unwrap();
+        let mut writer = store.begin("Observation").unwrap();
+        let mut manifest = SnapshotManifest::default();
+        for part in parts {
+            let from = manifest.raw.len();
+            for file in *part {
+                manifest
+                    .raw
+                    .push(writer.copy_raw(manifest.raw.len(), file).unwrap());
+            }
+            let raw = manifest.raw[from..].to_vec();
+            writer.convert_part(&raw, &mode, &options, &|_| {}).unwrap();
+        }
+        writer.commit(manifest, &mode, &options, &|_| {}).unwrap()
+    };
+    let whole = snapshot("whole", &[&files]);
+    let parted = snapshot("parted", &[&files[..1], &files[1..2], &files[2..]]);
+    let paths = |s: &fhirflight::snapshot::Snapshot| -> Vec<(String, u64)> {
+        let table = s.table("flattened").unwrap();
+        table
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.rows))
+            .collect()
+    };
+    assert_eq!(paths(&whole), [("flattened/part-0.parquet".to_owned(), 3)]);
+    // A first file with no rows and every column, then the parts.
+    let expected = [(0, 0), (1, 1), (2, 1), (3, 1)]
+        .map(|(n, rows)| (format!("flattened/part-{n}.parquet"), rows));
+    assert_eq!(paths(&parted), expected);
+    assert_eq!(
+        whole.schema("flattened").unwrap(),
+        parted.schema("flattened").unwrap()
+    );
+    // Those parts are kept as they are: the reader casts them to the table's decimals.
+    for (part, kept) in [(1, DataType::Int64), (2, DataType::Utf8)] {
+        let path = parted.dir().join(format!("flattened/part-{part}.parquet"));
+        let footer = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap());
+        let footer = footer.unwrap();
+        let value = footer.schema().field_with_name("valueQuantity_value");
+        assert_eq!(value.unwrap().data_type(), &kept);
+    }
+    let text = table_text(parted).await;
+    assert_eq!(text, table_text(whole).await);
+    assert!(text.contains("| 1.0 "), "{text}");
+}

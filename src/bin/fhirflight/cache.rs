@@ -121,7 +121,11 @@ fn path(args: CachePathArgs) -> Result<()> {
         PathFormat::Duckdb => {
             let quote = |p: &PathBuf| format!("'{}'", p.display().to_string().replace('\'', "''"));
             let files: Vec<String> = table.files.iter().map(quote).collect();
-            println!("SELECT * FROM read_parquet([{}]);", files.join(", "));
+            // A table converted while its export downloaded is parts of different columns.
+            println!(
+                "SELECT * FROM read_parquet([{}], union_by_name = true);",
+                files.join(", ")
+            );
         }
     }
     Ok(())

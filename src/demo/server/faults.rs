@@ -75,6 +75,9 @@ pub struct Faults {
     pub files_gone_once: bool,
     /// Status polls answer 202 forever, always with the same `X-Progress`: a stuck job.
     pub status_stuck: bool,
+    /// The job does not complete while set (202; with partial manifests, every page but the
+    /// last is released): a long export whose first files are ready well before its end.
+    pub hold_completion: bool,
     /// In-progress status responses carry `Retry-After` as an absolute time in epoch seconds,
     /// this many seconds from now, as some servers send.
     pub retry_after_epoch: Option<u64>,

@@ -45,7 +45,7 @@ pub(super) async fn status(
             let fetched = files[..listed]
                 .iter()
                 .all(|f| f.fetched.load(Ordering::SeqCst));
-            if polls >= state.config.status_polls && fetched {
+            if polls >= state.config.status_polls && fetched && !faults.hold_completion {
                 job.released.store(pages.len(), Ordering::SeqCst);
                 job.complete.store(true, Ordering::SeqCst);
                 return Ok(match faults.bomb_manifest {

@@ -22,17 +22,22 @@ async fn demo_catalog(cache: &Path) -> (DemoServer, SessionContext, FhirCatalog)
 }
 
 async fn catalog_of(server: &DemoServer, cache: &Path) -> (SessionContext, FhirCatalog) {
+    let client = client_of(server, ClientOptions::default()).await;
+    context(Arc::new(BulkSource::new(client)), cache, Freshness::Never).await
+}
+
+/// A client of `server` with `options`, polling every few milliseconds.
+async fn client_of(server: &DemoServer, options: ClientOptions) -> BulkClient {
     let creds = server.credentials();
     let key = SigningKey::from_pem(creds.rs384().private_pem())
         .unwrap()
         .with_kid(creds.rs384().kid());
     let auth = SmartConfig::new(creds.client_id(), key);
-    let options = ClientOptions::default()
-        .with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20));
-    let client = BulkClient::try_new(server.base_url(), Some(auth), options)
+    let options =
+        options.with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20));
+    BulkClient::try_new(server.base_url(), Some(auth), options)
         .await
-        .unwrap();
-    context(Arc::new(BulkSource::new(client)), cache, Freshness::Never).await
+        .unwrap()
 }
 
 fn type_filters(server: &DemoServer, kickoff: usize) -> Vec<String> {
@@ -391,4 +396,76 @@ async fn a_cancel_during_the_kick_off_deletes_the_job_the_server_made() {
     assert!(failed.contains("cancelled"), "{failed}");
     crate::until("the job's deletion", || server.stats().deletes == 1).await;
     assert_eq!(fhir.exports()[0].state, ExportState::Cancelled);
+}
+
+/// The catalog over `server` with partial manifests asked for, polling without a limit on
+/// polls without progress (the server may hold the job as long as a test wants).
+async fn streaming_catalog(server: &DemoServer, cache: &Path) -> (SessionContext, FhirCatalog) {
+    let options = ClientOptions::default().with_max_polls_without_progress(u32::MAX);
+    let source = BulkSource::new(client_of(server, options).await);
+    let source = source.with_allow_partial_manifests(true);
+    context(Arc::new(source), cache, Freshness::Never).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_convert_while_the_export_runs_and_answer_as_one_conversion_would() {
+    // Small files on many manifest pages, released while the job runs; the job is held until
+    // rows were converted, so the conversion overlapped the export whatever the timing.
+    let config = DemoConfig::default().with_seed(7).with_patients(20);
+    let paged = DemoServer::start(config.clone().with_page_size(40).with_manifest_page_size(2))
+        .await
+        .unwrap();
+    paged.set_faults(Faults {
+        hold_completion: true,
+        ..Default::default()
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let (ctx, fhir) = streaming_catalog(&paged, cache.path()).await;
+    let all = "SELECT * FROM src.fhir.observation ORDER BY id";
+    let query = tokio::spawn(async move { rows(&ctx, all).await });
+    let converted = || fhir.exports().iter().any(|e| e.progress.rows_converted > 0);
+    crate::until("rows converted while the job runs", converted).await;
+    assert_eq!(paged.stats().deletes, 0, "the job still runs");
+    paged.set_faults(Faults::default());
+    let streamed = query.await.unwrap();
+
+    // The same population as one file per type: one conversion of it all.
+    let whole = DemoServer::start(config).await.unwrap();
+    let one_cache = tempfile::tempdir().unwrap();
+    let (one_ctx, _) = catalog_of(&whole, one_cache.path()).await;
+    assert_eq!(streamed, rows(&one_ctx, all).await);
+    assert!(streamed.len() > 100, "{} observations", streamed.len());
+    let tables = fhirflight::snapshot::list_cache(cache.path()).unwrap();
+    let parts = &tables[0].snapshot("Observation").unwrap().tables["flattened"].files;
+    assert!(parts.len() > 1, "parts: {parts:?}");
+    assert_eq!(paged.stats().kickoffs.len(), 1);
+}
+
+#[tokio::test]
+async fn a_folder_an_export_wrote_reads_as_a_local_folder() {
+    let config = DemoConfig::default().with_seed(7).with_patients(12);
+    let server = DemoServer::start(config.with_page_size(5)).await.unwrap();
+    server.set_faults(Faults {
+        error_file: true,
+        ..Default::default()
+    });
+    let client = client_of(&server, ClientOptions::default()).await;
+    let folder = tempfile::tempdir().unwrap();
+    let (progress, _) = tokio::sync::watch::channel(Default::default());
+    let request = fhirflight::bulk::ExportRequest::new(fhirflight::bulk::ExportLevel::System)
+        .with_types(["Patient", "Condition"]);
+    let outcome = client
+        .export_to_dir(&request, folder.path(), &progress)
+        .await
+        .unwrap();
+    let source = fhirflight::catalog::LocalFolder::try_new(folder.path()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (ctx, _) = context(Arc::new(source), cache.path(), Freshness::Never).await;
+    for ty in ["Patient", "Condition"] {
+        let files = outcome.files.iter().filter(|f| f.resource_type == ty);
+        assert!(files.clone().count() > 1, "{ty} comes in several files");
+        let lines: u64 = files.map(|f| f.lines).sum();
+        let counted = rows(&ctx, &format!("SELECT count(*) FROM src.fhir.{ty}")).await;
+        assert_eq!(counted, [lines.to_string()], "{ty}");
+    }
 }

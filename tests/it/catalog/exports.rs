@@ -257,3 +257,15 @@ async fn cancelled_export_fails_its_queries_and_leaves_the_cache_usable() {
         ["p1", "p2"]
     );
 }
+
+#[tokio::test]
+async fn files_handed_over_before_a_fetch_started_over_are_not_in_its_snapshots() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = seeded();
+    source.state.lock().unwrap().restart_once = true;
+    let (ctx, _) = context(Arc::clone(&source) as _, cache.path(), Freshness::Never).await;
+    assert_eq!(
+        rows(&ctx, "SELECT id FROM src.fhir.patient").await,
+        ["p1", "p2", "p3"]
+    );
+}

@@ -46,6 +46,9 @@ struct MemoryState {
     /// (type, id) -> (generation of last change, resource or None when deleted)
     resources: BTreeMap<(String, String), (u64, Option<Value>)>,
     fetches: Vec<FetchRequest>,
+    /// The next fetch first hands over a file of another export, then starts over (as a Bulk
+    /// Data fetch does when its files expired).
+    restart_once: bool,
 }
 
 impl MemorySource {
@@ -111,18 +114,34 @@ impl FhirSource for MemorySource {
         request: &FetchRequest,
         dir: &Path,
         _progress: &watch::Sender<FetchProgress>,
+        ready: &tokio::sync::mpsc::UnboundedSender<FetchedFile>,
     ) -> fhirflight::Result<FetchOutcome> {
         self.state.lock().unwrap().fetches.push(request.clone());
         if let Some(gate) = &self.gate {
             gate.acquire().await.unwrap().forget();
         }
-        let s = self.state.lock().unwrap();
+        let mut s = self.state.lock().unwrap();
         let since: u64 = request.since.as_deref().map_or(0, |t| t.parse().unwrap());
         let mut outcome = FetchOutcome {
             request: format!("memory?_type={}", request.types.join(",")),
             transaction_time: s.generation.to_string(),
+            restarted: std::mem::take(&mut s.restart_once),
             ..FetchOutcome::default()
         };
+        if outcome.restarted {
+            for t in &request.types {
+                let path = dir.join(format!("{t}.stale.ndjson"));
+                let stale = json!({"resourceType": t, "id": "stale"});
+                std::fs::write(&path, format!("{stale}\n")).unwrap();
+                let resource_type = t.clone();
+                ready
+                    .send(FetchedFile {
+                        resource_type,
+                        path,
+                    })
+                    .unwrap();
+            }
+        }
         for t in &request.types {
             let path = dir.join(format!("{t}.1.ndjson"));
             let mut text = String::new();
@@ -137,10 +156,12 @@ impl FhirSource for MemorySource {
                 }
             }
             std::fs::write(&path, text).unwrap();
-            outcome.files.push(FetchedFile {
+            let file = FetchedFile {
                 resource_type: t.clone(),
                 path,
-            });
+            };
+            ready.send(file.clone()).unwrap();
+            outcome.files.push(file);
         }
         Ok(outcome)
     }
