@@ -9,9 +9,8 @@
 
 use std::time::Instant;
 
-use fhirflight::bulk::{BulkClient, ClientOptions, ExportLevel, ExportProgress, ExportRequest};
+use fhirflight::bulk::{ClientOptions, ExportLevel, ExportProgress, ExportRequest};
 use fhirflight::demo::{DemoConfig, DemoServer, generate};
-use fhirflight::smart::{SigningKey, SmartConfig};
 
 /// A field of `/proc/self/status`, in MiB.
 fn status_mib(field: &str) -> f64 {
@@ -47,17 +46,10 @@ async fn run(megabytes: u64) {
         "demo population of {patients} patients (~{megabytes} MiB) generated in {generated:.2} s = {:.0} MiB/s",
         megabytes as f64 / generated
     );
-    let creds = server.credentials();
-    let key = SigningKey::from_pem(creds.es384().private_pem())
-        .expect("the demo key is valid PEM")
-        .with_kid(creds.es384().kid());
-    let client = BulkClient::try_new(
-        server.base_url(),
-        Some(SmartConfig::new(creds.client_id(), key)),
-        ClientOptions::default().with_parallel_downloads(4),
-    )
-    .await
-    .expect("client");
+    let client = server
+        .client(ClientOptions::default().with_parallel_downloads(4))
+        .await
+        .expect("client");
     let dir = tempfile::tempdir().expect("temp dir");
     let (progress, _watch) = tokio::sync::watch::channel(ExportProgress::default());
 

@@ -27,7 +27,6 @@ use datafusion::prelude::SessionContext;
 use fhirflight::bulk::{BulkClient, ClientOptions, ExportLevel, ExportProgress, ExportRequest};
 use fhirflight::catalog::{self, BulkSource, CatalogOptions, FhirCatalog, FhirSource, LocalFolder};
 use fhirflight::demo::{DemoConfig, DemoServer, Faults, generate};
-use fhirflight::smart::{SigningKey, SmartConfig};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -108,17 +107,10 @@ async fn main() {
         .with_status_polls(polls)
         .with_retry_after(Duration::from_secs(1));
     let server = DemoServer::start(config).await.expect("demo server");
-    let creds = server.credentials();
-    let key = SigningKey::from_pem(creds.es384().private_pem())
-        .expect("the demo key is valid PEM")
-        .with_kid(creds.es384().kid());
-    let client = BulkClient::try_new(
-        server.base_url(),
-        Some(SmartConfig::new(creds.client_id(), key)),
-        ClientOptions::default().with_parallel_downloads(4),
-    )
-    .await
-    .expect("client");
+    let client = server
+        .client(ClientOptions::default().with_parallel_downloads(4))
+        .await
+        .expect("client");
     let work = tempfile::tempdir().expect("work dir");
     let folder = work.path().join("export");
     println!(

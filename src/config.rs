@@ -599,10 +599,7 @@ impl SessionBuilder {
             #[cfg(feature = "demo")]
             PrimarySource::Demo(demo) => {
                 let demo = DemoServer::start(demo).await?;
-                let creds = demo.credentials();
-                let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
-                let auth = SmartConfig::new(creds.client_id(), key);
-                let client = BulkClient::try_new(demo.base_url(), Some(auth), options).await?;
+                let client = demo.client(options).await?;
                 Ok(Connection {
                     client,
                     demo: Some(demo),

@@ -49,6 +49,8 @@ pub use stats::{DemoStats, ForeignRequest, KickoffRecord};
 use super::auth::{DEMO_CLIENT_ID, DemoCredentials, RegisteredClient, TokenStore};
 use super::generate::{self, Resource};
 use super::tls::{TlsIdentity, TlsListener};
+use crate::bulk::{BulkClient, ClientOptions};
+use crate::smart::{SigningKey, SmartConfig};
 use crate::time::now_ms;
 use crate::{Error, Result};
 use export::{Deletion, JobFile};
@@ -212,6 +214,27 @@ impl DemoServer {
     /// The registered demo client: id, RS384 and ES384 private keys, token endpoint.
     pub fn credentials(&self) -> &DemoCredentials {
         &self.state.credentials
+    }
+
+    /// A Bulk Data client of this server, authenticated as the registered demo client (its
+    /// RS384 key), with `options`.
+    ///
+    /// ```
+    /// # async fn run() -> fhirflight::Result<()> {
+    /// use fhirflight::bulk::ClientOptions;
+    /// use fhirflight::demo::{DemoConfig, DemoServer};
+    /// let server = DemoServer::start(DemoConfig::default().with_patients(2)).await?;
+    /// let client = server.client(ClientOptions::default()).await?;
+    /// assert!(client.resource_types().await?.contains(&"Patient".to_owned()));
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn client(&self, options: ClientOptions) -> Result<BulkClient> {
+        let creds = self.credentials();
+        let key = SigningKey::from_jwk(creds.rs384().private_jwk(), None)?;
+        let auth = SmartConfig::new(creds.client_id(), key);
+        BulkClient::try_new(self.base_url(), Some(auth), options).await
     }
 
     /// What the server has been asked so far.
