@@ -152,6 +152,50 @@ impl<'a> Collector<'a> {
     }
 }
 
+/// Hands the data files of an export over in manifest order as their downloads end: a file
+/// waits for every file listed before it (of any kind).
+#[derive(Debug)]
+pub(crate) struct InOrder {
+    next: usize,
+    waiting: std::collections::BTreeMap<usize, Option<DownloadedFile>>,
+    ready: Option<mpsc::UnboundedSender<DownloadedFile>>,
+}
+
+impl InOrder {
+    /// Handing over to `ready`; with `None`, only keeping count.
+    pub(crate) fn new(ready: Option<mpsc::UnboundedSender<DownloadedFile>>) -> Self {
+        Self {
+            next: 0,
+            waiting: Default::default(),
+            ready,
+        }
+    }
+
+    /// The file at `index` (in manifest order) is done: `data` for a data file.
+    pub(crate) fn done(&mut self, index: usize, data: Option<DownloadedFile>) {
+        self.waiting.insert(index, data);
+        while let Some(data) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            if let (Some(ready), Some(file)) = (&self.ready, data) {
+                // Nobody listening is fine: the outcome lists the files too.
+                let _ = ready.send(file);
+            }
+        }
+    }
+}
+
+impl DownloadedFile {
+    /// The data file `planned`, as its download ended.
+    pub(crate) fn of(planned: &PlannedFile, done: &Downloaded) -> Self {
+        Self {
+            resource_type: planned.file.resource_type.clone(),
+            path: done.path.clone(),
+            lines: done.lines,
+            bytes: done.bytes,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,48 +256,28 @@ mod tests {
         assert_eq!(merged.output.len(), 3);
         assert!(merged.link.is_empty() && merged.requires_access_token);
     }
-}
 
-/// Hands the data files of an export over in manifest order as their downloads end: a file
-/// waits for every file listed before it (of any kind).
-#[derive(Debug)]
-pub(crate) struct InOrder {
-    next: usize,
-    waiting: std::collections::BTreeMap<usize, Option<DownloadedFile>>,
-    ready: Option<mpsc::UnboundedSender<DownloadedFile>>,
-}
-
-impl InOrder {
-    /// Handing over to `ready`; with `None`, only keeping count.
-    pub(crate) fn new(ready: Option<mpsc::UnboundedSender<DownloadedFile>>) -> Self {
-        Self {
-            next: 0,
-            waiting: Default::default(),
-            ready,
-        }
-    }
-
-    /// The file at `index` (in manifest order) is done: `data` for a data file.
-    pub(crate) fn done(&mut self, index: usize, data: Option<DownloadedFile>) {
-        self.waiting.insert(index, data);
-        while let Some(data) = self.waiting.remove(&self.next) {
-            self.next += 1;
-            if let (Some(ready), Some(file)) = (&self.ready, data) {
-                // Nobody listening is fine: the outcome lists the files too.
-                let _ = ready.send(file);
-            }
-        }
-    }
-}
-
-impl DownloadedFile {
-    /// The data file `planned`, as its download ended.
-    pub(crate) fn of(planned: &PlannedFile, done: &Downloaded) -> Self {
-        Self {
-            resource_type: planned.file.resource_type.clone(),
-            path: done.path.clone(),
-            lines: done.lines,
-            bytes: done.bytes,
-        }
+    #[test]
+    fn files_are_handed_over_in_manifest_order_as_their_downloads_end() {
+        let file = |n: usize| DownloadedFile {
+            resource_type: "Patient".into(),
+            path: format!("Patient.{n}.ndjson").into(),
+            lines: 1,
+            bytes: 1,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut ready = InOrder::new(Some(tx));
+        let mut handed = || std::iter::from_fn(|| rx.try_recv().ok()).count();
+        // File 1 (data) and 2 (an error file) end before file 0.
+        ready.done(1, Some(file(1)));
+        ready.done(2, None);
+        assert_eq!(handed(), 0, "file 1 waits for file 0");
+        ready.done(0, Some(file(0)));
+        assert_eq!(handed(), 2, "files 0 and 1; the error file is not data");
+        ready.done(3, Some(file(3)));
+        assert_eq!(handed(), 1);
+        let mut counting = InOrder::new(None);
+        counting.done(0, Some(file(0)));
+        assert_eq!(counting.next, 1);
     }
 }

@@ -113,11 +113,11 @@ pub fn convert_raw(
 /// The Parquet table of one mode built part by part, so that the files of an export are
 /// converted while the rest downloads: each part is a batch of raw files with the schema
 /// inferred from its own lines; [`finish`](Self::finish) merges those into the table's schema
-/// (what one inference over all files gives) and decodes again, against it, only the parts that
-/// typed a column otherwise or sent paths to the overflow column. A part lacking some of the
-/// table's columns is kept: its resources have none of those paths, and a reader fills them
-/// with nulls ([`Snapshot::schema`](super::Snapshot::schema) takes the table's columns from
-/// every part).
+/// (what one inference over all files gives) and decodes again, against it, only the parts a
+/// reader could not cast to it exactly ([`reads_as`]) or that sent paths to the overflow column.
+/// A part lacking some of the table's columns is kept: its resources have none of those paths,
+/// and a reader fills them with nulls. When the parts differ from the table, a first file of no
+/// rows carries its schema ([`Self::schema_part`]).
 #[derive(Debug)]
 pub(crate) struct TableParts {
     resource_type: String,

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::convert::TableParts;
-use super::convert::is_gzip;
+use super::convert::{TableParts, is_gzip};
 use super::lease::LEASE_FILE;
 use super::manifest::{to_json, write_atomic};
 use super::names::is_filtered;
