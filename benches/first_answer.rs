@@ -12,7 +12,8 @@
 //! It prints the medians and `answer/export` (target: at most 1.10), with partial manifests (a
 //! server listing files while the job runs, a page a poll), without them at loopback speed (the
 //! in-process server, the downloads and the conversion share the cores), and without them over a
-//! link of `LINK_MBPS` (default 100 MB/s, the server pacing its chunks).
+//! link of `LINK_MBPS` (default 100 MB/s, the server pacing its chunks; it sends its files
+//! gzip-compressed, so the NDJSON arrives faster).
 //!
 //! `cargo bench --bench first_answer` (release). Env: `FHIRFLIGHT_BENCH_MB`
 //! (the type's NDJSON, default 128), `REPS` (default 3), `TYPE` (default Observation),
