@@ -762,7 +762,7 @@ enum Start {
 
 /// The full snapshot of one target converted while its export downloads: a blocking task
 /// that copies each file handed to it into a writer and converts, as the next part of the
-/// table, the files that came while it converted the last.
+/// table, the files that came since the last part once they hold `part_bytes`.
 struct Converter {
     resource_type: String,
     files: std::sync::mpsc::Sender<FetchedFile>,
@@ -794,19 +794,25 @@ impl Converter {
                 raw: Vec::new(),
                 files: Vec::new(),
             };
+            // The raw files not in a part yet: the commit converts what is left of them.
+            let (mut from, mut pending) = (0, 0);
             while let Ok(first) = handed.recv() {
-                let batch: Vec<FetchedFile> =
-                    std::iter::once(first).chain(handed.try_iter()).collect();
-                let from = converted.raw.len();
-                for file in &batch {
+                for file in std::iter::once(first).chain(handed.try_iter()) {
                     let raw = converted.writer.copy_raw(converted.raw.len(), &file.path)?;
+                    pending += raw.bytes;
                     converted.raw.push(raw);
+                    converted.files.push(file);
                 }
-                let part = &converted.raw[from..];
-                converted
-                    .writer
-                    .convert_part(part, mode, &options.decode_options(), &on_rows)?;
-                converted.files.extend(batch);
+                if pending >= options.part_bytes {
+                    let part = &converted.raw[from..];
+                    converted.writer.convert_part(
+                        part,
+                        mode,
+                        &options.decode_options(),
+                        &on_rows,
+                    )?;
+                    (from, pending) = (converted.raw.len(), 0);
+                }
             }
             Ok(converted)
         });

@@ -74,7 +74,9 @@ pub use factory::FhirTableFactory;
 pub use fhir_catalog::FhirCatalog;
 pub use gate::{ExportGate, with_export_gate};
 pub use nesting::MAX_STATEMENT_DEPTH;
-pub use options::{CatalogOptions, DEFAULT_MAX_FILTERED_SNAPSHOTS, DEFAULT_SCHEMA, Freshness};
+pub use options::{
+    CatalogOptions, DEFAULT_MAX_FILTERED_SNAPSHOTS, DEFAULT_PART_BYTES, DEFAULT_SCHEMA, Freshness,
+};
 pub use pushdown::{Pushdown, PushdownMode, SEARCH_PARAMS};
 pub use refresh::RefreshFunction;
 pub use runtime::QueryRuntime;

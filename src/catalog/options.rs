@@ -75,6 +75,7 @@ pub struct CatalogOptions {
     pub(super) strictness: Strictness,
     pub(super) max_line_bytes: usize,
     pub(super) max_columns: usize,
+    pub(super) part_bytes: u64,
 }
 
 /// How many filtered snapshots per resource type a catalog keeps unless configured
@@ -98,9 +99,15 @@ impl Default for CatalogOptions {
             strictness: Strictness::Lenient,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_columns: DEFAULT_MAX_COLUMNS,
+            part_bytes: DEFAULT_PART_BYTES,
         }
     }
 }
+
+/// The raw NDJSON bytes an export's files gather before they are converted, while the rest
+/// download, as one part of the snapshot's table, unless configured
+/// ([`CatalogOptions::with_part_bytes`]).
+pub const DEFAULT_PART_BYTES: u64 = 32 << 20;
 
 impl CatalogOptions {
     /// Where snapshots are kept (default [`crate::snapshot::default_cache_dir`]).
@@ -237,6 +244,18 @@ impl CatalogOptions {
     pub fn with_max_filtered_snapshots(self, max: usize) -> Self {
         Self {
             max_filtered_snapshots: max.max(1),
+            ..self
+        }
+    }
+
+    /// The raw NDJSON bytes (as downloaded, gzip or plain) an export's files gather before they
+    /// are converted as one part of the snapshot's table while the rest download, at least 1
+    /// (default [`DEFAULT_PART_BYTES`]). Smaller parts hide more of the conversion behind the
+    /// downloads; each part is a Parquet file, so an export of many small files does not become
+    /// as many tiny files. What remains when the export ends is converted then.
+    pub fn with_part_bytes(self, bytes: u64) -> Self {
+        Self {
+            part_bytes: bytes.max(1),
             ..self
         }
     }

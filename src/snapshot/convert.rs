@@ -191,9 +191,6 @@ impl TableParts {
 
     /// The table: its parts made to agree with the merged schema, and the conversion's warnings.
     pub(crate) fn finish(mut self) -> Result<(TableFiles, Vec<Warning>)> {
-        if self.parts.is_empty() {
-            self.add(&[], &|_| {})?;
-        }
         let schema = with_columns(self.inference.schema());
         let flattened = matches!(self.mode, TableMode::Flattened(_));
         for n in 0..self.parts.len() {

@@ -399,12 +399,17 @@ async fn a_cancel_during_the_kick_off_deletes_the_job_the_server_made() {
 }
 
 /// The catalog over `server` with partial manifests asked for, polling without a limit on
-/// polls without progress (the server may hold the job as long as a test wants).
+/// polls without progress (the server may hold the job as long as a test wants), converting
+/// each batch of files that came as a part.
 async fn streaming_catalog(server: &DemoServer, cache: &Path) -> (SessionContext, FhirCatalog) {
     let options = ClientOptions::default().with_max_polls_without_progress(u32::MAX);
     let source = BulkSource::new(client_of(server, options).await);
     let source = source.with_allow_partial_manifests(true);
-    context(Arc::new(source), cache, Freshness::Never).await
+    let options = fhirflight::catalog::CatalogOptions::default()
+        .with_cache_dir(cache)
+        .with_freshness(Freshness::Never)
+        .with_part_bytes(1);
+    super::context_with(Arc::new(source), options).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,4 +473,18 @@ async fn a_folder_an_export_wrote_reads_as_a_local_folder() {
         let counted = rows(&ctx, &format!("SELECT count(*) FROM src.fhir.{ty}")).await;
         assert_eq!(counted, [lines.to_string()], "{ty}");
     }
+}
+
+#[tokio::test]
+async fn an_export_of_many_small_files_makes_one_part_under_the_part_size() {
+    let config = DemoConfig::default().with_seed(7).with_patients(12);
+    let server = DemoServer::start(config.with_page_size(5)).await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (ctx, _) = catalog_of(&server, cache.path()).await;
+    let counted = rows(&ctx, "SELECT count(*) FROM src.fhir.observation").await;
+    assert!(counted[0].parse::<u64>().unwrap() > 50, "{counted:?}");
+    let cached = fhirflight::snapshot::list_cache(cache.path()).unwrap();
+    let snapshot = cached[0].snapshot("Observation").unwrap();
+    assert!(server.stats().downloads > 10, "the export came in many files");
+    assert_eq!(snapshot.tables["flattened"].files.len(), 1);
 }

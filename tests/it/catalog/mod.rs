@@ -195,6 +195,14 @@ async fn context(
     let options = CatalogOptions::default()
         .with_cache_dir(cache)
         .with_freshness(freshness);
+    context_with(source, options).await
+}
+
+/// The catalog of `source` with `options`, as `src` of a session with the catalog's functions.
+async fn context_with(
+    source: Arc<dyn FhirSource>,
+    options: CatalogOptions,
+) -> (SessionContext, FhirCatalog) {
     let fhir = FhirCatalog::try_new(source, options.clone()).await.unwrap();
     let ctx = SessionContext::new_with_config(
         datafusion::prelude::SessionConfig::new().with_information_schema(true),
