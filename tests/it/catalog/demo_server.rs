@@ -485,6 +485,9 @@ async fn an_export_of_many_small_files_makes_one_part_under_the_part_size() {
     assert!(counted[0].parse::<u64>().unwrap() > 50, "{counted:?}");
     let cached = fhirflight::snapshot::list_cache(cache.path()).unwrap();
     let snapshot = cached[0].snapshot("Observation").unwrap();
-    assert!(server.stats().downloads > 10, "the export came in many files");
+    assert!(
+        server.stats().downloads > 10,
+        "the export came in many files"
+    );
     assert_eq!(snapshot.tables["flattened"].files.len(), 1);
 }
