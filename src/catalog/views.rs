@@ -29,16 +29,14 @@ use datafusion::datasource::listing::{
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::effect::{Effect, FhirEffectExec};
 use super::{CatalogOptions, FhirCatalog, to_datafusion};
 use crate::error::BoxError;
 use crate::ndjson::DecodeOptions;
-use crate::snapshot::{Snapshot, open_raw};
+use crate::snapshot::{Snapshot, open_raw, parquet_properties};
 use crate::view::{ViewDefinition, run_readers};
 use crate::{Error, Result};
 
@@ -274,12 +272,8 @@ fn write_view(
         let path = tmp.join("part-0.parquet");
         let parquet_error = |e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(64 * 1024))
-            .build();
-        let mut writer =
-            ArrowWriter::try_new(file, view.schema(), Some(props)).map_err(parquet_error)?;
+        let mut writer = ArrowWriter::try_new(file, view.schema(), Some(parquet_properties()))
+            .map_err(parquet_error)?;
         let raw = snapshot.raw_paths();
         let sources = raw
             .iter()

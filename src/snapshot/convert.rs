@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 
-use super::parquet::write_parquet;
+use super::parquet::{ROW_GROUP_ROWS, parquet_properties, write_parquet};
 use super::{Column, TableFile, TableFiles};
 use crate::ndjson::{
     DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, OVERFLOW_COLUMN, SchemaInference, TableMode,
@@ -18,9 +16,6 @@ use crate::ndjson::{
 };
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
-
-/// Rows per Parquet row group: small enough for row-group pruning on filters to matter.
-const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Whether the file at `path` is gzip (by its magic bytes).
 pub(crate) fn is_gzip(path: &Path) -> Result<bool> {
@@ -31,7 +26,7 @@ pub(crate) fn is_gzip(path: &Path) -> Result<bool> {
 }
 
 /// The first bytes of a gzip stream.
-pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Opens a raw NDJSON file, decompressing it when it is gzip (detected by its magic bytes).
 pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
@@ -314,9 +309,7 @@ impl TableParts {
         on_rows: &dyn Fn(u64),
     ) -> Result<(TableFile, DecodeSummary)> {
         let out = self.out_dir.join(path);
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
+        let props = parquet_properties();
         let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
         let (summary, file) = write_parquet(
             file,

@@ -80,6 +80,7 @@ pub use listing::{CachedSnapshot, CachedSource, CachedTable, list_cache};
 pub use manifest::{
     Column, Incremental, MANIFEST_FORMAT, RawFile, SnapshotManifest, TableFile, TableFiles, rfc3339,
 };
+pub(crate) use parquet::parquet_properties;
 pub use raw::{copy_raw, resource_ids, write_raw};
 pub use store::{Cleared, Snapshot, SnapshotStore, clean_cache, default_cache_dir};
 pub use writer::{SnapshotWriter, writes_in_progress};

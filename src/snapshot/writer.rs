@@ -47,13 +47,14 @@ pub fn writes_in_progress() -> usize {
 impl Drop for SnapshotWriter {
     /// A snapshot not committed (an error, an interrupted conversion) leaves nothing behind.
     fn drop(&mut self) {
-        WRITERS.fetch_sub(1, Ordering::SeqCst);
         if self.dir.exists()
             && let Err(e) = fs::remove_dir_all(&self.dir)
         {
             tracing::warn!("cannot remove {}: {e}", self.dir.display());
         }
         let _ = fs::remove_file(owner_lock(&self.dir));
+        // Only now: a process waiting for no writer to be left exits once the folder is gone.
+        WRITERS.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
