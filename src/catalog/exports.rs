@@ -796,6 +796,8 @@ impl Converter {
             };
             // The raw files not in a part yet: the commit converts what is left of them.
             let (mut from, mut pending) = (0, 0);
+            // The raw files already synced.
+            let mut synced = 0;
             while let Ok(first) = handed.recv() {
                 for file in std::iter::once(first).chain(handed.try_iter()) {
                     let raw = converted.writer.copy_raw(converted.raw.len(), &file.path)?;
@@ -813,6 +815,8 @@ impl Converter {
                     )?;
                     (from, pending) = (converted.raw.len(), 0);
                 }
+                converted.writer.sync_raw(&converted.raw[synced..])?;
+                synced = converted.raw.len();
             }
             Ok(converted)
         });

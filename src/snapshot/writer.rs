@@ -96,6 +96,13 @@ impl SnapshotWriter {
         })
     }
 
+    /// Makes the raw files `raw` of this snapshot durable now, ahead of [`Self::commit`], which
+    /// syncs every raw file (quickly, once they are): an export's files reach the disk while
+    /// the rest download, not between the last download and the answer.
+    pub fn sync_raw(&self, raw: &[RawFile]) -> Result<()> {
+        raw.iter().try_for_each(|r| sync(&self.dir.join(&r.path)))
+    }
+
     /// Converts `raw` (files of this snapshot, from [`Self::copy_raw`]) now, as the next part of
     /// the tables of `modes`, with the batch size, strictness and line bound of `options`: an
     /// export's files are converted while the rest downloads. [`Self::commit`] converts the raw
