@@ -26,7 +26,7 @@ pub(crate) fn is_gzip(path: &Path) -> Result<bool> {
 }
 
 /// The first bytes of a gzip stream.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Opens a raw NDJSON file, decompressing it when it is gzip (detected by its magic bytes).
 pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {

@@ -11,7 +11,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
 
-use super::convert::{check_stopping, open_raw};
+use super::convert::{GZIP_MAGIC, check_stopping, open_raw};
 use crate::chunks::LineCounter;
 use crate::{Error, Result};
 
@@ -142,36 +142,102 @@ fn create_private(path: &Path) -> std::io::Result<File> {
 /// its owner only, not synced (a snapshot's commit syncs it). Returns the number of resources
 /// (lines that are not blank, counted in the copy, inflated when gzip) and the size of the copy.
 pub fn copy_raw(input: &Path, out: &Path) -> Result<(u64, u64)> {
-    /// What is copied between two checks for a stop.
-    const STEP: u64 = 64 << 20;
+    /// What is copied between two checks for a stop, and ahead of the count.
+    const STEP: u64 = 8 << 20;
     let mut reader = File::open(input).map_err(|e| Error::io(input, e))?;
     let mut file = create_private(out).map_err(|e| Error::io(out, e))?;
-    let mut bytes = 0u64;
-    loop {
-        check_stopping()?;
-        // File to file, `io::copy` copies in the kernel (copy_file_range): the bytes never pass
-        // through this process.
-        let n = std::io::copy(&mut (&mut reader).take(STEP), &mut file)
-            .map_err(|e| Error::io(input, e))?;
-        if n == 0 {
-            break;
-        }
-        bytes += n;
-    }
-    // Counted in the copy, not the input: the count is of what the snapshot holds.
-    let mut copy = open_raw(out)?;
+    let copy = File::open(out).map_err(|e| Error::io(out, e))?;
+    let (copied_tx, copied) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        // The count follows the copy a step behind, on another core.
+        let counting = scope.spawn(move || count_resources(Trailing::new(copy, copied)));
+        let mut bytes = 0u64;
+        let copying = loop {
+            if let Err(e) = check_stopping() {
+                break Err(e);
+            }
+            // File to file, `io::copy` copies in the kernel (copy_file_range): the bytes never
+            // pass through this process.
+            match std::io::copy(&mut (&mut reader).take(STEP), &mut file) {
+                Ok(0) => break Ok(bytes),
+                Ok(n) => bytes += n,
+                Err(e) => break Err(Error::io(input, e)),
+            }
+            let _ = copied_tx.send(bytes);
+        };
+        // The count ends where the copy ended.
+        drop(copied_tx);
+        let counted = counting
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("counting the resources panicked")));
+        let bytes = copying?;
+        Ok((counted.map_err(|e| Error::io(input, e))?, bytes))
+    })
+}
+
+/// The resources (lines that are not blank) of NDJSON, inflated first when it is gzip.
+fn count_resources(plain_or_gzip: impl Read) -> std::io::Result<u64> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, plain_or_gzip);
     let mut lines = LineCounter::default();
-    loop {
-        check_stopping()?;
-        let buffer = copy.fill_buf().map_err(|e| Error::io(input, e))?;
-        if buffer.is_empty() {
-            break;
+    let mut consume = |reader: &mut dyn BufRead| -> std::io::Result<u64> {
+        loop {
+            let buffer = reader.fill_buf()?;
+            if buffer.is_empty() {
+                return Ok(lines.lines());
+            }
+            lines.feed(buffer);
+            let n = buffer.len();
+            reader.consume(n);
         }
-        lines.feed(buffer);
-        let n = buffer.len();
-        copy.consume(n);
+    };
+    match reader.fill_buf()?.starts_with(&GZIP_MAGIC) {
+        true => consume(&mut std::io::BufReader::with_capacity(
+            1 << 16,
+            flate2::read::MultiGzDecoder::new(reader),
+        )),
+        false => consume(&mut reader),
     }
-    Ok((lines.lines(), bytes))
+}
+
+/// A file being written, read up to the length its writer last told (`copied`), waiting for
+/// more until the writer is gone: then it ends there.
+struct Trailing {
+    file: File,
+    read: u64,
+    copied: u64,
+    told: std::sync::mpsc::Receiver<u64>,
+}
+
+impl Trailing {
+    fn new(file: File, told: std::sync::mpsc::Receiver<u64>) -> Self {
+        Self {
+            file,
+            read: 0,
+            copied: 0,
+            told,
+        }
+    }
+}
+
+impl Read for Trailing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.read == self.copied {
+            match self.told.recv() {
+                Ok(copied) => self.copied = copied,
+                Err(_) => return Ok(0),
+            }
+        }
+        let want = buf.len().min((self.copied - self.read) as usize);
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the copy is shorter than its writer said",
+            ));
+        }
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +281,29 @@ mod tests {
                 let mode = std::fs::metadata(&out).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o600);
             }
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+
+    #[test]
+    fn copies_of_many_steps_count_every_resource() {
+        // Over two of the copy's steps (8 MiB), so the count trails the copy across them.
+        let dir = tempfile::tempdir().unwrap();
+        let line = format!("{{\"id\":\"{}\"}}\n", "x".repeat(1000));
+        let text = format!("{}\n  \n", line.repeat(9_000)).repeat(2);
+        assert!(text.len() > 16 << 20);
+        let plain = dir.path().join("in.ndjson");
+        std::fs::write(&plain, &text).unwrap();
+        let gzip = dir.path().join("in.ndjson.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
+        for input in [plain, gzip] {
+            let out = dir.path().join("copy");
+            let (resources, bytes) = copy_raw(&input, &out).unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&input).unwrap());
+            assert_eq!(resources, 18_000);
+            assert_eq!(bytes, std::fs::metadata(&input).unwrap().len());
             std::fs::remove_file(&out).unwrap();
         }
     }
