@@ -262,49 +262,32 @@ mod tests {
     #[test]
     fn copies_are_byte_for_byte_owner_only_and_count_resources() {
         let dir = tempfile::tempdir().unwrap();
-        let text = "{\"id\":\"a\"}\n\r\n{\"id\":\"b\"}\n \n{\"id\":\"c\"}";
-        let plain = dir.path().join("in.ndjson");
-        std::fs::write(&plain, text).unwrap();
-        let gzip = dir.path().join("in.ndjson.gz");
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
-        gz.write_all(text.as_bytes()).unwrap();
-        std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
-        for input in [plain, gzip] {
-            let out = dir.path().join("copy");
-            let (resources, bytes) = copy_raw(&input, &out).unwrap();
-            let copied = std::fs::read(&out).unwrap();
-            assert_eq!(copied, std::fs::read(&input).unwrap());
-            assert_eq!((resources, bytes), (3, copied.len() as u64));
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(&out).unwrap().permissions().mode();
-                assert_eq!(mode & 0o777, 0o600);
-            }
-            std::fs::remove_file(&out).unwrap();
-        }
-    }
-
-    #[test]
-    fn copies_of_many_steps_count_every_resource() {
-        // Over two of the copy's steps (8 MiB), so the count trails the copy across them.
-        let dir = tempfile::tempdir().unwrap();
+        let small = "{\"id\":\"a\"}\n\r\n{\"id\":\"b\"}\n \n{\"id\":\"c\"}".to_owned();
+        // Over two of the copy's steps (8 MiB): the count trails the copy across them.
         let line = format!("{{\"id\":\"{}\"}}\n", "x".repeat(1000));
-        let text = format!("{}\n  \n", line.repeat(9_000)).repeat(2);
-        assert!(text.len() > 16 << 20);
-        let plain = dir.path().join("in.ndjson");
-        std::fs::write(&plain, &text).unwrap();
-        let gzip = dir.path().join("in.ndjson.gz");
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
-        gz.write_all(text.as_bytes()).unwrap();
-        std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
-        for input in [plain, gzip] {
-            let out = dir.path().join("copy");
-            let (resources, bytes) = copy_raw(&input, &out).unwrap();
-            assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&input).unwrap());
-            assert_eq!(resources, 18_000);
-            assert_eq!(bytes, std::fs::metadata(&input).unwrap().len());
-            std::fs::remove_file(&out).unwrap();
+        let large = format!("{}\n  \n", line.repeat(9_000)).repeat(2);
+        assert!(large.len() > 16 << 20);
+        for (text, resources) in [(small, 3), (large, 18_000)] {
+            let plain = dir.path().join("in.ndjson");
+            std::fs::write(&plain, &text).unwrap();
+            let gzip = dir.path().join("in.ndjson.gz");
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
+            gz.write_all(text.as_bytes()).unwrap();
+            std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
+            for input in [plain, gzip] {
+                let out = dir.path().join("copy");
+                let copy = copy_raw(&input, &out).unwrap();
+                let copied = std::fs::read(&out).unwrap();
+                assert_eq!(copied, std::fs::read(&input).unwrap());
+                assert_eq!(copy, (resources, copied.len() as u64));
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+                    assert_eq!(mode & 0o777, 0o600);
+                }
+                std::fs::remove_file(&out).unwrap();
+            }
         }
     }
 
