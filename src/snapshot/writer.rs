@@ -99,7 +99,7 @@ impl SnapshotWriter {
     /// Makes the raw files `raw` of this snapshot durable now, ahead of [`Self::commit`], which
     /// syncs every raw file (quickly, once they are): an export's files reach the disk while
     /// the rest download, not between the last download and the answer.
-    pub fn sync_raw(&self, raw: &[RawFile]) -> Result<()> {
+    pub(crate) fn sync_raw(&self, raw: &[RawFile]) -> Result<()> {
         raw.iter().try_for_each(|r| sync(&self.dir.join(&r.path)))
     }
 
