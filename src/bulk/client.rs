@@ -440,8 +440,7 @@ impl BulkClient {
                 p.phase = ExportPhase::Waiting;
                 p.resumed = resumed;
             });
-            let ready = ready.clone();
-            let ready = InOrder::new((!restarted).then_some(ready));
+            let ready = InOrder::new((!restarted).then(|| ready.clone()));
             let failure = match self
                 .run_job(request, dir, &status_url, resumed, progress, ready)
                 .await

@@ -6,7 +6,6 @@ use super::*;
 use fhirflight::bulk::{BulkClient, ClientOptions};
 use fhirflight::catalog::BulkSource;
 use fhirflight::demo::{DemoConfig, DemoServer, Faults};
-use fhirflight::smart::{SigningKey, SmartConfig};
 use std::time::Duration;
 
 #[allow(dead_code, unreachable_pub)]
@@ -28,16 +27,9 @@ async fn catalog_of(server: &DemoServer, cache: &Path) -> (SessionContext, FhirC
 
 /// A client of `server` with `options`, polling every few milliseconds.
 async fn client_of(server: &DemoServer, options: ClientOptions) -> BulkClient {
-    let creds = server.credentials();
-    let key = SigningKey::from_pem(creds.rs384().private_pem())
-        .unwrap()
-        .with_kid(creds.rs384().kid());
-    let auth = SmartConfig::new(creds.client_id(), key);
     let options =
         options.with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20));
-    BulkClient::try_new(server.base_url(), Some(auth), options)
-        .await
-        .unwrap()
+    server.client(options).await.unwrap()
 }
 
 fn type_filters(server: &DemoServer, kickoff: usize) -> Vec<String> {
