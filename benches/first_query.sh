@@ -12,7 +12,8 @@
 # Env:   TYPES (default ExplanationOfBenefit,Observation), MULTS (copies of synthea-100 via
 #        multiply.py, default "8 11"), REPS (default 3), WORK (default /tmp/fhirflight-bench),
 #        VENV (python venv with duckdb; made on first use, default ~/.cache/fhirflight/bench-venv),
-#        PROFILE (release|debug)
+#        PROFILE (release|debug), BEFORE (a fhirflight binary of an earlier commit: it takes
+#        turns too, and `ff/before` compares this build with it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TYPES=${TYPES:-ExplanationOfBenefit,Observation}
@@ -45,8 +46,8 @@ csv_check() {
   awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "n") c = i; next } { rows++; s += $c } END { print rows, s }' "$WORK/out"
 }
 
-printf '%-4s %-22s %6s %7s %7s %7s %8s %8s %8s  %s\n' data type MB ff_s duck_s ff/duck ff_MB duck_MB rss/duck \
-  'rows,sum(n): fhirflight | duckdb'
+printf '%-4s %-22s %6s %7s %7s %7s %8s %8s %8s %9s  %s\n' data type MB ff_s duck_s ff/duck ff_MB duck_MB rss/duck \
+  ff/before 'rows,sum(n): fhirflight | duckdb'
 for mult in $MULTS; do
   data=$WORK/x$mult
   [ -d "$data" ] || "$PY" "$BENCH/multiply.py" "$WORK/s100" "$data" "$mult"
@@ -56,25 +57,29 @@ for mult in $MULTS; do
     mkdir -p "$folder"
     ln -sf "$data/$t.ndjson" "$folder/$t.ndjson"
     q=$("$EX" --query "$t")
-    ours() { # the first query on an empty cache
+    ours() { # the first query on an empty cache, by the binary $1 (default this build's)
       local cache; cache=$(mktemp -d "$WORK/fq-cache.XXXXXX")
       FHIRFLIGHT_LOG=warn /usr/bin/time -f '%e %M' -o "$WORK/time" \
-        "$BIN" sql --folder "$folder" --cache-dir "$cache" --format csv "$q" > "$WORK/out"
+        "${1:-$BIN}" sql --folder "$folder" --cache-dir "$cache" --format csv "$q" > "$WORK/out"
       rm -rf "$cache"
       cat "$WORK/time"
     }
     theirs() { measure "$PY" -c "$DUCK" "$BENCH" "$data/$t.ndjson" "$t"; }
-    ours > /dev/null; theirs > /dev/null
-    ff_t=(); ff_m=(); dk_t=(); dk_m=()
+    ours > /dev/null; theirs > /dev/null; [ -z "${BEFORE:-}" ] || ours "$BEFORE" > /dev/null
+    ff_t=(); ff_m=(); dk_t=(); dk_m=(); bf_t=(0)
+    [ -z "${BEFORE:-}" ] || bf_t=()
     for _ in $(seq "$REPS"); do
       read -r s m < <(ours); ff_t+=("$s"); ff_m+=("$m"); ff_check=$(csv_check)
       read -r s m < <(theirs); dk_t+=("$s"); dk_m+=("$m"); dk_check=$(cat "$WORK/out")
+      [ -z "${BEFORE:-}" ] || { read -r s m < <(ours "$BEFORE"); bf_t+=("$s"); }
     done
     awk -v d="x$mult" -v mb="$(du -mL "$data/$t.ndjson" | cut -f1)" -v t="$t" \
       -v ft="$(printf '%s\n' "${ff_t[@]}" | median)" -v dt="$(printf '%s\n' "${dk_t[@]}" | median)" \
       -v fm="$(printf '%s\n' "${ff_m[@]}" | median)" -v dm="$(printf '%s\n' "${dk_m[@]}" | median)" \
+      -v bt="$(printf '%s\n' "${bf_t[@]}" | median)" \
       -v ours="$ff_check" -v theirs="$dk_check" \
-      'BEGIN { printf "%-4s %-22s %6d %7.2f %7.2f %6.2fx %8.0f %8.0f %7.2fx  %s | %s%s\n", d, t, mb, ft, dt, ft / dt,
-               fm / 1024, dm / 1024, fm / dm, ours, theirs, (ours == theirs) ? "" : "  (DIFFER)" }'
+      'BEGIN { before = (bt > 0) ? sprintf("%8.2fx", ft / bt) : "        -"
+               printf "%-4s %-22s %6d %7.2f %7.2f %6.2fx %8.0f %8.0f %7.2fx %s  %s | %s%s\n", d, t, mb, ft, dt, ft / dt,
+               fm / 1024, dm / 1024, fm / dm, before, ours, theirs, (ours == theirs) ? "" : "  (DIFFER)" }'
   done
 done

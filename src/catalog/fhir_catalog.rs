@@ -46,7 +46,8 @@ impl FhirCatalog {
             }
             None => None,
         };
-        let store = SnapshotStore::open(&options.cache_dir, source.location())?;
+        let store = SnapshotStore::open(&options.cache_dir, source.location())?
+            .with_retention(options.retention);
         let exporter = Arc::new(Exporter::new(source, store, options, pinned));
         let schema = Arc::new(FhirSchema {
             exporter: Arc::clone(&exporter),

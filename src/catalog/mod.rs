@@ -1,5 +1,5 @@
 //! DataFusion integration: [`FhirCatalog`], [`FhirSchema`], [`FhirTable`], the `STORED AS FHIR`
-//! table factory and the `fhir_refresh` and `fhir_add_view` table functions.
+//! table factory and the `fhir_refresh`, `fhir_add_view` and `fhir_snapshot` table functions.
 //!
 //! Every resource type is a table: any R4 resource type name, and any the source declares,
 //! though its CapabilityStatement omits it (the server rejects what it cannot export); unless
@@ -66,6 +66,7 @@ mod schema;
 mod source;
 mod statement;
 mod table;
+mod versions;
 mod views;
 mod wildcard;
 
@@ -88,10 +89,12 @@ pub use source::{
 #[cfg(feature = "flight")]
 pub(crate) use statement::declare_types;
 pub use statement::{
-    ADD_VIEW_FUNCTION, REFRESH_FUNCTION, register_functions, sql, sql_with_freshness,
+    ADD_VIEW_FUNCTION, REFRESH_FUNCTION, SNAPSHOT_FUNCTION, register_functions, sql,
+    sql_with_freshness,
 };
 #[cfg(feature = "flight")]
 pub(crate) use statement::{parse_statement, sql_statement};
 pub(crate) use table::to_datafusion;
 pub use table::{FhirScanExec, FhirTable};
+pub use versions::SnapshotFunction;
 pub use views::{AddViewFunction, load_views};

@@ -69,6 +69,7 @@ pub struct CatalogOptions {
     pub(super) schema_name: String,
     pub(super) incremental: bool,
     pub(super) max_filtered_snapshots: usize,
+    pub(super) retention: Duration,
     pub(super) views: Vec<Arc<ViewDefinition>>,
     pub(super) view_dirs: Vec<PathBuf>,
     pub(super) pushdown: PushdownMode,
@@ -93,6 +94,7 @@ impl Default for CatalogOptions {
             schema_name: DEFAULT_SCHEMA.to_owned(),
             incremental: true,
             max_filtered_snapshots: DEFAULT_MAX_FILTERED_SNAPSHOTS,
+            retention: Duration::ZERO,
             views: Vec::new(),
             view_dirs: Vec::new(),
             pushdown: PushdownMode::default(),
@@ -246,6 +248,20 @@ impl CatalogOptions {
             max_filtered_snapshots: max.max(1),
             ..self
         }
+    }
+
+    /// How long an export's version of a type's Delta table stays readable after a newer
+    /// export supersedes it (default zero: until no query reads it): `fhir_snapshot` and other
+    /// engines' time travel read it meanwhile. See
+    /// [`SnapshotStore::with_retention`](crate::snapshot::SnapshotStore::with_retention).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let week = fhirflight::catalog::CatalogOptions::default()
+    ///     .with_retention(Duration::from_secs(7 * 86_400));
+    /// ```
+    pub fn with_retention(self, retention: Duration) -> Self {
+        Self { retention, ..self }
     }
 
     /// The raw NDJSON bytes (as downloaded, gzip or plain) an export's files gather before they

@@ -20,7 +20,7 @@ use super::exports::Exporter;
 use super::schema::{SCOPE, Scope};
 use super::{
     AddViewFunction, CatalogOptions, FhirCatalog, FhirTableFactory, Freshness, MAX_STATEMENT_DEPTH,
-    Pushdown, RefreshFunction, nesting, pushdown, to_datafusion,
+    Pushdown, RefreshFunction, SnapshotFunction, nesting, pushdown, to_datafusion,
 };
 use super::{idents, wildcard};
 
@@ -282,6 +282,8 @@ async fn prefetch(
 pub const REFRESH_FUNCTION: &str = "fhir_refresh";
 /// The table function that adds a view ([`super::AddViewFunction`]).
 pub const ADD_VIEW_FUNCTION: &str = "fhir_add_view";
+/// The table function that reads an earlier export ([`super::SnapshotFunction`]).
+pub const SNAPSHOT_FUNCTION: &str = "fhir_snapshot";
 
 /// Asks the source of every FHIR catalog of `catalogs` what it declares (once per catalog), so
 /// that browsing lists those types (see [`FhirCatalog::resource_types`]).
@@ -317,7 +319,8 @@ async fn declare_unknown_types(state: &SessionState, statement: &Statement) -> D
 }
 
 /// Registers what SQL needs beyond catalogs: the `STORED AS FHIR` table factory (with
-/// `defaults` for its options) and the `fhir_refresh` and `fhir_add_view` table functions.
+/// `defaults` for its options) and the `fhir_refresh`, `fhir_add_view` and `fhir_snapshot`
+/// table functions.
 pub fn register_functions(ctx: &SessionContext, defaults: CatalogOptions) {
     ctx.state_ref().write().table_factories_mut().insert(
         "FHIR".to_owned(),
@@ -325,4 +328,5 @@ pub fn register_functions(ctx: &SessionContext, defaults: CatalogOptions) {
     );
     ctx.register_udtf(REFRESH_FUNCTION, Arc::new(RefreshFunction));
     ctx.register_udtf(ADD_VIEW_FUNCTION, Arc::new(AddViewFunction));
+    ctx.register_udtf(SNAPSHOT_FUNCTION, Arc::new(SnapshotFunction));
 }

@@ -357,6 +357,7 @@ impl FlightSqlServer {
         if let Some((cert, key)) = &self.tls {
             let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Error::io(path, e));
             let identity = Identity::from_pem(read(cert)?, read(key)?);
+            install_crypto_provider();
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
         }
         let metrics = Arc::new(Metrics::default());
@@ -512,6 +513,13 @@ impl RunningServer {
 /// and an address other hosts reach.
 fn crosses_in_clear(tls: bool, users: bool, address: &SocketAddr) -> bool {
     users && !tls && !address.ip().is_loopback()
+}
+
+/// Makes ring the process's rustls provider unless one was chosen. tonic's TLS asks rustls for
+/// the process default, which rustls picks alone only when one provider is compiled in, and
+/// deltalake's kernel compiles aws-lc-rs beside our ring.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[cfg(test)]

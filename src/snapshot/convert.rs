@@ -109,7 +109,8 @@ pub fn convert_raw(
 /// converted while the rest downloads: each part is a batch of raw files with the schema
 /// inferred from its own lines; [`finish`](Self::finish) merges those into the table's schema
 /// (what one inference over all files gives) and decodes again, against it, only the parts a
-/// reader could not cast to it exactly ([`reads_as`]) or that sent paths to the overflow column.
+/// reader would have to cast (a Delta table's files have its types: Spark reads no integer file
+/// of a decimal column) or that sent paths to the overflow column.
 /// A part lacking some of the table's columns is kept: its resources have none of those paths,
 /// and a reader fills them with nulls. When the parts differ from the table, a first file of no
 /// rows carries its schema ([`Self::schema_part`]).
@@ -187,7 +188,6 @@ impl TableParts {
     /// The table: its parts made to agree with the merged schema, and the conversion's warnings.
     pub(crate) fn finish(mut self) -> Result<(TableFiles, Vec<Warning>)> {
         let schema = with_columns(self.inference.schema());
-        let flattened = matches!(self.mode, TableMode::Flattened(_));
         for n in 0..self.parts.len() {
             // Without an overflow column of its own, every path of a part's resources is one of
             // its columns, which the table's column of that name holds as it is.
@@ -195,7 +195,7 @@ impl TableParts {
                 f.name() != OVERFLOW_COLUMN
                     && schema
                         .field_with_name(f.name())
-                        .is_ok_and(|g| reads_as(f.data_type(), g.data_type(), flattened))
+                        .is_ok_and(|g| f.data_type() == g.data_type())
             });
             if agrees {
                 continue;
@@ -267,6 +267,7 @@ impl TableParts {
                     data_type: f.data_type().to_string(),
                 })
                 .collect(),
+            delta_version: None,
         };
         Ok((table, skipped.into_iter().chain(wide).collect()))
     }
@@ -341,21 +342,6 @@ impl TableParts {
         };
         Ok((file, summary))
     }
-}
-
-/// Whether a part's column of type `part` reads as the table's of type `table`, cast by the
-/// reader, exactly as decoding it against the table would make it: the same type, or in a
-/// flattened table integers of a decimal column (a JSON integer cast from i64 is the f64 it
-/// parses as; `-0` aside) or text where the table has none (the part saw only nulls there: a
-/// flattened column is text for want of a value, or because it held text, which would make the
-/// table's text too).
-fn reads_as(part: &DataType, table: &DataType, flattened: bool) -> bool {
-    part == table
-        || flattened
-            && matches!(
-                (part, table),
-                (DataType::Int64, DataType::Float64) | (DataType::Utf8, _)
-            )
 }
 
 /// The file name of part `n` of a table.

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::manifest::read_manifest;
 use super::names::check_name;
-use super::store::store_dirs;
+use super::store::{store_dirs, table_root};
 use super::{SnapshotManifest, SnapshotStore};
 use crate::{Error, Result};
 
@@ -81,11 +81,14 @@ pub struct CachedSnapshot {
 impl CachedSnapshot {
     fn new(name: String, dir: PathBuf, manifest: SnapshotManifest) -> Self {
         let tables = manifest.tables.iter().map(|(mode, table)| {
-            let files = table.files.iter().map(|f| dir.join(&f.path)).collect();
+            let root = table_root(&dir, manifest.format, mode);
+            let files = table.files.iter().map(|f| root.join(&f.path)).collect();
             let table = CachedTable {
                 rows: table.rows,
                 bytes: table.bytes,
                 files,
+                delta: table.delta_version.map(|_| root),
+                delta_version: table.delta_version,
             };
             (mode.clone(), table)
         });
@@ -121,6 +124,7 @@ impl CachedSnapshot {
 
 /// One Parquet table (mode) of a [`CachedSnapshot`].
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CachedTable {
     /// Rows over all files.
     pub rows: u64,
@@ -130,6 +134,14 @@ pub struct CachedTable {
     /// engine reads (a glob over the type's folder would also take superseded snapshots that
     /// a running query still holds).
     pub files: Vec<PathBuf>,
+    /// The Delta table that holds them (`<name>/<mode>/`): what another engine reads as a
+    /// table (its current version is this snapshot, earlier ones are earlier exports). None for
+    /// a snapshot written before tables were Delta tables, or one Delta refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<PathBuf>,
+    /// The Delta version holding this snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_version: Option<u64>,
 }
 
 /// What `cache_root` holds: its stores sorted by folder, each with the current snapshot of every
@@ -221,9 +233,12 @@ mod tests {
         let expected: Vec<PathBuf> = current.manifest().tables["flattened"]
             .files
             .iter()
-            .map(|f| current.dir().join(&f.path))
+            .map(|f| current.table_root("flattened").join(&f.path))
             .collect();
         assert_eq!(table.files, expected);
+        let delta = store.dir().join("Patient").join("flattened");
+        assert_eq!(table.delta.as_deref(), Some(delta.as_path()));
+        assert_eq!(table.delta_version, Some(1), "the second commit of Patient");
         assert!(table.files.iter().all(|f| f.is_absolute() && f.is_file()));
         assert_eq!(table.rows, 1);
         assert_eq!(patient.bytes(), patient.raw_bytes + table.bytes);

@@ -14,8 +14,10 @@ pub use crate::time::rfc3339;
 use crate::warning::Warning;
 use crate::{Error, Result};
 
-/// Version of the manifest format written by this crate.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest format written by this crate: 2 since each table is a Delta table
+/// (`<name>/<mode>/`, its files in `<name>/<mode>/<snapshot>/`); a snapshot of format 1 keeps
+/// its tables in its own folder (`<name>/<snapshot>/<mode>/`) and reads as before.
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// The manifest of one snapshot of one resource type (`<Type>/manifest.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -90,7 +92,9 @@ pub struct RawFile {
 /// The Parquet files of one table (mode) of a snapshot.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TableFiles {
-    /// The files, relative to the snapshot folder.
+    /// The files, relative to the table's folder: the Delta table `<name>/<mode>/` (as
+    /// `<snapshot>/part-<n>.parquet`, the paths of its log), or for a snapshot of format 1 the
+    /// snapshot's folder (`<mode>/part-<n>.parquet`).
     pub files: Vec<TableFile>,
     /// Rows over all files.
     pub rows: u64,
@@ -101,14 +105,18 @@ pub struct TableFiles {
     pub skipped_lines: u64,
     /// The columns, for people and other engines (the Parquet footer is authoritative).
     pub columns: Vec<Column>,
+    /// The version of the Delta table that holds these files; none for a snapshot of format 1
+    /// or a table Delta refused (the manifest's warnings say why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_version: Option<u64>,
 }
 
 impl TableFiles {
-    /// Makes the file paths relative to the snapshot folder (they are written relative to the
-    /// table folder `mode`).
-    pub(super) fn relative_to(mut self, mode: &str) -> Self {
+    /// Makes the file paths relative to the folder holding `folder` (they are written relative
+    /// to `folder`).
+    pub(super) fn relative_to(mut self, folder: &str) -> Self {
         for f in &mut self.files {
-            f.path = format!("{mode}/{}", f.path);
+            f.path = format!("{folder}/{}", f.path);
         }
         self
     }
@@ -117,7 +125,7 @@ impl TableFiles {
 /// One Parquet file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TableFile {
-    /// Path relative to the snapshot folder.
+    /// Path relative to the table's folder ([`TableFiles::files`]).
     pub path: String,
     /// Rows in the file.
     pub rows: u64,

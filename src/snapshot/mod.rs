@@ -64,6 +64,7 @@
 //! exclusively, the manifest first, under the store's commit lock.
 
 mod convert;
+mod delta;
 mod lease;
 mod listing;
 mod manifest;
@@ -75,6 +76,7 @@ mod writer;
 
 pub(crate) use convert::open_raw;
 pub use convert::{convert_raw, mode_key, stop_writes};
+pub use delta::{COMMIT_KEY, TableVersion, history, open_version};
 pub use lease::Lease;
 pub use listing::{CachedSnapshot, CachedSource, CachedTable, list_cache};
 pub use manifest::{

@@ -48,6 +48,14 @@ pub(super) fn is_filtered_name(name: &str) -> bool {
         && is_lower_hex(hash, 8)
 }
 
+/// When the snapshot `id` was made (its first 17 digits, UTC), if it is a snapshot id.
+pub(super) fn snapshot_time(id: &str) -> Option<SystemTime> {
+    let stamp = id.split_once('-')?.0;
+    let time = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S%3f").ok()?;
+    let ms = u64::try_from(time.and_utc().timestamp_millis()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
 /// Whether `id` has the shape [`new_snapshot_id`] gives: 17 digits, `-`, 8 lowercase hex digits.
 pub(super) fn is_snapshot_id(id: &str) -> bool {
     id.split_once('-').is_some_and(|(stamp, rand)| {

@@ -13,9 +13,10 @@ use datafusion::parquet;
 use super::lease::LEASE_FILE;
 use super::manifest::{read_manifest, to_json, write_atomic};
 use super::names::{
-    check_name, is_filtered, is_filtered_name, is_snapshot_id, new_snapshot_id, source_key,
+    check_name, is_filtered, is_filtered_name, is_snapshot_id, new_snapshot_id, snapshot_time,
+    source_key,
 };
-use super::writer::{WRITERS, owner_lock};
+use super::writer::{WRITERS, owner_lock, publish_tables};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
 use crate::ndjson::{DecodeOptions, Strictness, TableMode};
@@ -34,6 +35,8 @@ pub fn default_cache_dir() -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    /// How long a superseded snapshot stays ([`SnapshotStore::with_retention`]).
+    retention: Duration,
 }
 
 impl SnapshotStore {
@@ -54,17 +57,33 @@ impl SnapshotStore {
             write_atomic(&info, &to_json(&serde_json::json!({ "source": source }))?)?;
         }
         remove_orphans(&dir.join("tmp"));
-        Ok(Self { dir })
+        Ok(Self::at(dir))
     }
 
     /// The store in `dir`, a folder [`SnapshotStore::open`] made.
     pub(super) fn at(dir: PathBuf) -> Self {
-        Self { dir }
+        Self {
+            dir,
+            retention: Duration::ZERO,
+        }
+    }
+
+    /// Keeps a snapshot for `retention` after a newer commit of its name supersedes it (default
+    /// zero: until nobody reads it), so that its version of the Delta tables stays readable:
+    /// `fhir_snapshot`, another engine's time travel. Commits and [`SnapshotStore::clean`]
+    /// remove it after that, once nobody reads it; [`SnapshotStore::clear`] does not wait.
+    pub fn with_retention(self, retention: Duration) -> Self {
+        Self { retention, ..self }
     }
 
     /// The store's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How long a superseded snapshot stays ([`SnapshotStore::with_retention`]).
+    pub fn retention(&self) -> Duration {
+        self.retention
     }
 
     /// The folder where an export of the given key keeps its downloads (so a killed run resumes).
@@ -283,9 +302,11 @@ impl SnapshotStore {
         options: DecodeOptions,
     ) -> Result<Snapshot> {
         let key = mode_key(mode);
-        let tmp = snapshot
-            .dir
-            .join(format!(".{key}-{}", uuid::Uuid::new_v4().simple()));
+        let target = snapshot.table_dir(&key);
+        let parent = target.parent().unwrap_or(&snapshot.dir);
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let id = &snapshot.manifest.snapshot;
+        let tmp = parent.join(format!(".{id}.{}", uuid::Uuid::new_v4().simple()));
         // The snapshot was committed with its bad lines skipped (or none): the same again.
         let (table, warnings) = convert_raw(
             &snapshot.raw_paths(),
@@ -295,21 +316,35 @@ impl SnapshotStore {
             &tmp,
             &|_| {},
         )?;
+        let delta = snapshot.manifest.format >= 2;
+        let columns = match table.files.first() {
+            Some(first) if delta => {
+                let own = footer_schema(&tmp.join(&first.path))?;
+                let resource_type = &snapshot.manifest.resource_type;
+                vec![(key.clone(), self.columns(resource_type, &key, &[own])?)]
+            }
+            _ => Vec::new(),
+        };
         let _lock = self.lock()?;
         // Someone else may have committed a newer snapshot meanwhile: only touch ours.
-        let target = snapshot.dir.join(&key);
         if target.exists() {
             fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
         }
         fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
         let mut manifest = snapshot.manifest.clone();
-        manifest.tables.insert(key.clone(), table.relative_to(&key));
+        let folder = match delta {
+            true => &manifest.snapshot,
+            false => &key,
+        };
+        manifest
+            .tables
+            .insert(key.clone(), table.relative_to(folder));
         manifest.add_conversion_warnings(warnings);
         let name = snapshot.name();
-        let path = self.manifest_path(&name)?;
         let current = self.current(&name)?;
         if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
-            write_atomic(&path, &to_json(&manifest)?)?;
+            publish_tables(&mut manifest, &self.named_dir(&name)?, &columns);
+            write_atomic(&self.manifest_path(&name)?, &to_json(&manifest)?)?;
         }
         Ok(Snapshot {
             dir: snapshot.dir.clone(),
@@ -335,33 +370,77 @@ impl SnapshotStore {
         lock_file::lock_exclusive(&path).map_err(|e| Error::io(&path, e))
     }
 
-    /// Removes the snapshot folders in `type_dir` other than `keep` that nobody reads (whose
-    /// `.readers` lock it can take exclusively; one being read stays for a later collection),
-    /// and the temporary folders of writers that are gone. Only folders named like snapshot ids
-    /// are touched: the store made those, whatever else lies there is not its own. Returns
-    /// the folders removed and their bytes.
-    pub(super) fn collect_garbage(&self, type_dir: &Path, keep: &[&str]) -> Vec<(PathBuf, u64)> {
-        let superseded = fs::read_dir(type_dir)
+    /// Removes the snapshots in `type_dir` other than `keep` that nobody reads (whose
+    /// `.readers` lock it can take exclusively; one being read stays for a later collection):
+    /// (and, superseded less than `retention` ago, keeps); each snapshot's folder and its
+    /// tables' folders in the Delta tables beside it
+    /// (`<mode>/<snapshot>/`, whose versions then read no more), and the temporary folders of
+    /// writers that are gone. Only folders named like snapshot ids (or a conversion's
+    /// `.<snapshot>.<hex>`) are touched: the store made those, whatever else lies there is not its
+    /// own. Returns the folders removed and their bytes.
+    pub(super) fn collect_garbage(
+        &self,
+        type_dir: &Path,
+        keep: &[&str],
+        retention: Duration,
+    ) -> Vec<(PathBuf, u64)> {
+        let entries = |dir: &Path| -> Vec<(String, PathBuf)> {
+            fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
+                .collect()
+        };
+        let (snapshots, others): (Vec<_>, Vec<_>) = entries(type_dir)
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| is_snapshot_id(n) && !keep.contains(&n))
-            })
-            .map(|e| e.path())
-            .filter(|p| p.is_dir());
+            .partition(|(n, _)| is_snapshot_id(n));
+        // The tables' folders (`<mode>/`, a Delta table each).
+        let tables: Vec<PathBuf> = others.into_iter().map(|(_, p)| p).collect();
         let mut removed = Vec::new();
-        for path in superseded {
-            // Held until the folder is gone, so that no reader takes it in between.
+        let mut remove = |path: &Path| {
+            let bytes = folder_bytes(path);
+            match fs::remove_dir_all(path) {
+                Ok(()) => removed.push((path.to_owned(), bytes)),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+            }
+        };
+        // A snapshot was superseded when the next one of its name was made (ids begin with
+        // their creation time); one that none follows is not kept.
+        let retained = |id: &str| {
+            let next = snapshots
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .chain(keep.iter().copied());
+            let since = next.filter(|n| *n > id).min().and_then(snapshot_time);
+            since.is_some_and(|t| t.elapsed().unwrap_or_default() < retention)
+        };
+        let superseded = snapshots
+            .iter()
+            .filter(|(n, _)| !keep.contains(&n.as_str()));
+        for (id, path) in superseded.filter(|(n, _)| !retained(n)) {
+            // Held until the folders are gone, so that no reader takes them in between.
             let Ok(Some(_unread)) = lock_file::try_lock_exclusive(&path.join(LEASE_FILE)) else {
                 continue;
             };
-            let bytes = folder_bytes(&path);
-            match fs::remove_dir_all(&path) {
-                Ok(()) => removed.push((path, bytes)),
-                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+            for table in &tables {
+                let folder = table.join(id);
+                if folder.is_dir() {
+                    remove(&folder);
+                }
+            }
+            remove(path);
+        }
+        // A table's folder whose snapshot is gone (a commit that died midway), or a
+        // conversion's (`.<snapshot>.<hex>`, whose process died: a live one holds its snapshot).
+        for (name, path) in tables.iter().flat_map(|t| entries(t)) {
+            let id = name
+                .strip_prefix('.')
+                .map_or(name.as_str(), |n| n.split_once('.').map_or(n, |(id, _)| id));
+            let live = keep.contains(&id) || snapshots.iter().any(|(n, _)| n == id);
+            if is_snapshot_id(id) && !live {
+                remove(&path);
             }
         }
         removed.extend(remove_orphans(&self.dir.join("tmp")));
@@ -372,8 +451,9 @@ impl SnapshotStore {
 impl SnapshotStore {
     /// The cleanup policy, as `fhirflight cache gc` applies it; it never removes what a running
     /// process reads, writes or exports into:
-    /// 1. snapshot folders superseded by a newer commit of their name, once nobody reads them
-    ///    (commits do this too);
+    /// 1. snapshot folders superseded by a newer commit of their name more than the store's
+    ///    [retention](SnapshotStore::with_retention) ago, once nobody reads them (commits do
+    ///    this too), with their tables' folders;
     /// 2. `tmp/` folders of writers that are gone (opening the store does this too);
     /// 3. `staging/` folders (the downloads a stopped export keeps for its resume) that no
     ///    export holds and that nothing touched for `staging_max_age`: by then the server's
@@ -400,7 +480,7 @@ impl SnapshotStore {
                 }
             };
             let keep: Vec<&str> = current.as_deref().into_iter().collect();
-            removed.extend(self.collect_garbage(&entry.path(), &keep));
+            removed.extend(self.collect_garbage(&entry.path(), &keep, self.retention));
         }
         removed.extend(remove_orphans(&self.dir.join("tmp")));
         removed.extend(self.clean_staging(staging_max_age));
@@ -527,7 +607,9 @@ impl SnapshotStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(manifest, e)),
         }
-        cleared.removed.extend(self.collect_garbage(&dir, &[]));
+        cleared
+            .removed
+            .extend(self.collect_garbage(&dir, &[], Duration::ZERO));
         let read: Vec<PathBuf> = fs::read_dir(&dir)
             .into_iter()
             .flatten()
@@ -536,6 +618,16 @@ impl SnapshotStore {
             .map(|e| e.path())
             .collect();
         if read.is_empty() && (unleased.is_some() || !is_filtered(name)) {
+            // Its Delta tables, whose files are gone.
+            let logs = fs::read_dir(&dir).into_iter().flatten().flatten();
+            for table in logs
+                .map(|e| e.path())
+                .filter(|p| p.join("_delta_log").is_dir())
+            {
+                let bytes = folder_bytes(&table);
+                fs::remove_dir_all(&table).map_err(|e| Error::io(&table, e))?;
+                cleared.removed.push((table, bytes));
+            }
             if unleased.is_some() {
                 let _ = fs::remove_file(dir.join(LEASE_FILE));
             }
@@ -567,11 +659,17 @@ pub(super) fn store_dirs(cache_root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Removes what [`SnapshotStore::clean`] would in every store of `cache_root` (each folder
-/// holding a `source.json`); returns each folder removed with its bytes.
-pub fn clean_cache(cache_root: &Path, staging_max_age: Duration) -> Result<Vec<(PathBuf, u64)>> {
+/// holding a `source.json`), with superseded snapshots kept for `retention`
+/// ([`SnapshotStore::with_retention`]); returns each folder removed with its bytes.
+pub fn clean_cache(
+    cache_root: &Path,
+    staging_max_age: Duration,
+    retention: Duration,
+) -> Result<Vec<(PathBuf, u64)>> {
     let mut removed = Vec::new();
     for dir in store_dirs(cache_root)? {
-        removed.extend(SnapshotStore { dir }.clean(staging_max_age)?);
+        let store = SnapshotStore::at(dir).with_retention(retention);
+        removed.extend(store.clean(staging_max_age)?);
     }
     Ok(removed)
 }
@@ -690,9 +788,19 @@ impl Snapshot {
         self.manifest.tables.get(mode)
     }
 
-    /// The folder holding the Parquet files of `mode`.
+    /// The folder the paths of `mode`'s files are relative to: the Delta table of `mode`
+    /// (`<name>/<mode>/`), or for a snapshot of format 1 the snapshot's folder.
+    pub fn table_root(&self, mode: &str) -> PathBuf {
+        table_root(&self.dir, self.manifest.format, mode)
+    }
+
+    /// The folder holding the Parquet files of `mode`: `<name>/<mode>/<snapshot>/` (format 1:
+    /// `<name>/<snapshot>/<mode>/`).
     pub fn table_dir(&self, mode: &str) -> PathBuf {
-        self.dir.join(mode)
+        match self.manifest.format >= 2 {
+            true => self.table_root(mode).join(&self.manifest.snapshot),
+            false => self.dir.join(mode),
+        }
     }
 
     /// The Arrow schema of the table of `mode`, read from its first Parquet footer.
@@ -709,12 +817,24 @@ impl Snapshot {
                 self.dir.display()
             ))
         })?;
-        let path = self.dir.join(&first.path);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
-        Ok(std::sync::Arc::clone(builder.schema()))
+        footer_schema(&self.table_root(mode).join(&first.path))
     }
+}
+
+/// [`Snapshot::table_root`] of the snapshot in `dir` whose manifest has `format`.
+pub(super) fn table_root(dir: &Path, format: u32, mode: &str) -> PathBuf {
+    match (format >= 2, dir.parent()) {
+        (true, Some(named)) => named.join(mode),
+        _ => dir.to_owned(),
+    }
+}
+
+/// The Arrow schema of the Parquet file at `path`, from its footer.
+pub(super) fn footer_schema(path: &Path) -> Result<SchemaRef> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::snapshot_with(path.display().to_string(), e))?;
+    Ok(std::sync::Arc::clone(builder.schema()))
 }
 
 #[cfg(test)]
@@ -839,6 +959,50 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_snapshot_of_format_1_reads_as_before_and_the_next_commit_makes_the_delta_table() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        commit(&store, "Patient");
+        // Laid out as fhirflight wrote it before its tables were Delta tables.
+        let type_dir = store.dir().join("Patient");
+        let old = store.current("Patient").unwrap().unwrap();
+        let id = old.manifest().snapshot.clone();
+        fs::rename(
+            type_dir.join("flattened").join(&id),
+            old.dir().join("flattened"),
+        )
+        .unwrap();
+        fs::remove_dir_all(type_dir.join("flattened")).unwrap();
+        let mut manifest = old.manifest().clone();
+        manifest.format = 1;
+        let table = manifest.tables.get_mut("flattened").unwrap();
+        table.delta_version = None;
+        table.files[0].path = "flattened/part-0.parquet".to_owned();
+        write_atomic(
+            &store.manifest_path("Patient").unwrap(),
+            &to_json(&manifest).unwrap(),
+        )
+        .unwrap();
+        drop(old);
+
+        let old = store.current("Patient").unwrap().unwrap();
+        assert_eq!(old.table_dir("flattened"), old.dir().join("flattened"));
+        assert_eq!(old.schema("flattened").unwrap().fields().len(), 2);
+        let listed = super::super::list_cache(cache.path()).unwrap();
+        let table = &listed[0].snapshots[0].tables["flattened"];
+        assert_eq!(table.files, [old.dir().join("flattened/part-0.parquet")]);
+        assert!(table.delta.is_none() && table.delta_version.is_none());
+
+        // The next commit makes the Delta table; the old snapshot goes once unread.
+        drop(old);
+        commit(&store, "Patient");
+        let new = store.current("Patient").unwrap().unwrap();
+        assert_eq!(new.table("flattened").unwrap().delta_version, Some(0));
+        assert!(type_dir.join("flattened").join("_delta_log").is_dir());
+        assert!(!type_dir.join(&id).exists());
+    }
+
+    #[test]
     fn garbage_collection_removes_only_snapshot_folders_nobody_reads() {
         let cache = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
@@ -868,11 +1032,19 @@ pub(super) mod tests {
         assert!(read.raw_paths().iter().all(|p| p.exists()));
 
         // Read no more: the next collection takes it, and reports what it freed.
+        let (table, dir) = (read.table_dir("flattened"), read.dir().to_owned());
+        assert!(table.starts_with(store.dir().join("Patient").join("flattened")));
         drop(read);
         let removed = store.clean(Duration::from_secs(3600)).unwrap();
-        assert_eq!(removed.len(), 1, "{removed:?}");
-        assert!(removed[0].0.ends_with(&first) && removed[0].1 > 0);
+        let folders: Vec<&Path> = removed.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            folders,
+            [table.as_path(), dir.as_path()],
+            "its table, then the snapshot"
+        );
+        assert!(removed.iter().all(|(_, bytes)| *bytes > 0));
         assert_eq!(snapshots(), vec![current.manifest().snapshot.clone()]);
+        assert!(current.table_dir("flattened").is_dir());
 
         // A manifest that cannot be read names no current snapshot for certain: nothing goes.
         drop(current);
@@ -944,14 +1116,14 @@ pub(super) mod tests {
 
         // Young: a stopped export keeps its downloads for the resume.
         assert_eq!(
-            clean_cache(cache.path(), Duration::from_secs(3600))
+            clean_cache(cache.path(), Duration::from_secs(3600), Duration::ZERO)
                 .unwrap()
                 .len(),
             0
         );
         assert!(stopped.is_dir() && !leftover_lock.exists());
 
-        let removed = clean_cache(cache.path(), Duration::ZERO).unwrap();
+        let removed = clean_cache(cache.path(), Duration::ZERO, Duration::ZERO).unwrap();
         assert_eq!(removed, vec![(stopped.clone(), 3)]);
         assert!(!stopped.exists() && !stopped.with_extension("lock").exists());
         assert!(running.is_dir(), "an export holds it");

@@ -6,15 +6,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arrow::datatypes::SchemaRef;
+
 use super::convert::{TableParts, is_gzip};
+use super::delta;
 use super::lease::LEASE_FILE;
 use super::manifest::{to_json, write_atomic};
 use super::names::is_filtered;
+use super::store::footer_schema;
 use super::{
     Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, copy_raw, mode_key,
     rfc3339,
 };
 use crate::ndjson::{DecodeOptions, TableMode};
+use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// A snapshot being written; nothing is visible until [`SnapshotWriter::commit`].
@@ -56,6 +61,56 @@ impl Drop for SnapshotWriter {
         // Only now: a process waiting for no writer to be left exits once the folder is gone.
         WRITERS.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Commits a version of the Delta table of each of `manifest`'s tables (in `type_dir`, with the
+/// type's `columns`), recording it in the manifest. A table that cannot be published (a column
+/// name Delta refuses) is still fhirflight's, with a warning.
+pub(super) fn publish_tables(
+    manifest: &mut SnapshotManifest,
+    type_dir: &Path,
+    columns: &[(String, SchemaRef)],
+) {
+    let info = export_info(manifest);
+    for (key, schema) in columns {
+        let Some(table) = manifest.tables.get_mut(key) else {
+            continue;
+        };
+        if schema.fields().is_empty() {
+            continue; // no column yet (no resource ever): no table for other engines
+        }
+        match delta::publish(&type_dir.join(key), &table.files, schema, info.clone()) {
+            Ok(version) => table.delta_version = Some(version),
+            Err(e) => {
+                tracing::warn!("{e}");
+                let warning = Warning::new(WarningKind::Client, format!("not a Delta table: {e}"))
+                    .with_resource_type(&manifest.resource_type);
+                manifest.warnings.push(warning);
+            }
+        }
+    }
+}
+
+/// What a Delta commit records of the export ([`delta::COMMIT_KEY`]).
+fn export_info(manifest: &SnapshotManifest) -> serde_json::Value {
+    serde_json::json!({
+        "snapshot": manifest.snapshot,
+        "resourceType": manifest.resource_type,
+        "source": manifest.source,
+        "request": manifest.request,
+        "transactionTime": manifest.transaction_time,
+        "createdAt": manifest.created_at,
+        "resources": manifest.resources(),
+        "raw": manifest.raw,
+        "pushdown": manifest.pushdown,
+        "incremental": manifest.incremental,
+        "warnings": manifest.warnings,
+    })
+}
+
+/// The last segment of a manifest path.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Makes the file at `path` durable.
@@ -165,7 +220,7 @@ impl SnapshotWriter {
             }
             for (key, parts) in std::mem::take(&mut self.tables) {
                 let (table, warnings) = parts.finish()?;
-                manifest.tables.insert(key.clone(), table.relative_to(&key));
+                manifest.tables.insert(key, table.relative_to(&self.id));
                 manifest.add_conversion_warnings(warnings);
             }
             syncing
@@ -183,6 +238,19 @@ impl SnapshotWriter {
             .as_millis() as u64;
 
         let store = &self.store;
+        // The Delta tables take the type's columns, which never shrink (outside the lock,
+        // which `columns` takes).
+        let mut columns = Vec::new();
+        for (key, table) in &manifest.tables {
+            let own = match table.files.first() {
+                Some(first) => footer_schema(&self.dir.join(key).join(file_name(&first.path)))?,
+                None => SchemaRef::new(arrow::datatypes::Schema::empty()),
+            };
+            columns.push((
+                key.clone(),
+                store.columns(&self.resource_type, key, &[own])?,
+            ));
+        }
         let type_dir = store.named_dir(&self.name)?;
         let _lock = store.lock()?;
         // Under the lock: eviction removes filtered snapshots' folders under it too.
@@ -192,9 +260,18 @@ impl SnapshotWriter {
         // Held before it is published, so that no collection takes it from under us.
         let reading = Lease::take(&target.join(LEASE_FILE))?
             .ok_or_else(|| Error::snapshot(format!("{}: not readable", target.display())))?;
+        // Each table into its Delta table's folder (a crash before leaves it in the snapshot's
+        // folder, which goes with it), then a version of that table.
+        for key in manifest.tables.keys() {
+            let root = type_dir.join(key);
+            fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+            let (from, to) = (target.join(key), root.join(&self.id));
+            fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+        }
+        publish_tables(&mut manifest, &type_dir, &columns);
         write_atomic(&store.manifest_path(&self.name)?, &to_json(&manifest)?)?;
         // The snapshots it supersedes go once nobody reads them.
-        store.collect_garbage(&type_dir, &[self.id.as_str()]);
+        store.collect_garbage(&type_dir, &[self.id.as_str()], store.retention());
         let lease = match is_filtered(&self.name) {
             true => store.lease(&self.name)?,
             false => None,

@@ -1,6 +1,6 @@
 //! The `fhirflight` binary as a user runs it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// `fhirflight sql --folder <folder>` with its cache in `folder`; flags and the query follow.
@@ -762,15 +762,22 @@ fn patients_with_ids(folder: &Path, ids: &[&str]) {
     std::fs::write(folder.join("Patient.ndjson"), lines.join("\n")).unwrap();
 }
 
+/// The snapshot folder (`<name>/<snapshot>`) of a table file (`<name>/<mode>/<snapshot>/part-0`).
+fn snapshot_dir(file: &Path) -> PathBuf {
+    let table = file.parent().unwrap();
+    let name = table.parent().unwrap().parent().unwrap();
+    name.join(table.file_name().unwrap())
+}
+
 #[test]
 fn cache_path_gives_the_current_snapshots_rows_where_a_glob_takes_a_held_one_too() {
     let folder = tempfile::tempdir().unwrap();
     let cache = folder.path().join("cache");
     patients_with_ids(folder.path(), &["a"]);
     refresh(folder.path(), "SELECT count(*) FROM Patient");
-    let first = cache_command(&cache, &["path", "Patient"]);
+    let first = cache_command(&cache, &["path", "Patient", "--format", "lines"]);
     // Another process still reads the first snapshot when the second is committed.
-    let first_dir = Path::new(first.trim()).parent().unwrap().parent().unwrap();
+    let first_dir = &snapshot_dir(Path::new(first.trim()));
     let readers = std::fs::File::open(first_dir.join(".readers")).unwrap();
     readers.lock_shared().unwrap();
     patients_with_ids(folder.path(), &["a", "b"]);
@@ -784,10 +791,10 @@ fn cache_path_gives_the_current_snapshots_rows_where_a_glob_takes_a_held_one_too
     assert_eq!(patient["name"], "Patient");
     assert_eq!(patient["resources"], 2);
     let type_dir = Path::new(source["dir"].as_str().unwrap()).join("Patient");
-    let glob: Vec<String> = std::fs::read_dir(&type_dir)
+    let glob: Vec<String> = std::fs::read_dir(type_dir.join("flattened"))
         .unwrap()
         .flatten()
-        .map(|e| e.path().join("flattened").join("part-0.parquet"))
+        .map(|e| e.path().join("part-0.parquet"))
         .filter(|p| p.is_file())
         .map(|p| p.display().to_string())
         .collect();
@@ -795,10 +802,21 @@ fn cache_path_gives_the_current_snapshots_rows_where_a_glob_takes_a_held_one_too
     assert_eq!(
         parquet_rows(&glob),
         3,
-        "Patient/*/flattened/*.parquet: {glob:?}"
+        "Patient/flattened/*/*.parquet: {glob:?}"
     );
+    // What another engine reads is the Delta table, whose current version is the snapshot.
+    let delta = type_dir.join("flattened");
+    assert_eq!(
+        cache_command(&cache, &["path", "Patient"]),
+        format!("{}\n", delta.display())
+    );
+    assert_eq!(
+        patient["tables"]["flattened"]["delta"],
+        delta.display().to_string()
+    );
+    assert_eq!(patient["tables"]["flattened"]["deltaVersion"], 1);
 
-    let lines = cache_command(&cache, &["path", "Patient"]);
+    let lines = cache_command(&cache, &["path", "Patient", "--format", "lines"]);
     let paths: Vec<&str> = lines.lines().collect();
     assert_eq!(parquet_rows(&paths), 2, "{paths:?}");
     assert!(
@@ -822,7 +840,8 @@ fn cache_path_gives_the_current_snapshots_rows_where_a_glob_takes_a_held_one_too
         .to_str()
         .unwrap();
     for source in [canonical.to_str().unwrap(), key] {
-        assert_eq!(cache_command(&cache, &["path", source, "Patient"]), lines);
+        let named = ["path", source, "Patient", "--format", "lines"];
+        assert_eq!(cache_command(&cache, &named), lines);
     }
     assert_eq!(
         cache_command(&cache, &["path", "Patient", "--format", "duckdb"]),
@@ -879,7 +898,7 @@ fn cache_clear_removes_a_type_keeps_what_is_read_and_names_what_exists() {
         out.lines()
             .last()
             .unwrap()
-            .starts_with("removed: 3, freed: "),
+            .starts_with("removed: 5, freed: "),
         "{out}"
     );
     assert_eq!(names(&cache_listing(&cache)), ["Observation"]);
@@ -907,12 +926,8 @@ fn cache_clear_removes_a_type_keeps_what_is_read_and_names_what_exists() {
     );
 
     // A query of another process reads Observation: it stays, and is no longer current.
-    let observation = cache_command(&cache, &["path", "Observation"]);
-    let held = Path::new(observation.trim())
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap();
+    let observation = cache_command(&cache, &["path", "Observation", "--format", "lines"]);
+    let held = &snapshot_dir(Path::new(observation.trim()));
     let readers = std::fs::File::open(held.join(".readers")).unwrap();
     readers.lock_shared().unwrap();
     let out = cache_command(&cache, &["clear", canonical.to_str().unwrap()]);

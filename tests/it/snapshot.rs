@@ -77,10 +77,15 @@ fn commit_makes_a_snapshot_visible_only_when_complete() {
     .unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["transactionTime"], "t1");
+    // Paths in the Delta table `Patient/flattened/`, as its log names them.
+    let id = current.manifest().snapshot.clone();
+    let flattened = &json["tables"]["flattened"];
     assert_eq!(
-        json["tables"]["flattened"]["files"][0]["path"],
-        "flattened/part-0.parquet"
+        flattened["files"][0]["path"],
+        format!("{id}/part-0.parquet")
     );
+    assert_eq!(flattened["delta_version"], 0);
+    assert_eq!(json["format"], 2);
 
     // A newer commit replaces it; a folder goes once nobody holds its snapshot.
     let second = commit(&store, ndjson(data.path(), "b.ndjson", &["3"]), "t2");
@@ -105,9 +110,15 @@ fn commit_makes_a_snapshot_visible_only_when_complete() {
     assert!(second.dir().exists() && third.dir().exists());
     let second_dir = second.dir().to_owned();
     drop(second);
+    let second_table = second_dir
+        .parent()
+        .unwrap()
+        .join("flattened")
+        .join(second_dir.file_name().unwrap());
+    assert!(second_table.is_dir());
     let removed = store.clean(std::time::Duration::from_secs(3600)).unwrap();
-    assert_eq!(removed.len(), 1);
-    assert!(!second_dir.exists() && third.dir().exists());
+    assert_eq!(removed.len(), 2, "its table and its folder: {removed:?}");
+    assert!(!second_dir.exists() && !second_table.exists() && third.dir().exists());
 }
 
 #[test]
@@ -257,22 +268,31 @@ async fn parts_converted_as_files_come_make_the_table_one_conversion_makes() {
             .map(|f| (f.path.clone(), f.rows))
             .collect()
     };
-    assert_eq!(paths(&whole), [("flattened/part-0.parquet".to_owned(), 3)]);
+    let id = whole.manifest().snapshot.clone();
+    assert_eq!(paths(&whole), [(format!("{id}/part-0.parquet"), 3)]);
     // A first file with no rows and every column, then the parts.
-    let expected = [(0, 0), (1, 1), (2, 1), (3, 1)]
-        .map(|(n, rows)| (format!("flattened/part-{n}.parquet"), rows));
+    let id = parted.manifest().snapshot.clone();
+    let expected =
+        [(0, 0), (1, 1), (2, 1), (3, 1)].map(|(n, rows)| (format!("{id}/part-{n}.parquet"), rows));
     assert_eq!(paths(&parted), expected);
     assert_eq!(
         whole.schema("flattened").unwrap(),
         parted.schema("flattened").unwrap()
     );
-    // Those parts are kept as they are: the reader casts them to the table's decimals.
-    for (part, kept) in [(1, DataType::Int64), (2, DataType::Utf8)] {
-        let path = parted.dir().join(format!("flattened/part-{part}.parquet"));
+    // Those parts were decoded again as decimals: a Delta table's files have its types (an
+    // engine such as Spark casts no integer file to a decimal column).
+    for part in 1..=3 {
+        let path = parted
+            .table_dir("flattened")
+            .join(format!("part-{part}.parquet"));
         let footer = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap());
         let footer = footer.unwrap();
         let value = footer.schema().field_with_name("valueQuantity_value");
-        assert_eq!(value.unwrap().data_type(), &kept);
+        assert_eq!(
+            value.unwrap().data_type(),
+            &DataType::Float64,
+            "part {part}"
+        );
     }
     let text = table_text(parted).await;
     assert_eq!(text, table_text(whole).await);

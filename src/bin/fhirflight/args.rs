@@ -118,16 +118,20 @@ pub(crate) struct CacheArgs {
 pub(crate) enum CacheCommand {
     /// List each source's current snapshots: type, rows, size, age, transaction time.
     List(CacheListArgs),
-    /// Print the Parquet files of a type's current snapshot, one absolute path per line: what
-    /// another engine reads (a glob over the type's folder may also take older snapshots that
-    /// a running query still holds).
+    /// Print what another engine reads for a type: its Delta table's folder (Spark, Trino,
+    /// DuckDB `delta_scan`, Polars `read_delta`, Python `deltalake`), or with `--format lines`
+    /// the Parquet files of its current snapshot.
     Path(CachePathArgs),
+    /// List the versions of a type's Delta table, newest first: each an export, with when it
+    /// was committed, its resources, `transactionTime` and snapshot (`--format json`: all the
+    /// export's metadata: source, request, counts, warnings).
+    History(CacheHistoryArgs),
     /// Remove a type's snapshots (with SOURCE TYPE or TYPE: in every source), a source's (with
     /// SOURCE), or all (without arguments). What a running process reads or exports into stays;
     /// it is no longer current, and `cache gc` removes it once unread.
     Clear(CacheClearArgs),
-    /// Remove what nobody needs any more: snapshots superseded by newer ones once nobody reads
-    /// them, the folders of writers that are gone, and the downloads of stopped exports that no
+    /// Remove what nobody needs any more: snapshots superseded by newer ones (more than
+    /// `--retention` ago) once nobody reads them, the folders of writers that are gone, and the downloads of stopped exports that no
     /// export holds and nothing touched for `--staging-older-than` (they can no longer be
     /// resumed). Never what a running process reads, writes or exports into.
     Gc(CacheGcArgs),
@@ -175,13 +179,30 @@ pub(crate) struct CachePathArgs {
     /// The table: `flattened`, `nested`, or another mode `cache list --format json` shows.
     #[arg(long, default_value = "flattened")]
     pub(crate) mode: String,
-    /// `lines` (one path per line) or `duckdb` (a `SELECT * FROM read_parquet([...])`).
-    #[arg(long, value_enum, default_value_t = PathFormat::Lines)]
+    /// `delta` (the Delta table's folder), `lines` (the current snapshot's Parquet files, one
+    /// per line) or `duckdb` (a `SELECT * FROM read_parquet([...])` of them).
+    #[arg(long, value_enum, default_value_t = PathFormat::Delta)]
     pub(crate) format: PathFormat,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheHistoryArgs {
+    #[command(flatten)]
+    pub(crate) cache: CacheDir,
+    /// `TYPE` (when one source holds it) or `SOURCE TYPE`, as for `cache path`.
+    #[arg(value_name = "SOURCE|TYPE", num_args = 1..=2, required = true)]
+    pub(crate) names: Vec<String>,
+    /// The table: `flattened`, `nested`, or another mode `cache list --format json` shows.
+    #[arg(long, default_value = "flattened")]
+    pub(crate) mode: String,
+    /// `text` (a table) or `json` (every version with its export's metadata).
+    #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+    pub(crate) format: ListFormat,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum PathFormat {
+    Delta,
     Lines,
     Duckdb,
 }
@@ -202,6 +223,10 @@ pub(crate) struct CacheGcArgs {
     /// How long the downloads of a stopped export are kept for its resume.
     #[arg(long, value_parser = parse_duration, default_value = "7d")]
     pub(crate) staging_older_than: Duration,
+    /// How long a superseded snapshot is kept (its version of the Delta tables readable), as
+    /// `--retention` of `sql` and `serve`.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub(crate) retention: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,6 +382,11 @@ pub(crate) struct CatalogArgs {
     /// such as `15m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", help_heading = "Cache")]
     pub(crate) freshness: Freshness,
+    /// How long an export's version of a table stays readable (`fhir_snapshot`, other engines'
+    /// time travel) after a newer export supersedes it: `0s` (until no query reads it) or an
+    /// age such as `1d`, `7d`.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", help_heading = "Cache")]
+    pub(crate) retention: Duration,
     /// Nested tables (Struct/List columns) instead of the flattened ones.
     #[arg(long, help_heading = "Tables and exports")]
     pub(crate) nested: bool,
@@ -635,6 +665,7 @@ impl CatalogArgs {
         config.server = flags.or(config.server);
         let mut options = CatalogOptions::default()
             .with_freshness(self.freshness)
+            .with_retention(self.retention)
             .with_strict(self.strict);
         if let Some(dir) = self.cache_dir {
             options = options.with_cache_dir(dir);

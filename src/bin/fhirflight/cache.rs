@@ -1,24 +1,28 @@
 //! `fhirflight cache`: what the snapshot cache holds (`list`), what another engine reads for a
-//! type (`path`), and removing snapshots (`clear`, `gc`).
+//! type (`path`), the exports a type's Delta table holds (`history`), and removing snapshots
+//! (`clear`, `gc`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fhirflight::size::{display, display_rounded};
-use fhirflight::snapshot::{CachedSnapshot, CachedSource, clean_cache, list_cache};
+use fhirflight::snapshot::{CachedSnapshot, CachedSource, CachedTable, clean_cache, list_cache};
 use fhirflight::{Error, Result};
 
 use crate::args::{
-    CacheArgs, CacheClearArgs, CacheCommand, CacheListArgs, CachePathArgs, ListFormat, PathFormat,
+    CacheArgs, CacheClearArgs, CacheCommand, CacheHistoryArgs, CacheListArgs, CachePathArgs,
+    ListFormat, PathFormat,
 };
 
 pub(crate) fn run(args: CacheArgs) -> Result<()> {
     match args.command.unwrap_or(CacheCommand::List(args.list)) {
         CacheCommand::List(args) => list(args),
         CacheCommand::Path(args) => path(args),
+        CacheCommand::History(args) => history(args),
         CacheCommand::Clear(args) => clear(args),
         CacheCommand::Gc(args) => {
-            let removed = clean_cache(&args.cache.root(), args.staging_older_than)?;
+            let root = args.cache.root();
+            let removed = clean_cache(&root, args.staging_older_than, args.retention)?;
             print_removed(&removed, "folders removed");
             Ok(())
         }
@@ -62,7 +66,7 @@ fn list(args: CacheListArgs) -> Result<()> {
         }
     }
     println!(
-        "another engine reads a type's current Parquet files: fhirflight cache path [SOURCE] TYPE"
+        "another engine reads a type as a Delta table: fhirflight cache path [SOURCE] TYPE; its exports: fhirflight cache history [SOURCE] TYPE"
     );
     Ok(())
 }
@@ -70,49 +74,18 @@ fn list(args: CacheListArgs) -> Result<()> {
 fn path(args: CachePathArgs) -> Result<()> {
     let root = args.cache.root();
     let sources = list_cache(&root)?;
-    let (source, name) = match args.names.as_slice() {
-        [source, name] => (named_source(&sources, source, &root)?, name),
-        [name] => {
-            let holding: Vec<&CachedSource> = sources
-                .iter()
-                .filter(|s| s.snapshot(name).is_some())
-                .collect();
-            match holding.as_slice() {
-                [source] => (*source, name),
-                [] => {
-                    return Err(Error::config(format!(
-                        "no snapshot of {name} in {}; {}",
-                        root.display(),
-                        cached(&sources)
-                    )));
-                }
-                _ => {
-                    return Err(Error::config(format!(
-                        "{name} is cached for several sources, name one (fhirflight cache path SOURCE {name}); {}",
-                        cached(holding.iter().copied())
-                    )));
-                }
-            }
-        }
-        _ => unreachable!("clap takes one or two names"),
-    };
-    let snapshot = source.snapshot(name).ok_or_else(|| {
-        Error::config(format!(
-            "no snapshot of {name} for {}; it has: {}",
-            source.source,
-            names(&source.snapshots)
-        ))
-    })?;
-    let table = snapshot.tables.get(&args.mode).ok_or_else(|| {
-        let modes: Vec<&str> = snapshot.tables.keys().map(String::as_str).collect();
-        Error::config(format!(
-            "the snapshot of {name} for {} has no {} table; it has: {}",
-            source.source,
-            args.mode,
-            modes.join(", ")
-        ))
-    })?;
+    let (source, snapshot) = find_snapshot(&sources, &args.names, &root)?;
+    let table = table_of(source, snapshot, &args.mode)?;
     match args.format {
+        PathFormat::Delta => match &table.delta {
+            Some(delta) => println!("{}", delta.display()),
+            None => {
+                return Err(Error::config(format!(
+                    "the {} table of {} for {} is no Delta table (written by an earlier version of fhirflight, or refused: `cache list --format json` shows its warnings); its next export makes one, or use --format lines",
+                    args.mode, snapshot.name, source.source
+                )));
+            }
+        },
         PathFormat::Lines => {
             for file in &table.files {
                 println!("{}", file.display());
@@ -129,6 +102,114 @@ fn path(args: CachePathArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn history(args: CacheHistoryArgs) -> Result<()> {
+    let root = args.cache.root();
+    let sources = list_cache(&root)?;
+    let (source, snapshot) = find_snapshot(&sources, &args.names, &root)?;
+    table_of(source, snapshot, &args.mode)?;
+    let table = source.dir.join(&snapshot.name).join(&args.mode);
+    let versions = fhirflight::snapshot::history(&table)?;
+    if let ListFormat::Json = args.format {
+        let json = serde_json::to_string_pretty(&versions)
+            .map_err(|e| Error::snapshot_with("cannot serialise the history", e))?;
+        println!("{json}");
+        return Ok(());
+    }
+    if versions.is_empty() {
+        println!(
+            "{} has no Delta table for {}",
+            table.display(),
+            snapshot.name
+        );
+        return Ok(());
+    }
+    println!("{}", table.display());
+    println!(
+        "  {:>7}  {:<24}  {:>10}  {:<24}  SNAPSHOT",
+        "VERSION", "COMMITTED", "RESOURCES", "TRANSACTION TIME"
+    );
+    for v in &versions {
+        let field = |key: &str| v.export.get(key).and_then(|x| x.as_str()).unwrap_or("");
+        let committed = fhirflight::snapshot::rfc3339(
+            std::time::UNIX_EPOCH + Duration::from_millis(v.timestamp_ms.max(0) as u64),
+        );
+        let resources = v.export.get("resources").and_then(|x| x.as_u64());
+        println!(
+            "  {:>7}  {:<24}  {:>10}  {:<24}  {}",
+            v.version,
+            committed,
+            resources.map_or_else(String::new, |n| n.to_string()),
+            field("transactionTime"),
+            field("snapshot"),
+        );
+    }
+    println!(
+        "an earlier version reads while its files are kept: SELECT * FROM fhir_snapshot('<catalog>', '{}', <version>)",
+        snapshot.resource_type
+    );
+    Ok(())
+}
+
+/// The table of `mode` of `snapshot` (so `mode` names a folder of the store and nothing else).
+fn table_of<'a>(
+    source: &CachedSource,
+    snapshot: &'a CachedSnapshot,
+    mode: &str,
+) -> Result<&'a CachedTable> {
+    snapshot.tables.get(mode).ok_or_else(|| {
+        let modes: Vec<&str> = snapshot.tables.keys().map(String::as_str).collect();
+        Error::config(format!(
+            "the snapshot of {} for {} has no {mode} table; it has: {}",
+            snapshot.name,
+            source.source,
+            modes.join(", ")
+        ))
+    })
+}
+
+/// The source and current snapshot `names` point at: `[TYPE]` (when one source holds it) or
+/// `[SOURCE, TYPE]`.
+fn find_snapshot<'a>(
+    sources: &'a [CachedSource],
+    names: &[String],
+    root: &Path,
+) -> Result<(&'a CachedSource, &'a CachedSnapshot)> {
+    let (source, name) = match names {
+        [source, name] => (named_source(sources, source, root)?, name),
+        [name] => {
+            let holding: Vec<&CachedSource> = sources
+                .iter()
+                .filter(|s| s.snapshot(name).is_some())
+                .collect();
+            match holding.as_slice() {
+                [source] => (*source, name),
+                [] => {
+                    return Err(Error::config(format!(
+                        "no snapshot of {name} in {}; {}",
+                        root.display(),
+                        cached(sources)
+                    )));
+                }
+                _ => {
+                    return Err(Error::config(format!(
+                        "{name} is cached for several sources, name one (fhirflight cache path SOURCE {name}); {}",
+                        cached(holding.iter().copied())
+                    )));
+                }
+            }
+        }
+        _ => unreachable!("clap takes one or two names"),
+    };
+    let snapshot = source.snapshot(name).ok_or_else(|| {
+        Error::config(format!(
+            "no snapshot of {name} for {}; it has: {}",
+            source.source,
+            names_of(&source.snapshots)
+        ))
+    })?;
+    Ok((source, snapshot))
 }
 
 fn clear(args: CacheClearArgs) -> Result<()> {
@@ -198,7 +279,7 @@ fn cached<'a>(sources: impl IntoIterator<Item = &'a CachedSource>) -> String {
         .into_iter()
         .map(|s| {
             let key = s.dir.file_name().unwrap_or_default().to_string_lossy();
-            format!("{} ({key}): {}", s.source, names(&s.snapshots))
+            format!("{} ({key}): {}", s.source, names_of(&s.snapshots))
         })
         .collect();
     match each.is_empty() {
@@ -207,7 +288,7 @@ fn cached<'a>(sources: impl IntoIterator<Item = &'a CachedSource>) -> String {
     }
 }
 
-fn names(snapshots: &[CachedSnapshot]) -> String {
+fn names_of(snapshots: &[CachedSnapshot]) -> String {
     match snapshots.is_empty() {
         true => "no snapshots".to_owned(),
         false => snapshots

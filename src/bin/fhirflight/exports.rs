@@ -38,6 +38,7 @@ async fn list(args: &ExportsArgs) -> Result<Vec<ExportStatus>> {
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| failed("bad address", &e))?;
     if tls {
+        fhirflight::flight::install_crypto_provider();
         let mut config = ClientTlsConfig::new();
         if let Some(path) = &args.ca_cert {
             let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;

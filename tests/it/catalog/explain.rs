@@ -28,7 +28,7 @@ async fn explain_shows_the_snapshot_files_and_statistics_come_from_the_manifest(
         .unwrap();
     assert!(
         plan.contains(&format!(
-            "Patient/{}/flattened/part-0.parquet",
+            "Patient/flattened/{}/part-0.parquet",
             snapshot.manifest().snapshot
         )),
         "{plan}"
