@@ -73,8 +73,7 @@ async fn run(patients: usize, resource_type: &str, reps: usize) {
         // 1% of the type changes; one in ten of those is deleted instead.
         let step = 100;
         for (n, resource) in resources.iter().enumerate().skip(rep).step_by(step) {
-            let mut value: serde_json::Value =
-                serde_json::from_str(resource.json()).expect("json");
+            let mut value: serde_json::Value = serde_json::from_str(resource.json()).expect("json");
             value["language"] = format!("x-bench-{rep}").into();
             match n % (10 * step) == rep {
                 true => server.delete(resource_type, resource.id()),
@@ -82,14 +81,26 @@ async fn run(patients: usize, resource_type: &str, reps: usize) {
             }
         }
         let started = Instant::now();
-        let refreshed = incremental.refresh(&types).await.expect("incremental refresh");
+        let refreshed = incremental
+            .refresh(&types)
+            .await
+            .expect("incremental refresh");
         inc_s.push(started.elapsed().as_secs_f64());
-        let merged = refreshed[0].manifest().incremental.as_ref().expect("incremental");
+        let merged = refreshed[0]
+            .manifest()
+            .incremental
+            .as_ref()
+            .expect("incremental");
         assert!(merged.changed > 0, "the refresh exported the changes");
     }
     let (f, i) = (median(full_s), median(inc_s));
-    let table = full.store().dir().join(resource_type).join("flattened");
-    let versions = fhirflight::snapshot::history(&table).expect("history").len();
+    let table = full
+        .store()
+        .table_url(resource_type, "flattened")
+        .expect("table");
+    let versions = fhirflight::snapshot::history(&table)
+        .expect("history")
+        .len();
     println!(
         "{resource_type:<12} {:>7} {:>9.3} {:>9.3} {:>8.2}x {:>9} {:>9}",
         resources.len(),

@@ -46,8 +46,11 @@ impl FhirCatalog {
             }
             None => None,
         };
-        let store = SnapshotStore::open(&options.cache_dir, source.location())?
+        let mut store = SnapshotStore::open(&options.cache_dir, source.location())?
             .with_retention(options.retention);
+        if let Some(location) = &options.table_location {
+            store = store.with_table_location(location.clone())?;
+        }
         let exporter = Arc::new(Exporter::new(source, store, options, pinned));
         let schema = Arc::new(FhirSchema {
             exporter: Arc::clone(&exporter),

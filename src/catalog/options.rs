@@ -70,6 +70,7 @@ pub struct CatalogOptions {
     pub(super) incremental: bool,
     pub(super) max_filtered_snapshots: usize,
     pub(super) retention: Duration,
+    pub(super) table_location: Option<url::Url>,
     pub(super) views: Vec<Arc<ViewDefinition>>,
     pub(super) view_dirs: Vec<PathBuf>,
     pub(super) pushdown: PushdownMode,
@@ -95,6 +96,7 @@ impl Default for CatalogOptions {
             incremental: true,
             max_filtered_snapshots: DEFAULT_MAX_FILTERED_SNAPSHOTS,
             retention: Duration::ZERO,
+            table_location: None,
             views: Vec::new(),
             view_dirs: Vec::new(),
             pushdown: PushdownMode::default(),
@@ -262,6 +264,17 @@ impl CatalogOptions {
     /// ```
     pub fn with_retention(self, retention: Duration) -> Self {
         Self { retention, ..self }
+    }
+
+    /// Where the types' Delta tables go: `s3://bucket/prefix`, `gs://...`, `az://...` or a
+    /// folder's `file://` URL (default: the cache folder), for other engines and machines; see
+    /// [`SnapshotStore::with_table_location`](crate::snapshot::SnapshotStore::with_table_location).
+    /// Making the catalog fails for a location no object store serves.
+    pub fn with_table_location(self, location: url::Url) -> Self {
+        Self {
+            table_location: Some(location),
+            ..self
+        }
     }
 
     /// The raw NDJSON bytes (as downloaded, gzip or plain) an export's files gather before they

@@ -38,8 +38,11 @@ impl TableFunctionImpl for SnapshotFunction {
             return plan_err!("fhir_snapshot: {table} is not a table of {name}");
         };
         let mode = mode_key(&catalog.exporter.options.mode);
-        let root = catalog.store().dir().join(&resource_type).join(mode);
-        open_version(&root, version, args.session()).map_err(to_datafusion)
+        let table = catalog
+            .store()
+            .table_url(&resource_type, &mode)
+            .map_err(to_datafusion)?;
+        open_version(&table, version, args.session()).map_err(to_datafusion)
     }
 }
 

@@ -268,6 +268,7 @@ impl TableParts {
                 })
                 .collect(),
             delta_version: None,
+            delta_table: None,
         };
         Ok((table, skipped.into_iter().chain(wide).collect()))
     }

@@ -1,12 +1,17 @@
-//! Each table (mode) of a name is a Delta Lake table at `<name>/<mode>/`, which every lakehouse
-//! engine reads as a table: a commit of the store writes one version ([`publish`]: the new
-//! snapshot's files added, the files of the one it supersedes removed, the export's metadata in
-//! the commit), so every export is a version ([`history`]) and an earlier one can be read
-//! ([`open_version`]) while its files are kept.
+//! Each table (mode) of a name is a Delta Lake table, in the store's folder (`<name>/<mode>/`) or
+//! on an object store (`s3://`, `gs://`, `az://`), which every lakehouse engine reads as a table:
+//! a commit of the store writes one version ([`publish`]: the new snapshot's files added, the
+//! files of the one it supersedes removed, the export's metadata in the commit), so every export
+//! is a version ([`history`]) and an earlier one can be read ([`open_version`]) while its files
+//! are kept.
+//!
+//! Writers on several machines resolve by Delta's optimistic commit protocol: a version is a
+//! conditional write of its log entry, and a writer that loses a race reads the table again and
+//! commits its own export as the next version (the newest export wins).
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use arrow::datatypes::Schema;
 use datafusion::catalog::{Session, TableProvider};
@@ -15,8 +20,9 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
+use url::Url;
 
 use super::TableFile;
 use crate::{Error, Result};
@@ -24,19 +30,24 @@ use crate::{Error, Result};
 /// The key of fhirflight's metadata in a commit's `commitInfo`.
 pub const COMMIT_KEY: &str = "fhirflight";
 
-/// Commits a version of the Delta table at `root` (creating it) that holds exactly `files`
-/// (paths relative to `root`) with the columns of `schema`, and `info` under [`COMMIT_KEY`] in
-/// its `commitInfo`. The table's schema becomes `schema` (the type's columns, which never
-/// shrink) with a metadata action, never a rewrite of a file. Returns the version.
+/// Commits a version of the Delta table at `table` (creating it) that holds exactly `files`
+/// (paths relative to the table) and `info` under [`COMMIT_KEY`] in its `commitInfo`; the files
+/// are in `local` (the store's folder of the table), and are uploaded first when the table is
+/// elsewhere. With a `schema` (the type's columns, which never shrink), the table's becomes it
+/// with a metadata action, never a rewrite of a file; without, the table's stays. A commit
+/// another writer won first is retried on the table as it then is. Returns the version.
 pub(super) fn publish(
-    root: &Path,
+    table: &Url,
+    local: &Path,
     files: &[TableFile],
-    schema: &Schema,
+    schema: Option<&Schema>,
     info: serde_json::Value,
 ) -> Result<u64> {
-    let failed =
-        |e: &dyn std::fmt::Display| Error::snapshot(format!("Delta table {}: {e}", root.display()));
-    let columns: StructType = schema.try_into_kernel().map_err(|e| failed(&e))?;
+    let failed = |e: &dyn std::fmt::Display| Error::snapshot(format!("Delta table {table}: {e}"));
+    let columns: Option<StructType> = schema
+        .map(|s| s.try_into_kernel())
+        .transpose()
+        .map_err(|e| failed(&e))?;
     let modified = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -56,54 +67,148 @@ pub(super) fn publish(
         })
         .collect();
     let properties = CommitProperties::default().with_metadata([(COMMIT_KEY.to_owned(), info)]);
+    let upload = *table != local_url(local).map_err(|e| failed(&e))?;
     let committed = block_on(|| async {
-        let mut table = DeltaTableBuilder::from_url(table_url(root)?)?.build()?;
-        // Asked first: loading a folder without a log logs an error of the kernel's.
-        match table.log_store().is_delta_table_location().await? {
-            true => table.load().await?,
-            false => {
-                let created = table
-                    .create()
-                    .with_columns(columns.fields().cloned())
-                    .with_actions(adds)
-                    .with_commit_properties(properties)
-                    .await?;
-                return Ok(created.version().unwrap_or_default());
+        if upload {
+            let table = DeltaTableBuilder::from_url(table.clone())?.build()?;
+            let store = table.log_store().object_store(None);
+            futures::stream::iter(files.iter().map(|f| upload_file(&store, local, &f.path)))
+                .buffer_unordered(4)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        let mut attempt = 0;
+        loop {
+            let committed = commit(table, &columns, &adds, &properties).await;
+            match committed {
+                Err(e) if attempt < MAX_RACES && lost_race(&e) => attempt += 1,
+                committed => break committed,
             }
         }
-        let snapshot = table.snapshot()?;
-        let mut actions = Vec::new();
-        if snapshot.schema().as_ref() != &columns {
-            actions.push(Action::Metadata(
-                snapshot.metadata().clone().with_schema(&columns)?,
-            ));
-        }
-        // A path added again (a conversion redone for the same snapshot) is replaced by its
-        // add: one action per path and version.
-        let removes: Vec<Action> = snapshot
-            .snapshot()
-            .file_views(table.log_store().as_ref(), None)
-            .try_filter(|f| {
-                let kept = files.iter().all(|n| n.path != f.path().as_ref());
-                async move { kept }
-            })
-            .map_ok(|f| Action::Remove(f.remove_action(true)))
-            .try_collect()
-            .await?;
-        actions.extend(removes);
-        actions.extend(adds);
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
-            partition_by: None,
-            predicate: None,
-        };
-        let commit = CommitBuilder::from(properties)
-            .with_actions(actions)
-            .build(Some(snapshot), table.log_store(), operation)
-            .await?;
-        Ok::<_, DeltaTableError>(commit.version())
     })?;
     committed.map_err(|e| failed(&e))
+}
+
+/// How many times a commit is tried again after other writers won.
+const MAX_RACES: usize = 8;
+
+/// Whether `e` says another writer committed first (the version, or data this one read).
+fn lost_race(e: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(
+        e,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_)
+                    | TransactionError::VersionAlreadyExists(_)
+            }
+    )
+}
+
+/// One try of [`publish`]'s commit, on the table as it is now.
+async fn commit(
+    url: &Url,
+    columns: &Option<StructType>,
+    adds: &[Action],
+    properties: &CommitProperties,
+) -> std::result::Result<u64, DeltaTableError> {
+    let mut table = DeltaTableBuilder::from_url(url.clone())?.build()?;
+    // Asked first: loading a folder without a log logs an error of the kernel's.
+    match (table.log_store().is_delta_table_location().await?, columns) {
+        (true, _) => table.load().await?,
+        (false, None) => return Err(DeltaTableError::NotATable(format!("{url}: no Delta table"))),
+        (false, Some(columns)) => {
+            let created = table
+                .create()
+                .with_columns(columns.fields().cloned())
+                .with_actions(adds.to_vec())
+                .with_commit_properties(properties.clone())
+                .await?;
+            return Ok(created.version().unwrap_or_default());
+        }
+    }
+    let snapshot = table.snapshot()?;
+    let mut actions = Vec::new();
+    if let Some(columns) = columns
+        .as_ref()
+        .filter(|c| snapshot.schema().as_ref() != *c)
+    {
+        let widened = snapshot.metadata().clone().with_schema(columns)?;
+        actions.push(Action::Metadata(widened));
+    }
+    // A path added again (a conversion redone for the same snapshot) is replaced by its add:
+    // one action per path and version.
+    let adding = |path: &str| {
+        adds.iter()
+            .any(|a| matches!(a, Action::Add(add) if add.path == path))
+    };
+    let removes: Vec<Action> = snapshot
+        .snapshot()
+        .file_views(table.log_store().as_ref(), None)
+        .try_filter(|f| {
+            let kept = !adding(f.path().as_ref());
+            async move { kept }
+        })
+        .map_ok(|f| Action::Remove(f.remove_action(true)))
+        .try_collect()
+        .await?;
+    actions.extend(removes);
+    actions.extend(adds.iter().cloned());
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Overwrite,
+        partition_by: None,
+        predicate: None,
+    };
+    let commit = CommitBuilder::from(properties.clone())
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await?;
+    Ok(commit.version())
+}
+
+/// Uploads the file `path` of the folder `local` to `path` of `store` (the table's), in parts.
+async fn upload_file(
+    store: &deltalake::logstore::ObjectStoreRef,
+    local: &Path,
+    path: &str,
+) -> std::result::Result<(), DeltaTableError> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::open(local.join(path)).await?;
+    let target = deltalake::Path::from(path);
+    let mut writer = object_store::buffered::BufWriter::new(Arc::clone(store), target);
+    tokio::io::copy(&mut file, &mut writer).await?;
+    writer.shutdown().await?;
+    Ok(())
+}
+
+/// Makes each version of the Delta table at `table` older than `retention` unreadable by
+/// removing the files only such versions hold; returns how many went. The store's own folder is
+/// collected with its snapshots: this is for a table elsewhere.
+pub(super) fn vacuum(table: &Url, retention: std::time::Duration) -> Result<usize> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let vacuumed = block_on(|| async {
+        let table = DeltaTableBuilder::from_url(table.clone())?.load().await?;
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await?;
+        Ok::<_, DeltaTableError>(metrics.files_deleted.len())
+    })?;
+    vacuumed.map_err(|e| Error::snapshot(format!("Delta table {table}: {e}")))
+}
+
+/// The latest version of the Delta table at `table`; none when there is no table.
+pub(super) fn latest_version(table: &Url) -> Result<Option<u64>> {
+    let latest = block_on(|| async {
+        let mut table = DeltaTableBuilder::from_url(table.clone())?.build()?;
+        if !table.log_store().is_delta_table_location().await? {
+            return Ok::<_, DeltaTableError>(None);
+        }
+        table.load().await?;
+        Ok(table.version())
+    })?;
+    latest.map_err(|e| Error::snapshot(format!("Delta table {table}: {e}")))
 }
 
 /// One version of a snapshot's Delta table, as [`history`] lists it.
@@ -122,10 +227,10 @@ pub struct TableVersion {
     pub export: serde_json::Value,
 }
 
-/// The versions of the Delta table at `root`, newest first; none when there is no table.
-pub fn history(root: &Path) -> Result<Vec<TableVersion>> {
+/// The versions of the Delta table at `table`, newest first; none when there is no table.
+pub fn history(table: &Url) -> Result<Vec<TableVersion>> {
     let listed = block_on(|| async {
-        let mut table = DeltaTableBuilder::from_url(table_url(root)?)?.build()?;
+        let mut table = DeltaTableBuilder::from_url(table.clone())?.build()?;
         if !table.log_store().is_delta_table_location().await? {
             return Ok::<_, DeltaTableError>(Vec::new());
         }
@@ -148,37 +253,115 @@ pub fn history(root: &Path) -> Result<Vec<TableVersion>> {
             })
             .collect())
     })?;
-    listed.map_err(|e| Error::snapshot(format!("Delta table {}: {e}", root.display())))
+    listed.map_err(|e| Error::snapshot(format!("Delta table {table}: {e}")))
 }
 
-/// The Delta table at `root` as it was at `version`, as a DataFusion table (its files read by
+/// The Delta table at `table` as it was at `version`, as a DataFusion table (its files read by
 /// deltalake's own scan, in the session `state`). It loads on a thread of its own, so it may be
 /// called from planning, which is synchronous inside an async runtime.
 pub fn open_version(
-    root: &Path,
+    table: &Url,
     version: u64,
     state: &dyn Session,
 ) -> Result<Arc<dyn TableProvider>> {
     let opened = block_on(|| async {
-        let mut table = DeltaTableBuilder::from_url(table_url(root)?)?.build()?;
+        let mut table = DeltaTableBuilder::from_url(table.clone())?.build()?;
+        table.load().await?;
+        let latest = table.version().unwrap_or_default();
+        if version > latest {
+            let versions = format!("its versions are 0 to {latest} (fhirflight cache history)");
+            return Err(DeltaTableError::Generic(versions).into());
+        }
         table.load_version(version).await?;
         table.update_datafusion_session(state)?;
         table.table_provider().await
     })?;
-    opened.map_err(|e| {
-        Error::snapshot(format!(
-            "Delta table {} at version {version}: {e}",
-            root.display()
-        ))
-    })
+    opened.map_err(|e| Error::snapshot(format!("Delta table {table} at version {version}: {e}")))
 }
 
-/// The `file://` URL of the table folder `root` (absolute).
-fn table_url(root: &Path) -> std::result::Result<url::Url, DeltaTableError> {
-    let absolute = std::path::absolute(root)
-        .map_err(|e| DeltaTableError::InvalidTableLocation(e.to_string()))?;
-    url::Url::from_directory_path(&absolute)
-        .map_err(|()| DeltaTableError::InvalidTableLocation(absolute.display().to_string()))
+/// The `file://` URL of the table folder `local` (made absolute).
+pub(super) fn local_url(local: &Path) -> Result<Url> {
+    let absolute = std::path::absolute(local).map_err(|e| Error::io(local, e))?;
+    Url::from_directory_path(&absolute)
+        .map_err(|()| Error::snapshot(format!("{} is no folder path", absolute.display())))
+}
+
+/// The tables' location `url` (`s3://bucket/prefix`, `gs://`, `az://`, `file:///`), checked:
+/// its object store is known, with credentials from each cloud's standard environment.
+pub(super) fn check_location(url: &Url) -> Result<()> {
+    register_stores();
+    match url.scheme() {
+        "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => Ok(()),
+        other => Err(Error::config(format!(
+            "{url}: tables go to a folder, s3://, gs:// or az://, not {other}://"
+        ))),
+    }
+}
+
+/// Makes deltalake open `s3://`, `gs://` and `az://` tables with object_store's own clients,
+/// configured from each cloud's standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`); its
+/// default log store commits a version with a conditional write (`If-None-Match`), so no lock
+/// service is needed.
+fn register_stores() {
+    static REGISTERED: Once = Once::new();
+    REGISTERED.call_once(|| {
+        let stores = Arc::new(CloudStores);
+        for scheme in ["s3", "s3a", "gs", "az", "abfs", "abfss"] {
+            let Ok(url) = Url::parse(&format!("{scheme}://")) else {
+                continue;
+            };
+            let objects: Arc<dyn deltalake::logstore::ObjectStoreFactory> =
+                Arc::clone(&stores) as _;
+            let logs: Arc<dyn deltalake::logstore::LogStoreFactory> = Arc::clone(&stores) as _;
+            deltalake::logstore::object_store_factories().insert(url.clone(), objects);
+            deltalake::logstore::logstore_factories().insert(url, logs);
+        }
+    });
+}
+
+/// The object stores and log stores of [`register_stores`].
+#[derive(Debug)]
+struct CloudStores;
+
+impl deltalake::logstore::ObjectStoreFactory for CloudStores {
+    fn parse_url_opts(
+        &self,
+        url: &Url,
+        _config: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<(deltalake::logstore::ObjectStoreRef, deltalake::Path)> {
+        let store: deltalake::logstore::ObjectStoreRef = match url.scheme() {
+            "s3" | "s3a" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .build()?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()?,
+            ),
+            _ => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()?,
+            ),
+        };
+        Ok((store, deltalake::Path::from(url.path())))
+    }
+}
+
+impl deltalake::logstore::LogStoreFactory for CloudStores {
+    fn with_options(
+        &self,
+        prefixed: deltalake::logstore::ObjectStoreRef,
+        root: deltalake::logstore::ObjectStoreRef,
+        location: &Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(
+            prefixed, root, location, options,
+        ))
+    }
 }
 
 /// Runs the future `make` makes to completion, on a thread and a runtime of its own: the store
@@ -188,6 +371,7 @@ fn block_on<F: Future>(make: impl FnOnce() -> F + Send) -> Result<F::Output>
 where
     F::Output: Send,
 {
+    register_stores();
     std::thread::scope(|scope| {
         let run = scope.spawn(|| {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -260,7 +444,7 @@ mod tests {
         drop(first);
         assert!(first_dir.is_dir());
         assert_eq!(second.table("flattened").unwrap().delta_version, Some(1));
-        let root = store.dir().join("Patient").join("flattened");
+        let root = local_url(&store.dir().join("Patient").join("flattened")).unwrap();
 
         let versions = history(&root).unwrap();
         let listed: Vec<(u64, &str)> = versions
@@ -289,6 +473,8 @@ mod tests {
         let latest = open_version(&root, 2, &state).unwrap();
         assert!(latest.schema().field_with_name("gender").is_ok());
         assert_eq!(count(latest, "gender").await, (1, 0));
+        let err = open_version(&root, 9, &state).unwrap_err().to_string();
+        assert!(err.contains("its versions are 0 to 2"), "{err}");
 
         // Without retention, a superseded snapshot goes once unread: its version no longer
         // reads, and says which file is missing.
@@ -313,5 +499,48 @@ mod tests {
             3,
             "the log keeps every version"
         );
+    }
+
+    #[test]
+    fn writers_that_lose_a_race_commit_their_export_as_the_next_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = local_url(dir.path()).unwrap();
+        let schema = Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Utf8,
+            true,
+        )]);
+        let file = |n: usize| TableFile {
+            path: format!("s{n}/part-0.parquet"),
+            rows: n as u64,
+            bytes: 1,
+        };
+        let info = |n: usize| serde_json::json!({ "snapshot": format!("s{n}") });
+        publish(&table, dir.path(), &[file(0)], Some(&schema), info(0)).unwrap();
+        // Four writers read version 0 and commit at once: one wins each version, the others
+        // read the table again and commit after it.
+        let start = std::sync::Barrier::new(4);
+        let versions: Vec<u64> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (1..=4)
+                .map(|n| {
+                    let (table, schema, start, local) = (&table, &schema, &start, dir.path());
+                    scope.spawn(move || {
+                        start.wait();
+                        publish(table, local, &[file(n)], Some(schema), info(n)).unwrap()
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut sorted = versions.clone();
+        sorted.sort();
+        assert_eq!(sorted, [1, 2, 3, 4], "{versions:?}");
+        let history = history(&table).unwrap();
+        let mut snapshots: Vec<&str> = history[..4]
+            .iter()
+            .map(|v| v.export["snapshot"].as_str().unwrap())
+            .collect();
+        snapshots.sort();
+        assert_eq!(snapshots, ["s1", "s2", "s3", "s4"]);
     }
 }

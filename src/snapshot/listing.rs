@@ -87,7 +87,12 @@ impl CachedSnapshot {
                 rows: table.rows,
                 bytes: table.bytes,
                 files,
-                delta: table.delta_version.map(|_| root),
+                delta: match &table.delta_table {
+                    Some(url) => Some(url.clone()),
+                    None => table
+                        .delta_version
+                        .and_then(|_| super::delta::local_url(&root).ok()),
+                },
                 delta_version: table.delta_version,
             };
             (mode.clone(), table)
@@ -134,11 +139,12 @@ pub struct CachedTable {
     /// engine reads (a glob over the type's folder would also take superseded snapshots that
     /// a running query still holds).
     pub files: Vec<PathBuf>,
-    /// The Delta table that holds them (`<name>/<mode>/`): what another engine reads as a
-    /// table (its current version is this snapshot, earlier ones are earlier exports). None for
-    /// a snapshot written before tables were Delta tables, or one Delta refused.
+    /// The Delta table that holds them (`file://.../<name>/<mode>/`, or on an object store):
+    /// what another engine reads as a table (its current version is this snapshot, earlier ones
+    /// are earlier exports). None for a snapshot written before tables were Delta tables, or one
+    /// Delta refused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub delta: Option<PathBuf>,
+    pub delta: Option<url::Url>,
     /// The Delta version holding this snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta_version: Option<u64>,
@@ -237,7 +243,8 @@ mod tests {
             .collect();
         assert_eq!(table.files, expected);
         let delta = store.dir().join("Patient").join("flattened");
-        assert_eq!(table.delta.as_deref(), Some(delta.as_path()));
+        let delta = crate::snapshot::delta::local_url(&delta).unwrap();
+        assert_eq!(table.delta.as_ref(), Some(&delta));
         assert_eq!(table.delta_version, Some(1), "the second commit of Patient");
         assert!(table.files.iter().all(|f| f.is_absolute() && f.is_file()));
         assert_eq!(table.rows, 1);

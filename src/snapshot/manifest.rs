@@ -109,6 +109,10 @@ pub struct TableFiles {
     /// or a table Delta refused (the manifest's warnings say why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_version: Option<u64>,
+    /// The Delta table when it is not the store's folder `<name>/<mode>/` (an object store's,
+    /// [`SnapshotStore::with_table_location`](super::SnapshotStore::with_table_location)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_table: Option<url::Url>,
 }
 
 impl TableFiles {

@@ -1,5 +1,5 @@
-//! Local snapshot store: raw NDJSON (as fetched, plain or gzip) + Parquet + a manifest per resource type, committed
-//! atomically, merged incrementally.
+//! Local snapshot store: raw NDJSON (as fetched, plain or gzip) + a Delta Lake table per mode of
+//! each resource type + a manifest, committed atomically, merged incrementally.
 //!
 //! # Layout
 //!
@@ -10,16 +10,20 @@
 //! <cache>/<source-key>/                  e.g. 127.0.0.1_8080-3f2a9c1e5b7d0a46
 //!   source.json                          {"source": "<base url, folder or demo population>"}
 //!   <Type>/manifest.json                 THE commit point: names the current snapshot of <Type>
+//!   <Type>/<mode>/                       a Delta Lake table per mode (flattened, nested): what
+//!                                        another engine reads; a version per export
+//!   <Type>/<mode>/_delta_log/            its log
+//!   <Type>/<mode>/<snapshot-id>/part-<n>.parquet       the files of one snapshot's table
 //!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson[.gz]    raw resources, the source of truth:
 //!                                        copies of the fetched files as they are (gzip
 //!                                        when they were), a merge's gzip
 //!   <Type>/<snapshot-id>/.readers        held (shared lock) by whoever reads that snapshot
-//!   <Type>/<snapshot-id>/<mode>/part-<n>.parquet       one table per mode (flattened, nested)
 //!   <Type>@<filters>-<hash>/...          the same for an export restricted by filter pushdown
 //!                                        (`_typeFilter`, `_since`): a subset of the type, used
 //!                                        only by queries with the same filters
 //!   <Type>@<filters>-<hash>/.readers     held (shared lock) by whoever reads that snapshot;
 //!                                        its modification time is the snapshot's last use
+//!   columns/<Type>.<mode>.arrow          every column the type's tables ever had
 //!   staging/<job-key>/                   downloads of an export in progress (resumable)
 //!   staging/<job-key>.lock               held by the process exporting into it
 //!   tmp/<snapshot-id>/                   a snapshot being written
@@ -27,32 +31,36 @@
 //!   .lock                                held while committing
 //! ```
 //!
+//! A snapshot written before tables were Delta tables (manifest format 1) has its tables in its
+//! own folder (`<Type>/<snapshot-id>/<mode>/`) and reads as before; the type's next commit makes
+//! its Delta table.
+//!
 //! Every path the store builds stays inside its folder: a `<Type>` is a resource type name
 //! ([`crate::r4::check_type_name`]), a filtered snapshot's name, a snapshot id, a job key and a
 //! file path listed in a manifest each pass a strict rule of their own before they are joined
 //! (a manifest on disk may have been tampered with), and garbage collection removes only
 //! folders whose names it made.
 //!
-//! Another engine reads a table by reading `<Type>/manifest.json` and then the files it lists
-//! under `tables.<mode>.files` (paths relative to the snapshot folder), for example in DuckDB
-//! `SELECT * FROM read_parquet('<cache>/<source-key>/Patient/<snapshot>/flattened/*.parquet',
-//! union_by_name = true)`, or in pandas `pd.read_parquet('<...>/Patient/<snapshot>/flattened')`;
-//! [`list_cache`] gives those files as absolute paths (`fhirflight cache path`). A glob over every
-//! snapshot (`Patient/*/flattened/*.parquet`) is wrong: a superseded snapshot stays while it is
-//! read. The table's Arrow schema is its first file's footer (the manifest repeats it as
-//! `columns` for people): a table converted part by part while its export downloaded has parts
-//! with the columns of their own resources, and then a first part of no rows and every column.
+//! Another engine reads a type as its Delta table `<Type>/<mode>/` (the current version is the
+//! current snapshot; [`CachedTable::delta`] names it, `fhirflight cache path`), for example
+//! `deltalake.DeltaTable(path).to_pandas()`, `polars.read_delta(path)`, DuckDB's
+//! `delta_scan(path)`. Each version's `commitInfo` holds the export under [`COMMIT_KEY`]
+//! ([`history`]; `fhirflight cache history`), and [`open_version`] reads an earlier one while
+//! its files are kept ([`SnapshotStore::with_retention`]).
 //!
 //! # Atomicity
 //!
-//! A snapshot is written in `tmp/`, renamed into `<Type>/<snapshot-id>/`, and becomes visible only
-//! when `<Type>/manifest.json` is replaced (written aside, synced, renamed). A crash at any moment
-//! leaves the old manifest (and snapshot) or the new one; leftovers are removed by later commits.
+//! A snapshot is written in `tmp/`, renamed into `<Type>/<snapshot-id>/`, its tables moved into
+//! their Delta tables and committed there as a version each, and it becomes visible to fhirflight
+//! only when `<Type>/manifest.json` is replaced (written aside, synced, renamed). A crash at any
+//! moment leaves the old manifest (and snapshot) or the new one; leftovers are removed by later
+//! commits (a Delta version committed just before a crash names files a later commit removes).
 //! Commits take an exclusive lock on `.lock`, so processes sharing a cache folder serialise their
 //! commits. Every [`Snapshot`] handed out holds a shared lock on its folder's `.readers` file
-//! (and every table and scan made from it keeps it): a superseded snapshot is removed only once
-//! nobody reads it, in any process, by the next commit of its name or by
-//! [`SnapshotStore::clean`] (`fhirflight cache gc`, whose policy it documents).
+//! (and every table and scan made from it keeps it): a superseded snapshot is removed, with its
+//! tables' files, only once nobody reads it, in any process, and its retention is over, by the
+//! next commit of its name or by [`SnapshotStore::clean`] (`fhirflight cache gc`, whose policy
+//! it documents).
 //!
 //! # Filtered snapshots are bounded
 //!

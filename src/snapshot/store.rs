@@ -10,13 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arrow::datatypes::SchemaRef;
 use datafusion::parquet;
 
+use super::delta;
 use super::lease::LEASE_FILE;
 use super::manifest::{read_manifest, to_json, write_atomic};
 use super::names::{
     check_name, is_filtered, is_filtered_name, is_snapshot_id, new_snapshot_id, snapshot_time,
     source_key,
 };
-use super::writer::{WRITERS, owner_lock, publish_tables};
+use super::writer::{WRITERS, export_info, owner_lock, publish_tables};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
 use crate::ndjson::{DecodeOptions, Strictness, TableMode};
@@ -37,6 +38,8 @@ pub struct SnapshotStore {
     dir: PathBuf,
     /// How long a superseded snapshot stays ([`SnapshotStore::with_retention`]).
     retention: Duration,
+    /// Where the Delta tables are when not in `dir` ([`SnapshotStore::with_table_location`]).
+    tables: Option<url::Url>,
 }
 
 impl SnapshotStore {
@@ -65,7 +68,40 @@ impl SnapshotStore {
         Self {
             dir,
             retention: Duration::ZERO,
+            tables: None,
         }
+    }
+
+    /// Writes the Delta tables at `location` (`s3://bucket/prefix`, `gs://...`, `az://...`, or a
+    /// folder's `file://` URL) instead of the store's folder: each commit uploads the new
+    /// snapshot's files to `<location>/<source-key>/<name>/<mode>/<snapshot>/` and commits a
+    /// version there, where other engines (and other machines) read them. The store's folder
+    /// keeps its copy of the files, which fhirflight's own queries read, and the raw NDJSON.
+    /// Credentials come from each cloud's standard environment (`AWS_*`, `GOOGLE_*`,
+    /// `AZURE_*`). Fails for a location no object store serves.
+    pub fn with_table_location(self, location: url::Url) -> Result<Self> {
+        super::delta::check_location(&location)?;
+        Ok(Self {
+            tables: Some(location),
+            ..self
+        })
+    }
+
+    /// The Delta table of `mode` of the snapshots named `name`: in the store's folder
+    /// (`<name>/<mode>/`) or at the tables' location.
+    pub fn table_url(&self, name: &str, mode: &str) -> Result<url::Url> {
+        let check = |c: char| c.is_ascii_alphanumeric() || c == '-';
+        if !mode.chars().all(check) || mode.is_empty() {
+            return Err(Error::snapshot(format!("{} is not a mode", quoted(mode))));
+        }
+        let name = check_name(name)?;
+        let Some(location) = &self.tables else {
+            return super::delta::local_url(&self.dir.join(name).join(mode));
+        };
+        let key = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        let base = location.as_str().trim_end_matches('/');
+        url::Url::parse(&format!("{base}/{key}/{name}/{mode}/"))
+            .map_err(|e| Error::config(format!("{location}: {e}")))
     }
 
     /// Keeps a snapshot for `retention` after a newer commit of its name supersedes it (default
@@ -343,7 +379,7 @@ impl SnapshotStore {
         let name = snapshot.name();
         let current = self.current(&name)?;
         if current.is_some_and(|c| c.manifest.snapshot == manifest.snapshot) {
-            publish_tables(&mut manifest, &self.named_dir(&name)?, &columns);
+            publish_tables(&mut manifest, self, &name, &columns);
             write_atomic(&self.manifest_path(&name)?, &to_json(&manifest)?)?;
         }
         Ok(Snapshot {
@@ -450,10 +486,12 @@ impl SnapshotStore {
 
 impl SnapshotStore {
     /// The cleanup policy, as `fhirflight cache gc` applies it; it never removes what a running
-    /// process reads, writes or exports into:
+    /// process reads, writes or exports into. First, a Delta table whose latest version is not
+    /// the current snapshot (a commit died between the two) gets a version that is again. Then:
     /// 1. snapshot folders superseded by a newer commit of their name more than the store's
     ///    [retention](SnapshotStore::with_retention) ago, once nobody reads them (commits do
-    ///    this too), with their tables' folders;
+    ///    this too), with their tables' folders; at [the tables' location](SnapshotStore::with_table_location),
+    ///    the files only versions superseded that long ago hold (Delta's vacuum);
     /// 2. `tmp/` folders of writers that are gone (opening the store does this too);
     /// 3. `staging/` folders (the downloads a stopped export keeps for its resume) that no
     ///    export holds and that nothing touched for `staging_max_age`: by then the server's
@@ -473,7 +511,7 @@ impl SnapshotStore {
             // The manifest names the current snapshot; without one, none is current. One that
             // cannot be read names nothing for certain: its folders stay.
             let current = match read_manifest(&self.manifest_path(&name)?) {
-                Ok(manifest) => manifest.map(|m| m.snapshot),
+                Ok(manifest) => manifest.map(|m| self.vacuum(self.reconcile(&name, m)).snapshot),
                 Err(e) => {
                     tracing::warn!("{name} left as it is: {e}");
                     continue;
@@ -485,6 +523,70 @@ impl SnapshotStore {
         removed.extend(remove_orphans(&self.dir.join("tmp")));
         removed.extend(self.clean_staging(staging_max_age));
         Ok(removed)
+    }
+
+    /// Makes each Delta table of `manifest` (the current snapshot of `name`) hold that snapshot
+    /// again when a later version does not: a commit that died between its Delta versions and
+    /// its manifest left them naming files that are no snapshot's, which collection removes.
+    /// Returns the manifest, with the new versions recorded.
+    fn reconcile(&self, name: &str, mut manifest: SnapshotManifest) -> SnapshotManifest {
+        let Ok(type_dir) = self.named_dir(name) else {
+            return manifest;
+        };
+        let mut info = export_info(&manifest);
+        info["reconciled"] = true.into();
+        let mut changed = false;
+        for (key, table) in &mut manifest.tables {
+            let local = type_dir.join(key);
+            let url = match &table.delta_table {
+                Some(url) => url.clone(),
+                None => match delta::local_url(&local) {
+                    Ok(url) => url,
+                    Err(_) => continue,
+                },
+            };
+            let ahead = match (table.delta_version, delta::latest_version(&url)) {
+                (Some(ours), Ok(Some(latest))) => latest > ours,
+                (_, Err(e)) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+                _ => false,
+            };
+            if ahead {
+                match delta::publish(&url, &local, &table.files, None, info.clone()) {
+                    Ok(version) => (table.delta_version, changed) = (Some(version), true),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+        }
+        if changed {
+            let written = self
+                .manifest_path(name)
+                .and_then(|path| write_atomic(&path, &to_json(&manifest)?));
+            if let Err(e) = written {
+                tracing::warn!("{e}");
+            }
+        }
+        manifest
+    }
+
+    /// Removes, from each Delta table of `manifest` at the tables' location, the files only
+    /// versions superseded more than the retention ago hold (the store's own folder is collected
+    /// with its snapshots). Returns the manifest.
+    fn vacuum(&self, manifest: SnapshotManifest) -> SnapshotManifest {
+        for url in manifest
+            .tables
+            .values()
+            .filter_map(|t| t.delta_table.as_ref())
+        {
+            match delta::vacuum(url, self.retention) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{url}: {n} files of superseded versions removed"),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        manifest
     }
 
     /// Point 3 of [`SnapshotStore::clean`].
@@ -1000,6 +1102,34 @@ pub(super) mod tests {
         assert_eq!(new.table("flattened").unwrap().delta_version, Some(0));
         assert!(type_dir.join("flattened").join("_delta_log").is_dir());
         assert!(!type_dir.join(&id).exists());
+    }
+
+    #[test]
+    fn a_commit_that_died_before_its_manifest_leaves_a_delta_version_that_cleaning_mends() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        commit(&store, "Patient");
+        let path = store.manifest_path("Patient").unwrap();
+        let manifest = fs::read(&path).unwrap();
+        let first = store.current("Patient").unwrap().unwrap();
+        commit(&store, "Patient");
+        let second = store.current("Patient").unwrap().unwrap();
+        let orphan = second.table_dir("flattened");
+        drop(second);
+        // As if the second commit had died after its Delta version, before its manifest.
+        fs::write(&path, manifest).unwrap();
+        let kept = first.table_dir("flattened");
+        drop(first);
+
+        store.clean(Duration::from_secs(3600)).unwrap();
+        let root = delta::local_url(&store.dir().join("Patient").join("flattened")).unwrap();
+        let versions = delta::history(&root).unwrap();
+        assert_eq!(versions.len(), 3);
+        let current = store.current("Patient").unwrap().unwrap();
+        assert_eq!(versions[0].export["snapshot"], current.manifest().snapshot);
+        assert_eq!(versions[0].export["reconciled"], true);
+        assert_eq!(current.table("flattened").unwrap().delta_version, Some(2));
+        assert!(kept.is_dir() && !orphan.exists());
     }
 
     #[test]

@@ -68,7 +68,8 @@ impl Drop for SnapshotWriter {
 /// name Delta refuses) is still fhirflight's, with a warning.
 pub(super) fn publish_tables(
     manifest: &mut SnapshotManifest,
-    type_dir: &Path,
+    store: &SnapshotStore,
+    name: &str,
     columns: &[(String, SchemaRef)],
 ) {
     let info = export_info(manifest);
@@ -79,8 +80,19 @@ pub(super) fn publish_tables(
         if schema.fields().is_empty() {
             continue; // no column yet (no resource ever): no table for other engines
         }
-        match delta::publish(&type_dir.join(key), &table.files, schema, info.clone()) {
-            Ok(version) => table.delta_version = Some(version),
+        let published = store.named_dir(name).and_then(|dir| {
+            let url = store.table_url(name, key)?;
+            let local = dir.join(key);
+            let version = delta::publish(&url, &local, &table.files, Some(schema), info.clone())?;
+            Ok((version, url != delta::local_url(&local)?))
+        });
+        match published {
+            Ok((version, elsewhere)) => {
+                table.delta_version = Some(version);
+                if elsewhere {
+                    table.delta_table = store.table_url(name, key).ok();
+                }
+            }
             Err(e) => {
                 tracing::warn!("{e}");
                 let warning = Warning::new(WarningKind::Client, format!("not a Delta table: {e}"))
@@ -92,7 +104,7 @@ pub(super) fn publish_tables(
 }
 
 /// What a Delta commit records of the export ([`delta::COMMIT_KEY`]).
-fn export_info(manifest: &SnapshotManifest) -> serde_json::Value {
+pub(super) fn export_info(manifest: &SnapshotManifest) -> serde_json::Value {
     serde_json::json!({
         "snapshot": manifest.snapshot,
         "resourceType": manifest.resource_type,
@@ -268,7 +280,7 @@ impl SnapshotWriter {
             let (from, to) = (target.join(key), root.join(&self.id));
             fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
         }
-        publish_tables(&mut manifest, &type_dir, &columns);
+        publish_tables(&mut manifest, store, &self.name, &columns);
         write_atomic(&store.manifest_path(&self.name)?, &to_json(&manifest)?)?;
         // The snapshots it supersedes go once nobody reads them.
         store.collect_garbage(&type_dir, &[self.id.as_str()], store.retention());

@@ -810,10 +810,8 @@ fn cache_path_gives_the_current_snapshots_rows_where_a_glob_takes_a_held_one_too
         cache_command(&cache, &["path", "Patient"]),
         format!("{}\n", delta.display())
     );
-    assert_eq!(
-        patient["tables"]["flattened"]["delta"],
-        delta.display().to_string()
-    );
+    let url = format!("file://{}/", delta.display());
+    assert_eq!(patient["tables"]["flattened"]["delta"], url);
     assert_eq!(patient["tables"]["flattened"]["deltaVersion"], 1);
 
     let lines = cache_command(&cache, &["path", "Patient", "--format", "lines"]);

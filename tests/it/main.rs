@@ -15,6 +15,7 @@ mod hostile_data;
 mod idents;
 mod ndjson;
 mod readme;
+mod s3;
 mod smart;
 mod snapshot;
 mod view;

@@ -1,9 +1,11 @@
 """Other engines read fhirflight's snapshots as Delta Lake tables: Python `deltalake`, Polars and
-DuckDB's delta extension get the rows and columns of fhirflight's own query, every export is a
-version with its metadata, and `fhir_snapshot` reads an earlier one."""
+DuckDB's delta extension get the rows and columns of fhirflight's own query, in the cache folder
+and on an S3 endpoint (moto's, on 127.0.0.1); every export is a version with its metadata, and
+`fhir_snapshot` reads an earlier one."""
 
 import glob
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,37 @@ def test_every_export_is_a_version_with_its_metadata(cache):
     assert sql(cache, earlier) == [{"id": r["id"]} for r in sql(cache, "SELECT id FROM patient ORDER BY id")]
     assert DeltaTable(table, version=before).to_pyarrow_table().num_rows == int(PATIENTS)
     assert history[1]["export"]["snapshot"] != export["snapshot"]
+
+
+def test_a_table_on_s3_reads_in_deltalake_and_polars(tmp_path):
+    """`--table-location s3://...`: the table another machine or engine reads from the bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server._server.server_port}"
+        keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_REGION": "us-east-1"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket="lake")
+        env = {**os.environ, **keys, "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
+        cmd = [fhirflight(), "sql", "--demo", "--demo-patients", PATIENTS, "--format", "json",
+               "--cache-dir", str(tmp_path), "--table-location", "s3://lake/fhir",
+               f"SELECT {', '.join(COLUMNS)} FROM patient ORDER BY id"]
+        rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                         env=env).stdout)
+        listing = json.loads(cache_command(tmp_path, "list", "--format", "json"))
+        table = listing[0]["snapshots"][0]["tables"]["flattened"]["delta"]
+        assert table.startswith("s3://lake/fhir/"), table
+
+        options = {**{k.lower(): v for k, v in keys.items()}, "aws_endpoint_url": endpoint,
+                   "aws_allow_http": "true"}
+        arrow = DeltaTable(table, storage_options=options).to_pyarrow_table().sort_by("id")
+        for column in COLUMNS:
+            assert arrow[column].to_pylist() == [r[column] for r in rows], column
+        frame = pl.read_delta(table, storage_options=options).sort("id")
+        assert frame["id"].to_list() == [r["id"] for r in rows]
+    finally:
+        server.stop()

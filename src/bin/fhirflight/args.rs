@@ -387,6 +387,11 @@ pub(crate) struct CatalogArgs {
     /// age such as `1d`, `7d`.
     #[arg(long, value_parser = parse_duration, default_value = "0s", help_heading = "Cache")]
     pub(crate) retention: Duration,
+    /// Where the types' Delta tables go, for other engines and machines: `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix` (credentials from each cloud's standard
+    /// environment) or a folder (default: the cache folder). The cache keeps its own copy.
+    #[arg(long, env = "FHIRFLIGHT_TABLE_LOCATION", value_parser = parse_location, help_heading = "Cache")]
+    pub(crate) table_location: Option<url::Url>,
     /// Nested tables (Struct/List columns) instead of the flattened ones.
     #[arg(long, help_heading = "Tables and exports")]
     pub(crate) nested: bool,
@@ -583,6 +588,18 @@ pub(crate) struct ServeArgs {
 }
 
 /// A duration flag: `250ms`, `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
+/// A URL with a scheme (`s3://...`), or a folder path (made absolute).
+fn parse_location(text: &str) -> Result<url::Url, String> {
+    match url::Url::parse(text) {
+        Ok(url) if url.scheme().len() > 1 => Ok(url),
+        _ => std::path::absolute(text)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                url::Url::from_directory_path(&p).map_err(|()| format!("{text}: no folder path"))
+            }),
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     fhirflight::time::parse_duration(text)
         .ok_or_else(|| format!("{text:?}: expected a duration like 90s, 15m, 2h"))
@@ -669,6 +686,9 @@ impl CatalogArgs {
             .with_strict(self.strict);
         if let Some(dir) = self.cache_dir {
             options = options.with_cache_dir(dir);
+        }
+        if let Some(location) = self.table_location {
+            options = options.with_table_location(location);
         }
         if self.nested {
             options = options.with_mode(TableMode::Nested);

@@ -78,7 +78,11 @@ fn path(args: CachePathArgs) -> Result<()> {
     let table = table_of(source, snapshot, &args.mode)?;
     match args.format {
         PathFormat::Delta => match &table.delta {
-            Some(delta) => println!("{}", delta.display()),
+            Some(delta) => match delta.to_file_path() {
+                // Without the URL's closing `/`, as a folder path is written.
+                Ok(path) => println!("{}", path.components().collect::<PathBuf>().display()),
+                Err(()) => println!("{delta}"),
+            },
             None => {
                 return Err(Error::config(format!(
                     "the {} table of {} for {} is no Delta table (written by an earlier version of fhirflight, or refused: `cache list --format json` shows its warnings); its next export makes one, or use --format lines",
@@ -108,8 +112,14 @@ fn history(args: CacheHistoryArgs) -> Result<()> {
     let root = args.cache.root();
     let sources = list_cache(&root)?;
     let (source, snapshot) = find_snapshot(&sources, &args.names, &root)?;
-    table_of(source, snapshot, &args.mode)?;
-    let table = source.dir.join(&snapshot.name).join(&args.mode);
+    let table = table_of(source, snapshot, &args.mode)?.delta.clone();
+    let Some(table) = table else {
+        println!(
+            "the {} table of {} is no Delta table yet",
+            args.mode, snapshot.name
+        );
+        return Ok(());
+    };
     let versions = fhirflight::snapshot::history(&table)?;
     if let ListFormat::Json = args.format {
         let json = serde_json::to_string_pretty(&versions)
@@ -117,15 +127,7 @@ fn history(args: CacheHistoryArgs) -> Result<()> {
         println!("{json}");
         return Ok(());
     }
-    if versions.is_empty() {
-        println!(
-            "{} has no Delta table for {}",
-            table.display(),
-            snapshot.name
-        );
-        return Ok(());
-    }
-    println!("{}", table.display());
+    println!("{table}");
     println!(
         "  {:>7}  {:<24}  {:>10}  {:<24}  SNAPSHOT",
         "VERSION", "COMMITTED", "RESOURCES", "TRANSACTION TIME"

@@ -60,9 +60,10 @@ fn init_logging(cli: &Cli) {
     if cli.quiet {
         progress::bars().set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // Other crates' information (deltalake's kernel tells every log replay) is not ours to show.
     let default = match cli.command {
         Command::Sql(_) => "warn",
-        _ => "info",
+        _ => "warn,fhirflight=info",
     };
     let filter = match cli.log.as_deref() {
         Some(filter) => EnvFilter::new(filter),

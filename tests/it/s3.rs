@@ -1,0 +1,235 @@
+//! Delta tables on an S3 endpoint: moto's server on 127.0.0.1 (`tests/s3_server.py`, started by
+//! each test with the Python of `crate::python`), which honours conditional writes (checked
+//! first: without them the concurrency below would prove nothing). Processes with caches of
+//! their own stand for machines sharing the tables: exports, an incremental refresh, concurrent
+//! refreshes and processes killed mid-commit, each leaving a table whose latest version reads.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use object_store::{ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
+
+const BUCKET: &str = "fhirflight";
+const TABLES: &str = "s3://fhirflight/tables";
+
+/// The S3 endpoint of one test; stopped when dropped.
+struct S3 {
+    server: Child,
+    endpoint: String,
+}
+
+impl S3 {
+    fn start() -> Option<Self> {
+        let python = crate::python()?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_server.py");
+        let mut server = Command::new(python)
+            .arg(script)
+            .arg(BUCKET)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let endpoint = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        Some(Self { server, endpoint })
+    }
+
+    /// `fhirflight ARGS` with the endpoint and credentials in the environment, as the AWS
+    /// tools take them.
+    fn fhirflight(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fhirflight"));
+        command
+            .args(args)
+            .env("AWS_ENDPOINT", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
+        command
+    }
+
+    /// `fhirflight sql --demo` over the cache `cache` with the tables on S3: the JSON rows.
+    fn sql(&self, cache: &Path, statement: &str) -> Vec<serde_json::Value> {
+        let out = self.sql_command(cache, statement).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{statement}: {stderr}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn sql_command(&self, cache: &Path, statement: &str) -> Command {
+        let cache = cache.to_str().unwrap();
+        let args = ["sql", "--demo", "--demo-patients", "20", "--format", "json"];
+        let mut command = self.fhirflight(&args);
+        command
+            .args(["--cache-dir", cache, "--table-location", TABLES, statement])
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// The versions of Patient's table, newest first, as `cache history --format json` lists
+    /// them from `cache`.
+    fn history(&self, cache: &Path) -> Vec<serde_json::Value> {
+        let cache = cache.to_str().unwrap();
+        let args = ["cache", "history", "Patient", "--format", "json"];
+        let out = self
+            .fhirflight(&args)
+            .args(["--cache-dir", cache])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The rows of Patient's table at its latest version, read from S3 (`fhir_snapshot`).
+    fn latest_rows(&self, cache: &Path) -> u64 {
+        let latest = self.history(cache)[0]["version"].as_u64().unwrap();
+        let count = format!("SELECT count(*) AS n FROM fhir_snapshot('fhir', 'Patient', {latest})");
+        self.sql(cache, &count)[0]["n"].as_u64().unwrap()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+macro_rules! s3_or_skip {
+    () => {
+        match S3::start() {
+            Some(s3) => s3,
+            None => {
+                eprintln!("skipped: no Python with moto (FHIRFLIGHT_PYTHON)");
+                return;
+            }
+        }
+    };
+}
+
+#[tokio::test]
+async fn the_endpoint_refuses_a_second_conditional_write_of_one_key() {
+    let s3 = s3_or_skip!();
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&s3.endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(BUCKET)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .build()
+        .unwrap();
+    let create = || PutOptions::from(PutMode::Create);
+    let key = object_store::path::Path::from("_delta_log/00000000000000000000.json");
+    store
+        .put_opts(&key, PutPayload::from_static(b"first"), create())
+        .await
+        .unwrap();
+    let second = store
+        .put_opts(&key, PutPayload::from_static(b"second"), create())
+        .await;
+    assert!(
+        matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+        "{second:?}"
+    );
+    let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&kept[..], b"first");
+}
+
+#[test]
+fn machines_sharing_tables_on_s3_export_refresh_race_and_die_mid_commit() {
+    let s3 = s3_or_skip!();
+    let caches = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let [a, b, c] = [0, 1, 2].map(|n| caches[n].path());
+
+    // An export: its table on S3, read there.
+    assert_eq!(s3.sql(a, "SELECT count(*) AS n FROM Patient")[0]["n"], 20);
+    let history = s3.history(a);
+    assert_eq!(history.len(), 1);
+    let listing = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["cache", "list", "--format", "json", "--cache-dir"])
+        .arg(a)
+        .output()
+        .unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let delta = listing[0]["snapshots"][0]["tables"]["flattened"]["delta"].clone();
+    assert!(
+        delta
+            .as_str()
+            .unwrap()
+            .starts_with("s3://fhirflight/tables/demo_seed_42_patients_20-"),
+        "{delta}"
+    );
+    assert_eq!(s3.latest_rows(a), 20);
+
+    // An incremental refresh is the next version, with what it merged.
+    let refreshed = s3.sql(a, "SELECT changed FROM fhir_refresh('fhir', 'Patient')");
+    assert_eq!(
+        refreshed[0]["changed"], 0,
+        "nothing changed on the demo server"
+    );
+    let history = s3.history(a);
+    assert_eq!(history.len(), 2);
+    assert!(
+        history[0]["export"]["incremental"].is_object(),
+        "{history:?}"
+    );
+
+    // Three machines commit at once: each export becomes a version, a loser's after the winner's.
+    let racing: Vec<Child> = [a, b, c]
+        .iter()
+        .map(|cache| {
+            let refresh = "SELECT snapshot FROM fhir_refresh('fhir', 'Patient')";
+            s3.sql_command(cache, refresh)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in racing {
+        assert!(child.wait().unwrap().success());
+    }
+    let history = s3.history(b);
+    let versions: Vec<u64> = history
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [4, 3, 2, 1, 0]);
+    let mut snapshots: Vec<&str> = history
+        .iter()
+        .map(|v| v["export"]["snapshot"].as_str().unwrap())
+        .collect();
+    snapshots.dedup();
+    assert_eq!(snapshots.len(), 5, "each version is an export of its own");
+    assert_eq!(s3.latest_rows(b), 20);
+
+    // Killed at any moment of a refresh (downloads, conversion, upload, commit): the table's
+    // latest version still reads whole, and the next refresh commits.
+    for delay in [100, 400, 800, 1200] {
+        let refresh = "SELECT snapshot FROM fhir_refresh('fhir', 'Patient')";
+        let mut child = s3
+            .sql_command(a, refresh)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        assert_eq!(s3.latest_rows(b), 20, "killed after {delay} ms");
+    }
+    let before = s3.history(b).len();
+    s3.sql(a, "SELECT snapshot FROM fhir_refresh('fhir', 'Patient')");
+    assert_eq!(s3.history(b).len(), before + 1);
+    assert_eq!(s3.latest_rows(a), 20);
+}
