@@ -13,7 +13,9 @@
 #        multiply.py, default "8 11"), REPS (default 3), WORK (default /tmp/fhirflight-bench),
 #        VENV (python venv with duckdb; made on first use, default ~/.cache/fhirflight/bench-venv),
 #        PROFILE (release|debug), BEFORE (a fhirflight binary of an earlier commit: it takes
-#        turns too, and `ff/before` compares this build with it)
+#        turns too, and `ff/before` compares this build with it), TABLE_LOCATION (fhirflight's
+#        --table-location, e.g. s3://bucket/prefix with the AWS_* settings of the endpoint in
+#        the environment: the Delta tables uploaded there as part of the first query)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TYPES=${TYPES:-ExplanationOfBenefit,Observation}
@@ -59,8 +61,11 @@ for mult in $MULTS; do
     q=$("$EX" --query "$t")
     ours() { # the first query on an empty cache, by the binary $1 (default this build's)
       local cache; cache=$(mktemp -d "$WORK/fq-cache.XXXXXX")
+      local tables=() # this build's tables where TABLE_LOCATION says (a new prefix each run)
+      [ -n "${1:-}" ] || [ -z "${TABLE_LOCATION:-}" ] ||
+        tables=(--table-location "$TABLE_LOCATION/$(basename "$cache")")
       FHIRFLIGHT_LOG=warn /usr/bin/time -f '%e %M' -o "$WORK/time" \
-        "${1:-$BIN}" sql --folder "$folder" --cache-dir "$cache" --format csv "$q" > "$WORK/out"
+        "${1:-$BIN}" sql --folder "$folder" --cache-dir "$cache" --format csv "${tables[@]}" "$q" > "$WORK/out"
       rm -rf "$cache"
       cat "$WORK/time"
     }

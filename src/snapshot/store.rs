@@ -72,10 +72,11 @@ impl SnapshotStore {
         }
     }
 
-    /// Writes the Delta tables at `location` (`s3://bucket/prefix`, `gs://...`, `az://...`, or a
-    /// folder's `file://` URL) instead of the store's folder: each commit uploads the new
-    /// snapshot's files to `<location>/<source-key>/<name>/<mode>/<snapshot>/` and commits a
-    /// version there, where other engines (and other machines) read them. The store's folder
+    /// Writes the types' Delta tables at `location` (`s3://bucket/prefix`, `gs://...`,
+    /// `az://...`, or a folder's `file://` URL) instead of the store's folder: each commit
+    /// uploads the new snapshot's files to `<location>/<source-key>/<Type>/<mode>/<snapshot>/`
+    /// and commits a version there, where other engines (and other machines) read them
+    /// (filtered snapshots' tables stay in the store's folder, [`SnapshotStore::table_url`]). The store's folder
     /// keeps its copy of the files, which fhirflight's own queries read, and the raw NDJSON.
     /// Credentials come from each cloud's standard environment (`AWS_*`, `GOOGLE_*`,
     /// `AZURE_*`). Fails for a location no object store serves.
@@ -87,15 +88,17 @@ impl SnapshotStore {
         })
     }
 
-    /// The Delta table of `mode` of the snapshots named `name`: in the store's folder
-    /// (`<name>/<mode>/`) or at the tables' location.
+    /// The Delta table of `mode` of the snapshots named `name`: at the tables' location for a
+    /// resource type, else in the store's folder (`<name>/<mode>/`). A filtered snapshot's table
+    /// stays there: a subset of the type that serves the queries of its filters, evicted with
+    /// them, not a table for others.
     pub fn table_url(&self, name: &str, mode: &str) -> Result<url::Url> {
         let check = |c: char| c.is_ascii_alphanumeric() || c == '-';
         if !mode.chars().all(check) || mode.is_empty() {
             return Err(Error::snapshot(format!("{} is not a mode", quoted(mode))));
         }
         let name = check_name(name)?;
-        let Some(location) = &self.tables else {
+        let Some(location) = self.tables.as_ref().filter(|_| !is_filtered(name)) else {
             return super::delta::local_url(&self.dir.join(name).join(mode));
         };
         let key = self.dir.file_name().unwrap_or_default().to_string_lossy();
@@ -1130,6 +1133,42 @@ pub(super) mod tests {
         assert_eq!(versions[0].export["reconciled"], true);
         assert_eq!(current.table("flattened").unwrap().delta_version, Some(2));
         assert!(kept.is_dir() && !orphan.exists());
+    }
+
+    #[test]
+    fn a_types_tables_go_to_the_table_location_a_filtered_snapshots_stay() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        let local =
+            |name: &str| delta::local_url(&store.dir().join(name).join("flattened")).unwrap();
+        assert_eq!(
+            store.table_url("Patient", "flattened").unwrap(),
+            local("Patient")
+        );
+        let location = url::Url::parse("s3://lake/fhir/").unwrap();
+        let store = store.clone().with_table_location(location).unwrap();
+        let key = store
+            .dir()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            store.table_url("Patient", "nested").unwrap().as_str(),
+            format!("s3://lake/fhir/{key}/Patient/nested/")
+        );
+        let filtered = "Patient@a-0000000a";
+        assert_eq!(
+            store.table_url(filtered, "flattened").unwrap(),
+            local(filtered)
+        );
+        for (name, mode) in [("Patient", "../x"), ("Patient", ""), ("../x", "flattened")] {
+            assert!(store.table_url(name, mode).is_err(), "{name} {mode}");
+        }
+        let ftp = url::Url::parse("ftp://lake/fhir").unwrap();
+        let err = store.with_table_location(ftp).unwrap_err().to_string();
+        assert!(err.contains("not ftp://"), "{err}");
     }
 
     #[test]
