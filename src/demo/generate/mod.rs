@@ -124,8 +124,7 @@ pub fn generate_with(seed: u64, patients: usize, options: GenerateOptions) -> Po
                 scope.spawn(move || {
                     let (mut out, mut cohorts) = (Builder::new(extra), Cohorts::default());
                     for n in first..(first + per_thread).min(patients) {
-                        let mut rng =
-                            Rng::new(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        let mut rng = Rng::for_patient(seed, n);
                         let provider = &providers[rng.below(providers.len())];
                         let written: Vec<usize> = out.types.iter().map(|(_, r)| r.len()).collect();
                         PatientLife::generate(&mut rng, provider, &mut out, &mut cohorts);
@@ -198,6 +197,16 @@ mod tests {
             .write_ndjson("Observation", &mut again)
             .unwrap();
         assert_eq!(first, again);
+    }
+
+    #[test]
+    fn each_resource_has_an_id_of_its_own() {
+        let population = generate(42, 300);
+        for ty in population.resource_types() {
+            let resources = population.resources(ty);
+            let ids: std::collections::HashSet<&str> = resources.iter().map(|r| r.id()).collect();
+            assert_eq!(ids.len(), resources.len(), "{ty}");
+        }
     }
 
     #[test]

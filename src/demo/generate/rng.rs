@@ -14,6 +14,14 @@ impl Rng {
         rng
     }
 
+    /// The stream of patient `n` of a population of `seed`. Its start is a SplitMix64 output,
+    /// not `seed` offset by a multiple of the step: streams offset by the step are one stream
+    /// shifted, and patients would share their resources' ids and values.
+    pub(super) fn for_patient(seed: u64, n: usize) -> Self {
+        let mut start = Rng(seed ^ (n as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        Rng::new(start.next())
+    }
+
     pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
