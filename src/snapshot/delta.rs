@@ -10,7 +10,7 @@
 //! commits its own export as the next version (the newest export wins).
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use arrow::datatypes::Schema;
@@ -31,14 +31,12 @@ use crate::{Error, Result};
 pub const COMMIT_KEY: &str = "fhirflight";
 
 /// Commits a version of the Delta table at `table` (creating it) that holds exactly `files`
-/// (paths relative to the table) and `info` under [`COMMIT_KEY`] in its `commitInfo`; the files
-/// are in `local` (the store's folder of the table), and are uploaded first when the table is
-/// elsewhere. With a `schema` (the type's columns, which never shrink), the table's becomes it
-/// with a metadata action, never a rewrite of a file; without, the table's stays. A commit
-/// another writer won first is retried on the table as it then is. Returns the version.
+/// (paths relative to the table, there already: [`upload`]) and `info` under [`COMMIT_KEY`] in
+/// its `commitInfo`. With a `schema` (the type's columns, which never shrink), the table's
+/// becomes it with a metadata action, never a rewrite of a file; without, the table's stays. A
+/// commit another writer won first is retried on the table as it then is. Returns the version.
 pub(super) fn publish(
     table: &Url,
-    local: &Path,
     files: &[TableFile],
     schema: Option<&Schema>,
     info: serde_json::Value,
@@ -67,16 +65,7 @@ pub(super) fn publish(
         })
         .collect();
     let properties = CommitProperties::default().with_metadata([(COMMIT_KEY.to_owned(), info)]);
-    let upload = *table != local_url(local).map_err(|e| failed(&e))?;
     let committed = block_on(|| async {
-        if upload {
-            let table = DeltaTableBuilder::from_url(table.clone())?.build()?;
-            let store = table.log_store().object_store(None);
-            futures::stream::iter(files.iter().map(|f| upload_file(&store, local, &f.path)))
-                .buffer_unordered(4)
-                .try_collect::<Vec<()>>()
-                .await?;
-        }
         let mut attempt = 0;
         loop {
             let committed = commit(table, &columns, &adds, &properties).await;
@@ -87,6 +76,30 @@ pub(super) fn publish(
         }
     })?;
     committed.map_err(|e| failed(&e))
+}
+
+/// Uploads each local file of `files` to its path under the Delta table `table` (on an object
+/// store), in parts, four files at a time: before [`publish`] names them, and outside the
+/// store's commit lock.
+pub(super) fn upload(table: &Url, files: &[(PathBuf, String)]) -> Result<()> {
+    let uploaded = block_on(|| async {
+        let built = DeltaTableBuilder::from_url(table.clone()).and_then(|b| b.build());
+        let store = built
+            .map_err(|e| e.to_string())?
+            .log_store()
+            .object_store(None);
+        let uploads = files.iter().map(|(from, to)| upload_file(&store, from, to));
+        futures::stream::iter(uploads)
+            .buffer_unordered(4)
+            .try_collect::<Vec<()>>()
+            .await
+    })?;
+    match uploaded {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::snapshot(format!(
+            "uploading to Delta table {table}: {e}"
+        ))),
+    }
 }
 
 /// How many times a commit is tried again after other writers won.
@@ -166,19 +179,22 @@ async fn commit(
     Ok(commit.version())
 }
 
-/// Uploads the file `path` of the folder `local` to `path` of `store` (the table's), in parts.
+/// Uploads the file `from` to `to` of `store` (the table's), in parts; an error names the file
+/// and says the store's answer.
 async fn upload_file(
     store: &deltalake::logstore::ObjectStoreRef,
-    local: &Path,
-    path: &str,
-) -> std::result::Result<(), DeltaTableError> {
+    from: &Path,
+    to: &str,
+) -> std::result::Result<(), String> {
     use tokio::io::AsyncWriteExt;
-    let mut file = tokio::fs::File::open(local.join(path)).await?;
-    let target = deltalake::Path::from(path);
+    let target = deltalake::Path::from(to);
     let mut writer = object_store::buffered::BufWriter::new(Arc::clone(store), target);
-    tokio::io::copy(&mut file, &mut writer).await?;
-    writer.shutdown().await?;
-    Ok(())
+    let copied = async {
+        let mut file = tokio::fs::File::open(from).await?;
+        tokio::io::copy(&mut file, &mut writer).await?;
+        writer.shutdown().await
+    };
+    copied.await.map_err(|e| format!("{to}: {e}"))
 }
 
 /// Makes each version of the Delta table at `table` older than `retention` unreadable by
@@ -516,17 +532,17 @@ mod tests {
             bytes: 1,
         };
         let info = |n: usize| serde_json::json!({ "snapshot": format!("s{n}") });
-        publish(&table, dir.path(), &[file(0)], Some(&schema), info(0)).unwrap();
+        publish(&table, &[file(0)], Some(&schema), info(0)).unwrap();
         // Four writers read version 0 and commit at once: one wins each version, the others
         // read the table again and commit after it.
         let start = std::sync::Barrier::new(4);
         let versions: Vec<u64> = std::thread::scope(|scope| {
             let writers: Vec<_> = (1..=4)
                 .map(|n| {
-                    let (table, schema, start, local) = (&table, &schema, &start, dir.path());
+                    let (table, schema, start) = (&table, &schema, &start);
                     scope.spawn(move || {
                         start.wait();
-                        publish(table, local, &[file(n)], Some(schema), info(n)).unwrap()
+                        publish(table, &[file(n)], Some(schema), info(n)).unwrap()
                     })
                 })
                 .collect();

@@ -88,6 +88,12 @@ impl SnapshotStore {
         })
     }
 
+    /// Whether the Delta table of `mode` of `name` is at the tables' location rather than in
+    /// the store's folder ([`SnapshotStore::table_url`]).
+    pub(super) fn table_elsewhere(&self, name: &str, mode: &str) -> bool {
+        self.tables.is_some() && !is_filtered(name) && self.table_url(name, mode).is_ok()
+    }
+
     /// The Delta table of `mode` of the snapshots named `name`: at the tables' location for a
     /// resource type, else in the store's folder (`<name>/<mode>/`). A filtered snapshot's table
     /// stays there: a subset of the type that serves the queries of its filters, evicted with
@@ -540,10 +546,9 @@ impl SnapshotStore {
         info["reconciled"] = true.into();
         let mut changed = false;
         for (key, table) in &mut manifest.tables {
-            let local = type_dir.join(key);
             let url = match &table.delta_table {
                 Some(url) => url.clone(),
-                None => match delta::local_url(&local) {
+                None => match delta::local_url(&type_dir.join(key)) {
                     Ok(url) => url,
                     Err(_) => continue,
                 },
@@ -557,7 +562,7 @@ impl SnapshotStore {
                 _ => false,
             };
             if ahead {
-                match delta::publish(&url, &local, &table.files, None, info.clone()) {
+                match delta::publish(&url, &table.files, None, info.clone()) {
                     Ok(version) => (table.delta_version, changed) = (Some(version), true),
                     Err(e) => tracing::warn!("{e}"),
                 }

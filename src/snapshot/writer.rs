@@ -80,18 +80,14 @@ pub(super) fn publish_tables(
         if schema.fields().is_empty() {
             continue; // no column yet (no resource ever): no table for other engines
         }
-        let published = store.named_dir(name).and_then(|dir| {
-            let url = store.table_url(name, key)?;
-            let local = dir.join(key);
-            let version = delta::publish(&url, &local, &table.files, Some(schema), info.clone())?;
-            Ok((version, url != delta::local_url(&local)?))
+        let published = store.table_url(name, key).and_then(|url| {
+            let version = delta::publish(&url, &table.files, Some(schema), info.clone())?;
+            Ok((version, url))
         });
         match published {
-            Ok((version, elsewhere)) => {
+            Ok((version, url)) => {
                 table.delta_version = Some(version);
-                if elsewhere {
-                    table.delta_table = store.table_url(name, key).ok();
-                }
+                table.delta_table = store.table_elsewhere(name, key).then_some(url);
             }
             Err(e) => {
                 tracing::warn!("{e}");
@@ -262,6 +258,30 @@ impl SnapshotWriter {
                 key.clone(),
                 store.columns(&self.resource_type, key, &[own])?,
             ));
+        }
+        // A table elsewhere gets its files before the commit (a crash leaves files no version
+        // names there), outside the lock, which would hold every commit for the uploads.
+        for key in manifest.tables.keys() {
+            if store.table_elsewhere(&self.name, key) {
+                let table = &manifest.tables[key];
+                let files: Vec<(PathBuf, String)> = table
+                    .files
+                    .iter()
+                    .map(|f| (self.dir.join(key).join(file_name(&f.path)), f.path.clone()))
+                    .collect();
+                let uploaded = store
+                    .table_url(&self.name, key)
+                    .and_then(|url| delta::upload(&url, &files));
+                if let Err(e) = uploaded {
+                    // No version names files that are not there: this table waits for the
+                    // next export; fhirflight's own is committed.
+                    tracing::warn!("{e}");
+                    columns.retain(|(k, _)| k != key);
+                    let warning = Warning::new(WarningKind::Client, format!("not published: {e}"))
+                        .with_resource_type(&self.resource_type);
+                    manifest.warnings.push(warning);
+                }
+            }
         }
         let type_dir = store.named_dir(&self.name)?;
         let _lock = store.lock()?;

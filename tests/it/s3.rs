@@ -233,3 +233,39 @@ fn machines_sharing_tables_on_s3_export_refresh_race_and_die_mid_commit() {
     assert_eq!(s3.history(b).len(), before + 1);
     assert_eq!(s3.latest_rows(a), 20);
 }
+
+#[test]
+fn an_upload_that_fails_leaves_the_table_unpublished_and_the_query_answered() {
+    let s3 = s3_or_skip!();
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap();
+    let args = ["sql", "--demo", "--demo-patients", "20", "--format", "json"];
+    let out = s3
+        .fhirflight(&args)
+        .args([
+            "--cache-dir",
+            cache,
+            "--table-location",
+            "s3://no-such-bucket/fhir",
+        ])
+        .arg("SELECT count(*) AS n FROM Patient")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["n"], 20);
+    assert!(
+        stderr.contains("uploading to Delta table s3://no-such-bucket/fhir/")
+            && stderr.contains("/part-0.parquet: ")
+            && stderr.contains("NoSuchBucket"),
+        "{stderr}"
+    );
+    let history = ["cache", "history", "Patient", "--cache-dir", cache];
+    let out = s3.fhirflight(&history).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no Delta table yet"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
