@@ -408,28 +408,10 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
-    use crate::ndjson::{DecodeOptions, Strictness, TableMode};
-    use crate::snapshot::{RawFile, Snapshot, SnapshotManifest, SnapshotStore, write_raw};
+    use crate::snapshot::{Snapshot, SnapshotStore};
 
-    /// Commits `lines` of Patient as a snapshot with `transactionTime` `time`.
     fn commit(store: &SnapshotStore, lines: &[&str], time: &str) -> Snapshot {
-        let input = store.dir().join(format!("{time}.ndjson"));
-        std::fs::write(&input, lines.join("\n")).unwrap();
-        let writer = store.begin("Patient").unwrap();
-        let (path, rel) = writer.raw_path(0, true);
-        let (resources, bytes) = write_raw(&[input], None, usize::MAX, &path).unwrap();
-        let manifest = SnapshotManifest {
-            raw: vec![RawFile {
-                path: rel,
-                resources,
-                bytes,
-            }],
-            transaction_time: time.to_owned(),
-            ..SnapshotManifest::default()
-        };
-        let options = DecodeOptions::default().with_strictness(Strictness::Lenient);
-        let modes = [TableMode::default()];
-        writer.commit(manifest, &modes, &options, &|_| {}).unwrap()
+        crate::snapshot::store::tests::commit_lines(store, "Patient", lines, time)
     }
 
     /// `count(*)` and `count(column)` of `provider`.

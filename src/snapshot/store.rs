@@ -974,8 +974,18 @@ pub(super) mod tests {
 
     /// Commits a snapshot named `name` of Patient with one resource.
     pub(in crate::snapshot) fn commit(store: &SnapshotStore, name: &str) {
-        let input = store.dir().join(format!("{name}.ndjson"));
-        fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n").unwrap();
+        commit_lines(store, name, &[r#"{"resourceType":"Patient","id":"1"}"#], "");
+    }
+
+    /// Commits `lines` of Patient as a snapshot named `name` with `transactionTime` `time`.
+    pub(in crate::snapshot) fn commit_lines(
+        store: &SnapshotStore,
+        name: &str,
+        lines: &[&str],
+        time: &str,
+    ) -> Snapshot {
+        let input = store.dir().join(format!("{name}{time}.ndjson"));
+        fs::write(&input, lines.join("\n")).unwrap();
         let writer = store.begin_named(name, "Patient").unwrap();
         let (path, rel) = writer.raw_path(0, true);
         let (resources, bytes) = write_raw(&[input], None, usize::MAX, &path).unwrap();
@@ -985,6 +995,7 @@ pub(super) mod tests {
                 resources,
                 bytes,
             }],
+            transaction_time: time.to_owned(),
             ..SnapshotManifest::default()
         };
         let options = DecodeOptions::default()
@@ -992,7 +1003,7 @@ pub(super) mod tests {
             .with_strictness(Strictness::Lenient);
         writer
             .commit(manifest, &[TableMode::default()], &options, &|_| {})
-            .unwrap();
+            .unwrap()
     }
 
     #[test]

@@ -168,8 +168,9 @@ pub(crate) enum ListFormat {
     Json,
 }
 
+/// One table of the cache, as `cache path` and `cache history` name it.
 #[derive(Debug, Args)]
-pub(crate) struct CachePathArgs {
+pub(crate) struct CacheTableArgs {
     #[command(flatten)]
     pub(crate) cache: CacheDir,
     /// `TYPE` (when one source holds it) or `SOURCE TYPE`. A source is named by its URL,
@@ -179,6 +180,12 @@ pub(crate) struct CachePathArgs {
     /// The table: `flattened`, `nested`, or another mode `cache list --format json` shows.
     #[arg(long, default_value = "flattened")]
     pub(crate) mode: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CachePathArgs {
+    #[command(flatten)]
+    pub(crate) table: CacheTableArgs,
     /// `delta` (the Delta table's folder), `lines` (the current snapshot's Parquet files, one
     /// per line) or `duckdb` (a `SELECT * FROM read_parquet([...])` of them).
     #[arg(long, value_enum, default_value_t = PathFormat::Delta)]
@@ -188,13 +195,7 @@ pub(crate) struct CachePathArgs {
 #[derive(Debug, Args)]
 pub(crate) struct CacheHistoryArgs {
     #[command(flatten)]
-    pub(crate) cache: CacheDir,
-    /// `TYPE` (when one source holds it) or `SOURCE TYPE`, as for `cache path`.
-    #[arg(value_name = "SOURCE|TYPE", num_args = 1..=2, required = true)]
-    pub(crate) names: Vec<String>,
-    /// The table: `flattened`, `nested`, or another mode `cache list --format json` shows.
-    #[arg(long, default_value = "flattened")]
-    pub(crate) mode: String,
+    pub(crate) table: CacheTableArgs,
     /// `text` (a table) or `json` (every version with its export's metadata).
     #[arg(long, value_enum, default_value_t = ListFormat::Text)]
     pub(crate) format: ListFormat,

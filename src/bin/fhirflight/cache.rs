@@ -11,7 +11,7 @@ use fhirflight::{Error, Result};
 
 use crate::args::{
     CacheArgs, CacheClearArgs, CacheCommand, CacheHistoryArgs, CacheListArgs, CachePathArgs,
-    ListFormat, PathFormat,
+    CacheTableArgs, ListFormat, PathFormat,
 };
 
 pub(crate) fn run(args: CacheArgs) -> Result<()> {
@@ -72,10 +72,8 @@ fn list(args: CacheListArgs) -> Result<()> {
 }
 
 fn path(args: CachePathArgs) -> Result<()> {
-    let root = args.cache.root();
-    let sources = list_cache(&root)?;
-    let (source, snapshot) = find_snapshot(&sources, &args.names, &root)?;
-    let table = table_of(source, snapshot, &args.mode)?;
+    let sources = list_cache(&args.table.cache.root())?;
+    let (source, snapshot, table) = find_table(&sources, &args.table)?;
     match args.format {
         PathFormat::Delta => match &table.delta {
             Some(delta) => match delta.to_file_path() {
@@ -86,7 +84,7 @@ fn path(args: CachePathArgs) -> Result<()> {
             None => {
                 return Err(Error::config(format!(
                     "the {} table of {} for {} is no Delta table (written by an earlier version of fhirflight, or refused: `cache list --format json` shows its warnings); its next export makes one, or use --format lines",
-                    args.mode, snapshot.name, source.source
+                    args.table.mode, snapshot.name, source.source
                 )));
             }
         },
@@ -109,14 +107,13 @@ fn path(args: CachePathArgs) -> Result<()> {
 }
 
 fn history(args: CacheHistoryArgs) -> Result<()> {
-    let root = args.cache.root();
-    let sources = list_cache(&root)?;
-    let (source, snapshot) = find_snapshot(&sources, &args.names, &root)?;
-    let table = table_of(source, snapshot, &args.mode)?.delta.clone();
-    let Some(table) = table else {
+    let sources = list_cache(&args.table.cache.root())?;
+    let (_, snapshot, table) = find_table(&sources, &args.table)?;
+    let Some(table) = table.delta.clone() else {
+        let mode = &args.table.mode;
         println!(
-            "the {} table of {} is no Delta table yet",
-            args.mode, snapshot.name
+            "the {mode} table of {} is no Delta table yet",
+            snapshot.name
         );
         return Ok(());
     };
@@ -154,13 +151,15 @@ fn history(args: CacheHistoryArgs) -> Result<()> {
     Ok(())
 }
 
-/// The table of `mode` of `snapshot` (so `mode` names a folder of the store and nothing else).
-fn table_of<'a>(
-    source: &CachedSource,
-    snapshot: &'a CachedSnapshot,
-    mode: &str,
-) -> Result<&'a CachedTable> {
-    snapshot.tables.get(mode).ok_or_else(|| {
+/// The source and current snapshot `args` names, and the snapshot's table of `args.mode` (a
+/// mode it has, so a folder of the store and nothing else).
+fn find_table<'a>(
+    sources: &'a [CachedSource],
+    args: &CacheTableArgs,
+) -> Result<(&'a CachedSource, &'a CachedSnapshot, &'a CachedTable)> {
+    let (source, snapshot) = find_snapshot(sources, &args.names, &args.cache.root())?;
+    let mode = &args.mode;
+    let table = snapshot.tables.get(mode).ok_or_else(|| {
         let modes: Vec<&str> = snapshot.tables.keys().map(String::as_str).collect();
         Error::config(format!(
             "the snapshot of {} for {} has no {mode} table; it has: {}",
@@ -168,7 +167,8 @@ fn table_of<'a>(
             source.source,
             modes.join(", ")
         ))
-    })
+    })?;
+    Ok((source, snapshot, table))
 }
 
 /// The source and current snapshot `names` point at: `[TYPE]` (when one source holds it) or
