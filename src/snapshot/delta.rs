@@ -7,7 +7,7 @@
 //!
 //! Writers on several machines resolve by Delta's optimistic commit protocol: a version is a
 //! conditional write of its log entry, and a writer that loses a race reads the table again and
-//! commits its own export as the next version (the newest export wins).
+//! commits its own export as the next version (the last one committed is current).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
