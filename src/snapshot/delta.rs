@@ -239,7 +239,8 @@ pub struct TableVersion {
     /// The Delta operation (`CREATE TABLE`, `WRITE`).
     pub operation: String,
     /// What fhirflight recorded with it (the snapshot, the export's server, request,
-    /// `transactionTime`, counts, warnings); `null` for a commit another writer made.
+    /// `transactionTime`, counts, warnings); `null` for a commit no export made (a vacuum's,
+    /// another tool's).
     pub export: serde_json::Value,
 }
 

@@ -76,10 +76,10 @@ impl SnapshotStore {
     /// `az://...`, or a folder's `file://` URL) instead of the store's folder: each commit
     /// uploads the new snapshot's files to `<location>/<source-key>/<Type>/<mode>/<snapshot>/`
     /// and commits a version there, where other engines (and other machines) read them
-    /// (filtered snapshots' tables stay in the store's folder, [`SnapshotStore::table_url`]). The store's folder
-    /// keeps its copy of the files, which fhirflight's own queries read, and the raw NDJSON.
-    /// Credentials come from each cloud's standard environment (`AWS_*`, `GOOGLE_*`,
-    /// `AZURE_*`). Fails for a location no object store serves.
+    /// (filtered snapshots' tables stay in the store's folder, [`SnapshotStore::table_url`]).
+    /// The store's folder keeps its copy of the files, which fhirflight's own queries read, and
+    /// the raw NDJSON. Credentials come from each cloud's standard environment (`AWS_*`,
+    /// `GOOGLE_*`, `AZURE_*`). Fails for a location no object store serves.
     pub fn with_table_location(self, location: url::Url) -> Result<Self> {
         super::delta::check_location(&location)?;
         Ok(Self {
@@ -415,14 +415,14 @@ impl SnapshotStore {
         lock_file::lock_exclusive(&path).map_err(|e| Error::io(&path, e))
     }
 
-    /// Removes the snapshots in `type_dir` other than `keep` that nobody reads (whose
-    /// `.readers` lock it can take exclusively; one being read stays for a later collection):
-    /// (and, superseded less than `retention` ago, keeps); each snapshot's folder and its
-    /// tables' folders in the Delta tables beside it
-    /// (`<mode>/<snapshot>/`, whose versions then read no more), and the temporary folders of
-    /// writers that are gone. Only folders named like snapshot ids (or a conversion's
-    /// `.<snapshot>.<hex>`) are touched: the store made those, whatever else lies there is not its
-    /// own. Returns the folders removed and their bytes.
+    /// Removes the snapshots in `type_dir` other than `keep` that were superseded at least
+    /// `retention` ago and that nobody reads (whose `.readers` lock it can take exclusively; one
+    /// being read stays for a later collection): each snapshot's folder and its tables' folders
+    /// in the Delta tables beside it (`<mode>/<snapshot>/`, whose versions then read no more).
+    /// Then the tables' folders whose snapshot is gone, and the temporary folders of writers
+    /// that are gone. Only folders named like snapshot ids (or a conversion's
+    /// `.<snapshot>.<hex>`) are touched: the store made those, whatever else lies there is not
+    /// its own. Returns the folders removed and their bytes.
     pub(super) fn collect_garbage(
         &self,
         type_dir: &Path,
