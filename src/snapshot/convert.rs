@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::parquet::{ROW_GROUP_ROWS, parquet_properties, write_parquet};
 use super::{Column, TableFile, TableFiles};
@@ -90,8 +90,9 @@ const SKIPPED_SHOWN: usize = 5;
 /// counted: a [`WarningKind::SkippedLines`] warning naming the first few comes with the table;
 /// [`Strictness::Strict`](crate::ndjson::Strictness::Strict) fails on the first instead, naming
 /// its file and line. Resources with paths beyond the width bound of a flattened `mode` come with
-/// a [`WarningKind::WideResources`] warning. Paths in the result are relative to `out_dir`.
-/// `on_rows` is told the rows of each batch written, for progress lines.
+/// a [`WarningKind::WideResources`] warning. Paths in the result are relative to `out_dir`; the
+/// table's Arrow schema comes with it. `on_rows` is told the rows of each batch written, for
+/// progress lines.
 pub fn convert_raw(
     raw: &[PathBuf],
     resource_type: &str,
@@ -99,7 +100,7 @@ pub fn convert_raw(
     options: &DecodeOptions,
     out_dir: &Path,
     on_rows: &dyn Fn(u64),
-) -> Result<(TableFiles, Vec<Warning>)> {
+) -> Result<(TableFiles, SchemaRef, Vec<Warning>)> {
     let mut parts = TableParts::new(resource_type, mode, options, out_dir)?;
     parts.add(raw, on_rows)?;
     parts.finish()
@@ -185,8 +186,9 @@ impl TableParts {
         Ok(())
     }
 
-    /// The table: its parts made to agree with the merged schema, and the conversion's warnings.
-    pub(crate) fn finish(mut self) -> Result<(TableFiles, Vec<Warning>)> {
+    /// The table: its parts made to agree with the merged schema, that schema, and the
+    /// conversion's warnings.
+    pub(crate) fn finish(mut self) -> Result<(TableFiles, SchemaRef, Vec<Warning>)> {
         let schema = with_columns(self.inference.schema());
         for n in 0..self.parts.len() {
             // Without an overflow column of its own, every path of a part's resources is one of
@@ -270,7 +272,7 @@ impl TableParts {
             delta_version: None,
             delta_table: None,
         };
-        Ok((table, skipped.into_iter().chain(wide).collect()))
+        Ok((table, schema, skipped.into_iter().chain(wide).collect()))
     }
 
     /// Makes room for `part-0.parquet`, no rows and every column of `schema`, ahead of the

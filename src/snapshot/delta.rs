@@ -58,7 +58,7 @@ pub(super) fn publish(
                 size: f.bytes as i64,
                 modification_time: modified,
                 data_change: true,
-                // `count(*)` is answered from it: exact, from the conversion.
+                // Exact, from the conversion: an engine may answer `count(*)` from it.
                 stats: Some(serde_json::json!({ "numRecords": f.rows }).to_string()),
                 ..Default::default()
             })

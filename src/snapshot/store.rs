@@ -88,10 +88,10 @@ impl SnapshotStore {
         })
     }
 
-    /// Whether the Delta table of `mode` of `name` is at the tables' location rather than in
-    /// the store's folder ([`SnapshotStore::table_url`]).
-    pub(super) fn table_elsewhere(&self, name: &str, mode: &str) -> bool {
-        self.tables.is_some() && !is_filtered(name) && self.table_url(name, mode).is_ok()
+    /// Whether the Delta tables of `name` are at the tables' location rather than in the
+    /// store's folder ([`SnapshotStore::table_url`]).
+    pub(super) fn table_elsewhere(&self, name: &str) -> bool {
+        self.tables.is_some() && !is_filtered(name)
     }
 
     /// The Delta table of `mode` of the snapshots named `name`: at the tables' location for a
@@ -104,7 +104,7 @@ impl SnapshotStore {
             return Err(Error::snapshot(format!("{} is not a mode", quoted(mode))));
         }
         let name = check_name(name)?;
-        let Some(location) = self.tables.as_ref().filter(|_| !is_filtered(name)) else {
+        let Some(location) = self.tables.as_ref().filter(|_| self.table_elsewhere(name)) else {
             return super::delta::local_url(&self.dir.join(name).join(mode));
         };
         let key = self.dir.file_name().unwrap_or_default().to_string_lossy();
@@ -353,7 +353,7 @@ impl SnapshotStore {
         let id = &snapshot.manifest.snapshot;
         let tmp = parent.join(format!(".{id}.{}", uuid::Uuid::new_v4().simple()));
         // The snapshot was committed with its bad lines skipped (or none): the same again.
-        let (table, warnings) = convert_raw(
+        let (table, schema, warnings) = convert_raw(
             &snapshot.raw_paths(),
             &snapshot.manifest.resource_type,
             mode,
@@ -362,13 +362,12 @@ impl SnapshotStore {
             &|_| {},
         )?;
         let delta = snapshot.manifest.format >= 2;
-        let columns = match table.files.first() {
-            Some(first) if delta => {
-                let own = footer_schema(&tmp.join(&first.path))?;
+        let columns = match delta {
+            true => {
                 let resource_type = &snapshot.manifest.resource_type;
-                vec![(key.clone(), self.columns(resource_type, &key, &[own])?)]
+                vec![(key.clone(), self.columns(resource_type, &key, &[schema])?)]
             }
-            _ => Vec::new(),
+            false => Vec::new(),
         };
         let _lock = self.lock()?;
         // Someone else may have committed a newer snapshot meanwhile: only touch ours.

@@ -13,7 +13,6 @@ use super::delta;
 use super::lease::LEASE_FILE;
 use super::manifest::{to_json, write_atomic};
 use super::names::is_filtered;
-use super::store::footer_schema;
 use super::{
     Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, copy_raw, mode_key,
     rfc3339,
@@ -63,8 +62,8 @@ impl Drop for SnapshotWriter {
     }
 }
 
-/// Commits a version of the Delta table of each of `manifest`'s tables (in `type_dir`, with the
-/// type's `columns`), recording it in the manifest. A table that cannot be published (a column
+/// Commits a version of the Delta table of each table of `manifest` that `columns` names (with
+/// the type's columns), recording it in the manifest. A table that cannot be published (a column
 /// name Delta refuses) is still fhirflight's, with a warning.
 pub(super) fn publish_tables(
     manifest: &mut SnapshotManifest,
@@ -77,9 +76,6 @@ pub(super) fn publish_tables(
         let Some(table) = manifest.tables.get_mut(key) else {
             continue;
         };
-        if schema.fields().is_empty() {
-            continue; // no column yet (no resource ever): no table for other engines
-        }
         let published = store.table_url(name, key).and_then(|url| {
             let version = delta::publish(&url, &table.files, Some(schema), info.clone())?;
             Ok((version, url))
@@ -87,7 +83,7 @@ pub(super) fn publish_tables(
         match published {
             Ok((version, url)) => {
                 table.delta_version = Some(version);
-                table.delta_table = store.table_elsewhere(name, key).then_some(url);
+                table.delta_table = store.table_elsewhere(name).then_some(url);
             }
             Err(e) => {
                 tracing::warn!("{e}");
@@ -219,6 +215,7 @@ impl SnapshotWriter {
             .filter(|r| !self.converted.contains(&r.path))
             .cloned()
             .collect();
+        let mut schemas = Vec::new();
         // The raw files reach the disk while the conversion keeps the cores busy: both must
         // be durable before the commit.
         std::thread::scope(|scope| {
@@ -227,9 +224,12 @@ impl SnapshotWriter {
                 self.convert_part(&rest, modes, options, on_rows)?;
             }
             for (key, parts) in std::mem::take(&mut self.tables) {
-                let (table, warnings) = parts.finish()?;
-                manifest.tables.insert(key, table.relative_to(&self.id));
+                let (table, schema, warnings) = parts.finish()?;
+                manifest
+                    .tables
+                    .insert(key.clone(), table.relative_to(&self.id));
                 manifest.add_conversion_warnings(warnings);
+                schemas.push((key, schema));
             }
             syncing
                 .join()
@@ -249,38 +249,30 @@ impl SnapshotWriter {
         // The Delta tables take the type's columns, which never shrink (outside the lock,
         // which `columns` takes).
         let mut columns = Vec::new();
-        for (key, table) in &manifest.tables {
-            let own = match table.files.first() {
-                Some(first) => footer_schema(&self.dir.join(key).join(file_name(&first.path)))?,
-                None => SchemaRef::new(arrow::datatypes::Schema::empty()),
-            };
-            columns.push((
-                key.clone(),
-                store.columns(&self.resource_type, key, &[own])?,
-            ));
+        for (key, own) in schemas {
+            let all = store.columns(&self.resource_type, &key, &[own])?;
+            columns.push((key, all));
         }
         // A table elsewhere gets its files before the commit (a crash leaves files no version
         // names there), outside the lock, which would hold every commit for the uploads.
-        for key in manifest.tables.keys() {
-            if store.table_elsewhere(&self.name, key) {
-                let table = &manifest.tables[key];
-                let files: Vec<(PathBuf, String)> = table
-                    .files
-                    .iter()
-                    .map(|f| (self.dir.join(key).join(file_name(&f.path)), f.path.clone()))
-                    .collect();
-                let uploaded = store
-                    .table_url(&self.name, key)
-                    .and_then(|url| delta::upload(&url, &files));
-                if let Err(e) = uploaded {
-                    // No version names files that are not there: this table waits for the
-                    // next export; fhirflight's own is committed.
-                    tracing::warn!("{e}");
-                    columns.retain(|(k, _)| k != key);
-                    let warning = Warning::new(WarningKind::Client, format!("not published: {e}"))
-                        .with_resource_type(&self.resource_type);
-                    manifest.warnings.push(warning);
-                }
+        let elsewhere = store.table_elsewhere(&self.name);
+        for (key, table) in manifest.tables.iter().filter(|_| elsewhere) {
+            let files: Vec<(PathBuf, String)> = table
+                .files
+                .iter()
+                .map(|f| (self.dir.join(key).join(file_name(&f.path)), f.path.clone()))
+                .collect();
+            let uploaded = store
+                .table_url(&self.name, key)
+                .and_then(|url| delta::upload(&url, &files));
+            if let Err(e) = uploaded {
+                // No version names files that are not there: this table waits for the next
+                // export; fhirflight's own is committed.
+                tracing::warn!("{e}");
+                columns.retain(|(k, _)| k != key);
+                let warning = Warning::new(WarningKind::Client, format!("not published: {e}"))
+                    .with_resource_type(&self.resource_type);
+                manifest.warnings.push(warning);
             }
         }
         let type_dir = store.named_dir(&self.name)?;
