@@ -1,14 +1,18 @@
 //! An incremental refresh of 1% of a type against a full re-export, end to end over the demo
 //! server on loopback: the export (SMART auth, kick-off, polling, downloads), the conversion
-//! and the commit of a Delta version. Per type: a first export, then a full re-export and an
-//! incremental one (`_since`, after 1% of the type changed and a few were deleted), alternated
-//! REPS times; medians and their ratio, and the rows each left.
+//! and the commit of a Delta version. Per type: a first export, then alternated REPS times, a
+//! full re-export, an incremental one (`_since`) after 1% of the type changed (updates spread
+//! over the whole type, one in ten a deletion), and one after 1% more resources came (new
+//! ids only); medians, their ratios to the full re-export, and the rows and versions left.
+//! The client polls without its 1 s floor, so that the figures are fhirflight's work and not
+//! the demo server's waits.
 //!
 //! `cargo bench --bench refresh` (release). Env: `FHIRFLIGHT_BENCH_PATIENTS` (default 2000),
-//! `TYPES` (default `Observation,Patient`), `REPS` (default 3).
+//! `TYPES` (default `Observation,Patient`), `REPS` (default 3), `FHIRFLIGHT_BENCH_LOG` (set: the
+//! debug lines that time each step).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fhirflight::bulk::ClientOptions;
 use fhirflight::catalog::{BulkSource, CatalogOptions, FhirCatalog, Freshness};
@@ -45,10 +49,10 @@ async fn run(patients: usize, resource_type: &str, reps: usize) {
     .expect("demo server");
     let population = generate(seed, patients);
     let resources = population.resources(resource_type);
-    let client = server
-        .client(ClientOptions::default().with_parallel_downloads(4))
-        .await
-        .expect("client");
+    let options = ClientOptions::default()
+        .with_parallel_downloads(4)
+        .with_retry_after_bounds(Duration::from_millis(10), Duration::from_secs(1));
+    let client = server.client(options).await.expect("client");
     let cache = tempfile::tempdir().expect("cache");
     let catalog = |incremental: bool| {
         let options = CatalogOptions::default()
@@ -64,14 +68,28 @@ async fn run(patients: usize, resource_type: &str, reps: usize) {
     let types = [resource_type.to_owned()];
     full.refresh(&types).await.expect("first export");
 
-    let (mut full_s, mut inc_s) = (Vec::new(), Vec::new());
+    let refresh = || async {
+        let started = Instant::now();
+        let refreshed = incremental
+            .refresh(&types)
+            .await
+            .expect("incremental refresh");
+        let merged = refreshed[0]
+            .manifest()
+            .incremental
+            .as_ref()
+            .expect("incremental");
+        assert!(merged.changed > 0, "the refresh exported the changes");
+        started.elapsed().as_secs_f64()
+    };
+    let (mut full_s, mut updated_s, mut added_s) = (Vec::new(), Vec::new(), Vec::new());
+    let step = 100;
     for rep in 0..reps {
         let started = Instant::now();
         full.refresh(&types).await.expect("full re-export");
         full_s.push(started.elapsed().as_secs_f64());
 
         // 1% of the type changes; one in ten of those is deleted instead.
-        let step = 100;
         for (n, resource) in resources.iter().enumerate().skip(rep).step_by(step) {
             let mut value: serde_json::Value = serde_json::from_str(resource.json()).expect("json");
             value["language"] = format!("x-bench-{rep}").into();
@@ -80,20 +98,17 @@ async fn run(patients: usize, resource_type: &str, reps: usize) {
                 false => server.upsert(value),
             }
         }
-        let started = Instant::now();
-        let refreshed = incremental
-            .refresh(&types)
-            .await
-            .expect("incremental refresh");
-        inc_s.push(started.elapsed().as_secs_f64());
-        let merged = refreshed[0]
-            .manifest()
-            .incremental
-            .as_ref()
-            .expect("incremental");
-        assert!(merged.changed > 0, "the refresh exported the changes");
+        updated_s.push(refresh().await);
+
+        // 1% more resources come.
+        for (n, resource) in resources.iter().enumerate().step_by(step) {
+            let mut value: serde_json::Value = serde_json::from_str(resource.json()).expect("json");
+            value["id"] = format!("bench-{rep}-{n}").into();
+            server.upsert(value);
+        }
+        added_s.push(refresh().await);
     }
-    let (f, i) = (median(full_s), median(inc_s));
+    let (f, u, a) = (median(full_s), median(updated_s), median(added_s));
     let table = full
         .store()
         .table_url(resource_type, "flattened")
@@ -102,11 +117,13 @@ async fn run(patients: usize, resource_type: &str, reps: usize) {
         .expect("history")
         .len();
     println!(
-        "{resource_type:<12} {:>7} {:>9.3} {:>9.3} {:>8.2}x {:>9} {:>9}",
+        "{resource_type:<12} {:>7} {:>9.3} {:>9.3} {:>8.2}x {:>9.3} {:>8.2}x {:>9} {:>9}",
         resources.len(),
         f,
-        i,
-        i / f,
+        u,
+        u / f,
+        a,
+        a / f,
         rows(&incremental, resource_type),
         versions
     );
@@ -118,6 +135,15 @@ fn main() {
         .parse()
         .expect("a number of patients");
     let reps: usize = env("REPS", "3").parse().expect("a number of runs");
+    // `FHIRFLIGHT_BENCH_LOG=1`: fhirflight's debug lines, which time each step of a commit.
+    if std::env::var_os("FHIRFLIGHT_BENCH_LOG").is_some() {
+        use tracing_subscriber::prelude::*;
+        let only_ours = tracing_subscriber::filter::Targets::new()
+            .with_target("fhirflight", tracing_subscriber::filter::LevelFilter::DEBUG);
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_filter(only_ours))
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,8 +153,8 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "{:<12} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "type", "rows", "full_s", "1%_s", "1%/full", "rows_now", "versions"
+        "{:<12} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "type", "rows", "full_s", "upd_s", "upd/full", "new_s", "new/full", "rows_now", "versions"
     );
     for resource_type in env("TYPES", "Observation,Patient").split(',') {
         runtime.block_on(run(patients, resource_type, reps));

@@ -131,7 +131,8 @@ impl FhirSchema {
         if let Some(view) = self.views.get(name) {
             let snapshot = self.snapshot(view.resource()).await?;
             let decode = self.exporter.options.decode_options();
-            return views::view_table(&self.views, view, snapshot, !self.browse, decode)
+            let store = &self.exporter.store;
+            return views::view_table(&self.views, store, view, snapshot, !self.browse, decode)
                 .await
                 .map(Some);
         }

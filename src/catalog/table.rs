@@ -87,12 +87,18 @@ impl FhirTable {
     }
 }
 
+/// The files the manifest lists, each by its path: an incremental refresh's table holds files
+/// of earlier snapshots' folders, and a folder may hold files its snapshot no longer does.
 fn listing_table(snapshot: &Snapshot, mode: &str, schema: SchemaRef) -> DfResult<ListingTable> {
-    let dir = snapshot.table_dir(mode);
-    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let root = snapshot.table_root(mode);
+    let files = snapshot.table(mode).map_or(&[][..], |t| &t.files[..]);
+    let urls = files
+        .iter()
+        .map(|f| ListingTableUrl::parse(root.join(&f.path).display().to_string()))
+        .collect::<DfResult<Vec<_>>>()?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(url)
+    let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
     ListingTable::try_new(config)

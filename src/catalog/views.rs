@@ -3,12 +3,13 @@
 //!
 //! A view's schema is the view's own, so planning and browsing it need no export. Its rows come
 //! from the raw NDJSON of a snapshot of its resource type, run through the
-//! [`ViewRunner`](crate::view::ViewRunner) on all cores, and are kept as Parquet beside that snapshot
-//! (`<Type>/<snapshot>/views/<name>-<hash>/part-0.parquet`, written aside then renamed): the first
-//! scan of a snapshot pays for parsing the JSON once, later scans read a few Parquet columns,
-//! with projection, filters and limit pushed down by DataFusion's Parquet reader. A new snapshot
-//! or another definition (the hash covers the definition) gets its own copy; old copies go with
-//! their snapshot.
+//! [`ViewRunner`](crate::view::ViewRunner) on all cores, and are kept as Parquet
+//! (`<Type>/views/<name>-<hash>/<snapshot>/part-0.parquet`, written aside then renamed), a version
+//! of the view's Delta table `<Type>/views/<name>-<hash>/` that other engines read
+//! ([`SnapshotStore::publish_view`]): the first scan of a snapshot pays for parsing the JSON once,
+//! later scans read a few Parquet columns, with projection, filters and limit pushed down by
+//! DataFusion's Parquet reader. A new snapshot or another definition (the hash covers the
+//! definition) gets its own copy; old copies go with their snapshot.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ use super::effect::{Effect, FhirEffectExec};
 use super::{CatalogOptions, FhirCatalog, to_datafusion};
 use crate::error::BoxError;
 use crate::ndjson::DecodeOptions;
-use crate::snapshot::{Snapshot, open_raw, parquet_properties};
+use crate::snapshot::{Snapshot, SnapshotStore, TableFile, open_raw, parquet_properties};
 use crate::view::{ViewDefinition, run_readers};
 use crate::{Error, Result};
 
@@ -215,6 +216,7 @@ fn read_view_dir(dir: &Path) -> Result<Vec<(PathBuf, ViewDefinition)>> {
 /// size and line bound of `decode`.
 pub(super) async fn view_table(
     views: &Views,
+    store: &SnapshotStore,
     view: Arc<ViewDefinition>,
     snapshot: Option<Snapshot>,
     build: bool,
@@ -230,11 +232,13 @@ pub(super) async fn view_table(
         }
         let _building = views.build.lock().await;
         if !dir.is_dir() {
-            let (view, dir) = (Arc::clone(&view), dir.clone());
-            tokio::task::spawn_blocking(move || write_view(&view, &snapshot, &decode, &dir))
-                .await
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
-                .map_err(to_datafusion)?;
+            let (view, dir, store) = (Arc::clone(&view), dir.clone(), store.clone());
+            tokio::task::spawn_blocking(move || {
+                write_view(&view, &store, &snapshot, &decode, &dir)
+            })
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            .map_err(to_datafusion)?;
         }
     }
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
@@ -246,30 +250,39 @@ pub(super) async fn view_table(
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
-/// Where the Parquet copy of `view` over `snapshot` lives: named after the view and a hash of its
-/// definition and of this crate's version (a changed definition or runner gets a new copy).
-fn cache_dir(snapshot: &Snapshot, view: &ViewDefinition) -> PathBuf {
+/// The name of `view`'s Parquet copies and Delta table: the view's, and a hash of its definition
+/// and of this crate's version (a changed definition or runner gets a new table).
+fn view_key(view: &ViewDefinition) -> String {
     use sha2::Digest;
     let text = format!("{}\n{}", env!("CARGO_PKG_VERSION"), view.definition());
     let hash = sha2::Sha256::digest(text.as_bytes());
     let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
     let name = view.name().unwrap_or("view");
-    snapshot.dir().join("views").join(format!("{name}-{hex}"))
+    format!("{name}-{hex}")
+}
+
+/// Where the Parquet copy of `view` over `snapshot` lives ([`Snapshot::view_dir`]).
+fn cache_dir(snapshot: &Snapshot, view: &ViewDefinition) -> PathBuf {
+    snapshot.view_dir(&view_key(view))
 }
 
 /// Runs `view` over the snapshot's raw NDJSON into `dir/part-0.parquet`, written in a folder
-/// beside `dir` and renamed to it when complete (another process finishing first wins).
+/// beside `dir` and renamed to it when complete (another process finishing first wins), then
+/// committed as a version of the view's Delta table when the snapshot is current.
 fn write_view(
     view: &Arc<ViewDefinition>,
+    store: &SnapshotStore,
     snapshot: &Snapshot,
     decode: &DecodeOptions,
     dir: &Path,
 ) -> Result<()> {
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.with_file_name(format!(".{name}-{}", uuid::Uuid::new_v4().simple()));
+    const FILE: &str = "part-0.parquet";
+    // Named as the store names a conversion's folder, which its collections know.
+    let id = &snapshot.manifest().snapshot;
+    let tmp = dir.with_file_name(format!(".{id}.{}", uuid::Uuid::new_v4().simple()));
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let result = (|| {
-        let path = tmp.join("part-0.parquet");
+        let path = tmp.join(FILE);
         let parquet_error = |e: ParquetError| Error::snapshot_with(path.display().to_string(), e);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut writer = ArrowWriter::try_new(file, view.schema(), Some(parquet_properties()))
@@ -279,16 +292,32 @@ fn write_view(
             .iter()
             .map(|p| Ok((p.display().to_string(), open_raw(p)?)));
         let (batch_size, max_line) = (decode.batch_size(), decode.max_line_bytes());
+        let mut rows = 0;
         run_readers(view, sources, batch_size, max_line, |batch| {
+            rows += batch.num_rows() as u64;
             writer.write(&batch).map_err(parquet_error)
         })?;
         let file = writer.into_inner().map_err(parquet_error)?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
+        let bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         match fs::rename(&tmp, dir) {
-            Ok(()) => Ok(()),
-            Err(_) if dir.is_dir() => Ok(()),
-            Err(e) => Err(Error::io(dir, e)),
+            Ok(()) => {}
+            Err(_) if dir.is_dir() => return Ok(()),
+            Err(e) => return Err(Error::io(dir, e)),
         }
+        let file = TableFile {
+            path: FILE.to_owned(),
+            rows,
+            bytes,
+        };
+        // The copy is fhirflight's either way: a table another engine cannot read is a warning.
+        if let Err(e) = store.publish_view(snapshot, &view_key(view), &file, &view.schema()) {
+            tracing::warn!(
+                "view {}: not a Delta table: {e}",
+                view.name().unwrap_or("view")
+            );
+        }
+        Ok(())
     })();
     if tmp.exists() {
         let _ = fs::remove_dir_all(&tmp);

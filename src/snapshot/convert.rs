@@ -186,10 +186,20 @@ impl TableParts {
         Ok(())
     }
 
+    /// The table's schema so far: what [`Self::finish`] makes the parts agree with.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        with_columns(self.inference.schema())
+    }
+
+    /// The table's mode.
+    pub(crate) fn mode(&self) -> &TableMode {
+        &self.mode
+    }
+
     /// The table: its parts made to agree with the merged schema, that schema, and the
     /// conversion's warnings.
     pub(crate) fn finish(mut self) -> Result<(TableFiles, SchemaRef, Vec<Warning>)> {
-        let schema = with_columns(self.inference.schema());
+        let schema = self.schema();
         for n in 0..self.parts.len() {
             // Without an overflow column of its own, every path of a part's resources is one of
             // its columns, which the table's column of that name holds as it is.

@@ -18,9 +18,10 @@ use datafusion::catalog::{Session, TableProvider};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType};
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use serde::Serialize;
 use url::Url;
 
@@ -30,16 +31,28 @@ use crate::{Error, Result};
 /// The key of fhirflight's metadata in a commit's `commitInfo`.
 pub const COMMIT_KEY: &str = "fhirflight";
 
+/// What a version does to the table, as its log tells other engines (`DESCRIBE HISTORY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// A full export: `WRITE` (overwrite).
+    Overwrite,
+    /// An incremental refresh: `MERGE` of the changed resources by id, tombstones deleted.
+    Upsert,
+}
+
 /// Commits a version of the Delta table at `table` (creating it) that holds exactly `files`
 /// (paths relative to the table, there already: [`upload`]) and `info` under [`COMMIT_KEY`] in
-/// its `commitInfo`. With a `schema` (the type's columns, which never shrink), the table's
-/// becomes it with a metadata action, never a rewrite of a file; without, the table's stays. A
-/// commit another writer won first is retried on the table as it then is. Returns the version.
+/// its `commitInfo`: it adds the files the table lacks and removes those it has beyond, so a
+/// file carried over from the version before is in neither. With a `schema` (the type's
+/// columns, which never shrink), the table's becomes it with a metadata action, never a rewrite
+/// of a file; without, the table's stays. A commit another writer won first is retried on the
+/// table as it then is. Returns the version.
 pub(super) fn publish(
     table: &Url,
     files: &[TableFile],
     schema: Option<&Schema>,
     info: serde_json::Value,
+    change: Change,
 ) -> Result<u64> {
     let failed = |e: &dyn std::fmt::Display| Error::snapshot(format!("Delta table {table}: {e}"));
     let columns: Option<StructType> = schema
@@ -68,7 +81,7 @@ pub(super) fn publish(
     let committed = block_on(|| async {
         let mut attempt = 0;
         loop {
-            let committed = commit(table, &columns, &adds, &properties).await;
+            let committed = commit(table, &columns, &adds, &properties, change).await;
             match committed {
                 Err(e) if attempt < MAX_RACES && lost_race(&e) => attempt += 1,
                 committed => break committed,
@@ -78,9 +91,10 @@ pub(super) fn publish(
     committed.map_err(|e| failed(&e))
 }
 
-/// Uploads each local file of `files` to its path under the Delta table `table` (on an object
-/// store), in parts, four files at a time: before [`publish`] names them, and outside the
-/// store's commit lock.
+/// Uploads each local file of `files` that the Delta table `table` (on an object store) does not
+/// have yet (no object of that path and size) to its path there, in parts, four files at a time:
+/// before [`publish`] names them, and outside the store's commit lock. A file carried over from
+/// an earlier version is there already, unless a vacuum took it.
 pub(super) fn upload(table: &Url, files: &[(PathBuf, String)]) -> Result<()> {
     let uploaded = block_on(|| async {
         let built = DeltaTableBuilder::from_url(table.clone()).and_then(|b| b.build());
@@ -124,6 +138,7 @@ async fn commit(
     columns: &Option<StructType>,
     adds: &[Action],
     properties: &CommitProperties,
+    change: Change,
 ) -> std::result::Result<u64, DeltaTableError> {
     let mut table = DeltaTableBuilder::from_url(url.clone())?.build()?;
     // Asked first: loading a folder without a log logs an error of the kernel's.
@@ -149,34 +164,60 @@ async fn commit(
         let widened = snapshot.metadata().clone().with_schema(columns)?;
         actions.push(Action::Metadata(widened));
     }
-    // A path added again (a conversion redone for the same snapshot) is replaced by its add:
-    // one action per path and version.
+    let files: Vec<_> = snapshot
+        .snapshot()
+        .file_views(table.log_store().as_ref(), None)
+        .try_collect()
+        .await?;
+    let has = |path: &str| files.iter().any(|f| f.path().as_ref() == path);
     let adding = |path: &str| {
         adds.iter()
             .any(|a| matches!(a, Action::Add(add) if add.path == path))
     };
-    let removes: Vec<Action> = snapshot
-        .snapshot()
-        .file_views(table.log_store().as_ref(), None)
-        .try_filter(|f| {
-            let kept = !adding(f.path().as_ref());
-            async move { kept }
-        })
-        .map_ok(|f| Action::Remove(f.remove_action(true)))
-        .try_collect()
-        .await?;
-    actions.extend(removes);
-    actions.extend(adds.iter().cloned());
-    let operation = DeltaOperation::Write {
-        mode: SaveMode::Overwrite,
-        partition_by: None,
-        predicate: None,
+    // A path the table has and keeps (a file carried over, a conversion redone for the same
+    // snapshot) is neither removed nor added: one action per path and version at most.
+    actions.extend(
+        files
+            .iter()
+            .filter(|f| !adding(f.path().as_ref()))
+            .map(|f| Action::Remove(f.remove_action(true))),
+    );
+    actions.extend(
+        adds.iter()
+            .filter(|a| !matches!(a, Action::Add(add) if has(&add.path)))
+            .cloned(),
+    );
+    let operation = match change {
+        Change::Overwrite => DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        },
+        // Without a predicate, a merge reads the whole table: a version another writer commits
+        // meanwhile is a conflict, and the commit is made again on the table as it then is.
+        Change::Upsert => DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: Some("target.id = source.id".to_owned()),
+            matched_predicates: vec![
+                merge_predicate("update", None),
+                merge_predicate("delete", None),
+            ],
+            not_matched_predicates: vec![merge_predicate("insert", None)],
+            not_matched_by_source_predicates: Vec::new(),
+        },
     };
     let commit = CommitBuilder::from(properties.clone())
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), operation)
         .await?;
     Ok(commit.version())
+}
+
+fn merge_predicate(action_type: &str, predicate: Option<&str>) -> MergePredicate {
+    MergePredicate {
+        action_type: action_type.to_owned(),
+        predicate: predicate.map(str::to_owned),
+    }
 }
 
 /// Uploads the file `from` to `to` of `store` (the table's), in parts; an error names the file
@@ -188,6 +229,12 @@ async fn upload_file(
 ) -> std::result::Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let target = deltalake::Path::from(to);
+    let size = tokio::fs::metadata(from).await.map(|m| m.len());
+    if let (Ok(there), Ok(size)) = (store.head(&target).await, size)
+        && there.size == size
+    {
+        return Ok(());
+    }
     let mut writer = object_store::buffered::BufWriter::new(Arc::clone(store), target);
     let copied = async {
         let mut file = tokio::fs::File::open(from).await?;
@@ -515,7 +562,14 @@ mod tests {
             bytes: 1,
         };
         let info = |n: usize| serde_json::json!({ "snapshot": format!("s{n}") });
-        publish(&table, &[file(0)], Some(&schema), info(0)).unwrap();
+        publish(
+            &table,
+            &[file(0)],
+            Some(&schema),
+            info(0),
+            Change::Overwrite,
+        )
+        .unwrap();
         // Four writers read version 0 and commit at once: one wins each version, the others
         // read the table again and commit after it.
         let start = std::sync::Barrier::new(4);
@@ -525,7 +579,8 @@ mod tests {
                     let (table, schema, start) = (&table, &schema, &start);
                     scope.spawn(move || {
                         start.wait();
-                        publish(table, &[file(n)], Some(schema), info(n)).unwrap()
+                        publish(table, &[file(n)], Some(schema), info(n), Change::Overwrite)
+                            .unwrap()
                     })
                 })
                 .collect();

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::manifest::read_manifest;
+use super::manifest::{MANIFEST_FILE, read_manifest};
 use super::names::check_name;
 use super::store::{store_dirs, table_root};
 use super::{SnapshotManifest, SnapshotStore};
@@ -189,7 +189,7 @@ fn list_store(dir: PathBuf) -> Result<CachedSource> {
         if check_name(&name).is_err() || !entry.path().is_dir() {
             continue;
         }
-        if let Some(manifest) = read_manifest(&entry.path().join("manifest.json"))? {
+        if let Some(manifest) = read_manifest(&entry.path().join(MANIFEST_FILE))? {
             let snapshot_dir = entry.path().join(&manifest.snapshot);
             snapshots.push(CachedSnapshot::new(name, snapshot_dir, manifest));
         }

@@ -19,6 +19,10 @@ use crate::{Error, Result};
 /// its tables in its own folder (`<name>/<snapshot>/<mode>/`) and reads as before.
 pub const MANIFEST_FORMAT: u32 = 2;
 
+/// The manifest's file name: `<name>/manifest.json` names the current snapshot (the commit
+/// point); each snapshot's folder keeps its own as committed.
+pub(super) const MANIFEST_FILE: &str = "manifest.json";
+
 /// The manifest of one snapshot of one resource type (`<Type>/manifest.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

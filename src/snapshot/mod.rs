@@ -13,10 +13,15 @@
 //!   <Type>/<mode>/                       a Delta Lake table per mode (flattened, nested): what
 //!                                        another engine reads; a version per export
 //!   <Type>/<mode>/_delta_log/            its log
-//!   <Type>/<mode>/<snapshot-id>/part-<n>.parquet       the files of one snapshot's table
+//!   <Type>/<mode>/<snapshot-id>/part-<n>.parquet       the files one snapshot wrote; an
+//!                                        incremental refresh's table also holds files of
+//!                                        earlier snapshots' folders it carried over
+//!   <Type>/views/<view>-<hash>/          a Delta table per view: the view's rows over each
+//!                                        current snapshot (`<snapshot-id>/part-0.parquet`)
+//!   <Type>/<snapshot-id>/manifest.json   the snapshot's manifest as committed
 //!   <Type>/<snapshot-id>/raw/<Type>.<n>.ndjson[.gz]    raw resources, the source of truth:
 //!                                        copies of the fetched files as they are (gzip
-//!                                        when they were), a merge's gzip
+//!                                        when they were), a merge's plain
 //!   <Type>/<snapshot-id>/.readers        held (shared lock) by whoever reads that snapshot
 //!   <Type>@<filters>-<hash>/...          the same for an export restricted by filter pushdown
 //!                                        (`_typeFilter`, `_since`): a subset of the type, used
@@ -40,6 +45,15 @@
 //! file path listed in a manifest each pass a strict rule of their own before they are joined
 //! (a manifest on disk may have been tampered with), and garbage collection removes only
 //! folders whose names it made.
+//!
+//! # Incremental refreshes touch what changed
+//!
+//! An incremental refresh (`_since`) carries the previous snapshot's Parquet files over as they
+//! are, writes again only those that hold a resource that changed or was deleted (without it),
+//! and converts the changes as parts of their own ([`SnapshotWriter::carry_over`]); its Delta
+//! version (`MERGE`) adds and removes only those files. Garbage collection removes a superseded
+//! snapshot's files but for those a kept snapshot holds, as each snapshot's own manifest lists
+//! them.
 //!
 //! Another engine reads a type as its Delta table `<Type>/<mode>/` (the current version is the
 //! current snapshot; [`CachedTable::delta`] names it, `fhirflight cache path`), for example
@@ -80,6 +94,7 @@ mod names;
 mod parquet;
 mod raw;
 mod store;
+mod upsert;
 mod writer;
 
 pub(crate) use convert::open_raw;

@@ -7,8 +7,6 @@ use std::fs::File;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde::Deserialize;
 
 use super::convert::{GZIP_MAGIC, check_stopping, open_raw};
@@ -88,8 +86,32 @@ pub fn resource_ids(paths: &[PathBuf], max_line: usize) -> Result<HashSet<String
     Ok(ids)
 }
 
-/// Writes the resources of `inputs` (NDJSON, gzip or plain) as one gzip NDJSON file `out`,
-/// leaving out those whose id is in `drop` (lines without a readable id are kept, so the decoder
+/// Whether the NDJSON file at `path` (gzip or plain) holds a resource whose id is in `ids`; it
+/// stops reading at the first.
+pub(super) fn holds_id(path: &Path, ids: &HashSet<String>, max_line: usize) -> Result<bool> {
+    let mut found = false;
+    let scanned = for_each_line(
+        std::slice::from_ref(&path.to_path_buf()),
+        max_line,
+        |line| {
+            check_stopping().map_err(|_| std::io::Error::from(std::io::ErrorKind::Interrupted))?;
+            found = line_id(line).is_some_and(|id| ids.contains(&id));
+            match found {
+                true => Err(std::io::Error::other("found")),
+                false => Ok(()),
+            }
+        },
+    );
+    check_stopping()?;
+    match (found, scanned) {
+        (true, _) => Ok(true),
+        (false, scanned) => scanned.map(|()| false),
+    }
+}
+
+/// Writes the resources of `inputs` (NDJSON, gzip or plain) as one plain NDJSON file `out`
+/// (compressing anew would cost more than the refresh it serves), leaving out those whose id is
+/// in `drop` (lines without a readable id are kept, so the decoder
 /// reports them). A line of more than `max_line` bytes is copied cut to `max_line + 1` bytes, so
 /// that the decoder still reports it as too long (and it is never held whole). Returns the number
 /// of resources and the file size; the file is not synced (a snapshot's commit syncs it).
@@ -100,10 +122,7 @@ pub fn write_raw(
     out: &Path,
 ) -> Result<(u64, u64)> {
     let file = create_private(out).map_err(|e| Error::io(out, e))?;
-    let mut gz = GzEncoder::new(
-        std::io::BufWriter::with_capacity(1 << 16, file),
-        Compression::fast(),
-    );
+    let mut writer = std::io::BufWriter::with_capacity(1 << 16, file);
     let mut resources = 0u64;
     let copied = for_each_line(inputs, max_line, |line| {
         if check_stopping().is_err() {
@@ -113,15 +132,14 @@ pub fn write_raw(
             return Ok(());
         }
         resources += 1;
-        gz.write_all(line)?;
-        gz.write_all(b"\n")
+        writer.write_all(line)?;
+        writer.write_all(b"\n")
     });
     check_stopping()?;
     copied?;
-    let file = gz
-        .finish()
-        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-        .map_err(|e| Error::io(out, e))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| Error::io(out, e.into_error()))?;
     let bytes = file.metadata().map_err(|e| Error::io(out, e))?.len();
     Ok((resources, bytes))
 }
@@ -249,7 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.ndjson");
         std::fs::write(&input, "{\"id\":\"a\",\"x\":1}\n\r\n{\"id\":\"b\"}\r\n{\"nested\":{\"id\":\"c\"},\"id\":\"d\"}").unwrap();
-        let out = dir.path().join("out.ndjson.gz");
+        let out = dir.path().join("out.ndjson");
         let drop: HashSet<String> = ["b".to_owned()].into();
         let max = usize::MAX;
         let (n, bytes) = write_raw(std::slice::from_ref(&input), Some(&drop), max, &out).unwrap();
@@ -271,7 +289,7 @@ mod tests {
             let plain = dir.path().join("in.ndjson");
             std::fs::write(&plain, &text).unwrap();
             let gzip = dir.path().join("in.ndjson.gz");
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             gz.write_all(text.as_bytes()).unwrap();
             std::fs::write(&gzip, gz.finish().unwrap()).unwrap();
             for input in [plain, gzip] {
@@ -301,7 +319,7 @@ mod tests {
             format!("{{\"id\":\"a\"}}\n{long}\n{{\"id\":\"b\"}}"),
         )
         .unwrap();
-        let out = dir.path().join("out.ndjson.gz");
+        let out = dir.path().join("out.ndjson");
         let (n, _) = write_raw(std::slice::from_ref(&input), None, 1000, &out).unwrap();
         assert_eq!(n, 3);
         let mut text = String::new();

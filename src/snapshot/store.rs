@@ -2,17 +2,19 @@
 //! snapshot of a name, adding a mode's table, eviction of filtered snapshots, garbage
 //! collection), and [`Snapshot`], a committed one as the store hands it out.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::parquet;
 
+use super::TableFile;
 use super::delta;
 use super::lease::LEASE_FILE;
-use super::manifest::{read_manifest, to_json, write_atomic};
+use super::manifest::{MANIFEST_FILE, read_manifest, to_json, write_atomic};
 use super::names::{
     check_name, is_filtered, is_filtered_name, is_snapshot_id, new_snapshot_id, snapshot_time,
     source_key,
@@ -103,14 +105,67 @@ impl SnapshotStore {
         if !mode.chars().all(check) || mode.is_empty() {
             return Err(Error::snapshot(format!("{} is not a mode", quoted(mode))));
         }
+        self.delta_url(name, mode)
+    }
+
+    /// The Delta table of the view `key` (`<view>-<hash>`, [`Snapshot::view_dir`]) over the
+    /// snapshots named `name`: `<name>/views/<key>/`, where [`SnapshotStore::table_url`] puts
+    /// the name's tables.
+    pub fn view_url(&self, name: &str, key: &str) -> Result<url::Url> {
+        let check = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if !key.chars().all(check) || key.is_empty() {
+            return Err(Error::snapshot(format!("{} is not a view", quoted(key))));
+        }
+        self.delta_url(name, &format!("{VIEWS}/{key}"))
+    }
+
+    /// The Delta table at `path` (checked by the caller) in the folder of `name`.
+    fn delta_url(&self, name: &str, path: &str) -> Result<url::Url> {
         let name = check_name(name)?;
         let Some(location) = self.tables.as_ref().filter(|_| self.table_elsewhere(name)) else {
-            return super::delta::local_url(&self.dir.join(name).join(mode));
+            return super::delta::local_url(&self.dir.join(name).join(path));
         };
         let key = self.dir.file_name().unwrap_or_default().to_string_lossy();
         let base = location.as_str().trim_end_matches('/');
-        url::Url::parse(&format!("{base}/{key}/{name}/{mode}/"))
+        url::Url::parse(&format!("{base}/{key}/{name}/{path}/"))
             .map_err(|e| Error::config(format!("{location}: {e}")))
+    }
+
+    /// Commits the Parquet copy of the view `key` over `snapshot` (the one `file` in its
+    /// [`Snapshot::view_dir`], of `schema`) as a version of the view's Delta table
+    /// ([`SnapshotStore::view_url`]), the export's metadata and the view's name in the commit,
+    /// when `snapshot` is still the current one of its name: a copy made for an older snapshot
+    /// (or one of format 1) stays fhirflight's own. Returns the version, none when not current.
+    pub fn publish_view(
+        &self,
+        snapshot: &Snapshot,
+        key: &str,
+        file: &TableFile,
+        schema: &Schema,
+    ) -> Result<Option<u64>> {
+        if snapshot.manifest.format < 2 {
+            return Ok(None);
+        }
+        let name = snapshot.name();
+        let url = self.view_url(&name, key)?;
+        let id = &snapshot.manifest.snapshot;
+        let local = snapshot.view_dir(key).join(&file.path);
+        let file = TableFile {
+            path: format!("{id}/{}", file.path),
+            ..file.clone()
+        };
+        if self.table_elsewhere(&name) {
+            delta::upload(&url, &[(local, file.path.clone())])?;
+        }
+        let _lock = self.lock()?;
+        let current = read_manifest(&self.manifest_path(&name)?)?;
+        if current.is_none_or(|m| m.snapshot != *id) {
+            return Ok(None);
+        }
+        let mut info = export_info(&snapshot.manifest);
+        info["view"] = key.into();
+        let version = delta::publish(&url, &[file], Some(schema), info, delta::Change::Overwrite)?;
+        Ok(Some(version))
     }
 
     /// Keeps a snapshot for `retention` after a newer commit of its name supersedes it (default
@@ -242,7 +297,7 @@ impl SnapshotStore {
         for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if check_type_name(&name).is_ok() && entry.path().join("manifest.json").is_file() {
+            if check_type_name(&name).is_ok() && entry.path().join(MANIFEST_FILE).is_file() {
                 types.push(name);
             }
         }
@@ -261,7 +316,7 @@ impl SnapshotStore {
         mode: &str,
         schemas: &[SchemaRef],
     ) -> Result<SchemaRef> {
-        use arrow::datatypes::{Fields, Schema};
+        use arrow::datatypes::Fields;
         let check = |c: char| c.is_ascii_alphanumeric() || c == '-';
         if !mode.chars().all(check) {
             return Err(Error::snapshot(format!("{} is not a mode", quoted(mode))));
@@ -334,6 +389,7 @@ impl SnapshotStore {
             _owner: owner,
             tables: Vec::new(),
             converted: Vec::new(),
+            carry: None,
         })
     }
 
@@ -405,7 +461,7 @@ impl SnapshotStore {
     }
 
     pub(super) fn manifest_path(&self, name: &str) -> Result<PathBuf> {
-        Ok(self.named_dir(name)?.join("manifest.json"))
+        Ok(self.named_dir(name)?.join(MANIFEST_FILE))
     }
 
     /// Exclusive lock of the store, released on drop (also when the process dies).
@@ -417,11 +473,12 @@ impl SnapshotStore {
     /// Removes the snapshots in `type_dir` other than `keep` that were superseded at least
     /// `retention` ago and that nobody reads (whose `.readers` lock it can take exclusively; one
     /// being read stays for a later collection): each snapshot's folder and its tables' folders
-    /// in the Delta tables beside it (`<mode>/<snapshot>/`, whose versions then read no more).
-    /// Then the tables' folders whose snapshot is gone, and the temporary folders of writers
-    /// that are gone. Only folders named like snapshot ids (or a conversion's
-    /// `.<snapshot>.<hex>`) are touched: the store made those, whatever else lies there is not
-    /// its own. Returns the folders removed and their bytes.
+    /// in the Delta tables beside it (`<mode>/<snapshot>/`, whose versions then read no more),
+    /// but for the files a snapshot that stays holds (an incremental refresh carries files
+    /// over). Then the tables' folders whose snapshot is gone, with the same exception, and the
+    /// temporary folders of writers that are gone. Only folders named like snapshot ids (or a
+    /// conversion's `.<snapshot>.<hex>`) are touched: the store made those, whatever else lies
+    /// there is not its own. Returns the folders and files removed and their bytes.
     pub(super) fn collect_garbage(
         &self,
         type_dir: &Path,
@@ -440,16 +497,14 @@ impl SnapshotStore {
         let (snapshots, others): (Vec<_>, Vec<_>) = entries(type_dir)
             .into_iter()
             .partition(|(n, _)| is_snapshot_id(n));
-        // The tables' folders (`<mode>/`, a Delta table each).
-        let tables: Vec<PathBuf> = others.into_iter().map(|(_, p)| p).collect();
-        let mut removed = Vec::new();
-        let mut remove = |path: &Path| {
-            let bytes = folder_bytes(path);
-            match fs::remove_dir_all(path) {
-                Ok(()) => removed.push((path.to_owned(), bytes)),
-                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
-            }
-        };
+        // The tables' folders (`<mode>/`, `views/<view>/`, a Delta table each).
+        let tables: Vec<PathBuf> = others
+            .into_iter()
+            .flat_map(|(name, path)| match name == VIEWS {
+                true => entries(&path).into_iter().map(|(_, p)| p).collect(),
+                false => vec![path],
+            })
+            .collect();
         // A snapshot was superseded when the next one of its name was made (ids begin with
         // their creation time); one that none follows is not kept.
         let retained = |id: &str| {
@@ -460,14 +515,28 @@ impl SnapshotStore {
             let since = next.filter(|n| *n > id).min().and_then(snapshot_time);
             since.is_some_and(|t| t.elapsed().unwrap_or_default() < retention)
         };
-        let superseded = snapshots
+        // Each held until its folders are gone, so that no reader takes them in between.
+        let going: Vec<_> = snapshots
             .iter()
-            .filter(|(n, _)| !keep.contains(&n.as_str()));
-        for (id, path) in superseded.filter(|(n, _)| !retained(n)) {
-            // Held until the folders are gone, so that no reader takes them in between.
-            let Ok(Some(_unread)) = lock_file::try_lock_exclusive(&path.join(LEASE_FILE)) else {
-                continue;
-            };
+            .filter(|(n, _)| !keep.contains(&n.as_str()) && !retained(n))
+            .filter_map(
+                |(id, path)| match lock_file::try_lock_exclusive(&path.join(LEASE_FILE)) {
+                    Ok(Some(unread)) => Some((id, path, unread)),
+                    _ => None,
+                },
+            )
+            .collect();
+        let staying = snapshots
+            .iter()
+            .filter(|(n, _)| !going.iter().any(|(id, _, _)| *id == n))
+            .map(|(_, path)| path.as_path());
+        let Some(held) = held_files(staying) else {
+            // What a snapshot that stays holds is not known: its tables' files all stay.
+            return remove_orphans(&self.dir.join("tmp"));
+        };
+        let mut removed = Vec::new();
+        let mut remove = |path: &Path| removed.extend(remove_unheld(path, &held));
+        for (id, path, _unread) in &going {
             for table in &tables {
                 let folder = table.join(id);
                 if folder.is_dir() {
@@ -490,6 +559,51 @@ impl SnapshotStore {
         removed.extend(remove_orphans(&self.dir.join("tmp")));
         removed
     }
+}
+
+/// The table files (absolute paths) that the snapshots in the folders `staying` hold in other
+/// snapshots' folders, as each snapshot's own manifest lists them (one without holds only its
+/// own folders'); none when a manifest cannot be read.
+fn held_files<'a>(staying: impl Iterator<Item = &'a Path>) -> Option<HashSet<PathBuf>> {
+    let mut held = HashSet::new();
+    for dir in staying {
+        let manifest = match read_manifest(&dir.join(MANIFEST_FILE)) {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("{e}: its tables' files all stay");
+                return None;
+            }
+        };
+        for (mode, table) in &manifest.tables {
+            let root = table_root(dir, manifest.format, mode);
+            held.extend(table.files.iter().map(|f| root.join(&f.path)));
+        }
+    }
+    Some(held)
+}
+
+/// Removes the folder `path`, but for the files of `held` in it (then only the others go).
+/// Returns what was removed and its bytes.
+fn remove_unheld(path: &Path, held: &HashSet<PathBuf>) -> Vec<(PathBuf, u64)> {
+    let mut removed = Vec::new();
+    let mut remove = |path: PathBuf, gone: std::io::Result<()>, bytes: u64| match gone {
+        Ok(()) => removed.push((path, bytes)),
+        Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+    };
+    if !held.iter().any(|f| f.starts_with(path)) {
+        let bytes = folder_bytes(path);
+        remove(path.to_owned(), fs::remove_dir_all(path), bytes);
+        return removed;
+    }
+    for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+        let file = entry.path();
+        if !held.contains(&file) {
+            let bytes = entry.metadata().map_or(0, |m| m.len());
+            remove(file.clone(), fs::remove_file(&file), bytes);
+        }
+    }
+    removed
 }
 
 impl SnapshotStore {
@@ -519,7 +633,9 @@ impl SnapshotStore {
             // The manifest names the current snapshot; without one, none is current. One that
             // cannot be read names nothing for certain: its folders stay.
             let current = match read_manifest(&self.manifest_path(&name)?) {
-                Ok(manifest) => manifest.map(|m| self.vacuum(self.reconcile(&name, m)).snapshot),
+                Ok(manifest) => {
+                    manifest.map(|m| self.vacuum(&name, self.reconcile(&name, m)).snapshot)
+                }
                 Err(e) => {
                     tracing::warn!("{name} left as it is: {e}");
                     continue;
@@ -561,7 +677,13 @@ impl SnapshotStore {
                 _ => false,
             };
             if ahead {
-                match delta::publish(&url, &table.files, None, info.clone()) {
+                match delta::publish(
+                    &url,
+                    &table.files,
+                    None,
+                    info.clone(),
+                    delta::Change::Overwrite,
+                ) {
                     Ok(version) => (table.delta_version, changed) = (Some(version), true),
                     Err(e) => tracing::warn!("{e}"),
                 }
@@ -578,16 +700,22 @@ impl SnapshotStore {
         manifest
     }
 
-    /// Removes, from each Delta table of `manifest` at the tables' location, the files only
-    /// versions superseded more than the retention ago hold (the store's own folder is collected
-    /// with its snapshots). Returns the manifest.
-    fn vacuum(&self, manifest: SnapshotManifest) -> SnapshotManifest {
-        for url in manifest
+    /// Removes, from each Delta table of `manifest` and of the views of `name` at the tables'
+    /// location, the files only versions superseded more than the retention ago hold (the store's
+    /// own folder is collected with its snapshots). Returns the manifest.
+    fn vacuum(&self, name: &str, manifest: SnapshotManifest) -> SnapshotManifest {
+        let views = fs::read_dir(self.dir.join(name).join(VIEWS));
+        let views = views.into_iter().flatten().flatten().filter_map(|e| {
+            let key = e.file_name().to_str()?.to_owned();
+            self.view_url(name, &key).ok()
+        });
+        let tables = manifest
             .tables
             .values()
-            .filter_map(|t| t.delta_table.as_ref())
-        {
-            match delta::vacuum(url, self.retention) {
+            .filter_map(|t| t.delta_table.clone());
+        let elsewhere = |url: &url::Url| url.scheme() != "file";
+        for url in tables.chain(views).filter(elsewhere) {
+            match delta::vacuum(&url, self.retention) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("{url}: {n} files of superseded versions removed"),
                 Err(e) => tracing::warn!("{e}"),
@@ -727,16 +855,22 @@ impl SnapshotStore {
             .map(|e| e.path())
             .collect();
         if read.is_empty() && (unleased.is_some() || !is_filtered(name)) {
-            // Its Delta tables, whose files are gone.
-            let logs = fs::read_dir(&dir).into_iter().flatten().flatten();
-            for table in logs
-                .map(|e| e.path())
+            // Its Delta tables (its views' too), whose files are gone.
+            let folders = |dir: &Path| -> Vec<PathBuf> {
+                let entries = fs::read_dir(dir).into_iter().flatten().flatten();
+                entries.map(|e| e.path()).collect()
+            };
+            let views = dir.join(VIEWS);
+            for table in folders(&dir)
+                .into_iter()
+                .chain(folders(&views))
                 .filter(|p| p.join("_delta_log").is_dir())
             {
                 let bytes = folder_bytes(&table);
                 fs::remove_dir_all(&table).map_err(|e| Error::io(&table, e))?;
                 cleared.removed.push((table, bytes));
             }
+            let _ = fs::remove_dir(&views);
             if unleased.is_some() {
                 let _ = fs::remove_file(dir.join(LEASE_FILE));
             }
@@ -835,6 +969,9 @@ fn remove_orphans(tmp: &Path) -> Vec<(PathBuf, u64)> {
     removed
 }
 
+/// The folder of a name's view tables: `<name>/views/<view>/`, a Delta table each.
+const VIEWS: &str = "views";
+
 /// A committed snapshot of one resource type.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -912,6 +1049,16 @@ impl Snapshot {
         }
     }
 
+    /// The folder of the Parquet copy of the view `key` (`<view>-<hash>`) over this snapshot:
+    /// `<name>/views/<key>/<snapshot>/`, in the view's Delta table (format 1: in the snapshot's
+    /// folder, `<snapshot>/views/<key>/`).
+    pub fn view_dir(&self, key: &str) -> PathBuf {
+        match (self.manifest.format >= 2, self.dir.parent()) {
+            (true, Some(named)) => named.join(VIEWS).join(key).join(&self.manifest.snapshot),
+            _ => self.dir.join(VIEWS).join(key),
+        }
+    }
+
     /// The Arrow schema of the table of `mode`, read from its first Parquet footer.
     pub fn schema(&self, mode: &str) -> Result<SchemaRef> {
         let table = self.table(mode).ok_or_else(|| {
@@ -986,7 +1133,7 @@ pub(super) mod tests {
         let input = store.dir().join(format!("{name}{time}.ndjson"));
         fs::write(&input, lines.join("\n")).unwrap();
         let writer = store.begin_named(name, "Patient").unwrap();
-        let (path, rel) = writer.raw_path(0, true);
+        let (path, rel) = writer.raw_path(0, false);
         let (resources, bytes) = write_raw(&[input], None, usize::MAX, &path).unwrap();
         let manifest = SnapshotManifest {
             raw: vec![RawFile {
@@ -1218,14 +1365,21 @@ pub(super) mod tests {
         // Read no more: the next collection takes it, and reports what it freed.
         let (table, dir) = (read.table_dir("flattened"), read.dir().to_owned());
         assert!(table.starts_with(store.dir().join("Patient").join("flattened")));
+        // A view's copy over it (written when a query read the view).
+        let view = read.view_dir("names-0123abcd");
+        assert!(view.starts_with(store.dir().join("Patient").join("views")));
+        fs::create_dir_all(&view).unwrap();
+        fs::write(view.join("part-0.parquet"), "view").unwrap();
         drop(read);
         let removed = store.clean(Duration::from_secs(3600)).unwrap();
-        let folders: Vec<&Path> = removed.iter().map(|(p, _)| p.as_path()).collect();
+        let mut folders: Vec<&Path> = removed.iter().map(|(p, _)| p.as_path()).collect();
         assert_eq!(
-            folders,
-            [table.as_path(), dir.as_path()],
-            "its table, then the snapshot"
+            folders.pop(),
+            Some(dir.as_path()),
+            "its tables, then the snapshot"
         );
+        folders.sort();
+        assert_eq!(folders, [table.as_path(), view.as_path()]);
         assert!(removed.iter().all(|(_, bytes)| *bytes > 0));
         assert_eq!(snapshots(), vec![current.manifest().snapshot.clone()]);
         assert!(current.table_dir("flattened").is_dir());

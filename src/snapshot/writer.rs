@@ -1,6 +1,7 @@
 //! [`SnapshotWriter`]: a snapshot being written aside, converted to Parquet and committed
 //! atomically (renamed into place, then its manifest replaced, under the store's lock).
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,11 +12,13 @@ use arrow::datatypes::SchemaRef;
 use super::convert::{TableParts, is_gzip};
 use super::delta;
 use super::lease::LEASE_FILE;
-use super::manifest::{to_json, write_atomic};
+use super::manifest::{MANIFEST_FILE, to_json, write_atomic};
 use super::names::is_filtered;
+use super::raw::holds_id;
+use super::upsert::{self, MAX_SMALL_FILES, Previous, SMALL_RAW_BYTES};
 use super::{
     Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, copy_raw, mode_key,
-    rfc3339,
+    rfc3339, write_raw,
 };
 use crate::ndjson::{DecodeOptions, TableMode};
 use crate::warning::{Warning, WarningKind};
@@ -36,6 +39,17 @@ pub struct SnapshotWriter {
     pub(super) tables: Vec<(String, TableParts)>,
     /// The raw files (paths relative to the snapshot folder) in those parts.
     pub(super) converted: Vec<String>,
+    /// The previous snapshot whose tables this one carries over ([`Self::carry_over`]).
+    pub(super) carry: Option<Box<Carry>>,
+}
+
+/// An incremental refresh's previous snapshot, with the ids its resources lose and the raw files
+/// of this snapshot that hold the rest.
+#[derive(Debug)]
+pub(super) struct Carry {
+    prev: Snapshot,
+    drop: HashSet<String>,
+    covers: Vec<String>,
 }
 
 /// Writers alive in the process ([`writes_in_progress`]).
@@ -72,12 +86,16 @@ pub(super) fn publish_tables(
     columns: &[(String, SchemaRef)],
 ) {
     let info = export_info(manifest);
+    let change = match manifest.incremental {
+        Some(_) => delta::Change::Upsert,
+        None => delta::Change::Overwrite,
+    };
     for (key, schema) in columns {
         let Some(table) = manifest.tables.get_mut(key) else {
             continue;
         };
         let published = store.table_url(name, key).and_then(|url| {
-            let version = delta::publish(&url, &table.files, Some(schema), info.clone())?;
+            let version = delta::publish(&url, &table.files, Some(schema), info.clone(), change)?;
             Ok((version, url))
         });
         match published {
@@ -92,6 +110,34 @@ pub(super) fn publish_tables(
                 manifest.warnings.push(warning);
             }
         }
+    }
+}
+
+impl Carry {
+    /// The previous snapshot's table of `key`, when the new table can carry its files over:
+    /// it has one, in a Delta table's folder, whose columns agree with those of `parts`.
+    fn previous(&self, key: &str, parts: &TableParts) -> Result<Option<Previous<'_>>> {
+        let Some(table) = self
+            .prev
+            .table(key)
+            .filter(|_| self.prev.manifest.format >= 2)
+        else {
+            return Ok(None);
+        };
+        let schema = self.prev.schema(key)?;
+        if !upsert::agrees(&schema, &parts.schema(), parts.mode()) {
+            tracing::debug!(
+                "{}: the changes' columns differ from {}'s; converted whole",
+                self.prev.manifest.resource_type,
+                self.prev.manifest.snapshot
+            );
+            return Ok(None);
+        }
+        Ok(Some(Previous {
+            root: self.prev.table_root(key),
+            table,
+            schema,
+        }))
     }
 }
 
@@ -155,6 +201,86 @@ impl SnapshotWriter {
         })
     }
 
+    /// Takes the raw files of `prev` into this snapshot (as its first ones) without the resources
+    /// whose id is in `drop`, the files on all cores: a file that holds none is linked as it is
+    /// (copied where a link cannot be made), the others are written again without them
+    /// ([`write_raw`], plain NDJSON); past 16 small files (a refresh adds one each), those are
+    /// written again as one. Lines are bounded by `max_line` bytes. Returns them for the
+    /// manifest.
+    pub fn keep_raw(
+        &self,
+        prev: &Snapshot,
+        drop: &HashSet<String>,
+        max_line: usize,
+    ) -> Result<Vec<RawFile>> {
+        let listed = &prev.manifest.raw;
+        let small = |r: &RawFile| r.bytes < SMALL_RAW_BYTES;
+        let (mut jobs, compacted): (Vec<Vec<usize>>, Vec<usize>) =
+            match listed.iter().filter(|r| small(r)).count() > MAX_SMALL_FILES {
+                true => {
+                    let (small, large): (Vec<usize>, Vec<usize>) =
+                        (0..listed.len()).partition(|n| small(&listed[*n]));
+                    (large.into_iter().map(|n| vec![n]).collect(), small)
+                }
+                false => ((0..listed.len()).map(|n| vec![n]).collect(), Vec::new()),
+            };
+        if !compacted.is_empty() {
+            jobs.push(compacted);
+        }
+        // Job `n` makes raw file `n` of the files `from` lists.
+        let keep = |n: usize, from: &[usize]| -> Result<RawFile> {
+            let paths: Vec<PathBuf> = from
+                .iter()
+                .map(|&i| prev.dir.join(&listed[i].path))
+                .collect();
+            if let [one] = from
+                && !holds_id(&paths[0], drop, max_line)?
+            {
+                let (path, rel) = self.raw_path(n, is_gzip(&paths[0])?);
+                if fs::hard_link(&paths[0], &path).is_err() {
+                    copy_raw(&paths[0], &path)?;
+                }
+                return Ok(RawFile {
+                    path: rel,
+                    ..listed[*one].clone()
+                });
+            }
+            let (path, rel) = self.raw_path(n, false);
+            let (resources, bytes) = write_raw(&paths, Some(drop), max_line, &path)?;
+            Ok(RawFile {
+                path: rel,
+                resources,
+                bytes,
+            })
+        };
+        let next = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        let mut kept: Vec<(usize, Result<RawFile>)> = std::thread::scope(|scope| {
+            let worker = || {
+                let mut done = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    match jobs.get(n) {
+                        Some(from) => done.push((n, keep(n, from))),
+                        None => return done,
+                    }
+                }
+            };
+            let running: Vec<_> = (0..workers.min(jobs.len()))
+                .map(|_| scope.spawn(worker))
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        if kept.len() < jobs.len() {
+            return Err(Error::snapshot("merging the raw files panicked"));
+        }
+        kept.sort_by_key(|(n, _)| *n);
+        kept.into_iter().map(|(_, file)| file).collect()
+    }
+
     /// Makes the raw files `raw` of this snapshot durable now, ahead of [`Self::commit`], which
     /// syncs every raw file (quickly, once they are): an export's files reach the disk while
     /// the rest download, not between the last download and the answer.
@@ -192,6 +318,18 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Makes this snapshot an incremental refresh of `prev`: the raw files `covers` (written by
+    /// the caller) hold `prev`'s resources but those whose id is in `drop` (changed or deleted).
+    /// [`Self::commit`] then makes each table from `prev`'s files instead of converting `covers`:
+    /// the files that hold no id of `drop` are carried over as they are, the others written again
+    /// without those rows, and the Delta version adds and removes only those. A table whose
+    /// columns the changes do not agree with (a column's type changed, the overflow column) is
+    /// converted whole instead. `prev` is held (not collected) until the commit.
+    pub fn carry_over(&mut self, prev: Snapshot, drop: HashSet<String>, covers: &[RawFile]) {
+        let covers = covers.iter().map(|r| r.path.clone()).collect();
+        self.carry = Some(Box::new(Carry { prev, drop, covers }));
+    }
+
     /// Converts the raw files to the Parquet tables of `modes` (with the batch size, strictness
     /// and line bound of `options`), those of [`Self::convert_part`] aside, then commits: the
     /// new snapshot replaces the current one atomically. `manifest.snapshot`, `resource_type`,
@@ -209,10 +347,12 @@ impl SnapshotWriter {
             .iter()
             .map(|r| self.dir.join(&r.path))
             .collect();
+        let carry = self.carry.take();
+        let covered = |r: &&RawFile| carry.as_ref().is_some_and(|c| c.covers.contains(&r.path));
         let rest: Vec<RawFile> = manifest
             .raw
             .iter()
-            .filter(|r| !self.converted.contains(&r.path))
+            .filter(|r| !self.converted.contains(&r.path) && !covered(r))
             .cloned()
             .collect();
         let mut schemas = Vec::new();
@@ -223,12 +363,33 @@ impl SnapshotWriter {
             if !rest.is_empty() || self.tables.is_empty() {
                 self.convert_part(&rest, modes, options, on_rows)?;
             }
-            for (key, parts) in std::mem::take(&mut self.tables) {
+            for (key, mut parts) in std::mem::take(&mut self.tables) {
+                let prev = match &carry {
+                    Some(carry) => carry.previous(&key, &parts)?,
+                    None => None,
+                };
+                if let (None, Some(carry)) = (&prev, &carry) {
+                    let covers: Vec<PathBuf> =
+                        carry.covers.iter().map(|p| self.dir.join(p)).collect();
+                    parts.add(&covers, on_rows)?;
+                }
                 let (table, schema, warnings) = parts.finish()?;
-                manifest
-                    .tables
-                    .insert(key.clone(), table.relative_to(&self.id));
+                let table = table.relative_to(&self.id);
+                let (table, schema) = match (&prev, &carry) {
+                    (Some(prev), Some(carry)) => {
+                        let out_dir = self.dir.join(&key);
+                        upsert::carry_over(prev, &carry.drop, table, &schema, &out_dir, &self.id)?
+                    }
+                    _ => (table, schema),
+                };
+                manifest.tables.insert(key.clone(), table);
                 manifest.add_conversion_warnings(warnings);
+                if let (Some(_), Some(carry)) = (&prev, &carry) {
+                    // The lines it skipped are still not in the table.
+                    let skipped = carry.prev.manifest.warnings.iter();
+                    let skipped = skipped.filter(|w| w.kind == WarningKind::SkippedLines);
+                    manifest.add_conversion_warnings(skipped.cloned().collect());
+                }
                 schemas.push((key, schema));
             }
             syncing
@@ -256,11 +417,18 @@ impl SnapshotWriter {
         // A table elsewhere gets its files before the commit (a crash leaves files no version
         // names there), outside the lock, which would hold every commit for the uploads.
         let elsewhere = store.table_elsewhere(&self.name);
+        let type_dir = store.named_dir(&self.name)?;
+        let own = format!("{}/", self.id);
         for (key, table) in manifest.tables.iter().filter(|_| elsewhere) {
+            // This snapshot's files are still in its folder; carried ones in their table's.
+            let local = |path: &str| match path.starts_with(&own) {
+                true => self.dir.join(key).join(file_name(path)),
+                false => type_dir.join(key).join(path),
+            };
             let files: Vec<(PathBuf, String)> = table
                 .files
                 .iter()
-                .map(|f| (self.dir.join(key).join(file_name(&f.path)), f.path.clone()))
+                .map(|f| (local(&f.path), f.path.clone()))
                 .collect();
             let uploaded = store
                 .table_url(&self.name, key)
@@ -275,7 +443,6 @@ impl SnapshotWriter {
                 manifest.warnings.push(warning);
             }
         }
-        let type_dir = store.named_dir(&self.name)?;
         let _lock = store.lock()?;
         // Under the lock: eviction removes filtered snapshots' folders under it too.
         fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
@@ -292,9 +459,21 @@ impl SnapshotWriter {
             let (from, to) = (target.join(key), root.join(&self.id));
             fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
         }
+        let started = std::time::Instant::now();
         publish_tables(&mut manifest, store, &self.name, &columns);
-        write_atomic(&store.manifest_path(&self.name)?, &to_json(&manifest)?)?;
-        // The snapshots it supersedes go once nobody reads them.
+        tracing::debug!(
+            "{}: Delta versions committed in {:.3} s",
+            self.name,
+            started.elapsed().as_secs_f64()
+        );
+        // The snapshot as committed, in its folder: which files of earlier snapshots' folders it
+        // holds, for collections while it is kept.
+        let manifest_json = to_json(&manifest)?;
+        write_atomic(&target.join(MANIFEST_FILE), &manifest_json)?;
+        write_atomic(&store.manifest_path(&self.name)?, &manifest_json)?;
+        // The snapshots it supersedes go once nobody reads them (`prev` too: its files this
+        // one holds stay).
+        drop(carry);
         store.collect_garbage(&type_dir, &[self.id.as_str()], store.retention());
         let lease = match is_filtered(&self.name) {
             true => store.lease(&self.name)?,

@@ -183,16 +183,33 @@ async fn a_join_of_a_view_and_a_type_exports_once_and_rows_equal_the_runners() {
     let mut from_view = rows(&ctx, "SELECT DISTINCT id, gender FROM patient_names").await;
     from_view.sort();
     assert_eq!(from_view, flattened);
-    // The second scan reads the view's Parquet copy beside the snapshot; nothing is exported.
+    // The second scan reads the view's Parquet copy; nothing is exported.
     assert_eq!(rows(&ctx, join).await, joined);
     assert_eq!(server.stats().kickoffs.len(), 1);
     let snapshot = fhir.store().current("Patient").unwrap().unwrap();
-    let copies: Vec<String> = std::fs::read_dir(snapshot.dir().join("views"))
+    let views = snapshot.dir().parent().unwrap().join("views");
+    let copies: Vec<String> = std::fs::read_dir(&views)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert!(copies[0].starts_with("patient_names-"), "{copies:?}");
+    // The copy is a version of the view's Delta table, which another engine reads.
+    let table = fhir.store().view_url("Patient", &copies[0]).unwrap();
+    assert_eq!(table.to_file_path().unwrap(), views.join(&copies[0]));
+    let history = fhirflight::snapshot::history(&table).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].export["view"], copies[0].as_str());
+    assert_eq!(history[0].export["snapshot"], snapshot.manifest().snapshot);
+    let state = datafusion::prelude::SessionContext::new().state();
+    let delta = fhirflight::snapshot::open_version(&table, 0, &state).unwrap();
+    let other = datafusion::prelude::SessionContext::new();
+    other.register_table("v", delta).unwrap();
+    let count = other.sql("SELECT count(*) FROM v").await.unwrap();
+    let count = count.collect().await.unwrap();
+    let count =
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(count[0].column(0));
+    assert_eq!(count.value(0) as usize, viewed.len());
     let plan = rows(&ctx, "EXPLAIN SELECT family FROM patient_names").await;
     assert!(
         plan.iter()

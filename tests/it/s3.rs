@@ -173,7 +173,8 @@ fn machines_sharing_tables_on_s3_export_refresh_race_and_die_mid_commit() {
     );
     assert_eq!(s3.latest_rows(a), 20);
 
-    // An incremental refresh is the next version, with what it merged.
+    // An incremental refresh is the next version, with what it merged: a merge that keeps the
+    // files on S3 as they are.
     let refreshed = s3.sql(a, "SELECT changed FROM fhir_refresh('fhir', 'Patient')");
     assert_eq!(
         refreshed[0]["changed"], 0,
@@ -185,6 +186,8 @@ fn machines_sharing_tables_on_s3_export_refresh_race_and_die_mid_commit() {
         history[0]["export"]["incremental"].is_object(),
         "{history:?}"
     );
+    assert_eq!(history[0]["operation"], "MERGE");
+    assert_eq!(s3.latest_rows(a), 20);
 
     // Three machines commit at once: each export becomes a version, a loser's after the winner's.
     let racing: Vec<Child> = [a, b, c]
