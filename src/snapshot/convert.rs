@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::parquet::{ROW_GROUP_ROWS, parquet_properties, write_parquet};
-use super::{Column, TableFile, TableFiles};
+use super::{TableFile, TableFiles};
 use crate::ndjson::{
     DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, OVERFLOW_COLUMN, SchemaInference, TableMode,
     decode_readers, infer_readers,
@@ -224,7 +224,6 @@ impl TableParts {
             (part.file, part.summary, part.schema) = (file, summary, Arc::clone(&schema));
         }
         let summaries = || self.parts.iter().map(|p| &p.summary);
-        let rows = summaries().map(|s| s.rows).sum();
         let skipped_lines = summaries().map(|s| s.skipped_count).sum();
         let overflowed = summaries().map(|s| s.overflowed).sum();
         let skipped = (skipped_lines > 0).then(|| {
@@ -266,22 +265,7 @@ impl TableParts {
             files.push(self.schema_part(&schema)?);
         }
         files.extend(self.parts.into_iter().map(|p| p.file));
-        let table = TableFiles {
-            rows,
-            bytes: files.iter().map(|f| f.bytes).sum(),
-            files,
-            skipped_lines,
-            columns: schema
-                .fields()
-                .iter()
-                .map(|f| Column {
-                    name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
-                })
-                .collect(),
-            delta_version: None,
-            delta_table: None,
-        };
+        let table = TableFiles::of(files, skipped_lines, &schema);
         Ok((table, schema, skipped.into_iter().chain(wide).collect()))
     }
 

@@ -18,6 +18,7 @@ use datafusion::catalog::{Session, TableProvider};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType};
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
@@ -244,19 +245,32 @@ async fn upload_file(
     copied.await.map_err(|e| format!("{to}: {e}"))
 }
 
+/// How old a file that no version names must be before [`vacuum`] takes it (an upload whose
+/// commit never came: its process died, or its table was not published): a commit still
+/// uploading has younger files. Delta's own default retention, for the same reason.
+pub(super) const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// Makes each version of the Delta table at `table` older than `retention` unreadable by
-/// removing the files only such versions hold; returns how many went. The store's own folder is
+/// removing the files only such versions hold, then removes the files no version names that are
+/// older than [`ORPHAN_AGE`] (and `retention`); returns how many went. The store's own folder is
 /// collected with its snapshots: this is for a table elsewhere.
 pub(super) fn vacuum(table: &Url, retention: std::time::Duration) -> Result<usize> {
-    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let age =
+        |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     let vacuumed = block_on(|| async {
         let table = DeltaTableBuilder::from_url(table.clone())?.load().await?;
-        let (_, metrics) = table
+        let (table, superseded) = table
             .vacuum()
-            .with_retention_period(retention)
+            .with_retention_period(age(retention))
             .with_enforce_retention_duration(false)
             .await?;
-        Ok::<_, DeltaTableError>(metrics.files_deleted.len())
+        let (_, orphans) = table
+            .vacuum()
+            .with_mode(VacuumMode::Full)
+            .with_retention_period(age(retention.max(ORPHAN_AGE)))
+            .with_enforce_retention_duration(false)
+            .await?;
+        Ok::<_, DeltaTableError>(superseded.files_deleted.len() + orphans.files_deleted.len())
     })?;
     vacuumed.map_err(|e| Error::snapshot(format!("Delta table {table}: {e}")))
 }

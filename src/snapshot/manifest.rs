@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
+use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
 use super::names::check_manifest_paths;
@@ -120,6 +121,27 @@ pub struct TableFiles {
 }
 
 impl TableFiles {
+    /// The table of `files` (their rows and bytes summed), with `skipped_lines` and the columns
+    /// of `schema`; not a Delta version yet.
+    pub(super) fn of(files: Vec<TableFile>, skipped_lines: u64, schema: &Schema) -> Self {
+        Self {
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
+            skipped_lines,
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| Column {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                })
+                .collect(),
+            delta_version: None,
+            delta_table: None,
+        }
+    }
+
     /// Makes the file paths relative to the folder holding `folder` (they are written relative
     /// to `folder`).
     pub(super) fn relative_to(mut self, folder: &str) -> Self {

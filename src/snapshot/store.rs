@@ -701,23 +701,30 @@ impl SnapshotStore {
     }
 
     /// Removes, from each Delta table of `manifest` and of the views of `name` at the tables'
-    /// location, the files only versions superseded more than the retention ago hold (the store's
-    /// own folder is collected with its snapshots). Returns the manifest.
+    /// location, the files only versions superseded more than the retention ago hold, and
+    /// uploads no version names (`delta::ORPHAN_AGE`); the store's own folder is collected with
+    /// its snapshots. Returns the manifest.
     fn vacuum(&self, name: &str, manifest: SnapshotManifest) -> SnapshotManifest {
+        let tables: Vec<url::Url> = manifest
+            .tables
+            .values()
+            .filter_map(|t| t.delta_table.clone())
+            .collect();
+        // The views' tables are beside the type's ([`SnapshotStore::view_url`]), where a store
+        // opened without the location (`cache gc`) finds them too.
         let views = fs::read_dir(self.dir.join(name).join(VIEWS));
         let views = views.into_iter().flatten().flatten().filter_map(|e| {
             let key = e.file_name().to_str()?.to_owned();
-            self.view_url(name, &key).ok()
+            self.view_url(name, &key).ok()?;
+            tables.first()?.join(&format!("../{VIEWS}/{key}/")).ok()
         });
-        let tables = manifest
-            .tables
-            .values()
-            .filter_map(|t| t.delta_table.clone());
-        let elsewhere = |url: &url::Url| url.scheme() != "file";
-        for url in tables.chain(views).filter(elsewhere) {
-            match delta::vacuum(&url, self.retention) {
+        let views: Vec<url::Url> = views.collect();
+        for url in tables.iter().chain(&views) {
+            match delta::vacuum(url, self.retention) {
                 Ok(0) => {}
-                Ok(n) => tracing::info!("{url}: {n} files of superseded versions removed"),
+                Ok(n) => tracing::info!(
+                    "{url}: {n} files removed (of superseded versions, or uploads no version names)"
+                ),
                 Err(e) => tracing::warn!("{e}"),
             }
         }
@@ -1331,6 +1338,40 @@ pub(super) mod tests {
         let ftp = url::Url::parse("ftp://lake/fhir").unwrap();
         let err = store.with_table_location(ftp).unwrap_err().to_string();
         assert!(err.contains("not ftp://"), "{err}");
+    }
+
+    #[test]
+    fn cleaning_removes_uploads_no_version_names_once_a_commit_could_not_still_come() {
+        let (cache, lake) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let location = url::Url::from_directory_path(lake.path()).unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir")
+            .unwrap()
+            .with_table_location(location)
+            .unwrap();
+        commit(&store, "Patient");
+        let table = store.table_url("Patient", "flattened").unwrap();
+        let table = table.to_file_path().unwrap();
+        // Uploads of commits that never came: one a week and a day old, one of a commit that
+        // may be uploading still.
+        let upload = |id: &str, age: Duration| {
+            let path = table.join(id).join("part-0.parquet");
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let file = File::create(&path).unwrap();
+            file.set_modified(SystemTime::now() - age).unwrap();
+            path
+        };
+        let day = Duration::from_secs(24 * 3600);
+        let old = upload("20200101000000000-0000000a", delta::ORPHAN_AGE + day);
+        let young = upload("20200101000000000-0000000b", day);
+        store.clean(Duration::from_secs(3600)).unwrap();
+        assert!(!old.exists());
+        assert!(young.exists());
+        let current = store.current("Patient").unwrap().unwrap();
+        let files = &current.table("flattened").unwrap().files;
+        assert!(
+            files.iter().all(|f| table.join(&f.path).exists()),
+            "{files:?}"
+        );
     }
 
     #[test]

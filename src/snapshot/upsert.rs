@@ -17,7 +17,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::convert::check_stopping;
 use super::parquet::{ROW_GROUP_ROWS, parquet_properties, write_parquet};
-use super::{Column, TableFile, TableFiles};
+use super::{TableFile, TableFiles};
 use crate::ndjson::{OVERFLOW_COLUMN, TableMode};
 use crate::{Error, Result};
 
@@ -169,23 +169,8 @@ pub(super) fn carry_over(
         started.elapsed().as_secs_f64()
     );
     files.extend(parts);
-    let table = TableFiles {
-        rows: files.iter().map(|f| f.rows).sum(),
-        bytes: files.iter().map(|f| f.bytes).sum(),
-        files,
-        skipped_lines: prev.table.skipped_lines + changes.skipped_lines,
-        columns: schema
-            .fields()
-            .iter()
-            .map(|f| Column {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-            })
-            .collect(),
-        delta_version: None,
-        delta_table: None,
-    };
-    Ok((table, schema))
+    let skipped_lines = prev.table.skipped_lines + changes.skipped_lines;
+    Ok((TableFiles::of(files, skipped_lines, &schema), schema))
 }
 
 /// Small files (of fewer rows than a row group, raw files under [`SMALL_RAW_BYTES`]) a refresh

@@ -65,6 +65,27 @@ def test_deltalake_polars_and_duckdb_read_the_rows_and_columns_of_fhirflight(cac
         {c: r[c] for c in COLUMNS} for r in rows]
 
 
+def test_a_view_is_a_delta_table_of_the_rows_fhirflight_gives(cache, tmp_path):
+    views = tmp_path / "views"
+    views.mkdir()
+    (views / "genders.json").write_text(json.dumps({
+        "resourceType": "ViewDefinition", "name": "genders", "resource": "Patient",
+        "select": [{"column": [{"name": "id", "path": "id", "type": "id"},
+                               {"name": "gender", "path": "gender", "type": "code"}]}]}))
+    rows = sql(cache, "SELECT id, gender FROM genders ORDER BY id", "--views", str(views))
+    assert len(rows) == int(PATIENTS)
+    patient = Path(cache_command(cache, "path", "Patient").strip()).parent
+    tables = list((patient / "views").glob("genders-*"))
+    assert len(tables) == 1, tables
+
+    delta = DeltaTable(str(tables[0]))
+    arrow = delta.to_pyarrow_table().sort_by("id")
+    assert arrow.column_names == ["id", "gender"]
+    assert arrow.to_pylist() == rows
+    assert delta.history()[0]["fhirflight"]["view"] == tables[0].name
+    assert pl.read_delta(str(tables[0])).sort("id").to_dicts() == rows
+
+
 def test_every_export_is_a_version_with_its_metadata(cache):
     sql(cache, "SELECT count(*) FROM patient")
     table = cache_command(cache, "path", "Patient").strip()
