@@ -9,6 +9,7 @@
 //! conditional write of its log entry, and a writer that loses a race reads the table again and
 //! commits its own export as the next version (the last one committed is current).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
@@ -170,22 +171,25 @@ async fn commit(
         .file_views(table.log_store().as_ref(), None)
         .try_collect()
         .await?;
-    let has = |path: &str| files.iter().any(|f| f.path().as_ref() == path);
-    let adding = |path: &str| {
-        adds.iter()
-            .any(|a| matches!(a, Action::Add(add) if add.path == path))
-    };
+    let has: HashSet<String> = files.iter().map(|f| f.path().to_string()).collect();
+    let adding: HashSet<&str> = adds
+        .iter()
+        .filter_map(|a| match a {
+            Action::Add(add) => Some(add.path.as_str()),
+            _ => None,
+        })
+        .collect();
     // A path the table has and keeps (a file carried over, a conversion redone for the same
     // snapshot) is neither removed nor added: one action per path and version at most.
     actions.extend(
         files
             .iter()
-            .filter(|f| !adding(f.path().as_ref()))
+            .filter(|f| !adding.contains(f.path().as_ref()))
             .map(|f| Action::Remove(f.remove_action(true))),
     );
     actions.extend(
         adds.iter()
-            .filter(|a| !matches!(a, Action::Add(add) if has(&add.path)))
+            .filter(|a| !matches!(a, Action::Add(add) if has.contains(&add.path)))
             .cloned(),
     );
     let operation = match change {

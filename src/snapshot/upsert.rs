@@ -69,8 +69,9 @@ fn is_text(data_type: &DataType) -> bool {
 /// a first file of no rows with every column (the previous ones first), `prev`'s files that hold
 /// no dropped id as they are (their paths, in earlier snapshots' folders), those that do written
 /// again into `out_dir` without them (named `part-<n>.parquet` after the parts of `changes`), then
-/// the parts of `changes` that have rows. `folder` is the new snapshot's id, which its files'
-/// paths begin with. Returns the table and its schema.
+/// the parts of `changes` that have rows; past [`MAX_SMALL_FILES`] small files, `prev`'s small
+/// ones are written again as one. `folder` is the new snapshot's id, which its files' paths
+/// begin with. Returns the table and its schema.
 pub(super) fn carry_over(
     prev: &Previous,
     drop: &HashSet<String>,
@@ -228,18 +229,20 @@ fn kept(
 }
 
 /// Whether the Parquet file at `path` holds a row whose id is in `drop` (only its id column is
-/// read).
+/// read; a file without one holds resources without ids, which nothing replaces).
 fn holds_any(path: &Path, drop: &HashSet<String>) -> Result<bool> {
     if drop.is_empty() {
         return Ok(false);
     }
     let builder = reader(path)?;
-    let at = builder
+    let id = builder
         .parquet_schema()
         .columns()
         .iter()
-        .position(|c| c.path().parts() == [ID])
-        .ok_or_else(|| Error::snapshot(format!("{}: no id column", path.display())))?;
+        .position(|c| c.path().parts() == [ID]);
+    let Some(at) = id else {
+        return Ok(false);
+    };
     let mask = ProjectionMask::leaves(builder.parquet_schema(), [at]);
     let batches = builder
         .with_projection(mask)
@@ -254,7 +257,8 @@ fn holds_any(path: &Path, drop: &HashSet<String>) -> Result<bool> {
     Ok(false)
 }
 
-/// Hands `sink` the rows of the Parquet file at `path` whose id is not in `drop`.
+/// Hands `sink` the rows of the Parquet file at `path` whose id is not in `drop` (all of a file
+/// without an id column).
 fn without(
     path: &Path,
     drop: &HashSet<String>,
@@ -262,12 +266,17 @@ fn without(
 ) -> Result<u64> {
     let err = |e: &dyn std::fmt::Display| Error::snapshot(format!("{}: {e}", path.display()));
     let builder = reader(path)?;
-    let at = builder.schema().index_of(ID).map_err(|e| err(&e))?;
+    let at = builder.schema().index_of(ID).ok();
     let mut rows = 0;
     for batch in builder.build().map_err(|e| err(&e))? {
         check_stopping()?;
         let batch = batch.map_err(|e| err(&e))?;
-        let batch = filter_record_batch(&batch, &kept(&batch, at, drop)?).map_err(|e| err(&e))?;
+        let batch = match at {
+            Some(at) => {
+                filter_record_batch(&batch, &kept(&batch, at, drop)?).map_err(|e| err(&e))?
+            }
+            None => batch,
+        };
         rows += batch.num_rows() as u64;
         sink(&batch)?;
     }
@@ -580,5 +589,27 @@ mod tests {
             current.manifest().resources(),
             2 * super::MAX_SMALL_FILES as u64 + 1
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_of_resources_without_ids_is_carried_over() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(cache.path(), "http://example.org/fhir").unwrap();
+        let anonymous = r#"{"resourceType":"Patient","gender":"male"}"#.to_owned();
+        let first = commit(&store, &[&[patient("a", "\"female\"")], &[anonymous]], None);
+        let first_id = first.manifest().snapshot.clone();
+        let second = commit(
+            &store,
+            &[&[patient("a", "\"other\"")]],
+            Some((first, &["a"])),
+        );
+        let table = second.table("flattened").unwrap();
+        let carried: Vec<_> = table
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with(&first_id))
+            .collect();
+        assert_eq!(carried.len(), 1, "{:?}", table.files);
+        assert_eq!(table.rows, 2);
     }
 }
