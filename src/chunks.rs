@@ -201,6 +201,36 @@ impl Drop for Taken {
     }
 }
 
+/// Runs `work` on each of `0..jobs` in worker threads taken from the process-wide pool (at least
+/// one, waited for), so that it shares the cores with concurrent runs; returns the results in
+/// job order. A panic of `work` is the caller's.
+pub(crate) fn run_jobs<T: Send>(jobs: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if jobs == 0 {
+        return Vec::new();
+    }
+    let taken = WORKERS.take(jobs);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || {
+        let mut done = Vec::new();
+        loop {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n >= jobs {
+                return done;
+            }
+            done.push((n, work(n)));
+        }
+    };
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..taken.0).map(|_| scope.spawn(worker)).collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    done.sort_by_key(|(n, _)| *n);
+    done.into_iter().map(|(_, t)| t).collect()
+}
+
 /// Runs `work` on chunks of the `sources`, read one after the other, in worker threads (each with
 /// its own state from `init`) and `emit`s the results in order, with at most two chunks per
 /// worker in flight (memory stays bounded). Chunk buffers go back to the reader for reuse: fresh

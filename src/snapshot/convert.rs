@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::parquet::{ROW_GROUP_ROWS, parquet_properties, write_parquet};
+use super::parquet::write_file;
 use super::{TableFile, TableFiles};
 use crate::ndjson::{
     DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, OVERFLOW_COLUMN, SchemaInference, TableMode,
@@ -307,31 +307,20 @@ impl TableParts {
         on_rows: &dyn Fn(u64),
     ) -> Result<(TableFile, DecodeSummary)> {
         let out = self.out_dir.join(path);
-        let props = parquet_properties();
-        let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
-        let (summary, file) = write_parquet(
-            file,
-            &out,
-            Arc::clone(schema),
-            props,
-            ROW_GROUP_ROWS,
-            |sink| {
-                decode_readers(
-                    self.sources(raw),
-                    Arc::clone(schema),
-                    &self.mode,
-                    self.options.clone(),
-                    |batch| {
-                        check_stopping()?;
-                        sink(&batch)?;
-                        on_rows(batch.num_rows() as u64);
-                        Ok(())
-                    },
-                )
-            },
-        )?;
-        file.sync_all().map_err(|e| Error::io(&out, e))?;
-        let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
+        let (summary, bytes) = write_file(&out, Arc::clone(schema), |sink| {
+            decode_readers(
+                self.sources(raw),
+                Arc::clone(schema),
+                &self.mode,
+                self.options.clone(),
+                |batch| {
+                    check_stopping()?;
+                    sink(&batch)?;
+                    on_rows(batch.num_rows() as u64);
+                    Ok(())
+                },
+            )
+        })?;
         let file = TableFile {
             path: path.to_owned(),
             rows: summary.rows,

@@ -1,9 +1,9 @@
 //! Each table (mode) of a name is a Delta Lake table, in the store's folder (`<name>/<mode>/`) or
 //! on an object store (`s3://`, `gs://`, `az://`), which every lakehouse engine reads as a table:
-//! a commit of the store writes one version ([`publish`]: the new snapshot's files added, the
-//! files of the one it supersedes removed, the export's metadata in the commit), so every export
-//! is a version ([`history`]) and an earlier one can be read ([`open_version`]) while its files
-//! are kept.
+//! a commit of the store writes one version ([`publish`]: the new snapshot's files the table
+//! lacks added, those it no longer holds removed, the export's metadata in the commit), so every
+//! export is a version ([`history`]) and an earlier one can be read ([`open_version`]) while its
+//! files are kept.
 //!
 //! Writers on several machines resolve by Delta's optimistic commit protocol: a version is a
 //! conditional write of its log entry, and a writer that loses a race reads the table again and
@@ -38,8 +38,9 @@ pub const COMMIT_KEY: &str = "fhirflight";
 pub(super) enum Change {
     /// A full export: `WRITE` (overwrite).
     Overwrite,
-    /// An incremental refresh: `MERGE` of the changed resources by id, tombstones deleted.
-    Upsert,
+    /// An incremental refresh: `MERGE` of the changed resources by id, which `deletes` when
+    /// the export had tombstones.
+    Upsert { deletes: bool },
 }
 
 /// Commits a version of the Delta table at `table` (creating it) that holds exactly `files`
@@ -200,13 +201,13 @@ async fn commit(
         },
         // Without a predicate, a merge reads the whole table: a version another writer commits
         // meanwhile is a conflict, and the commit is made again on the table as it then is.
-        Change::Upsert => DeltaOperation::Merge {
+        Change::Upsert { deletes } => DeltaOperation::Merge {
             predicate: None,
             merge_predicate: Some("target.id = source.id".to_owned()),
-            matched_predicates: vec![
-                merge_predicate("update", None),
-                merge_predicate("delete", None),
-            ],
+            matched_predicates: ["update", "delete"][..1 + usize::from(deletes)]
+                .iter()
+                .map(|action| merge_predicate(action, None))
+                .collect(),
             not_matched_predicates: vec![merge_predicate("insert", None)],
             not_matched_by_source_predicates: Vec::new(),
         },
@@ -301,7 +302,8 @@ pub struct TableVersion {
     pub version: u64,
     /// When it was committed, in milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
-    /// The Delta operation (`CREATE TABLE`, `WRITE`).
+    /// The Delta operation (`CREATE TABLE`, `WRITE` for a full export, `MERGE` for an
+    /// incremental refresh).
     pub operation: String,
     /// What fhirflight recorded with it (the snapshot, the export's server, request,
     /// `transactionTime`, counts, warnings); `null` for a commit no export made (a vacuum's,

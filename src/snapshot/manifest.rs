@@ -163,6 +163,13 @@ pub struct TableFile {
     pub bytes: u64,
 }
 
+impl TableFile {
+    /// Its file name: the last segment of its path.
+    pub(super) fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
 /// A column of a snapshot table.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Column {

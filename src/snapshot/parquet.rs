@@ -38,6 +38,22 @@ pub(crate) fn parquet_properties() -> WriterProperties {
         .build()
 }
 
+/// Writes the Parquet file `path` (created, or emptied) of `schema` as fhirflight writes a
+/// snapshot's ([`parquet_properties`]) with the batches `fill` hands its sink, and makes it
+/// durable; returns what `fill` returned and the file's size.
+pub(super) fn write_file<T>(
+    path: &Path,
+    schema: SchemaRef,
+    fill: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<T>,
+) -> Result<(T, u64)> {
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let props = parquet_properties();
+    let (filled, file) = write_parquet(file, path, schema, props, ROW_GROUP_ROWS, fill)?;
+    file.sync_all().map_err(|e| Error::io(path, e))?;
+    let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    Ok((filled, bytes))
+}
+
 /// What an encoder is told, in order.
 enum Job {
     /// The writers of its columns for the next row group.

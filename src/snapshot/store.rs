@@ -1441,6 +1441,25 @@ pub(super) mod tests {
         commit(&store, "Patient");
         commit(&store, "Patient@a-0000000a");
         commit(&store, "Observation");
+        // A view's Delta table beside the type's.
+        let observation = store.current("Observation").unwrap().unwrap();
+        let view = observation.view_dir("codes-0123abcd");
+        fs::create_dir_all(&view).unwrap();
+        fs::write(view.join("part-0.parquet"), "view").unwrap();
+        let file = TableFile {
+            path: "part-0.parquet".to_owned(),
+            rows: 0,
+            bytes: 4,
+        };
+        let schema = Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Utf8,
+            true,
+        )]);
+        let version = store.publish_view(&observation, "codes-0123abcd", &file, &schema);
+        assert_eq!(version.unwrap(), Some(0));
+        assert!(view.parent().unwrap().join("_delta_log").is_dir());
+        drop(observation);
         let columns = store.dir().join("columns");
         fs::create_dir_all(&columns).unwrap();
         for name in ["Patient.flattened.arrow", "Observation.flattened.arrow"] {
@@ -1469,7 +1488,10 @@ pub(super) mod tests {
         let cleared = store.clear(None).unwrap();
         assert!(cleared.kept.is_empty());
         assert!(!store.dir().join("Patient").exists());
-        assert!(!store.dir().join("Observation").exists());
+        assert!(
+            !store.dir().join("Observation").exists(),
+            "its view's table too"
+        );
         assert!(store.resource_types().unwrap().is_empty());
         assert!(
             store.dir().join("source.json").is_file(),

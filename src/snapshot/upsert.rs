@@ -16,7 +16,8 @@ use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::convert::check_stopping;
-use super::parquet::{ROW_GROUP_ROWS, parquet_properties, write_parquet};
+use super::parquet::{ROW_GROUP_ROWS, write_file};
+use super::store::footer_schema;
 use super::{TableFile, TableFiles};
 use crate::ndjson::{OVERFLOW_COLUMN, TableMode};
 use crate::{Error, Result};
@@ -87,21 +88,30 @@ pub(super) fn carry_over(
         }
     }
     let schema = Arc::new(Schema::new(fields));
+    // A file written here that holds no row goes again.
+    let discard = |file: &TableFile| {
+        let path = out_dir.join(file.name());
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))
+    };
+    let kept = |file: TableFile, files: &mut Vec<TableFile>| -> Result<()> {
+        if file.rows == 0 {
+            return discard(&file);
+        }
+        files.push(file);
+        Ok(())
+    };
     // The parts of the changes without rows (a first file with their schema, a part of only
     // deletions) make way for the table's own first file.
     let (parts, empty): (Vec<TableFile>, Vec<TableFile>) =
         changes.files.into_iter().partition(|f| f.rows > 0);
-    for file in &empty {
-        let path = out_dir.join(file_name(&file.path));
-        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-    }
+    empty.iter().try_for_each(discard)?;
     let mut next = parts.len() + empty.len();
     let mut name = || {
         next += 1;
         format!("part-{}.parquet", next - 1)
     };
     let started = std::time::Instant::now();
-    let mut files = vec![write_file(out_dir, &name(), &schema, folder, |_| Ok(0))?];
+    let mut files = vec![write(out_dir, &name(), &schema, folder, |_| Ok(0))?];
     let live: Vec<&TableFile> = prev.table.files.iter().filter(|f| f.rows > 0).collect();
     // Each refresh adds a file: past a bound, the small ones are written again as one.
     let small = |f: &TableFile| f.rows < ROW_GROUP_ROWS as u64;
@@ -111,27 +121,20 @@ pub(super) fn carry_over(
         let path = prev.root.join(&file.path);
         if compact && small(file) {
             compacted.push(path);
-            continue;
-        }
-        if !holds_any(&path, drop)? {
-            files.push(file.clone());
-            continue;
-        }
-        let rewritten = write_file(out_dir, &name(), &file_schema(&path)?, folder, |sink| {
-            without(&path, drop, sink)
-        })?;
-        tracing::debug!(
-            "{}: {} of {} rows carried into {}",
-            path.display(),
-            rewritten.rows,
-            file.rows,
-            rewritten.path
-        );
-        if rewritten.rows > 0 {
-            files.push(rewritten);
+        } else if holds_any(&path, drop)? {
+            let rewritten = write(out_dir, &name(), &footer_schema(&path)?, folder, |sink| {
+                without(&path, drop, sink)
+            })?;
+            tracing::debug!(
+                "{}: {} of {} rows carried into {}",
+                path.display(),
+                rewritten.rows,
+                file.rows,
+                rewritten.path
+            );
+            kept(rewritten, &mut files)?;
         } else {
-            let path = out_dir.join(file_name(&rewritten.path));
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            files.push(file.clone());
         }
     }
     if !compacted.is_empty() {
@@ -142,7 +145,7 @@ pub(super) fn carry_over(
             .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
             .collect();
         let nullable = Arc::new(Schema::new(nullable));
-        let one = write_file(out_dir, &name(), &nullable, folder, |sink| {
+        let one = write(out_dir, &name(), &nullable, folder, |sink| {
             let mut rows = 0;
             for path in &compacted {
                 rows += without(path, drop, &mut |batch| sink(&realign(batch, &nullable)?))?;
@@ -154,13 +157,7 @@ pub(super) fn carry_over(
             compacted.len(),
             one.path
         );
-        match one.rows {
-            0 => {
-                let path = out_dir.join(file_name(&one.path));
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            }
-            _ => files.push(one),
-        }
+        kept(one, &mut files)?;
     }
     let carried = files.iter().filter(|f| !f.path.starts_with(folder)).count();
     tracing::debug!(
@@ -199,19 +196,10 @@ fn realign(
         .map_err(|e| Error::snapshot_with("compacting small files", e))
 }
 
-/// The last segment of a table file's path.
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 fn reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::snapshot_with(path.display().to_string(), e))
-}
-
-fn file_schema(path: &Path) -> Result<SchemaRef> {
-    Ok(Arc::clone(reader(path)?.schema()))
 }
 
 /// Which rows of `batch` to keep: those whose id (the column `at`) is not in `drop`.
@@ -285,19 +273,14 @@ fn without(
 
 /// Writes the durable Parquet file `out_dir/<name>` of `schema` with the rows `fill` hands its
 /// sink, and describes it with its path in the new snapshot's folder `folder`.
-fn write_file(
+fn write(
     out_dir: &Path,
     name: &str,
     schema: &SchemaRef,
     folder: &str,
     fill: impl FnOnce(&mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>) -> Result<u64>,
 ) -> Result<TableFile> {
-    let out = out_dir.join(name);
-    let file = File::create(&out).map_err(|e| Error::io(&out, e))?;
-    let props = parquet_properties();
-    let (rows, file) = write_parquet(file, &out, Arc::clone(schema), props, ROW_GROUP_ROWS, fill)?;
-    file.sync_all().map_err(|e| Error::io(&out, e))?;
-    let bytes = file.metadata().map_err(|e| Error::io(&out, e))?.len();
+    let (rows, bytes) = write_file(&out_dir.join(name), Arc::clone(schema), fill)?;
     Ok(TableFile {
         path: format!("{folder}/{name}"),
         rows,
@@ -309,10 +292,12 @@ fn write_file(
 mod tests {
     use std::collections::HashSet;
     use std::fs;
+    use std::sync::Arc;
 
     use arrow::array::{Array, AsArray};
     use arrow::compute::cast;
     use arrow::datatypes::DataType;
+    use datafusion::catalog::TableProvider;
     use datafusion::prelude::SessionContext;
 
     use crate::catalog::FhirTable;
@@ -381,12 +366,10 @@ mod tests {
         writer.commit(manifest, &[mode], &options, &|_| {}).unwrap()
     }
 
-    /// `id|gender` of every row fhirflight reads from `snapshot`, sorted.
-    async fn rows(snapshot: &Snapshot) -> Vec<String> {
-        let table = FhirTable::try_new(snapshot.clone(), &TableMode::default()).unwrap();
+    /// The first column of `sql`'s rows over `table` (named `t`), as text.
+    async fn query(table: Arc<dyn TableProvider>, sql: &str) -> Vec<String> {
         let ctx = SessionContext::new();
-        ctx.register_table("t", std::sync::Arc::new(table)).unwrap();
-        let sql = "SELECT id || '|' || coalesce(CAST(gender AS VARCHAR), '-') FROM t ORDER BY 1";
+        ctx.register_table("t", table).unwrap();
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         batches
             .iter()
@@ -398,7 +381,19 @@ mod tests {
             .collect()
     }
 
-    /// The actions of version `version` of the Delta table in `root`: (adds, removes, operation).
+    /// fhirflight's own table of `snapshot`.
+    fn fhir(snapshot: &Snapshot) -> Arc<dyn TableProvider> {
+        Arc::new(FhirTable::try_new(snapshot.clone(), &TableMode::default()).unwrap())
+    }
+
+    /// `id|gender` of every row fhirflight reads from `snapshot`, sorted.
+    async fn rows(snapshot: &Snapshot) -> Vec<String> {
+        let sql = "SELECT id || '|' || coalesce(CAST(gender AS VARCHAR), '-') FROM t ORDER BY 1";
+        query(fhir(snapshot), sql).await
+    }
+
+    /// The actions of version `version` of the Delta table in `root`: (adds, removes, operation
+    /// and its matched predicates).
     fn actions(root: &std::path::Path, version: u64) -> (Vec<String>, Vec<String>, String) {
         let log = root.join("_delta_log").join(format!("{version:020}.json"));
         let (mut adds, mut removes, mut operation) = (Vec::new(), Vec::new(), String::new());
@@ -408,7 +403,8 @@ mod tests {
             adds.extend(path("add"));
             removes.extend(path("remove"));
             if let Some(op) = action["commitInfo"]["operation"].as_str() {
-                operation = op.to_owned();
+                let matched = &action["commitInfo"]["operationParameters"]["matchedPredicates"];
+                operation = format!("{op} {matched}");
             }
         }
         adds.sort();
@@ -469,7 +465,12 @@ mod tests {
                 .is_ok()
         );
 
-        // Only `f` comes: every file of the second snapshot stays where it is.
+        // Only `f` comes: every file of the second snapshot stays where it is, its raw files
+        // linked.
+        let inode = |path: &std::path::Path| {
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap())
+        };
+        let second_raw: Vec<u64> = second.raw_paths().iter().map(|p| inode(p)).collect();
         let f = patient("f", "null");
         let third = commit(&store, &[&[f]], Some((second, &["f"])));
         assert_eq!(
@@ -492,10 +493,17 @@ mod tests {
         assert_eq!(table.rows, 5);
         let raw: Vec<u64> = third.manifest().raw.iter().map(|r| r.resources).collect();
         assert_eq!(raw, [1, 1, 2, 1], "the second's raw files, then the change");
+        let third_raw: Vec<u64> = third.raw_paths()[..3].iter().map(|p| inode(p)).collect();
+        assert_eq!(third_raw, second_raw);
 
         // Its version adds its two files and removes only the second's first file.
         let (adds, removes, operation) = actions(&root, 2);
-        assert_eq!(operation, "MERGE");
+        // No tombstone came: the merge updates, it deletes nothing.
+        assert!(operation.starts_with("MERGE "), "{operation}");
+        assert!(
+            operation.contains("update") && !operation.contains("delete"),
+            "{operation}"
+        );
         let mut own: Vec<String> = own.iter().map(|f| f.path.clone()).collect();
         own.sort();
         assert_eq!(adds, own);
@@ -523,16 +531,7 @@ mod tests {
         let state = SessionContext::new().state();
         let url = delta::local_url(&root).unwrap();
         let latest = delta::open_version(&url, 2, &state).unwrap();
-        let ctx = SessionContext::new();
-        ctx.register_table("t", latest).unwrap();
-        let sql = "SELECT count(*) FROM t";
-        let n = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(
-            n[0].column(0)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(0),
-            5
-        );
+        assert_eq!(query(latest, "SELECT count(*) FROM t").await, ["5"]);
 
         // A change of a column's type converts the table whole.
         let typed = commit(&store, &[&[patient("b", "7")]], Some((third, &["b"])));
@@ -574,17 +573,8 @@ mod tests {
         let rows = rows(&current).await;
         assert_eq!(rows.len(), 2 * super::MAX_SMALL_FILES + 1);
         assert_eq!(rows[0], "p00|female");
-        let sql = "SELECT count(active) FROM t";
-        let table = FhirTable::try_new(current.clone(), &TableMode::default()).unwrap();
-        let ctx = SessionContext::new();
-        ctx.register_table("t", std::sync::Arc::new(table)).unwrap();
-        let n = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(
-            n[0].column(0)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(0),
-            1
-        );
+        let active = query(fhir(&current), "SELECT count(active) FROM t").await;
+        assert_eq!(active, ["1"]);
         assert_eq!(
             current.manifest().resources(),
             2 * super::MAX_SMALL_FILES as u64 + 1

@@ -17,9 +17,10 @@ use super::names::is_filtered;
 use super::raw::holds_id;
 use super::upsert::{self, MAX_SMALL_FILES, Previous, SMALL_RAW_BYTES};
 use super::{
-    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, copy_raw, mode_key,
-    rfc3339, write_raw,
+    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, TableFile,
+    copy_raw, mode_key, rfc3339, write_raw,
 };
+use crate::chunks::run_jobs;
 use crate::ndjson::{DecodeOptions, TableMode};
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
@@ -86,8 +87,10 @@ pub(super) fn publish_tables(
     columns: &[(String, SchemaRef)],
 ) {
     let info = export_info(manifest);
-    let change = match manifest.incremental {
-        Some(_) => delta::Change::Upsert,
+    let change = match &manifest.incremental {
+        Some(merged) => delta::Change::Upsert {
+            deletes: !merged.deleted.is_empty(),
+        },
         None => delta::Change::Overwrite,
     };
     for (key, schema) in columns {
@@ -158,11 +161,6 @@ pub(super) fn export_info(manifest: &SnapshotManifest) -> serde_json::Value {
     })
 }
 
-/// The last segment of a manifest path.
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 /// Makes the file at `path` durable.
 fn sync(path: &Path) -> Result<()> {
     File::open(path)
@@ -202,10 +200,10 @@ impl SnapshotWriter {
     }
 
     /// Takes the raw files of `prev` into this snapshot (as its first ones) without the resources
-    /// whose id is in `drop`, the files on all cores: a file that holds none is linked as it is
-    /// (copied where a link cannot be made), the others are written again without them
-    /// ([`write_raw`], plain NDJSON); past 16 small files (a refresh adds one each), those are
-    /// written again as one. Lines are bounded by `max_line` bytes. Returns them for the
+    /// whose id is in `drop`, a file per worker of the process's pool: a file that holds none is
+    /// linked as it is (copied where a link cannot be made), the others are written again without
+    /// them ([`write_raw`], plain NDJSON); past 16 small files (a refresh adds one each), those
+    /// are written again as one. Lines are bounded by `max_line` bytes. Returns them for the
     /// manifest.
     pub fn keep_raw(
         &self,
@@ -215,15 +213,10 @@ impl SnapshotWriter {
     ) -> Result<Vec<RawFile>> {
         let listed = &prev.manifest.raw;
         let small = |r: &RawFile| r.bytes < SMALL_RAW_BYTES;
-        let (mut jobs, compacted): (Vec<Vec<usize>>, Vec<usize>) =
-            match listed.iter().filter(|r| small(r)).count() > MAX_SMALL_FILES {
-                true => {
-                    let (small, large): (Vec<usize>, Vec<usize>) =
-                        (0..listed.len()).partition(|n| small(&listed[*n]));
-                    (large.into_iter().map(|n| vec![n]).collect(), small)
-                }
-                false => ((0..listed.len()).map(|n| vec![n]).collect(), Vec::new()),
-            };
+        let compact = listed.iter().filter(|r| small(r)).count() > MAX_SMALL_FILES;
+        let (compacted, alone): (Vec<usize>, Vec<usize>) =
+            (0..listed.len()).partition(|&n| compact && small(&listed[n]));
+        let mut jobs: Vec<Vec<usize>> = alone.into_iter().map(|n| vec![n]).collect();
         if !compacted.is_empty() {
             jobs.push(compacted);
         }
@@ -253,32 +246,9 @@ impl SnapshotWriter {
                 bytes,
             })
         };
-        let next = AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism().map_or(2, usize::from);
-        let mut kept: Vec<(usize, Result<RawFile>)> = std::thread::scope(|scope| {
-            let worker = || {
-                let mut done = Vec::new();
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    match jobs.get(n) {
-                        Some(from) => done.push((n, keep(n, from))),
-                        None => return done,
-                    }
-                }
-            };
-            let running: Vec<_> = (0..workers.min(jobs.len()))
-                .map(|_| scope.spawn(worker))
-                .collect();
-            running
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
-        if kept.len() < jobs.len() {
-            return Err(Error::snapshot("merging the raw files panicked"));
-        }
-        kept.sort_by_key(|(n, _)| *n);
-        kept.into_iter().map(|(_, file)| file).collect()
+        run_jobs(jobs.len(), |n| keep(n, &jobs[n]))
+            .into_iter()
+            .collect()
     }
 
     /// Makes the raw files `raw` of this snapshot durable now, ahead of [`Self::commit`], which
@@ -421,14 +391,14 @@ impl SnapshotWriter {
         let own = format!("{}/", self.id);
         for (key, table) in manifest.tables.iter().filter(|_| elsewhere) {
             // This snapshot's files are still in its folder; carried ones in their table's.
-            let local = |path: &str| match path.starts_with(&own) {
-                true => self.dir.join(key).join(file_name(path)),
-                false => type_dir.join(key).join(path),
+            let local = |f: &TableFile| match f.path.starts_with(&own) {
+                true => self.dir.join(key).join(f.name()),
+                false => type_dir.join(key).join(&f.path),
             };
             let files: Vec<(PathBuf, String)> = table
                 .files
                 .iter()
-                .map(|f| (local(&f.path), f.path.clone()))
+                .map(|f| (local(f), f.path.clone()))
                 .collect();
             let uploaded = store
                 .table_url(&self.name, key)
