@@ -92,6 +92,10 @@ struct Target {
     pushdown: Vec<String>,
     /// Merge into the type's current snapshot (an incremental refresh).
     merge: bool,
+    /// Adopt instead another machine's full snapshot of the type at the tables' location,
+    /// committed since then ([`SnapshotStore::adopt`]; it serves a filtered one too): the
+    /// oldest that the statement takes as fresh.
+    adopt_since: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -307,11 +311,11 @@ impl Exporter {
                     if let Some(job) = full_running.filter(|_| !full_fresh) {
                         waits.push(Arc::clone(job));
                     }
-                    names.push(t.clone());
+                    names.push((t.clone(), t));
                     continue;
                 }
                 let name = pushdown.snapshot_name(t);
-                names.push(name.clone());
+                names.push((name.clone(), t));
                 if let Some(job) = jobs.by_name.get(&name) {
                     waits.push(Arc::clone(job));
                     continue;
@@ -330,6 +334,7 @@ impl Exporter {
                         type_filter: None,
                         pushdown: Vec::new(),
                         merge,
+                        adopt_since: freshness.oldest(not_before),
                     };
                     ((since, false), target)
                 } else {
@@ -349,6 +354,7 @@ impl Exporter {
                         type_filter: pushdown.type_filter.clone(),
                         pushdown: recorded.into_iter().flatten().collect(),
                         merge: false,
+                        adopt_since: freshness.oldest(not_before),
                     };
                     ((pushdown.since.clone(), pushdown.since.is_some()), target)
                 };
@@ -367,9 +373,19 @@ impl Exporter {
         let exports = waits.iter().map(|job| job.id).collect();
         let snapshots = names
             .iter()
-            .map(|n| {
-                self.store
-                    .current(n)?
+            .map(|(n, t)| {
+                let own = self.store.current(n)?;
+                let full = match n != *t {
+                    true => self.store.current(t)?.filter(fresh),
+                    false => None,
+                };
+                // A full snapshot adopted in a filtered export's stead serves it.
+                let newest = match (own, full) {
+                    (Some(own), Some(full)) if full.created() > own.created() => Some(full),
+                    (None, full) => full,
+                    (own, _) => own,
+                };
+                newest
                     .ok_or_else(|| Error::snapshot(format!("export of {n} committed no snapshot")))
             })
             .collect::<Result<_>>()?;
@@ -481,6 +497,7 @@ impl Exporter {
                 .flatten()
                 .is_none_or(|s| s.created() < started)
         });
+        self.adopt(&mut targets).await;
         if targets.is_empty() {
             return Ok(Arc::default());
         }
@@ -589,6 +606,32 @@ impl Exporter {
             }
         }
         Ok(warnings.into())
+    }
+
+    /// Takes from `targets` those another machine's full snapshot of their type at the tables'
+    /// location serves, adopted ([`SnapshotStore::adopt`]); one that cannot be adopted is
+    /// exported, with a warning in the log.
+    async fn adopt(&self, targets: &mut Vec<Target>) {
+        let mut tried = HashSet::new();
+        for t in targets.iter() {
+            let Some(since) = t.adopt_since.filter(|_| tried.insert(&t.resource_type)) else {
+                continue;
+            };
+            let (store, name) = (self.store.clone(), t.resource_type.clone());
+            let adopting = tokio::task::spawn_blocking(move || store.adopt(&name, since));
+            let adopting = adopting.await;
+            if let Err(e) = adopting
+                .map_err(|e| Error::snapshot_with("adoption task failed", e))
+                .and_then(|adopted| adopted)
+            {
+                tracing::warn!("{}: exported, not adopted: {e}", t.resource_type);
+            }
+        }
+        targets.retain(|t| {
+            let full = self.store.current(&t.resource_type).ok().flatten();
+            let served = t.adopt_since.zip(full);
+            served.is_none_or(|(since, full)| full.created() < since)
+        });
     }
 
     /// Running and recently finished exports, oldest first.
@@ -729,6 +772,7 @@ fn commit_type(
                 path: rel,
                 resources: changed,
                 bytes,
+                origin: None,
             });
             tracing::debug!(
                 "{resource_type}: raw files merged in {:.3} s",

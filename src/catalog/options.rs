@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::PushdownMode;
 use crate::ndjson::{
@@ -34,6 +34,19 @@ impl Freshness {
             Freshness::Always => false,
             Freshness::Never => true,
         }
+    }
+
+    /// The oldest commit time that this and `not_before` (a time a snapshot made since serves
+    /// too) take as fresh now; none when nothing is.
+    pub(super) fn oldest(&self, not_before: Option<SystemTime>) -> Option<SystemTime> {
+        let own = match self {
+            Freshness::MaxAge(max) => {
+                Some(SystemTime::now().checked_sub(*max).unwrap_or(UNIX_EPOCH))
+            }
+            Freshness::Always => None,
+            Freshness::Never => Some(UNIX_EPOCH),
+        };
+        own.into_iter().chain(not_before).min()
     }
 }
 

@@ -100,23 +100,47 @@ pub(super) fn publish(
 /// an earlier version is there already, unless a vacuum took it.
 pub(super) fn upload(table: &Url, files: &[(PathBuf, String)]) -> Result<()> {
     let uploaded = block_on(|| async {
-        let built = DeltaTableBuilder::from_url(table.clone()).and_then(|b| b.build());
-        let store = built
-            .map_err(|e| e.to_string())?
-            .log_store()
-            .object_store(None);
+        let store = object_store(table)?;
         let uploads = files.iter().map(|(from, to)| upload_file(&store, from, to));
         futures::stream::iter(uploads)
             .buffer_unordered(4)
             .try_collect::<Vec<()>>()
             .await
     })?;
-    match uploaded {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::snapshot(format!(
-            "uploading to Delta table {table}: {e}"
-        ))),
-    }
+    uploaded
+        .map(|_| ())
+        .map_err(|e| Error::snapshot(format!("uploading to {table}: {e}")))
+}
+
+/// Downloads each object of `files` (paths relative to `at`, an object store's URL or a
+/// folder's) to its local path, four at a time, skipping one there already at that size (an
+/// earlier download, a file carried over).
+pub(super) fn download(at: &Url, files: &[(String, PathBuf)]) -> Result<()> {
+    let downloaded = block_on(|| async {
+        let store = object_store(at)?;
+        let downloads = files
+            .iter()
+            .map(|(from, to)| download_file(&store, from, to));
+        futures::stream::iter(downloads)
+            .buffer_unordered(4)
+            .try_collect::<Vec<()>>()
+            .await
+    })?;
+    downloaded
+        .map(|_| ())
+        .map_err(|e| Error::snapshot(format!("downloading from {at}: {e}")))
+}
+
+/// The object store rooted at `url` (a table's, or the folder of a name's tables), opened as
+/// deltalake opens tables, so both reach it with the same credentials.
+pub(super) fn object_store(
+    url: &Url,
+) -> std::result::Result<deltalake::logstore::ObjectStoreRef, String> {
+    let built = DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build());
+    Ok(built
+        .map_err(|e| e.to_string())?
+        .log_store()
+        .object_store(None))
 }
 
 /// How many times a commit is tried again after other writers won.
@@ -248,6 +272,42 @@ async fn upload_file(
         writer.shutdown().await
     };
     copied.await.map_err(|e| format!("{to}: {e}"))
+}
+
+/// Downloads the object `from` of `store` to the file `to` (its folder made), unless a file of
+/// its size is there; an error names the object and says the store's answer.
+async fn download_file(
+    store: &deltalake::logstore::ObjectStoreRef,
+    from: &str,
+    to: &Path,
+) -> std::result::Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let source = deltalake::Path::from(from);
+    let failed = |e: &dyn std::fmt::Display| format!("{from}: {e}");
+    let meta = store.head(&source).await.map_err(|e| failed(&e))?;
+    if tokio::fs::metadata(to)
+        .await
+        .is_ok_and(|m| m.len() == meta.size)
+    {
+        return Ok(());
+    }
+    if let Some(parent) = to.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| failed(&e))?;
+    }
+    let mut stream = store
+        .get(&source)
+        .await
+        .map_err(|e| failed(&e))?
+        .into_stream();
+    let mut file = tokio::fs::File::create(to).await.map_err(|e| failed(&e))?;
+    while let Some(bytes) = stream.next().await {
+        file.write_all(&bytes.map_err(|e| failed(&e))?)
+            .await
+            .map_err(|e| failed(&e))?;
+    }
+    file.sync_all().await.map_err(|e| failed(&e))
 }
 
 /// How old a file that no version names must be before [`vacuum`] takes it (an upload whose
@@ -451,7 +511,7 @@ impl deltalake::logstore::LogStoreFactory for CloudStores {
 /// Runs the future `make` makes to completion, on a thread and a runtime of its own: the store
 /// is synchronous, and may be called from inside an async runtime (planning, a blocking task,
 /// a caller's own), where blocking on that runtime would panic.
-fn block_on<F: Future>(make: impl FnOnce() -> F + Send) -> Result<F::Output>
+pub(super) fn block_on<F: Future>(make: impl FnOnce() -> F + Send) -> Result<F::Output>
 where
     F::Output: Send,
 {

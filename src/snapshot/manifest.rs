@@ -92,6 +92,12 @@ pub struct RawFile {
     pub resources: u64,
     /// Size of the gzip file.
     pub bytes: u64,
+    /// Where these bytes were first committed, relative to the name's folder
+    /// (`<snapshot>/raw/<file>`), when an incremental refresh kept the file as it was: a
+    /// snapshot home holds it there once, not again for each refresh
+    /// ([`SnapshotStore::with_table_location`](super::SnapshotStore::with_table_location)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// The Parquet files of one table (mode) of a snapshot.

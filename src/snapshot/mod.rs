@@ -87,6 +87,7 @@
 
 mod convert;
 mod delta;
+mod home;
 mod lease;
 mod listing;
 mod manifest;
@@ -94,6 +95,8 @@ mod names;
 mod parquet;
 mod raw;
 mod store;
+#[cfg(test)]
+mod tests;
 mod upsert;
 mod writer;
 

@@ -77,16 +77,24 @@ pub(super) fn check_manifest_paths(manifest: &SnapshotManifest) -> std::result::
             quoted(&manifest.snapshot)
         ));
     }
+    let plain = |part: &str| {
+        !part.is_empty()
+            && !part.starts_with('.')
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    if let Some(mode) = manifest
+        .tables
+        .keys()
+        .find(|k| !plain(k) || k.contains('_'))
+    {
+        return Err(format!("table {} is not a mode", quoted(mode)));
+    }
     let raw = manifest.raw.iter().map(|r| &r.path);
+    let origins = manifest.raw.iter().filter_map(|r| r.origin.as_ref());
     let tables = manifest.tables.values().flat_map(|t| &t.files);
-    for path in raw.chain(tables.map(|f| &f.path)) {
-        let plain = |part: &str| {
-            !part.is_empty()
-                && !part.starts_with('.')
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        };
+    for path in raw.chain(origins).chain(tables.map(|f| &f.path)) {
         if !path.split('/').all(plain) {
             return Err(format!(
                 "file {} is not a path inside the snapshot",

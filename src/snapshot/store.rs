@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -19,7 +18,7 @@ use super::names::{
     check_name, is_filtered, is_filtered_name, is_snapshot_id, new_snapshot_id, snapshot_time,
     source_key,
 };
-use super::writer::{WRITERS, export_info, owner_lock, publish_tables};
+use super::writer::{TmpFolder, export_info, publish_tables};
 use super::{Lease, SnapshotManifest, SnapshotWriter, TableFiles, convert_raw, mode_key};
 use crate::error::quoted;
 use crate::ndjson::{DecodeOptions, Strictness, TableMode};
@@ -80,8 +79,11 @@ impl SnapshotStore {
     /// and commits a version there, where other engines (and other machines) read them
     /// (filtered snapshots' tables stay in the store's folder, [`SnapshotStore::table_url`]).
     /// The store's folder keeps its copy of the files, which fhirflight's own queries read, and
-    /// the raw NDJSON. Credentials come from each cloud's standard environment (`AWS_*`,
-    /// `GOOGLE_*`, `AZURE_*`). Fails for a location no object store serves.
+    /// the raw NDJSON. Each snapshot's raw NDJSON and manifest go there too
+    /// (`<Type>/<snapshot>/`), so that another machine with the same location adopts the latest
+    /// snapshot instead of exporting again ([`SnapshotStore::adopt`]). Credentials come from
+    /// each cloud's standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`). Fails for a location
+    /// no object store serves.
     pub fn with_table_location(self, location: url::Url) -> Result<Self> {
         super::delta::check_location(&location)?;
         Ok(Self {
@@ -121,13 +123,25 @@ impl SnapshotStore {
 
     /// The Delta table at `path` (checked by the caller) in the folder of `name`.
     fn delta_url(&self, name: &str, path: &str) -> Result<url::Url> {
+        let Some(home) = self.home_url(name)? else {
+            return super::delta::local_url(&self.dir.join(name).join(path));
+        };
+        home.join(&format!("{path}/"))
+            .map_err(|e| Error::config(format!("{home}: {e}")))
+    }
+
+    /// The folder of `name` at the tables' location, `<location>/<source-key>/<name>/`, where
+    /// its Delta tables are and its snapshots' home ([`super::home`]); none when its tables
+    /// are in the store's folder.
+    pub(super) fn home_url(&self, name: &str) -> Result<Option<url::Url>> {
         let name = check_name(name)?;
         let Some(location) = self.tables.as_ref().filter(|_| self.table_elsewhere(name)) else {
-            return super::delta::local_url(&self.dir.join(name).join(path));
+            return Ok(None);
         };
         let key = self.dir.file_name().unwrap_or_default().to_string_lossy();
         let base = location.as_str().trim_end_matches('/');
-        url::Url::parse(&format!("{base}/{key}/{name}/{path}/"))
+        let url = url::Url::parse(&format!("{base}/{key}/{name}/"));
+        url.map(Some)
             .map_err(|e| Error::config(format!("{location}: {e}")))
     }
 
@@ -375,18 +389,15 @@ impl SnapshotStore {
         check_type_name(resource_type)?;
         let id = new_snapshot_id();
         let dir = self.dir.join("tmp").join(&id);
-        // Locked before the folder exists, so no sweep ever takes a live writer's folder.
-        let lock = owner_lock(&dir);
-        let owner = lock_file::lock_exclusive(&lock).map_err(|e| Error::io(&lock, e))?;
+        let tmp = TmpFolder::take(&dir)?;
         fs::create_dir_all(dir.join("raw")).map_err(|e| Error::io(&dir, e))?;
-        WRITERS.fetch_add(1, Ordering::SeqCst);
         Ok(SnapshotWriter {
             store: self.clone(),
             name: name.to_owned(),
             resource_type: resource_type.to_owned(),
             id,
             dir,
-            _owner: owner,
+            _tmp: tmp,
             tables: Vec::new(),
             converted: Vec::new(),
             carry: None,
@@ -613,7 +624,8 @@ impl SnapshotStore {
     /// 1. snapshot folders superseded by a newer commit of their name more than the store's
     ///    [retention](SnapshotStore::with_retention) ago, once nobody reads them (commits do
     ///    this too), with their tables' folders; at [the tables' location](SnapshotStore::with_table_location),
-    ///    the files only versions superseded that long ago hold (Delta's vacuum);
+    ///    the files only versions superseded that long ago hold (Delta's vacuum), and the
+    ///    snapshots superseded that long ago with their raw files;
     /// 2. `tmp/` folders of writers that are gone (opening the store does this too);
     /// 3. `staging/` folders (the downloads a stopped export keeps for its resume) that no
     ///    export holds and that nothing touched for `staging_max_age`: by then the server's
@@ -725,6 +737,14 @@ impl SnapshotStore {
                 Ok(n) => tracing::info!(
                     "{url}: {n} files removed (of superseded versions, or uploads no version names)"
                 ),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        // The snapshots' home is the tables' folder ([`SnapshotStore::home_url`]).
+        if let Some(home) = tables.first().and_then(|t| t.join("../").ok()) {
+            match super::home::collect(&home, &manifest.snapshot, self.retention) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{home}: {n} files of superseded snapshots removed"),
                 Err(e) => tracing::warn!("{e}"),
             }
         }
@@ -1103,6 +1123,7 @@ pub(super) fn footer_schema(path: &Path) -> Result<SchemaRef> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::snapshot::writer::owner_lock;
     use crate::snapshot::{RawFile, write_raw};
 
     #[test]
@@ -1147,6 +1168,7 @@ pub(super) mod tests {
                 path: rel,
                 resources,
                 bytes,
+                origin: None,
             }],
             transaction_time: time.to_owned(),
             ..SnapshotManifest::default()

@@ -10,7 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arrow::datatypes::SchemaRef;
 
 use super::convert::{TableParts, is_gzip};
-use super::delta;
 use super::lease::LEASE_FILE;
 use super::manifest::{MANIFEST_FILE, to_json, write_atomic};
 use super::names::is_filtered;
@@ -20,10 +19,11 @@ use super::{
     Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, TableFile,
     copy_raw, mode_key, rfc3339, write_raw,
 };
+use super::{delta, home};
 use crate::chunks::run_jobs;
 use crate::ndjson::{DecodeOptions, TableMode};
 use crate::warning::{Warning, WarningKind};
-use crate::{Error, Result};
+use crate::{Error, Result, lock_file};
 
 /// A snapshot being written; nothing is visible until [`SnapshotWriter::commit`].
 #[derive(Debug)]
@@ -33,9 +33,8 @@ pub struct SnapshotWriter {
     pub(super) resource_type: String,
     pub(super) id: String,
     pub(super) dir: PathBuf,
-    /// Held while this writer lives: a folder of `tmp/` whose lock nobody holds belongs to a
-    /// process that died ([`SnapshotStore::open`] removes it).
-    pub(super) _owner: File,
+    /// Its folder of `tmp/`, gone with the writer unless committed.
+    pub(super) _tmp: TmpFolder,
     /// The tables converted so far, part by part ([`Self::convert_part`]), by mode key.
     pub(super) tables: Vec<(String, TableParts)>,
     /// The raw files (paths relative to the snapshot folder) in those parts.
@@ -54,7 +53,7 @@ pub(super) struct Carry {
 }
 
 /// Writers alive in the process ([`writes_in_progress`]).
-pub(super) static WRITERS: AtomicUsize = AtomicUsize::new(0);
+static WRITERS: AtomicUsize = AtomicUsize::new(0);
 
 /// Snapshot writers alive in the process: a process about to exit calls
 /// [`stop_writes`](super::stop_writes) and waits for this to reach 0, so that no half-written
@@ -63,7 +62,31 @@ pub fn writes_in_progress() -> usize {
     WRITERS.load(Ordering::SeqCst)
 }
 
-impl Drop for SnapshotWriter {
+/// A snapshot's folder in `tmp/` while it is written (a conversion, an adoption), counted
+/// among the [writes in progress](writes_in_progress): what of it was not committed (renamed
+/// away) goes when this drops.
+#[derive(Debug)]
+pub(super) struct TmpFolder {
+    dir: PathBuf,
+    /// Held while it lives: a folder of `tmp/` whose lock nobody holds belongs to a process
+    /// that died ([`SnapshotStore::open`] removes it).
+    _owner: File,
+}
+
+impl TmpFolder {
+    /// Takes the folder `dir`, locked before it exists, so that no sweep ever takes it.
+    pub(super) fn take(dir: &Path) -> Result<Self> {
+        let lock = owner_lock(dir);
+        let owner = lock_file::lock_exclusive(&lock).map_err(|e| Error::io(&lock, e))?;
+        WRITERS.fetch_add(1, Ordering::SeqCst);
+        Ok(Self {
+            dir: dir.to_owned(),
+            _owner: owner,
+        })
+    }
+}
+
+impl Drop for TmpFolder {
     /// A snapshot not committed (an error, an interrupted conversion) leaves nothing behind.
     fn drop(&mut self) {
         if self.dir.exists()
@@ -196,6 +219,7 @@ impl SnapshotWriter {
             path: rel,
             resources,
             bytes,
+            origin: None,
         })
     }
 
@@ -233,9 +257,14 @@ impl SnapshotWriter {
                 if fs::hard_link(&paths[0], &path).is_err() {
                     copy_raw(&paths[0], &path)?;
                 }
+                let kept = &listed[*one];
+                let origin = kept.origin.clone();
+                let origin =
+                    origin.unwrap_or_else(|| format!("{}/{}", prev.manifest.snapshot, kept.path));
                 return Ok(RawFile {
                     path: rel,
-                    ..listed[*one].clone()
+                    origin: Some(origin),
+                    ..kept.clone()
                 });
             }
             let (path, rel) = self.raw_path(n, false);
@@ -244,6 +273,7 @@ impl SnapshotWriter {
                 path: rel,
                 resources,
                 bytes,
+                origin: None,
             })
         };
         run_jobs(jobs.len(), |n| keep(n, &jobs[n]))
@@ -413,7 +443,19 @@ impl SnapshotWriter {
                 manifest.warnings.push(warning);
             }
         }
-        let _lock = store.lock()?;
+        // Its raw files go to the snapshots' home there too, for other machines to adopt.
+        let home = store.home_url(&self.name)?;
+        let home = home.filter(|home| {
+            let uploaded = home::upload_raw(home, &self.dir, &manifest);
+            if let Err(e) = &uploaded {
+                tracing::warn!("{e}");
+                let warning = Warning::new(WarningKind::Client, format!("not adoptable: {e}"))
+                    .with_resource_type(&self.resource_type);
+                manifest.warnings.push(warning);
+            }
+            uploaded.is_ok()
+        });
+        let lock = store.lock()?;
         // Under the lock: eviction removes filtered snapshots' folders under it too.
         fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
         let target = type_dir.join(&self.id);
@@ -445,6 +487,13 @@ impl SnapshotWriter {
         // one holds stay).
         drop(carry);
         store.collect_garbage(&type_dir, &[self.id.as_str()], store.retention());
+        drop(lock);
+        // Last at the home: the sign that the rest is there.
+        if let Some(home) = home
+            && let Err(e) = home::upload_manifest(&home, &target, &self.id)
+        {
+            tracing::warn!("{} is not adoptable: {e}", self.name);
+        }
         let lease = match is_filtered(&self.name) {
             true => store.lease(&self.name)?,
             false => None,

@@ -248,6 +248,41 @@ fn machines_sharing_tables_on_s3_export_refresh_race_and_die_mid_commit() {
         String::from_utf8_lossy(&gc.stderr)
     );
     assert_eq!(s3.latest_rows(b), 20);
+
+    // A machine whose cache is on S3 (its working copy in its user cache folder) adopts the
+    // latest snapshot there, raw files too (the nested table is made from them), instead of
+    // exporting: it holds the snapshot the latest version names.
+    let d = tempfile::tempdir().unwrap();
+    // (The versions after it are vacuum's.)
+    let history = s3.history(b);
+    let exported = history.iter().find(|v| v["export"].is_object()).unwrap();
+    let latest = exported["export"]["snapshot"].clone();
+    let home = "s3://fhirflight/tables";
+    let args = ["sql", "--demo", "--demo-patients", "20", "--format", "json"];
+    let query = "SELECT count(*) AS n FROM Patient WHERE gender IS NOT NULL";
+    for mode in [&[][..], &["--nested"][..]] {
+        let out = s3
+            .fhirflight(&args)
+            .args(mode)
+            .args(["--cache-dir", home, query])
+            .env("XDG_CACHE_HOME", d.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rows[0]["n"], 20, "{mode:?}");
+    }
+    let listing = s3
+        .fhirflight(&["cache", "list", "--format", "json", "--cache-dir", home])
+        .env("XDG_CACHE_HOME", d.path())
+        .output()
+        .unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let adopted = &listing[0]["snapshots"][0];
+    assert_eq!(adopted["id"], latest, "{listing}");
+    let tables = adopted["tables"].as_object().unwrap();
+    assert_eq!(tables.keys().collect::<Vec<_>>(), ["flattened", "nested"]);
 }
 
 #[test]
@@ -272,7 +307,7 @@ fn an_upload_that_fails_leaves_the_table_unpublished_and_the_query_answered() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["n"], 20);
     assert!(
-        stderr.contains("uploading to Delta table s3://no-such-bucket/fhir/")
+        stderr.contains("uploading to s3://no-such-bucket/fhir/")
             && stderr.contains("/part-0.parquet: ")
             && stderr.contains("NoSuchBucket"),
         "{stderr}"

@@ -140,16 +140,40 @@ pub(crate) enum CacheCommand {
 /// The cache folder of the `cache` subcommands.
 #[derive(Debug, Args)]
 pub(crate) struct CacheDir {
-    /// Snapshot cache folder (default: the user's cache folder).
-    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
+    /// Snapshot cache folder (default: the user's cache folder); for an object store's URL,
+    /// the user's cache folder, which holds this machine's copy of its snapshots.
+    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR", value_parser = parse_cache)]
+    cache_dir: Option<Cache>,
 }
 
 impl CacheDir {
     pub(crate) fn root(&self) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(fhirflight::snapshot::default_cache_dir)
+        match &self.cache_dir {
+            Some(Cache::Folder(dir)) => dir.clone(),
+            _ => fhirflight::snapshot::default_cache_dir(),
+        }
+    }
+}
+
+/// Where `--cache-dir` keeps the snapshots.
+#[derive(Debug, Clone)]
+pub(crate) enum Cache {
+    /// A folder.
+    Folder(PathBuf),
+    /// An object store (`s3://`, `gs://`, `az://`): the types' Delta tables and the snapshots'
+    /// home there, as `--table-location` puts them, and this machine's working copy in the
+    /// user's cache folder.
+    Home(url::Url),
+}
+
+fn parse_cache(text: &str) -> Result<Cache, String> {
+    match url::Url::parse(text) {
+        Ok(url) if url.scheme() == "file" => url
+            .to_file_path()
+            .map(Cache::Folder)
+            .map_err(|()| format!("{text}: not a folder path")),
+        Ok(url) if url.scheme().len() > 1 => Ok(Cache::Home(url)),
+        _ => Ok(Cache::Folder(PathBuf::from(text))),
     }
 }
 
@@ -376,9 +400,11 @@ pub(crate) struct CatalogArgs {
     /// A folder of NDJSON(.gz) files from an earlier export instead of a server.
     #[arg(long, conflicts_with_all = ["server", "demo"], help_heading = "FHIR server")]
     pub(crate) folder: Option<PathBuf>,
-    /// Snapshot cache folder (default: the user's cache folder).
-    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR", help_heading = "Cache")]
-    pub(crate) cache_dir: Option<PathBuf>,
+    /// Snapshot cache folder (default: the user's cache folder), or an object store's URL
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`): the snapshots' home there, as
+    /// `--table-location` makes it, with this machine's copy in the user's cache folder.
+    #[arg(long, env = "FHIRFLIGHT_CACHE_DIR", value_parser = parse_cache, help_heading = "Cache")]
+    pub(crate) cache_dir: Option<Cache>,
     /// How old a snapshot may be before a query exports again: `always`, `never` or an age
     /// such as `15m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", help_heading = "Cache")]
@@ -674,7 +700,8 @@ impl ServerArgs {
 impl CatalogArgs {
     /// The session of `config` with these flags (see [`ServerArgs::session_builder`]); the
     /// catalog flags (`--level`, `--patient`, `--types`, `--pushdown`) win over `[server]`.
-    pub(crate) fn session_builder(self, mut config: Config) -> SessionBuilder {
+    /// Fails for a `--cache-dir` URL and a `--table-location` that differ.
+    pub(crate) fn session_builder(self, mut config: Config) -> fhirflight::Result<SessionBuilder> {
         let mut flags = ServerConfig::default();
         flags.level = self.level;
         flags.patient = self.patient;
@@ -685,10 +712,23 @@ impl CatalogArgs {
             .with_freshness(self.freshness)
             .with_retention(self.retention)
             .with_strict(self.strict);
-        if let Some(dir) = self.cache_dir {
-            options = options.with_cache_dir(dir);
-        }
-        if let Some(location) = self.table_location {
+        let location = match self.cache_dir {
+            Some(Cache::Folder(dir)) => {
+                options = options.with_cache_dir(dir);
+                self.table_location
+            }
+            Some(Cache::Home(url)) => match self.table_location {
+                Some(other) if other != url => {
+                    return Err(fhirflight::Error::config(format!(
+                        "--cache-dir {url} puts the tables there: --table-location {other} \
+                         names another place"
+                    )));
+                }
+                _ => Some(url),
+            },
+            None => self.table_location,
+        };
+        if let Some(location) = location {
             options = options.with_table_location(location);
         }
         if self.nested {
@@ -707,7 +747,7 @@ impl CatalogArgs {
         if let Some(MemoryLimit(limit)) = self.memory_limit {
             builder = builder.with_memory_limit(limit);
         }
-        builder
+        Ok(builder)
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) async fn sql(args: SqlArgs, config: Config, quiet: bool) -> Result<()
     } else {
         args.catalog.freshness
     };
-    let session = args.catalog.session_builder(config).build().await?;
+    let session = args.catalog.session_builder(config)?.build().await?;
     if !args.prefetch.is_empty() {
         prefetch(session.context(), &args.prefetch, freshness).await?;
     }
@@ -79,7 +79,7 @@ pub(crate) async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     } else {
         "grpc"
     };
-    let session = args.catalog.session_builder(config).build().await?;
+    let session = args.catalog.session_builder(config)?.build().await?;
     let control = FhirExportControl::from_session(session.context());
     let mut server = FlightSqlServer::new(session.context().clone())
         .with_users(users)

@@ -40,9 +40,10 @@ async fn run(cli: Cli) -> Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    // The sessions' futures are large: on the heap, not on the main thread's stack.
     match cli.command {
-        Command::Serve(args) => commands::serve(args, config).await,
-        Command::Sql(args) => commands::sql(args, config, cli.quiet).await,
+        Command::Serve(args) => Box::pin(commands::serve(args, config)).await,
+        Command::Sql(args) => Box::pin(commands::sql(args, config, cli.quiet)).await,
         Command::Export(args) => commands::export(args, config).await,
         Command::DemoServer(args) => commands::demo_server(args).await,
         Command::Users(command) => commands::users(command),

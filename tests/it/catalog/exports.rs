@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use fhirflight::catalog::{self, ExportState, Freshness};
+use fhirflight::catalog::{self, CatalogOptions, ExportState, Freshness};
+use fhirflight::ndjson::TableMode;
 
-use super::{MemorySource, condition, context, patient, rows, seeded};
+use super::{MemorySource, condition, context, context_with, patient, rows, seeded};
 
 const JOIN: &str = "SELECT p.gender, count(*) AS n FROM src.fhir.patient p \
     JOIN src.fhir.condition c ON c.subject_reference = concat('Patient/', p.id) GROUP BY p.gender";
@@ -103,6 +104,62 @@ async fn refresh_returns_updated_and_deleted_rows() {
         rows(&ctx, "SELECT id, gender FROM src.fhir.patient").await,
         ["p1|female", "p2|other", "p4|male"]
     );
+}
+
+/// Machines sharing a table location: the second adopts the first one's fresh snapshots (its
+/// raw files too: another mode is made from them) instead of exporting, and its next refresh
+/// is incremental from them; the first adopts that refresh in turn.
+#[tokio::test]
+async fn a_machine_sharing_the_table_location_adopts_the_fresh_snapshots_there() {
+    let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared = tempfile::tempdir().unwrap();
+    let location = url::Url::from_directory_path(shared.path()).unwrap();
+    let options = |cache: &std::path::Path| {
+        CatalogOptions::default()
+            .with_cache_dir(cache)
+            .with_freshness(Freshness::MaxAge(std::time::Duration::from_secs(3600)))
+            .with_table_location(location.clone())
+    };
+    let source = seeded();
+    let (a, _) = context_with(Arc::clone(&source) as _, options(a_cache.path())).await;
+    assert_eq!(rows(&a, JOIN).await, ["female|2", "male|1"]);
+    assert_eq!(source.fetches().len(), 1);
+
+    let nested = options(b_cache.path()).with_mode(TableMode::Nested);
+    let (b, _) = context_with(Arc::clone(&source) as _, nested).await;
+    let genders = "SELECT gender, count(*) FROM src.fhir.patient GROUP BY gender";
+    assert_eq!(rows(&b, genders).await, ["female|2", "male|1"]);
+    let conditions = "SELECT code['coding'][1]['code'] FROM src.fhir.condition WHERE id = 'c2'";
+    assert_eq!(rows(&b, conditions).await, ["38341003"]);
+    assert_eq!(
+        source.fetches().len(),
+        1,
+        "adopted, not exported: {:?}",
+        source.fetches()
+    );
+
+    source.upsert(patient("p2", "other"));
+    let refresh = "SELECT changed FROM fhir_refresh('src', 'Patient')";
+    assert_eq!(rows(&b, refresh).await, ["1"]);
+    let fetches = source.fetches();
+    assert_eq!(fetches.len(), 2);
+    assert_eq!(
+        fetches[1].since.as_deref(),
+        Some("6"),
+        "incremental from the adopted one"
+    );
+
+    // The first machine's own snapshot is fresh: it stays. A third machine adopts the refresh
+    // (whose unchanged raw files are the first snapshot's, where they were first uploaded).
+    assert_eq!(rows(&a, genders).await, ["female|2", "male|1"]);
+    let c_cache = tempfile::tempdir().unwrap();
+    let (c, _) = context_with(Arc::clone(&source) as _, options(c_cache.path())).await;
+    assert_eq!(rows(&c, genders).await, ["female|2", "other|1"]);
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM src.fhir.condition").await,
+        ["3"]
+    );
+    assert_eq!(source.fetches().len(), 2, "the refresh adopted");
 }
 
 #[tokio::test]
