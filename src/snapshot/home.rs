@@ -375,6 +375,21 @@ mod tests {
     }
 
     #[test]
+    fn cleaning_keeps_another_machines_later_version_at_the_location() {
+        let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let shared = tempfile::tempdir().unwrap();
+        let location = url::Url::from_directory_path(shared.path()).unwrap();
+        let (a, b) = (machine(&a_cache, &location), machine(&b_cache, &location));
+        commit(&a, &[&[patient("a", "null")]], None);
+        let later = commit(&b, &[&[patient("b", "null")]], None);
+        a.clean(std::time::Duration::from_secs(3600)).unwrap();
+        let table = a.table_url("Patient", "flattened").unwrap();
+        let versions = delta::history(&table).unwrap();
+        let latest = versions.iter().find(|v| v.export.is_object()).unwrap();
+        assert_eq!(latest.export["snapshot"], later.manifest().snapshot);
+    }
+
+    #[test]
     fn a_manifest_at_the_home_names_no_file_outside_its_folders() {
         let shared = tempfile::tempdir().unwrap();
         let cache = tempfile::tempdir().unwrap();

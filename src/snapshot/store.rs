@@ -661,9 +661,10 @@ impl SnapshotStore {
         Ok(removed)
     }
 
-    /// Makes each Delta table of `manifest` (the current snapshot of `name`) hold that snapshot
-    /// again when a later version does not: a commit that died between its Delta versions and
-    /// its manifest left them naming files that are no snapshot's, which collection removes.
+    /// Makes each Delta table of `manifest` (the current snapshot of `name`) in the store's
+    /// folder hold that snapshot again when a later version does not: a commit that died
+    /// between its Delta versions and its manifest left them naming files that are no
+    /// snapshot's, which collection removes.
     /// Returns the manifest, with the new versions recorded.
     fn reconcile(&self, name: &str, mut manifest: SnapshotManifest) -> SnapshotManifest {
         let Ok(type_dir) = self.named_dir(name) else {
@@ -672,13 +673,15 @@ impl SnapshotStore {
         let mut info = export_info(&manifest);
         info["reconciled"] = true.into();
         let mut changed = false;
-        for (key, table) in &mut manifest.tables {
-            let url = match &table.delta_table {
-                Some(url) => url.clone(),
-                None => match delta::local_url(&type_dir.join(key)) {
-                    Ok(url) => url,
-                    Err(_) => continue,
-                },
+        // Only the store's own tables: a later version of a table elsewhere is another
+        // machine's export (or one of ours that died, whose uploaded files still read there).
+        let own = manifest
+            .tables
+            .iter_mut()
+            .filter(|(_, t)| t.delta_table.is_none());
+        for (key, table) in own {
+            let Ok(url) = delta::local_url(&type_dir.join(key)) else {
+                continue;
             };
             let ahead = match (table.delta_version, delta::latest_version(&url)) {
                 (Some(ours), Ok(Some(latest))) => latest > ours,

@@ -417,6 +417,8 @@ impl SnapshotWriter {
         // A table elsewhere gets its files before the commit (a crash leaves files no version
         // names there), outside the lock, which would hold every commit for the uploads.
         let elsewhere = store.table_elsewhere(&self.name);
+        // Other machines adopt this snapshot from there when all of it is there.
+        let mut adoptable = elsewhere;
         let type_dir = store.named_dir(&self.name)?;
         let own = format!("{}/", self.id);
         for (key, table) in manifest.tables.iter().filter(|_| elsewhere) {
@@ -441,20 +443,20 @@ impl SnapshotWriter {
                 let warning = Warning::new(WarningKind::Client, format!("not published: {e}"))
                     .with_resource_type(&self.resource_type);
                 manifest.warnings.push(warning);
+                adoptable = false;
             }
         }
-        // Its raw files go to the snapshots' home there too, for other machines to adopt.
-        let home = store.home_url(&self.name)?;
-        let home = home.filter(|home| {
-            let uploaded = home::upload_raw(home, &self.dir, &manifest);
-            if let Err(e) = &uploaded {
-                tracing::warn!("{e}");
-                let warning = Warning::new(WarningKind::Client, format!("not adoptable: {e}"))
-                    .with_resource_type(&self.resource_type);
-                manifest.warnings.push(warning);
-            }
-            uploaded.is_ok()
-        });
+        // Its raw files go to the snapshots' home there too.
+        let mut home = store.home_url(&self.name)?.filter(|_| adoptable);
+        if let Some(url) = &home
+            && let Err(e) = home::upload_raw(url, &self.dir, &manifest)
+        {
+            tracing::warn!("{e}");
+            let warning = Warning::new(WarningKind::Client, format!("not adoptable: {e}"))
+                .with_resource_type(&self.resource_type);
+            manifest.warnings.push(warning);
+            home = None;
+        }
         let lock = store.lock()?;
         // Under the lock: eviction removes filtered snapshots' folders under it too.
         fs::create_dir_all(&type_dir).map_err(|e| Error::io(&type_dir, e))?;
