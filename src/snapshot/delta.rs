@@ -22,6 +22,7 @@ use deltalake::kernel::{Action, Add, MetadataExt, StructType};
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 use deltalake::{DeltaTableBuilder, DeltaTableError};
+use futures::future::{FutureExt, LocalBoxFuture};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
@@ -94,41 +95,50 @@ pub(super) fn publish(
     committed.map_err(|e| failed(&e))
 }
 
-/// Uploads each local file of `files` that the Delta table `table` (on an object store) does not
-/// have yet (no object of that path and size) to its path there, in parts, four files at a time:
-/// before [`publish`] names them, and outside the store's commit lock. A file carried over from
-/// an earlier version is there already, unless a vacuum took it.
+/// Uploads each local file of `files` that `table` (an object store's URL: a Delta table, or
+/// the snapshots' home beside it) does not have yet (no object of that path and size) to its
+/// path there, in parts, four files at a time: before [`publish`] names them, and outside the
+/// store's commit lock. A file carried over from an earlier version is there already, unless
+/// a vacuum took it.
 pub(super) fn upload(table: &Url, files: &[(PathBuf, String)]) -> Result<()> {
-    let uploaded = block_on(|| async {
-        let store = object_store(table)?;
-        let uploads = files.iter().map(|(from, to)| upload_file(&store, from, to));
-        futures::stream::iter(uploads)
-            .buffer_unordered(4)
-            .try_collect::<Vec<()>>()
-            .await
-    })?;
-    uploaded
-        .map(|_| ())
-        .map_err(|e| Error::snapshot(format!("uploading to {table}: {e}")))
+    transfer(table, "uploading to", |store| {
+        let each = files
+            .iter()
+            .map(|(from, to)| upload_file(Arc::clone(&store), from, to));
+        each.map(FutureExt::boxed_local).collect()
+    })
 }
 
 /// Downloads each object of `files` (paths relative to `at`, an object store's URL or a
 /// folder's) to its local path, four at a time, skipping one there already at that size (an
 /// earlier download, a file carried over).
 pub(super) fn download(at: &Url, files: &[(String, PathBuf)]) -> Result<()> {
-    let downloaded = block_on(|| async {
-        let store = object_store(at)?;
-        let downloads = files
+    transfer(at, "downloading from", |store| {
+        let each = files
             .iter()
-            .map(|(from, to)| download_file(&store, from, to));
-        futures::stream::iter(downloads)
+            .map(|(from, to)| download_file(Arc::clone(&store), from, to));
+        each.map(FutureExt::boxed_local).collect()
+    })
+}
+
+/// Runs the file transfers `jobs` makes for the object store at `url`, four at a time; an
+/// error says `what` (`uploading to`), `url` and the file's.
+fn transfer<'a, F>(url: &Url, what: &str, jobs: F) -> Result<()>
+where
+    F: FnOnce(
+            deltalake::logstore::ObjectStoreRef,
+        ) -> Vec<LocalBoxFuture<'a, std::result::Result<(), String>>>
+        + Send,
+{
+    let done = block_on(|| async {
+        let store = object_store(url)?;
+        futures::stream::iter(jobs(store))
             .buffer_unordered(4)
             .try_collect::<Vec<()>>()
             .await
     })?;
-    downloaded
-        .map(|_| ())
-        .map_err(|e| Error::snapshot(format!("downloading from {at}: {e}")))
+    done.map(|_| ())
+        .map_err(|e| Error::snapshot(format!("{what} {url}: {e}")))
 }
 
 /// The object store rooted at `url` (a table's, or the folder of a name's tables), opened as
@@ -253,7 +263,7 @@ fn merge_predicate(action_type: &str, predicate: Option<&str>) -> MergePredicate
 /// Uploads the file `from` to `to` of `store` (the table's), in parts; an error names the file
 /// and says the store's answer.
 async fn upload_file(
-    store: &deltalake::logstore::ObjectStoreRef,
+    store: deltalake::logstore::ObjectStoreRef,
     from: &Path,
     to: &str,
 ) -> std::result::Result<(), String> {
@@ -265,7 +275,7 @@ async fn upload_file(
     {
         return Ok(());
     }
-    let mut writer = object_store::buffered::BufWriter::new(Arc::clone(store), target);
+    let mut writer = object_store::buffered::BufWriter::new(store, target);
     let copied = async {
         let mut file = tokio::fs::File::open(from).await?;
         tokio::io::copy(&mut file, &mut writer).await?;
@@ -277,7 +287,7 @@ async fn upload_file(
 /// Downloads the object `from` of `store` to the file `to` (its folder made), unless a file of
 /// its size is there; an error names the object and says the store's answer.
 async fn download_file(
-    store: &deltalake::logstore::ObjectStoreRef,
+    store: deltalake::logstore::ObjectStoreRef,
     from: &str,
     to: &Path,
 ) -> std::result::Result<(), String> {
