@@ -47,8 +47,8 @@ fn raw_at_home(manifest: &SnapshotManifest) -> impl Iterator<Item = (String, &st
 
 /// Uploads the raw files of the snapshot in `dir` (of `manifest`, whose id is `dir`'s name) to
 /// `home`, those there already aside: before its commit, outside the store's lock.
-pub(super) fn upload_raw(home: &Url, dir: &Path, manifest_raw: &SnapshotManifest) -> Result<()> {
-    let files: Vec<(PathBuf, String)> = raw_at_home(manifest_raw)
+pub(super) fn upload_raw(home: &Url, dir: &Path, manifest: &SnapshotManifest) -> Result<()> {
+    let files: Vec<(PathBuf, String)> = raw_at_home(manifest)
         .map(|(at, path)| (dir.join(path), at))
         .collect();
     delta::upload(home, &files)
