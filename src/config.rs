@@ -1,10 +1,10 @@
 //! The configuration model and the session assembly shared by the CLI and embedders.
 //!
 //! [`Config`] is the TOML file of the README's configuration reference: `[server]` (the catalog
-//! `fhir`), one `[servers.<name>]` per further FHIR server (the catalog `<name>`) and
-//! `[views.<name>]` (view tables of the default catalog). [`SessionBuilder`] turns it into the
-//! [`SessionContext`] every query of the `fhirflight` command runs in, so an application gets
-//! exactly the catalogs, views and functions the CLI has:
+//! `fhir`), one `[servers.<name>]` per further FHIR server (the catalog `<name>`),
+//! `[views.<name>]` (view tables of the default catalog), `[limits]` and `[cache]`.
+//! [`SessionBuilder`] turns it into the [`SessionContext`] every query of the `fhirflight`
+//! command runs in, so an application gets exactly the catalogs, views and functions the CLI has:
 //!
 //! ```no_run
 //! # async fn demo() -> fhirflight::Result<()> {
@@ -82,6 +82,75 @@ pub struct Config {
     /// `[limits]`: bounds on what servers and files may make the process hold or download.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[cache]`: where the snapshots are kept.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: where the snapshots are kept.
+///
+/// ```
+/// use fhirflight::config::{CacheLocation, Config};
+///
+/// let config = Config::from_toml("[cache]\nurl = \"s3://hospital-lake/fhir\"\n")?;
+/// let url = url::Url::parse("s3://hospital-lake/fhir").unwrap();
+/// assert_eq!(config.cache.location()?, Some(CacheLocation::Store(url)));
+/// # Ok::<(), fhirflight::Error>(())
+/// ```
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// `url`: a folder (a path or a `file://` URL) to keep the snapshots in, or an object
+    /// store's URL (`s3://bucket/prefix`, `gs://...`, `az://...`) shared by machines: see
+    /// [`CacheLocation`].
+    pub url: Option<String>,
+}
+
+impl CacheConfig {
+    /// Where `url` keeps the snapshots; none when it is not set.
+    pub fn location(&self) -> Result<Option<CacheLocation>> {
+        let parsed = self.url.as_deref().map(CacheLocation::read).transpose();
+        parsed.map_err(|e| Error::config(format!("[cache] url: {e}")))
+    }
+}
+
+/// Where the snapshots are kept (`[cache] url`, `--cache-dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// The cache folder ([`CatalogOptions::with_cache_dir`]).
+    Folder(PathBuf),
+    /// An object store: the types' Delta tables and the snapshots' home there, shared by the
+    /// machines pointed at it ([`CatalogOptions::with_table_location`]), and this machine's
+    /// working copy in the user's cache folder.
+    Store(Url),
+}
+
+impl CacheLocation {
+    /// A `file://` URL or a path is a folder; another URL (`s3://bucket/prefix`) an object
+    /// store.
+    pub fn parse(text: &str) -> Result<Self> {
+        Self::read(text).map_err(Error::config)
+    }
+
+    fn read(text: &str) -> std::result::Result<Self, String> {
+        match Url::parse(text) {
+            Ok(url) if url.scheme() == "file" => url
+                .to_file_path()
+                .map(CacheLocation::Folder)
+                .map_err(|()| format!("{text}: not a folder path")),
+            Ok(url) if url.scheme().len() > 1 => Ok(CacheLocation::Store(url)),
+            _ => Ok(CacheLocation::Folder(PathBuf::from(text))),
+        }
+    }
+
+    /// `options` keeping their snapshots here.
+    pub fn catalog_options(&self, options: CatalogOptions) -> CatalogOptions {
+        match self {
+            CacheLocation::Folder(dir) => options.with_cache_dir(dir),
+            CacheLocation::Store(url) => options.with_table_location(url.clone()),
+        }
+    }
 }
 
 /// `[limits]`: bounds on what a FHIR server or an NDJSON file may make fhirflight download or
@@ -611,7 +680,10 @@ impl SessionBuilder {
     /// The session: makes a client of every server and opens the catalogs (no export, and no
     /// request the clients do not make when built).
     pub async fn build(mut self) -> Result<Session> {
-        let options = self.config.limits.catalog_options(self.options.clone());
+        let mut options = self.config.limits.catalog_options(self.options.clone());
+        if let Some(cache) = self.config.cache.location()? {
+            options = cache.catalog_options(options);
+        }
         // Views are tables of the default catalog.
         let mut views_dir = self.views_dir.take();
         let mut views = std::mem::take(&mut self.config.views)
@@ -787,6 +859,11 @@ mod tests {
             Some(Duration::from_secs(86_400))
         );
         assert_eq!(config.server.max_polls_without_progress, Some(1000));
+        let lake = Url::parse("s3://hospital-lake/fhirflight").unwrap();
+        assert_eq!(
+            config.cache.location().unwrap(),
+            Some(CacheLocation::Store(lake))
+        );
         // The README states the defaults of [limits].
         let (stated, default) = (
             config.limits.client_options(ClientOptions::default()),

@@ -31,7 +31,7 @@ use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// The job-state file: written right after kick-off, removed once the job is deleted.
-const JOB_FILE: &str = ".fhirflight-job.json";
+pub(crate) const JOB_FILE: &str = ".fhirflight-job.json";
 /// The manifest as the server gave it (pages merged), once every file is in the folder.
 const MANIFEST_FILE: &str = "manifest.json";
 /// The complete manifest while its files download: a resumed run reads it instead of asking

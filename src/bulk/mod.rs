@@ -18,6 +18,7 @@ mod progress;
 mod request;
 
 pub use client::BulkClient;
+pub(crate) use client::JOB_FILE;
 pub use manifest::{DeletedResource, Manifest, ManifestLink, OutputFile, deleted_resources};
 pub use options::ClientOptions;
 pub use progress::{DownloadedFile, ExportOutcome, ExportPhase, ExportProgress};

@@ -2,29 +2,34 @@
 //! needs one of them while it runs, then converted and committed type by type.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::watch;
+use url::Url;
 
+use super::claims::Keeper;
 use super::pushdown::{Conjunct, Pushdown, PushdownMode};
 use super::source::{
     Capabilities, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile, FhirSource,
 };
 use super::{CatalogOptions, Freshness};
 use crate::snapshot::{
-    Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore, SnapshotWriter, resource_ids,
-    write_raw,
+    Claim, Claiming, Incremental, RawFile, Snapshot, SnapshotManifest, SnapshotStore,
+    SnapshotWriter, forget_staged, resource_ids, write_raw,
 };
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// How many finished exports [`Exporter::exports`] remembers.
 const FINISHED_KEPT: usize = 32;
+
+/// How often a machine waiting for another one's export looks for its snapshots and claim.
+const CLAIM_POLL: Duration = Duration::from_secs(2);
 
 type Done = Shared<BoxFuture<'static, Result<Arc<[Warning]>, Arc<Error>>>>;
 
@@ -75,8 +80,6 @@ struct Job {
     targets: Vec<Target>,
     started: SystemTime,
     progress: watch::Receiver<FetchProgress>,
-    state: Mutex<ExportState>,
-    warnings: Mutex<Arc<[Warning]>>,
     abort: tokio::task::AbortHandle,
     done: Done,
 }
@@ -440,8 +443,6 @@ impl Exporter {
             targets,
             started: SystemTime::now(),
             progress: rx,
-            state: Mutex::new(ExportState::Running),
-            warnings: Mutex::default(),
             abort,
             done: done.clone(),
         });
@@ -456,19 +457,9 @@ impl Exporter {
             finished += usize::from(!keep);
             keep
         });
-        // Record the final state once it is known, without anyone having to await it.
-        let job_ref = Arc::clone(&job);
-        tokio::spawn(async move {
-            let state = match done.await {
-                Ok(warnings) => {
-                    *job_ref.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
-                    ExportState::Done
-                }
-                Err(e) if matches!(*e, Error::Cancelled) => ExportState::Cancelled,
-                Err(e) => ExportState::Failed(e),
-            };
-            *job_ref.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
-        });
+        // Runs the shared future to its end, so that its outcome is known without anyone
+        // having to await it.
+        tokio::spawn(done.map(drop));
         job
     }
 
@@ -481,7 +472,8 @@ impl Exporter {
         progress: &watch::Sender<FetchProgress>,
     ) -> Result<Arc<[Warning]>> {
         let started = SystemTime::now();
-        let staging = self.store.staging_dir(&job_key(request))?;
+        let key = job_key(request);
+        let staging = self.store.staging_dir(&key)?;
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         // One process at a time per request: another one waits, then finds its snapshots.
         let lock_path = staging.with_extension("lock");
@@ -498,6 +490,13 @@ impl Exporter {
                 .is_none_or(|s| s.created() < started)
         });
         self.adopt(&mut targets).await;
+        // Filtered snapshots stay on this machine, and so do their exports.
+        let home = self.store.staging_home(&key)?;
+        let home = home.filter(|_| targets.iter().all(|t| t.type_filter.is_none()));
+        let keeper = match home {
+            Some(home) if !targets.is_empty() => self.claim(&home, &mut targets, &staging).await,
+            _ => None,
+        };
         if targets.is_empty() {
             return Ok(Arc::default());
         }
@@ -592,6 +591,9 @@ impl Exporter {
                     .cloned(),
             );
         }
+        if let Some(keeper) = keeper {
+            keeper.finish().await;
+        }
         let _ = std::fs::remove_dir_all(&staging);
         // Housekeeping: the snapshots are committed, a failure here fails no query.
         for t in filtered {
@@ -606,6 +608,53 @@ impl Exporter {
             }
         }
         Ok(warnings.into())
+    }
+
+    /// Claims the export staged at `home` for this machine ([`Claim`]) and starts from the
+    /// resume files another machine left there: while another machine holds the claim, waits,
+    /// adopting its snapshots as they come (`targets` served so are taken out; none left, no
+    /// claim is needed). Without the home (unreachable), the export runs unshared.
+    async fn claim(&self, home: &Url, targets: &mut Vec<Target>, staging: &Path) -> Option<Keeper> {
+        let files = self.source.resume_files();
+        let folder = match self.store.folder_id() {
+            Ok(folder) => folder,
+            Err(e) => {
+                tracing::warn!("{e}; exporting without sharing the export");
+                return None;
+            }
+        };
+        let mut waiting = false;
+        loop {
+            match Claim::take(home, &folder).await {
+                Ok(Claiming::Taken(mut claim)) => {
+                    match claim.pull(files, staging).await {
+                        Ok(0) => {}
+                        Ok(_) => {
+                            tracing::info!("resuming the export another machine left at {home}")
+                        }
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                    return Some(Keeper::start(claim, files, staging.to_owned()));
+                }
+                Ok(Claiming::Held { owner, until }) => {
+                    if !std::mem::replace(&mut waiting, true) {
+                        let until = crate::snapshot::rfc3339(until);
+                        tracing::info!(
+                            "{home}: {owner} exports this (its claim runs until {until}); waiting"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; exporting without sharing the export");
+                    return None;
+                }
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+            self.adopt(targets).await;
+            if targets.is_empty() {
+                return None;
+            }
+        }
     }
 
     /// Takes from `targets` those another machine's full snapshot of their type at the tables'
@@ -639,17 +688,24 @@ impl Exporter {
         self.jobs()
             .all
             .iter()
-            .map(|j| ExportStatus {
-                id: j.id,
-                request: j.request.clone(),
-                started: j.started,
-                progress: j.progress.borrow().clone(),
-                state: j.state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-                warnings: j
-                    .warnings
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .to_vec(),
+            .map(|j| {
+                // Known as soon as a query awaiting the export has its outcome.
+                let (state, warnings) = match j.done.peek() {
+                    None => (ExportState::Running, Vec::new()),
+                    Some(Ok(warnings)) => (ExportState::Done, warnings.to_vec()),
+                    Some(Err(e)) if matches!(**e, Error::Cancelled) => {
+                        (ExportState::Cancelled, Vec::new())
+                    }
+                    Some(Err(e)) => (ExportState::Failed(Arc::clone(e)), Vec::new()),
+                };
+                ExportStatus {
+                    id: j.id,
+                    request: j.request.clone(),
+                    started: j.started,
+                    progress: j.progress.borrow().clone(),
+                    state,
+                    warnings,
+                }
             })
             .collect()
     }
@@ -678,6 +734,12 @@ impl Exporter {
             match this.source.cancel(&staging).await {
                 Ok(()) => tracing::info!(export = job.id, "export cancelled"),
                 Err(e) => tracing::warn!("cancelling export {} at its source: {e}", job.id),
+            }
+            let home = this.store.staging_home(&job_key(&job.request));
+            if let Ok(Some(home)) = home
+                && let Err(e) = forget_staged(&home, this.source.resume_files()).await
+            {
+                tracing::warn!("cancelling export {}: {e}", job.id);
             }
         });
         true

@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+mod claims;
 mod effect;
 mod exports;
 mod factory;

@@ -260,6 +260,14 @@ pub trait FhirSource: Debug + Send + Sync {
         let _ = dir;
         Ok(())
     }
+
+    /// The files of a fetch's folder that hold what its resume needs, in the order they are
+    /// written (small: a job's status URL). With a tables' location, they are mirrored there
+    /// while the fetch runs, so that another machine resumes a fetch this one left
+    /// ([`crate::snapshot::Claim`]). None by default: the fetch starts again.
+    fn resume_files(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// The longest first line [`LocalFolder`] reads to find a file's `resourceType`.
@@ -629,6 +637,11 @@ impl FhirSource for BulkSource {
 
     async fn cancel(&self, dir: &Path) -> Result<()> {
         self.client.cancel_export(dir).await.map(|_| ())
+    }
+
+    /// The job's state: its status URL is all another machine needs to resume it.
+    fn resume_files(&self) -> &'static [&'static str] {
+        &[crate::bulk::JOB_FILE]
     }
 
     async fn fetch(

@@ -146,6 +146,7 @@ where
 pub(super) fn object_store(
     url: &Url,
 ) -> std::result::Result<deltalake::logstore::ObjectStoreRef, String> {
+    register_stores();
     let built = DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build());
     Ok(built
         .map_err(|e| e.to_string())?

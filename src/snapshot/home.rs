@@ -372,6 +372,29 @@ mod tests {
             [origins[0].rsplit('/').next().unwrap()]
         );
         assert!(home.join(&second_id).join("manifest.json").exists());
+
+        // Folders without a manifest (uploads that died) go once a week old, younger ones stay:
+        // they may be an upload in flight.
+        let id_at = |t: std::time::SystemTime| {
+            let stamp = chrono::DateTime::<chrono::Utc>::from(t).format("%Y%m%d%H%M%S%3f");
+            format!("{stamp}-0123abcd")
+        };
+        let now = std::time::SystemTime::now();
+        let (dead, young) = (
+            id_at(now - delta::ORPHAN_AGE - std::time::Duration::from_secs(60)),
+            id_at(now - std::time::Duration::from_secs(60)),
+        );
+        for id in [&dead, &young] {
+            std::fs::create_dir_all(home.join(id).join("raw")).unwrap();
+            std::fs::write(home.join(id).join("raw/Patient.0.ndjson"), "{}").unwrap();
+        }
+        let url = delta::local_url(&home).unwrap();
+        assert_eq!(
+            collect(&url, &second_id, std::time::Duration::ZERO).unwrap(),
+            1
+        );
+        assert!(!home.join(&dead).join("raw/Patient.0.ndjson").exists());
+        assert!(home.join(&young).join("raw/Patient.0.ndjson").exists());
     }
 
     #[test]

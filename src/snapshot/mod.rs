@@ -31,6 +31,8 @@
 //!   columns/<Type>.<mode>.arrow          every column the type's tables ever had
 //!   staging/<job-key>/                   downloads of an export in progress (resumable)
 //!   staging/<job-key>.lock               held by the process exporting into it
+//!                                        (with a tables' location, a claim there does this
+//!                                        for machines: [`Claim`])
 //!   tmp/<snapshot-id>/                   a snapshot being written
 //!   tmp/<snapshot-id>.lock               held by its writer
 //!   .lock                                held while committing
@@ -94,6 +96,7 @@ mod manifest;
 mod names;
 mod parquet;
 mod raw;
+mod staging;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -110,5 +113,6 @@ pub use manifest::{
 };
 pub(crate) use parquet::parquet_properties;
 pub use raw::{copy_raw, resource_ids, write_raw};
+pub use staging::{CLAIM_RENEWAL, CLAIM_TTL, Claim, Claiming, forget_staged};
 pub use store::{Cleared, Snapshot, SnapshotStore, clean_cache, default_cache_dir};
 pub use writer::{SnapshotWriter, writes_in_progress};

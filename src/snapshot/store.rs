@@ -135,12 +135,51 @@ impl SnapshotStore {
     /// are in the store's folder.
     pub(super) fn home_url(&self, name: &str) -> Result<Option<url::Url>> {
         let name = check_name(name)?;
-        let Some(location) = self.tables.as_ref().filter(|_| self.table_elsewhere(name)) else {
+        match self.table_elsewhere(name) {
+            true => self.at_location(&format!("{name}/")),
+            false => Ok(None),
+        }
+    }
+
+    /// Where the export `job_key` (the name of its [staging folder](Self::staging_dir)) is
+    /// staged at the tables' location, `<location>/<source-key>/staging/<job-key>/`, for the
+    /// machines sharing it ([`super::Claim`]); none without a location.
+    pub fn staging_home(&self, job_key: &str) -> Result<Option<url::Url>> {
+        self.staging_dir(job_key)?;
+        self.at_location(&format!("staging/{job_key}/"))
+    }
+
+    /// A random id of this store's folder, made once: a claim names it
+    /// ([`super::Claim::take`]), so that another process of this folder knows the claim of one
+    /// that died.
+    pub fn folder_id(&self) -> Result<String> {
+        let path = self.dir.join("folder-id");
+        if let Ok(id) = fs::read_to_string(&path) {
+            return Ok(id);
+        }
+        // Written aside and linked into place: the first process's id is everyone's.
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let aside = self.dir.join("tmp").join(format!("folder-id.{id}"));
+        write_atomic(&aside, id.as_bytes())?;
+        let linked = fs::hard_link(&aside, &path);
+        let _ = fs::remove_file(&aside);
+        match linked {
+            Ok(()) => Ok(id),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
+            }
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// `<location>/<source-key>/<path>` at the tables' location, if there is one.
+    fn at_location(&self, path: &str) -> Result<Option<url::Url>> {
+        let Some(location) = &self.tables else {
             return Ok(None);
         };
         let key = self.dir.file_name().unwrap_or_default().to_string_lossy();
         let base = location.as_str().trim_end_matches('/');
-        let url = url::Url::parse(&format!("{base}/{key}/{name}/"));
+        let url = url::Url::parse(&format!("{base}/{key}/{path}"));
         url.map(Some)
             .map_err(|e| Error::config(format!("{location}: {e}")))
     }
@@ -630,12 +669,14 @@ impl SnapshotStore {
     /// 3. `staging/` folders (the downloads a stopped export keeps for its resume) that no
     ///    export holds and that nothing touched for `staging_max_age`: by then the server's
     ///    files have expired and the job cannot be resumed; and lock files left without their
-    ///    folder.
+    ///    folder. At the tables' location, the staging of exports nothing claimed for that
+    ///    long ([`super::Claim`]).
     ///
     /// Returns each folder removed with its bytes.
     pub fn clean(&self, staging_max_age: Duration) -> Result<Vec<(PathBuf, u64)>> {
         let _lock = self.lock()?;
         let mut removed = Vec::new();
+        let mut staging_home = None;
         for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -645,9 +686,14 @@ impl SnapshotStore {
             // The manifest names the current snapshot; without one, none is current. One that
             // cannot be read names nothing for certain: its folders stay.
             let current = match read_manifest(&self.manifest_path(&name)?) {
-                Ok(manifest) => {
-                    manifest.map(|m| self.vacuum(&name, self.reconcile(&name, m)).snapshot)
-                }
+                Ok(manifest) => manifest.map(|m| {
+                    // The exports' staging is beside the types at the tables' location.
+                    let table = m.tables.values().find_map(|t| t.delta_table.as_ref());
+                    staging_home = staging_home
+                        .take()
+                        .or_else(|| table?.join("../../staging/").ok());
+                    self.vacuum(&name, self.reconcile(&name, m)).snapshot
+                }),
                 Err(e) => {
                     tracing::warn!("{name} left as it is: {e}");
                     continue;
@@ -658,6 +704,13 @@ impl SnapshotStore {
         }
         removed.extend(remove_orphans(&self.dir.join("tmp")));
         removed.extend(self.clean_staging(staging_max_age));
+        if let Some(home) = staging_home {
+            match super::staging::collect(&home, staging_max_age) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{home}: {n} files of stopped exports removed"),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         Ok(removed)
     }
 

@@ -360,6 +360,62 @@ fn the_configs_limits_reach_the_tables() {
     assert!(stderr.contains("wide-resources"), "{stderr}");
 }
 
+/// `[cache] url` keeps the snapshots where it says, for queries and the `cache` commands alike;
+/// `--cache-dir` wins over it.
+#[test]
+fn the_configs_cache_url_keeps_the_snapshots() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("Patient.ndjson"),
+        r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#,
+    )
+    .unwrap();
+    let (configured, flagged) = (folder.path().join("lake"), folder.path().join("flag"));
+    let config = folder.path().join("fhirflight.toml");
+    let url = url::Url::from_directory_path(&configured).unwrap();
+    std::fs::write(&config, format!("[cache]\nurl = \"{url}\"\n")).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = texts(&out);
+        assert!(out.status.success(), "{stderr}");
+        stdout
+    };
+    let folder_arg = folder.path().to_str().unwrap();
+    let count = "SELECT count(*) AS n FROM Patient";
+    assert!(run(&["sql", "--folder", folder_arg, count]).contains("| 1 |"));
+    let listed = run(&["cache", "list"]);
+    assert!(
+        listed.contains(&configured.display().to_string()),
+        "{listed}"
+    );
+    assert!(listed.contains("Patient"), "{listed}");
+
+    let flag = flagged.to_str().unwrap();
+    run(&["sql", "--folder", folder_arg, "--cache-dir", flag, count]);
+    assert!(run(&["cache", "list", "--cache-dir", flag]).contains("Patient"));
+    let sources = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
+    assert_eq!((sources(&configured), sources(&flagged)), (1, 1));
+
+    std::fs::write(&config, "[cache]\nurl = \"file://host/share\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .arg("--config")
+        .arg(&config)
+        .args(["cache", "list"])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("[cache] url: file://host/share: not a folder path"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn ctrl_c_during_conversion_exits_130_and_leaves_nothing_half_written() {
     use std::io::Write;

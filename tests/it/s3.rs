@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures::TryStreamExt as _;
 use object_store::{ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 
 const BUCKET: &str = "fhirflight";
@@ -99,6 +100,44 @@ impl S3 {
     }
 }
 
+impl S3 {
+    /// The endpoint's bucket, as object_store reaches it.
+    fn store(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(BUCKET)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_region("us-east-1")
+            .build()
+            .unwrap()
+    }
+
+    /// The claims of exports at the tables' location (`tables/<source>/staging/<job>/claim.*`),
+    /// as JSON.
+    fn claims(&self) -> Vec<serde_json::Value> {
+        let store = self.store();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let listed: Vec<_> = store
+                .list(Some(&"tables".into()))
+                .try_collect()
+                .await
+                .unwrap();
+            let mut claims = Vec::new();
+            for o in listed {
+                let name = o.location.filename().unwrap_or_default();
+                if o.location.as_ref().contains("/staging/") && name.starts_with("claim.") {
+                    let bytes = store.get(&o.location).await.unwrap().bytes().await.unwrap();
+                    claims.push(serde_json::from_slice(&bytes).unwrap());
+                }
+            }
+            claims
+        })
+    }
+}
+
 impl Drop for S3 {
     fn drop(&mut self) {
         let _ = self.server.kill();
@@ -121,15 +160,7 @@ macro_rules! s3_or_skip {
 #[tokio::test]
 async fn the_endpoint_refuses_a_second_conditional_write_of_one_key() {
     let s3 = s3_or_skip!();
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&s3.endpoint)
-        .with_allow_http(true)
-        .with_bucket_name(BUCKET)
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .with_region("us-east-1")
-        .build()
-        .unwrap();
+    let store = s3.store();
     let create = || PutOptions::from(PutMode::Create);
     let key = object_store::path::Path::from("_delta_log/00000000000000000000.json");
     store
@@ -190,11 +221,13 @@ fn machines_sharing_tables_on_s3_export_refresh_race_and_die_mid_commit() {
     assert_eq!(s3.latest_rows(a), 20);
 
     // Three machines commit at once: each export becomes a version, a loser's after the winner's.
-    let racing: Vec<Child> = [a, b, c]
+    // Their requests differ (the same one would be exported by one machine at a time, the
+    // others waiting for its claim): an incremental refresh, a full one, and one with another type.
+    let racing: Vec<Child> = [(a, "Patient"), (b, "Patient"), (c, "Patient,Condition")]
         .iter()
-        .map(|cache| {
-            let refresh = "SELECT snapshot FROM fhir_refresh('fhir', 'Patient')";
-            s3.sql_command(cache, refresh)
+        .map(|(cache, types)| {
+            let refresh = format!("SELECT snapshot FROM fhir_refresh('fhir', '{types}')");
+            s3.sql_command(cache, &refresh)
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap()
@@ -215,6 +248,17 @@ fn machines_sharing_tables_on_s3_export_refresh_race_and_die_mid_commit() {
         .collect();
     snapshots.dedup();
     assert_eq!(snapshots.len(), 5, "each version is an export of its own");
+    // Each request was claimed on S3 by the machine exporting it, and released once committed.
+    let claims = s3.claims();
+    assert!(claims.len() >= 3, "{claims:?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let now_ms = now.unwrap().as_millis() as u64;
+    assert!(
+        claims
+            .iter()
+            .all(|c| c["expires_unix_ms"].as_u64().unwrap() <= now_ms),
+        "{claims:?}"
+    );
     assert_eq!(s3.latest_rows(b), 20);
 
     // Killed at any moment of a refresh (downloads, conversion, upload, commit): the table's

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fhirflight::bulk::ExportLevel;
 use fhirflight::catalog::{CatalogOptions, Freshness, PushdownMode};
-use fhirflight::config::{Config, PrimarySource, ServerConfig, SessionBuilder};
+use fhirflight::config::{
+    CacheConfig, CacheLocation, Config, PrimarySource, ServerConfig, SessionBuilder,
+};
 use fhirflight::demo::DemoConfig;
 use fhirflight::flight::{ExportRate, Role};
 use fhirflight::ndjson::TableMode;
@@ -143,38 +145,43 @@ pub(crate) struct CacheDir {
     /// Snapshot cache folder (default: the user's cache folder); for an object store's URL,
     /// the user's cache folder, which holds this machine's copy of its snapshots.
     #[arg(long, env = "FHIRFLIGHT_CACHE_DIR", value_parser = parse_cache)]
-    cache_dir: Option<Cache>,
+    cache_dir: Option<CacheLocation>,
 }
 
 impl CacheDir {
     pub(crate) fn root(&self) -> PathBuf {
         match &self.cache_dir {
-            Some(Cache::Folder(dir)) => dir.clone(),
+            Some(CacheLocation::Folder(dir)) => dir.clone(),
             _ => fhirflight::snapshot::default_cache_dir(),
         }
     }
-}
 
-/// Where `--cache-dir` keeps the snapshots.
-#[derive(Debug, Clone)]
-pub(crate) enum Cache {
-    /// A folder.
-    Folder(PathBuf),
-    /// An object store (`s3://`, `gs://`, `az://`): the types' Delta tables and the snapshots'
-    /// home there, as `--table-location` puts them, and this machine's working copy in the
-    /// user's cache folder.
-    Home(url::Url),
-}
-
-fn parse_cache(text: &str) -> Result<Cache, String> {
-    match url::Url::parse(text) {
-        Ok(url) if url.scheme() == "file" => url
-            .to_file_path()
-            .map(Cache::Folder)
-            .map_err(|()| format!("{text}: not a folder path")),
-        Ok(url) if url.scheme().len() > 1 => Ok(Cache::Home(url)),
-        _ => Ok(Cache::Folder(PathBuf::from(text))),
+    /// Without `--cache-dir`, the config's `[cache] url`.
+    fn or_config(&mut self, config: &Config) -> fhirflight::Result<()> {
+        if self.cache_dir.is_none() {
+            self.cache_dir = config.cache.location()?;
+        }
+        Ok(())
     }
+}
+
+impl CacheCommand {
+    /// The command with its cache from the config's `[cache] url` unless `--cache-dir` names
+    /// one.
+    pub(crate) fn or_config(mut self, config: &Config) -> fhirflight::Result<Self> {
+        match &mut self {
+            CacheCommand::List(a) => a.cache.or_config(config)?,
+            CacheCommand::Path(a) => a.table.cache.or_config(config)?,
+            CacheCommand::History(a) => a.table.cache.or_config(config)?,
+            CacheCommand::Clear(a) => a.cache.or_config(config)?,
+            CacheCommand::Gc(a) => a.cache.or_config(config)?,
+        }
+        Ok(self)
+    }
+}
+
+fn parse_cache(text: &str) -> Result<CacheLocation, String> {
+    CacheLocation::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -404,7 +411,7 @@ pub(crate) struct CatalogArgs {
     /// (`s3://bucket/prefix`, `gs://...`, `az://...`): the snapshots' home there, as
     /// `--table-location` makes it, with this machine's copy in the user's cache folder.
     #[arg(long, env = "FHIRFLIGHT_CACHE_DIR", value_parser = parse_cache, help_heading = "Cache")]
-    pub(crate) cache_dir: Option<Cache>,
+    pub(crate) cache_dir: Option<CacheLocation>,
     /// How old a snapshot may be before a query exports again: `always`, `never` or an age
     /// such as `15m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", help_heading = "Cache")]
@@ -712,12 +719,18 @@ impl CatalogArgs {
             .with_freshness(self.freshness)
             .with_retention(self.retention)
             .with_strict(self.strict);
-        let location = match self.cache_dir {
-            Some(Cache::Folder(dir)) => {
+        // `--cache-dir` wins over the file's `[cache] url`.
+        let cache = match self.cache_dir {
+            Some(cache) => Some(cache),
+            None => config.cache.location()?,
+        };
+        config.cache = CacheConfig::default();
+        let location = match cache {
+            Some(CacheLocation::Folder(dir)) => {
                 options = options.with_cache_dir(dir);
                 self.table_location
             }
-            Some(Cache::Home(url)) => match self.table_location {
+            Some(CacheLocation::Store(url)) => match self.table_location {
                 Some(other) if other != url => {
                     return Err(fhirflight::Error::config(format!(
                         "--cache-dir {url} puts the tables there: --table-location {other} \

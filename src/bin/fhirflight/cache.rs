@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fhirflight::config::Config;
 use fhirflight::size::{display, display_rounded};
 use fhirflight::snapshot::{CachedSnapshot, CachedSource, CachedTable, clean_cache, list_cache};
 use fhirflight::{Error, Result};
@@ -14,8 +15,9 @@ use crate::args::{
     CacheTableArgs, ListFormat, PathFormat,
 };
 
-pub(crate) fn run(args: CacheArgs) -> Result<()> {
-    match args.command.unwrap_or(CacheCommand::List(args.list)) {
+pub(crate) fn run(args: CacheArgs, config: &Config) -> Result<()> {
+    let command = args.command.unwrap_or(CacheCommand::List(args.list));
+    match command.or_config(config)? {
         CacheCommand::List(args) => list(args),
         CacheCommand::Path(args) => path(args),
         CacheCommand::History(args) => history(args),

@@ -47,7 +47,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => commands::export(args, config).await,
         Command::DemoServer(args) => commands::demo_server(args).await,
         Command::Users(command) => commands::users(command),
-        Command::Cache(args) => cache::run(args),
+        Command::Cache(args) => cache::run(args, &config),
         Command::Exports(args) => exports::run(args).await,
     }
 }

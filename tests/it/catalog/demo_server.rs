@@ -483,3 +483,104 @@ async fn an_export_of_many_small_files_makes_one_part_under_the_part_size() {
     );
     assert_eq!(snapshot.tables["flattened"].files.len(), 1);
 }
+
+/// Machines sharing a table location: one killed (SIGKILL) mid-download leaves its claim and its
+/// job's state there. Once the claim expires, another machine, whose cache holds nothing of the
+/// export, takes the claim over and resumes the killed one's job (no second kick-off); the
+/// location keeps nothing of the export after its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_machine_resumes_the_export_a_killed_one_left_at_the_table_location() {
+    let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared = tempfile::tempdir().unwrap();
+    let location = url::Url::from_directory_path(shared.path()).unwrap();
+    let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
+        .await
+        .unwrap();
+    server.set_faults(Faults {
+        download_chunk_delay: Some(Duration::from_secs(600)),
+        ..Faults::default()
+    });
+    let creds = server.credentials();
+    let key_file = a_cache.path().join("key.jwk.json");
+    std::fs::write(&key_file, creds.rs384().private_jwk()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+        .args(["sql", "SELECT count(*) FROM patient", "--server"])
+        .arg(server.base_url().as_str())
+        .args(["--client-id", creds.client_id(), "--key-file"])
+        .arg(&key_file)
+        .arg("--cache-dir")
+        .arg(a_cache.path())
+        .args(["--table-location", location.as_str()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // `<location>/<source-key>/staging/<job-key>/`
+    let staged = || {
+        let sources = std::fs::read_dir(shared.path()).ok()?;
+        let staging = sources.flatten().find_map(|s| {
+            let jobs = std::fs::read_dir(s.path().join("staging")).ok()?;
+            jobs.flatten().next().map(|j| j.path())
+        });
+        staging.filter(|s| s.join(".fhirflight-job.json").exists())
+    };
+    crate::until("the killed machine's job at the location", || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "fhirflight ended early"
+        );
+        server.stats().downloads > 0 && staged().is_some()
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.set_faults(Faults::default());
+    let staging = staged().unwrap();
+    let claims = || -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(&staging).unwrap().flatten();
+        let claims = entries.map(|e| e.path()).filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("claim.")
+        });
+        claims.collect()
+    };
+    let expires = |claim: &std::path::Path| {
+        let held: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(claim).unwrap()).unwrap();
+        held["expires_unix_ms"].as_u64().unwrap()
+    };
+    let now_ms = || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.unwrap().as_millis() as u64
+    };
+    let [claim] = &claims()[..] else {
+        panic!("one claim: {:?}", claims())
+    };
+    assert!(
+        expires(claim) > now_ms(),
+        "the killed machine's claim outlives it"
+    );
+    // Its claim would expire within a minute (`CLAIM_TTL`); here, at once.
+    std::fs::write(claim, r#"{"owner":"killed","expires_unix_ms":0}"#).unwrap();
+
+    let client = client_of(&server, ClientOptions::default()).await;
+    let options = CatalogOptions::default()
+        .with_cache_dir(b_cache.path())
+        .with_freshness(Freshness::Never)
+        .with_table_location(location.clone());
+    let (ctx, _fhir) = context_with(Arc::new(BulkSource::new(client)), options).await;
+    assert_eq!(
+        rows(&ctx, "SELECT count(*) FROM src.fhir.patient").await,
+        ["12"]
+    );
+    assert_eq!(
+        server.stats().kickoffs.len(),
+        1,
+        "the other machine resumed the killed one's job"
+    );
+    assert!(!staging.join(".fhirflight-job.json").exists());
+    let [claim] = &claims()[..] else {
+        panic!("one claim: {:?}", claims())
+    };
+    assert!(expires(claim) <= now_ms(), "released");
+}

@@ -162,6 +162,43 @@ async fn a_machine_sharing_the_table_location_adopts_the_fresh_snapshots_there()
     assert_eq!(source.fetches().len(), 2, "the refresh adopted");
 }
 
+/// Machines sharing a table location export a request once: while one holds its claim, another
+/// waits, then adopts its snapshot.
+#[tokio::test]
+async fn a_machine_waits_for_the_export_another_one_claimed_and_adopts_it() {
+    let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared = tempfile::tempdir().unwrap();
+    let location = url::Url::from_directory_path(shared.path()).unwrap();
+    let options = |cache: &std::path::Path| {
+        CatalogOptions::default()
+            .with_cache_dir(cache)
+            .with_freshness(Freshness::MaxAge(std::time::Duration::from_secs(3600)))
+            .with_table_location(location.clone())
+    };
+    let source = Arc::new(MemorySource::gated());
+    source.upsert(patient("p1", "female"));
+    let (a, a_fhir) = context_with(Arc::clone(&source) as _, options(a_cache.path())).await;
+    let (b, b_fhir) = context_with(Arc::clone(&source) as _, options(b_cache.path())).await;
+    let query = |ctx: &datafusion::prelude::SessionContext| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { rows(&ctx, "SELECT id FROM src.fhir.patient").await })
+    };
+    let first = query(&a);
+    crate::until("the first machine's export", || source.fetches().len() == 1).await;
+    let second = query(&b);
+    crate::until("the second machine's wait", || !b_fhir.exports().is_empty()).await;
+    // Long enough for the second machine to look at the claim, and find it held, twice.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(source.fetches().len(), 1, "the second machine waits");
+    source.gate.as_ref().unwrap().add_permits(1);
+    assert_eq!(first.await.unwrap(), ["p1"]);
+    assert_eq!(second.await.unwrap(), ["p1"]);
+    assert_eq!(source.fetches().len(), 1, "{:?}", source.fetches());
+    let snapshot =
+        |fhir: &catalog::FhirCatalog| fhir.store().current("Patient").unwrap().unwrap().name();
+    assert_eq!(snapshot(&a_fhir), snapshot(&b_fhir), "adopted");
+}
+
 #[tokio::test]
 async fn freshness_always_exports_for_every_statement_once() {
     let cache = tempfile::tempdir().unwrap();
