@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::snapshot::{CLAIM_RENEWAL, Claim, forget_staged};
+use crate::snapshot::{CLAIM_RENEWAL, Claim};
 
 /// How often the resume files are looked at for a change (a stat and a small read).
 const MIRROR_EVERY: Duration = Duration::from_secs(1);
@@ -59,7 +59,7 @@ impl Keeper {
                 return;
             }
             let settled = match committed {
-                true => forget_staged(claim.url(), files).await,
+                true => claim.forget(files).await,
                 false => claim.mirror(files, &dir).await,
             };
             if let Err(e) = settled {

@@ -152,16 +152,6 @@ async fn create(
     }
 }
 
-/// Removes the claim generations below `generation`: only the highest one counts.
-async fn remove_older(store: &deltalake::logstore::ObjectStoreRef, generation: u64) {
-    let Ok(older) = generations(store).await else {
-        return;
-    };
-    for g in older.into_iter().filter(|g| *g < generation) {
-        let _ = store.delete(&claim_path(g)).await;
-    }
-}
-
 impl Claim {
     /// Takes the claim at `url` (a [staging home](super::SnapshotStore::staging_home)) for the
     /// store whose [folder id](super::SnapshotStore::folder_id) is `folder`, when nobody holds
@@ -228,8 +218,12 @@ impl Claim {
         if !create(&self.store, self.generation + 1, &claim).await? {
             return Ok(false);
         }
+        // Only the highest generation counts: the one before goes (one a crash left between
+        // the two writes stays, harmless, until `cache gc` removes the folder).
+        if self.generation > 0 {
+            let _ = self.store.delete(&claim_path(self.generation)).await;
+        }
         self.generation += 1;
-        remove_older(&self.store, self.generation).await;
         Ok(true)
     }
 
@@ -244,6 +238,12 @@ impl Claim {
     /// The staging home claimed.
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// Removes the resume `files` here: the export is committed, no machine is to resume it.
+    pub async fn forget(&self, files: &[&str]) -> Result<()> {
+        let removed = remove(&self.store, files).await;
+        removed.map_err(|e| Error::snapshot(format!("removing from {}: {e}", self.url)))
     }
 
     /// Lets another machine take the claim at once.
@@ -278,8 +278,8 @@ impl Claim {
     }
 
     /// Mirrors the resume `files` of `dir` at the home, those that changed since the last
-    /// time. They are a sequence (a job, then what it saved): from the first that changed on,
-    /// the home's copies are removed before any is written again, so that the home never pairs
+    /// time. They are a sequence (a job, then what it saved): the home's copies of those after
+    /// the first that changed are removed before it is written, so that the home never pairs
     /// one job's state with another's.
     pub async fn mirror(&mut self, files: &[&str], dir: &Path) -> Result<()> {
         let mut local = Vec::with_capacity(files.len());
@@ -301,8 +301,10 @@ impl Claim {
         let failed =
             |e: object_store::Error| Error::snapshot(format!("mirroring to {}: {e}", self.url));
         self.mirrored = None;
-        for f in files[from..].iter().rev() {
-            match self.store.delete(&deltalake::Path::from(*f)).await {
+        // A put replaces the first changed file at once: the later ones go before it.
+        let stale = (from..files.len()).filter(|&n| n > from || local[n].is_none());
+        for f in stale.rev().map(|n| files[n]) {
+            match self.store.delete(&deltalake::Path::from(f)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(failed(e)),
             }
@@ -324,10 +326,18 @@ impl Claim {
 pub async fn forget_staged(url: &Url, files: &[&str]) -> Result<()> {
     let failed = |e: String| Error::snapshot(format!("removing from {url}: {e}"));
     let store = delta::object_store(url).map_err(failed)?;
+    remove(&store, files).await.map_err(failed)
+}
+
+/// Removes `files` (the last first) from `store`, those that are not there aside.
+async fn remove(
+    store: &deltalake::logstore::ObjectStoreRef,
+    files: &[&str],
+) -> std::result::Result<(), String> {
     for f in files.iter().rev() {
         match store.delete(&deltalake::Path::from(*f)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(())
