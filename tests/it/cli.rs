@@ -25,18 +25,24 @@ fn sql(folder: &Path, query: &str) -> Output {
     sql_command(folder).arg(query).output().unwrap()
 }
 
-fn chain(n: usize, term: &str, op: &str) -> String {
-    vec![term; n].join(op)
-}
-
-#[test]
-fn deep_statements_and_expressions_are_errors_not_aborts() {
+/// A folder of one Patient's NDJSON.
+fn one_patient() -> tempfile::TempDir {
     let folder = tempfile::tempdir().unwrap();
     std::fs::write(
         folder.path().join("Patient.ndjson"),
         r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#,
     )
     .unwrap();
+    folder
+}
+
+fn chain(n: usize, term: &str, op: &str) -> String {
+    vec![term; n].join(op)
+}
+
+#[test]
+fn deep_statements_and_expressions_are_errors_not_aborts() {
+    let folder = one_patient();
     // Deep, but within the bound: answered (this overflowed a 2 MiB stack).
     let out = sql(
         folder.path(),
@@ -274,12 +280,7 @@ fn strict_fails_on_a_bad_line_and_commits_nothing() {
 
 #[test]
 fn cache_gc_removes_what_nobody_needs_and_keeps_the_snapshots() {
-    let folder = tempfile::tempdir().unwrap();
-    std::fs::write(
-        folder.path().join("Patient.ndjson"),
-        r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#,
-    )
-    .unwrap();
+    let folder = one_patient();
     let query = "SELECT count(*) AS n FROM Patient";
     assert!(sql(folder.path(), query).status.success());
     let cache = folder.path().join("cache");
@@ -364,12 +365,7 @@ fn the_configs_limits_reach_the_tables() {
 /// `--cache-dir` wins over it.
 #[test]
 fn the_configs_cache_url_keeps_the_snapshots() {
-    let folder = tempfile::tempdir().unwrap();
-    std::fs::write(
-        folder.path().join("Patient.ndjson"),
-        r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#,
-    )
-    .unwrap();
+    let folder = one_patient();
     let (configured, flagged) = (folder.path().join("lake"), folder.path().join("flag"));
     let config = folder.path().join("fhirflight.toml");
     let url = url::Url::from_directory_path(&configured).unwrap();

@@ -194,10 +194,9 @@ async fn ctrl_c_during_download_exits_130_and_the_next_run_resumes() {
     a_process_stopped_during_download_leaves_the_cache_usable(Some("-INT")).await;
 }
 
-/// `fhirflight sql` stopped mid-download by SIGKILL (`signal` none) or by `kill <signal>`; the
-/// next run resumes the job and leaves no folder behind.
-async fn a_process_stopped_during_download_leaves_the_cache_usable(signal: Option<&str>) {
-    let cache = tempfile::tempdir().unwrap();
+/// A demo server whose downloads stall (a chunk every 10 minutes): a run is mid-download until
+/// it is stopped.
+async fn stalling_server() -> DemoServer {
     let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
         .await
         .unwrap();
@@ -205,17 +204,33 @@ async fn a_process_stopped_during_download_leaves_the_cache_usable(signal: Optio
         download_chunk_delay: Some(Duration::from_secs(600)),
         ..Faults::default()
     });
+    server
+}
+
+/// `fhirflight sql` counting `server`'s patients with its cache in `cache` (where the demo
+/// client's key is written), its standard output dropped.
+fn stalled_sql(server: &DemoServer, cache: &Path) -> std::process::Command {
     let creds = server.credentials();
-    let key_file = cache.path().join("key.jwk.json");
+    let key_file = cache.join("key.jwk.json");
     std::fs::write(&key_file, creds.rs384().private_jwk()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"));
+    command
         .args(["sql", "SELECT count(*) FROM patient", "--server"])
         .arg(server.base_url().as_str())
         .args(["--client-id", creds.client_id(), "--key-file"])
         .arg(&key_file)
         .arg("--cache-dir")
-        .arg(cache.path())
-        .stdout(std::process::Stdio::null())
+        .arg(cache)
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// `fhirflight sql` stopped mid-download by SIGKILL (`signal` none) or by `kill <signal>`; the
+/// next run resumes the job and leaves no folder behind.
+async fn a_process_stopped_during_download_leaves_the_cache_usable(signal: Option<&str>) {
+    let cache = tempfile::tempdir().unwrap();
+    let server = stalling_server().await;
+    let mut child = stalled_sql(&server, cache.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -493,25 +508,9 @@ async fn another_machine_resumes_the_export_a_killed_one_left_at_the_table_locat
     let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let shared = tempfile::tempdir().unwrap();
     let location = url::Url::from_directory_path(shared.path()).unwrap();
-    let server = DemoServer::start(DemoConfig::default().with_seed(7).with_patients(12))
-        .await
-        .unwrap();
-    server.set_faults(Faults {
-        download_chunk_delay: Some(Duration::from_secs(600)),
-        ..Faults::default()
-    });
-    let creds = server.credentials();
-    let key_file = a_cache.path().join("key.jwk.json");
-    std::fs::write(&key_file, creds.rs384().private_jwk()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirflight"))
-        .args(["sql", "SELECT count(*) FROM patient", "--server"])
-        .arg(server.base_url().as_str())
-        .args(["--client-id", creds.client_id(), "--key-file"])
-        .arg(&key_file)
-        .arg("--cache-dir")
-        .arg(a_cache.path())
+    let server = stalling_server().await;
+    let mut child = stalled_sql(&server, a_cache.path())
         .args(["--table-location", location.as_str()])
-        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -106,6 +106,15 @@ async fn refresh_returns_updated_and_deleted_rows() {
     );
 }
 
+/// A machine's options: its own cache folder, tables at the shared folder's URL, and a
+/// snapshot an hour old still fresh.
+fn sharing(cache: &std::path::Path, shared: &std::path::Path) -> CatalogOptions {
+    CatalogOptions::default()
+        .with_cache_dir(cache)
+        .with_freshness(Freshness::MaxAge(std::time::Duration::from_secs(3600)))
+        .with_table_location(url::Url::from_directory_path(shared).unwrap())
+}
+
 /// Machines sharing a table location: the second adopts the first one's fresh snapshots (its
 /// raw files too: another mode is made from them) instead of exporting, and its next refresh
 /// is incremental from them; the first adopts that refresh in turn.
@@ -113,13 +122,7 @@ async fn refresh_returns_updated_and_deleted_rows() {
 async fn a_machine_sharing_the_table_location_adopts_the_fresh_snapshots_there() {
     let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let shared = tempfile::tempdir().unwrap();
-    let location = url::Url::from_directory_path(shared.path()).unwrap();
-    let options = |cache: &std::path::Path| {
-        CatalogOptions::default()
-            .with_cache_dir(cache)
-            .with_freshness(Freshness::MaxAge(std::time::Duration::from_secs(3600)))
-            .with_table_location(location.clone())
-    };
+    let options = |cache: &std::path::Path| sharing(cache, shared.path());
     let source = seeded();
     let (a, _) = context_with(Arc::clone(&source) as _, options(a_cache.path())).await;
     assert_eq!(rows(&a, JOIN).await, ["female|2", "male|1"]);
@@ -168,13 +171,7 @@ async fn a_machine_sharing_the_table_location_adopts_the_fresh_snapshots_there()
 async fn a_machine_waits_for_the_export_another_one_claimed_and_adopts_it() {
     let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let shared = tempfile::tempdir().unwrap();
-    let location = url::Url::from_directory_path(shared.path()).unwrap();
-    let options = |cache: &std::path::Path| {
-        CatalogOptions::default()
-            .with_cache_dir(cache)
-            .with_freshness(Freshness::MaxAge(std::time::Duration::from_secs(3600)))
-            .with_table_location(location.clone())
-    };
+    let options = |cache: &std::path::Path| sharing(cache, shared.path());
     let source = Arc::new(MemorySource::gated());
     source.upsert(patient("p1", "female"));
     let (a, a_fhir) = context_with(Arc::clone(&source) as _, options(a_cache.path())).await;
