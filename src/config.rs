@@ -87,7 +87,8 @@ pub struct Config {
     pub cache: CacheConfig,
 }
 
-/// `[cache]`: where the snapshots are kept.
+/// `[cache]`: where the snapshots are kept. [`SessionBuilder::build`] applies it over the
+/// catalog options it was given (the CLI's `--cache-dir` wins over it).
 ///
 /// ```
 /// use fhirflight::config::{CacheLocation, Config};

@@ -9,6 +9,7 @@
 //! ```text
 //! <cache>/<source-key>/                  e.g. 127.0.0.1_8080-3f2a9c1e5b7d0a46
 //!   source.json                          {"source": "<base url, folder or demo population>"}
+//!   folder-id                            a random id of this folder, named by its claims
 //!   <Type>/manifest.json                 THE commit point: names the current snapshot of <Type>
 //!   <Type>/<mode>/                       a Delta Lake table per mode (flattened, nested): what
 //!                                        another engine reads; a version per export
