@@ -50,7 +50,6 @@ const MAX_CLAIM_OBJECTS: usize = 1000;
 struct ClaimObject {
     owner: String,
     /// The claiming store's [folder id](super::SnapshotStore::folder_id).
-    #[serde(default)]
     folder: String,
     expires_unix_ms: u64,
 }

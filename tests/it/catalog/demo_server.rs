@@ -499,6 +499,57 @@ async fn an_export_of_many_small_files_makes_one_part_under_the_part_size() {
     assert_eq!(snapshot.tables["flattened"].files.len(), 1);
 }
 
+/// The staging folder at the table location `shared` that holds an export's job,
+/// `<location>/<source-key>/staging/<job-key>/`, if one does.
+fn staged_job(shared: &Path) -> Option<std::path::PathBuf> {
+    let sources = std::fs::read_dir(shared).ok()?;
+    let staging = sources.flatten().find_map(|s| {
+        let jobs = std::fs::read_dir(s.path().join("staging")).ok()?;
+        jobs.flatten().next().map(|j| j.path())
+    });
+    staging.filter(|s| s.join(".fhirflight-job.json").exists())
+}
+
+/// An export cancelled on a machine sharing a table location: its job is DELETEd on the server
+/// and removed from the location, so that no machine resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_export_leaves_no_job_at_the_table_location() {
+    let (cache, shared) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = stalling_server().await;
+    let client = client_of(&server, ClientOptions::default()).await;
+    let options = CatalogOptions::default()
+        .with_cache_dir(cache.path())
+        .with_freshness(Freshness::Never)
+        .with_table_location(url::Url::from_directory_path(shared.path()).unwrap());
+    let (ctx, fhir) = context_with(Arc::new(BulkSource::new(client)), options).await;
+    let query = tokio::spawn(async move {
+        catalog::sql(&ctx, "SELECT count(*) FROM src.fhir.patient")
+            .await?
+            .collect()
+            .await
+    });
+    crate::until("the job at the location", || {
+        staged_job(shared.path()).is_some()
+    })
+    .await;
+    let staging = staged_job(shared.path()).unwrap();
+    assert!(fhir.cancel(fhir.exports()[0].id));
+    assert!(
+        query
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+            .contains("cancelled")
+    );
+    crate::until("the job's deletion", || server.stats().deletes == 1).await;
+    crate::until("the job gone from the location", || {
+        !staging.join(".fhirflight-job.json").exists()
+    })
+    .await;
+    assert_eq!(server.stats().kickoffs.len(), 1);
+}
+
 /// Machines sharing a table location: one killed (SIGKILL) mid-download leaves its claim and its
 /// job's state there. Once the claim expires, another machine, whose cache holds nothing of the
 /// export, takes the claim over and resumes the killed one's job (no second kick-off); the
@@ -515,14 +566,7 @@ async fn another_machine_resumes_the_export_a_killed_one_left_at_the_table_locat
         .spawn()
         .unwrap();
     // `<location>/<source-key>/staging/<job-key>/`
-    let staged = || {
-        let sources = std::fs::read_dir(shared.path()).ok()?;
-        let staging = sources.flatten().find_map(|s| {
-            let jobs = std::fs::read_dir(s.path().join("staging")).ok()?;
-            jobs.flatten().next().map(|j| j.path())
-        });
-        staging.filter(|s| s.join(".fhirflight-job.json").exists())
-    };
+    let staged = || staged_job(shared.path());
     crate::until("the killed machine's job at the location", || {
         assert!(
             child.try_wait().unwrap().is_none(),
