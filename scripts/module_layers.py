@@ -11,7 +11,7 @@ import sys
 # Lowest first. A module may use the modules listed before it, never those after it.
 LAYERS = [
     "redacted", "time", "size", "warning", "lock_file", "private_dir", "chunks", "ndjson", "error", "r4", "fhirpath",
-    "http", "smart", "bulk", "snapshot", "view", "catalog", "flight", "demo", "config",
+    "http", "smart", "bulk", "snapshot", "view", "catalog", "cluster", "flight", "demo", "config",
 ]
 TEST_MODULE = re.compile(r"^#\[cfg\(test\)\]\s*\nmod tests\b", re.M)
 PATH = re.compile(r"crate::([A-Za-z_0-9]+)|crate::\{([^}]*)")

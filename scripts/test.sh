@@ -54,7 +54,7 @@ cargo clippy --quiet --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --lib
 
 step "feature checks (the library alone, then with each feature; lints denied in each)"
-for features in "" flight demo config cli; do
+for features in "" flight demo config cluster cli; do
   echo "cargo clippy --lib --no-default-features${features:+ --features $features}"
   cargo clippy --quiet --lib --no-default-features ${features:+--features "$features"} -- -D warnings
 done

@@ -563,6 +563,8 @@ pub struct SessionBuilder {
     proxy: Option<Url>,
     ca_bundle: Option<PathBuf>,
     memory_limit: Option<usize>,
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// The default memory limit of a session: half the machine's memory (Linux `MemTotal`), or
@@ -589,7 +591,17 @@ impl SessionBuilder {
             proxy: None,
             ca_bundle: None,
             memory_limit: Some(default_memory_limit()),
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
+    }
+
+    /// Runs the statements that read files on `cluster` (none: in this process); see
+    /// [`crate::cluster`].
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn with_cluster(self, cluster: Option<crate::cluster::Cluster>) -> Self {
+        Self { cluster, ..self }
     }
 
     /// The bytes all statements of the session may hold at once (`None`: no limit).
@@ -697,6 +709,8 @@ impl SessionBuilder {
             _ => true,
         };
         let memory_limit = self.memory_limit;
+        #[cfg(feature = "cluster")]
+        let cluster = self.cluster.take();
         let mut named = Vec::new();
         for (name, server) in servers {
             let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -762,12 +776,17 @@ impl SessionBuilder {
             let top = NonZeroUsize::new(5).expect("5 is not zero");
             runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(pool, top)));
         }
-        let ctx = SessionContext::new_with_config_rt(
-            SessionConfig::new()
-                .with_information_schema(true)
-                .with_default_catalog_and_schema(&default, catalog::DEFAULT_SCHEMA),
-            runtime.build_arc()?,
-        );
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(&default, catalog::DEFAULT_SCHEMA);
+        let runtime = runtime.build_arc()?;
+        #[cfg(feature = "cluster")]
+        let ctx = match cluster {
+            Some(cluster) => cluster.session(config, runtime),
+            None => SessionContext::new_with_config_rt(config, runtime),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         for (name, source, mut own) in catalogs {
             if name == default {
                 if let Some(dir) = views_dir.take() {

@@ -62,13 +62,18 @@
 //! - `demo`: the embedded demo Bulk Data server and synthetic data ([`demo`]; axum).
 //! - `config`: reading [`Config`] from TOML ([`Config::load`]; toml). The model itself and the
 //!   session assembly are always there.
-//! - `cli`: the `fhirflight` binary (clap, indicatif, tracing-subscriber); implies the three
+//! - `cluster`: statements run on an Apache DataFusion Ballista cluster, and its scheduler and
+//!   executor processes ([`cluster`]; ballista-core, ballista-scheduler, ballista-executor).
+//! - `cli`: the `fhirflight` binary (clap, indicatif, tracing-subscriber); implies the four
 //!   above.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bulk;
 pub mod catalog;
 mod chunks;
+#[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "demo")]
 #[cfg_attr(docsrs, doc(cfg(feature = "demo")))]

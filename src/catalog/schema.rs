@@ -235,7 +235,8 @@ impl Exporter {
             true => with_named_elements(&schema, &resource_type, named),
             false => schema,
         };
-        FhirTable::try_new_with_schema(snapshot, mode, schema)
+        let location = self.store.table_location(&snapshot, &key)?;
+        Ok(FhirTable::try_new_with_schema(snapshot, mode, schema)?.with_location(location))
     }
 }
 

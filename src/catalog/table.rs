@@ -2,6 +2,7 @@
 //! under a [`FhirScanExec`] that tells `EXPLAIN` which snapshot and export filters it reads.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -49,6 +50,8 @@ pub struct FhirTable {
     mode: String,
     schema: SchemaRef,
     listing: ListingTable,
+    /// The table's Delta table at the tables' location, where other machines read its files.
+    location: Option<url::Url>,
 }
 
 impl FhirTable {
@@ -73,7 +76,14 @@ impl FhirTable {
             mode,
             schema,
             listing,
+            location: None,
         })
+    }
+
+    /// This table, whose files other machines read in the Delta table at `location`
+    /// ([`SnapshotStore::table_location`](crate::snapshot::SnapshotStore::table_location)).
+    pub(crate) fn with_location(self, location: Option<url::Url>) -> Self {
+        Self { location, ..self }
     }
 
     /// The snapshot this table reads.
@@ -122,7 +132,10 @@ impl TableProvider for FhirTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let input = self.listing.scan(state, projection, filters, limit).await?;
-        Ok(Arc::new(FhirScanExec::new(input, &self.snapshot)))
+        let mut scan = FhirScanExec::new(input, &self.snapshot);
+        let root = self.snapshot.table_root(&self.mode);
+        scan.location = self.location.clone().map(|location| (root, location));
+        Ok(Arc::new(scan))
     }
 
     fn supports_filters_pushdown(
@@ -162,6 +175,9 @@ pub struct FhirScanExec {
     snapshot: String,
     pushed: Vec<String>,
     lease: Option<Lease>,
+    /// The local folder the scanned files' paths start with, and the Delta table at the tables'
+    /// location that holds the same files, for a cluster's executors ([`FhirTable`]).
+    location: Option<(PathBuf, url::Url)>,
 }
 
 impl FhirScanExec {
@@ -175,7 +191,51 @@ impl FhirScanExec {
             snapshot: manifest.snapshot.clone(),
             pushed: manifest.pushdown.clone(),
             lease: snapshot.lease().cloned(),
+            location: None,
         }
+    }
+
+    /// The scan `input` of the snapshot `snapshot` of `resource_type`, restricted by `pushed`,
+    /// as it arrives on another machine: without the snapshot's lease, which its planner holds.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn received(
+        input: Arc<dyn ExecutionPlan>,
+        resource_type: String,
+        snapshot: String,
+        pushed: Vec<String>,
+    ) -> Self {
+        Self {
+            properties: Arc::clone(input.properties()),
+            input,
+            resource_type,
+            snapshot,
+            pushed,
+            lease: None,
+            location: None,
+        }
+    }
+
+    /// The resource type scanned.
+    pub fn resource_type(&self) -> &str {
+        &self.resource_type
+    }
+
+    /// The id of the snapshot scanned.
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot
+    }
+
+    /// The Parquet scan below this node.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    /// The local folder the scanned paths start with and the Delta table at the tables'
+    /// location that holds the same files, when there is one.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn location(&self) -> Option<&(PathBuf, url::Url)> {
+        self.location.as_ref()
     }
 
     /// The filters pushed into the export of the snapshot read (`_typeFilter=...`, `_since=...`).
@@ -184,7 +244,7 @@ impl FhirScanExec {
     }
 
     /// This node over another input (same snapshot).
-    fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    pub(crate) fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
         Arc::new(Self {
             properties: Arc::clone(input.properties()),
             input,

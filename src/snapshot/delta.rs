@@ -474,6 +474,29 @@ fn register_stores() {
     });
 }
 
+/// The object store of the bucket or container of `url` (`s3://`, `gs://`, else Azure),
+/// configured from the cloud's standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`): the one
+/// client of Delta commits and of the cluster's executors reading the tables.
+pub(crate) fn cloud_store(url: &Url) -> object_store::Result<Arc<dyn object_store::ObjectStore>> {
+    Ok(match url.scheme() {
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        _ => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+    })
+}
+
 /// The object stores and log stores of [`register_stores`].
 #[derive(Debug)]
 struct CloudStores;
@@ -484,23 +507,7 @@ impl deltalake::logstore::ObjectStoreFactory for CloudStores {
         url: &Url,
         _config: &deltalake::logstore::StorageConfig,
     ) -> deltalake::DeltaResult<(deltalake::logstore::ObjectStoreRef, deltalake::Path)> {
-        let store: deltalake::logstore::ObjectStoreRef = match url.scheme() {
-            "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url.as_str())
-                    .build()?,
-            ),
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url.as_str())
-                    .build()?,
-            ),
-            _ => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url.as_str())
-                    .build()?,
-            ),
-        };
+        let store = cloud_store(url)?;
         Ok((store, deltalake::Path::from(url.path())))
     }
 }

@@ -106,6 +106,8 @@ mod writer;
 
 pub(crate) use convert::open_raw;
 pub use convert::{convert_raw, mode_key, stop_writes};
+#[cfg(feature = "cluster")]
+pub(crate) use delta::cloud_store;
 pub use delta::{COMMIT_KEY, TableVersion, history, open_version};
 pub use lease::Lease;
 pub use listing::{CachedSnapshot, CachedSource, CachedTable, list_cache};

@@ -110,6 +110,17 @@ impl SnapshotStore {
         self.delta_url(name, mode)
     }
 
+    /// Where other machines read the `mode` files of `snapshot` (a cluster's executors): its
+    /// Delta table at the tables' location, where each commit uploads them; none when they are
+    /// only in the store's folder (no location, a filtered snapshot, format 1).
+    pub fn table_location(&self, snapshot: &Snapshot, mode: &str) -> Result<Option<url::Url>> {
+        let name = snapshot.name();
+        match snapshot.manifest.format >= 2 && self.table_elsewhere(&name) {
+            true => self.table_url(&name, mode).map(Some),
+            false => Ok(None),
+        }
+    }
+
     /// The Delta table of the view `key` (`<view>-<hash>`, [`Snapshot::view_dir`]) over the
     /// snapshots named `name`: `<name>/views/<key>/`, where [`SnapshotStore::table_url`] puts
     /// the name's tables.

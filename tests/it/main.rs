@@ -7,6 +7,7 @@ mod bulk;
 mod catalog;
 mod catalog_views;
 mod cli;
+mod cluster;
 mod demo;
 mod errors;
 mod flight;

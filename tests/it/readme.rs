@@ -4,6 +4,7 @@
 //! client id for `ID`, its private JWKS as `key.jwks.json`, one of its groups for `cohort-1`;
 //! listeners take port 0; `../shared` is `FHIRFLIGHT_SHARED` and `python` is
 //! `FHIRFLIGHT_PYTHON` (an example needing either is skipped, saying why, when it is absent);
+//! `df://127.0.0.1:50050` is a scheduler (with an executor) this test starts;
 //! `fhirflight.toml` is the `[views.patients]` section of the README's configuration reference,
 //! `report.sql` a statement and a meta command, also given as standard input.
 //! A server (`serve`, `demo-server`) passes once it announces its address; everything else must exit
@@ -55,9 +56,12 @@ fn views_section() -> &'static str {
 }
 
 /// The example as it runs here, or why it cannot.
-fn localized(text: &str, demo: &DemoServer, group: &str) -> Result<String, String> {
+fn localized(text: &str, demo: &DemoServer, group: &str, cluster: &str) -> Result<String, String> {
     let mut text = text
         .replacen("cargo run -- ", "fhirflight ", 1)
+        .replace("df://127.0.0.1:50050", cluster)
+        .replace("--listen 127.0.0.1:50050", "--listen 127.0.0.1:0")
+        .replace("--listen 127.0.0.1:50052", "--listen 127.0.0.1:0")
         .replace("https://ehr.example.org/fhir", demo.base_url().as_str())
         .replace("--client-id ID", &format!("--client-id {DEMO_CLIENT_ID}"))
         .replace("group:cohort-1", &format!("group:{group}"))
@@ -150,24 +154,31 @@ async fn every_shell_example_of_the_readme_runs() {
     let demo = DemoServer::start(config).await.unwrap();
     let group = population.group_ids()[0].to_owned();
     let workspace = Workspace::new(&demo);
+    // The scheduler the cluster examples name, with an executor.
+    let cluster = crate::cluster::LocalCluster::start(1);
+    let scheduler = format!("df://{}", &cluster.cluster.scheduler()["http://".len()..]);
     let examples = examples();
     assert!(examples.len() >= 10, "{} examples found", examples.len());
     let mut ran = 0;
     for Example { line, text } in &examples {
-        let text = match localized(text, &demo, &group) {
+        let text = match localized(text, &demo, &group, &scheduler) {
             Ok(text) => text,
             Err(why) => {
                 eprintln!("README line {line}: skipped: {why}");
                 continue;
             }
         };
-        let server = ["fhirflight serve ", "fhirflight demo-server "]
-            .iter()
-            .any(|s| text.starts_with(s));
+        let server = [
+            "fhirflight serve ",
+            "fhirflight demo-server ",
+            "fhirflight cluster ",
+        ]
+        .iter()
+        .any(|s| text.starts_with(s));
         if server {
             let first = announces(&workspace, &text);
             assert!(
-                first.contains("://127.0.0.1:"),
+                first.contains(" 127.0.0.1:") || first.contains("://127.0.0.1:"),
                 "README line {line}: {text}\n{first}"
             );
         } else {

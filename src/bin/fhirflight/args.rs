@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fhirflight::bulk::ExportLevel;
 use fhirflight::catalog::{CatalogOptions, Freshness, PushdownMode};
+use fhirflight::cluster::Cluster;
 use fhirflight::config::{
     CacheConfig, CacheLocation, Config, PrimarySource, ServerConfig, SessionBuilder,
 };
@@ -80,6 +81,64 @@ pub(crate) enum Command {
     /// List the exports of a running `fhirflight serve` (its ListExports action): running and
     /// recently finished, with their progress, errors and warnings.
     Exports(ExportsArgs),
+    /// Run a process of an Apache DataFusion Ballista cluster that `serve --cluster` and
+    /// `sql --cluster` run their statements on: its scheduler, or one of its executors.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  fhirflight cluster scheduler --listen 0.0.0.0:50050
+  fhirflight cluster executor --scheduler df://scheduler-host:50050 --listen 0.0.0.0:50052
+  fhirflight serve --cluster df://scheduler-host:50050 --cache-dir s3://bucket/fhir --users-file users.txt"
+    )]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// The scheduler: splits the statements' plans into stages and hands their tasks to the
+    /// executors. Prints `scheduler listening on df://HOST:PORT`, then runs until Ctrl-C or
+    /// SIGTERM.
+    Scheduler(SchedulerArgs),
+    /// An executor: asks the scheduler for tasks, runs them (reading the tables' location with
+    /// each cloud's standard credentials, `AWS_*`, `GOOGLE_*`, `AZURE_*`) and serves their
+    /// results. Prints `executor listening on HOST:PORT`, then runs until Ctrl-C or SIGTERM.
+    Executor(ExecutorArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SchedulerArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    pub(crate) listen: SocketAddr,
+    /// How long an executor may stay silent before its tasks run elsewhere.
+    #[arg(long, value_parser = parse_duration, default_value = "180s")]
+    pub(crate) executor_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecutorArgs {
+    /// The scheduler: `df://HOST:PORT`.
+    #[arg(long, env = "FHIRFLIGHT_CLUSTER", value_parser = parse_cluster)]
+    pub(crate) scheduler: Cluster,
+    /// Address to serve task results on, to coordinators and other executors (port 0: any
+    /// free port).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub(crate) listen: SocketAddr,
+    /// The host name or address others reach this executor at (default: the listening
+    /// address, or this machine's host name when that is 0.0.0.0).
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// Tasks run at once (default: one per core).
+    #[arg(long)]
+    pub(crate) task_slots: Option<usize>,
+    /// Folder of the tasks' shuffle files (default: a temporary folder, removed on exit).
+    #[arg(long)]
+    pub(crate) work_dir: Option<PathBuf>,
+}
+
+/// A `--cluster` or `--scheduler`: `df://HOST:PORT`.
+fn parse_cluster(text: &str) -> Result<Cluster, String> {
+    Cluster::new(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -457,6 +516,12 @@ pub(crate) struct CatalogArgs {
     /// "Resources exhausted". Default: half the machine's memory.
     #[arg(long, value_parser = parse_memory_limit, env = "FHIRFLIGHT_MEMORY_LIMIT", help_heading = "Tables and exports")]
     pub(crate) memory_limit: Option<MemoryLimit>,
+    /// Run statements on an Apache DataFusion Ballista cluster, `df://HOST:PORT` (its
+    /// scheduler; see `fhirflight cluster`): exports and planning stay here, scans, joins and
+    /// aggregates run on its executors. They read the tables at `--cache-dir s3://...` (or
+    /// `--table-location`), and other files at their path here (a shared folder).
+    #[arg(long, env = "FHIRFLIGHT_CLUSTER", value_parser = parse_cluster, help_heading = "Cluster")]
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// A `--memory-limit`: bytes, or `None` for no limit.
@@ -760,7 +825,7 @@ impl CatalogArgs {
         if let Some(MemoryLimit(limit)) = self.memory_limit {
             builder = builder.with_memory_limit(limit);
         }
-        Ok(builder)
+        Ok(builder.with_cluster(self.cluster))
     }
 }
 

@@ -14,7 +14,7 @@ use fhirflight::flight::{AuditLog, FhirExportControl, FlightSqlServer, Users};
 use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
-use crate::args::{DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
+use crate::args::{ClusterCommand, DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
 use crate::progress::{ExportsReport, print_warnings, report_progress};
 use crate::repl::{Input, Shell, default_history};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
@@ -308,4 +308,55 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
     file.write_all(contents.as_bytes())
         .map_err(|e| Error::io(path, e))
+}
+
+/// `fhirflight cluster scheduler|executor`: one process of a Ballista cluster, until Ctrl-C or
+/// SIGTERM.
+pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
+    use fhirflight::cluster::{ExecutorOptions, SchedulerOptions, serve_executor, serve_scheduler};
+    let bind = |addr| async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::config_with(format!("listening on {addr}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::config_with(format!("listening on {addr}"), e))?;
+        Ok::<_, Error>((listener, local))
+    };
+    let stop = shutdown_signal()?;
+    let serving = match command {
+        ClusterCommand::Scheduler(args) => {
+            let (listener, local) = bind(args.listen).await?;
+            let options = SchedulerOptions::default().with_executor_timeout(args.executor_timeout);
+            println!("scheduler listening on df://{local}");
+            futures::future::Either::Left(serve_scheduler(listener, options))
+        }
+        ClusterCommand::Executor(args) => {
+            let (listener, local) = bind(args.listen).await?;
+            let mut options = ExecutorOptions::new(args.scheduler);
+            let host = args.host.or_else(|| {
+                // Others cannot reach 0.0.0.0: the machine's name instead.
+                local.ip().is_unspecified().then(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "localhost".into())
+                })
+            });
+            if let Some(host) = host {
+                options = options.with_host(host);
+            }
+            if let Some(slots) = args.task_slots {
+                options = options.with_task_slots(slots);
+            }
+            if let Some(dir) = args.work_dir {
+                options = options.with_work_dir(dir);
+            }
+            println!("executor listening on {local}");
+            futures::future::Either::Right(serve_executor(listener, options))
+        }
+    };
+    tokio::select! {
+        served = serving => served,
+        () = stop => Ok(()),
+    }
 }

@@ -1,0 +1,93 @@
+//! [`FhirCodec`]: how fhirflight's plan nodes travel between the coordinator, the scheduler and
+//! the executors.
+
+use std::sync::Arc;
+
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::FhirScanExec;
+
+/// The first byte of a node this codec wrote: one of fhirflight's, or Ballista's (its shuffle
+/// stages), whose own decoder would take any bytes for its messages.
+const FHIR_SCAN: u8 = 1;
+const BALLISTA: u8 = 2;
+
+/// The physical extension codec of a fhirflight cluster: [`FhirScanExec`] as its resource type,
+/// snapshot and export filters (its Parquet scan, the one child, is DataFusion's own and travels
+/// as such), and every other node as Ballista's codec writes it. The coordinator, the scheduler
+/// and every executor use it ([`super::Cluster`], [`super::SchedulerOptions`],
+/// [`super::ExecutorOptions`]).
+#[derive(Debug, Default)]
+pub struct FhirCodec {
+    ballista: BallistaPhysicalExtensionCodec,
+}
+
+/// What a [`FhirScanExec`] carries to another machine (its lease stays with the coordinator,
+/// which holds it while the distributed statement runs).
+#[derive(Serialize, Deserialize)]
+struct ScanNode {
+    resource_type: String,
+    snapshot: String,
+    pushed: Vec<String>,
+}
+
+impl PhysicalExtensionCodec for FhirCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match buf.split_first() {
+            Some((&FHIR_SCAN, node)) => {
+                let node: ScanNode = serde_json::from_slice(node)
+                    .map_err(|e| DataFusionError::Internal(format!("a FhirScanExec: {e}")))?;
+                let [input] = inputs else {
+                    return Err(DataFusionError::Internal(format!(
+                        "a FhirScanExec has one input, got {}",
+                        inputs.len()
+                    )));
+                };
+                Ok(Arc::new(FhirScanExec::received(
+                    Arc::clone(input),
+                    node.resource_type,
+                    node.snapshot,
+                    node.pushed,
+                )))
+            }
+            Some((&BALLISTA, node)) => {
+                self.ballista
+                    .try_decode(node, inputs, ctx, proto_converter)
+            }
+            _ => Err(DataFusionError::Internal(
+                "a plan node of no fhirflight codec (a coordinator, scheduler or executor of another version?)".into(),
+            )),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        if let Some(scan) = node.downcast_ref::<FhirScanExec>() {
+            let node = ScanNode {
+                resource_type: scan.resource_type().to_owned(),
+                snapshot: scan.snapshot_id().to_owned(),
+                pushed: scan.pushed().to_vec(),
+            };
+            buf.push(FHIR_SCAN);
+            return serde_json::to_writer(buf, &node)
+                .map_err(|e| DataFusionError::Internal(format!("a FhirScanExec: {e}")));
+        }
+        buf.push(BALLISTA);
+        self.ballista.try_encode(node, buf, proto_converter)
+    }
+}
