@@ -132,10 +132,11 @@ impl TableProvider for FhirTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let input = self.listing.scan(state, projection, filters, limit).await?;
-        let mut scan = FhirScanExec::new(input, &self.snapshot);
         let root = self.snapshot.table_root(&self.mode);
-        scan.location = self.location.clone().map(|location| (root, location));
-        Ok(Arc::new(scan))
+        let location = self.location.clone().map(|location| (root, location));
+        Ok(Arc::new(
+            FhirScanExec::new(input, &self.snapshot).with_location(location),
+        ))
     }
 
     fn supports_filters_pushdown(
@@ -213,6 +214,12 @@ impl FhirScanExec {
             lease: None,
             location: None,
         }
+    }
+
+    /// This scan, whose files are also in `location`: the local folder their paths start
+    /// with, and the table at the tables' location holding the same paths below it.
+    pub(crate) fn with_location(self, location: Option<(PathBuf, url::Url)>) -> Self {
+        Self { location, ..self }
     }
 
     /// The resource type scanned.

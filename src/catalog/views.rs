@@ -28,13 +28,13 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{Expr, TableType};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::effect::{Effect, FhirEffectExec};
-use super::{CatalogOptions, FhirCatalog, to_datafusion};
+use super::{CatalogOptions, FhirCatalog, FhirScanExec, to_datafusion};
 use crate::error::BoxError;
 use crate::ndjson::DecodeOptions;
 use crate::snapshot::{Snapshot, SnapshotStore, TableFile, open_raw, parquet_properties};
@@ -225,7 +225,9 @@ pub(super) async fn view_table(
     let Some(snapshot) = snapshot else {
         return Ok(Arc::new(EmptyTable::new(view.schema())));
     };
-    let dir = cache_dir(&snapshot, &view);
+    let key = view_key(&view);
+    // The Parquet copy's folder (`<name>/views/<key>/<snapshot>/`, [`Snapshot::view_dir`]).
+    let dir = snapshot.view_dir(&key);
     if !dir.is_dir() {
         if !build {
             return Ok(Arc::new(EmptyTable::new(view.schema())));
@@ -233,6 +235,7 @@ pub(super) async fn view_table(
         let _building = views.build.lock().await;
         if !dir.is_dir() {
             let (view, dir, store) = (Arc::clone(&view), dir.clone(), store.clone());
+            let snapshot = snapshot.clone();
             tokio::task::spawn_blocking(move || {
                 write_view(&view, &store, &snapshot, &decode, &dir)
             })
@@ -247,7 +250,56 @@ pub(super) async fn view_table(
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(view.schema());
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    let location = store
+        .view_location(&snapshot, &key)
+        .map_err(to_datafusion)?;
+    // The copy's paths below the view's table (`<snapshot>/part-0.parquet`) are the same there.
+    let root = dir.parent().map(Path::to_owned);
+    Ok(Arc::new(ViewTable {
+        listing: ListingTable::try_new(config)?,
+        snapshot,
+        location: root.zip(location),
+    }))
+}
+
+/// The Parquet copy of a view over a snapshot, scanned under a [`FhirScanExec`] of that
+/// snapshot: `EXPLAIN` tells which snapshot the view read, and a cluster's executors read the
+/// copy at the tables' location when it is there.
+#[derive(Debug)]
+struct ViewTable {
+    listing: ListingTable,
+    snapshot: Snapshot,
+    location: Option<(PathBuf, url::Url)>,
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        self.listing.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = self.listing.scan(state, projection, filters, limit).await?;
+        let scan = FhirScanExec::new(input, &self.snapshot).with_location(self.location.clone());
+        Ok(Arc::new(scan))
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        self.listing.supports_filters_pushdown(filters)
+    }
 }
 
 /// The name of `view`'s Parquet copies and Delta table: the view's, and a hash of its definition
@@ -259,11 +311,6 @@ fn view_key(view: &ViewDefinition) -> String {
     let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
     let name = view.name().unwrap_or("view");
     format!("{name}-{hex}")
-}
-
-/// Where the Parquet copy of `view` over `snapshot` lives ([`Snapshot::view_dir`]).
-fn cache_dir(snapshot: &Snapshot, view: &ViewDefinition) -> PathBuf {
-    snapshot.view_dir(&view_key(view))
 }
 
 /// Runs `view` over the snapshot's raw NDJSON into `dir/part-0.parquet`, written in a folder

@@ -91,3 +91,45 @@ impl PhysicalExtensionCodec for FhirCodec {
         self.ballista.try_encode(node, buf, proto_converter)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_plan::displayable;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::prelude::SessionContext;
+    use datafusion_proto::physical_plan::{AsExecutionPlan, DefaultPhysicalProtoConverter};
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+
+    #[test]
+    fn a_scan_travels_with_its_snapshot_and_filters_and_strange_bytes_are_refused() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+        let scan = Arc::new(FhirScanExec::received(
+            Arc::new(EmptyExec::new(schema)),
+            "Observation".into(),
+            "20240101120000000-1a2b3c4d".into(),
+            vec!["_typeFilter=Observation?code=8867-4".into()],
+        ));
+        let codec = FhirCodec::default();
+        let node = PhysicalPlanNode::try_from_physical_plan(scan, &codec).unwrap();
+        let ctx = SessionContext::new().task_ctx();
+        let received = node.try_into_physical_plan(&ctx, &codec).unwrap();
+        let text = displayable(received.as_ref()).indent(false).to_string();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "FhirScanExec: type=Observation, snapshot=20240101120000000-1a2b3c4d, \
+                 pushed=[_typeFilter=Observation?code=8867-4]",
+                "  EmptyExec"
+            ]
+        );
+        let converter = DefaultPhysicalProtoConverter {};
+        for strange in [&[][..], &[9, 1, 2], &[FHIR_SCAN, b'{']] {
+            let err = codec
+                .try_decode(strange, &[], &ctx, &converter)
+                .unwrap_err();
+            assert!(matches!(err, DataFusionError::Internal(_)), "{err}");
+        }
+    }
+}

@@ -157,7 +157,8 @@ fn moved_files(files: &FileScanConfig, root: &Path, location: &Url) -> Result<Fi
 /// A statement's plan, run by the cluster's executors: [`execute`](ExecutionPlan::execute)
 /// submits it to the scheduler (with the session's settings) and streams the rows of its last
 /// stage back from the executors. The plan, its one child, is what `EXPLAIN` shows below it;
-/// while the rows stream, it is held here, and with it the leases of the snapshots it reads.
+/// while the rows stream, it is held here, and with it the leases of the filtered snapshots it
+/// reads.
 #[derive(Debug)]
 pub struct ClusterExec {
     scheduler: String,
@@ -271,7 +272,7 @@ impl ExecutionPlan for ClusterExec {
             )
             .await
             .map_err(|e| DataFusionError::Execution(format!("the cluster at {scheduler}: {e}")))?;
-            // The plan (and the leases of its snapshots) lives as long as its rows stream.
+            // The plan (and its scans' leases) lives as long as its rows stream.
             Ok::<_, DataFusionError>(rows.map(move |batch| {
                 let _ = &plan;
                 batch
@@ -282,5 +283,51 @@ impl ExecutionPlan for ClusterExec {
             self.schema(),
             stream,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Schema;
+    use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+
+    fn files(paths: &[&str]) -> FileScanConfig {
+        let schema = Arc::new(Schema::empty());
+        let source = Arc::new(ParquetSource::new(schema));
+        let files = paths.iter().map(|p| PartitionedFile::new(*p, 10)).collect();
+        FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+            .with_file_group(files)
+            .build()
+    }
+
+    #[test]
+    fn files_move_to_the_same_paths_at_the_location() {
+        let local = files(&["/cache/src-1/Patient/flattened/s1/part-0.parquet"]);
+        let root = Path::new("/cache/src-1/Patient/flattened");
+        let s3 = Url::parse("s3://bucket/tables/src-1/Patient/flattened/").unwrap();
+        let moved = moved_files(&local, root, &s3).unwrap();
+        assert_eq!(moved.object_store_url.as_str(), "s3://bucket/");
+        let path = moved.file_groups[0].files()[0]
+            .object_meta
+            .location
+            .to_string();
+        assert_eq!(path, "tables/src-1/Patient/flattened/s1/part-0.parquet");
+
+        let shared = Url::parse("file:///mnt/tables/src-1/Patient/flattened/").unwrap();
+        let moved = moved_files(&local, root, &shared).unwrap();
+        assert_eq!(moved.object_store_url, ObjectStoreUrl::local_filesystem());
+        let path = moved.file_groups[0].files()[0]
+            .object_meta
+            .location
+            .to_string();
+        assert_eq!(path, "mnt/tables/src-1/Patient/flattened/s1/part-0.parquet");
+
+        let elsewhere = files(&["/other/part-0.parquet"]);
+        let err = moved_files(&elsewhere, root, &s3).unwrap_err().to_string();
+        assert!(
+            err.contains("is not in /cache/src-1/Patient/flattened"),
+            "{err}"
+        );
     }
 }

@@ -11,16 +11,16 @@
 //! - **What travels.** The physical plan, with DataFusion's own nodes as datafusion-proto writes
 //!   them and fhirflight's [`FhirScanExec`](crate::catalog::FhirScanExec) through [`FhirCodec`],
 //!   which the scheduler and executors of [`serve_scheduler`] and [`serve_executor`] know.
-//! - **Where the files are.** A snapshot published at the tables' location (`--cache-dir
-//!   s3://...`) is read there by the executors; other files (no location, filtered snapshots,
-//!   views) are read at their path in the coordinator's cache folder, which the executors must
-//!   then see at the same path (executors on the coordinator's machine, or a shared mount).
+//! - **Where the files are.** A snapshot, and a view's Parquet copy, published at the tables'
+//!   location (`--cache-dir s3://...`) are read there by the executors; other files (no
+//!   location, filtered snapshots) are read at their path in the coordinator's cache folder,
+//!   which the executors must then see at the same path (the coordinator's machine, a mount).
 //! - **What stays here.** Plans that cannot travel run in this process as before: effects
 //!   (`fhir_refresh`, `fhir_add_view`), `information_schema`, and statements that read no file.
 //! - **Failures.** A task that fails, or whose executor dies, runs again elsewhere (Ballista
 //!   retries a task 4 times and a stage 4 times); past that the statement fails with the
-//!   cluster's error. A snapshot stays readable while a statement reads it: the coordinator
-//!   holds its lease until the last row is sent.
+//!   cluster's error. The coordinator holds the plan until the last row is sent, and with it
+//!   the leases of the filtered snapshots it reads, as in one process.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

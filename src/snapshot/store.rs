@@ -114,11 +114,25 @@ impl SnapshotStore {
     /// Delta table at the tables' location, where each commit uploads them; none when they are
     /// only in the store's folder (no location, a filtered snapshot, format 1).
     pub fn table_location(&self, snapshot: &Snapshot, mode: &str) -> Result<Option<url::Url>> {
-        let name = snapshot.name();
-        match snapshot.manifest.format >= 2 && self.table_elsewhere(&name) {
-            true => self.table_url(&name, mode).map(Some),
+        match self.published(snapshot) {
+            true => self.table_url(&snapshot.name(), mode).map(Some),
             false => Ok(None),
         }
+    }
+
+    /// Where other machines read the Parquet copy of the view `key` over `snapshot`: the view's
+    /// Delta table at the tables' location, where [`SnapshotStore::publish_view`] uploads the
+    /// copy made for a current snapshot; none as for [`SnapshotStore::table_location`].
+    pub fn view_location(&self, snapshot: &Snapshot, key: &str) -> Result<Option<url::Url>> {
+        match self.published(snapshot) {
+            true => self.view_url(&snapshot.name(), key).map(Some),
+            false => Ok(None),
+        }
+    }
+
+    /// Whether `snapshot`'s tables are published at the tables' location.
+    fn published(&self, snapshot: &Snapshot) -> bool {
+        snapshot.manifest.format >= 2 && self.table_elsewhere(&snapshot.name())
     }
 
     /// The Delta table of the view `key` (`<view>-<hash>`, [`Snapshot::view_dir`]) over the

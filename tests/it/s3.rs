@@ -476,18 +476,31 @@ fn a_cluster_of_processes_reads_the_tables_on_s3_and_answers_as_one_process() {
     }
     // The coordinator adopted the snapshots the other process published; the executors read
     // them on S3.
-    let plan = run(
-        coordinator.path(),
-        &on_cluster,
-        "EXPLAIN SELECT gender, count(*) FROM Patient GROUP BY gender",
-    )
-    .unwrap();
-    let plan: String = plan.iter().map(|r| format!("{}\n", r["plan"])).collect();
+    let plan = |statement: &str| -> String {
+        let rows = run(
+            coordinator.path(),
+            &on_cluster,
+            &format!("EXPLAIN {statement}"),
+        );
+        rows.unwrap()
+            .iter()
+            .map(|r| format!("{}\n", r["plan"]))
+            .collect()
+    };
+    let by_gender = plan("SELECT gender, count(*) FROM Patient GROUP BY gender");
+    let scheduler = format!("ClusterExec: scheduler=http://{}", &url[5..]);
+    assert!(by_gender.contains(&scheduler), "{by_gender}");
     assert!(
-        plan.contains(&format!("ClusterExec: scheduler=http://{}", &url[5..])),
-        "{plan}"
+        by_gender.contains("tables/demo_seed_42_patients_20-"),
+        "{by_gender}"
     );
-    assert!(plan.contains("tables/demo_seed_42_patients_20-"), "{plan}");
+    // The view's Parquet copy too, in the view's Delta table there.
+    let by_family = plan("SELECT family, count(*) FROM patient_names GROUP BY family");
+    assert!(by_family.contains(&scheduler), "{by_family}");
+    let copy =
+        regex::Regex::new(r"tables/demo_seed_42_patients_20-\w+/Patient/views/patient_names-")
+            .unwrap();
+    assert!(copy.is_match(&by_family), "{by_family}");
 
     // An incremental refresh runs in the coordinator; the executors read the merged snapshot.
     let refresh = "SELECT changed FROM fhir_refresh('fhir', 'Patient')";
