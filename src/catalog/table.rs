@@ -37,7 +37,7 @@ use futures::StreamExt;
 use crate::ndjson::TableMode;
 use crate::snapshot::{Lease, Snapshot, mode_key};
 
-/// A table over the Parquet files of one snapshot of one resource type.
+/// A table over the Parquet files of one snapshot of one resource type, or of a view over it.
 ///
 /// Scans reuse DataFusion's Parquet data source: projection and limit are pushed into the
 /// reader, and filters prune row groups with their statistics (they stay `Inexact`, DataFusion
@@ -50,8 +50,9 @@ pub struct FhirTable {
     mode: String,
     schema: SchemaRef,
     listing: ListingTable,
-    /// The table's Delta table at the tables' location, where other machines read its files.
-    location: Option<url::Url>,
+    /// The local folder the files' paths start with and the Delta table at the tables' location
+    /// that holds them below it, where other machines read them.
+    location: Option<(PathBuf, url::Url)>,
 }
 
 impl FhirTable {
@@ -83,7 +84,28 @@ impl FhirTable {
     /// This table, whose files other machines read in the Delta table at `location`
     /// ([`SnapshotStore::table_location`](crate::snapshot::SnapshotStore::table_location)).
     pub(crate) fn with_location(self, location: Option<url::Url>) -> Self {
-        Self { location, ..self }
+        let root = self.snapshot.table_root(&self.mode);
+        Self {
+            location: location.map(|location| (root, location)),
+            ..self
+        }
+    }
+
+    /// The Parquet copy of a view over `snapshot` (`listing`, in `root`, the view's Delta
+    /// table's folder, also at `location`): its mode is `views/<key>`, and its row count unknown.
+    pub(crate) fn view(
+        snapshot: Snapshot,
+        key: &str,
+        listing: ListingTable,
+        location: Option<(PathBuf, url::Url)>,
+    ) -> Self {
+        Self {
+            snapshot,
+            mode: format!("views/{key}"),
+            schema: listing.schema(),
+            listing,
+            location,
+        }
     }
 
     /// The snapshot this table reads.
@@ -91,7 +113,8 @@ impl FhirTable {
         &self.snapshot
     }
 
-    /// The snapshot table read (`flattened`, `nested`, see [`mode_key`]).
+    /// The snapshot table read (`flattened`, `nested`, see [`mode_key`]; `views/<key>` for a
+    /// view's copy).
     pub fn mode(&self) -> &str {
         &self.mode
     }
@@ -132,11 +155,8 @@ impl TableProvider for FhirTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let input = self.listing.scan(state, projection, filters, limit).await?;
-        let root = self.snapshot.table_root(&self.mode);
-        let location = self.location.clone().map(|location| (root, location));
-        Ok(Arc::new(
-            FhirScanExec::new(input, &self.snapshot).with_location(location),
-        ))
+        let scan = FhirScanExec::new(input, &self.snapshot).with_location(self.location.clone());
+        Ok(Arc::new(scan))
     }
 
     fn supports_filters_pushdown(

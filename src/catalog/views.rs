@@ -28,13 +28,13 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{Expr, TableType};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::effect::{Effect, FhirEffectExec};
-use super::{CatalogOptions, FhirCatalog, FhirScanExec, to_datafusion};
+use super::{CatalogOptions, FhirCatalog, FhirTable, to_datafusion};
 use crate::error::BoxError;
 use crate::ndjson::DecodeOptions;
 use crate::snapshot::{Snapshot, SnapshotStore, TableFile, open_raw, parquet_properties};
@@ -255,51 +255,13 @@ pub(super) async fn view_table(
         .map_err(to_datafusion)?;
     // The copy's paths below the view's table (`<snapshot>/part-0.parquet`) are the same there.
     let root = dir.parent().map(Path::to_owned);
-    Ok(Arc::new(ViewTable {
-        listing: ListingTable::try_new(config)?,
+    let listing = ListingTable::try_new(config)?;
+    Ok(Arc::new(FhirTable::view(
         snapshot,
-        location: root.zip(location),
-    }))
-}
-
-/// The Parquet copy of a view over a snapshot, scanned under a [`FhirScanExec`] of that
-/// snapshot: `EXPLAIN` tells which snapshot the view read, and a cluster's executors read the
-/// copy at the tables' location when it is there.
-#[derive(Debug)]
-struct ViewTable {
-    listing: ListingTable,
-    snapshot: Snapshot,
-    location: Option<(PathBuf, url::Url)>,
-}
-
-#[async_trait]
-impl TableProvider for ViewTable {
-    fn schema(&self) -> SchemaRef {
-        self.listing.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let input = self.listing.scan(state, projection, filters, limit).await?;
-        let scan = FhirScanExec::new(input, &self.snapshot).with_location(self.location.clone());
-        Ok(Arc::new(scan))
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        self.listing.supports_filters_pushdown(filters)
-    }
+        &key,
+        listing,
+        root.zip(location),
+    )))
 }
 
 /// The name of `view`'s Parquet copies and Delta table: the view's, and a hash of its definition
