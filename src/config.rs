@@ -35,12 +35,10 @@
 //! and environment win over the file) and then calls the same builder.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Deserialize;
@@ -772,9 +770,7 @@ impl SessionBuilder {
         let default = catalogs[0].0.clone();
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = memory_limit {
-            let pool = FairSpillPool::new(limit);
-            let top = NonZeroUsize::new(5).expect("5 is not zero");
-            runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(pool, top)));
+            runtime = runtime.with_memory_pool(catalog::memory_pool(limit));
         }
         let config = SessionConfig::new()
             .with_information_schema(true)

@@ -81,7 +81,7 @@ pub use options::{
 };
 pub use pushdown::{Pushdown, PushdownMode, SEARCH_PARAMS};
 pub use refresh::RefreshFunction;
-pub use runtime::QueryRuntime;
+pub use runtime::{QueryRuntime, memory_pool};
 pub use schema::FhirSchema;
 pub use source::{
     BulkSource, Capabilities, FetchOutcome, FetchPhase, FetchProgress, FetchRequest, FetchedFile,

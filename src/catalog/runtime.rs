@@ -1,6 +1,7 @@
 //! [`QueryRuntime`]: the threads that plan and run statements, apart from the caller's.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,6 +9,7 @@ use std::task::{Context, Poll};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt};
 use tokio::runtime::{Builder, Handle, Runtime};
@@ -23,6 +25,14 @@ const STACK_SIZE: usize = 256 * 1024 * 1024;
 
 /// Record batches handed from the query threads to the caller ahead of its reading them.
 const BUFFERED_BATCHES: usize = 2;
+
+/// A memory pool of `limit` bytes for the statements of a session or an executor: sorts, joins
+/// and aggregates spill beyond their fair share, and what cannot spill fails with "Resources
+/// exhausted" naming the 5 largest consumers, instead of taking the machine's memory.
+pub fn memory_pool(limit: usize) -> Arc<dyn MemoryPool> {
+    let top = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
+    Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), top))
+}
 
 /// A tokio runtime of its own for planning and running SQL statements.
 ///

@@ -92,7 +92,7 @@ pub async fn serve_scheduler(listener: TcpListener, options: SchedulerOptions) -
     config.no_executors_grace_period_seconds = timeout;
     config.override_physical_codec = Some(Arc::new(FhirCodec::default()));
     // Decoding a plan opens the object stores of its files.
-    let runtime = cloud_runtime()?;
+    let runtime = cloud_runtime(None)?;
     config.override_session_builder = Some(Arc::new(move |config| {
         let state = default_session_builder(config)?;
         Ok(SessionStateBuilder::new_from_existing(state)
@@ -131,6 +131,7 @@ pub struct ExecutorOptions {
     task_slots: usize,
     host: Option<String>,
     work_dir: Option<PathBuf>,
+    memory_limit: Option<usize>,
 }
 
 impl ExecutorOptions {
@@ -141,6 +142,7 @@ impl ExecutorOptions {
             task_slots: std::thread::available_parallelism().map_or(2, usize::from),
             host: None,
             work_dir: None,
+            memory_limit: None,
         }
     }
 
@@ -162,6 +164,15 @@ impl ExecutorOptions {
     pub fn with_host(self, host: impl Into<String>) -> Self {
         Self {
             host: Some(host.into()),
+            ..self
+        }
+    }
+
+    /// The bytes its running tasks may hold at once (default: no limit); beyond it sorts, joins
+    /// and aggregates spill to its work folder, and what cannot spill fails its task.
+    pub fn with_memory_limit(self, memory_limit: Option<usize>) -> Self {
+        Self {
+            memory_limit,
             ..self
         }
     }
@@ -216,7 +227,7 @@ pub async fn serve_executor(listener: TcpListener, options: ExecutorOptions) -> 
         os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
         ballista_protocol_version: BALLISTA_PROTOCOL_VERSION,
     };
-    let runtime = cloud_runtime()?;
+    let runtime = cloud_runtime(options.memory_limit)?;
     let runtime_producer: RuntimeProducer = Arc::new(move |_| Ok(Arc::clone(&runtime)));
     let config_producer: ConfigProducer = Arc::new(default_config_producer);
     let functions =
@@ -261,10 +272,15 @@ pub async fn serve_executor(listener: TcpListener, options: ExecutorOptions) -> 
     result
 }
 
-/// A runtime whose object stores are [`CloudStores`]: the scheduler's and the executors'.
-fn cloud_runtime() -> Result<Arc<RuntimeEnv>> {
-    RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(CloudStores::default()))
+/// A runtime whose object stores are [`CloudStores`], its tasks sharing `memory_limit` bytes:
+/// the scheduler's and the executors'.
+fn cloud_runtime(memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(CloudStores::default()));
+    if let Some(limit) = memory_limit {
+        runtime = runtime.with_memory_pool(crate::catalog::memory_pool(limit));
+    }
+    runtime
         .build_arc()
         .map_err(|e| Error::config_with("a cluster process's runtime", e))
 }

@@ -37,7 +37,9 @@ impl LocalCluster {
         let cluster = Cluster::new(&format!("df://{address}")).unwrap();
         let executors = (0..executors)
             .map(|_| {
-                let options = ExecutorOptions::new(cluster.clone()).with_task_slots(2);
+                let options = ExecutorOptions::new(cluster.clone())
+                    .with_task_slots(2)
+                    .with_memory_limit(Some(64 << 20));
                 Some(spawn(move |listener| serve_executor(listener, options)).0)
             })
             .collect();

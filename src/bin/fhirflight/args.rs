@@ -134,6 +134,11 @@ pub(crate) struct ExecutorArgs {
     /// Folder of the tasks' shuffle files (default: a temporary folder, removed on exit).
     #[arg(long)]
     pub(crate) work_dir: Option<PathBuf>,
+    /// Memory the running tasks may hold at once, e.g. `4G`, or `none`; beyond it sorts, joins
+    /// and aggregates spill to disk and the rest fails its task. Default: half the machine's
+    /// memory.
+    #[arg(long, value_parser = parse_memory_limit, env = "FHIRFLIGHT_MEMORY_LIMIT")]
+    pub(crate) memory_limit: Option<MemoryLimit>,
 }
 
 /// A `--cluster` or `--scheduler`: `df://HOST:PORT`.
@@ -526,7 +531,7 @@ pub(crate) struct CatalogArgs {
 
 /// A `--memory-limit`: bytes, or `None` for no limit.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct MemoryLimit(Option<usize>);
+pub(crate) struct MemoryLimit(pub(crate) Option<usize>);
 
 fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
     if text.trim().eq_ignore_ascii_case("none") {

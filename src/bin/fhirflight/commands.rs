@@ -314,6 +314,7 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 /// SIGTERM.
 pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
     use fhirflight::cluster::{ExecutorOptions, SchedulerOptions, serve_executor, serve_scheduler};
+    use fhirflight::config::default_memory_limit;
     let bind = |addr| async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -351,6 +352,10 @@ pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
             if let Some(dir) = args.work_dir {
                 options = options.with_work_dir(dir);
             }
+            let limit = args
+                .memory_limit
+                .map_or(Some(default_memory_limit()), |m| m.0);
+            options = options.with_memory_limit(limit);
             println!("executor listening on {local}");
             futures::future::Either::Right(serve_executor(listener, options))
         }
