@@ -169,7 +169,7 @@ impl ExecutorOptions {
     }
 
     /// The bytes its running tasks may hold at once (default: no limit); beyond it sorts, joins
-    /// and aggregates spill to its work folder, and what cannot spill fails its task.
+    /// and aggregates spill to temporary files, and what cannot spill fails its task.
     pub fn with_memory_limit(self, memory_limit: Option<usize>) -> Self {
         Self {
             memory_limit,
