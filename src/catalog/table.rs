@@ -198,6 +198,10 @@ pub struct FhirScanExec {
     lease: Option<Lease>,
     /// The local folder the scanned files' paths start with, and the Delta table at the tables'
     /// location that holds the same files, for a cluster's executors ([`FhirTable`]).
+    #[cfg_attr(
+        not(feature = "cluster"),
+        expect(dead_code, reason = "read by the cluster's physical optimizer rule")
+    )]
     location: Option<(PathBuf, url::Url)>,
 }
 
