@@ -29,6 +29,15 @@ const BUFFERED_BATCHES: usize = 2;
 /// A memory pool of `limit` bytes for the statements of a session or an executor: sorts, joins
 /// and aggregates spill beyond their fair share, and what cannot spill fails with "Resources
 /// exhausted" naming the 5 largest consumers, instead of taking the machine's memory.
+///
+/// ```
+/// use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+/// use fhirflight::catalog::memory_pool;
+///
+/// let runtime = RuntimeEnvBuilder::new().with_memory_pool(memory_pool(512 << 20)).build()?;
+/// assert_eq!(runtime.memory_pool.reserved(), 0);
+/// # Ok::<(), datafusion::error::DataFusionError>(())
+/// ```
 pub fn memory_pool(limit: usize) -> Arc<dyn MemoryPool> {
     let top = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
     Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), top))

@@ -152,11 +152,11 @@ impl Cluster {
 /// bucket or container of any `s3://`, `gs://` or `az://` URL, opened on first use with the
 /// cloud's standard credentials, as the coordinator opens the tables' location.
 #[derive(Debug, Default)]
-pub(crate) struct CloudStores {
+pub(crate) struct CloudRegistry {
     opened: DefaultObjectStoreRegistry,
 }
 
-impl ObjectStoreRegistry for CloudStores {
+impl ObjectStoreRegistry for CloudRegistry {
     fn register_store(
         &self,
         url: &Url,

@@ -1,6 +1,6 @@
 //! The cluster's processes: a Ballista scheduler and Ballista executors that know fhirflight's
 //! plan nodes ([`FhirCodec`]) and read the tables' location with the clouds' standard
-//! credentials ([`CloudStores`]).
+//! credentials ([`CloudRegistry`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tokio::net::TcpListener;
 
-use super::{CloudStores, Cluster, FhirCodec};
+use super::{CloudRegistry, Cluster, FhirCodec};
 use crate::{Error, Result};
 
 /// How a scheduler is run ([`serve_scheduler`]).
@@ -272,11 +272,11 @@ pub async fn serve_executor(listener: TcpListener, options: ExecutorOptions) -> 
     result
 }
 
-/// A runtime whose object stores are [`CloudStores`], its tasks sharing `memory_limit` bytes:
+/// A runtime whose object stores are [`CloudRegistry`], its tasks sharing `memory_limit` bytes:
 /// the scheduler's and the executors'.
 fn cloud_runtime(memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
     let mut runtime =
-        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(CloudStores::default()));
+        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(CloudRegistry::default()));
     if let Some(limit) = memory_limit {
         runtime = runtime.with_memory_pool(crate::catalog::memory_pool(limit));
     }
