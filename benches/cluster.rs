@@ -5,6 +5,11 @@
 //! medians and their ratios to one process. On a machine of 2 cores the cluster shows its
 //! overhead (planning, gRPC, shuffle files, Arrow Flight), not a speed-up.
 //!
+//! Then the conversion of an export (Patient, Condition, Observation) from kick-off to
+//! committed snapshots: in one process (a catalog's refresh), and on loopback clusters of one
+//! and of two executor processes (`Cluster::export`, into a tables' location in a folder),
+//! taking turns REPS times, each into empty caches; the raw NDJSON's MB/s and the ratios.
+//!
 //! `cargo bench --bench cluster` (release). Env: `FHIRFLIGHT_BENCH_PATIENTS` (default 2000),
 //! `REPS` (default 5).
 
@@ -23,7 +28,10 @@ use fhirflight::cluster::{
 use fhirflight::demo::{DemoConfig, DemoServer};
 
 const STATEMENTS: &[(&str, &str)] = &[
-    ("count", "SELECT count(*) FROM fhir.fhir.observation"),
+    (
+        "count",
+        "SELECT count(*) FROM fhir.fhir.observation WHERE status = 'final'",
+    ),
     (
         "aggregate",
         "SELECT code_coding_0_code, count(*), avg(valueQuantity_value) \
@@ -89,6 +97,81 @@ impl Drop for Process {
     }
 }
 
+/// A scheduler and `executors` executors, processes of their own on 127.0.0.1.
+fn start_loopback(executors: usize) -> (Cluster, Vec<Process>) {
+    let scheduler = Process::start(
+        &["cluster", "scheduler", "--listen", "127.0.0.1:0"],
+        "scheduler listening on ",
+    );
+    let cluster = Cluster::new(&scheduler.1).expect("cluster");
+    let mut processes: Vec<Process> = (0..executors)
+        .map(|_| {
+            Process::start(
+                &[
+                    "cluster",
+                    "executor",
+                    "--scheduler",
+                    &scheduler.1,
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                "executor listening on ",
+            )
+        })
+        .collect();
+    processes.push(scheduler);
+    (cluster, processes)
+}
+
+/// A catalog of the demo server in an empty cache, at an empty tables' location, both in `dir`.
+async fn fresh_catalog(server: &DemoServer, dir: &std::path::Path) -> FhirCatalog {
+    let client_options = ClientOptions::default()
+        .with_retry_after_bounds(Duration::from_millis(10), Duration::from_secs(1));
+    let client = server.client(client_options).await.expect("client");
+    let location = dir.join("location");
+    std::fs::create_dir_all(&location).expect("location");
+    let url = url::Url::from_directory_path(&location).expect("location url");
+    let options = CatalogOptions::default()
+        .with_cache_dir(dir.join("cache"))
+        .with_freshness(Freshness::Never)
+        .with_table_location(url);
+    FhirCatalog::try_new(Arc::new(BulkSource::new(client)), options)
+        .await
+        .expect("catalog")
+}
+
+/// Seconds the conversion of `types` takes in one process (`cluster` none) or on `cluster`,
+/// into empty caches, the raw NDJSON's bytes, its files and the parts converted again.
+async fn converted(
+    server: &DemoServer,
+    cluster: Option<&Cluster>,
+    types: &[String],
+) -> (f64, u64, usize, usize) {
+    let dir = tempfile::tempdir().expect("dir");
+    // Both make the same snapshots at the same place: the tables' location.
+    let fhir = fresh_catalog(server, dir.path()).await;
+    let started = Instant::now();
+    let manifests: Vec<_> = match cluster {
+        Some(cluster) => cluster.export(&fhir, types).await.expect("export"),
+        None => fhir
+            .refresh(types)
+            .await
+            .expect("refresh")
+            .iter()
+            .map(|s| s.manifest().clone())
+            .collect(),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = manifests.iter().flat_map(|m| &m.raw).map(|r| r.bytes).sum();
+    let files = manifests.iter().map(|m| m.raw.len()).sum();
+    let tables = manifests.iter().flat_map(|m| m.tables.values());
+    let again = tables
+        .flat_map(|t| &t.files)
+        .filter(|f| f.path.ends_with("-merged.parquet"))
+        .count();
+    (secs, bytes, files, again)
+}
+
 fn session(cluster: Option<&Cluster>, fhir: &FhirCatalog) -> SessionContext {
     let config = SessionConfig::new();
     let ctx = match cluster {
@@ -135,26 +218,7 @@ async fn main() {
     ));
 
     // Loopback: a scheduler and two executors, processes of their own.
-    let scheduler = Process::start(
-        &["cluster", "scheduler", "--listen", "127.0.0.1:0"],
-        "scheduler listening on ",
-    );
-    let loopback = Cluster::new(&scheduler.1).expect("cluster");
-    let _executors: Vec<Process> = (0..2)
-        .map(|_| {
-            Process::start(
-                &[
-                    "cluster",
-                    "executor",
-                    "--scheduler",
-                    &scheduler.1,
-                    "--listen",
-                    "127.0.0.1:0",
-                ],
-                "executor listening on ",
-            )
-        })
-        .collect();
+    let (loopback, _processes) = start_loopback(2);
 
     let sessions = [
         ("one process", session(None, &fhir)),
@@ -187,4 +251,47 @@ async fn main() {
             .collect();
         println!("{name:10} {} rows: {}", rows[0], line.join(", "));
     }
+
+    // The conversion of an export, from kick-off to committed snapshots.
+    let types: Vec<String> = ["Patient", "Condition", "Observation"]
+        .map(String::from)
+        .to_vec();
+    let (one_executor, _one) = start_loopback(1);
+    let runs = [
+        ("one process", None),
+        ("loopback, 1 executor", Some(&one_executor)),
+        ("loopback, 2 executors", Some(&loopback)),
+    ];
+    converted(&server, Some(&loopback), &types).await;
+    let mut times = vec![Vec::new(); runs.len()];
+    let (mut bytes, mut files, mut again) = (0, 0, 0);
+    for _ in 0..reps {
+        for (n, (_, cluster)) in runs.iter().enumerate() {
+            let (secs, raw, listed, redone) = converted(&server, *cluster, &types).await;
+            times[n].push(secs);
+            (bytes, files) = (raw, listed);
+            again = again.max(redone);
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    let line: Vec<String> = runs
+        .iter()
+        .zip(&medians)
+        .map(|((who, _), m)| {
+            format!(
+                "{who} {:.2} s, {:.1} MB/s ({:.2}x)",
+                m,
+                bytes as f64 / 1e6 / m,
+                m / medians[0]
+            )
+        })
+        .collect();
+    println!(
+        "conversion of {} ({:.1} MB of NDJSON in {files} files; on the cluster {again} parts \
+         converted again against their table's columns), export to commit at the tables' \
+         location: {}",
+        types.join(","),
+        bytes as f64 / 1e6,
+        line.join(", ")
+    );
 }

@@ -24,10 +24,10 @@ use super::{
     Manifest, deleted_resources,
 };
 use crate::error::quoted;
-use crate::http::{self, redact_url, seconds};
+use crate::http::{self, TokenSource, redact_url, seconds};
 use crate::r4::check_type_name;
 use crate::smart::{SmartAuth, SmartConfig, join};
-use crate::warning::{Warning, WarningKind};
+use crate::warning::Warning;
 use crate::{Error, Result};
 
 /// The job-state file: written right after kick-off, removed once the job is deleted.
@@ -416,6 +416,95 @@ impl BulkClient {
         }
     }
 
+    /// Kicks off `request` and polls it to completion, downloading only its `error` (and
+    /// `deleted`) files, into `dir`: the status URL, the manifest (every page), its data files
+    /// in manifest order (each checked as an export's are), for other processes to fetch
+    /// ([`Self::file_token`]; a cluster's executors), and the warnings of the error files'
+    /// OperationOutcomes. The caller deletes the job ([`Self::delete_job`]) once the files are
+    /// fetched; a failure deletes it here when it is known to be permanent.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn export_manifest(
+        &self,
+        request: &ExportRequest,
+        dir: &Path,
+        progress: &watch::Sender<ExportProgress>,
+    ) -> Result<(Url, Manifest, Vec<PlannedFile>, Vec<Warning>)> {
+        let status_url = self.kick_off(request).await?;
+        let (files, mut planned) = mpsc::unbounded_channel();
+        let mut collector = Collector::new(dir, &self.inner.origins, progress, files);
+        let deadline = self.inner.options.export_deadline;
+        let polled = self.poll_job(request, &status_url, &mut collector, progress);
+        let failure = match tokio::time::timeout(deadline, polled).await {
+            Ok(Ok(())) => None,
+            Ok(Err(failure)) => Some(failure),
+            Err(_) => Some(JobError {
+                error: Error::Protocol {
+                    url: redact_url(&status_url),
+                    message: format!(
+                        "the export took longer than its deadline of {} (export_deadline); \
+                         the job is kept on the server",
+                        seconds(deadline)
+                    ),
+                    source: None,
+                },
+                fate: Fate::Keep,
+            }),
+        };
+        let listed = async {
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+            let manifest = collector.finish().expect("a finished job has a manifest");
+            let (mut data, (others, rest)) = (Vec::new(), mpsc::unbounded_channel());
+            while let Ok(file) = planned.try_recv() {
+                match file.kind {
+                    FileKind::Output => data.push(file),
+                    _ => drop(others.send(file)),
+                }
+            }
+            drop(others);
+            let read = self
+                .download_files(rest, false, progress, InOrder::new(None))
+                .await?;
+            let outcome = self.outcome(request, manifest, read).await?;
+            Ok((outcome.manifest, data, outcome.warnings))
+        };
+        match listed.await {
+            Ok((manifest, data, warnings)) => Ok((status_url, manifest, data, warnings)),
+            Err(failure) => {
+                if !matches!(failure.fate, Fate::Keep)
+                    && let Err(e) = self.delete_job(&status_url).await
+                {
+                    tracing::warn!("deleting the export job failed: {e}");
+                }
+                Err(failure.error)
+            }
+        }
+    }
+
+    /// Whether a file whose lines are not its manifest `count` twice fails the export
+    /// ([`ClientOptions::with_strict_counts`]).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn strict_counts(&self) -> bool {
+        self.inner.options.strict_counts
+    }
+
+    /// The bearer token another process sends for `file` (of [`Self::export_manifest`]): none
+    /// when the manifest says it needs none or its origin may not get it (the server's own, or
+    /// one of `token_origins`). The token is this client's, as fresh as its cache keeps it:
+    /// short-lived, and never logged.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn file_token(&self, file: &PlannedFile) -> Result<Option<Arc<str>>> {
+        match &self.inner.auth {
+            Some(auth)
+                if file.requires_token && self.inner.origins.token_allowed(&file.file.url)? =>
+            {
+                Ok(Some(Arc::from(auth.token().await?.secret())))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn export_in(
         &self,
         request: &ExportRequest,
@@ -662,7 +751,9 @@ impl BulkClient {
                 let fetcher = Fetcher {
                     http: &self.inner.files_http,
                     options: &self.inner.options,
-                    auth: self.inner.auth.as_ref().filter(|_| file.requires_token),
+                    auth: (self.inner.auth.as_ref())
+                        .filter(|_| file.requires_token)
+                        .map(|a| a as &dyn TokenSource),
                     origins: &self.inner.origins,
                     on_bytes,
                     export_bytes,
@@ -714,40 +805,10 @@ impl BulkClient {
         // Counts of `deleted` and `error` files count Bundles and OperationOutcomes, and are
         // no check of anything the export keeps.
         let count = file.count.filter(|_| *kind == FileKind::Output);
-        let Some(count) = count.filter(|count| *count != done.lines) else {
-            return Ok((done, None));
-        };
-        let url = redact_url(&file.url);
-        tracing::warn!(
-            "{url}: {} lines, the manifest says count = {count}; downloading it again",
-            done.lines
-        );
-        remove_quietly(path).await;
-        let done = download::download(fetcher, &file.url, path)
+        let strict = self.inner.options.strict_counts;
+        download::check_count(fetcher, file, count, strict, done)
             .await
-            .map_err(JobError::gone)?;
-        if done.lines == count {
-            return Ok((done, None));
-        }
-        let message = format!(
-            "{url}: downloaded twice with {} lines, the manifest says count = {count}",
-            done.lines
-        );
-        if self.inner.options.strict_counts {
-            remove_quietly(path).await;
-            return Err(Error::Protocol {
-                url,
-                message: format!(
-                    "downloaded twice with {} lines, the manifest says count = {count} (strict counts)",
-                    done.lines
-                ),
-                source: None,
-            }
-            .into());
-        }
-        let warning = Warning::new(WarningKind::CountMismatch, message)
-            .with_resource_type(&file.resource_type);
-        Ok((done, Some(warning)))
+            .map_err(JobError::gone)
     }
 
     /// The outcome of a finished job: its data files in manifest order, each deletion once,
@@ -941,9 +1002,14 @@ impl BulkClient {
             ..
         } = &*self.inner;
         origins
-            .send(http, &options.retry, auth.as_ref(), method, url, |r| {
-                Ok(build(r.timeout(options.request_timeout)))
-            })
+            .send(
+                http,
+                &options.retry,
+                auth.as_ref().map(|a| a as _),
+                method,
+                url,
+                |r| Ok(build(r.timeout(options.request_timeout))),
+            )
             .await
     }
 

@@ -12,11 +12,11 @@ use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use url::Url;
 
-use super::ClientOptions;
 use super::origins::TokenOrigins;
+use super::{ClientOptions, OutputFile};
 use crate::chunks::LineCounter;
-use crate::http::{Retries, redact_url, transport_error, transport_retryable};
-use crate::smart::SmartAuth;
+use crate::http::{Retries, TokenSource, redact_url, transport_error, transport_retryable};
+use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
 
 /// What a finished download left in the folder.
@@ -34,7 +34,7 @@ pub(crate) struct Fetcher<'a> {
     /// Retries and the bounds on files.
     pub(crate) options: &'a ClientOptions,
     /// The token source when the manifest says `requiresAccessToken`.
-    pub(crate) auth: Option<&'a SmartAuth>,
+    pub(crate) auth: Option<&'a dyn TokenSource>,
     /// Which file URLs may get the token.
     pub(crate) origins: &'a TokenOrigins,
     /// Called with the number of new bytes as they arrive.
@@ -66,6 +66,98 @@ fn too_large(url: &Url, what: &str, max: u64, setting: &str) -> Error {
         ),
         source: None,
     }
+}
+
+/// `done`, the download of `file`, when its lines are the manifest's advisory `count` (or it
+/// gives none); else it is downloaded once more, then taken with a warning, or refused with
+/// `strict` counts.
+pub(crate) async fn check_count(
+    fetcher: &Fetcher<'_>,
+    file: &OutputFile,
+    count: Option<u64>,
+    strict: bool,
+    done: Downloaded,
+) -> Result<(Downloaded, Option<Warning>)> {
+    let Some(count) = count.filter(|count| *count != done.lines) else {
+        return Ok((done, None));
+    };
+    let url = redact_url(&file.url);
+    tracing::warn!(
+        "{url}: {} lines, the manifest says count = {count}; downloading it again",
+        done.lines
+    );
+    remove_quietly(&done.path).await;
+    let done = download(fetcher, &file.url, &done.path).await?;
+    if done.lines == count {
+        return Ok((done, None));
+    }
+    if strict {
+        remove_quietly(&done.path).await;
+        return Err(Error::Protocol {
+            url,
+            message: format!(
+                "downloaded twice with {} lines, the manifest says count = {count} (strict counts)",
+                done.lines
+            ),
+            source: None,
+        });
+    }
+    let message = format!(
+        "{url}: downloaded twice with {} lines, the manifest says count = {count}",
+        done.lines
+    );
+    let warning =
+        Warning::new(WarningKind::CountMismatch, message).with_resource_type(&file.resource_type);
+    Ok((done, Some(warning)))
+}
+
+/// A bearer token given rather than got: a cluster's executor has no key to get one, and
+/// fetches an export's files with the short-lived token its coordinator hands each task. A
+/// refused one stays refused.
+#[cfg(feature = "cluster")]
+struct GivenToken(crate::redacted::Redacted<std::sync::Arc<str>>);
+
+#[cfg(feature = "cluster")]
+#[async_trait::async_trait]
+impl TokenSource for GivenToken {
+    async fn bearer(&self) -> Result<crate::redacted::Redacted<std::sync::Arc<str>>> {
+        Ok(crate::redacted::Redacted(std::sync::Arc::clone(&self.0)))
+    }
+
+    async fn refused(&self, _rejected: &crate::redacted::Redacted<std::sync::Arc<str>>) {}
+}
+
+/// Downloads the export file `file` to `path` as an export does ([`download`], its lines
+/// checked against `count` with [`check_count`]), with `token` (its coordinator's, which
+/// checked that the file's origin may get it) when the file needs one: a cluster's executor
+/// fetching a file of an export run elsewhere. The token goes to the file's origin only, and a
+/// 401 ends the download (a new token comes with the coordinator's next job).
+#[cfg(feature = "cluster")]
+pub(crate) async fn download_given(
+    file: &OutputFile,
+    token: Option<std::sync::Arc<str>>,
+    (count, strict): (Option<u64>, bool),
+    path: &Path,
+) -> Result<(Downloaded, Option<Warning>)> {
+    let options = ClientOptions::default();
+    let (_, http) = options.http_clients()?;
+    let origins = TokenOrigins::try_new(&file.url, &[])?;
+    let token = token.map(|t| GivenToken(crate::redacted::Redacted(t)));
+    let fetcher = Fetcher {
+        http: &http,
+        options: &options,
+        auth: token.as_ref().map(|t| t as &dyn TokenSource),
+        origins: &origins,
+        on_bytes: &|_| {},
+        export_bytes: &AtomicU64::new(0),
+    };
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    let done = download(&fetcher, &file.url, path).await?;
+    check_count(&fetcher, file, count, strict, done).await
 }
 
 /// Counts the resources and bytes of a file (a finished one that a resumed export reports, or a

@@ -19,6 +19,8 @@ mod request;
 
 pub use client::BulkClient;
 pub(crate) use client::JOB_FILE;
+#[cfg(feature = "cluster")]
+pub(crate) use download::download_given;
 pub use manifest::{DeletedResource, Manifest, ManifestLink, OutputFile, deleted_resources};
 pub use options::ClientOptions;
 pub use progress::{DownloadedFile, ExportOutcome, ExportPhase, ExportProgress};

@@ -8,7 +8,6 @@ use reqwest::{Method, RequestBuilder, Response};
 use url::{Origin, Url};
 
 use crate::http::{self, RetryPolicy, TokenSource, redact_url};
-use crate::smart::SmartAuth;
 use crate::{Error, Result};
 
 /// The origins the bearer token may be sent to, and whether plain http is refused.
@@ -72,13 +71,13 @@ impl TokenOrigins {
         &self,
         client: &reqwest::Client,
         policy: &RetryPolicy,
-        auth: Option<&SmartAuth>,
+        auth: Option<&dyn TokenSource>,
         method: Method,
         url: &Url,
         build: impl Fn(RequestBuilder) -> Result<RequestBuilder>,
     ) -> Result<Response> {
         let withheld = !self.token_allowed(url)? && auth.is_some();
-        let auth = auth.filter(|_| !withheld).map(|a| a as &dyn TokenSource);
+        let auth = auth.filter(|_| !withheld);
         http::send(client, policy, auth, method, url, build)
             .await
             .map_err(|error| match error {

@@ -98,6 +98,12 @@ impl FhirCatalog {
         &self.exporter.options.schema_name
     }
 
+    /// What exports for this catalog: its source, store and options.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn exporter(&self) -> &Exporter {
+        &self.exporter
+    }
+
     /// The snapshot store.
     pub fn store(&self) -> &SnapshotStore {
         &self.exporter.store
@@ -199,7 +205,7 @@ impl FhirCatalog {
     }
 
     /// Resolves names case-insensitively to resource types; unknown names are an error.
-    pub(super) fn known_types(&self, names: &[String]) -> Result<Vec<String>> {
+    pub(crate) fn known_types(&self, names: &[String]) -> Result<Vec<String>> {
         names
             .iter()
             .map(|n| {

@@ -268,6 +268,15 @@ pub trait FhirSource: Debug + Send + Sync {
     fn resume_files(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// The Bulk Data client and kick-off that fetch `request`, when this source is a Bulk Data
+    /// server: a cluster's coordinator runs that export itself and has its executors fetch and
+    /// convert the files ([`Cluster::export`](crate::cluster::Cluster::export)). None by
+    /// default: the source is read in this process.
+    fn bulk_export(&self, request: &FetchRequest) -> Option<(BulkClient, ExportRequest)> {
+        let _ = request;
+        None
+    }
 }
 
 /// The longest first line [`LocalFolder`] reads to find a file's `resourceType`.
@@ -644,13 +653,7 @@ impl FhirSource for BulkSource {
         &[crate::bulk::JOB_FILE]
     }
 
-    async fn fetch(
-        &self,
-        request: &FetchRequest,
-        dir: &Path,
-        progress: &watch::Sender<FetchProgress>,
-        ready: &mpsc::UnboundedSender<FetchedFile>,
-    ) -> Result<FetchOutcome> {
+    fn bulk_export(&self, request: &FetchRequest) -> Option<(BulkClient, ExportRequest)> {
         let mut export = ExportRequest::new(self.level.clone())
             .with_types(request.types.clone())
             .with_type_filters(request.type_filters.clone())
@@ -659,6 +662,17 @@ impl FhirSource for BulkSource {
         if let Some(since) = &request.since {
             export = export.with_since(since.clone());
         }
+        Some((self.client.clone(), export))
+    }
+
+    async fn fetch(
+        &self,
+        request: &FetchRequest,
+        dir: &Path,
+        progress: &watch::Sender<FetchProgress>,
+        ready: &mpsc::UnboundedSender<FetchedFile>,
+    ) -> Result<FetchOutcome> {
+        let (_, export) = self.bulk_export(request).expect("a Bulk Data source");
         let (tx, mut rx) = watch::channel(ExportProgress::default());
         // The export runs as a task of its own, so progress is relayed while it runs. Dropping
         // this fetch drops `stop`, which drops the export future (the job stays resumable).

@@ -302,6 +302,20 @@ impl DisplayAs for FhirScanExec {
     }
 }
 
+/// The one child of the plan node `name` among `children`, which `replace_children` got: an
+/// internal error when there are more or none.
+pub(crate) fn only_child(
+    name: &str,
+    mut children: Vec<Arc<dyn ExecutionPlan>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    match children.len() {
+        1 => Ok(children.swap_remove(0)),
+        n => Err(datafusion::error::DataFusionError::Internal(format!(
+            "{name} has one child, got {n}"
+        ))),
+    }
+}
+
 impl ExecutionPlan for FhirScanExec {
     fn name(&self) -> &str {
         "FhirScanExec"
@@ -324,16 +338,10 @@ impl ExecutionPlan for FhirScanExec {
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         options: ReplaceChildrenOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(datafusion::error::DataFusionError::Internal(format!(
-                "FhirScanExec has one child, got {}",
-                children.len()
-            )));
-        }
-        let input = children.swap_remove(0);
+        let input = only_child("FhirScanExec", children)?;
         Ok(match options.children_properties {
             ChildrenPropertiesMode::Keep => Arc::new(Self {
                 input,

@@ -10,16 +10,19 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
+use super::convert::ConvertExec;
 use crate::catalog::FhirScanExec;
 
 /// The first byte of a node this codec wrote: one of fhirflight's, or Ballista's (its shuffle
 /// stages), whose own decoder would take any bytes for its messages.
 const FHIR_SCAN: u8 = 1;
 const BALLISTA: u8 = 2;
+const CONVERT: u8 = 3;
 
 /// The physical extension codec of a fhirflight cluster: [`FhirScanExec`] as its resource type,
 /// snapshot and export filters (its Parquet scan, the one child, is DataFusion's own and travels
-/// as such), and every other node as Ballista's codec writes it. The coordinator, the scheduler
+/// as such), the conversion of an export's files ([`super::Cluster::export`]) as its tasks, and
+/// every other node as Ballista's codec writes it. The coordinator, the scheduler
 /// and every executor use it ([`super::Cluster`], [`super::SchedulerOptions`],
 /// [`super::ExecutorOptions`]).
 #[derive(Debug, Default)]
@@ -61,6 +64,13 @@ impl PhysicalExtensionCodec for FhirCodec {
                     node.pushed,
                 )))
             }
+            Some((&CONVERT, [])) => match inputs {
+                [tasks] => Ok(Arc::new(ConvertExec::new(Arc::clone(tasks)))),
+                _ => Err(DataFusionError::Internal(format!(
+                    "a ConvertExec has one input, got {}",
+                    inputs.len()
+                ))),
+            },
             Some((&BALLISTA, node)) => {
                 self.ballista
                     .try_decode(node, inputs, ctx, proto_converter)
@@ -86,6 +96,11 @@ impl PhysicalExtensionCodec for FhirCodec {
             buf.push(FHIR_SCAN);
             return serde_json::to_writer(buf, &node)
                 .map_err(|e| DataFusionError::Internal(format!("a FhirScanExec: {e}")));
+        }
+        if node.is::<ConvertExec>() {
+            // Its tasks are its input's rows.
+            buf.push(CONVERT);
+            return Ok(());
         }
         buf.push(BALLISTA);
         self.ballista.try_encode(node, buf, proto_converter)

@@ -31,7 +31,7 @@ use object_store::path::Path as StorePath;
 use url::Url;
 
 use super::FhirCodec;
-use crate::catalog::FhirScanExec;
+use crate::catalog::{FhirScanExec, only_child};
 
 /// Sends every statement that reads files (FHIR tables, views' Parquet) to the cluster, as one
 /// [`ClusterExec`] over its whole plan, once DataFusion's rules have shaped it. A plan that
@@ -168,7 +168,11 @@ pub struct ClusterExec {
 }
 
 impl ClusterExec {
-    fn new(scheduler: String, input: Arc<dyn ExecutionPlan>, codec: Arc<FhirCodec>) -> Self {
+    pub(super) fn new(
+        scheduler: String,
+        input: Arc<dyn ExecutionPlan>,
+        codec: Arc<FhirCodec>,
+    ) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(input.schema()),
             Partitioning::UnknownPartitioning(1),
@@ -215,18 +219,12 @@ impl ExecutionPlan for ClusterExec {
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(format!(
-                "ClusterExec has one child, got {}",
-                children.len()
-            )));
-        }
         Ok(Arc::new(Self::new(
             self.scheduler.clone(),
-            children.swap_remove(0),
+            only_child("ClusterExec", children)?,
             Arc::clone(&self.codec),
         )))
     }

@@ -43,6 +43,7 @@
 //! ```
 
 mod codec;
+mod convert;
 mod exec;
 mod processes;
 

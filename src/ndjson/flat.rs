@@ -18,6 +18,17 @@ const FLOAT: u8 = 8;
 /// Strings, empty lists and list tails: anything only Utf8 can hold.
 const TEXT: u8 = 16;
 
+/// The columns a flattened inference found, in first-seen order with the JSON kinds seen in each
+/// (a set of bits of this file's kinds), and whether paths went beyond the width bound: what
+/// one process's inference hands another to merge ([`SchemaInference::columns`]).
+///
+/// [`SchemaInference::columns`]: super::SchemaInference::columns
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct InferredColumns {
+    columns: Vec<(String, u8)>,
+    overflow: bool,
+}
+
 /// Schema inference for the flattened mode: columns in first-seen order with the JSON kinds seen.
 #[derive(Debug)]
 pub(crate) struct FlatInference {
@@ -175,8 +186,21 @@ impl FlatInference {
     /// worker meets a path with fewer columns before it than the stream has before its first
     /// place, so it runs out of room no sooner.
     pub(crate) fn merge(&mut self, other: &FlatInference) {
+        self.merge_columns(&other.columns());
+    }
+
+    /// The columns found so far with the JSON kinds seen in each: what another process merges.
+    pub(crate) fn columns(&self) -> InferredColumns {
+        InferredColumns {
+            columns: self.kinds.columns.clone(),
+            overflow: self.kinds.overflow,
+        }
+    }
+
+    /// Adds the columns another inference found (after ours, as [`FlatInference::merge`]).
+    pub(crate) fn merge_columns(&mut self, other: &InferredColumns) {
         let k = &mut self.kinds;
-        for (name, kinds) in &other.kinds.columns {
+        for (name, kinds) in &other.columns {
             let next = k.columns.len() as u32;
             let room = k.columns.len() < k.max_columns;
             let Some(column) = self.trie.column_by_name(name, room.then_some(next)) else {
@@ -188,7 +212,7 @@ impl FlatInference {
             }
             k.columns[column as usize].1 |= kinds;
         }
-        k.overflow |= other.kinds.overflow;
+        k.overflow |= other.overflow;
     }
 
     pub(crate) fn schema(&self) -> SchemaRef {

@@ -122,6 +122,8 @@ pub use parallel::{
     DecodeSummary, ReadError, decode_reader, decode_readers, infer_reader, infer_readers,
 };
 
+#[cfg(feature = "cluster")]
+pub(crate) use flat::InferredColumns;
 use flat::{FlatDecoder, FlatInference};
 use nested::{NestedDecoder, NestedInference};
 use walker::Leaf;
@@ -704,6 +706,25 @@ impl SchemaInference {
             mode: self.mode.clone(),
             inner,
             lines,
+        }
+    }
+
+    /// The columns of a flattened inference with the JSON kinds seen in each, for
+    /// [`merge_columns`](Self::merge_columns) in another process; none in the nested mode.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn columns(&self) -> Option<InferredColumns> {
+        match &self.inner {
+            Inference::Flat(f) => Some(f.columns()),
+            Inference::Nested(_) => None,
+        }
+    }
+
+    /// Adds the columns another process's flattened inference found
+    /// ([`columns`](Self::columns)), as [`merge`](Self::merge) does; nothing in the nested mode.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn merge_columns(&mut self, columns: &InferredColumns) {
+        if let Inference::Flat(f) = &mut self.inner {
+            f.merge_columns(columns);
         }
     }
 

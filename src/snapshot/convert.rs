@@ -10,6 +10,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::parquet::write_file;
 use super::{TableFile, TableFiles};
+#[cfg(feature = "cluster")]
+use crate::ndjson::InferredColumns;
 use crate::ndjson::{
     DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, OVERFLOW_COLUMN, SchemaInference, TableMode,
     decode_readers, infer_readers,
@@ -186,6 +188,35 @@ impl TableParts {
         Ok(())
     }
 
+    /// Converts `raw` as the one part of a table whose schema another process merges (a
+    /// cluster's coordinator, `snapshot/distributed.rs`): against the columns `against` when
+    /// given, else against its own, inferred here. Returns its file, the columns it was
+    /// decoded against with the JSON kinds seen in each, and the lines it skipped. Flattened
+    /// modes only: the nested mode's inference does not travel.
+    #[cfg(feature = "cluster")]
+    pub(super) fn one_part(
+        mut self,
+        raw: &[PathBuf],
+        against: Option<&InferredColumns>,
+    ) -> Result<(TableFile, InferredColumns, Skipped)> {
+        let (file, summary) = match against {
+            Some(columns) => {
+                self.inference.merge_columns(columns);
+                let schema = self.schema();
+                self.decode(raw, &part_name(0), &schema, &|_| {})?
+            }
+            None => {
+                self.add(raw, &|_| {})?;
+                let part = self.parts.pop().expect("the part just added");
+                (part.file, part.summary)
+            }
+        };
+        let columns = self.inference.columns().ok_or_else(|| {
+            Error::snapshot("a conversion spread over processes makes flattened tables only")
+        })?;
+        Ok((file, columns, Skipped::of(&summary)))
+    }
+
     /// The table's schema so far: what [`Self::finish`] makes the parts agree with.
     pub(crate) fn schema(&self) -> SchemaRef {
         with_columns(self.inference.schema())
@@ -201,15 +232,7 @@ impl TableParts {
     pub(crate) fn finish(mut self) -> Result<(TableFiles, SchemaRef, Vec<Warning>)> {
         let schema = self.schema();
         for n in 0..self.parts.len() {
-            // Without an overflow column of its own, every path of a part's resources is one of
-            // its columns, which the table's column of that name holds as it is.
-            let agrees = self.parts[n].schema.fields().iter().all(|f| {
-                f.name() != OVERFLOW_COLUMN
-                    && schema
-                        .field_with_name(f.name())
-                        .is_ok_and(|g| f.data_type() == g.data_type())
-            });
-            if agrees {
+            if agrees(&self.parts[n].schema, &schema) {
                 continue;
             }
             let part = &self.parts[n];
@@ -223,39 +246,12 @@ impl TableParts {
             let part = &mut self.parts[n];
             (part.file, part.summary, part.schema) = (file, summary, Arc::clone(&schema));
         }
-        let summaries = || self.parts.iter().map(|p| &p.summary);
-        let skipped_lines = summaries().map(|s| s.skipped_count).sum();
-        let overflowed = summaries().map(|s| s.overflowed).sum();
-        let skipped = (skipped_lines > 0).then(|| {
-            let first: Vec<String> = summaries()
-                .flat_map(|s| &s.skipped)
-                .take(SKIPPED_SHOWN)
-                .map(ToString::to_string)
-                .collect();
-            let more = if skipped_lines > first.len() as u64 {
-                "; ..."
-            } else {
-                ""
-            };
-            Warning::new(
-                WarningKind::SkippedLines,
-                format!(
-                    "{skipped_lines} {} skipped: {}{more}",
-                    if skipped_lines == 1 { "line" } else { "lines" },
-                    first.join("; ")
-                ),
-            )
-            .with_resource_type(&self.resource_type)
-            .with_count(skipped_lines)
-        });
-        let wide = match &self.mode {
-            TableMode::Flattened(o) if overflowed > 0 => Some(wide_resources(
-                &self.resource_type,
-                o.max_columns(),
-                overflowed,
-            )),
-            _ => None,
-        };
+        let warnings = conversion_warnings(
+            &self.resource_type,
+            &self.mode,
+            self.parts.iter().map(|p| Skipped::of(&p.summary)),
+        );
+        let skipped_lines = self.parts.iter().map(|p| p.summary.skipped_count).sum();
         let mut files: Vec<TableFile> = Vec::with_capacity(self.parts.len() + 1);
         if self
             .parts
@@ -266,7 +262,7 @@ impl TableParts {
         }
         files.extend(self.parts.into_iter().map(|p| p.file));
         let table = TableFiles::of(files, skipped_lines, &schema);
-        Ok((table, schema, skipped.into_iter().chain(wide).collect()))
+        Ok((table, schema, warnings))
     }
 
     /// Makes room for `part-0.parquet`, no rows and every column of `schema`, ahead of the
@@ -330,9 +326,108 @@ impl TableParts {
     }
 }
 
+/// Whether a part of schema `part` can stay as it is in a table of schema `table`: without an
+/// overflow column of its own, every path of its resources is one of its columns, which the
+/// table's column of that name holds as it is.
+pub(super) fn agrees(part: &Schema, table: &Schema) -> bool {
+    part.fields().iter().all(|f| {
+        f.name() != OVERFLOW_COLUMN
+            && table
+                .field_with_name(f.name())
+                .is_ok_and(|g| f.data_type() == g.data_type())
+    })
+}
+
+/// The lines one part skipped: how many, and the first few (as errors name them).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Skipped {
+    pub(super) lines: u64,
+    pub(super) first: Vec<String>,
+    /// Resources with paths beyond the width bound.
+    pub(super) overflowed: u64,
+}
+
+impl Skipped {
+    pub(super) fn of(summary: &DecodeSummary) -> Self {
+        Self {
+            lines: summary.skipped_count,
+            first: summary
+                .skipped
+                .iter()
+                .take(SKIPPED_SHOWN)
+                .map(ToString::to_string)
+                .collect(),
+            overflowed: summary.overflowed,
+        }
+    }
+}
+
+/// The warnings of a table of `mode` made of parts that skipped `parts`: the lines skipped
+/// (the first few named), and the resources beyond a flattened table's width.
+pub(super) fn conversion_warnings(
+    resource_type: &str,
+    mode: &TableMode,
+    parts: impl Iterator<Item = Skipped>,
+) -> Vec<Warning> {
+    let (mut skipped_lines, mut overflowed, mut first) = (0, 0, Vec::new());
+    for part in parts {
+        skipped_lines += part.lines;
+        overflowed += part.overflowed;
+        let room = SKIPPED_SHOWN.saturating_sub(first.len());
+        first.extend(part.first.into_iter().take(room));
+    }
+    let skipped = (skipped_lines > 0).then(|| {
+        let more = if skipped_lines > first.len() as u64 {
+            "; ..."
+        } else {
+            ""
+        };
+        Warning::new(
+            WarningKind::SkippedLines,
+            format!(
+                "{skipped_lines} {} skipped: {}{more}",
+                if skipped_lines == 1 { "line" } else { "lines" },
+                first.join("; ")
+            ),
+        )
+        .with_resource_type(resource_type)
+        .with_count(skipped_lines)
+    });
+    let wide = match mode {
+        TableMode::Flattened(o) if overflowed > 0 => {
+            Some(wide_resources(resource_type, o.max_columns(), overflowed))
+        }
+        _ => None,
+    };
+    skipped.into_iter().chain(wide).collect()
+}
+
 /// The file name of part `n` of a table.
-fn part_name(n: usize) -> String {
+pub(super) fn part_name(n: usize) -> String {
     format!("part-{n}.parquet")
+}
+
+/// The columns of parts converted in other processes ([`TableParts::one_part`]), merged in
+/// their order as one inference over all of them, and the table's schema they make.
+#[cfg(feature = "cluster")]
+pub(super) fn merged_columns<'a>(
+    mode: &TableMode,
+    parts: impl IntoIterator<Item = &'a InferredColumns>,
+) -> (InferredColumns, SchemaRef) {
+    let mut inference = SchemaInference::new(mode);
+    parts
+        .into_iter()
+        .for_each(|part| inference.merge_columns(part));
+    let columns = inference.columns().unwrap_or_default();
+    (columns, with_columns(inference.schema()))
+}
+
+/// A Parquet file of no rows and the columns of `schema` at `path`: the first file of a table
+/// whose parts lack some of its columns ([`TableParts::schema_part`]).
+#[cfg(feature = "cluster")]
+pub(super) fn empty_part(path: &Path, schema: SchemaRef) -> Result<u64> {
+    let ((), bytes) = write_file(path, schema, |_| Ok(()))?;
+    Ok(bytes)
 }
 
 /// `schema`, or for no resources the columns every resource has: a table is readable even empty.

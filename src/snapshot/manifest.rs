@@ -72,6 +72,20 @@ impl SnapshotManifest {
         self.raw.iter().map(|r| r.resources).sum()
     }
 
+    /// Names this the manifest of snapshot `id` of `resource_type`, committed now, in
+    /// [`MANIFEST_FORMAT`].
+    pub(super) fn stamp(&mut self, resource_type: &str, id: &str) {
+        let now = std::time::SystemTime::now();
+        self.format = MANIFEST_FORMAT;
+        self.resource_type = resource_type.to_owned();
+        self.snapshot = id.to_owned();
+        self.created_at = rfc3339(now);
+        self.created_unix_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+    }
+
     /// Adds the warnings of converting a table, those of a kind not yet noted: every mode skips
     /// the same lines, and one table's wide resources are those of another flattened one.
     pub(super) fn add_conversion_warnings(&mut self, warnings: Vec<Warning>) {

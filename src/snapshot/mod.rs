@@ -90,6 +90,8 @@
 
 mod convert;
 mod delta;
+#[cfg(feature = "cluster")]
+mod distributed;
 mod home;
 mod lease;
 mod listing;
@@ -109,6 +111,8 @@ pub use convert::{convert_raw, mode_key, stop_writes};
 #[cfg(feature = "cluster")]
 pub(crate) use delta::cloud_store;
 pub use delta::{COMMIT_KEY, TableVersion, history, open_version};
+#[cfg(feature = "cluster")]
+pub(crate) use distributed::{ConvertedPart, PartTask, raw_dir};
 pub use lease::Lease;
 pub use listing::{CachedSnapshot, CachedSource, CachedTable, list_cache};
 pub use manifest::{

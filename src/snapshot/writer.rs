@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
 
@@ -16,8 +15,8 @@ use super::names::is_filtered;
 use super::raw::holds_id;
 use super::upsert::{self, MAX_SMALL_FILES, Previous, SMALL_RAW_BYTES};
 use super::{
-    Lease, MANIFEST_FORMAT, RawFile, Snapshot, SnapshotManifest, SnapshotStore, TableFile,
-    copy_raw, mode_key, rfc3339, write_raw,
+    Lease, RawFile, Snapshot, SnapshotManifest, SnapshotStore, TableFile, copy_raw, mode_key,
+    write_raw,
 };
 use super::{delta, home};
 use crate::chunks::run_jobs;
@@ -396,15 +395,7 @@ impl SnapshotWriter {
                 .join()
                 .map_err(|_| Error::snapshot("syncing the raw files panicked"))?
         })?;
-        manifest.format = MANIFEST_FORMAT;
-        manifest.resource_type = self.resource_type.clone();
-        manifest.snapshot = self.id.clone();
-        let now = SystemTime::now();
-        manifest.created_at = rfc3339(now);
-        manifest.created_unix_ms = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        manifest.stamp(&self.resource_type, &self.id);
 
         let store = &self.store;
         // The Delta tables take the type's columns, which never shrink (outside the lock,

@@ -259,3 +259,149 @@ async fn a_cluster_url_is_checked() {
         "{err}"
     );
 }
+
+/// The files under `dir` whose names end with one of `suffixes`.
+pub(crate) fn files_ending(dir: &std::path::Path, suffixes: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if suffixes.iter().any(|s| path.to_string_lossy().ends_with(s)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_converted_on_the_cluster_is_committed_at_the_location_for_every_machine() {
+    let local_cluster = LocalCluster::start(2);
+    // Small files: several parts per type, whose columns differ.
+    let server = DemoServer::start(
+        DemoConfig::default()
+            .with_seed(7)
+            .with_patients(4)
+            .with_page_size(25),
+    )
+    .await
+    .unwrap();
+    let client_options = || {
+        ClientOptions::default()
+            .with_retry_after_bounds(Duration::from_millis(1), Duration::from_millis(20))
+    };
+    let location = tempfile::tempdir().unwrap();
+    let location_url = url::Url::from_directory_path(location.path()).unwrap();
+    // A catalog of `cache`, at the shared location when `shared`.
+    let catalog = |cache: &std::path::Path, shared: bool| {
+        let mut options = CatalogOptions::default()
+            .with_cache_dir(cache)
+            .with_freshness(Freshness::Never)
+            .with_view(patient_names());
+        if shared {
+            options = options.with_table_location(location_url.clone());
+        }
+        let server = &server;
+        async move {
+            let client = server.client(client_options()).await.unwrap();
+            let source = Arc::new(BulkSource::new(client));
+            let fhir = FhirCatalog::try_new(source, options.clone()).await.unwrap();
+            (fhir, options)
+        }
+    };
+
+    // The coordinator: the export's files are fetched and converted by the executors.
+    let coordinator_cache = tempfile::tempdir().unwrap();
+    let (coordinator, _) = catalog(coordinator_cache.path(), true).await;
+    let types: Vec<String> = ["Patient", "Condition", "Observation"]
+        .map(String::from)
+        .to_vec();
+    let committed = local_cluster
+        .cluster
+        .export(&coordinator, &types)
+        .await
+        .unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.kickoffs.len(), 1);
+    assert_eq!(stats.deletes, 1, "the job is deleted once converted");
+    assert_eq!(stats.unauthorized, 0, "each file's token was good");
+    let files: usize = committed.iter().map(|m| m.raw.len()).sum();
+    assert_eq!(
+        stats.downloads, files,
+        "each file fetched once, by an executor"
+    );
+    assert!(files > types.len(), "several files per type: {files}");
+    let mut merged = 0;
+    for manifest in &committed {
+        let table = &manifest.tables["flattened"];
+        assert_eq!(
+            table.rows,
+            manifest.resources(),
+            "{}",
+            manifest.resource_type
+        );
+        assert!(table.delta_version.is_some(), "{}", manifest.resource_type);
+        merged += table
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with("-merged.parquet"))
+            .count();
+    }
+    // This population's files disagree: one is converted again against its table's columns.
+    assert_eq!(merged, 1);
+    // No resource passed through the coordinator.
+    let held = files_ending(
+        coordinator_cache.path(),
+        &[".parquet", ".ndjson", ".ndjson.gz"],
+    );
+    assert!(held.is_empty(), "{held:?}");
+
+    // Another machine with the location adopts the snapshots (no export) and answers as a
+    // process that exported and converted them itself.
+    let other_cache = tempfile::tempdir().unwrap();
+    let (other, options) = catalog(other_cache.path(), true).await;
+    let adopted = SessionContext::new();
+    register(&adopted, &other, &options);
+    let alone_cache = tempfile::tempdir().unwrap();
+    let (alone, options) = catalog(alone_cache.path(), false).await;
+    let one = SessionContext::new();
+    register(&one, &alone, &options);
+    // Sums of floats in another order differ in their last digits.
+    let statements = STATEMENTS.iter().map(|sql| {
+        sql.replace(
+            "avg(valueQuantity_value)",
+            "round(avg(valueQuantity_value), 9)",
+        )
+    });
+    let mut answers = Vec::new();
+    for sql in statements {
+        answers.push((answer(&adopted, &sql).await.unwrap(), sql));
+    }
+    assert_eq!(
+        server.stats().kickoffs.len(),
+        1,
+        "the other machine adopted"
+    );
+    for (rows, sql) in answers {
+        assert_eq!(rows, answer(&one, &sql).await.unwrap(), "{sql}");
+    }
+    // The same columns, of the same types, in the same order.
+    for table in ["patient", "condition", "observation"] {
+        let sql = format!("SELECT * FROM src.fhir.{table} LIMIT 0");
+        let schema = |ctx: &SessionContext| {
+            let (ctx, sql) = (ctx.clone(), sql.clone());
+            async move {
+                let df = catalog::sql(&ctx, &sql).await.unwrap();
+                let schema = df.schema().as_arrow().clone();
+                let fields = schema.fields().iter();
+                fields
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(schema(&adopted).await, schema(&one).await, "{table}");
+    }
+}

@@ -171,7 +171,8 @@ async fn every_shell_example_of_the_readme_runs() {
         let server = [
             "fhirflight serve ",
             "fhirflight demo-server ",
-            "fhirflight cluster ",
+            "fhirflight cluster scheduler ",
+            "fhirflight cluster executor ",
         ]
         .iter()
         .any(|s| text.starts_with(s));

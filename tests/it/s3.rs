@@ -554,3 +554,84 @@ fn a_cluster_of_processes_reads_the_tables_on_s3_and_answers_as_one_process() {
         20
     );
 }
+
+/// `fhirflight cluster export` with a scheduler and two executor processes: the executors fetch
+/// and convert the export's files straight to S3, the coordinator commits, and another machine
+/// reads the snapshots there as a process that exported them itself answers.
+#[test]
+fn an_export_converted_by_executor_processes_is_read_from_s3_by_another_machine() {
+    let s3 = s3_or_skip!();
+    let scheduler = s3.fhirflight(&["cluster", "scheduler", "--listen", "127.0.0.1:0"]);
+    let scheduler = Process::start(scheduler, "scheduler listening on ");
+    let url = scheduler.announced.clone();
+    let _executors: Vec<Process> = (0..2)
+        .map(|_| {
+            let mut command = s3.fhirflight(&["cluster", "executor", "--scheduler", &url]);
+            command.args(["--listen", "127.0.0.1:0"]);
+            Process::start(command, "executor listening on ")
+        })
+        .collect();
+    // A population of its own: no other test's snapshots at the location.
+    let demo = ["--demo", "--demo-patients", "12"];
+    let (coordinator, other, alone) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let cache = |dir: &tempfile::TempDir| dir.path().to_str().unwrap().to_owned();
+    let out = s3
+        .fhirflight(&[
+            "cluster",
+            "export",
+            "--cluster",
+            &url,
+            "--types",
+            "Patient,Condition",
+        ])
+        .args(demo)
+        .args([
+            "--cache-dir",
+            &cache(&coordinator),
+            "--table-location",
+            TABLES,
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("Patient: 12 resources in 1 files")
+            && stdout.contains(
+                "converted on the cluster -> s3://fhirflight/tables/demo_seed_42_patients_12-"
+            ),
+        "{stdout}"
+    );
+    let held = crate::cluster::files_ending(coordinator.path(), &[".parquet", ".ndjson"]);
+    assert!(held.is_empty(), "{held:?}");
+    let sql = |cache: String, shared: bool, statement: &str| {
+        let mut command = s3.fhirflight(&["sql", "--format", "json"]);
+        command.args(demo).args(["--cache-dir", &cache]);
+        if shared {
+            command.args(["--table-location", TABLES]);
+        }
+        let out = command.arg(statement).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        sorted(serde_json::from_slice(&out.stdout).unwrap())
+    };
+    for statement in [
+        "SELECT gender, count(*) AS n FROM Patient GROUP BY gender",
+        "SELECT p.gender, count(*) AS n FROM Patient p \
+         JOIN Condition c ON c.subject_reference = concat('Patient/', p.id) GROUP BY p.gender",
+        "SELECT id, birthDate FROM Patient ORDER BY birthDate DESC, id LIMIT 3",
+    ] {
+        assert_eq!(
+            sql(cache(&other), true, statement),
+            sql(cache(&alone), false, statement),
+            "{statement}"
+        );
+    }
+}

@@ -82,12 +82,15 @@ pub(crate) enum Command {
     /// recently finished, with their progress, errors and warnings.
     Exports(ExportsArgs),
     /// Run a process of an Apache DataFusion Ballista cluster that `serve --cluster` and
-    /// `sql --cluster` run their statements on: its scheduler, or one of its executors.
+    /// `sql --cluster` run their statements on (its scheduler, or one of its executors), or
+    /// convert an export on it.
     #[command(
         subcommand,
         after_help = "Examples:
   fhirflight cluster scheduler --listen 0.0.0.0:50050
   fhirflight cluster executor --scheduler df://scheduler-host:50050 --listen 0.0.0.0:50052
+  fhirflight cluster export --cluster df://scheduler-host:50050 --server https://ehr.example.org/fhir \\
+      --client-id ID --key-file key.jwks.json --cache-dir s3://bucket/fhir --types Patient,Observation
   fhirflight serve --cluster df://scheduler-host:50050 --cache-dir s3://bucket/fhir --users-file users.txt"
     )]
     Cluster(ClusterCommand),
@@ -103,6 +106,18 @@ pub(crate) enum ClusterCommand {
     /// each cloud's standard credentials, `AWS_*`, `GOOGLE_*`, `AZURE_*`) and serves their
     /// results. Prints `executor listening on HOST:PORT`, then runs until Ctrl-C or SIGTERM.
     Executor(ExecutorArgs),
+    /// Exports `--types` from the server and converts them on the cluster (`--cluster`): its
+    /// executors fetch and convert the files, straight into the tables' location (`--cache-dir
+    /// s3://...` or `--table-location`), and this process commits each type there once. Every
+    /// machine with that location then reads the snapshots (`sql`, `serve`) without exporting.
+    Export(Box<ClusterExportArgs>),
+}
+
+/// The catalog's arguments; its `--types` are the types exported.
+#[derive(Debug, Args)]
+pub(crate) struct ClusterExportArgs {
+    #[command(flatten)]
+    pub(crate) catalog: CatalogArgs,
 }
 
 #[derive(Debug, Args)]
@@ -837,6 +852,12 @@ impl CatalogArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn memory_limits_read_as_people_write_them() {

@@ -14,7 +14,9 @@ use fhirflight::flight::{AuditLog, FhirExportControl, FlightSqlServer, Users};
 use fhirflight::{Error, Result};
 use tokio::sync::watch;
 
-use crate::args::{ClusterCommand, DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand};
+use crate::args::{
+    ClusterCommand, ClusterExportArgs, DemoServerArgs, ExportArgs, ServeArgs, SqlArgs, UsersCommand,
+};
 use crate::progress::{ExportsReport, print_warnings, report_progress};
 use crate::repl::{Input, Shell, default_history};
 use crate::signal::{ctrl_c, shutdown_signal, stop_snapshot_writes};
@@ -312,7 +314,47 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 
 /// `fhirflight cluster scheduler|executor`: one process of a Ballista cluster, until Ctrl-C or
 /// SIGTERM.
-pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
+/// `fhirflight cluster export`: `types` exported from the catalog `fhir`'s server and
+/// converted on `--cluster`, committed at the tables' location.
+async fn cluster_export(args: ClusterExportArgs, config: Config) -> Result<()> {
+    let cluster = args.catalog.cluster.clone().ok_or_else(|| {
+        Error::config("fhirflight cluster export: --cluster df://HOST:PORT names the cluster")
+    })?;
+    let types = args.catalog.types.clone().ok_or_else(|| {
+        Error::config("fhirflight cluster export: --types names the types to export")
+    })?;
+    let session = args.catalog.session_builder(config)?.build().await?;
+    let fhir = FhirCatalog::all_in(session.context())
+        .into_iter()
+        .find(|(name, _)| name == PRIMARY_CATALOG)
+        .map(|(_, fhir)| fhir)
+        .ok_or_else(|| Error::config("fhirflight cluster export: there is no [server] url"))?;
+    let started = Instant::now();
+    let committed = tokio::select! {
+        committed = cluster.export(&fhir, &types) => committed?,
+        _ = tokio::signal::ctrl_c() => return Err(Error::Cancelled),
+    };
+    for manifest in &committed {
+        print_warnings(&manifest.warnings);
+        let files = manifest.raw.len();
+        let bytes: u64 = manifest.raw.iter().map(|r| r.bytes).sum();
+        let at = manifest
+            .tables
+            .values()
+            .find_map(|t| t.delta_table.as_ref());
+        println!(
+            "{}: {} resources in {files} files ({:.1} MB) converted on the cluster -> {}",
+            manifest.resource_type,
+            manifest.resources(),
+            bytes as f64 / 1e6,
+            at.map_or_else(String::new, ToString::to_string),
+        );
+    }
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub(crate) async fn cluster(command: ClusterCommand, config: Config) -> Result<()> {
     use fhirflight::cluster::{ExecutorOptions, SchedulerOptions, serve_executor, serve_scheduler};
     use fhirflight::config::default_memory_limit;
     let bind = |addr| async move {
@@ -326,6 +368,7 @@ pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
     };
     let stop = shutdown_signal()?;
     let serving = match command {
+        ClusterCommand::Export(args) => return cluster_export(*args, config).await,
         ClusterCommand::Scheduler(args) => {
             let (listener, local) = bind(args.listen).await?;
             let options = SchedulerOptions::default().with_executor_timeout(args.executor_timeout);

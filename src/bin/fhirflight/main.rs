@@ -49,7 +49,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Users(command) => commands::users(command),
         Command::Cache(args) => cache::run(args, &config),
         Command::Exports(args) => exports::run(args).await,
-        Command::Cluster(command) => commands::cluster(command).await,
+        Command::Cluster(command) => Box::pin(commands::cluster(command, config)).await,
     }
 }
 
