@@ -128,6 +128,19 @@ impl From<Error> for JobError {
     }
 }
 
+/// The error of an export that took longer than `deadline` (its job, at `url`, is kept).
+fn past_deadline(url: &Url, deadline: std::time::Duration) -> Error {
+    Error::Protocol {
+        url: redact_url(url),
+        message: format!(
+            "the export took longer than its deadline of {} (export_deadline); the job is kept \
+             on the server",
+            seconds(deadline)
+        ),
+        source: None,
+    }
+}
+
 impl JobError {
     /// A failure of the job itself or of its files: 404 and 410 mean they are gone.
     fn gone(error: Error) -> Self {
@@ -361,9 +374,9 @@ impl BulkClient {
     /// * With [`ExportRequest::with_allow_partial_manifests`], files listed while the export
     ///   still runs are downloaded at once; the export ends with the final manifest.
     /// * Counts are advisory: a data file with another number of lines than its `count` is
-    ///   downloaded once more, then taken with a [`WarningKind::CountMismatch`] warning (or
+    ///   downloaded once more, then taken with a [`WarningKind::CountMismatch`](crate::warning::WarningKind::CountMismatch) warning (or
     ///   refused, with [`ClientOptions::with_strict_counts`]). The OperationOutcomes of the
-    ///   `error` files become [`WarningKind::ServerError`] warnings; deletions are reported once
+    ///   `error` files become [`WarningKind::ServerError`](crate::warning::WarningKind::ServerError) warnings; deletions are reported once
     ///   each, however many `deleted` files list them.
     /// * Interrupted (the future dropped: Ctrl-C, a cancelled statement, a client gone) or
     ///   failed for a reason that may go away (network, 5xx, a time limit), the job and its
@@ -403,15 +416,10 @@ impl BulkClient {
             Ok(outcome) => outcome,
             Err(_) => {
                 tracing::warn!("{RESUME_HINT}");
-                Err(Error::Protocol {
-                    url: redact_url(&request.kickoff_url(&self.inner.base)?),
-                    message: format!(
-                        "the export took longer than its deadline of {} (export_deadline); \
-                         the job is kept on the server",
-                        seconds(deadline)
-                    ),
-                    source: None,
-                })
+                Err(past_deadline(
+                    &request.kickoff_url(&self.inner.base)?,
+                    deadline,
+                ))
             }
         }
     }
@@ -438,15 +446,7 @@ impl BulkClient {
             Ok(Ok(())) => None,
             Ok(Err(failure)) => Some(failure),
             Err(_) => Some(JobError {
-                error: Error::Protocol {
-                    url: redact_url(&status_url),
-                    message: format!(
-                        "the export took longer than its deadline of {} (export_deadline); \
-                         the job is kept on the server",
-                        seconds(deadline)
-                    ),
-                    source: None,
-                },
+                error: past_deadline(&status_url, deadline),
                 fate: Fate::Keep,
             }),
         };

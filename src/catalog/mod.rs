@@ -95,7 +95,9 @@ pub use statement::{
 };
 #[cfg(feature = "flight")]
 pub(crate) use statement::{parse_statement, sql_statement};
+#[cfg(feature = "cluster")]
+pub(crate) use table::only_child;
+pub(crate) use table::to_datafusion;
 pub use table::{FhirScanExec, FhirTable};
-pub(crate) use table::{only_child, to_datafusion};
 pub use versions::SnapshotFunction;
 pub use views::{AddViewFunction, load_views};

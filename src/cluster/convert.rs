@@ -14,6 +14,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
@@ -41,9 +42,10 @@ pub(crate) struct FileTask {
     /// The file of the manifest; none in a second pass, which reads the raw file where the
     /// first put it.
     file: Option<OutputFile>,
-    /// Whether a file whose lines are not its `count`, twice, fails (the coordinator's [`ClientOptions::with_strict_counts`](crate::bulk::ClientOptions::with_strict_counts)).
+    /// Whether a file whose lines are not its `count`, twice, fails (the coordinator's
+    /// [`ClientOptions::with_strict_counts`](crate::bulk::ClientOptions::with_strict_counts)).
     strict_counts: bool,
-    /// The bearer token for `url`, when it needs one: short-lived (the coordinator's, as its
+    /// The bearer token for the file, when it needs one: short-lived (the coordinator's, as its
     /// cache keeps it fresh), and never in `Debug`, logs or `EXPLAIN`.
     token: Option<String>,
     /// How to convert it, and where the files go.
@@ -370,7 +372,11 @@ impl Cluster {
         }
         let files = tasks.len();
         let started = std::time::Instant::now();
-        let plan = Arc::new(ConvertExec::of(&tasks)?);
+        // One partition of answers: the coordinator fetches each partition of a job's last
+        // stage on its own (tens of milliseconds each), and a job has a partition per file.
+        let plan = Arc::new(CoalescePartitionsExec::new(Arc::new(ConvertExec::of(
+            &tasks,
+        )?)));
         let exec = ClusterExec::new(self.scheduler.clone(), plan, Arc::new(FhirCodec::default()));
         let ctx = self.session(SessionConfig::new(), Arc::new(RuntimeEnv::default()));
         let batches: Vec<RecordBatch> = exec
