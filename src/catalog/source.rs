@@ -588,6 +588,19 @@ impl BulkSource {
         Self { name, ..self }.located()
     }
 
+    /// The kick-off of `request` at this source's level, for its patients.
+    fn export_request(&self, request: &FetchRequest) -> ExportRequest {
+        let mut export = ExportRequest::new(self.level.clone())
+            .with_types(request.types.clone())
+            .with_type_filters(request.type_filters.clone())
+            .with_patients(self.patients.clone())
+            .with_allow_partial_manifests(self.allow_partial_manifests);
+        if let Some(since) = &request.since {
+            export = export.with_since(since.clone());
+        }
+        export
+    }
+
     /// Exports at `level` (`Patient`, `Group(id)`) instead of system level.
     pub fn with_level(self, level: ExportLevel) -> Self {
         Self { level, ..self }.located()
@@ -654,15 +667,7 @@ impl FhirSource for BulkSource {
     }
 
     fn bulk_export(&self, request: &FetchRequest) -> Option<(BulkClient, ExportRequest)> {
-        let mut export = ExportRequest::new(self.level.clone())
-            .with_types(request.types.clone())
-            .with_type_filters(request.type_filters.clone())
-            .with_patients(self.patients.clone())
-            .with_allow_partial_manifests(self.allow_partial_manifests);
-        if let Some(since) = &request.since {
-            export = export.with_since(since.clone());
-        }
-        Some((self.client.clone(), export))
+        Some((self.client.clone(), self.export_request(request)))
     }
 
     async fn fetch(
@@ -672,7 +677,7 @@ impl FhirSource for BulkSource {
         progress: &watch::Sender<FetchProgress>,
         ready: &mpsc::UnboundedSender<FetchedFile>,
     ) -> Result<FetchOutcome> {
-        let (_, export) = self.bulk_export(request).expect("a Bulk Data source");
+        let export = self.export_request(request);
         let (tx, mut rx) = watch::channel(ExportProgress::default());
         // The export runs as a task of its own, so progress is relayed while it runs. Dropping
         // this fetch drops `stop`, which drops the export future (the job stays resumable).

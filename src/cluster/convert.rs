@@ -32,8 +32,9 @@ use crate::http::redact_url;
 use crate::snapshot::{ConvertedPart, PartTask, SnapshotManifest, raw_dir};
 use crate::{Error, Result};
 
-/// Files converted by one job of the cluster at most: each job's tasks get a token fresh from
-/// the coordinator's cache, so that none outlives its token.
+/// Files converted by one job of the cluster at most: each job's tasks get the token as fresh
+/// as the coordinator's cache has it. A job that runs longer than the token lives fails its
+/// later downloads with the server's 401 (not handled yet: a job's token is not renewed).
 const FILES_PER_JOB: usize = 64;
 
 /// One task of a [`ConvertExec`]: a file of an export and what to make of it.

@@ -59,10 +59,9 @@ impl ConvertedPart {
     }
 
     /// This part with the warnings of fetching its file.
-    pub(crate) fn with_warnings(self, warnings: impl IntoIterator<Item = Warning>) -> Self {
-        let mut part = self;
-        part.warnings.extend(warnings);
-        part
+    pub(crate) fn with_warnings(mut self, warnings: impl IntoIterator<Item = Warning>) -> Self {
+        self.warnings.extend(warnings);
+        self
     }
 }
 

@@ -328,6 +328,8 @@ async fn an_export_converted_on_the_cluster_is_committed_at_the_location_for_eve
     assert_eq!(stats.kickoffs.len(), 1);
     assert_eq!(stats.deletes, 1, "the job is deleted once converted");
     assert_eq!(stats.unauthorized, 0, "each file's token was good");
+    // The executors got the coordinator's token (the demo's live 5 minutes), no key to get one.
+    assert_eq!(stats.tokens_issued, 1);
     let files: usize = committed.iter().map(|m| m.raw.len()).sum();
     assert_eq!(
         stats.downloads, files,
