@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 
@@ -24,6 +25,25 @@ pub struct SourceError {
     pub source: std::io::Error,
 }
 
+/// One source of a run: a name for errors, its reader, and the number of its first line, which
+/// is 1 unless the source continues a file read in part before (a conversion picking up where
+/// it stopped).
+pub(crate) struct Source<R> {
+    pub(crate) name: String,
+    pub(crate) reader: R,
+    pub(crate) first_line: u64,
+}
+
+impl<R> From<(String, R)> for Source<R> {
+    fn from((name, reader): (String, R)) -> Self {
+        Source {
+            name,
+            reader,
+            first_line: 1,
+        }
+    }
+}
+
 /// A piece of a source that ends at a line end (or at the end of the source).
 pub(crate) struct Chunk {
     pub(crate) bytes: Vec<u8>,
@@ -31,6 +51,12 @@ pub(crate) struct Chunk {
     pub(crate) source: Arc<str>,
     /// Whether it is the first of its source.
     pub(crate) starts_source: bool,
+    /// Its source's place among the run's sources, from 0.
+    pub(crate) source_index: usize,
+    /// Where its bytes start in its source's reader.
+    pub(crate) offset: u64,
+    /// The number of its source's first line.
+    source_first_line: u64,
     /// Its place among the chunks of all sources, from 0.
     index: usize,
     ledger: Arc<Ledger>,
@@ -42,7 +68,7 @@ impl Chunk {
     /// it are counted, so this may wait for them: only errors need it.
     pub(crate) fn first_line(&self) -> u64 {
         if self.starts_source {
-            return 1;
+            return self.source_first_line;
         }
         let mut state = self.ledger.state.lock().expect("no worker panicked");
         loop {
@@ -53,12 +79,23 @@ impl Chunk {
         }
     }
 
+    /// Its place among the chunks of all sources, from 0: results are handed on in this order.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Whether its first line starts a file: only there may a byte order mark open it.
+    pub(crate) fn starts_file(&self) -> bool {
+        self.starts_source && self.source_first_line == 1
+    }
+
     /// Tells the line ends in `bytes`, which a worker that walked every line knows, so that they
     /// need not be counted again. Chunks not told of are counted after their work.
     pub(crate) fn counted(&mut self, lines: u64) {
         if !std::mem::replace(&mut self.counted, true) {
             let mut state = self.ledger.state.lock().expect("no worker panicked");
-            state.count(self.index, lines, self.starts_source);
+            let starts = self.starts_source.then_some(self.source_first_line);
+            state.count(self.index, lines, starts);
             self.ledger.counted.notify_all();
         }
     }
@@ -90,9 +127,9 @@ struct Ledger {
 }
 
 struct LedgerState {
-    /// Line counts of chunks counted before a chunk ahead of them, and whether each starts a
-    /// source.
-    early: BTreeMap<usize, (u64, bool)>,
+    /// Line counts of chunks counted before a chunk ahead of them, and for those that start a
+    /// source, the number of its first line.
+    early: BTreeMap<usize, (u64, Option<u64>)>,
     /// Chunks `..summed` are counted; `next_line` is the first line of chunk `summed`.
     summed: usize,
     next_line: u64,
@@ -110,11 +147,11 @@ impl LedgerState {
         }
     }
 
-    fn count(&mut self, index: usize, lines: u64, starts_source: bool) {
-        self.early.insert(index, (lines, starts_source));
-        while let Some((lines, starts_source)) = self.early.remove(&self.summed) {
-            if starts_source {
-                self.next_line = 1;
+    fn count(&mut self, index: usize, lines: u64, starts: Option<u64>) {
+        self.early.insert(index, (lines, starts));
+        while let Some((lines, starts)) = self.early.remove(&self.summed) {
+            if let Some(first_line) = starts {
+                self.next_line = first_line;
             }
             self.first_lines.insert(self.summed, self.next_line);
             self.next_line += lines;
@@ -240,13 +277,16 @@ pub(crate) fn run_jobs<T: Send>(jobs: usize, work: impl Fn(usize) -> T + Sync) -
 /// A line of more than `max_line` bytes comes cut to its first `max_line + 1` bytes, or whole
 /// if one read of about a chunk held it (see [`next_chunk`]): the work tells it too long by its
 /// length, and a chunk holds at most the bound and a chunk of it, however long it is.
+///
+/// `emit` may end the run early ([`ControlFlow::Break`]): nothing more is read, and the results
+/// of the chunks after that one are dropped.
 pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
-    sources: impl IntoIterator<Item = Result<(String, R), E>>,
+    sources: impl IntoIterator<Item = Result<impl Into<Source<R>>, E>>,
     chunk_size: usize,
     max_line: usize,
     init: impl Fn() -> Result<S, E> + Sync,
     work: impl Fn(&mut S, &mut Chunk) -> Result<T, E> + Sync,
-    mut emit: impl FnMut(T) -> Result<(), E>,
+    mut emit: impl FnMut(T) -> Result<ControlFlow<()>, E>,
 ) -> Result<(), E> {
     let taken = WORKERS.take(usize::MAX);
     let workers = taken.0;
@@ -295,19 +335,27 @@ pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
         let mut emit_ready = |done: &mut BTreeMap<usize, Result<T, E>>, emitted: &mut usize| {
             while let Some(result) = done.remove(emitted) {
                 *emitted += 1;
-                emit(result?)?;
+                if emit(result?)?.is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
             }
             let mut state = ledger.state.lock().expect("no worker panicked");
             state.forget_before(*emitted);
-            Ok::<(), E>(())
+            Ok::<_, E>(ControlFlow::Continue(()))
         };
         let mut carry = Vec::new();
-        for source in sources {
-            let (name, mut reader) = source?;
+        for (source_index, source) in sources.into_iter().enumerate() {
+            let Source {
+                name,
+                reader,
+                first_line,
+            } = source?.into();
             let name: Arc<str> = name.into();
+            let mut reader = Counting { reader, read: 0 };
             let mut starts_source = true;
             loop {
                 let buffer = free_rx.try_recv().unwrap_or_default();
+                let offset = reader.read - carry.len() as u64;
                 let Some(bytes) =
                     next_chunk(&mut reader, buffer, chunk_size, max_line, &mut carry, &name)?
                 else {
@@ -317,6 +365,9 @@ pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
                     bytes,
                     source: Arc::clone(&name),
                     starts_source: std::mem::take(&mut starts_source),
+                    source_index,
+                    offset,
+                    source_first_line: first_line,
                     index: sent,
                     ledger: Arc::clone(&ledger),
                     counted: false,
@@ -324,7 +375,9 @@ pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
                 while sent - emitted >= in_flight {
                     let (index, result) = done_rx.recv().expect("workers outlive their jobs");
                     done.insert(index, result);
-                    emit_ready(&mut done, &mut emitted)?;
+                    if emit_ready(&mut done, &mut emitted)?.is_break() {
+                        return Ok(());
+                    }
                 }
                 job_tx
                     .send((sent, chunk))
@@ -333,17 +386,35 @@ pub(crate) fn run_chunks<R: Read, S, T: Send, E: From<SourceError> + Send>(
                 while let Ok((index, result)) = done_rx.try_recv() {
                     done.insert(index, result);
                 }
-                emit_ready(&mut done, &mut emitted)?;
+                if emit_ready(&mut done, &mut emitted)?.is_break() {
+                    return Ok(());
+                }
             }
         }
         drop(job_tx);
         while emitted < sent {
             let (index, result) = done_rx.recv().expect("workers outlive their jobs");
             done.insert(index, result);
-            emit_ready(&mut done, &mut emitted)?;
+            if emit_ready(&mut done, &mut emitted)?.is_break() {
+                break;
+            }
         }
         Ok(())
     })
+}
+
+/// A reader that counts the bytes read from it: where each chunk starts.
+struct Counting<R> {
+    reader: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// The next chunk of about `chunk_size` bytes ending at a line end; `carry` holds the bytes after it.
@@ -526,7 +597,8 @@ mod tests {
                         *busy.lock().unwrap() -= 1;
                         Ok(())
                     };
-                    run_chunks(sources, 8, usize::MAX, || Ok(()), work, |()| Ok(())).unwrap();
+                    let go_on = |()| Ok(ControlFlow::Continue(()));
+                    run_chunks(sources, 8, usize::MAX, || Ok(()), work, go_on).unwrap();
                 });
             }
         });
@@ -542,20 +614,22 @@ mod tests {
     fn first_lines_are_known_once_the_chunks_before_are_counted_in_any_order() {
         let mut state = LedgerState::new();
         assert_eq!(state.first_line(0), Some(1));
-        state.count(2, 7, false);
-        state.count(1, 5, false);
+        state.count(2, 7, None);
+        state.count(1, 5, None);
         assert_eq!((state.first_line(1), state.first_line(2)), (None, None));
-        state.count(0, 3, true);
+        state.count(0, 3, Some(1));
         let firsts: Vec<_> = (0..4).map(|i| state.first_line(i)).collect();
         assert_eq!(firsts, [Some(1), Some(4), Some(9), Some(16)]);
         state.forget_before(2);
         assert_eq!((state.first_line(1), state.first_line(2)), (None, Some(9)));
-        // A chunk that starts a source starts its numbering again.
-        state.count(4, 2, false);
-        state.count(3, 4, true);
+        // A chunk that starts a source starts its numbering again, from the source's first line.
+        state.count(4, 2, None);
+        state.count(3, 4, Some(1));
         assert_eq!(
             (state.first_line(4), state.first_line(5)),
             (Some(5), Some(7))
         );
+        state.count(5, 1, Some(40));
+        assert_eq!(state.first_line(6), Some(41));
     }
 }

@@ -215,6 +215,20 @@ impl FlatInference {
         k.overflow |= other.overflow;
     }
 
+    /// The columns that held only nulls so far (typed `Utf8` until a value comes).
+    pub(crate) fn null_only(&self) -> Vec<usize> {
+        let columns = self.kinds.columns.iter().enumerate();
+        columns
+            .filter(|(_, (_, kinds))| kinds & !NULL == 0)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Whether paths went beyond the width bound: the schema has the overflow column.
+    pub(crate) fn overflows(&self) -> bool {
+        self.kinds.overflow
+    }
+
     pub(crate) fn schema(&self) -> SchemaRef {
         let k = &self.kinds;
         let overflow = k.overflow.then(|| (OVERFLOW_COLUMN.to_owned(), TEXT));
@@ -280,6 +294,9 @@ struct Column {
     len: usize,
     /// A bit per row written, set for values (not nulls).
     valid: Vec<u64>,
+    /// A column of a guessed schema that held only nulls (`Utf8` for now): a value does not fit,
+    /// since its kind would decide the type.
+    null_only: bool,
 }
 
 #[derive(Debug)]
@@ -291,16 +308,20 @@ enum Values {
 }
 
 impl FlatDecoder {
-    /// Fails with the name of a field whose type the flattened mode does not produce.
+    /// Fails with the name of a field whose type the flattened mode does not produce. The
+    /// columns `null_only` (in order) take nulls only (a guessed schema's, see
+    /// [`FlatInference::null_only`]).
     pub(crate) fn new(
         schema: SchemaRef,
         max_list_items: Option<usize>,
         resource_type: Option<String>,
+        null_only: &[usize],
     ) -> Result<Self, String> {
         let columns = schema
             .fields()
             .iter()
-            .map(|f| {
+            .enumerate()
+            .map(|(n, f)| {
                 let values = match f.data_type() {
                     DataType::Boolean => Values::Bool(Vec::new()),
                     DataType::Int64 => Values::Int(Vec::new()),
@@ -317,6 +338,7 @@ impl FlatDecoder {
                     values,
                     len: 0,
                     valid: Vec::new(),
+                    null_only: null_only.binary_search(&n).is_ok(),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -506,6 +528,9 @@ impl Column {
             return Ok(());
         }
         match (&mut self.values, leaf) {
+            (Values::Utf8 { .. }, leaf) if self.null_only => {
+                return Err(format!(": {} where only nulls were seen", describe(&leaf)));
+            }
             (Values::Utf8 { offsets, data }, leaf) => {
                 match leaf {
                     Leaf::Str(s) | Leaf::Int(s) | Leaf::Float(s) => append(data, s.as_bytes()),

@@ -113,6 +113,7 @@ mod trie;
 mod walker;
 
 use std::fmt;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -121,6 +122,7 @@ pub use crate::chunks::SourceError;
 pub use parallel::{
     DecodeSummary, ReadError, decode_reader, decode_readers, infer_reader, infer_readers,
 };
+pub(crate) use parallel::{Unforeseen, decode_chunks, decode_guessing, infer_chunks, infer_first};
 
 #[cfg(feature = "cluster")]
 pub(crate) use flat::InferredColumns;
@@ -239,6 +241,9 @@ pub struct DecodeOptions {
     /// The bytes continue a stream (a chunk of a file decoded in parallel): its first line has no
     /// BOM. Lines are numbered from 1 all the same; the chunk runner renumbers their errors.
     mid_stream: bool,
+    /// The schema is a [`Guess`]: the columns of it that held only nulls. A line it has no place
+    /// for is an error whatever the strictness.
+    guessed: Option<Arc<[usize]>>,
 }
 
 impl Default for DecodeOptions {
@@ -250,6 +255,7 @@ impl Default for DecodeOptions {
             source: "<stream>".to_owned(),
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             mid_stream: false,
+            guessed: None,
         }
     }
 }
@@ -318,6 +324,15 @@ impl DecodeOptions {
     /// The file or stream name that errors show.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Decoding against `guess` (its schema is the decoder's): a line it has no place for is an
+    /// error, [`DecodeErrorKind::DoesNotFitSchema`], in lenient mode too.
+    pub(crate) fn guessing(self, guess: &Guess) -> Self {
+        DecodeOptions {
+            guessed: Some(Arc::clone(&guess.null_only)),
+            ..self
+        }
     }
 }
 
@@ -587,7 +602,8 @@ impl Lines {
         self.bad(LineError::new(DecodeErrorKind::LineTooLong, message))
     }
 
-    /// Line `seen` is bad: an error in strict mode, skipped and counted in lenient mode.
+    /// Line `seen` is bad: an error in strict mode, skipped and counted in lenient mode; a line
+    /// a guessed schema has no place for is an error in both.
     fn bad(&mut self, LineError(parts): LineError) -> Result<(), DecodeError> {
         let LineErrorParts { kind, message } = *parts;
         let error = DecodeError {
@@ -596,8 +612,11 @@ impl Lines {
             kind,
             message,
         };
+        let unforeseen =
+            self.options.guessed.is_some() && kind == DecodeErrorKind::DoesNotFitSchema;
         match self.options.strictness {
             Strictness::Strict => Err(error),
+            Strictness::Lenient if unforeseen => Err(error),
             Strictness::Lenient => {
                 self.skipped_count += 1;
                 if self.skipped.len() < KEEP_SKIPPED {
@@ -685,6 +704,18 @@ impl SchemaInference {
         &self.lines.skipped
     }
 
+    /// The schema so far as a [`Guess`] for the rest of the stream; none in the nested mode or
+    /// past the width bound (the decoder puts what it lacks in the overflow column then).
+    pub(crate) fn guess(&self) -> Option<Guess> {
+        match &self.inner {
+            Inference::Flat(f) if !f.overflows() => Some(Guess {
+                schema: f.schema(),
+                null_only: f.null_only().into(),
+            }),
+            _ => None,
+        }
+    }
+
     /// What was read since the last part was taken (a chunk), as an inference to [`merge`] into
     /// another in stream order, with the lines it skipped. The flattened mode keeps its paths for
     /// the next chunk (see `FlatInference::take_part`); the nested mode starts afresh.
@@ -752,6 +783,20 @@ impl Inference {
     }
 }
 
+/// A flattened schema inferred from a stream's first lines, to decode the rest against without
+/// inferring it first (see `TableParts::add`): the decoder stops at a line it has no place for
+/// (a path it lacks, a value its column's type cannot hold, a value in a column that held only
+/// nulls so far, whose type the value would decide) instead of skipping it, even when lenient
+/// ([`DecodeOptions::guessing`]). A decode that ends without such a line gave what an inference
+/// over the stream would have: every line's paths are columns of the guess in its order, and
+/// every value has the type the inference would give its column.
+#[derive(Debug, Clone)]
+pub(crate) struct Guess {
+    pub(crate) schema: SchemaRef,
+    /// The columns that held only nulls, typed `Utf8` for now.
+    null_only: Arc<[usize]>,
+}
+
 /// Decodes NDJSON pushed in chunks of any size into record batches of a known schema.
 ///
 /// Like arrow-json's decoder: [`decode`](Decoder::decode) consumes bytes until a batch is full
@@ -797,7 +842,9 @@ impl Decoder {
         let resource_type = options.resource_type.clone();
         let inner = match mode {
             TableMode::Flattened(f) => {
-                FlatDecoder::new(schema, f.max_list_items, resource_type).map(Decoding::Flat)
+                let null_only = options.guessed.as_deref().unwrap_or_default();
+                FlatDecoder::new(schema, f.max_list_items, resource_type, null_only)
+                    .map(Decoding::Flat)
             }
             TableMode::Nested => NestedDecoder::new(schema, resource_type).map(Decoding::Nested),
         }

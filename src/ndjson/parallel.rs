@@ -3,13 +3,17 @@
 //! in order, with the line numbers of errors counted in their source.
 
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use super::{DecodeError, DecodeOptions, Decoder, SchemaInference, TableMode};
-use crate::chunks::{CHUNK, Chunk, SourceError, run_chunks};
+use super::{
+    DecodeError, DecodeErrorKind, DecodeOptions, Decoder, Guess, SchemaInference, TableMode,
+};
+use crate::chunks::{CHUNK, Chunk, Source, SourceError, run_chunks};
 
 /// What stops [`infer_reader`]: a bad line (strict mode), or the reader failing.
 #[derive(Debug, thiserror::Error)]
@@ -62,23 +66,39 @@ where
     infer_chunks(sources, inference, CHUNK)
 }
 
-pub(super) fn infer_chunks<R: Read, E>(
-    sources: impl IntoIterator<Item = Result<(String, R), E>>,
+pub(crate) fn infer_chunks<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<impl Into<Source<R>>, E>>,
     inference: &mut SchemaInference,
     chunk_size: usize,
 ) -> Result<(), E>
 where
     E: From<DecodeError> + From<SourceError> + Send,
 {
+    infer_first(sources, inference, chunk_size, u64::MAX)
+}
+
+/// Reads the first chunks of `sources` into `inference` on all cores, as [`infer_readers`]
+/// reads them all, up to the one that makes them at least `bytes`: the schema a decode against
+/// a [`Guess`] starts from.
+pub(crate) fn infer_first<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<impl Into<Source<R>>, E>>,
+    inference: &mut SchemaInference,
+    chunk_size: usize,
+    bytes: u64,
+) -> Result<(), E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
     let (mode, options) = (inference.mode.clone(), inference.lines.options.clone());
+    let mut merged = 0;
     run_chunks(
         sources,
         chunk_size,
         options.max_line_bytes,
         // An inference per worker, kept from chunk to chunk: its paths carry over.
         || Ok(SchemaInference::with_options(&mode, options.clone())),
-        |worker, chunk| -> Result<SchemaInference, E> {
-            worker.lines.restart(&chunk.source, !chunk.starts_source);
+        |worker, chunk| -> Result<(SchemaInference, u64), E> {
+            worker.lines.restart(&chunk.source, !chunk.starts_file());
             worker
                 .push(&chunk.bytes)
                 .map_err(|e| renumber_error(chunk, e))?;
@@ -88,11 +108,15 @@ where
             // column new to this worker but seen in an earlier chunk is known by then).
             let mut part = worker.take_part();
             renumber(chunk, &mut part.lines.skipped);
-            Ok(part)
+            Ok((part, chunk.bytes.len() as u64))
         },
-        |part| {
+        |(part, read)| {
             inference.merge(&part);
-            Ok(())
+            merged += read;
+            Ok(match merged < bytes {
+                true => ControlFlow::Continue(()),
+                false => ControlFlow::Break(()),
+            })
         },
     )
 }
@@ -161,51 +185,122 @@ where
     decode_chunks(sources, schema, mode, options, on_batch, CHUNK)
 }
 
-pub(super) fn decode_chunks<R: Read, E>(
-    sources: impl IntoIterator<Item = Result<(String, R), E>>,
+pub(crate) fn decode_chunks<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<impl Into<Source<R>>, E>>,
     schema: SchemaRef,
     mode: &TableMode,
     options: DecodeOptions,
-    mut on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
+    on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
     chunk_size: usize,
 ) -> Result<DecodeSummary, E>
 where
     E: From<DecodeError> + From<SourceError> + Send,
 {
+    let run = decode_run(sources, &schema, None, mode, options, on_batch, chunk_size)?;
+    Ok(run.0)
+}
+
+/// Where a decode against a [`Guess`] stopped ([`decode_guessing`]): the first chunk holding a
+/// line the guess has no place for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unforeseen {
+    /// The chunk's source, by its place among the sources.
+    pub(crate) source: usize,
+    /// Where the chunk starts in its source's reader.
+    pub(crate) offset: u64,
+    /// The number of the chunk's first line in its source.
+    pub(crate) first_line: u64,
+}
+
+/// Decodes `sources` on all cores against `guess`, as [`decode_readers`] decodes, until the
+/// first chunk with a line the guess has no place for: the batches handed on are those of the
+/// chunks before it, and the run says where it stopped (none if it decoded everything).
+pub(crate) fn decode_guessing<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<Source<R>, E>>,
+    guess: &Guess,
+    mode: &TableMode,
+    options: DecodeOptions,
+    on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
+) -> Result<(DecodeSummary, Option<Unforeseen>), E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
+    let options = options.guessing(guess);
+    decode_run(
+        sources,
+        &guess.schema,
+        Some(guess),
+        mode,
+        options,
+        on_batch,
+        CHUNK,
+    )
+}
+
+/// What a worker made of one chunk.
+enum Decoded {
+    /// Its batches, bad lines skipped (their count and the first few), rows overflowed.
+    Batches(Vec<RecordBatch>, u64, Vec<DecodeError>, u64),
+    /// A line the guess has no place for.
+    Unforeseen(Unforeseen),
+    /// Nothing: it comes after an unforeseen line, and the run stops before it.
+    Dropped,
+}
+
+fn decode_run<R: Read, E>(
+    sources: impl IntoIterator<Item = Result<impl Into<Source<R>>, E>>,
+    schema: &SchemaRef,
+    guess: Option<&Guess>,
+    mode: &TableMode,
+    options: DecodeOptions,
+    mut on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
+    chunk_size: usize,
+) -> Result<(DecodeSummary, Option<Unforeseen>), E>
+where
+    E: From<DecodeError> + From<SourceError> + Send,
+{
+    let decoder = || Decoder::new(Arc::clone(schema), mode, options.clone());
     // Fail on a bad schema before reading anything.
-    Decoder::new(Arc::clone(&schema), mode, options.clone())?;
+    decoder()?;
     let mut summary = DecodeSummary::default();
+    let mut unforeseen = None;
+    // The first chunk known to hold an unforeseen line: the workers skip those after it.
+    let stop = AtomicUsize::new(usize::MAX);
     run_chunks(
         sources,
         chunk_size,
         options.max_line_bytes,
         // A decoder per worker, kept from chunk to chunk: its paths and buffer sizes carry over.
-        || Ok(Decoder::new(Arc::clone(&schema), mode, options.clone())?),
-        |decoder, chunk| -> Result<_, E> {
-            decoder.lines.restart(&chunk.source, !chunk.starts_source);
-            let overflowed_before = decoder.overflowed_count();
-            let mut batches = Vec::new();
-            let mut bytes = &chunk.bytes[..];
-            while !bytes.is_empty() {
-                let n = decoder
-                    .decode(bytes)
-                    .map_err(|e| renumber_error(chunk, e))?;
-                bytes = &bytes[n..];
-                batches.extend(decoder.flush()?);
+        || Ok(decoder()?),
+        |worker, chunk| -> Result<_, E> {
+            if chunk.index() > stop.load(Ordering::Relaxed) {
+                return Ok(Decoded::Dropped);
             }
-            chunk.counted(decoder.lines.seen);
-            batches.extend(decoder.finish().map_err(|e| renumber_error(chunk, e))?);
-            let mut skipped = std::mem::take(&mut decoder.lines.skipped);
-            renumber(chunk, &mut skipped);
-            let overflowed = decoder.overflowed_count() - overflowed_before;
-            Ok((
-                batches,
-                std::mem::take(&mut decoder.lines.skipped_count),
-                skipped,
-                overflowed,
-            ))
+            match decode_chunk(worker, chunk) {
+                Err(e) if guess.is_some() && e.kind == DecodeErrorKind::DoesNotFitSchema => {
+                    stop.fetch_min(chunk.index(), Ordering::Relaxed);
+                    // The decoder stopped half-way through the chunk.
+                    *worker = decoder()?;
+                    Ok(Decoded::Unforeseen(Unforeseen {
+                        source: chunk.source_index,
+                        offset: chunk.offset,
+                        first_line: chunk.first_line(),
+                    }))
+                }
+                result => Ok(result?),
+            }
         },
-        |(batches, skipped_count, skipped, overflowed)| {
+        |decoded| {
+            let (batches, skipped_count, skipped, overflowed) = match decoded {
+                Decoded::Batches(batches, skipped_count, skipped, overflowed) => {
+                    (batches, skipped_count, skipped, overflowed)
+                }
+                Decoded::Unforeseen(at) => {
+                    unforeseen = Some(at);
+                    return Ok(ControlFlow::Break(()));
+                }
+                Decoded::Dropped => unreachable!("the run stops at the unforeseen line first"),
+            };
             summary.skipped_count += skipped_count;
             summary.overflowed += overflowed;
             let room = super::KEEP_SKIPPED.saturating_sub(summary.skipped.len());
@@ -214,10 +309,37 @@ where
                 summary.rows += batch.num_rows() as u64;
                 on_batch(batch)?;
             }
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         },
     )?;
-    Ok(summary)
+    Ok((summary, unforeseen))
+}
+
+/// The batches of `chunk` by `decoder`, with its bad lines numbered in their source.
+fn decode_chunk(decoder: &mut Decoder, chunk: &mut Chunk) -> Result<Decoded, DecodeError> {
+    decoder.lines.restart(&chunk.source, !chunk.starts_file());
+    let overflowed_before = decoder.overflowed_count();
+    let mut batches = Vec::new();
+    let mut bytes = &chunk.bytes[..];
+    while !bytes.is_empty() {
+        let n = decoder
+            .decode(bytes)
+            .map_err(|e| renumber_error(chunk, e))?;
+        bytes = &bytes[n..];
+        batches.extend(decoder.flush()?);
+    }
+    chunk.counted(decoder.lines.seen);
+    batches.extend(decoder.finish().map_err(|e| renumber_error(chunk, e))?);
+    let mut skipped = std::mem::take(&mut decoder.lines.skipped);
+    renumber(chunk, &mut skipped);
+    let overflowed = decoder.overflowed_count() - overflowed_before;
+    let skipped_count = std::mem::take(&mut decoder.lines.skipped_count);
+    Ok(Decoded::Batches(
+        batches,
+        skipped_count,
+        skipped,
+        overflowed,
+    ))
 }
 
 /// Renumbers errors of lines numbered from 1 within `chunk` ([`DecodeOptions::mid_stream`]) as

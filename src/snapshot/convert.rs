@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
 
 use super::parquet::write_file;
 use super::{TableFile, TableFiles};
+use crate::chunks::{CHUNK, Source};
 #[cfg(feature = "cluster")]
 use crate::ndjson::InferredColumns;
 use crate::ndjson::{
-    DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, OVERFLOW_COLUMN, SchemaInference, TableMode,
-    decode_readers, infer_readers,
+    DEFAULT_MAX_COLUMNS, DecodeOptions, DecodeSummary, Guess, OVERFLOW_COLUMN, SchemaInference,
+    TableMode, Unforeseen, decode_chunks, decode_guessing, infer_chunks, infer_first,
 };
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
@@ -85,9 +87,11 @@ pub(super) fn check_stopping() -> Result<()> {
 const SKIPPED_SHOWN: usize = 5;
 
 /// Converts the raw files of one resource type into the Parquet table of `mode` in `out_dir`
-/// (created), as one part (`TableParts`): one pass infers the schema over all files, a second
-/// decodes against it, both on all cores, in batches and with the strictness and line bound of
-/// `options`, while the Parquet columns are encoded on all cores too (`snapshot/parquet.rs`).
+/// (created), in parts (`TableParts::add`): the schema of the first lines is a guess the rest is
+/// decoded against in one pass, a new part starting where a line brings what the guess lacks,
+/// and parts whose types the later lines changed are decoded again; the decoding runs on all
+/// cores, in batches and with the strictness and line bound of `options`, while the Parquet
+/// columns are encoded on all cores too (`snapshot/parquet.rs`).
 /// With [`Strictness::Lenient`](crate::ndjson::Strictness::Lenient), bad lines are skipped and
 /// counted: a [`WarningKind::SkippedLines`] warning naming the first few comes with the table;
 /// [`Strictness::Strict`](crate::ndjson::Strictness::Strict) fails on the first instead, naming
@@ -128,10 +132,10 @@ pub(crate) struct TableParts {
     parts: Vec<Part>,
 }
 
-/// One part: its raw files, and the Parquet file they were decoded into.
+/// One part: the stretches of raw files it holds, and the Parquet file they were decoded into.
 #[derive(Debug)]
 struct Part {
-    raw: Vec<PathBuf>,
+    spans: Vec<Span>,
     file: TableFile,
     schema: arrow::datatypes::SchemaRef,
     summary: DecodeSummary,
@@ -158,16 +162,101 @@ impl TableParts {
         })
     }
 
-    /// Converts `raw` as the next part: its schema inferred from its lines, then decoded.
+    /// Converts `raw` as the next parts of the table, in one pass where it can: the schema of the
+    /// first lines ([`GUESS_BYTES`]) is a [`Guess`] the rest is decoded against. A line
+    /// the guess has no place for ends that part at the chunk holding it, and the next one
+    /// starts there with a guess that knows the lines after it too; after [`GUESSES`] guesses the
+    /// rest is inferred whole first (two passes), as a file whose lines keep bringing new paths
+    /// wants.
     /// `on_rows` is told the rows of each batch written.
     pub(crate) fn add(&mut self, raw: &[PathBuf], on_rows: &dyn Fn(u64)) -> Result<()> {
+        let mut rest: Vec<Span> = raw.iter().map(|p| Span::whole(p)).collect();
+        // The guesses start from the table's columns so far: the files of an export's next
+        // part mostly have the paths of the last.
+        let mut known = SchemaInference::with_options(&self.mode, self.options.clone());
+        known.merge(&self.inference);
+        for _ in 0..GUESSES {
+            let started = std::time::Instant::now();
+            let Some(guess) = self.guess(&rest, &mut known)? else {
+                break;
+            };
+            let path = part_name(self.parts.len());
+            let out = self.out_dir.join(&path);
+            let ((summary, unforeseen), bytes) =
+                write_file(&out, Arc::clone(&guess.schema), |sink| {
+                    decode_guessing(
+                        self.sources(&rest),
+                        &guess,
+                        &self.mode,
+                        self.options.clone(),
+                        |batch| Self::written(batch, sink, on_rows),
+                    )
+                })?;
+            let spans = match unforeseen {
+                Some(at) => split_spans(&mut rest, at),
+                None => std::mem::take(&mut rest),
+            };
+            if spans.is_empty() {
+                // Unforeseen in a chunk the guess was inferred from: not a place the guess
+                // lacks, but a value the decoder cannot hold (see `decode_guessing`).
+                break;
+            }
+            tracing::debug!(
+                "{}: {} rows, {} columns to {}: decoded against the schema of its first lines \
+                 and written in {:.3} s{}",
+                self.resource_type,
+                summary.rows,
+                guess.schema.fields().len(),
+                out.display(),
+                started.elapsed().as_secs_f64(),
+                if rest.is_empty() {
+                    ""
+                } else {
+                    ", up to a line that schema lacks"
+                },
+            );
+            let file = TableFile {
+                path,
+                rows: summary.rows,
+                bytes,
+            };
+            self.parts.push(Part {
+                spans,
+                file,
+                schema: guess.schema,
+                summary,
+            });
+            if rest.is_empty() {
+                self.inference = known;
+                return Ok(());
+            }
+        }
+        self.inference = known;
+        self.add_inferred(rest, on_rows)
+    }
+
+    /// The guess for `spans`: `known` (what the lines before them gave) with their first
+    /// first [`GUESS_BYTES`] of lines added. None in the nested mode and past the width bound.
+    fn guess(&self, spans: &[Span], known: &mut SchemaInference) -> Result<Option<Guess>> {
+        if !matches!(self.mode, TableMode::Flattened(_)) {
+            return Ok(None);
+        }
+        let mut first = SchemaInference::with_options(&self.mode, self.options.clone());
+        infer_first(self.sources(spans), &mut first, CHUNK, GUESS_BYTES)?;
+        known.merge(&first);
+        // A table needs a column (see `with_columns`): lines without any are inferred whole.
+        Ok(known.guess().filter(|g| !g.schema.fields().is_empty()))
+    }
+
+    /// Converts `spans` as the next part, its schema inferred from all its lines first.
+    fn add_inferred(&mut self, spans: Vec<Span>, on_rows: &dyn Fn(u64)) -> Result<()> {
         let started = std::time::Instant::now();
         let mut inference = SchemaInference::with_options(&self.mode, self.options.clone());
-        infer_readers(self.sources(raw), &mut inference)?;
+        infer_chunks(self.sources(&spans), &mut inference, CHUNK)?;
         let schema = with_columns(inference.schema());
         let inferred = started.elapsed();
         let path = part_name(self.parts.len());
-        let (file, summary) = self.decode(raw, &path, &schema, on_rows)?;
+        let (file, summary) = self.decode(&spans, &path, &schema, on_rows)?;
         tracing::debug!(
             "{}: {} rows, {} columns to {}: schema inferred in {:.3} s, decoded and written in \
              {:.3} s",
@@ -180,7 +269,7 @@ impl TableParts {
         );
         self.inference.merge(&inference);
         self.parts.push(Part {
-            raw: raw.to_vec(),
+            spans,
             file,
             schema,
             summary,
@@ -203,10 +292,11 @@ impl TableParts {
             Some(columns) => {
                 self.inference.merge_columns(columns);
                 let schema = self.schema();
-                self.decode(raw, &part_name(0), &schema, &|_| {})?
+                let spans: Vec<Span> = raw.iter().map(|p| Span::whole(p)).collect();
+                self.decode(&spans, &part_name(0), &schema, &|_| {})?
             }
             None => {
-                self.add(raw, &|_| {})?;
+                self.add_inferred(raw.iter().map(|p| Span::whole(p)).collect(), &|_| {})?;
                 let part = self.parts.pop().expect("the part just added");
                 (part.file, part.summary)
             }
@@ -241,8 +331,8 @@ impl TableParts {
                 self.resource_type,
                 part.file.path
             );
-            let (raw, path) = (part.raw.clone(), part.file.path.clone());
-            let (file, summary) = self.decode(&raw, &path, &schema, &|_| {})?;
+            let (spans, path) = (part.spans.clone(), part.file.path.clone());
+            let (file, summary) = self.decode(&spans, &path, &schema, &|_| {})?;
             let part = &mut self.parts[n];
             (part.file, part.summary, part.schema) = (file, summary, Arc::clone(&schema));
         }
@@ -280,41 +370,41 @@ impl TableParts {
         Ok(file)
     }
 
-    /// The raw files, each named in errors as the snapshot lists it (`raw/Patient.000.ndjson.gz`):
-    /// the folder it is written in is temporary.
+    /// The stretches of raw files, each named in errors as the snapshot lists its file
+    /// (`raw/Patient.000.ndjson.gz`): the folder it is written in is temporary.
     fn sources<'a>(
         &self,
-        raw: &'a [PathBuf],
-    ) -> impl Iterator<Item = Result<(String, Box<dyn BufRead + Send>)>> + 'a {
+        spans: &'a [Span],
+    ) -> impl Iterator<Item = Result<Source<Box<dyn BufRead + Send>>>> + 'a {
         let base = self.out_dir.parent().unwrap_or(&self.out_dir).to_path_buf();
-        raw.iter().map(move |p| {
-            let name = p.strip_prefix(&base).unwrap_or(p).display().to_string();
-            Ok((name, open_raw(p)?))
+        spans.iter().map(move |span| {
+            let name = span.path.strip_prefix(&base).unwrap_or(&span.path);
+            Ok(Source {
+                name: name.display().to_string(),
+                reader: span.open()?,
+                first_line: span.first_line,
+            })
         })
     }
 
-    /// Decodes `raw` against `schema` into the durable Parquet file `path` (in the table's
+    /// Decodes `spans` against `schema` into the durable Parquet file `path` (in the table's
     /// folder, replacing what it held).
     fn decode(
         &self,
-        raw: &[PathBuf],
+        spans: &[Span],
         path: &str,
         schema: &arrow::datatypes::SchemaRef,
         on_rows: &dyn Fn(u64),
     ) -> Result<(TableFile, DecodeSummary)> {
         let out = self.out_dir.join(path);
         let (summary, bytes) = write_file(&out, Arc::clone(schema), |sink| {
-            decode_readers(
-                self.sources(raw),
+            decode_chunks(
+                self.sources(spans),
                 Arc::clone(schema),
                 &self.mode,
                 self.options.clone(),
-                |batch| {
-                    check_stopping()?;
-                    sink(&batch)?;
-                    on_rows(batch.num_rows() as u64);
-                    Ok(())
-                },
+                |batch| Self::written(batch, sink, on_rows),
+                CHUNK,
             )
         })?;
         let file = TableFile {
@@ -324,6 +414,78 @@ impl TableParts {
         };
         Ok((file, summary))
     }
+
+    /// Hands `batch` to the Parquet `sink` and its rows to `on_rows`, unless the process stops.
+    fn written(
+        batch: RecordBatch,
+        sink: &mut dyn FnMut(&RecordBatch) -> Result<()>,
+        on_rows: &dyn Fn(u64),
+    ) -> Result<()> {
+        check_stopping()?;
+        sink(&batch)?;
+        on_rows(batch.num_rows() as u64);
+        Ok(())
+    }
+}
+
+/// Guesses per [`TableParts::add`] at most: a file whose lines keep bringing new paths is
+/// inferred whole past them, so that the chunks decoded in vain stay few.
+const GUESSES: usize = 8;
+
+/// The bytes a guess is inferred from (at least; whole chunks): inference costs a fraction of
+/// decoding, and the rarer paths of a type mostly show within its first thousands of
+/// resources, so a part ends seldom, and never after a few lines.
+const GUESS_BYTES: u64 = 16 << 20;
+
+/// A stretch of a raw file: its NDJSON (inflated when gzip) from byte `start`, line
+/// `first_line`, up to byte `end` or the end.
+#[derive(Debug, Clone)]
+struct Span {
+    path: PathBuf,
+    start: u64,
+    end: Option<u64>,
+    first_line: u64,
+}
+
+impl Span {
+    fn whole(path: &Path) -> Self {
+        Span {
+            path: path.to_path_buf(),
+            start: 0,
+            end: None,
+            first_line: 1,
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn BufRead + Send>> {
+        let mut reader = open_raw(&self.path)?;
+        let skipped = std::io::copy(&mut reader.by_ref().take(self.start), &mut std::io::sink())
+            .map_err(|e| Error::io(&self.path, e))?;
+        if skipped < self.start {
+            let message = format!("{} is shorter than when it was read", self.path.display());
+            return Err(Error::snapshot(message));
+        }
+        Ok(match self.end {
+            Some(end) => Box::new(reader.take(end - self.start)),
+            None => reader,
+        })
+    }
+}
+
+/// Splits `spans` where a decode against a guess stopped (`at`, of the sources `spans` were):
+/// returns the stretches before, and leaves those from there on in `spans`.
+fn split_spans(spans: &mut Vec<Span>, at: Unforeseen) -> Vec<Span> {
+    let mut from = spans.split_off(at.source);
+    let cut = &mut from[0];
+    let start = cut.start + at.offset;
+    if at.offset > 0 {
+        spans.push(Span {
+            end: Some(start),
+            ..cut.clone()
+        });
+    }
+    (cut.start, cut.first_line) = (start, at.first_line);
+    std::mem::replace(spans, from)
 }
 
 /// Whether a part of schema `part` can stay as it is in a table of schema `table`: without an
@@ -455,4 +617,178 @@ fn wide_resources(resource_type: &str, max_columns: usize, resources: u64) -> Wa
     Warning::new(WarningKind::WideResources, message)
         .with_resource_type(resource_type)
         .with_count(resources)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use arrow::array::{ArrayRef, new_null_array};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+    use crate::ndjson::{Strictness, decode_readers, infer_readers};
+
+    /// Lines past which something new comes: a path, a decimal in an integer column, a value
+    /// in a column of nulls, a bad line. Each lies beyond the chunks the guess before it was
+    /// inferred from (16 MiB, some 42,000 patients).
+    const NEW_PATH: usize = 45_000;
+    const DECIMAL: usize = 70_000;
+    const VALUE: usize = 95_000;
+    const BAD: usize = 110_000;
+
+    /// Patients of about 400 bytes, `n` of them, numbered from `from`, with the bad line after
+    /// patient [`BAD`] when `bad_line`.
+    fn patients(from: usize, n: usize, bad_line: bool) -> String {
+        let pad = "x".repeat(300);
+        let mut text = String::new();
+        for i in from..from + n {
+            let a = if i == DECIMAL {
+                "1.5".to_owned()
+            } else {
+                i.to_string()
+            };
+            let n = if i == VALUE { "7" } else { "null" };
+            let c = if (NEW_PATH..NEW_PATH + 3).contains(&i) {
+                r#","c":true"#
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                r#"{{"resourceType":"Patient","id":"p{i}","a":{a},"b":"{pad}","n":{n}{c}}}"#
+            ));
+            text.push('\n');
+            if bad_line && i == BAD {
+                text.push_str("{\"resourceType\":\"Patient\",\n");
+            }
+        }
+        text
+    }
+
+    /// Every row of `files` (Parquet, in order) as text, each file's columns taken by name
+    /// into `schema` (a column it lacks is null).
+    fn rows_of(files: impl IntoIterator<Item = PathBuf>, schema: &Schema) -> Vec<String> {
+        let mut rows = Vec::new();
+        for path in files {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let columns: Vec<ArrayRef> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| match batch.column_by_name(f.name()) {
+                        Some(c) => Arc::clone(c),
+                        None => new_null_array(f.data_type(), batch.num_rows()),
+                    })
+                    .collect();
+                rows.extend(text_rows(&columns, batch.num_rows()));
+            }
+        }
+        rows
+    }
+
+    fn text_rows(columns: &[ArrayRef], n: usize) -> Vec<String> {
+        let options = FormatOptions::default().with_null("∅");
+        let formatters: Vec<_> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        (0..n)
+            .map(|row| {
+                let values: Vec<String> = formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect();
+                values.join("|")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn guessed_parts_make_the_table_an_inference_of_every_line_first_would() {
+        let dir = tempfile::tempdir().unwrap();
+        // A large file (gzip: its stretches are of the inflated lines) and a small one after it
+        // with a path of its own.
+        let big = dir.path().join("raw/Patient.000.ndjson.gz");
+        fs::create_dir_all(big.parent().unwrap()).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(patients(0, 120_000, true).as_bytes()).unwrap();
+        fs::write(&big, gz.finish().unwrap()).unwrap();
+        let small = dir.path().join("raw/Patient.001.ndjson");
+        let d = r#"{"resourceType":"Patient","id":"q","d":"new"}"#;
+        fs::write(&small, format!("{}{d}\n", patients(200_000, 10, false))).unwrap();
+        let raw = [big, small];
+        let mode = TableMode::default();
+        let options = DecodeOptions::default()
+            .with_strictness(Strictness::Lenient)
+            .with_resource_type("Patient");
+
+        let out = dir.path().join("flattened");
+        let (table, schema, warnings) =
+            convert_raw(&raw, "Patient", &mode, &options, &out, &|_| {}).unwrap();
+
+        // What two passes over every line give.
+        let sources = || {
+            raw.iter()
+                .map(|p| Ok::<_, Error>((p.display().to_string(), open_raw(p)?)))
+        };
+        let mut inference = SchemaInference::with_options(&mode, options.clone());
+        infer_readers(sources(), &mut inference).unwrap();
+        let want = inference.schema();
+        let mut want_rows = Vec::new();
+        let summary = decode_readers(sources(), Arc::clone(&want), &mode, options, |b| {
+            want_rows.extend(text_rows(b.columns(), b.num_rows()));
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+
+        assert_eq!(schema.fields(), want.fields());
+        let types: Vec<_> = ["a", "n", "c", "d"]
+            .map(|c| schema.field_with_name(c).unwrap().data_type().clone())
+            .into();
+        assert_eq!(
+            types,
+            [
+                DataType::Float64,
+                DataType::Int64,
+                DataType::Boolean,
+                DataType::Utf8
+            ]
+        );
+        // The guesses cut the big file into parts; the parts before the decimal and the value
+        // among nulls were decoded again with the table's types.
+        assert!(table.files.len() > 3, "{:?}", table.files);
+        let files = table.files.iter().map(|f| out.join(&f.path));
+        assert_eq!(rows_of(files, &schema), want_rows);
+        assert_eq!((table.rows, table.skipped_lines), (summary.rows, 1));
+        assert_eq!(table.rows, 120_011);
+        // The bad line is named where it is in its file, past the parts that split it.
+        assert_eq!(warnings.len(), 1);
+        let message = &warnings[0].message;
+        assert!(
+            message.contains(&format!("raw/Patient.000.ndjson.gz line {}:", BAD + 2)),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_line_past_a_guess_fails_a_strict_conversion_naming_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw/Patient.000.ndjson");
+        fs::create_dir_all(raw.parent().unwrap()).unwrap();
+        fs::write(&raw, patients(0, BAD + 10, true)).unwrap();
+        let options = DecodeOptions::default().with_resource_type("Patient");
+        let out = dir.path().join("flattened");
+        let mode = TableMode::default();
+        let err = convert_raw(&[raw], "Patient", &mode, &options, &out, &|_| {}).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("raw/Patient.000.ndjson line {}:", BAD + 2)),
+            "{message}"
+        );
+    }
 }

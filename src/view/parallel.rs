@@ -3,6 +3,7 @@
 //! order.
 
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -74,7 +75,7 @@ fn run_view_chunks<R: Read>(
                 rows += batch.num_rows() as u64;
                 on_batch(batch)?;
             }
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         },
     )?;
     Ok(rows)

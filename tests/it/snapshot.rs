@@ -220,7 +220,7 @@ async fn parts_converted_as_files_come_make_the_table_one_conversion_makes() {
     let cache = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     // The third file widens a column (integer, then decimal), the second has only a null in it
-    // (text, for want of a value) and adds a column.
+    // (text, for want of a value) and adds a column, the fourth adds one more.
     let files = [
         (
             "a.ndjson",
@@ -233,6 +233,10 @@ async fn parts_converted_as_files_come_make_the_table_one_conversion_makes() {
         (
             "c.ndjson",
             r#"{"resourceType":"Observation","id":"c","valueQuantity":{"value":1.5}}"#,
+        ),
+        (
+            "d.ndjson",
+            r#"{"resourceType":"Observation","id":"d","issued":"2020-01-01"}"#,
         ),
     ]
     .map(|(name, line)| {
@@ -259,7 +263,10 @@ async fn parts_converted_as_files_come_make_the_table_one_conversion_makes() {
         writer.commit(manifest, &mode, &options, &|_| {}).unwrap()
     };
     let whole = snapshot("whole", &[&files]);
-    let parted = snapshot("parted", &[&files[..1], &files[1..2], &files[2..]]);
+    let parted = snapshot(
+        "parted",
+        &[&files[..1], &files[1..2], &files[2..3], &files[3..]],
+    );
     let paths = |s: &fhirflight::snapshot::Snapshot| -> Vec<(String, u64)> {
         let table = s.table("flattened").unwrap();
         table
@@ -269,11 +276,12 @@ async fn parts_converted_as_files_come_make_the_table_one_conversion_makes() {
             .collect()
     };
     let id = whole.manifest().snapshot.clone();
-    assert_eq!(paths(&whole), [(format!("{id}/part-0.parquet"), 3)]);
-    // A first file with no rows and every column, then the parts.
+    assert_eq!(paths(&whole), [(format!("{id}/part-0.parquet"), 4)]);
+    // A first file with no rows and every column (the third part lacks the fourth's), then the
+    // parts.
     let id = parted.manifest().snapshot.clone();
-    let expected =
-        [(0, 0), (1, 1), (2, 1), (3, 1)].map(|(n, rows)| (format!("{id}/part-{n}.parquet"), rows));
+    let expected = [(0, 0), (1, 1), (2, 1), (3, 1), (4, 1)]
+        .map(|(n, rows)| (format!("{id}/part-{n}.parquet"), rows));
     assert_eq!(paths(&parted), expected);
     assert_eq!(
         whole.schema("flattened").unwrap(),
