@@ -196,7 +196,7 @@ pub(crate) fn decode_chunks<R: Read, E>(
 where
     E: From<DecodeError> + From<SourceError> + Send,
 {
-    let run = decode_run(sources, &schema, None, mode, options, on_batch, chunk_size)?;
+    let run = decode_run(sources, &schema, mode, options, on_batch, chunk_size)?;
     Ok(run.0)
 }
 
@@ -226,15 +226,7 @@ where
     E: From<DecodeError> + From<SourceError> + Send,
 {
     let options = options.guessing(guess);
-    decode_run(
-        sources,
-        &guess.schema,
-        Some(guess),
-        mode,
-        options,
-        on_batch,
-        CHUNK,
-    )
+    decode_run(sources, &guess.schema, mode, options, on_batch, CHUNK)
 }
 
 /// What a worker made of one chunk.
@@ -247,10 +239,11 @@ enum Decoded {
     Dropped,
 }
 
+/// The decode of [`decode_chunks`] and [`decode_guessing`]: under a guess (`options.guessed`),
+/// the first chunk with a line that does not fit ends the run there.
 fn decode_run<R: Read, E>(
     sources: impl IntoIterator<Item = Result<impl Into<Source<R>>, E>>,
     schema: &SchemaRef,
-    guess: Option<&Guess>,
     mode: &TableMode,
     options: DecodeOptions,
     mut on_batch: impl FnMut(RecordBatch) -> Result<(), E>,
@@ -259,6 +252,7 @@ fn decode_run<R: Read, E>(
 where
     E: From<DecodeError> + From<SourceError> + Send,
 {
+    let guessing = options.guessed.is_some();
     let decoder = || Decoder::new(Arc::clone(schema), mode, options.clone());
     // Fail on a bad schema before reading anything.
     decoder()?;
@@ -277,7 +271,7 @@ where
                 return Ok(Decoded::Dropped);
             }
             match decode_chunk(worker, chunk) {
-                Err(e) if guess.is_some() && e.kind == DecodeErrorKind::DoesNotFitSchema => {
+                Err(e) if guessing && e.kind == DecodeErrorKind::DoesNotFitSchema => {
                     stop.fetch_min(chunk.index(), Ordering::Relaxed);
                     // The decoder stopped half-way through the chunk.
                     *worker = decoder()?;

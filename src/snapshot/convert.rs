@@ -197,8 +197,9 @@ impl TableParts {
                 None => std::mem::take(&mut rest),
             };
             if spans.is_empty() {
-                // Unforeseen in a chunk the guess was inferred from: not a place the guess
-                // lacks, but a value the decoder cannot hold (see `decode_guessing`).
+                // Unforeseen in the first chunk, whose lines the guess was inferred from: not a
+                // path or kind the guess lacks, but a batch the decoder cannot hold (over 2 GiB
+                // of text), which the plain decode reports as it always did.
                 break;
             }
             tracing::debug!(
@@ -235,8 +236,8 @@ impl TableParts {
         self.add_inferred(rest, on_rows)
     }
 
-    /// The guess for `spans`: `known` (what the lines before them gave) with their first
-    /// first [`GUESS_BYTES`] of lines added. None in the nested mode and past the width bound.
+    /// The guess for `spans`: `known` (what the lines before them gave) with the lines of their
+    /// first [`GUESS_BYTES`] added. None in the nested mode and past the width bound.
     fn guess(&self, spans: &[Span], known: &mut SchemaInference) -> Result<Option<Guess>> {
         if !matches!(self.mode, TableMode::Flattened(_)) {
             return Ok(None);
