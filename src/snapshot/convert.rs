@@ -668,7 +668,8 @@ mod tests {
     }
 
     /// Every row of `files` (Parquet, in order) as text, each file's columns taken by name
-    /// into `schema` (a column it lacks is null).
+    /// into `schema` (a column it lacks is null), which must have their types there: a part a
+    /// later line typed otherwise was decoded again.
     fn rows_of(files: impl IntoIterator<Item = PathBuf>, schema: &Schema) -> Vec<String> {
         let mut rows = Vec::new();
         for path in files {
@@ -682,7 +683,10 @@ mod tests {
                     .fields()
                     .iter()
                     .map(|f| match batch.column_by_name(f.name()) {
-                        Some(c) => Arc::clone(c),
+                        Some(c) => {
+                            assert_eq!(c.data_type(), f.data_type(), "{}", f.name());
+                            Arc::clone(c)
+                        }
                         None => new_null_array(f.data_type(), batch.num_rows()),
                     })
                     .collect();
