@@ -170,7 +170,7 @@ impl TableParts {
     /// wants.
     /// `on_rows` is told the rows of each batch written.
     pub(crate) fn add(&mut self, raw: &[PathBuf], on_rows: &dyn Fn(u64)) -> Result<()> {
-        let mut rest: Vec<Span> = raw.iter().map(|p| Span::whole(p)).collect();
+        let mut rest = Span::wholes(raw);
         // The guesses start from the table's columns so far: the files of an export's next
         // part mostly have the paths of the last.
         let mut known = SchemaInference::with_options(&self.mode, self.options.clone());
@@ -181,16 +181,11 @@ impl TableParts {
                 break;
             };
             let path = part_name(self.parts.len());
-            let out = self.out_dir.join(&path);
-            let ((summary, unforeseen), bytes) =
-                write_file(&out, Arc::clone(&guess.schema), |sink| {
-                    decode_guessing(
-                        self.sources(&rest),
-                        &guess,
-                        &self.mode,
-                        self.options.clone(),
-                        |batch| Self::written(batch, sink, on_rows),
-                    )
+            let (file, summary, unforeseen) =
+                self.write_part(&path, &guess.schema, on_rows, |on_batch| {
+                    let sources = self.sources(&rest);
+                    let (mode, options) = (&self.mode, self.options.clone());
+                    decode_guessing(sources, &guess, mode, options, on_batch)
                 })?;
             let spans = match unforeseen {
                 Some(at) => split_spans(&mut rest, at),
@@ -208,7 +203,7 @@ impl TableParts {
                 self.resource_type,
                 summary.rows,
                 guess.schema.fields().len(),
-                out.display(),
+                self.out_dir.join(&file.path).display(),
                 started.elapsed().as_secs_f64(),
                 if rest.is_empty() {
                     ""
@@ -216,11 +211,6 @@ impl TableParts {
                     ", up to a line that schema lacks"
                 },
             );
-            let file = TableFile {
-                path,
-                rows: summary.rows,
-                bytes,
-            };
             self.parts.push(Part {
                 spans,
                 file,
@@ -293,11 +283,10 @@ impl TableParts {
             Some(columns) => {
                 self.inference.merge_columns(columns);
                 let schema = self.schema();
-                let spans: Vec<Span> = raw.iter().map(|p| Span::whole(p)).collect();
-                self.decode(&spans, &part_name(0), &schema, &|_| {})?
+                self.decode(&Span::wholes(raw), &part_name(0), &schema, &|_| {})?
             }
             None => {
-                self.add_inferred(raw.iter().map(|p| Span::whole(p)).collect(), &|_| {})?;
+                self.add_inferred(Span::wholes(raw), &|_| {})?;
                 let part = self.parts.pop().expect("the part just added");
                 (part.file, part.summary)
             }
@@ -394,38 +383,43 @@ impl TableParts {
         &self,
         spans: &[Span],
         path: &str,
-        schema: &arrow::datatypes::SchemaRef,
+        schema: &SchemaRef,
         on_rows: &dyn Fn(u64),
     ) -> Result<(TableFile, DecodeSummary)> {
+        let (file, summary, ()) = self.write_part(path, schema, on_rows, |on_batch| {
+            let sources = self.sources(spans);
+            let (mode, options) = (&self.mode, self.options.clone());
+            decode_chunks(sources, Arc::clone(schema), mode, options, on_batch, CHUNK)
+                .map(|summary| (summary, ()))
+        })?;
+        Ok((file, summary))
+    }
+
+    /// Writes the durable Parquet file `path` (in the table's folder, replacing what it held)
+    /// of `schema` with the batches `run` decodes, telling `on_rows` their rows; returns it with
+    /// what `run` returned. The process stopping ends it ([`stop_writes`]).
+    fn write_part<T>(
+        &self,
+        path: &str,
+        schema: &SchemaRef,
+        on_rows: &dyn Fn(u64),
+        run: impl FnOnce(&mut dyn FnMut(RecordBatch) -> Result<()>) -> Result<(DecodeSummary, T)>,
+    ) -> Result<(TableFile, DecodeSummary, T)> {
         let out = self.out_dir.join(path);
-        let (summary, bytes) = write_file(&out, Arc::clone(schema), |sink| {
-            decode_chunks(
-                self.sources(spans),
-                Arc::clone(schema),
-                &self.mode,
-                self.options.clone(),
-                |batch| Self::written(batch, sink, on_rows),
-                CHUNK,
-            )
+        let ((summary, more), bytes) = write_file(&out, Arc::clone(schema), |sink| {
+            run(&mut |batch| {
+                check_stopping()?;
+                sink(&batch)?;
+                on_rows(batch.num_rows() as u64);
+                Ok(())
+            })
         })?;
         let file = TableFile {
             path: path.to_owned(),
             rows: summary.rows,
             bytes,
         };
-        Ok((file, summary))
-    }
-
-    /// Hands `batch` to the Parquet `sink` and its rows to `on_rows`, unless the process stops.
-    fn written(
-        batch: RecordBatch,
-        sink: &mut dyn FnMut(&RecordBatch) -> Result<()>,
-        on_rows: &dyn Fn(u64),
-    ) -> Result<()> {
-        check_stopping()?;
-        sink(&batch)?;
-        on_rows(batch.num_rows() as u64);
-        Ok(())
+        Ok((file, summary, more))
     }
 }
 
@@ -449,13 +443,15 @@ struct Span {
 }
 
 impl Span {
-    fn whole(path: &Path) -> Self {
-        Span {
-            path: path.to_path_buf(),
+    /// The files `raw`, each whole.
+    fn wholes(raw: &[PathBuf]) -> Vec<Span> {
+        let whole = |path: &PathBuf| Span {
+            path: path.clone(),
             start: 0,
             end: None,
             first_line: 1,
-        }
+        };
+        raw.iter().map(whole).collect()
     }
 
     fn open(&self) -> Result<Box<dyn BufRead + Send>> {
