@@ -809,14 +809,12 @@ fn commit_type(
             manifest.raw = raw;
             writer
         }
-        // A full snapshot keeps the fetched files as they are.
+        // A full snapshot keeps the fetched files as they are, converted as they are copied.
         Start::Empty => {
-            let writer = store.begin_named(&target.name, resource_type)?;
-            for file in &files {
-                manifest
-                    .raw
-                    .push(writer.copy_raw(manifest.raw.len(), file)?);
-            }
+            let mut writer = store.begin_named(&target.name, resource_type)?;
+            let mode = std::slice::from_ref(options.mode());
+            let decode = options.decode_options();
+            manifest.raw = writer.copy_converting(0, &files, mode, &decode, on_rows)?;
             writer
         }
         // The previous snapshot's tables are carried over, touched only where ids changed.

@@ -1,7 +1,7 @@
 //! Raw NDJSON (gzip or plain) to the Parquet table of a snapshot.
 
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
+use std::fs;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::parquet::write_file;
+use super::raw::open_raw;
 use super::{TableFile, TableFiles};
 use crate::chunks::{CHUNK, Source};
 #[cfg(feature = "cluster")]
@@ -20,30 +21,6 @@ use crate::ndjson::{
 };
 use crate::warning::{Warning, WarningKind};
 use crate::{Error, Result};
-
-/// Whether the file at `path` is gzip (by its magic bytes).
-pub(crate) fn is_gzip(path: &Path) -> Result<bool> {
-    let mut magic = [0u8; 2];
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
-    Ok(n == 2 && magic == GZIP_MAGIC)
-}
-
-/// The first bytes of a gzip stream.
-pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-
-/// Opens a raw NDJSON file, decompressing it when it is gzip (detected by its magic bytes).
-pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
-    let gzip = is_gzip(path)?;
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    Ok(match gzip {
-        true => Box::new(BufReader::with_capacity(
-            1 << 16,
-            flate2::read::MultiGzDecoder::new(file),
-        )),
-        false => Box::new(BufReader::with_capacity(1 << 16, file)),
-    })
-}
 
 /// The name of a mode's table in a snapshot: `flattened`, `flattened-max<N>` (bounded lists),
 /// `flattened-cols<N>` (a width bound other than [`DEFAULT_MAX_COLUMNS`]), both
@@ -669,7 +646,7 @@ mod tests {
     fn rows_of(files: impl IntoIterator<Item = PathBuf>, schema: &Schema) -> Vec<String> {
         let mut rows = Vec::new();
         for path in files {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap())
                 .unwrap()
                 .build()
                 .unwrap();

@@ -106,7 +106,6 @@ mod tests;
 mod upsert;
 mod writer;
 
-pub(crate) use convert::open_raw;
 pub use convert::{convert_raw, mode_key, stop_writes};
 #[cfg(feature = "cluster")]
 pub(crate) use delta::cloud_store;
@@ -119,6 +118,7 @@ pub use manifest::{
     Column, Incremental, MANIFEST_FORMAT, RawFile, SnapshotManifest, TableFile, TableFiles, rfc3339,
 };
 pub(crate) use parquet::parquet_properties;
+pub(crate) use raw::open_raw;
 pub use raw::{copy_raw, resource_ids, write_raw};
 pub use staging::{CLAIM_RENEWAL, CLAIM_TTL, Claim, Claiming, forget_staged};
 pub use store::{Cleared, Snapshot, SnapshotStore, clean_cache, default_cache_dir};

@@ -1,15 +1,16 @@
-//! Raw NDJSON files of a snapshot: copies of the fetched files as they are, and the merge of an
-//! incremental export.
+//! Raw NDJSON files of a snapshot: copies of the fetched files as they are (read as they grow),
+//! and the merge of an incremental export.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 
 use serde::Deserialize;
 
-use super::convert::{GZIP_MAGIC, check_stopping, open_raw};
+use super::convert::check_stopping;
 use crate::chunks::LineCounter;
 use crate::{Error, Result};
 
@@ -154,105 +155,227 @@ fn create_private(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
+/// The first bytes of a gzip stream.
+pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Whether the file at `path` is gzip (by its magic bytes).
+pub(super) fn is_gzip(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 2];
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    Ok(n == 2 && magic == GZIP_MAGIC)
+}
+
+/// Opens a raw NDJSON file, inflating it when it is gzip (by its magic bytes). A file still
+/// being copied ([`RawCopy`]) is read as the copy grows, to its end.
+pub(crate) fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
+    let growing = COPYING
+        .lock()
+        .expect("no thread panics holding it")
+        .get(path)
+        .cloned();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file: Box<dyn Read + Send> = match growing {
+        Some(grown) => Box::new(Trailing {
+            file,
+            read: 0,
+            grown,
+        }),
+        None => Box::new(file),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    // A first read holds the whole file or a copy's step: at least the magic's two bytes.
+    let gzip = reader.fill_buf().map_err(|e| Error::io(path, e))?;
+    Ok(match gzip.starts_with(&GZIP_MAGIC) {
+        true => Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::bufread::MultiGzDecoder::new(reader),
+        )),
+        false => Box::new(reader),
+    })
+}
+
+/// The raw files being copied, by path: what [`open_raw`] follows.
+static COPYING: LazyLock<Mutex<HashMap<PathBuf, Arc<Grown>>>> = LazyLock::new(Default::default);
+
+/// How far the copy of a raw file has come.
+#[derive(Default)]
+struct Grown {
+    state: Mutex<Growth>,
+    told: Condvar,
+}
+
+#[derive(Default)]
+enum Growth {
+    /// Nothing is copied yet.
+    #[default]
+    Started,
+    /// This many bytes are in the copy.
+    Bytes(u64),
+    /// The copy is whole.
+    Whole,
+    /// The copy failed: why.
+    Failed(String),
+}
+
+impl Grown {
+    fn tell(&self, growth: Growth) {
+        *self.state.lock().expect("no thread panics holding it") = growth;
+        self.told.notify_all();
+    }
+
+    /// Waits until the copy holds more than `read` bytes or ended: how many it holds (`None`
+    /// once whole).
+    fn beyond(&self, read: u64) -> std::io::Result<Option<u64>> {
+        let mut state = self.state.lock().expect("no thread panics holding it");
+        loop {
+            match &*state {
+                Growth::Bytes(bytes) if *bytes > read => return Ok(Some(*bytes)),
+                Growth::Whole => return Ok(None),
+                Growth::Failed(why) => return Err(std::io::Error::other(why.clone())),
+                _ => state = self.told.wait(state).expect("no thread panics holding it"),
+            }
+        }
+    }
+}
+
+/// A raw file being copied: created, and followed by [`open_raw`] until [`Self::run`] ends.
+pub(super) struct RawCopy {
+    out: PathBuf,
+    file: File,
+    grown: Arc<Grown>,
+}
+
+impl RawCopy {
+    /// Creates `out` (readable and writable by its owner only) for a copy that [`open_raw`]
+    /// follows from now on.
+    pub(super) fn start(out: &Path) -> Result<Self> {
+        let file = create_private(out).map_err(|e| Error::io(out, e))?;
+        let grown = Arc::new(Grown::default());
+        let mut copying = COPYING.lock().expect("no thread panics holding it");
+        copying.insert(out.to_owned(), Arc::clone(&grown));
+        Ok(Self {
+            out: out.to_owned(),
+            file,
+            grown,
+        })
+    }
+
+    /// Copies the NDJSON file `input` (gzip or plain) as it is, byte for byte, checking `stop`
+    /// between steps; returns the number of resources (lines that are not blank, counted in
+    /// the copy as it grows, inflated when gzip) and the size of the copy.
+    pub(super) fn run(mut self, input: &Path, stop: impl Fn() -> Result<()>) -> Result<(u64, u64)> {
+        /// What is copied between two checks for a stop, and ahead of the readers.
+        const STEP: u64 = 8 << 20;
+        let out = &self.out;
+        std::thread::scope(|scope| {
+            // The count follows the copy, on another core.
+            let counting = scope.spawn(|| {
+                let copy = open_raw(out)?;
+                count_resources(copy).map_err(|e| Error::io(input, e))
+            });
+            let copied =
+                File::open(input)
+                    .map_err(|e| Error::io(input, e))
+                    .and_then(|mut reader| {
+                        let mut bytes = 0u64;
+                        loop {
+                            stop()?;
+                            // File to file, `io::copy` copies in the kernel (copy_file_range): the
+                            // bytes never pass through this process.
+                            match std::io::copy(&mut (&mut reader).take(STEP), &mut self.file) {
+                                Ok(0) => return Ok(bytes),
+                                Ok(n) => bytes += n,
+                                Err(e) => return Err(Error::io(input, e)),
+                            }
+                            self.grown.tell(Growth::Bytes(bytes));
+                        }
+                    });
+            self.grown.tell(match &copied {
+                Ok(_) => Growth::Whole,
+                Err(e) => Growth::Failed(e.to_string()),
+            });
+            let counted = counting
+                .join()
+                .unwrap_or_else(|_| Err(Error::snapshot("counting the resources panicked")));
+            let copied = copied?;
+            Ok((counted?, copied))
+        })
+    }
+}
+
+impl Drop for RawCopy {
+    /// The copy ends: readers opened from now on read the file as it is. A copy that failed,
+    /// never ran or panicked ends its readers with an error, and removes the file, so that no
+    /// reader takes what it holds for the whole.
+    fn drop(&mut self) {
+        let state = self
+            .grown
+            .state
+            .lock()
+            .expect("no thread panics holding it");
+        let whole = matches!(*state, Growth::Whole);
+        let failed = matches!(*state, Growth::Failed(_));
+        drop(state);
+        if !whole {
+            let _ = std::fs::remove_file(&self.out);
+        }
+        if !whole && !failed {
+            let why = format!("{} was not copied whole", self.out.display());
+            self.grown.tell(Growth::Failed(why));
+        }
+        let mut copying = COPYING.lock().expect("no thread panics holding it");
+        copying.remove(&self.out);
+    }
+}
+
 /// Copies the NDJSON file `input` (gzip or plain) into `out` as it is, byte for byte: the
 /// snapshot keeps its own copy (the input may change once read, a user's folder as much as a
 /// download) without compressing anew what the source compressed or not. The copy is readable by
 /// its owner only, not synced (a snapshot's commit syncs it). Returns the number of resources
 /// (lines that are not blank, counted in the copy, inflated when gzip) and the size of the copy.
 pub fn copy_raw(input: &Path, out: &Path) -> Result<(u64, u64)> {
-    /// What is copied between two checks for a stop, and ahead of the count.
-    const STEP: u64 = 8 << 20;
-    let mut reader = File::open(input).map_err(|e| Error::io(input, e))?;
-    let mut file = create_private(out).map_err(|e| Error::io(out, e))?;
-    let copy = File::open(out).map_err(|e| Error::io(out, e))?;
-    let (copied_tx, copied) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| {
-        // The count follows the copy a step behind, on another core.
-        let counting = scope.spawn(move || count_resources(Trailing::new(copy, copied)));
-        let mut bytes = 0u64;
-        let copying = loop {
-            if let Err(e) = check_stopping() {
-                break Err(e);
-            }
-            // File to file, `io::copy` copies in the kernel (copy_file_range): the bytes never
-            // pass through this process.
-            match std::io::copy(&mut (&mut reader).take(STEP), &mut file) {
-                Ok(0) => break Ok(bytes),
-                Ok(n) => bytes += n,
-                Err(e) => break Err(Error::io(input, e)),
-            }
-            let _ = copied_tx.send(bytes);
-        };
-        // The count ends where the copy ended.
-        drop(copied_tx);
-        let counted = counting
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("counting the resources panicked")));
-        let bytes = copying?;
-        Ok((counted.map_err(|e| Error::io(input, e))?, bytes))
-    })
+    RawCopy::start(out)?.run(input, check_stopping)
 }
 
-/// The resources (lines that are not blank) of NDJSON, inflated first when it is gzip.
-fn count_resources(plain_or_gzip: impl Read) -> std::io::Result<u64> {
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, plain_or_gzip);
+/// The resources (lines that are not blank) of NDJSON.
+fn count_resources(mut reader: impl BufRead) -> std::io::Result<u64> {
     let mut lines = LineCounter::default();
-    let mut consume = |reader: &mut dyn BufRead| -> std::io::Result<u64> {
-        loop {
-            let buffer = reader.fill_buf()?;
-            if buffer.is_empty() {
-                return Ok(lines.lines());
-            }
-            lines.feed(buffer);
-            let n = buffer.len();
-            reader.consume(n);
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(lines.lines());
         }
-    };
-    match reader.fill_buf()?.starts_with(&GZIP_MAGIC) {
-        true => consume(&mut std::io::BufReader::with_capacity(
-            1 << 16,
-            flate2::read::MultiGzDecoder::new(reader),
-        )),
-        false => consume(&mut reader),
+        lines.feed(buffer);
+        let n = buffer.len();
+        reader.consume(n);
     }
 }
 
-/// A file being written, read up to the length its writer last told (`copied`), waiting for
-/// more until the writer is gone: then it ends there.
+/// A raw file being copied, read as far as its copy has come ([`Grown`]), to its end once whole.
 struct Trailing {
     file: File,
     read: u64,
-    copied: u64,
-    told: std::sync::mpsc::Receiver<u64>,
-}
-
-impl Trailing {
-    fn new(file: File, told: std::sync::mpsc::Receiver<u64>) -> Self {
-        Self {
-            file,
-            read: 0,
-            copied: 0,
-            told,
-        }
-    }
+    grown: Arc<Grown>,
 }
 
 impl Read for Trailing {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.read == self.copied {
-            match self.told.recv() {
-                Ok(copied) => self.copied = copied,
-                Err(_) => return Ok(0),
+        let n = match self.grown.beyond(self.read)? {
+            Some(copied) => {
+                let want = buf.len().min((copied - self.read) as usize);
+                match self.file.read(&mut buf[..want])? {
+                    0 => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the copy is shorter than its writer said",
+                        ));
+                    }
+                    n => n,
+                }
             }
-        }
-        let want = buf.len().min((self.copied - self.read) as usize);
-        let n = self.file.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the copy is shorter than its writer said",
-            ));
-        }
+            None => self.file.read(buf)?,
+        };
         self.read += n as u64;
         Ok(n)
     }
@@ -275,6 +398,53 @@ mod tests {
         assert_eq!(bytes, std::fs::metadata(&out).unwrap().len());
         let ids = resource_ids(&[out], max).unwrap();
         assert_eq!(ids, ["a".to_owned(), "d".to_owned()].into());
+    }
+
+    #[test]
+    fn a_copy_is_read_as_it_grows_and_its_failure_ends_its_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        // Over three of the copy's steps (8 MiB).
+        let line = format!("{{\"id\":\"{}\"}}\n", "x".repeat(1000));
+        let text = line.repeat(20_000);
+        let input = dir.path().join("in.ndjson");
+        std::fs::write(&input, &text).unwrap();
+        let out = dir.path().join("copy");
+        let copy = RawCopy::start(&out).unwrap();
+        // Readers opened before the copy runs wait for it and read it whole.
+        let read = |out: &Path| {
+            let mut read = String::new();
+            open_raw(out)?
+                .read_to_string(&mut read)
+                .map_err(|e| Error::io(out, e))?;
+            Ok::<_, Error>(read)
+        };
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..2).map(|_| scope.spawn(|| read(&out))).collect();
+            let copied = copy.run(&input, || Ok(())).unwrap();
+            assert_eq!(copied, (20_000, text.len() as u64));
+            for reader in readers {
+                assert!(reader.join().unwrap().unwrap() == text);
+            }
+        });
+        // Once the copy ended, the file reads as it is.
+        assert!(read(&out).unwrap() == text);
+
+        // A copy that fails, or never runs, ends its readers with an error.
+        let missing = dir.path().join("missing.ndjson");
+        for (name, run) in [("failed", true), ("dropped", false)] {
+            let out = dir.path().join(name);
+            let copy = RawCopy::start(&out).unwrap();
+            std::thread::scope(|scope| {
+                let reader = scope.spawn(|| read(&out));
+                match run {
+                    true => assert!(copy.run(&missing, || Ok(())).is_err()),
+                    false => drop(copy),
+                }
+                // Opened before the copy ended, or after, when no file is left.
+                assert!(reader.join().unwrap().is_err());
+                assert!(!out.exists());
+            });
+        }
     }
 
     #[test]

@@ -4,15 +4,15 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arrow::datatypes::SchemaRef;
 
-use super::convert::{TableParts, is_gzip};
+use super::convert::{TableParts, check_stopping};
 use super::lease::LEASE_FILE;
 use super::manifest::{MANIFEST_FILE, to_json, write_atomic};
 use super::names::is_filtered;
-use super::raw::holds_id;
+use super::raw::{RawCopy, holds_id, is_gzip};
 use super::upsert::{self, MAX_SMALL_FILES, Previous, SMALL_RAW_BYTES};
 use super::{
     Lease, RawFile, Snapshot, SnapshotManifest, SnapshotStore, TableFile, copy_raw, mode_key,
@@ -287,6 +287,57 @@ impl SnapshotWriter {
         raw.iter().try_for_each(|r| sync(&self.dir.join(&r.path)))
     }
 
+    /// Copies the NDJSON files `inputs` into this snapshot as its raw files from `n` (as
+    /// [`Self::copy_raw`] does) and converts them meanwhile, as the next part of the tables of
+    /// `modes` (as [`Self::convert_part`] does): the conversion reads each copy as it grows, so
+    /// that the copy costs no time of its own before it. Each copy is synced once whole, while
+    /// the conversion goes on. Returns the raw files for the manifest.
+    pub fn copy_converting(
+        &mut self,
+        n: usize,
+        inputs: &[PathBuf],
+        modes: &[TableMode],
+        options: &DecodeOptions,
+        on_rows: &dyn Fn(u64),
+    ) -> Result<Vec<RawFile>> {
+        let mut copies = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let (path, rel) = self.raw_path(n + i, is_gzip(input)?);
+            // Followed by the conversion from now on: it may open the file before its copy runs.
+            copies.push((input, RawCopy::start(&path)?, path, rel));
+        }
+        let rels: Vec<String> = copies.iter().map(|(.., rel)| rel.clone()).collect();
+        let abandoned = AtomicBool::new(false);
+        let stop = || match abandoned.load(Ordering::Relaxed) {
+            true => Err(Error::snapshot("the conversion failed")),
+            false => check_stopping(),
+        };
+        std::thread::scope(|scope| {
+            let copying = scope.spawn(|| {
+                let copy = |(input, copy, path, rel): (&PathBuf, RawCopy, PathBuf, String)| {
+                    let (resources, bytes) = copy.run(input, stop)?;
+                    sync(&path)?;
+                    Ok(RawFile {
+                        path: rel,
+                        resources,
+                        bytes,
+                        origin: None,
+                    })
+                };
+                copies.into_iter().map(copy).collect::<Result<Vec<_>>>()
+            });
+            let converted = self.convert(&rels, modes, options, on_rows);
+            // A failed conversion (a bad line) stops the copies; a failed copy fails the
+            // conversion that follows it, with the copy's error.
+            abandoned.store(converted.is_err(), Ordering::Relaxed);
+            let copied = copying
+                .join()
+                .unwrap_or_else(|_| Err(Error::snapshot("copying the raw files panicked")));
+            converted?;
+            copied
+        })
+    }
+
     /// Converts `raw` (files of this snapshot, from [`Self::copy_raw`]) now, as the next part of
     /// the tables of `modes`, with the batch size, strictness and line bound of `options`: an
     /// export's files are converted while the rest downloads. [`Self::commit`] converts the raw
@@ -299,7 +350,19 @@ impl SnapshotWriter {
         options: &DecodeOptions,
         on_rows: &dyn Fn(u64),
     ) -> Result<()> {
-        let paths: Vec<PathBuf> = raw.iter().map(|r| self.dir.join(&r.path)).collect();
+        let rels: Vec<String> = raw.iter().map(|r| r.path.clone()).collect();
+        self.convert(&rels, modes, options, on_rows)
+    }
+
+    /// [`Self::convert_part`] of the raw files at `rels` (relative to the snapshot's folder).
+    fn convert(
+        &mut self,
+        rels: &[String],
+        modes: &[TableMode],
+        options: &DecodeOptions,
+        on_rows: &dyn Fn(u64),
+    ) -> Result<()> {
+        let paths: Vec<PathBuf> = rels.iter().map(|r| self.dir.join(r)).collect();
         for mode in modes {
             let key = mode_key(mode);
             let at = match self.tables.iter().position(|(k, _)| *k == key) {
@@ -313,7 +376,7 @@ impl SnapshotWriter {
             };
             self.tables[at].1.add(&paths, on_rows)?;
         }
-        self.converted.extend(raw.iter().map(|r| r.path.clone()));
+        self.converted.extend(rels.iter().cloned());
         Ok(())
     }
 

@@ -306,3 +306,119 @@ async fn parts_converted_as_files_come_make_the_table_one_conversion_makes() {
     assert_eq!(text, table_text(whole).await);
     assert!(text.contains("| 1.0 "), "{text}");
 }
+
+/// Patients `from..to`, one a line, each about 200 bytes.
+fn patients(from: usize, to: usize) -> String {
+    (from..to)
+        .map(|i| {
+            format!(
+                "{{\"resourceType\":\"Patient\",\"id\":\"patient-{i:08}\",\"birthDate\":\"19{:02}-01-01\",\"name\":[{{\"use\":\"official\",\"family\":\"Family{i}\",\"given\":[\"Given{i}\",\"Middle{}\"]}}],\"gender\":\"unknown\",\"active\":{}}}\n",
+                i % 100,
+                i % 7,
+                i % 2 == 0
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn files_converted_as_they_are_copied_make_the_snapshot_a_copy_then_a_conversion_makes() {
+    use std::io::Write;
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // Over several of the copy's 8 MiB steps, a gzip file and a small one: the conversion
+    // reads each copy as it grows.
+    let large = patients(0, 100_000);
+    assert!(large.len() > 2 * (8 << 20));
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(patients(100_000, 110_000).as_bytes())
+        .unwrap();
+    let files: Vec<PathBuf> = [
+        ("large.ndjson", large.into_bytes()),
+        ("b.ndjson.gz", gzip.finish().unwrap()),
+        ("c.ndjson", patients(110_000, 110_010).into_bytes()),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| {
+        let path = data.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    })
+    .collect();
+    let options = DecodeOptions::default();
+    let mode = [TableMode::default()];
+    let store = |name: &str| SnapshotStore::open(&cache.path().join(name), "test").unwrap();
+
+    let copied = store("copied");
+    let writer = copied.begin("Patient").unwrap();
+    let raw = files
+        .iter()
+        .enumerate()
+        .map(|(n, file)| writer.copy_raw(n, file).unwrap())
+        .collect();
+    let manifest = SnapshotManifest {
+        raw,
+        ..SnapshotManifest::default()
+    };
+    let copied = writer.commit(manifest, &mode, &options, &|_| {}).unwrap();
+
+    let converting = store("converting");
+    let mut writer = converting.begin("Patient").unwrap();
+    let raw = writer
+        .copy_converting(0, &files, &mode, &options, &|_| {})
+        .unwrap();
+    let manifest = SnapshotManifest {
+        raw,
+        ..SnapshotManifest::default()
+    };
+    let converting = writer.commit(manifest, &mode, &options, &|_| {}).unwrap();
+
+    let raw = |s: &fhirflight::snapshot::Snapshot| -> Vec<(String, u64, u64)> {
+        let raw = s.manifest().raw.iter();
+        raw.map(|r| (r.path.clone(), r.resources, r.bytes))
+            .collect()
+    };
+    assert_eq!(raw(&copied), raw(&converting));
+    assert_eq!(converting.manifest().resources(), 110_010);
+    for (raw, file) in converting.raw_paths().iter().zip(&files) {
+        assert_eq!(std::fs::read(raw).unwrap(), std::fs::read(file).unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(raw).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "patient data: the owner's only");
+        }
+    }
+    assert_eq!(
+        copied.schema("flattened").unwrap(),
+        converting.schema("flattened").unwrap()
+    );
+    assert_eq!(converting.table("flattened").unwrap().rows, 110_010);
+    assert_eq!(table_text(copied).await, table_text(converting).await);
+}
+
+#[test]
+fn a_bad_line_converted_as_it_is_copied_fails_naming_its_line_and_leaves_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(cache.path(), "test").unwrap();
+    // Past the copy's first step.
+    let input = data.path().join("bad.ndjson");
+    std::fs::write(
+        &input,
+        patients(0, 60_000) + "{not json\n" + &patients(60_000, 70_000),
+    )
+    .unwrap();
+    let mut writer = store.begin("Patient").unwrap();
+    let tmp = writer.dir().to_owned();
+    let options = DecodeOptions::default().with_strictness(Strictness::Strict);
+    let failed = writer.copy_converting(0, &[input], &[TableMode::default()], &options, &|_| {});
+    let message = failed.unwrap_err().to_string();
+    assert!(
+        message.contains("raw/Patient.000.ndjson line 60001"),
+        "{message}"
+    );
+    drop(writer);
+    assert!(!tmp.exists());
+    assert!(store.current("Patient").unwrap().is_none());
+}
