@@ -242,21 +242,20 @@ impl Grown {
 /// A raw file being copied: created, and followed by [`open_raw`] until [`Self::run`] ends.
 pub(super) struct RawCopy {
     out: PathBuf,
-    file: File,
     grown: Arc<Grown>,
 }
 
 impl RawCopy {
     /// Creates `out` (readable and writable by its owner only) for a copy that [`open_raw`]
-    /// follows from now on.
+    /// follows from now on. It holds no open file: a folder of thousands of files may start
+    /// all its copies at once.
     pub(super) fn start(out: &Path) -> Result<Self> {
-        let file = create_private(out).map_err(|e| Error::io(out, e))?;
+        create_private(out).map_err(|e| Error::io(out, e))?;
         let grown = Arc::new(Grown::default());
         let mut copying = COPYING.lock().expect("no thread panics holding it");
         copying.insert(out.to_owned(), Arc::clone(&grown));
         Ok(Self {
             out: out.to_owned(),
-            file,
             grown,
         })
     }
@@ -264,7 +263,7 @@ impl RawCopy {
     /// Copies the NDJSON file `input` (gzip or plain) as it is, byte for byte, checking `stop`
     /// between steps; returns the number of resources (lines that are not blank, counted in
     /// the copy as it grows, inflated when gzip) and the size of the copy.
-    pub(super) fn run(mut self, input: &Path, stop: impl Fn() -> Result<()>) -> Result<(u64, u64)> {
+    pub(super) fn run(self, input: &Path, stop: impl Fn() -> Result<()>) -> Result<(u64, u64)> {
         /// What is copied between two checks for a stop, and ahead of the readers.
         const STEP: u64 = 8 << 20;
         let out = &self.out;
@@ -274,23 +273,24 @@ impl RawCopy {
                 let copy = open_raw(out)?;
                 count_resources(copy).map_err(|e| Error::io(input, e))
             });
-            let copied =
-                File::open(input)
-                    .map_err(|e| Error::io(input, e))
-                    .and_then(|mut reader| {
-                        let mut bytes = 0u64;
-                        loop {
-                            stop()?;
-                            // File to file, `io::copy` copies in the kernel (copy_file_range): the
-                            // bytes never pass through this process.
-                            match std::io::copy(&mut (&mut reader).take(STEP), &mut self.file) {
-                                Ok(0) => return Ok(bytes),
-                                Ok(n) => bytes += n,
-                                Err(e) => return Err(Error::io(input, e)),
-                            }
-                            self.grown.tell(Growth::Bytes(bytes));
-                        }
-                    });
+            let copy = || {
+                let mut reader = File::open(input).map_err(|e| Error::io(input, e))?;
+                let file = std::fs::OpenOptions::new().write(true).open(out);
+                let mut file = file.map_err(|e| Error::io(out, e))?;
+                let mut bytes = 0u64;
+                loop {
+                    stop()?;
+                    // File to file, `io::copy` copies in the kernel (copy_file_range): the bytes
+                    // never pass through this process.
+                    match std::io::copy(&mut (&mut reader).take(STEP), &mut file) {
+                        Ok(0) => return Ok(bytes),
+                        Ok(n) => bytes += n,
+                        Err(e) => return Err(Error::io(input, e)),
+                    }
+                    self.grown.tell(Growth::Bytes(bytes));
+                }
+            };
+            let copied = copy();
             self.grown.tell(match &copied {
                 Ok(_) => Growth::Whole,
                 Err(e) => Growth::Failed(e.to_string()),

@@ -328,13 +328,17 @@ impl SnapshotWriter {
             });
             let converted = self.convert(&rels, modes, options, on_rows);
             // A failed conversion (a bad line) stops the copies; a failed copy fails the
-            // conversion that follows it, with the copy's error.
+            // conversion that follows it, with the copy's error in its own.
             abandoned.store(converted.is_err(), Ordering::Relaxed);
             let copied = copying
                 .join()
                 .unwrap_or_else(|_| Err(Error::snapshot("copying the raw files panicked")));
-            converted?;
-            copied
+            let done = converted.and(copied);
+            // A stop ends both, whichever noticed it first: it says so.
+            if done.is_err() {
+                check_stopping()?;
+            }
+            done
         })
     }
 
