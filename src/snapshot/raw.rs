@@ -410,7 +410,7 @@ mod tests {
         std::fs::write(&input, &text).unwrap();
         let out = dir.path().join("copy");
         let copy = RawCopy::start(&out).unwrap();
-        // Readers opened before the copy runs wait for it and read it whole.
+        // Readers that open the file before its copy runs, or while it runs, read it whole.
         let read = |out: &Path| {
             let mut read = String::new();
             open_raw(out)?
