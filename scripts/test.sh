@@ -54,10 +54,10 @@ cargo clippy --quiet --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --lib
 
 step "feature checks (the library alone, then with each feature; lints denied in each)"
-# With every cache cold this step took ~28 of a run's 97 minutes: the sets "", flight, demo and
-# cluster each enable fewer features of crates under DataFusion (libc, tokio, arrow,
-# regex-automata, uuid, ...) than the full build, so each checks DataFusion, Delta and Parquet
-# again; config and cli reuse the full build's checks. Warm, they take seconds.
+# Slow on a cold target dir: the sets "", flight, demo and cluster each enable fewer features of
+# crates under DataFusion than the full build (libc's in each; tokio's, arrow's, uuid's in some),
+# so each checks DataFusion, Delta and Parquet again (cargo's unit graph shows it); config and
+# cli reuse the full build's checks. Warm, the six take seconds.
 for features in "" flight demo config cluster cli; do
   echo "cargo clippy --lib --no-default-features${features:+ --features $features}"
   cargo clippy --quiet --lib --no-default-features ${features:+--features "$features"} -- -D warnings
