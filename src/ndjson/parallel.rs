@@ -100,7 +100,7 @@ where
         |worker, chunk| -> Result<(SchemaInference, u64), E> {
             worker.lines.restart(&chunk.source, !chunk.starts_file());
             worker
-                .push(&chunk.bytes)
+                .push(chunk.bytes())
                 .map_err(|e| renumber_error(chunk, e))?;
             chunk.counted(worker.lines.seen);
             worker.end_stream().map_err(|e| renumber_error(chunk, e))?;
@@ -108,7 +108,7 @@ where
             // column new to this worker but seen in an earlier chunk is known by then).
             let mut part = worker.take_part();
             renumber(chunk, &mut part.lines.skipped);
-            Ok((part, chunk.bytes.len() as u64))
+            Ok((part, chunk.bytes().len() as u64))
         },
         |(part, read)| {
             inference.merge(&part);
@@ -314,7 +314,7 @@ fn decode_chunk(decoder: &mut Decoder, chunk: &mut Chunk) -> Result<Decoded, Dec
     decoder.lines.restart(&chunk.source, !chunk.starts_file());
     let overflowed_before = decoder.overflowed_count();
     let mut batches = Vec::new();
-    let mut bytes = &chunk.bytes[..];
+    let mut bytes = chunk.bytes();
     while !bytes.is_empty() {
         let n = decoder
             .decode(bytes)

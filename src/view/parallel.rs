@@ -89,7 +89,7 @@ fn run_chunk(runner: &impl Fn() -> ViewRunner, chunk: &Chunk) -> Result<Vec<Reco
 }
 
 fn run_lines(runner: ViewRunner, chunk: &Chunk, first_line: u64) -> Result<Vec<RecordBatch>> {
-    let (bytes, source) = (&chunk.bytes[..], &*chunk.source);
+    let (bytes, source) = (chunk.bytes(), &*chunk.source);
     let mut runner = runner.with_source(source, first_line);
     let (mut bytes, mut batches) = (bytes, Vec::new());
     while !bytes.is_empty() {
