@@ -569,7 +569,7 @@ mod tests {
     /// A reader that gives a few bytes a read (as a copy still being written does), into one
     /// buffer used again and again: each chunk is only the bytes read for it.
     #[test]
-    fn short_reads_into_a_used_buffer_give_the_same_chunks() {
+    fn short_reads_into_a_used_buffer_give_only_the_bytes_read() {
         struct Trickle<'a>(&'a [u8]);
         impl Read for Trickle<'_> {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
