@@ -2,6 +2,7 @@
 //! ([`crate::chunks`]) is inferred or decoded on its own by a worker, and the results are put back
 //! in order, with the line numbers of errors counted in their source.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub struct DecodeSummary {
     pub skipped: Vec<DecodeError>,
     /// Rows with paths beyond the width bound, in the [`OVERFLOW_COLUMN`](super::OVERFLOW_COLUMN).
     pub overflowed: u64,
+    /// The resources of each source read, by its place among the sources: its lines that are
+    /// not blank, rows and skipped lines alike (a raw file's count, without reading it again).
+    pub resources_per_source: Vec<u64>,
 }
 
 /// Reads all of `reader` (one file) into `inference` on all cores, as if pushed and ended there.
@@ -170,6 +174,7 @@ where
 ///     Ok(())
 /// })?;
 /// assert_eq!((rows, summary.rows), (2, 2));
+/// assert_eq!(summary.resources_per_source, [1, 1]);
 /// # Ok::<(), fhirflight::Error>(())
 /// ```
 pub fn decode_readers<R: Read, E>(
@@ -231,8 +236,17 @@ where
 
 /// What a worker made of one chunk.
 enum Decoded {
-    /// Its batches, bad lines skipped (their count and the first few), rows overflowed.
-    Batches(Vec<RecordBatch>, u64, Vec<DecodeError>, u64),
+    /// Its batches.
+    Batches {
+        /// The chunk's source, by its place among the sources.
+        source: usize,
+        batches: Vec<RecordBatch>,
+        /// Bad lines skipped: their count and the first few.
+        skipped_count: u64,
+        skipped: Vec<DecodeError>,
+        /// Rows with paths beyond the width bound.
+        overflowed: u64,
+    },
     /// A line the guess has no place for.
     Unforeseen(Unforeseen),
     /// Nothing: it comes after an unforeseen line, and the run stops before it.
@@ -260,6 +274,10 @@ where
     let mut unforeseen = None;
     // The first chunk known to hold an unforeseen line: the workers skip those after it.
     let stop = AtomicUsize::new(usize::MAX);
+    let opened = Cell::new(0);
+    let sources = sources
+        .into_iter()
+        .inspect(|_| opened.set(opened.get() + 1));
     run_chunks(
         sources,
         chunk_size,
@@ -285,10 +303,14 @@ where
             }
         },
         |decoded| {
-            let (batches, skipped_count, skipped, overflowed) = match decoded {
-                Decoded::Batches(batches, skipped_count, skipped, overflowed) => {
-                    (batches, skipped_count, skipped, overflowed)
-                }
+            let (source, batches, skipped_count, skipped, overflowed) = match decoded {
+                Decoded::Batches {
+                    source,
+                    batches,
+                    skipped_count,
+                    skipped,
+                    overflowed,
+                } => (source, batches, skipped_count, skipped, overflowed),
                 Decoded::Unforeseen(at) => {
                     unforeseen = Some(at);
                     return Ok(ControlFlow::Break(()));
@@ -299,13 +321,22 @@ where
             summary.overflowed += overflowed;
             let room = super::KEEP_SKIPPED.saturating_sub(summary.skipped.len());
             summary.skipped.extend(skipped.into_iter().take(room));
+            let mut resources = skipped_count;
             for batch in batches {
+                resources += batch.num_rows() as u64;
                 summary.rows += batch.num_rows() as u64;
                 on_batch(batch)?;
             }
+            let counts = &mut summary.resources_per_source;
+            if counts.len() <= source {
+                counts.resize(source + 1, 0);
+            }
+            counts[source] += resources;
             Ok(ControlFlow::Continue(()))
         },
     )?;
+    // Sources without a line (an empty file) count too.
+    summary.resources_per_source.resize(opened.get(), 0);
     Ok((summary, unforeseen))
 }
 
@@ -328,12 +359,13 @@ fn decode_chunk(decoder: &mut Decoder, chunk: &mut Chunk) -> Result<Decoded, Dec
     renumber(chunk, &mut skipped);
     let overflowed = decoder.overflowed_count() - overflowed_before;
     let skipped_count = std::mem::take(&mut decoder.lines.skipped_count);
-    Ok(Decoded::Batches(
+    Ok(Decoded::Batches {
+        source: chunk.source_index,
         batches,
         skipped_count,
         skipped,
         overflowed,
-    ))
+    })
 }
 
 /// Renumbers errors of lines numbered from 1 within `chunk` ([`DecodeOptions::mid_stream`]) as

@@ -643,7 +643,8 @@ fn one(text: &str) -> [Result<(String, &[u8]), ReadError>; 1] {
 }
 
 /// Many small files run as one pipeline: the same batches as each file decoded alone, a BOM
-/// opening any file, and errors naming each file and its own line numbers.
+/// opening any file, errors naming each file and its own line numbers, and each file's
+/// resources (blank lines not, bad ones too; an empty file's none).
 #[test]
 fn many_files_decode_as_one_run_with_their_own_names_and_lines() {
     let files: Vec<(String, String)> = (0..7)
@@ -657,9 +658,13 @@ fn many_files_decode_as_one_run_with_their_own_names_and_lines() {
                 if i == 40 + f {
                     text.push_str("{oops\n");
                 }
+                if i == 100 {
+                    text.push_str(" \r\n\n");
+                }
             }
             (format!("file{f}.ndjson"), text)
         })
+        .chain([("empty.ndjson".to_owned(), String::new())])
         .collect();
     let sources = || {
         files
@@ -701,6 +706,10 @@ fn many_files_decode_as_one_run_with_their_own_names_and_lines() {
     .unwrap();
     assert_eq!((summary.rows, summary.skipped_count), (7 * 120, 7));
     assert_eq!(skipped(&summary.skipped), want);
+    assert_eq!(
+        summary.resources_per_source,
+        [121, 121, 121, 121, 121, 121, 121, 0]
+    );
     let mut alone = Vec::new();
     for (name, text) in &files {
         let (batches, _) = decode_cut(

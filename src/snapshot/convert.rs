@@ -284,6 +284,19 @@ impl TableParts {
         &self.mode
     }
 
+    /// The resources of the raw file `path` its parts decoded (lines that are not blank, bad
+    /// ones skipped included): the file's count for the manifest, counted on the way.
+    pub(crate) fn resources(&self, path: &Path) -> u64 {
+        let per_span = self.parts.iter().flat_map(|p| {
+            let counts = p.summary.resources_per_source.iter();
+            p.spans.iter().zip(counts)
+        });
+        per_span
+            .filter(|(span, _)| span.path == path)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// The table: its parts made to agree with the merged schema, that schema, and the
     /// conversion's warnings.
     pub(crate) fn finish(mut self) -> Result<(TableFiles, SchemaRef, Vec<Warning>)> {

@@ -254,7 +254,7 @@ impl SnapshotWriter {
             {
                 let (path, rel) = self.raw_path(n, is_gzip(&paths[0])?);
                 if fs::hard_link(&paths[0], &path).is_err() {
-                    copy_raw(&paths[0], &path)?;
+                    RawCopy::start(&path)?.run(&paths[0], check_stopping)?;
                 }
                 let kept = &listed[*one];
                 let origin = kept.origin.clone();
@@ -290,8 +290,9 @@ impl SnapshotWriter {
     /// Copies the NDJSON files `inputs` into this snapshot as its raw files from `n` (as
     /// [`Self::copy_raw`] does) and converts them meanwhile, as the next part of the tables of
     /// `modes` (as [`Self::convert_part`] does): the conversion reads each copy as it grows, so
-    /// that the copy costs no time of its own before it. Each copy is synced once whole, while
-    /// the conversion goes on. Returns the raw files for the manifest.
+    /// that the copy costs no time of its own before it, and counts its resources on the way.
+    /// Each copy is synced once whole, while the conversion goes on. Returns the raw files for
+    /// the manifest.
     pub fn copy_converting(
         &mut self,
         n: usize,
@@ -300,6 +301,10 @@ impl SnapshotWriter {
         options: &DecodeOptions,
         on_rows: &dyn Fn(u64),
     ) -> Result<Vec<RawFile>> {
+        // The conversion counts the files' resources: there must be one.
+        let counting = modes.first().map(mode_key);
+        let counting =
+            counting.ok_or_else(|| Error::snapshot("a conversion needs a table mode"))?;
         let mut copies = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
             let (path, rel) = self.raw_path(n + i, is_gzip(input)?);
@@ -312,19 +317,14 @@ impl SnapshotWriter {
             true => Err(Error::snapshot("the conversion failed")),
             false => check_stopping(),
         };
-        std::thread::scope(|scope| {
+        let sizes = std::thread::scope(|scope| {
             let copying = scope.spawn(|| {
-                let copy = |(input, copy, path, rel): (&PathBuf, RawCopy, PathBuf, String)| {
-                    let (resources, bytes) = copy.run(input, stop)?;
+                let copy = |(input, copy, path, _): (&PathBuf, RawCopy, PathBuf, String)| {
+                    let bytes = copy.run(input, stop)?;
                     sync(&path)?;
-                    Ok(RawFile {
-                        path: rel,
-                        resources,
-                        bytes,
-                        origin: None,
-                    })
+                    Ok(bytes)
                 };
-                copies.into_iter().map(copy).collect::<Result<Vec<_>>>()
+                copies.into_iter().map(copy).collect::<Result<Vec<u64>>>()
             });
             let converted = self.convert(&rels, modes, options, on_rows);
             // A failed conversion (a bad line) stops the copies; a failed copy fails the
@@ -339,7 +339,16 @@ impl SnapshotWriter {
                 check_stopping()?;
             }
             done
-        })
+        })?;
+        let (_, parts) = (self.tables.iter().find(|(key, _)| *key == counting))
+            .expect("the conversion made the table of its first mode");
+        let raw = rels.into_iter().zip(sizes).map(|(rel, bytes)| RawFile {
+            resources: parts.resources(&self.dir.join(&rel)),
+            path: rel,
+            bytes,
+            origin: None,
+        });
+        Ok(raw.collect())
     }
 
     /// Converts `raw` (files of this snapshot, from [`Self::copy_raw`]) now, as the next part of
