@@ -39,8 +39,8 @@ pub struct DecodeSummary {
     pub skipped: Vec<DecodeError>,
     /// Rows with paths beyond the width bound, in the [`OVERFLOW_COLUMN`](super::OVERFLOW_COLUMN).
     pub overflowed: u64,
-    /// The resources of each source read, by its place among the sources: its lines that are
-    /// not blank, rows and skipped lines alike (a raw file's count, without reading it again).
+    /// The resources of each source, by its place among the sources: its lines that are not
+    /// blank, rows and skipped lines alike (a raw file's count, without reading it again).
     pub resources_per_source: Vec<u64>,
 }
 

@@ -292,7 +292,7 @@ impl SnapshotWriter {
     /// `modes` (as [`Self::convert_part`] does): the conversion reads each copy as it grows, so
     /// that the copy costs no time of its own before it, and counts its resources on the way.
     /// Each copy is synced once whole, while the conversion goes on. Returns the raw files for
-    /// the manifest.
+    /// the manifest; `modes` must hold at least one (the first one's conversion counts).
     pub fn copy_converting(
         &mut self,
         n: usize,
