@@ -321,21 +321,18 @@ where
             summary.overflowed += overflowed;
             let room = super::KEEP_SKIPPED.saturating_sub(summary.skipped.len());
             summary.skipped.extend(skipped.into_iter().take(room));
-            let mut resources = skipped_count;
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            summary.rows += rows;
+            // A chunk's source is open by now: the count has its place.
+            summary.resources_per_source.resize(opened.get(), 0);
+            summary.resources_per_source[source] += rows + skipped_count;
             for batch in batches {
-                resources += batch.num_rows() as u64;
-                summary.rows += batch.num_rows() as u64;
                 on_batch(batch)?;
             }
-            let counts = &mut summary.resources_per_source;
-            if counts.len() <= source {
-                counts.resize(source + 1, 0);
-            }
-            counts[source] += resources;
             Ok(ControlFlow::Continue(()))
         },
     )?;
-    // Sources without a line (an empty file) count too.
+    // Sources after the last chunk's (empty files) count too.
     summary.resources_per_source.resize(opened.get(), 0);
     Ok((summary, unforeseen))
 }
